@@ -1,0 +1,175 @@
+"""Plain-Python reference twin of the native feature kernel (ext/_kernel.pyx).
+
+Slow and obvious on purpose: the parity tests feed it and the native kernel (and the Redis
+store) the same clicks and require equal raw counters. The algorithms are documented in
+slidr/featurespec.py; change them there, here, in _kernel.pyx and in store_redis.lua together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from slidr.featurespec import (
+    HLL_M,
+    HLL_P,
+    HLL_RANK_CAP,
+    HLL_WINDOWS_MS,
+    IP_TAUS,
+    IP_TTL_MS,
+    RAW_WIDTH,
+    SESSION_TAUS,
+    SESSION_TTL_MS,
+    USER_TAUS,
+    USER_TTL_MS,
+)
+
+_MASK = (1 << 64) - 1
+FNV_OFFSET = 0xCBF29CE484222325
+FNV_PRIME = 0x100000001B3
+
+
+def hash64(s: str) -> int:
+    """FNV-1a over the UTF-8 bytes, then the splitmix64 finaliser (FNV alone mixes poorly)."""
+    h = FNV_OFFSET
+    for b in s.encode("utf-8"):
+        h ^= b
+        h = (h * FNV_PRIME) & _MASK
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _MASK
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _MASK
+    h ^= h >> 31
+    return h
+
+
+def hll_index_rank(h: int) -> tuple[int, int]:
+    idx = h >> (64 - HLL_P)
+    w = (h << HLL_P) & _MASK
+    if w == 0:
+        return idx, HLL_RANK_CAP
+    return idx, 64 - w.bit_length() + 1
+
+
+def hash_keys(user_key: Sequence[str], session_id: Sequence[str], ip: Sequence[str]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """-> (user hashes, session hashes, ip hashes: uint64 (n,); hll: uint8 (n, 4) =
+    session register, session rank, user register, user rank)."""
+    n = len(user_key)
+    uh = np.empty(n, dtype=np.uint64)
+    sh = np.empty(n, dtype=np.uint64)
+    ih = np.empty(n, dtype=np.uint64)
+    hll = np.empty((n, 4), dtype=np.uint8)
+    for i in range(n):
+        u = hash64(user_key[i])
+        s = hash64("s\x00" + session_id[i])
+        uh[i], sh[i], ih[i] = u, s, hash64("i\x00" + ip[i])
+        hll[i, 0], hll[i, 1] = hll_index_rank(s)
+        hll[i, 2], hll[i, 3] = hll_index_rank(u)
+    return uh, sh, ih, hll
+
+
+def _decay(counts: list[float], taus: Sequence[float], dt_s: float) -> None:
+    for k, tau in enumerate(taus):
+        counts[k] = counts[k] * math.exp(-dt_s / tau) + 1.0
+
+
+class _Hll:
+    __slots__ = ("bucket", "regs", "z", "v", "pz", "pv")
+
+    def __init__(self, bucket: int) -> None:
+        self.bucket = bucket
+        self.regs = [0] * HLL_M
+        self.z = float(HLL_M)
+        self.v = float(HLL_M)
+        self.pz = float(HLL_M)
+        self.pv = float(HLL_M)
+
+    def add(self, ts: int, window: int, idx: int, rank: int) -> tuple[float, float, float, float, float]:
+        b = ts // window
+        if b > self.bucket:
+            if b == self.bucket + 1:
+                self.pz, self.pv = self.z, self.v
+            else:
+                self.pz, self.pv = float(HLL_M), float(HLL_M)
+            self.regs = [0] * HLL_M
+            self.z, self.v = float(HLL_M), float(HLL_M)
+            self.bucket = b
+        r = self.regs[idx]
+        if rank > r:
+            self.z = self.z - 2.0 ** -r + 2.0 ** -rank
+            if r == 0:
+                self.v -= 1.0
+            self.regs[idx] = rank
+        frac = (ts - self.bucket * window) / window
+        frac = min(max(frac, 0.0), 1.0)
+        return self.z, self.v, self.pz, self.pv, frac
+
+
+class ReferenceStore:
+    """Embedded counter store, reference implementation (dicts of Python lists)."""
+
+    name = "reference"
+
+    def __init__(self) -> None:
+        self.users: dict[int, list[float]] = {}
+        self.sessions: dict[int, list[float]] = {}
+        self.ips: dict[int, tuple[list[float], list[_Hll]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.users) + len(self.sessions) + len(self.ips)
+
+    def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
+               hll: np.ndarray) -> np.ndarray:
+        n = len(ts)
+        out = np.empty((n, RAW_WIDTH), dtype=np.float64)
+        for i in range(n):
+            t = int(ts[i])
+            row: list[float] = []
+            # user
+            st = self.users.get(int(uh[i]))
+            if st is None or t - st[-1] > USER_TTL_MS:
+                st = [1.0] * len(USER_TAUS) + [float(t)]
+                self.users[int(uh[i])] = st
+                gap = -1.0
+            else:
+                gap = max(t - int(st[-1]), 0) / 1000.0
+                _decay(st, USER_TAUS, gap)
+                st[-1] = float(max(int(st[-1]), t))
+            row += st[: len(USER_TAUS)] + [gap]
+            # session: counts..., last, first
+            ss = self.sessions.get(int(sh[i]))
+            ns = len(SESSION_TAUS)
+            if ss is None or t - ss[ns] > SESSION_TTL_MS:
+                ss = [1.0] * ns + [float(t), float(t)]
+                self.sessions[int(sh[i])] = ss
+                gap = -1.0
+            else:
+                gap = max(t - int(ss[ns]), 0) / 1000.0
+                _decay(ss, SESSION_TAUS, gap)
+                ss[ns] = float(max(int(ss[ns]), t))
+            row += ss[:ns] + [gap, max(t - int(ss[ns + 1]), 0) / 1000.0]
+            # ip
+            ni = len(IP_TAUS)
+            ent = self.ips.get(int(ih[i]))
+            if ent is None or t - ent[0][ni] > IP_TTL_MS:
+                ent = ([1.0] * ni + [float(t)], [_Hll(t // w) for w in HLL_WINDOWS_MS])
+                self.ips[int(ih[i])] = ent
+            else:
+                c = ent[0]
+                _decay(c, IP_TAUS, max(t - int(c[ni]), 0) / 1000.0)
+                c[ni] = float(max(int(c[ni]), t))
+            row += ent[0][:ni]
+            for j, w in enumerate(HLL_WINDOWS_MS):
+                idx, rank = int(hll[i, 2 * (j % 2)]), int(hll[i, 2 * (j % 2) + 1])
+                row += ent[1][j].add(t, w, idx, rank)
+            out[i] = row
+        return out
+
+    def stats(self) -> dict[str, int]:
+        return {"users": len(self.users), "sessions": len(self.sessions), "ips": len(self.ips)}
+
+    def close(self) -> None:
+        pass

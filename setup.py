@@ -1,0 +1,27 @@
+"""Builds the Cython feature kernel (ext/) into slidr.ext._kernel."""
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension(
+        "slidr.ext._kernel",
+        ["ext/_kernel.pyx"],
+        include_dirs=[np.get_include()],
+        # No -ffast-math / -march=native: the kernel must match the reference twin and the
+        # Redis Lua script bit for bit, so no FMA contraction or reassociation.
+        extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
+        annotate=bool(os.environ.get("SLIDR_ANNOTATE")),
+    )
+)

@@ -1,0 +1,165 @@
+"""The feature spec: one source of truth for the counter algorithms, the raw counter layout that
+every store returns, and the model's input features (names, order, transforms, version hash).
+
+Pipeline per batch (same code online and offline):
+  ClickBatch --keys()--> 64-bit key hashes + HLL (register, rank)
+             --store.update()--> raw counters, float64 (n, RAW_WIDTH), in arrival order
+             --finish()--> features, float32 (n, N_FEATURES)
+
+Counter algorithms (all per key, O(1) memory, logically expiring):
+- Decayed click counts: c <- c * exp(-dt / tau) + 1 at each click, for several tau. A key
+  whose last click is older than its TTL is treated as new (logical expiry, so results never
+  depend on when a store physically frees a key).
+- Gap: seconds since the key's previous click (-1 for a first click).
+- Distinct sessions / users behind an IP: a 32-register HyperLogLog per window over tumbling
+  buckets (hour, day); the estimate blends the previous bucket linearly (sliding-window
+  approximation): est = hll(cur) + hll(prev) * (1 - elapsed fraction of cur bucket).
+The embedded store (ext/_kernel.pyx), its reference twin (ext/reference.py) and the Redis
+Lua script (slidr/store_redis.lua) implement exactly this; parity tests hold them together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+
+from slidr.contract import DEVICES
+
+SPEC_VERSION = 1
+
+# Decay time constants in seconds.
+USER_TAUS = (60.0, 600.0, 3600.0, 86400.0)
+SESSION_TAUS = (60.0, 3600.0)
+IP_TAUS = (60.0, 3600.0, 86400.0)
+# Logical TTLs in milliseconds after a key's last click.
+USER_TTL_MS = 2 * 86_400_000
+SESSION_TTL_MS = 86_400_000
+IP_TTL_MS = 2 * 86_400_000
+# HyperLogLog: 2**HLL_P registers; windows in ms (order matters: sess_1h, user_1h, sess_1d, user_1d).
+HLL_P = 5
+HLL_M = 1 << HLL_P
+HLL_RANK_CAP = 64 - HLL_P + 1
+HLL_WINDOWS_MS = (3_600_000, 3_600_000, 86_400_000, 86_400_000)
+HLL_KINDS = ("sess", "user", "sess", "user")
+GAP_CAP_S = 7 * 86400.0
+
+# Raw counter layout returned by every store (float64 columns).
+RAW_COLUMNS: tuple[str, ...] = (
+    ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap")
+    + ("s_c60", "s_c3600", "s_gap", "s_age")
+    + ("i_c60", "i_c3600", "i_c86400")
+    + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac"))
+)
+RAW_WIDTH = len(RAW_COLUMNS)  # 32
+RAW_INDEX = {n: i for i, n in enumerate(RAW_COLUMNS)}
+
+# Model input features: (name, transform, raw source or derivation).
+FEATURES: tuple[tuple[str, str], ...] = (
+    ("u_clicks_1m", "log1p"), ("u_clicks_10m", "log1p"), ("u_clicks_1h", "log1p"),
+    ("u_clicks_1d", "log1p"), ("u_gap_s", "log1p_gap"),
+    ("s_clicks_1m", "log1p"), ("s_clicks_1h", "log1p"), ("s_gap_s", "log1p_gap"),
+    ("s_age_s", "log1p"),
+    ("ip_clicks_1m", "log1p"), ("ip_clicks_1h", "log1p"), ("ip_clicks_1d", "log1p"),
+    ("ip_sessions_1h", "log1p_hll"), ("ip_users_1h", "log1p_hll"),
+    ("ip_sessions_1d", "log1p_hll"), ("ip_users_1d", "log1p_hll"),
+    ("hour_sin", "unit_circle"), ("hour_cos", "unit_circle"),
+    ("dow_sin", "unit_circle"), ("dow_cos", "unit_circle"),
+    ("logged_in", "identity"),
+) + tuple((f"dev_{d}", "one_hot") for d in DEVICES)
+FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
+N_FEATURES = len(FEATURES)  # 24
+
+
+def spec_dict() -> dict:
+    """Everything that changes what a feature means; hashed into the version."""
+    return {
+        "version": SPEC_VERSION,
+        "features": [{"name": n, "transform": t} for n, t in FEATURES],
+        "raw_columns": list(RAW_COLUMNS),
+        "user_taus_s": USER_TAUS, "session_taus_s": SESSION_TAUS, "ip_taus_s": IP_TAUS,
+        "ttl_ms": {"user": USER_TTL_MS, "session": SESSION_TTL_MS, "ip": IP_TTL_MS},
+        "hll": {"p": HLL_P, "windows_ms": HLL_WINDOWS_MS, "kinds": HLL_KINDS},
+        "gap_cap_s": GAP_CAP_S,
+        "hash": "fnv1a64+splitmix64 of utf-8, namespaces u/s/i",
+        "devices": list(DEVICES),
+    }
+
+
+def spec_hash() -> str:
+    blob = json.dumps(spec_dict(), sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+SPEC_HASH = spec_hash()
+
+_ALPHA = 0.7213 / (1.0 + 1.079 / HLL_M) if HLL_M >= 128 else {16: 0.673, 32: 0.697, 64: 0.709}[HLL_M]
+
+
+def hll_estimate(z: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """HyperLogLog estimate from the harmonic sum z = sum(2^-reg) and v = empty registers."""
+    raw = _ALPHA * HLL_M * HLL_M / z
+    with np.errstate(divide="ignore"):
+        lin = HLL_M * np.log(HLL_M / np.maximum(v, 1e-300))
+    small = (raw <= 2.5 * HLL_M) & (v > 0)
+    return np.where(small, lin, raw)
+
+
+def distinct_estimates(raw: np.ndarray) -> np.ndarray:
+    """(n, 4) sliding-window distinct estimates from the HLL raw columns."""
+    out = np.empty((raw.shape[0], 4), dtype=np.float64)
+    base = RAW_INDEX["h0_z"]
+    for j in range(4):
+        z, v, pz, pv, frac = (raw[:, base + 5 * j + k] for k in range(5))
+        out[:, j] = hll_estimate(z, v) + hll_estimate(pz, pv) * (1.0 - frac)
+    return out
+
+
+_TWO_PI = 2.0 * math.pi
+
+
+def finish(raw: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray, logged_in: np.ndarray,
+           device: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Raw counters + click columns -> float32 feature matrix (n, N_FEATURES)."""
+    n = raw.shape[0]
+    if out is None:
+        out = np.empty((n, N_FEATURES), dtype=np.float32)
+    r = RAW_INDEX
+    for k, name in enumerate(("u_c60", "u_c600", "u_c3600", "u_c86400")):
+        out[:, k] = np.log1p(raw[:, r[name]])
+    out[:, 4] = np.log1p(np.where(raw[:, r["u_gap"]] < 0, GAP_CAP_S,
+                                  np.minimum(raw[:, r["u_gap"]], GAP_CAP_S)))
+    out[:, 5] = np.log1p(raw[:, r["s_c60"]])
+    out[:, 6] = np.log1p(raw[:, r["s_c3600"]])
+    out[:, 7] = np.log1p(np.where(raw[:, r["s_gap"]] < 0, GAP_CAP_S,
+                                  np.minimum(raw[:, r["s_gap"]], GAP_CAP_S)))
+    out[:, 8] = np.log1p(raw[:, r["s_age"]])
+    out[:, 9] = np.log1p(raw[:, r["i_c60"]])
+    out[:, 10] = np.log1p(raw[:, r["i_c3600"]])
+    out[:, 11] = np.log1p(raw[:, r["i_c86400"]])
+    out[:, 12:16] = np.log1p(distinct_estimates(raw))
+    local_ms = ts.astype(np.int64) + tz_offset_min.astype(np.int64) * 60_000
+    day_ms = np.mod(local_ms, 86_400_000)
+    hour_angle = _TWO_PI * day_ms / 86_400_000.0
+    # 1970-01-01 was a Thursday; day 0 = Monday.
+    days = np.floor_divide(local_ms, 86_400_000)
+    dow = np.mod(days + 3, 7) + day_ms / 86_400_000.0
+    dow_angle = _TWO_PI * dow / 7.0
+    out[:, 16] = np.sin(hour_angle)
+    out[:, 17] = np.cos(hour_angle)
+    out[:, 18] = np.sin(dow_angle)
+    out[:, 19] = np.cos(dow_angle)
+    out[:, 20] = logged_in
+    out[:, 21:24] = 0.0
+    out[np.arange(n), 21 + device.astype(np.int64)] = 1.0
+    return out
+
+
+def local_hour_dow(ts: np.ndarray, tz_offset_min: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer local hour (0-23) and day of week (0=Monday) — for sample weights and reports."""
+    local_ms = ts.astype(np.int64) + tz_offset_min.astype(np.int64) * 60_000
+    hour = np.mod(local_ms, 86_400_000) // 3_600_000
+    dow = np.mod(np.floor_divide(local_ms, 86_400_000) + 3, 7)
+    return hour.astype(np.int8), dow.astype(np.int8)

@@ -1,0 +1,70 @@
+"""The feature kernel facade: ClickBatch -> float32 features, through a counter store.
+
+The native module (slidr.ext._kernel, built from ext/_kernel.pyx) is used when present. Set
+SLIDR_REQUIRE_NATIVE=1 to make its absence an error, so CI never tests the fallback by accident.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+import numpy as np
+
+from slidr.contract import ClickBatch
+from slidr.featurespec import N_FEATURES, finish
+
+try:
+    from slidr.ext import _kernel as native  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - exercised only without a build
+    if os.environ.get("SLIDR_REQUIRE_NATIVE") == "1":
+        raise ImportError(
+            "SLIDR_REQUIRE_NATIVE=1 but the native kernel slidr.ext._kernel is not built; "
+            "run `pip install -e .` (or `python setup.py build_ext --inplace`)") from None
+    native = None
+
+from slidr.ext import reference
+
+NATIVE = native is not None
+
+
+class Store(Protocol):
+    name: str
+
+    def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
+               hll: np.ndarray) -> np.ndarray: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+def hash_keys(batch: ClickBatch, use_native: bool | None = None):
+    mod = native if (NATIVE if use_native is None else use_native) else reference
+    return mod.hash_keys(batch.user_key, batch.session_id, batch.ip)
+
+
+def embedded_store(use_native: bool | None = None, **kw: Any) -> Store:
+    if NATIVE if use_native is None else use_native:
+        if native is None:
+            raise ImportError("native kernel not built")
+        return native.EmbeddedStore(**kw)
+    return reference.ReferenceStore()
+
+
+class FeatureKernel:
+    """One kernel, any store: the daemon and the offline replay both go through this."""
+
+    def __init__(self, store: Store | None = None, use_native: bool | None = None) -> None:
+        self.use_native = NATIVE if use_native is None else use_native
+        self.store = store if store is not None else embedded_store(self.use_native)
+
+    def raw(self, batch: ClickBatch) -> np.ndarray:
+        uh, sh, ih, hll = hash_keys(batch, self.use_native)
+        return self.store.update(batch.ts, uh, sh, ih, hll)
+
+    def features(self, batch: ClickBatch, out: np.ndarray | None = None) -> np.ndarray:
+        if len(batch) == 0:
+            return np.empty((0, N_FEATURES), dtype=np.float32)
+        raw = self.raw(batch)
+        return finish(raw, batch.ts, batch.tz_offset_min, batch.logged_in, batch.device, out)

@@ -1,0 +1,123 @@
+"""Small shared helpers: atomic file writes and a progress line for long work."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+def fsync_dir(path: str | Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", **kw: Any) -> Iterator[IO[Any]]:
+    """Write to a temp file beside `path`, fsync, then rename over it: a crash never leaves a
+    half-written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kw) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+        f.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Build a directory under a temp name and rename it into place only when complete.
+    An existing `final` is replaced only after the new one is finished."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+class Progress:
+    """A one-line progress indicator on stderr (only redrawn on a TTY, else a line per 10%)."""
+
+    def __init__(self, total: int, label: str, unit: str = "clicks", enabled: bool = True) -> None:
+        self.total = max(int(total), 1)
+        self.label = label
+        self.unit = unit
+        self.n = 0
+        self.t0 = time.perf_counter()
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self._last_decile = -1
+        self._last_draw = 0.0
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        frac = min(self.n / self.total, 1.0)
+        if self.tty:
+            if now - self._last_draw < 0.1 and self.n < self.total:
+                return
+            self._last_draw = now
+            bar = "#" * int(frac * 30)
+            rate = self.n / max(now - self.t0, 1e-9)
+            sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {rate:,.0f} {self.unit}/s")
+            sys.stderr.flush()
+        else:
+            dec = int(frac * 10)
+            if dec != self._last_decile:
+                self._last_decile = dec
+                sys.stderr.write(f"{self.label}: {frac:.0%}\n")
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")

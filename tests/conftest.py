@@ -1,0 +1,21 @@
+import os
+
+import pytest
+
+os.environ.setdefault("SLIDR_REQUIRE_NATIVE", "1")
+
+
+@pytest.fixture
+def redis_server():
+    """A fresh real redis-server on a free loopback port, killed after the test."""
+    from slidr.testing.redis_server import RedisServer
+    with RedisServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def shared_redis():
+    """One real redis-server for a whole run; tests must use their own key prefix."""
+    from slidr.testing.redis_server import RedisServer
+    with RedisServer() as srv:
+        yield srv
