@@ -1,18 +1,80 @@
-# cython: language_level=3
-"""Native feature kernel: key hashing and the embedded counter store (placeholder)."""
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Native feature kernel: key hashing and the embedded counter store.
+
+Twin of ext/reference.py (the algorithms are specified in slidr/featurespec.py). The raw
+counters must equal the reference bit for bit: every floating-point expression below keeps the
+reference's operation order, and setup.py forbids FMA contraction.
+
+State layout (docs/kernel.md): per table a dense array of fixed-size C structs plus an
+open-addressing index (linear probing, 64-bit key hash -> dense slot). Deleting swaps the last
+dense entry into the hole, so the incremental sweep walks one contiguous array.
+"""
 import numpy as np
+
 cimport numpy as cnp
-from libc.stdint cimport uint64_t, uint8_t
+from cpython.unicode cimport PyUnicode_Check
+from libc.math cimport cos, exp, ldexp, log, log1p, sin
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc, calloc
+from libc.string cimport memset
 
 cnp.import_array()
 
-cdef inline uint64_t _hash64(bytes b):
-    cdef uint64_t h = 0xCBF29CE484222325ULL
-    cdef const unsigned char* p = b
-    cdef Py_ssize_t i, n = len(b)
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+
+# Constants mirrored from slidr.featurespec (checked at import time below).
+cdef enum:
+    HLL_M = 32
+    HLL_P = 5
+    HLL_RANK_CAP = 60
+    RAW_WIDTH = 32
+    N_FEATURES = 24
+cdef uint32_t EMPTY = 0xFFFFFFFFU
+
+cdef double U_TAU[4]
+U_TAU[:] = [60.0, 600.0, 3600.0, 86400.0]
+cdef double S_TAU[2]
+S_TAU[:] = [60.0, 3600.0]
+cdef double I_TAU[3]
+I_TAU[:] = [60.0, 3600.0, 86400.0]
+cdef int64_t U_TTL = 2 * 86400000
+cdef int64_t S_TTL = 86400000
+cdef int64_t I_TTL = 2 * 86400000
+cdef int64_t HOUR_MS = 3600000
+cdef int64_t DAY_MS = 86400000
+cdef double GAP_CAP = 7 * 86400.0
+
+
+def _check_spec():
+    from slidr import featurespec as fs
+    assert fs.USER_TAUS == (60.0, 600.0, 3600.0, 86400.0), "native kernel: USER_TAUS drifted"
+    assert fs.SESSION_TAUS == (60.0, 3600.0), "native kernel: SESSION_TAUS drifted"
+    assert fs.IP_TAUS == (60.0, 3600.0, 86400.0), "native kernel: IP_TAUS drifted"
+    assert (fs.USER_TTL_MS, fs.SESSION_TTL_MS, fs.IP_TTL_MS) == (U_TTL, S_TTL, I_TTL)
+    assert fs.HLL_P == HLL_P and fs.HLL_RANK_CAP == HLL_RANK_CAP
+    assert fs.HLL_WINDOWS_MS == (HOUR_MS, HOUR_MS, DAY_MS, DAY_MS)
+    assert fs.RAW_WIDTH == RAW_WIDTH and fs.N_FEATURES == N_FEATURES
+    assert fs.GAP_CAP_S == GAP_CAP
+
+
+_check_spec()
+
+# ------------------------------------------------------------------------------ hashing
+
+cdef extern from *:
+    int __builtin_clzll(unsigned long long) nogil
+
+
+cdef inline uint64_t _fnv(uint64_t h, const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
     for i in range(n):
         h ^= p[i]
         h *= 0x100000001B3ULL
+    return h
+
+
+cdef inline uint64_t _mix(uint64_t h) noexcept nogil:
     h ^= h >> 30
     h *= 0xBF58476D1CE4E5B9ULL
     h ^= h >> 27
@@ -20,5 +82,542 @@ cdef inline uint64_t _hash64(bytes b):
     h ^= h >> 31
     return h
 
+
+cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325ULL
+# FNV state after the namespace prefixes "s\0" and "i\0".
+cdef uint64_t FNV_S = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"s\x00", 2)
+cdef uint64_t FNV_I = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"i\x00", 2)
+
+
+cdef inline uint64_t _hash_str(uint64_t seed, object s) except? 0:
+    cdef Py_ssize_t n
+    cdef const char* p
+    if not PyUnicode_Check(s):
+        raise TypeError(f"key must be str, not {type(s).__name__}")
+    p = PyUnicode_AsUTF8AndSize(s, &n)
+    return _mix(_fnv(seed, <const unsigned char*>p, n))
+
+
+cdef inline void _hll_index_rank(uint64_t h, uint8_t* idx, uint8_t* rank) noexcept nogil:
+    cdef uint64_t w = h << HLL_P
+    cdef int r
+    idx[0] = <uint8_t>(h >> (64 - HLL_P))
+    if w == 0:
+        rank[0] = HLL_RANK_CAP
+    else:
+        r = __builtin_clzll(w)
+        rank[0] = <uint8_t>(r + 1)
+
+
 def hash64(str s):
-    return _hash64(s.encode("utf-8"))
+    """FNV-1a 64 over the UTF-8 bytes + splitmix64 finaliser (reference.hash64)."""
+    return _hash_str(FNV_OFFSET, s)
+
+
+def hash_keys(user_key, session_id, ip):
+    """-> (uh, sh, ih: uint64 (n,), hll: uint8 (n, 4)); see reference.hash_keys."""
+    cdef Py_ssize_t n = len(user_key), i
+    if len(session_id) != n or len(ip) != n:
+        raise ValueError("hash_keys: user_key, session_id and ip must have the same length")
+    uh_a = np.empty(n, dtype=np.uint64)
+    sh_a = np.empty(n, dtype=np.uint64)
+    ih_a = np.empty(n, dtype=np.uint64)
+    hll_a = np.empty((n, 4), dtype=np.uint8)
+    cdef uint64_t[::1] uh = uh_a
+    cdef uint64_t[::1] sh = sh_a
+    cdef uint64_t[::1] ih = ih_a
+    cdef uint8_t[:, ::1] hll = hll_a
+    cdef uint64_t u, s
+    if type(user_key) is list and type(session_id) is list and type(ip) is list:
+        for i in range(n):
+            u = _hash_str(FNV_OFFSET, <object>(<list>user_key)[i])
+            s = _hash_str(FNV_S, <object>(<list>session_id)[i])
+            uh[i] = u
+            sh[i] = s
+            ih[i] = _hash_str(FNV_I, <object>(<list>ip)[i])
+            _hll_index_rank(s, &hll[i, 0], &hll[i, 1])
+            _hll_index_rank(u, &hll[i, 2], &hll[i, 3])
+    else:
+        for i in range(n):
+            u = _hash_str(FNV_OFFSET, user_key[i])
+            s = _hash_str(FNV_S, session_id[i])
+            uh[i] = u
+            sh[i] = s
+            ih[i] = _hash_str(FNV_I, ip[i])
+            _hll_index_rank(s, &hll[i, 0], &hll[i, 1])
+            _hll_index_rank(u, &hll[i, 2], &hll[i, 3])
+    return uh_a, sh_a, ih_a, hll_a
+
+# ------------------------------------------------------------------------------ state
+
+ctypedef struct UserSt:
+    uint64_t key
+    int64_t last
+    double c[4]
+
+ctypedef struct SessSt:
+    uint64_t key
+    int64_t last
+    int64_t first
+    double c[2]
+
+ctypedef struct IpSt:
+    uint64_t key
+    int64_t last
+    double c[3]
+    double z[4]
+    double pz[4]
+    # HLLs 0,1 (1 h) and 2,3 (1 d) see the same timestamps, so they share a bucket.
+    int64_t bucket[2]
+    uint8_t v[4]
+    uint8_t pv[4]
+    uint8_t regs[4][HLL_M]
+
+ctypedef struct Slot:
+    uint64_t key
+    uint32_t idx
+    uint32_t pad
+
+ctypedef struct Table:
+    Slot* slots
+    size_t mask       # slot count - 1 (power of two)
+    char* dense       # count entries of `esize` bytes
+    size_t esize
+    size_t count
+    size_t cap        # dense capacity
+    size_t cursor     # sweep position in dense
+
+
+cdef int _table_init(Table* t, size_t esize, size_t hint) except -1:
+    cdef size_t nslots = 64, i
+    while nslots * 7 < hint * 10:
+        nslots <<= 1
+    t.slots = <Slot*>malloc(nslots * sizeof(Slot))
+    t.dense = <char*>malloc((nslots // 2) * esize)
+    if t.slots == NULL or t.dense == NULL:
+        raise MemoryError()
+    for i in range(nslots):
+        t.slots[i].idx = EMPTY
+    t.mask = nslots - 1
+    t.esize = esize
+    t.count = 0
+    t.cap = nslots // 2
+    t.cursor = 0
+    return 0
+
+
+cdef void _table_free(Table* t) noexcept:
+    free(t.slots)
+    free(t.dense)
+    t.slots = NULL
+    t.dense = NULL
+    t.count = 0
+    t.cap = 0
+
+
+cdef size_t _table_bytes(Table* t) noexcept:
+    if t.slots == NULL:
+        return 0
+    return (t.mask + 1) * sizeof(Slot) + t.cap * t.esize
+
+
+cdef inline void* _entry(Table* t, size_t i) noexcept nogil:
+    return t.dense + i * t.esize
+
+
+cdef inline size_t _find_slot(Table* t, uint64_t key) noexcept nogil:
+    """Slot holding key, or the empty slot where it would go."""
+    cdef size_t p = <size_t>key & t.mask
+    while t.slots[p].idx != EMPTY and t.slots[p].key != key:
+        p = (p + 1) & t.mask
+    return p
+
+
+cdef int _grow_slots(Table* t) except -1:
+    cdef size_t old_n = t.mask + 1, i, p
+    cdef Slot* old = t.slots
+    cdef size_t n = old_n * 2
+    cdef Slot* s = <Slot*>malloc(n * sizeof(Slot))
+    if s == NULL:
+        raise MemoryError()
+    for i in range(n):
+        s[i].idx = EMPTY
+    t.slots = s
+    t.mask = n - 1
+    for i in range(old_n):
+        if old[i].idx != EMPTY:
+            p = <size_t>old[i].key & t.mask
+            while s[p].idx != EMPTY:
+                p = (p + 1) & t.mask
+            s[p] = old[i]
+    free(old)
+    return 0
+
+
+cdef void* _lookup(Table* t, uint64_t key) noexcept nogil:
+    cdef size_t p = _find_slot(t, key)
+    if t.slots[p].idx == EMPTY:
+        return NULL
+    return _entry(t, t.slots[p].idx)
+
+
+cdef void* _insert(Table* t, uint64_t key) except NULL:
+    """Append a zeroed entry for a key known to be absent."""
+    cdef size_t p, ncap
+    cdef char* d
+    if (t.count + 1) * 10 > (t.mask + 1) * 7:
+        _grow_slots(t)
+    if t.count == t.cap:
+        ncap = t.cap + t.cap // 2 + 16
+        d = <char*>realloc(t.dense, ncap * t.esize)
+        if d == NULL:
+            raise MemoryError()
+        t.dense = d
+        t.cap = ncap
+    p = _find_slot(t, key)
+    t.slots[p].key = key
+    t.slots[p].idx = <uint32_t>t.count
+    d = <char*>_entry(t, t.count)
+    memset(d, 0, t.esize)
+    (<uint64_t*>d)[0] = key
+    t.count += 1
+    return d
+
+
+cdef void _delete_at(Table* t, size_t i) noexcept nogil:
+    """Remove dense entry i: backward-shift delete its slot, move the last entry into i."""
+    cdef uint64_t key = (<uint64_t*>_entry(t, i))[0]
+    cdef size_t p = _find_slot(t, key), q, home
+    cdef size_t last = t.count - 1
+    cdef uint64_t lkey
+    # Backward-shift deletion keeps probe chains intact without tombstones.
+    q = p
+    while True:
+        q = (q + 1) & t.mask
+        if t.slots[q].idx == EMPTY:
+            break
+        home = <size_t>t.slots[q].key & t.mask
+        # Move q back to p if its home is not cyclically in (p, q].
+        if (q > p and (home <= p or home > q)) or (q < p and (home <= p and home > q)):
+            t.slots[p] = t.slots[q]
+            p = q
+    t.slots[p].idx = EMPTY
+    if i != last:
+        lkey = (<uint64_t*>_entry(t, last))[0]
+        memcpy_entry(t, i, last)
+        t.slots[_find_slot(t, lkey)].idx = <uint32_t>i
+    t.count -= 1
+
+
+cdef inline void memcpy_entry(Table* t, size_t dst, size_t src) noexcept nogil:
+    cdef char* d = <char*>_entry(t, dst)
+    cdef char* s = <char*>_entry(t, src)
+    cdef size_t k
+    for k in range(t.esize):
+        d[k] = s[k]
+
+
+cdef inline int64_t _floordiv(int64_t a, int64_t b) noexcept nogil:
+    cdef int64_t q = a // b
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+cdef inline void _ip_reset(IpSt* e, int64_t t) noexcept nogil:
+    cdef int j
+    for j in range(3):
+        e.c[j] = 1.0
+    e.last = t
+    e.bucket[0] = _floordiv(t, HOUR_MS)
+    e.bucket[1] = _floordiv(t, DAY_MS)
+    for j in range(4):
+        e.z[j] = HLL_M
+        e.pz[j] = HLL_M
+        e.v[j] = HLL_M
+        e.pv[j] = HLL_M
+    memset(e.regs, 0, sizeof(e.regs))
+
+
+cdef class EmbeddedStore:
+    """In-process counter store in C arrays; the default store of a single process."""
+
+    cdef Table users
+    cdef Table sessions
+    cdef Table ips
+    cdef int64_t now           # newest ts seen: the sweep's clock
+    cdef Py_ssize_t sweep_every
+    cdef Py_ssize_t since_sweep
+    cdef int64_t sweep_grace_ms
+    cdef bint closed
+    cdef public str name
+
+    def __cinit__(self):
+        self.users.slots = NULL
+        self.users.dense = NULL
+        self.sessions.slots = NULL
+        self.sessions.dense = NULL
+        self.ips.slots = NULL
+        self.ips.dense = NULL
+
+    def __init__(self, Py_ssize_t capacity_hint=1024, Py_ssize_t sweep_every=256,
+                 int64_t sweep_grace_ms=3_600_000):
+        """capacity_hint: keys per table to size for; sweep_every: clicks between sweep steps
+        (each step examines 2 * sweep_every entries per table); sweep_grace_ms: how long past
+        its TTL (in stream time) a key is kept, so a click up to that much older than the
+        newest one still sees it, exactly as the reference would."""
+        if capacity_hint < 0 or sweep_every < 1 or sweep_grace_ms < 0:
+            raise ValueError("capacity_hint >= 0, sweep_every >= 1, sweep_grace_ms >= 0")
+        self.name = "embedded"
+        _table_init(&self.users, sizeof(UserSt), capacity_hint)
+        _table_init(&self.sessions, sizeof(SessSt), capacity_hint)
+        _table_init(&self.ips, sizeof(IpSt), capacity_hint)
+        self.now = -(1 << 62)
+        self.sweep_every = sweep_every
+        self.since_sweep = 0
+        self.sweep_grace_ms = sweep_grace_ms
+        self.closed = False
+
+    def __dealloc__(self):
+        _table_free(&self.users)
+        _table_free(&self.sessions)
+        _table_free(&self.ips)
+
+    def close(self):
+        _table_free(&self.users)
+        _table_free(&self.sessions)
+        _table_free(&self.ips)
+        self.closed = True
+
+    def __len__(self):
+        return self.users.count + self.sessions.count + self.ips.count
+
+    def stats(self):
+        cdef size_t b = _table_bytes(&self.users) + _table_bytes(&self.sessions) + \
+            _table_bytes(&self.ips)
+        keys = len(self)
+        return {"users": self.users.count, "sessions": self.sessions.count,
+                "ips": self.ips.count, "keys": keys, "bytes": b,
+                "bytes_per_key": (b / keys) if keys else 0.0,
+                "entry_bytes": {"user": sizeof(UserSt), "session": sizeof(SessSt),
+                                "ip": sizeof(IpSt), "slot": sizeof(Slot)}}
+
+    def sweep(self, Py_ssize_t budget=-1):
+        """Free up to `budget` entries' worth of expired keys per table (all when -1)."""
+        self._sweep(budget)
+
+    cdef void _sweep(self, Py_ssize_t budget) noexcept:
+        self._sweep_table(&self.users, U_TTL, budget, 0)
+        self._sweep_table(&self.sessions, S_TTL, budget, 1)
+        self._sweep_table(&self.ips, I_TTL, budget, 0)
+
+    cdef void _sweep_table(self, Table* t, int64_t ttl, Py_ssize_t budget,
+                           bint is_session) noexcept:
+        # `last` sits right after the key in every entry struct.
+        cdef int64_t limit = self.now - ttl - self.sweep_grace_ms
+        cdef Py_ssize_t k = 0
+        cdef size_t n = t.count if budget < 0 else <size_t>budget
+        if t.count == 0:
+            return
+        while <size_t>k < n and t.count > 0:
+            if t.cursor >= t.count:
+                t.cursor = 0
+            if (<int64_t*>(_entry(t, t.cursor)))[1] < limit:
+                _delete_at(t, t.cursor)   # the last entry moved here; look at it next
+            else:
+                t.cursor += 1
+            k += 1
+
+    def update(self, ts, uh, sh, ih, hll):
+        """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH)."""
+        if self.closed:
+            raise RuntimeError("EmbeddedStore is closed")
+        cdef const int64_t[::1] tsv = np.ascontiguousarray(ts, dtype=np.int64)
+        cdef const uint64_t[::1] u = np.ascontiguousarray(uh, dtype=np.uint64)
+        cdef const uint64_t[::1] s = np.ascontiguousarray(sh, dtype=np.uint64)
+        cdef const uint64_t[::1] ip = np.ascontiguousarray(ih, dtype=np.uint64)
+        cdef const uint8_t[:, ::1] hl = np.ascontiguousarray(hll, dtype=np.uint8)
+        cdef Py_ssize_t n = tsv.shape[0], i
+        if u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hl.shape[0] != n:
+            raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
+        if n and hl.shape[1] != 4:
+            raise ValueError("update: hll must have shape (n, 4)")
+        out_a = np.empty((n, RAW_WIDTH), dtype=np.float64)
+        cdef double[:, ::1] out = out_a
+        for i in range(n):
+            self._one(tsv[i], u[i], s[i], ip[i], &hl[i, 0], &out[i, 0])
+            self.since_sweep += 1
+            if self.since_sweep >= self.sweep_every:
+                self.since_sweep = 0
+                self._sweep(2 * self.sweep_every)
+        return out_a
+
+    cdef int _one(self, int64_t t, uint64_t uk, uint64_t sk, uint64_t ik,
+                  const uint8_t* hl, double* row) except -1:
+        cdef UserSt* ue
+        cdef SessSt* se
+        cdef IpSt* ie
+        cdef double gap
+        cdef int j, idx, rank, r, w
+        cdef int64_t b, win
+        cdef double frac
+        if t > self.now:
+            self.now = t
+        # user
+        ue = <UserSt*>_lookup(&self.users, uk)
+        if ue == NULL or t - ue.last > U_TTL:
+            if ue == NULL:
+                ue = <UserSt*>_insert(&self.users, uk)
+            for j in range(4):
+                ue.c[j] = 1.0
+            ue.last = t
+            gap = -1.0
+        else:
+            gap = (t - ue.last if t > ue.last else 0) / 1000.0
+            for j in range(4):
+                ue.c[j] = ue.c[j] * exp(-gap / U_TAU[j]) + 1.0
+            if t > ue.last:
+                ue.last = t
+        for j in range(4):
+            row[j] = ue.c[j]
+        row[4] = gap
+        # session
+        se = <SessSt*>_lookup(&self.sessions, sk)
+        if se == NULL or t - se.last > S_TTL:
+            if se == NULL:
+                se = <SessSt*>_insert(&self.sessions, sk)
+            se.c[0] = 1.0
+            se.c[1] = 1.0
+            se.last = t
+            se.first = t
+            gap = -1.0
+        else:
+            gap = (t - se.last if t > se.last else 0) / 1000.0
+            for j in range(2):
+                se.c[j] = se.c[j] * exp(-gap / S_TAU[j]) + 1.0
+            if t > se.last:
+                se.last = t
+        row[5] = se.c[0]
+        row[6] = se.c[1]
+        row[7] = gap
+        row[8] = (t - se.first if t > se.first else 0) / 1000.0
+        # ip
+        ie = <IpSt*>_lookup(&self.ips, ik)
+        if ie == NULL or t - ie.last > I_TTL:
+            if ie == NULL:
+                ie = <IpSt*>_insert(&self.ips, ik)
+            _ip_reset(ie, t)
+        else:
+            gap = (t - ie.last if t > ie.last else 0) / 1000.0
+            for j in range(3):
+                ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
+            if t > ie.last:
+                ie.last = t
+        row[9] = ie.c[0]
+        row[10] = ie.c[1]
+        row[11] = ie.c[2]
+        for w in range(2):
+            win = HOUR_MS if w == 0 else DAY_MS
+            b = _floordiv(t, win)
+            if b > ie.bucket[w]:
+                for j in range(2 * w, 2 * w + 2):
+                    if b == ie.bucket[w] + 1:
+                        ie.pz[j] = ie.z[j]
+                        ie.pv[j] = ie.v[j]
+                    else:
+                        ie.pz[j] = HLL_M
+                        ie.pv[j] = HLL_M
+                    ie.z[j] = HLL_M
+                    ie.v[j] = HLL_M
+                    memset(ie.regs[j], 0, HLL_M)
+                ie.bucket[w] = b
+            frac = <double>(t - ie.bucket[w] * win) / <double>win
+            if frac < 0.0:
+                frac = 0.0
+            elif frac > 1.0:
+                frac = 1.0
+            for j in range(2 * w, 2 * w + 2):
+                # j even: session HLL (hll cols 0,1); j odd: user HLL (cols 2,3)
+                idx = hl[2 * (j % 2)] & (HLL_M - 1)
+                rank = hl[2 * (j % 2) + 1]
+                r = ie.regs[j][idx]
+                if rank > r:
+                    ie.z[j] = ie.z[j] - ldexp(1.0, -r) + ldexp(1.0, -rank)
+                    if r == 0:
+                        ie.v[j] -= 1
+                    ie.regs[j][idx] = <uint8_t>rank
+                row[12 + 5 * j] = ie.z[j]
+                row[13 + 5 * j] = ie.v[j]
+                row[14 + 5 * j] = ie.pz[j]
+                row[15 + 5 * j] = ie.pv[j]
+                row[16 + 5 * j] = frac
+        return 0
+
+# ------------------------------------------------------------------------------ finish
+
+cdef double _ALPHA = 0.697
+cdef double _TWO_PI = 2.0 * 3.141592653589793
+
+
+cdef inline double _hll_est(double z, double v) noexcept nogil:
+    cdef double raw = _ALPHA * HLL_M * HLL_M / z
+    if raw <= 2.5 * HLL_M and v > 0:
+        return HLL_M * log(HLL_M / v)
+    return raw
+
+
+def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
+    """Native twin of featurespec.finish: raw counters -> float32 features (n, 24)."""
+    cdef const double[:, ::1] r = np.ascontiguousarray(raw, dtype=np.float64)
+    cdef const int64_t[::1] tsv = np.ascontiguousarray(ts, dtype=np.int64)
+    cdef const int64_t[::1] tz = np.ascontiguousarray(tz_offset_min, dtype=np.int64)
+    cdef const uint8_t[::1] li = np.ascontiguousarray(logged_in, dtype=np.uint8)
+    cdef const uint8_t[::1] dev = np.ascontiguousarray(device, dtype=np.uint8)
+    cdef Py_ssize_t n = r.shape[0], i, k, j
+    if out is None:
+        out = np.empty((n, N_FEATURES), dtype=np.float32)
+    cdef float[:, ::1] o = out
+    if n and r.shape[1] != RAW_WIDTH:
+        raise ValueError("finish_into: raw must have shape (n, 32)")
+    if (tsv.shape[0] != n or tz.shape[0] != n or li.shape[0] != n or dev.shape[0] != n
+            or o.shape[0] != n or o.shape[1] != N_FEATURES):
+        raise ValueError("finish_into: column lengths / out shape do not match raw")
+    cdef double g, est, hour_angle, dow_angle, dow
+    cdef int64_t local, day_ms, days
+    cdef const double* x
+    for i in range(n):
+        x = &r[i, 0]
+        for k in range(4):
+            o[i, k] = <float>log1p(x[k])
+        g = x[4]
+        o[i, 4] = <float>log1p(GAP_CAP if g < 0 else (g if g < GAP_CAP else GAP_CAP))
+        o[i, 5] = <float>log1p(x[5])
+        o[i, 6] = <float>log1p(x[6])
+        g = x[7]
+        o[i, 7] = <float>log1p(GAP_CAP if g < 0 else (g if g < GAP_CAP else GAP_CAP))
+        o[i, 8] = <float>log1p(x[8])
+        o[i, 9] = <float>log1p(x[9])
+        o[i, 10] = <float>log1p(x[10])
+        o[i, 11] = <float>log1p(x[11])
+        for j in range(4):
+            est = _hll_est(x[12 + 5 * j], x[13 + 5 * j]) + \
+                _hll_est(x[14 + 5 * j], x[15 + 5 * j]) * (1.0 - x[16 + 5 * j])
+            o[i, 12 + j] = <float>log1p(est)
+        local = tsv[i] + tz[i] * 60000
+        day_ms = local - _floordiv(local, DAY_MS) * DAY_MS
+        days = _floordiv(local, DAY_MS)
+        hour_angle = _TWO_PI * day_ms / 86400000.0
+        dow = <double>((days + 3) - _floordiv(days + 3, 7) * 7) + day_ms / 86400000.0
+        dow_angle = _TWO_PI * dow / 7.0
+        o[i, 16] = <float>sin(hour_angle)
+        o[i, 17] = <float>cos(hour_angle)
+        o[i, 18] = <float>sin(dow_angle)
+        o[i, 19] = <float>cos(dow_angle)
+        o[i, 20] = li[i]
+        o[i, 21] = 0.0
+        o[i, 22] = 0.0
+        o[i, 23] = 0.0
+        if dev[i] > 2:
+            raise ValueError(f"finish_into: device code {dev[i]} at row {i} is not 0, 1 or 2")
+        o[i, 21 + dev[i]] = 1.0
+    return out
