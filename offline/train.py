@@ -1,0 +1,243 @@
+"""Training: time split, sample weights, the robot MLP (and the logistic baseline, the same code
+without hidden layers), early stopping, ONNX export with a parity check.
+
+The exported model takes raw kernel features (standardisation is inside the graph) and returns
+robot_prob = 1 - P(human) per click, so the daemon feeds the kernel output straight in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidr.featurespec import N_FEATURES, local_hour_dow
+from slidr.util import Progress, atomic_open
+
+DAY_MS = 86_400_000
+PARITY_TOL = 1e-4
+ONNX_INPUT = "features"
+ONNX_OUTPUT = "robot_prob"
+
+
+# ------------------------------------------------------------------ split and weights
+
+def day_index(ts: np.ndarray) -> np.ndarray:
+    """Whole UTC days since the first click's UTC day (int32)."""
+    d = np.asarray(ts, dtype=np.int64) // DAY_MS
+    return (d - d.min()).astype(np.int32) if d.size else d.astype(np.int32)
+
+
+def time_split(day: np.ndarray, min_days: int = 3) -> dict[str, np.ndarray]:
+    """Boolean masks by day, never random: the last day is test, the day before is validation,
+    everything earlier is training."""
+    days = np.unique(day)
+    if days.size < min_days:
+        raise ValueError(f"the log covers {days.size} day(s); training needs at least {min_days} "
+                         "(train days, one validation day, one test day)")
+    return {"train": day < days[-2], "val": day == days[-2], "test": day == days[-1]}
+
+
+def weight_cells(ts: np.ndarray, tz_offset_min: np.ndarray, logged_in: np.ndarray,
+                 label: np.ndarray) -> np.ndarray:
+    """Cell id of local hour-of-day x day-of-week x logged-in x label (672 cells)."""
+    hour, dow = local_hour_dow(ts, tz_offset_min)
+    return (((hour.astype(np.int32) * 7 + dow) * 2 + np.asarray(logged_in, dtype=np.int32)) * 2
+            + np.asarray(label, dtype=np.int32))
+
+
+def sample_weights(cells: np.ndarray) -> np.ndarray:
+    """float32 weights giving every non-empty cell the same total weight; mean weight 1."""
+    counts = np.bincount(cells, minlength=672).astype(np.float64)
+    n_cells = int((counts > 0).sum())
+    w = cells.size / (n_cells * counts[cells])
+    return w.astype(np.float32)
+
+
+# ------------------------------------------------------------------ model
+
+def _torch():
+    import torch
+    return torch
+
+
+def build_model(mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...]):
+    torch = _torch()
+    nn = torch.nn
+
+    class RobotNet(nn.Module):
+        """standardise -> [Linear -> ReLU] x len(hidden) -> Linear -> logit."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+            dims = (N_FEATURES, *hidden)
+            self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:],
+                                                                          strict=True))
+            self.out = nn.Linear(dims[-1], 1)
+
+        def forward(self, x):  # logits (N,)
+            h = (x - self.mean) / self.std
+            for lin in self.hidden:
+                h = torch.relu(lin(h))
+            return self.out(h).squeeze(-1)
+
+        def robot_prob(self, x):
+            return torch.sigmoid(self.forward(x))
+
+    return RobotNet()
+
+
+@dataclass
+class FitResult:
+    model: Any
+    hidden: tuple[int, ...]
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=0, dtype=np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    std = np.where(std < 1e-6, 1.0, std)  # constant columns (e.g. an unused device) pass as is
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
+        y_va: np.ndarray, w_va: np.ndarray, hidden: tuple[int, ...] = (64, 32),
+        weight_decay: float = 1e-4, lr: float = 2e-3, epochs: int = 20, batch_size: int = 2048,
+        patience: int = 3, seed: int = 0, progress: bool = True, label: str = "train"
+        ) -> FitResult:
+    """Weighted BCE on y = 1 for robot; L2 (weight decay) on the hidden layers' weights only;
+    early stopping on the weighted validation loss; returns the best epoch's weights."""
+    torch = _torch()
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    mean, std = standardisation(x_tr)
+    model = build_model(mean, std, hidden)
+    decay = [lin.weight for lin in model.hidden]
+    no_decay = [p for n, p in model.named_parameters() if not (n.startswith("hidden.")
+                                                             and n.endswith(".weight"))]
+    opt = torch.optim.Adam([{"params": decay, "weight_decay": weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}], lr=lr)
+    xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)) for a in
+                  (x_tr, y_tr.astype(np.float32), w_tr.astype(np.float32)))
+    xv, yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
+                  (x_va, y_va.astype(np.float32), w_va.astype(np.float32)))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    n = xt.shape[0]
+    steps = (n + batch_size - 1) // batch_size
+    bar = Progress(epochs * steps, label, unit="batches", enabled=progress)
+    best = (float("inf"), -1, None)
+    hist: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    bad = 0
+    ep = -1
+    for ep in range(epochs):
+        model.train()
+        perm = torch.randperm(n, generator=g)
+        tot = 0.0
+        for i in range(steps):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            loss = (bce(model(xt[idx]), yt[idx], reduction="none") * wt[idx]).sum() / wt[idx].sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot += float(loss.detach()) * idx.shape[0]
+            bar.update(1)
+        model.eval()
+        with torch.no_grad():
+            vl = float((bce(model(xv), yv, reduction="none") * wv).sum() / wv.sum())
+        hist.append({"epoch": ep, "train_loss": tot / n, "val_loss": vl})
+        if vl < best[0] - 1e-5:
+            best = (vl, ep, {k: v.clone() for k, v in model.state_dict().items()})
+            bad = 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    bar.close()
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    model.eval()
+    return FitResult(model, hidden, best[1], ep + 1, hist, time.perf_counter() - t0)
+
+
+def predict(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:
+    torch = _torch()
+    out = np.empty(x.shape[0], dtype=np.float32)
+    with torch.no_grad():
+        for a in range(0, x.shape[0], batch_size):
+            out[a:a + batch_size] = model.robot_prob(
+                torch.from_numpy(np.ascontiguousarray(x[a:a + batch_size]))).numpy()
+    return out
+
+
+# ------------------------------------------------------------------ ONNX
+
+def to_onnx(model: Any, doc: str = "slidr robot MLP"):
+    """The trained net as an ONNX graph built from its weights (Sub, Div, Gemm, Relu, Sigmoid):
+    no exporter tracing, so the graph is exactly the documented architecture."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in model.state_dict().items()}
+    inits = [numpy_helper.from_array(sd["mean"], "mean"),
+             numpy_helper.from_array(sd["std"], "std")]
+    nodes = [helper.make_node("Sub", [ONNX_INPUT, "mean"], ["centred"]),
+             helper.make_node("Div", ["centred", "std"], ["h0"])]
+    h = "h0"
+    n_hidden = len(model.hidden)
+    for i in range(n_hidden):
+        inits += [numpy_helper.from_array(sd[f"hidden.{i}.weight"], f"W{i}"),
+                  numpy_helper.from_array(sd[f"hidden.{i}.bias"], f"b{i}")]
+        nodes += [helper.make_node("Gemm", [h, f"W{i}", f"b{i}"], [f"z{i}"], transB=1),
+                  helper.make_node("Relu", [f"z{i}"], [f"h{i + 1}"])]
+        h = f"h{i + 1}"
+    inits += [numpy_helper.from_array(sd["out.weight"], "Wout"),
+              numpy_helper.from_array(sd["out.bias"], "bout"),
+              numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat")]
+    nodes += [helper.make_node("Gemm", [h, "Wout", "bout"], ["logit"], transB=1),
+              helper.make_node("Sigmoid", ["logit"], ["prob2d"]),
+              helper.make_node("Reshape", ["prob2d", "flat"], [ONNX_OUTPUT])]
+    graph = helper.make_graph(
+        nodes, "slidr_robot_mlp",
+        [helper.make_tensor_value_info(ONNX_INPUT, TensorProto.FLOAT, ["N", N_FEATURES])],
+        [helper.make_tensor_value_info(ONNX_OUTPUT, TensorProto.FLOAT, ["N"])], inits)
+    m = helper.make_model(graph, producer_name="slidr", doc_string=doc,
+                          opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8  # readable by every onnxruntime >= 1.10 and TensorRT 8.6+
+    onnx.checker.check_model(m)
+    return m
+
+
+def export_onnx(model: Any, path: str | Path, x_check: np.ndarray,
+                tol: float = PARITY_TOL) -> dict[str, Any]:
+    """Write model.onnx atomically and compare ONNX Runtime with torch on `x_check`.
+    Raises RuntimeError when the max abs difference exceeds `tol`."""
+    import onnxruntime as ort
+
+    m = to_onnx(model)
+    with atomic_open(path, "wb") as f:
+        f.write(m.SerializeToString())
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    x = np.ascontiguousarray(x_check, dtype=np.float32)
+    got = np.empty(x.shape[0], dtype=np.float32)
+    for a in range(0, x.shape[0], 262_144):
+        got[a:a + 262_144] = sess.run([ONNX_OUTPUT], {ONNX_INPUT: x[a:a + 262_144]})[0]
+    ref = predict(model, x)
+    diff = float(np.max(np.abs(got - ref))) if x.shape[0] else 0.0
+    res = {"rows": int(x.shape[0]), "max_abs_diff": diff, "tolerance": tol,
+           "onnxruntime": ort.__version__, "opset": 17}
+    if not diff <= tol:
+        raise RuntimeError(f"ONNX Runtime disagrees with torch: max abs diff {diff:.3g} > {tol} "
+                           f"on {x.shape[0]} rows")
+    return res
