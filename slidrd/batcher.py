@@ -1,0 +1,433 @@
+"""The micro-batcher: clicks in, decisions out, one store round trip and one model call per batch.
+
+Flow per batch: drop expired clicks (fail-open: deadline) -> validate each click (a bad one gets
+INVALID_CLICK, the rest go on) -> ClickBatch -> FeatureKernel(store).features -> scorer.infer ->
+per-slice thresholds -> decisions -> responses grouped per connection -> decision log.
+
+Scheduling: flush at once when nothing is in flight; while a batch is in the store or the model,
+clicks accumulate and leave as the next batch (at most max_batch each). With the embedded store
+the batch runs inline on the loop (microseconds of C); with Redis it runs on a worker thread and
+the loop waits for it no longer than the earliest deadline in the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from slidr.contract import DEVICE_CODE, ClickBatch, ContractError, slice_name, validate_click
+from slidr.errors import ErrorCode, error
+from slidr.kernel import FeatureKernel
+
+from .metrics import Metrics
+
+log = logging.getLogger("slidrd")
+
+_SLICE_BY_CODE = [slice_name(d, li) for d in range(len(DEVICE_CODE)) for li in (0, 1)]
+_perf = time.perf_counter
+
+# An item: (click, sink, msgid_or_index, t_arrival, deadline). `sink` is a connection (answer
+# is a response to msgid) or a Group (answer fills slot `index` of a score_many result).
+Item = tuple[Any, Any, int, float, float]
+
+
+class Group:
+    """The clicks of one score_many call: answers fill slots; the last one sends the response."""
+
+    __slots__ = ("conn", "msgid", "results", "remaining")
+
+    def __init__(self, conn: Any, msgid: int, n: int) -> None:
+        self.conn = conn
+        self.msgid = msgid
+        self.results: list[Any] = [None] * n
+        self.remaining = n
+
+    def fill(self, idx: int, value: Any) -> None:
+        self.results[idx] = value
+        self.remaining -= 1
+        self.conn.inflight -= 1
+        if self.remaining == 0:
+            self.conn.queue_result(self.msgid, self.results)
+
+
+def _store_unavailable_types() -> tuple[type[BaseException], ...]:
+    try:
+        from slidr.store_redis import StoreUnavailable
+    except ImportError:
+        return ()
+    return (StoreUnavailable,)
+
+
+def best_slice(click: Any) -> str | None:
+    try:
+        return slice_name(DEVICE_CODE[click["device"]], 1 if click["logged_in"] else 0)
+    except Exception:
+        return None
+
+
+def fail_open_decision(click: Any, cause: str, model: str) -> dict[str, Any]:
+    cid = click.get("click_id") if isinstance(click, dict) else None
+    return {"click_id": cid, "invalid": False, "score": None, "threshold": None,
+            "slice": best_slice(click), "model": model, "reason": "fail_open:" + cause}
+
+
+class Batcher:
+    def __init__(self, kernel: FeatureKernel, get_model: Callable[[], Any], metrics: Metrics,
+                 *, inline: bool, max_batch: int, max_wait_us: int, pipeline_depth: int,
+                 max_inflight_total: int, decision_log: Any = None) -> None:
+        self.kernel = kernel
+        self.get_model = get_model
+        self.metrics = metrics
+        self.inline = inline
+        self.max_batch = max_batch
+        self.max_wait = max_wait_us / 1e6
+        self.depth = 1 if inline else pipeline_depth
+        self.max_total = max_inflight_total
+        self.dlog = decision_log
+        self.loop = asyncio.get_event_loop()
+        self.pending: list[Item] = []
+        self.inflight_batches = 0
+        self.inflight_clicks = 0  # pending + in batches
+        self._scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._min_deadline = float("inf")
+        self._dirty: set[Any] = set()
+        self._store_errors = _store_unavailable_types()
+        self._store_down_until = 0.0
+        self._backoff = 0.02
+        self._executor = None if inline else ThreadPoolExecutor(
+            max_workers=self.depth, thread_name_prefix="slidrd-store")
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    # ------------------------------------------------------------------ intake (loop thread)
+    def submit(self, click: Any, sink: Any, slot: int, t_arr: float, deadline: float) -> None:
+        conn = sink.conn if type(sink) is Group else sink
+        if self.inflight_clicks >= self.max_total:
+            self._answer_now(click, sink, slot, "overload")
+            return
+        conn.inflight += 1
+        self.inflight_clicks += 1
+        self.pending.append((click, sink, slot, t_arr, deadline))
+        if deadline < self._min_deadline:
+            self._min_deadline = deadline
+
+    def kick(self) -> None:
+        """Called after intake: flush now when idle, else make sure a timer watches the queue."""
+        if not self.pending or self._scheduled:
+            return
+        if self.inflight_batches == 0 or len(self.pending) >= self.max_batch:
+            if self.inflight_batches < self.depth:
+                self._scheduled = True
+                # call_soon: every connection readable in this loop pass adds to the batch first.
+                self.loop.call_soon(self._flush)
+                return
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None or not self.pending:
+            return
+        when = min(self._min_deadline, self.pending[0][3] + self.max_wait)
+        self._timer = self.loop.call_at(self.loop.time() + max(when - _perf(), 0.0), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = _perf()
+        if self.pending and self.inflight_batches < self.depth:
+            self._flush()
+            return
+        if now >= self._min_deadline:
+            keep: list[Item] = []
+            expired: list[Item] = []
+            mind = float("inf")
+            for it in self.pending:
+                if it[4] <= now:
+                    expired.append(it)
+                else:
+                    keep.append(it)
+                    mind = min(mind, it[4])
+            self.pending = keep
+            self._min_deadline = mind
+            self._fail_open(expired, "deadline", self._version())
+            self._flush_dirty()
+        self._arm_timer()
+
+    # ------------------------------------------------------------------ batches
+    def _version(self) -> str:
+        m = self.get_model()
+        return m.version if m is not None else ""
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self.pending and self.inflight_batches < self.depth:
+            items = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            if not self.pending:
+                self._min_deadline = float("inf")
+            if self.inline:
+                self._run_inline(items)
+            else:
+                self.inflight_batches += 1
+                self.loop.create_task(self._run_threaded(items))
+        if self.pending:
+            self._arm_timer()
+        self._maybe_idle()
+
+    def _prepare(self, items: list[Item], t0: float, version: str
+                 ) -> tuple[list[Item], list[Any], ClickBatch | None]:
+        """Expire late clicks, validate the rest; -> (valid items, their clicks, ClickBatch)."""
+        valid: list[Item] = []
+        clicks: list[Any] = []
+        expired: list[Item] = []
+        for it in items:
+            if it[4] <= t0:
+                expired.append(it)
+                continue
+            c = it[0]
+            try:
+                validate_click(c)
+            except ContractError as e:
+                self._answer_error(it, error(ErrorCode.INVALID_CLICK, str(e)))
+                continue
+            valid.append(it)
+            clicks.append(c)
+        if expired:
+            self._fail_open(expired, "deadline", version)
+        if not valid:
+            return valid, clicks, None
+        return valid, clicks, ClickBatch.from_clicks(clicks, validate=False)
+
+    def _run_inline(self, items: list[Item]) -> None:
+        t0 = _perf()
+        model = self.get_model()
+        valid, clicks, batch = self._prepare(items, t0, model.version)
+        if batch is not None:
+            if t0 < self._store_down_until:
+                self._fail_open(valid, "store_down", model.version, clicks)
+            else:
+                try:
+                    feats, scores, t_store, t_model = self._compute(batch, model)
+                except _StageError as e:
+                    self._stage_failed(e, valid, clicks, model.version)
+                else:
+                    self._decide(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
+        self._flush_dirty()
+
+    async def _run_threaded(self, items: list[Item]) -> None:
+        t0 = _perf()
+        model = self.get_model()
+        try:
+            valid, clicks, batch = self._prepare(items, t0, model.version)
+            if batch is None:
+                return
+            if t0 < self._store_down_until:
+                self._fail_open(valid, "store_down", model.version, clicks)
+                return
+            fut = self.loop.run_in_executor(self._executor, self._compute, batch, model)
+            budget = min(it[4] for it in valid) - _perf()
+            try:
+                feats, scores, t_store, t_model = await asyncio.wait_for(
+                    asyncio.shield(fut), timeout=max(budget, 0.0))
+            except TimeoutError:
+                # The worker thread finishes on its own (bounded by the store timeout); the
+                # batch slot stays taken until it does, so a stuck store cannot pile up threads.
+                self._fail_open(valid, "deadline", model.version, clicks)
+                self._flush_dirty()
+                try:
+                    await fut
+                except _StageError as e:
+                    if e.stage == "store":  # open the breaker even though nobody waits
+                        self.metrics.redis_errors += 1
+                        self._store_down_until = _perf() + self._backoff
+                        self._backoff = min(self._backoff * 2, 0.5)
+                except Exception:
+                    pass
+                return
+            except _StageError as e:
+                self._stage_failed(e, valid, clicks, model.version)
+                return
+            self._decide(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
+        except Exception:
+            log.exception("batch failed")
+            self._fail_open_remaining(items, "model_error")
+        finally:
+            self.inflight_batches -= 1
+            self._flush_dirty()
+            if self.pending:
+                self.kick()
+            self._maybe_idle()
+
+    def _compute(self, batch: ClickBatch, model: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """The CPU and I/O part (any thread): features through the store, then the model."""
+        t1 = _perf()
+        try:
+            feats = self.kernel.features(batch)
+        except Exception as e:
+            raise _StageError("store", e) from e
+        t2 = _perf()
+        try:
+            scores = model.scorer.infer(feats)
+        except Exception as e:
+            raise _StageError("model", e, feats) from e
+        return feats, scores, t2 - t1, _perf() - t2
+
+    def _stage_failed(self, e: _StageError, valid: list[Item], clicks: list[Any],
+                      version: str) -> None:
+        if e.stage == "store":
+            self.metrics.redis_errors += 1
+            if not (self._store_errors and isinstance(e.cause, self._store_errors)):
+                log.error("store failed: %r", e.cause)
+            # Circuit breaker: stop asking a dead store for a short, growing while.
+            self._store_down_until = _perf() + self._backoff
+            self._backoff = min(self._backoff * 2, 0.5)
+            self._fail_open(valid, "store_down", version, clicks)
+        else:
+            log.error("model failed: %r", e.cause)
+            self._fail_open(valid, "model_error", version, clicks, e.feats)
+
+    def _decide(self, valid: list[Item], clicks: list[Any], batch: ClickBatch, feats: np.ndarray,
+                scores: np.ndarray, model: Any, t0: float, t_store: float, t_model: float) -> None:
+        self._backoff = 0.02
+        n = len(valid)
+        codes = batch.device.astype(np.intp) * 2 + batch.logged_in
+        thr = model.thresholds[codes]
+        invalid = scores >= thr
+        version = model.version
+        score_l = scores.tolist()
+        thr_l = thr.tolist()
+        inv_l = invalid.tolist()
+        code_l = codes.tolist()
+        decisions = []
+        for i in range(n):
+            it = valid[i]
+            d = {"click_id": clicks[i]["click_id"], "invalid": inv_l[i], "score": score_l[i],
+                 "threshold": thr_l[i], "slice": _SLICE_BY_CODE[code_l[i]], "model": version,
+                 "reason": "model"}
+            decisions.append(d)
+            sink = it[1]
+            if type(sink) is Group:
+                sink.fill(it[2], d)
+            else:
+                sink.inflight -= 1
+                sink.queue_result(it[2], d)
+                self._dirty.add(sink)
+            if type(sink) is Group:
+                self._dirty.add(sink.conn)
+        self.inflight_clicks -= n
+        t_end = _perf()
+        m = self.metrics
+        arr = np.fromiter((it[3] for it in valid), dtype=np.float64, count=n)
+        m.latency["queue"].observe_many(t0 - arr)
+        m.latency["total"].observe_many(t_end - arr)
+        m.latency["store"].observe(t_store, n)
+        m.latency["model"].observe(t_model, n)
+        m.batch_size.observe(float(n))
+        per = np.bincount(codes, minlength=len(_SLICE_BY_CODE)).tolist()
+        bad = np.bincount(codes, weights=invalid, minlength=len(_SLICE_BY_CODE)).tolist()
+        for k in range(len(per)):
+            if per[k]:
+                s = _SLICE_BY_CODE[k]
+                m.decisions[s] += per[k]
+                m.invalid[s] += int(bad[k])
+        if self.dlog is not None:
+            self.dlog.submit(clicks, feats, decisions, version)
+
+    # ------------------------------------------------------------------ answers
+    def _answer_now(self, click: Any, sink: Any, slot: int, cause: str) -> None:
+        """Shed without queueing (overload): answered valid at once."""
+        d = fail_open_decision(click, cause, self._version())
+        self.metrics.fail_open[cause] += 1
+        conn = sink.conn if type(sink) is Group else sink
+        conn.inflight += 1
+        if type(sink) is Group:
+            sink.fill(slot, d)
+        else:
+            conn.inflight -= 1
+            conn.queue_result(slot, d)
+        self._dirty.add(conn)
+        if self.dlog is not None:
+            self.dlog.submit([click], None, [d], d["model"])
+
+    def _answer_error(self, it: Item, err: list[Any]) -> None:
+        sink = it[1]
+        self.inflight_clicks -= 1
+        cid = it[0].get("click_id") if isinstance(it[0], dict) else None
+        self.metrics.errors[ErrorCode(err[0]).name] += 1
+        if type(sink) is Group:
+            sink.fill(it[2], {"click_id": cid, "error": err})
+            self._dirty.add(sink.conn)
+        else:
+            sink.inflight -= 1
+            sink.queue_error(it[2], err)
+            self._dirty.add(sink)
+
+    def _fail_open(self, items: list[Item], cause: str, version: str,
+                   clicks: list[Any] | None = None, feats: np.ndarray | None = None) -> None:
+        if not items:
+            return
+        decisions = []
+        for it in items:
+            d = fail_open_decision(it[0], cause, version)
+            decisions.append(d)
+            sink = it[1]
+            if type(sink) is Group:
+                sink.fill(it[2], d)
+                self._dirty.add(sink.conn)
+            else:
+                sink.inflight -= 1
+                sink.queue_result(it[2], d)
+                self._dirty.add(sink)
+        self.inflight_clicks -= len(items)
+        self.metrics.fail_open[cause] += len(items)
+        log.debug("fail-open (%s): %d clicks", cause, len(items))
+        if self.dlog is not None:
+            self.dlog.submit(clicks if clicks is not None else [it[0] for it in items], feats,
+                             decisions, version)
+
+    def _fail_open_remaining(self, items: list[Item], cause: str) -> None:
+        # Only for unexpected bugs: answer what has not been answered. Items whose sink no longer
+        # expects them are harmless (queue_result on a closed connection is a no-op).
+        self._fail_open(items, cause, self._version())
+
+    def _flush_dirty(self) -> None:
+        if self._dirty:
+            for conn in self._dirty:
+                conn.flush()
+            self._dirty.clear()
+
+    # ------------------------------------------------------------------ drain
+    def _maybe_idle(self) -> None:
+        if self.inflight_clicks == 0 and self.inflight_batches == 0 and self._idle_waiters:
+            for f in self._idle_waiters:
+                if not f.done():
+                    f.set_result(None)
+            self._idle_waiters.clear()
+
+    async def wait_idle(self) -> None:
+        if self.inflight_clicks == 0 and self.inflight_batches == 0:
+            return
+        f: asyncio.Future[None] = self.loop.create_future()
+        self._idle_waiters.append(f)
+        await f
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=False)
+
+
+class _StageError(Exception):
+    def __init__(self, stage: str, cause: BaseException, feats: np.ndarray | None = None) -> None:
+        super().__init__(f"{stage}: {cause!r}")
+        self.stage = stage
+        self.cause = cause
+        self.feats = feats

@@ -1,0 +1,120 @@
+"""The decision log: every answer, with its features, written off the hot path.
+
+The event loop hands over one tuple per batch (a queue put); a writer thread turns it into
+msgpack records (one map per decision, concatenated — "msgpack lines") in rotating files
+`decisions-<start>-<pid>-<seq>.msgpack`. A file is written as `.part` and renamed when closed,
+so a finished name is always a complete file. `read_decisions(dir)` reads them back in order.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+_STOP = object()
+
+
+class DecisionLog:
+    def __init__(self, directory: str, max_bytes: int = 256 << 20, with_features: bool = True,
+                 max_queued_batches: int = 100_000) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.with_features = with_features
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=max_queued_batches)
+        self.dropped = 0
+        self.written = 0
+        self._seq = 0
+        self._start = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self._f: Any = None
+        self._size = 0
+        self._name = ""
+        self._error: BaseException | None = None
+        self._t = threading.Thread(target=self._run, name="slidrd-decision-log", daemon=True)
+        self._t.start()
+
+    # ---- called on the event loop (cheap)
+    def submit(self, clicks: list[Any], features: np.ndarray | None, decisions: list[Any],
+               model: str) -> None:
+        """One batch: the clicks, (n, 24) features or None (fail-open), decision dicts."""
+        try:
+            self.q.put_nowait((clicks, features, decisions, model, time.time()))
+        except queue.Full:
+            self.dropped += len(decisions)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, close the file, stop the thread."""
+        self.q.put(_STOP)
+        self._t.join(timeout)
+
+    # ---- writer thread
+    def _open(self) -> None:
+        self._seq += 1
+        self._name = f"decisions-{self._start}-{os.getpid()}-{self._seq:05d}.msgpack"
+        self._f = open(self.dir / (self._name + ".part"), "wb", buffering=1 << 20)
+        self._size = 0
+
+    def _close_file(self) -> None:
+        if self._f is None:
+            return
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        os.replace(self.dir / (self._name + ".part"), self.dir / self._name)
+        self._f = None
+
+    def _run(self) -> None:
+        packer = msgpack.Packer(use_bin_type=True)
+        while True:
+            item = self.q.get()
+            if item is _STOP:
+                break
+            try:
+                self._write(packer, item)
+            except BaseException as e:  # keep the loop alive; the count tells the operator
+                self._error = e
+                self.dropped += len(item[2])
+            # Drain whatever else is queued before flushing, so bursts cost one flush.
+            if self.q.empty() and self._f is not None:
+                self._f.flush()
+        self._close_file()
+
+    def _write(self, packer: msgpack.Packer, item: Any) -> None:
+        clicks, features, decisions, model, wall = item
+        if self._f is None:
+            self._open()
+        feats = features.tolist() if (features is not None and self.with_features) else None
+        chunks = []
+        for i, d in enumerate(decisions):
+            rec = {"t": wall, "click": clicks[i], "decision": d, "model": model,
+                   "features": feats[i] if feats is not None else None}
+            chunks.append(packer.pack(rec))
+        blob = b"".join(chunks)
+        self._f.write(blob)
+        self._size += len(blob)
+        self.written += len(decisions)
+        if self._size >= self.max_bytes:
+            self._close_file()
+
+
+def log_files(directory: str | Path) -> list[Path]:
+    """Finished log files in write order (name order: start time, pid, sequence)."""
+    return sorted(p for p in Path(directory).glob("decisions-*.msgpack"))
+
+
+def read_decisions(directory: str | Path, include_partial: bool = False) -> Iterator[dict[str, Any]]:
+    """Every record of the finished files in a directory, in order."""
+    files = log_files(directory)
+    if include_partial:
+        files += sorted(Path(directory).glob("decisions-*.msgpack.part"))
+    for p in files:
+        with open(p, "rb") as f:
+            yield from msgpack.Unpacker(f, raw=False, strict_map_key=False)

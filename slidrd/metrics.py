@@ -1,0 +1,188 @@
+"""Prometheus text metrics, observed per batch (numpy), served by a tiny asyncio HTTP responder.
+
+No client library: the hot path adds whole batches to bucket counts with one searchsorted and
+one bincount, and the exposition format is a few lines of text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+# Seconds; sub-millisecond resolution where the p99.9 < 5 ms target lives.
+LATENCY_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3,
+                   5e-3, 7.5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+
+
+class Histogram:
+    __slots__ = ("bounds", "counts", "total", "n")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = np.asarray(bounds, dtype=np.float64)
+        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self.total = 0.0
+        self.n = 0
+
+    def observe_many(self, values: np.ndarray) -> None:
+        if values.size == 0:
+            return
+        idx = np.searchsorted(self.bounds, values, side="left")
+        self.counts += np.bincount(idx, minlength=self.counts.size)
+        self.total += float(values.sum())
+        self.n += int(values.size)
+
+    def observe(self, value: float, times: int = 1) -> None:
+        self.counts[int(np.searchsorted(self.bounds, value, side="left"))] += times
+        self.total += value * times
+        self.n += times
+
+    def quantile(self, q: float) -> float:
+        """Upper bucket bound at quantile q (coarse; the bench measures exact latencies)."""
+        if self.n == 0:
+            return 0.0
+        cum = np.cumsum(self.counts)
+        i = int(np.searchsorted(cum, q * self.n, side="left"))
+        return float(self.bounds[i]) if i < self.bounds.size else float("inf")
+
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        out = []
+        cum = 0
+        for b, c in zip(self.bounds.tolist(), self.counts[:-1].tolist(), strict=True):
+            cum += c
+            out.append(f'{name}_bucket{{{labels}{sep}le="{b:g}"}} {cum}')
+        out.append(f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.n}')
+        lab = f"{{{labels}}}" if labels else ""
+        out.append(f"{name}_sum{lab} {self.total:.9g}")
+        out.append(f"{name}_count{lab} {self.n}")
+        return out
+
+
+class Metrics:
+    """All counters of one daemon process."""
+
+    STAGES = ("queue", "store", "model", "total")
+
+    def __init__(self) -> None:
+        self.latency = {s: Histogram(LATENCY_BUCKETS) for s in self.STAGES}
+        self.batch_size = Histogram(BATCH_BUCKETS)
+        self.decisions: dict[str, int] = defaultdict(int)  # slice -> decisions
+        self.invalid: dict[str, int] = defaultdict(int)  # slice -> invalidated
+        self.fail_open: dict[str, int] = defaultdict(int)  # cause -> clicks
+        self.errors: dict[str, int] = defaultdict(int)  # wire error name -> responses
+        self.redis_errors = 0
+        self.connections = 0
+        self.connections_total = 0
+        self.requests = 0
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self.decision_log_dropped = 0
+        self.model_version = ""
+        self.started = time.time()
+        self.gauges: dict[str, Any] = {}
+
+    def render(self) -> str:
+        L: list[str] = []
+
+        def head(name: str, kind: str, helptext: str) -> None:
+            L.append(f"# HELP {name} {helptext}")
+            L.append(f"# TYPE {name} {kind}")
+
+        head("slidr_latency_seconds", "histogram",
+             "Per-click latency by stage (queue, store, model, total)")
+        for s in self.STAGES:
+            L.extend(self.latency[s].lines("slidr_latency_seconds", f'stage="{s}"'))
+        head("slidr_batch_size", "histogram", "Clicks per micro-batch")
+        L.extend(self.batch_size.lines("slidr_batch_size"))
+        head("slidr_decisions_total", "counter", "Model decisions by slice")
+        for k, v in sorted(self.decisions.items()):
+            L.append(f'slidr_decisions_total{{slice="{k}"}} {v}')
+        head("slidr_invalid_total", "counter", "Clicks invalidated by slice")
+        for k, v in sorted(self.invalid.items()):
+            L.append(f'slidr_invalid_total{{slice="{k}"}} {v}')
+        head("slidr_ivr", "gauge", "Invalidation rate by slice since start")
+        for k, v in sorted(self.decisions.items()):
+            L.append(f'slidr_ivr{{slice="{k}"}} {self.invalid.get(k, 0) / max(v, 1):.6g}')
+        head("slidr_fail_open_total", "counter", "Clicks answered valid without a model score")
+        for k, v in sorted(self.fail_open.items()):
+            L.append(f'slidr_fail_open_total{{cause="{k}"}} {v}')
+        head("slidr_errors_total", "counter", "Error responses by code name")
+        for k, v in sorted(self.errors.items()):
+            L.append(f'slidr_errors_total{{code="{k}"}} {v}')
+        for name, kind, helptext, value in (
+            ("slidr_redis_errors_total", "counter", "Failed Redis round trips", self.redis_errors),
+            ("slidr_connections", "gauge", "Open public connections", self.connections),
+            ("slidr_connections_total", "counter", "Accepted connections", self.connections_total),
+            ("slidr_requests_total", "counter", "RPC requests", self.requests),
+            ("slidr_reloads_total", "counter", "Successful model reloads", self.reloads_ok),
+            ("slidr_reload_failures_total", "counter", "Refused model reloads", self.reloads_failed),
+            ("slidr_decision_log_dropped_total", "counter", "Decision log records dropped",
+             self.decision_log_dropped),
+            ("slidr_start_time_seconds", "gauge", "Process start time", self.started),
+        ):
+            head(name, kind, helptext)
+            L.append(f"{name} {value}")
+        for name, value in sorted(self.gauges.items()):
+            head(name, "gauge", name.replace("_", " "))
+            L.append(f"{name} {value}")
+        head("slidr_model_info", "gauge", "The model version being served")
+        L.append(f'slidr_model_info{{version="{self.model_version}"}} 1')
+        return "\n".join(L) + "\n"
+
+    def snapshot(self) -> dict[str, Any]:
+        """The admin `stats` answer (plain types)."""
+        lat = {s: {"count": h.n, "mean_ms": (h.total / h.n * 1000) if h.n else 0.0,
+                   "p50_ms_le": h.quantile(0.5) * 1000, "p99_ms_le": h.quantile(0.99) * 1000,
+                   "p999_ms_le": h.quantile(0.999) * 1000}
+               for s, h in self.latency.items()}
+        return {"model_version": self.model_version, "uptime_s": time.time() - self.started,
+                "requests": self.requests, "connections": self.connections,
+                "decisions": dict(self.decisions), "invalid": dict(self.invalid),
+                "fail_open": dict(self.fail_open), "errors": dict(self.errors),
+                "redis_errors": self.redis_errors, "reloads_ok": self.reloads_ok,
+                "reloads_failed": self.reloads_failed,
+                "decision_log_dropped": self.decision_log_dropped,
+                "batches": self.batch_size.n,
+                "mean_batch": self.batch_size.total / max(self.batch_size.n, 1),
+                "latency": lat, **self.gauges}
+
+
+class _HttpResponder(asyncio.Protocol):
+    """GET /metrics -> text; anything else 404. One request per connection."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if b"\r\n\r\n" not in self.buf and b"\n\n" not in self.buf:
+            if len(self.buf) > 16384:
+                self._send(b"431 Request Header Fields Too Large", b"")
+            return
+        line = self.buf.split(b"\r\n", 1)[0].split(b" ")
+        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics", b"/"):
+            self._send(b"200 OK", self.metrics.render().encode())
+        else:
+            self._send(b"404 Not Found", b"not found\n")
+
+    def _send(self, status: bytes, body: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; "
+                             b"version=0.0.4\r\nContent-Length: " + str(len(body)).encode()
+                             + b"\r\nConnection: close\r\n\r\n" + body)
+        self.transport.close()
+
+
+async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_events.Server:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: _HttpResponder(metrics), host, port)

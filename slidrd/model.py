@@ -1,0 +1,177 @@
+"""The serving model: a verified bundle, a warmed scorer and per-slice thresholds as arrays.
+
+A `ServingModel` is immutable once built. Reload builds a new one off to the side (load,
+verify, warm) and the daemon swaps one reference between batches, so a batch always sees one
+model from start to finish.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from slidr.contract import DEVICES, SLICES, slice_name
+from slidr.featurespec import N_FEATURES, SPEC_HASH
+
+
+class Scorer(Protocol):
+    name: str
+
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def warmup(self, max_batch: int) -> None: ...
+
+
+class ModelLoadError(RuntimeError):
+    """The bundle cannot serve: the message says why (checksums, spec hash, model, thresholds)."""
+
+
+class _OrtScorer:
+    """ONNX Runtime on CPU, one thread: the fallback until slidr.engines is importable."""
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        # Latency, not throughput: batches are small and the box has 2 cores shared with the loop.
+        so.intra_op_num_threads = 1
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._sess = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+        inputs = self._sess.get_inputs()
+        if len(inputs) != 1:
+            raise ModelLoadError(f"model has {len(inputs)} inputs, expected 1 (features)")
+        self._in = inputs[0].name
+        outs = [o.name for o in self._sess.get_outputs()]
+        self._out = "robot_prob" if "robot_prob" in outs else outs[0]
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        y = self._sess.run([self._out], {self._in: x})[0]
+        return np.asarray(y, dtype=np.float32).reshape(-1)
+
+    def warmup(self, max_batch: int) -> None:
+        n = 1
+        while True:
+            self.infer(np.zeros((n, N_FEATURES), dtype=np.float32))
+            if n >= max_batch:
+                break
+            n = min(n * 2, max_batch)
+
+
+def select_scorer(model_path: str, backend: str, max_batch: int) -> Scorer:
+    """slidr.engines.select_scorer when it exists, else ONNX Runtime directly."""
+    try:
+        from slidr.engines import select_scorer as engines_select
+    except ImportError:
+        engines_select = None
+    if engines_select is not None:
+        return engines_select(model_path, backend=backend,  # type: ignore[no-any-return]
+                              max_batch=max(max_batch, 1))
+    if backend == "tensorrt":
+        raise ModelLoadError("backend 'tensorrt' asked for, but slidr.engines is not available")
+    return _OrtScorer(model_path)
+
+
+def threshold_table(thresholds: dict[str, Any]) -> tuple[np.ndarray, str]:
+    """thresholds.json -> float64 (len(DEVICES) * 2,) indexed by device * 2 + logged_in."""
+    if not isinstance(thresholds, dict):
+        raise ModelLoadError("thresholds must be a JSON object")
+    default = thresholds.get("default")
+    slices = thresholds.get("slices") or {}
+    if not isinstance(slices, dict):
+        raise ModelLoadError("thresholds 'slices' must be an object")
+    unknown = sorted(set(slices) - set(SLICES))
+    if unknown:
+        raise ModelLoadError(f"thresholds name unknown slices: {', '.join(unknown)}")
+    table = np.empty(len(DEVICES) * 2, dtype=np.float64)
+    for d in range(len(DEVICES)):
+        for li in (0, 1):
+            name = slice_name(d, li)
+            v = slices.get(name, default)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ModelLoadError(f"no usable threshold for slice {name} (got {v!r}, "
+                                     f"default {default!r})")
+            if not 0.0 <= float(v) <= 1.0:
+                raise ModelLoadError(f"threshold for slice {name} = {v} is outside [0, 1]")
+            table[d * 2 + li] = float(v)
+    return table, str(thresholds.get("method", "slice"))
+
+
+@dataclass(frozen=True)
+class ServingModel:
+    version: str
+    path: str
+    scorer: Any
+    thresholds: np.ndarray  # float64, index device * 2 + logged_in
+    method: str
+    loaded_at: float
+    warmup_ms: float
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        return {"version": self.version, "path": self.path, "scorer": self.scorer.name,
+                "threshold_method": self.method, "loaded_at": self.loaded_at,
+                "warmup_ms": round(self.warmup_ms, 3),
+                "thresholds": {slice_name(d, li): float(self.thresholds[d * 2 + li])
+                               for d in range(len(DEVICES)) for li in (1, 0)}}
+
+
+def load_bundle(bundle: Any, backend: str, max_batch: int) -> ServingModel:
+    """Verify a registry Bundle and build a warmed ServingModel, or raise ModelLoadError."""
+    try:
+        bundle.verify()
+    except Exception as e:  # BundleError and I/O errors alike: refuse with the reason
+        raise ModelLoadError(f"bundle {getattr(bundle, 'version', '?')} failed verification: "
+                             f"{e}") from e
+    manifest = dict(bundle.manifest)
+    spec = manifest.get("feature_spec_hash")
+    if spec != SPEC_HASH:
+        raise ModelLoadError(f"bundle {bundle.version} was built for feature spec {spec!r}, "
+                             f"this daemon computes {SPEC_HASH!r}")
+    table, method = threshold_table(bundle.thresholds)
+    model_path = str(bundle.model_path)
+    if not Path(model_path).is_file():
+        raise ModelLoadError(f"bundle {bundle.version}: model file missing: {model_path}")
+    try:
+        scorer = select_scorer(model_path, backend, max_batch)
+        t0 = time.perf_counter()
+        scorer.warmup(max_batch)
+        probe = scorer.infer(np.zeros((2, N_FEATURES), dtype=np.float32))
+    except ModelLoadError:
+        raise
+    except Exception as e:
+        raise ModelLoadError(f"bundle {bundle.version}: model does not load or run: "
+                             f"{type(e).__name__}: {e}") from e
+    if probe.shape != (2,) or not np.all(np.isfinite(probe)):
+        raise ModelLoadError(f"bundle {bundle.version}: model output has shape {probe.shape} "
+                             "or non-finite values; expected one robot probability per row")
+    return ServingModel(version=str(bundle.version), path=str(bundle.path), scorer=scorer,
+                        thresholds=table, method=method, loaded_at=time.time(),
+                        warmup_ms=(time.perf_counter() - t0) * 1000.0, manifest=manifest)
+
+
+def load_current(registry_dir: str, backend: str, max_batch: int) -> ServingModel:
+    from slidr.registry import Registry
+
+    reg = Registry(registry_dir)
+    try:
+        bundle = reg.current()
+    except Exception as e:
+        raise ModelLoadError(f"registry {registry_dir}: cannot read the current bundle: {e}") from e
+    if bundle is None:
+        raise ModelLoadError(f"registry {registry_dir} has no current bundle; publish or promote one")
+    return load_bundle(bundle, backend, max_batch)
+
+
+def rollback(registry_dir: str) -> None:
+    from slidr.registry import Registry
+
+    Registry(registry_dir).rollback()

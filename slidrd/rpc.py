@@ -1,0 +1,208 @@
+"""msgpack-RPC framing on an asyncio.Protocol: one streaming Unpacker per connection.
+
+Requests `[0, msgid, method, params]` get `[1, msgid, error, result]`, possibly out of order;
+notifications `[2, method, params]` get nothing. A malformed request gets an error response and
+the connection stays usable; bytes that are not msgpack, or a message over the size limit, get
+an error notification `[2, "error", [[code, message]]]` and the connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+
+from slidr.errors import ErrorCode, RpcError, error
+
+log = logging.getLogger("slidrd")
+
+_MAX_MSGID = (1 << 32) - 1
+_perf = time.perf_counter
+
+
+class RpcConnection(asyncio.Protocol):
+    """Framing, errors, write batching and flow control; subclasses dispatch methods."""
+
+    def __init__(self, daemon: Any, max_message_bytes: int) -> None:
+        self.daemon = daemon
+        self.max_msg = max_message_bytes
+        # uvloop reads at most 256 KiB at a time; leave room for one read beyond a partial message.
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
+                                         max_buffer_size=max_message_bytes + (256 << 10) + 1024)
+        self.packer = msgpack.Packer(use_bin_type=True)
+        self.transport: asyncio.Transport | None = None
+        self.out: list[bytes] = []
+        self.inflight = 0
+        self.fed = 0
+        self.consumed = 0
+        self.closed = False
+        self.paused_reading = False
+        self.write_paused = False
+        self.last_active = time.monotonic()
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.out.clear()
+
+    def pause_writing(self) -> None:
+        # The client is not reading its answers: stop reading its requests.
+        self.write_paused = True
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.maybe_resume()
+
+    def data_received(self, data: bytes) -> None:
+        t_arr = _perf()
+        self.last_active = time.monotonic()
+        up = self.unpacker
+        try:
+            up.feed(data)
+        except msgpack.BufferFull:
+            self.fatal(ErrorCode.TOO_LARGE, f"message larger than {self.max_msg} bytes")
+            return
+        self.fed += len(data)
+        try:
+            for msg in up:
+                pos = up.tell()
+                size = pos - self.consumed
+                self.consumed = pos
+                if size > self.max_msg:
+                    self.fatal(ErrorCode.TOO_LARGE, f"message of {size} bytes is larger than "
+                               f"{self.max_msg}")
+                    return
+                self.handle(msg, t_arr)
+                if self.closed:
+                    return
+        except (msgpack.FormatError, msgpack.StackError, msgpack.ExtraData, ValueError,
+                TypeError) as e:
+            # ValueError covers bad UTF-8, non-str map keys and over-long containers.
+            self.fatal(ErrorCode.NOT_MSGPACK, f"not a valid msgpack message: {e}")
+            return
+        if self.fed - self.consumed > self.max_msg:
+            self.fatal(ErrorCode.TOO_LARGE, f"message larger than {self.max_msg} bytes")
+            return
+        self.after_input()
+        self.flush()
+
+    # ------------------------------------------------------------------ requests
+    def handle(self, msg: Any, t_arr: float) -> None:
+        self.daemon.metrics.requests += 1
+        if type(msg) is not list or not msg:
+            self.queue_error(None, error(ErrorCode.BAD_REQUEST,
+                                        "a message must be an array [type, ...]"))
+            return
+        kind = msg[0]
+        if kind == 0 and len(msg) == 4:
+            msgid, method, params = msg[1], msg[2], msg[3]
+            if type(msgid) is not int or not 0 <= msgid <= _MAX_MSGID:
+                self.queue_error(None, error(ErrorCode.BAD_REQUEST,
+                                            "msgid must be an unsigned 32-bit integer"))
+                return
+        elif kind == 2 and len(msg) == 3:
+            msgid, method, params = None, msg[1], msg[2]
+        else:
+            mid = msg[1] if len(msg) > 1 and type(msg[1]) is int else None
+            self.queue_error(mid, error(ErrorCode.BAD_REQUEST,
+                                        "expected [0, msgid, method, params] or [2, method, params]"))
+            return
+        if type(method) is not str:
+            self.queue_error(msgid, error(ErrorCode.BAD_REQUEST, "method must be a string"))
+            return
+        if type(params) is not list:
+            self.queue_error(msgid, error(ErrorCode.BAD_REQUEST, "params must be an array"))
+            return
+        try:
+            self.dispatch(msgid, method, params, t_arr)
+        except RpcError as e:
+            self.queue_error(msgid, e.wire())
+        except Exception as e:  # a bug must not take the connection (or the daemon) down
+            log.exception("request %r failed", method)
+            self.queue_error(msgid, error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+
+    def dispatch(self, msgid: int | None, method: str, params: list[Any], t_arr: float) -> None:
+        raise NotImplementedError
+
+    def after_input(self) -> None:
+        pass
+
+    def run_async(self, msgid: int | None, coro: Awaitable[Any]) -> None:
+        """For slow methods (admin): answer when the coroutine finishes."""
+        async def runner() -> None:
+            try:
+                result = await coro
+            except RpcError as e:
+                self.queue_error(msgid, e.wire())
+            except Exception as e:
+                log.exception("async request failed")
+                self.queue_error(msgid, error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+            else:
+                self.queue_result(msgid, result)
+            self.flush()
+        asyncio.get_running_loop().create_task(runner())
+
+    # ------------------------------------------------------------------ output
+    def queue_result(self, msgid: int | None, result: Any) -> None:
+        if msgid is None or self.closed:
+            return
+        self.out.append(self.packer.pack([1, msgid, None, result]))
+
+    def queue_error(self, msgid: int | None, err: list[Any]) -> None:
+        self.daemon.metrics.errors[ErrorCode(err[0]).name] += 1
+        if self.closed:
+            return
+        if msgid is None:
+            self.out.append(self.packer.pack([2, "error", [err]]))
+        else:
+            self.out.append(self.packer.pack([1, msgid, err, None]))
+
+    def flush(self) -> None:
+        if self.out:
+            if not self.closed and self.transport is not None:
+                self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.out.clear()
+        self.maybe_resume()
+
+    def fatal(self, code: ErrorCode, message: str) -> None:
+        self.queue_error(None, error(code, message))
+        self.flush()
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self.closed = True
+
+    # ------------------------------------------------------------------ flow control
+    def _pause(self) -> None:
+        if not self.paused_reading and self.transport is not None and not self.closed:
+            self.paused_reading = True
+            try:
+                self.transport.pause_reading()
+            except RuntimeError:
+                pass
+
+    def maybe_resume(self) -> None:
+        if self.paused_reading and not self.write_paused and not self.closed \
+                and self.inflight <= self.resume_below():
+            self.paused_reading = False
+            try:
+                assert self.transport is not None
+                self.transport.resume_reading()
+            except RuntimeError:
+                pass
+
+    def resume_below(self) -> int:
+        return 1 << 62
+
+
+Handler = Callable[[Any, int | None, list[Any], float], None]

@@ -1,0 +1,363 @@
+"""The daemon process: public msgpack-RPC port, admin Unix socket, metrics port, model lifecycle.
+
+Life of a process: load + verify + warm the current bundle -> bind -> READY=1 -> serve ->
+(SIGHUP / admin reload: new model built off to the side, one reference swapped between
+batches) -> SIGTERM: STOPPING=1, stop accepting, answer everything in flight, flush the
+decision log, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from slidr.errors import ErrorCode, RpcError
+from slidr.featurespec import SPEC_HASH
+
+from .batcher import Batcher
+from .config import Config
+from .decision_log import DecisionLog
+from .metrics import Metrics, serve_metrics
+from .model import ModelLoadError, ServingModel, load_current
+from .model import rollback as registry_rollback
+from .notify import Notifier
+from .rpc import RpcConnection
+
+log = logging.getLogger("slidrd")
+
+PUBLIC_METHODS = ("score", "score_many", "ping", "info")
+ADMIN_METHODS = ("reload", "rollback", "stats", "ping", "info")
+
+
+def _deadline_of(obj: Any, default_s: float) -> float:
+    """Seconds: the shorter of the configured deadline and a `deadline_ms` the client asked for."""
+    if type(obj) is dict:
+        v = obj.get("deadline_ms")
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise RpcError(ErrorCode.BAD_REQUEST, "deadline_ms must be a positive number")
+            return min(default_s, v / 1000.0)
+    return default_s
+
+
+class PublicConnection(RpcConnection):
+    def __init__(self, daemon: Daemon) -> None:
+        cfg = daemon.cfg
+        super().__init__(daemon, cfg.max_message_bytes)
+        self.batcher = daemon.batcher
+        self.deadline_s = cfg.deadline_ms / 1000.0
+        self.max_per_conn = cfg.max_inflight_per_conn
+        self.max_many = cfg.max_score_many
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        d = self.daemon
+        d.metrics.connections_total += 1
+        if len(d.conns) >= d.cfg.max_connections or d.draining:
+            self.fatal(ErrorCode.OVERLOADED, "too many connections" if not d.draining
+                       else "shutting down")
+            return
+        d.conns.add(self)
+        d.metrics.connections = len(d.conns)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.daemon.conns.discard(self)
+        self.daemon.metrics.connections = len(self.daemon.conns)
+
+    def resume_below(self) -> int:
+        return self.max_per_conn // 2
+
+    def dispatch(self, msgid: int | None, method: str, params: list[Any], t_arr: float) -> None:
+        if method == "score":
+            if msgid is None:
+                return  # a notification cannot carry an answer: nothing to do
+            if not 1 <= len(params) <= 2:
+                raise RpcError(ErrorCode.BAD_REQUEST, "score takes [click] or [click, options]")
+            click = params[0]
+            dl = _deadline_of(params[1] if len(params) == 2 else None, self.deadline_s)
+            dl = _deadline_of(click, dl)
+            b = self.batcher
+            if self.inflight >= self.max_per_conn:
+                b._answer_now(click, self, msgid, "overload")
+                return
+            b.submit(click, self, msgid, t_arr, t_arr + dl)
+        elif method == "score_many":
+            if msgid is None:
+                return
+            if not 1 <= len(params) <= 2 or type(params[0]) is not list:
+                raise RpcError(ErrorCode.BAD_REQUEST,
+                               "score_many takes [[click, ...]] or [[click, ...], options]")
+            clicks = params[0]
+            if len(clicks) > self.max_many:
+                raise RpcError(ErrorCode.TOO_LARGE, f"score_many of {len(clicks)} clicks is over "
+                               f"the limit of {self.max_many}")
+            if not clicks:
+                self.queue_result(msgid, [])
+                return
+            dl = _deadline_of(params[1] if len(params) == 2 else None, self.deadline_s)
+            from .batcher import Group
+            g = Group(self, msgid, len(clicks))
+            b = self.batcher
+            over = self.inflight + len(clicks) > self.max_per_conn
+            for i, c in enumerate(clicks):
+                if over:
+                    b._answer_now(c, g, i, "overload")
+                else:
+                    b.submit(c, g, i, t_arr, t_arr + _deadline_of(c, dl))
+        elif method == "ping":
+            self.queue_result(msgid, "pong")
+        elif method == "info":
+            self.queue_result(msgid, self.daemon.info())
+        else:
+            raise RpcError(ErrorCode.UNKNOWN_METHOD, f"unknown method {method!r}; this port serves "
+                           f"{', '.join(PUBLIC_METHODS)}")
+
+    def after_input(self) -> None:
+        self.batcher.kick()
+        if self.inflight >= self.max_per_conn:
+            self._pause()
+
+
+class AdminConnection(RpcConnection):
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__(daemon, 1 << 20)
+
+    def dispatch(self, msgid: int | None, method: str, params: list[Any], t_arr: float) -> None:
+        d = self.daemon
+        if method == "reload":
+            self.run_async(msgid, d.reload(reason="admin"))
+        elif method == "rollback":
+            self.run_async(msgid, d.rollback())
+        elif method == "stats":
+            self.queue_result(msgid, d.stats())
+        elif method == "ping":
+            self.queue_result(msgid, "pong")
+        elif method == "info":
+            self.queue_result(msgid, d.info())
+        else:
+            raise RpcError(ErrorCode.UNKNOWN_METHOD, f"unknown admin method {method!r}; this "
+                           f"socket serves {', '.join(ADMIN_METHODS)}")
+
+
+def _use_native() -> bool:
+    from slidr import kernel
+    n = kernel.native
+    return bool(kernel.NATIVE and hasattr(n, "EmbeddedStore") and hasattr(n, "hash_keys"))
+
+
+def make_store(cfg: Config) -> Any:
+    if cfg.redis:
+        from slidr.store_redis import RedisStore
+        return RedisStore(cfg.redis, prefix=cfg.redis_prefix, timeout_s=cfg.redis_timeout_ms / 1000)
+    from slidr.kernel import embedded_store
+    return embedded_store(_use_native())
+
+
+class Daemon:
+    def __init__(self, cfg: Config, notifier: Notifier | None = None, worker: int = 0,
+                 on_ready: Any = None) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self.notifier = notifier or Notifier("")
+        self.on_ready = on_ready
+        self.metrics = Metrics()
+        self.model: ServingModel | None = None
+        self.conns: set[PublicConnection] = set()
+        self.draining = False
+        self.stopped = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._servers: list[Any] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.started = time.time()
+        self.port = 0
+        self.metrics_port = 0
+        self.admin_path = ""
+        self.store: Any = None
+        self.dlog: DecisionLog | None = None
+
+    # ------------------------------------------------------------------ start
+    async def start(self) -> None:
+        cfg = self.cfg
+        loop = asyncio.get_running_loop()
+        self.model = await loop.run_in_executor(None, load_current, cfg.registry, cfg.backend,
+                                                cfg.max_batch)
+        self.metrics.model_version = self.model.version
+        self.store = make_store(cfg)
+        from slidr.kernel import FeatureKernel
+        kernel = FeatureKernel(self.store, use_native=_use_native())
+        inline = cfg.inline_store == "yes" or (cfg.inline_store == "auto" and not cfg.redis)
+        if not inline:
+            # Hand the GIL back quickly when the store thread's reply arrives.
+            sys.setswitchinterval(0.0005)
+        if cfg.decision_log:
+            self.dlog = DecisionLog(cfg.decision_log, cfg.decision_log_max_bytes,
+                                    cfg.decision_log_features)
+        self.batcher = Batcher(kernel, lambda: self.model, self.metrics, inline=inline,
+                               max_batch=cfg.max_batch, max_wait_us=cfg.max_wait_us,
+                               pipeline_depth=cfg.pipeline_depth,
+                               max_inflight_total=cfg.max_inflight_total, decision_log=self.dlog)
+        srv = await loop.create_server(lambda: PublicConnection(self), cfg.host, cfg.port,
+                                       reuse_port=cfg.workers > 1 or None, backlog=1024)
+        self._servers.append(srv)
+        self.port = srv.sockets[0].getsockname()[1]
+        if cfg.admin_socket:
+            path = cfg.admin_socket if cfg.workers == 1 else f"{cfg.admin_socket}.{self.worker}"
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            asrv = await loop.create_unix_server(lambda: AdminConnection(self), path)
+            os.chmod(path, 0o600)
+            self._servers.append(asrv)
+            self.admin_path = path
+        if cfg.metrics_port >= 0:
+            mport = cfg.metrics_port + self.worker if cfg.metrics_port else 0
+            msrv = await serve_metrics(self.metrics, cfg.metrics_host, mport)
+            self._servers.append(msrv)
+            self.metrics_port = msrv.sockets[0].getsockname()[1]
+        self._tasks.append(loop.create_task(self._sweeper()))
+        if self.notifier.watchdog_s:
+            self._tasks.append(loop.create_task(self._watchdog()))
+        log.info("slidrd worker %d serving model %s on %s:%d (store %s, %s)", self.worker,
+                 self.model.version, cfg.host, self.port, getattr(self.store, "name", "?"),
+                 "inline" if inline else "threaded")
+        self.notifier.ready(f"serving model {self.model.version} on port {self.port}")
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    def install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP,
+                                lambda: loop.create_task(self._reload_quiet("SIGHUP")))
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+
+    # ------------------------------------------------------------------ admin
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        return {"model": m.version if m else None, "spec_hash": SPEC_HASH,
+                "scorer": m.scorer.name if m else None,
+                "store": getattr(self.store, "name", type(self.store).__name__),
+                "pid": os.getpid(), "worker": self.worker, "uptime_s": time.time() - self.started,
+                "deadline_ms": self.cfg.deadline_ms, "max_batch": self.cfg.max_batch,
+                "max_message_bytes": self.cfg.max_message_bytes}
+
+    def stats(self) -> dict[str, Any]:
+        s = self.metrics.snapshot()
+        s["model"] = self.model.info() if self.model else None
+        s["pending"] = len(self.batcher.pending)
+        s["inflight_clicks"] = self.batcher.inflight_clicks
+        if self.dlog is not None:
+            s["decision_log"] = {"dir": str(self.dlog.dir), "written": self.dlog.written,
+                                 "dropped": self.dlog.dropped, "queued_batches": self.dlog.q.qsize()}
+        s["pid"] = os.getpid()
+        return s
+
+    async def reload(self, reason: str = "admin") -> dict[str, Any]:
+        async with self._reload_lock:
+            old = self.model
+            self.notifier.reloading()
+            loop = asyncio.get_running_loop()
+            try:
+                new = await loop.run_in_executor(None, load_current, self.cfg.registry,
+                                                 self.cfg.backend, self.cfg.max_batch)
+            except ModelLoadError as e:
+                self.metrics.reloads_failed += 1
+                log.error("reload (%s) refused, still serving %s: %s", reason,
+                          old.version if old else None, e)
+                self.notifier.ready(f"reload refused: {e}; serving {old.version if old else None}")
+                raise RpcError(ErrorCode.ADMIN_FAILED, f"reload refused, still serving "
+                               f"{old.version if old else None}: {e}") from None
+            # One reference swap: the next batch uses `new`; a batch in flight keeps `old`.
+            self.model = new
+            self.metrics.model_version = new.version
+            self.metrics.reloads_ok += 1
+            log.info("reload (%s): %s -> %s", reason, old.version if old else None, new.version)
+            self.notifier.ready(f"serving model {new.version}")
+            return {"version": new.version, "previous": old.version if old else None,
+                    "warmup_ms": new.warmup_ms}
+
+    async def _reload_quiet(self, reason: str) -> None:
+        with contextlib.suppress(RpcError):
+            await self.reload(reason)
+
+    async def rollback(self) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, registry_rollback, self.cfg.registry)
+        except Exception as e:
+            raise RpcError(ErrorCode.ADMIN_FAILED, f"rollback refused: {e}") from None
+        out = await self.reload(reason="rollback")
+        out["rolled_back"] = True
+        return out
+
+    # ------------------------------------------------------------------ background
+    async def _sweeper(self) -> None:
+        period = min(1.0, self.cfg.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for c in list(self.conns):
+                if c.inflight == 0 and now - c.last_active > self.cfg.idle_timeout_s:
+                    c.close()
+            if self.dlog is not None:
+                self.metrics.decision_log_dropped = self.dlog.dropped
+
+    async def _watchdog(self) -> None:
+        # Sent from the loop itself: a wedged loop stops the pings and systemd restarts us.
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(self.notifier.watchdog_s / 2)
+
+    # ------------------------------------------------------------------ stop
+    def request_stop(self) -> None:
+        if not self.draining:
+            asyncio.get_running_loop().create_task(self.drain())
+
+    async def drain(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        self.notifier.stopping()
+        log.info("draining: %d connections, %d clicks in flight", len(self.conns),
+                 self.batcher.inflight_clicks)
+        for s in self._servers[:1]:
+            s.close()  # stop accepting; established connections stay open until answered
+        for c in list(self.conns):
+            c._pause()  # no new requests; what was read is answered
+        try:
+            await asyncio.wait_for(self.batcher.wait_idle(), self.cfg.drain_timeout_s)
+        except TimeoutError:
+            log.warning("drain timed out with %d clicks in flight", self.batcher.inflight_clicks)
+        for c in list(self.conns):
+            c.flush()
+            c.close()
+        for s in self._servers[1:]:
+            s.close()
+        for t in self._tasks:
+            t.cancel()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.batcher.close)
+        if self.dlog is not None:
+            await loop.run_in_executor(None, self.dlog.close)
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.close()
+        if self.admin_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.admin_path)
+        log.info("stopped")
+        self.stopped.set()
+
+
+async def serve(cfg: Config, notifier: Notifier | None = None, worker: int = 0,
+                on_ready: Any = None) -> None:
+    d = Daemon(cfg, notifier, worker, on_ready)
+    d.install_signals()
+    await d.start()
+    await d.stopped.wait()
