@@ -16,7 +16,7 @@ import numpy as np
 
 from slidr.contract import batch_from_table, iter_log_chunks
 from slidr.featurespec import N_FEATURES, finish
-from slidr.kernel import FeatureKernel, Store, hash_keys
+from slidr.kernel import FeatureKernel, Store, hash_keys, native
 from slidr.util import Progress
 
 DEFAULT_BATCH = 16_384
@@ -64,6 +64,7 @@ def replay_log(path: str | Path, store: Store | None = None, use_native: bool | 
     that fills a shared Redis). The batch size sets the store round trips (one per batch).
     """
     kernel = FeatureKernel(store=store, use_native=use_native)
+    fin = native.finish_into if (kernel.use_native and hasattr(native, "finish_into")) else finish
     require = ("purchased",) if require_purchased else ()
     total = count_rows(path)
     bar = Progress(total or 1, "replay", enabled=progress and total is not None)
@@ -90,7 +91,7 @@ def replay_log(path: str | Path, store: Store | None = None, use_native: bool | 
             # FeatureKernel.features inlined to keep the session hash for the heuristic.
             uh, sh, ih, hll = hash_keys(sub, kernel.use_native)
             raw = kernel.store.update(sub.ts, uh, sh, ih, hll)
-            finish(raw, sub.ts, sub.tz_offset_min, sub.logged_in, sub.device, out[a:b])
+            fin(raw, sub.ts, sub.tz_offset_min, sub.logged_in, sub.device, out[a:b])
             sh_all[a:b] = sh
             bar.update(b - a)
         feats.append(out)

@@ -1,0 +1,267 @@
+"""slidr train: time split, sample weights, ONNX parity, atomic output, bad-input errors, and
+one small end-to-end run on a synthetic log made here (independent of the simulator)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from slidr.cli import main as cli_main
+from slidr.offline import pipeline, train
+
+T0 = 1_700_006_400_000  # 2023-11-15 00:00 UTC
+DAY = 86_400_000
+
+
+def make_log(path: Path, days: int = 4, per_day: int = 2500, seed: int = 0,
+             purchase_rate: float = 0.08, customers: Path | None = None) -> pa.Table:
+    """Tiny log: humans in short diurnal sessions, robots in fast bursts at any hour."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    sid = 0
+    for day in range(days):
+        n_day = 0
+        while n_day < per_day:
+            sid += 1
+            robot = rng.random() < 0.08
+            if robot:
+                start = T0 + day * DAY + int(rng.integers(0, DAY - 3_600_000))
+                n = int(rng.integers(20, 60))
+                ts = start + np.cumsum(rng.exponential(3_000, n)).astype(np.int64)
+                li = rng.random() < 0.15
+                dev = ("desktop", "mobile", "app")[int(rng.integers(0, 3))]
+                ip = f"10.0.{rng.integers(0, 4)}.{rng.integers(1, 50)}"
+            else:
+                hour = float(np.clip(rng.normal(15, 4), 0, 22.5))
+                start = T0 + day * DAY + int(hour * 3_600_000)
+                n = int(rng.integers(1, 5))
+                ts = start + np.cumsum(rng.exponential(90_000, n)).astype(np.int64)
+                li = rng.random() < 0.5
+                dev = ("desktop", "mobile", "app")[int(rng.integers(0, 3))]
+                ip = f"192.168.{rng.integers(0, 250)}.{rng.integers(1, 250)}"
+            uid = f"user{rng.integers(0, 400)}" if li else None
+            for t in ts:
+                rows.append((int(t), f"s{sid}", uid, ip, dev, li, robot,
+                             (not robot) and rng.random() < purchase_rate))
+            n_day += n
+    rows.sort(key=lambda r: r[0])
+    c = list(zip(*rows, strict=True))
+    tbl = pa.table({
+        "click_id": [f"c{i}" for i in range(len(rows))],
+        "ts": pa.array(c[0], pa.int64()), "session_id": list(c[1]),
+        "user_id": pa.array(c[2], pa.string()), "ip": list(c[3]), "device": list(c[4]),
+        "logged_in": pa.array(c[5], pa.bool_()),
+        "tz_offset_min": pa.array(np.zeros(len(rows), np.int32)),
+        "purchased": pa.array(c[7], pa.bool_()), "is_robot": pa.array(c[6], pa.bool_())})
+    pq.write_table(tbl, path)
+    if customers is not None:
+        pq.write_table(pa.table({"user_id": [f"user{i}" for i in range(400)],
+                                 "recency_days": rng.integers(0, 365, 400),
+                                 "frequency": rng.integers(0, 50, 400),
+                                 "monetary": rng.gamma(2.0, 50.0, 400)}), customers)
+    return tbl
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory):
+    d = tmp_path_factory.mktemp("log")
+    make_log(d / "clicks.parquet", customers=d / "customers.parquet")
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(log, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "model"
+    cfg = pipeline.TrainConfig(k=10, epochs=4, progress=False)
+    res = pipeline.run(log / "clicks.parquet", log / "customers.parquet", out, cfg)
+    return out, res
+
+
+# ---------------------------------------------------------------- split and weights
+
+def test_time_split_is_by_day_never_random():
+    rng = np.random.default_rng(0)
+    ts = np.sort(T0 + rng.integers(0, 5 * DAY, 5000))
+    day = train.day_index(ts)
+    s = train.time_split(day)
+    assert day[s["train"]].max() <= 2 and set(day[s["val"]]) == {3} and set(day[s["test"]]) == {4}
+    assert (s["train"] ^ s["val"] ^ s["test"]).all()
+    # Same days -> same split, whatever the order or seed: it is a function of time only.
+    perm = rng.permutation(ts.size)
+    s2 = train.time_split(train.day_index(ts[perm]))
+    assert (s2["test"] == s["test"][perm]).all()
+    # Every training click is earlier than every validation click, and those than test.
+    assert ts[s["train"]].max() < ts[s["val"]].min() <= ts[s["val"]].max() < ts[s["test"]].min()
+
+
+def test_time_split_needs_three_days():
+    with pytest.raises(ValueError, match="at least 3"):
+        train.time_split(train.day_index(np.array([T0, T0 + DAY])))
+
+
+def test_sample_weights_balance_the_cells():
+    rng = np.random.default_rng(1)
+    n = 20_000
+    ts = T0 + rng.integers(0, 7 * DAY, n)
+    hour_bias = rng.random(n) < 0.7  # most clicks in the afternoon
+    ts = np.where(hour_bias, ts - ts % DAY + 15 * 3_600_000, ts)
+    li = rng.random(n) < 0.2
+    y = (rng.random(n) < 0.1).astype(np.int8)
+    cells = train.weight_cells(ts, np.zeros(n, np.int16), li, y)
+    assert cells.min() >= 0 and cells.max() < 672
+    w = train.sample_weights(cells)
+    totals = np.bincount(cells, weights=w)
+    nz = totals[totals > 0]
+    assert np.allclose(nz, nz[0], rtol=1e-5)
+    assert w.mean() == pytest.approx(1.0, rel=1e-5)
+    # Label balance follows: robot and human halves weigh the same when both exist per cell.
+    both = (np.bincount(cells[y == 0] // 2, minlength=336) > 0) & (
+        np.bincount(cells[y == 1] // 2, minlength=336) > 0)
+    keep = both[cells // 2]
+    assert w[keep & (y == 1)].sum() == pytest.approx(w[keep & (y == 0)].sum(), rel=1e-4)
+
+
+def test_weight_cells_use_local_time():
+    ts = np.array([T0 + 23 * 3_600_000])  # 23:00 UTC Wednesday
+    c_utc = train.weight_cells(ts, np.array([0]), np.array([0]), np.array([0]))
+    c_plus2 = train.weight_cells(ts, np.array([120]), np.array([0]), np.array([0]))
+    assert c_utc[0] != c_plus2[0]  # 01:00 Thursday local
+
+
+# ---------------------------------------------------------------- model and ONNX
+
+def _toy(n=3000, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 24)).astype(np.float32) * 3 + 5  # far from standardised
+    y = (x[:, 0] * x[:, 1] > 25).astype(np.int8)
+    return x, y, np.ones(n, np.float32)
+
+
+def test_onnx_matches_torch_on_raw_features(tmp_path):
+    x, y, w = _toy()
+    fr = train.fit(x[:2000], y[:2000], w[:2000], x[2000:], y[2000:], w[2000:], epochs=2,
+                   progress=False)
+    par = train.export_onnx(fr.model, tmp_path / "m.onnx", x[2000:])
+    assert par["max_abs_diff"] <= 1e-4 and par["rows"] == 1000
+    import onnx
+    m = onnx.load(tmp_path / "m.onnx")
+    assert [i.name for i in m.graph.input] == ["features"]
+    assert [o.name for o in m.graph.output] == ["robot_prob"]
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and dims[1].dim_value == 24
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    for n in (1, 7):  # dynamic batch, 1-D output
+        out = sess.run(["robot_prob"], {"features": x[:n]})[0]
+        assert out.shape == (n,) and ((out >= 0) & (out <= 1)).all()
+    with pytest.raises(RuntimeError, match="disagrees"):
+        train.export_onnx(fr.model, tmp_path / "m2.onnx", x[2000:], tol=-1.0)
+
+
+def test_fit_is_deterministic_and_decays_hidden_layers_only():
+    x, y, w = _toy(1500)
+    a = train.fit(x[:1000], y[:1000], w[:1000], x[1000:], y[1000:], w[1000:], epochs=2,
+                  progress=False, seed=3)
+    b = train.fit(x[:1000], y[:1000], w[:1000], x[1000:], y[1000:], w[1000:], epochs=2,
+                  progress=False, seed=3)
+    pa_, pb = train.predict(a.model, x), train.predict(b.model, x)
+    assert np.array_equal(pa_, pb)
+    assert [tuple(lin.weight.shape) for lin in a.model.hidden] == [(64, 24), (32, 64)]
+
+
+# ---------------------------------------------------------------- end to end
+
+def test_end_to_end_outputs(trained):
+    out, res = trained
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "metrics.json", "report.html", "feature_spec.json",
+            "training_meta.json", "scores.parquet", "ivr_fpr_overall.png"} <= names
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["fpr_target"] == 0.01
+    for k in ("model", "logistic", "velocity"):
+        o = m[k]["overall"]
+        assert {"ivr", "fpr", "coverage", "auc", "precision", "recall"} <= set(o)
+        assert o["fpr"] <= 0.01
+        assert m[k]["slices"]
+    sc = pq.read_table(out / "scores.parquet")
+    assert {"ts", "day", "split", "slice", "device", "logged_in", "purchased", "weak_label",
+            "robot_heuristic", "is_robot", "score_model", "score_logistic",
+            "score_velocity"} <= set(sc.column_names)
+    assert set(sc.column("split").to_pylist()) == {"val", "test"}
+    meta = json.loads((out / "training_meta.json").read_text())
+    assert meta["onnx_parity"]["max_abs_diff"] <= 1e-4
+    assert meta["split"]["test_day"] == 3 and meta["split"]["val_day"] == 2
+    spec = json.loads((out / "feature_spec.json").read_text())
+    from slidr.featurespec import SPEC_HASH
+    assert spec["spec_hash"] == SPEC_HASH
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_failure_leaves_no_output_and_keeps_the_old_one(log, tmp_path, monkeypatch):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.txt").write_text("previous run")
+    from slidr.offline import report
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(report, "write", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        pipeline.run(log / "clicks.parquet", log / "customers.parquet", out,
+                     pipeline.TrainConfig(epochs=1, progress=False))
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no half-written sibling
+
+
+# ---------------------------------------------------------------- bad input
+
+def _cli(tmp_path, clicks, customers=None, capsys=None):
+    argv = ["train", "--clicks", str(clicks), "--out", str(tmp_path / "o"), "--quiet"]
+    if customers:
+        argv += ["--customers", str(customers)]
+    rc = cli_main(argv)
+    return rc, capsys.readouterr().err if capsys else ""
+
+
+def test_bad_inputs_fail_early_with_a_clear_message(log, tmp_path, capsys):
+    tbl = pq.read_table(log / "clicks.parquet")
+    cases = {
+        "missing column": (tbl.drop(["ip"]), "'ip' column is missing"),
+        "missing purchased": (tbl.drop(["purchased"]), "'purchased' column is missing"),
+        "bad type": (tbl.set_column(tbl.column_names.index("ts"), "ts",
+                                    pa.array([str(v) for v in tbl.column("ts").to_pylist()])),
+                     "must be integer epoch milliseconds"),
+        "unsorted": (tbl.take(np.r_[1, 0, np.arange(2, tbl.num_rows)]), "must be sorted by ts"),
+        "no purchases": (tbl.set_column(tbl.column_names.index("purchased"), "purchased",
+                                        pa.array(np.zeros(tbl.num_rows, bool))),
+                         "no purchasing clicks"),
+        "two days": (tbl.filter(pa.compute.less(tbl.column("ts"), T0 + 2 * DAY)),
+                     "at least 3"),
+    }
+    for name, (t, msg) in cases.items():
+        p = tmp_path / f"{name.replace(' ', '_')}.parquet"
+        pq.write_table(t, p)
+        rc, err = _cli(tmp_path, p, capsys=capsys)
+        assert rc == 2, name
+        assert msg in err, (name, err)
+        assert not (tmp_path / "o").exists(), name
+    rc, err = _cli(tmp_path, tmp_path / "nope.parquet", capsys=capsys)
+    assert rc == 2 and "not found" in err
+    bad_cust = tmp_path / "cust.parquet"
+    pq.write_table(pa.table({"user_id": ["a"], "frequency": [1]}), bad_cust)
+    rc, err = _cli(tmp_path, log / "clicks.parquet", bad_cust, capsys=capsys)
+    assert rc == 2 and "recency_days" in err
+
+
+def test_cli_json_summary(log, tmp_path, capsys):
+    rc = cli_main(["train", "--clicks", str(log / "clicks.parquet"), "--customers",
+                   str(log / "customers.parquet"), "--out", str(tmp_path / "m"), "--json",
+                   "--quiet", "--epochs", "1", "--k", "10"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["report"].endswith("report.html") and (tmp_path / "m" / "model.onnx").exists()
+    assert set(res["metrics"]) == {"model", "logistic", "velocity"}
