@@ -5,10 +5,10 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from slidr.offline import replay
 
 from slidr.contract import batch_from_table
 from slidr.kernel import NATIVE, FeatureKernel, hash_keys
-from slidr.offline import replay
 
 T0 = 1_700_006_400_000
 

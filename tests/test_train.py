@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from slidr.offline import pipeline, train
 
 from slidr.cli import main as cli_main
-from slidr.offline import pipeline, train
 
 T0 = 1_700_006_400_000  # 2023-11-15 00:00 UTC
 DAY = 86_400_000
