@@ -1,0 +1,570 @@
+"""Global and slice-level calibration of the robot score (DESIGN.md, "Calibration").
+
+Operating rule (shared with offline/metrics.py and the daemon): a click is invalidated when
+``score > threshold``.
+
+Global: one threshold at the *knee* of the overall IVR-FPR curve on the validation day. The knee
+is the point of maximum distance between the curve and its chord from (0, IVR(FPR=0)) to (1, 1)
+(the Kneedle definition): there the marginal slope dIVR/dFPR has fallen to the chord's slope,
+i.e. each further unit of FPR buys no more IVR than invalidating clicks at random would. The
+global threshold whose validation FPR equals the budget is also reported ("global@budget"): it
+is the fair, equal-FPR comparison for the slice-level solution.
+
+Slice-level, per slice s on the validation day:
+  w_s = share of clicks, p_s = share of purchasing clicks,
+  IVR_s(f) ~= a_s + b_s f + c_s f^2 with c_s <= 0 (concave; least squares on the empirical curve
+  sampled evenly in f over [0, F_s], F_s = max(4 budget, 2 floor_s, 0.02) capped at 1; when the
+  unconstrained fit is convex the constraint is active and the fit is the linear one),
+  floor_s = FPR at which slice s reaches the minimum robotic coverage (largest threshold whose
+  coverage of the slice's heuristic-robotic clicks is >= min_coverage; 0 when the slice has none).
+  maximise sum_s w_s IVR_s(f_s)  s.t.  sum_s p_s f_s <= budget,  floor_s <= f_s <= F_s
+  (cvxpy, Clarabel; OSQP/SCS as fallbacks). Each f_s maps back to a threshold on that slice's
+  purchasing clicks (slidr.offline.metrics.threshold_for_fpr).
+  Slices with fewer than `min_purchasing` purchasing clicks are not fitted: they get the
+  global@budget threshold (lowered to their coverage-floor threshold when that is lower), and
+  the FPR they spend there (p_s * FPR_s on validation) is taken off the budget first.
+  Infeasible (sum_s p_s floor_s > budget): CalibrationInfeasible names every slice's coverage
+  floor, the budget it costs and the minimum feasible budget.
+
+Everything is fitted on split == "val" and evaluated on split == "test" (held-out day).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidr.contract import SLICES
+
+from .metrics import threshold_for_fpr
+
+KNEE_METHOD = ("max distance to the chord from (0, IVR at FPR 0) to (1, 1) of the overall "
+               "validation IVR-FPR curve (Kneedle): dIVR/dFPR there equals the chord slope")
+
+
+class CalibrationInfeasible(ValueError):
+    """No thresholds meet every slice's coverage floor within the FPR budget."""
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@dataclass
+class CalibConfig:
+    fpr_budget: float = 0.01
+    min_coverage: float = 0.5
+    min_purchasing: int = 200  # below this a slice is not fitted (global@budget fallback)
+    fit_points: int = 41
+    score_col: str = "score_model"
+    solver: str = "CLARABEL"
+    slices: tuple[str, ...] = field(default_factory=lambda: tuple(SLICES))
+
+
+# ---------------------------------------------------------------- data
+
+def load_scores(path: str | Path, score_col: str = "score_model") -> dict[str, np.ndarray]:
+    """scores.parquet (TEAM-NOTES) -> numpy columns: score, slice, purchased, heuristic, split,
+    is_robot (None when absent)."""
+    import pyarrow.parquet as pq
+    path = Path(path)
+    if path.is_dir():
+        path = path / "scores.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"scores file not found: {path}")
+    tbl = pq.read_table(path)
+    need = ("slice", "purchased", "robot_heuristic", score_col)
+    missing = [c for c in need if c not in tbl.column_names]
+    if missing:
+        raise ValueError(f"{path}: lacks column(s) {', '.join(missing)} "
+                         f"(has: {', '.join(tbl.column_names)})")
+    d = {c: tbl.column(c).to_numpy(zero_copy_only=False) for c in tbl.column_names}
+    if "split" in d:
+        split = d["split"].astype(str)
+    elif "day" in d:  # no split column: last day is the test day, the one before validation
+        day = d["day"].astype(np.int64)
+        split = np.where(day == day.max(), "test", np.where(day == day.max() - 1, "val", "train"))
+    else:
+        raise ValueError(f"{path}: needs a 'split' or a 'day' column")
+    return {"score": d[score_col].astype(np.float64), "slice": d["slice"].astype(str),
+            "purchased": d["purchased"].astype(bool), "heuristic": d["robot_heuristic"].astype(bool),
+            "split": split,
+            "is_robot": d["is_robot"].astype(bool) if "is_robot" in d else None}
+
+
+def subset(cols: Mapping[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    return {k: (None if v is None else v[mask]) for k, v in cols.items()}
+
+
+# ---------------------------------------------------------------- curves and fits
+
+def _exceed(sorted_vals: np.ndarray, thr: np.ndarray | float) -> np.ndarray:
+    """fraction of sorted_vals strictly above thr."""
+    if sorted_vals.size == 0:
+        return np.full(np.shape(thr), np.nan)
+    return (sorted_vals.size - np.searchsorted(sorted_vals, thr, side="right")) / sorted_vals.size
+
+
+def thresholds_for_fprs(ps_desc: np.ndarray, fprs: np.ndarray) -> np.ndarray:
+    """Vectorised threshold_for_fpr on purchasing scores sorted descending."""
+    m = np.floor(np.asarray(fprs) * ps_desc.size + 1e-9).astype(np.int64)
+    out = np.empty(m.shape, dtype=np.float64)
+    hi = m >= ps_desc.size
+    out[~hi] = ps_desc[m[~hi]]
+    out[hi] = np.nextafter(ps_desc[-1], -np.inf)
+    return out
+
+
+def coverage_floor(score: np.ndarray, purchased: np.ndarray, heuristic: np.ndarray,
+                   min_coverage: float) -> tuple[float, float]:
+    """(threshold, FPR) of the largest threshold whose coverage of heuristic-robotic clicks is
+    >= min_coverage. (inf, 0.0) when there are none (no floor)."""
+    hs = np.sort(score[heuristic])[::-1]
+    if hs.size == 0 or min_coverage <= 0:
+        return float("inf"), 0.0
+    need = int(np.ceil(min_coverage * hs.size - 1e-9))  # heuristic clicks that must be above
+    need = min(max(need, 1), hs.size)
+    thr = float(np.nextafter(hs[need - 1], -np.inf))
+    ps = np.sort(score[purchased])
+    return thr, float(_exceed(ps, thr)) if ps.size else 0.0
+
+
+def fit_concave_quadratic(f: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Least squares y ~ a + b f + c f^2 subject to c <= 0. The constraint is a single linear
+    inequality on a convex problem: if the unconstrained optimum violates it, the optimum lies on
+    c = 0 (the linear fit)."""
+    X = np.stack([np.ones_like(f), f, f * f], axis=1)
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    constrained = False
+    if coef[2] > 0:
+        lin, *_ = np.linalg.lstsq(X[:, :2], y, rcond=None)
+        coef = np.array([lin[0], lin[1], 0.0])
+        constrained = True
+    pred = X @ coef
+    ss_res = float(((y - pred) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    return {"a": float(coef[0]), "b": float(coef[1]), "c": float(coef[2]),
+            "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+            "rmse": float(np.sqrt(ss_res / y.size)), "concavity_active": constrained}
+
+
+def curve(score: np.ndarray, purchased: np.ndarray, heuristic: np.ndarray | None,
+          max_fpr: float = 1.0, n: int = 201) -> dict[str, np.ndarray]:
+    ps_desc = np.sort(score[purchased])[::-1]
+    fprs = np.linspace(0.0, max_fpr, n)
+    thr = thresholds_for_fprs(ps_desc, fprs)
+    s = np.sort(score)
+    out = {"target_fpr": fprs, "threshold": thr, "fpr": _exceed(ps_desc[::-1], thr),
+           "ivr": _exceed(s, thr)}
+    if heuristic is not None:
+        out["coverage"] = _exceed(np.sort(score[heuristic]), thr)
+    return out
+
+
+def knee(c: Mapping[str, np.ndarray]) -> int:
+    """Index of the knee (max distance above the chord) of an IVR-FPR curve."""
+    f, y = c["fpr"], c["ivr"]
+    y0 = y[0]
+    chord = y0 + (1.0 - y0) * f
+    return int(np.argmax(y - chord))
+
+
+# ---------------------------------------------------------------- calibration
+
+def _thresholds_eval(cols: Mapping[str, Any], thr_by_slice: Mapping[str, float],
+                     default: float) -> dict[str, Any]:
+    """Metrics of per-slice thresholds on a set of clicks: overall and per slice."""
+    score, sl = cols["score"], cols["slice"]
+    t = np.full(score.size, default, dtype=np.float64)
+    for s, v in thr_by_slice.items():
+        t[sl == s] = v
+    inv = score > t
+
+    def block(m: np.ndarray) -> dict[str, Any]:
+        p, h = cols["purchased"][m], cols["heuristic"][m]
+        i = inv[m]
+        out = {"n": int(m.sum()), "n_purchasing": int(p.sum()), "n_heuristic": int(h.sum()),
+               "ivr": float(i.mean()) if i.size else float("nan"),
+               "fpr": float(i[p].mean()) if p.any() else float("nan"),
+               "coverage": float(i[h].mean()) if h.any() else float("nan")}
+        if cols.get("is_robot") is not None:
+            r = cols["is_robot"][m]
+            out["precision"] = float((i & r).sum() / i.sum()) if i.any() else float("nan")
+            out["recall"] = float((i & r).sum() / r.sum()) if r.any() else float("nan")
+        return out
+
+    res = {"overall": block(np.ones(score.size, dtype=bool)), "slices": {}}
+    for s in sorted(set(sl.tolist())):
+        res["slices"][s] = block(sl == s)
+        res["slices"][s]["threshold"] = float(thr_by_slice.get(s, default))
+    return res
+
+
+def _solve(fits: dict[str, dict[str, Any]], budget: float, solver: str) -> tuple[dict[str, float], dict[str, Any]]:
+    import cvxpy as cp
+    names = list(fits)
+    w = np.array([fits[s]["w"] for s in names])
+    p = np.array([fits[s]["p"] for s in names])
+    a = np.array([fits[s]["fit"]["a"] for s in names])
+    b = np.array([fits[s]["fit"]["b"] for s in names])
+    c = np.array([fits[s]["fit"]["c"] for s in names])
+    lo = np.array([fits[s]["floor_fpr"] for s in names])
+    hi = np.array([fits[s]["fit_max_fpr"] for s in names])
+    f = cp.Variable(len(names))
+    # c <= 0 makes each term concave: the problem is DCP (concave maximisation, linear constraints).
+    obj = cp.Maximize(w @ a + (w * b) @ f - cp.sum(cp.multiply(w * -c, cp.square(f))))
+    cons = [p @ f <= budget, f >= lo, f <= hi]
+    prob = cp.Problem(obj, cons)
+    tried = []
+    for sv in dict.fromkeys([solver, "CLARABEL", "OSQP", "SCS"]):
+        if sv not in cp.installed_solvers():
+            continue
+        tried.append(sv)
+        try:
+            prob.solve(solver=sv)
+        except cp.error.SolverError:
+            continue
+        if prob.status in ("optimal", "optimal_inaccurate"):
+            break
+    if prob.status not in ("optimal", "optimal_inaccurate") or f.value is None:
+        raise RuntimeError(f"calibration solver failed: status {prob.status} (tried {tried})")
+    val = np.clip(np.asarray(f.value, dtype=np.float64), lo, hi)
+    info = {"status": prob.status, "solver": tried[-1], "objective_fitted_ivr": float(prob.value),
+            "budget_dual": float(cons[0].dual_value) if cons[0].dual_value is not None else None}
+    return {s: float(v) for s, v in zip(names, val, strict=True)}, info
+
+
+def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[str, Any]:
+    """Fit on split=='val', evaluate on split=='test'. Returns a result dict with
+    `thresholds` (thresholds.json content), `comparison`, `curves` (for plots)."""
+    cfg = cfg or CalibConfig()
+    if not 0.0 < cfg.fpr_budget < 1.0:
+        raise ValueError(f"--fpr-budget must be in (0, 1), got {cfg.fpr_budget}")
+    if not 0.0 <= cfg.min_coverage <= 1.0:
+        raise ValueError(f"--min-coverage must be in [0, 1], got {cfg.min_coverage}")
+    va = subset(cols, cols["split"] == "val")
+    te = subset(cols, cols["split"] == "test")
+    if va["score"].size == 0 or te["score"].size == 0:
+        raise ValueError("calibration needs a validation and a test split "
+                         f"(got {va['score'].size} val and {te['score'].size} test clicks)")
+    if not va["purchased"].any():
+        raise ValueError("no purchasing clicks on the validation day: FPR cannot be calibrated")
+    n, n_p = va["score"].size, int(va["purchased"].sum())
+
+    # Global.
+    gcurve = curve(va["score"], va["purchased"], va["heuristic"])
+    k = knee(gcurve)
+    t_knee = float(gcurve["threshold"][k])
+    t_budget = threshold_for_fpr(va["score"], va["purchased"], cfg.fpr_budget)
+
+    # Slices.
+    present = [s for s in cfg.slices if (va["slice"] == s).any()]
+    extra = sorted(set(va["slice"].tolist()) - set(present))
+    fits: dict[str, dict[str, Any]] = {}
+    fallback: dict[str, dict[str, Any]] = {}
+    slice_curves: dict[str, Any] = {}
+    for s in present + extra:
+        m = va["slice"] == s
+        sc, pu, he = va["score"][m], va["purchased"][m], va["heuristic"][m]
+        w, p = float(m.sum() / n), float(pu.sum() / n_p)
+        floor_t, floor_f = coverage_floor(sc, pu, he, cfg.min_coverage)
+        info: dict[str, Any] = {"w": w, "p": p, "n": int(m.sum()), "n_purchasing": int(pu.sum()),
+                                "n_heuristic": int(he.sum()), "floor_fpr": floor_f,
+                                "floor_threshold": None if np.isinf(floor_t) else floor_t}
+        if pu.sum() < cfg.min_purchasing:
+            t_fb = min(t_budget, floor_t)  # lowered only if needed for its coverage floor
+            fpr_here = float((sc[pu] > t_fb).mean()) if pu.any() else 0.0
+            info.update({"fallback": "global@budget" if t_fb == t_budget else "coverage floor",
+                         "threshold": t_fb, "fpr": fpr_here,
+                         "reason": f"{int(pu.sum())} purchasing clicks < min_purchasing "
+                                   f"{cfg.min_purchasing}: too few to fit a curve"})
+            fallback[s] = info
+            continue
+        fmax = float(min(1.0, max(4 * cfg.fpr_budget, 2 * floor_f, 0.02)))
+        c = curve(sc, pu, he, max_fpr=fmax, n=cfg.fit_points)
+        info["fit"] = fit_concave_quadratic(c["fpr"], c["ivr"])
+        info["fit_max_fpr"] = fmax
+        fits[s] = info
+        slice_curves[s] = curve(sc, pu, he, max_fpr=fmax, n=101)
+
+    budget_left = cfg.fpr_budget - sum(v["p"] * v["fpr"] for v in fallback.values())
+    need = {s: v["p"] * v["floor_fpr"] for s, v in fits.items()}
+    min_budget = sum(need.values()) + (cfg.fpr_budget - budget_left)
+    if sum(need.values()) > budget_left + 1e-12:
+        parts = ", ".join(f"{s} needs FPR >= {fits[s]['floor_fpr']:.4f} for "
+                          f"{cfg.min_coverage:.0%} coverage, costing {need[s]:.5f} of the budget "
+                          f"(p_s={fits[s]['p']:.3f})"
+                          for s in sorted(need, key=need.get, reverse=True) if need[s] > 0)
+        fb = (f"; slices on the global fallback spend {cfg.fpr_budget - budget_left:.5f}"
+              if fallback else "")
+        msg = (f"slice calibration infeasible: FPR budget {cfg.fpr_budget:.4f} < minimum feasible "
+               f"budget {min_budget:.4f} for min coverage {cfg.min_coverage:.0%}. {parts}{fb}. "
+               f"Raise --fpr-budget to >= {min_budget:.4f} or lower --min-coverage.")
+        raise CalibrationInfeasible(msg, {"fpr_budget": cfg.fpr_budget, "min_budget": min_budget,
+                                          "cost_by_slice": need,
+                                          "floors": {s: v["floor_fpr"] for s, v in fits.items()}})
+    if fits:
+        fstar, solve_info = _solve(fits, budget_left, cfg.solver)
+    else:
+        fstar, solve_info = {}, {"status": "no slice large enough to fit"}
+    thr_slice: dict[str, float] = {}
+    for s, info in fits.items():
+        m = va["slice"] == s
+        info["f_star"] = fstar[s]
+        info["threshold"] = threshold_for_fpr(va["score"][m], va["purchased"][m], fstar[s])
+        info["fitted_ivr_at_f_star"] = (info["fit"]["a"] + info["fit"]["b"] * fstar[s]
+                                        + info["fit"]["c"] * fstar[s] ** 2)
+        thr_slice[s] = info["threshold"]
+    for s, info in fallback.items():
+        thr_slice[s] = info["threshold"]
+
+    methods = {"global_knee": ({}, t_knee), "global_budget": ({}, t_budget),
+               "slice": (thr_slice, t_budget)}
+    evals = {name: {"val": _thresholds_eval(va, tb, d), "test": _thresholds_eval(te, tb, d)}
+             for name, (tb, d) in methods.items()}
+    for ev in evals.values():
+        for split in ev.values():
+            split["coverage_floors_met"] = {
+                s: bool(v["coverage"] >= cfg.min_coverage - 1e-9) if v["n_heuristic"] else None
+                for s, v in split["slices"].items()}
+    slice_info = {s: _public(v) for s, v in {**fits, **fallback}.items()}
+    calibration = {
+        "fit_on": "val", "evaluated_on": "test", "operating_rule": "invalid iff score > threshold",
+        "score_column": cfg.score_col, "fpr_budget": cfg.fpr_budget,
+        "min_coverage": cfg.min_coverage, "min_purchasing": cfg.min_purchasing,
+        "knee_method": KNEE_METHOD, "global_knee_threshold": t_knee,
+        "global_knee_val_fpr": float(gcurve["fpr"][k]),
+        "global_budget_threshold": t_budget, "budget_after_fallbacks": budget_left,
+        "min_feasible_budget": min_budget, "solver": solve_info, "slices": slice_info,
+        "test": {name: ev["test"]["overall"] for name, ev in evals.items()},
+    }
+    thresholds = {"method": "slice", "default": t_budget, "slices": thr_slice,
+                  "calibration": calibration}
+    return {"thresholds": thresholds, "evaluation": evals, "calibration": calibration,
+            "curves": {"global": gcurve, "global_knee_index": k, "slices": slice_curves},
+            "config": cfg}
+
+
+def global_thresholds(result: Mapping[str, Any]) -> dict[str, Any]:
+    """thresholds.json for the global knee (method 'global')."""
+    cal = result["calibration"]
+    return {"method": "global", "default": cal["global_knee_threshold"], "slices": {},
+            "calibration": cal}
+
+
+def _public(v: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: x for k, x in v.items()}
+
+
+def comparison_rows(result: Mapping[str, Any], split: str = "test") -> list[list[Any]]:
+    """[scope, method, IVR, FPR, coverage, (precision, recall)] rows for the table."""
+    rows = []
+    ev = result["evaluation"]
+    scopes = ["overall"] + sorted(ev["slice"][split]["slices"])
+    for scope in scopes:
+        for name in ("global_knee", "global_budget", "slice"):
+            blk = ev[name][split]
+            m = blk["overall"] if scope == "overall" else blk["slices"][scope]
+            rows.append([scope, name, m.get("threshold", None), m["ivr"], m["fpr"], m["coverage"],
+                         m.get("precision"), m.get("recall")])
+    return rows
+
+
+def table_text(result: Mapping[str, Any], split: str = "test") -> str:
+    head = f"{'scope':<12} {'method':<14} {'thr':>7} {'IVR':>7} {'FPR':>7} {'cover':>7} {'prec':>6} {'recall':>6}"
+    lines = [head, "-" * len(head)]
+    for r in comparison_rows(result, split):
+        lines.append(f"{r[0]:<12} {r[1]:<14} {_f(r[2], 4):>7} {_f(r[3], 4):>7} {_f(r[4], 4):>7} "
+                     f"{_f(r[5], 3):>7} {_f(r[6], 3):>6} {_f(r[7], 3):>6}")
+    return "\n".join(lines)
+
+
+def _f(v: Any, d: int) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.{d}f}"
+
+
+# ---------------------------------------------------------------- plots and html
+
+def write_outputs(result: Mapping[str, Any], out_dir: str | Path, method: str = "slice",
+                  thresholds_name: str = "thresholds.json") -> dict[str, str]:
+    """thresholds.json + calibration.json + PNGs + calibration.html into out_dir (atomic files)."""
+    from slidr.util import write_json
+
+    from .report import clean
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    th = result["thresholds"] if method == "slice" else global_thresholds(result)
+    write_json(out / thresholds_name, clean(th))
+    write_json(out / "calibration.json", clean({"calibration": result["calibration"],
+                                                 "evaluation": result["evaluation"]}))
+    pngs = plot(result, out)
+    html_path = out / "calibration.html"
+    from slidr.util import atomic_open
+    with atomic_open(html_path, "w") as f:
+        f.write(html_page(result, pngs))
+    return {"thresholds": str(out / thresholds_name), "html": str(html_path),
+            "json": str(out / "calibration.json"), **{p: str(out / p) for p in pngs}}
+
+
+def plot(result: Mapping[str, Any], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slidr.util import atomic_open
+    cal = result["calibration"]
+    names = list(result["curves"]["slices"])
+    pngs = []
+    if names:
+        cols_n = 3
+        rows_n = (len(names) + cols_n - 1) // cols_n
+        fig, axes = plt.subplots(rows_n, cols_n, figsize=(4.2 * cols_n, 3.4 * rows_n),
+                                 squeeze=False)
+        for ax, s in zip(axes.flat, names, strict=False):
+            c = result["curves"]["slices"][s]
+            info = cal["slices"][s]
+            fit = info["fit"]
+            ff = np.linspace(0, info["fit_max_fpr"], 100)
+            ax.plot(c["fpr"], c["ivr"], ".", ms=3, color="0.4", label="validation")
+            ax.plot(ff, fit["a"] + fit["b"] * ff + fit["c"] * ff ** 2, "-", color="C0",
+                    label=f"quadratic R²={fit['r2']:.3f}")
+            if info["floor_fpr"] > 0:
+                ax.axvline(info["floor_fpr"], color="C3", ls=":", label="coverage floor")
+            ax.plot([info["f_star"]], [info["fitted_ivr_at_f_star"]], "o", color="C1",
+                    label=f"chosen f={info['f_star']:.4f}")
+            ax.set_title(f"{s}  (w={info['w']:.2f}, p={info['p']:.2f})", fontsize=9)
+            ax.set_xlabel("slice FPR")
+            ax.set_ylabel("slice IVR")
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.tight_layout()
+        with atomic_open(out / "calibration_slices.png", "wb") as f:
+            fig.savefig(f, format="png", dpi=90)
+        plt.close(fig)
+        pngs.append("calibration_slices.png")
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    g = result["curves"]["global"]
+    k = result["curves"]["global_knee_index"]
+    ax1.plot(g["fpr"], g["ivr"], "-", color="C0", label="overall (validation)")
+    y0 = g["ivr"][0]
+    ax1.plot([0, 1], [y0, 1], ":", color="0.5", label="chord")
+    ax1.plot([g["fpr"][k]], [g["ivr"][k]], "o", color="C3", label=f"knee t={g['threshold'][k]:.3f}")
+    te = {n: result["evaluation"][n]["test"]["overall"] for n in result["evaluation"]}
+    for n, mk in (("global_budget", "s"), ("slice", "*")):
+        ax1.plot([te[n]["fpr"]], [te[n]["ivr"]], mk, ms=9, label=f"{n} (test)")
+    ax1.set_xscale("symlog", linthresh=0.01)
+    ax1.set_xlabel("FPR")
+    ax1.set_ylabel("IVR")
+    ax1.set_title("global IVR-FPR curve and operating points")
+    ax1.legend(fontsize=7)
+    sl = sorted(result["evaluation"]["slice"]["test"]["slices"])
+    x = np.arange(len(sl))
+    for i, n in enumerate(("global_knee", "global_budget", "slice")):
+        v = [result["evaluation"][n]["test"]["slices"][s]["ivr"] for s in sl]
+        ax2.bar(x + (i - 1) * 0.27, v, 0.27, label=n)
+    ax2.set_xticks(x, sl, rotation=30, fontsize=8)
+    ax2.set_ylabel("IVR on the test day")
+    ax2.set_title("global vs slice-level, per slice (held-out)")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_open(out / "calibration_compare.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=90)
+    plt.close(fig)
+    pngs.append("calibration_compare.png")
+    return pngs
+
+
+def html_fragment(result: Mapping[str, Any], pngs: list[str]) -> str:
+    cal = result["calibration"]
+    esc = html.escape
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{esc(str(c)) if isinstance(c, str) else _f(c, 4)}</td>" for c in r)
+        + "</tr>" for r in comparison_rows(result))
+    srows = "".join(
+        f"<tr><td>{esc(s)}</td><td>{v['w']:.3f}</td><td>{v['p']:.3f}</td>"
+        f"<td>{v['n_purchasing']}</td><td>{_f(v.get('fit', {}).get('r2'), 3)}</td>"
+        f"<td>{_f(v.get('fit', {}).get('rmse'), 4)}</td><td>{v['floor_fpr']:.4f}</td>"
+        f"<td>{_f(v.get('f_star', v.get('fpr')), 4)}</td><td>{v['threshold']:.4f}</td>"
+        f"<td>{esc(v.get('fallback', 'fitted'))}</td></tr>"
+        for s, v in cal["slices"].items())
+    imgs = "".join(f'<img src="{esc(p)}" style="max-width:100%">' for p in pngs)
+    return (
+        '<section id="calibration"><h2>Calibration</h2>'
+        f"<p>FPR budget {cal['fpr_budget']}, minimum robotic coverage per slice "
+        f"{cal['min_coverage']:.0%}; fitted on the validation day, evaluated on the held-out test "
+        f"day. Knee: {esc(cal['knee_method'])}. Solver: {esc(str(cal['solver'].get('solver')))} "
+        f"({esc(str(cal['solver'].get('status')))}). Rule: invalid iff score &gt; threshold.</p>"
+        "<h3>Held-out comparison</h3><table border=1 cellpadding=3><tr><th>scope</th><th>method"
+        "</th><th>threshold</th><th>IVR</th><th>FPR</th><th>coverage</th><th>precision</th>"
+        f"<th>recall</th></tr>{rows}</table>"
+        "<h3>Slice fits</h3><table border=1 cellpadding=3><tr><th>slice</th><th>w</th><th>p</th>"
+        "<th>purchasing</th><th>R²</th><th>RMSE</th><th>floor FPR</th><th>chosen FPR</th>"
+        f"<th>threshold</th><th>how</th></tr>{srows}</table>{imgs}</section>")
+
+
+def html_page(result: Mapping[str, Any], pngs: list[str]) -> str:
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>slidr calibration</title>"
+            "</head><body>" + html_fragment(result, pngs) + "</body></html>\n")
+
+
+def summary(result: Mapping[str, Any]) -> dict[str, Any]:
+    """Compact JSON for --json and the daily job."""
+    ev = result["evaluation"]
+    return {"thresholds": {k: v for k, v in result["thresholds"].items() if k != "calibration"},
+            "test": {n: ev[n]["test"]["overall"] for n in ev},
+            "test_slices": {n: ev[n]["test"]["slices"] for n in ev},
+            "coverage_floors_met_test": ev["slice"]["test"]["coverage_floors_met"],
+            "fits": {s: {k: v.get(k) for k in ("w", "p", "floor_fpr", "f_star", "threshold",
+                                               "fallback")} | {"r2": v.get("fit", {}).get("r2")}
+                     for s, v in result["calibration"]["slices"].items()},
+            "solver": result["calibration"]["solver"]}
+
+
+# ---------------------------------------------------------------- synthetic data (tests, demos)
+
+SYNTH_SLICES: dict[str, dict[str, float]] = {
+    # share of clicks, robot share, human purchase rate, human/robot score separation
+    "desktop/in": {"w": 0.20, "robots": 0.05, "buy": 0.08, "sep": 4.0, "shift": 0.0},
+    "desktop/out": {"w": 0.20, "robots": 0.35, "buy": 0.02, "sep": 3.5, "shift": -0.5},
+    "mobile/in": {"w": 0.20, "robots": 0.04, "buy": 0.07, "sep": 3.5, "shift": 0.8},
+    "mobile/out": {"w": 0.20, "robots": 0.20, "buy": 0.02, "sep": 3.0, "shift": 0.6},
+    "app/in": {"w": 0.15, "robots": 0.03, "buy": 0.10, "sep": 3.5, "shift": 0.3},
+    "app/out": {"w": 0.05, "robots": 0.25, "buy": 0.01, "sep": 3.0, "shift": -0.2},
+}
+
+
+def synthetic_scores(n: int = 200_000, seed: int = 0,
+                     slices: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
+    """Scores with known per-slice structure: human logits ~ N(shift, 1), robot logits ~
+    N(shift + sep, 1); slices differ in robot share and in how the model's scale drifts
+    (`shift`), so one global threshold over- or under-calibrates some of them. Half of
+    each split is 'val', half 'test'. 70% of robots and 0.5% of humans are heuristic-robotic."""
+    rng = np.random.default_rng(seed)
+    slices = slices or SYNTH_SLICES
+    parts = []
+    for s, c in slices.items():
+        m = int(n * c["w"])
+        robot = rng.random(m) < c["robots"]
+        logit = rng.normal(c["shift"], 1.0, m) + robot * c["sep"] - 2.0
+        purchased = ~robot & (rng.random(m) < c["buy"])
+        heuristic = np.where(robot, rng.random(m) < 0.7, rng.random(m) < 0.005)
+        parts.append((np.full(m, s), 1 / (1 + np.exp(-logit)), purchased, heuristic, robot))
+    sl, sc, pu, he, ro = (np.concatenate(x) for x in zip(*parts, strict=True))
+    split = np.where(rng.random(sl.size) < 0.5, "val", "test")
+    return {"score": sc, "slice": sl.astype(str), "purchased": pu, "heuristic": he,
+            "split": split, "is_robot": ro}
+
+
+def to_json(obj: Any) -> str:
+    from .report import clean
+    return json.dumps(clean(obj), indent=2, sort_keys=True)

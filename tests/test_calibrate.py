@@ -1,0 +1,109 @@
+"""Calibration on synthetic scores with known slice structure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slidr.offline import calibrate as cal
+
+from slidr.registry import check_thresholds
+
+
+@pytest.fixture(scope="module")
+def data():
+    return cal.synthetic_scores(200_000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def result(data):
+    return cal.calibrate(data, cal.CalibConfig(fpr_budget=0.01, min_coverage=0.5))
+
+
+def test_slice_beats_global_at_equal_fpr_on_held_out(result) -> None:
+    te = {n: result["evaluation"][n]["test"]["overall"] for n in result["evaluation"]}
+    # Held-out FPR stays near the budget (thresholds were fitted on the other half).
+    assert te["slice"]["fpr"] <= 0.0125
+    assert te["global_budget"]["fpr"] <= 0.0125
+    # At (about) the same FPR the slice-level thresholds invalidate clearly more.
+    assert te["slice"]["ivr"] > te["global_budget"]["ivr"] * 1.15
+    assert te["slice"]["coverage"] > te["global_budget"]["coverage"]
+    # The knee spends much more FPR than the budget on this data.
+    assert te["global_knee"]["fpr"] > te["slice"]["fpr"]
+
+
+def test_coverage_floors_met_and_budget_respected_on_validation(result) -> None:
+    cal_ = result["calibration"]
+    val = result["evaluation"]["slice"]["val"]
+    assert val["overall"]["fpr"] <= 0.01 + 1e-9
+    for s, info in cal_["slices"].items():
+        if info["n_heuristic"]:
+            assert val["slices"][s]["coverage"] >= 0.5 - 1e-9, s
+        if "fit" in info:
+            assert info["fit"]["c"] <= 0.0  # concave
+            assert info["fit"]["r2"] > 0.8
+            assert info["f_star"] >= info["floor_fpr"] - 1e-9
+    te = result["evaluation"]["slice"]["test"]["slices"]
+    # On held-out data the floors hold up to sampling noise.
+    assert all(v["coverage"] >= 0.45 for v in te.values() if v["n_heuristic"])
+
+
+def test_thresholds_json_matches_registry_schema(result, tmp_path: Path) -> None:
+    files = cal.write_outputs(result, tmp_path)
+    th = json.loads(Path(files["thresholds"]).read_text())
+    check_thresholds(th)
+    assert th["method"] == "slice" and set(th["slices"]) == set(cal.SYNTH_SLICES)
+    assert th["calibration"]["solver"]["status"] == "optimal"
+    for f in ("calibration.html", "calibration_slices.png", "calibration_compare.png"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert "Held-out comparison" in (tmp_path / "calibration.html").read_text()
+
+
+def test_infeasible_budget_explains_itself(data) -> None:
+    with pytest.raises(cal.CalibrationInfeasible) as ei:
+        cal.calibrate(data, cal.CalibConfig(fpr_budget=0.001, min_coverage=0.9))
+    msg = str(ei.value)
+    d = ei.value.details
+    assert "minimum feasible budget" in msg and "--fpr-budget" in msg
+    assert d["min_budget"] > 0.001
+    worst = max(d["cost_by_slice"], key=d["cost_by_slice"].get)
+    assert worst in msg
+    # The reported minimum budget is indeed feasible.
+    r = cal.calibrate(data, cal.CalibConfig(fpr_budget=d["min_budget"] * 1.02, min_coverage=0.9))
+    assert r["calibration"]["solver"]["status"].startswith("optimal")
+
+
+def test_small_slice_falls_back_to_global(data) -> None:
+    keep = (data["slice"] != "app/out") | (np.arange(data["slice"].size) % 50 == 0)
+    small = cal.subset(data, keep)
+    r = cal.calibrate(small, cal.CalibConfig(fpr_budget=0.01, min_purchasing=200))
+    info = r["calibration"]["slices"]["app/out"]
+    assert info["fallback"] in ("global@budget", "coverage floor") and "min_purchasing" in info["reason"]
+    assert r["thresholds"]["slices"]["app/out"] <= r["calibration"]["global_budget_threshold"]
+
+
+def test_concave_fit_constrains_convex_data() -> None:
+    f = np.linspace(0, 1, 20)
+    fit = cal.fit_concave_quadratic(f, 0.1 + f ** 2)
+    assert fit["c"] == 0.0 and fit["concavity_active"]
+    fit2 = cal.fit_concave_quadratic(f, 0.1 + 2 * f - f ** 2)
+    assert fit2["c"] == pytest.approx(-1.0) and fit2["r2"] == pytest.approx(1.0)
+
+
+def test_cli_calibrate(tmp_path: Path, data) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from slidr.cli import main
+    p = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"slice": data["slice"], "purchased": data["purchased"],
+                             "robot_heuristic": data["heuristic"], "split": data["split"],
+                             "score_model": data["score"].astype(np.float32)}), p)
+    assert main(["calibrate", "--train-dir", str(tmp_path), "--out",
+                 str(tmp_path / "o" / "thresholds.json"), "--json"]) == 0
+    assert (tmp_path / "o" / "thresholds.json").exists()
+    assert main(["calibrate", "--scores", str(p), "--out", str(tmp_path / "x.json"),
+                 "--fpr-budget", "0.0005", "--min-coverage", "0.95"]) == 3
+    assert not (tmp_path / "x.json").exists()
