@@ -1,0 +1,174 @@
+"""Redis counter store: the shared twin of the embedded store, one round trip per batch.
+
+Each `update()` is a single EVALSHA of slidr/store_redis.lua: the script reads each distinct
+key's state blob once, applies the reference counter math click by click in arrival order,
+writes every touched key once with a physical TTL, and returns the raw counters as one binary
+string of n * 32 little-endian doubles. The script runs atomically, so many workers and hosts
+can share one Redis. Key names: prefix + "u" | "s" | "i" + the 8 big-endian bytes of the key hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidr import featurespec as fs
+
+__all__ = ["RedisStore", "StoreUnavailable", "script_source"]
+
+
+class StoreUnavailable(RuntimeError):
+    """Redis could not be reached in time (refused, timed out, reset). `__cause__` says why."""
+
+
+def script_source() -> str:
+    """The Lua script with the counter constants filled in from slidr.featurespec."""
+    src = Path(__file__).with_name("store_redis.lua").read_text()
+    subs = {
+        "__USER_TAUS__": ", ".join(repr(float(x)) for x in fs.USER_TAUS),
+        "__SESSION_TAUS__": ", ".join(repr(float(x)) for x in fs.SESSION_TAUS),
+        "__IP_TAUS__": ", ".join(repr(float(x)) for x in fs.IP_TAUS),
+        "__USER_TTL_MS__": str(fs.USER_TTL_MS),
+        "__SESSION_TTL_MS__": str(fs.SESSION_TTL_MS),
+        "__IP_TTL_MS__": str(fs.IP_TTL_MS),
+        "__HOUR_MS__": str(fs.HLL_WINDOWS_MS[0]),
+        "__DAY_MS__": str(fs.HLL_WINDOWS_MS[2]),
+        "__HLL_M__": str(fs.HLL_M),
+    }
+    # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.
+    assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2
+    assert len(fs.USER_TAUS) == 4 and len(fs.SESSION_TAUS) == 2 and len(fs.IP_TAUS) == 3
+    assert fs.RAW_WIDTH == 32
+    for k, v in subs.items():
+        src = src.replace(k, v)
+    return src
+
+
+_ARGV_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,))])
+
+
+class RedisStore:
+    """Counter store in Redis (standalone; redis:// or rediss:// URL with auth and db).
+
+    timeout_s bounds connect and each reply; a batch whose script runs longer than that (very
+    large batches) also fails, so size it to the daemon's deadline. ttl_slack_ms is added to
+    each key's logical TTL for its physical expiry (clocks of ad hosts lag a little).
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, prefix: str | bytes = "slidr:", timeout_s: float = 0.05,
+                 connect_timeout_s: float | None = None, ttl_slack_ms: int = 60_000,
+                 client: Any = None) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self.url = url
+        self.prefix = prefix.encode() if isinstance(prefix, str) else bytes(prefix)
+        self.timeout_s = timeout_s
+        self.ttl_slack_ms = int(ttl_slack_ms)
+        self._src = script_source()
+        self._sha = hashlib.sha1(self._src.encode()).hexdigest()
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+        self._noscript = redis.exceptions.NoScriptError
+        if client is None:
+            # No retries: a store outage must surface within timeout_s (the daemon fails
+            # open), not after the client's default backoff schedule.
+            client = redis.Redis.from_url(
+                url, socket_timeout=timeout_s,
+                socket_connect_timeout=connect_timeout_s or timeout_s,
+                retry=Retry(NoBackoff(), 0), retry_on_timeout=False, decode_responses=False,
+                health_check_interval=0)
+        self._r = client
+        plen = len(self.prefix)
+        self._klen = plen + 9
+        self._tmpl = np.empty((0, 3, self._klen), dtype=np.uint8)
+        self._head = np.frombuffer(self.prefix, dtype=np.uint8)
+        self._argv_slack = str(self.ttl_slack_ms).encode()
+
+    def _key_template(self, n: int) -> np.ndarray:
+        if self._tmpl.shape[0] < n:
+            cap = max(n, 2 * self._tmpl.shape[0], 64)
+            t = np.empty((cap, 3, self._klen), dtype=np.uint8)
+            plen = len(self.prefix)
+            t[:, :, :plen] = self._head
+            t[:, 0, plen] = ord("u")
+            t[:, 1, plen] = ord("s")
+            t[:, 2, plen] = ord("i")
+            self._tmpl = t
+        return self._tmpl[:n]
+
+    def keys_for(self, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray) -> list[bytes]:
+        """Redis key names, click-major: [u0, s0, i0, u1, s1, i1, ...]."""
+        n = uh.shape[0]
+        t = self._key_template(n)
+        plen = len(self.prefix)
+        h = np.stack([np.asarray(uh, dtype=np.uint64), np.asarray(sh, dtype=np.uint64),
+                      np.asarray(ih, dtype=np.uint64)], axis=1).astype(">u8")
+        t[:, :, plen + 1:] = h.view(np.uint8).reshape(n, 3, 8)
+        return t.view(f"V{self._klen}").ravel().tolist()
+
+    def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
+               hll: np.ndarray) -> np.ndarray:
+        n = int(np.shape(ts)[0])
+        if not (len(uh) == len(sh) == len(ih) == len(hll) == n):
+            raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
+        if n == 0:
+            return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
+        argv = np.empty(n, dtype=_ARGV_DTYPE)
+        argv["ts"] = ts
+        argv["hll"] = hll
+        keys = self.keys_for(uh, sh, ih)
+        args = (*keys, argv.tobytes(), self._argv_slack)
+        try:
+            try:
+                resp = self._r.evalsha(self._sha, 3 * n, *args)
+            except self._noscript:
+                # First use on this server (or it restarted): load, then retry once.
+                self._r.script_load(self._src)
+                resp = self._r.evalsha(self._sha, 3 * n, *args)
+        except self._errors as e:
+            raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
+                                   f"{type(e).__name__}: {e}") from e
+        raw = np.frombuffer(resp, dtype="<f8")
+        if raw.shape[0] != n * fs.RAW_WIDTH:
+            raise RuntimeError(f"redis store returned {raw.shape[0]} values for {n} clicks")
+        return raw.reshape(n, fs.RAW_WIDTH).astype(np.float64, copy=True)
+
+    def _safe_url(self) -> str:
+        # Never echo a password into logs.
+        from urllib.parse import urlsplit
+        u = urlsplit(self.url)
+        host = u.hostname or ""
+        port = f":{u.port}" if u.port else ""
+        return f"{u.scheme}://{host}{port}{u.path}"
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._r.ping())
+        except self._errors as e:
+            raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: {e}") from e
+
+    def stats(self) -> dict[str, Any]:
+        """Server memory and key counts under this store's prefix (SCAN: not for hot paths)."""
+        try:
+            mem = self._r.info("memory")
+            counts = {}
+            for tag, name in ((b"u", "users"), (b"s", "sessions"), (b"i", "ips")):
+                counts[name] = sum(1 for _ in self._r.scan_iter(match=self.prefix + tag + b"*",
+                                                                 count=1000))
+        except self._errors as e:
+            raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: {e}") from e
+        keys = sum(counts.values())
+        return {**counts, "keys": keys, "used_memory": int(mem.get("used_memory", 0))}
+
+    def __len__(self) -> int:
+        return int(self.stats()["keys"])
+
+    def close(self) -> None:
+        self._r.close()
