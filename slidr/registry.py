@@ -77,11 +77,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def spec_hash_of(spec: Mapping[str, Any]) -> str:
-    """Hash of a feature_spec.json: its own "hash" field when present, else the canonical hash
-    slidr.featurespec.spec_hash() would compute for the same dict."""
-    if isinstance(spec.get("hash"), str):
-        return str(spec["hash"])
-    blob = json.dumps(dict(spec), sort_keys=True, separators=(",", ":")).encode()
+    """Hash of a feature_spec.json: the canonical hash slidr.featurespec.spec_hash() computes
+    for the spec fields (a stored "spec_hash" field is not part of what is hashed; note that the
+    spec's own "hash" field names the key-hash algorithm). The content wins over a stored
+    "spec_hash", so an edited spec file can never pass as the spec it claims to be."""
+    body = {k: v for k, v in spec.items() if k != "spec_hash"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -393,8 +394,7 @@ class Registry:
         if not (tmp / FEATURE_SPEC_FILE).exists():
             # Training output without a spec: it was made by this kernel's spec.
             from slidr.featurespec import SPEC_HASH, spec_dict
-            spec = dict(spec_dict())
-            spec["hash"] = SPEC_HASH
+            spec = {**spec_dict(), "spec_hash": SPEC_HASH}
             with open(tmp / FEATURE_SPEC_FILE, "w") as f:
                 json.dump(spec, f, indent=2, sort_keys=True)
         with open(tmp / FEATURE_SPEC_FILE) as f:

@@ -22,8 +22,9 @@ def make_src(d: Path, tag: str = "a", spec_hash: str | None = None) -> Path:
     (d / "thresholds.json").write_text(json.dumps(
         {"method": "slice", "default": 0.8, "slices": {"desktop/in": 0.9, "mobile/out": 0.6},
          "calibration": {}}))
-    spec = dict(spec_dict())
-    spec["hash"] = spec_hash or SPEC_HASH
+    spec = {**spec_dict(), "spec_hash": SPEC_HASH}
+    if spec_hash is not None:  # a spec from another kernel version
+        spec["version"] = spec_hash
     (d / "feature_spec.json").write_text(json.dumps(spec))
     (d / "metrics.json").write_text(json.dumps({"ivr": 0.1, "fpr": 0.01}))
     (d / "report.html").write_text("<html></html>")
