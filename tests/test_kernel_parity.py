@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slidr.ext import reference
 
 from slidr import featurespec as fs
 from slidr.contract import ClickBatch
-from slidr.ext import reference
 from slidr.kernel import FeatureKernel
 
 native = pytest.importorskip("slidr.ext._kernel")
