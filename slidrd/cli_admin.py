@@ -1,0 +1,71 @@
+"""`slidr admin reload|rollback|stats [--socket PATH] [--json]`: talk to slidrd's admin socket."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+from typing import Any
+
+import msgpack
+
+DEFAULT_SOCKET = os.environ.get("SLIDRD_ADMIN_SOCKET", "/run/slidrd/admin.sock")
+
+
+def call(path: str, method: str, timeout: float = 60.0) -> Any:
+    """One msgpack-RPC call on the admin Unix socket; raises RuntimeError with the daemon's error."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+    except OSError as e:
+        raise RuntimeError(f"cannot reach slidrd admin socket {path}: {e}") from None
+    try:
+        s.sendall(msgpack.packb([0, 1, method, []]))
+        up = msgpack.Unpacker(raw=False, strict_map_key=False)
+        while True:
+            data = s.recv(1 << 16)
+            if not data:
+                raise RuntimeError("slidrd closed the admin connection without an answer")
+            up.feed(data)
+            for msg in up:
+                if msg[0] == 1 and msg[1] == 1:
+                    if msg[2] is not None:
+                        code, text = msg[2]
+                        raise RuntimeError(f"{method} failed (code {code}): {text}")
+                    return msg[3]
+    finally:
+        s.close()
+
+
+def _print(method: str, res: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(res, indent=2, sort_keys=True, default=str))
+        return
+    if method in ("reload", "rollback"):
+        print(f"serving {res['version']} (was {res['previous']}); warm-up {res['warmup_ms']:.1f} ms")
+        return
+    lat = res.get("latency", {}).get("total", {})
+    print(f"model {res.get('model_version')}  uptime {res.get('uptime_s', 0):.0f}s  "
+          f"requests {res.get('requests')}  connections {res.get('connections')}")
+    print(f"decisions {sum(res.get('decisions', {}).values())}  invalid "
+          f"{sum(res.get('invalid', {}).values())}  fail-open {res.get('fail_open')}  "
+          f"redis errors {res.get('redis_errors')}")
+    print(f"latency total: mean {lat.get('mean_ms', 0):.3f} ms, p99 <= {lat.get('p99_ms_le', 0)} ms,"
+          f" p99.9 <= {lat.get('p999_ms_le', 0)} ms; mean batch {res.get('mean_batch', 0):.1f}")
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    res = call(args.socket, args.action)
+    _print(args.action, res, args.json)
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("admin", help="reload, roll back or inspect a running slidrd")
+    p.add_argument("action", choices=("reload", "rollback", "stats"))
+    p.add_argument("--socket", default=DEFAULT_SOCKET,
+                   help=f"slidrd --admin-socket path (default {DEFAULT_SOCKET})")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_admin)
