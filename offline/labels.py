@@ -1,0 +1,146 @@
+"""Weak labels, as in the SLIDR article: a click is *human* (1) if it led to a purchase or came
+from a customer account with a high RFM score; every other click is *non-human* (0).
+
+RFM scoring: each of recency (fewer days is better), frequency and monetary is scored 1..q by
+quantile over the customers table (q = 5: quintiles); the combined score is their sum, or a
+weighted sum. "High" means a combined score at or above a threshold; by default the threshold is
+the score that puts about the top `top_share` (20%) of customers above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from slidr.contract import CUSTOMER_FIELDS
+
+
+@dataclass(frozen=True)
+class RFMConfig:
+    quantiles: int = 5
+    weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # recency, frequency, monetary
+    # Absolute combined-score threshold for "high"; None -> chosen from top_share.
+    threshold: float | None = None
+    top_share: float = 0.20
+
+    def __post_init__(self) -> None:
+        if self.quantiles < 2:
+            raise ValueError(f"RFMConfig.quantiles must be >= 2, got {self.quantiles}")
+        if len(self.weights) != 3 or any(w < 0 for w in self.weights) or sum(self.weights) == 0:
+            raise ValueError(f"RFMConfig.weights must be 3 non-negative numbers, not all 0: "
+                             f"{self.weights}")
+        if not 0.0 < self.top_share < 1.0:
+            raise ValueError(f"RFMConfig.top_share must be in (0, 1), got {self.top_share}")
+
+
+@dataclass
+class RFMScores:
+    user_id: np.ndarray  # object array of str
+    recency: np.ndarray  # int8 1..q (q = most recent)
+    frequency: np.ndarray
+    monetary: np.ndarray
+    score: np.ndarray  # float64 combined
+    threshold: float
+    high: np.ndarray  # bool
+
+    def summary(self) -> dict[str, Any]:
+        return {"customers": int(self.user_id.shape[0]), "threshold": float(self.threshold),
+                "high_share": float(self.high.mean()) if self.high.size else 0.0}
+
+
+def _columns(customers: Any) -> dict[str, np.ndarray]:
+    """Accept a pyarrow Table, a pandas DataFrame or a mapping of columns."""
+    if hasattr(customers, "column_names"):  # pyarrow.Table
+        names = list(customers.column_names)
+        get = lambda k: customers.column(k).to_numpy(zero_copy_only=False)  # noqa: E731
+    elif hasattr(customers, "columns") and hasattr(customers, "__getitem__"):  # DataFrame
+        names = list(customers.columns)
+        get = lambda k: np.asarray(customers[k])  # noqa: E731
+    elif isinstance(customers, dict):
+        names = list(customers)
+        get = lambda k: np.asarray(customers[k])  # noqa: E731
+    else:
+        raise TypeError(f"customers must be a table or a mapping of columns, "
+                        f"not {type(customers).__name__}")
+    missing = [c for c in CUSTOMER_FIELDS if c not in names]
+    if missing:
+        raise ValueError(f"customers table is missing column(s) {', '.join(missing)} "
+                         f"(needs {', '.join(CUSTOMER_FIELDS)}; has {', '.join(names) or 'none'})")
+    out = {"user_id": np.asarray(get("user_id"), dtype=object)}
+    for c in CUSTOMER_FIELDS[1:]:
+        try:
+            v = np.asarray(get(c), dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"customers column '{c}' must be numeric") from None
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise ValueError(f"customers column '{c}' has a missing or non-finite value at row "
+                             f"{int(bad[0])} ({bad.size} such rows)")
+        out[c] = v
+    nulls = np.flatnonzero(np.array([u is None for u in out["user_id"]], dtype=bool))
+    if nulls.size:
+        raise ValueError(f"customers column 'user_id' is null at row {int(nulls[0])}")
+    return out
+
+
+def quantile_score(values: np.ndarray, q: int, higher_is_better: bool = True) -> np.ndarray:
+    """Score 1..q by quantile rank (ties share a score: rank by value, not by position)."""
+    n = values.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=np.int8)
+    v = values if higher_is_better else -values
+    # Fraction of customers strictly below each value -> bucket; ties land together.
+    srt = np.sort(v)
+    below = np.searchsorted(srt, v, side="left") / n
+    return (np.floor(below * q).astype(np.int64) + 1).clip(1, q).astype(np.int8)
+
+
+def rfm_scores(customers: Any, cfg: RFMConfig | None = None) -> RFMScores:
+    cfg = cfg or RFMConfig()
+    c = _columns(customers)
+    r = quantile_score(c["recency_days"], cfg.quantiles, higher_is_better=False)
+    f = quantile_score(c["frequency"], cfg.quantiles)
+    m = quantile_score(c["monetary"], cfg.quantiles)
+    wr, wf, wm = cfg.weights
+    score = wr * r + wf * f + wm * m
+    if cfg.threshold is not None:
+        thr = float(cfg.threshold)
+    elif score.size:
+        # The smallest score whose tail holds at most ~top_share of customers (ties kept whole);
+        # if even the top score holds more, the top score.
+        vals = np.unique(score)[::-1]
+        thr = float(vals[0])
+        for v in vals:
+            if (score >= v).mean() > cfg.top_share + 1e-12:
+                break
+            thr = float(v)
+    else:
+        thr = float("inf")
+    return RFMScores(c["user_id"], r, f, m, score, thr, score >= thr)
+
+
+def weak_labels(purchased: Any, user_id: Sequence[Any] | np.ndarray, logged_in: Any,
+                customers_table: Any, cfg: RFMConfig | None = None,
+                scores: RFMScores | None = None) -> np.ndarray:
+    """int8 per click: 1 = human (purchase, or a logged-in customer with a high RFM score),
+    0 = non-human. A user id missing from the customers table counts as not high."""
+    pur = np.asarray(purchased, dtype=bool)
+    li = np.asarray(logged_in, dtype=bool)
+    n = pur.shape[0]
+    uid = np.asarray(user_id, dtype=object)
+    if li.shape[0] != n or uid.shape[0] != n:
+        raise ValueError(f"purchased, user_id and logged_in must have the same length "
+                         f"({n}, {uid.shape[0]}, {li.shape[0]})")
+    sc = scores if scores is not None else rfm_scores(customers_table, cfg)
+    high_ids = {u for u, h in zip(sc.user_id.tolist(), sc.high.tolist(), strict=True) if h}
+    if high_ids and n:
+        idx = np.flatnonzero(li)
+        hit = np.fromiter((uid[i] in high_ids for i in idx), dtype=bool, count=idx.shape[0])
+        high = np.zeros(n, dtype=bool)
+        high[idx[hit]] = True
+    else:
+        high = np.zeros(n, dtype=bool)
+    return (pur | high).astype(np.int8)
