@@ -1,0 +1,408 @@
+"""Guardrails of the daily retrain (the SLIDR article, "Deployment").
+
+Data guardrails run before training, on the click log (and, once features are replayed, on the
+features): schema and nulls, enough days, purchase-label ("human") density in every clock hour
+of the log and in every hour of the week, volume per slice, and feature drift (PSI per feature
+against the feature statistics stored in the current bundle). The hourly density check is the
+one the article names: when purchase labels go missing for a few hours, a model trained on that
+data learns to invalidate those hours' traffic.
+
+Model guardrails run before publishing, on the candidate and the current model scored on the same
+held-out day: overall FPR within budget, IVR (overall and per slice) within deviation bands of the
+current model, an absolute IVR ceiling, per-slice robotic coverage floors, and non-degenerate
+scores (spread, share of identical scores, AUC against the weak label).
+
+Every check returns a `Check` (name, passed, value, limit, message); any failed check refuses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from slidr.contract import REQUIRED
+
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    value: Any
+    limit: Any
+    message: str
+    kind: str = "data"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class GuardrailConfig:
+    # data
+    min_days: int = 3
+    min_hour_density_ratio: float = 0.3  # hour's purchase density vs same hour-of-day median
+    min_expected_purchases: float = 15.0  # windows expecting fewer purchases are not judged
+    max_window_hours: int = 6  # outages are looked for in runs of 1..6 consecutive hours
+    density_alpha: float = 1e-6  # Poisson lower tail below which a shortfall is not chance
+    min_week_hour_density_ratio: float = 0.3  # per hour-of-week vs overall median
+    min_slice_clicks: int = 500
+    min_slice_purchases: int = 20
+    max_psi: float = 0.25
+    psi_bins: int = 10
+    # model
+    fpr_budget: float = 0.01
+    fpr_tolerance: float = 0.5  # held-out FPR may exceed the budget by this fraction
+    ivr_band: float = 0.5  # |IVR_cand / IVR_cur - 1| <= band
+    slice_ivr_band: float = 1.0
+    slice_ivr_abs_slack: float = 0.01  # plus this absolute slack (small slices)
+    max_ivr: float = 0.6
+    min_coverage: float = 0.5
+    coverage_slack: float = 0.1
+    min_score_std: float = 0.01
+    max_identical_share: float = 0.5
+    min_auc: float = 0.6
+
+
+def summarize(checks: Sequence[Check]) -> dict[str, Any]:
+    failed = [c for c in checks if not c.passed]
+    return {"passed": not failed, "failed": [c.name for c in failed],
+            "checks": [c.as_dict() for c in checks]}
+
+
+def explain(checks: Sequence[Check]) -> str:
+    failed = [c for c in checks if not c.passed]
+    if not failed:
+        return "all guardrails passed"
+    return "; ".join(f"{c.name}: {c.message}" for c in failed)
+
+
+# ---------------------------------------------------------------- data guardrails
+
+def read_log_columns(path: Any) -> dict[str, Any]:
+    """The columns the data guardrails need, with null counts, without contract validation
+    (a guardrail reports problems; it should not stop at the first bad row)."""
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    path = Path(path)
+    if path.suffix == ".csv":
+        import pyarrow.csv as pcsv
+        tbl = pcsv.read_csv(path)
+    else:
+        tbl = pq.read_table(path)
+    cols: dict[str, Any] = {"_columns": list(tbl.column_names), "_nulls": {}, "_n": tbl.num_rows}
+    for c in tbl.column_names:
+        cols["_nulls"][c] = int(tbl.column(c).null_count)
+    for c in ("ts", "device", "logged_in", "purchased"):
+        if c in tbl.column_names:
+            cols[c] = tbl.column(c).to_numpy(zero_copy_only=False)
+    return cols
+
+
+def check_schema(cols: Mapping[str, Any]) -> list[Check]:
+    have = set(cols["_columns"])
+    need = list(REQUIRED) + ["purchased"]
+    missing = [c for c in need if c not in have]
+    out = [Check("schema", not missing, missing, [], "missing column(s): " + ", ".join(missing)
+                 if missing else f"all {len(need)} required columns present")]
+    nulls = {c: cols["_nulls"].get(c, 0) for c in need if c in have and cols["_nulls"].get(c, 0)}
+    out.append(Check("nulls", not nulls, nulls, {}, "nulls in required column(s): " + ", ".join(
+        f"{c} ({n} rows)" for c, n in nulls.items()) if nulls else "no nulls in required columns"))
+    n = int(cols["_n"])
+    out.append(Check("rows", n > 0, n, 1, f"{n} rows" if n else "the log is empty"))
+    return out
+
+
+def _slices(device: np.ndarray, logged_in: np.ndarray) -> np.ndarray:
+    """Slice names as contract.slice_name spells them ("mobile/in"), vectorised."""
+    dev = np.asarray(device).astype(str)
+    return np.char.add(np.char.add(dev, "/"), np.where(np.asarray(logged_in, bool), "in", "out"))
+
+
+def check_log(cols: Mapping[str, Any], cfg: GuardrailConfig | None = None) -> list[Check]:
+    """Data guardrails on the raw click log (before training)."""
+    cfg = cfg or GuardrailConfig()
+    checks = check_schema(cols)
+    if not all(c.passed for c in checks):
+        return checks
+    ts = np.asarray(cols["ts"], dtype=np.int64)
+    pur = np.asarray(cols["purchased"], dtype=bool)
+    days = np.unique(ts // (24 * HOUR_MS))
+    checks.append(Check("days", days.size >= cfg.min_days, int(days.size), cfg.min_days,
+                        f"the log covers {days.size} UTC day(s); training needs >= {cfg.min_days}"))
+    checks.append(hourly_density(ts, pur, cfg))
+    checks.append(week_hour_density(ts, pur, cfg))
+    checks.append(slice_volume(_slices(np.asarray(cols["device"]).astype(str),
+                                       np.asarray(cols["logged_in"], dtype=bool)), pur, cfg))
+    return checks
+
+
+def poisson_cdf(k: float, mu: float) -> float:
+    """P(X <= k) for X ~ Poisson(mu) (no scipy in the daily job's dependencies)."""
+    if mu <= 0:
+        return 1.0
+    k = int(k)
+    logs = [-mu + i * math.log(mu) - math.lgamma(i + 1) for i in range(k + 1)]
+    top = max(logs)
+    return float(min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs)))
+
+
+def _stamp(hour: int) -> str:
+    return dt.datetime.fromtimestamp(int(hour) * 3600, dt.UTC).strftime("%Y-%m-%d %H:00Z")
+
+
+def hourly_density(ts: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfig) -> Check:
+    """Purchase density in every run of 1..max_window consecutive clock hours of the log vs what
+    the hours' own UTC hour of day usually shows (median over the log's days). A window fails when
+    its purchases are below `min_hour_density_ratio` of the expected count *and* that shortfall is
+    implausible by chance (Poisson lower tail < `density_alpha`), so a purchase-label outage of a
+    few hours is caught even when each single hour has few purchases, and quiet night hours do
+    not raise false alarms."""
+    hour = ts // HOUR_MS
+    h0 = int(hour.min())
+    idx = (hour - h0).astype(np.int64)
+    n = np.bincount(idx).astype(np.float64)
+    p = np.bincount(idx, weights=purchased.astype(np.float64), minlength=n.size)
+    hod = (np.arange(n.size) + h0) % 24
+    dens = np.where(n > 0, p / np.maximum(n, 1), np.nan)
+    overall = float(purchased.mean()) if purchased.size else 0.0
+    ref = np.array([np.median(dens[(hod == h) & (n > 0)]) if ((hod == h) & (n > 0)).any()
+                    else overall for h in range(24)])
+    ref = np.where(ref > 0, ref, overall)
+    exp_ = n * ref[hod]
+    cn, cp, ce = (np.r_[0.0, np.cumsum(v)] for v in (n, p, exp_))
+    bad = np.zeros(n.size, dtype=bool)
+    worst, worst_at = float("inf"), None
+    windows = []
+    for length in range(1, cfg.max_window_hours + 1):
+        if length > n.size:
+            break
+        pw = cp[length:] - cp[:-length]
+        ew = ce[length:] - ce[:-length]
+        ok = ew >= cfg.min_expected_purchases
+        ratio = np.where(ok, pw / np.maximum(ew, 1e-12), np.inf)
+        if ok.any() and ratio.min() < worst:
+            worst, worst_at = float(ratio.min()), int(np.argmin(ratio))
+        for i in np.flatnonzero(ok & (ratio < cfg.min_hour_density_ratio)):
+            if poisson_cdf(pw[i], ew[i]) < cfg.density_alpha:
+                # Blame only the window's hours that are short themselves.
+                bad[i:i + length] |= (p[i:i + length]
+                                      < cfg.min_hour_density_ratio * exp_[i:i + length])
+                windows.append((int(i), length, float(pw[i]), float(ew[i])))
+    spans = []
+    i = 0
+    while i < bad.size:
+        if bad[i]:
+            j = i
+            while j + 1 < bad.size and bad[j + 1]:
+                j += 1
+            got, want = p[i:j + 1].sum(), exp_[i:j + 1].sum()
+            spans.append(f"{_stamp(h0 + i)} .. {_stamp(h0 + j + 1)} ({int(got)} purchases, "
+                         f"~{want:.0f} expected, {int(n[i:j + 1].sum())} clicks)")
+            i = j + 1
+        else:
+            i += 1
+    if worst == float("inf"):
+        worst = float("nan")
+    msg = ("purchase labels look missing in " + "; ".join(spans) + f": density below "
+           f"{cfg.min_hour_density_ratio:.0%} of the usual for those hours (Poisson p < "
+           f"{cfg.density_alpha:g}); training on this would teach the model that those hours' "
+           "clicks are robotic" if spans else
+           f"{int((n > 0).sum())} hours checked in windows of 1-{cfg.max_window_hours} h; lowest "
+           f"purchase density ratio {worst:.2f} (limit {cfg.min_hour_density_ratio})")
+    return Check("human_density_hourly", not spans, worst, cfg.min_hour_density_ratio, msg,
+                 details={"bad_hours": [_stamp(h0 + int(k)) for k in np.flatnonzero(bad)],
+                          "worst_window_start": None if worst_at is None
+                          else _stamp(h0 + worst_at)})
+
+
+def week_hour_density(ts: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfig) -> Check:
+    """Purchase density in each of the 168 UTC hours of the week vs the median over the week
+    (same ratio + Poisson rule as the hourly check)."""
+    how = ((ts // HOUR_MS) + 72) % 168  # epoch day 0 was a Thursday: 0 = Monday 00h
+    n = np.bincount(how, minlength=168).astype(np.float64)
+    p = np.bincount(how, weights=purchased.astype(np.float64), minlength=168)
+    dens = np.where(n > 0, p / np.maximum(n, 1), np.nan)
+    med = float(np.nanmedian(dens)) if np.isfinite(dens).any() else 0.0
+    exp_ = n * med
+    judged = (n > 0) & (exp_ >= cfg.min_expected_purchases)
+    ratio = np.where(judged, p / np.maximum(exp_, 1e-12), np.nan)
+    bad = [i for i in np.flatnonzero(judged & (ratio < cfg.min_week_hour_density_ratio))
+           if poisson_cdf(p[i], exp_[i]) < cfg.density_alpha]
+    days = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+    worst = float(np.nanmin(ratio)) if judged.any() else float("nan")
+    msg = (f"{len(bad)} hour(s) of the week below {cfg.min_week_hour_density_ratio:.0%} of the "
+           "median purchase density: " + ", ".join(f"{days[i // 24]} {i % 24:02d}h "
+                                                     f"({dens[i]:.4f} vs {med:.4f})"
+                                                     for i in bad[:8])
+           if bad else f"{int(judged.sum())} hours of the week judged, lowest ratio {worst:.2f}")
+    return Check("human_density_week_hours", not bad, worst, cfg.min_week_hour_density_ratio,
+                 msg)
+
+
+def slice_volume(slices: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfig) -> Check:
+    from slidr.contract import SLICES
+    vol = {s: int((slices == s).sum()) for s in SLICES}
+    pv = {s: int(purchased[slices == s].sum()) for s in SLICES}
+    low = {s: (vol[s], pv[s]) for s in SLICES
+           if vol[s] < cfg.min_slice_clicks or pv[s] < cfg.min_slice_purchases}
+    msg = ("too little data in slice(s): " + ", ".join(
+        f"{s} ({c} clicks, {p} purchases)" for s, (c, p) in low.items())
+        + f"; need >= {cfg.min_slice_clicks} clicks and >= {cfg.min_slice_purchases} purchases"
+        if low else "every slice has enough clicks and purchases")
+    return Check("slice_volume", not low, vol, {"clicks": cfg.min_slice_clicks,
+                                                "purchases": cfg.min_slice_purchases}, msg,
+                 details={"purchases": pv})
+
+
+# ---------------------------------------------------------------- feature drift
+
+def feature_stats(x: np.ndarray, names: Sequence[str], bins: int = 10) -> dict[str, Any]:
+    """Per-feature quantile bin edges and fractions (stored in the bundle as feature_stats.json)."""
+    out: dict[str, Any] = {"n": int(x.shape[0]), "features": {}}
+    for j, name in enumerate(names):
+        col = np.asarray(x[:, j], dtype=np.float64)
+        edges = np.unique(np.quantile(col, np.linspace(0, 1, bins + 1)[1:-1]))
+        frac = np.bincount(np.searchsorted(edges, col, side="right"),
+                           minlength=edges.size + 1) / max(col.size, 1)
+        out["features"][name] = {"edges": edges.tolist(), "frac": frac.tolist(),
+                                 "mean": float(col.mean()), "std": float(col.std())}
+    return out
+
+
+def psi(ref_frac: np.ndarray, cur_frac: np.ndarray, eps: float = 1e-4) -> float:
+    a = np.clip(np.asarray(ref_frac, dtype=np.float64), eps, None)
+    b = np.clip(np.asarray(cur_frac, dtype=np.float64), eps, None)
+    return float(((b - a) * np.log(b / a)).sum())
+
+
+def check_drift(x: np.ndarray, names: Sequence[str], ref: Mapping[str, Any] | None,
+                cfg: GuardrailConfig | None = None) -> Check:
+    """PSI of each feature of the new data against the reference bins of the current bundle."""
+    cfg = cfg or GuardrailConfig()
+    if not ref:
+        return Check("feature_drift", True, None, cfg.max_psi,
+                     "no reference statistics (no current model): drift not checked")
+    vals: dict[str, float] = {}
+    for j, name in enumerate(names):
+        r = ref.get("features", {}).get(name)
+        if r is None:
+            continue
+        edges = np.asarray(r["edges"], dtype=np.float64)
+        col = np.asarray(x[:, j], dtype=np.float64)
+        cur = np.bincount(np.searchsorted(edges, col, side="right"),
+                          minlength=edges.size + 1) / max(col.size, 1)
+        vals[name] = psi(np.asarray(r["frac"]), cur)
+    bad = {k: v for k, v in vals.items() if v > cfg.max_psi}
+    worst = max(vals.values()) if vals else 0.0
+    msg = ("feature drift vs the current model's training data: " + ", ".join(
+        f"{k} PSI {v:.3f}" for k, v in sorted(bad.items(), key=lambda kv: -kv[1]))
+        + f" (> {cfg.max_psi})" if bad else
+        f"{len(vals)} features compared, max PSI {worst:.3f} (<= {cfg.max_psi})")
+    return Check("feature_drift", not bad, worst, cfg.max_psi, msg, details={"psi": vals})
+
+
+# ---------------------------------------------------------------- model guardrails
+
+def _apply(score: np.ndarray, slices: np.ndarray, th: Mapping[str, Any]) -> np.ndarray:
+    t = np.full(score.size, float(th["default"]))
+    for s, v in (th.get("slices") or {}).items():
+        t[slices == s] = float(v)
+    return score > t
+
+
+def _rates(inv: np.ndarray, cols: Mapping[str, Any], m: np.ndarray | None = None) -> dict[str, float]:
+    if m is not None:
+        inv = inv[m]
+        pur, heur = cols["purchased"][m], cols["heuristic"][m]
+    else:
+        pur, heur = cols["purchased"], cols["heuristic"]
+    return {"ivr": float(inv.mean()) if inv.size else float("nan"),
+            "fpr": float(inv[pur].mean()) if pur.any() else float("nan"),
+            "coverage": float(inv[heur].mean()) if heur.any() else float("nan"),
+            "n_heuristic": int(heur.sum())}
+
+
+def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mapping[str, Any],
+                cur_score: np.ndarray | None = None, cur_th: Mapping[str, Any] | None = None,
+                cfg: GuardrailConfig | None = None) -> list[Check]:
+    """Model guardrails on held-out clicks. cols: slice, purchased, heuristic, weak_label
+    (1 = human). cur_*: the current model on the same clicks (None on the first run)."""
+    from .metrics import roc_auc
+    cfg = cfg or GuardrailConfig()
+    cand_score = np.asarray(cand_score, dtype=np.float64)
+    sl = np.asarray(cols["slice"]).astype(str)
+    checks: list[Check] = []
+
+    # Degenerate scores first: nothing else means much if these fail.
+    std = float(cand_score.std())
+    checks.append(Check("score_spread", std >= cfg.min_score_std, std, cfg.min_score_std,
+                        f"score std {std:.4f}" + (" is degenerate (almost constant scores)"
+                                                  if std < cfg.min_score_std else ""), "model"))
+    _, counts = np.unique(np.round(cand_score, 6), return_counts=True)
+    share = float(counts.max() / cand_score.size) if cand_score.size else 1.0
+    checks.append(Check("identical_scores", share <= cfg.max_identical_share, share,
+                        cfg.max_identical_share,
+                        f"{share:.1%} of clicks share one score value", "model"))
+    wl = np.asarray(cols["weak_label"]).astype(bool)
+    auc = roc_auc(cand_score, ~wl)
+    checks.append(Check("auc_weak_label", bool(np.isfinite(auc) and auc >= cfg.min_auc), auc,
+                        cfg.min_auc, f"AUC against the weak label {auc:.3f}"
+                        + (" is near chance: the model did not learn" if auc < cfg.min_auc
+                           else ""), "model"))
+
+    inv = _apply(cand_score, sl, cand_th)
+    r = _rates(inv, cols)
+    lim = cfg.fpr_budget * (1 + cfg.fpr_tolerance)
+    checks.append(Check("fpr_budget", bool(r["fpr"] <= lim), r["fpr"], lim,
+                        f"held-out FPR {r['fpr']:.4f} (budget {cfg.fpr_budget} + "
+                        f"{cfg.fpr_tolerance:.0%} tolerance = {lim:.4f})", "model"))
+    checks.append(Check("ivr_ceiling", bool(r["ivr"] <= cfg.max_ivr), r["ivr"], cfg.max_ivr,
+                        f"held-out IVR {r['ivr']:.4f}" + (" would invalidate an implausible "
+                                                          "share of traffic"
+                                                          if r["ivr"] > cfg.max_ivr else ""),
+                        "model"))
+    low_cov = {}
+    for s in sorted(set(sl.tolist())):
+        rs = _rates(inv, cols, sl == s)
+        if rs["n_heuristic"] and rs["coverage"] < cfg.min_coverage - cfg.coverage_slack:
+            low_cov[s] = rs["coverage"]
+    checks.append(Check("coverage_floors", not low_cov, low_cov,
+                        cfg.min_coverage - cfg.coverage_slack,
+                        "robotic coverage below the floor in " + ", ".join(
+                            f"{s} ({v:.2f})" for s, v in low_cov.items()) if low_cov
+                        else "every slice meets its robotic coverage floor", "model"))
+
+    if cur_score is None or cur_th is None:
+        checks.append(Check("ivr_vs_current", True, r["ivr"], None,
+                            "no current model: deviation bands not checked", "model"))
+        return checks
+    cur_inv = _apply(np.asarray(cur_score, dtype=np.float64), sl, cur_th)
+    rc = _rates(cur_inv, cols)
+    dev = abs(r["ivr"] / rc["ivr"] - 1) if rc["ivr"] > 0 else (0.0 if r["ivr"] == 0 else np.inf)
+    checks.append(Check("ivr_vs_current", bool(dev <= cfg.ivr_band), dev, cfg.ivr_band,
+                        f"IVR {r['ivr']:.4f} vs current {rc['ivr']:.4f} on the same clicks "
+                        f"(deviation {dev:.0%}, band {cfg.ivr_band:.0%})", "model",
+                        details={"candidate": r, "current": rc}))
+    out_band = {}
+    per = {}
+    for s in sorted(set(sl.tolist())):
+        a, b = _rates(inv, cols, sl == s)["ivr"], _rates(cur_inv, cols, sl == s)["ivr"]
+        per[s] = {"candidate": a, "current": b}
+        if abs(a - b) > cfg.slice_ivr_band * b + cfg.slice_ivr_abs_slack:
+            out_band[s] = (a, b)
+    checks.append(Check("slice_ivr_vs_current", not out_band, {s: v[0] for s, v in out_band.items()},
+                        cfg.slice_ivr_band,
+                        "slice IVR outside the band: " + ", ".join(
+                            f"{s} {a:.4f} vs current {b:.4f}" for s, (a, b) in out_band.items())
+                        if out_band else "every slice's IVR within the band of the current model",
+                        "model", details=per))
+    return checks
