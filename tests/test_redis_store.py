@@ -1,0 +1,220 @@
+"""The Redis store against the embedded one, on real throwaway redis-servers.
+
+Tolerance: none. Lua 5.1 numbers are C doubles, the script keeps the reference's operation
+order, and math.exp is the same libm exp as the native kernel's on one machine, so the raw
+counters are compared with exact ==.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from slidr.ext import reference
+
+from slidr import featurespec as fs
+from slidr.store_redis import RedisStore, StoreUnavailable
+from slidr.testing.redis_server import RedisServer
+
+native = pytest.importorskip("slidr.ext._kernel")
+pytestmark = pytest.mark.redis
+
+HOUR = 3_600_000
+DAY = 86_400_000
+T0 = 1_767_225_600_000 - 5
+STEPS = [0, 1, 999, 60_000, HOUR - 1, HOUR, DAY, DAY + 1, fs.SESSION_TTL_MS + 1,
+         fs.USER_TTL_MS + 1, 3 * DAY]
+
+_prefix_seq = iter(range(1_000_000))
+
+
+def _prefix() -> str:
+    return f"t{next(_prefix_seq)}:"
+
+
+@st.composite
+def streams(draw, max_clicks: int = 80):
+    n = draw(st.integers(1, max_clicks))
+    steps = draw(st.lists(st.one_of(st.sampled_from(STEPS), st.integers(0, 5 * HOUR)),
+                          min_size=n, max_size=n))
+    jitter = draw(st.lists(st.sampled_from([0, 0, -1, -30_000]), min_size=n, max_size=n))
+    ts = T0 + np.cumsum(np.array(steps, dtype=np.int64)) + np.array(jitter, dtype=np.int64)
+    pool = st.integers(0, draw(st.integers(0, 5)))
+    ids = [draw(st.lists(pool, min_size=n, max_size=n)) for _ in range(3)]
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, n - 1)), max_size=4))))
+    return ts, ids, cuts
+
+
+def _hashes(ids):
+    u, s, i = ids
+    return native.hash_keys([f"u\x00c{x}" for x in u], [f"sé{x}" for x in s],
+                            [f"2001:db8::{x}" for x in i])
+
+
+def _feed(store, ts, h, cuts):
+    edges = [0, *cuts, len(ts)]
+    out = []
+    for a, z in zip(edges[:-1], edges[1:], strict=True):
+        if z > a:
+            out.append(store.update(ts[a:z], *(x[a:z] for x in h)))
+    return np.concatenate(out)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(streams())
+def test_redis_equals_embedded_and_reference(shared_redis, stream):
+    ts, ids, cuts = stream
+    h = _hashes(ids)
+    rs = RedisStore(shared_redis.url, prefix=_prefix(), timeout_s=2.0)
+    try:
+        got = _feed(rs, ts, h, cuts)
+    finally:
+        rs.close()
+    want = _feed(native.EmbeddedStore(), ts, h, cuts)
+    ref = _feed(reference.ReferenceStore(), ts, h, [])
+    assert got.dtype == np.float64 and got.shape == (len(ts), fs.RAW_WIDTH)
+    bad = np.argwhere(got != want)
+    assert bad.size == 0, (fs.RAW_COLUMNS[bad[0][1]], got[tuple(bad[0])], want[tuple(bad[0])])
+    assert np.array_equal(want, ref)
+
+
+def test_realistic_day_slice_parity_and_one_round_trip_per_batch(redis_server):
+    from slidr.bench.kernel_bench import make_clicks
+    b = make_clicks(6000, seed=7, days=0.1)
+    h = native.hash_keys(b.user_key, b.session_id, b.ip)
+    rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
+    rs.update(b.ts[:1], *(x[:1] for x in h))  # loads the script (NOSCRIPT -> SCRIPT LOAD)
+    admin = redis.Redis.from_url(redis_server.url)
+    admin.config_resetstat()
+    sent = []
+    conn_cls = rs._r.connection_pool.connection_class
+    orig = conn_cls.send_packed_command
+
+    def counting(self, command, check_health=True):
+        sent.append(1)
+        return orig(self, command, check_health)
+
+    conn_cls.send_packed_command = counting
+    try:
+        got = [rs.update(b.ts[i:i + 500], *(x[i:i + 500] for x in h))
+               for i in range(1, len(b), 500)]
+    finally:
+        conn_cls.send_packed_command = orig
+    n_batches = len(got)
+    stats = admin.info("commandstats")
+    assert len(sent) == n_batches  # one request per batch on the wire
+    assert stats["cmdstat_evalsha"]["calls"] == n_batches
+    client_cmds = {k for k in stats if k not in ("cmdstat_evalsha", "cmdstat_get",
+                                                  "cmdstat_mget", "cmdstat_set",
+                                                  "cmdstat_config|resetstat", "cmdstat_info")}
+    assert not client_cmds, client_cmds
+    es = native.EmbeddedStore()
+    es.update(b.ts[:1], *(x[:1] for x in h))
+    want = [es.update(b.ts[i:i + 500], *(x[i:i + 500] for x in h))
+            for i in range(1, len(b), 500)]
+    assert np.array_equal(np.concatenate(got), np.concatenate(want))
+    rs.close()
+
+
+def test_keys_have_expiry_and_layout(redis_server):
+    rs = RedisStore(redis_server.url, prefix="exp:", timeout_s=2.0, ttl_slack_ms=1000)
+    h = native.hash_keys(["u\x00alice"], ["s1"], ["198.51.100.1"])
+    rs.update(np.array([T0], np.int64), *h)
+    admin = redis.Redis.from_url(redis_server.url)
+    keys = sorted(admin.scan_iter(match=b"exp:*"))
+    assert len(keys) == 3
+    want = {b"exp:u" + int(h[0][0]).to_bytes(8, "big"): fs.USER_TTL_MS,
+            b"exp:s" + int(h[1][0]).to_bytes(8, "big"): fs.SESSION_TTL_MS,
+            b"exp:i" + int(h[2][0]).to_bytes(8, "big"): fs.IP_TTL_MS}
+    assert set(keys) == set(want)
+    for k, ttl in want.items():
+        pttl = admin.pttl(k)
+        assert ttl + 1000 - 5000 < pttl <= ttl + 1000, (k, pttl)
+    assert rs.stats()["keys"] == 3
+    rs.close()
+
+
+def test_auth_from_url():
+    with RedisServer(password="s3cret-pw") as srv:
+        good = RedisStore(srv.url, prefix="auth:", timeout_s=2.0)
+        h = native.hash_keys(["u\x00a"], ["s"], ["192.0.2.1"])
+        assert good.update(np.array([T0], np.int64), *h).shape == (1, fs.RAW_WIDTH)
+        good.close()
+        bad = RedisStore(f"redis://127.0.0.1:{srv.port}/0", prefix="auth:", timeout_s=2.0)
+        with pytest.raises(StoreUnavailable) as ei:
+            bad.update(np.array([T0], np.int64), *h)
+        assert isinstance(ei.value.__cause__, redis.exceptions.AuthenticationError)
+        assert "s3cret" not in str(ei.value)
+        bad.close()
+
+
+def test_server_death_fails_fast_and_recovers():
+    srv = RedisServer().start()
+    try:
+        timeout = 0.2
+        rs = RedisStore(srv.url, prefix="fault:", timeout_s=timeout)
+        h = native.hash_keys(["u\x00a"], ["s"], ["192.0.2.1"])
+        ts = np.array([T0], np.int64)
+        first = rs.update(ts, *h)
+        srv.kill()
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable) as ei:
+            rs.update(ts + 1000, *h)
+        assert time.monotonic() - t0 < timeout + 0.5
+        assert isinstance(ei.value, RuntimeError) and ei.value.__cause__ is not None
+        srv.start()
+        # Restarted on the same port (empty, no script cached): works again, state is new.
+        again = rs.update(ts + 2000, *h)
+        fresh = native.EmbeddedStore().update(ts + 2000, *h)
+        assert np.array_equal(again, fresh) and first[0, 4] == again[0, 4] == -1.0
+        rs.close()
+    finally:
+        srv.stop()
+
+
+def test_reply_timeout_raises_store_unavailable():
+    with RedisServer(extra=["--enable-debug-command", "yes"]) as srv:
+        rs = RedisStore(srv.url, prefix="slow:", timeout_s=0.1)
+        h = native.hash_keys(["u\x00a"], ["s"], ["192.0.2.1"])
+        ts = np.array([T0], np.int64)
+        rs.update(ts, *h)
+        other = redis.Redis.from_url(srv.url)
+        th = threading.Thread(target=lambda: other.execute_command("DEBUG", "SLEEP", "0.6"))
+        th.start()
+        time.sleep(0.05)
+        t0 = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            rs.update(ts + 1, *h)
+        assert time.monotonic() - t0 < 0.4
+        th.join()
+        time.sleep(0.05)
+        assert rs.update(ts + 2, *h).shape == (1, fs.RAW_WIDTH)
+        rs.close()
+        other.close()
+
+
+def test_refused_connection_is_store_unavailable():
+    from slidr.testing.redis_server import free_port
+    rs = RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.1)
+    h = native.hash_keys(["u\x00a"], ["s"], ["192.0.2.1"])
+    with pytest.raises(StoreUnavailable):
+        rs.update(np.array([T0], np.int64), *h)
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        rs.ping()
+
+
+def test_empty_batch_and_bad_lengths(redis_server):
+    rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=1.0)
+    e = rs.update(np.zeros(0, np.int64), *[np.zeros(0, np.uint64)] * 3,
+                  np.zeros((0, 4), np.uint8))
+    assert e.shape == (0, fs.RAW_WIDTH)
+    with pytest.raises(ValueError):
+        rs.update(np.zeros(2, np.int64), *[np.zeros(1, np.uint64)] * 3,
+                  np.zeros((1, 4), np.uint8))
+    rs.close()
