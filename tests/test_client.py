@@ -416,23 +416,24 @@ def test_bad_arguments():
 
 # ------------------------------------------------------------ a third-party client
 
-def test_third_party_client_against_fake_server(server):
+@pytest.mark.parametrize("which", ["python", "node"])
+def test_third_party_client_against_fake_server(server, which):
     """tests/third_party_client.py drives a msgpack-RPC client that is not ours; the daemon
-    tests run it against slidrd. Here it proves the harness works (skipped if the client's
+    tests run it against slidrd. Here it proves the harness works (skipped if that client's
     separate environment is not installed, see the file's docstring)."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "third_party_client", Path(__file__).with_name("third_party_client.py"))
-    tp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tp)
-    if not tp.available():
-        pytest.skip(f"third-party msgpack-RPC client not installed: {tp.INSTALL}")
-    assert tp.call("127.0.0.1", server.port, "ping", []) == "pong"
-    d = tp.call("127.0.0.1", server.port, "score", [click("robot-9")])
-    assert d == decide(click("robot-9"), "A")
-    ds = tp.call("127.0.0.1", server.port, "score_many", [[click("a"), click("robot-b")]])
-    assert [x["invalid"] for x in ds] == [False, True]
+    import third_party_client as tp
+    if not tp.available(which):
+        pytest.skip(f"third-party msgpack-RPC client not installed: "
+                    f"{tp.INSTALL_NODE if which == 'node' else tp.INSTALL_PYTHON}")
+    h, p = "127.0.0.1", server.port
+    assert tp.call(h, p, "ping", [], which) == "pong"
+    assert tp.call(h, p, "score", [click("robot-9")], which) == decide(click("robot-9"), "A")
+    ping, ds, info = tp.calls(h, p, [("ping", []), ("score_many", [[click("a"), click("robot-b")]]),
+                                     ("info", [])], which)
+    assert ping == "pong" and [x["invalid"] for x in ds] == [False, True] and info["model"] == "A"
+    # ts reached the server as an integer (msgpack-lite would send float64 if not wrapped)
+    method, params = server.requests[-2]
+    assert method == "score_many" and type(params[0][0]["ts"]) is int
     with pytest.raises(tp.ThirdPartyError) as ei:
-        tp.call("127.0.0.1", server.port, "score", [click("error/1")])
+        tp.call(h, p, "score", [click("error/1")], which)
     assert "1001" in str(ei.value)
