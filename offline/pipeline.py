@@ -3,8 +3,6 @@ report, written into an output directory that appears only when complete."""
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
 import platform
 import time
@@ -59,46 +57,26 @@ def load_customers(path: str | Path | None):
     return tbl
 
 
-def _fallback_weak_labels(purchased, user_id, logged_in, customers) -> np.ndarray:
-    """Interim labels used only while slidr.offline.labels is absent: human = purchased, or a
-    logged-in customer in the top fifth by an equal-weight RFM rank."""
-    human = np.asarray(purchased, dtype=bool).copy()
-    if customers is not None and customers.num_rows:
-        rec = customers.column("recency_days").to_numpy(zero_copy_only=False).astype(float)
-        fre = customers.column("frequency").to_numpy(zero_copy_only=False).astype(float)
-        mon = customers.column("monetary").to_numpy(zero_copy_only=False).astype(float)
-        r = (np.argsort(np.argsort(-rec)) + np.argsort(np.argsort(fre))
-             + np.argsort(np.argsort(mon)))
-        top = r >= np.quantile(r, 0.8)
-        high = set(np.asarray(customers.column("user_id").to_pylist(), dtype=object)[top])
-        li = np.asarray(logged_in, dtype=bool)
-        human |= li & np.fromiter((u in high for u in user_id), dtype=bool, count=len(user_id))
-    return human.astype(np.int8)
-
-
 def weak_labels(rp: replay.Replay, customers) -> tuple[np.ndarray, str]:
-    try:
-        labmod = importlib.import_module("slidr.offline.labels")
-    except ModuleNotFoundError as e:
-        if e.name != "slidr.offline.labels":
-            raise
-        return _fallback_weak_labels(rp.purchased, rp.user_id, rp.logged_in, customers), \
-            "interim fallback in offline/pipeline.py (slidr.offline.labels absent)"
-    wl = labmod.weak_labels(rp.purchased, rp.user_id, rp.logged_in, customers, None)
-    return np.asarray(wl, dtype=np.int8), "slidr.offline.labels.weak_labels"
+    from . import labels
+    wl = labels.weak_labels(rp.purchased, rp.user_id, rp.logged_in, customers)
+    how = ("purchase or high RFM (slidr.offline.labels)" if customers is not None
+           else "purchase only: no customers table (slidr.offline.labels)")
+    return np.asarray(wl, dtype=np.int8), how
 
 
 def _source_note(clicks: Path, has_customers: bool, has_truth: bool, n: int) -> dict[str, Any]:
     """What the numbers can mean for this log (shown at the top of the report)."""
-    side = clicks.parent / "source.json"
-    info: dict[str, Any] = {}
-    if side.exists():
-        try:
-            info = json.loads(side.read_text())
-        except (OSError, ValueError):
-            info = {}
-    src = str(info.get("source", "")).lower()
-    if "talkingdata" in src or "talkingdata" in clicks.name.lower():
+    # Importers leave a manifest beside the log; any mention of TalkingData is enough.
+    src = clicks.name.lower()
+    for name in ("source.json", "manifest.json", "import.json"):
+        side = clicks.parent / name
+        if side.exists():
+            try:
+                src += " " + side.read_text()[:100_000].lower()
+            except OSError:
+                pass
+    if "talkingdata" in src:
         return {"kind": "talkingdata", "text": (
             "TalkingData AdTracking log imported into the click contract: 'purchased' is the "
             "app-download attribution (is_attributed), there is no customers table (labels are "

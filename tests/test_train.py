@@ -265,3 +265,31 @@ def test_cli_json_summary(log, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert res["report"].endswith("report.html") and (tmp_path / "m" / "model.onnx").exists()
     assert set(res["metrics"]) == {"model", "logistic", "velocity"}
+
+
+def test_talkingdata_like_log_without_customers_or_truth(tmp_path):
+    """An imported real log: no customers, no is_robot, almost every key seen once."""
+    rng = np.random.default_rng(9)
+    n = 4000
+    ts = np.sort(T0 + rng.integers(0, 4 * DAY, n)).astype(np.int64)
+    tbl = pa.table({
+        "click_id": [f"c{i}" for i in range(n)], "ts": ts,
+        "session_id": [f"td{v}" for v in rng.integers(0, 10**9, n)],
+        "user_id": pa.array([None] * n, pa.string()),
+        "ip": [f"10.{a}.{b}.{c}" for a, b, c in rng.integers(0, 256, (n, 3))],
+        "device": [("desktop", "mobile", "app")[v] for v in rng.integers(0, 3, n)],
+        "logged_in": pa.array(np.zeros(n, bool)),
+        "purchased": pa.array(rng.random(n) < 0.05)})
+    d = tmp_path / "td"
+    d.mkdir()
+    pq.write_table(tbl, d / "clicks.parquet")
+    (d / "manifest.json").write_text(json.dumps({"source": "talkingdata", "rows": n}))
+    out = tmp_path / "out"
+    res = pipeline.run(d / "clicks.parquet", None, out,
+                       pipeline.TrainConfig(epochs=1, progress=False))
+    assert res["source"] == "talkingdata"
+    page = (out / "report.html").read_text()
+    assert "NOT comparable" in page and "185M" in page
+    m = json.loads((out / "metrics.json").read_text())
+    assert "precision" not in m["model"]["overall"] and m["label_quality"] is None
+    assert not (out / "scores_by_truth.png").exists()
