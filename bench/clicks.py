@@ -80,26 +80,28 @@ def builtin_clicks(n: int, seed: int = 0, tag: str = "b") -> list[dict[str, Any]
 
 
 def simulated_clicks(n: int, seed: int = 0) -> list[dict[str, Any]] | None:
-    """Clicks from the offline simulator, when it exists and offers a sampler we know."""
+    """Clicks from the offline simulator (one simulated day, in time order), when installed."""
     try:
-        from slidr.offline import simulate  # type: ignore[attr-defined]
+        from slidr.offline.simulate import SimParams, simulate
     except ImportError:
         return None
-    for name in ("sample_clicks", "generate_clicks", "clicks"):
-        fn = getattr(simulate, name, None)
-        if callable(fn):
-            try:
-                rows = fn(n, seed=seed)
-            except TypeError:
-                continue
-            try:
-                recs = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
-            except Exception:  # noqa: BLE001 - unknown shape: fall back to the built-in
-                return None
-            keep = ("click_id", "session_id", "user_id", "ip", "device", "logged_in",
-                    "tz_offset_min", "user_agent", "ad_id")
-            return [{k: r[k] for k in keep if k in r} for r in recs[:n]]
-    return None
+    try:
+        res = simulate(SimParams(days=1, clicks_per_day=max(n, 1000), seed=seed))
+        tbl = res.clicks.slice(0, n)
+    except Exception:  # noqa: BLE001 - simulator still in progress: use the built-in clicks
+        return None
+    keep = [k for k in ("click_id", "session_id", "user_id", "ip", "device", "logged_in",
+                        "tz_offset_min", "user_agent", "ad_id") if k in tbl.column_names]
+    cols = {k: tbl.column(k).to_pylist() for k in keep}
+    out = []
+    for i in range(tbl.num_rows):
+        c = {k: cols[k][i] for k in keep}
+        if c.get("user_agent") is None:
+            c.pop("user_agent", None)
+        if c.get("tz_offset_min") is None:
+            c.pop("tz_offset_min", None)
+        out.append(c)
+    return out
 
 
 def make_clicks(n: int, seed: int = 0, tag: str = "b",

@@ -1,0 +1,419 @@
+"""`slidr bench kernel|run|sweep|echo|micro [--json]`: micro-benchmarks and load tests.
+
+Heavy imports (numpy, hdrh, matplotlib, onnx) happen inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+EXIT_ABORTED = 3
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("bench", help="micro-benchmarks and load tests (see bench/README.md)")
+    bs = p.add_subparsers(dest="bench_command", metavar="WHAT")
+    bs.required = True
+
+    k = bs.add_parser("kernel", help="feature-kernel throughput by batch size (embedded, Redis)")
+    k.add_argument("--seconds", type=float, default=1.0, help="seconds per measured point")
+    k.add_argument("--redis", default=None, help="redis:// URL (default: a throwaway server)")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_kernel)
+
+    for name, helptext in (("run", "one open-loop load run against slidrd"),
+                           ("sweep", "highest rate that holds p99.9 under a target")):
+        r = bs.add_parser(name, help=helptext)
+        r.add_argument("--target", metavar="HOST:PORT", help="a running daemon (loopback)")
+        r.add_argument("--scenario", metavar="FILE.toml",
+                       help="bench/scenarios/*.toml: load shape, and a daemon to start")
+        r.add_argument("--metrics", metavar="URL",
+                       help="the daemon's Prometheus endpoint (for the queue/store/model split)")
+        r.add_argument("--rate", type=float, help="requests/s (run; default 1000)")
+        r.add_argument("--duration", type=float, help="measured seconds (default 10)")
+        r.add_argument("--warmup", type=float, help="unmeasured seconds first (default 2)")
+        r.add_argument("--connections", type=int, help="connections per process (default 8)")
+        r.add_argument("--procs", type=int, help="generator processes (default 1)")
+        r.add_argument("--arrivals", choices=("constant", "poisson"))
+        r.add_argument("--tick-us", type=int, help="send tick in us (default 1000; 0 = spin)")
+        r.add_argument("--drain", type=float, help="seconds to wait for answers at the end")
+        r.add_argument("--out", metavar="DIR", help="report.json + plots (default var/bench/...)")
+        r.add_argument("--no-calibrate", action="store_true",
+                       help="skip the echo-server floor/ceiling (else cached per session)")
+        r.add_argument("--gen-cpus", metavar="LIST",
+                       help="pin this generator with taskset-style CPU list, e.g. 1")
+        r.add_argument("--daemon-cpus", metavar="LIST",
+                       help="pin a daemon started from a scenario, e.g. 0")
+        r.add_argument("--json", action="store_true", help="print the report as JSON")
+        if name == "sweep":
+            r.add_argument("--target-ms", type=float, help="p99.9 target (default 5)")
+            r.add_argument("--start", type=float, help="first rate (default 1000)")
+            r.add_argument("--max-rate", type=float, help="stop stepping here (default 200000)")
+            r.add_argument("--factor", type=float, help="geometric step (default 2)")
+            r.add_argument("--repeat", type=int, help="runs per rate (default 3)")
+            r.add_argument("--bisect", type=int, help="bisection steps after a failure (3)")
+            r.add_argument("--max-fail-open", type=float,
+                           help="largest fail-open share that still passes (default 0.001)")
+            r.add_argument("--max-time", type=float, help="time budget in s (default 1800)")
+            r.set_defaults(func=cmd_sweep)
+        else:
+            r.set_defaults(func=cmd_run)
+
+    e = bs.add_parser("echo", help="the generator against a do-nothing echo server: "
+                                   "its latency floor and rate ceiling")
+    e.add_argument("--connections", type=int, default=8)
+    e.add_argument("--procs", type=int, default=1)
+    e.add_argument("--tick-us", type=int, default=1000)
+    e.add_argument("--floor-rate", type=float, default=1000.0)
+    e.add_argument("--max-rate", type=float, default=320_000.0)
+    e.add_argument("--step-seconds", type=float, default=2.0)
+    e.add_argument("--refresh", action="store_true", help="ignore the cached calibration")
+    e.add_argument("--out", metavar="FILE.json", help="also write the calibration here")
+    e.add_argument("--gen-cpus", metavar="LIST")
+    e.add_argument("--echo-cpus", metavar="LIST")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_echo)
+
+    m = bs.add_parser("micro", help="protocol, store and model costs per request / batch")
+    m.add_argument("--seconds", type=float, default=0.5, help="seconds per measured point")
+    m.add_argument("--redis", default=None, help="redis:// URL (default: a throwaway server)")
+    m.add_argument("--only", action="append", choices=("protocol", "store", "model"))
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_micro)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _pin(cpus: str | None) -> None:
+    if cpus:
+        import os
+        os.sched_setaffinity(0, {int(c) for c in _cpu_list(cpus)})
+
+
+def _cpu_list(s: str) -> list[int]:
+    out: list[int] = []
+    for part in s.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+# ---------------------------------------------------------------- kernel / micro
+
+
+def cmd_kernel(a: argparse.Namespace) -> int:
+    try:
+        from slidr.bench import kernel_bench
+    except ImportError as e:
+        raise RuntimeError("the kernel micro-benchmark (slidr.bench.kernel_bench) is not "
+                           f"installed in this tree yet ({e})") from None
+    kw: dict[str, Any] = {}
+    params = inspect.signature(kernel_bench.run).parameters
+    if "seconds_per_point" in params:
+        kw["seconds_per_point"] = a.seconds
+    if "redis_url" in params:
+        kw["redis_url"] = a.redis
+    res = kernel_bench.run(**kw)
+    if a.json:
+        json.dump(res, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        for kind in ("embedded", "redis"):
+            pts = ", ".join(f"batch {b}: {v:,.0f} clicks/s" for b, v in res.get(kind, {}).items())
+            print(f"{kind:9s} {pts}")
+        print(f"bytes per key: {res.get('bytes_per_key')}")
+    return 0
+
+
+def cmd_micro(a: argparse.Namespace) -> int:
+    from slidr.bench import micro
+    res = micro.run(a.seconds, a.redis, tuple(a.only or ("protocol", "store", "model")))
+    if a.json:
+        json.dump(res, sys.stdout, indent=2)
+        print()
+    else:
+        print("\n".join(micro.lines(res)))
+    return 0
+
+
+# ---------------------------------------------------------------- echo
+
+
+def cmd_echo(a: argparse.Namespace) -> int:
+    from slidr.bench import report
+    from slidr.bench.sweep import calibrate_echo, calibration_line
+    _pin(a.gen_cpus)
+    c = calibrate_echo(a.connections, a.procs, a.tick_us, refresh=a.refresh,
+                       floor_rate=a.floor_rate, ceiling_max=a.max_rate, step_s=a.step_seconds,
+                       cpus=a.echo_cpus, log=None if a.json else _log)
+    if a.out:
+        report.save_json(a.out, c)
+    if a.json:
+        slim = {k: v for k, v in c.items() if k != "floor"}
+        slim["floor"] = {k: v for k, v in c["floor"].items() if k != "hist"}
+        json.dump(slim, sys.stdout, indent=2)
+        print()
+    else:
+        print(calibration_line(c))
+        print(report.machine_line(c["machine"]))
+    return 0
+
+
+# ---------------------------------------------------------------- run / sweep
+
+_LOAD_KEYS = ("rate", "duration", "warmup", "connections", "procs", "arrivals", "tick_us", "drain")
+_SWEEP_KEYS = {"target_ms": "target_ms", "start": "start", "max_rate": "max_rate",
+               "factor": "factor", "repeat": "repeat", "bisect": "bisect_steps",
+               "max_fail_open": "max_fail_open", "max_time": "max_time_s"}
+
+
+def load_scenario(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"scenario not found: {p}")
+    try:
+        sc = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{p}: not valid TOML: {e}") from None
+    unknown = set(sc) - {"name", "description", "mode", "load", "daemon", "sweep"}
+    if unknown:
+        raise ValueError(f"{p}: unknown top-level keys {sorted(unknown)}")
+    for key in sc.get("load", {}):
+        if key not in _LOAD_KEYS:
+            raise ValueError(f"{p}: unknown [load] key {key!r} (known: {', '.join(_LOAD_KEYS)})")
+    for key in sc.get("sweep", {}):
+        if key not in _SWEEP_KEYS:
+            raise ValueError(f"{p}: unknown [sweep] key {key!r}")
+    sc.setdefault("name", p.stem)
+    return sc
+
+
+def _spec(a: argparse.Namespace, sc: dict[str, Any]) -> Any:
+    from slidr.bench.loadgen import LoadSpec
+    spec = LoadSpec(label=sc.get("name", ""))
+    vals = dict(sc.get("load", {}))
+    for key in _LOAD_KEYS:
+        v = getattr(a, key, None)
+        if v is not None:
+            vals[key] = v
+    spec = replace(spec, **vals)
+    if a.target:
+        host, _, port = a.target.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"--target must be HOST:PORT, got {a.target!r}")
+        spec = replace(spec, host=host, port=int(port))
+    return spec
+
+
+def _out_dir(a: argparse.Namespace, kind: str, label: str) -> Path:
+    if a.out:
+        return Path(a.out)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path("var/bench") / f"{kind}-{label or 'adhoc'}-{stamp}"
+
+
+class _Session:
+    """The daemon a scenario starts (or the --target given), and its metrics URL."""
+
+    def __init__(self, a: argparse.Namespace, sc: dict[str, Any]) -> None:
+        self.a = a
+        self.sc = sc
+        self.daemon: Any = None
+
+    def __enter__(self) -> _Session:
+        d = self.sc.get("daemon")
+        if self.a.target or not d:
+            if not self.a.target:
+                raise ValueError("give --target HOST:PORT or a --scenario with a [daemon] table")
+            return self
+        from slidr.bench.daemon import DaemonRun
+        d = dict(d)
+        store = d.pop("store", "embedded")
+        _log(f"starting slidrd ({store} store, {d}) ...")
+        self.daemon = DaemonRun(store=store, daemon_args=d, cpus=self.a.daemon_cpus).start()
+        _log(f"slidrd on 127.0.0.1:{self.daemon.port}, metrics {self.daemon.metrics_url}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+
+    def apply(self, spec: Any) -> Any:
+        if self.daemon is not None:
+            return replace(spec, host="127.0.0.1", port=self.daemon.port)
+        return spec
+
+    @property
+    def metrics(self) -> str | None:
+        if self.a.metrics:
+            return self.a.metrics
+        return self.daemon.metrics_url if self.daemon is not None else None
+
+    def alive(self) -> bool:
+        return self.daemon is None or self.daemon.alive()
+
+    def describe(self) -> dict[str, Any] | None:
+        if self.daemon is None:
+            return None
+        return {"store": self.daemon.store, "args": self.daemon.daemon_args,
+                "command": " ".join(self.daemon.cmd)}
+
+
+def _calibration(a: argparse.Namespace, spec: Any) -> dict[str, Any] | None:
+    if a.no_calibrate:
+        return None
+    from slidr.bench.sweep import calibrate_echo, calibration_line
+    c = calibrate_echo(spec.connections, spec.procs, spec.tick_us,
+                       log=_log if not getattr(a, "json", False) else None)
+    _log(calibration_line(c))
+    return c
+
+
+def _calib_summary(c: dict[str, Any] | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {"floor": {k: v for k, v in c["floor"].items() if k != "hist"},
+            "ceiling_rate": c["ceiling_rate"], "recorded": c["recorded"], "key": c["key"],
+            "cached": c.get("cached", False)}
+
+
+def _print_json(obj: dict[str, Any]) -> None:
+    def strip(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {k: strip(v) for k, v in o.items() if k != "hist"}
+        if isinstance(o, list):
+            return [strip(v) for v in o]
+        return o
+    json.dump(strip(obj), sys.stdout, indent=2, default=str)
+    print()
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from slidr.bench import hist, report
+    from slidr.bench.loadgen import one_line
+    from slidr.bench.sweep import calibration_line, measure
+    _pin(a.gen_cpus)
+    sc = load_scenario(a.scenario) if a.scenario else {}
+    spec = _spec(a, sc)
+    spec.check()
+    out = _out_dir(a, "run", spec.label)
+    with _Session(a, sc) as s:
+        calib = _calibration(a, spec)
+        spec = s.apply(spec)
+        rep = measure(spec, s.metrics)
+        if not rep["aborted"] and not s.alive():
+            rep["aborted"] = "the daemon exited during the run"
+        rep["daemon"] = s.describe()
+    rep["machine"] = report.machine()
+    rep["generator_calibration"] = _calib_summary(calib)
+    rep["command"] = " ".join(["slidr", "bench", "run", *sys.argv[3:]]) if len(sys.argv) > 2 else None
+    report.save_json(out / "report.json", rep)
+    curves = [(f"{spec.label or spec.target} @ {spec.rate:,.0f}/s", hist.decode(rep["hist"]["latency"]))]
+    if calib:
+        curves.append((f"echo floor @ {calib['floor']['rate']:,.0f}/s",
+                       hist.decode(calib["floor"]["hist"])))
+    try:
+        report.plot_percentiles(curves, out / "percentiles.png",
+                                f"{spec.label or 'run'}: latency by percentile "
+                                f"({spec.arrivals}, {spec.procs}x{spec.connections} conn)", 5.0)
+    except Exception as e:  # noqa: BLE001 - a plot must never hide the numbers
+        _log(f"plot skipped: {e}")
+    if a.json:
+        _print_json(rep)
+    else:
+        print(one_line(rep))
+        print(report.split_line(rep.get("server")))
+        print(calibration_line(calib))
+        print(report.machine_line(rep["machine"]))
+        print(f"report: {out / 'report.json'}")
+    if rep["aborted"]:
+        print(f"slidr bench run: aborted: {rep['aborted']} (partial report in "
+              f"{out / 'report.json'})", file=sys.stderr)
+        return EXIT_ABORTED
+    return 0
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    from slidr.bench import hist, report
+    from slidr.bench.sweep import calibration_line, sweep
+    _pin(a.gen_cpus)
+    sc = load_scenario(a.scenario) if a.scenario else {}
+    spec = _spec(a, sc)
+    spec.check()
+    kw = {}
+    for cli_key, fn_key in _SWEEP_KEYS.items():
+        v = getattr(a, cli_key, None)
+        if v is None:
+            v = sc.get("sweep", {}).get(cli_key)
+        if v is not None:
+            kw[fn_key] = v
+    target_ms = float(kw.get("target_ms", 5.0))
+    out = _out_dir(a, "sweep", spec.label)
+    with _Session(a, sc) as s:
+        calib = _calibration(a, spec)
+        spec = s.apply(spec)
+        res = sweep(spec, metrics_url=s.metrics, alive=s.alive,
+                    log=None if a.json else _log, **kw)
+        res["daemon"] = s.describe()
+    res["name"] = spec.label
+    res["machine"] = report.machine()
+    res["generator_calibration"] = _calib_summary(calib)
+    res["command"] = " ".join(["slidr", "bench", "sweep", *sys.argv[3:]]) if len(sys.argv) > 2 else None
+    report.save_json(out / "sweep.json", res)
+    title = (f"{spec.label or 'sweep'}: {spec.arrivals} arrivals, {spec.procs} proc x "
+             f"{spec.connections} conn, median of {kw.get('repeat', 3)} (bars: min..max)")
+    try:
+        if res["points"]:
+            report.plot_latency_vs_rate(
+                [p for p in res["points"] if p["latency_ms"]], out / "latency_vs_rate.png",
+                title, target_ms, calib["floor"] if calib else None)
+            curves = []
+            for p in sorted(res["points"], key=lambda p: p["rate"]):
+                if p["runs"] and p["runs"][0].get("hist"):
+                    h = hist.merge(r["hist"]["latency"] for r in p["runs"] if r.get("hist"))
+                    curves.append((f"{p['rate']:,.0f}/s {'pass' if p.get('pass') else 'fail'}", h))
+            if calib:
+                curves.append(("echo floor", hist.decode(calib["floor"]["hist"])))
+            report.plot_percentiles(curves, out / "percentiles.png",
+                                    f"{spec.label or 'sweep'}: latency by percentile "
+                                    "(repeats merged)", target_ms)
+    except Exception as e:  # noqa: BLE001 - a plot must never hide the numbers
+        _log(f"plot skipped: {e}")
+    if a.json:
+        _print_json(res)
+    else:
+        for p in sorted(res["points"], key=lambda p: p["rate"]):
+            lat = p["latency_ms"]
+            q = lat.get("p99_9", {})
+            print(f"{p['rate']:>9,.0f}/s {'PASS' if p.get('pass') else 'FAIL'}  p50 "
+                  f"{lat.get('p50', {}).get('median', float('nan')):.3f}  p99 "
+                  f"{lat.get('p99', {}).get('median', float('nan')):.3f}  p99.9 "
+                  f"{q.get('median', float('nan')):.3f} [{q.get('min', float('nan')):.3f}.."
+                  f"{q.get('max', float('nan')):.3f}] ms  achieved "
+                  f"{p['achieved_rate']['median']:,.0f}/s  fail-open {p['fail_open']}  "
+                  f"({p.get('why')})")
+        best = res["best_rate"]
+        print(f"best rate holding p99.9 < {target_ms:g} ms: "
+              f"{'none' if best is None else f'{best:,.0f}/s'}"
+              f"{' (stopped: ' + res['stopped'] + ')' if res.get('stopped') else ''}")
+        print(calibration_line(calib))
+        print(report.machine_line(res["machine"]))
+        print(f"report: {out / 'sweep.json'}")
+    if res.get("aborted"):
+        print(f"slidr bench sweep: aborted: {res['aborted']} (partial report in "
+              f"{out / 'sweep.json'})", file=sys.stderr)
+        return EXIT_ABORTED
+    return 0
