@@ -29,7 +29,7 @@ _SPEC: dict[str, tuple[type, Any, tuple[float, float] | None, str]] = {
     "deadline_ms": (float, 4.0, (0.05, 60_000), "per-click deadline; later = fail-open"),
     "max_batch": (int, 512, (1, 65_536), "largest micro-batch"),
     "max_wait_us": (int, 500, (0, 1_000_000), "longest a click waits for a busy pipeline"),
-    "pipeline_depth": (int, 2, (1, 16), "batches in flight at once (Redis store)"),
+    "pipeline_depth": (int, 1, (1, 16), "batches in flight at once (Redis store; >1 gives up strict click order)"),
     "max_message_bytes": (int, 1 << 20, (64, 1 << 30), "largest msgpack message"),
     "max_connections": (int, 4096, (1, 1_000_000), "open public connections"),
     "max_inflight_per_conn": (int, 16_384, (1, 10_000_000), "unanswered clicks per connection"),
@@ -70,7 +70,7 @@ class Config:
     deadline_ms: float = 4.0
     max_batch: int = 512
     max_wait_us: int = 500
-    pipeline_depth: int = 2
+    pipeline_depth: int = 1
     max_message_bytes: int = 1 << 20
     max_connections: int = 4096
     max_inflight_per_conn: int = 16_384

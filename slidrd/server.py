@@ -190,6 +190,11 @@ class Daemon:
                                                 cfg.max_batch)
         self.metrics.model_version = self.model.version
         self.store = make_store(cfg)
+        if cfg.redis and hasattr(self.store, "ping"):
+            try:  # connect (and fail early in the log) before traffic; never fatal
+                await loop.run_in_executor(None, self.store.ping)
+            except Exception as e:
+                log.warning("store not reachable at start, serving fail-open until it is: %s", e)
         from slidr.kernel import FeatureKernel
         kernel = FeatureKernel(self.store, use_native=_use_native())
         inline = cfg.inline_store == "yes" or (cfg.inline_store == "auto" and not cfg.redis)
