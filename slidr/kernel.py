@@ -67,4 +67,6 @@ class FeatureKernel:
         if len(batch) == 0:
             return np.empty((0, N_FEATURES), dtype=np.float32)
         raw = self.raw(batch)
-        return finish(raw, batch.ts, batch.tz_offset_min, batch.logged_in, batch.device, out)
+        # The native finish computes the same doubles in one pass (numpy's is ~60 array ops).
+        fin = native.finish_into if self.use_native and native is not None else finish
+        return fin(raw, batch.ts, batch.tz_offset_min, batch.logged_in, batch.device, out)
