@@ -148,7 +148,7 @@ class AdminConnection(RpcConnection):
 
 def _use_native() -> bool:
     from slidr import kernel
-    n = kernel.native
+    n = getattr(kernel, "native", None)
     return bool(kernel.NATIVE and hasattr(n, "EmbeddedStore") and hasattr(n, "hash_keys"))
 
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 from daemon_helpers import REPO
-
 from slidr.slidrd import config as C
 
 

@@ -23,12 +23,12 @@ from daemon_helpers import (
     make_registry,
     publish,
 )
+from slidr.slidrd.decision_log import log_files, read_decisions
+from slidr.slidrd.server import _use_native
 
 from slidr.contract import ClickBatch
 from slidr.errors import ErrorCode
 from slidr.kernel import FeatureKernel, embedded_store
-from slidr.slidrd.decision_log import log_files, read_decisions
-from slidr.slidrd.server import _use_native
 
 
 class Load(threading.Thread):
@@ -49,7 +49,7 @@ class Load(threading.Thread):
                 while not self.stop_flag.is_set():
                     ps = [(click(self.i + k),) for k in range(self.window)]
                     res = c.pipeline("score", ps)
-                    for k, (mid, r) in enumerate(res.items()):
+                    for k, (_mid, r) in enumerate(res.items()):
                         self.answers.append((f"c{self.i + k}", r))
                     self.i += self.window
                     time.sleep(0.002)
