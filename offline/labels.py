@@ -126,7 +126,8 @@ def weak_labels(purchased: Any, user_id: Sequence[Any] | np.ndarray, logged_in: 
                 customers_table: Any, cfg: RFMConfig | None = None,
                 scores: RFMScores | None = None) -> np.ndarray:
     """int8 per click: 1 = human (purchase, or a logged-in customer with a high RFM score),
-    0 = non-human. A user id missing from the customers table counts as not high."""
+    0 = non-human. A user id missing from the customers table counts as not high; with no
+    customers table at all (None, e.g. an imported log), the labels are purchases only."""
     pur = np.asarray(purchased, dtype=bool)
     li = np.asarray(logged_in, dtype=bool)
     n = pur.shape[0]
@@ -134,6 +135,8 @@ def weak_labels(purchased: Any, user_id: Sequence[Any] | np.ndarray, logged_in: 
     if li.shape[0] != n or uid.shape[0] != n:
         raise ValueError(f"purchased, user_id and logged_in must have the same length "
                          f"({n}, {uid.shape[0]}, {li.shape[0]})")
+    if scores is None and customers_table is None:
+        return pur.astype(np.int8)
     sc = scores if scores is not None else rfm_scores(customers_table, cfg)
     high_ids = {u for u, h in zip(sc.user_id.tolist(), sc.high.tolist(), strict=True) if h}
     if high_ids and n:
