@@ -1,0 +1,353 @@
+"""Delayed decisions: replay traffic through a chosen bundle (DESIGN.md, "replay tool").
+
+Two sources:
+
+* the daemon's decision log (`--decisions`: a directory of `decisions-*.msgpack` files as
+  slidrd/decision_log.py writes them, or JSON-lines / msgpack files of the same records).
+  A record is `{"click", "decision": {...}, "features", "model", "t"}` (the daemon's shape) or
+  the flat `{"click", "features", "score", "threshold", "slice", "model", "reason",
+  "invalid"}`. By default the logged features are re-scored, so the new decision uses exactly
+  what the daemon knew at the time; records logged without features (the daemon failed open
+  before computing them) are passed through as skipped unless --recompute-features.
+* a click log (`--log`: Parquet/CSV in the click contract), whose features are always
+  recomputed through the feature kernel, as training does.
+
+`--recompute-features` replays every click of the source, in order, through a fresh embedded
+feature kernel (the same code as serving), so records without logged features get them too.
+The counters then start from an empty store at the first record, as an offline replay does.
+
+Each output row is the decision contract plus `replayed_with` (the bundle version), `changed`
+(invalid differs from the original decision; null when there was none, as for a click log)
+and `original` (the logged decision's invalid / score / threshold / model / reason). The
+output is written atomically (JSON lines, or msgpack when it ends in .msgpack), and the
+summary reports how many decisions changed and the IVR before and after.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from slidr.contract import (
+    DEVICE_CODE,
+    ClickBatch,
+    batch_from_table,
+    iter_log_chunks,
+    slice_name,
+    validate_click,
+)
+from slidr.featurespec import N_FEATURES
+
+CHUNK = 8192
+
+
+# ---------------------------------------------------------------- the bundle
+
+@dataclass
+class ReplayModel:
+    """A verified bundle's scorer and thresholds, as the replay needs them."""
+
+    version: str
+    scorer: Any
+    thresholds: np.ndarray  # float64 indexed by device_code * 2 + logged_in
+    path: Path
+
+    def decide(self, x: np.ndarray, dev: np.ndarray, li: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scores, thresholds and invalid flags, the daemon's rule: invalid = score >= thr."""
+        scores = self.scorer.infer(np.ascontiguousarray(x, dtype=np.float32))
+        thr = self.thresholds[dev.astype(np.intp) * 2 + li.astype(np.intp)]
+        return scores, thr, scores >= thr
+
+
+def load_model(bundle: str | Path | None = None, registry: str | Path | None = None,
+               version: str | None = None, backend: str = "onnxruntime",
+               verify: bool = True) -> ReplayModel:
+    """Open a bundle directory, or a registry's `version` ("current", "previous" or a name;
+    default current). The bundle is verified (checksums, feature spec) before use."""
+    from slidr.registry import Bundle, BundleError, Registry
+
+    if (bundle is None) == (registry is None):
+        raise ValueError("give exactly one of a bundle directory or a registry")
+    try:
+        if bundle is not None:
+            b = Bundle(bundle)
+        else:
+            reg = Registry(registry)
+            want = version or "current"
+            if want == "current":
+                b = reg.current()
+            elif want == "previous":
+                b = reg.previous()
+            else:
+                b = reg.bundle(want)
+            if b is None:
+                raise ValueError(f"registry {registry} has no {want} bundle")
+        if verify:
+            b.verify()
+    except BundleError as e:
+        raise RuntimeError(f"bundle cannot be used for replay: {e}") from None
+    from slidr.contract import DEVICES
+    table = np.empty(len(DEVICES) * 2, dtype=np.float64)
+    for d, dev in enumerate(DEVICES):
+        for li in (0, 1):
+            table[d * 2 + li] = b.threshold_for(f"{dev}/{'in' if li else 'out'}")
+    from slidr.engines import select_scorer
+    return ReplayModel(b.version, select_scorer(b.model_path, backend=backend), table, b.path)
+
+
+# ---------------------------------------------------------------- reading decision logs
+
+def _decision_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    if not src.is_dir():
+        raise FileNotFoundError(f"decision log not found: {src}")
+    files = sorted(p for p in src.iterdir() if p.is_file() and (
+        p.name.endswith(".msgpack") or p.suffix in (".jsonl", ".json", ".ndjson")))
+    if not files:
+        raise FileNotFoundError(f"no decision files (*.msgpack, *.jsonl) in {src}")
+    return files
+
+
+def read_records(src: str | Path) -> Iterator[dict[str, Any]]:
+    """Every record of a decision log (directory or file), in file-name then write order.
+    JSON lines: one object per line (blank lines skipped); msgpack: concatenated maps."""
+    import msgpack
+    for p in _decision_files(Path(src)):
+        if p.name.endswith(".msgpack"):
+            with open(p, "rb") as f:
+                try:
+                    yield from msgpack.Unpacker(f, raw=False, strict_map_key=False)
+                except (ValueError, msgpack.UnpackException) as e:
+                    raise ValueError(f"{p}: not a msgpack decision log: {e}") from None
+        else:
+            with open(p) as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        yield json.loads(line)
+                    except ValueError as e:
+                        raise ValueError(f"{p}:{lineno}: not a JSON line: {e}") from None
+
+
+@dataclass
+class Record:
+    click: dict[str, Any]
+    features: list[float] | None
+    original: dict[str, Any]  # invalid, score, threshold, slice, model, reason
+
+
+def normalise(rec: Any, where: str) -> Record:
+    """Either record shape -> Record; ValueError naming the record if it has no click."""
+    if not isinstance(rec, Mapping) or not isinstance(rec.get("click"), Mapping):
+        raise ValueError(f"{where}: decision record has no 'click' map")
+    d = rec.get("decision")
+    d = d if isinstance(d, Mapping) else rec
+    orig = {k: d.get(k) for k in ("invalid", "score", "threshold", "slice", "model", "reason")}
+    if orig["model"] is None:
+        orig["model"] = rec.get("model")
+    feats = rec.get("features")
+    if feats is not None and len(feats) != N_FEATURES:
+        raise ValueError(f"{where}: features have {len(feats)} values, expected {N_FEATURES}")
+    return Record(dict(rec["click"]), feats, orig)
+
+
+# ---------------------------------------------------------------- the replay
+
+@dataclass
+class Summary:
+    model: str
+    source: str
+    features: str  # "logged" | "recomputed"
+    read: int = 0
+    replayed: int = 0
+    skipped: int = 0  # no features to score
+    changed: int = 0
+    newly_invalid: int = 0
+    newly_valid: int = 0
+    invalid_before: int = 0  # among replayed records with an original decision
+    with_original: int = 0
+    invalid_after: int = 0
+    original_fail_open: int = 0
+    by_slice: dict[str, dict[str, int]] = field(default_factory=dict)
+    out: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["ivr_before"] = (self.invalid_before / self.with_original) if self.with_original else None
+        d["ivr_after"] = (self.invalid_after / self.replayed) if self.replayed else None
+        return d
+
+
+class _Writer:
+    def __init__(self, f: IO[Any], msgpack_out: bool) -> None:
+        self.f = f
+        if msgpack_out:
+            import msgpack
+            self._pack = msgpack.Packer(use_bin_type=True).pack
+        else:
+            self._pack = None
+
+    def write(self, rows: Iterable[dict[str, Any]]) -> None:
+        if self._pack is not None:
+            self.f.write(b"".join(self._pack(r) for r in rows))
+        else:
+            self.f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+
+
+def _slice_codes(clicks: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    dev = np.fromiter((DEVICE_CODE[c["device"]] for c in clicks), np.uint8, len(clicks))
+    li = np.fromiter((bool(c["logged_in"]) for c in clicks), np.uint8, len(clicks))
+    return dev, li
+
+
+def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.ndarray | None,
+          dev: np.ndarray, li: np.ndarray) -> None:
+    """Score one chunk (x may hold NaN rows for records that cannot be scored) and write it."""
+    n = len(recs)
+    ok = np.ones(n, bool) if x is not None else np.zeros(n, bool)
+    if x is not None:
+        ok = ~np.isnan(x).any(axis=1)
+    scores = np.full(n, np.nan)
+    thr = model.thresholds[dev.astype(np.intp) * 2 + li.astype(np.intp)]
+    inv = np.zeros(n, bool)
+    if ok.any():
+        sc, _, iv = model.decide(x[ok], dev[ok], li[ok])
+        scores[ok], inv[ok] = sc, iv
+    rows = []
+    for i, r in enumerate(recs):
+        sl = slice_name(int(dev[i]), int(li[i]))
+        o = r.original
+        if str(o.get("reason") or "").startswith("fail_open"):
+            s.original_fail_open += 1
+        per = s.by_slice.setdefault(sl, {"replayed": 0, "with_original": 0,
+                                         "invalid_before": 0, "invalid_after": 0,
+                                         "changed": 0})
+        if not ok[i]:
+            s.skipped += 1
+            rows.append({"click_id": r.click.get("click_id"), "invalid": bool(o.get("invalid")),
+                         "score": o.get("score"), "threshold": o.get("threshold"), "slice": sl,
+                         "model": o.get("model"), "reason": "replay_skipped:no_features",
+                         "replayed_with": model.version, "changed": False, "original": o})
+            continue
+        now = bool(inv[i])
+        had = o.get("invalid")
+        changed = None if had is None else (now != bool(had))
+        s.replayed += 1
+        per["replayed"] += 1
+        s.invalid_after += now
+        per["invalid_after"] += now
+        if had is not None:
+            s.with_original += 1
+            per["with_original"] += 1
+            s.invalid_before += bool(had)
+            per["invalid_before"] += bool(had)
+            if changed:
+                s.changed += 1
+                per["changed"] += 1
+                s.newly_invalid += now
+                s.newly_valid += not now
+        rows.append({"click_id": r.click.get("click_id"), "invalid": now,
+                     "score": float(scores[i]), "threshold": float(thr[i]), "slice": sl,
+                     "model": model.version, "reason": "model", "replayed_with": model.version,
+                     "changed": changed, "original": o})
+    w.write(rows)
+
+
+def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
+                     recompute_features: bool = False, only_fail_open: bool = False,
+                     chunk: int = CHUNK) -> Summary:
+    """Re-decide every record of a decision log with `model`; write delayed decisions."""
+    from slidr.util import atomic_open
+    s = Summary(model.version, str(src), "recomputed" if recompute_features else "logged",
+                out=str(out))
+    kernel = _kernel() if recompute_features else None
+    msgpack_out = str(out).endswith(".msgpack")
+    with atomic_open(out, "wb" if msgpack_out else "w") as f:
+        w = _Writer(f, msgpack_out)
+        buf: list[Record] = []
+
+        def flush() -> None:
+            clicks = [r.click for r in buf]
+            if kernel is not None:
+                # Every click feeds the counters; only the selected ones are written.
+                x = kernel.features(ClickBatch.from_clicks(clicks, validate=False))
+            else:
+                x = np.full((len(buf), N_FEATURES), np.nan, np.float32)
+                for i, r in enumerate(buf):
+                    if r.features is not None:
+                        x[i] = r.features
+            keep = np.ones(len(buf), bool)
+            if only_fail_open:
+                keep = np.array([str(r.original.get("reason") or "").startswith("fail_open")
+                                 for r in buf], bool)
+            sel = [r for r, k in zip(buf, keep, strict=True) if k]
+            if sel:
+                dev, li = _slice_codes([r.click for r in sel])
+                _emit(model, s, w, sel, x[keep], dev, li)
+            buf.clear()
+
+        for i, rec in enumerate(read_records(src)):
+            r = normalise(rec, f"{src}: record {i}")
+            validate_click(r.click, i)
+            buf.append(r)
+            s.read += 1
+            if len(buf) >= chunk:
+                flush()
+        if buf:
+            flush()
+    return s
+
+
+def replay_click_log(log: str | Path, model: ReplayModel, out: str | Path,
+                     chunk_rows: int = 65536) -> Summary:
+    """Recompute features for a click log through the kernel and decide every click."""
+    from slidr.util import atomic_open
+    s = Summary(model.version, str(log), "recomputed", out=str(out))
+    kernel = _kernel()
+    msgpack_out = str(out).endswith(".msgpack")
+    with atomic_open(out, "wb" if msgpack_out else "w") as f:
+        w = _Writer(f, msgpack_out)
+        for tbl in iter_log_chunks(log, chunk_rows=chunk_rows):
+            batch = batch_from_table(tbl)
+            x = kernel.features(batch)
+            ids = tbl.column("click_id").to_pylist()
+            recs = [Record({"click_id": cid}, None, {"invalid": None, "score": None,
+                                                     "threshold": None, "slice": None,
+                                                     "model": None, "reason": None})
+                    for cid in ids]
+            _emit(model, s, w, recs, x, batch.device, batch.logged_in)
+            s.read += len(ids)
+    return s
+
+
+def _kernel() -> Any:
+    from slidr.kernel import FeatureKernel
+    return FeatureKernel()
+
+
+def format_summary(s: Summary) -> str:
+    d = s.as_dict()
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4%}"
+    lines = [f"replayed {s.replayed:,} of {s.read:,} decisions through {s.model} "
+             f"(features {s.features}); skipped {s.skipped:,} without features",
+             f"changed {s.changed:,}: {s.newly_invalid:,} newly invalid, "
+             f"{s.newly_valid:,} newly valid; originally fail-open {s.original_fail_open:,}",
+             f"IVR before {pct(d['ivr_before'])}  after {pct(d['ivr_after'])}"]
+    for sl in sorted(s.by_slice):
+        p = s.by_slice[sl]
+        before = (p["invalid_before"] / p["with_original"]) if p["with_original"] else None
+        after = (p["invalid_after"] / p["replayed"]) if p["replayed"] else None
+        lines.append(f"  {sl:<12} {p['replayed']:>9,} clicks  IVR {pct(before):>9} -> "
+                     f"{pct(after):>9}  changed {p['changed']:,}")
+    lines.append(f"delayed decisions -> {s.out}")
+    return "\n".join(lines)
