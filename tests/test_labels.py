@@ -1,0 +1,89 @@
+"""Weak labels: human = purchased OR a logged-in customer with a high RFM score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from slidr.offline.labels import RFMConfig, quantile_score, rfm_scores, weak_labels
+
+
+def customers(n: int = 100):
+    i = np.arange(n)
+    # Customer k: recency n-k days, frequency k, monetary 10k -> higher k is better on all three.
+    return pa.table({"user_id": [f"u{k}" for k in i], "recency_days": (n - i).astype(np.int32),
+                     "frequency": i.astype(np.int32), "monetary": (10.0 * i)})
+
+
+def test_quantile_scores_direction_and_ties():
+    v = np.arange(10, dtype=float)
+    assert quantile_score(v, 5).tolist() == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert quantile_score(v, 5, higher_is_better=False).tolist() == [5, 5, 4, 4, 3, 3, 2, 2, 1, 1]
+    tied = quantile_score(np.array([0, 0, 0, 0, 0, 0, 0, 0, 5, 9.0]), 5)
+    assert len(set(tied[:8].tolist())) == 1  # equal values, equal score
+    assert quantile_score(np.zeros(0), 5).shape == (0,)
+
+
+def test_default_threshold_is_about_top_fifth():
+    sc = rfm_scores(customers(100))
+    assert sc.recency[-1] == 5 and sc.recency[0] == 1  # lower recency_days is better
+    assert 0.15 <= sc.high.mean() <= 0.2
+    assert sc.high[-1] and not sc.high[0]
+
+
+def test_weights_and_explicit_threshold():
+    sc = rfm_scores(customers(100), RFMConfig(weights=(0.0, 0.0, 1.0), threshold=5))
+    assert sc.threshold == 5 and sc.high.sum() == 20
+    sc2 = rfm_scores(customers(100), RFMConfig(top_share=0.5))
+    assert 0.4 <= sc2.high.mean() <= 0.5
+
+
+def test_weak_labels_rules():
+    cust = customers(100)
+    purchased = np.array([True, False, False, False, False, True])
+    user = [None, "u99", "u99", "u0", "nobody", "u0"]
+    logged_in = np.array([False, True, False, True, True, True])
+    y = weak_labels(purchased, user, logged_in, cust)
+    assert y.dtype == np.int8
+    # purchase -> human; high-RFM logged in -> human; same id but logged out -> not;
+    # low RFM -> not; unknown customer -> not; purchase overrides low RFM.
+    assert y.tolist() == [1, 1, 0, 0, 0, 1]
+
+
+def test_no_customers_table_means_purchase_only():
+    y = weak_labels([True, False], [None, "u1"], [False, True], None)
+    assert y.tolist() == [1, 0]
+    empty = customers(0)
+    assert weak_labels([False], ["u1"], [True], empty).tolist() == [0]
+
+
+def test_clear_errors():
+    bad = pa.table({"user_id": ["a"], "recency_days": [1], "frequency": [1]})
+    with pytest.raises(ValueError, match="missing column.*monetary"):
+        rfm_scores(bad)
+    nan = pa.table({"user_id": ["a", "b"], "recency_days": [1, 2], "frequency": [1, 2],
+                    "monetary": [1.0, None]})
+    with pytest.raises(ValueError, match="monetary.*row 1"):
+        rfm_scores(nan)
+    with pytest.raises(ValueError, match="same length"):
+        weak_labels([True], ["a", "b"], [True], customers(5))
+    with pytest.raises(ValueError, match="top_share"):
+        RFMConfig(top_share=1.5)
+    # Plain dict of columns works too.
+    d = {"user_id": ["a", "b"], "recency_days": [1, 9], "frequency": [3, 1],
+         "monetary": [5.0, 1.0]}
+    assert weak_labels([False, False], ["a", "b"], [True, True], d).tolist() == [1, 0]
+
+
+def test_on_simulated_log():
+    from slidr.offline.simulate import SimParams, simulate
+    r = simulate(SimParams(days=1, clicks_per_day=20_000, seed=2))
+    c = r.clicks
+    y = weak_labels(c.column("purchased").to_numpy(zero_copy_only=False),
+                    c.column("user_id").to_pylist(),
+                    c.column("logged_in").to_numpy(zero_copy_only=False), r.customers)
+    rob = c.column("is_robot").to_numpy(zero_copy_only=False)
+    # Weak labels are slightly wrong, as in life: a few robots look human (stolen accounts with
+    # a high RFM score) and most humans are not labelled human (they never buy).
+    assert 0 < y[rob].mean() < 0.02
+    assert y[~rob].mean() > 5 * y[rob].mean()
