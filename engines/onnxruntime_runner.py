@@ -23,6 +23,7 @@ from slidr.engines import DEFAULT_MAX_BATCH, EngineError, check_batch
 from slidr.featurespec import N_FEATURES
 
 log = logging.getLogger("slidr.engines")
+PROB_OUTPUT = "robot_prob"
 
 
 class OrtRunner:
@@ -58,7 +59,9 @@ class OrtRunner:
                               f"{[i.name for i in inputs]}")
         if not outputs:
             raise EngineError(f"{self.model_path}: model has no outputs")
-        inp, out = inputs[0], outputs[0]
+        inp = inputs[0]
+        # The trainer names its output robot_prob; any extra outputs (logits) are ignored.
+        out = next((o for o in outputs if o.name == PROB_OUTPUT), outputs[0])
         if inp.type != "tensor(float)":
             raise EngineError(f"{self.model_path}: input {inp.name!r} is {inp.type}, "
                               "expected tensor(float)")

@@ -99,7 +99,8 @@ class TensorRTRunner:
         if len(ins) != 1 or not outs:
             raise EngineError(f"{self.plan_path}: expected 1 input and >= 1 output, got "
                               f"inputs {ins}, outputs {outs}")
-        self.input_name, self.output_name = ins[0], outs[0]
+        self.input_name = ins[0]
+        self.output_name = "robot_prob" if "robot_prob" in outs else outs[0]
         for n in (self.input_name, self.output_name):
             if trt.nptype(eng.get_tensor_dtype(n)) != np.float32:
                 raise EngineError(f"{self.plan_path}: tensor {n!r} is not float32")
@@ -117,7 +118,7 @@ class TensorRTRunner:
         self.context.set_tensor_address(self.output_name, int(self._d_out))
         # Other outputs (if any) still need an address; give each its own buffer.
         self._extra = []
-        for n in outs[1:]:
+        for n in (o for o in outs if o != self.output_name):
             shape = eng.get_tensor_shape(n)
             per_row = int(np.prod([max(int(d), 1) for d in shape[1:]] or [1]))
             size = np.dtype(trt.nptype(eng.get_tensor_dtype(n))).itemsize

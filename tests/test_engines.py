@@ -289,3 +289,26 @@ def test_parity_against_torch(model, tmp_path):
     torch.jit.script(M()).save(str(f))
     from slidr.engines.parity import main
     assert main([str(model[0]), "--b", f"torch:{f}", "--sizes", "1,100", "--atol", "1e-5"]) == 0
+
+
+def test_prefers_robot_prob_output_among_several(tmp_path):
+    """The trainer names its output robot_prob; a model that also exports logits still works."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.full((N_FEATURES, 1), 0.1, np.float32)
+    g = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "W"], ["logit"]),
+         helper.make_node("Sigmoid", ["logit"], ["robot_prob"])], "two",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", N_FEATURES])],
+        [helper.make_tensor_value_info("logit", TensorProto.FLOAT, ["N", 1]),
+         helper.make_tensor_value_info("robot_prob", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(w, "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "two.onnx"))
+    x = np.ones((3, N_FEATURES), np.float32)
+    want = 1.0 / (1.0 + np.exp(-2.4))
+    for binding in (False, True):
+        from slidr.engines.onnxruntime_runner import OrtRunner
+        r = OrtRunner(tmp_path / "two.onnx", io_binding=binding)
+        assert r.output_name == "robot_prob"
+        np.testing.assert_allclose(r.infer(x), [want] * 3, rtol=1e-5)
