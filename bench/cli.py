@@ -43,7 +43,7 @@ def register(sub: Any) -> None:
         r.add_argument("--connections", type=int, help="connections per process (default 8)")
         r.add_argument("--procs", type=int, help="generator processes (default 1)")
         r.add_argument("--arrivals", choices=("constant", "poisson"))
-        r.add_argument("--tick-us", type=int, help="send tick in us (default 1000; 0 = spin)")
+        r.add_argument("--tick-us", type=int, help="send tick in us (default 100: timerfd wake-ups; >=1000: loop timers; 0: spin)")
         r.add_argument("--drain", type=float, help="seconds to wait for answers at the end")
         r.add_argument("--out", metavar="DIR", help="report.json + plots (default var/bench/...)")
         r.add_argument("--no-calibrate", action="store_true",
@@ -71,7 +71,7 @@ def register(sub: Any) -> None:
                                    "its latency floor and rate ceiling")
     e.add_argument("--connections", type=int, default=8)
     e.add_argument("--procs", type=int, default=1)
-    e.add_argument("--tick-us", type=int, default=1000)
+    e.add_argument("--tick-us", type=int, default=100)
     e.add_argument("--floor-rate", type=float, default=1000.0)
     e.add_argument("--max-rate", type=float, default=320_000.0)
     e.add_argument("--step-seconds", type=float, default=2.0)

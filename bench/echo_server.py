@@ -2,8 +2,8 @@
 
 It does no work, so a load run against it measures the load generator itself: its latency
 floor (what the generator adds to every number) and its ceiling (the highest rate it can
-offer on this machine). Faults for tests: `--stall-after S --stall-ms M` blocks the event loop
-once (a GC pause / a stuck batch), `--die-after S` exits mid-run.
+offer on this machine). Faults for tests: `--stall-after S` or `--stall-at-request N` with
+`--stall-ms M` blocks the event loop once (a GC pause / a stuck batch), `--die-after S` exits mid-run.
 
     python -m slidr.bench.echo_server --port 0      # prints "READY <port>" when listening
 """
@@ -37,6 +37,7 @@ class EchoProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        st = self.state
         self.unpacker.feed(data)
         out = []
         pack = self.packer.pack
@@ -44,6 +45,9 @@ class EchoProtocol(asyncio.Protocol):
             if not isinstance(msg, list) or len(msg) != 4 or msg[0] != 0:
                 continue
             _, msgid, method, params = msg
+            st["n"] += 1
+            if st["n"] == st["stall_at_request"]:
+                time.sleep(st["stall_s"])  # deliberately block the loop: the fault under test
             if method == "score":
                 click = params[0] if params else {}
                 d = dict(DECISION)
@@ -64,12 +68,15 @@ class EchoProtocol(asyncio.Protocol):
 
 
 async def serve(host: str, port: int, stall_after: float | None, stall_ms: float,
-                die_after: float | None, ready: Any = None) -> None:
+                die_after: float | None, ready: Any = None,
+                stall_at_request: int = 0) -> None:
     loop = asyncio.get_running_loop()
     t0 = time.monotonic()
     state: dict[str, Any] = {
         "stall_at": None if stall_after is None else t0 + stall_after,
         "stall_s": stall_ms / 1000.0,
+        "stall_at_request": stall_at_request,
+        "n": 0,
     }
     server = await loop.create_server(lambda: EchoProtocol(state), host, port,
                                       reuse_address=True, backlog=1024)
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--stall-after", type=float, default=None, help="seconds after start")
+    p.add_argument("--stall-at-request", type=int, default=0,
+                   help="block the loop once when the N-th request arrives")
     p.add_argument("--stall-ms", type=float, default=200.0)
     p.add_argument("--die-after", type=float, default=None, help="exit after this many seconds")
     a = p.parse_args(argv)
@@ -114,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"READY {port}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(a.host, a.port, a.stall_after, a.stall_ms, a.die_after, ready))
+        asyncio.run(serve(a.host, a.port, a.stall_after, a.stall_ms, a.die_after, ready,
+                          a.stall_at_request))
     return 0
 
 
@@ -124,8 +134,11 @@ class EchoProcess:
     Optional `cpus` pins it with taskset where available."""
 
     def __init__(self, stall_after: float | None = None, stall_ms: float = 200.0,
-                 die_after: float | None = None, cpus: str | None = None) -> None:
+                 die_after: float | None = None, cpus: str | None = None,
+                 stall_at_request: int = 0) -> None:
         args = [sys.executable, "-m", "slidr.bench.echo_server", "--port", "0"]
+        if stall_at_request:
+            args += ["--stall-at-request", str(stall_at_request), "--stall-ms", str(stall_ms)]
         if stall_after is not None:
             args += ["--stall-after", str(stall_after), "--stall-ms", str(stall_ms)]
         if die_after is not None:

@@ -43,7 +43,6 @@ def _time(fn: Callable[[], Any], seconds: float, min_calls: int = 20) -> dict[st
 
 def protocol(seconds: float) -> dict[str, Any]:
     import msgpack
-
     from slidr.bench.clicks import frame, make_clicks, pack_prefixes
     clicks, _ = make_clicks(512, seed=3, source="builtin")
     prefixes = pack_prefixes(clicks)
@@ -71,6 +70,7 @@ def protocol(seconds: float) -> dict[str, Any]:
 
 def _store_batches(batches: Sequence[int]) -> dict[int, Any]:
     from slidr.bench.clicks import make_clicks
+
     from slidr.contract import ClickBatch
     clicks, _ = make_clicks(max(batches) * 4, seed=5, source="builtin")
     t0 = int(time.time() * 1000)

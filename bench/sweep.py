@@ -63,7 +63,7 @@ def _calib_key(connections: int, procs: int, tick_us: int) -> dict[str, Any]:
     return {"boot_id": _boot_id(), "connections": connections, "procs": procs, "tick_us": tick_us}
 
 
-def calibrate_echo(connections: int = 8, procs: int = 1, tick_us: int = 1000,
+def calibrate_echo(connections: int = 8, procs: int = 1, tick_us: int = 100,
                    cache: Path | None = CALIBRATION_CACHE, refresh: bool = False,
                    floor_rate: float = 1000.0, floor_s: float = 3.0,
                    ceiling_start: float = 5000.0, ceiling_max: float = 320_000.0,
