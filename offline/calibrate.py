@@ -21,8 +21,9 @@ Slice-level, per slice s on the validation day:
   (cvxpy, Clarabel; OSQP/SCS as fallbacks). Each f_s maps back to a threshold on that slice's
   purchasing clicks (slidr.offline.metrics.threshold_for_fpr).
   Slices with fewer than `min_purchasing` purchasing clicks are not fitted: they get the
-  global@budget threshold (lowered to their coverage-floor threshold when that is lower), and
-  the FPR they spend there (p_s * FPR_s on validation) is taken off the budget first.
+  global@budget threshold, and the FPR they spend there (p_s * FPR_s on validation) is taken
+  off the budget first; their coverage floor is reported but not enforced (it could only be
+  bought with an FPR too noisy to measure).
   Infeasible (sum_s p_s floor_s > budget): CalibrationInfeasible names every slice's coverage
   floor, the budget it costs and the minimum feasible budget.
 
@@ -60,11 +61,40 @@ class CalibrationInfeasible(ValueError):
 class CalibConfig:
     fpr_budget: float = 0.01
     min_coverage: float = 0.5
+    # Per-slice overrides of min_coverage; keys are slice names or fnmatch patterns ("*/in").
+    slice_min_coverage: dict[str, float] = field(default_factory=dict)
     min_purchasing: int = 200  # below this a slice is not fitted (global@budget fallback)
     fit_points: int = 41
     score_col: str = "score_model"
     solver: str = "CLARABEL"
     slices: tuple[str, ...] = field(default_factory=lambda: tuple(SLICES))
+
+
+def coverage_target(cfg_min: float, overrides: Mapping[str, float], slice_: str) -> float:
+    """The minimum robotic coverage of one slice: an exact override, else the first matching
+    pattern, else the global minimum."""
+    import fnmatch
+    if slice_ in overrides:
+        return float(overrides[slice_])
+    for pat, v in overrides.items():
+        if fnmatch.fnmatchcase(slice_, pat):
+            return float(v)
+    return float(cfg_min)
+
+
+def parse_slice_coverage(items: list[str] | None) -> dict[str, float]:
+    """["*/in=0", "mobile/out=0.6"] -> {"*/in": 0.0, "mobile/out": 0.6} (CLI helper)."""
+    out: dict[str, float] = {}
+    for it in items or []:
+        k, sep, v = it.partition("=")
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            sep = ""
+        if not sep or not k.strip() or not 0.0 <= out.get(k.strip(), -1) <= 1.0:
+            raise ValueError(f"--slice-min-coverage expects SLICE=VALUE with VALUE in [0, 1], "
+                             f"got {it!r}")
+    return out
 
 
 # ---------------------------------------------------------------- data
@@ -273,15 +303,16 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         m = va["slice"] == s
         sc, pu, he = va["score"][m], va["purchased"][m], va["heuristic"][m]
         w, p = float(m.sum() / n), float(pu.sum() / n_p)
-        floor_t, floor_f = coverage_floor(sc, pu, he, cfg.min_coverage)
-        info: dict[str, Any] = {"w": w, "p": p, "n": int(m.sum()), "n_purchasing": int(pu.sum()),
+        cov_s = coverage_target(cfg.min_coverage, cfg.slice_min_coverage, s)
+        floor_t, floor_f = coverage_floor(sc, pu, he, cov_s)
+        info: dict[str, Any] = {"min_coverage": cov_s, "w": w, "p": p, "n": int(m.sum()), "n_purchasing": int(pu.sum()),
                                 "n_heuristic": int(he.sum()), "floor_fpr": floor_f,
                                 "floor_threshold": None if np.isinf(floor_t) else floor_t}
         if pu.sum() < cfg.min_purchasing:
-            t_fb = min(t_budget, floor_t)  # lowered only if needed for its coverage floor
-            fpr_here = float((sc[pu] > t_fb).mean()) if pu.any() else 0.0
-            info.update({"fallback": "global@budget" if t_fb == t_budget else "coverage floor",
-                         "threshold": t_fb, "fpr": fpr_here,
+            # Too few purchasing clicks to measure this slice's FPR: its coverage floor is not
+            # enforced either (it could be bought only with an unmeasurable FPR).
+            fpr_here = float((sc[pu] > t_budget).mean()) if pu.any() else 0.0
+            info.update({"fallback": "global@budget", "threshold": t_budget, "fpr": fpr_here,
                          "reason": f"{int(pu.sum())} purchasing clicks < min_purchasing "
                                    f"{cfg.min_purchasing}: too few to fit a curve"})
             fallback[s] = info
@@ -298,14 +329,15 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
     min_budget = sum(need.values()) + (cfg.fpr_budget - budget_left)
     if sum(need.values()) > budget_left + 1e-12:
         parts = ", ".join(f"{s} needs FPR >= {fits[s]['floor_fpr']:.4f} for "
-                          f"{cfg.min_coverage:.0%} coverage, costing {need[s]:.5f} of the budget "
+                          f"{fits[s]['min_coverage']:.0%} coverage, costing {need[s]:.5f} of the budget "
                           f"(p_s={fits[s]['p']:.3f})"
                           for s in sorted(need, key=need.get, reverse=True) if need[s] > 0)
         fb = (f"; slices on the global fallback spend {cfg.fpr_budget - budget_left:.5f}"
               if fallback else "")
         msg = (f"slice calibration infeasible: FPR budget {cfg.fpr_budget:.4f} < minimum feasible "
-               f"budget {min_budget:.4f} for min coverage {cfg.min_coverage:.0%}. {parts}{fb}. "
-               f"Raise --fpr-budget to >= {min_budget:.4f} or lower --min-coverage.")
+               f"budget {min_budget:.4f} for the coverage floors. {parts}{fb}. "
+               f"Raise --fpr-budget to >= {min_budget:.4f} or lower --min-coverage / "
+               "--slice-min-coverage.")
         raise CalibrationInfeasible(msg, {"fpr_budget": cfg.fpr_budget, "min_budget": min_budget,
                                           "cost_by_slice": need,
                                           "floors": {s: v["floor_fpr"] for s, v in fits.items()}})
@@ -331,13 +363,15 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
     for ev in evals.values():
         for split in ev.values():
             split["coverage_floors_met"] = {
-                s: bool(v["coverage"] >= cfg.min_coverage - 1e-9) if v["n_heuristic"] else None
+                s: bool(v["coverage"] >= coverage_target(cfg.min_coverage, cfg.slice_min_coverage, s)
+                        - 1e-9) if v["n_heuristic"] else None
                 for s, v in split["slices"].items()}
     slice_info = {s: _public(v) for s, v in {**fits, **fallback}.items()}
     calibration = {
         "fit_on": "val", "evaluated_on": "test", "operating_rule": "invalid iff score > threshold",
         "score_column": cfg.score_col, "fpr_budget": cfg.fpr_budget,
-        "min_coverage": cfg.min_coverage, "min_purchasing": cfg.min_purchasing,
+        "min_coverage": cfg.min_coverage, "slice_min_coverage": dict(cfg.slice_min_coverage),
+        "min_purchasing": cfg.min_purchasing,
         "knee_method": KNEE_METHOD, "global_knee_threshold": t_knee,
         "global_knee_val_fpr": float(gcurve["fpr"][k]),
         "global_budget_threshold": t_budget, "budget_after_fallbacks": budget_left,
@@ -501,7 +535,7 @@ def html_fragment(result: Mapping[str, Any], pngs: list[str]) -> str:
     return (
         '<section id="calibration"><h2>Calibration</h2>'
         f"<p>FPR budget {cal['fpr_budget']}, minimum robotic coverage per slice "
-        f"{cal['min_coverage']:.0%}; fitted on the validation day, evaluated on the held-out test "
+        f"{cal['min_coverage']:.0%} (overrides: {esc(str(cal['slice_min_coverage']) or '-')}); fitted on the validation day, evaluated on the held-out test "
         f"day. Knee: {esc(cal['knee_method'])}. Solver: {esc(str(cal['solver'].get('solver')))} "
         f"({esc(str(cal['solver'].get('status')))}). Rule: invalid iff score &gt; threshold.</p>"
         "<h3>Held-out comparison</h3><table border=1 cellpadding=3><tr><th>scope</th><th>method"

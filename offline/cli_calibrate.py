@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="overall FPR budget on purchasing clicks (default 0.01)")
     p.add_argument("--min-coverage", type=float, default=0.5,
                    help="minimum robotic coverage per slice (default 0.5)")
+    p.add_argument("--slice-min-coverage", action="append", metavar="SLICE=VALUE",
+                   help="per-slice minimum coverage overriding --min-coverage; fnmatch "
+                        "patterns allowed, e.g. '*/in=0' (repeatable)")
     p.add_argument("--min-purchasing", type=int, default=200,
                    help="slices with fewer purchasing clicks use the global fallback (default 200)")
     p.add_argument("--score-col", default="score_model", help="score column (default score_model)")
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.scores if args.scores is not None else args.train_dir / "scores.parquet"
     cols = cal.load_scores(path, args.score_col)
     cfg = cal.CalibConfig(fpr_budget=args.fpr_budget, min_coverage=args.min_coverage,
+                          slice_min_coverage=cal.parse_slice_coverage(args.slice_min_coverage),
                           min_purchasing=args.min_purchasing, score_col=args.score_col)
     try:
         result = cal.calibrate(cols, cfg)

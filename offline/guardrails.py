@@ -65,7 +65,9 @@ class GuardrailConfig:
     slice_ivr_abs_slack: float = 0.01  # plus this absolute slack (small slices)
     max_ivr: float = 0.6
     min_coverage: float = 0.5
+    slice_min_coverage: dict[str, float] = field(default_factory=dict)  # as in calibrate
     coverage_slack: float = 0.1
+    min_heuristic_clicks: int = 30  # slices with fewer heuristic clicks: coverage too noisy
     min_score_std: float = 0.01
     max_identical_share: float = 0.5
     min_auc: float = 0.6
@@ -370,15 +372,18 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                                                           "share of traffic"
                                                           if r["ivr"] > cfg.max_ivr else ""),
                         "model"))
-    low_cov = {}
+    from .calibrate import coverage_target
+    low_cov, floors = {}, {}
     for s in sorted(set(sl.tolist())):
         rs = _rates(inv, cols, sl == s)
-        if rs["n_heuristic"] and rs["coverage"] < cfg.min_coverage - cfg.coverage_slack:
+        floors[s] = max(coverage_target(cfg.min_coverage, cfg.slice_min_coverage, s)
+                        - cfg.coverage_slack, 0.0)
+        if rs["n_heuristic"] >= cfg.min_heuristic_clicks and rs["coverage"] < floors[s]:
             low_cov[s] = rs["coverage"]
-    checks.append(Check("coverage_floors", not low_cov, low_cov,
-                        cfg.min_coverage - cfg.coverage_slack,
+    checks.append(Check("coverage_floors", not low_cov, low_cov, floors,
                         "robotic coverage below the floor in " + ", ".join(
-                            f"{s} ({v:.2f})" for s, v in low_cov.items()) if low_cov
+                            f"{s} ({v:.2f} < {floors[s]:.2f})" for s, v in low_cov.items())
+                        if low_cov
                         else "every slice meets its robotic coverage floor", "model"))
 
     if cur_score is None or cur_th is None:

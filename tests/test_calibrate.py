@@ -39,15 +39,16 @@ def test_coverage_floors_met_and_budget_respected_on_validation(result) -> None:
     val = result["evaluation"]["slice"]["val"]
     assert val["overall"]["fpr"] <= 0.01 + 1e-9
     for s, info in cal_["slices"].items():
-        if info["n_heuristic"]:
-            assert val["slices"][s]["coverage"] >= 0.5 - 1e-9, s
-        if "fit" in info:
+        if "fit" in info:  # fitted slices: floors enforced (fallback slices: reported only)
+            if info["n_heuristic"]:
+                assert val["slices"][s]["coverage"] >= 0.5 - 1e-9, s
             assert info["fit"]["c"] <= 0.0  # concave
             assert info["fit"]["r2"] > 0.8
             assert info["f_star"] >= info["floor_fpr"] - 1e-9
     te = result["evaluation"]["slice"]["test"]["slices"]
     # On held-out data the floors hold up to sampling noise.
-    assert all(v["coverage"] >= 0.45 for v in te.values() if v["n_heuristic"])
+    assert all(te[s]["coverage"] >= 0.45 for s, v in cal_["slices"].items()
+               if "fit" in v and v["n_heuristic"])
 
 
 def test_thresholds_json_matches_registry_schema(result, tmp_path: Path) -> None:
@@ -80,8 +81,8 @@ def test_small_slice_falls_back_to_global(data) -> None:
     small = cal.subset(data, keep)
     r = cal.calibrate(small, cal.CalibConfig(fpr_budget=0.01, min_purchasing=200))
     info = r["calibration"]["slices"]["app/out"]
-    assert info["fallback"] in ("global@budget", "coverage floor") and "min_purchasing" in info["reason"]
-    assert r["thresholds"]["slices"]["app/out"] <= r["calibration"]["global_budget_threshold"]
+    assert info["fallback"] == "global@budget" and "min_purchasing" in info["reason"]
+    assert r["thresholds"]["slices"]["app/out"] == r["calibration"]["global_budget_threshold"]
 
 
 def test_concave_fit_constrains_convex_data() -> None:

@@ -1,0 +1,258 @@
+"""The daily retrain: data guardrails -> labels -> features -> train -> calibrate -> model
+guardrails -> publish (and promote) or refuse.
+
+Exit codes (for schedulers): 0 published, 3 refused by a data guardrail, 4 refused by a model
+guardrail (calibration infeasible counts as one), 1 failed (an error). A refusal keeps the
+current model serving and says exactly which check failed and why.
+
+Crash safety: everything is built in a work directory; the registry is touched only by
+Registry.publish (a complete bundle renamed into place) and the atomic pointer swap, so killing
+this job at any point leaves the registry as it was or with one more complete, verified bundle.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidr.registry import BundleError, Registry
+from slidr.util import write_json
+
+from . import guardrails as gr
+
+EXIT_PUBLISHED = 0
+EXIT_FAILED = 1
+EXIT_DATA = 3
+EXIT_MODEL = 4
+
+# Files of a training output that go into the candidate bundle (scores stay in the work dir).
+TRAIN_FILES_SUFFIXES = (".onnx", ".json", ".html", ".png")
+
+
+@dataclass
+class DailyConfig:
+    fpr_budget: float = 0.01
+    min_coverage: float = 0.5
+    # The k-clicks-per-hour heuristic mostly flags heavy-clicking *customers* in logged-in
+    # traffic, so by default it sets no coverage floor there (see docs/calibration.md).
+    slice_min_coverage: dict[str, float] = field(default_factory=lambda: {"*/in": 0.0})
+    min_purchasing: int = 200  # per slice on the validation day, else the global fallback
+    k: int = 20
+    epochs: int = 20
+    seed: int = 7
+    progress: bool = False
+    guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
+
+
+class _Stop(Exception):
+    def __init__(self, code: int, status: str, checks: list[gr.Check]) -> None:
+        super().__init__(status)
+        self.code = code
+        self.status = status
+        self.checks = checks
+
+
+def run_daily(clicks: str | Path, customers: str | Path | None, registry: str | Path,
+              work: str | Path | None = None, cfg: DailyConfig | None = None,
+              log: Callable[[str], None] = print,
+              train_fn: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """Run the daily job; returns a result dict with `exit_code`, `status`, `version`,
+    `reason`, `checks`. Never raises for refusals; errors become exit_code 1.
+    `train_fn(clicks, customers, out_dir, cfg)` replaces the training pipeline (tests)."""
+    cfg = cfg or DailyConfig()
+    cfg.guard.fpr_budget = cfg.fpr_budget
+    cfg.guard.min_coverage = cfg.min_coverage
+    cfg.guard.slice_min_coverage = dict(cfg.slice_min_coverage)
+    reg = Registry(registry)
+    own_work = work is None
+    wdir = Path(tempfile.mkdtemp(prefix="slidr-daily-")) if own_work else Path(work)
+    wdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    res: dict[str, Any] = {"started": _now(), "clicks": str(clicks), "registry": str(registry),
+                           "work": str(wdir), "version": None, "checks": [], "steps": {}}
+    try:
+        res.update(_run(Path(clicks), customers, reg, wdir, cfg, log, res, train_fn))
+    except _Stop as s:
+        res.update({"exit_code": s.code, "status": s.status, "reason": gr.explain(s.checks)})
+        log(f"daily: {s.status}: {res['reason']}")
+    except Exception as e:  # the job failed; the registry is untouched
+        res.update({"exit_code": EXIT_FAILED, "status": "failed",
+                    "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        log(f"daily: failed: {type(e).__name__}: {e}")
+    cur = reg.pointers().get("current") if reg.pointers_path.exists() else None
+    res.update({"finished": _now(), "seconds": round(time.time() - t0, 2), "current": cur})
+    try:
+        write_json(reg.path / "runs" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+                   f"-{res['status']}.json", _clean(res))
+    except OSError as e:  # a run log that cannot be written must not hide the outcome
+        log(f"daily: could not write the run log: {e}")
+    if own_work and res["exit_code"] == EXIT_PUBLISHED:
+        shutil.rmtree(wdir, ignore_errors=True)
+    return res
+
+
+def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
+         cfg: DailyConfig, log: Callable[[str], None], res: dict[str, Any],
+         train_fn: Callable[..., Any] | None) -> dict[str, Any]:
+    from . import calibrate as cal
+    from . import replay
+    if not clicks.exists():
+        raise FileNotFoundError(f"click log not found: {clicks}")
+    checks: list[gr.Check] = []
+
+    def record(new: list[gr.Check]) -> None:
+        checks.extend(new)
+        res["checks"] = [c.as_dict() for c in checks]
+
+    # 1. Data guardrails on the raw log.
+    t = time.perf_counter()
+    record(gr.check_log(gr.read_log_columns(clicks), cfg.guard))
+    res["steps"]["data_guardrails_s"] = round(time.perf_counter() - t, 3)
+    if not all(c.passed for c in checks):
+        raise _Stop(EXIT_DATA, "refused_data", checks)
+
+    # 2. The current model (if any, and only if servable).
+    cur = None
+    try:
+        cur = reg.current_verified()
+    except BundleError as e:
+        log(f"daily: current bundle is not servable ({e}); comparing against no model")
+        res["current_unservable"] = str(e)
+    res["compared_with"] = cur.version if cur else None
+
+    # 3. Features (the same kernel the daemon runs) for drift and for scoring the current model.
+    t = time.perf_counter()
+    rp = replay.replay_log(clicks, progress=cfg.progress)
+    res["steps"]["replay_s"] = round(time.perf_counter() - t, 3)
+    from slidr.featurespec import FEATURE_NAMES
+    ref = _read_json(cur.path / "feature_stats.json") if cur else None
+    record([gr.check_drift(rp.features, FEATURE_NAMES, ref, cfg.guard)])
+    if not checks[-1].passed:
+        raise _Stop(EXIT_DATA, "refused_data", checks)
+
+    # 4. Train (labels, features, model, baselines, metrics, report).
+    t = time.perf_counter()
+    train_dir = wdir / "train"
+    (train_fn or _train)(clicks, customers, train_dir, cfg)
+    res["steps"]["train_s"] = round(time.perf_counter() - t, 3)
+
+    # 5. Calibrate on the validation day, evaluate on the held-out test day.
+    t = time.perf_counter()
+    cand = wdir / "candidate"
+    if cand.exists():
+        shutil.rmtree(cand)
+    cand.mkdir(parents=True)
+    for p in sorted(train_dir.iterdir()):
+        if p.is_file() and p.suffix in TRAIN_FILES_SUFFIXES:
+            shutil.copyfile(p, cand / p.name)
+    cols = cal.load_scores(train_dir / "scores.parquet")
+    try:
+        result = cal.calibrate(cols, cal.CalibConfig(fpr_budget=cfg.fpr_budget,
+                                                     min_coverage=cfg.min_coverage,
+                                                     slice_min_coverage=cfg.slice_min_coverage,
+                                                     min_purchasing=cfg.min_purchasing))
+    except cal.CalibrationInfeasible as e:
+        record([gr.Check("calibration_feasible", False, e.details.get("min_budget"),
+                         cfg.fpr_budget, str(e), "model", details=e.details)])
+        raise _Stop(EXIT_MODEL, "refused_model", checks) from None
+    cal.write_outputs(result, cand)
+    res["calibration"] = cal.summary(result)
+    res["steps"]["calibrate_s"] = round(time.perf_counter() - t, 3)
+    write_json(cand / "feature_stats.json", gr.feature_stats(rp.features, FEATURE_NAMES))
+
+    # 6. Model guardrails: candidate vs current on the same held-out clicks.
+    t = time.perf_counter()
+    test = _test_rows(train_dir / "scores.parquet")
+    th = _read_json(cand / "thresholds.json")
+    cur_score = cur_th = None
+    if cur is not None:
+        from .train import day_index
+        day = day_index(rp.ts)
+        te = day == day.max()
+        if int(te.sum()) != test["score"].size or not np.array_equal(rp.ts[te], test["ts"]):
+            raise RuntimeError("the test rows of scores.parquet do not line up with the replay")
+        cur_score = _score_onnx(cur.model_path, rp.features[te])
+        cur_th = cur.thresholds
+    record(gr.check_model(test["score"], th, test, cur_score, cur_th, cfg.guard))
+    res["steps"]["model_guardrails_s"] = round(time.perf_counter() - t, 3)
+    summary = gr.summarize(checks)
+    write_json(cand / "guardrails.json", _clean(summary))
+    if not summary["passed"]:
+        raise _Stop(EXIT_MODEL, "refused_model", checks)
+
+    # 7. Publish and promote (one lock; the bundle is verified before the pointer moves).
+    metrics = {"test": result["evaluation"]["slice"]["test"]["overall"],
+               "compared_with": res["compared_with"]}
+    version = reg.publish(cand, metrics=_clean(metrics), guardrails=_clean(summary),
+                          promote=True)
+    log(f"daily: published and promoted {version}"
+        + (f" (previous: {res['compared_with']})" if res["compared_with"] else ""))
+    return {"exit_code": EXIT_PUBLISHED, "status": "published", "version": version,
+            "reason": "all guardrails passed"}
+
+
+def gate(reg: Registry, candidate_dir: str | Path, checks: list[gr.Check]) -> str | None:
+    """Publish + promote `candidate_dir` only if every check passed; else leave the registry
+    alone and return None."""
+    summary = gr.summarize(checks)
+    if not summary["passed"]:
+        return None
+    return reg.publish(candidate_dir, guardrails=_clean(summary), promote=True)
+
+
+def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConfig) -> None:
+    from . import pipeline
+    pipeline.run(clicks, customers, out,
+                 pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
+                                      fpr_target=cfg.fpr_budget, progress=cfg.progress),
+                 log=lambda *a, **k: None)
+
+
+def _test_rows(path: Path) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+    tbl = pq.read_table(path)
+    d = {c: tbl.column(c).to_numpy(zero_copy_only=False) for c in tbl.column_names}
+    m = d["split"].astype(str) == "test"
+    return {"ts": d["ts"][m].astype(np.int64), "score": d["score_model"][m].astype(np.float64),
+            "slice": d["slice"][m].astype(str), "purchased": d["purchased"][m].astype(bool),
+            "heuristic": d["robot_heuristic"][m].astype(bool),
+            "weak_label": d["weak_label"][m].astype(np.int8)}
+
+
+def _score_onnx(model_path: Path, x: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = [np.asarray(sess.run(None, {name: x[i:i + batch]})[0]).reshape(-1)
+           for i in range(0, x.shape[0], batch)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def _read_json(path: Path) -> Any:
+    import json
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _clean(o: Any) -> Any:
+    from .report import clean
+    if isinstance(o, dict):
+        o = {k: v for k, v in o.items() if k != "checks_obj"}
+    return clean(o)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
