@@ -202,3 +202,52 @@ def test_metrics_endpoint(daemon):
                  'slidr_ivr{slice=', 'slidr_fail_open_total{cause="deadline"}',
                  'slidr_model_info{version="v1"} 1', "slidr_redis_errors_total 0"):
         assert name in body, name
+
+
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tight")
+    reg = make_registry(tmp)
+    d = Daemon(reg, "--deadline-ms", "2000", "--max-connections", "3", "--idle-timeout-s", "0.5",
+               "--max-inflight-per-conn", "16", "--max-inflight-total", "64",
+               "--max-score-many", "16", "--max-batch", "8")
+    d.wait_ready()
+    yield d
+    assert d.stop() == 0, d.log()
+    assert "Traceback" not in d.log(), d.log()
+
+
+def test_overload_sheds_fail_open_never_queues(tight):
+    n = 2000
+    with Client(tight.port) as c:
+        r = c.pipeline("score", [(click(i),) for i in range(n)])
+        assert c.call("ping") == "pong"
+    assert len(r) == n
+    reasons = [v[1]["reason"] for v in r.values()]
+    assert all(v[0] is None for v in r.values())
+    assert set(reasons) <= {"model", "fail_open:overload"}
+    assert "fail_open:overload" in reasons and "model" in reasons
+    # score_many over the per-connection budget: every click answered, valid.
+    with Client(tight.port) as c:
+        res = c.call("score_many", [click(i) for i in range(16)])
+        assert len(res) == 16 and all(not d["invalid"] or d["reason"] == "model" for d in res)
+
+
+def test_max_connections_and_idle_timeout(tight):
+    held = [Client(tight.port) for _ in range(3)]
+    try:
+        for c in held:
+            assert c.call("ping") == "pong"
+        extra = Client(tight.port)
+        msgs = extra.recv_until_close()
+        extra.close()
+        assert msgs and msgs[0][0] == 2 and msgs[0][2][0][0] == ErrorCode.OVERLOADED
+        # Idle connections are closed after idle_timeout_s (0.5 s here); then new ones fit.
+        import time
+        time.sleep(2.0)
+        for c in held:
+            assert c.recv_until_close() == []
+    finally:
+        for c in held:
+            c.close()
+    alive(tight)
