@@ -20,6 +20,11 @@ from libc.string cimport memset
 
 cnp.import_array()
 
+
+cdef uint64_t os_urandom_u64() except? 0:
+    import os
+    return int.from_bytes(os.urandom(8), "little")
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
 
@@ -186,6 +191,7 @@ ctypedef struct Table:
     size_t count
     size_t cap        # dense capacity
     size_t cursor     # sweep position in dense
+    uint64_t seed     # per-table random salt for slot positions
 
 
 cdef int _table_init(Table* t, size_t esize, size_t hint) except -1:
@@ -203,6 +209,7 @@ cdef int _table_init(Table* t, size_t esize, size_t hint) except -1:
     t.count = 0
     t.cap = nslots // 2
     t.cursor = 0
+    t.seed = _mix(<uint64_t>(<size_t>t) ^ (<uint64_t>os_urandom_u64()))
     return 0
 
 
@@ -225,9 +232,15 @@ cdef inline void* _entry(Table* t, size_t i) noexcept nogil:
     return t.dense + i * t.esize
 
 
+cdef inline size_t _home(Table* t, uint64_t key) noexcept nogil:
+    # Keys are hashes of client-chosen strings: salt them per table so nobody can aim many
+    # keys at one probe chain (the unsalted low bits are easy to collide offline).
+    return <size_t>_mix(key ^ t.seed) & t.mask
+
+
 cdef inline size_t _find_slot(Table* t, uint64_t key) noexcept nogil:
     """Slot holding key, or the empty slot where it would go."""
-    cdef size_t p = <size_t>key & t.mask
+    cdef size_t p = _home(t, key)
     while t.slots[p].idx != EMPTY and t.slots[p].key != key:
         p = (p + 1) & t.mask
     return p
@@ -246,7 +259,7 @@ cdef int _grow_slots(Table* t) except -1:
     t.mask = n - 1
     for i in range(old_n):
         if old[i].idx != EMPTY:
-            p = <size_t>old[i].key & t.mask
+            p = _home(t, old[i].key)
             while s[p].idx != EMPTY:
                 p = (p + 1) & t.mask
             s[p] = old[i]
@@ -296,7 +309,7 @@ cdef void _delete_at(Table* t, size_t i) noexcept nogil:
         q = (q + 1) & t.mask
         if t.slots[q].idx == EMPTY:
             break
-        home = <size_t>t.slots[q].key & t.mask
+        home = _home(t, t.slots[q].key)
         # Move q back to p if its home is not cyclically in (p, q].
         if (q > p and (home <= p or home > q)) or (q < p and (home <= p and home > q)):
             t.slots[p] = t.slots[q]

@@ -218,3 +218,32 @@ def test_empty_batch_and_bad_lengths(redis_server):
         rs.update(np.zeros(2, np.int64), *[np.zeros(1, np.uint64)] * 3,
                   np.zeros((1, 4), np.uint8))
     rs.close()
+
+
+def test_tls_url(tmp_path):
+    import shutil
+    import subprocess
+
+    from slidr.testing.redis_server import free_port
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tport = free_port()
+    extra = ["--tls-port", str(tport), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+             "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+    try:
+        srv = RedisServer(extra=extra).start()
+    except RuntimeError as e:
+        pytest.skip(f"redis-server without TLS support: {e}")
+    try:
+        rs = RedisStore(f"rediss://127.0.0.1:{tport}/0?ssl_ca_certs={cert}", prefix="tls:",
+                        timeout_s=2.0)
+        h = native.hash_keys(["u\x00a"], ["s"], ["192.0.2.1"])
+        got = rs.update(np.array([T0], np.int64), *h)
+        assert np.array_equal(got, native.EmbeddedStore().update(np.array([T0], np.int64), *h))
+        rs.close()
+    finally:
+        srv.stop()
