@@ -5,8 +5,8 @@ it, so all three (and a hash of the ONNX bytes and the batch range) are in the f
 
     <cache>/<model-stem>.<onnx sha256[:12]>.<gpu-slug>.sm<major><minor>.trt<version>.b<max>[.fp16].plan
 
-The cache is beside the model (the bundle directory) unless a cache dir is given; a bundle
-that is read-only or shared between hosts with different GPUs should use a cache dir.
+The cache is the given cache dir, else $SLIDR_PLAN_CACHE, else beside the model when that
+directory is writable, else ~/.cache/slidr/plans (registry bundles are read-only).
 
     python -m slidr.engines.build_plan MODEL.onnx [--max-batch 1024] [--cache-dir DIR] [--fp16]
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -71,8 +72,19 @@ def plan_path(model_path: str | Path, gpu: GpuIdentity, max_batch: int,
     trt = re.sub(r"[^0-9A-Za-z.]+", "_", gpu.trt_version)
     name = (f"{model_path.stem}.{digest[:12]}.{gpu_slug(gpu.name)}.sm{major}{minor}"
             f".trt{trt}.b{int(max_batch)}{'.fp16' if fp16 else ''}.plan")
-    base = Path(cache_dir) if cache_dir is not None else model_path.parent
-    return base / name
+    return default_cache_dir(model_path) / name if cache_dir is None else Path(cache_dir) / name
+
+
+def default_cache_dir(model_path: str | Path) -> Path:
+    """$SLIDR_PLAN_CACHE if set; else beside the model when that directory is writable;
+    else ~/.cache/slidr/plans (registry bundles are read-only)."""
+    env = os.environ.get("SLIDR_PLAN_CACHE")
+    if env:
+        return Path(env)
+    here = Path(model_path).parent
+    if os.access(here, os.W_OK):
+        return here
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "slidr" / "plans"
 
 
 def gpu_identity(device: int = 0) -> GpuIdentity:

@@ -312,3 +312,15 @@ def test_prefers_robot_prob_output_among_several(tmp_path):
         r = OrtRunner(tmp_path / "two.onnx", io_binding=binding)
         assert r.output_name == "robot_prob"
         np.testing.assert_allclose(r.infer(x), [want] * 3, rtol=1e-5)
+
+
+def test_plan_cache_dir_defaults(model, tmp_path, monkeypatch):
+    import slidr.engines.build_plan as bp
+    h100 = GpuIdentity("NVIDIA H100 80GB HBM3", (9, 0), "10.3.0")
+    monkeypatch.delenv("SLIDR_PLAN_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert plan_path(model[0], h100, 8).parent == model[0].parent  # writable: beside it
+    monkeypatch.setattr(bp.os, "access", lambda p, mode: False)  # a read-only bundle
+    assert plan_path(model[0], h100, 8).parent == tmp_path / "xdg" / "slidr" / "plans"
+    monkeypatch.setenv("SLIDR_PLAN_CACHE", str(tmp_path / "env"))
+    assert plan_path(model[0], h100, 8).parent == tmp_path / "env"
