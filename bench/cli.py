@@ -324,7 +324,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     curves = [(f"{spec.label or spec.target} @ {spec.rate:,.0f}/s", hist.decode(rep["hist"]["latency"]))]
     if calib:
         curves.append((f"echo floor @ {calib['floor']['rate']:,.0f}/s",
-                       hist.decode(calib["floor"]["hist"])))
+                       hist.decode(calib["floor"]["hist"]["latency"])))
     try:
         report.plot_percentiles(curves, out / "percentiles.png",
                                 f"{spec.label or 'run'}: latency by percentile "
@@ -386,7 +386,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                     h = hist.merge(r["hist"]["latency"] for r in p["runs"] if r.get("hist"))
                     curves.append((f"{p['rate']:,.0f}/s {'pass' if p.get('pass') else 'fail'}", h))
             if calib:
-                curves.append(("echo floor", hist.decode(calib["floor"]["hist"])))
+                curves.append(("echo floor", hist.decode(calib["floor"]["hist"]["latency"])))
             report.plot_percentiles(curves, out / "percentiles.png",
                                     f"{spec.label or 'sweep'}: latency by percentile "
                                     "(repeats merged)", target_ms)
