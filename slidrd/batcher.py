@@ -202,7 +202,10 @@ class Batcher:
     def _arm_timer(self) -> None:
         if self._timer is not None or not self.pending:
             return
-        when = min(self._min_deadline, self.pending[0][3] + self.max_wait)
+        if self.inflight_batches >= self.depth:
+            when = self._min_deadline  # pipeline full: only expiring clicks need us
+        else:
+            when = min(self._min_deadline, self.pending[0][3] + self.max_wait)
         self._timer = self.loop.call_at(self.loop.time() + max(when - _perf(), 0.0), self._on_timer)
 
     def _on_timer(self) -> None:
