@@ -229,6 +229,8 @@ def plot_latency_vs_rate(points: list[dict[str, Any]], path: str | Path, title: 
         ax.axhline(floor["p50_ms"], color="grey", ls=":", lw=1,
                    label=f"generator floor p50 {floor['p50_ms']:.2f} ms (echo)")
     ax.set_yscale("log")
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 4:
+        ax.set_xscale("log")
     ax.set_xlabel("offered rate (requests/s)")
     ax.set_ylabel("latency from scheduled send (ms)")
     ax.grid(True, which="both", alpha=0.3)

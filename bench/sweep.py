@@ -241,6 +241,16 @@ def sweep(base: LoadSpec, target_ms: float = 5.0, start: float = 1000.0,
         else:
             first_fail = rate
             break
+    # The start rate already failed: step down (at most 3 steps) to find a passing rate.
+    down = 0
+    while (last_pass is None and first_fail is not None and down < 3 and stopped is None
+           and time.monotonic() < t_end):
+        down += 1
+        rate = first_fail / factor
+        if run_at(rate):
+            last_pass = rate
+        else:
+            first_fail = rate
     if last_pass is not None and first_fail is not None:
         lo, hi = last_pass, first_fail
         for _ in range(bisect_steps):

@@ -222,3 +222,17 @@ def test_cli_micro_protocol_json(capsys):
     assert main(["bench", "micro", "--only", "protocol", "--seconds", "0.05", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["protocol"]["decode_request"]["median_us"] > 0
+
+
+def test_sweep_steps_down_when_the_start_rate_fails(monkeypatch):
+    from slidr.bench import sweep as sw
+
+    def fake_point(spec, repeat, metrics_url, log=None, alive=None):
+        p999 = 1.0 if spec.rate <= 300 else 50.0
+        return {"rate": spec.rate, "aborted": None, "latency_ms": {"p99_9": {"median": p999}},
+                "errors": 0, "unanswered": 0, "answered": 100, "fail_open": 0,
+                "achieved_rate": {"median": float(spec.rate)}}
+    monkeypatch.setattr(sw, "point", fake_point)
+    res = sw.sweep(LoadSpec(), target_ms=5, start=1000, factor=2, bisect_steps=2, repeat=1)
+    assert res["best_rate"] is not None and 250 <= res["best_rate"] <= 300
+    assert res["first_failing_rate"] is not None
