@@ -3,10 +3,12 @@
 Operating rule (shared with offline/metrics.py and the daemon): a click is invalidated when
 ``score > threshold``.
 
-Global: one threshold at the *knee* of the overall IVR-FPR curve on the validation day. The knee
-is the point of maximum distance between the curve and its chord from (0, IVR(FPR=0)) to (1, 1)
-(the Kneedle definition): there the marginal slope dIVR/dFPR has fallen to the chord's slope,
-i.e. each further unit of FPR buys no more IVR than invalidating clicks at random would. The
+Global: one threshold at the *knee* of the overall IVR-FPR curve on the validation day, over the
+operating range FPR in [0, knee_max_fpr] (default 0.1; nobody operates beyond it, and over the
+full [0, 1] range the knee of a weak model lands at absurd FPRs). The knee is the point of
+maximum distance between the curve and its chord from (0, IVR(0)) to (F, IVR(F)) (the Kneedle
+definition): there the marginal slope dIVR/dFPR has fallen to the chord's average slope, and
+beyond it each unit of FPR buys less IVR than on average over the range. The
 global threshold whose validation FPR equals the budget is also reported ("global@budget"): it
 is the fair, equal-FPR comparison for the slice-level solution.
 
@@ -45,8 +47,9 @@ from slidr.contract import SLICES
 
 from .metrics import threshold_for_fpr
 
-KNEE_METHOD = ("max distance to the chord from (0, IVR at FPR 0) to (1, 1) of the overall "
-               "validation IVR-FPR curve (Kneedle): dIVR/dFPR there equals the chord slope")
+KNEE_METHOD = ("max distance above the chord from (0, IVR(0)) to (F, IVR(F)) of the overall "
+               "validation IVR-FPR curve over FPR in [0, F = knee_max_fpr] (Kneedle): there "
+               "dIVR/dFPR has fallen to the chord's average slope")
 
 
 class CalibrationInfeasible(ValueError):
@@ -65,6 +68,7 @@ class CalibConfig:
     slice_min_coverage: dict[str, float] = field(default_factory=dict)
     min_purchasing: int = 200  # below this a slice is not fitted (global@budget fallback)
     fit_points: int = 41
+    knee_max_fpr: float = 0.1
     score_col: str = "score_model"
     solver: str = "CLARABEL"
     slices: tuple[str, ...] = field(default_factory=lambda: tuple(SLICES))
@@ -198,11 +202,13 @@ def curve(score: np.ndarray, purchased: np.ndarray, heuristic: np.ndarray | None
 
 
 def knee(c: Mapping[str, np.ndarray]) -> int:
-    """Index of the knee (max distance above the chord) of an IVR-FPR curve."""
-    f, y = c["fpr"], c["ivr"]
-    y0 = y[0]
-    chord = y0 + (1.0 - y0) * f
-    return int(np.argmax(y - chord))
+    """Index of the knee (max distance above the chord between the end points) of an IVR-FPR
+    curve. Both axes are scaled to the curve's range first, so the answer does not depend on
+    units (Kneedle)."""
+    f, y = np.asarray(c["fpr"], dtype=np.float64), np.asarray(c["ivr"], dtype=np.float64)
+    fs = (f - f[0]) / max(f[-1] - f[0], 1e-12)
+    ys = (y - y[0]) / max(y[-1] - y[0], 1e-12)
+    return int(np.argmax(ys - fs))
 
 
 # ---------------------------------------------------------------- calibration
@@ -288,7 +294,7 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
     n, n_p = va["score"].size, int(va["purchased"].sum())
 
     # Global.
-    gcurve = curve(va["score"], va["purchased"], va["heuristic"])
+    gcurve = curve(va["score"], va["purchased"], va["heuristic"], max_fpr=cfg.knee_max_fpr)
     k = knee(gcurve)
     t_knee = float(gcurve["threshold"][k])
     t_budget = threshold_for_fpr(va["score"], va["purchased"], cfg.fpr_budget)
@@ -372,7 +378,8 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         "score_column": cfg.score_col, "fpr_budget": cfg.fpr_budget,
         "min_coverage": cfg.min_coverage, "slice_min_coverage": dict(cfg.slice_min_coverage),
         "min_purchasing": cfg.min_purchasing,
-        "knee_method": KNEE_METHOD, "global_knee_threshold": t_knee,
+        "knee_method": KNEE_METHOD, "knee_max_fpr": cfg.knee_max_fpr,
+        "global_knee_threshold": t_knee,
         "global_knee_val_fpr": float(gcurve["fpr"][k]),
         "global_budget_threshold": t_budget, "budget_after_fallbacks": budget_left,
         "min_feasible_budget": min_budget, "solver": solve_info, "slices": slice_info,
@@ -491,12 +498,11 @@ def plot(result: Mapping[str, Any], out: Path) -> list[str]:
     k = result["curves"]["global_knee_index"]
     ax1.plot(g["fpr"], g["ivr"], "-", color="C0", label="overall (validation)")
     y0 = g["ivr"][0]
-    ax1.plot([0, 1], [y0, 1], ":", color="0.5", label="chord")
+    ax1.plot([g["fpr"][0], g["fpr"][-1]], [y0, g["ivr"][-1]], ":", color="0.5", label="chord")
     ax1.plot([g["fpr"][k]], [g["ivr"][k]], "o", color="C3", label=f"knee t={g['threshold'][k]:.3f}")
     te = {n: result["evaluation"][n]["test"]["overall"] for n in result["evaluation"]}
     for n, mk in (("global_budget", "s"), ("slice", "*")):
         ax1.plot([te[n]["fpr"]], [te[n]["ivr"]], mk, ms=9, label=f"{n} (test)")
-    ax1.set_xscale("symlog", linthresh=0.01)
     ax1.set_xlabel("FPR")
     ax1.set_ylabel("IVR")
     ax1.set_title("global IVR-FPR curve and operating points")

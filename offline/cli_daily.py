@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-psi", type=float, default=0.25, help="feature drift limit (PSI)")
     p.add_argument("--ivr-band", type=float, default=0.5,
                    help="allowed relative IVR change vs the current model (default 0.5)")
+    p.add_argument("--fpr-tolerance", type=float, default=0.5,
+                   help="held-out FPR may exceed the budget by this fraction (+3 s.e.)")
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
     p.add_argument("--progress", action="store_true", help="progress lines on stderr")
     p.set_defaults(func=run)
@@ -44,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from . import daily
     from . import guardrails as gr
-    g = gr.GuardrailConfig(max_psi=args.max_psi, ivr_band=args.ivr_band)
+    g = gr.GuardrailConfig(max_psi=args.max_psi, ivr_band=args.ivr_band,
+                          fpr_tolerance=args.fpr_tolerance)
     from .calibrate import parse_slice_coverage
     extra = {}
     if args.slice_min_coverage:
