@@ -181,14 +181,23 @@ class _Conn(asyncio.Protocol):
         if self.closed or self.transport is None:
             raise ConnectionLost(f"connection to {self.endpoint} is closed")
         msgid = next(self._ids) & 0xFFFFFFFF
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self.pending[msgid] = fut
+        # A timer on the future, not asyncio.wait_for: wait_for costs a task per call.
+        timer = loop.call_later(timeout, _expire, fut)
         try:
             self.transport.write(msgpack.packb([REQUEST, msgid, method, list(params)],
                                                use_bin_type=True))
-            return await asyncio.wait_for(fut, timeout)
+            return await fut
         finally:
+            timer.cancel()
             self.pending.pop(msgid, None)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 # ---------------------------------------------------------------- endpoints and the pool
