@@ -373,7 +373,8 @@ def _new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def run_worker(spec: LoadSpec, k: int, ready: Any = None, wait_go: Any = None) -> dict[str, Any]:
+def run_worker(spec: LoadSpec, k: int, ready: Any = None, wait_go: Any = None,
+               on_start: Any = None) -> dict[str, Any]:
     """Run process k's share in a fresh event loop. `ready(ok)` is called once connected and
     `wait_go()` returns the common start (monotonic ns) or None to stand down."""
     w = _Worker(spec, k)
@@ -384,6 +385,8 @@ def run_worker(spec: LoadSpec, k: int, ready: Any = None, wait_go: Any = None) -
             ready(w.aborted is None)
         if w.aborted is None:
             start = wait_go() if wait_go is not None else time.monotonic_ns() + 20_000_000
+            if on_start is not None and start is not None:
+                on_start(start)
             if start is None:
                 w.abort("stood down: another generator process failed to start")
             else:
@@ -417,20 +420,21 @@ def _child(spec_d: dict[str, Any], k: int, q: Any, go: Any, start_at: Any) -> No
     q.put(json.dumps({"result": res}))
 
 
-def run_load(spec: LoadSpec) -> dict[str, Any]:
-    """Run the load; return the merged report (see `merge`)."""
+def run_load(spec: LoadSpec, on_start: Any = None) -> dict[str, Any]:
+    """Run the load; return the merged report (see `merge`). `on_start(t_ns)` is called with
+    the common start instant (CLOCK_MONOTONIC ns) just before the schedule begins."""
     spec.check()
     t_start = time.time()
     if spec.procs == 1:
-        parts = [run_worker(spec, 0)]
+        parts = [run_worker(spec, 0, on_start=on_start)]
     else:
-        parts = _run_procs(spec)
+        parts = _run_procs(spec, on_start)
     rep = merge(spec, parts)
     rep["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start))
     return rep
 
 
-def _run_procs(spec: LoadSpec) -> list[dict[str, Any]]:
+def _run_procs(spec: LoadSpec, on_start: Any = None) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     go = ctx.Event()
@@ -461,6 +465,8 @@ def _run_procs(spec: LoadSpec) -> list[dict[str, Any]]:
                 results[msg["result"]["proc"]] = msg["result"]
         if not failed and ready_ok == spec.procs:
             start_at.value = time.monotonic_ns() + 50_000_000
+            if on_start is not None:
+                on_start(int(start_at.value))
         else:
             failed = True
         go.set()

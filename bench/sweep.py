@@ -30,20 +30,21 @@ CALIBRATION_MAX_AGE_S = 4 * 3600
 
 def measure(spec: LoadSpec, metrics_url: str | None = None) -> dict[str, Any]:
     before: dict[str, Any] = {}
+    timers: list[threading.Timer] = []
 
-    def _scrape_at_warmup_end() -> None:
-        before["m"] = report.scrape(metrics_url)
+    def on_start(t_ns: int) -> None:
+        if not metrics_url:
+            return
+        # Scrape the daemon when the measured window opens (end of warmup).
+        delay = max(0.0, (t_ns - time.monotonic_ns()) / 1e9 + spec.warmup)
+        t = threading.Timer(delay, lambda: before.__setitem__("m", report.scrape(metrics_url)))
+        t.daemon = True
+        t.start()
+        timers.append(t)
 
-    timer = None
-    if metrics_url:
-        # Connect + pool building take ~0.5 s before the schedule starts; close enough for a
-        # server-side view (the client-side numbers are exact).
-        timer = threading.Timer(spec.warmup + 0.5, _scrape_at_warmup_end)
-        timer.daemon = True
-        timer.start()
-    rep = run_load(spec)
-    if timer is not None:
-        timer.cancel()
+    rep = run_load(spec, on_start=on_start)
+    for t in timers:
+        t.cancel()
     after = report.scrape(metrics_url) if metrics_url else None
     rep["server"] = report.server_split(before.get("m"), after)
     return rep
