@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -118,7 +119,10 @@ def run(seconds_per_point: float = 1.0, redis_url: str | None = None,
     clicks = make_clicks(clicks_per_day, seed=0)
     out: dict[str, Any] = {"embedded": {}, "redis": {}, "native": NATIVE,
                            "seconds_per_point": seconds_per_point,
-                           "clicks_per_simulated_day": clicks_per_day}
+                           "clicks_per_simulated_day": clicks_per_day,
+                           "redis_server": "throwaway" if redis_url is None else "given",
+                           # Shared hosts make throughput noisy: record how busy this one was.
+                           "cpus": os.cpu_count(), "loadavg_1m_start": os.getloadavg()[0]}
     for bs in batch_sizes:
         st = embedded_store()
         out["embedded"][str(bs)] = round(throughput(st, clicks, bs, seconds_per_point))
@@ -141,6 +145,7 @@ def run(seconds_per_point: float = 1.0, redis_url: str | None = None,
     mem = bytes_per_key_over_day(clicks_per_day)
     out["bytes_per_key"] = round(mem["bytes_per_key"], 1)
     out["memory_end_of_day"] = mem["final"]
+    out["loadavg_1m_end"] = os.getloadavg()[0]
     return out
 
 
