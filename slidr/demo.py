@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-replay", type=int, default=100_000,
                    help="at most this many clicks of the last day are replayed")
     p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--fpr-budget", type=float, default=0.02,
+                   help="overall FPR budget for slice calibration (default 0.02)")
+    p.add_argument("--min-coverage", type=float, default=0.5,
+                   help="minimum robotic coverage in every slice (default 0.5)")
     p.add_argument("--json", action="store_true", help="also write DIR/demo.json")
     p.set_defaults(func=run)
 
@@ -76,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     _step(2, 5, "daily job: guardrails -> labels -> features -> train -> calibrate -> publish")
     _slidr("daily", "--clicks", str(data / "clicks.parquet"), "--customers",
            str(data / "customers.parquet"), "--registry", str(reg), "--work", str(work),
-           "--epochs", str(args.epochs), "--seed", str(args.seed))
+           "--epochs", str(args.epochs), "--seed", str(args.seed),
+           "--fpr-budget", str(args.fpr_budget), "--min-coverage", str(args.min_coverage))
     report = work / "train" / "report.html"
     if report.exists():
         print(f"training report: {report}")
@@ -123,7 +128,8 @@ def _load_days(data: Path, max_replay: int) -> tuple[list[dict[str, Any]], list[
     meas_clicks = meas.select(cols).to_pylist()
     truth = {c: meas.column(c).to_numpy(zero_copy_only=False)
              for c in ("purchased", "is_robot", "ts") if c in meas.column_names}
-    truth["session_id"] = np.asarray(meas.column("session_id").to_pylist(), dtype=object)
+    _, truth["session_code"] = np.unique(np.asarray(meas.column("session_id").to_pylist(),
+                                                    dtype=object), return_inverse=True)
     return warm_clicks, meas_clicks, truth
 
 
@@ -164,7 +170,7 @@ async def _replay(args: argparse.Namespace, data: Path, port: int, proc: subproc
         pending: set[asyncio.Task[None]] = set()
 
         async def one(i: int, sched: float) -> None:
-            decisions[i] = await client.score(_clean(meas[i]), deadline=0.05)
+            decisions[i] = await client.score(_clean(meas[i]), deadline=0.1)
             lat[i] = loop.time() - sched
 
         start = loop.time() + 0.05
@@ -198,7 +204,7 @@ def _evaluate(decisions: list[Any], lat: np.ndarray, truth: dict[str, np.ndarray
     slices = np.array([d.get("slice") or "?" for d in decisions], dtype=object)
     purchased = truth.get("purchased", np.zeros(n, bool)).astype(bool)
     robot = truth.get("is_robot")
-    heur = session_hour_heuristic(truth["session_id"], truth["ts"], 20)
+    heur = session_hour_heuristic(truth["session_code"], truth["ts"], 20)
 
     def block(m: np.ndarray) -> dict[str, Any]:
         r: dict[str, Any] = {"clicks": int(m.sum()), "ivr": float(inv[m].mean()) if m.any() else 0.0,
