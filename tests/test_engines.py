@@ -324,3 +324,289 @@ def test_plan_cache_dir_defaults(model, tmp_path, monkeypatch):
     assert plan_path(model[0], h100, 8).parent == tmp_path / "xdg" / "slidr" / "plans"
     monkeypatch.setenv("SLIDR_PLAN_CACHE", str(tmp_path / "env"))
     assert plan_path(model[0], h100, 8).parent == tmp_path / "env"
+
+
+# ------------------------------------------------------------ TensorRT runner on a fake GPU
+# No GPU here, so the runner's plumbing (plan cache, build, buffers, shapes, chunking,
+# context push/pop) runs against stand-ins for `tensorrt` and `pycuda.driver` that implement
+# just the TensorRT 10 / pycuda calls the runner makes. This checks our code, not TensorRT.
+
+class _FakeGpu:
+    def __init__(self):
+        import types
+        self.mem: dict[int, bytearray] = {}
+        self.ctx_depth = 0
+        self.builds = 0
+        self.calls: list[str] = []
+        gpu = self
+
+        # ---- pycuda.driver
+        cuda = types.ModuleType("pycuda.driver")
+
+        class Alloc:
+            def __init__(self, nbytes):
+                self.addr = 0x1000 + len(gpu.mem) * 0x100000
+                gpu.mem[self.addr] = bytearray(nbytes)
+
+            def __int__(self):
+                return self.addr
+
+            def free(self):
+                gpu.mem.pop(self.addr)
+
+        class Ctx:
+            def push(self):
+                gpu.ctx_depth += 1
+
+            def detach(self):
+                gpu.calls.append("detach")
+
+            @staticmethod
+            def pop():
+                assert gpu.ctx_depth > 0, "pop without push"
+                gpu.ctx_depth -= 1
+
+        class Device:
+            def __init__(self, i):
+                assert i == 0
+
+            @staticmethod
+            def count():
+                return 1
+
+            def name(self):
+                return "NVIDIA Fake GPU"
+
+            def compute_capability(self):
+                return (9, 0)
+
+            def retain_primary_context(self):
+                return Ctx()
+
+        class Stream:
+            handle = 42
+
+            def synchronize(self):
+                pass
+
+        def htod(dev, host, stream):
+            assert gpu.ctx_depth > 0
+            b = np.ascontiguousarray(host).tobytes()
+            gpu.mem[int(dev)][:len(b)] = b
+
+        def dtoh(host, dev, stream):
+            assert gpu.ctx_depth > 0
+            n = host.nbytes
+            host[...] = np.frombuffer(bytes(gpu.mem[int(dev)][:n]), host.dtype).reshape(host.shape)
+
+        cuda.init = lambda: None
+        cuda.Device, cuda.Context, cuda.Stream = Device, Ctx, Stream
+        cuda.mem_alloc = Alloc
+        cuda.pagelocked_empty = lambda shape, dtype: np.empty(shape, dtype)
+        cuda.memcpy_htod_async, cuda.memcpy_dtoh_async = htod, dtoh
+        pycuda = types.ModuleType("pycuda")
+        pycuda.driver = cuda
+
+        # ---- tensorrt
+        trt = types.ModuleType("tensorrt")
+        trt.__version__ = "10.9.0"
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level):
+                pass
+
+        class TensorIOMode:
+            INPUT, OUTPUT = "in", "out"
+
+        class DataType:
+            FLOAT = "float"
+
+        class MemoryPoolType:
+            WORKSPACE = "ws"
+
+        class BuilderFlag:
+            FP16 = "fp16"
+
+        class Tensor:
+            def __init__(self, name):
+                self.name = name
+
+        class Network:
+            num_inputs = 1
+
+            def __init__(self):
+                self.onnx = None
+
+            def get_input(self, i):
+                return Tensor("x")
+
+        class Parser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                self.network = network
+
+            def parse(self, data):
+                self.network.onnx = data
+                return data.startswith(b"\x08")  # an ONNX ModelProto starts with ir_version
+
+        class Profile:
+            def set_shape(self, name, mn, opt, mx):
+                self.shapes = (name, mn, opt, mx)
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                pass
+
+            def set_flag(self, f):
+                pass
+
+            def add_optimization_profile(self, p):
+                self.profile = p
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                assert flags == 0
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                gpu.builds += 1
+                name, mn, opt, mx = config.profile.shapes
+                head = json.dumps({"in": name, "min": mn, "opt": opt, "max": mx}).encode()
+                return b"FAKEPLAN" + len(head).to_bytes(4, "little") + head + network.onnx
+
+        class Context:
+            def __init__(self, engine):
+                self.engine = engine
+                self.addr: dict[str, int] = {}
+                self.shape = None
+
+            def set_tensor_address(self, name, addr):
+                self.addr[name] = addr
+
+            def set_input_shape(self, name, shape):
+                assert name == "x"
+                ok = self.engine.meta["min"][0] <= shape[0] <= self.engine.meta["max"][0]
+                self.shape = tuple(shape)
+                return ok
+
+            def execute_async_v3(self, stream_handle):
+                assert gpu.ctx_depth > 0 and stream_handle == 42
+                n = self.shape[0]
+                x = np.frombuffer(bytes(gpu.mem[self.addr["x"]][:n * 4 * N_FEATURES]),
+                                  np.float32).reshape(n, N_FEATURES)
+                p = self.engine.sess.run(None, {"x": x})[0].reshape(-1).astype(np.float32)
+                gpu.mem[self.addr["p"]][:p.nbytes] = p.tobytes()
+                gpu.calls.append(f"exec{n}")
+                return True
+
+        class Engine:
+            num_io_tensors = 2
+
+            def __init__(self, meta, onnx_bytes):
+                import onnxruntime as ort
+                self.meta = meta
+                self.sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+
+            def get_tensor_name(self, i):
+                return ["x", "p"][i]
+
+            def get_tensor_mode(self, name):
+                return TensorIOMode.INPUT if name == "x" else TensorIOMode.OUTPUT
+
+            def get_tensor_dtype(self, name):
+                return DataType.FLOAT
+
+            def get_tensor_profile_shape(self, name, profile):
+                return [self.meta["min"], self.meta["opt"], self.meta["max"]]
+
+            def create_execution_context(self):
+                return Context(self)
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                if not data.startswith(b"FAKEPLAN"):
+                    return None
+                k = int.from_bytes(data[8:12], "little")
+                return Engine(json.loads(data[12:12 + k]), data[12 + k:])
+
+        for name, obj in dict(Logger=Logger, TensorIOMode=TensorIOMode, DataType=DataType,
+                              MemoryPoolType=MemoryPoolType, BuilderFlag=BuilderFlag,
+                              Builder=Builder, OnnxParser=Parser, Runtime=Runtime).items():
+            setattr(trt, name, obj)
+        trt.nptype = lambda dt: np.float32
+        self.modules = {"tensorrt": trt, "pycuda": pycuda, "pycuda.driver": cuda}
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    g = _FakeGpu()
+    for k, v in g.modules.items():
+        monkeypatch.setitem(sys.modules, k, v)
+    return g
+
+
+def test_tensorrt_runner_on_fake_gpu(model, tmp_path, fake_gpu):
+    from slidr.engines import tensorrt_unavailable_reason
+    assert tensorrt_unavailable_reason() is None
+    r = select_scorer(model[0], backend="auto", max_batch=64, cache_dir=tmp_path / "plans")
+    assert r.name == "tensorrt" and fake_gpu.builds == 1
+    assert r.plan_path.parent == tmp_path / "plans"
+    assert ".nvidia-fake-gpu.sm90.trt10.9.0.b64.plan" in r.plan_path.name
+    r.warmup()
+    x = np.random.default_rng(0).standard_normal((150, N_FEATURES)).astype(np.float32)
+    fake_gpu.calls.clear()
+    np.testing.assert_allclose(r.infer(x), ref_predict(model[1], x), rtol=1e-5, atol=1e-6)
+    assert fake_gpu.calls == ["exec64", "exec64", "exec22"]  # chunked at max_batch
+    for n in (1, 7, 64):
+        np.testing.assert_allclose(r.infer(x[:n]), ref_predict(model[1], x[:n]), rtol=1e-5,
+                                   atol=1e-6)
+    with pytest.raises(TypeError, match="float32"):
+        r.infer(x.astype(np.float64))
+    assert fake_gpu.ctx_depth == 0  # every push popped
+    # a second runner loads the cached plan instead of building
+    r2 = select_scorer(model[0], backend="tensorrt", max_batch=64, cache_dir=tmp_path / "plans")
+    assert fake_gpu.builds == 1 and r2.infer(x[:3]).shape == (3,)
+    # a damaged cache file is rebuilt once
+    r2.plan_path.write_bytes(b"garbage")
+    select_scorer(model[0], backend="tensorrt", max_batch=64, cache_dir=tmp_path / "plans")
+    assert fake_gpu.builds == 2
+    r.close()
+    r.close()
+    assert "detach" in fake_gpu.calls and fake_gpu.ctx_depth == 0
+
+
+def test_tensorrt_build_failure_falls_back(model, tmp_path, fake_gpu, monkeypatch):
+    monkeypatch.setattr(fake_gpu.modules["tensorrt"].Builder, "build_serialized_network",
+                        lambda self, network, config: None)
+    r = select_scorer(model[0], backend="auto", cache_dir=tmp_path)
+    assert r.name == "onnxruntime"
+    assert "TensorRT plan could not be built" in r.fallback_reason
+    assert "failed to build a plan" in r.fallback_reason
+    with pytest.raises(EngineError, match="failed to build"):
+        select_scorer(model[0], backend="tensorrt", cache_dir=tmp_path)
+    assert fake_gpu.ctx_depth == 0 and not list(tmp_path.glob("*.plan"))
+
+
+def test_build_plan_cli_on_fake_gpu(model, tmp_path, fake_gpu, capsys):
+    from slidr.engines.build_plan import main
+    assert main([str(model[0]), "--max-batch", "32", "--cache-dir", str(tmp_path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["built"] and info["profile"] == [[1, 24], [32, 24], [32, 24]]
+    assert main([str(model[0]), "--max-batch", "32", "--cache-dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("cached:")
+    assert fake_gpu.ctx_depth == 0
