@@ -150,7 +150,8 @@ def fail_open_decision(click: Any, cause: str, model: str) -> dict[str, Any]:
 class Batcher:
     def __init__(self, kernel: FeatureKernel, get_model: Callable[[], Any], metrics: Metrics,
                  *, inline: bool, max_batch: int, max_wait_us: int, pipeline_depth: int,
-                 max_inflight_total: int, decision_log: Any = None) -> None:
+                 max_inflight_total: int, decision_log: Any = None,
+                 deadline_s: float = 0.004) -> None:
         self.kernel = kernel
         self.get_model = get_model
         self.metrics = metrics
@@ -171,6 +172,11 @@ class Batcher:
         self._store_errors = _store_unavailable_types()
         self._store_down_until = 0.0
         self._backoff = 0.02
+        # Threaded (Redis) mode: a click whose remaining budget is below the usual store+model
+        # time fails open at once instead of taking store capacity it cannot use; capped at half
+        # the deadline so a slow store never starves every click (the estimate must keep moving).
+        self._est = 0.0
+        self._margin_cap = deadline_s / 2
         self._executor = None if inline else ThreadPoolExecutor(
             max_workers=self.depth, thread_name_prefix="slidrd-store")
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -254,14 +260,15 @@ class Batcher:
             self._arm_timer()
         self._maybe_idle()
 
-    def _prepare(self, items: list[Item], t0: float, version: str
+    def _prepare(self, items: list[Item], t0: float, version: str, margin: float = 0.0
                  ) -> tuple[list[Item], list[Any], ClickBatch | None]:
         """Expire late clicks, validate the rest; -> (valid items, their clicks, ClickBatch)."""
         valid: list[Item] = []
         clicks: list[Any] = []
         expired: list[Item] = []
+        cutoff = t0 + margin
         for it in items:
-            if it[4] <= t0:
+            if it[4] <= cutoff:
                 expired.append(it)
                 continue
             c = it[0]
@@ -299,7 +306,8 @@ class Batcher:
         t0 = _perf()
         model = self.get_model()
         try:
-            valid, clicks, batch = self._prepare(items, t0, model.version)
+            valid, clicks, batch = self._prepare(items, t0, model.version,
+                                                 min(self._est, self._margin_cap))
             if batch is None:
                 return
             if t0 < self._store_down_until:
@@ -316,7 +324,8 @@ class Batcher:
                 self._fail_open(valid, "deadline", model.version, clicks)
                 self._flush_dirty()
                 try:
-                    await fut
+                    _f, _s, t_store, t_model = await fut
+                    self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
                 except _StageError as e:
                     if e.stage == "store":  # open the breaker even though nobody waits
                         self.metrics.redis_errors += 1
@@ -328,6 +337,7 @@ class Batcher:
             except _StageError as e:
                 self._stage_failed(e, valid, clicks, model.version)
                 return
+            self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
             self._decide(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
         except Exception:
             log.exception("batch failed")

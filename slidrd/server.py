@@ -208,7 +208,8 @@ class Daemon:
         self.batcher = Batcher(kernel, lambda: self.model, self.metrics, inline=inline,
                                max_batch=cfg.max_batch, max_wait_us=cfg.max_wait_us,
                                pipeline_depth=cfg.pipeline_depth,
-                               max_inflight_total=cfg.max_inflight_total, decision_log=self.dlog)
+                               max_inflight_total=cfg.max_inflight_total, decision_log=self.dlog,
+                               deadline_s=cfg.deadline_ms / 1000.0)
         srv = await loop.create_server(lambda: PublicConnection(self), cfg.host, cfg.port,
                                        reuse_port=cfg.workers > 1 or None, backlog=1024)
         self._servers.append(srv)
