@@ -172,6 +172,8 @@ class _HttpResponder(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
         self.buf += data
         if b"\r\n\r\n" not in self.buf and b"\n\n" not in self.buf:
             if len(self.buf) > 16384:

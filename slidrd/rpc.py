@@ -115,19 +115,23 @@ class RpcConnection(asyncio.Protocol):
             self.queue_error(mid, error(ErrorCode.BAD_REQUEST,
                                         "expected [0, msgid, method, params] or [2, method, params]"))
             return
-        if type(method) is not str:
-            self.queue_error(msgid, error(ErrorCode.BAD_REQUEST, "method must be a string"))
-            return
-        if type(params) is not list:
-            self.queue_error(msgid, error(ErrorCode.BAD_REQUEST, "params must be an array"))
+        if type(method) is not str or type(params) is not list:
+            problem = "method must be a string" if type(method) is not str else \
+                "params must be an array"
+            if msgid is not None or kind == 0:
+                self.queue_error(msgid, error(ErrorCode.BAD_REQUEST, problem))
             return
         try:
             self.dispatch(msgid, method, params, t_arr)
         except RpcError as e:
-            self.queue_error(msgid, e.wire())
+            if msgid is None:  # a notification never gets an answer, not even an error
+                self.daemon.metrics.errors[e.code.name] += 1
+            else:
+                self.queue_error(msgid, e.wire())
         except Exception as e:  # a bug must not take the connection (or the daemon) down
             log.exception("request %r failed", method)
-            self.queue_error(msgid, error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
+            if msgid is not None:
+                self.queue_error(msgid, error(ErrorCode.INTERNAL, f"{type(e).__name__}: {e}"))
 
     def dispatch(self, msgid: int | None, method: str, params: list[Any], t_arr: float) -> None:
         raise NotImplementedError

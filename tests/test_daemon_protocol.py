@@ -147,8 +147,10 @@ def test_truncated_message_and_abrupt_close(daemon):
 
 def test_notification_is_silent(daemon):
     with Client(daemon.port) as c:
-        c.send_raw(msgpack.packb([2, "score", [click(1)]]) + msgpack.packb([2, "nosuch", []]))
-        assert c.call("ping") == "pong"
+        c.send_raw(msgpack.packb([2, "score", [click(1)]]) + msgpack.packb([2, "nosuch", []])
+                   + msgpack.packb([2, "ping", "x"]) + msgpack.packb([2, "ping", []]))
+        mid = c.send("ping")
+        assert c.recv() == [1, mid, None, "pong"]  # nothing was sent for the notifications
 
 
 def test_many_in_flight_out_of_order(daemon):
