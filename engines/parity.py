@@ -19,7 +19,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -63,8 +63,8 @@ class _Fn:
 def _reference(model_path: Path) -> _Fn:
     from onnx.reference import ReferenceEvaluator
     ev = ReferenceEvaluator(str(model_path))
-    in_name = ev.input_names[0]
-    return _Fn("reference", lambda x: ev.run(None, {in_name: x})[0])
+    in_name = list(ev.input_names)[0]
+    return _Fn("reference", lambda x: cast(list, ev.run(None, {in_name: x}))[0])
 
 
 def _torch(path: str) -> _Fn:

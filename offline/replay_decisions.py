@@ -74,10 +74,12 @@ def load_model(bundle: str | Path | None = None, registry: str | Path | None = N
 
     if (bundle is None) == (registry is None):
         raise ValueError("give exactly one of a bundle directory or a registry")
+    b: Bundle | None
     try:
         if bundle is not None:
             b = Bundle(bundle)
         else:
+            assert registry is not None
             reg = Registry(registry)
             want = version or "current"
             if want == "current":
@@ -208,13 +210,11 @@ def _slice_codes(clicks: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     return dev, li
 
 
-def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.ndarray | None,
+def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.ndarray,
           dev: np.ndarray, li: np.ndarray) -> None:
-    """Score one chunk (x may hold NaN rows for records that cannot be scored) and write it."""
+    """Score one chunk (x holds NaN rows for records that cannot be scored) and write it."""
     n = len(recs)
-    ok = np.ones(n, bool) if x is not None else np.zeros(n, bool)
-    if x is not None:
-        ok = ~np.isnan(x).any(axis=1)
+    ok = ~np.isnan(x).any(axis=1)
     scores = np.full(n, np.nan)
     thr = model.thresholds[dev.astype(np.intp) * 2 + li.astype(np.intp)]
     inv = np.zeros(n, bool)
