@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "features)")
     p.add_argument("--only-fail-open", action="store_true",
                    help="write only clicks the daemon answered with a fail-open decision")
+    p.add_argument("--include-partial", action="store_true",
+                   help="also read decisions-*.msgpack.part files (left by a killed daemon)")
     p.add_argument("--backend", default="onnxruntime",
                    choices=("onnxruntime", "tensorrt", "auto"), help="scorer (default onnxruntime)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -51,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         summary = rd.replay_decisions(args.decisions, model, args.out,
                                       recompute_features=args.recompute_features,
-                                      only_fail_open=args.only_fail_open)
+                                      only_fail_open=args.only_fail_open,
+                                      include_partial=args.include_partial)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
     else:

@@ -105,24 +105,28 @@ def load_model(bundle: str | Path | None = None, registry: str | Path | None = N
 
 # ---------------------------------------------------------------- reading decision logs
 
-def _decision_files(src: Path) -> list[Path]:
+def _decision_files(src: Path, include_partial: bool = False) -> list[Path]:
     if src.is_file():
         return [src]
     if not src.is_dir():
         raise FileNotFoundError(f"decision log not found: {src}")
     files = sorted(p for p in src.iterdir() if p.is_file() and (
         p.name.endswith(".msgpack") or p.suffix in (".jsonl", ".json", ".ndjson")))
+    if include_partial:
+        # A daemon that was killed leaves its open file as .part; a torn last record is
+        # simply not yielded by the msgpack reader.
+        files += sorted(p for p in src.iterdir() if p.name.endswith(".msgpack.part"))
     if not files:
         raise FileNotFoundError(f"no decision files (*.msgpack, *.jsonl) in {src}")
     return files
 
 
-def read_records(src: str | Path) -> Iterator[dict[str, Any]]:
+def read_records(src: str | Path, include_partial: bool = False) -> Iterator[dict[str, Any]]:
     """Every record of a decision log (directory or file), in file-name then write order.
     JSON lines: one object per line (blank lines skipped); msgpack: concatenated maps."""
     import msgpack
-    for p in _decision_files(Path(src)):
-        if p.name.endswith(".msgpack"):
+    for p in _decision_files(Path(src), include_partial):
+        if p.name.endswith((".msgpack", ".msgpack.part")):
             with open(p, "rb") as f:
                 try:
                     yield from msgpack.Unpacker(f, raw=False, strict_map_key=False)
@@ -263,7 +267,7 @@ def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.
 
 def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                      recompute_features: bool = False, only_fail_open: bool = False,
-                     chunk: int = CHUNK) -> Summary:
+                     chunk: int = CHUNK, include_partial: bool = False) -> Summary:
     """Re-decide every record of a decision log with `model`; write delayed decisions."""
     from slidr.util import atomic_open
     s = Summary(model.version, str(src), "recomputed" if recompute_features else "logged",
@@ -294,7 +298,7 @@ def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                 _emit(model, s, w, sel, x[keep], dev, li)
             buf.clear()
 
-        for i, rec in enumerate(read_records(src)):
+        for i, rec in enumerate(read_records(src, include_partial)):
             r = normalise(rec, f"{src}: record {i}")
             validate_click(r.click, i)
             buf.append(r)

@@ -305,3 +305,20 @@ def test_tampered_bundle_is_refused(tmp_path, registry, traffic):
     (b / "thresholds.json").write_text(json.dumps({**THRESHOLDS, "default": 0.1}))
     with pytest.raises(RuntimeError, match="checksum"):
         load_model(bundle=b)
+
+
+def test_partial_file_of_a_killed_daemon(tmp_path, registry, traffic):
+    """A killed daemon leaves decisions-*.msgpack.part, possibly with a torn last record."""
+    from slidr.offline.replay_decisions import load_model, replay_decisions
+    logdir = write_daemon_log(tmp_path / "dlog", traffic)
+    files = sorted(logdir.glob("decisions-*.msgpack"))
+    last = files[-1]
+    data = last.read_bytes()
+    n_last = sum(1 for _ in __import__("msgpack").Unpacker(open(last, "rb"), raw=False))
+    last.unlink()
+    (logdir / (last.name + ".part")).write_bytes(data[:-7])  # torn last record
+    m = load_model(registry=registry.path)
+    s = replay_decisions(logdir, m, tmp_path / "a.jsonl")
+    assert s.read == len(traffic[0]) - n_last
+    s = replay_decisions(logdir, m, tmp_path / "b.jsonl", include_partial=True)
+    assert s.read == len(traffic[0]) - 1
