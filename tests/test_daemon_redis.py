@@ -149,3 +149,34 @@ def test_workers_share_port_and_redis(tmp_path, redis_server):
     finally:
         assert d.stop() == 0, d.log()
     assert "Traceback" not in d.log()
+
+
+def test_redis_hang_answers_within_deadline(tmp_path, redis_server):
+    """A Redis that stops answering (SIGSTOP) without refusing connections: clicks are answered
+    fail-open by their deadline, not by the (longer) Redis socket timeout."""
+    reg = make_registry(tmp_path, ("v1",))
+    with Daemon(reg, "--redis", redis_server.url, "--redis-prefix", "t-hang:",
+                "--redis-timeout-ms", "300", "--deadline-ms", str(DEADLINE_MS)) as d:
+        load = TimedLoad(d.port, window=10)
+        load.start()
+        time.sleep(0.5)
+        t_stop = time.monotonic()
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.0)
+        finally:
+            t_cont = time.monotonic()
+            redis_server.proc.send_signal(signal.SIGCONT)
+        time.sleep(1.5)
+        load.finish()
+    during = [r for r in load.rows if r[0] > t_stop + 0.05 and r[1] < t_cont]
+    after = [r for r in load.rows if r[0] > t_cont + 0.7]
+    assert during and after
+    assert {r[2]["reason"] for r in during} <= {"fail_open:deadline", "fail_open:store_down"}
+    # Each window of 10 pipelined clicks is answered well before the 300 ms Redis timeout.
+    waits = sorted(r[1] - r[0] for r in during)
+    print("hang: windows", len(waits), "p50", waits[len(waits) // 2], "p99", waits[int(len(waits) * 0.99)], "max", waits[-1])
+    assert waits[len(waits) // 2] < DEADLINE_MS / 1000 + 0.02, waits[len(waits) // 2]
+    assert waits[-1] < DEADLINE_MS / 1000 + 0.15, waits[-1]
+    assert {r[2]["reason"] for r in after[len(after) // 2:]} == {"model"}
+    assert "Traceback" not in d.log()
