@@ -199,8 +199,9 @@ class Daemon:
         from slidr.kernel import FeatureKernel
         kernel = FeatureKernel(self.store, use_native=_use_native())
         inline = cfg.inline_store == "yes" or (cfg.inline_store == "auto" and not cfg.redis)
-        if not inline:
-            # Hand the GIL back quickly when the store thread's reply arrives.
+        if not inline or cfg.decision_log:
+            # A worker thread (store, decision log) holding the GIL would make the loop wait up
+            # to the default 5 ms switch interval: a tail-latency cliff. Hand over faster.
             sys.setswitchinterval(0.0005)
         if cfg.decision_log:
             self.dlog = DecisionLog(cfg.decision_log, cfg.decision_log_max_bytes,
