@@ -2,7 +2,8 @@
 
 The event loop hands over one tuple per batch (a queue put); a writer thread turns it into
 msgpack records (one map per decision, concatenated — "msgpack lines") in rotating files
-`decisions-<start>-<pid>-<seq>.msgpack`. A file is written as `.part` and renamed when closed,
+`decisions-<start>-<pid>-<seq>.msgpack`; `features` are the model's input row as raw
+little-endian float32 bytes. A file is written as `.part` and renamed when closed,
 so a finished name is always a complete file. `read_decisions(dir)` reads them back in order.
 """
 
@@ -91,12 +92,18 @@ class DecisionLog:
         clicks, features, decisions, model, wall = item
         if self._f is None:
             self._open()
-        feats = features.tolist() if (features is not None and self.with_features) else None
-        chunks = []
-        for i, d in enumerate(decisions):
-            rec = {"t": wall, "click": clicks[i], "decision": d, "model": model,
-                   "features": feats[i] if feats is not None else None}
-            chunks.append(packer.pack(rec))
+        pack = packer.pack
+        if features is not None and self.with_features:
+            # Raw little-endian float32 rows: exact, and ~4x cheaper to pack than 24 floats.
+            fb = np.ascontiguousarray(features, dtype="<f4").tobytes()
+            w = features.shape[1] * 4
+            chunks = [pack({"t": wall, "click": clicks[i], "decision": d, "model": model,
+                            "features": fb[i * w:(i + 1) * w]})
+                      for i, d in enumerate(decisions)]
+        else:
+            chunks = [pack({"t": wall, "click": clicks[i], "decision": d, "model": model,
+                            "features": None})
+                      for i, d in enumerate(decisions)]
         blob = b"".join(chunks)
         self._f.write(blob)
         self._size += len(blob)
@@ -110,11 +117,19 @@ def log_files(directory: str | Path) -> list[Path]:
     return sorted(p for p in Path(directory).glob("decisions-*.msgpack"))
 
 
-def read_decisions(directory: str | Path, include_partial: bool = False) -> Iterator[dict[str, Any]]:
-    """Every record of the finished files in a directory, in order."""
+def read_decisions(directory: str | Path, include_partial: bool = False,
+                   features_as: str = "list") -> Iterator[dict[str, Any]]:
+    """Every record of the finished files in a directory, in order. `features` is stored as
+    raw float32 bytes; it is returned as a list of floats ("list"), a float32 array ("array")
+    or the bytes ("raw")."""
     files = log_files(directory)
     if include_partial:
         files += sorted(Path(directory).glob("decisions-*.msgpack.part"))
     for p in files:
         with open(p, "rb") as f:
-            yield from msgpack.Unpacker(f, raw=False, strict_map_key=False)
+            for rec in msgpack.Unpacker(f, raw=False, strict_map_key=False):
+                fb = rec.get("features")
+                if isinstance(fb, bytes) and features_as != "raw":
+                    arr = np.frombuffer(fb, dtype="<f4")
+                    rec["features"] = arr.tolist() if features_as == "list" else arr
+                yield rec
