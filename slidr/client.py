@@ -38,7 +38,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar, cast
 
 import msgpack
 
@@ -125,8 +125,7 @@ class _Conn(asyncio.Protocol):
         return len(self.pending)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         sock = transport.get_extra_info("socket")
         if sock is not None:
             import socket
@@ -470,6 +469,16 @@ class AsyncClient:
         return res
 
 
+def _new_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (it is with slidr[daemon]): a cheaper wake-up per call."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
 class Client:
     """Synchronous, thread-safe client: same arguments and methods as AsyncClient.
 
@@ -479,7 +488,7 @@ class Client:
 
     def __init__(self, endpoints: Sequence[str | tuple[str, int]], **kw: Any) -> None:
         self._ac = AsyncClient(endpoints, **kw)  # first: bad arguments leave no thread behind
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever,
                                         name="slidr-client", daemon=True)
         self._thread.start()

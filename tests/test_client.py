@@ -167,6 +167,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(autouse=True, params=["uvloop", "asyncio"])
+def loop_kind(request, monkeypatch):
+    """Every sync-Client test runs on both loops the private loop thread may use."""
+    import slidr.client as sc
+    if request.param == "asyncio":
+        monkeypatch.setattr(sc, "_new_loop", asyncio.new_event_loop)
+    else:
+        pytest.importorskip("uvloop")
+    return request.param
+
+
 @pytest.fixture
 def server():
     s = FakeServer("A").start()
