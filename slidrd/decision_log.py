@@ -2,8 +2,8 @@
 
 The event loop hands over one tuple per batch (a queue put); a writer thread turns it into
 msgpack records (one map per decision, concatenated — "msgpack lines") in rotating files
-`decisions-<start>-<pid>-<seq>.msgpack`; `features` are the model's input row as raw
-little-endian float32 bytes. A file is written as `.part` and renamed when closed,
+`decisions-<start>-<pid>-<seq>.msgpack`; `features` is the model's input row (24 floats,
+exact float32 values) or null. A file is written as `.part` and renamed when closed,
 so a finished name is always a complete file. `read_decisions(dir)` reads them back in order.
 """
 
@@ -94,11 +94,10 @@ class DecisionLog:
             self._open()
         pack = packer.pack
         if features is not None and self.with_features:
-            # Raw little-endian float32 rows: exact, and ~4x cheaper to pack than 24 floats.
-            fb = np.ascontiguousarray(features, dtype="<f4").tobytes()
-            w = features.shape[1] * 4
+            # float32 -> float64 is exact, so the logged list is bit-for-bit what the model saw.
+            feats = features.tolist()
             chunks = [pack({"t": wall, "click": clicks[i], "decision": d, "model": model,
-                            "features": fb[i * w:(i + 1) * w]})
+                            "features": feats[i]})
                       for i, d in enumerate(decisions)]
         else:
             chunks = [pack({"t": wall, "click": clicks[i], "decision": d, "model": model,
@@ -119,17 +118,15 @@ def log_files(directory: str | Path) -> list[Path]:
 
 def read_decisions(directory: str | Path, include_partial: bool = False,
                    features_as: str = "list") -> Iterator[dict[str, Any]]:
-    """Every record of the finished files in a directory, in order. `features` is stored as
-    raw float32 bytes; it is returned as a list of floats ("list"), a float32 array ("array")
-    or the bytes ("raw")."""
+    """Every record of the finished files in a directory, in order. `features` comes back as a
+    list of floats ("list", as stored) or a float32 array ("array")."""
     files = log_files(directory)
     if include_partial:
         files += sorted(Path(directory).glob("decisions-*.msgpack.part"))
     for p in files:
         with open(p, "rb") as f:
             for rec in msgpack.Unpacker(f, raw=False, strict_map_key=False):
-                fb = rec.get("features")
-                if isinstance(fb, bytes) and features_as != "raw":
-                    arr = np.frombuffer(fb, dtype="<f4")
-                    rec["features"] = arr.tolist() if features_as == "list" else arr
+                fv = rec.get("features")
+                if features_as == "array" and fv is not None:
+                    rec["features"] = np.asarray(fv, dtype=np.float32)
                 yield rec
