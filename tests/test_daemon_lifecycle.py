@@ -236,3 +236,25 @@ def test_sigterm_drain_and_decision_log_parity(tmp_path):
     # After SIGTERM the port is closed.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", d.port), timeout=1).close()
+
+
+def test_decision_log_replays_unchanged_with_same_bundle(tmp_path):
+    """`slidr replay` of the daemon's decision log through the bundle that served it changes no
+    decision: the log carries exactly what the model saw."""
+    import json
+
+    reg = make_registry(tmp_path, ("v1",))
+    logdir = tmp_path / "dlog"
+    with Daemon(reg, "--decision-log", str(logdir), "--deadline-ms", "2000") as d:
+        with Client(d.port) as c:
+            res = c.pipeline("score", [(click(i, users=15, ips=4),) for i in range(600)])
+    assert all(v[0] is None for v in res.values())
+    out = tmp_path / "replayed.jsonl"
+    run = subprocess.run([sys.executable, "-m", "slidr.cli", "replay", "--decisions", str(logdir),
+                          "--registry", str(reg), "--out", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 600
+    assert not any(r["changed"] for r in rows)
+    assert {r["replayed_with"] for r in rows} == {"v1"}
