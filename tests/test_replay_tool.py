@@ -322,3 +322,18 @@ def test_partial_file_of_a_killed_daemon(tmp_path, registry, traffic):
     assert s.read == len(traffic[0]) - n_last
     s = replay_decisions(logdir, m, tmp_path / "b.jsonl", include_partial=True)
     assert s.read == len(traffic[0]) - 1
+
+
+def test_features_as_raw_float32_bytes(tmp_path, registry, traffic):
+    """Also accept a row of 24 little-endian float32 as bytes (a compact log variant)."""
+    import msgpack
+    from slidr.offline.replay_decisions import load_model, replay_decisions
+    clicks, x, decisions, feats = traffic
+    p = tmp_path / "decisions-x.msgpack"
+    with open(p, "wb") as f:
+        for i in range(20):
+            f.write(msgpack.packb({"click": clicks[i], "decision": decisions[i], "model": "v1",
+                                   "features": x[i].astype("<f4").tobytes()}))
+    s = replay_decisions(tmp_path, load_model(registry=registry.path, version="v1"),
+                         tmp_path / "o.jsonl")
+    assert s.replayed == 20 and s.changed == 0
