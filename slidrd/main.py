@@ -153,6 +153,7 @@ def _supervise(cfg: Config) -> int:
         i = children.pop(pid)
         if not stopping:
             log.error("worker %d (pid %d) exited with status %d; restarting", i, pid, status)
+            time.sleep(1.0)  # no hot crash loop
             _pid, r = spawn(i)
             os.read(r, 1)
             os.close(r)
