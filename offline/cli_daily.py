@@ -36,6 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-psi", type=float, default=0.25, help="feature drift limit (PSI)")
     p.add_argument("--ivr-band", type=float, default=0.5,
                    help="allowed relative IVR change vs the current model (default 0.5)")
+    p.add_argument("--min-slice-clicks", type=int, default=500,
+                   help="data guardrail: minimum clicks per slice in the log (default 500)")
+    p.add_argument("--min-slice-purchases", type=int, default=20,
+                   help="data guardrail: minimum purchases per slice in the log (default 20)")
     p.add_argument("--fpr-tolerance", type=float, default=0.5,
                    help="held-out FPR may exceed the budget by this fraction (+3 s.e.)")
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
@@ -47,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from . import daily
     from . import guardrails as gr
     g = gr.GuardrailConfig(max_psi=args.max_psi, ivr_band=args.ivr_band,
-                          fpr_tolerance=args.fpr_tolerance)
+                          fpr_tolerance=args.fpr_tolerance,
+                          min_slice_clicks=args.min_slice_clicks,
+                          min_slice_purchases=args.min_slice_purchases)
     from .calibrate import parse_slice_coverage
     extra = {}
     if args.slice_min_coverage:

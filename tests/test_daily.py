@@ -1,0 +1,160 @@
+"""The daily job end to end on a small simulated log, and SIGKILL at any point."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slidr.offline import daily
+
+from slidr.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+# Small data and one or two epochs make a weak model whose held-out FPR drifts well above the
+# validation budget; the tolerances below are loose so the publish path can be exercised. The
+# default guardrails refuse such a model (see test_guardrails.py and docs/calibration.md).
+LOOSE = ["--epochs", "2", "--fpr-budget", "0.05", "--min-coverage", "0.2",
+         "--min-purchasing", "30", "--fpr-tolerance", "20", "--ivr-band", "5",
+         "--min-slice-purchases", "10"]
+
+
+def loose_cfg() -> daily.DailyConfig:
+    from slidr.offline.guardrails import GuardrailConfig
+    return daily.DailyConfig(epochs=2, fpr_budget=0.05, min_coverage=0.2, min_purchasing=30,
+                             guard=GuardrailConfig(fpr_tolerance=20, ivr_band=5,
+                                                   min_slice_purchases=10, max_ivr=0.9))
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory) -> Path:
+    from slidr.offline import simulate as s
+    out = tmp_path_factory.mktemp("sim") / "log"
+    s.write_outputs(s.simulate(s.SimParams(days=4, clicks_per_day=12_000, seed=11)), out)
+    return out
+
+
+def _registry_consistent(reg_dir: Path) -> None:
+    reg = Registry(reg_dir)
+    bad = {v: why for v, why in reg.verify_all().items() if why}
+    assert not bad, bad
+    p = reg.pointers()
+    for v in (p["current"], p["previous"]):
+        assert v is None or v in reg.list()
+    if p["current"]:
+        assert reg.current_verified() is not None
+
+
+@pytest.fixture(scope="module")
+def killed(sim: Path, tmp_path_factory) -> dict:
+    """`slidr daily` SIGKILLed early (guardrails/replay) and late (the moment a bundle is being
+    published, or failing that right after the candidate's guardrails were written)."""
+    reg = tmp_path_factory.mktemp("reg") / "registry"
+    work = tmp_path_factory.mktemp("killwork")
+    cmd = [sys.executable, "-m", "slidr.cli", "daily", "--clicks", str(sim / "clicks.parquet"),
+           "--customers", str(sim / "customers.parquet"), "--registry", str(reg),
+           "--work", str(work), *LOOSE]
+    seen = []
+    for stage in ("early", "publish"):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+        t0 = time.monotonic()
+        while proc.poll() is None and time.monotonic() - t0 < 150:
+            if stage == "early" and time.monotonic() - t0 > 2.0:
+                break
+            if stage == "publish":
+                b = reg / "bundles"
+                if b.is_dir() and any(p.name.endswith(".partial") for p in b.iterdir()):
+                    seen.append("partial")
+                    break
+                if (work / "candidate" / "guardrails.json").exists():
+                    seen.append("guardrails.json")
+                    break
+            time.sleep(0.002)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        seen.append(f"{stage}: rc {proc.returncode}")
+        _registry_consistent(reg)
+    return {"registry": reg, "seen": seen}
+
+
+def test_sigkill_at_any_point_leaves_registry_valid(killed) -> None:
+    # _registry_consistent ran after each kill; nothing half-made is visible.
+    reg = Registry(killed["registry"])
+    assert all(r is None for r in reg.verify_all().values()), killed["seen"]
+    assert any(s.startswith("publish: rc -9") for s in killed["seen"]), killed["seen"]
+
+
+@pytest.fixture(scope="module")
+def first_run(killed, sim: Path, tmp_path_factory):
+    reg = killed["registry"]
+    work = tmp_path_factory.mktemp("work")
+    res = daily.run_daily(sim / "clicks.parquet", sim / "customers.parquet", reg, work,
+                          loose_cfg(), log=lambda m: None)
+    return reg, work, res
+
+
+def test_first_run_publishes_and_promotes(first_run) -> None:
+    reg_dir, work, res = first_run
+    assert res["exit_code"] == daily.EXIT_PUBLISHED, (res["reason"], res.get("traceback"))
+    reg = Registry(reg_dir)
+    b = reg.current_verified()
+    assert b is not None and b.version == res["version"]
+    # A publisher killed mid-publish left at most a hidden temp dir, swept by this publish.
+    assert not any(p.name.endswith(".partial") for p in (reg_dir / "bundles").iterdir())
+    for f in ("model.onnx", "thresholds.json", "feature_spec.json", "feature_stats.json",
+              "guardrails.json", "calibration.html", "metrics.json", "report.html"):
+        assert (b.path / f).is_file(), f
+    assert b.thresholds["method"] == "slice"
+    assert b.manifest["guardrails"]["passed"] is True
+    runs = list((reg_dir / "runs").glob("*-published.json"))
+    assert runs and json.loads(runs[0].read_text())["exit_code"] == 0
+
+
+def test_second_run_compares_with_current_and_outage_is_refused(first_run, sim: Path,
+                                                                 tmp_path: Path) -> None:
+    reg_dir, work, res1 = first_run
+    reg = Registry(reg_dir)
+    v1 = reg.current().version
+
+    def same_model(clicks, customers, out, cfg):  # reuse the first run's training output
+        shutil.copytree(work / "train", out)
+
+    res = daily.run_daily(sim / "clicks.parquet", sim / "customers.parquet", reg_dir,
+                          tmp_path / "w2", loose_cfg(), log=lambda m: None, train_fn=same_model)
+    assert res["exit_code"] == 0, res["reason"]
+    assert res["compared_with"] == v1
+    names = {c["name"]: c for c in res["checks"]}
+    assert names["feature_drift"]["passed"] and names["feature_drift"]["value"] < 0.05
+    assert names["ivr_vs_current"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert reg.current().version == res["version"] and reg.previous().version == v1
+
+    # A purchase-label outage of a few hours: refused before training, current model stays.
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    tbl = pq.read_table(sim / "clicks.parquet")
+    ts = tbl.column("ts").to_numpy()
+    h = (ts - ts.min()) // 3_600_000
+    out = (h >= 40) & (h < 44)
+    tbl = tbl.set_column(tbl.column_names.index("purchased"), "purchased",
+                         pc.and_(tbl.column("purchased"), pc.invert(np.asarray(out))))
+    bad = tmp_path / "outage.parquet"
+    pq.write_table(tbl, bad)
+    before = reg.pointers()
+    r = subprocess.run([sys.executable, "-m", "slidr.cli", "daily", "--clicks", str(bad),
+                        "--customers", str(sim / "customers.parquet"), "--registry",
+                        str(reg_dir), *LOOSE, "--json"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == daily.EXIT_DATA, r.stderr
+    doc = json.loads(r.stdout)
+    assert "human_density_hourly" in doc["reason"] and "purchase labels look missing" in doc["reason"]
+    assert reg.pointers()["current"] == before["current"]
