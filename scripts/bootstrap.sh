@@ -26,5 +26,13 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --no-build-isolation -e ".[daemon,offline,bench,dev]"
   echo "$want" > "$stamp"
 fi
+# A third-party msgpack-RPC client (not ours) for the wire-compatibility test. It pins an old
+# msgpack, so it lives in its own venv.
+if [ ! -x .venv-thirdparty/bin/python ] || ! .venv-thirdparty/bin/python -c "import msgpackrpc" 2>/dev/null; then
+  echo "[bootstrap] installing the third-party msgpack-rpc-python client into .venv-thirdparty" >&2
+  "$PY" -m venv .venv-thirdparty
+  .venv-thirdparty/bin/python -m pip install -q "msgpack-rpc-python==0.4.1" || \
+    echo "[bootstrap] warning: msgpack-rpc-python did not install; its test will fail" >&2
+fi
 # Always rebuild the extension in place so a stale .so never hides a kernel change.
 .venv/bin/python setup.py -q build_ext --inplace >/dev/null
