@@ -138,12 +138,12 @@ def weak_labels(purchased: Any, user_id: Sequence[Any] | np.ndarray, logged_in: 
     if scores is None and customers_table is None:
         return pur.astype(np.int8)
     sc = scores if scores is not None else rfm_scores(customers_table, cfg)
-    high_ids = {u for u, h in zip(sc.user_id.tolist(), sc.high.tolist(), strict=True) if h}
-    if high_ids and n:
-        idx = np.flatnonzero(li)
-        hit = np.fromiter((uid[i] in high_ids for i in idx), dtype=bool, count=idx.shape[0])
-        high = np.zeros(n, dtype=bool)
-        high[idx[hit]] = True
-    else:
-        high = np.zeros(n, dtype=bool)
+    high = np.zeros(n, dtype=bool)
+    if sc.high.any() and n:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        # Customer ids read from a CSV may come back as integers; clicks carry strings.
+        hit = pc.is_in(pa.array(uid, type=pa.string()),
+                       value_set=pa.array([str(u) for u in sc.user_id[sc.high]], type=pa.string()))
+        high = pc.fill_null(hit, False).to_numpy(zero_copy_only=False) & li
     return (pur | high).astype(np.int8)

@@ -87,3 +87,8 @@ def test_on_simulated_log():
     # a high RFM score) and most humans are not labelled human (they never buy).
     assert 0 < y[rob].mean() < 0.02
     assert y[~rob].mean() > 5 * y[rob].mean()
+
+
+def test_numeric_customer_ids_match_string_click_ids():
+    d = {"user_id": [11, 22], "recency_days": [1, 9], "frequency": [3, 1], "monetary": [5.0, 1.0]}
+    assert weak_labels([False, False], ["11", "22"], [True, True], d).tolist() == [1, 0]
