@@ -155,3 +155,29 @@ def test_kill_during_publish_leaves_no_half_bundle(tmp_path: Path) -> None:
     # The next publisher sweeps what a killed one left behind.
     Registry(reg_dir).publish(make_src(tmp_path / "s2", "z"), version="after")
     assert not any(p.name.endswith(".partial") for p in (reg_dir / "bundles").iterdir())
+
+
+def test_cli_models(tmp_path: Path, capsys) -> None:
+    from slidr.cli import main
+    reg_dir = tmp_path / "reg"
+    reg = Registry(reg_dir)
+    v1 = reg.publish(make_src(tmp_path / "s1", "a"), version="v1", promote=True)
+    reg.publish(make_src(tmp_path / "s2", "b"), version="v2", promote=True)
+    r = ["--registry", str(reg_dir)]
+    assert main(["models", "list", *r]) == 0
+    assert "* v2" in capsys.readouterr().out
+    assert main(["models", "show", *r, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["version"] == "v2"
+    assert main(["models", "rollback", *r]) == 0
+    assert reg.current().version == v1
+    assert main(["models", "rollback", *r]) == 2  # no previous: refused, one clear line
+    assert "no previous" in capsys.readouterr().err
+    assert main(["models", "promote", "v2", *r]) == 0 and reg.current().version == "v2"
+    assert main(["models", "verify", *r]) == 0
+    os.chmod(reg.bundles_dir / "v1", 0o755)
+    (reg.bundles_dir / "v1" / "stray.txt").write_text("x")
+    capsys.readouterr()
+    assert main(["models", "verify", *r, "--json"]) == 5
+    out = json.loads(capsys.readouterr().out)
+    assert out["results"]["v1"] == "files not in the manifest: stray.txt"
+    assert main(["models", "promote", "v1", *r]) == 5 and reg.current().version == "v2"
