@@ -73,7 +73,7 @@ def register(sub: Any) -> None:
     e.add_argument("--procs", type=int, default=1)
     e.add_argument("--tick-us", type=int, default=100)
     e.add_argument("--floor-rate", type=float, default=1000.0)
-    e.add_argument("--max-rate", type=float, default=320_000.0)
+    e.add_argument("--max-rate", type=float, default=256_000.0)
     e.add_argument("--step-seconds", type=float, default=2.0)
     e.add_argument("--refresh", action="store_true", help="ignore the cached calibration")
     e.add_argument("--out", metavar="FILE.json", help="also write the calibration here")
