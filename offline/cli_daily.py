@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="data guardrail: minimum purchases per slice in the log (default 20)")
     p.add_argument("--fpr-tolerance", type=float, default=0.5,
                    help="held-out FPR may exceed the budget by this fraction (+3 s.e.)")
+    p.add_argument("--guardrail-config", default=None, metavar="FILE.json",
+                   help="JSON object overriding any guardrail limit by name (see "
+                        "slidr.offline.guardrails.GuardrailConfig); applied after the flags")
     p.add_argument("--json", action="store_true", help="print the run result as JSON")
     p.add_argument("--progress", action="store_true", help="progress lines on stderr")
     p.set_defaults(func=run)
@@ -54,6 +57,17 @@ def run(args: argparse.Namespace) -> int:
                           fpr_tolerance=args.fpr_tolerance,
                           min_slice_clicks=args.min_slice_clicks,
                           min_slice_purchases=args.min_slice_purchases)
+    if args.guardrail_config:
+        import dataclasses
+        with open(args.guardrail_config) as f:
+            over = json.load(f)
+        known = {f.name for f in dataclasses.fields(g)}
+        bad = sorted(set(over) - known) if isinstance(over, dict) else ["<not an object>"]
+        if bad:
+            raise ValueError(f"{args.guardrail_config}: unknown guardrail setting(s) "
+                             f"{', '.join(bad)}; known: {', '.join(sorted(known))}")
+        for k, v in over.items():
+            setattr(g, k, v)
     from .calibrate import parse_slice_coverage
     extra = {}
     if args.slice_min_coverage:
