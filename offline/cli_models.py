@@ -117,7 +117,7 @@ def _dispatch(args: argparse.Namespace, reg: Any) -> int:
         return 0
     if args.action == "verify":
         versions = [args.version] if args.version else reg.list()
-        res = {}
+        res: dict[str, str | None] = {}
         for v in versions:
             try:
                 reg.verify(v)

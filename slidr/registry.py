@@ -27,7 +27,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -477,17 +476,16 @@ def _check_built(tmp: Path, version: str, expected_spec_hash: str | None) -> Non
 
 
 def _rmtree_ro(p: Path) -> None:
-    def onexc(func: Any, path: str, exc: BaseException) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(path), 0o755)
-            os.chmod(path, 0o755)
-            func(path)
-    with contextlib.suppress(FileNotFoundError):
+    """rmtree that first makes read-only directories writable (bundles are chmod 0555)."""
+    if not p.exists():
+        return
+    for root, dirs, _files in os.walk(p):
+        for d in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, d), 0o755)
+    with contextlib.suppress(OSError):
         os.chmod(p, 0o755)
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(p, onexc=onexc)
-    else:
-        shutil.rmtree(p, onerror=onexc)
+    shutil.rmtree(p, ignore_errors=True)
 
 
 def _now() -> str:
