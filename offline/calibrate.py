@@ -337,7 +337,7 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         parts = ", ".join(f"{s} needs FPR >= {fits[s]['floor_fpr']:.4f} for "
                           f"{fits[s]['min_coverage']:.0%} coverage, costing {need[s]:.5f} of the budget "
                           f"(p_s={fits[s]['p']:.3f})"
-                          for s in sorted(need, key=need.get, reverse=True) if need[s] > 0)
+                          for s in sorted(need, key=lambda k: need[k], reverse=True) if need[s] > 0)
         fb = (f"; slices on the global fallback spend {cfg.fpr_budget - budget_left:.5f}"
               if fallback else "")
         msg = (f"slice calibration infeasible: FPR budget {cfg.fpr_budget:.4f} < minimum feasible "

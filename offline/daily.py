@@ -73,7 +73,7 @@ def run_daily(clicks: str | Path, customers: str | Path | None, registry: str | 
     cfg.guard.slice_min_coverage = dict(cfg.slice_min_coverage)
     reg = Registry(registry)
     own_work = work is None
-    wdir = Path(tempfile.mkdtemp(prefix="slidr-daily-")) if own_work else Path(work)
+    wdir = Path(tempfile.mkdtemp(prefix="slidr-daily-")) if work is None else Path(work)
     wdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res: dict[str, Any] = {"started": _now(), "clicks": str(clicks), "registry": str(registry),

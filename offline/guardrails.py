@@ -183,7 +183,6 @@ def hourly_density(ts: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfig) 
     cn, cp, ce = (np.r_[0.0, np.cumsum(v)] for v in (n, p, exp_))
     bad = np.zeros(n.size, dtype=bool)
     worst, worst_at = float("inf"), None
-    windows = []
     for length in range(1, cfg.max_window_hours + 1):
         if length > n.size:
             break
@@ -198,20 +197,19 @@ def hourly_density(ts: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfig) 
                 # Blame only the window's hours that are short themselves.
                 bad[i:i + length] |= (p[i:i + length]
                                       < cfg.min_hour_density_ratio * exp_[i:i + length])
-                windows.append((int(i), length, float(pw[i]), float(ew[i])))
     spans = []
-    i = 0
-    while i < bad.size:
-        if bad[i]:
-            j = i
-            while j + 1 < bad.size and bad[j + 1]:
-                j += 1
-            got, want = p[i:j + 1].sum(), exp_[i:j + 1].sum()
-            spans.append(f"{_stamp(h0 + i)} .. {_stamp(h0 + j + 1)} ({int(got)} purchases, "
-                         f"~{want:.0f} expected, {int(n[i:j + 1].sum())} clicks)")
-            i = j + 1
+    a = 0
+    while a < bad.size:
+        if bad[a]:
+            b = a
+            while b + 1 < bad.size and bad[b + 1]:
+                b += 1
+            got, want = p[a:b + 1].sum(), exp_[a:b + 1].sum()
+            spans.append(f"{_stamp(h0 + a)} .. {_stamp(h0 + b + 1)} ({int(got)} purchases, "
+                         f"~{want:.0f} expected, {int(n[a:b + 1].sum())} clicks)")
+            a = b + 1
         else:
-            i += 1
+            a += 1
     if worst == float("inf"):
         worst = float("nan")
     msg = ("purchase labels look missing in " + "; ".join(spans) + f": density below "
