@@ -88,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
             mark = "ok  " if c["passed"] else "FAIL"
             print(f"  [{mark}] {c['kind']:<5} {c['name']:<26} {c['message'][:160]}")
         print(f"current model: {res.get('current')}")
+        if res["exit_code"] != daily.EXIT_PUBLISHED and res["work"]:
+            print(f"work directory kept for inspection: {res['work']}")
     if res["exit_code"] == daily.EXIT_FAILED and res.get("traceback"):
         print(res["traceback"], file=sys.stderr)
     return int(res["exit_code"])

@@ -85,7 +85,9 @@ def run_daily(clicks: str | Path, customers: str | Path | None, registry: str | 
         log(f"daily: {s.status}: {res['reason']}")
     except Exception as e:  # the job failed; the registry is untouched
         res.update({"exit_code": EXIT_FAILED, "status": "failed",
-                    "reason": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+                    "reason": f"{type(e).__name__}: {e}"})
+        if not isinstance(e, ValueError | FileNotFoundError):  # user errors need no traceback
+            res["traceback"] = traceback.format_exc()
         log(f"daily: failed: {type(e).__name__}: {e}")
     cur = reg.pointers().get("current") if reg.pointers_path.exists() else None
     res.update({"finished": _now(), "seconds": round(time.time() - t0, 2), "current": cur})
@@ -94,8 +96,9 @@ def run_daily(clicks: str | Path, customers: str | Path | None, registry: str | 
                    f"-{res['status']}.json", _clean(res))
     except OSError as e:  # a run log that cannot be written must not hide the outcome
         log(f"daily: could not write the run log: {e}")
-    if own_work and res["exit_code"] == EXIT_PUBLISHED:
+    if own_work and (res["exit_code"] == EXIT_PUBLISHED or not any(wdir.iterdir())):
         shutil.rmtree(wdir, ignore_errors=True)
+        res["work"] = None
     return res
 
 
