@@ -152,10 +152,24 @@ def evaluate_sliced(score: np.ndarray, threshold: float, cols: Mapping[str, np.n
                      sel(cols["weak_label"]) if cols.get("weak_label") is not None else None,
                      sel(cols["is_robot"]) if cols.get("is_robot") is not None else None)
         if m["n_purchasing"] > 0:
-            t, f, ivr = ivr_at_fpr(sel(score), sel(cols["purchased"]), fpr_target)
+            sc, pu = sel(score), sel(cols["purchased"])
+            t, f, ivr = ivr_at_fpr(sc, pu, fpr_target)
             m["own_threshold"] = t
             m["fpr_at_own_threshold"] = f
             m["ivr_at_fpr_target"] = ivr
+            # Sampling noise of the FPR estimate itself: with m = target x purchasers allowed
+            # false positives, the count is uncertain by about sqrt(m); the IVR at FPR =
+            # target x (1 -+ 1/sqrt(m)) brackets what another day could show.
+            allowed = fpr_target * m["n_purchasing"]
+            if allowed >= 1:
+                rel = 1.0 / np.sqrt(allowed)
+                m["ivr_band"] = [ivr_at_fpr(sc, pu, fpr_target * max(1 - rel, 0.0))[2],
+                                 ivr_at_fpr(sc, pu, fpr_target * (1 + rel))[2]]
+            if cols.get("is_robot") is not None:
+                inv = sc > t
+                r = sel(cols["is_robot"])
+                m["precision_at_fpr_target"] = _rate((inv & r).sum(), inv.sum())
+                m["recall_at_fpr_target"] = _rate((inv & r).sum(), r.sum())
         else:
             m["ivr_at_fpr_target"] = float("nan")
         return m

@@ -30,7 +30,10 @@ class TrainConfig:
     hidden: tuple[int, ...] = (64, 32)
     weight_decay: float = 1e-4
     batch_size: int = 16_384  # replay batch (store round trip)
-    threads: int = 2
+    # One torch thread: the MLP is too small to gain from two, and with two, a busy second
+    # core (another job, the daemon) makes every step wait on a thread barrier (measured 6x
+    # slower under load).
+    threads: int = 1
     progress: bool = True
     use_native: bool | None = None
 
@@ -290,9 +293,23 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
                             results[base]["overall"]["ivr_at_fpr_target"])}
         for sn, m in results["model"]["slices"].items():
             rows[sn] = (m["ivr_at_fpr_target"], results[base]["slices"][sn]["ivr_at_fpr_target"])
-        out[base] = {k: {"model_ivr": a, "baseline_ivr": b,
-                         "model_wins": bool(a > b) if np.isfinite(a) and np.isfinite(b) else None}
-                     for k, (a, b) in rows.items()}
+        out[base] = {}
+        for k, (a, b) in rows.items():
+            blk_m = results["model"]["overall" if k == "overall" else "slices"]
+            blk_b = results[base]["overall" if k == "overall" else "slices"]
+            if k != "overall":
+                blk_m, blk_b = blk_m[k], blk_b[k]
+            band_m, band_b = blk_m.get("ivr_band"), blk_b.get("ivr_band")
+            row = {"model_ivr": a, "baseline_ivr": b,
+                   "model_wins": bool(a > b) if np.isfinite(a) and np.isfinite(b) else None,
+                   # Bands overlap: the difference is within the FPR estimate's sampling noise.
+                   "within_noise": (bool(band_m[0] <= band_b[1] and band_b[0] <= band_m[1])
+                                    if band_m and band_b else None)}
+            for who, blk in (("model", blk_m), ("baseline", blk_b)):
+                if "precision_at_fpr_target" in blk:
+                    row[f"{who}_precision"] = blk["precision_at_fpr_target"]
+                    row[f"{who}_recall"] = blk["recall_at_fpr_target"]
+            out[base][k] = row
     out["model_beats_all_everywhere"] = all(
         v["model_wins"] for b in ("logistic", "velocity") for v in out[b].values()
         if v["model_wins"] is not None)

@@ -187,11 +187,24 @@ def write(out: Path, doc: dict[str, Any], curves: dict[str, Any], scores: dict[s
     parts.append(_table(["slice", "scorer", "clicks", "purchasing"]
                         + [k.replace("_", " ") for k in skeys], rows))
     comp = doc["comparison"]
-    rows = [[where, comp["logistic"][where]["model_ivr"], comp["logistic"][where]["baseline_ivr"],
-             comp["logistic"][where]["model_wins"], comp["velocity"][where]["baseline_ivr"],
-             comp["velocity"][where]["model_wins"]] for where in comp["logistic"]]
-    parts.append("<h3>Model vs baselines: IVR at FPR = target</h3>" + _table(
-        ["where", "model", "logistic", "model wins", "velocity", "model wins"], rows))
+    hdr = ["where", "baseline", "model IVR", "baseline IVR", "model wins", "within noise"]
+    if truth:
+        hdr += ["model true precision", "baseline true precision", "model true recall",
+                "baseline true recall"]
+    rows = []
+    for base in ("logistic", "velocity"):
+        for where, c in comp[base].items():
+            r = [where, base, c["model_ivr"], c["baseline_ivr"], c["model_wins"],
+                 c["within_noise"]]
+            if truth:
+                r += [c.get("model_precision"), c.get("baseline_precision"),
+                      c.get("model_recall"), c.get("baseline_recall")]
+            rows.append(r)
+    parts.append("<h3>Model vs baselines: IVR at FPR = target (each on its own threshold)</h3>"
+                 "<p><i>within noise</i>: the IVR ranges at FPR = target x (1 &plusmn; "
+                 "1/sqrt(target x purchasing clicks)) overlap, i.e. the difference is smaller "
+                 "than what the sampling noise of the FPR estimate alone can move.</p>"
+                 + _table(hdr, rows))
     if len(pngs) > 1 and pngs[1] == "ivr_fpr_slices.png":
         parts.append("<img src='ivr_fpr_slices.png'>")
     if truth and doc.get("label_quality"):

@@ -111,7 +111,7 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
         y_va: np.ndarray, w_va: np.ndarray, hidden: tuple[int, ...] = (64, 32),
-        weight_decay: float = 1e-4, lr: float = 2e-3, epochs: int = 20, batch_size: int = 2048,
+        weight_decay: float = 1e-4, lr: float = 3e-3, epochs: int = 20, batch_size: int = 4096,
         patience: int = 3, seed: int = 0, progress: bool = True, label: str = "train"
         ) -> FitResult:
     """Weighted BCE on y = 1 for robot; L2 (weight decay) on the hidden layers' weights only;
@@ -141,20 +141,25 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     ep = -1
     for ep in range(epochs):
         model.train()
+        # One gather per epoch, then contiguous slices: per-step fancy indexing costs more
+        # than the tiny network's forward and backward passes.
         perm = torch.randperm(n, generator=g)
+        xp, yp, wp = xt[perm], yt[perm], wt[perm]
         tot = 0.0
         for i in range(steps):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
-            loss = (bce(model(xt[idx]), yt[idx], reduction="none") * wt[idx]).sum() / wt[idx].sum()
+            sl = slice(i * batch_size, (i + 1) * batch_size)
+            xb, yb, wb = xp[sl], yp[sl], wp[sl]
+            loss = (bce(model(xb), yb, reduction="none") * wb).sum() / wb.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tot += float(loss.detach()) * idx.shape[0]
+            tot += float(loss.detach()) * xb.shape[0]
             bar.update(1)
         model.eval()
         with torch.no_grad():
             vl = float((bce(model(xv), yv, reduction="none") * wv).sum() / wv.sum())
-        hist.append({"epoch": ep, "train_loss": tot / n, "val_loss": vl})
+        hist.append({"epoch": ep, "train_loss": tot / n, "val_loss": vl,
+                     "lr": opt.param_groups[0]["lr"]})
         if vl < best[0] - 1e-5:
             best = (vl, ep, {k: v.clone() for k, v in model.state_dict().items()})
             bad = 0
@@ -162,6 +167,8 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
             bad += 1
             if bad >= patience:
                 break
+            for grp in opt.param_groups:  # halve the step on a plateau before giving up
+                grp["lr"] *= 0.5
     bar.close()
     if best[2] is not None:
         model.load_state_dict(best[2])
