@@ -58,12 +58,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"trained on {res['n_clicks']:,} clicks in {res['timings']['total_s']:.1f} s "
           f"(replay {res['timings']['replay_s']:.1f} s)")
     print(f"test day at overall FPR target {args.fpr_target:g}:")
+    def f(v: float, digits: int = 3) -> str:
+        return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
     for name in pipeline.SCORERS:
         o = m[name]
-        extra = (f"  precision {o['precision']:.3f}  recall {o['recall']:.3f}"
+        extra = (f"  precision {f(o['precision'])}  recall {f(o['recall'])}"
                  if "precision" in o else "")
-        print(f"  {name:<9} IVR {o['ivr']:.4f}  FPR {o['fpr']:.4f}  coverage {o['coverage']:.3f}"
-              f"  AUC {o['auc']:.3f}{extra}")
+        print(f"  {name:<9} IVR {f(o['ivr'], 4)}  FPR {f(o['fpr'], 4)}  coverage "
+              f"{f(o['coverage'])}  AUC {f(o['auc'])}{extra}")
     print("model beats both baselines overall and in every slice: "
           f"{'yes' if res['comparison']['model_beats_all_everywhere'] else 'NO'}")
     print(f"report: {res['report']}")
