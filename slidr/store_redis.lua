@@ -2,71 +2,50 @@
 -- Twin of ext/reference.py: the same counter math in Lua 5.1 doubles, in the same operation
 -- order, so the raw counters equal the embedded store's.
 --
--- KEYS: for click i (1-based) KEYS[3i-2] user, KEYS[3i-1] session, KEYS[3i] ip state keys.
--- ARGV[1]: n * 12 bytes, per click "<d" ts (epoch ms) and 4 bytes: session HLL register,
---          session rank, user HLL register, user rank.
+-- KEYS: the batch's distinct state keys, users first, then sessions, then IPs (the client
+--       deduplicates, so each key is named, read and written once per batch).
+-- ARGV[1]: n * 24 bytes, per click "<dBBBBI4I4I4": ts (epoch ms), session HLL register,
+--          session rank, user HLL register, user rank, and the 1-based positions of the
+--          click's user key among the users, its session among the sessions and its IP among
+--          the IPs.
 -- ARGV[2]: extra physical TTL in ms on top of each logical TTL.
+-- ARGV[3], ARGV[4]: the number of user keys and of session keys in KEYS (the rest are IPs).
 -- Returns n * 32 little-endian doubles (the RAW layout of slidr/featurespec.py).
 --
 -- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddd" c60 c3600 last
 -- first; ip "<dddddd" c60 c3600 c86400 last bucket_1h bucket_1d, then 4 x "<dddd" z v pz pv,
 -- then 4 x 32 one-byte HLL registers.
 -- Constants below are filled in from slidr.featurespec when the script is loaded.
+--
+-- Speed (the script is most of the store's cost): every key is decoded once into a Lua table,
+-- mutated in place click by click and encoded once; a missing key starts as a state whose
+-- "last" is -inf, so the logical-expiry test resets it without a separate branch; powers of two
+-- come from a table (the same doubles as 2 ^ -r); exp is skipped when dt == 0 (exp(-0) is
+-- exactly 1, so c * 1 + 1 == c + 1); each click's 32 outputs go to one struct.pack.
 
-local U_TAU = {__USER_TAUS__}
-local S_TAU = {__SESSION_TAUS__}
-local I_TAU = {__IP_TAUS__}
+local U_TAU1, U_TAU2, U_TAU3, U_TAU4 = __USER_TAUS__
+local S_TAU1, S_TAU2 = __SESSION_TAUS__
+local I_TAU1, I_TAU2, I_TAU3 = __IP_TAUS__
 local U_TTL, S_TTL, I_TTL = __USER_TTL_MS__, __SESSION_TTL_MS__, __IP_TTL_MS__
 local W_HOUR, W_DAY = __HOUR_MS__, __DAY_MS__
 local M = __HLL_M__
 
 local exp, floor = math.exp, math.floor
 local sunpack, spack = struct.unpack, struct.pack
-local sbyte, schar = string.byte, string.char
+local sbyte, schar, srep = string.byte, string.char, string.rep
 local call = redis.call
+local NEVER = -math.huge
 
 local blob = ARGV[1]
 local slack = tonumber(ARGV[2])
-local n = #blob / 12
+local nu, ns = tonumber(ARGV[3]), tonumber(ARGV[4])
+local nk = #KEYS
+local n = #blob / 24
 
-local cache = {}   -- key name -> state table
-local kind = {}    -- key name -> "u" | "s" | "i" for touched keys
-local touched = {} -- key names in first-touch order
-
--- Read every key in a few MGETs up front (one redis.call per 1000 keys, not one per key).
-local blobs = {}
-do
-  local nk = #KEYS
-  for a = 1, nk, 1000 do
-    local b = a + 999
-    if b > nk then b = nk end
-    local got = call('MGET', unpack(KEYS, a, b))
-    for q = 1, b - a + 1 do blobs[a + q - 1] = got[q] end
-  end
-end
-
-local function load(ki, what)
-  local k = KEYS[ki]
-  local st = cache[k]
-  if st then return st end
-  local raw = blobs[ki]
-  if raw then
-    if what == 'u' then
-      st = {sunpack('<ddddd', raw)}
-    elseif what == 's' then
-      st = {sunpack('<dddd', raw)}
-    else
-      st = {sunpack('<dddddddddddddddddddddd', raw)}
-      st.regs = {sbyte(raw, 177, 304)}
-    end
-  else
-    st = {absent = true}
-  end
-  cache[k] = st
-  kind[k] = what
-  touched[#touched + 1] = k
-  return st
-end
+-- P2[r] = 2^-r, exactly the doubles that 2 ^ (-r) gives.
+local P2 = {}
+for r = 0, 64 do P2[r] = 2 ^ (-r) end
+local ZEROS = srep('\0', 4 * M)
 
 -- floor(t / w) for integer-valued doubles, robust to the rounding of the division.
 local function bucket_of(t, w)
@@ -75,117 +54,191 @@ local function bucket_of(t, w)
   return b
 end
 
+-- Read every key with a few MGETs (one redis.call per 1000 keys) and decode each blob once.
+local U, S, P, R = {}, {}, {}, {}   -- users, sessions, IP counters, IP registers
+do
+  local su, ss = nu, nu + ns
+  for a = 1, nk, 1000 do
+    local b = a + 999
+    if b > nk then b = nk end
+    local got = call('MGET', unpack(KEYS, a, b))
+    for q = 1, b - a + 1 do
+      local k = a + q - 1
+      local raw = got[q]
+      if k <= su then
+        if raw then U[k] = {sunpack('<ddddd', raw)} else U[k] = {0, 0, 0, 0, NEVER} end
+      elseif k <= ss then
+        if raw then S[k - su] = {sunpack('<dddd', raw)} else S[k - su] = {0, 0, NEVER, 0} end
+      else
+        if raw then
+          P[k - ss] = {sunpack('<dddddddddddddddddddddd', raw)}
+          R[k - ss] = {sbyte(raw, 177, 176 + 4 * M)}
+        else
+          P[k - ss] = {0, 0, 0, NEVER, 0, 0}
+          R[k - ss] = false
+        end
+      end
+    end
+  end
+end
+
 local out = {}
 local pos = 1
--- One row table for all clicks (spack copies the values), preallocated to 32 slots.
-local row = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+local F32 = '<dddddddddddddddddddddddddddddddd'
 for i = 1, n do
-  local t, sreg, srank, ureg, urank
-  t, sreg, srank, ureg, urank, pos = sunpack('<dBBBB', blob, pos)
+  local t, sreg, srank, ureg, urank, ui, si, ii
+  t, sreg, srank, ureg, urank, ui, si, ii, pos = sunpack('<dBBBBI4I4I4', blob, pos)
 
   -- user: c[1..4], last = [5]
-  local u = load(3 * i - 2, 'u')
-  local gap
-  if u.absent or t - u[5] > U_TTL then
-    u.absent = nil
+  local u = U[ui]
+  local ugap
+  local d = t - u[5]
+  if d > U_TTL then
     u[1], u[2], u[3], u[4], u[5] = 1.0, 1.0, 1.0, 1.0, t
-    gap = -1.0
+    ugap = -1.0
+  elseif d > 0 then
+    ugap = d / 1000.0
+    u[1] = u[1] * exp(-ugap / U_TAU1) + 1.0
+    u[2] = u[2] * exp(-ugap / U_TAU2) + 1.0
+    u[3] = u[3] * exp(-ugap / U_TAU3) + 1.0
+    u[4] = u[4] * exp(-ugap / U_TAU4) + 1.0
+    u[5] = t
   else
-    local d = t - u[5]
-    if d < 0 then d = 0 end
-    gap = d / 1000.0
-    for k = 1, 4 do u[k] = u[k] * exp(-gap / U_TAU[k]) + 1.0 end
-    if t > u[5] then u[5] = t end
+    ugap = 0.0
+    u[1], u[2], u[3], u[4] = u[1] + 1.0, u[2] + 1.0, u[3] + 1.0, u[4] + 1.0
   end
-  row[1], row[2], row[3], row[4], row[5] = u[1], u[2], u[3], u[4], gap
 
   -- session: c[1..2], last = [3], first = [4]
-  local s = load(3 * i - 1, 's')
-  if s.absent or t - s[3] > S_TTL then
-    s.absent = nil
+  local s = S[si]
+  local sgap
+  d = t - s[3]
+  if d > S_TTL then
     s[1], s[2], s[3], s[4] = 1.0, 1.0, t, t
-    gap = -1.0
+    sgap = -1.0
+  elseif d > 0 then
+    sgap = d / 1000.0
+    s[1] = s[1] * exp(-sgap / S_TAU1) + 1.0
+    s[2] = s[2] * exp(-sgap / S_TAU2) + 1.0
+    s[3] = t
   else
-    local d = t - s[3]
-    if d < 0 then d = 0 end
-    gap = d / 1000.0
-    for k = 1, 2 do s[k] = s[k] * exp(-gap / S_TAU[k]) + 1.0 end
-    if t > s[3] then s[3] = t end
+    sgap = 0.0
+    s[1], s[2] = s[1] + 1.0, s[2] + 1.0
   end
   local age = t - s[4]
   if age < 0 then age = 0 end
-  row[6], row[7], row[8], row[9] = s[1], s[2], gap, age / 1000.0
 
-  -- ip: c[1..3], last = [4], buckets [5] (1 h) [6] (1 d), HLL j at [7+4j .. 10+4j]
-  local p = load(3 * i, 'i')
-  if p.absent or t - p[4] > I_TTL then
-    p.absent = nil
+  -- ip: c[1..3], last = [4], buckets [5] (1 h) [6] (1 d), HLL j (z, v, pz, pv) at
+  -- [7+4j .. 10+4j], j = 0 sessions 1 h, 1 users 1 h, 2 sessions 1 d, 3 users 1 d;
+  -- registers of HLL j at regs[32j + 1 .. 32j + 32]
+  local p = P[ii]
+  local regs
+  d = t - p[4]
+  if d > I_TTL then
     p[1], p[2], p[3], p[4] = 1.0, 1.0, 1.0, t
     p[5], p[6] = bucket_of(t, W_HOUR), bucket_of(t, W_DAY)
     for q = 7, 22 do p[q] = M end
-    local regs = {}
-    for q = 1, 4 * M do regs[q] = 0 end
-    p.regs = regs
+    regs = {sbyte(ZEROS, 1, 4 * M)}
+    R[ii] = regs
   else
-    local d = t - p[4]
-    if d < 0 then d = 0 end
-    gap = d / 1000.0
-    for k = 1, 3 do p[k] = p[k] * exp(-gap / I_TAU[k]) + 1.0 end
-    if t > p[4] then p[4] = t end
-  end
-  row[10], row[11], row[12] = p[1], p[2], p[3]
-  local regs = p.regs
-  for w = 0, 1 do
-    local win = (w == 0) and W_HOUR or W_DAY
-    local b = bucket_of(t, win)
-    local cur = p[5 + w]
-    if b > cur then
-      for j = 2 * w, 2 * w + 1 do
-        local o = 7 + 4 * j
-        if b == cur + 1 then
-          p[o + 2], p[o + 3] = p[o], p[o + 1]
-        else
-          p[o + 2], p[o + 3] = M, M
-        end
-        p[o], p[o + 1] = M, M
-        for q = j * M + 1, j * M + M do regs[q] = 0 end
-      end
-      p[5 + w] = b
-      cur = b
-    end
-    local frac = (t - cur * win) / win
-    if frac < 0.0 then frac = 0.0 elseif frac > 1.0 then frac = 1.0 end
-    for j = 2 * w, 2 * w + 1 do
-      local idx, rank
-      if j % 2 == 0 then idx, rank = sreg, srank else idx, rank = ureg, urank end
-      local o = 7 + 4 * j
-      local q = j * M + idx + 1
-      local r = regs[q]
-      if rank > r then
-        p[o] = p[o] - 2 ^ (-r) + 2 ^ (-rank)
-        if r == 0 then p[o + 1] = p[o + 1] - 1.0 end
-        regs[q] = rank
-      end
-      local c = 13 + 5 * j
-      row[c], row[c + 1], row[c + 2], row[c + 3], row[c + 4] =
-        p[o], p[o + 1], p[o + 2], p[o + 3], frac
+    regs = R[ii]
+    if d > 0 then
+      local g = d / 1000.0
+      p[1] = p[1] * exp(-g / I_TAU1) + 1.0
+      p[2] = p[2] * exp(-g / I_TAU2) + 1.0
+      p[3] = p[3] * exp(-g / I_TAU3) + 1.0
+      p[4] = t
+    else
+      p[1], p[2], p[3] = p[1] + 1.0, p[2] + 1.0, p[3] + 1.0
     end
   end
-  out[i] = spack('<dddddddddddddddddddddddddddddddd', unpack(row, 1, 32))
+
+  -- hour window: a new bucket starts at (cur + 1) * W_HOUR (exact: integer doubles)
+  local cur = p[5]
+  local start = cur * W_HOUR
+  if t >= start + W_HOUR then
+    local b = bucket_of(t, W_HOUR)
+    if b == cur + 1 then
+      p[9], p[10], p[13], p[14] = p[7], p[8], p[11], p[12]
+    else
+      p[9], p[10], p[13], p[14] = M, M, M, M
+    end
+    p[7], p[8], p[11], p[12] = M, M, M, M
+    for q = 1, 2 * M do regs[q] = 0 end
+    p[5] = b
+    start = b * W_HOUR
+  end
+  local hfrac = (t - start) / W_HOUR
+  if hfrac < 0.0 then hfrac = 0.0 elseif hfrac > 1.0 then hfrac = 1.0 end
+  local q = sreg + 1
+  local r = regs[q]
+  if srank > r then
+    p[7] = p[7] - P2[r] + P2[srank]
+    if r == 0 then p[8] = p[8] - 1.0 end
+    regs[q] = srank
+  end
+  q = M + ureg + 1
+  r = regs[q]
+  if urank > r then
+    p[11] = p[11] - P2[r] + P2[urank]
+    if r == 0 then p[12] = p[12] - 1.0 end
+    regs[q] = urank
+  end
+
+  -- day window
+  cur = p[6]
+  start = cur * W_DAY
+  if t >= start + W_DAY then
+    local b = bucket_of(t, W_DAY)
+    if b == cur + 1 then
+      p[17], p[18], p[21], p[22] = p[15], p[16], p[19], p[20]
+    else
+      p[17], p[18], p[21], p[22] = M, M, M, M
+    end
+    p[15], p[16], p[19], p[20] = M, M, M, M
+    for q2 = 2 * M + 1, 4 * M do regs[q2] = 0 end
+    p[6] = b
+    start = b * W_DAY
+  end
+  local dfrac = (t - start) / W_DAY
+  if dfrac < 0.0 then dfrac = 0.0 elseif dfrac > 1.0 then dfrac = 1.0 end
+  q = 2 * M + sreg + 1
+  r = regs[q]
+  if srank > r then
+    p[15] = p[15] - P2[r] + P2[srank]
+    if r == 0 then p[16] = p[16] - 1.0 end
+    regs[q] = srank
+  end
+  q = 3 * M + ureg + 1
+  r = regs[q]
+  if urank > r then
+    p[19] = p[19] - P2[r] + P2[urank]
+    if r == 0 then p[20] = p[20] - 1.0 end
+    regs[q] = urank
+  end
+
+  out[i] = spack(F32, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
+                 p[1], p[2], p[3],
+                 p[7], p[8], p[9], p[10], hfrac, p[11], p[12], p[13], p[14], hfrac,
+                 p[15], p[16], p[17], p[18], dfrac, p[19], p[20], p[21], p[22], dfrac)
 end
 
--- Write each touched key once, with a physical TTL past its logical one.
-for _, k in ipairs(touched) do
-  local st = cache[k]
-  local what = kind[k]
-  if what == 'u' then
-    call('SET', k, spack('<ddddd', st[1], st[2], st[3], st[4], st[5]), 'PX', U_TTL + slack)
-  elseif what == 's' then
-    call('SET', k, spack('<dddd', st[1], st[2], st[3], st[4]), 'PX', S_TTL + slack)
-  else
-    call('SET', k, spack('<dddddddddddddddddddddd', unpack(st, 1, 22))
-      .. schar(unpack(st.regs, 1, 4 * M)), 'PX', I_TTL + slack)
+-- Write each key once, with a physical TTL past its logical one.
+do
+  local upx = string.format('%d', U_TTL + slack)
+  local spx = string.format('%d', S_TTL + slack)
+  local ipx = string.format('%d', I_TTL + slack)
+  for k = 1, nu do
+    local u = U[k]
+    call('SET', KEYS[k], spack('<ddddd', u[1], u[2], u[3], u[4], u[5]), 'PX', upx)
+  end
+  for k = 1, ns do
+    local s = S[k]
+    call('SET', KEYS[nu + k], spack('<dddd', s[1], s[2], s[3], s[4]), 'PX', spx)
+  end
+  local o = nu + ns
+  for k = 1, nk - o do
+    call('SET', KEYS[o + k], spack('<dddddddddddddddddddddd', unpack(P[k], 1, 22))
+      .. schar(unpack(R[k], 1, 4 * M)), 'PX', ipx)
   end
 end
 return table.concat(out)

@@ -47,7 +47,14 @@ def script_source() -> str:
     return src
 
 
-_ARGV_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,))])
+# One record per click in ARGV[1]: ts, the 4 HLL bytes, and the 1-based positions of the click's
+# user, session and IP among the batch's distinct keys of that kind (see store_redis.lua).
+_CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,))])
+assert _CLICK_DTYPE.itemsize == 24
+
+
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
 class RedisStore:
@@ -56,6 +63,10 @@ class RedisStore:
     timeout_s bounds connect and each reply; a batch whose script runs longer than that (very
     large batches) also fails, so size it to the daemon's deadline. ttl_slack_ms is added to
     each key's logical TTL for its physical expiry (clocks of ad hosts lag a little).
+
+    Per batch the client deduplicates the keys (numpy), builds the whole EVALSHA request as one
+    RESP buffer with numpy (fixed-size key records; no per-key Python objects), and sends it on
+    a pooled connection; the reply is one bulk string read with np.frombuffer.
     """
 
     name = "redis"
@@ -86,32 +97,66 @@ class RedisStore:
                 health_check_interval=0)
         self._r = client
         plen = len(self.prefix)
+        # RESP record of one key: "$<len>\r\n" prefix tag 8-byte-hash "\r\n".
         self._klen = plen + 9
-        self._tmpl = np.empty((0, 3, self._klen), dtype=np.uint8)
-        self._head = np.frombuffer(self.prefix, dtype=np.uint8)
-        self._argv_slack = str(self.ttl_slack_ms).encode()
+        self._rec_head = b"$%d\r\n" % self._klen + self.prefix
+        self._tag_at = len(self._rec_head)
+        self._reclen = self._tag_at + 11
+        self._tmpl = np.empty((0, self._reclen), dtype=np.uint8)
+        self._argv_slack = _bulk(str(self.ttl_slack_ms).encode())
+        self._cmd_head = b"\r\n$7\r\nEVALSHA\r\n" + _bulk(self._sha.encode())
 
-    def _key_template(self, n: int) -> np.ndarray:
-        if self._tmpl.shape[0] < n:
-            cap = max(n, 2 * self._tmpl.shape[0], 64)
-            t = np.empty((cap, 3, self._klen), dtype=np.uint8)
-            plen = len(self.prefix)
-            t[:, :, :plen] = self._head
-            t[:, 0, plen] = ord("u")
-            t[:, 1, plen] = ord("s")
-            t[:, 2, plen] = ord("i")
+    def _records(self, k: int) -> np.ndarray:
+        if self._tmpl.shape[0] < k:
+            cap = max(k, 2 * self._tmpl.shape[0], 64)
+            t = np.empty((cap, self._reclen), dtype=np.uint8)
+            t[:, :self._tag_at] = np.frombuffer(self._rec_head, dtype=np.uint8)
+            t[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
             self._tmpl = t
-        return self._tmpl[:n]
+        return self._tmpl[:k]
 
     def keys_for(self, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray) -> list[bytes]:
-        """Redis key names, click-major: [u0, s0, i0, u1, s1, i1, ...]."""
-        n = uh.shape[0]
-        t = self._key_template(n)
-        plen = len(self.prefix)
-        h = np.stack([np.asarray(uh, dtype=np.uint64), np.asarray(sh, dtype=np.uint64),
-                      np.asarray(ih, dtype=np.uint64)], axis=1).astype(">u8")
-        t[:, :, plen + 1:] = h.view(np.uint8).reshape(n, 3, 8)
-        return t.view(f"V{self._klen}").ravel().tolist()
+        """Redis key names, click-major: [u0, s0, i0, u1, s1, i1, ...] (for inspection)."""
+        out = []
+        for u, s, i in zip(np.asarray(uh, np.uint64).tolist(), np.asarray(sh, np.uint64).tolist(),
+                           np.asarray(ih, np.uint64).tolist(), strict=True):
+            for tag, h in ((b"u", u), (b"s", s), (b"i", i)):
+                out.append(self.prefix + tag + h.to_bytes(8, "big"))
+        return out
+
+    def _request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
+                 hll: np.ndarray) -> bytes:
+        """The whole EVALSHA command as one RESP buffer (see store_redis.lua for the layout)."""
+        n = ts.shape[0]
+        clicks = np.empty(n, dtype=_CLICK_DTYPE)
+        clicks["ts"] = ts
+        clicks["hll"] = hll
+        idx = clicks["idx"]
+        if n == 1:
+            keys = np.array([uh[0], sh[0], ih[0]], dtype=">u8")
+            nu = ns = 1
+            idx[0] = 1
+        else:
+            uk, ui = np.unique(np.asarray(uh, dtype=np.uint64), return_inverse=True)
+            sk, si = np.unique(np.asarray(sh, dtype=np.uint64), return_inverse=True)
+            ik, ii = np.unique(np.asarray(ih, dtype=np.uint64), return_inverse=True)
+            idx[:, 0] = ui
+            idx[:, 1] = si
+            idx[:, 2] = ii
+            idx += 1
+            nu, ns = uk.shape[0], sk.shape[0]
+            keys = np.concatenate([uk, sk, ik]).astype(">u8")
+        k = keys.shape[0]
+        rec = self._records(k)
+        t = self._tag_at
+        rec[:nu, t] = 117  # "u"
+        rec[nu:nu + ns, t] = 115  # "s"
+        rec[nu + ns:, t] = 105  # "i"
+        rec[:, t + 1:t + 9] = keys.view(np.uint8).reshape(k, 8)
+        ks = str(k).encode()
+        return b"".join((b"*%d" % (k + 7), self._cmd_head, _bulk(ks), rec.tobytes(),
+                         _bulk(clicks.tobytes()), self._argv_slack,
+                         _bulk(b"%d" % nu), _bulk(b"%d" % ns)))
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                hll: np.ndarray) -> np.ndarray:
@@ -120,18 +165,22 @@ class RedisStore:
             raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
-        argv = np.empty(n, dtype=_ARGV_DTYPE)
-        argv["ts"] = ts
-        argv["hll"] = hll
-        keys = self.keys_for(uh, sh, ih)
-        args = (*keys, argv.tobytes(), self._argv_slack)
+        req = self._request(ts, uh, sh, ih, hll)
+        pool = self._r.connection_pool
         try:
+            conn = pool.get_connection()
             try:
-                resp = self._r.evalsha(self._sha, 3 * n, *args)
-            except self._noscript:
-                # First use on this server (or it restarted): load, then retry once.
-                self._r.script_load(self._src)
-                resp = self._r.evalsha(self._sha, 3 * n, *args)
+                conn.send_packed_command((req,))
+                try:
+                    resp = conn.read_response()
+                except self._noscript:
+                    # First use on this server (or it restarted): load, then retry once.
+                    conn.send_command("SCRIPT", "LOAD", self._src)
+                    conn.read_response()
+                    conn.send_packed_command((req,))
+                    resp = conn.read_response()
+            finally:
+                pool.release(conn)
         except self._errors as e:
             raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
                                    f"{type(e).__name__}: {e}") from e
