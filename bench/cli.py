@@ -318,6 +318,7 @@ def cmd_run(a: argparse.Namespace) -> int:
             rep["aborted"] = "the daemon exited during the run"
         rep["daemon"] = s.describe()
     rep["machine"] = report.machine()
+    rep["source"] = report.source_state()
     rep["generator_calibration"] = _calib_summary(calib)
     rep["command"] = " ".join(["slidr", "bench", "run", *sys.argv[3:]]) if len(sys.argv) > 2 else None
     report.save_json(out / "report.json", rep)
@@ -370,6 +371,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         res["daemon"] = s.describe()
     res["name"] = spec.label
     res["machine"] = report.machine()
+    res["source"] = report.source_state()
     res["generator_calibration"] = _calib_summary(calib)
     res["command"] = " ".join(["slidr", "bench", "sweep", *sys.argv[3:]]) if len(sys.argv) > 2 else None
     report.save_json(out / "sweep.json", res)

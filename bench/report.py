@@ -49,6 +49,22 @@ def machine() -> dict[str, Any]:
     }
 
 
+def source_state() -> dict[str, Any]:
+    """The commit the numbers were taken at and any uncommitted files (others work in the same
+    tree: a daemon started mid-edit runs code no commit has)."""
+    import subprocess
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.rstrip("\n")
+    try:
+        dirty = [ln[3:] for ln in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+        return {"commit": git("rev-parse", "HEAD"), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def machine_line(m: dict[str, Any]) -> str:
     return (f"{m.get('cpu_model')} x{m.get('cores')} | kernel {m.get('kernel')} | "
             f"python {m.get('python')} | load {m.get('loadavg')}")
