@@ -66,11 +66,16 @@ class GuardrailConfig:
     max_ivr: float = 0.6
     min_coverage: float = 0.5
     slice_min_coverage: dict[str, float] = field(default_factory=dict)  # as in calibrate
-    coverage_slack: float = 0.1
+    coverage_slack: float = 0.15  # coverage moves between the validation and the test day
     min_heuristic_clicks: int = 30  # slices with fewer heuristic clicks: coverage too noisy
     min_score_std: float = 0.01
     max_identical_share: float = 0.5
-    min_auc: float = 0.6
+    # Weak labels are noisy (most "non-human" clicks are humans who did not buy), so even a good
+    # model scores only ~0.55 against them (simulated: 0.54 with 0.84 against the truth). The
+    # check asks for a margin over chance that is also well outside sampling noise.
+    min_auc_margin: float = 0.02  # AUC vs weak label >= 0.5 + max(margin, z * s.e. under H0)
+    min_auc_z: float = 5.0
+    min_auc_heuristic: float = 0.6  # AUC vs the k-clicks heuristic (robot proxy)
 
 
 def summarize(checks: Sequence[Check]) -> dict[str, Any]:
@@ -354,10 +359,22 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                         f"{share:.1%} of clicks share one score value", "model"))
     wl = np.asarray(cols["weak_label"]).astype(bool)
     auc = roc_auc(cand_score, ~wl)
-    checks.append(Check("auc_weak_label", bool(np.isfinite(auc) and auc >= cfg.min_auc), auc,
-                        cfg.min_auc, f"AUC against the weak label {auc:.3f}"
-                        + (" is near chance: the model did not learn" if auc < cfg.min_auc
-                           else ""), "model"))
+    n1, n0 = int((~wl).sum()), int(wl.sum())
+    se0 = float(np.sqrt((n1 + n0 + 1) / (12.0 * max(n1, 1) * max(n0, 1))))  # Mann-Whitney, H0
+    lim = 0.5 + max(cfg.min_auc_margin, cfg.min_auc_z * se0)
+    ok = bool(np.isfinite(auc) and auc >= lim)
+    checks.append(Check("auc_weak_label", ok, auc, lim,
+                        f"AUC against the weak label {auc:.3f} (limit {lim:.3f} = chance + "
+                        f"max({cfg.min_auc_margin}, {cfg.min_auc_z:g} s.e.))"
+                        + ("" if ok else ": indistinguishable from chance, the model did not "
+                                         "learn (shuffled or missing labels?)"), "model"))
+    heur = np.asarray(cols["heuristic"], dtype=bool)
+    auc_h = roc_auc(cand_score, heur)
+    ok_h = bool(not np.isfinite(auc_h) or auc_h >= cfg.min_auc_heuristic)
+    checks.append(Check("auc_heuristic", ok_h, auc_h, cfg.min_auc_heuristic,
+                        f"AUC against the robotic heuristic {auc_h:.3f}"
+                        + ("" if ok_h else ": the model does not rank heuristic-robotic clicks "
+                                           "above the rest"), "model"))
 
     inv = _apply(cand_score, sl, cand_th)
     r = _rates(inv, cols)
