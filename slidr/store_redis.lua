@@ -10,7 +10,8 @@
 --          the IPs.
 -- ARGV[2]: extra physical TTL in ms on top of each logical TTL.
 -- ARGV[3], ARGV[4]: the number of user keys and of session keys in KEYS (the rest are IPs).
--- Returns n * 32 little-endian doubles (the RAW layout of slidr/featurespec.py).
+-- Returns n bulk strings, one per click: 32 little-endian doubles (the RAW layout of
+-- slidr/featurespec.py).
 --
 -- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddd" c60 c3600 last
 -- first; ip "<dddddd" c60 c3600 c86400 last bucket_1h bucket_1d, then 4 x "<dddd" z v pz pv,
@@ -32,7 +33,7 @@ local M = __HLL_M__
 
 local exp, floor = math.exp, math.floor
 local sunpack, spack = struct.unpack, struct.pack
-local sbyte, schar, srep = string.byte, string.char, string.rep
+local srep = string.rep
 local call = redis.call
 local NEVER = -math.huge
 
@@ -45,7 +46,16 @@ local n = #blob / 24
 -- P2[r] = 2^-r, exactly the doubles that 2 ^ (-r) gives.
 local P2 = {}
 for r = 0, 64 do P2[r] = 2 ^ (-r) end
-local ZEROS = srep('\0', 4 * M)
+-- IP blob: 22 doubles, then the 4 * M one-byte registers (flat in one Lua table).
+local IFMT = '<' .. srep('d', 22) .. srep('B', 4 * M)
+local IW = 22 + 4 * M
+local IP0  -- the blob of a missing IP: zeros, last = -inf
+do
+  local z = {}
+  for q = 1, IW do z[q] = 0 end
+  z[4] = NEVER
+  IP0 = spack(IFMT, unpack(z, 1, IW))
+end
 
 -- floor(t / w) for integer-valued doubles, robust to the rounding of the division.
 local function bucket_of(t, w)
@@ -55,7 +65,7 @@ local function bucket_of(t, w)
 end
 
 -- Read every key with a few MGETs (one redis.call per 1000 keys) and decode each blob once.
-local U, S, P, R = {}, {}, {}, {}   -- users, sessions, IP counters, IP registers
+local U, S, P = {}, {}, {}   -- users, sessions, IPs
 do
   local su, ss = nu, nu + ns
   for a = 1, nk, 1000 do
@@ -70,13 +80,7 @@ do
       elseif k <= ss then
         if raw then S[k - su] = {sunpack('<dddd', raw)} else S[k - su] = {0, 0, NEVER, 0} end
       else
-        if raw then
-          P[k - ss] = {sunpack('<dddddddddddddddddddddd', raw)}
-          R[k - ss] = {sbyte(raw, 177, 176 + 4 * M)}
-        else
-          P[k - ss] = {0, 0, 0, NEVER, 0, 0}
-          R[k - ss] = false
-        end
+        P[k - ss] = {sunpack(IFMT, raw or IP0)}
       end
     end
   end
@@ -129,18 +133,15 @@ for i = 1, n do
 
   -- ip: c[1..3], last = [4], buckets [5] (1 h) [6] (1 d), HLL j (z, v, pz, pv) at
   -- [7+4j .. 10+4j], j = 0 sessions 1 h, 1 users 1 h, 2 sessions 1 d, 3 users 1 d;
-  -- registers of HLL j at regs[32j + 1 .. 32j + 32]
+  -- registers of HLL j at p[22 + 32j + 1 .. 22 + 32j + 32]
   local p = P[ii]
-  local regs
   d = t - p[4]
   if d > I_TTL then
     p[1], p[2], p[3], p[4] = 1.0, 1.0, 1.0, t
     p[5], p[6] = bucket_of(t, W_HOUR), bucket_of(t, W_DAY)
     for q = 7, 22 do p[q] = M end
-    regs = {sbyte(ZEROS, 1, 4 * M)}
-    R[ii] = regs
+    for q = 23, IW do p[q] = 0 end
   else
-    regs = R[ii]
     if d > 0 then
       local g = d / 1000.0
       p[1] = p[1] * exp(-g / I_TAU1) + 1.0
@@ -163,25 +164,25 @@ for i = 1, n do
       p[9], p[10], p[13], p[14] = M, M, M, M
     end
     p[7], p[8], p[11], p[12] = M, M, M, M
-    for q = 1, 2 * M do regs[q] = 0 end
+    for q = 23, 22 + 2 * M do p[q] = 0 end
     p[5] = b
     start = b * W_HOUR
   end
   local hfrac = (t - start) / W_HOUR
   if hfrac < 0.0 then hfrac = 0.0 elseif hfrac > 1.0 then hfrac = 1.0 end
-  local q = sreg + 1
-  local r = regs[q]
+  local q = 23 + sreg
+  local r = p[q]
   if srank > r then
     p[7] = p[7] - P2[r] + P2[srank]
     if r == 0 then p[8] = p[8] - 1.0 end
-    regs[q] = srank
+    p[q] = srank
   end
-  q = M + ureg + 1
-  r = regs[q]
+  q = 23 + M + ureg
+  r = p[q]
   if urank > r then
     p[11] = p[11] - P2[r] + P2[urank]
     if r == 0 then p[12] = p[12] - 1.0 end
-    regs[q] = urank
+    p[q] = urank
   end
 
   -- day window
@@ -195,25 +196,25 @@ for i = 1, n do
       p[17], p[18], p[21], p[22] = M, M, M, M
     end
     p[15], p[16], p[19], p[20] = M, M, M, M
-    for q2 = 2 * M + 1, 4 * M do regs[q2] = 0 end
+    for q2 = 23 + 2 * M, IW do p[q2] = 0 end
     p[6] = b
     start = b * W_DAY
   end
   local dfrac = (t - start) / W_DAY
   if dfrac < 0.0 then dfrac = 0.0 elseif dfrac > 1.0 then dfrac = 1.0 end
-  q = 2 * M + sreg + 1
-  r = regs[q]
+  q = 23 + 2 * M + sreg
+  r = p[q]
   if srank > r then
     p[15] = p[15] - P2[r] + P2[srank]
     if r == 0 then p[16] = p[16] - 1.0 end
-    regs[q] = srank
+    p[q] = srank
   end
-  q = 3 * M + ureg + 1
-  r = regs[q]
+  q = 23 + 3 * M + ureg
+  r = p[q]
   if urank > r then
     p[19] = p[19] - P2[r] + P2[urank]
     if r == 0 then p[20] = p[20] - 1.0 end
-    regs[q] = urank
+    p[q] = urank
   end
 
   out[i] = spack(F32, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
@@ -237,8 +238,9 @@ do
   end
   local o = nu + ns
   for k = 1, nk - o do
-    call('SET', KEYS[o + k], spack('<dddddddddddddddddddddd', unpack(P[k], 1, 22))
-      .. schar(unpack(R[k], 1, 4 * M)), 'PX', ipx)
+    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, IW)), 'PX', ipx)
   end
 end
-return table.concat(out)
+-- One bulk string per click (Redis hashes every byte of every Lua string it creates, so a
+-- table.concat of the rows would cost as much again as building them).
+return out

@@ -184,7 +184,7 @@ class RedisStore:
         except self._errors as e:
             raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
                                    f"{type(e).__name__}: {e}") from e
-        raw = np.frombuffer(resp, dtype="<f8")
+        raw = np.frombuffer(b"".join(resp), dtype="<f8")
         if raw.shape[0] != n * fs.RAW_WIDTH:
             raise RuntimeError(f"redis store returned {raw.shape[0]} values for {n} clicks")
         return raw.reshape(n, fs.RAW_WIDTH).astype(np.float64, copy=True)
