@@ -176,6 +176,7 @@ class Batcher:
         # time fails open at once instead of taking store capacity it cannot use; capped at half
         # the deadline so a slow store never starves every click (the estimate must keep moving).
         self._est = 0.0
+        self._last_warn = -1e9
         self._margin_cap = deadline_s / 2
         self._executor = None if inline else ThreadPoolExecutor(
             max_workers=self.depth, thread_name_prefix="slidrd-store")
@@ -369,6 +370,10 @@ class Batcher:
             self.metrics.redis_errors += 1
             if not (self._store_errors and isinstance(e.cause, self._store_errors)):
                 log.error("store failed: %r", e.cause)
+            elif _perf() - self._last_warn > 1.0:  # at most one line a second while it lasts
+                self._last_warn = _perf()
+                log.warning("store unavailable (%d errors so far), failing open: %s",
+                            self.metrics.redis_errors, e.cause)
             # Circuit breaker: stop asking a dead store for a short, growing while.
             self._store_down_until = _perf() + self._backoff
             self._backoff = min(self._backoff * 2, 0.5)
