@@ -53,6 +53,12 @@ def hll_index_rank(h: int) -> tuple[int, int]:
     return idx, 64 - w.bit_length() + 1
 
 
+def _str_key(x: object) -> str:
+    if not isinstance(x, str):
+        raise TypeError(f"key must be str, not {type(x).__name__}")
+    return x
+
+
 def hash_keys(user_key: Sequence[str], session_id: Sequence[str], ip: Sequence[str]
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """-> (user hashes, session hashes, ip hashes: uint64 (n,); hll: uint8 (n, 4) =
@@ -63,9 +69,10 @@ def hash_keys(user_key: Sequence[str], session_id: Sequence[str], ip: Sequence[s
     ih = np.empty(n, dtype=np.uint64)
     hll = np.empty((n, 4), dtype=np.uint8)
     for i in range(n):
-        u = hash64(user_key[i])
-        s = hash64("s\x00" + session_id[i])
-        uh[i], sh[i], ih[i] = u, s, hash64("i\x00" + ip[i])
+        # Same checks in the same order as the native kernel, so both raise the same exception.
+        u = hash64(_str_key(user_key[i]))
+        s = hash64("s\x00" + _str_key(session_id[i]))
+        uh[i], sh[i], ih[i] = u, s, hash64("i\x00" + _str_key(ip[i]))
         hll[i, 0], hll[i, 1] = hll_index_rank(s)
         hll[i, 2], hll[i, 3] = hll_index_rank(u)
     return uh, sh, ih, hll

@@ -99,6 +99,36 @@ def test_hash_parity_including_non_ascii(rows):
         assert native.hash64(x) == reference.hash64(x)
 
 
+# Keys of any type: str (some with surrogates), and the usual wrong types.
+any_key = st.one_of(st.text(max_size=8), st.integers(), st.none(), st.binary(max_size=4),
+                    st.floats(allow_nan=False), st.lists(st.text(max_size=2), max_size=1))
+
+
+def _outcome(mod, u, s, i):
+    try:
+        return "ok", mod.hash_keys(u, s, i)
+    except (TypeError, UnicodeEncodeError) as e:
+        return type(e), e
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(any_key, any_key, any_key), min_size=1, max_size=6))
+def test_hash_keys_wrong_types_raise_equal_exceptions(rows):
+    u = [r[0] for r in rows]
+    s = [r[1] for r in rows]
+    i = [r[2] for r in rows]
+    nk, nv = _outcome(native, u, s, i)
+    rk, rv = _outcome(reference, u, s, i)
+    assert nk == rk, (nv, rv)
+    if nk == "ok":
+        for a, b in zip(nv, rv, strict=True):
+            assert np.array_equal(a, b)
+    elif nk is TypeError:
+        # Same message: "key must be str, not <type>" for the first bad key (click-major,
+        # user, session, ip), so callers can log either implementation's error alike.
+        assert str(nv) == str(rv)
+
+
 def test_hash_known_values_and_errors():
     for x in ["", "a", "u\x00cust-1", "s\x00é会话🙂", "i\x002001:db8::1"]:
         assert native.hash64(x) == reference.hash64(x)

@@ -1,0 +1,39 @@
+"""Type stubs for the native feature kernel (ext/_kernel.pyx); see ext/reference.py for the
+plain-Python twin and docs/kernel.md for the algorithms."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+def hash64(s: str) -> int:
+    """FNV-1a 64 over the UTF-8 bytes + splitmix64 finaliser (reference.hash64)."""
+
+def hash_keys(
+    user_key: Sequence[str], session_id: Sequence[str], ip: Sequence[str]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64],
+           npt.NDArray[np.uint8]]:
+    """-> (uh, sh, ih: uint64 (n,), hll: uint8 (n, 4)). Raises ValueError on unequal lengths,
+    TypeError("key must be str, not <type>") for a non-str key, UnicodeEncodeError for
+    surrogates."""
+
+class EmbeddedStore:
+    """In-process counter store in C arrays; not thread-safe."""
+
+    name: str
+
+    def __init__(self, capacity_hint: int = 1024, sweep_every: int = 256,
+                 sweep_grace_ms: int = 3_600_000) -> None: ...
+    def close(self) -> None: ...
+    def __len__(self) -> int: ...
+    def stats(self) -> dict[str, Any]: ...
+    def sweep(self, budget: int = -1) -> None: ...
+    def update(self, ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike,
+               ih: npt.ArrayLike, hll: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH)."""
+
+def finish_into(raw: npt.ArrayLike, ts: npt.ArrayLike, tz_offset_min: npt.ArrayLike,
+                logged_in: npt.ArrayLike, device: npt.ArrayLike,
+                out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
+    """Native twin of featurespec.finish: raw counters -> float32 features (n, 24)."""
