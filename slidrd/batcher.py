@@ -290,17 +290,22 @@ class Batcher:
     def _run_inline(self, items: list[Item]) -> None:
         t0 = _perf()
         model = self.get_model()
-        valid, clicks, batch = self._prepare(items, t0, model.version)
-        if batch is not None:
-            if t0 < self._store_down_until:
-                self._fail_open(valid, "store_down", model.version, clicks)
-            else:
-                try:
-                    feats, scores, t_store, t_model = self._compute(batch, model)
-                except _StageError as e:
-                    self._stage_failed(e, valid, clicks, model.version)
+        try:
+            valid, clicks, batch = self._prepare(items, t0, model.version)
+            if batch is not None:
+                if t0 < self._store_down_until:
+                    self._fail_open(valid, "store_down", model.version, clicks)
                 else:
-                    self._decide(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
+                    try:
+                        feats, scores, t_store, t_model = self._compute(batch, model)
+                    except _StageError as e:
+                        self._stage_failed(e, valid, clicks, model.version)
+                    else:
+                        self._decide(valid, clicks, batch, feats, scores, model, t0, t_store,
+                                     t_model)
+        except Exception:  # a bug: answer (valid) rather than leave clients hanging
+            log.exception("batch failed")
+            self._fail_open_remaining(items, "model_error")
         self._flush_dirty()
 
     async def _run_threaded(self, items: list[Item]) -> None:
