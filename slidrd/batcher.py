@@ -186,7 +186,7 @@ class Batcher:
     def submit(self, click: Any, sink: Any, slot: int, t_arr: float, deadline: float) -> None:
         conn = sink.conn if type(sink) is Group else sink
         if self.inflight_clicks >= self.max_total:
-            self._answer_now(click, sink, slot, "overload")
+            self.shed(click, sink, slot, "overload")
             return
         conn.inflight += 1
         self.inflight_clicks += 1
@@ -435,7 +435,7 @@ class Batcher:
             self.dlog.submit(clicks, feats, decisions, version)
 
     # ------------------------------------------------------------------ answers
-    def _answer_now(self, click: Any, sink: Any, slot: int, cause: str) -> None:
+    def shed(self, click: Any, sink: Any, slot: int, cause: str) -> None:
         """Shed without queueing (overload): answered valid at once."""
         d = fail_open_decision(click, cause, self._version())
         self.metrics.fail_open[cause] += 1

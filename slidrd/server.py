@@ -21,7 +21,7 @@ from typing import Any
 from slidr.errors import ErrorCode, RpcError
 from slidr.featurespec import SPEC_HASH
 
-from .batcher import Batcher
+from .batcher import Batcher, Group
 from .config import Config
 from .decision_log import DecisionLog
 from .metrics import Metrics, serve_metrics
@@ -86,7 +86,7 @@ class PublicConnection(RpcConnection):
             dl = _deadline_of(click, dl)
             b = self.batcher
             if self.inflight >= self.max_per_conn:
-                b._answer_now(click, self, msgid, "overload")
+                b.shed(click, self, msgid, "overload")
                 return
             b.submit(click, self, msgid, t_arr, t_arr + dl)
         elif method == "score_many":
@@ -103,13 +103,12 @@ class PublicConnection(RpcConnection):
                 self.queue_result(msgid, [])
                 return
             dl = _deadline_of(params[1] if len(params) == 2 else None, self.deadline_s)
-            from .batcher import Group
             g = Group(self, msgid, len(clicks))
             b = self.batcher
             over = self.inflight + len(clicks) > self.max_per_conn
             for i, c in enumerate(clicks):
                 if over:
-                    b._answer_now(c, g, i, "overload")
+                    b.shed(c, g, i, "overload")
                 else:
                     b.submit(c, g, i, t_arr, t_arr + _deadline_of(c, dl))
         elif method == "ping":
