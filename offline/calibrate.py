@@ -451,8 +451,25 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | Path, method: str = 
     from slidr.util import atomic_open
     with atomic_open(html_path, "w") as f:
         f.write(html_page(result, pngs))
+    _merge_into_report(out / "report.html", html_fragment(result, pngs))
     return {"thresholds": str(out / thresholds_name), "html": str(html_path),
             "json": str(out / "calibration.json"), **{p: str(out / p) for p in pngs}}
+
+
+def _merge_into_report(report: Path, fragment: str) -> None:
+    """The training report gains the calibration section (curves with the chosen operating
+    points, global vs slice-level side by side) when both sit in one directory (a bundle)."""
+    if not report.exists():
+        return
+    from slidr.util import atomic_open
+    page = report.read_text()
+    marker = "<!-- slidr:calibration -->"
+    if marker in page:
+        page = page[: page.index(marker)] + "</body></html>\n"
+    section = f"{marker}<h2 id='calibration'>Calibration</h2>{fragment}"
+    page = page.replace("</body>", section + "</body>", 1) if "</body>" in page else page + section
+    with atomic_open(report, "w") as f:
+        f.write(page)
 
 
 def plot(result: Mapping[str, Any], out: Path) -> list[str]:
