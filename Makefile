@@ -13,7 +13,7 @@ lint: bootstrap
 	$(PY) -m ruff check slidr ext slidrd offline engines bench tests
 
 test: bootstrap lint
-	SLIDR_REQUIRE_NATIVE=1 $(PY) -m pytest -q -p no:cacheprovider
+	SLIDR_REQUIRE_NATIVE=1 SLIDR_REQUIRE_THIRD_PARTY=1 $(PY) -m pytest -q -p no:cacheprovider
 
 bench: bootstrap
 	SLIDR_REQUIRE_NATIVE=1 $(PY) -m slidr.cli bench kernel
