@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slidr", description="slice-level detection of robotic ad clicks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, modname in COMMANDS.items():
+    for modname in COMMANDS.values():
         try:
             mod = importlib.import_module(modname)
         except ModuleNotFoundError as e:
