@@ -11,7 +11,7 @@ demo: bootstrap
 
 lint: bootstrap
 	$(PY) -m ruff check slidr ext slidrd offline engines bench tests
-	$(PY) -m mypy --strict slidrd
+	$(PY) -m mypy --strict --follow-imports=silent slidrd
 
 test: bootstrap lint
 	SLIDR_REQUIRE_NATIVE=1 SLIDR_REQUIRE_THIRD_PARTY=1 $(PY) -m pytest -q -p no:cacheprovider
