@@ -10,8 +10,8 @@
 --          the IPs.
 -- ARGV[2]: extra physical TTL in ms on top of each logical TTL.
 -- ARGV[3], ARGV[4]: the number of user keys and of session keys in KEYS (the rest are IPs).
--- Returns n bulk strings, one per click: 32 little-endian doubles (the RAW layout of
--- slidr/featurespec.py).
+-- Returns n bulk strings, one per click: the click's raw counters in 184 bytes (see ROW
+-- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
 -- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddd" c60 c3600 last
 -- first; ip "<dddddd" c60 c3600 c86400 last bucket_1h bucket_1d, then 4 x "<dddd" z v pz pv,
@@ -22,7 +22,8 @@
 -- mutated in place click by click and encoded once; a missing key starts as a state whose
 -- "last" is -inf, so the logical-expiry test resets it without a separate branch; powers of two
 -- come from a table (the same doubles as 2 ^ -r); exp is skipped when dt == 0 (exp(-0) is
--- exactly 1, so c * 1 + 1 == c + 1); each click's 32 outputs go to one struct.pack.
+-- exactly 1, so c * 1 + 1 == c + 1); each click's outputs go to one struct.pack, in
+-- 184 bytes instead of 32 doubles (Lua hashes every byte of every string it makes).
 
 local U_TAU1, U_TAU2, U_TAU3, U_TAU4 = __USER_TAUS__
 local S_TAU1, S_TAU2 = __SESSION_TAUS__
@@ -33,7 +34,7 @@ local M = __HLL_M__
 
 local exp, floor = math.exp, math.floor
 local sunpack, spack = struct.unpack, struct.pack
-local srep = string.rep
+local sbyte, schar, srep = string.byte, string.char, string.rep
 local call = redis.call
 local NEVER = -math.huge
 
@@ -46,16 +47,11 @@ local n = #blob / 24
 -- P2[r] = 2^-r, exactly the doubles that 2 ^ (-r) gives.
 local P2 = {}
 for r = 0, 64 do P2[r] = 2 ^ (-r) end
--- IP blob: 22 doubles, then the 4 * M one-byte registers (flat in one Lua table).
-local IFMT = '<' .. srep('d', 22) .. srep('B', 4 * M)
-local IW = 22 + 4 * M
-local IP0  -- the blob of a missing IP: zeros, last = -inf
-do
-  local z = {}
-  for q = 1, IW do z[q] = 0 end
-  z[4] = NEVER
-  IP0 = spack(IFMT, unpack(z, 1, IW))
-end
+-- IP blob: 22 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
+-- far cheaper per byte than struct items).
+local IFMT = '<' .. srep('d', 22)
+local NR = 4 * M
+local function new_regs() return {__ZERO_REGS__} end
 
 -- floor(t / w) for integer-valued doubles, robust to the rounding of the division.
 local function bucket_of(t, w)
@@ -65,7 +61,7 @@ local function bucket_of(t, w)
 end
 
 -- Read every key with a few MGETs (one redis.call per 1000 keys) and decode each blob once.
-local U, S, P = {}, {}, {}   -- users, sessions, IPs
+local U, S, P, R = {}, {}, {}, {}   -- users, sessions, IP counters, IP registers
 do
   local su, ss = nu, nu + ns
   for a = 1, nk, 1000 do
@@ -80,7 +76,11 @@ do
       elseif k <= ss then
         if raw then S[k - su] = {sunpack('<dddd', raw)} else S[k - su] = {0, 0, NEVER, 0} end
       else
-        P[k - ss] = {sunpack(IFMT, raw or IP0)}
+        if raw then
+          P[k - ss], R[k - ss] = {sunpack(IFMT, raw)}, {sbyte(raw, 177, 176 + NR)}
+        else
+          P[k - ss], R[k - ss] = {0, 0, 0, NEVER}, false
+        end
       end
     end
   end
@@ -88,7 +88,10 @@ end
 
 local out = {}
 local pos = 1
-local F32 = '<dddddddddddddddddddddddddddddddd'
+-- Row of one click (184 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age, ip c60 c3600
+-- c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d (22 doubles), then v and pv of HLL 0..3
+-- (8 bytes: register counts 0..32). The client expands it to the 32-double RAW row.
+local ROW = '<' .. srep('d', 22) .. srep('B', 8)
 for i = 1, n do
   local t, sreg, srank, ureg, urank, ui, si, ii
   t, sreg, srank, ureg, urank, ui, si, ii, pos = sunpack('<dBBBBI4I4I4', blob, pos)
@@ -133,15 +136,18 @@ for i = 1, n do
 
   -- ip: c[1..3], last = [4], buckets [5] (1 h) [6] (1 d), HLL j (z, v, pz, pv) at
   -- [7+4j .. 10+4j], j = 0 sessions 1 h, 1 users 1 h, 2 sessions 1 d, 3 users 1 d;
-  -- registers of HLL j at p[22 + 32j + 1 .. 22 + 32j + 32]
+  -- registers of HLL j at regs[32j + 1 .. 32j + 32]
   local p = P[ii]
+  local regs
   d = t - p[4]
   if d > I_TTL then
-    p[1], p[2], p[3], p[4] = 1.0, 1.0, 1.0, t
-    p[5], p[6] = bucket_of(t, W_HOUR), bucket_of(t, W_DAY)
-    for q = 7, 22 do p[q] = M end
-    for q = 23, IW do p[q] = 0 end
+    p = {1.0, 1.0, 1.0, t, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
+         M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M}
+    P[ii] = p
+    regs = new_regs()
+    R[ii] = regs
   else
+    regs = R[ii]
     if d > 0 then
       local g = d / 1000.0
       p[1] = p[1] * exp(-g / I_TAU1) + 1.0
@@ -164,25 +170,25 @@ for i = 1, n do
       p[9], p[10], p[13], p[14] = M, M, M, M
     end
     p[7], p[8], p[11], p[12] = M, M, M, M
-    for q = 23, 22 + 2 * M do p[q] = 0 end
+    for q = 1, 2 * M do regs[q] = 0 end
     p[5] = b
     start = b * W_HOUR
   end
   local hfrac = (t - start) / W_HOUR
   if hfrac < 0.0 then hfrac = 0.0 elseif hfrac > 1.0 then hfrac = 1.0 end
-  local q = 23 + sreg
-  local r = p[q]
+  local q = 1 + sreg
+  local r = regs[q]
   if srank > r then
     p[7] = p[7] - P2[r] + P2[srank]
     if r == 0 then p[8] = p[8] - 1.0 end
-    p[q] = srank
+    regs[q] = srank
   end
-  q = 23 + M + ureg
-  r = p[q]
+  q = 1 + M + ureg
+  r = regs[q]
   if urank > r then
     p[11] = p[11] - P2[r] + P2[urank]
     if r == 0 then p[12] = p[12] - 1.0 end
-    p[q] = urank
+    regs[q] = urank
   end
 
   -- day window
@@ -196,31 +202,30 @@ for i = 1, n do
       p[17], p[18], p[21], p[22] = M, M, M, M
     end
     p[15], p[16], p[19], p[20] = M, M, M, M
-    for q2 = 23 + 2 * M, IW do p[q2] = 0 end
+    for q2 = 2 * M + 1, NR do regs[q2] = 0 end
     p[6] = b
     start = b * W_DAY
   end
   local dfrac = (t - start) / W_DAY
   if dfrac < 0.0 then dfrac = 0.0 elseif dfrac > 1.0 then dfrac = 1.0 end
-  q = 23 + 2 * M + sreg
-  r = p[q]
+  q = 1 + 2 * M + sreg
+  r = regs[q]
   if srank > r then
     p[15] = p[15] - P2[r] + P2[srank]
     if r == 0 then p[16] = p[16] - 1.0 end
-    p[q] = srank
+    regs[q] = srank
   end
-  q = 23 + 3 * M + ureg
-  r = p[q]
+  q = 1 + 3 * M + ureg
+  r = regs[q]
   if urank > r then
     p[19] = p[19] - P2[r] + P2[urank]
     if r == 0 then p[20] = p[20] - 1.0 end
-    p[q] = urank
+    regs[q] = urank
   end
 
-  out[i] = spack(F32, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
-                 p[1], p[2], p[3],
-                 p[7], p[8], p[9], p[10], hfrac, p[11], p[12], p[13], p[14], hfrac,
-                 p[15], p[16], p[17], p[18], dfrac, p[19], p[20], p[21], p[22], dfrac)
+  out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
+                 p[1], p[2], p[3], p[7], p[9], p[11], p[13], p[15], p[17], p[19], p[21],
+                 hfrac, dfrac, p[8], p[10], p[12], p[14], p[16], p[18], p[20], p[22])
 end
 
 -- Write each key once, with a physical TTL past its logical one.
@@ -238,7 +243,8 @@ do
   end
   local o = nu + ns
   for k = 1, nk - o do
-    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, IW)), 'PX', ipx)
+    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 22)) .. schar(unpack(R[k], 1, NR)),
+         'PX', ipx)
   end
 end
 -- One bulk string per click (Redis hashes every byte of every Lua string it creates, so a

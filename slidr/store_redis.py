@@ -37,6 +37,7 @@ def script_source() -> str:
         "__HOUR_MS__": str(fs.HLL_WINDOWS_MS[0]),
         "__DAY_MS__": str(fs.HLL_WINDOWS_MS[2]),
         "__HLL_M__": str(fs.HLL_M),
+        "__ZERO_REGS__": ", ".join(["0"] * (4 * fs.HLL_M)),
     }
     # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.
     assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2
@@ -51,6 +52,28 @@ def script_source() -> str:
 # user, session and IP among the batch's distinct keys of that kind (see store_redis.lua).
 _CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,))])
 assert _CLICK_DTYPE.itemsize == 24
+
+
+# One reply row per click (store_redis.lua ROW): 22 doubles and the 8 HLL register counts v, pv
+# as bytes; the two bucket fractions come once each. _D_SRC/_D_DST and _B_DST map them onto the
+# 32 RAW columns.
+_ROW_DTYPE = np.dtype([("d", "<f8", (22,)), ("b", "u1", (8,))])
+assert _ROW_DTYPE.itemsize == 184
+
+
+def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r = fs.RAW_INDEX
+    names = ["u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap", "s_c60", "s_c3600", "s_gap",
+             "s_age", "i_c60", "i_c3600", "i_c86400"]
+    names += [f"h{j}_{f}" for j in range(4) for f in ("z", "pz")]
+    src = list(range(len(names))) + [20, 20, 21, 21]
+    dst = [r[x] for x in names] + [r["h0_frac"], r["h1_frac"], r["h2_frac"], r["h3_frac"]]
+    bdst = [r[f"h{j}_{f}"] for j in range(4) for f in ("v", "pv")]
+    assert sorted(dst + bdst) == list(range(fs.RAW_WIDTH))
+    return np.array(src), np.array(dst), np.array(bdst)
+
+
+_D_SRC, _D_DST, _B_DST = _raw_maps()
 
 
 def _bulk(b: bytes) -> bytes:
@@ -184,10 +207,14 @@ class RedisStore:
         except self._errors as e:
             raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
                                    f"{type(e).__name__}: {e}") from e
-        raw = np.frombuffer(b"".join(resp), dtype="<f8")
-        if raw.shape[0] != n * fs.RAW_WIDTH:
-            raise RuntimeError(f"redis store returned {raw.shape[0]} values for {n} clicks")
-        return raw.reshape(n, fs.RAW_WIDTH).astype(np.float64, copy=True)
+        rows = b"".join(resp)
+        if len(rows) != n * _ROW_DTYPE.itemsize:
+            raise RuntimeError(f"redis store returned {len(rows)} bytes for {n} clicks")
+        rec = np.frombuffer(rows, dtype=_ROW_DTYPE)
+        raw = np.empty((n, fs.RAW_WIDTH), dtype=np.float64)
+        raw[:, _D_DST] = rec["d"][:, _D_SRC]
+        raw[:, _B_DST] = rec["b"]
+        return raw
 
     def _safe_url(self) -> str:
         # Never echo a password into logs.
