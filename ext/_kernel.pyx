@@ -153,6 +153,168 @@ def hash_keys(user_key, session_id, ip):
             _hll_index_rank(u, &hll[i, 2], &hll[i, 3])
     return uh_a, sh_a, ih_a, hll_a
 
+
+cdef uint64_t FNV_U = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"u\x00", 2)
+
+
+def _arrow_utf8(col, str name, bint nullable):
+    """A pyarrow string column -> (offsets int64 (n+1,), data uint8, valid uint8 (n,) or None),
+    or None when `col` is not a pyarrow (large_)string array / chunked array."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return None
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if not isinstance(col, pa.Array):
+        return None
+    t = col.type
+    if pa.types.is_string(t):
+        odt = np.int32
+    elif pa.types.is_large_string(t):
+        odt = np.int64
+    else:
+        return None
+    n = len(col)
+    if col.null_count and not nullable:
+        raise TypeError(f"key must be str, not NoneType ({name} has nulls)")
+    bufs = col.buffers()
+    off = np.frombuffer(bufs[1], dtype=odt, count=col.offset + n + 1)[col.offset:]
+    off = off.astype(np.int64)
+    data = (np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None and bufs[2].size
+            else np.zeros(1, dtype=np.uint8))
+    valid = None
+    if col.null_count:
+        bits = np.frombuffer(bufs[0], dtype=np.uint8)
+        valid = np.unpackbits(bits, bitorder="little")[col.offset:col.offset + n]
+    return off, data, valid
+
+
+def hash_key_columns(user_id, session_id, ip, logged_in):
+    """hash_keys without building the user key strings: the user key is "u\\0" + user_id when
+    logged_in and user_id is a non-empty string, else "s\\0" + session_id (contract.user_key).
+
+    user_id / session_id / ip: pyarrow string arrays (hashed from their buffers without the GIL)
+    or sequences of str (user_id: str | None, or None for no column); logged_in: bools (n,).
+    -> (uh, sh, ih: uint64 (n,), hll: uint8 (n, 4)), equal to
+    hash_keys([user_key(li, uid, sid) ...], session_id, ip)."""
+    cdef const uint8_t[::1] li = np.ascontiguousarray(np.asarray(logged_in, dtype=bool)
+                                                      ).view(np.uint8)
+    cdef Py_ssize_t n = li.shape[0], i
+    if len(session_id) != n or len(ip) != n or (user_id is not None and len(user_id) != n):
+        raise ValueError("hash_key_columns: columns must have the same length")
+    sa = _arrow_utf8(session_id, "session_id", False)
+    ia = _arrow_utf8(ip, "ip", False)
+    ua = None
+    if user_id is not None:
+        ua = _arrow_utf8(user_id, "user_id", True)
+    if sa is None or ia is None or (user_id is not None and ua is None):
+        # Python sequences: build the keys (contract.user_key) and hash them.
+        sess = list(session_id.to_pylist() if hasattr(session_id, "to_pylist") else session_id)
+        ips = list(ip.to_pylist() if hasattr(ip, "to_pylist") else ip)
+        uids = (list(user_id.to_pylist() if hasattr(user_id, "to_pylist") else user_id)
+                if user_id is not None else None)
+        ukeys = []
+        for i in range(n):
+            uid = uids[i] if uids is not None else None
+            if li[i] and uid:
+                ukeys.append("u\x00" + uid)
+            else:
+                ukeys.append("s\x00" + sess[i])
+        return hash_keys(ukeys, sess, ips)
+    cdef const int64_t[::1] so = sa[0]
+    cdef const uint8_t[::1] sd = sa[1]
+    cdef const int64_t[::1] io = ia[0]
+    cdef const uint8_t[::1] idd = ia[1]
+    cdef const int64_t[::1] uo = sa[0] if ua is None else ua[0]
+    cdef const uint8_t[::1] ud = sa[1] if ua is None else ua[1]
+    cdef bint has_uid = ua is not None
+    uvalid_a = np.ones(n if n else 1, dtype=np.uint8) if (ua is None or ua[2] is None) else ua[2]
+    cdef const uint8_t[::1] uv = uvalid_a
+    uh_a = np.empty(n, dtype=np.uint64)
+    sh_a = np.empty(n, dtype=np.uint64)
+    ih_a = np.empty(n, dtype=np.uint64)
+    hll_a = np.empty((n, 4), dtype=np.uint8)
+    cdef uint64_t[::1] uh = uh_a
+    cdef uint64_t[::1] sh = sh_a
+    cdef uint64_t[::1] ih = ih_a
+    cdef uint8_t[:, ::1] hll = hll_a
+    cdef uint64_t u, s
+    cdef const unsigned char* sdp = &sd[0]
+    cdef const unsigned char* udp = &ud[0]
+    cdef const unsigned char* idp = &idd[0]
+    with nogil:
+        for i in range(n):
+            s = _mix(_fnv(FNV_S, sdp + so[i], so[i + 1] - so[i]))
+            if has_uid and li[i] and uv[i] and uo[i + 1] > uo[i]:
+                u = _mix(_fnv(FNV_U, udp + uo[i], uo[i + 1] - uo[i]))
+            else:
+                u = s
+            uh[i] = u
+            sh[i] = s
+            ih[i] = _mix(_fnv(FNV_I, idp + io[i], io[i + 1] - io[i]))
+            _hll_index_rank(s, &hll[i, 0], &hll[i, 1])
+            _hll_index_rank(u, &hll[i, 2], &hll[i, 3])
+    return uh_a, sh_a, ih_a, hll_a
+
+
+def not_ipv4(offsets, data, valid=None):
+    """uint8 mask (n,): 1 where a row is not a strict dotted-quad IPv4 address (four decimal
+    octets 0..255, no leading zeros, nothing else). Such rows may still be valid (IPv6): the
+    caller checks them with the ipaddress module. offsets: int64 (n+1,) into the UTF-8 bytes
+    `data`; valid: optional uint8 (n,), rows with 0 (nulls) are never flagged."""
+    cdef const int64_t[::1] off = np.ascontiguousarray(offsets, dtype=np.int64)
+    cdef Py_ssize_t n = off.shape[0] - 1, i
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint8)
+    data_a = np.ascontiguousarray(data, dtype=np.uint8)
+    if data_a.size == 0:
+        data_a = np.zeros(1, dtype=np.uint8)
+    cdef const uint8_t[::1] d = data_a
+    vmask = np.ones(n, dtype=np.uint8) if valid is None else \
+        np.ascontiguousarray(valid, dtype=np.uint8)
+    cdef const uint8_t[::1] v = vmask
+    if v.shape[0] < n:
+        raise ValueError("not_ipv4: valid is shorter than the column")
+    if off[n] > d.shape[0] or off[0] < 0:
+        raise ValueError("not_ipv4: offsets run past the data")
+    out_a = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] out = out_a
+    cdef const unsigned char* p = &d[0]
+    cdef int64_t a, b, k
+    cdef int parts, digits, val, c
+    cdef bint ok
+    with nogil:
+        for i in range(n):
+            if not v[i]:
+                continue
+            a = off[i]
+            b = off[i + 1]
+            ok = b - a >= 7 and b - a <= 15
+            parts = 0
+            digits = 0
+            val = 0
+            k = a
+            while ok and k < b:
+                c = p[k]
+                if c >= 48 and c <= 57:
+                    if digits == 1 and val == 0:
+                        ok = False  # leading zero
+                    val = val * 10 + (c - 48)
+                    digits += 1
+                    if val > 255:
+                        ok = False
+                elif c == 46 and digits > 0 and parts < 3:
+                    parts += 1
+                    digits = 0
+                    val = 0
+                else:
+                    ok = False
+                k += 1
+            if not ok or parts != 3 or digits == 0:
+                out[i] = 1
+    return out_a
+
 # ------------------------------------------------------------------------------ state
 
 ctypedef struct UserSt:
@@ -246,13 +408,14 @@ cdef inline size_t _find_slot(Table* t, uint64_t key) noexcept nogil:
     return p
 
 
-cdef int _grow_slots(Table* t) except -1:
+cdef int _grow_slots(Table* t) noexcept nogil:
+    """-1 when out of memory (the table is unchanged)."""
     cdef size_t old_n = t.mask + 1, i, p
     cdef Slot* old = t.slots
     cdef size_t n = old_n * 2
     cdef Slot* s = <Slot*>malloc(n * sizeof(Slot))
     if s == NULL:
-        raise MemoryError()
+        return -1
     for i in range(n):
         s[i].idx = EMPTY
     t.slots = s
@@ -274,17 +437,18 @@ cdef void* _lookup(Table* t, uint64_t key) noexcept nogil:
     return _entry(t, t.slots[p].idx)
 
 
-cdef void* _insert(Table* t, uint64_t key) except NULL:
-    """Append a zeroed entry for a key known to be absent."""
+cdef void* _insert(Table* t, uint64_t key) noexcept nogil:
+    """Append a zeroed entry for a key known to be absent; NULL when out of memory."""
     cdef size_t p, ncap
     cdef char* d
     if (t.count + 1) * 10 > (t.mask + 1) * 7:
-        _grow_slots(t)
+        if _grow_slots(t) < 0:
+            return NULL
     if t.count == t.cap:
         ncap = t.cap + t.cap // 2 + 16
         d = <char*>realloc(t.dense, ncap * t.esize)
         if d == NULL:
-            raise MemoryError()
+            return NULL
         t.dense = d
         t.cap = ncap
     p = _find_slot(t, key)
@@ -358,9 +522,13 @@ cdef class EmbeddedStore:
     cdef Table users
     cdef Table sessions
     cdef Table ips
-    cdef int64_t now           # newest ts seen: the sweep's clock
+    # Per table (users, sessions, ips): the newest ts seen (the sweep's clock) and the clicks
+    # since the last sweep step. The tables are independent, so update_tables can count one
+    # table (or two) while another thread counts the rest; with all three counted in the same
+    # calls the clocks and counters stay equal, as with one shared clock.
+    cdef int64_t now[3]
+    cdef Py_ssize_t since_sweep[3]
     cdef Py_ssize_t sweep_every
-    cdef Py_ssize_t since_sweep
     cdef int64_t sweep_grace_ms
     cdef bint closed
     cdef public str name
@@ -386,9 +554,9 @@ cdef class EmbeddedStore:
         _table_init(&self.users, sizeof(UserSt), capacity_hint)
         _table_init(&self.sessions, sizeof(SessSt), capacity_hint)
         _table_init(&self.ips, sizeof(IpSt), capacity_hint)
-        self.now = -(1 << 62)
+        self.now[:] = [-(1 << 62), -(1 << 62), -(1 << 62)]
         self.sweep_every = sweep_every
-        self.since_sweep = 0
+        self.since_sweep[:] = [0, 0, 0]
         self.sweep_grace_ms = sweep_grace_ms
         self.closed = False
 
@@ -420,152 +588,220 @@ cdef class EmbeddedStore:
         """Free up to `budget` entries' worth of expired keys per table (all when -1)."""
         self._sweep(budget)
 
-    cdef void _sweep(self, Py_ssize_t budget) noexcept:
-        self._sweep_table(&self.users, U_TTL, budget, 0)
-        self._sweep_table(&self.sessions, S_TTL, budget, 1)
-        self._sweep_table(&self.ips, I_TTL, budget, 0)
-
-    cdef void _sweep_table(self, Table* t, int64_t ttl, Py_ssize_t budget,
-                           bint is_session) noexcept:
-        # `last` sits right after the key in every entry struct.
-        cdef int64_t limit = self.now - ttl - self.sweep_grace_ms
-        cdef Py_ssize_t k = 0
-        cdef size_t n = t.count if budget < 0 else <size_t>budget
-        if t.count == 0:
-            return
-        while <size_t>k < n and t.count > 0:
-            if t.cursor >= t.count:
-                t.cursor = 0
-            if (<int64_t*>(_entry(t, t.cursor)))[1] < limit:
-                _delete_at(t, t.cursor)   # the last entry moved here; look at it next
-            else:
-                t.cursor += 1
-            k += 1
+    cdef void _sweep(self, Py_ssize_t budget) noexcept nogil:
+        _sweep_table(&self.users, self.now[0] - U_TTL - self.sweep_grace_ms, budget)
+        _sweep_table(&self.sessions, self.now[1] - S_TTL - self.sweep_grace_ms, budget)
+        _sweep_table(&self.ips, self.now[2] - I_TTL - self.sweep_grace_ms, budget)
 
     def update(self, ts, uh, sh, ih, hll):
         """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH)."""
+        return self.update_tables(ts, uh, sh, ih, hll, None, 7)
+
+    def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=7):
+        """update() for some of the tables, into `out` (float64 (n, RAW_WIDTH), made when None),
+        without the GIL. tables: bit mask, 1 users (raw columns 0-4), 2 sessions (5-8), 4 ips
+        (9-31). The tables are independent: counting a batch with tables=3 and tables=4 (in
+        either order, or at the same time from two threads) equals update(). Every batch must
+        go to every table, in log order, before the next batch goes to that table."""
         if self.closed:
             raise RuntimeError("EmbeddedStore is closed")
+        if tables < 0 or tables > 7:
+            raise ValueError("update_tables: tables is a bit mask in 0..7")
         cdef const int64_t[::1] tsv = np.ascontiguousarray(ts, dtype=np.int64)
         cdef const uint64_t[::1] u = np.ascontiguousarray(uh, dtype=np.uint64)
         cdef const uint64_t[::1] s = np.ascontiguousarray(sh, dtype=np.uint64)
         cdef const uint64_t[::1] ip = np.ascontiguousarray(ih, dtype=np.uint64)
         cdef const uint8_t[:, ::1] hl = np.ascontiguousarray(hll, dtype=np.uint8)
-        cdef Py_ssize_t n = tsv.shape[0], i
+        cdef Py_ssize_t n = tsv.shape[0]
         if u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hl.shape[0] != n:
             raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
         if n and hl.shape[1] != 4:
             raise ValueError("update: hll must have shape (n, 4)")
-        out_a = np.empty((n, RAW_WIDTH), dtype=np.float64)
-        cdef double[:, ::1] out = out_a
-        for i in range(n):
-            self._one(tsv[i], u[i], s[i], ip[i], &hl[i, 0], &out[i, 0])
-            self.since_sweep += 1
-            if self.since_sweep >= self.sweep_every:
-                self.since_sweep = 0
-                self._sweep(8 * self.sweep_every)
-        return out_a
+        if out is None:
+            out = np.empty((n, RAW_WIDTH), dtype=np.float64)
+        cdef double[:, ::1] o = out
+        if o.shape[0] != n or o.shape[1] != RAW_WIDTH:
+            raise ValueError("update_tables: out must be float64 (n, 32), C-contiguous")
+        cdef int rc = 0
+        if n == 0:
+            return out
+        with nogil:
+            if tables & 1:
+                rc = self._count_users(&tsv[0], &u[0], n, &o[0, 0])
+            if rc == 0 and tables & 2:
+                rc = self._count_sessions(&tsv[0], &s[0], n, &o[0, 0])
+            if rc == 0 and tables & 4:
+                rc = self._count_ips(&tsv[0], &ip[0], &hl[0, 0], n, &o[0, 0])
+        if rc != 0:
+            raise MemoryError("EmbeddedStore: out of memory")
+        return out
 
-    cdef int _one(self, int64_t t, uint64_t uk, uint64_t sk, uint64_t ik,
-                  const uint8_t* hl, double* row) except -1:
+    cdef inline void _tick(self, int k, int64_t t) noexcept nogil:
+        if t > self.now[k]:
+            self.now[k] = t
+
+    cdef inline void _after(self, int k, Table* tab, int64_t ttl) noexcept nogil:
+        self.since_sweep[k] += 1
+        if self.since_sweep[k] >= self.sweep_every:
+            self.since_sweep[k] = 0
+            _sweep_table(tab, self.now[k] - ttl - self.sweep_grace_ms, 8 * self.sweep_every)
+
+    cdef int _count_users(self, const int64_t* ts, const uint64_t* keys, Py_ssize_t n,
+                          double* out) noexcept nogil:
+        cdef Py_ssize_t i
         cdef UserSt* ue
+        cdef double gap
+        cdef double* row
+        cdef int64_t t
+        cdef int j
+        for i in range(n):
+            t = ts[i]
+            row = out + i * RAW_WIDTH
+            self._tick(0, t)
+            ue = <UserSt*>_lookup(&self.users, keys[i])
+            if ue == NULL or t - ue.last > U_TTL:
+                if ue == NULL:
+                    ue = <UserSt*>_insert(&self.users, keys[i])
+                    if ue == NULL:
+                        return -1
+                for j in range(4):
+                    ue.c[j] = 1.0
+                ue.last = t
+                gap = -1.0
+            else:
+                gap = (t - ue.last if t > ue.last else 0) / 1000.0
+                for j in range(4):
+                    ue.c[j] = ue.c[j] * exp(-gap / U_TAU[j]) + 1.0
+                if t > ue.last:
+                    ue.last = t
+            for j in range(4):
+                row[j] = ue.c[j]
+            row[4] = gap
+            self._after(0, &self.users, U_TTL)
+        return 0
+
+    cdef int _count_sessions(self, const int64_t* ts, const uint64_t* keys, Py_ssize_t n,
+                             double* out) noexcept nogil:
+        cdef Py_ssize_t i
         cdef SessSt* se
+        cdef double gap
+        cdef double* row
+        cdef int64_t t
+        cdef int j
+        for i in range(n):
+            t = ts[i]
+            row = out + i * RAW_WIDTH
+            self._tick(1, t)
+            se = <SessSt*>_lookup(&self.sessions, keys[i])
+            if se == NULL or t - se.last > S_TTL:
+                if se == NULL:
+                    se = <SessSt*>_insert(&self.sessions, keys[i])
+                    if se == NULL:
+                        return -1
+                se.c[0] = 1.0
+                se.c[1] = 1.0
+                se.last = t
+                se.first = t
+                gap = -1.0
+            else:
+                gap = (t - se.last if t > se.last else 0) / 1000.0
+                for j in range(2):
+                    se.c[j] = se.c[j] * exp(-gap / S_TAU[j]) + 1.0
+                if t > se.last:
+                    se.last = t
+            row[5] = se.c[0]
+            row[6] = se.c[1]
+            row[7] = gap
+            row[8] = (t - se.first if t > se.first else 0) / 1000.0
+            self._after(1, &self.sessions, S_TTL)
+        return 0
+
+    cdef int _count_ips(self, const int64_t* ts, const uint64_t* keys, const uint8_t* hll,
+                        Py_ssize_t n, double* out) noexcept nogil:
+        cdef Py_ssize_t i
         cdef IpSt* ie
         cdef double gap
+        cdef double* row
+        cdef const uint8_t* hl
+        cdef int64_t t
         cdef int j, idx, rank, r, w
         cdef int64_t b, win
         cdef double frac
-        if t > self.now:
-            self.now = t
-        # user
-        ue = <UserSt*>_lookup(&self.users, uk)
-        if ue == NULL or t - ue.last > U_TTL:
-            if ue == NULL:
-                ue = <UserSt*>_insert(&self.users, uk)
-            for j in range(4):
-                ue.c[j] = 1.0
-            ue.last = t
-            gap = -1.0
-        else:
-            gap = (t - ue.last if t > ue.last else 0) / 1000.0
-            for j in range(4):
-                ue.c[j] = ue.c[j] * exp(-gap / U_TAU[j]) + 1.0
-            if t > ue.last:
-                ue.last = t
-        for j in range(4):
-            row[j] = ue.c[j]
-        row[4] = gap
-        # session
-        se = <SessSt*>_lookup(&self.sessions, sk)
-        if se == NULL or t - se.last > S_TTL:
-            if se == NULL:
-                se = <SessSt*>_insert(&self.sessions, sk)
-            se.c[0] = 1.0
-            se.c[1] = 1.0
-            se.last = t
-            se.first = t
-            gap = -1.0
-        else:
-            gap = (t - se.last if t > se.last else 0) / 1000.0
-            for j in range(2):
-                se.c[j] = se.c[j] * exp(-gap / S_TAU[j]) + 1.0
-            if t > se.last:
-                se.last = t
-        row[5] = se.c[0]
-        row[6] = se.c[1]
-        row[7] = gap
-        row[8] = (t - se.first if t > se.first else 0) / 1000.0
-        # ip
-        ie = <IpSt*>_lookup(&self.ips, ik)
-        if ie == NULL or t - ie.last > I_TTL:
-            if ie == NULL:
-                ie = <IpSt*>_insert(&self.ips, ik)
-            _ip_reset(ie, t)
-        else:
-            gap = (t - ie.last if t > ie.last else 0) / 1000.0
-            for j in range(3):
-                ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
-            if t > ie.last:
-                ie.last = t
-        row[9] = ie.c[0]
-        row[10] = ie.c[1]
-        row[11] = ie.c[2]
-        for w in range(2):
-            win = HOUR_MS if w == 0 else DAY_MS
-            b = _floordiv(t, win)
-            if b > ie.bucket[w]:
+        for i in range(n):
+            t = ts[i]
+            row = out + i * RAW_WIDTH
+            hl = hll + 4 * i
+            self._tick(2, t)
+            ie = <IpSt*>_lookup(&self.ips, keys[i])
+            if ie == NULL or t - ie.last > I_TTL:
+                if ie == NULL:
+                    ie = <IpSt*>_insert(&self.ips, keys[i])
+                    if ie == NULL:
+                        return -1
+                _ip_reset(ie, t)
+            else:
+                gap = (t - ie.last if t > ie.last else 0) / 1000.0
+                for j in range(3):
+                    ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
+                if t > ie.last:
+                    ie.last = t
+            row[9] = ie.c[0]
+            row[10] = ie.c[1]
+            row[11] = ie.c[2]
+            for w in range(2):
+                win = HOUR_MS if w == 0 else DAY_MS
+                b = _floordiv(t, win)
+                if b > ie.bucket[w]:
+                    for j in range(2 * w, 2 * w + 2):
+                        if b == ie.bucket[w] + 1:
+                            ie.pz[j] = ie.z[j]
+                            ie.pv[j] = ie.v[j]
+                        else:
+                            ie.pz[j] = HLL_M
+                            ie.pv[j] = HLL_M
+                        ie.z[j] = HLL_M
+                        ie.v[j] = HLL_M
+                        memset(ie.regs[j], 0, HLL_M)
+                    ie.bucket[w] = b
+                frac = <double>(t - ie.bucket[w] * win) / <double>win
+                if frac < 0.0:
+                    frac = 0.0
+                elif frac > 1.0:
+                    frac = 1.0
                 for j in range(2 * w, 2 * w + 2):
-                    if b == ie.bucket[w] + 1:
-                        ie.pz[j] = ie.z[j]
-                        ie.pv[j] = ie.v[j]
-                    else:
-                        ie.pz[j] = HLL_M
-                        ie.pv[j] = HLL_M
-                    ie.z[j] = HLL_M
-                    ie.v[j] = HLL_M
-                    memset(ie.regs[j], 0, HLL_M)
-                ie.bucket[w] = b
-            frac = <double>(t - ie.bucket[w] * win) / <double>win
-            if frac < 0.0:
-                frac = 0.0
-            elif frac > 1.0:
-                frac = 1.0
-            for j in range(2 * w, 2 * w + 2):
-                # j even: session HLL (hll cols 0,1); j odd: user HLL (cols 2,3)
-                idx = hl[2 * (j % 2)] & (HLL_M - 1)
-                rank = hl[2 * (j % 2) + 1]
-                r = ie.regs[j][idx]
-                if rank > r:
-                    ie.z[j] = ie.z[j] - ldexp(1.0, -r) + ldexp(1.0, -rank)
-                    if r == 0:
-                        ie.v[j] -= 1
-                    ie.regs[j][idx] = <uint8_t>rank
-                row[12 + 5 * j] = ie.z[j]
-                row[13 + 5 * j] = ie.v[j]
-                row[14 + 5 * j] = ie.pz[j]
-                row[15 + 5 * j] = ie.pv[j]
-                row[16 + 5 * j] = frac
+                    # j even: session HLL (hll cols 0,1); j odd: user HLL (cols 2,3)
+                    idx = hl[2 * (j % 2)] & (HLL_M - 1)
+                    rank = hl[2 * (j % 2) + 1]
+                    r = ie.regs[j][idx]
+                    if rank > r:
+                        ie.z[j] = ie.z[j] - ldexp(1.0, -r) + ldexp(1.0, -rank)
+                        if r == 0:
+                            ie.v[j] -= 1
+                        ie.regs[j][idx] = <uint8_t>rank
+                    row[12 + 5 * j] = ie.z[j]
+                    row[13 + 5 * j] = ie.v[j]
+                    row[14 + 5 * j] = ie.pz[j]
+                    row[15 + 5 * j] = ie.pv[j]
+                    row[16 + 5 * j] = frac
+            self._after(2, &self.ips, I_TTL)
         return 0
+
+
+cdef void _sweep_table(Table* t, int64_t limit, Py_ssize_t budget) noexcept nogil:
+    """Free up to `budget` (all when < 0) entries' worth of keys whose `last` < limit."""
+    # `last` sits right after the key in every entry struct.
+    cdef Py_ssize_t k = 0
+    cdef size_t n = t.count if budget < 0 else <size_t>budget
+    if t.count == 0:
+        return
+    while <size_t>k < n and t.count > 0:
+        if t.cursor >= t.count:
+            t.cursor = 0
+        if (<int64_t*>(_entry(t, t.cursor)))[1] < limit:
+            _delete_at(t, t.cursor)   # the last entry moved here; look at it next
+        else:
+            t.cursor += 1
+        k += 1
 
 # ------------------------------------------------------------------------------ finish
 
@@ -599,39 +835,46 @@ def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
     cdef double g, est, hour_angle, dow_angle, dow
     cdef int64_t local, day_ms, days
     cdef const double* x
-    for i in range(n):
-        x = &r[i, 0]
-        for k in range(4):
-            o[i, k] = <float>log1p(x[k])
-        g = x[4]
-        o[i, 4] = <float>log1p(GAP_CAP if g < 0 else (g if g < GAP_CAP else GAP_CAP))
-        o[i, 5] = <float>log1p(x[5])
-        o[i, 6] = <float>log1p(x[6])
-        g = x[7]
-        o[i, 7] = <float>log1p(GAP_CAP if g < 0 else (g if g < GAP_CAP else GAP_CAP))
-        o[i, 8] = <float>log1p(x[8])
-        o[i, 9] = <float>log1p(x[9])
-        o[i, 10] = <float>log1p(x[10])
-        o[i, 11] = <float>log1p(x[11])
-        for j in range(4):
-            est = _hll_est(x[12 + 5 * j], x[13 + 5 * j]) + \
-                _hll_est(x[14 + 5 * j], x[15 + 5 * j]) * (1.0 - x[16 + 5 * j])
-            o[i, 12 + j] = <float>log1p(est)
-        local = tsv[i] + tz[i] * 60000
-        day_ms = local - _floordiv(local, DAY_MS) * DAY_MS
-        days = _floordiv(local, DAY_MS)
-        hour_angle = _TWO_PI * day_ms / 86400000.0
-        dow = <double>((days + 3) - _floordiv(days + 3, 7) * 7) + day_ms / 86400000.0
-        dow_angle = _TWO_PI * dow / 7.0
-        o[i, 16] = <float>sin(hour_angle)
-        o[i, 17] = <float>cos(hour_angle)
-        o[i, 18] = <float>sin(dow_angle)
-        o[i, 19] = <float>cos(dow_angle)
-        o[i, 20] = li[i]
-        o[i, 21] = 0.0
-        o[i, 22] = 0.0
-        o[i, 23] = 0.0
-        if dev[i] > 2:
-            raise ValueError(f"finish_into: device code {dev[i]} at row {i} is not 0, 1 or 2")
-        o[i, 21 + dev[i]] = 1.0
+    cdef Py_ssize_t bad = -1
+    if n == 0:
+        return out
+    with nogil:
+      for i in range(n):
+          x = &r[i, 0]
+          for k in range(4):
+              o[i, k] = <float>log1p(x[k])
+          g = x[4]
+          o[i, 4] = <float>log1p(GAP_CAP if g < 0 else (g if g < GAP_CAP else GAP_CAP))
+          o[i, 5] = <float>log1p(x[5])
+          o[i, 6] = <float>log1p(x[6])
+          g = x[7]
+          o[i, 7] = <float>log1p(GAP_CAP if g < 0 else (g if g < GAP_CAP else GAP_CAP))
+          o[i, 8] = <float>log1p(x[8])
+          o[i, 9] = <float>log1p(x[9])
+          o[i, 10] = <float>log1p(x[10])
+          o[i, 11] = <float>log1p(x[11])
+          for j in range(4):
+              est = _hll_est(x[12 + 5 * j], x[13 + 5 * j]) + \
+                  _hll_est(x[14 + 5 * j], x[15 + 5 * j]) * (1.0 - x[16 + 5 * j])
+              o[i, 12 + j] = <float>log1p(est)
+          local = tsv[i] + tz[i] * 60000
+          day_ms = local - _floordiv(local, DAY_MS) * DAY_MS
+          days = _floordiv(local, DAY_MS)
+          hour_angle = _TWO_PI * day_ms / 86400000.0
+          dow = <double>((days + 3) - _floordiv(days + 3, 7) * 7) + day_ms / 86400000.0
+          dow_angle = _TWO_PI * dow / 7.0
+          o[i, 16] = <float>sin(hour_angle)
+          o[i, 17] = <float>cos(hour_angle)
+          o[i, 18] = <float>sin(dow_angle)
+          o[i, 19] = <float>cos(dow_angle)
+          o[i, 20] = li[i]
+          o[i, 21] = 0.0
+          o[i, 22] = 0.0
+          o[i, 23] = 0.0
+          if dev[i] > 2:
+              bad = i
+              break
+          o[i, 21 + dev[i]] = 1.0
+    if bad >= 0:
+        raise ValueError(f"finish_into: device code {dev[bad]} at row {bad} is not 0, 1 or 2")
     return out

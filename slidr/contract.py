@@ -213,6 +213,37 @@ def _arrow():
     return pa, pc
 
 
+def _native_kernel():
+    try:
+        from slidr.ext import _kernel  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - exercised only without a build
+        return None
+    return _kernel if hasattr(_kernel, "not_ipv4") else None
+
+
+def _check_ip_column_native(k, arr, base_row: int) -> bool:
+    """IP column check in one native pass: strict dotted quads pass; every other row (IPv6 or
+    garbage) goes through ipaddress. False when the column is not a plain string array."""
+    bufs = k._arrow_utf8(arr, "ip", True)
+    if bufs is None:
+        return False
+    odd = np.flatnonzero(k.not_ipv4(*bufs))
+    seen: dict[str, bool] = {}
+    for j in odd.tolist():
+        v = arr[j].as_py()
+        ok = seen.get(v)
+        if ok is None:
+            try:
+                ipaddress.ip_address(v)
+                ok = True
+            except ValueError:
+                ok = False
+            seen[v] = ok
+        if not ok:
+            raise ContractError("ip", v, "is not an IPv4 or IPv6 address", base_row + j)
+    return True
+
+
 def _column_problem(pa, pc, name: str, arr, base_row: int, extra: Mapping[str, str]) -> None:
     """Vectorised checks of one column of a chunk; raise ContractError at the first bad row."""
     kind = FIELDS[name][0] if name in FIELDS else extra[name]
@@ -223,7 +254,7 @@ def _column_problem(pa, pc, name: str, arr, base_row: int, extra: Mapping[str, s
         if idx is not None and idx >= 0:
             raise ContractError(name, arr[idx].as_py(), problem, base_row + idx)
 
-    if required:
+    if required and arr.null_count:
         fail(pc.is_null(arr), "is required")
     t = arr.type
     if kind in ("id", "id_or_null", "ua", "ip", "device"):
@@ -232,15 +263,22 @@ def _column_problem(pa, pc, name: str, arr, base_row: int, extra: Mapping[str, s
                                 f"must be a string column, not {t}", base_row)
         if pa.types.is_null(t):
             return
-        lens = pc.utf8_length(arr)
         maxlen = MAX_UA_LEN if kind == "ua" else MAX_ID_LEN
-        fail(pc.greater(lens, maxlen), f"is longer than {maxlen} characters")
-        if kind == "id":
-            fail(pc.equal(lens, 0), "must not be empty")
+        # Byte lengths come straight from the offsets; a UTF-8 string has at most as many
+        # characters as bytes, so count characters only when some value has > maxlen bytes.
+        blens = pc.binary_length(arr)
+        mm = pc.min_max(blens).as_py()
+        if mm["max"] is not None and mm["max"] > maxlen:
+            fail(pc.greater(pc.utf8_length(arr), maxlen), f"is longer than {maxlen} characters")
+        if kind == "id" and mm["min"] == 0:
+            fail(pc.equal(blens, 0), "must not be empty")
         if kind == "device":
             fail(pc.invert(pc.fill_null(pc.is_in(arr, value_set=pa.array(DEVICES)), True)),
                  f"must be one of {', '.join(DEVICES)}")
         if kind == "ip":
+            k = _native_kernel()
+            if k is not None and _check_ip_column_native(k, arr, base_row):
+                return
             # Cheap vectorised shape check; ipaddress for the rare odd-looking value.
             ok = pc.match_substring_regex(arr, r"^(\d{1,3}\.){3}\d{1,3}$|:")
             bad = pc.index(pc.invert(pc.fill_null(ok, True)), True).as_py()
@@ -264,8 +302,10 @@ def _column_problem(pa, pc, name: str, arr, base_row: int, extra: Mapping[str, s
         if not pa.types.is_integer(t):
             raise ContractError(name, arr[0].as_py() if len(arr) else None,
                                 f"must be integer epoch milliseconds, not {t}", base_row)
-        fail(pc.or_(pc.less(arr, TS_MIN), pc.greater_equal(arr, TS_MAX)),
-             "is not epoch milliseconds between 2000 and 2100")
+        mm = pc.min_max(arr).as_py()
+        if mm["min"] is not None and (mm["min"] < TS_MIN or mm["max"] >= TS_MAX):
+            fail(pc.or_(pc.less(arr, TS_MIN), pc.greater_equal(arr, TS_MAX)),
+                 "is not epoch milliseconds between 2000 and 2100")
     elif kind == "bool":
         if not pa.types.is_boolean(t):
             raise ContractError(name, arr[0].as_py() if len(arr) else None,
@@ -276,8 +316,10 @@ def _column_problem(pa, pc, name: str, arr, base_row: int, extra: Mapping[str, s
         if not pa.types.is_integer(t):
             raise ContractError(name, arr[0].as_py() if len(arr) else None,
                                 f"must be an integer column (minutes), not {t}", base_row)
-        fail(pc.fill_null(pc.or_(pc.less(arr, TZ_MIN), pc.greater(arr, TZ_MAX)), False),
-             f"must be in [{TZ_MIN}, {TZ_MAX}]")
+        mm = pc.min_max(arr).as_py()
+        if mm["min"] is not None and (mm["min"] < TZ_MIN or mm["max"] > TZ_MAX):
+            fail(pc.fill_null(pc.or_(pc.less(arr, TZ_MIN), pc.greater(arr, TZ_MAX)), False),
+                 f"must be in [{TZ_MIN}, {TZ_MAX}]")
 
 
 def _csv_convert_options(pa):
