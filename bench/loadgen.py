@@ -309,7 +309,9 @@ class _Worker:
                 for c in range(min(C, j - i)):
                     t = transports[c_idx := (i + c) % C]
                     if t is None or t.is_closing():
-                        self.abort(f"connection {c_idx} to {spec.target} closed mid-run")
+                        self.abort(f"connection {c_idx} to {spec.target} lost after "
+                                   f"{(time.monotonic_ns() - start_at_ns) / 1e9:.2f}s "
+                                   "(closed by the server)")
                         break
                     t.write(b"".join(frames[c::C]))
                     if t.get_write_buffer_size() > MAX_UNSENT_BYTES:
