@@ -54,11 +54,11 @@ _CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)
 assert _CLICK_DTYPE.itemsize == 24
 
 
-# One reply row per click (store_redis.lua ROW): 22 doubles and the 8 HLL register counts v, pv
-# as bytes; the two bucket fractions come once each. _D_SRC/_D_DST and _B_DST map them onto the
-# 32 RAW columns.
-_ROW_DTYPE = np.dtype([("d", "<f8", (22,)), ("b", "u1", (8,))])
-assert _ROW_DTYPE.itemsize == 184
+# One reply row per click (store_redis.lua ROW): 23 doubles; the two bucket fractions come once
+# each and the 8 HLL register counts v, pv (0..32) as 6-bit fields of the last double (exact).
+# _D_SRC/_D_DST and _B_DST map them onto the 32 RAW columns.
+_ROW_BYTES = 23 * 8
+_SHIFTS = np.arange(0, 48, 6, dtype=np.int64)
 
 
 def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,12 +208,13 @@ class RedisStore:
             raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
                                    f"{type(e).__name__}: {e}") from e
         rows = b"".join(resp)
-        if len(rows) != n * _ROW_DTYPE.itemsize:
+        if len(rows) != n * _ROW_BYTES:
             raise RuntimeError(f"redis store returned {len(rows)} bytes for {n} clicks")
-        rec = np.frombuffer(rows, dtype=_ROW_DTYPE)
+        rec = np.frombuffer(rows, dtype="<f8").reshape(n, 23)
         raw = np.empty((n, fs.RAW_WIDTH), dtype=np.float64)
-        raw[:, _D_DST] = rec["d"][:, _D_SRC]
-        raw[:, _B_DST] = rec["b"]
+        raw[:, _D_DST] = rec[:, _D_SRC]
+        packed = rec[:, 22].astype(np.int64)
+        raw[:, _B_DST] = (packed[:, None] >> _SHIFTS) & 63
         return raw
 
     def _safe_url(self) -> str:
