@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,26 @@ def hash_keys(user_key: Sequence[str], session_id: Sequence[str], ip: Sequence[s
         hll[i, 0], hll[i, 1] = hll_index_rank(s)
         hll[i, 2], hll[i, 3] = hll_index_rank(u)
     return uh, sh, ih, hll
+
+
+def hash_key_columns(user_id: Sequence[str | None] | None, session_id: Sequence[str],
+                     ip: Sequence[str], logged_in: Sequence[bool]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Twin of the native hash_key_columns: hash_keys with the user key built per click as
+    contract.user_key does ("u\\0" + user_id when logged in with a non-empty user_id, else
+    "s\\0" + session_id). Columns: sequences or pyarrow arrays; user_id None = no column."""
+    def seq(col: Any) -> list[Any]:
+        return col.to_pylist() if hasattr(col, "to_pylist") else list(col)
+
+    sess, ips = seq(session_id), seq(ip)
+    li = np.asarray(logged_in, dtype=bool)
+    n = li.shape[0]
+    uids = seq(user_id) if user_id is not None else [None] * n
+    if len(sess) != n or len(ips) != n or len(uids) != n:
+        raise ValueError("hash_key_columns: columns must have the same length")
+    ukeys = [("u\x00" + uids[i]) if (li[i] and uids[i]) else ("s\x00" + sess[i])
+             for i in range(n)]
+    return hash_keys(ukeys, sess, ips)
 
 
 def _decay(counts: list[float], taus: Sequence[float], dt_s: float) -> None:

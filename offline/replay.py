@@ -7,19 +7,25 @@ batch in arrival order, so the batch size changes speed, never the features.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from slidr.ext import reference
 
-from slidr.contract import batch_from_table, iter_log_chunks
-from slidr.featurespec import N_FEATURES, finish
-from slidr.kernel import FeatureKernel, Store, hash_keys, native
+from slidr.contract import DEVICES, iter_log_chunks
+from slidr.featurespec import N_FEATURES, RAW_WIDTH, finish
+from slidr.kernel import FeatureKernel, Store, native
 from slidr.util import Progress
 
 DEFAULT_BATCH = 16_384
+# Rows per chunk read from the log (validated, hashed and counted as one unit).
+CHUNK_ROWS = 131_072
 
 
 @dataclass
@@ -55,16 +61,101 @@ def count_rows(path: str | Path) -> int | None:
     return None
 
 
+def _prepare(tbl: Any, hash_columns: Any) -> dict[str, Any]:
+    """One validated chunk -> the kernel's columns, key hashes included (no per-click Python
+    strings: the keys are hashed from the arrow buffers), plus what the Replay keeps."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names = tbl.column_names
+    n = tbl.num_rows
+    li = tbl.column("logged_in").to_numpy(zero_copy_only=False).astype(bool)
+    uid = tbl.column("user_id") if "user_id" in names else None
+    # contract.ClickBatch.from_columns: device names -> codes, missing / null tz -> 0.
+    dev = pc.index_in(tbl.column("device"), value_set=pa.array(DEVICES))
+    c: dict[str, Any] = {
+        "n": n,
+        "ts": np.ascontiguousarray(tbl.column("ts").to_numpy(), dtype=np.int64),
+        "li": li,
+        "dev": dev.to_numpy(zero_copy_only=False).astype(np.uint8),
+        "tz": (pc.fill_null(tbl.column("tz_offset_min"), 0).to_numpy(zero_copy_only=False)
+               .astype(np.int16) if "tz_offset_min" in names else np.zeros(n, np.int16)),
+        "pur": (tbl.column("purchased").to_numpy(zero_copy_only=False).astype(bool)
+                if "purchased" in names else None),
+        "rob": (tbl.column("is_robot").to_numpy(zero_copy_only=False).astype(bool)
+                if "is_robot" in names else None),
+        "uid": uid.to_pylist() if uid is not None else [None] * n,
+    }
+    c["uh"], c["sh"], c["ih"], c["hll"] = hash_columns(uid, tbl.column("session_id"),
+                                                       tbl.column("ip"), li)
+    return c
+
+
+_END = object()
+
+
+def _read_ahead(it: Any, depth: int = 2) -> Any:
+    """Run the iterator `it` in a thread, `depth` items ahead of the consumer. pyarrow's reads
+    and compute kernels and the native hashing release the GIL, so the next chunk is read,
+    validated and hashed while the kernel counts the current one. The producer's exceptions
+    (ContractError...) are raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(x: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for x in it:
+                if not put((x, None)):
+                    return
+        except BaseException as e:  # handed to the consumer
+            put((_END, e))
+            return
+        put((_END, None))
+
+    th = threading.Thread(target=work, name="replay-read-ahead", daemon=True)
+    th.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is _END:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+        th.join()
+
+
 def replay_log(path: str | Path, store: Store | None = None, use_native: bool | None = None,
                batch_size: int = DEFAULT_BATCH, progress: bool = True,
-               require_purchased: bool = True, limit: int | None = None) -> Replay:
+               require_purchased: bool = True, limit: int | None = None,
+               threads: bool = True) -> Replay:
     """Replay the log at `path` (Parquet or CSV, validated by the contract loader).
 
     store: a counter store (embedded by default; e.g. slidr.store_redis.RedisStore for a replay
     that fills a shared Redis). The batch size sets the store round trips (one per batch).
+    threads: read, validate and hash the next chunk in a thread while the kernel counts this
+    one; with the native embedded store, also count the IP table (and finish the previous
+    chunk's features) in a second thread while this one counts users and sessions. The tables
+    are independent and each still sees the clicks in log order, so the features are the same.
     """
     kernel = FeatureKernel(store=store, use_native=use_native)
     fin = native.finish_into if (kernel.use_native and hasattr(native, "finish_into")) else finish
+    hash_columns = (native.hash_key_columns
+                    if kernel.use_native and hasattr(native, "hash_key_columns")
+                    else reference.hash_key_columns)
+    split = (threads and hasattr(kernel.store, "update_tables")
+             and fin is not finish)
     require = ("purchased",) if require_purchased else ()
     total = count_rows(path)
     bar = Progress(total or 1, "replay", enabled=progress and total is not None)
@@ -74,39 +165,68 @@ def replay_log(path: str | Path, store: Store | None = None, use_native: bool | 
     has_robot: bool | None = None
     t0 = time.perf_counter()
     n_done = 0
-    for tbl in iter_log_chunks(path, chunk_rows=max(batch_size, 65_536), require=require):
-        if limit is not None and n_done >= limit:
-            break
-        if limit is not None and n_done + tbl.num_rows > limit:
-            tbl = tbl.slice(0, limit - n_done)
-        if has_robot is None:
-            has_robot = "is_robot" in tbl.column_names
-        batch = batch_from_table(tbl)
-        n = len(batch)
-        out = np.empty((n, N_FEATURES), dtype=np.float32)
-        sh_all = np.empty(n, dtype=np.uint64)
-        for a in range(0, n, batch_size):
-            b = min(a + batch_size, n)
-            sub = batch.slice(a, b) if (a, b) != (0, n) else batch
-            # FeatureKernel.features inlined to keep the session hash for the heuristic.
-            uh, sh, ih, hll = hash_keys(sub, kernel.use_native)
-            raw = kernel.store.update(sub.ts, uh, sh, ih, hll)
-            fin(raw, sub.ts, sub.tz_offset_min, sub.logged_in, sub.device, out[a:b])
-            sh_all[a:b] = sh
-            bar.update(b - a)
-        feats.append(out)
-        cols["ts"].append(batch.ts)
-        cols["tz"].append(batch.tz_offset_min)
-        cols["dev"].append(batch.device)
-        cols["li"].append(batch.logged_in.astype(bool))
-        cols["sh"].append(sh_all)
-        if "purchased" in tbl.column_names:
-            cols["pur"].append(tbl.column("purchased").to_numpy(zero_copy_only=False).astype(bool))
-        if has_robot:
-            cols["rob"].append(tbl.column("is_robot").to_numpy(zero_copy_only=False).astype(bool))
-        user_ids.extend(tbl.column("user_id").to_pylist() if "user_id" in tbl.column_names
-                        else [None] * n)
-        n_done += n
+
+    def chunks() -> Any:
+        got = 0
+        for tbl in iter_log_chunks(path, chunk_rows=max(batch_size, CHUNK_ROWS),
+                                   require=require, read_dictionary=("user_agent",)):
+            if limit is not None and got >= limit:
+                return
+            if limit is not None and got + tbl.num_rows > limit:
+                tbl = tbl.slice(0, limit - got)
+            got += tbl.num_rows
+            yield _prepare(tbl, hash_columns)
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="replay-ips") if split else None
+    st = kernel.store
+    pending: Any = None
+    try:
+        for c in (_read_ahead(chunks()) if threads else chunks()):
+            if has_robot is None:
+                has_robot = c["rob"] is not None
+            n = c["n"]
+            ts, uh, sh, ih, hll = c["ts"], c["uh"], c["sh"], c["ih"], c["hll"]
+            out = np.empty((n, N_FEATURES), dtype=np.float32)
+            spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+            if pool is not None:
+                raw = np.empty((n, RAW_WIDTH), dtype=np.float64)
+
+                def count(tables: int, raw: np.ndarray = raw, ts: np.ndarray = ts,
+                          uh: np.ndarray = uh, sh: np.ndarray = sh, ih: np.ndarray = ih,
+                          hll: np.ndarray = hll, spans: list = spans) -> None:
+                    for a, b in spans:
+                        st.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b],
+                                         raw[a:b], tables)
+
+                ips = pool.submit(count, 4)
+                count(3)
+                ips.result()
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(fin, raw, ts, c["tz"], c["li"], c["dev"], out)
+                bar.update(n)
+            else:
+                for a, b in spans:
+                    raw = kernel.store.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b])
+                    fin(raw, ts[a:b], c["tz"][a:b], c["li"][a:b], c["dev"][a:b], out[a:b])
+                    bar.update(b - a)
+            feats.append(out)
+            cols["ts"].append(ts)
+            cols["tz"].append(c["tz"])
+            cols["dev"].append(c["dev"])
+            cols["li"].append(c["li"])
+            cols["sh"].append(sh)
+            if c["pur"] is not None:
+                cols["pur"].append(c["pur"])
+            if has_robot:
+                cols["rob"].append(c["rob"])
+            user_ids.extend(c["uid"])
+            n_done += n
+        if pending is not None:
+            pending.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
     bar.close()
     seconds = time.perf_counter() - t0
 

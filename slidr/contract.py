@@ -244,6 +244,26 @@ def _check_ip_column_native(k, arr, base_row: int) -> bool:
     return True
 
 
+def _dictionary_column_problem(pa, pc, name: str, kind: str, required: bool, arr,
+                               fail) -> None:
+    dic, ind = arr.dictionary, arr.indices
+
+    def fail_d(dmask, problem: str) -> None:
+        bad = np.flatnonzero(pc.fill_null(dmask, False).to_numpy(zero_copy_only=False))
+        if bad.size:
+            fail(pc.fill_null(pc.is_in(ind, value_set=pa.array(bad, ind.type)), False), problem)
+
+    if required and dic.null_count:
+        fail_d(pc.is_null(dic), "is required")
+    maxlen = MAX_UA_LEN if kind == "ua" else MAX_ID_LEN
+    fail_d(pc.greater(pc.utf8_length(dic), maxlen), f"is longer than {maxlen} characters")
+    if kind == "id":
+        fail_d(pc.equal(pc.binary_length(dic), 0), "must not be empty")
+    if kind == "device":
+        fail_d(pc.invert(pc.fill_null(pc.is_in(dic, value_set=pa.array(DEVICES)), True)),
+               f"must be one of {', '.join(DEVICES)}")
+
+
 def _column_problem(pa, pc, name: str, arr, base_row: int, extra: Mapping[str, str]) -> None:
     """Vectorised checks of one column of a chunk; raise ContractError at the first bad row."""
     kind = FIELDS[name][0] if name in FIELDS else extra[name]
@@ -257,6 +277,15 @@ def _column_problem(pa, pc, name: str, arr, base_row: int, extra: Mapping[str, s
     if required and arr.null_count:
         fail(pc.is_null(arr), "is required")
     t = arr.type
+    if (pa.types.is_dictionary(t) and kind in ("id", "id_or_null", "ua", "device")
+            and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))):
+        # Dictionary-encoded strings (iter_log_chunks(read_dictionary=...)): check each distinct
+        # value once, then report the first row that uses a bad one.
+        _dictionary_column_problem(pa, pc, name, kind, required, arr, fail)
+        return
+    if pa.types.is_dictionary(t):
+        arr = pc.cast(arr, t.value_type)
+        t = arr.type
     if kind in ("id", "id_or_null", "ua", "ip", "device"):
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
             raise ContractError(name, arr[0].as_py() if len(arr) else None,
@@ -334,11 +363,14 @@ def _csv_convert_options(pa):
 
 
 def iter_log_chunks(path: str | Path, chunk_rows: int = 262_144,
-                    require: Iterable[str] = (), check_order: bool = True) -> Iterator[Any]:
+                    require: Iterable[str] = (), check_order: bool = True,
+                    read_dictionary: Iterable[str] = ()) -> Iterator[Any]:
     """Stream a click log (Parquet or CSV) as validated pyarrow Tables of <= chunk_rows rows.
 
     Raises ContractError naming the file, the row number (0-based data row) and the field at the
     first violation; with check_order, also when ts decreases between consecutive rows.
+    read_dictionary: string columns to read from Parquet as dictionary arrays (much cheaper for
+    a column with few distinct values, e.g. user_agent); validated all the same.
     """
     pa, pc = _arrow()
     path = Path(path)
@@ -352,6 +384,10 @@ def iter_log_chunks(path: str | Path, chunk_rows: int = 262_144,
         import pyarrow.parquet as pq
         pf = pq.ParquetFile(path)
         names = pf.schema_arrow.names
+        as_dict = [c for c in read_dictionary if c in names
+                   and pa.types.is_string(pf.schema_arrow.field(c).type)]
+        if as_dict:
+            pf = pq.ParquetFile(path, read_dictionary=as_dict)
         reader = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=chunk_rows))
     elif path.suffix in (".csv", ".gz") or path.name.endswith(".csv.gz"):
         import pyarrow.csv as pcsv

@@ -83,3 +83,97 @@ def test_replay_through_redis_store(log, redis_server):
         store.close()
     b = replay.replay_log(d / "clicks.parquet", progress=False)
     np.testing.assert_allclose(a.features, b.features, rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not NATIVE, reason="native kernel not built")
+def test_hash_key_columns_native_equals_reference_twin_and_hash_keys(log):
+    from slidr.ext import _kernel, reference
+
+    _, tbl = log
+    # Empty user ids (logged in or not) fall back to the session key, as contract.user_key does.
+    uid = pa.array(tbl.column("user_id").to_pylist()[:-3] + ["", "", "ü-ß"], pa.string())
+    li = tbl.column("logged_in").to_numpy(zero_copy_only=False).copy()
+    li[-3:] = [True, False, True]
+    t2 = tbl.set_column(tbl.schema.get_field_index("user_id"), "user_id", uid)
+    t2 = t2.set_column(t2.schema.get_field_index("logged_in"), "logged_in", pa.array(li))
+    want = hash_keys(batch_from_table(t2))
+    sess, ip = t2.column("session_id"), t2.column("ip")
+    for args in [(uid, sess, ip, li),  # arrow buffers
+                 (uid.slice(0), sess.combine_chunks(), ip.combine_chunks(), li),
+                 (uid.to_pylist(), sess.to_pylist(), ip.to_pylist(), li)]:  # Python lists
+        for got in (_kernel.hash_key_columns(*args), reference.hash_key_columns(*args)):
+            for g, w in zip(got, want, strict=True):
+                np.testing.assert_array_equal(g, w)
+    # Sliced arrays (non-zero offset) and large_string, without a user_id column.
+    a, b = 17, 2100
+    got = _kernel.hash_key_columns(None, pc_cast(sess.slice(a, b - a), pa.large_string()),
+                                   ip.slice(a, b - a), np.zeros(b - a, bool))
+    ref = reference.hash_key_columns(None, sess.slice(a, b - a).to_pylist(),
+                                     ip.slice(a, b - a).to_pylist(), np.zeros(b - a, bool))
+    for g, w in zip(got, ref, strict=True):
+        np.testing.assert_array_equal(g, w)
+    np.testing.assert_array_equal(got[0], got[1])  # logged out: user key = session key
+    with pytest.raises(TypeError):
+        _kernel.hash_key_columns(None, pa.array(["s", None]), pa.array(["1.2.3.4"] * 2),
+                                 np.zeros(2, bool))
+
+
+def pc_cast(arr, typ):
+    import pyarrow.compute as pc
+    return pc.cast(arr, typ)
+
+
+def test_replay_without_threads_is_the_same(log):
+    d, _ = log
+    a = replay.replay_log(d / "clicks.parquet", progress=False, batch_size=700, threads=False)
+    b = replay.replay_log(d / "clicks.parquet", progress=False, batch_size=700)
+    np.testing.assert_array_equal(a.features, b.features)
+    np.testing.assert_array_equal(a.session_hash, b.session_hash)
+    assert a.user_id == b.user_id
+
+
+@pytest.mark.skipif(not NATIVE, reason="native kernel not built")
+def test_update_tables_split_equals_update():
+    from slidr.ext import _kernel
+
+    rng = np.random.default_rng(3)
+    n = 20_000
+    ts = np.sort(T0 + rng.integers(0, 5 * 86_400_000, n)).astype(np.int64)
+    uh, sh, ih = (rng.integers(0, k, n).astype(np.uint64) for k in (500, 900, 300))
+    hll = rng.integers(0, 61, (n, 4)).astype(np.uint8)
+    one = _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
+    two = _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
+    for a in range(0, n, 3001):
+        b = min(a + 3001, n)
+        want = one.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b])
+        got = np.full((b - a, 32), np.nan)
+        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 4)
+        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 1)
+        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 2)
+        np.testing.assert_array_equal(got, want)
+    assert one.stats()["keys"] == two.stats()["keys"]
+
+
+@pytest.mark.parametrize("bad", ["ua", "ip", "ip6", "device"])
+def test_replay_reports_bad_rows_with_numbers(log, tmp_path, bad):
+    from slidr.contract import ContractError
+
+    _, tbl = log
+    n = tbl.num_rows
+    row = 2345
+    col = {"ua": "user_agent", "ip": "ip", "ip6": "ip", "device": "device"}[bad]
+    val = {"ua": "x" * 513, "ip": "10.1.2.256", "ip6": "fe80::1::2", "device": "tv"}[bad]
+    if col == "user_agent":
+        vals = ["Mozilla/5.0"] * n  # few distinct values: read as a dictionary
+    else:
+        vals = tbl.column(col).to_pylist()
+    vals[row] = val
+    if bad == "ip6":
+        vals[row - 5] = "2001:db8::1"  # valid IPv6 before the bad one
+    t2 = (tbl.set_column(tbl.schema.get_field_index(col), col, pa.array(vals, pa.string()))
+          if col in tbl.column_names else tbl.append_column(col, pa.array(vals, pa.string())))
+    for name, write in (("c.parquet", pq.write_table), ("c.csv", pcsv.write_csv)):
+        write(t2, tmp_path / name)
+        with pytest.raises(ContractError) as ei:
+            replay.replay_log(tmp_path / name, progress=False)
+        assert ei.value.field == col and ei.value.row == row and ei.value.value == val
