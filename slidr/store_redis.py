@@ -76,6 +76,19 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 _D_SRC, _D_DST, _B_DST = _raw_maps()
 
 
+def _dedup(h: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """-> the distinct values of h (sorted); pos[i] = 1-based position of h[i] among them.
+    (np.unique(return_inverse=True) does the same with more overhead per call.)"""
+    h = np.asarray(h, dtype=np.uint64)
+    order = h.argsort()
+    srt = h[order]
+    first = np.empty(srt.shape[0], dtype=bool)
+    first[0] = True
+    np.not_equal(srt[1:], srt[:-1], out=first[1:])
+    pos[order] = first.cumsum()
+    return srt[first]
+
+
 def _bulk(b: bytes) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
@@ -128,6 +141,7 @@ class RedisStore:
         self._tmpl = np.empty((0, self._reclen), dtype=np.uint8)
         self._argv_slack = _bulk(str(self.ttl_slack_ms).encode())
         self._cmd_head = b"\r\n$7\r\nEVALSHA\r\n" + _bulk(self._sha.encode())
+        self._idle: list[Any] = []
 
     def _records(self, k: int) -> np.ndarray:
         if self._tmpl.shape[0] < k:
@@ -160,13 +174,9 @@ class RedisStore:
             nu = ns = 1
             idx[0] = 1
         else:
-            uk, ui = np.unique(np.asarray(uh, dtype=np.uint64), return_inverse=True)
-            sk, si = np.unique(np.asarray(sh, dtype=np.uint64), return_inverse=True)
-            ik, ii = np.unique(np.asarray(ih, dtype=np.uint64), return_inverse=True)
-            idx[:, 0] = ui
-            idx[:, 1] = si
-            idx[:, 2] = ii
-            idx += 1
+            uk = _dedup(uh, idx[:, 0])
+            sk = _dedup(sh, idx[:, 1])
+            ik = _dedup(ih, idx[:, 2])
             nu, ns = uk.shape[0], sk.shape[0]
             keys = np.concatenate([uk, sk, ik]).astype(">u8")
         k = keys.shape[0]
@@ -189,9 +199,14 @@ class RedisStore:
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
         req = self._request(ts, uh, sh, ih, hll)
-        pool = self._r.connection_pool
         try:
-            conn = pool.get_connection()
+            # A connection of our own (redis-py's pool get/release costs more per call than
+            # building the whole request); list pop/append are atomic, so threads can share
+            # the store, each batch on its own connection.
+            try:
+                conn = self._idle.pop()
+            except IndexError:
+                conn = self._r.connection_pool.make_connection()
             try:
                 conn.send_packed_command((req,))
                 try:
@@ -203,7 +218,9 @@ class RedisStore:
                     conn.send_packed_command((req,))
                     resp = conn.read_response()
             finally:
-                pool.release(conn)
+                # On a socket error or timeout redis-py has already closed the connection;
+                # it reconnects on its next command.
+                self._idle.append(conn)
         except self._errors as e:
             raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
                                    f"{type(e).__name__}: {e}") from e
@@ -248,4 +265,6 @@ class RedisStore:
         return int(self.stats()["keys"])
 
     def close(self) -> None:
+        while self._idle:
+            self._idle.pop().disconnect()
         self._r.close()
