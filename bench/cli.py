@@ -247,9 +247,12 @@ class _Session:
         _log(f"slidrd on 127.0.0.1:{self.daemon.port}, metrics {self.daemon.metrics_url}")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self.daemon is not None:
-            self.daemon.stop()
+            died = not self.daemon.alive()
+            self.daemon.stop(keep=died or exc_type is not None)
+            if died:
+                _log(f"slidrd exited during the run; its log: {self.daemon.log_path}")
 
     def apply(self, spec: Any) -> Any:
         if self.daemon is not None:

@@ -7,6 +7,7 @@ onnx.helper and random weights: the daemon's cost does not depend on what the we
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -108,6 +109,7 @@ class DaemonRun:
         self.store = store
         self.daemon_args = daemon_args or {}
         self.cpus = cpus
+        self._own_root = workdir is None
         self.root = Path(workdir or tempfile.mkdtemp(prefix="slidr-bench-"))
         self.port = free_port()
         self.metrics_port = free_port()
@@ -143,19 +145,21 @@ class DaemonRun:
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
-                self.stop()
+                self.stop(keep=True)
                 raise RuntimeError(f"slidrd exited with {self.proc.returncode if self.proc else '?'}"
                                    f" before answering: {' | '.join(tail)}")
             if ping(self.port, 0.5):
                 return self
             time.sleep(0.1)
-        self.stop()
+        self.stop(keep=True)
         raise RuntimeError(f"slidrd did not answer ping within {timeout:.0f}s (log: {self.log_path})")
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
+    def stop(self, keep: bool = False) -> None:
+        """Stop slidrd (and Redis); remove the work dir unless `keep` (e.g. to read the log
+        of a run that went wrong) or it was given by the caller."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -168,6 +172,12 @@ class DaemonRun:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+        if not keep and self._own_root:
+            import shutil
+            for d, _dirs, _files in os.walk(self.root):
+                with contextlib.suppress(OSError):
+                    os.chmod(d, 0o755)  # published bundles are read-only
+            shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> DaemonRun:
         return self.start()
