@@ -73,7 +73,8 @@ def throughput(store: Any, clicks: ClickBatch, batch: int, seconds: float,
                use_native: bool = True, cpu: dict[str, float] | None = None) -> float:
     """Clicks/s (wall clock) for hash + update + finish over consecutive batches until
     `seconds` pass; with `cpu`, also stores clicks per CPU-second of this process in
-    cpu["cps"] (robust to a busy shared host for an in-process store)."""
+    cpu["cps"] (robust to a busy shared host for an in-process store) and the clicks done in
+    cpu["n"]."""
     from slidr.kernel import hash_keys
     fin = _finisher() if use_native else finish
     n = len(clicks)
@@ -98,6 +99,7 @@ def throughput(store: Any, clicks: ClickBatch, batch: int, seconds: float,
     wall = time.perf_counter() - t0
     if cpu is not None:
         cpu["cps"] = done / max(time.process_time() - c0, 1e-9)
+        cpu["n"] = done
     return done / wall
 
 
@@ -117,38 +119,69 @@ def bytes_per_key_over_day(n: int = 400_000, samples: int = 24, seed: int = 1) -
     return {"bytes_per_key": float(np.mean(vals)), "final": st}
 
 
+def _server_cpu_s(admin: Any) -> float:
+    info = admin.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def run(seconds_per_point: float = 1.0, redis_url: str | None = None,
-        clicks_per_day: int = 400_000, batch_sizes: Sequence[int] = BATCH_SIZES) -> dict[str, Any]:
-    """-> {"embedded": {"1": cps, ...}, "redis": {...}, "bytes_per_key": n, ...}."""
+        clicks_per_day: int = 400_000, batch_sizes: Sequence[int] = BATCH_SIZES,
+        repeat: int = 1) -> dict[str, Any]:
+    """-> {"embedded": {"1": cps, ...}, "redis": {...}, "bytes_per_key": n, ...}.
+
+    Each point is the median of `repeat` runs. For Redis also the CPU per click of the
+    redis-server process (INFO cpu deltas: the script, the key reads and writes, the socket)
+    and of this process (hash + request + reply + finish), which a busy shared host distorts
+    far less than wall clock."""
+    import redis
+
     from slidr.kernel import NATIVE, embedded_store
     from slidr.store_redis import RedisStore
     clicks = make_clicks(clicks_per_day, seed=0)
     out: dict[str, Any] = {"embedded": {}, "redis": {}, "native": NATIVE,
-                           "seconds_per_point": seconds_per_point,
+                           "seconds_per_point": seconds_per_point, "repeat": repeat,
                            "clicks_per_simulated_day": clicks_per_day,
                            "redis_server": "throwaway" if redis_url is None else "given",
                            # Shared hosts make throughput noisy: record how busy this one was.
                            "cpus": os.cpu_count(), "loadavg_1m_start": os.getloadavg()[0]}
     out["embedded_per_cpu_second"] = {}
     for bs in batch_sizes:
-        st = embedded_store()
-        cpu: dict[str, float] = {}
-        out["embedded"][str(bs)] = round(throughput(st, clicks, bs, seconds_per_point, cpu=cpu))
-        out["embedded_per_cpu_second"][str(bs)] = round(cpu["cps"])
-        st.close()
+        walls, cpss = [], []
+        for _ in range(repeat):
+            st = embedded_store()
+            cpu: dict[str, float] = {}
+            walls.append(throughput(st, clicks, bs, seconds_per_point, cpu=cpu))
+            cpss.append(cpu["cps"])
+            st.close()
+        out["embedded"][str(bs)] = round(float(np.median(walls)))
+        out["embedded_per_cpu_second"][str(bs)] = round(float(np.median(cpss)))
     server = None
     if redis_url is None:
         from slidr.testing.redis_server import RedisServer
         server = RedisServer().start()
         redis_url = server.url
+    out["redis_server_cpu_us_per_click"] = {}
+    out["redis_client_cpu_us_per_click"] = {}
+    admin = redis.Redis.from_url(redis_url, socket_timeout=5.0)
     try:
         for bs in batch_sizes:
-            rs = RedisStore(redis_url, prefix=f"slidr-bench:{bs}:", timeout_s=5.0)
-            try:
-                out["redis"][str(bs)] = round(throughput(rs, clicks, bs, seconds_per_point))
-            finally:
-                rs.close()
+            walls, srv, cli = [], [], []
+            for r in range(repeat):
+                rs = RedisStore(redis_url, prefix=f"slidr-bench:{bs}:{r}:", timeout_s=5.0)
+                try:
+                    rcpu: dict[str, float] = {}
+                    s0 = _server_cpu_s(admin)
+                    walls.append(throughput(rs, clicks, bs, seconds_per_point, cpu=rcpu))
+                    n_done = rcpu["n"]
+                    srv.append((_server_cpu_s(admin) - s0) / n_done * 1e6)
+                    cli.append(1e6 / rcpu["cps"])
+                finally:
+                    rs.close()
+            out["redis"][str(bs)] = round(float(np.median(walls)))
+            out["redis_server_cpu_us_per_click"][str(bs)] = round(float(np.median(srv)), 2)
+            out["redis_client_cpu_us_per_click"][str(bs)] = round(float(np.median(cli)), 2)
     finally:
+        admin.close()
         if server is not None:
             server.stop()
     mem = bytes_per_key_over_day(clicks_per_day)
@@ -162,9 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="slidr bench kernel", description=__doc__)
     ap.add_argument("--seconds", type=float, default=1.0, help="seconds per measured point")
     ap.add_argument("--redis", default=None, help="redis:// URL (default: start a throwaway one)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per point (median reported)")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     a = ap.parse_args(argv)
-    res = run(seconds_per_point=a.seconds, redis_url=a.redis)
+    res = run(seconds_per_point=a.seconds, redis_url=a.redis, repeat=a.repeat)
     if a.json:
         json.dump(res, sys.stdout, indent=2)
         print()
@@ -172,6 +206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in ("embedded", "redis"):
             pts = ", ".join(f"batch {k}: {v:,.0f}/s" for k, v in res[kind].items())
             print(f"{kind:9s} {pts}")
+        for k, v in res["redis_server_cpu_us_per_click"].items():
+            print(f"redis batch {k}: server {v} us/click, client "
+                  f"{res['redis_client_cpu_us_per_click'][k]} us/click (CPU)")
         print(f"bytes per key (embedded, averaged over a simulated day): {res['bytes_per_key']}")
     return 0
 

@@ -253,7 +253,8 @@ def test_kernel_bench_shape():
     from slidr.bench import kernel_bench
 
     res = kernel_bench.run(seconds_per_point=0.05, clicks_per_day=20_000)
-    for kind in ("embedded", "redis"):
+    for kind in ("embedded", "redis", "redis_server_cpu_us_per_click",
+                 "redis_client_cpu_us_per_click"):
         assert set(res[kind]) == {"1", "64", "512"}
         assert all(v > 0 for v in res[kind].values())
     assert 0 < res["bytes_per_key"] <= 256
