@@ -8,8 +8,9 @@
 --          session rank, user HLL register, user rank, and the 1-based positions of the
 --          click's user key among the users, its session among the sessions and its IP among
 --          the IPs.
--- ARGV[2]: extra physical TTL in ms on top of each logical TTL.
--- ARGV[3], ARGV[4]: the number of user keys and of session keys in KEYS (the rest are IPs).
+-- ARGV[2], ARGV[3], ARGV[4]: physical TTL in ms of user, session and IP keys (the logical TTL
+--          plus the client's slack).
+-- ARGV[5], ARGV[6]: the number of user keys and of session keys in KEYS (the rest are IPs).
 -- Returns n bulk strings, one per click: the click's raw counters in 184 bytes (see ROW
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
@@ -21,7 +22,7 @@
 -- Speed (the script is most of the store's cost): every key is decoded once into a Lua table,
 -- mutated in place click by click and encoded once; a missing key starts as a state whose
 -- "last" is -inf, so the logical-expiry test resets it without a separate branch; powers of two
--- come from a table (the same doubles as 2 ^ -r); exp is skipped when dt == 0 (exp(-0) is
+-- are 2 ^ -r (pow: exact); exp is skipped when dt == 0 (exp(-0) is
 -- exactly 1, so c * 1 + 1 == c + 1); each click's outputs go to one struct.pack, in
 -- 23 doubles instead of 32 (Lua hashes every byte of every string it makes).
 
@@ -34,22 +35,19 @@ local M = __HLL_M__
 
 local exp, floor = math.exp, math.floor
 local sunpack, spack = struct.unpack, struct.pack
-local sbyte, schar, srep = string.byte, string.char, string.rep
+local sbyte, schar = string.byte, string.char
 local call = redis.call
 local NEVER = -math.huge
 
 local blob = ARGV[1]
-local slack = tonumber(ARGV[2])
-local nu, ns = tonumber(ARGV[3]), tonumber(ARGV[4])
+local upx, spx, ipx = ARGV[2], ARGV[3], ARGV[4]
+local nu, ns = tonumber(ARGV[5]), tonumber(ARGV[6])
 local nk = #KEYS
 local n = #blob / 24
 
--- P2[r] = 2^-r, exactly the doubles that 2 ^ (-r) gives.
-local P2 = {}
-for r = 0, 64 do P2[r] = 2 ^ (-r) end
 -- IP blob: 22 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
 -- far cheaper per byte than struct items).
-local IFMT = '<' .. srep('d', 22)
+local IFMT = '<dddddddddddddddddddddd'
 local NR = 4 * M
 local function new_regs() return {__ZERO_REGS__} end
 
@@ -92,7 +90,7 @@ local pos = 1
 -- ip c60 c3600 c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d, and the register counts v, pv
 -- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits). Fewer
 -- struct items: struct.pack costs about 25 ns per item. The client expands the row to RAW.
-local ROW = '<' .. srep('d', 23)
+local ROW = '<ddddddddddddddddddddddd'
 for i = 1, n do
   local t, sreg, srank, ureg, urank, ui, si, ii
   t, sreg, srank, ureg, urank, ui, si, ii, pos = sunpack('<dBBBBI4I4I4', blob, pos)
@@ -180,14 +178,14 @@ for i = 1, n do
   local q = 1 + sreg
   local r = regs[q]
   if srank > r then
-    p[7] = p[7] - P2[r] + P2[srank]
+    p[7] = p[7] - 2 ^ (-r) + 2 ^ (-srank)
     if r == 0 then p[8] = p[8] - 1.0 end
     regs[q] = srank
   end
   q = 1 + M + ureg
   r = regs[q]
   if urank > r then
-    p[11] = p[11] - P2[r] + P2[urank]
+    p[11] = p[11] - 2 ^ (-r) + 2 ^ (-urank)
     if r == 0 then p[12] = p[12] - 1.0 end
     regs[q] = urank
   end
@@ -212,14 +210,14 @@ for i = 1, n do
   q = 1 + 2 * M + sreg
   r = regs[q]
   if srank > r then
-    p[15] = p[15] - P2[r] + P2[srank]
+    p[15] = p[15] - 2 ^ (-r) + 2 ^ (-srank)
     if r == 0 then p[16] = p[16] - 1.0 end
     regs[q] = srank
   end
   q = 1 + 3 * M + ureg
   r = regs[q]
   if urank > r then
-    p[19] = p[19] - P2[r] + P2[urank]
+    p[19] = p[19] - 2 ^ (-r) + 2 ^ (-urank)
     if r == 0 then p[20] = p[20] - 1.0 end
     regs[q] = urank
   end
@@ -233,9 +231,6 @@ end
 
 -- Write each key once, with a physical TTL past its logical one.
 do
-  local upx = string.format('%d', U_TTL + slack)
-  local spx = string.format('%d', S_TTL + slack)
-  local ipx = string.format('%d', I_TTL + slack)
   for k = 1, nu do
     local u = U[k]
     call('SET', KEYS[k], spack('<ddddd', u[1], u[2], u[3], u[4], u[5]), 'PX', upx)

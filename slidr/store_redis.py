@@ -10,6 +10,7 @@ can share one Redis. Key names: prefix + "u" | "s" | "i" + the 8 big-endian byte
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ def script_source() -> str:
 # user, session and IP among the batch's distinct keys of that kind (see store_redis.lua).
 _CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,))])
 assert _CLICK_DTYPE.itemsize == 24
+_CLICK1 = struct.Struct("<d4B3I")
+assert _CLICK1.size == 24
 
 
 # One reply row per click (store_redis.lua ROW): 23 doubles; the two bucket fractions come once
@@ -74,6 +77,13 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 _D_SRC, _D_DST, _B_DST = _raw_maps()
+# For one click, in plain Python: RAW column -> row index (the v/pv columns are filled after).
+_ROW1 = struct.Struct("<23d")
+_SRC_OF_COL = [0] * fs.RAW_WIDTH
+for _s, _d in zip(_D_SRC.tolist(), _D_DST.tolist(), strict=True):
+    _SRC_OF_COL[_d] = _s
+_B_DST_LIST = _B_DST.tolist()
+_ONE_ONE = b"$1\r\n1\r\n$1\r\n1\r\n"
 
 
 def _dedup(h: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -139,7 +149,9 @@ class RedisStore:
         self._tag_at = len(self._rec_head)
         self._reclen = self._tag_at + 11
         self._tmpl = np.empty((0, self._reclen), dtype=np.uint8)
-        self._argv_slack = _bulk(str(self.ttl_slack_ms).encode())
+        # ARGV[2..4]: physical TTLs (logical TTL + slack) of user, session and IP keys.
+        self._argv_px = b"".join(_bulk(b"%d" % (ttl + self.ttl_slack_ms)) for ttl in (
+            fs.USER_TTL_MS, fs.SESSION_TTL_MS, fs.IP_TTL_MS))
         self._cmd_head = b"\r\n$7\r\nEVALSHA\r\n" + _bulk(self._sha.encode())
         self._idle: list[Any] = []
 
@@ -165,20 +177,26 @@ class RedisStore:
                  hll: np.ndarray) -> bytes:
         """The whole EVALSHA command as one RESP buffer (see store_redis.lua for the layout)."""
         n = ts.shape[0]
+        if n == 1:
+            # One click (an idle daemon flushes each click at once): plain Python is several
+            # times cheaper than numpy on arrays of one.
+            h = bytes(np.asarray(hll, dtype=np.uint8).reshape(4))
+            head = self._rec_head
+            recs = b"".join((head, b"u", int(uh[0]).to_bytes(8, "big"), b"\r\n",
+                             head, b"s", int(sh[0]).to_bytes(8, "big"), b"\r\n",
+                             head, b"i", int(ih[0]).to_bytes(8, "big"), b"\r\n"))
+            click = _CLICK1.pack(float(ts[0]), *h, 1, 1, 1)
+            return b"".join((b"*12", self._cmd_head, _bulk(b"3"), recs, _bulk(click),
+                             self._argv_px, _ONE_ONE))
         clicks = np.empty(n, dtype=_CLICK_DTYPE)
         clicks["ts"] = ts
         clicks["hll"] = hll
         idx = clicks["idx"]
-        if n == 1:
-            keys = np.array([uh[0], sh[0], ih[0]], dtype=">u8")
-            nu = ns = 1
-            idx[0] = 1
-        else:
-            uk = _dedup(uh, idx[:, 0])
-            sk = _dedup(sh, idx[:, 1])
-            ik = _dedup(ih, idx[:, 2])
-            nu, ns = uk.shape[0], sk.shape[0]
-            keys = np.concatenate([uk, sk, ik]).astype(">u8")
+        uk = _dedup(uh, idx[:, 0])
+        sk = _dedup(sh, idx[:, 1])
+        ik = _dedup(ih, idx[:, 2])
+        nu, ns = uk.shape[0], sk.shape[0]
+        keys = np.concatenate([uk, sk, ik]).astype(">u8")
         k = keys.shape[0]
         rec = self._records(k)
         t = self._tag_at
@@ -187,8 +205,8 @@ class RedisStore:
         rec[nu + ns:, t] = 105  # "i"
         rec[:, t + 1:t + 9] = keys.view(np.uint8).reshape(k, 8)
         ks = str(k).encode()
-        return b"".join((b"*%d" % (k + 7), self._cmd_head, _bulk(ks), rec.tobytes(),
-                         _bulk(clicks.tobytes()), self._argv_slack,
+        return b"".join((b"*%d" % (k + 9), self._cmd_head, _bulk(ks), rec.tobytes(),
+                         _bulk(clicks.tobytes()), self._argv_px,
                          _bulk(b"%d" % nu), _bulk(b"%d" % ns)))
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
@@ -224,6 +242,13 @@ class RedisStore:
         except self._errors as e:
             raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
                                    f"{type(e).__name__}: {e}") from e
+        if n == 1 and len(resp) == 1 and len(resp[0]) == _ROW_BYTES:
+            v = _ROW1.unpack(resp[0])
+            packed = int(v[22])
+            row = [v[i] for i in _SRC_OF_COL]
+            for j, c in enumerate(_B_DST_LIST):
+                row[c] = float((packed >> (6 * j)) & 63)
+            return np.array([row], dtype=np.float64)
         rows = b"".join(resp)
         if len(rows) != n * _ROW_BYTES:
             raise RuntimeError(f"redis store returned {len(rows)} bytes for {n} clicks")

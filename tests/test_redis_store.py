@@ -258,3 +258,19 @@ def test_kernel_bench_shape():
         assert set(res[kind]) == {"1", "64", "512"}
         assert all(v > 0 for v in res[kind].values())
     assert 0 < res["bytes_per_key"] <= 256
+
+
+def test_batch_of_one_path_equals_embedded(redis_server):
+    """Single-click batches take a plain-Python request/reply path: same counters."""
+    from slidr.bench.kernel_bench import make_clicks
+    b = make_clicks(1500, seed=4, days=0.1)
+    h = native.hash_keys(b.user_key, b.session_id, b.ip)
+    rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
+    es = native.EmbeddedStore()
+    got = np.concatenate([rs.update(b.ts[i:i + 1], *(x[i:i + 1] for x in h))
+                          for i in range(len(b))])
+    want = np.concatenate([es.update(b.ts[i:i + 1], *(x[i:i + 1] for x in h))
+                           for i in range(len(b))])
+    assert got.dtype == np.float64 and got.shape == (len(b), fs.RAW_WIDTH)
+    assert np.array_equal(got, want)
+    rs.close()
