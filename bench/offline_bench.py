@@ -1,7 +1,11 @@
 """Offline benchmark: feature-replay throughput and the wall time of the whole `slidr train`.
 
     python -m slidr.bench.offline_bench [--clicks F --customers F] [--days 8]
-        [--clicks-per-day 200000] [--seed 7] [--work DIR] [--json]
+        [--clicks-per-day 200000] [--seed 7] [--work DIR] [--repeat 3] [--json]
+
+Replay throughput is the median of --repeat runs per batch size (all runs are kept in the
+JSON, with the 1-minute load average before and after: on a small shared machine the load moves
+the numbers by 2x, so compare runs taken at similar load).
 
 Without --clicks it makes a log with the simulator (`slidr.offline.simulate`); when that module
 is missing it falls back to a small built-in generator (said so in the output: the numbers then
@@ -96,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--work", default="/tmp/slidr-offline-bench")
     ap.add_argument("--batch", type=int, nargs="*", default=[512, 4096, 16384])
+    ap.add_argument("--repeat", type=int, default=3, help="replay runs per batch size")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -117,10 +122,17 @@ def main(argv: list[str] | None = None) -> int:
                  "native_kernel": NATIVE, "cpus": os.cpu_count(),
                  "python": platform.python_version(), "replay": {}}
     for b in a.batch:
-        rp = replay.replay_log(clicks, batch_size=b, progress=False)
-        res["n_clicks"] = len(rp)
-        res["replay"][str(b)] = {"seconds": rp.seconds, "clicks_per_s": rp.clicks_per_s}
-        del rp
+        runs = []
+        load0 = os.getloadavg()[0]
+        for _ in range(max(1, a.repeat)):
+            rp = replay.replay_log(clicks, batch_size=b, progress=False)
+            res["n_clicks"] = len(rp)
+            runs.append((rp.seconds, rp.clicks_per_s))
+            del rp
+        sec = sorted(r[0] for r in runs)[len(runs) // 2]
+        res["replay"][str(b)] = {"seconds": sec, "clicks_per_s": res["n_clicks"] / sec,
+                                 "runs_clicks_per_s": [round(r[1]) for r in runs],
+                                 "load_1min": [load0, os.getloadavg()[0]]}
     if not a.skip_train:
         out = work / "train-out"
         argv2 = [sys.executable, "-m", "slidr.cli", "train", "--clicks", str(clicks),
@@ -147,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"log: {res.get('n_clicks', 0):,} clicks ({source})")
         for b, r in res["replay"].items():
             print(f"replay batch {b:>6}: {r['clicks_per_s']:>12,.0f} clicks/s "
-                  f"({r['seconds']:.2f} s)")
+                  f"({r['seconds']:.2f} s, median of {len(r['runs_clicks_per_s'])}; "
+                  f"load {r['load_1min'][0]:.1f}-{r['load_1min'][1]:.1f})")
         if "train" in res:
             print(f"slidr train wall time: {res['train']['wall_s']:.1f} s "
                   f"(timings {json.dumps({k: round(v, 1) for k, v in res['train']['timings'].items()})})")
