@@ -145,7 +145,7 @@ def replay_log(path: str | Path, store: Store | None = None, use_native: bool | 
     store: a counter store (embedded by default; e.g. slidr.store_redis.RedisStore for a replay
     that fills a shared Redis). The batch size sets the store round trips (one per batch).
     threads: read, validate and hash the next chunk in a thread while the kernel counts this
-    one; with the native embedded store, also count the IP table (and finish the previous
+    one; with the native embedded store, also count the IP table (and finish half of each
     chunk's features) in a second thread while this one counts users and sessions. The tables
     are independent and each still sees the clicks in log order, so the features are the same.
     """
@@ -225,7 +225,12 @@ def replay_log(path: str | Path, store: Store | None = None, use_native: bool | 
                 ips.result()
                 if pending is not None:
                     pending.result()
-                pending = pool.submit(fin, raw, ts, c["tz"], c["li"], c["dev"], out)
+                # Finish the features: the first half in the worker (after it, the worker
+                # counts the next chunk's IPs), the second half here.
+                h = n // 2
+                pending = pool.submit(fin, raw[:h], ts[:h], c["tz"][:h], c["li"][:h],
+                                      c["dev"][:h], out[:h])
+                fin(raw[h:], ts[h:], c["tz"][h:], c["li"][h:], c["dev"][h:], out[h:])
                 bar.update(n)
             else:
                 for a, b in spans:
