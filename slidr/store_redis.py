@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ class RedisStore:
         self._rec_head = b"$%d\r\n" % self._klen + self.prefix
         self._tag_at = len(self._rec_head)
         self._reclen = self._tag_at + 11
-        self._tmpl = np.empty((0, self._reclen), dtype=np.uint8)
+        # Key-record buffers, one per thread: slidrd runs batches on several worker threads
+        # and a shared buffer would mix their key names.
+        self._local = threading.local()
         # ARGV[2..4]: physical TTLs (logical TTL + slack) of user, session and IP keys.
         self._argv_px = b"".join(_bulk(b"%d" % (ttl + self.ttl_slack_ms)) for ttl in (
             fs.USER_TTL_MS, fs.SESSION_TTL_MS, fs.IP_TTL_MS))
@@ -156,13 +159,14 @@ class RedisStore:
         self._idle: list[Any] = []
 
     def _records(self, k: int) -> np.ndarray:
-        if self._tmpl.shape[0] < k:
-            cap = max(k, 2 * self._tmpl.shape[0], 64)
-            t = np.empty((cap, self._reclen), dtype=np.uint8)
-            t[:, :self._tag_at] = np.frombuffer(self._rec_head, dtype=np.uint8)
-            t[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
-            self._tmpl = t
-        return self._tmpl[:k]
+        tmpl = getattr(self._local, "tmpl", None)
+        if tmpl is None or tmpl.shape[0] < k:
+            cap = max(k, 2 * (0 if tmpl is None else tmpl.shape[0]), 64)
+            tmpl = np.empty((cap, self._reclen), dtype=np.uint8)
+            tmpl[:, :self._tag_at] = np.frombuffer(self._rec_head, dtype=np.uint8)
+            tmpl[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
+            self._local.tmpl = tmpl
+        return tmpl[:k]
 
     def keys_for(self, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray) -> list[bytes]:
         """Redis key names, click-major: [u0, s0, i0, u1, s1, i1, ...] (for inspection)."""

@@ -274,3 +274,40 @@ def test_batch_of_one_path_equals_embedded(redis_server):
     assert got.dtype == np.float64 and got.shape == (len(b), fs.RAW_WIDTH)
     assert np.array_equal(got, want)
     rs.close()
+
+
+def test_threads_sharing_one_store(redis_server):
+    """slidrd runs batches on several worker threads through one RedisStore: threads with
+    disjoint keys must each get exactly their own counters."""
+    from slidr.bench.kernel_bench import make_clicks
+    rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=5.0)
+    jobs = []
+    for k in range(3):
+        b = make_clicks(2000, seed=10 + k, days=0.05)
+        h = native.hash_keys([f"{x}-t{k}" for x in b.user_key],
+                             [f"{x}-t{k}" for x in b.session_id], [f"{x}-t{k}" for x in b.ip])
+        jobs.append((b.ts, h))
+    got: dict[int, np.ndarray] = {}
+
+    def work(k):
+        ts, h = jobs[k]
+        got[k] = np.concatenate([rs.update(ts[i:i + 97], *(x[i:i + 97] for x in h))
+                                 for i in range(0, len(ts), 97)])
+
+    import sys
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    for k, (ts, h) in enumerate(jobs):
+        es = native.EmbeddedStore()
+        want = np.concatenate([es.update(ts[i:i + 97], *(x[i:i + 97] for x in h))
+                               for i in range(0, len(ts), 97)])
+        assert np.array_equal(got[k], want), k
+    rs.close()
