@@ -24,7 +24,7 @@ class EmbeddedStore:
     name: str
 
     def __init__(self, capacity_hint: int = 1024, sweep_every: int = 256,
-                 sweep_grace_ms: int = 3_600_000) -> None: ...
+                 sweep_grace_ms: int = 3_600_000, sweep_scan: int = 8) -> None: ...
     def close(self) -> None: ...
     def __len__(self) -> int: ...
     def stats(self) -> dict[str, Any]: ...
@@ -32,6 +32,11 @@ class EmbeddedStore:
     def update(self, ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike,
                ih: npt.ArrayLike, hll: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH)."""
+    def update_tables(self, ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike,
+                      ih: npt.ArrayLike, hll: npt.ArrayLike,
+                      out: npt.NDArray[np.float64] | None = None,
+                      tables: int = 7) -> npt.NDArray[np.float64]:
+        """update() for some tables (bit mask: 1 users, 2 sessions, 4 IPs), into `out`."""
 
 def finish_into(raw: npt.ArrayLike, ts: npt.ArrayLike, tz_offset_min: npt.ArrayLike,
                 logged_in: npt.ArrayLike, device: npt.ArrayLike,

@@ -266,3 +266,19 @@ def test_parity_at_scale_through_growth_and_sweeps():
         b = nat.update(ts[s], uh[s], sh[s], ih[s], hll[s])
         assert np.array_equal(a, b), i
     assert len(nat) < len(ref)  # the sweep freed expired keys the reference still holds
+
+
+def test_type_stub_matches_native_module():
+    """ext/_kernel.pyi names only what the native module has (functions, classes, methods)."""
+    import ast
+    from pathlib import Path
+    stub = Path(native.__file__).with_name("_kernel.pyi")
+    tree = ast.parse(stub.read_text())
+    names = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    assert {n.name for n in names} >= {"hash64", "hash_keys", "EmbeddedStore", "finish_into"}
+    for node in names:
+        assert hasattr(native, node.name), node.name
+        if isinstance(node, ast.ClassDef):
+            for m in node.body:
+                if isinstance(m, ast.FunctionDef):
+                    assert hasattr(getattr(native, node.name), m.name), (node.name, m.name)
