@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from slidr.featurespec import FEATURE_NAMES
@@ -33,3 +35,27 @@ def velocity_score(features: np.ndarray) -> np.ndarray:
     per_min = np.maximum(c[:, 0], c[:, 1])
     per_min_hour = np.maximum(c[:, 2], c[:, 3]) / 60.0
     return (per_min + per_min_hour / 1000.0).astype(np.float32)
+
+
+def margin_row(model_ivr: float, baseline_ivr: float, model_band: list[float] | None,
+               baseline_band: list[float] | None) -> dict[str, Any]:
+    """How far the model's IVR at the FPR target is above a baseline's, against the noise band.
+
+    `*_band` is metrics.evaluate_sliced's `ivr_band`: the IVR at FPR = target x (1 -+ 1/sqrt(m))
+    with m = target x purchasing clicks, i.e. what the sampling noise of the FPR estimate alone
+    can move. Returns
+    - margin: model_ivr - baseline_ivr (NaN when either is undefined);
+    - band_gap: model band low - baseline band high (> 0: even the model's pessimistic IVR beats
+      the baseline's optimistic one);
+    - margin_exceeds_noise: band_gap > 0 (None without bands: too few purchasing clicks);
+    - within_noise: the two bands overlap (None without bands)."""
+    ok = np.isfinite(model_ivr) and np.isfinite(baseline_ivr)
+    row: dict[str, Any] = {"margin": float(model_ivr - baseline_ivr) if ok else float("nan"),
+                           "band_gap": None, "margin_exceeds_noise": None, "within_noise": None}
+    if model_band and baseline_band:
+        gap = float(model_band[0] - baseline_band[1])
+        row["band_gap"] = gap
+        row["margin_exceeds_noise"] = bool(gap > 0)
+        row["within_noise"] = bool(model_band[0] <= baseline_band[1]
+                                   and baseline_band[0] <= model_band[1])
+    return row

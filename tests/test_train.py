@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from slidr.offline import pipeline, train
+from slidr.offline import baselines, pipeline, train
 
 from slidr.cli import main as cli_main
 
@@ -169,7 +169,7 @@ def test_fit_is_deterministic_and_decays_hidden_layers_only():
                   progress=False, seed=3)
     pa_, pb = train.predict(a.model, x), train.predict(b.model, x)
     assert np.array_equal(pa_, pb)
-    assert [tuple(lin.weight.shape) for lin in a.model.hidden] == [(64, 24), (32, 64)]
+    assert [tuple(lin.weight.shape) for lin in a.model.hidden] == [(128, 24), (64, 128)]
 
 
 # ---------------------------------------------------------------- end to end
@@ -293,3 +293,28 @@ def test_talkingdata_like_log_without_customers_or_truth(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert "precision" not in m["model"]["overall"] and m["label_quality"] is None
     assert not (out / "scores_by_truth.png").exists()
+
+
+def test_margin_row_against_the_noise_band():
+    clear = baselines.margin_row(0.20, 0.10, [0.18, 0.22], [0.09, 0.12])
+    assert clear["margin"] == pytest.approx(0.10)
+    assert clear["band_gap"] == pytest.approx(0.06)
+    assert clear["margin_exceeds_noise"] is True and clear["within_noise"] is False
+    close = baselines.margin_row(0.105, 0.10, [0.09, 0.12], [0.085, 0.115])
+    assert close["margin"] > 0 and close["margin_exceeds_noise"] is False
+    assert close["within_noise"] is True
+    lose = baselines.margin_row(0.05, 0.10, [0.04, 0.06], [0.09, 0.11])
+    assert lose["margin"] < 0 and lose["margin_exceeds_noise"] is False
+    assert lose["within_noise"] is False
+    few = baselines.margin_row(0.2, 0.1, None, [0.09, 0.11])
+    assert few["margin_exceeds_noise"] is None and few["within_noise"] is None
+    assert np.isnan(baselines.margin_row(float("nan"), 0.1, None, None)["margin"])
+
+
+def test_fit_keeps_the_moving_average_of_the_weights():
+    x, y, w = _toy(1500)
+    args = (x[:1000], y[:1000], w[:1000], x[1000:], y[1000:], w[1000:])
+    on = train.fit(*args, epochs=2, progress=False, seed=3, ema=0.9)
+    off = train.fit(*args, epochs=2, progress=False, seed=3, ema=0.0)
+    assert not np.array_equal(train.predict(on.model, x), train.predict(off.model, x))
+    assert len(on.history) == 2 and all(np.isfinite(h["val_loss"]) for h in on.history)
