@@ -672,7 +672,8 @@ cdef class EmbeddedStore:
         self.since_sweep[k] += 1
         if self.since_sweep[k] >= self.sweep_every:
             self.since_sweep[k] = 0
-            _sweep_table(tab, self.now[k] - ttl - self.sweep_grace_ms, self.sweep_scan * self.sweep_every)
+            _sweep_table(tab, self.now[k] - ttl - self.sweep_grace_ms,
+                         self.sweep_scan * self.sweep_every)
 
     cdef int _count_users(self, const int64_t* ts, const uint64_t* keys, Py_ssize_t n,
                           double* out) noexcept nogil:
