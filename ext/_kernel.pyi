@@ -42,3 +42,18 @@ def finish_into(raw: npt.ArrayLike, ts: npt.ArrayLike, tz_offset_min: npt.ArrayL
                 logged_in: npt.ArrayLike, device: npt.ArrayLike,
                 out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
     """Native twin of featurespec.finish: raw counters -> float32 features (n, 24)."""
+
+def hash_key_columns(
+    user_id: Any, session_id: Any, ip: Any, logged_in: npt.ArrayLike
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64], npt.NDArray[np.uint64],
+           npt.NDArray[np.uint8]]:
+    """hash_keys straight from columns (pyarrow string arrays or sequences): the user key is
+    "u\\0"+user_id when logged in with a user id, else "s\\0"+session_id, hashed without
+    building the concatenated string."""
+
+def not_ipv4(offsets: npt.ArrayLike, data: npt.ArrayLike,
+             valid: npt.ArrayLike | None = None) -> npt.NDArray[np.uint8]:
+    """uint8 mask over an Arrow utf8 column: 1 where the value is not a strict dotted quad."""
+
+def _arrow_utf8(col: Any, name: str, nullable: bool
+                ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None] | None: ...
