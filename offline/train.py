@@ -111,7 +111,7 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
-        y_va: np.ndarray, w_va: np.ndarray, hidden: tuple[int, ...] = (128, 64),
+        y_va: np.ndarray, w_va: np.ndarray, hidden: tuple[int, ...] = (64, 32),
         weight_decay: float = 1e-4, lr: float = 3e-3, epochs: int = 20, batch_size: int = 4096,
         patience: int = 3, seed: int = 0, progress: bool = True, label: str = "train",
         ema: float = 0.995) -> FitResult:

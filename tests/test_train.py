@@ -169,7 +169,7 @@ def test_fit_is_deterministic_and_decays_hidden_layers_only():
                   progress=False, seed=3)
     pa_, pb = train.predict(a.model, x), train.predict(b.model, x)
     assert np.array_equal(pa_, pb)
-    assert [tuple(lin.weight.shape) for lin in a.model.hidden] == [(128, 24), (64, 128)]
+    assert [tuple(lin.weight.shape) for lin in a.model.hidden] == [(64, 24), (32, 64)]
 
 
 # ---------------------------------------------------------------- end to end
