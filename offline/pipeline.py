@@ -308,9 +308,9 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
             band_m, band_b = blk_m.get("ivr_band"), blk_b.get("ivr_band")
             row = {"model_ivr": a, "baseline_ivr": b,
                    "model_wins": bool(a > b) if np.isfinite(a) and np.isfinite(b) else None,
-                   # Bands overlap: the difference is within the FPR estimate's sampling noise.
-                   "within_noise": (bool(band_m[0] <= band_b[1] and band_b[0] <= band_m[1])
-                                    if band_m and band_b else None)}
+                   # margin, band_gap, margin_exceeds_noise, within_noise (bands overlap: the
+                   # difference is within the FPR estimate's sampling noise).
+                   **baselines.margin_row(a, b, band_m, band_b)}
             for who, blk in (("model", blk_m), ("baseline", blk_b)):
                 if "precision_at_fpr_target" in blk:
                     row[f"{who}_precision"] = blk["precision_at_fpr_target"]

@@ -133,6 +133,11 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
                             {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     avg = copy.deepcopy(model) if ema > 0 else model  # exponential moving average of weights
     pairs = list(zip(avg.parameters(), model.parameters(), strict=True))
+    # Bias-corrected average (as Adam's moments): the accumulator starts at zero and is divided
+    # by 1 - ema^t, so the random initial weights never leak into the average. Without the
+    # correction, a small log (few steps) would validate and export a mostly untrained net.
+    acc = [torch.zeros_like(p) for p in model.parameters()] if ema > 0 else []
+    t_ema = 0
     xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)) for a in
                   (x_tr, y_tr.astype(np.float32), w_tr.astype(np.float32)))
     xv, yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
@@ -161,14 +166,19 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
             loss.backward()
             opt.step()
             if ema > 0:
+                t_ema += 1
                 with torch.no_grad():
-                    for a, p in pairs:
+                    for a, (_, p) in zip(acc, pairs, strict=True):
                         a.lerp_(p, 1.0 - ema)
             tot += float(loss.detach()) * xb.shape[0]
             bar.update(1)
         model.eval()
         avg.eval()
         with torch.no_grad():
+            if ema > 0:
+                corr = 1.0 - ema ** t_ema
+                for a, (q, _) in zip(acc, pairs, strict=True):
+                    q.copy_(a / corr)
             vl = float((bce(avg(xv), yv, reduction="none") * wv).sum() / wv.sum())
         hist.append({"epoch": ep, "train_loss": tot / n, "val_loss": vl,
                      "lr": opt.param_groups[0]["lr"]})
