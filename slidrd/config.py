@@ -19,6 +19,9 @@ _SPEC: dict[str, tuple[type, Any, tuple[float, float] | None, str]] = {
     "redis": (str, "", None, "Redis URL for the shared counter store (empty = embedded store)"),
     "redis_prefix": (str, "slidr:", None, "key prefix in Redis"),
     "redis_timeout_ms": (int, 50, (1, 60_000), "Redis socket timeout"),
+    "embedded_capacity": (int, 1 << 20, (1024, 1 << 31),
+                          "keys per counter table the embedded store is sized for at start "
+                          "(growing past it rehashes the table: a one-off pause of tens of ms)"),
     "workers": (int, 1, (1, 256), "worker processes sharing the port (SO_REUSEPORT)"),
     "admin_socket": (str, "", None, "Unix socket for admin methods (empty = none)"),
     "metrics_port": (int, -1, (-1, 65535), "Prometheus HTTP port (-1 = off, 0 = any)"),
@@ -60,6 +63,7 @@ class Config:
     redis: str = ""
     redis_prefix: str = "slidr:"
     redis_timeout_ms: int = 50
+    embedded_capacity: int = 1 << 20
     workers: int = 1
     admin_socket: str = ""
     metrics_port: int = -1

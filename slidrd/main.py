@@ -21,6 +21,7 @@ _FLAGS: list[tuple[str, str, type]] = [
     ("--registry", "registry", str), ("--host", "host", str), ("--port", "port", int),
     ("--redis", "redis", str), ("--redis-prefix", "redis_prefix", str),
     ("--redis-timeout-ms", "redis_timeout_ms", int), ("--workers", "workers", int),
+    ("--embedded-capacity", "embedded_capacity", int),
     ("--admin-socket", "admin_socket", str), ("--metrics-port", "metrics_port", int),
     ("--metrics-host", "metrics_host", str), ("--decision-log", "decision_log", str),
     ("--decision-log-max-bytes", "decision_log_max_bytes", int),

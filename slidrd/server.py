@@ -157,7 +157,8 @@ def make_store(cfg: Config) -> Any:
         from slidr.store_redis import RedisStore
         return RedisStore(cfg.redis, prefix=cfg.redis_prefix, timeout_s=cfg.redis_timeout_ms / 1000)
     from slidr.kernel import embedded_store
-    return embedded_store(_use_native())
+    # Sized up front: growing a table rehashes it in one go, a multi-ms stall on the loop.
+    return embedded_store(_use_native(), capacity_hint=cfg.embedded_capacity)
 
 
 class Daemon:
