@@ -84,9 +84,10 @@ def run(args: argparse.Namespace) -> int:
            str(data / "customers.parquet"), "--registry", str(reg), "--work", str(work),
            "--epochs", str(args.epochs), "--seed", str(args.seed),
            "--fpr-budget", str(args.fpr_budget), "--min-coverage", str(args.min_coverage))
-    report = work / "train" / "report.html"
-    if report.exists():
-        print(f"training report: {report}")
+    for report in (work / "candidate" / "report.html", work / "train" / "report.html"):
+        if report.exists():
+            print(f"training + calibration report: {report}")
+            break
 
     _step(3, 5, "start slidrd on the embedded store")
     port, mport = _free_port(), _free_port()
