@@ -17,7 +17,6 @@ and `gpu_identity` import tensorrt / pycuda when called.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -55,11 +54,8 @@ def gpu_slug(name: str) -> str:
 
 
 def onnx_digest(model_path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(model_path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from slidr.registry import sha256_file  # the bundle's checksum: stdlib-only import
+    return sha256_file(model_path)
 
 
 def plan_path(model_path: str | Path, gpu: GpuIdentity, max_batch: int,
