@@ -264,6 +264,8 @@ def _print_result(r: dict[str, Any], mport: int) -> None:
     print(f"\nlatency from scheduled send (client side, ms): p50 {L['p50']:.3f}  p90 {L['p90']:.3f}  "
           f"p99 {L['p99']:.3f}  p99.9 {L['p99.9']:.3f}  max {L['max']:.3f}")
     st = r.get("server_stats")
+    if st and st.get("rss_bytes"):
+        print(f"slidrd resident memory with the model loaded: {st['rss_bytes'] / 2**20:.0f} MiB")
     if st:
         keep = {k: st[k] for k in ("model", "decisions", "fail_open", "batches", "latency_ms")
                 if k in st}

@@ -7,6 +7,7 @@ one bincount, and the exposition format is a few lines of text.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from bisect import bisect_left
 from collections import defaultdict
@@ -18,6 +19,18 @@ import numpy as np
 LATENCY_BUCKETS = (5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7.5e-4, 1e-3, 1.5e-3, 2e-3, 3e-3, 4e-3,
                    5e-3, 7.5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+
+
+FAIL_OPEN_CAUSES = ("deadline", "store_down", "overload", "model_error")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Histogram:
@@ -82,6 +95,8 @@ class Metrics:
         self.decisions: dict[str, int] = defaultdict(int)  # slice -> decisions
         self.invalid: dict[str, int] = defaultdict(int)  # slice -> invalidated
         self.fail_open: dict[str, int] = defaultdict(int)  # cause -> clicks
+        for cause in FAIL_OPEN_CAUSES:  # every series exists from the start (alerts, rate())
+            self.fail_open[cause] = 0
         self.errors: dict[str, int] = defaultdict(int)  # wire error name -> responses
         self.redis_errors = 0
         self.connections = 0
@@ -132,6 +147,8 @@ class Metrics:
             ("slidr_decision_log_dropped_total", "counter", "Decision log records dropped",
              self.decision_log_dropped),
             ("slidr_start_time_seconds", "gauge", "Process start time", self.started),
+            ("process_resident_memory_bytes", "gauge", "Resident memory (model, store, buffers)",
+             rss_bytes()),
         ):
             head(name, kind, helptext)
             L.append(f"{name} {value}")
@@ -157,7 +174,7 @@ class Metrics:
                 "decision_log_dropped": self.decision_log_dropped,
                 "batches": self.batch_size.n,
                 "mean_batch": self.batch_size.total / max(self.batch_size.n, 1),
-                "latency": lat, **self.gauges}
+                "latency": lat, "rss_bytes": rss_bytes(), **self.gauges}
 
 
 class _HttpResponder(asyncio.Protocol):

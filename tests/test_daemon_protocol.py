@@ -204,6 +204,9 @@ def test_metrics_endpoint(daemon):
                  'slidr_ivr{slice=', 'slidr_fail_open_total{cause="deadline"}',
                  'slidr_model_info{version="v1"} 1', "slidr_redis_errors_total 0"):
         assert name in body, name
+    # Resident memory with the model loaded is reported (and is a plausible size).
+    rss = [ln for ln in body.splitlines() if ln.startswith("process_resident_memory_bytes ")]
+    assert rss and 20 << 20 < float(rss[0].split()[1]) < 4 << 30, rss
 
 
 @pytest.fixture(scope="module")
