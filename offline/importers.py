@@ -13,7 +13,6 @@ DIR/customers.parquet, DIR/manifest.json and DIR/source.json, written atomically
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from slidr.registry import sha256_file
 
 MAX_BAD_SHOWN = 10
 
@@ -54,14 +55,6 @@ class BadRows:
 class ImportResult:
     clicks: Any  # pyarrow.Table, contract columns (+ purchased, + ua_robot for apache)
     manifest: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def empty_customers():
@@ -243,7 +236,7 @@ def import_talkingdata(src: str | Path,
     manifest = {
         "source": "talkingdata",
         "source_path": str(src),
-        "source_sha256": _sha256(src),
+        "source_sha256": sha256_file(src),
         "rows_read": int(n_read),
         "rows_written": int(clicks.num_rows),
         "bad_rows": bad.as_dict(),
@@ -367,7 +360,7 @@ def import_apache(src: str | Path, session_gap_ms: int = SESSION_GAP_MS) -> Impo
     manifest = {
         "source": "apache",
         "source_path": str(src),
-        "source_sha256": _sha256(src),
+        "source_sha256": sha256_file(src),
         "rows_read": int(n_read),
         "rows_written": int(clicks.num_rows),
         "bad_rows": bad.as_dict(),
