@@ -122,21 +122,21 @@ class Metrics:
             L.extend(self.latency[s].lines("slidr_latency_seconds", f'stage="{s}"'))
         head("slidr_batch_size", "histogram", "Clicks per micro-batch")
         L.extend(self.batch_size.lines("slidr_batch_size"))
-        head("slidr_decisions_total", "counter", "Model decisions by slice")
-        for k, v in sorted(self.decisions.items()):
-            L.append(f'slidr_decisions_total{{slice="{k}"}} {v}')
-        head("slidr_invalid_total", "counter", "Clicks invalidated by slice")
-        for k, v in sorted(self.invalid.items()):
-            L.append(f'slidr_invalid_total{{slice="{k}"}} {v}')
-        head("slidr_ivr", "gauge", "Invalidation rate by slice since start")
-        for k, v in sorted(self.decisions.items()):
-            L.append(f'slidr_ivr{{slice="{k}"}} {self.invalid.get(k, 0) / max(v, 1):.6g}')
-        head("slidr_fail_open_total", "counter", "Clicks answered valid without a model score")
-        for k, v in sorted(self.fail_open.items()):
-            L.append(f'slidr_fail_open_total{{cause="{k}"}} {v}')
-        head("slidr_errors_total", "counter", "Error responses by code name")
-        for k, v in sorted(self.errors.items()):
-            L.append(f'slidr_errors_total{{code="{k}"}} {v}')
+        def labelled(name: str, kind: str, helptext: str, label: str,
+                     values: dict[str, Any]) -> None:
+            head(name, kind, helptext)
+            L.extend(f'{name}{{{label}="{k}"}} {v}' for k, v in sorted(values.items()))
+
+        labelled("slidr_decisions_total", "counter", "Model decisions by slice", "slice",
+                 self.decisions)
+        labelled("slidr_invalid_total", "counter", "Clicks invalidated by slice", "slice",
+                 self.invalid)
+        labelled("slidr_ivr", "gauge", "Invalidation rate by slice since start", "slice",
+                 {k: f"{self.invalid.get(k, 0) / max(v, 1):.6g}" for k, v in self.decisions.items()})
+        labelled("slidr_fail_open_total", "counter",
+                 "Clicks answered valid without a model score", "cause", self.fail_open)
+        labelled("slidr_errors_total", "counter", "Error responses by code name", "code",
+                 self.errors)
         for name, kind, helptext, value in (
             ("slidr_redis_errors_total", "counter", "Failed Redis round trips", self.redis_errors),
             ("slidr_connections", "gauge", "Open public connections", self.connections),
