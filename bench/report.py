@@ -154,7 +154,15 @@ def server_split(before: dict[Any, float] | None, after: dict[Any, float] | None
                  if k[0] == "slidr_fail_open_total" and d(k)}
     errors = {dict(k[1]).get("code", "?"): int(d(k)) for k in after
               if k[0] == "slidr_errors_total" and d(k)}
+    # CPU the daemon spent per click it answered (model decisions + fail-opens) over the window:
+    # a cost that other load on the machine disturbs far less than latency does.
+    answered = sum(d(k) for k in after if k[0] in ("slidr_decisions_total", "slidr_fail_open_total"))
+    cpu = d(("process_cpu_seconds_total", ()))
+    cpu_us = (cpu / answered * 1e6) if answered > 0 and ("process_cpu_seconds_total", ()) in after \
+        else None
     return {
+        "cpu_us_per_click": cpu_us,
+        "cpu_seconds": cpu if cpu_us is not None else None,
         "stages": stages,
         "batches": int(bn),
         "mean_batch": (bs / bn) if bn > 0 else None,
@@ -175,6 +183,9 @@ def split_line(split: dict[str, Any] | None) -> str:
             parts.append(f"{st} mean {v['mean_ms']:.3f} ms (p99<={v['p99_le_ms']:.2f})")
     mb = split.get("mean_batch")
     parts.append(f"mean batch {mb:.1f}" if mb else "mean batch -")
+    cpu = split.get("cpu_us_per_click")
+    if cpu is not None:
+        parts.append(f"daemon CPU {cpu:.1f} us/click")
     return "server split: " + ", ".join(parts)
 
 

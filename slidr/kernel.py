@@ -63,10 +63,18 @@ class FeatureKernel:
         uh, sh, ih, hll = hash_keys(batch, self.use_native)
         return self.store.update(batch.ts, uh, sh, ih, hll)
 
-    def features(self, batch: ClickBatch, out: np.ndarray | None = None) -> np.ndarray:
-        if len(batch) == 0:
-            return np.empty((0, N_FEATURES), dtype=np.float32)
-        raw = self.raw(batch)
+    def keys(self, batch: ClickBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(user, session, IP key hashes, HLL bytes): what a store's update() takes."""
+        return hash_keys(batch, self.use_native)
+
+    def finish(self, raw: np.ndarray, batch: ClickBatch, out: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Raw counters (from any store, or an asynchronous round trip) -> float32 features."""
         # The native finish computes the same doubles in one pass (numpy's is ~60 array ops).
         fin = native.finish_into if self.use_native and native is not None else finish
         return fin(raw, batch.ts, batch.tz_offset_min, batch.logged_in, batch.device, out)
+
+    def features(self, batch: ClickBatch, out: np.ndarray | None = None) -> np.ndarray:
+        if len(batch) == 0:
+            return np.empty((0, N_FEATURES), dtype=np.float32)
+        return self.finish(self.raw(batch), batch, out)

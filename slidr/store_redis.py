@@ -177,9 +177,17 @@ class RedisStore:
                 out.append(self.prefix + tag + h.to_bytes(8, "big"))
         return out
 
-    def _request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                 hll: np.ndarray) -> bytes:
-        """The whole EVALSHA command as one RESP buffer (see store_redis.lua for the layout)."""
+    @property
+    def script(self) -> tuple[str, str]:
+        """(Lua source, its SHA1): what an asynchronous client loads with SCRIPT LOAD."""
+        return self._src, self._sha
+
+    def request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
+                hll: np.ndarray) -> bytes:
+        """The whole EVALSHA command as one RESP buffer (see store_redis.lua for the layout).
+
+        With `parse_reply` this lets another client (slidrd's pipelined asyncio link) do the
+        round trip itself: update() == parse_reply(<reply to request(...)>, n)."""
         n = ts.shape[0]
         if n == 1:
             # One click (an idle daemon flushes each click at once): plain Python is several
@@ -220,7 +228,7 @@ class RedisStore:
             raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
-        req = self._request(ts, uh, sh, ih, hll)
+        req = self.request(ts, uh, sh, ih, hll)
         try:
             # A connection of our own (redis-py's pool get/release costs more per call than
             # building the whole request); list pop/append are atomic, so threads can share
@@ -244,8 +252,14 @@ class RedisStore:
                 # it reconnects on its next command.
                 self._idle.append(conn)
         except self._errors as e:
-            raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: "
+            raise StoreUnavailable(f"redis store at {self.safe_url()} unavailable: "
                                    f"{type(e).__name__}: {e}") from e
+        return self.parse_reply(resp, n)
+
+    def parse_reply(self, resp: Any, n: int) -> np.ndarray:
+        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 32)."""
+        if not isinstance(resp, list):
+            raise RuntimeError(f"redis store: unexpected reply {type(resp).__name__}")
         if n == 1 and len(resp) == 1 and len(resp[0]) == _ROW_BYTES:
             v = _ROW1.unpack(resp[0])
             packed = int(v[22])
@@ -263,7 +277,7 @@ class RedisStore:
         raw[:, _B_DST] = (packed[:, None] >> _SHIFTS) & 63
         return raw
 
-    def _safe_url(self) -> str:
+    def safe_url(self) -> str:
         # Never echo a password into logs.
         from urllib.parse import urlsplit
         u = urlsplit(self.url)
@@ -275,7 +289,7 @@ class RedisStore:
         try:
             return bool(self._r.ping())
         except self._errors as e:
-            raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: {e}") from e
+            raise StoreUnavailable(f"redis store at {self.safe_url()} unavailable: {e}") from e
 
     def stats(self) -> dict[str, Any]:
         """Server memory and key counts under this store's prefix (SCAN: not for hot paths)."""
@@ -286,7 +300,7 @@ class RedisStore:
                 counts[name] = sum(1 for _ in self._r.scan_iter(match=self.prefix + tag + b"*",
                                                                  count=1000))
         except self._errors as e:
-            raise StoreUnavailable(f"redis store at {self._safe_url()} unavailable: {e}") from e
+            raise StoreUnavailable(f"redis store at {self.safe_url()} unavailable: {e}") from e
         keys = sum(counts.values())
         return {**counts, "keys": keys, "used_memory": int(mem.get("used_memory", 0))}
 

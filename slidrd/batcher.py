@@ -6,8 +6,11 @@ per-slice thresholds -> decisions -> responses grouped per connection -> decisio
 
 Scheduling: flush at once when nothing is in flight; while a batch is in the store or the model,
 clicks accumulate and leave as the next batch (at most max_batch each). With the embedded store
-the batch runs inline on the loop (microseconds of C); with Redis it runs on a worker thread and
-the loop waits for it no longer than the earliest deadline in the batch.
+the batch runs inline on the loop (microseconds of C). With Redis the batch's one EVALSHA is
+written to a pipelined asyncio connection (slidrd/redis_link.py) and the loop goes on serving;
+up to pipeline_depth batches are in flight, Redis runs them in send order, and the reply's
+callback finishes the batch (features, model, answers) on the loop. A timer answers the batch
+fail-open at its earliest deadline if the reply is not there by then. No threads anywhere.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -151,13 +153,17 @@ class Batcher:
     def __init__(self, kernel: FeatureKernel, get_model: Callable[[], Any], metrics: Metrics,
                  *, inline: bool, max_batch: int, max_wait_us: int, pipeline_depth: int,
                  max_inflight_total: int, decision_log: Any = None,
-                 deadline_s: float = 0.004) -> None:
+                 deadline_s: float = 0.004, link: Any = None) -> None:
         self.kernel = kernel
         self.get_model = get_model
         self.metrics = metrics
         self.inline = inline
         self.max_batch = max_batch
         self.max_wait = max_wait_us / 1e6
+        if not inline and link is None:
+            raise ValueError("a batcher that is not inline needs a store link (RedisLink)")
+        self.link = link
+        self.store = kernel.store
         self.depth = 1 if inline else pipeline_depth
         self.max_total = max_inflight_total
         self.dlog = decision_log
@@ -172,14 +178,12 @@ class Batcher:
         self._store_errors = _store_unavailable_types()
         self._store_down_until = 0.0
         self._backoff = 0.02
-        # Threaded (Redis) mode: a click whose remaining budget is below the usual store+model
-        # time fails open at once instead of taking store capacity it cannot use; capped at half
-        # the deadline so a slow store never starves every click (the estimate must keep moving).
+        # Redis mode: a click whose remaining budget is below the usual store+model time fails
+        # open at once instead of taking store capacity it cannot use; capped at half the
+        # deadline so a slow store never starves every click (the estimate must keep moving).
         self._est = 0.0
         self._last_warn = -1e9
         self._margin_cap = deadline_s / 2
-        self._executor = None if inline else ThreadPoolExecutor(
-            max_workers=self.depth, thread_name_prefix="slidrd-store")
         self._idle_waiters: list[asyncio.Future[None]] = []
 
     # ------------------------------------------------------------------ intake (loop thread)
@@ -256,7 +260,7 @@ class Batcher:
                 self._run_inline(items)
             else:
                 self.inflight_batches += 1
-                self.loop.create_task(self._run_threaded(items))
+                self._run_async(items)
         if self.pending:
             self._arm_timer()
         self._maybe_idle()
@@ -308,48 +312,92 @@ class Batcher:
             self._fail_open_remaining(items, "model_error")
         self._flush_dirty()
 
-    async def _run_threaded(self, items: list[Item]) -> None:
+    def _run_async(self, items: list[Item]) -> None:
+        """Send the batch's one EVALSHA; _on_reply (or _on_expired) answers it later."""
         t0 = _perf()
         model = self.get_model()
+        sent = False
         try:
             valid, clicks, batch = self._prepare(items, t0, model.version,
                                                  min(self._est, self._margin_cap))
-            if batch is None:
-                return
-            if t0 < self._store_down_until:
-                self._fail_open(valid, "store_down", model.version, clicks)
-                return
-            fut = self.loop.run_in_executor(self._executor, self._compute, batch, model)
-            budget = min(it[4] for it in valid) - _perf()
-            try:
-                feats, scores, t_store, t_model = await asyncio.wait_for(
-                    asyncio.shield(fut), timeout=max(budget, 0.0))
-            except TimeoutError:
-                # The worker thread finishes on its own (bounded by the store timeout); the
-                # batch slot stays taken until it does, so a stuck store cannot pile up threads.
-                self._fail_open(valid, "deadline", model.version, clicks)
-                self._flush_dirty()
-                try:
-                    _f, _s, t_store, t_model = await fut
-                    self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
-                except _StageError as e:
-                    if e.stage == "store":  # open the breaker even though nobody waits
-                        self.metrics.redis_errors += 1
-                        self._store_down_until = _perf() + self._backoff
-                        self._backoff = min(self._backoff * 2, 0.5)
-                except Exception:
-                    pass
-                return
-            except _StageError as e:
-                self._stage_failed(e, valid, clicks, model.version)
-                return
-            self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
-            self._decide(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
-        except Exception:
+            if batch is not None:
+                if t0 < self._store_down_until:
+                    self._fail_open(valid, "store_down", model.version, clicks)
+                else:
+                    uh, sh, ih, hll = self.kernel.keys(batch)
+                    req = self.store.request(batch.ts, uh, sh, ih, hll)
+                    st = _InFlight(valid, clicks, batch, model, t0)
+                    try:
+                        self.link.send(req, lambda r, e: self._on_reply(st, r, e))
+                    except Exception as e:
+                        self._stage_failed(_StageError("store", e), valid, clicks, model.version)
+                    else:
+                        sent = True
+                        first = min(it[4] for it in valid)
+                        st.timer = self.loop.call_at(self.loop.time() + max(first - _perf(), 0.0),
+                                                     self._on_expired, st)
+        except Exception:  # a bug: answer (valid) rather than leave clients hanging
             log.exception("batch failed")
             self._fail_open_remaining(items, "model_error")
-        finally:
+        if not sent:
             self.inflight_batches -= 1
+            if self.pending:
+                self.kick()
+            self._maybe_idle()
+        self._flush_dirty()
+
+    def _on_expired(self, st: _InFlight) -> None:
+        # The reply is late: answer now. Redis still applies the batch (the counters stay
+        # right); the pipeline slot stays taken until the reply or the link's timeout frees it,
+        # so a stuck store cannot pile up requests.
+        st.timer = None
+        st.expired = True
+        self._fail_open(st.valid, "deadline", st.model.version, st.clicks)
+        self._flush_dirty()
+
+    def _open_breaker(self) -> None:
+        self.metrics.redis_errors += 1
+        self._store_down_until = _perf() + self._backoff
+        self._backoff = min(self._backoff * 2, 0.5)
+
+    def _on_reply(self, st: _InFlight, reply: Any, err: BaseException | None) -> None:
+        t1 = _perf()
+        self.inflight_batches -= 1
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+        model = st.model
+        try:
+            if err is not None:
+                if st.expired:
+                    self._open_breaker()  # nobody waits, but the store is in trouble
+                else:
+                    self._stage_failed(_StageError("store", err), st.valid, st.clicks,
+                                       model.version)
+            else:
+                raw = self.store.parse_reply(reply, len(st.valid))
+                t_store = t1 - st.t0
+                if not st.expired:
+                    feats = self.kernel.finish(raw, st.batch)
+                    t2 = _perf()
+                    try:
+                        scores = model.scorer.infer(feats)
+                    except Exception as e:
+                        self._stage_failed(_StageError("model", e, feats), st.valid, st.clicks,
+                                           model.version)
+                    else:
+                        t_model = _perf() - t2
+                        self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
+                        self._decide(st.valid, st.clicks, st.batch, feats, scores, model, st.t0,
+                                     t_store, t_model)
+                else:
+                    self._est = 0.7 * self._est + 0.3 * t_store
+        except Exception:
+            log.exception("batch failed")
+            if not st.expired:
+                st.expired = True
+                self._fail_open(st.valid, "model_error", model.version, st.clicks)
+        finally:
             self._flush_dirty()
             if self.pending:
                 self.kick()
@@ -515,8 +563,22 @@ class Batcher:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=False)
+
+
+class _InFlight:
+    """A batch whose store round trip is under way (Redis mode)."""
+
+    __slots__ = ("valid", "clicks", "batch", "model", "t0", "timer", "expired")
+
+    def __init__(self, valid: list[Item], clicks: list[Any], batch: ClickBatch, model: Any,
+                 t0: float) -> None:
+        self.valid = valid
+        self.clicks = clicks
+        self.batch = batch
+        self.model = model
+        self.t0 = t0
+        self.timer: asyncio.TimerHandle | None = None
+        self.expired = False
 
 
 class _StageError(Exception):

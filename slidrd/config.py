@@ -32,7 +32,8 @@ _SPEC: dict[str, tuple[type, Any, tuple[float, float] | None, str]] = {
     "deadline_ms": (float, 4.0, (0.05, 60_000), "per-click deadline; later = fail-open"),
     "max_batch": (int, 512, (1, 65_536), "largest micro-batch"),
     "max_wait_us": (int, 500, (0, 1_000_000), "longest a click waits for a busy pipeline"),
-    "pipeline_depth": (int, 1, (1, 16), "batches in flight at once (Redis store; >1 gives up strict click order)"),
+    "pipeline_depth": (int, 4, (1, 64), "batches in flight at once on the pipelined Redis "
+                       "connection (Redis runs them in order; embedded store: always 1)"),
     "max_message_bytes": (int, 1 << 20, (64, 1 << 30), "largest msgpack message"),
     "max_connections": (int, 4096, (1, 1_000_000), "open public connections"),
     "max_inflight_per_conn": (int, 16_384, (1, 10_000_000), "unanswered clicks per connection"),
@@ -41,12 +42,10 @@ _SPEC: dict[str, tuple[type, Any, tuple[float, float] | None, str]] = {
     "idle_timeout_s": (float, 300.0, (0.1, 86_400 * 7), "close connections idle this long"),
     "drain_timeout_s": (float, 10.0, (0.0, 3600), "SIGTERM: longest wait for in-flight work"),
     "backend": (str, "auto", None, "scorer backend: auto, onnxruntime, tensorrt"),
-    "inline_store": (str, "auto", None, "run store+model on the loop thread: auto, yes, no"),
     "log_level": (str, "info", None, "debug, info, warning, error"),
 }
 _CHOICES = {
     "backend": ("auto", "onnxruntime", "tensorrt"),
-    "inline_store": ("auto", "yes", "no"),
     "log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -74,7 +73,7 @@ class Config:
     deadline_ms: float = 4.0
     max_batch: int = 512
     max_wait_us: int = 500
-    pipeline_depth: int = 1
+    pipeline_depth: int = 4
     max_message_bytes: int = 1 << 20
     max_connections: int = 4096
     max_inflight_per_conn: int = 16_384
@@ -83,7 +82,6 @@ class Config:
     idle_timeout_s: float = 300.0
     drain_timeout_s: float = 10.0
     backend: str = "auto"
-    inline_store: str = "auto"
     log_level: str = "info"
 
     def as_dict(self) -> dict[str, Any]:
@@ -172,5 +170,3 @@ def validate(cfg: Config) -> None:
         raise ConfigError("'max_inflight_per_conn' must not exceed 'max_inflight_total'")
     if cfg.max_score_many > cfg.max_inflight_per_conn:
         raise ConfigError("'max_score_many' must not exceed 'max_inflight_per_conn'")
-    if cfg.inline_store == "yes" and cfg.redis:
-        raise ConfigError("inline_store = 'yes' would block the event loop on Redis round trips")

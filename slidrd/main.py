@@ -33,7 +33,7 @@ _FLAGS: list[tuple[str, str, type]] = [
     ("--max-inflight-total", "max_inflight_total", int),
     ("--max-score-many", "max_score_many", int),
     ("--idle-timeout-s", "idle_timeout_s", float), ("--drain-timeout-s", "drain_timeout_s", float),
-    ("--backend", "backend", str), ("--inline-store", "inline_store", str),
+    ("--backend", "backend", str),
     ("--log-level", "log_level", str),
 ]
 

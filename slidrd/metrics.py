@@ -149,6 +149,8 @@ class Metrics:
             ("slidr_start_time_seconds", "gauge", "Process start time", self.started),
             ("process_resident_memory_bytes", "gauge", "Resident memory (model, store, buffers)",
              rss_bytes()),
+            ("process_cpu_seconds_total", "counter", "CPU time of this process (user + system, "
+             "all threads)", f"{time.process_time():.6f}"),
         ):
             head(name, kind, helptext)
             L.append(f"{name} {value}")
@@ -174,7 +176,8 @@ class Metrics:
                 "decision_log_dropped": self.decision_log_dropped,
                 "batches": self.batch_size.n,
                 "mean_batch": self.batch_size.total / max(self.batch_size.n, 1),
-                "latency": lat, "rss_bytes": rss_bytes(), **self.gauges}
+                "latency": lat, "rss_bytes": rss_bytes(),
+                "cpu_seconds": time.process_time(), **self.gauges}
 
 
 class _HttpResponder(asyncio.Protocol):

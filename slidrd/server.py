@@ -181,6 +181,7 @@ class Daemon:
         self.metrics_port = 0
         self.admin_path = ""
         self.store: Any = None
+        self.link: Any = None
         self.dlog: DecisionLog | None = None
 
     # ------------------------------------------------------------------ start
@@ -191,26 +192,29 @@ class Daemon:
                                                 cfg.max_batch)
         self.metrics.model_version = self.model.version
         self.store = make_store(cfg)
-        if cfg.redis and hasattr(self.store, "ping"):
-            try:  # connect (and fail early in the log) before traffic; never fatal
-                await loop.run_in_executor(None, self.store.ping)
-            except Exception as e:
-                log.warning("store not reachable at start, serving fail-open until it is: %s", e)
         from slidr.kernel import FeatureKernel
         kernel = FeatureKernel(self.store, use_native=_use_native())
-        inline = cfg.inline_store == "yes" or (cfg.inline_store == "auto" and not cfg.redis)
-        if not inline or cfg.decision_log:
-            # A worker thread (store, decision log) holding the GIL would make the loop wait up
-            # to the default 5 ms switch interval: a tail-latency cliff. Hand over faster.
-            sys.setswitchinterval(0.0005)
+        link = None
+        if cfg.redis:
+            from .redis_link import RedisLink
+            link = RedisLink(cfg.redis, self.store.script, timeout_s=cfg.redis_timeout_ms / 1000,
+                             where=self.store.safe_url())
+            self.link = link
+            try:  # connect (and fail early in the log) before traffic; never fatal
+                await link.connect()
+            except Exception as e:
+                log.warning("store not reachable at start, serving fail-open until it is: %s", e)
         if cfg.decision_log:
+            # The decision log's writer thread holding the GIL would make the loop wait up to the
+            # default 5 ms switch interval: a tail-latency cliff. Hand over faster.
+            sys.setswitchinterval(0.0005)
             self.dlog = DecisionLog(cfg.decision_log, cfg.decision_log_max_bytes,
                                     cfg.decision_log_features)
-        self.batcher = Batcher(kernel, lambda: self.model, self.metrics, inline=inline,
+        self.batcher = Batcher(kernel, lambda: self.model, self.metrics, inline=link is None,
                                max_batch=cfg.max_batch, max_wait_us=cfg.max_wait_us,
                                pipeline_depth=cfg.pipeline_depth,
                                max_inflight_total=cfg.max_inflight_total, decision_log=self.dlog,
-                               deadline_s=cfg.deadline_ms / 1000.0)
+                               deadline_s=cfg.deadline_ms / 1000.0, link=link)
         srv = await loop.create_server(lambda: PublicConnection(self), cfg.host, cfg.port,
                                        reuse_port=cfg.workers > 1 or None, backlog=1024)
         self._servers.append(srv)
@@ -239,7 +243,7 @@ class Daemon:
             self._tasks.append(loop.create_task(self._watchdog()))
         log.info("slidrd worker %d serving model %s on %s:%d (store %s, %s)", self.worker,
                  self.model.version, cfg.host, self.port, getattr(self.store, "name", "?"),
-                 "inline" if inline else "threaded")
+                 "inline" if link is None else f"pipelined, depth {cfg.pipeline_depth}")
         self.notifier.ready(f"serving model {self.model.version} on port {self.port}")
         if self.on_ready is not None:
             self.on_ready(self)
@@ -356,7 +360,9 @@ class Daemon:
         for t in self._tasks:
             t.cancel()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.batcher.close)
+        self.batcher.close()
+        if self.link is not None:
+            self.link.close()
         if self.dlog is not None:
             await loop.run_in_executor(None, self.dlog.close)
         if self.store is not None:
