@@ -16,10 +16,10 @@ import time
 import numpy as np
 import pytest
 import uvloop
+from slidr.slidrd.redis_link import RedisLink
 
 from slidr.store_redis import RedisStore, StoreUnavailable
 from slidr.testing.redis_server import RedisServer
-from slidr.slidrd.redis_link import RedisLink
 
 native = pytest.importorskip("slidr.ext._kernel")
 pytestmark = pytest.mark.redis
