@@ -163,7 +163,7 @@ class Batcher:
         if not inline and link is None:
             raise ValueError("a batcher that is not inline needs a store link (RedisLink)")
         self.link = link
-        self.store = kernel.store
+        self.store: Any = kernel.store  # RedisStore in Redis mode (request, parse_reply)
         self.depth = 1 if inline else pipeline_depth
         self.max_total = max_inflight_total
         self.dlog = decision_log

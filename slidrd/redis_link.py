@@ -111,7 +111,7 @@ class RedisLink:
                  connect_timeout_s: float | None = None, where: str | None = None) -> None:
         from redis.connection import SSLConnection, parse_url
 
-        kw = parse_url(url)
+        kw = parse_url(url)  # type: ignore[no-untyped-call]
         self.host = kw.get("host") or "127.0.0.1"
         self.port = int(kw.get("port") or 6379)
         self.db = int(kw.get("db") or 0)
