@@ -52,6 +52,8 @@ def register(sub: Any) -> None:
                        help="pin this generator with taskset-style CPU list, e.g. 1")
         r.add_argument("--daemon-cpus", metavar="LIST",
                        help="pin a daemon started from a scenario, e.g. 0")
+        r.add_argument("--redis-cpus", metavar="LIST",
+                       help="pin the redis-server a Redis scenario starts, e.g. 1")
         r.add_argument("--json", action="store_true", help="print the report as JSON")
         if name == "sweep":
             r.add_argument("--target-ms", type=float, help="p99.9 target (default 5)")
@@ -243,7 +245,8 @@ class _Session:
         d = dict(d)
         store = d.pop("store", "embedded")
         _log(f"starting slidrd ({store} store, {d}) ...")
-        self.daemon = DaemonRun(store=store, daemon_args=d, cpus=self.a.daemon_cpus).start()
+        self.daemon = DaemonRun(store=store, daemon_args=d, cpus=self.a.daemon_cpus,
+                                redis_cpus=getattr(self.a, "redis_cpus", None)).start()
         _log(f"slidrd on 127.0.0.1:{self.daemon.port}, metrics {self.daemon.metrics_url}")
         return self
 

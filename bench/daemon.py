@@ -103,12 +103,14 @@ class DaemonRun:
     """Registry (+ Redis) + slidrd for one scenario; a context manager."""
 
     def __init__(self, store: str = "embedded", daemon_args: dict[str, Any] | None = None,
-                 workdir: str | None = None, cpus: str | None = None) -> None:
+                 workdir: str | None = None, cpus: str | None = None,
+                 redis_cpus: str | None = None) -> None:
         if store not in ("embedded", "redis"):
             raise ValueError(f"store must be embedded or redis, got {store!r}")
         self.store = store
         self.daemon_args = daemon_args or {}
         self.cpus = cpus
+        self.redis_cpus = redis_cpus
         self._own_root = workdir is None
         self.root = Path(workdir or tempfile.mkdtemp(prefix="slidr-bench-"))
         self.port = free_port()
@@ -128,7 +130,7 @@ class DaemonRun:
                "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
         if self.store == "redis":
             from slidr.testing.redis_server import RedisServer
-            self.redis = RedisServer().start()
+            self.redis = RedisServer(cpus=self.redis_cpus).start()
             cmd += ["--redis", self.redis.url]
         for k, v in self.daemon_args.items():
             cmd += ["--" + k.replace("_", "-"), str(v)]

@@ -23,7 +23,7 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, port: int | None = None, password: str | None = None,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, cpus: str | None = None) -> None:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server binary not found (install Debian's redis-server)")
@@ -31,6 +31,7 @@ class RedisServer:
         self.port = port or free_port()
         self.password = password
         self.extra = extra or []
+        self.cpus = cpus  # taskset-style CPU list to pin the server to (benchmarks)
         self.dir = tempfile.mkdtemp(prefix="slidr-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -45,6 +46,8 @@ class RedisServer:
                 "--logfile", os.path.join(self.dir, "redis.log"), *self.extra]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.cpus and shutil.which("taskset"):
+            args = ["taskset", "-c", self.cpus, *args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
