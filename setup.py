@@ -14,7 +14,16 @@ extensions = [
         # Redis Lua script bit for bit, so no FMA contraction or reassociation.
         extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
+    ),
+    # The daemon's per-click fast path (validation, columns, response frames); twin of the
+    # Python in slidrd/batcher.py and slidr/contract.py, see tests/test_fastpath.py.
+    Extension(
+        "slidr.ext._fastpath",
+        ["ext/_fastpath.pyx"],
+        include_dirs=[np.get_include()],
+        extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    ),
 ]
 
 setup(

@@ -1,0 +1,39 @@
+"""Type stubs for the daemon's native fast path (ext/_fastpath.pyx); each function is a twin of
+the Python it replaces in slidrd/batcher.py (see tests/test_fastpath.py)."""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+def fast_valid(c: object, ip_ok: dict[str, bool], ip_check: Callable[[str], bool]) -> bool:
+    """slidrd.batcher.fast_valid(c): True only when `c` certainly passes validate_click. The IP
+    answer is ip_ok.get(ip), else ip_check(ip) (which should fill ip_ok)."""
+
+def batch_columns(
+    clicks: list[Any],
+) -> tuple[npt.NDArray[np.int64], list[str], list[str], list[str], npt.NDArray[np.uint8],
+           npt.NDArray[np.uint8], npt.NDArray[np.int16]]:
+    """-> (ts, user_key, session_id, ip, device, logged_in, tz_offset_min): the fields of
+    ClickBatch.from_clicks(clicks, validate=False), in that order."""
+
+def encode_results(
+    msgids: list[int],
+    click_ids: list[str],
+    invalid: npt.NDArray[Any],
+    scores: npt.NDArray[Any],
+    thresholds: npt.NDArray[Any],
+    codes: npt.NDArray[Any],
+    slice_keys: Sequence[bytes],
+    model_key: bytes,
+    reason_key: bytes,
+) -> list[bytes]:
+    """One msgpack-RPC response per click, byte-identical to
+    msgpack.Packer(use_bin_type=True).pack([1, msgids[i], None, {"click_id": click_ids[i],
+    "invalid": bool(invalid[i]), "score": scores.tolist()[i], "threshold":
+    thresholds.tolist()[i], "slice": <slice name of codes[i]>, "model": <version>, "reason":
+    "model"}]). slice_keys[code], model_key and reason_key are the packed strings
+    (msgpack.packb(name)). invalid: bool or integer; scores/thresholds: float16/32/64;
+    codes: integer (1-D, same length as msgids). Raises IndexError for a code outside
+    slice_keys, OverflowError/UnicodeEncodeError as msgpack does."""

@@ -1,0 +1,394 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Native per-click fast path of the daemon's batcher (slidrd/batcher.py).
+
+Three functions, each a drop-in twin of the Python it replaces (tests/test_fastpath.py checks
+them against that Python on generated inputs):
+
+  fast_valid(c, ip_ok, ip_check)   == slidrd.batcher.fast_valid(c)
+  batch_columns(clicks)            == the fields of ClickBatch.from_clicks(clicks, validate=False)
+  encode_results(...)              == msgpack.Packer(use_bin_type=True).pack([1, msgid, None, d])
+                                      per click, d being Batcher._decide's decision dict
+
+The contract's limits are read from slidr.contract when this module is imported, never copied.
+"""
+import msgpack
+import numpy as np
+
+from slidr.contract import DEVICE_CODE as _DEVICE_CODE_PY
+from slidr.contract import MAX_ID_LEN as _MAX_ID_LEN_PY
+from slidr.contract import MAX_UA_LEN as _MAX_UA_LEN_PY
+from slidr.contract import TS_MAX as _TS_MAX_PY
+from slidr.contract import TS_MIN as _TS_MIN_PY
+from slidr.contract import TZ_MAX as _TZ_MAX_PY
+from slidr.contract import TZ_MIN as _TZ_MIN_PY
+
+cimport numpy as cnp
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from libc.stdint cimport int16_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy
+
+cnp.import_array()
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object s, Py_ssize_t* size) except NULL
+    Py_ssize_t PyUnicode_GET_LENGTH(object s)
+    long long PyLong_AsLongLongAndOverflow(object v, int* overflow) except? -1
+    unsigned long long PyLong_AsUnsignedLongLong(object v) except? <unsigned long long>-1
+
+# The contract (slidr/contract.py), as C values for the hot checks.
+cdef dict _DEVICE_CODE = _DEVICE_CODE_PY
+cdef Py_ssize_t MAX_ID_LEN = _MAX_ID_LEN_PY
+cdef Py_ssize_t MAX_UA_LEN = _MAX_UA_LEN_PY
+cdef long long TS_MIN = _TS_MIN_PY
+cdef long long TS_MAX = _TS_MAX_PY  # exclusive
+cdef long long TZ_MIN = _TZ_MIN_PY
+cdef long long TZ_MAX = _TZ_MAX_PY  # inclusive
+
+
+# ------------------------------------------------------------------ fast_valid
+
+cdef inline bint _str_len_ok(object v, Py_ssize_t lo, Py_ssize_t hi):
+    """type(v) is str and lo <= len(v) <= hi (len in code points)."""
+    if type(v) is not str:
+        return False
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(v)
+    return lo <= n <= hi
+
+
+cdef inline bint _int_in(object v, long long lo, long long hi) except -1:
+    """type(v) is int (bool excluded: its type is bool) and lo <= v <= hi."""
+    if type(v) is not int:
+        return False
+    cdef int overflow = 0
+    cdef long long x = PyLong_AsLongLongAndOverflow(v, &overflow)
+    if overflow != 0:
+        return False
+    return lo <= x <= hi
+
+
+def fast_valid(object c, dict ip_ok not None, object ip_check):
+    """True only when `c` certainly passes contract.validate_click: slidrd.batcher.fast_valid
+    with the IP cache passed in (ip_ok.get(ip), else ip_check(ip))."""
+    if type(c) is not dict:
+        return False
+    cdef dict d = <dict>c
+    cdef object cid, ts, sid, ip, dev, li, uid, tz, ua, ad, ok
+    try:
+        cid = d["click_id"]
+        ts = d["ts"]
+        sid = d["session_id"]
+        ip = d["ip"]
+        dev = d["device"]
+        li = d["logged_in"]
+    except KeyError:
+        return False
+    if not _str_len_ok(cid, 1, MAX_ID_LEN):
+        return False
+    if not _str_len_ok(sid, 1, MAX_ID_LEN):
+        return False
+    if not _int_in(ts, TS_MIN, TS_MAX - 1):
+        return False
+    if type(li) is not bool or type(dev) is not str or dev not in _DEVICE_CODE:
+        return False
+    uid = d.get("user_id")
+    if uid is not None and not _str_len_ok(uid, 0, MAX_ID_LEN):
+        return False
+    # li is exactly True or False; uid is None or a str here.
+    if li is True and (uid is None or PyUnicode_GET_LENGTH(uid) == 0):
+        return False
+    tz = d.get("tz_offset_min")
+    if tz is not None and not _int_in(tz, TZ_MIN, TZ_MAX):
+        return False
+    ua = d.get("user_agent")
+    if ua is not None and not _str_len_ok(ua, 0, MAX_UA_LEN):
+        return False
+    ad = d.get("ad_id")
+    if ad is not None and not _str_len_ok(ad, 0, MAX_ID_LEN):
+        return False
+    if type(ip) is not str:
+        return False
+    ok = ip_ok.get(ip)
+    if ok is None:
+        ok = ip_check(ip)
+    return True if ok else False
+
+
+# ------------------------------------------------------------------ batch_columns
+
+def batch_columns(list clicks not None):
+    """Columns of ClickBatch.from_clicks(clicks, validate=False), for validated clicks:
+    -> (ts int64, user_key list[str], session_id list[str], ip list[str], device uint8,
+        logged_in uint8, tz_offset_min int16)."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(clicks), i
+    cdef cnp.ndarray ts_a = np.empty(n, dtype=np.int64)
+    cdef cnp.ndarray dev_a = np.empty(n, dtype=np.uint8)
+    cdef cnp.ndarray li_a = np.empty(n, dtype=np.uint8)
+    cdef cnp.ndarray tz_a = np.empty(n, dtype=np.int16)
+    cdef int64_t* ts_p = <int64_t*>cnp.PyArray_DATA(ts_a)
+    cdef uint8_t* dev_p = <uint8_t*>cnp.PyArray_DATA(dev_a)
+    cdef uint8_t* li_p = <uint8_t*>cnp.PyArray_DATA(li_a)
+    cdef int16_t* tz_p = <int16_t*>cnp.PyArray_DATA(tz_a)
+    cdef list ukeys = PyList_New(n)
+    cdef list sess = PyList_New(n)
+    cdef list ips = PyList_New(n)
+    cdef object c, t, lio, sid, ip, dev, uid, tz, key
+    cdef dict d
+    cdef bint li, has_uid
+    for i in range(n):
+        c = <object>PyList_GET_ITEM(clicks, i)
+        if type(c) is dict:
+            d = <dict>c
+            t = d["ts"]
+            lio = d["logged_in"]
+            sid = d["session_id"]
+            ip = d["ip"]
+            dev = d["device"]
+            uid = d.get("user_id")
+            tz = d.get("tz_offset_min")
+        else:  # any other Mapping that validate_click accepted
+            t = c["ts"]
+            lio = c["logged_in"]
+            sid = c["session_id"]
+            ip = c["ip"]
+            dev = c["device"]
+            uid = c.get("user_id")
+            tz = c.get("tz_offset_min")
+        ts_p[i] = t
+        li = True if lio else False
+        li_p[i] = li
+        # contract.user_key: "u\0" + user_id when logged in with a user id, else "s\0" + session.
+        if uid is None:
+            has_uid = False
+        elif type(uid) is str:
+            has_uid = PyUnicode_GET_LENGTH(uid) != 0
+        else:
+            has_uid = True if uid else False
+        if li and has_uid:
+            key = "u\x00" + <str>uid if type(uid) is str else "u\x00" + uid
+        else:
+            key = "s\x00" + <str>sid if type(sid) is str else "s\x00" + sid
+        Py_INCREF(key)
+        PyList_SET_ITEM(ukeys, i, key)
+        Py_INCREF(sid)
+        PyList_SET_ITEM(sess, i, sid)
+        Py_INCREF(ip)
+        PyList_SET_ITEM(ips, i, ip)
+        dev_p[i] = _DEVICE_CODE[dev]
+        tz_p[i] = (tz or 0)
+    return ts_a, ukeys, sess, ips, dev_a, li_a, tz_a
+
+
+# ------------------------------------------------------------------ encode_results
+
+# [1, msgid, None, {...}]: fixarray(4), positive fixint 1; then nil, fixmap(7) and the map's
+# keys, in Batcher._decide's order.
+cdef bytes _HEAD = b"\x94\x01"
+cdef bytes _K_CLICK = b"\xc0\x87\xa8click_id"
+cdef bytes _K_INVALID = b"\xa7invalid"
+cdef bytes _K_SCORE = b"\xa5score"
+cdef bytes _K_THRESHOLD = b"\xa9threshold"
+cdef bytes _K_SLICE = b"\xa5slice"
+cdef bytes _K_MODEL = b"\xa5model"
+cdef bytes _K_REASON = b"\xa6reason"
+
+# Odd values (an int that is not exactly int, one out of int64/uint64 range, a click id that
+# is not exactly str) are packed by msgpack itself: an array or map is packed as its header
+# followed by each element's packing, so the pieces concatenate to the same bytes.
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+cdef inline Py_ssize_t _put(char* p, bytes b):
+    cdef Py_ssize_t k = PyBytes_GET_SIZE(b)
+    memcpy(p, PyBytes_AS_STRING(b), k)
+    return k
+
+
+cdef inline Py_ssize_t _be(char* p, uint64_t v, int nbytes):
+    cdef int j
+    for j in range(nbytes):
+        p[j] = <char>((v >> (8 * (nbytes - 1 - j))) & 0xFF)
+    return nbytes
+
+
+cdef inline Py_ssize_t _pack_uint(char* p, uint64_t v):
+    # msgpack: positive fixint, uint8, uint16, uint32, uint64 (smallest that fits).
+    if v < 0x80:
+        p[0] = <char>v
+        return 1
+    if v < 0x100:
+        p[0] = <char>0xcc
+        return 1 + _be(p + 1, v, 1)
+    if v < 0x10000:
+        p[0] = <char>0xcd
+        return 1 + _be(p + 1, v, 2)
+    if v < 0x100000000:
+        p[0] = <char>0xce
+        return 1 + _be(p + 1, v, 4)
+    p[0] = <char>0xcf
+    return 1 + _be(p + 1, v, 8)
+
+
+cdef inline Py_ssize_t _pack_int(char* p, long long v):
+    # msgpack: negative fixint, int8, int16, int32, int64 (smallest that fits).
+    if v >= 0:
+        return _pack_uint(p, <uint64_t>v)
+    if v >= -32:
+        p[0] = <char>v
+        return 1
+    if v >= -128:
+        p[0] = <char>0xd0
+        return 1 + _be(p + 1, <uint64_t>v, 1)
+    if v >= -32768:
+        p[0] = <char>0xd1
+        return 1 + _be(p + 1, <uint64_t>v, 2)
+    if v >= -2147483648:
+        p[0] = <char>0xd2
+        return 1 + _be(p + 1, <uint64_t>v, 4)
+    p[0] = <char>0xd3
+    return 1 + _be(p + 1, <uint64_t>v, 8)
+
+
+cdef inline Py_ssize_t _pack_double(char* p, double x):
+    cdef uint64_t u
+    memcpy(&u, &x, 8)
+    p[0] = <char>0xcb
+    return 1 + _be(p + 1, u, 8)
+
+
+cdef cnp.ndarray _as_f64(object a, str name, Py_ssize_t n):
+    arr = np.asarray(a)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise ValueError(f"{name} must be 1-D of length {n}, got shape {arr.shape}")
+    if arr.dtype.kind != "f" or arr.dtype.itemsize > 8:
+        raise TypeError(f"{name} must be float16/32/64, not {arr.dtype}")
+    # float16/float32 -> float64 is exact: the same value .tolist() gives.
+    return np.ascontiguousarray(arr, dtype=np.float64)
+
+
+def encode_results(list msgids not None, list click_ids not None, invalid, scores, thresholds,
+                   codes, slice_keys, bytes model_key not None, bytes reason_key not None):
+    """One msgpack-RPC response frame per click, frame i byte-identical to
+    msgpack.Packer(use_bin_type=True).pack([1, msgids[i], None, d]) with d = {"click_id":
+    click_ids[i], "invalid": bool(invalid[i]), "score": scores.tolist()[i], "threshold":
+    thresholds.tolist()[i], "slice": <name of codes[i]>, "model": <version>, "reason": "model"};
+    slice_keys[code], model_key and reason_key are those strings already packed."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(msgids), i, k, size, cid_len, hdr_len, nsl
+    if PyList_GET_SIZE(click_ids) != n:
+        raise ValueError(f"click_ids has {len(click_ids)} items, msgids {n}")
+    inv_a = np.asarray(invalid)
+    if inv_a.ndim != 1 or inv_a.shape[0] != n:
+        raise ValueError(f"invalid must be 1-D of length {n}, got shape {inv_a.shape}")
+    if inv_a.dtype != np.bool_:
+        inv_a = inv_a != 0  # bool(x) of a number
+    cdef cnp.ndarray inv = np.ascontiguousarray(inv_a).view(np.uint8)
+    cdef cnp.ndarray sc = _as_f64(scores, "scores", n)
+    cdef cnp.ndarray th = _as_f64(thresholds, "thresholds", n)
+    cd_a = np.asarray(codes)
+    if cd_a.ndim != 1 or cd_a.shape[0] != n:
+        raise ValueError(f"codes must be 1-D of length {n}, got shape {cd_a.shape}")
+    if cd_a.dtype.kind not in "iu":
+        raise TypeError(f"codes must be integers, not {cd_a.dtype}")
+    cdef cnp.ndarray cd = np.ascontiguousarray(cd_a, dtype=np.intp)
+    cdef tuple sk = tuple(slice_keys)
+    nsl = len(sk)
+    for k in range(nsl):
+        if type(sk[k]) is not bytes:
+            raise TypeError("slice_keys must be bytes (msgpack-packed slice names)")
+    cdef const uint8_t* inv_p = <const uint8_t*>cnp.PyArray_DATA(inv)
+    cdef const double* sc_p = <const double*>cnp.PyArray_DATA(sc)
+    cdef const double* th_p = <const double*>cnp.PyArray_DATA(th)
+    cdef const Py_ssize_t* cd_p = <const Py_ssize_t*>cnp.PyArray_DATA(cd)
+    cdef Py_ssize_t fixed = (PyBytes_GET_SIZE(_HEAD) + PyBytes_GET_SIZE(_K_CLICK)
+                             + PyBytes_GET_SIZE(_K_INVALID) + 1
+                             + PyBytes_GET_SIZE(_K_SCORE) + 9
+                             + PyBytes_GET_SIZE(_K_THRESHOLD) + 9
+                             + PyBytes_GET_SIZE(_K_SLICE)
+                             + PyBytes_GET_SIZE(_K_MODEL) + PyBytes_GET_SIZE(model_key)
+                             + PyBytes_GET_SIZE(_K_REASON) + PyBytes_GET_SIZE(reason_key))
+    cdef list out = PyList_New(n)
+    cdef object mid, cid, frame
+    cdef bytes mid_b, cid_b, slice_b
+    cdef char mid_buf[9]
+    cdef char hdr[5]
+    cdef const char* mid_p
+    cdef const char* cid_p
+    cdef Py_ssize_t mid_len, code
+    cdef long long v
+    cdef int overflow
+    cdef char* p
+    for i in range(n):
+        # msgid: as msgpack packs an int; anything unusual goes through msgpack itself.
+        mid = <object>PyList_GET_ITEM(msgids, i)
+        mid_p = NULL
+        if type(mid) is int:
+            v = PyLong_AsLongLongAndOverflow(mid, &overflow)
+            if overflow == 0:
+                mid_len = _pack_int(mid_buf, v)
+                mid_p = mid_buf
+            elif overflow > 0 and mid.bit_length() <= 64:
+                mid_len = _pack_uint(mid_buf, PyLong_AsUnsignedLongLong(mid))
+                mid_p = mid_buf
+        if mid_p == NULL:
+            mid_b = _packer.pack(mid)
+            mid_len = PyBytes_GET_SIZE(mid_b)
+            mid_p = PyBytes_AS_STRING(mid_b)
+        # click id: UTF-8 with the smallest str header.
+        cid = <object>PyList_GET_ITEM(click_ids, i)
+        cid_p = NULL
+        if type(cid) is str:
+            cid_p = PyUnicode_AsUTF8AndSize(cid, &cid_len)
+            if cid_len < 32:
+                hdr[0] = <char>(0xa0 | cid_len)
+                hdr_len = 1
+            elif cid_len < 0x100:
+                hdr[0] = <char>0xd9
+                hdr_len = 1 + _be(hdr + 1, <uint64_t>cid_len, 1)
+            elif cid_len < 0x10000:
+                hdr[0] = <char>0xda
+                hdr_len = 1 + _be(hdr + 1, <uint64_t>cid_len, 2)
+            elif cid_len <= 0xFFFFFFFF:
+                hdr[0] = <char>0xdb
+                hdr_len = 1 + _be(hdr + 1, <uint64_t>cid_len, 4)
+            else:
+                cid_p = NULL
+        if cid_p == NULL:
+            cid_b = _packer.pack(cid)
+            cid_len = PyBytes_GET_SIZE(cid_b)
+            cid_p = PyBytes_AS_STRING(cid_b)
+            hdr_len = 0
+        code = cd_p[i]
+        if code < 0:
+            code += nsl  # a Python list index
+        if code < 0 or code >= nsl:
+            raise IndexError("list index out of range")
+        slice_b = <bytes>sk[code]
+        size = fixed + mid_len + hdr_len + cid_len + PyBytes_GET_SIZE(slice_b)
+        frame = PyBytes_FromStringAndSize(NULL, size)
+        p = PyBytes_AS_STRING(frame)
+        p += _put(p, _HEAD)
+        memcpy(p, mid_p, mid_len)
+        p += mid_len
+        p += _put(p, _K_CLICK)
+        memcpy(p, hdr, hdr_len)
+        p += hdr_len
+        memcpy(p, cid_p, cid_len)
+        p += cid_len
+        p += _put(p, _K_INVALID)
+        p[0] = <char>(0xc3 if inv_p[i] else 0xc2)
+        p += 1
+        p += _put(p, _K_SCORE)
+        p += _pack_double(p, sc_p[i])
+        p += _put(p, _K_THRESHOLD)
+        p += _pack_double(p, th_p[i])
+        p += _put(p, _K_SLICE)
+        p += _put(p, slice_b)
+        p += _put(p, _K_MODEL)
+        p += _put(p, model_key)
+        p += _put(p, _K_REASON)
+        p += _put(p, reason_key)
+        Py_INCREF(frame)
+        PyList_SET_ITEM(out, i, frame)
+    return out
