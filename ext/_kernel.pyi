@@ -57,3 +57,8 @@ def not_ipv4(offsets: npt.ArrayLike, data: npt.ArrayLike,
 
 def _arrow_utf8(col: Any, name: str, nullable: bool
                 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None] | None: ...
+
+def redis_request(ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike, ih: npt.ArrayLike,
+                  hll: npt.ArrayLike, rec_head: bytes, cmd_head: bytes, argv_px: bytes) -> bytes:
+    """The Redis store's EVALSHA command for one batch, byte for byte RedisStore.request's
+    numpy build. Raises ValueError on unequal lengths or an empty batch."""

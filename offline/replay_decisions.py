@@ -59,10 +59,10 @@ class ReplayModel:
 
     def decide(self, x: np.ndarray, dev: np.ndarray, li: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Scores, thresholds and invalid flags, the daemon's rule: invalid = score >= thr."""
+        """Scores, thresholds and invalid flags, the daemon's rule: invalid = score > thr."""
         scores = self.scorer.infer(np.ascontiguousarray(x, dtype=np.float32))
         thr = self.thresholds[dev.astype(np.intp) * 2 + li.astype(np.intp)]
-        return scores, thr, scores >= thr
+        return scores, thr, scores > thr
 
 
 def load_model(bundle: str | Path | None = None, registry: str | Path | None = None,

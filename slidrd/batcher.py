@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import numpy as np
 
 from slidr.contract import (
@@ -43,7 +44,17 @@ from .metrics import Metrics
 
 log = logging.getLogger("slidrd")
 
+try:  # the native per-click path (ext/_fastpath.pyx); the Python below is its reference
+    from slidr.ext import _fastpath as _fp
+except ImportError:  # pragma: no cover - only without a build
+    import os as _os
+    if _os.environ.get("SLIDR_REQUIRE_NATIVE") == "1":
+        raise
+    _fp = None
+
 _SLICE_BY_CODE = [slice_name(d, li) for d in range(len(DEVICE_CODE)) for li in (0, 1)]
+_SLICE_KEYS = [msgpack.packb(s) for s in _SLICE_BY_CODE]
+_REASON_KEY = msgpack.packb("model")
 _perf = time.perf_counter
 
 # An item: (click, sink, msgid_or_index, t_arrival, deadline). `sink` is a connection (answer
@@ -277,7 +288,7 @@ class Batcher:
                 expired.append(it)
                 continue
             c = it[0]
-            if not fast_valid(c):
+            if not (_fp.fast_valid(c, _ip_ok, _ip_valid) if _fp is not None else fast_valid(c)):
                 try:
                     validate_click(c)
                 except ContractError as e:
@@ -289,6 +300,8 @@ class Batcher:
             self._fail_open(expired, "deadline", version)
         if not valid:
             return valid, clicks, None
+        if _fp is not None:
+            return valid, clicks, ClickBatch(*_fp.batch_columns(clicks))
         return valid, clicks, ClickBatch.from_clicks(clicks, validate=False)
 
     def _run_inline(self, items: list[Item]) -> None:
@@ -441,28 +454,54 @@ class Batcher:
         n = len(valid)
         codes = batch.device.astype(np.intp) * 2 + batch.logged_in
         thr = model.thresholds[codes]
-        invalid = scores >= thr
+        invalid = scores > thr  # the calibration rule (offline/metrics.py): strictly greater
         version = model.version
-        score_l = scores.tolist()
-        thr_l = thr.tolist()
-        inv_l = invalid.tolist()
-        code_l = codes.tolist()
-        decisions = []
-        for i in range(n):
-            it = valid[i]
-            d = {"click_id": clicks[i]["click_id"], "invalid": inv_l[i], "score": score_l[i],
-                 "threshold": thr_l[i], "slice": _SLICE_BY_CODE[code_l[i]], "model": version,
-                 "reason": "model"}
-            decisions.append(d)
-            sink = it[1]
-            if type(sink) is Group:
-                sink.fill(it[2], d)
-            else:
+        dirty = self._dirty
+        dlog = self.dlog
+        decisions: list[dict[str, Any]] = []
+        if _fp is not None:
+            # Each answer frame packed in C (byte-identical to packing the decision dict);
+            # dicts are built only where a Group (score_many) or the decision log needs them.
+            frames = _fp.encode_results([it[2] for it in valid], [c["click_id"] for c in clicks],
+                                        invalid, scores, thr, codes, _SLICE_KEYS,
+                                        msgpack.packb(version), _REASON_KEY)
+            need_dicts = dlog is not None
+            for i in range(n):
+                it = valid[i]
+                sink = it[1]
+                if type(sink) is Group or need_dicts:
+                    d = {"click_id": clicks[i]["click_id"], "invalid": bool(invalid[i]),
+                         "score": float(scores[i]), "threshold": float(thr[i]),
+                         "slice": _SLICE_BY_CODE[int(codes[i])], "model": version,
+                         "reason": "model"}
+                    decisions.append(d)
+                    if type(sink) is Group:
+                        sink.fill(it[2], d)
+                        dirty.add(sink.conn)
+                        continue
                 sink.inflight -= 1
-                sink.queue_result(it[2], d)
-                self._dirty.add(sink)
-            if type(sink) is Group:
-                self._dirty.add(sink.conn)
+                if not sink.closed:
+                    sink.out.append(frames[i])
+                    dirty.add(sink)
+        else:
+            score_l = scores.tolist()
+            thr_l = thr.tolist()
+            inv_l = invalid.tolist()
+            code_l = codes.tolist()
+            for i in range(n):
+                it = valid[i]
+                d = {"click_id": clicks[i]["click_id"], "invalid": inv_l[i], "score": score_l[i],
+                     "threshold": thr_l[i], "slice": _SLICE_BY_CODE[code_l[i]],
+                     "model": version, "reason": "model"}
+                decisions.append(d)
+                sink = it[1]
+                if type(sink) is Group:
+                    sink.fill(it[2], d)
+                    dirty.add(sink.conn)
+                else:
+                    sink.inflight -= 1
+                    sink.queue_result(it[2], d)
+                    dirty.add(sink)
         self.inflight_clicks -= n
         t_end = _perf()
         m = self.metrics
@@ -479,8 +518,8 @@ class Batcher:
                 s = _SLICE_BY_CODE[k]
                 m.decisions[s] += per[k]
                 m.invalid[s] += int(bad[k])
-        if self.dlog is not None:
-            self.dlog.submit(clicks, feats, decisions, version)
+        if dlog is not None:
+            dlog.submit(clicks, feats, decisions, version)
 
     # ------------------------------------------------------------------ answers
     def shed(self, click: Any, sink: Any, slot: int, cause: str) -> None:

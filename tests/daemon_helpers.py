@@ -246,6 +246,6 @@ def check_decision(d: dict[str, Any], cid: str) -> None:
     assert isinstance(d["invalid"], bool)
     if d["reason"] == "model":
         assert 0.0 <= d["score"] <= 1.0
-        assert d["invalid"] == (d["score"] >= d["threshold"])
+        assert d["invalid"] == (d["score"] > d["threshold"])
     else:
         assert d["reason"].startswith("fail_open:") and d["invalid"] is False

@@ -206,3 +206,19 @@ def test_password_and_db():
         assert len(keys) > 0  # written into db 3, where the URL pointed
         assert redis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{srv.port}/0").keys("p:*") == []
         store.close()
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 64, 700])
+def test_native_request_is_byte_identical_to_numpy(size):
+    """The C request builder against the numpy reference, with repeated keys and ties."""
+    store = RedisStore("redis://127.0.0.1:1/0", prefix="pfx:")  # never connects
+    rng = np.random.default_rng(size)
+    for _ in range(20):
+        users = [f"u{x}" for x in rng.integers(0, max(1, size // 3), size)]
+        sess = [f"s{x}" for x in rng.integers(0, 3, size)]
+        ips = [f"i{x}" for x in rng.integers(0, size + 5, size)]
+        uh, sh, ih, hll = native.hash_keys(users, sess, ips)
+        ts = np.sort(rng.integers(T0, T0 + 86_400_000, size)).astype(np.int64)
+        assert store.request(ts, uh, sh, ih, hll) == store.request_numpy(ts, uh, sh, ih, hll)
+    with pytest.raises(ValueError, match="same length"):
+        native.redis_request(ts[:-1] if size > 1 else ts[:0], uh, sh, ih, hll, b"", b"", b"")

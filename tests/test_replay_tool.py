@@ -101,7 +101,7 @@ def traffic():
             feats.append(None)
         else:
             thr = threshold(c)
-            decisions.append({"click_id": c["click_id"], "invalid": bool(s1[i] >= thr),
+            decisions.append({"click_id": c["click_id"], "invalid": bool(s1[i] > thr),
                               "score": float(s1[i]), "threshold": thr, "slice": sl,
                               "model": "v1", "reason": "model"})
             feats.append(x[i])
@@ -150,7 +150,7 @@ def read_out(path: Path) -> list[dict]:
 def expected(traffic, bias: float):
     clicks, x, decisions, feats = traffic
     s = sigmoid_score(x, bias)
-    return [bool(s[i] >= threshold(c)) for i, c in enumerate(clicks)], s
+    return [bool(s[i] > threshold(c)) for i, c in enumerate(clicks)], s
 
 
 # ------------------------------------------------------------------ decision logs
