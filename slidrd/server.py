@@ -75,6 +75,24 @@ class PublicConnection(RpcConnection):
     def resume_below(self) -> int:
         return self.max_per_conn // 2
 
+    def handle(self, msg: Any, t_arr: float) -> None:
+        # The hot case, [0, msgid, "score", [click]] with no deadline of its own, straight to
+        # the batcher: the general path below gives the same answer with four more calls.
+        if type(msg) is list and len(msg) == 4 and msg[0] == 0 and msg[2] == "score":
+            msgid = msg[1]
+            params = msg[3]
+            if type(msgid) is int and 0 <= msgid <= 0xFFFFFFFF and type(params) is list \
+                    and len(params) == 1:
+                click = params[0]
+                if type(click) is dict and "deadline_ms" not in click:
+                    self.daemon.metrics.requests += 1
+                    if self.inflight >= self.max_per_conn:
+                        self.batcher.shed(click, self, msgid, "overload")
+                    else:
+                        self.batcher.submit(click, self, msgid, t_arr, t_arr + self.deadline_s)
+                    return
+        super().handle(msg, t_arr)
+
     def dispatch(self, msgid: int | None, method: str, params: list[Any], t_arr: float) -> None:
         if method == "score":
             if msgid is None:
