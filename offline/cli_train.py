@@ -27,6 +27,9 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=20, help="maximum epochs (early stopping)")
     p.add_argument("--fpr-target", type=float, default=0.01,
                    help="overall FPR at which scorers are compared (default 0.01)")
+    p.add_argument("--val-days", type=int, default=1,
+                   help="days before the test day held out for validation (early stopping and "
+                        "calibration; default 1)")
     p.add_argument("--redis", default=None,
                    help="replay through a Redis store at this URL instead of the embedded one")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -39,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
     from . import pipeline
 
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
-                               fpr_target=args.fpr_target, progress=not args.quiet)
+                               fpr_target=args.fpr_target, val_days=args.val_days,
+                               progress=not args.quiet)
     store = None
     if args.redis:
         from slidr.store_redis import RedisStore  # type: ignore[import-not-found]

@@ -32,14 +32,19 @@ def day_index(ts: np.ndarray) -> np.ndarray:
     return (d - d.min()).astype(np.int32) if d.size else d.astype(np.int32)
 
 
-def time_split(day: np.ndarray, min_days: int = 3) -> dict[str, np.ndarray]:
-    """Boolean masks by day, never random: the last day is test, the day before is validation,
-    everything earlier is training."""
+def time_split(day: np.ndarray, min_days: int = 3, val_days: int = 1) -> dict[str, np.ndarray]:
+    """Boolean masks by day, never random: the last day is test, the `val_days` days before it
+    are validation (early stopping and calibration), everything earlier is training."""
+    if val_days < 1:
+        raise ValueError(f"val_days must be >= 1, got {val_days}")
     days = np.unique(day)
-    if days.size < min_days:
-        raise ValueError(f"the log covers {days.size} day(s); training needs at least {min_days} "
-                         "(train days, one validation day, one test day)")
-    return {"train": day < days[-2], "val": day == days[-2], "test": day == days[-1]}
+    need = max(min_days, val_days + 2)
+    if days.size < need:
+        raise ValueError(f"the log covers {days.size} day(s); training needs at least {need} "
+                         f"(train days, {val_days} validation day(s), one test day)")
+    first_val = days[-1 - val_days]
+    return {"train": day < first_val, "val": (day >= first_val) & (day < days[-1]),
+            "test": day == days[-1]}
 
 
 def weight_cells(ts: np.ndarray, tz_offset_min: np.ndarray, logged_in: np.ndarray,

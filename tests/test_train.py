@@ -318,3 +318,16 @@ def test_fit_keeps_the_moving_average_of_the_weights():
     off = train.fit(*args, epochs=2, progress=False, seed=3, ema=0.0)
     assert not np.array_equal(train.predict(on.model, x), train.predict(off.model, x))
     assert len(on.history) == 2 and all(np.isfinite(h["val_loss"]) for h in on.history)
+
+
+def test_time_split_val_days():
+    rng = np.random.default_rng(0)
+    ts = np.sort(T0 + rng.integers(0, 6 * DAY, 6000))
+    day = train.day_index(ts)
+    s = train.time_split(day, val_days=2)
+    assert set(day[s["train"]]) == {0, 1, 2} and set(day[s["val"]]) == {3, 4}
+    assert set(day[s["test"]]) == {5} and (s["train"] ^ s["val"] ^ s["test"]).all()
+    with pytest.raises(ValueError, match="at least 7"):
+        train.time_split(day, val_days=5)
+    with pytest.raises(ValueError, match="val_days"):
+        train.time_split(day, val_days=0)
