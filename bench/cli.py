@@ -84,6 +84,15 @@ def register(sub: Any) -> None:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_echo)
 
+    h = bs.add_parser("hiccup", help="the machine's stall floor: wake-up lateness and CPU "
+                                     "lost while spinning, per CPU")
+    h.add_argument("--cpus", default=None, metavar="LIST",
+                   help="CPUs to probe one after another (default: each usable CPU)")
+    h.add_argument("--seconds", type=float, default=4.0, help="per CPU (default 4)")
+    h.add_argument("--out", metavar="FILE.json")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hiccup)
+
     m = bs.add_parser("micro", help="protocol, store and model costs per request / batch")
     m.add_argument("--seconds", type=float, default=0.5, help="seconds per measured point")
     m.add_argument("--redis", default=None, help="redis:// URL (default: a throwaway server)")
@@ -171,6 +180,25 @@ def cmd_echo(a: argparse.Namespace) -> int:
     else:
         print(calibration_line(c))
         print(report.machine_line(c["machine"]))
+    return 0
+
+
+def cmd_hiccup(a: argparse.Namespace) -> int:
+    import os
+
+    from slidr.bench import hiccup, report
+    cpus = _cpu_list(a.cpus) if a.cpus else sorted(os.sched_getaffinity(0))
+    res: dict[str, Any] = {"machine": report.machine(), "probes": []}
+    for c in cpus:
+        r = hiccup.probe(int(c), a.seconds)
+        res["probes"].append(r)
+        if not a.json:
+            print(hiccup.line(r), flush=True)
+    if a.out:
+        report.save_json(a.out, res)
+    if a.json:
+        json.dump(res, sys.stdout, indent=2)
+        print()
     return 0
 
 

@@ -236,3 +236,15 @@ def test_sweep_steps_down_when_the_start_rate_fails(monkeypatch):
     res = sw.sweep(LoadSpec(), target_ms=5, start=1000, factor=2, bisect_steps=2, repeat=1)
     assert res["best_rate"] is not None and 250 <= res["best_rate"] <= 300
     assert res["first_failing_rate"] is not None
+
+
+def test_hiccup_probe_measures_and_rejects_bad_input():
+    from slidr.bench import hiccup
+    r = hiccup.probe(cpu=None, seconds=0.2, sleep_us=200)
+    w = r["wake_late_ms"]
+    assert w["count"] > 50  # ~100 sleeps of 0.2 ms in 0.1 s, fewer when the box is busy
+    assert 0 <= w["p50"] <= w["p99"] <= w["p99_9"] <= w["max"]
+    assert 0.0 <= r["spin_gaps"]["lost_share"] < 1.0
+    assert "wake-up late" in hiccup.line(r)
+    with pytest.raises(ValueError):
+        hiccup.probe(seconds=0)
