@@ -93,6 +93,15 @@ def register(sub: Any) -> None:
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_hiccup)
 
+    co = bs.add_parser("cost", help="the daemon's CPU per click by stage, in-process (no "
+                                    "sockets): intake, prepare, kernel, finish, model, decide")
+    co.add_argument("--shapes", default="1x4,2x4,5x4,20x4", metavar="FxR,...",
+                    help="frames per read x reads per loop pass (batch = F*R), default "
+                         "1x4,2x4,5x4,20x4")
+    co.add_argument("--clicks", type=int, default=40_000, help="measured clicks per shape")
+    co.add_argument("--json", action="store_true")
+    co.set_defaults(func=cmd_cost)
+
     m = bs.add_parser("micro", help="protocol, store and model costs per request / batch")
     m.add_argument("--seconds", type=float, default=0.5, help="seconds per measured point")
     m.add_argument("--redis", default=None, help="redis:// URL (default: a throwaway server)")
@@ -157,6 +166,23 @@ def cmd_micro(a: argparse.Namespace) -> int:
         print()
     else:
         print("\n".join(micro.lines(res)))
+    return 0
+
+
+def cmd_cost(a: argparse.Namespace) -> int:
+    from slidr.bench import cost
+    try:
+        shapes = [tuple(int(x) for x in s.lower().split("x")) for s in a.shapes.split(",")]
+        if any(len(s) != 2 for s in shapes):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shapes wants FxR pairs like 5x4,20x4, not {a.shapes!r}") from None
+    res = cost.run([(s[0], s[1]) for s in shapes], a.clicks)
+    if a.json:
+        json.dump(res, sys.stdout, indent=2)
+        print()
+    else:
+        print("\n".join(cost.lines(res)))
     return 0
 
 

@@ -37,3 +37,14 @@ def encode_results(
     (msgpack.packb(name)). invalid: bool or integer; scores/thresholds: float16/32/64;
     codes: integer (1-D, same length as msgids). Raises IndexError for a code outside
     slice_keys, OverflowError/UnicodeEncodeError as msgpack does."""
+
+def decide_batch(items: list[Any], clicks: list[Any], device: npt.ArrayLike,
+                 logged_in: npt.ArrayLike, scores: npt.ArrayLike, table: npt.ArrayLike,
+                 slice_keys: Sequence[bytes], model_key: bytes, reason_key: bytes, t0: float,
+                 t_end: float, bounds: npt.ArrayLike, q_counts: npt.NDArray[np.int64],
+                 tot_counts: npt.NDArray[np.int64]
+                 ) -> tuple[list[bytes], npt.NDArray[np.intp], npt.NDArray[np.float64],
+                            npt.NDArray[np.bool_], float, float, list[int], list[int]]: ...
+
+def route_frames(items: list[Any], frames: list[bytes], group_type: type,
+                 dirty: set[Any]) -> list[int]: ...

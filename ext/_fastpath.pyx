@@ -392,3 +392,111 @@ def encode_results(list msgids not None, list click_ids not None, invalid, score
         Py_INCREF(frame)
         PyList_SET_ITEM(out, i, frame)
     return out
+
+
+# ---------------------------------------------------------------- the batcher's decide step
+
+cdef inline Py_ssize_t _bisect_left(const double* b, Py_ssize_t nb, double v) noexcept nogil:
+    cdef Py_ssize_t lo = 0, hi = nb, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if b[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def decide_batch(list items not None, list clicks not None, device, logged_in, scores, table,
+                 slice_keys, bytes model_key not None, bytes reason_key not None,
+                 double t0, double t_end, bounds, q_counts, tot_counts):
+    """The per-batch arithmetic of slidrd's Batcher._decide in one call.
+
+    items[i] is the batcher's (click, sink, msgid_or_slot, t_arrival, deadline); clicks[i] its
+    click. code = device * 2 + logged_in; threshold = table[code]; invalid = score > threshold
+    (strictly, the calibration rule). Adds each click's queue time (t0 - t_arrival) and total
+    time (t_end - t_arrival) to the histogram counts q_counts / tot_counts (int64, one more
+    than bounds; bucket = bisect_left(bounds, value), as slidrd.metrics.Histogram does).
+
+    Returns (frames, codes intp, thresholds f64, invalid bool, queue_sum, total_sum,
+    per_slice_n list, per_slice_invalid list); frames as encode_results builds them."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(items), i, c, nslices
+    if PyList_GET_SIZE(clicks) != n:
+        raise ValueError(f"clicks has {len(clicks)} items, items {n}")
+    cdef cnp.ndarray dev = np.ascontiguousarray(device, dtype=np.uint8)
+    cdef cnp.ndarray li = np.ascontiguousarray(logged_in, dtype=np.uint8)
+    cdef cnp.ndarray sc = np.ascontiguousarray(scores, dtype=np.float64)
+    cdef cnp.ndarray tb = np.ascontiguousarray(table, dtype=np.float64)
+    cdef cnp.ndarray bd = np.ascontiguousarray(bounds, dtype=np.float64)
+    if dev.shape[0] != n or li.shape[0] != n or sc.shape[0] != n:
+        raise ValueError(f"device, logged_in and scores must have {n} entries")
+    cdef cnp.ndarray qc = q_counts
+    cdef cnp.ndarray tc = tot_counts
+    if (qc.dtype != np.int64 or tc.dtype != np.int64 or not qc.flags.c_contiguous
+            or not tc.flags.c_contiguous or qc.shape[0] != bd.shape[0] + 1
+            or tc.shape[0] != bd.shape[0] + 1):
+        raise ValueError("q_counts and tot_counts must be contiguous int64 of len(bounds) + 1")
+    nslices = tb.shape[0]
+    cdef cnp.ndarray codes = np.empty(n, dtype=np.intp)
+    cdef cnp.ndarray thr = np.empty(n, dtype=np.float64)
+    cdef cnp.ndarray inv = np.empty(n, dtype=np.bool_)
+    cdef const uint8_t* dp = <const uint8_t*>cnp.PyArray_DATA(dev)
+    cdef const uint8_t* lp = <const uint8_t*>cnp.PyArray_DATA(li)
+    cdef const double* sp = <const double*>cnp.PyArray_DATA(sc)
+    cdef const double* tp = <const double*>cnp.PyArray_DATA(tb)
+    cdef const double* bp = <const double*>cnp.PyArray_DATA(bd)
+    cdef Py_ssize_t nb = bd.shape[0]
+    cdef int64_t* qp = <int64_t*>cnp.PyArray_DATA(qc)
+    cdef int64_t* totp = <int64_t*>cnp.PyArray_DATA(tc)
+    cdef Py_ssize_t* cp = <Py_ssize_t*>cnp.PyArray_DATA(codes)
+    cdef double* thp = <double*>cnp.PyArray_DATA(thr)
+    cdef uint8_t* ip = <uint8_t*>cnp.PyArray_DATA(inv)
+    per_n = [0] * nslices
+    per_bad = [0] * nslices
+    cdef list msgids = PyList_New(0)
+    cdef list cids = PyList_New(0)
+    cdef double qsum = 0.0, tsum = 0.0, ta, v
+    cdef object it
+    for i in range(n):
+        c = <Py_ssize_t>dp[i] * 2 + (1 if lp[i] else 0)
+        if c >= nslices:
+            raise IndexError(f"slice code {c} outside the threshold table of {nslices}")
+        cp[i] = c
+        thp[i] = tp[c]
+        ip[i] = 1 if sp[i] > tp[c] else 0
+        per_n[c] += 1
+        if ip[i]:
+            per_bad[c] += 1
+        it = items[i]
+        msgids.append(it[2])
+        cids.append(clicks[i]["click_id"])
+        ta = it[3]
+        v = t0 - ta
+        qsum += v
+        qp[_bisect_left(bp, nb, v)] += 1
+        v = t_end - ta
+        tsum += v
+        totp[_bisect_left(bp, nb, v)] += 1
+    frames = encode_results(msgids, cids, inv, sc, thr, codes, slice_keys, model_key, reason_key)
+    return frames, codes, thr, inv, qsum, tsum, per_n, per_bad
+
+
+def route_frames(list items not None, list frames not None, group_type, set dirty not None):
+    """Hand frame i to items[i]'s connection (decrement its in-flight count; append the frame
+    unless it is closed; mark it dirty). Items whose sink is a `group_type` (score_many) are
+    left to the caller: their indices are returned."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(items), i
+    if PyList_GET_SIZE(frames) != n:
+        raise ValueError("one frame per item")
+    cdef list groups = []
+    cdef object sink
+    for i in range(n):
+        sink = (<tuple>items[i])[1]
+        if type(sink) is group_type:
+            groups.append(i)
+            continue
+        sink.inflight = sink.inflight - 1
+        if not sink.closed:
+            sink.out.append(frames[i])
+            dirty.add(sink)
+    return groups

@@ -451,6 +451,9 @@ class Batcher:
     def _decide(self, valid: list[Item], clicks: list[Any], batch: ClickBatch, feats: np.ndarray,
                 scores: np.ndarray, model: Any, t0: float, t_store: float, t_model: float) -> None:
         self._backoff = 0.02
+        if _fp is not None:
+            self._decide_native(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
+            return
         n = len(valid)
         codes = batch.device.astype(np.intp) * 2 + batch.logged_in
         thr = model.thresholds[codes]
@@ -459,49 +462,24 @@ class Batcher:
         dirty = self._dirty
         dlog = self.dlog
         decisions: list[dict[str, Any]] = []
-        if _fp is not None:
-            # Each answer frame packed in C (byte-identical to packing the decision dict);
-            # dicts are built only where a Group (score_many) or the decision log needs them.
-            frames = _fp.encode_results([it[2] for it in valid], [c["click_id"] for c in clicks],
-                                        invalid, scores, thr, codes, _SLICE_KEYS,
-                                        msgpack.packb(version), _REASON_KEY)
-            need_dicts = dlog is not None
-            for i in range(n):
-                it = valid[i]
-                sink = it[1]
-                if type(sink) is Group or need_dicts:
-                    d = {"click_id": clicks[i]["click_id"], "invalid": bool(invalid[i]),
-                         "score": float(scores[i]), "threshold": float(thr[i]),
-                         "slice": _SLICE_BY_CODE[int(codes[i])], "model": version,
-                         "reason": "model"}
-                    decisions.append(d)
-                    if type(sink) is Group:
-                        sink.fill(it[2], d)
-                        dirty.add(sink.conn)
-                        continue
+        score_l = scores.tolist()
+        thr_l = thr.tolist()
+        inv_l = invalid.tolist()
+        code_l = codes.tolist()
+        for i in range(n):
+            it = valid[i]
+            d = {"click_id": clicks[i]["click_id"], "invalid": inv_l[i], "score": score_l[i],
+                 "threshold": thr_l[i], "slice": _SLICE_BY_CODE[code_l[i]],
+                 "model": version, "reason": "model"}
+            decisions.append(d)
+            sink = it[1]
+            if type(sink) is Group:
+                sink.fill(it[2], d)
+                dirty.add(sink.conn)
+            else:
                 sink.inflight -= 1
-                if not sink.closed:
-                    sink.out.append(frames[i])
-                    dirty.add(sink)
-        else:
-            score_l = scores.tolist()
-            thr_l = thr.tolist()
-            inv_l = invalid.tolist()
-            code_l = codes.tolist()
-            for i in range(n):
-                it = valid[i]
-                d = {"click_id": clicks[i]["click_id"], "invalid": inv_l[i], "score": score_l[i],
-                     "threshold": thr_l[i], "slice": _SLICE_BY_CODE[code_l[i]],
-                     "model": version, "reason": "model"}
-                decisions.append(d)
-                sink = it[1]
-                if type(sink) is Group:
-                    sink.fill(it[2], d)
-                    dirty.add(sink.conn)
-                else:
-                    sink.inflight -= 1
-                    sink.queue_result(it[2], d)
-                    dirty.add(sink)
+                sink.queue_result(it[2], d)
+                dirty.add(sink)
         self.inflight_clicks -= n
         t_end = _perf()
         m = self.metrics
@@ -520,6 +498,53 @@ class Batcher:
                 m.invalid[s] += int(bad[k])
         if dlog is not None:
             dlog.submit(clicks, feats, decisions, version)
+
+    def _decide_native(self, valid: list[Item], clicks: list[Any], batch: ClickBatch,
+                       feats: np.ndarray, scores: np.ndarray, model: Any, t0: float,
+                       t_store: float, t_model: float) -> None:
+        """_decide with the per-click work in C (ext/_fastpath.pyx: decide_batch packs every
+        answer frame byte-identical to the dict path and fills the latency histograms;
+        route_frames hands the frames out). Dicts only where score_many or the log needs
+        them."""
+        assert _fp is not None
+        n = len(valid)
+        m = self.metrics
+        q = m.latency["queue"]
+        tot = m.latency["total"]
+        version = model.version
+        frames, codes, thr, invalid, qsum, tsum, per, bad = _fp.decide_batch(
+            valid, clicks, batch.device, batch.logged_in, scores, model.thresholds, _SLICE_KEYS,
+            msgpack.packb(version), _REASON_KEY, t0, _perf(), q.bounds, q.counts, tot.counts)
+        q.total += qsum
+        q.n += n
+        tot.total += tsum
+        tot.n += n
+        dirty = self._dirty
+        groups = _fp.route_frames(valid, frames, Group, dirty)
+        dlog = self.dlog
+        if groups or dlog is not None:
+            decisions = []
+            for i in (range(n) if dlog is not None else groups):
+                d = {"click_id": clicks[i]["click_id"], "invalid": bool(invalid[i]),
+                     "score": float(scores[i]), "threshold": float(thr[i]),
+                     "slice": _SLICE_BY_CODE[int(codes[i])], "model": version,
+                     "reason": "model"}
+                decisions.append(d)
+                sink = valid[i][1]
+                if type(sink) is Group:
+                    sink.fill(valid[i][2], d)
+                    dirty.add(sink.conn)
+            if dlog is not None:
+                dlog.submit(clicks, feats, decisions, version)
+        self.inflight_clicks -= n
+        m.latency["store"].observe(t_store, n)
+        m.latency["model"].observe(t_model, n)
+        m.batch_size.observe(float(n))
+        for k in range(len(per)):
+            if per[k]:
+                s = _SLICE_BY_CODE[k]
+                m.decisions[s] += per[k]
+                m.invalid[s] += bad[k]
 
     # ------------------------------------------------------------------ answers
     def shed(self, click: Any, sink: Any, slot: int, cause: str) -> None:

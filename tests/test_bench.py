@@ -248,3 +248,15 @@ def test_hiccup_probe_measures_and_rejects_bad_input():
     assert "wake-up late" in hiccup.line(r)
     with pytest.raises(ValueError):
         hiccup.probe(seconds=0)
+
+
+def test_cost_breakdown_accounts_for_the_wall_time():
+    from slidr.bench import cost
+    (r,) = cost.run([(2, 3)], clicks=300)
+    p = r["us_per_click"]
+    assert r["mean_batch"] == pytest.approx(6.0, rel=0.35)
+    assert all(p[s] > 0 for s in cost.STAGES)
+    assert sum(p.values()) == pytest.approx(r["wall_us_per_click"], rel=0.02)
+    assert "frames/read" in cost.lines([r])[0]
+    with pytest.raises(ValueError):
+        cost.run([(0, 1)], clicks=300)
