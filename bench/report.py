@@ -160,7 +160,20 @@ def server_split(before: dict[Any, float] | None, after: dict[Any, float] | None
     cpu = d(("process_cpu_seconds_total", ()))
     cpu_us = (cpu / answered * 1e6) if answered > 0 and ("process_cpu_seconds_total", ()) in after \
         else None
+    def hist(name: str) -> dict[str, Any]:
+        bks = sorted(((float("inf") if dict(k[1])["le"] == "+Inf" else float(dict(k[1])["le"]),
+                       d(k)) for k in after if k[0] == name + "_bucket"), key=lambda t: t[0])
+        top = next((le for le, c in reversed(bks) if c > 0 and
+                    c > (bks[bks.index((le, c)) - 1][1] if bks.index((le, c)) > 0 else 0)),
+                   None) if bks else None
+        return {"count": int(d((name + "_count", ()))),
+                "sum_ms": d((name + "_sum", ())) * 1000.0,
+                "p99_le_ms": None if (q := _bucket_quantile(bks, 0.99)) is None else q * 1000.0,
+                "max_le_ms": None if top is None else top * 1000.0}
+
     return {
+        "loop_lag": hist("slidr_loop_lag_seconds"),
+        "gc": hist("slidr_gc_pause_seconds"),
         "cpu_us_per_click": cpu_us,
         "cpu_seconds": cpu if cpu_us is not None else None,
         "stages": stages,
@@ -186,6 +199,12 @@ def split_line(split: dict[str, Any] | None) -> str:
     cpu = split.get("cpu_us_per_click")
     if cpu is not None:
         parts.append(f"daemon CPU {cpu:.1f} us/click")
+    lag = split.get("loop_lag") or {}
+    if lag.get("max_le_ms") is not None:
+        parts.append(f"loop lag max <= {lag['max_le_ms']:.1f} ms")
+    g = split.get("gc") or {}
+    if g.get("count"):
+        parts.append(f"gc {g['count']} pauses, {g['sum_ms']:.1f} ms in all")
     return "server split: " + ", ".join(parts)
 
 

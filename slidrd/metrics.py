@@ -91,6 +91,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.latency = {s: Histogram(LATENCY_BUCKETS) for s in self.STAGES}
+        # How late a 10 ms loop timer fires (the loop was busy or the process not running),
+        # and how long each garbage collection took: the two ways a whole batch can stall.
+        self.loop_lag = Histogram(LATENCY_BUCKETS)
+        self.gc_pause = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(BATCH_BUCKETS)
         self.decisions: dict[str, int] = defaultdict(int)  # slice -> decisions
         self.invalid: dict[str, int] = defaultdict(int)  # slice -> invalidated
@@ -120,6 +124,11 @@ class Metrics:
              "Per-click latency by stage (queue, store, model, total)")
         for s in self.STAGES:
             L.extend(self.latency[s].lines("slidr_latency_seconds", f'stage="{s}"'))
+        head("slidr_loop_lag_seconds", "histogram",
+             "Lateness of a 10 ms event-loop timer (loop blocked or process descheduled)")
+        L.extend(self.loop_lag.lines("slidr_loop_lag_seconds"))
+        head("slidr_gc_pause_seconds", "histogram", "Duration of each garbage collection")
+        L.extend(self.gc_pause.lines("slidr_gc_pause_seconds"))
         head("slidr_batch_size", "histogram", "Clicks per micro-batch")
         L.extend(self.batch_size.lines("slidr_batch_size"))
         def labelled(name: str, kind: str, helptext: str, label: str,
@@ -177,6 +186,9 @@ class Metrics:
                 "batches": self.batch_size.n,
                 "mean_batch": self.batch_size.total / max(self.batch_size.n, 1),
                 "latency": lat, "rss_bytes": rss_bytes(),
+                "loop_lag_ms": {"p99_le": self.loop_lag.quantile(0.99) * 1000,
+                                "max_le": self.loop_lag.quantile(1.0) * 1000},
+                "gc_pauses": self.gc_pause.n, "gc_pause_ms_total": self.gc_pause.total * 1000,
                 "cpu_seconds": time.process_time(), **self.gauges}
 
 

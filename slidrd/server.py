@@ -257,6 +257,9 @@ class Daemon:
         gc.freeze()
         gc.set_threshold(20_000, 50, 1000)
         self._tasks.append(loop.create_task(self._sweeper()))
+        self._tasks.append(loop.create_task(self._loop_lag()))
+        self._gc_t0 = 0.0
+        gc.callbacks.append(self._on_gc)
         if self.notifier.watchdog_s:
             self._tasks.append(loop.create_task(self._watchdog()))
         log.info("slidrd worker %d serving model %s on %s:%d (store %s, %s)", self.worker,
@@ -344,6 +347,20 @@ class Daemon:
             if self.dlog is not None:
                 self.metrics.decision_log_dropped = self.dlog.dropped
 
+    async def _loop_lag(self) -> None:
+        h = self.metrics.loop_lag
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.01)
+            h.observe(max(time.perf_counter() - t - 0.01, 0.0))
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+        elif self._gc_t0:
+            self.metrics.gc_pause.observe(time.perf_counter() - self._gc_t0)
+            self._gc_t0 = 0.0
+
     async def _watchdog(self) -> None:
         # Sent from the loop itself: a wedged loop stops the pings and systemd restarts us.
         while True:
@@ -377,6 +394,8 @@ class Daemon:
             s.close()
         for t in self._tasks:
             t.cancel()
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._on_gc)
         loop = asyncio.get_running_loop()
         self.batcher.close()
         if self.link is not None:
