@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "patterns allowed, e.g. '*/in=0' (repeatable)")
     p.add_argument("--min-purchasing", type=int, default=200,
                    help="slices with fewer purchasing clicks use the global fallback (default 200)")
+    p.add_argument("--refine-iters", type=int, default=8,
+                   help="rounds of local refinement of each slice's quadratic around its "
+                        "operating point (default 8; 0 = one quadratic over [0, F_s])")
+    p.add_argument("--coverage-margin", type=float, default=0.0,
+                   help="fit the coverage floors at min coverage + this margin (default 0)")
     p.add_argument("--score-col", default="score_model", help="score column (default score_model)")
     p.add_argument("--method", choices=("slice", "global"), default="slice",
                    help="which thresholds go into --out (default slice)")
@@ -42,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     cols = cal.load_scores(path, args.score_col)
     cfg = cal.CalibConfig(fpr_budget=args.fpr_budget, min_coverage=args.min_coverage,
                           slice_min_coverage=cal.parse_slice_coverage(args.slice_min_coverage),
-                          min_purchasing=args.min_purchasing, score_col=args.score_col)
+                          min_purchasing=args.min_purchasing, score_col=args.score_col,
+                          refine_iters=args.refine_iters, coverage_margin=args.coverage_margin)
     try:
         result = cal.calibrate(cols, cfg)
     except cal.CalibrationInfeasible as e:

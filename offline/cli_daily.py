@@ -28,10 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "'*/in=0': the k-clicks heuristic flags heavy-clicking customers in "
                         "logged-in traffic. Repeatable; giving any replaces the default")
     p.add_argument("--min-purchasing", type=int, default=200,
-                   help="slices with fewer purchasing clicks on the validation day use the "
+                   help="slices with fewer purchasing clicks on the validation days use the "
                         "global threshold (default 200)")
     p.add_argument("--k", type=int, default=20, help="robotic-coverage heuristic k")
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--val-days", type=int, default=None,
+                   help="validation days the thresholds are calibrated on (default: 3 on logs "
+                        "of 9+ days, 2 on 8 days, 1 on shorter logs)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--max-psi", type=float, default=0.25, help="feature drift limit (PSI)")
     p.add_argument("--ivr-band", type=float, default=0.5,
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         extra["slice_min_coverage"] = parse_slice_coverage(args.slice_min_coverage)
     cfg = daily.DailyConfig(**extra, fpr_budget=args.fpr_budget, min_coverage=args.min_coverage,
                             min_purchasing=args.min_purchasing, k=args.k, epochs=args.epochs, seed=args.seed,
-                            progress=args.progress, guard=g)
+                            val_days=args.val_days, progress=args.progress, guard=g)
     res = daily.run_daily(args.clicks, args.customers, args.registry, args.work, cfg,
                           log=lambda m: print(m, file=sys.stderr))
     if args.json:

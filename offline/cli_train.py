@@ -27,9 +27,10 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=int, default=20, help="maximum epochs (early stopping)")
     p.add_argument("--fpr-target", type=float, default=0.01,
                    help="overall FPR at which scorers are compared (default 0.01)")
-    p.add_argument("--val-days", type=int, default=1,
+    p.add_argument("--val-days", type=int, default=None,
                    help="days before the test day held out for validation (early stopping and "
-                        "calibration; default 1)")
+                        "calibration; default: 3 on logs of 9+ days, keeping >= 5 training "
+                        "days, 2 on 8 days, 1 on shorter logs)")
     p.add_argument("--redis", default=None,
                    help="replay through a Redis store at this URL instead of the embedded one")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

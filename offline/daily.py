@@ -44,9 +44,10 @@ class DailyConfig:
     # The k-clicks-per-hour heuristic mostly flags heavy-clicking *customers* in logged-in
     # traffic, so by default it sets no coverage floor there (see docs/calibration.md).
     slice_min_coverage: dict[str, float] = field(default_factory=lambda: {"*/in": 0.0})
-    min_purchasing: int = 200  # per slice on the validation day, else the global fallback
+    min_purchasing: int = 200  # per slice on the validation days, else the global fallback
     k: int = 20
     epochs: int = 20
+    val_days: int | None = None  # validation (calibration) days; None: train.auto_val_days
     seed: int = 7
     progress: bool = False
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
@@ -147,7 +148,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     (train_fn or _train)(clicks, customers, train_dir, cfg)
     res["steps"]["train_s"] = round(time.perf_counter() - t, 3)
 
-    # 5. Calibrate on the validation day, evaluate on the held-out test day.
+    # 5. Calibrate on the validation days, evaluate on the held-out test day.
     t = time.perf_counter()
     cand = wdir / "candidate"
     if cand.exists():
@@ -215,7 +216,8 @@ def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConf
     from . import pipeline
     pipeline.run(clicks, customers, out,
                  pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
-                                      fpr_target=cfg.fpr_budget, progress=cfg.progress),
+                                      fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
+                                      progress=cfg.progress),
                  log=lambda *a, **k: None)
 
 

@@ -30,7 +30,8 @@ class TrainConfig:
     # Days before the test day held out for validation (early stopping, and the days that
     # `slidr calibrate` fits thresholds on). More days: steadier slice-level calibration, fewer
     # training days.
-    val_days: int = 1
+    # None: train.auto_val_days (3 days on logs of 9+ days, 1 on 6-7 days).
+    val_days: int | None = None
     hidden: tuple[int, ...] = (64, 32)
     weight_decay: float = 1e-4
     batch_size: int = 16_384  # replay batch (store round trip)
@@ -152,7 +153,9 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     wl, label_source = weak_labels(rp, cust)
     y = (1 - wl).astype(np.int8)  # 1 = robot by weak label
     day = train.day_index(rp.ts)
-    split = train.time_split(day, val_days=cfg.val_days)
+    val_days = cfg.val_days if cfg.val_days is not None else train.auto_val_days(
+        int(np.unique(day).size))
+    split = train.time_split(day, val_days=val_days)
     _check_inputs(rp, wl, day, split)
     heur = metrics.session_hour_heuristic(rp.session_hash, rp.ts, cfg.k)
     cells = train.weight_cells(rp.ts, rp.tz_offset_min, rp.logged_in, y)
@@ -234,15 +237,15 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
         "clicks": str(clicks.resolve()), "customers": str(Path(customers).resolve())
         if customers else None,
         "n_clicks": len(rp), "days": days_list,
-        "split": {"rule": f"by UTC day: last day = test, the {cfg.val_days} day(s) before = "
+        "split": {"rule": f"by UTC day: last day = test, the {val_days} day(s) before = "
                           "validation, all earlier days = train (never random)",
-                  "train_days": [d for d in days_list if d < days_list[-1 - cfg.val_days]],
-                  "val_day": days_list[-2], "val_days": days_list[-1 - cfg.val_days:-1],
+                  "train_days": [d for d in days_list if d < days_list[-1 - val_days]],
+                  "val_day": days_list[-2], "val_days": days_list[-1 - val_days:-1],
                   "test_day": days_list[-1],
                   "n_train": int(tr.sum()), "n_val": int(va.sum()), "n_test": int(te.sum())},
         "label_source": label_source,
         "weak_label_human_share": float(wl.mean()),
-        "config": {"k": cfg.k, "seed": cfg.seed, "val_days": cfg.val_days, "epochs_max": cfg.epochs,
+        "config": {"k": cfg.k, "seed": cfg.seed, "val_days": val_days, "epochs_max": cfg.epochs,
                    "fpr_target": cfg.fpr_target, "hidden": list(cfg.hidden),
                    "weight_decay_hidden": cfg.weight_decay, "replay_batch": cfg.batch_size},
         "model": {"arch": f"24 -> {' -> '.join(map(str, cfg.hidden))} -> 1, ReLU, sigmoid; "

@@ -32,9 +32,26 @@ def day_index(ts: np.ndarray) -> np.ndarray:
     return (d - d.min()).astype(np.int32) if d.size else d.astype(np.int32)
 
 
-def time_split(day: np.ndarray, min_days: int = 3, val_days: int = 1) -> dict[str, np.ndarray]:
+MIN_TRAIN_DAYS_AUTO = 5
+MAX_VAL_DAYS_AUTO = 3
+
+
+def auto_val_days(n_days: int) -> int:
+    """Default validation window: 3 days when the log keeps >= 5 training days besides them and
+    the test day, fewer on shorter logs, at least 1 (6- and 7-day logs: 1, 8 days: 2, 9+: 3).
+    Slice-level calibration fits on these days; on simulated logs a 3-day window gains +2..+5%
+    IVR over the global threshold at equal realised FPR where one day gains -0.1..+3.4%
+    (docs/calibration.md, "Held-out days")."""
+    return int(max(1, min(MAX_VAL_DAYS_AUTO, n_days - 1 - MIN_TRAIN_DAYS_AUTO)))
+
+
+def time_split(day: np.ndarray, min_days: int = 3,
+               val_days: int | None = 1) -> dict[str, np.ndarray]:
     """Boolean masks by day, never random: the last day is test, the `val_days` days before it
-    are validation (early stopping and calibration), everything earlier is training."""
+    are validation (early stopping and calibration), everything earlier is training.
+    val_days=None: auto_val_days(number of days)."""
+    if val_days is None:
+        val_days = auto_val_days(int(np.unique(day).size))
     if val_days < 1:
         raise ValueError(f"val_days must be >= 1, got {val_days}")
     days = np.unique(day)

@@ -14,8 +14,9 @@ exactly as `slidr calibrate` runs it. Per (run, day, budget) it reports:
   ceiling      (--ceiling) the best per-slice allocation on day t in hindsight (exact DP over
                purchasing clicks, no floors) at g@matched's FPR: what a perfect fit could reach
 
-    scripts/calib_heldout.py RUN_DIR... [--val-days 1] [--budgets 0.005,0.01,0.02,0.03]
-        [--min-coverage 0.5] [--slice-min-coverage '*/in=0'] [--json OUT.json]
+    scripts/calib_heldout.py RUN_DIR... [--val-days 3] [--budgets 0.005,0.01,0.02,0.03]
+        [--min-coverage 0.5] [--slice-min-coverage '*/in=0'] [--refine-iters 8]
+        [--floor-every-day 0|1] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "wins_vs_matched": int((sl > gm).sum()),
             "wins_vs_budget_at_le_fpr": int(((sl > gb) & (fs <= fb)).sum()),
             "floors_met": int(sum(r["floors_met"] for r in rs)),
+            "floors_met_global_budget": int(sum(r["floors_met_global_budget"] for r in rs)),
             "ceiling_ivr": float(np.mean([r["ceiling_ivr"] for r in rs]))
             if all("ceiling_ivr" in r for r in rs) else None,
         })
@@ -120,7 +122,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="training output directories")
-    ap.add_argument("--val-days", type=int, default=1, help="days each fit uses (default 1)")
+    ap.add_argument("--val-days", type=int, default=3,
+                    help="days each fit uses (default 3, as `slidr train` on logs of 9+ days)")
     ap.add_argument("--budgets", default="0.005,0.01,0.02,0.03")
     ap.add_argument("--min-coverage", type=float, default=0.5)
     ap.add_argument("--slice-min-coverage", action="append", default=None)
@@ -128,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fpr-prior", type=float, default=None)
     ap.add_argument("--fit-range", type=float, default=None)
     ap.add_argument("--fit-min-fpr", type=float, default=None)
+    ap.add_argument("--refine-iters", type=int, default=None,
+                    help="local refinement rounds (CalibConfig.refine_iters; 0 = one wide quadratic)")
+    ap.add_argument("--floor-every-day", type=int, choices=(0, 1), default=None,
+                    help="1: coverage floors met on every fitted day (CalibConfig.floor_every_day)")
+    ap.add_argument("--refine-window", type=float, default=None)
+    ap.add_argument("--refine-min-width", type=float, default=None)
     ap.add_argument("--ceiling", action="store_true", help="also the hindsight ceiling (slow)")
     ap.add_argument("--json", type=Path, default=None, help="write every row here")
     a = ap.parse_args(argv)
@@ -137,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         "slice_min_coverage": cal.parse_slice_coverage(a.slice_min_coverage or ["*/in=0"])}
     if a.fpr_prior is not None:
         cfg_kw["fpr_prior"] = a.fpr_prior
-    for k in ("fit_range", "fit_min_fpr"):
+    for k in ("fit_range", "fit_min_fpr", "refine_iters", "refine_window", "refine_min_width"):
         if getattr(a, k) is not None:
             cfg_kw[k] = getattr(a, k)
+    if a.floor_every_day is not None:
+        cfg_kw["floor_every_day"] = bool(a.floor_every_day)
     if a.min_purchasing is not None:
         cfg_kw["min_purchasing"] = a.min_purchasing
     rows = []
@@ -168,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['gmatched_ivr']:.4f}; slice vs matched {s['gain_vs_matched']:+.1%} "
               f"(wins {s['wins_vs_matched']}/{s['days']}); beats global@budget at <= FPR "
               f"{s['wins_vs_budget_at_le_fpr']}/{s['days']}; floors met {s['floors_met']}/"
-              f"{s['days']}" + (f"; ceiling {s['ceiling_ivr']:.4f}" if s["ceiling_ivr"] else ""))
+              f"{s['days']} (global@budget {s['floors_met_global_budget']}/{s['days']})" + (f"; ceiling {s['ceiling_ivr']:.4f}" if s["ceiling_ivr"] else ""))
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "summary": summ}, indent=1))
     return 0

@@ -43,8 +43,12 @@ def test_coverage_floors_met_and_budget_respected_on_validation(result) -> None:
             if info["n_heuristic"]:
                 assert val["slices"][s]["coverage"] >= 0.5 - 1e-9, s
             assert info["fit"]["c"] <= 0.0  # concave
-            assert info["fit"]["r2"] > 0.8
+            # Local fits (refinement) are on a narrow window of a staircase curve: R² is lower
+            # than over [0, F_s] but the fit still explains most of it.
+            assert info["fit"]["r2"] > 0.7
             assert info["f_star"] >= info["floor_fpr"] - 1e-9
+            # The chosen FPR lies inside the range its quadratic was fitted on (trust region).
+            assert info["fit_min_fpr"] - 1e-9 <= info["f_star"] <= info["fit_max_fpr"] + 1e-9
     te = result["evaluation"]["slice"]["test"]["slices"]
     # On held-out data the floors hold up to sampling noise.
     assert all(te[s]["coverage"] >= 0.45 for s, v in cal_["slices"].items()
@@ -165,3 +169,40 @@ def test_held_out_days_harness(tmp_path: Path) -> None:
         assert r["ceiling_ivr"] >= r["global_matched"]["ivr"] - 1e-12
     s = mod.summarise(rows)[0]
     assert s["days"] == 2 and 0 <= s["wins_vs_matched"] <= 2 and s["ceiling_ivr"] > 0
+
+
+def test_local_refinement_beats_one_wide_quadratic(data, result) -> None:
+    wide = cal.calibrate(data, cal.CalibConfig(fpr_budget=0.01, min_coverage=0.5,
+                                               refine_iters=0))
+    ev_w, ev_r = wide["evaluation"], result["evaluation"]
+    ref = result["calibration"]["solver"]["refine"]
+    assert ref["rounds"] >= 1 and max(ref["fitted_ivr"]) >= ref["fitted_ivr"][0]
+    # On the fitted half the refined allocation invalidates more at the same budget ...
+    assert ev_r["slice"]["val"]["overall"]["ivr"] > ev_w["slice"]["val"]["overall"]["ivr"] + 0.005
+    assert ev_r["slice"]["val"]["overall"]["fpr"] <= 0.01 + 1e-9
+    # ... and on the held-out half it beats one global threshold at its realised FPR by more
+    # than the wide quadratic does (synthetic seed 3: +34% vs +30%).
+    gain = {n: e["slice"]["test"]["overall"]["ivr"] / e["global_matched"]["test"]["overall"]["ivr"]
+            for n, e in (("wide", ev_w), ("refined", ev_r))}
+    assert gain["refined"] > gain["wide"] > 1.2
+    # Every fitted slice's quadratic is local: its fit window brackets the chosen FPR.
+    for info in result["calibration"]["slices"].values():
+        if "fit" in info:
+            assert info["fit_max_fpr"] - info["fit_min_fpr"] >= 0.004 - 1e-12
+
+
+def test_floor_every_day(data) -> None:
+    rng = np.random.default_rng(0)
+    d = dict(data)
+    d["day"] = rng.integers(0, 3, data["score"].size)
+    cfg = dict(fpr_budget=0.03, min_coverage=0.5, refine_iters=0)
+    pooled = cal.calibrate(d, cal.CalibConfig(**cfg))
+    every = cal.calibrate(d, cal.CalibConfig(**cfg, floor_every_day=True))
+    va = d["split"] == "val"
+    for s, info in every["calibration"]["slices"].items():
+        if "fit" not in info or not info["n_heuristic"]:
+            continue
+        assert info["floor_fpr"] >= pooled["calibration"]["slices"][s]["floor_fpr"] - 1e-12
+        for day in range(3):
+            m = va & (d["slice"] == s) & (d["day"] == day) & d["heuristic"]
+            assert (d["score"][m] > info["threshold"]).mean() >= 0.5 - 1e-9, (s, day)

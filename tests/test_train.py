@@ -331,3 +331,13 @@ def test_time_split_val_days():
         train.time_split(day, val_days=5)
     with pytest.raises(ValueError, match="val_days"):
         train.time_split(day, val_days=0)
+
+
+def test_auto_val_days_keeps_five_training_days():
+    assert [train.auto_val_days(n) for n in (3, 4, 6, 7, 8, 9, 16)] == [1, 1, 1, 1, 2, 3, 3]
+    rng = np.random.default_rng(0)
+    for n, val in ((6, {4}), (9, {5, 6, 7})):
+        ts = np.sort(T0 + rng.integers(0, n * DAY, 9000))
+        day = train.day_index(ts)
+        s = train.time_split(day, val_days=None)
+        assert set(day[s["val"]]) == val and len(set(day[s["train"]])) >= min(5, n - 2)
