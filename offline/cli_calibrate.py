@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "operating point (default 8; 0 = one quadratic over [0, F_s])")
     p.add_argument("--coverage-margin", type=float, default=0.0,
                    help="fit the coverage floors at min coverage + this margin (default 0)")
+    p.add_argument("--budget-correction", choices=("lodo", "none"), default="lodo",
+                   help="lodo (default): measure the slice-level overspend on each validation "
+                        "day left out of a fit and solve with budget / that ratio; none: the "
+                        "budget as given")
+    p.add_argument("--fpr-estimate", choices=("order_stat", "empirical"), default="order_stat",
+                   help="slice FPR at a threshold with k of n purchasing clicks above: "
+                        "(k+1)/(n+1) (default) or k/n")
     p.add_argument("--score-col", default="score_model", help="score column (default score_model)")
     p.add_argument("--method", choices=("slice", "global"), default="slice",
                    help="which thresholds go into --out (default slice)")
@@ -48,7 +55,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = cal.CalibConfig(fpr_budget=args.fpr_budget, min_coverage=args.min_coverage,
                           slice_min_coverage=cal.parse_slice_coverage(args.slice_min_coverage),
                           min_purchasing=args.min_purchasing, score_col=args.score_col,
-                          refine_iters=args.refine_iters, coverage_margin=args.coverage_margin)
+                          refine_iters=args.refine_iters, coverage_margin=args.coverage_margin,
+                          budget_correction=args.budget_correction,
+                          fpr_estimate=args.fpr_estimate)
     try:
         result = cal.calibrate(cols, cfg)
     except cal.CalibrationInfeasible as e:

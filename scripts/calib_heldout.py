@@ -16,7 +16,8 @@ exactly as `slidr calibrate` runs it. Per (run, day, budget) it reports:
 
     scripts/calib_heldout.py RUN_DIR... [--val-days 3] [--budgets 0.005,0.01,0.02,0.03]
         [--min-coverage 0.5] [--slice-min-coverage '*/in=0'] [--refine-iters 8]
-        [--floor-every-day 0|1] [--json OUT.json]
+        [--floor-every-day 0|1] [--budget-correction lodo|none]
+        [--fpr-estimate order_stat|empirical] [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -111,6 +112,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "gain_vs_matched": float((sl / gm - 1).mean()),
             "wins_vs_matched": int((sl > gm).sum()),
             "wins_vs_budget_at_le_fpr": int(((sl > gb) & (fs <= fb)).sum()),
+            "slice_fpr_le_gbudget": int((fs <= fb).sum()),
+            "wins_vs_budget": int((sl > gb).sum()),
+            "gain_vs_budget": float((sl / gb - 1).mean()),
+            "slice_fpr_ratio": float(fs.mean() / b), "gbudget_fpr_ratio": float(fb.mean() / b),
             "floors_met": int(sum(r["floors_met"] for r in rs)),
             "floors_met_global_budget": int(sum(r["floors_met_global_budget"] for r in rs)),
             "ceiling_ivr": float(np.mean([r["ceiling_ivr"] for r in rs]))
@@ -135,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="local refinement rounds (CalibConfig.refine_iters; 0 = one wide quadratic)")
     ap.add_argument("--floor-every-day", type=int, choices=(0, 1), default=None,
                     help="1: coverage floors met on every fitted day (CalibConfig.floor_every_day)")
+    ap.add_argument("--budget-correction", choices=("none", "lodo"), default=None,
+                    help="CalibConfig.budget_correction (default lodo: leave one fitted day out)")
+    ap.add_argument("--fpr-estimate", choices=("empirical", "order_stat"), default=None,
+                    help="CalibConfig.fpr_estimate (default order_stat)")
     ap.add_argument("--refine-window", type=float, default=None)
     ap.add_argument("--refine-min-width", type=float, default=None)
     ap.add_argument("--ceiling", action="store_true", help="also the hindsight ceiling (slow)")
@@ -146,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         "slice_min_coverage": cal.parse_slice_coverage(a.slice_min_coverage or ["*/in=0"])}
     if a.fpr_prior is not None:
         cfg_kw["fpr_prior"] = a.fpr_prior
-    for k in ("fit_range", "fit_min_fpr", "refine_iters", "refine_window", "refine_min_width"):
+    for k in ("fit_range", "fit_min_fpr", "refine_iters", "refine_window", "refine_min_width",
+              "budget_correction", "fpr_estimate"):
         if getattr(a, k) is not None:
             cfg_kw[k] = getattr(a, k)
     if a.floor_every_day is not None:
@@ -178,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['gbudget_ivr']:.4f} @ {s['gbudget_fpr']:.4f}, global@matched "
               f"{s['gmatched_ivr']:.4f}; slice vs matched {s['gain_vs_matched']:+.1%} "
               f"(wins {s['wins_vs_matched']}/{s['days']}); beats global@budget at <= FPR "
-              f"{s['wins_vs_budget_at_le_fpr']}/{s['days']}; floors met {s['floors_met']}/"
+              f"{s['wins_vs_budget_at_le_fpr']}/{s['days']} (IVR {s['gain_vs_budget']:+.1%}, higher on "
+              f"{s['wins_vs_budget']}, FPR <= on {s['slice_fpr_le_gbudget']}; FPR/budget slice "
+              f"{s['slice_fpr_ratio']:.2f}x, global@budget {s['gbudget_fpr_ratio']:.2f}x); floors met {s['floors_met']}/"
               f"{s['days']} (global@budget {s['floors_met_global_budget']}/{s['days']})" + (f"; ceiling {s['ceiling_ivr']:.4f}" if s["ceiling_ivr"] else ""))
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "summary": summ}, indent=1))

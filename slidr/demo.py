@@ -31,8 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulate, train, calibrate, publish, serve, replay a day",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo-out", help="working directory (default demo-out)")
-    p.add_argument("--days", type=int, default=6, help="simulated days (default 6)")
-    p.add_argument("--clicks-per-day", type=int, default=100_000)
+    # 10 days: `slidr train` keeps 3 validation (calibration) days on logs of 9+ days, 6
+    # training days, and the last day held out; 60k clicks a day keeps the old 6 x 100k total.
+    p.add_argument("--days", type=int, default=10, help="simulated days (default 10)")
+    p.add_argument("--clicks-per-day", type=int, default=60_000)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--rate", type=float, default=5000.0,
                    help="clicks/s at which the held-out day is replayed (default 5000)")

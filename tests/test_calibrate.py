@@ -206,3 +206,38 @@ def test_floor_every_day(data) -> None:
         for day in range(3):
             m = va & (d["slice"] == s) & (d["day"] == day) & d["heuristic"]
             assert (d["score"][m] > info["threshold"]).mean() >= 0.5 - 1e-9, (s, day)
+
+
+def test_lodo_budget_correction(data) -> None:
+    rng = np.random.default_rng(1)
+    d = dict(data)
+    d["day"] = rng.integers(0, 3, data["score"].size)
+    cfg = dict(fpr_budget=0.01, min_coverage=0.5)
+    lodo = cal.calibrate(d, cal.CalibConfig(**cfg, budget_correction="lodo"))
+    bc = lodo["calibration"]["budget_correction"]
+    assert bc["method"] == "lodo" and [x["day"] for x in bc["days"]] == [0, 1, 2]
+    raw = np.mean([x["slice_fpr"] for x in bc["days"]]) / 0.01
+    assert bc["raw_ratio"] == pytest.approx(raw)
+    assert bc["ratio"] == pytest.approx(min(max(raw, 1.0), 2.0))
+    # The slices were solved with budget / ratio (or the floors' need) on the fitted days.
+    val = lodo["evaluation"]["slice"]["val"]["overall"]["fpr"]
+    assert val <= bc["budget_solved"] + 1e-9
+    if not bc.get("floors_bind"):
+        assert bc["budget_solved"] == pytest.approx(0.01 / bc["ratio"])
+    assert "Budget correction lodo" in cal.html_fragment(lodo, [])
+    # One fitted day: nothing to leave out, the budget is used as given.
+    one = dict(data)
+    one["day"] = np.zeros(data["score"].size, dtype=np.int64)
+    r1 = cal.calibrate(one, cal.CalibConfig(**cfg, budget_correction="lodo"))
+    assert r1["calibration"]["budget_correction"]["ratio"] == 1.0
+    assert r1["calibration"]["budget_correction"]["budget_solved"] == pytest.approx(0.01)
+
+
+def test_order_stat_fpr_estimate() -> None:
+    score = np.linspace(0, 1, 100)
+    purchased = np.ones(100, dtype=bool)
+    sf = cal.SliceFPR(score, purchased, np.sort(score)[::-1], 0.0, plus_one=True)
+    # 10 of 100 above 0.9 (the 90th value is 0.899..): (10 + 1) / 101
+    assert float(sf.fpr(score[89])) == pytest.approx(11 / 101)
+    assert float(cal.SliceFPR(score, purchased, np.sort(score)[::-1], 0.0).fpr(score[89])) \
+        == pytest.approx(0.10)
