@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,11 +76,22 @@ def run(args: argparse.Namespace) -> int:
     t_all = time.perf_counter()
 
     _step(1, 5, f"simulate {args.days} days x {args.clicks_per_day:,} clicks")
-    if not (data / "clicks.parquet").exists():
+    # Reuse an earlier demo's log only when it was simulated with the same settings.
+    params = {"days": args.days, "clicks_per_day": args.clicks_per_day, "seed": args.seed}
+    stamp = data / "demo-params.json"
+    try:
+        same = json.loads(stamp.read_text()) == params
+    except (OSError, ValueError):
+        same = False
+    if same and (data / "clicks.parquet").exists():
+        print(f"(reusing {data}: simulated with the same settings)")
+    else:
+        if data.exists():
+            print(f"(removing {data}: simulated with other settings)")
+            shutil.rmtree(data)
         _slidr("simulate", "--out", str(data), "--days", str(args.days),
                "--clicks-per-day", str(args.clicks_per_day), "--seed", str(args.seed))
-    else:
-        print(f"(reusing {data})")
+        stamp.write_text(json.dumps(params) + "\n")
 
     _step(2, 5, "daily job: guardrails -> labels -> features -> train -> calibrate -> publish")
     _slidr("daily", "--clicks", str(data / "clicks.parquet"), "--customers",
