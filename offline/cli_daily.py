@@ -22,7 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", default=None,
                    help="work directory (kept; default: a temp dir, removed after a publish)")
     p.add_argument("--fpr-budget", type=float, default=0.01)
-    p.add_argument("--min-coverage", type=float, default=0.5)
+    p.add_argument("--min-coverage", type=float, default=0.2,
+                   help="minimum robotic coverage per slice (default 0.2: a 0.5 floor was "
+                        "infeasible at a 1%% budget on most simulated days, see "
+                        "docs/calibration.md)")
     p.add_argument("--slice-min-coverage", action="append", metavar="SLICE=VALUE",
                    help="per-slice minimum coverage (fnmatch patterns allowed); default "
                         "'*/in=0': the k-clicks heuristic flags heavy-clicking customers in "
