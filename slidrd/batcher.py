@@ -388,7 +388,14 @@ class Batcher:
                     self._stage_failed(_StageError("store", err), st.valid, st.clicks,
                                        model.version)
             else:
-                raw = self.store.parse_reply(reply, len(st.valid))
+                try:
+                    raw = self.store.parse_reply(reply, len(st.valid))
+                except Exception as e:  # a reply of the wrong shape: the store's fault
+                    if not st.expired:
+                        st.expired = True
+                        self._stage_failed(_StageError("store", e), st.valid, st.clicks,
+                                           model.version)
+                    return
                 t_store = t1 - st.t0
                 if not st.expired:
                     feats = self.kernel.finish(raw, st.batch)

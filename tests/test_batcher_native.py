@@ -183,3 +183,41 @@ def test_decide_batch_histograms_match_metrics_histogram():
     with pytest.raises(ValueError):
         fp.decide_batch(items[:-1], clicks, dev, li, scores, table, [], b"", b"", t0, t_end,
                         q.bounds, q.counts, tot.counts)
+
+
+def test_malformed_store_reply_fails_open_as_store_down():
+    """A Redis reply of the wrong shape: every click of the batch is answered valid with
+    fail_open:store_down, the error is counted, and the batcher keeps going."""
+    from slidr.store_redis import RedisStore
+
+    class _BadLink:
+        def __init__(self):
+            self.sent = 0
+
+        def send(self, req, cb):
+            self.sent += 1
+            asyncio.get_running_loop().call_soon(cb, [b"short"], None)
+
+    async def go():
+        m = Metrics()
+        store = RedisStore("redis://127.0.0.1:1/0")  # never connects: only builds/parses
+        link = _BadLink()
+        b = B.Batcher(FeatureKernel(store, use_native=True), lambda: _Model(), m, inline=False,
+                      max_batch=64, max_wait_us=0, pipeline_depth=2, max_inflight_total=1000,
+                      deadline_s=60.0, link=link)
+        clicks, _ = make_clicks(10, seed=1)
+        conn = _Conn()
+        for i, c in enumerate(clicks):
+            b.submit(dict(c, ts=1_767_225_600_000 + i), conn, i, 1.0, 1e12)
+        b.kick()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        conn.flush()
+        return conn, m, link, b
+    conn, m, link, b = asyncio.run(go())
+    assert link.sent >= 1
+    answers = [msgpack.unpackb(x)[3] for x in conn.sent]
+    assert len(answers) == 10
+    assert {a["reason"] for a in answers} == {"fail_open:store_down"}
+    assert m.fail_open["store_down"] == 10 and m.redis_errors >= 1
+    assert b.inflight_batches == 0 and b.inflight_clicks == 0
