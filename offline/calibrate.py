@@ -123,6 +123,16 @@ class CalibConfig:
     # days. "none": solve with the budget as given.
     budget_correction: str = "lodo"
     lodo_max_ratio: float = 2.0
+    # Which thresholds are published (result["thresholds"]): "slice", "global" (global@budget:
+    # one threshold whose FPR on the fitted days equals the budget) or "auto": with >= 2
+    # fitted days, each day is left out in turn and slice-level (its budget corrected with the
+    # overspend measured on the other left-out days) and global@budget, both fitted on the
+    # other days, are measured on it; slice-level is chosen iff its mean IVR over the left-out
+    # days is higher than global@budget's and its mean FPR is at most
+    # (1 + select_fpr_tolerance) x global@budget's, else global@budget. Without that evidence
+    # (< 2 fitted days, every left-out fit infeasible) "auto" keeps slice-level.
+    method: str = "auto"
+    select_fpr_tolerance: float = 0.05
     # Each slice's FPR at a threshold with k of its n purchasing clicks above: "empirical"
     # k / n; "order_stat" (k + 1) / (n + 1), the expected FPR on new clicks of a threshold
     # placed just above a purchasing click (the (k+1)-th highest of n).
@@ -452,23 +462,43 @@ def _refine(fits: dict[str, dict[str, Any]], f0: dict[str, float], budget: float
                                        "window": r, "min_width": width}}
 
 
-def _budget_correction(va: Mapping[str, Any], cfg: CalibConfig) -> dict[str, Any]:
-    """cfg.budget_correction == "lodo": leave each fitted day out in turn, calibrate on the
-    others (no correction) and measure the slice-level FPR realised on the left-out day. The
-    mean of realised / budget (clipped to [1, cfg.lodo_max_ratio]) is the overspend the fit
-    makes on days it has not seen (thresholds on a slice's few hundred purchasing clicks, and
-    the optimiser's preference for slices whose fitted FPR happens to be low)."""
-    if cfg.budget_correction == "none":
-        return {"method": "none"}
-    if cfg.budget_correction != "lodo":
+def _lodo(va: Mapping[str, Any], cfg: CalibConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Leave each fitted day out in turn. Returns (budget correction, method selection).
+
+    cfg.budget_correction == "lodo": calibrate on the other days (no correction) and measure
+    the slice-level FPR realised on the left-out day. The mean of realised / budget (clipped to
+    [1, cfg.lodo_max_ratio]) is the overspend the fit makes on days it has not seen
+    (thresholds on a slice's few hundred purchasing clicks, and the optimiser's preference for
+    slices whose fitted FPR happens to be low).
+
+    cfg.method == "auto": on each left-out day d, slice-level as it would be deployed (fitted
+    on the other days, its budget divided by the overspend ratio measured on the left-out
+    days other than d, so day d's own outcome never sets its budget) against global@budget
+    fitted on the same days; see select_method for the rule."""
+    if cfg.budget_correction not in ("none", "lodo"):
         raise ValueError(f"budget_correction must be 'none' or 'lodo', got {cfg.budget_correction!r}")
+    if cfg.method not in METHOD_CHOICES:
+        raise ValueError(f"method must be one of {', '.join(METHOD_CHOICES)}, got {cfg.method!r}")
+    want_bc, want_sel = cfg.budget_correction == "lodo", cfg.method == "auto"
+    correction: dict[str, Any] = {"method": "lodo" if want_bc else "none"}
+    selection: dict[str, Any] = {"mode": cfg.method, "rule": SELECT_RULE,
+                                 "fpr_tolerance": cfg.select_fpr_tolerance}
+    if cfg.method != "auto":
+        selection.update(chosen=cfg.method, reason=f"forced (method={cfg.method})")
+    if not (want_bc or want_sel):
+        return correction, selection
     day = va.get("day")
     days = np.unique(day) if day is not None else np.array([])
     if days.size < 2:
-        return {"method": "lodo", "ratio": 1.0, "reason": "fewer than 2 fitted days"}
+        if want_bc:
+            correction.update(ratio=1.0, reason="fewer than 2 fitted days")
+        if want_sel:
+            selection.update(chosen="slice", reason="no held-out evidence (fewer than 2 fitted "
+                                                    "days): slice-level kept")
+        return correction, selection
     from dataclasses import replace
-    sub = replace(cfg, budget_correction="none")
-    per_day = []
+    sub = replace(cfg, budget_correction="none", method="slice")
+    per_day, fits_by_day = [], {}
     for d in days:
         c = dict(va)
         c["split"] = np.where(day == d, "test", "val")
@@ -477,13 +507,72 @@ def _budget_correction(va: Mapping[str, Any], cfg: CalibConfig) -> dict[str, Any
         except CalibrationInfeasible:
             continue
         ev = r["evaluation"]
+        fits_by_day[int(d)] = (c, ev)
         per_day.append({"day": int(d), "slice_fpr": ev["slice"]["test"]["overall"]["fpr"],
                         "global_budget_fpr": ev["global_budget"]["test"]["overall"]["fpr"]})
     if not per_day:
-        return {"method": "lodo", "ratio": 1.0, "reason": "every leave-one-day-out fit infeasible"}
-    raw = float(np.mean([x["slice_fpr"] for x in per_day]) / cfg.fpr_budget)
-    return {"method": "lodo", "raw_ratio": raw,
-            "ratio": float(min(max(raw, 1.0), cfg.lodo_max_ratio)), "days": per_day}
+        if want_bc:
+            correction.update(ratio=1.0, reason="every leave-one-day-out fit infeasible")
+        if want_sel:
+            selection.update(chosen="slice", reason="no held-out evidence (every "
+                                                    "leave-one-day-out fit infeasible): "
+                                                    "slice-level kept")
+        return correction, selection
+    if want_bc:
+        raw = float(np.mean([x["slice_fpr"] for x in per_day]) / cfg.fpr_budget)
+        correction.update(raw_ratio=raw, ratio=float(min(max(raw, 1.0), cfg.lodo_max_ratio)),
+                          days=per_day)
+    if not want_sel:
+        return correction, selection
+    sel_days = []
+    for x in per_day:
+        d = x["day"]
+        c, ev = fits_by_day[d]
+        gb = ev["global_budget"]["test"]["overall"]  # at the budget as given
+        ratio = 1.0
+        if want_bc:
+            others = [y["slice_fpr"] for y in per_day if y["day"] != d]
+            if others:
+                ratio = float(min(max(np.mean(others) / cfg.fpr_budget, 1.0), cfg.lodo_max_ratio))
+        budget = cfg.fpr_budget / ratio
+        if ratio > 1.0:
+            try:
+                ev = calibrate(c, replace(sub, fpr_budget=budget))["evaluation"]
+            except CalibrationInfeasible:
+                continue  # the floors need more than the corrected budget on these days
+        sl = ev["slice"]["test"]["overall"]
+        sel_days.append({"day": d, "slice_budget": budget, "slice_ivr": sl["ivr"],
+                         "slice_fpr": sl["fpr"], "global_ivr": gb["ivr"], "global_fpr": gb["fpr"]})
+    selection.update(select_method(sel_days, cfg.select_fpr_tolerance))
+    return correction, selection
+
+
+METHOD_CHOICES = ("auto", "slice", "global")
+SELECT_RULE = ("slice-level iff, over the left-out days, its mean IVR > global@budget's and its "
+               "mean FPR <= (1 + tolerance) x global@budget's; else global@budget")
+
+
+def select_method(days: list[Mapping[str, Any]], fpr_tolerance: float = 0.05) -> dict[str, Any]:
+    """The rule of CalibConfig.method == "auto" on per-left-out-day records (slice_ivr,
+    slice_fpr, global_ivr, global_fpr): {"chosen": "slice"|"global", "reason", means, days}."""
+    if not days:
+        return {"chosen": "slice", "days": [],
+                "reason": "no held-out evidence (no feasible left-out fit): slice-level kept"}
+    m = {k: float(np.mean([x[k] for x in days]))
+         for k in ("slice_ivr", "slice_fpr", "global_ivr", "global_fpr")}
+    ivr_ok = m["slice_ivr"] > m["global_ivr"]
+    fpr_ok = m["slice_fpr"] <= m["global_fpr"] * (1.0 + fpr_tolerance) + 1e-12
+    won = sum(1 for x in days if x["slice_ivr"] > x["global_ivr"])
+    ev = (f"over {len(days)} left-out day(s) slice-level IVR {m['slice_ivr']:.4f} @ FPR "
+          f"{m['slice_fpr']:.4f} vs global@budget {m['global_ivr']:.4f} @ {m['global_fpr']:.4f} "
+          f"(slice IVR higher on {won}/{len(days)})")
+    if ivr_ok and fpr_ok:
+        chosen, why = "slice", f"slice-level chosen: {ev}"
+    else:
+        bad = ([] if ivr_ok else ["its mean IVR is not higher"]) + (
+            [] if fpr_ok else [f"its mean FPR is more than {fpr_tolerance:.0%} higher"])
+        chosen, why = "global", f"global@budget chosen, slice-level {' and '.join(bad)}: {ev}"
+    return {"chosen": chosen, "reason": why, "mean": m, "days": list(days)}
 
 
 def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[str, Any]:
@@ -570,7 +659,13 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
     need = {s: v["p"] * v["floor_fpr"] for s, v in fits.items()}
     min_budget = sum(need.values()) + fallback_spend
     feasible = sum(need.values()) <= budget_left + 1e-12
-    correction = _budget_correction(va, cfg) if fits and feasible else {"method": "none"}
+    if fits and feasible:
+        correction, selection = _lodo(va, cfg)
+    else:
+        correction = {"method": "none"}
+        selection = {"mode": cfg.method, "chosen": "slice" if cfg.method == "auto" else cfg.method,
+                     "reason": "no fitted slice: slice-level = global@budget"
+                     if cfg.method == "auto" else f"forced (method={cfg.method})"}
     if correction.get("ratio", 1.0) > 1.0:
         # Solve with budget / ratio, but never below what the coverage floors need.
         target = cfg.fpr_budget / correction["ratio"] - fallback_spend
@@ -647,20 +742,43 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         "global_budget_threshold": t_budget, "budget_after_fallbacks": budget_left,
         "min_feasible_budget": min_budget, "solver": solve_info, "slices": slice_info,
         "budget_correction": correction, "fpr_estimate": cfg.fpr_estimate,
+        "selection": selection, "method": selection["chosen"],
         "test": {name: ev["test"]["overall"] for name, ev in evals.items()},
     }
-    thresholds = {"method": "slice", "default": t_budget, "slices": thr_slice,
-                  "calibration": calibration}
-    return {"thresholds": thresholds, "evaluation": evals, "calibration": calibration,
+    slice_th = {"method": "slice", "default": t_budget, "slices": thr_slice,
+                "calibration": calibration}
+    thresholds = slice_th if selection["chosen"] == "slice" else {
+        "method": "global", "default": t_budget, "slices": {}, "calibration": calibration}
+    return {"thresholds": thresholds, "slice_thresholds": slice_th,
+            "evaluation": evals, "calibration": calibration,
             "curves": {"global": gcurve, "global_knee_index": k, "slices": slice_curves},
             "config": cfg}
 
 
-def global_thresholds(result: Mapping[str, Any]) -> dict[str, Any]:
-    """thresholds.json for the global knee (method 'global')."""
+def global_thresholds(result: Mapping[str, Any], which: str = "budget") -> dict[str, Any]:
+    """thresholds.json for one global threshold (method 'global'): global@budget (which=
+    "budget") or the global knee (which="knee")."""
     cal = result["calibration"]
-    return {"method": "global", "default": cal["global_knee_threshold"], "slices": {},
+    return {"method": "global", "default": cal[f"global_{which}_threshold"], "slices": {},
             "calibration": cal}
+
+
+def chosen_method(result: Mapping[str, Any]) -> str:
+    """"slice" or "global" (global@budget): what result["thresholds"] holds."""
+    return str(result["calibration"].get("method", "slice"))
+
+
+def chosen_eval_key(result: Mapping[str, Any]) -> str:
+    """The evaluation key of the published thresholds ("slice" or "global_budget")."""
+    return "slice" if chosen_method(result) == "slice" else "global_budget"
+
+
+def selection_text(result: Mapping[str, Any]) -> str:
+    """One line: which method is published and why (CalibConfig.method)."""
+    sel = result["calibration"].get("selection") or {}
+    name = {"slice": "slice-level", "global": "global@budget"}.get(chosen_method(result),
+                                                                   chosen_method(result))
+    return f"published method: {name} ({sel.get('mode', '-')}): {sel.get('reason', '-')}"
 
 
 def _public(v: Mapping[str, Any]) -> dict[str, Any]:
@@ -715,6 +833,15 @@ def _correction_text(bc: Mapping[str, Any] | None) -> str:
             + (" (the coverage floors bind)" if bc.get("floors_bind") else "") + ".")
 
 
+def _selection_days_text(cal: Mapping[str, Any]) -> str:
+    days = (cal.get("selection") or {}).get("days") or []
+    if not days:
+        return ""
+    return " Left-out days (slice IVR @ FPR vs global@budget IVR @ FPR): " + "; ".join(
+        f"day {x['day']}: {x['slice_ivr']:.4f} @ {x['slice_fpr']:.4f} vs "
+        f"{x['global_ivr']:.4f} @ {x['global_fpr']:.4f}" for x in days) + "."
+
+
 def _f(v: Any, d: int) -> str:
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return "-"
@@ -723,15 +850,20 @@ def _f(v: Any, d: int) -> str:
 
 # ---------------------------------------------------------------- plots and html
 
-def write_outputs(result: Mapping[str, Any], out_dir: str | Path, method: str = "slice",
+def write_outputs(result: Mapping[str, Any], out_dir: str | Path, method: str | None = None,
                   thresholds_name: str = "thresholds.json") -> dict[str, str]:
-    """thresholds.json + calibration.json + PNGs + calibration.html into out_dir (atomic files)."""
+    """thresholds.json + calibration.json + PNGs + calibration.html into out_dir (atomic files).
+    method None: the method calibrate chose (CalibConfig.method); "slice", "global"
+    (global@budget) or "global_knee" override it."""
     from slidr.util import write_json
 
     from .report import clean
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    th = result["thresholds"] if method == "slice" else global_thresholds(result)
+    th = {None: result["thresholds"], "slice": result.get("slice_thresholds", result["thresholds"]),
+          "global": None, "global_knee": None}[method]
+    if method in ("global", "global_knee"):
+        th = global_thresholds(result, "knee" if method == "global_knee" else "budget")
     write_json(out / thresholds_name, clean(th))
     write_json(out / "calibration.json", clean({"calibration": result["calibration"],
                                                  "evaluation": result["evaluation"]}))
@@ -853,6 +985,7 @@ def html_fragment(result: Mapping[str, Any], pngs: list[str]) -> str:
         f"day. Knee: {esc(cal['knee_method'])}. Solver: {esc(str(cal['solver'].get('solver')))} "
         f"({esc(str(cal['solver'].get('status')))}). Rule: invalid iff score &gt; threshold."
         f"{esc(_correction_text(cal.get('budget_correction')))}</p>"
+        f"<p><b>{esc(selection_text(result))}</b>{esc(_selection_days_text(cal))}</p>"
         "<h3>Held-out comparison</h3><p>global_budget: one threshold whose FPR on the fitted "
         "days equals the budget; global_matched: one threshold set on the held-out day itself "
         "to the FPR slice-level realised there (equal realised FPR; it sees the held-out day, "
@@ -880,7 +1013,9 @@ def summary(result: Mapping[str, Any]) -> dict[str, Any]:
             "fits": {s: {k: v.get(k) for k in ("w", "p", "floor_fpr", "f_star", "threshold",
                                                "fallback")} | {"r2": v.get("fit", {}).get("r2")}
                      for s, v in result["calibration"]["slices"].items()},
-            "solver": result["calibration"]["solver"]}
+            "solver": result["calibration"]["solver"],
+            "method": chosen_method(result),
+            "selection": result["calibration"].get("selection")}
 
 
 # ---------------------------------------------------------------- synthetic data (tests, demos)

@@ -42,8 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="slice FPR at a threshold with k of n purchasing clicks above: "
                         "(k+1)/(n+1) (default) or k/n")
     p.add_argument("--score-col", default="score_model", help="score column (default score_model)")
-    p.add_argument("--method", choices=("slice", "global"), default="slice",
-                   help="which thresholds go into --out (default slice)")
+    p.add_argument("--method", choices=("auto", "slice", "global", "global_knee"),
+                   default="auto",
+                   help="which thresholds go into --out. auto (default): slice-level unless "
+                        "the leave-one-day-out evidence on the validation days says it is worse "
+                        "than global@budget (lower mean IVR, or mean FPR more than "
+                        "--select-fpr-tolerance higher), then global@budget; slice / global "
+                        "(global@budget) force one; global_knee: the global knee")
+    p.add_argument("--select-fpr-tolerance", type=float, default=0.05,
+                   help="auto: slice-level's mean left-out FPR may exceed global@budget's by "
+                        "this fraction (default 0.05)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=run)
 
@@ -57,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
                           min_purchasing=args.min_purchasing, score_col=args.score_col,
                           refine_iters=args.refine_iters, coverage_margin=args.coverage_margin,
                           budget_correction=args.budget_correction,
-                          fpr_estimate=args.fpr_estimate)
+                          fpr_estimate=args.fpr_estimate,
+                          method="global" if args.method == "global_knee" else args.method,
+                          select_fpr_tolerance=args.select_fpr_tolerance)
     try:
         result = cal.calibrate(cols, cfg)
     except cal.CalibrationInfeasible as e:
@@ -66,13 +76,17 @@ def run(args: argparse.Namespace) -> int:
             print(cal.to_json({"feasible": False, "message": str(e), **e.details}))
         return EXIT_INFEASIBLE
     out = Path(args.out)
-    files = cal.write_outputs(result, out.parent, method=args.method, thresholds_name=out.name)
+    knee = args.method == "global_knee"
+    files = cal.write_outputs(result, out.parent, method="global_knee" if knee else None,
+                              thresholds_name=out.name)
+    method = args.method if knee else cal.chosen_method(result)
     if args.json:
-        print(cal.to_json({"feasible": True, "method": args.method, "files": files,
-                           **cal.summary(result)}))
+        print(cal.to_json({"feasible": True, "files": files, **cal.summary(result),
+                           "method": method}))
     else:
         print(cal.table_text(result))
-        print(f"\nthresholds ({args.method}) -> {files['thresholds']}\nreport -> {files['html']}")
+        print(f"\n{cal.selection_text(result)}")
+        print(f"thresholds ({method}) -> {files['thresholds']}\nreport -> {files['html']}")
     return 0
 
 

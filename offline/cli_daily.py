@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation days the thresholds are calibrated on (default: 3 on logs "
                         "of 9+ days, 2 on 8 days, 1 on shorter logs)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--method", choices=("auto", "slice", "global"), default="auto",
+                   help="published thresholds: auto (default) slice-level unless the validation "
+                        "days' leave-one-day-out evidence says global@budget is better; slice "
+                        "or global (global@budget) to force one")
     p.add_argument("--max-psi", type=float, default=0.25, help="feature drift limit (PSI)")
     p.add_argument("--ivr-band", type=float, default=0.5,
                    help="allowed relative IVR change vs the current model (default 0.5)")
@@ -80,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         extra["slice_min_coverage"] = parse_slice_coverage(args.slice_min_coverage)
     cfg = daily.DailyConfig(**extra, fpr_budget=args.fpr_budget, min_coverage=args.min_coverage,
                             min_purchasing=args.min_purchasing, k=args.k, epochs=args.epochs, seed=args.seed,
-                            val_days=args.val_days, progress=args.progress, guard=g)
+                            val_days=args.val_days, progress=args.progress, guard=g,
+                            method=args.method)
     res = daily.run_daily(args.clicks, args.customers, args.registry, args.work, cfg,
                           log=lambda m: print(m, file=sys.stderr))
     if args.json:
@@ -90,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         print(f"{res['status']}: {res['reason']}")
+        sel = (res.get("calibration") or {}).get("selection") or {}
+        if sel:
+            print(f"calibration method: {sel.get('chosen')} ({sel.get('mode')}): "
+                  f"{sel.get('reason')}")
         for c in res["checks"]:
             mark = "ok  " if c["passed"] else "FAIL"
             print(f"  [{mark}] {c['kind']:<5} {c['name']:<26} {c['message'][:160]}")

@@ -48,6 +48,10 @@ class DailyConfig:
     k: int = 20
     epochs: int = 20
     val_days: int | None = None  # validation (calibration) days; None: train.auto_val_days
+    # Published thresholds: "auto" (slice-level unless its leave-one-day-out evidence on the
+    # validation days says global@budget is better; calibrate.CalibConfig.method), "slice",
+    # "global" (global@budget).
+    method: str = "auto"
     seed: int = 7
     progress: bool = False
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
@@ -162,13 +166,16 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         result = cal.calibrate(cols, cal.CalibConfig(fpr_budget=cfg.fpr_budget,
                                                      min_coverage=cfg.min_coverage,
                                                      slice_min_coverage=cfg.slice_min_coverage,
-                                                     min_purchasing=cfg.min_purchasing))
+                                                     min_purchasing=cfg.min_purchasing,
+                                                     method=cfg.method))
     except cal.CalibrationInfeasible as e:
         record([gr.Check("calibration_feasible", False, e.details.get("min_budget"),
                          cfg.fpr_budget, str(e), "model", details=e.details)])
         raise _Stop(EXIT_MODEL, "refused_model", checks) from None
     cal.write_outputs(result, cand)
     res["calibration"] = cal.summary(result)
+    res["calibration_method"] = cal.chosen_method(result)
+    log(f"daily: {cal.selection_text(result)}")
     res["steps"]["calibrate_s"] = round(time.perf_counter() - t, 3)
     write_json(cand / "feature_stats.json", gr.feature_stats(rp.features, FEATURE_NAMES))
 
@@ -193,7 +200,8 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         raise _Stop(EXIT_MODEL, "refused_model", checks)
 
     # 7. Publish and promote (one lock; the bundle is verified before the pointer moves).
-    metrics = {"test": result["evaluation"]["slice"]["test"]["overall"],
+    metrics = {"test": result["evaluation"][cal.chosen_eval_key(result)]["test"]["overall"],
+               "method": cal.chosen_method(result),
                "compared_with": res["compared_with"]}
     version = reg.publish(cand, metrics=_clean(metrics), guardrails=_clean(summary),
                           promote=True)

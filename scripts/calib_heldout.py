@@ -9,6 +9,8 @@ exactly as `slidr calibrate` runs it. Per (run, day, budget) it reports:
 
   slice        slice-level IVR and FPR on day t, coverage floors met
   g@budget     the global threshold whose fitted-days FPR equals the budget (same budget)
+  chosen       what CalibConfig.method "auto" publishes (slice-level, or global@budget where
+               the leave-one-day-out evidence on the fitted days says slice-level is worse)
   g@matched    the global threshold set on day t itself to the slice-level's realised FPR on
                day t (or just below): equal realised FPR, an oracle for global
   ceiling      (--ceiling) the best per-slice allocation on day t in hindsight (exact DP over
@@ -17,7 +19,8 @@ exactly as `slidr calibrate` runs it. Per (run, day, budget) it reports:
     scripts/calib_heldout.py RUN_DIR... [--val-days 3] [--budgets 0.005,0.01,0.02,0.03]
         [--min-coverage 0.5] [--slice-min-coverage '*/in=0'] [--refine-iters 8]
         [--floor-every-day 0|1] [--budget-correction lodo|none]
-        [--fpr-estimate order_stat|empirical] [--json OUT.json]
+        [--fpr-estimate order_stat|empirical] [--select-fpr-tolerance 0.05] [--jobs N]
+        [--json OUT.json]
 """
 
 from __future__ import annotations
@@ -80,6 +83,10 @@ def evaluate_run(run: Path, cfg_kw: dict[str, Any], budgets: list[float], val_da
             for name in ("slice", "global_budget", "global_matched", "global_knee"):
                 o = ev[name]["test"]["overall"]
                 row[name] = {"ivr": o["ivr"], "fpr": o["fpr"], "coverage": o["coverage"]}
+            row["chosen_method"] = r["calibration"]["method"]
+            row["chosen"] = dict(row["slice" if row["chosen_method"] == "slice"
+                                     else "global_budget"])
+            row["selection_reason"] = r["calibration"]["selection"].get("reason")
             row["floors_met"] = all(v is not False
                                     for v in ev["slice"]["test"]["coverage_floors_met"].values())
             row["floors_met_global_budget"] = all(
@@ -103,12 +110,21 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         gm = np.array([r["global_matched"]["ivr"] for r in rs])
         fs = np.array([r["slice"]["fpr"] for r in rs])
         fb = np.array([r["global_budget"]["fpr"] for r in rs])
+        ch = np.array([r["chosen"]["ivr"] for r in rs])
+        fc = np.array([r["chosen"]["fpr"] for r in rs])
+        pick_g = np.array([r["chosen_method"] == "global" for r in rs])
+        # days where global was picked and slice-level did in fact lose (lower IVR or higher FPR)
+        sl_lost = (sl <= gb) | (fs > fb)
         out.append({
             "budget": b, "days": len(rs),
             "infeasible": sum(1 for r in rows if r["budget"] == b and "infeasible" in r),
             "slice_ivr": float(sl.mean()), "slice_fpr": float(fs.mean()),
             "gbudget_ivr": float(gb.mean()), "gbudget_fpr": float(fb.mean()),
             "gmatched_ivr": float(gm.mean()),
+            "chosen_ivr": float(ch.mean()), "chosen_fpr": float(fc.mean()),
+            "picks_global": int(pick_g.sum()),
+            "picks_global_slice_lost": int((pick_g & sl_lost).sum()),
+            "picks_slice_slice_lost": int((~pick_g & sl_lost).sum()),
             "gain_vs_matched": float((sl / gm - 1).mean()),
             "wins_vs_matched": int((sl > gm).sum()),
             "wins_vs_budget_at_le_fpr": int(((sl > gb) & (fs <= fb)).sum()),
@@ -144,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="CalibConfig.budget_correction (default lodo: leave one fitted day out)")
     ap.add_argument("--fpr-estimate", choices=("empirical", "order_stat"), default=None,
                     help="CalibConfig.fpr_estimate (default order_stat)")
+    ap.add_argument("--select-fpr-tolerance", type=float, default=None,
+                    help="CalibConfig.select_fpr_tolerance (method auto)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs evaluated in parallel")
     ap.add_argument("--refine-window", type=float, default=None)
     ap.add_argument("--refine-min-width", type=float, default=None)
     ap.add_argument("--ceiling", action="store_true", help="also the hindsight ceiling (slow)")
@@ -156,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.fpr_prior is not None:
         cfg_kw["fpr_prior"] = a.fpr_prior
     for k in ("fit_range", "fit_min_fpr", "refine_iters", "refine_window", "refine_min_width",
-              "budget_correction", "fpr_estimate"):
+              "budget_correction", "fpr_estimate", "select_fpr_tolerance"):
         if getattr(a, k) is not None:
             cfg_kw[k] = getattr(a, k)
     if a.floor_every_day is not None:
@@ -164,10 +183,18 @@ def main(argv: list[str] | None = None) -> int:
     if a.min_purchasing is not None:
         cfg_kw["min_purchasing"] = a.min_purchasing
     rows = []
-    for run in a.runs:
-        rows += evaluate_run(run, cfg_kw, budgets, a.val_days, a.ceiling)
+    if a.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(a.jobs) as ex:
+            for part in ex.map(evaluate_run, a.runs, [cfg_kw] * len(a.runs),
+                               [budgets] * len(a.runs), [a.val_days] * len(a.runs),
+                               [a.ceiling] * len(a.runs)):
+                rows += part
+    else:
+        for run in a.runs:
+            rows += evaluate_run(run, cfg_kw, budgets, a.val_days, a.ceiling)
     print(f"{'run':<10} {'day':>3} {'budget':>6} {'slice IVR':>9} {'@FPR':>7} {'g@budg IVR':>10} "
-          f"{'@FPR':>7} {'g@match IVR':>11} {'@FPR':>7} {'floors':>6}"
+          f"{'@FPR':>7} {'g@match IVR':>11} {'@FPR':>7} {'floors':>6} {'chosen':>6}"
           + (f" {'ceiling':>7}" if a.ceiling else ""))
     for r in rows:
         if "slice" not in r:
@@ -178,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['slice']['ivr']:>9.4f} {r['slice']['fpr']:>7.4f} "
               f"{r['global_budget']['ivr']:>10.4f} {r['global_budget']['fpr']:>7.4f} "
               f"{r['global_matched']['ivr']:>11.4f} {r['global_matched']['fpr']:>7.4f} "
-              f"{'yes' if r['floors_met'] else 'NO':>6}"
+              f"{'yes' if r['floors_met'] else 'NO':>6} {r['chosen_method']:>6}"
               + (f" {r['ceiling_ivr']:>7.4f}" if a.ceiling else ""))
     print()
     summ = summarise(rows)
@@ -192,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{s['wins_vs_budget']}, FPR <= on {s['slice_fpr_le_gbudget']}; FPR/budget slice "
               f"{s['slice_fpr_ratio']:.2f}x, global@budget {s['gbudget_fpr_ratio']:.2f}x); floors met {s['floors_met']}/"
               f"{s['days']} (global@budget {s['floors_met_global_budget']}/{s['days']})" + (f"; ceiling {s['ceiling_ivr']:.4f}" if s["ceiling_ivr"] else ""))
+        print(f"  auto: picks global@budget on {s['picks_global']}/{s['days']} days (slice-level "
+              f"lost, lower IVR or higher FPR, on {s['picks_global_slice_lost']} of them; kept "
+              f"slice on {s['picks_slice_slice_lost']} days it lost); chosen IVR "
+              f"{s['chosen_ivr']:.4f} @ FPR {s['chosen_fpr']:.4f} vs always-slice "
+              f"{s['slice_ivr']:.4f} @ {s['slice_fpr']:.4f} vs always-global@budget "
+              f"{s['gbudget_ivr']:.4f} @ {s['gbudget_fpr']:.4f}")
     if a.json:
         a.json.write_text(json.dumps({"rows": rows, "summary": summ}, indent=1))
     return 0

@@ -241,3 +241,58 @@ def test_order_stat_fpr_estimate() -> None:
     assert float(sf.fpr(score[89])) == pytest.approx(11 / 101)
     assert float(cal.SliceFPR(score, purchased, np.sort(score)[::-1], 0.0).fpr(score[89])) \
         == pytest.approx(0.10)
+
+
+def _two_days(flip: bool) -> dict:
+    """Two fitted days (half of each day 'val') and a 'test' half. Slices differ only in where
+    the robots sit; with flip=True the good slice (robots well separated, many of them) on day
+    0 is the bad one on day 1 and the other way round, so a slice-level fit on one day spends
+    its budget on the wrong slice on the other: it loses to one global threshold there."""
+    good = {"robots": 0.30, "buy": 0.05, "sep": 4.0, "shift": 0.0}
+    bad = {"robots": 0.02, "buy": 0.05, "sep": 1.0, "shift": 1.0}
+    parts = []
+    for day in (0, 1):
+        a, b = (good, bad) if (day == 0 or not flip) else (bad, good)
+        parts.append(cal.synthetic_scores(400_000, seed=10 + day, slices={
+            "desktop/in": {"w": 0.5, **a}, "mobile/in": {"w": 0.5, **b}}))
+        parts[-1]["day"] = np.full(parts[-1]["score"].size, day)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def test_auto_method_picks_global_when_slice_loses_on_left_out_days() -> None:
+    cfg = dict(fpr_budget=0.01, min_coverage=0.0, min_purchasing=100)
+    lose = cal.calibrate(_two_days(flip=True), cal.CalibConfig(**cfg))
+    sel = lose["calibration"]["selection"]
+    assert [x["day"] for x in sel["days"]] == [0, 1]
+    assert sel["mean"]["slice_ivr"] < sel["mean"]["global_ivr"]
+    assert sel["chosen"] == "global" and lose["calibration"]["method"] == "global"
+    th = lose["thresholds"]
+    assert th["method"] == "global" and th["slices"] == {}
+    assert th["default"] == lose["calibration"]["global_budget_threshold"]
+    assert "global@budget chosen" in sel["reason"]
+    assert "published method: global@budget" in cal.html_fragment(lose, [])
+    # The comparison table still shows both methods on the held-out data.
+    assert {r[1] for r in cal.comparison_rows(lose)} >= {"slice", "global_budget"}
+    # Forcing slice-level publishes it anyway (and says so).
+    forced = cal.calibrate(_two_days(flip=True), cal.CalibConfig(**cfg, method="slice"))
+    assert forced["thresholds"]["method"] == "slice"
+    assert forced["calibration"]["selection"]["reason"].startswith("forced")
+
+    win = cal.calibrate(_two_days(flip=False), cal.CalibConfig(**cfg))
+    sel = win["calibration"]["selection"]
+    assert sel["mean"]["slice_ivr"] > sel["mean"]["global_ivr"]
+    assert sel["chosen"] == "slice" and win["thresholds"]["method"] == "slice"
+    assert set(win["thresholds"]["slices"]) == {"desktop/in", "mobile/in"}
+
+
+def test_select_method_rule() -> None:
+    day = {"day": 0, "slice_ivr": 0.15, "slice_fpr": 0.0100, "global_ivr": 0.14,
+           "global_fpr": 0.0100}
+    assert cal.select_method([day])["chosen"] == "slice"
+    assert cal.select_method([{**day, "slice_ivr": 0.13}])["chosen"] == "global"
+    # FPR tolerance (relative to global@budget's mean FPR).
+    assert cal.select_method([{**day, "slice_fpr": 0.0104}], 0.05)["chosen"] == "slice"
+    r = cal.select_method([{**day, "slice_fpr": 0.0106}], 0.05)
+    assert r["chosen"] == "global" and "FPR" in r["reason"]
+    # No evidence: slice-level kept.
+    assert cal.select_method([])["chosen"] == "slice"
