@@ -569,9 +569,10 @@ def select_method(days: list[Mapping[str, Any]], fpr_tolerance: float = 0.05) ->
     if ivr_ok and fpr_ok:
         chosen, why = "slice", f"slice-level chosen: {ev}"
     else:
-        bad = ([] if ivr_ok else ["its mean IVR is not higher"]) + (
-            [] if fpr_ok else [f"its mean FPR is more than {fpr_tolerance:.0%} higher"])
-        chosen, why = "global", f"global@budget chosen, slice-level {' and '.join(bad)}: {ev}"
+        bad = ([] if ivr_ok else ["mean IVR not higher"]) + (
+            [] if fpr_ok else [f"mean FPR more than {fpr_tolerance:.0%} higher"])
+        chosen, why = "global", (f"global@budget chosen (slice-level: {' and '.join(bad)}): "
+                                 f"{ev}")
     return {"chosen": chosen, "reason": why, "mean": m, "days": list(days)}
 
 
