@@ -148,8 +148,7 @@ def cmd_kernel(a: argparse.Namespace) -> int:
         kw["redis_url"] = a.redis
     res = kernel_bench.run(**kw)
     if a.json:
-        json.dump(res, sys.stdout, indent=2, default=str)
-        print()
+        _print_json(res)
     else:
         for kind in ("embedded", "redis"):
             pts = ", ".join(f"batch {b}: {v:,.0f} clicks/s" for b, v in res.get(kind, {}).items())
@@ -162,8 +161,7 @@ def cmd_micro(a: argparse.Namespace) -> int:
     from slidr.bench import micro
     res = micro.run(a.seconds, a.redis, tuple(a.only or ("protocol", "store", "model")))
     if a.json:
-        json.dump(res, sys.stdout, indent=2)
-        print()
+        _print_json(res)
     else:
         print("\n".join(micro.lines(res)))
     return 0
@@ -179,8 +177,7 @@ def cmd_cost(a: argparse.Namespace) -> int:
         raise ValueError(f"--shapes wants FxR pairs like 5x4,20x4, not {a.shapes!r}") from None
     res = cost.run([(s[0], s[1]) for s in shapes], a.clicks)
     if a.json:
-        json.dump(res, sys.stdout, indent=2)
-        print()
+        _print_json(res)
     else:
         print("\n".join(cost.lines(res)))
     return 0
@@ -223,8 +220,7 @@ def cmd_hiccup(a: argparse.Namespace) -> int:
     if a.out:
         report.save_json(a.out, res)
     if a.json:
-        json.dump(res, sys.stdout, indent=2)
-        print()
+        _print_json(res)
     return 0
 
 
@@ -350,7 +346,8 @@ def _calib_summary(c: dict[str, Any] | None) -> dict[str, Any] | None:
             "cached": c.get("cached", False)}
 
 
-def _print_json(obj: dict[str, Any]) -> None:
+def _print_json(obj: Any) -> None:
+    """A result as indented JSON on stdout, without the encoded histograms (`hist`)."""
     def strip(o: Any) -> Any:
         if isinstance(o, dict):
             return {k: strip(v) for k, v in o.items() if k != "hist"}
