@@ -399,14 +399,11 @@ class Batcher:
                 t_store = t1 - st.t0
                 if not st.expired:
                     feats = self.kernel.finish(raw, st.batch)
-                    t2 = _perf()
                     try:
-                        scores = model.scorer.infer(feats)
-                    except Exception as e:
-                        self._stage_failed(_StageError("model", e, feats), st.valid, st.clicks,
-                                           model.version)
+                        scores, t_model = self._infer(feats, model)
+                    except _StageError as e:
+                        self._stage_failed(e, st.valid, st.clicks, model.version)
                     else:
-                        t_model = _perf() - t2
                         self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
                         self._decide(st.valid, st.clicks, st.batch, feats, scores, model, st.t0,
                                      t_store, t_model)
@@ -424,18 +421,25 @@ class Batcher:
             self._maybe_idle()
 
     def _compute(self, batch: ClickBatch, model: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
-        """The CPU and I/O part (any thread): features through the store, then the model."""
+        """Embedded store: features through the store, then the model -> (feats, scores,
+        store seconds, model seconds)."""
         t1 = _perf()
         try:
             feats = self.kernel.features(batch)
         except Exception as e:
             raise _StageError("store", e) from e
         t2 = _perf()
+        scores, t_model = self._infer(feats, model)
+        return feats, scores, t2 - t1, t_model
+
+    def _infer(self, feats: np.ndarray, model: Any) -> tuple[np.ndarray, float]:
+        """The model call -> (scores, seconds); a failure is a _StageError("model")."""
+        t = _perf()
         try:
             scores = model.scorer.infer(feats)
         except Exception as e:
             raise _StageError("model", e, feats) from e
-        return feats, scores, t2 - t1, _perf() - t2
+        return scores, _perf() - t
 
     def _stage_failed(self, e: _StageError, valid: list[Item], clicks: list[Any],
                       version: str) -> None:
