@@ -116,6 +116,16 @@ def _bucket_quantile(buckets: list[tuple[float, float]], q: float) -> float | No
     return buckets[-1][0]
 
 
+def _bucket_max(buckets: list[tuple[float, float]]) -> float | None:
+    """Upper bound of the highest non-empty bucket, from cumulative (le, count) pairs."""
+    top, prev = None, 0.0
+    for le, c in buckets:
+        if c > prev:
+            top = le
+        prev = c
+    return top
+
+
 def server_split(before: dict[Any, float] | None, after: dict[Any, float] | None) -> dict[str, Any] | None:
     """Server-side view of the measured window (after - before): per-stage latency (mean and
     bucket-bounded p50/p99 in ms) from slidr_latency_seconds{stage}, batch size, fail-open
@@ -127,6 +137,13 @@ def server_split(before: dict[Any, float] | None, after: dict[Any, float] | None
     def d(key: Any) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
+    def buckets(name: str, stage: str | None = None) -> list[tuple[float, float]]:
+        """Cumulative (le, count over the window) of histogram `name` (one stage's only)."""
+        return sorted(
+            ((float("inf") if dict(k[1])["le"] == "+Inf" else float(dict(k[1])["le"]), d(k))
+             for k in after if k[0] == name + "_bucket"
+             and (stage is None or dict(k[1]).get("stage") == stage)), key=lambda t: t[0])
+
     stages: dict[str, Any] = {}
     names = {k[0] for k in after}
     if "slidr_latency_seconds_count" in names:
@@ -136,10 +153,7 @@ def server_split(before: dict[Any, float] | None, after: dict[Any, float] | None
             stage = dict(key[1]).get("stage", "?")
             n = d(key)
             s = d(("slidr_latency_seconds_sum", key[1]))
-            bks = sorted(
-                ((float("inf") if dict(k[1])["le"] == "+Inf" else float(dict(k[1])["le"]), d(k))
-                 for k in after if k[0] == "slidr_latency_seconds_bucket"
-                 and dict(k[1]).get("stage") == stage), key=lambda t: t[0])
+            bks = buckets("slidr_latency_seconds", stage)
             p50 = _bucket_quantile(bks, 0.5)
             p99 = _bucket_quantile(bks, 0.99)
             stages[stage] = {
@@ -161,11 +175,8 @@ def server_split(before: dict[Any, float] | None, after: dict[Any, float] | None
     cpu_us = (cpu / answered * 1e6) if answered > 0 and ("process_cpu_seconds_total", ()) in after \
         else None
     def hist(name: str) -> dict[str, Any]:
-        bks = sorted(((float("inf") if dict(k[1])["le"] == "+Inf" else float(dict(k[1])["le"]),
-                       d(k)) for k in after if k[0] == name + "_bucket"), key=lambda t: t[0])
-        top = next((le for le, c in reversed(bks) if c > 0 and
-                    c > (bks[bks.index((le, c)) - 1][1] if bks.index((le, c)) > 0 else 0)),
-                   None) if bks else None
+        bks = buckets(name)
+        top = _bucket_max(bks)
         return {"count": int(d((name + "_count", ()))),
                 "sum_ms": d((name + "_sum", ())) * 1000.0,
                 "p99_le_ms": None if (q := _bucket_quantile(bks, 0.99)) is None else q * 1000.0,

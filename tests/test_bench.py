@@ -16,7 +16,7 @@ import pytest
 from slidr.bench import hist
 from slidr.bench.echo_server import EchoProcess
 from slidr.bench.loadgen import LoadSpec, run_load
-from slidr.bench.report import parse_prom, server_split
+from slidr.bench.report import parse_prom, server_split, split_line
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -183,6 +183,19 @@ def test_prometheus_parser_reads_the_daemon_format():
     m.latency["total"].observe_many(np.array([0.0002, 0.0004, 0.003]))
     s = server_split(None, parse_prom(m.render()))
     assert s["stages"]["total"]["count"] == 3
+    assert s["stages"]["total"]["p99_le_ms"] == pytest.approx(3.0)
+
+
+def test_server_split_loop_lag_and_gc():
+    metrics_mod = pytest.importorskip("slidr.slidrd.metrics")
+    m = metrics_mod.Metrics()
+    for v in (0.00004, 0.0006, 0.0021):
+        m.loop_lag.observe(v)
+    s = server_split(None, parse_prom(m.render()))
+    assert s["loop_lag"]["count"] == 3
+    assert s["loop_lag"]["max_le_ms"] == pytest.approx(3.0)  # 2.1 ms lands in the 3 ms bucket
+    assert s["gc"]["count"] == 0 and s["gc"]["max_le_ms"] is None
+    assert "loop lag max <= 3.0 ms" in split_line(s)
 
 
 def test_sweep_against_echo_finds_a_passing_rate(echo):
