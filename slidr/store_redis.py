@@ -20,7 +20,7 @@ import numpy as np
 
 from slidr import featurespec as fs
 
-__all__ = ["RedisStore", "StoreUnavailable", "script_source"]
+__all__ = ["RedisStore", "StoreUnavailable", "resp_bulk", "script_source"]
 
 
 class StoreUnavailable(RuntimeError):
@@ -108,7 +108,8 @@ def _dedup(h: np.ndarray, pos: np.ndarray) -> np.ndarray:
     return srt[first]
 
 
-def _bulk(b: bytes) -> bytes:
+def resp_bulk(b: bytes) -> bytes:
+    """One RESP bulk string."""
     return b"$%d\r\n%s\r\n" % (len(b), b)
 
 
@@ -157,13 +158,13 @@ class RedisStore:
         self._rec_head = b"$%d\r\n" % self._klen + self.prefix
         self._tag_at = len(self._rec_head)
         self._reclen = self._tag_at + 11
-        # Key-record buffers, one per thread: slidrd runs batches on several worker threads
-        # and a shared buffer would mix their key names.
+        # Key-record buffers of the numpy builder, one per thread: callers may share one store
+        # between threads, and a shared buffer would mix their key names.
         self._local = threading.local()
         # ARGV[2..4]: physical TTLs (logical TTL + slack) of user, session and IP keys.
-        self._argv_px = b"".join(_bulk(b"%d" % (ttl + self.ttl_slack_ms)) for ttl in (
+        self._argv_px = b"".join(resp_bulk(b"%d" % (ttl + self.ttl_slack_ms)) for ttl in (
             fs.USER_TTL_MS, fs.SESSION_TTL_MS, fs.IP_TTL_MS))
-        self._cmd_head = b"\r\n$7\r\nEVALSHA\r\n" + _bulk(self._sha.encode())
+        self._cmd_head = b"\r\n$7\r\nEVALSHA\r\n" + resp_bulk(self._sha.encode())
         self._idle: list[Any] = []
 
     def _records(self, k: int) -> np.ndarray:
@@ -216,7 +217,7 @@ class RedisStore:
                              head, b"s", int(sh[0]).to_bytes(8, "big"), b"\r\n",
                              head, b"i", int(ih[0]).to_bytes(8, "big"), b"\r\n"))
             click = _CLICK1.pack(float(ts[0]), *h, 1, 1, 1)
-            return b"".join((b"*12", self._cmd_head, _bulk(b"3"), recs, _bulk(click),
+            return b"".join((b"*12", self._cmd_head, resp_bulk(b"3"), recs, resp_bulk(click),
                              self._argv_px, _ONE_ONE))
         clicks = np.empty(n, dtype=_CLICK_DTYPE)
         clicks["ts"] = ts
@@ -235,9 +236,9 @@ class RedisStore:
         rec[nu + ns:, t] = 105  # "i"
         rec[:, t + 1:t + 9] = keys.view(np.uint8).reshape(k, 8)
         ks = str(k).encode()
-        return b"".join((b"*%d" % (k + 9), self._cmd_head, _bulk(ks), rec.tobytes(),
-                         _bulk(clicks.tobytes()), self._argv_px,
-                         _bulk(b"%d" % nu), _bulk(b"%d" % ns)))
+        return b"".join((b"*%d" % (k + 9), self._cmd_head, resp_bulk(ks), rec.tobytes(),
+                         resp_bulk(clicks.tobytes()), self._argv_px,
+                         resp_bulk(b"%d" % nu), resp_bulk(b"%d" % ns)))
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                hll: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ the batch runs inline on the loop (microseconds of C). With Redis the batch's on
 written to a pipelined asyncio connection (slidrd/redis_link.py) and the loop goes on serving;
 up to pipeline_depth batches are in flight, Redis runs them in send order, and the reply's
 callback finishes the batch (features, model, answers) on the loop. A timer answers the batch
-fail-open at its earliest deadline if the reply is not there by then. No threads anywhere.
+fail-open at its earliest deadline if the reply is not there by then. No threads in the batcher.
 """
 
 from __future__ import annotations

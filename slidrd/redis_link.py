@@ -34,7 +34,7 @@ from typing import Any
 
 import hiredis
 
-from slidr.store_redis import StoreUnavailable
+from slidr.store_redis import StoreUnavailable, resp_bulk
 
 log = logging.getLogger("slidrd")
 
@@ -44,11 +44,8 @@ _mono = time.monotonic
 
 
 def _cmd(*parts: bytes | str) -> bytes:
-    out = [b"*%d\r\n" % len(parts)]
-    for p in parts:
-        b = p.encode() if isinstance(p, str) else p
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
+    return b"*%d\r\n" % len(parts) + b"".join(
+        resp_bulk(p.encode() if isinstance(p, str) else p) for p in parts)
 
 
 class _Proto(asyncio.Protocol):
