@@ -497,16 +497,9 @@ class Batcher:
         arr = np.fromiter((it[3] for it in valid), dtype=np.float64, count=n)
         m.latency["queue"].observe_many(t0 - arr)
         m.latency["total"].observe_many(t_end - arr)
-        m.latency["store"].observe(t_store, n)
-        m.latency["model"].observe(t_model, n)
-        m.batch_size.observe(float(n))
         per = np.bincount(codes, minlength=len(_SLICE_BY_CODE)).tolist()
         bad = np.bincount(codes, weights=invalid, minlength=len(_SLICE_BY_CODE)).tolist()
-        for k in range(len(per)):
-            if per[k]:
-                s = _SLICE_BY_CODE[k]
-                m.decisions[s] += per[k]
-                m.invalid[s] += int(bad[k])
+        self._count(n, t_store, t_model, per, bad)
         if dlog is not None:
             dlog.submit(clicks, feats, decisions, version)
 
@@ -548,6 +541,13 @@ class Batcher:
             if dlog is not None:
                 dlog.submit(clicks, feats, decisions, version)
         self.inflight_clicks -= n
+        self._count(n, t_store, t_model, per, bad)
+
+    def _count(self, n: int, t_store: float, t_model: float, per: list[Any],
+               bad: list[Any]) -> None:
+        """Metrics of a decided batch: stage times, batch size, decisions and invalid clicks
+        per slice code (per[k] clicks of which bad[k] invalid)."""
+        m = self.metrics
         m.latency["store"].observe(t_store, n)
         m.latency["model"].observe(t_model, n)
         m.batch_size.observe(float(n))
@@ -555,7 +555,7 @@ class Batcher:
             if per[k]:
                 s = _SLICE_BY_CODE[k]
                 m.decisions[s] += per[k]
-                m.invalid[s] += bad[k]
+                m.invalid[s] += int(bad[k])
 
     # ------------------------------------------------------------------ answers
     def shed(self, click: Any, sink: Any, slot: int, cause: str) -> None:
