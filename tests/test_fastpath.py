@@ -28,7 +28,6 @@ from slidr.contract import (
     TZ_MAX,
     TZ_MIN,
     ClickBatch,
-    ContractError,
     slice_name,
     validate_click,
 )
@@ -50,13 +49,7 @@ def make_ip_valid() -> tuple[dict[str, bool], Callable[[str], bool]]:
     def ip_valid(ip: str) -> bool:
         ok = cache.get(ip)
         if ok is None:
-            try:
-                validate_click({"click_id": "x", "ts": TS_MIN, "session_id": "x", "ip": ip,
-                                "device": "app", "logged_in": False})
-                ok = True
-            except ContractError:
-                ok = False
-            cache[ip] = ok
+            ok = cache[ip] = batcher._ip_valid(ip)
         return ok
 
     return cache, ip_valid
