@@ -32,6 +32,9 @@ _SPEC: dict[str, tuple[type, Any, tuple[float, float] | None, str]] = {
     "deadline_ms": (float, 4.0, (0.05, 60_000), "per-click deadline; later = fail-open"),
     "max_batch": (int, 512, (1, 65_536), "largest micro-batch"),
     "max_wait_us": (int, 500, (0, 1_000_000), "longest a click waits for a busy pipeline"),
+    "busy_poll_us": (int, 0, (0, 10_000_000), "keep polling the sockets this long after the "
+                     "last request instead of sleeping (0 = off): spends a core to skip the "
+                     "VM's wake-up latency; see docs/daemon.md"),
     "pipeline_depth": (int, 4, (1, 64), "batches in flight at once on the pipelined Redis "
                        "connection (Redis runs them in order; embedded store: always 1)"),
     "max_message_bytes": (int, 1 << 20, (64, 1 << 30), "largest msgpack message"),
@@ -73,6 +76,7 @@ class Config:
     deadline_ms: float = 4.0
     max_batch: int = 512
     max_wait_us: int = 500
+    busy_poll_us: int = 0
     pipeline_depth: int = 4
     max_message_bytes: int = 1 << 20
     max_connections: int = 4096

@@ -112,6 +112,7 @@ class Metrics:
         self.model_version = ""
         self.started = time.time()
         self.gauges: dict[str, Any] = {}
+        self.busy_poll: Any = None  # slidrd.busypoll.BusyPoller when busy_poll_us > 0
 
     def render(self) -> str:
         L: list[str] = []
@@ -163,6 +164,14 @@ class Metrics:
         ):
             head(name, kind, helptext)
             L.append(f"{name} {value}")
+        if self.busy_poll is not None:
+            for name, helptext, value in (
+                    ("slidr_busy_poll_passes_total", "Event-loop passes spent polling "
+                     "(busy_poll_us)", self.busy_poll.passes),
+                    ("slidr_busy_poll_windows_total", "Polling windows started (idle to polling)",
+                     self.busy_poll.windows)):
+                head(name, "counter", helptext)
+                L.append(f"{name} {value}")
         for name, value in sorted(self.gauges.items()):
             head(name, "gauge", name.replace("_", " "))
             L.append(f"{name} {value}")
@@ -189,7 +198,10 @@ class Metrics:
                 "loop_lag_ms": {"p99_le": self.loop_lag.quantile(0.99) * 1000,
                                 "max_le": self.loop_lag.quantile(1.0) * 1000},
                 "gc_pauses": self.gc_pause.n, "gc_pause_ms_total": self.gc_pause.total * 1000,
-                "cpu_seconds": time.process_time(), **self.gauges}
+                "cpu_seconds": time.process_time(),
+                **({"busy_poll_passes": self.busy_poll.passes,
+                    "busy_poll_windows": self.busy_poll.windows} if self.busy_poll else {}),
+                **self.gauges}
 
 
 class _HttpResponder(asyncio.Protocol):

@@ -22,6 +22,7 @@ from slidr.errors import ErrorCode, RpcError
 from slidr.featurespec import SPEC_HASH
 
 from .batcher import Batcher, Group
+from .busypoll import BusyPoller
 from .config import Config
 from .decision_log import DecisionLog
 from .metrics import Metrics, serve_metrics
@@ -52,6 +53,7 @@ class PublicConnection(RpcConnection):
         cfg = daemon.cfg
         super().__init__(daemon, cfg.max_message_bytes)
         self.batcher = daemon.batcher
+        self.poller = daemon.poller
         self.deadline_s = cfg.deadline_ms / 1000.0
         self.max_per_conn = cfg.max_inflight_per_conn
         self.max_many = cfg.max_score_many
@@ -138,6 +140,8 @@ class PublicConnection(RpcConnection):
                            f"{', '.join(PUBLIC_METHODS)}")
 
     def after_input(self) -> None:
+        if self.poller is not None:
+            self.poller.touch()
         self.batcher.kick()
         if self.inflight >= self.max_per_conn:
             self._pause()
@@ -201,6 +205,7 @@ class Daemon:
         self.store: Any = None
         self.link: Any = None
         self.dlog: DecisionLog | None = None
+        self.poller: BusyPoller | None = None
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -233,6 +238,9 @@ class Daemon:
                                pipeline_depth=cfg.pipeline_depth,
                                max_inflight_total=cfg.max_inflight_total, decision_log=self.dlog,
                                deadline_s=cfg.deadline_ms / 1000.0, link=link)
+        if cfg.busy_poll_us > 0:
+            self.poller = BusyPoller(loop, cfg.busy_poll_us)
+            self.metrics.busy_poll = self.poller
         srv = await loop.create_server(lambda: PublicConnection(self), cfg.host, cfg.port,
                                        reuse_port=cfg.workers > 1 or None, backlog=1024)
         self._servers.append(srv)
