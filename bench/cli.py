@@ -89,6 +89,9 @@ def register(sub: Any) -> None:
     h.add_argument("--cpus", default=None, metavar="LIST",
                    help="CPUs to probe one after another (default: each usable CPU)")
     h.add_argument("--seconds", type=float, default=4.0, help="per CPU (default 4)")
+    h.add_argument("--together", action="store_true",
+                   help="probe all the CPUs at the same time (as in a load test: generator and "
+                        "server both running) instead of one after another")
     h.add_argument("--out", metavar="FILE.json")
     h.add_argument("--json", action="store_true")
     h.set_defaults(func=cmd_hiccup)
@@ -211,8 +214,14 @@ def cmd_hiccup(a: argparse.Namespace) -> int:
 
     from slidr.bench import hiccup, report
     cpus = _cpu_list(a.cpus) if a.cpus else sorted(os.sched_getaffinity(0))
-    res: dict[str, Any] = {"machine": report.machine(), "probes": []}
-    for c in cpus:
+    res: dict[str, Any] = {"machine": report.machine(), "together": bool(a.together),
+                           "probes": []}
+    if a.together:
+        res["probes"] = hiccup.probe_together([int(c) for c in cpus], a.seconds)
+        if not a.json:
+            for r in res["probes"]:
+                print(hiccup.line(r), flush=True)
+    for c in ([] if a.together else cpus):
         r = hiccup.probe(int(c), a.seconds)
         res["probes"].append(r)
         if not a.json:

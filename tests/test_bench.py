@@ -263,6 +263,27 @@ def test_hiccup_probe_measures_and_rejects_bad_input():
         hiccup.probe(seconds=0)
 
 
+def test_hiccup_arrival_waits_formula():
+    import numpy as np
+    from slidr.bench import hiccup
+    # One 3 ms gap in 1000 ms: an arrival waits > 1 ms during its first 2 ms, > 2 ms during 1 ms.
+    w = hiccup.arrival_waits(np.array([3.0, 0.05]), 1000.0)
+    assert w["1ms"] == pytest.approx(0.002) and w["2ms"] == pytest.approx(0.001)
+    assert w["0.5ms"] == pytest.approx(0.0025) and w["5ms"] == 0.0
+
+
+def test_hiccup_together_probes_every_cpu():
+    import os
+
+    from slidr.bench import hiccup
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    rs = hiccup.probe_together(cpus, seconds=0.2)
+    assert [r["cpu"] for r in rs] == cpus
+    for r in rs:
+        aw = r["spin_gaps"]["arrival_waits_over"]
+        assert aw["0.5ms"] >= aw["1ms"] >= aw["2ms"] >= aw["5ms"] >= 0.0
+
+
 def test_cost_breakdown_accounts_for_the_wall_time():
     from slidr.bench import cost
     (r,) = cost.run([(2, 3)], clicks=300)
