@@ -49,7 +49,12 @@ def _out(args: argparse.Namespace, obj: Any, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from slidr.registry import BundleError, Registry, RegistryError
+    if not Path(args.registry).is_dir():
+        # A mistyped path must not read as "an empty registry" (nor be created by promote).
+        raise ValueError(f"registry {args.registry} does not exist (or is not a directory)")
     reg = Registry(args.registry)
     try:
         return _dispatch(args, reg)

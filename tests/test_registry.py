@@ -181,3 +181,12 @@ def test_cli_models(tmp_path: Path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["v1"] == "files not in the manifest: stray.txt"
     assert main(["models", "promote", "v1", *r]) == 5 and reg.current().version == "v2"
+
+
+def test_cli_models_missing_registry_is_an_error(tmp_path: Path, capsys) -> None:
+    from slidr.cli import main
+    missing = tmp_path / "typo"
+    for action in (["list"], ["show"], ["verify"], ["rollback"], ["promote", "v1"]):
+        assert main(["models", *action, "--registry", str(missing)]) == 2, action
+        assert "does not exist" in capsys.readouterr().err
+    assert not missing.exists()  # nothing created under a mistyped path
