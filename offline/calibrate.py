@@ -39,11 +39,12 @@ Slice-level, per slice s on the validation days (all of them pooled; `slidr trai
 Everything is fitted on split == "val" and evaluated on split == "test" (held-out day). The
 comparison also has "global_matched": on each evaluated day, the one global threshold set on that
 day itself to the FPR the slice-level thresholds realised there (equal realised FPR; it sees the
-held-out day, so it favours global). scripts/calib_heldout.py repeats the comparison over many
-held-out days (docs/calibration.md, "Held-out days"): on simulated logs, fitted on the 3 days
-before each held-out day with local refinement, slice-level gained +2..+5% IVR over
-global_matched and won on 16-19 of 21 days before the held-out FPR correction below (+1..+5%,
-12-18 of 21 days with it); one wide quadratic fitted on one day gained -2..+1.4%.
+held-out day, so it favours global). `slidr backtest` (offline/backtest.py) repeats the
+comparison over many held-out days and pools them (docs/calibration.md, "Held-out days"): on
+simulated logs, fitted on the 3 days before each held-out day with local refinement,
+slice-level gained +2..+5% IVR over global_matched and won on 16-19 of 21 days before the
+held-out FPR correction below (+1..+5%, 12-18 of 21 days with it); one wide quadratic fitted
+on one day gained -2..+1.4%.
 
 Held-out FPR (defaults, docs/calibration.md "Held-out days"): fitted exactly to the budget on
 the fitted days, slice-level thresholds overspent it on new days (1.17-1.31x vs 1.05-1.09x for

@@ -13,6 +13,7 @@ COMMANDS: dict[str, str] = {
     "import": "slidr.offline.cli_import",
     "train": "slidr.offline.cli_train",
     "calibrate": "slidr.offline.cli_calibrate",
+    "backtest": "slidr.offline.cli_backtest",
     "models": "slidr.offline.cli_models",
     "daily": "slidr.offline.cli_daily",
     "replay": "slidr.offline.cli_replay",

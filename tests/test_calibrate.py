@@ -145,32 +145,6 @@ def test_fpr_prior_zero_is_the_slice_empirical_fpr(data) -> None:
     assert np.allclose(sp.fpr(t), cal._exceed(pooled[::-1], t), atol=1e-6)
 
 
-def test_held_out_days_harness(tmp_path: Path) -> None:
-    import importlib.util
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    d = cal.synthetic_scores(60_000, seed=5)
-    day = np.random.default_rng(1).integers(0, 3, d["score"].size)
-    pq.write_table(pa.table({"slice": d["slice"], "purchased": d["purchased"],
-                             "robot_heuristic": d["heuristic"], "day": day.astype(np.int32),
-                             "split": np.where(day == 2, "test", "val"),
-                             "score_model": d["score"].astype(np.float32)}),
-                   tmp_path / "scores.parquet")
-    spec = importlib.util.spec_from_file_location(
-        "calib_heldout", Path(__file__).parents[1] / "scripts" / "calib_heldout.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    rows = mod.evaluate_run(tmp_path, {"min_coverage": 0.5}, [0.01], 1, ceiling=True)
-    assert [(r["test_day"], r["fit_days"]) for r in rows] == [(1, [0]), (2, [1])]
-    for r in rows:
-        assert r["global_matched"]["fpr"] <= r["slice"]["fpr"] + 1e-12
-        # The hindsight ceiling is an upper bound of any allocation at that FPR.
-        assert r["ceiling_ivr"] >= r["global_matched"]["ivr"] - 1e-12
-    s = mod.summarise(rows)[0]
-    assert s["days"] == 2 and 0 <= s["wins_vs_matched"] <= 2 and s["ceiling_ivr"] > 0
-
-
 def test_local_refinement_beats_one_wide_quadratic(data, result) -> None:
     wide = cal.calibrate(data, cal.CalibConfig(fpr_budget=0.01, min_coverage=0.5,
                                                refine_iters=0))

@@ -1,0 +1,898 @@
+"""Walk-forward backtest of the calibration on held-out days (`slidr backtest`;
+docs/calibration.md, "Held-out days").
+
+Input: one or more training runs trained with a long validation window (`slidr train
+--val-days N`), so that every scored day in their scores.parquet lies outside the model's
+training days. For each run, each scored day t after the first K (`val_days`) and each FPR
+budget, thresholds are fitted on the K scored days before t with `calibrate.calibrate`
+exactly as `slidr calibrate` runs it on a run trained with `--val-days K`, and evaluated on
+day t. Nothing of day t or later enters the fit (the rows record `fit_days`).
+
+Per (run, day t, budget) the rows hold, for each method, the clicks invalidated on day t per
+slice (all of them, purchasing ones, heuristic-robotic ones, true robots when the log has
+them) next to the slice populations of day t:
+
+  slice           slice-level thresholds
+  global_budget   the one threshold whose FPR on the fitted days equals the budget
+  chosen          what CalibConfig.method "auto" publishes (slice, or global_budget where the
+                  leave-one-day-out evidence on the fitted days says slice-level is worse)
+  global_knee     the knee of the global curve on the fitted days (ignores the budget)
+  global_matched  one threshold set on day t itself to slice-level's realised FPR there (an
+                  oracle for global: it sees day t; reported, never deployable)
+
+A day's FPR is a handful of purchasing clicks, so the statistic that matters is over the
+whole held-out period: the counts are summed over days (per budget, over all runs and per
+run) and the ratios taken on the sums (`pooled`): IVR = invalidated / clicks, FPR =
+invalidated purchasing / purchasing clicks, coverage = invalidated heuristic-robotic /
+heuristic-robotic clicks, per slice and overall; a slice's coverage floor is met on the
+pooled period iff its pooled coverage >= its minimum coverage. A bootstrap over held-out days
+(resampling (run, day) units with replacement) gives 90% intervals of the pooled IVR gain of
+slice-level over global@budget and of the pooled FPR ratio. The per-day rows and an honest
+per-day count (on how many days slice-level had the higher IVR, an FPR <= global@budget's,
+both, its floors met) stay alongside.
+
+`gate` is the `--require-win` rule: at every budget, pooled slice-level has a higher IVR than
+pooled global@budget at an FPR <= global@budget's and meets every slice's coverage floor on the
+pooled period.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import calibrate as cal
+
+# Deployable methods whose thresholds come out of a fit, and the oracle.
+EVAL_METHODS = ("slice", "global_budget", "global_knee", "global_matched")
+POOLED_METHODS = ("slice", "global_budget", "chosen", "global_knee", "global_matched")
+LABELS = {"slice": "slice-level", "global_budget": "global@budget", "chosen": "auto (chosen)",
+          "global_knee": "global knee", "global_matched": "global@matched (oracle)"}
+COLOURS = {"slice": "C1", "global_budget": "C0", "chosen": "C2", "global_knee": "C7",
+           "global_matched": "C4"}
+MARKERS = {"slice": "o", "global_budget": "s", "chosen": "^", "global_knee": "D",
+           "global_matched": "v"}
+# Counts per slice. population: the clicks of day t; invalidated: those above the threshold.
+COUNT_FIELDS = ("clicks", "purchasing", "heuristic", "robots")
+EXIT_NO_WIN = 5
+GATE_RULE = ("at every budget, pooled over the held-out days: slice-level IVR > global@budget "
+             "IVR, slice-level FPR <= global@budget FPR, and every slice's coverage floor met "
+             "(pooled slice coverage >= its minimum coverage)")
+
+
+# ---------------------------------------------------------------- input
+
+def parse_budgets(text: str | Sequence[float]) -> list[float]:
+    """"0.005,0.01" -> [0.005, 0.01]; every budget must be in (0, 1)."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    out: list[float] = []
+    for it in items:
+        try:
+            b = float(it)
+        except (TypeError, ValueError):
+            raise ValueError(f"--budgets expects comma-separated numbers in (0, 1), "
+                             f"got {it!r}") from None
+        if not 0.0 < b < 1.0:
+            raise ValueError(f"--budgets: every FPR budget must be in (0, 1), got {b:g}")
+        if b not in out:
+            out.append(b)
+    if not out:
+        raise ValueError("--budgets: no budget given")
+    return sorted(out)
+
+
+def _scores_path(run: Path) -> Path:
+    run = Path(run)
+    if not run.exists():
+        raise FileNotFoundError(f"run directory not found: {run}")
+    p = run / "scores.parquet" if run.is_dir() else run
+    if not p.exists():
+        raise FileNotFoundError(f"{run}: no scores.parquet (expected the output directory of "
+                                "`slidr train --val-days N`)")
+    return p
+
+
+def scored_days(run: Path) -> np.ndarray:
+    """The distinct `day` values of a run's scores.parquet (reads that column only)."""
+    import pyarrow.parquet as pq
+    p = _scores_path(run)
+    names = pq.read_schema(p).names
+    if "day" not in names:
+        raise ValueError(f"{p}: lacks the 'day' column a backtest walks over "
+                         f"(has: {', '.join(names)})")
+    return np.unique(pq.read_table(p, columns=["day"]).column("day").to_numpy()).astype(np.int64)
+
+
+def walk(days: Iterable[int], val_days: int) -> list[tuple[int, list[int]]]:
+    """[(t, fit days)]: every scored day t after the first `val_days`, fitted on the
+    `val_days` scored days before it."""
+    d = np.unique(np.asarray(list(days), dtype=np.int64))
+    return [(int(t), [int(x) for x in d[d < t][-val_days:]]) for t in d[val_days:]]
+
+
+def check_runs(runs: Sequence[Path], val_days: int) -> dict[str, list[tuple[int, list[int]]]]:
+    """Validate every run before any fit: scores.parquet present with a day column, and more
+    scored days than the fit window. Returns {run: walk}."""
+    if val_days < 1:
+        raise ValueError(f"--val-days must be >= 1, got {val_days}")
+    if not runs:
+        raise ValueError("no training run given")
+    plan: dict[str, list[tuple[int, list[int]]]] = {}
+    for run in runs:
+        if str(run) in plan:
+            raise ValueError(f"run given twice: {run}")
+        days = scored_days(run)
+        if days.size <= val_days:
+            raise ValueError(
+                f"{run}: {days.size} scored day(s) ({', '.join(str(int(x)) for x in days)}) but "
+                f"--val-days {val_days} needs at least {val_days + 1} ({val_days} to fit, one to "
+                f"hold out); train it with a longer validation window (`slidr train "
+                f"--val-days N`, N >= {val_days})")
+        plan[str(run)] = walk(days, val_days)
+    return plan
+
+
+def load(run: Path, score_col: str) -> tuple[dict[str, Any], np.ndarray]:
+    cols = cal.load_scores(_scores_path(run), score_col)
+    if cols.get("day") is None:
+        raise ValueError(f"{run}: scores.parquet lacks the 'day' column")
+    return cols, np.asarray(cols["day"], dtype=np.int64)
+
+
+# ---------------------------------------------------------------- one held-out day
+
+def population(te: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Per slice: clicks, purchasing, heuristic-robotic and (if known) robot clicks."""
+    out: dict[str, dict[str, int]] = {}
+    rob = te.get("is_robot")
+    for s in sorted(set(te["slice"].tolist())):
+        m = te["slice"] == s
+        out[s] = {"clicks": int(m.sum()), "purchasing": int(te["purchased"][m].sum()),
+                  "heuristic": int(te["heuristic"][m].sum())}
+        if rob is not None:
+            out[s]["robots"] = int(rob[m].sum())
+    return out
+
+
+def invalidated(te: Mapping[str, Any], thr_by_slice: Mapping[str, float],
+                default: float) -> dict[str, dict[str, int]]:
+    """Per slice: how many of those clicks have score > the slice's threshold."""
+    score, sl = te["score"], te["slice"]
+    t = np.full(score.size, float(default))
+    for s, v in thr_by_slice.items():
+        t[sl == s] = float(v)
+    inv = score > t
+    rob = te.get("is_robot")
+    out: dict[str, dict[str, int]] = {}
+    for s in sorted(set(sl.tolist())):
+        m = (sl == s) & inv
+        out[s] = {"clicks": int(m.sum()), "purchasing": int((m & te["purchased"]).sum()),
+                  "heuristic": int((m & te["heuristic"]).sum())}
+        if rob is not None:
+            out[s]["robots"] = int((m & rob).sum())
+    return out
+
+
+def _dp_ceiling(c: Mapping[str, Any], k_total: int) -> float:
+    """Hindsight ceiling on one day: max over per-slice counts k_s (sum k_s <= k_total) of the
+    clicks invalidated when slice s invalidates exactly its k_s highest-scoring purchasing
+    clicks; as an IVR (exact DP, no floors)."""
+    best = np.zeros(k_total + 1)
+    for s in sorted(set(c["slice"].tolist())):
+        m = c["slice"] == s
+        ps = np.sort(c["score"][m][c["purchased"][m]])[::-1]
+        ss = np.sort(c["score"][m])
+        g = ss.size - np.searchsorted(ss, np.append(ps, -np.inf)[: k_total + 1], side="right")
+        new = np.full(k_total + 1, -np.inf)
+        for j, gj in enumerate(g):
+            new[j:] = np.maximum(new[j:], best[: k_total + 1 - j] + gj)
+        best = new
+    return float(best.max() / c["score"].size)
+
+
+def evaluate_day(cols: Mapping[str, Any], day: np.ndarray, run: str, t: int,
+                 fit_days: Sequence[int], budgets: Sequence[float], calib: Mapping[str, Any],
+                 ceiling: bool = False) -> list[dict[str, Any]]:
+    """Fit on `fit_days`, evaluate on day t; one row per budget."""
+    if t in fit_days or any(d >= t for d in fit_days):
+        raise ValueError(f"fit days {list(fit_days)} must all be before the held-out day {t}")
+    keep = (day == t) | np.isin(day, np.asarray(fit_days, dtype=np.int64))
+    c = cal.subset(cols, keep)
+    c["split"] = np.where(day[keep] == t, "test", "val")
+    te = cal.subset(c, c["split"] == "test")
+    pop = population(te)
+    rows = []
+    for b in budgets:
+        cfg = cal.CalibConfig(fpr_budget=float(b), **calib)
+        row: dict[str, Any] = {"run": run, "run_name": Path(run).name, "test_day": int(t),
+                               "fit_days": [int(d) for d in fit_days], "budget": float(b),
+                               "population": pop}
+        t0 = time.perf_counter()
+        try:
+            r = cal.calibrate(c, cfg)
+        except cal.CalibrationInfeasible as e:
+            row["infeasible"] = {"min_budget": e.details.get("min_budget"), "message": str(e)}
+            row["fit_s"] = time.perf_counter() - t0
+            rows.append(row)
+            continue
+        row["fit_s"] = time.perf_counter() - t0
+        ev = r["evaluation"]
+        calib_ = r["calibration"]
+        for name in EVAL_METHODS:
+            blk = ev[name]["test"]
+            thr = {s: v["threshold"] for s, v in blk["slices"].items()}
+            default = blk["overall"].get("threshold", calib_["global_budget_threshold"])
+            row[name] = {"invalidated": invalidated(te, thr, default)}
+        row["thresholds"] = {
+            "slice": dict(r["slice_thresholds"]["slices"]),
+            "default": calib_["global_budget_threshold"],
+            "global_budget": calib_["global_budget_threshold"],
+            "global_knee": calib_["global_knee_threshold"],
+            "global_matched": ev["global_matched"]["test"]["overall"]["threshold"]}
+        row["chosen_method"] = "slice" if cal.chosen_method(r) == "slice" else "global_budget"
+        sel = calib_.get("selection") or {}
+        row["selection_reason"] = sel.get("reason")
+        bc = calib_.get("budget_correction") or {}
+        row["budget_correction"] = {k: bc.get(k) for k in ("method", "raw_ratio", "ratio",
+                                                           "budget_solved") if k in bc}
+        row["fitted_slices"] = sorted(s for s, v in calib_["slices"].items() if "fit" in v)
+        if ceiling:
+            f_m = ratios(total(row["global_matched"]["invalidated"]), total(pop))["fpr"]
+            k = int(np.floor(f_m * te["purchased"].sum() + 1e-9))
+            row["ceiling_ivr"] = _dp_ceiling(te, k)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- counts and ratios
+
+def total(by_slice: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in by_slice.values():
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + int(v)
+    return out
+
+
+def _add(into: dict[str, dict[str, int]], by_slice: Mapping[str, Mapping[str, int]]) -> None:
+    for s, c in by_slice.items():
+        d = into.setdefault(s, {})
+        for k, v in c.items():
+            d[k] = d.get(k, 0) + int(v)
+
+
+def _div(a: float, b: float) -> float:
+    return float(a) / float(b) if b else float("nan")
+
+
+def ratios(inv: Mapping[str, int], pop: Mapping[str, int]) -> dict[str, float]:
+    out = {"ivr": _div(inv.get("clicks", 0), pop.get("clicks", 0)),
+           "fpr": _div(inv.get("purchasing", 0), pop.get("purchasing", 0)),
+           "coverage": _div(inv.get("heuristic", 0), pop.get("heuristic", 0))}
+    if "robots" in pop:
+        out["precision"] = _div(inv.get("robots", 0), inv.get("clicks", 0))
+        out["recall"] = _div(inv.get("robots", 0), pop.get("robots", 0))
+    return out
+
+
+def method_counts(row: Mapping[str, Any], method: str) -> dict[str, dict[str, int]]:
+    """Per-slice invalidated counts of one method on one row ("chosen": slice or
+    global_budget, whichever the auto rule picked)."""
+    if method == "chosen":
+        method = row["chosen_method"]
+    return row[method]["invalidated"]
+
+
+def floors(inv: Mapping[str, Mapping[str, int]], pop: Mapping[str, Mapping[str, int]],
+           calib: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per slice: coverage, its minimum (CalibConfig.min_coverage / slice_min_coverage) and
+    whether it is met (None: no heuristic-robotic click to judge)."""
+    mc = float(calib.get("min_coverage", cal.CalibConfig.min_coverage))
+    smc = calib.get("slice_min_coverage") or {}
+    out = {}
+    for s, p in pop.items():
+        target = cal.coverage_target(mc, smc, s)
+        cov = _div(inv.get(s, {}).get("heuristic", 0), p["heuristic"])
+        out[s] = {"coverage": cov, "min_coverage": target,
+                  "met": bool(cov >= target - 1e-9) if p["heuristic"] else None}
+    return out
+
+
+def day_view(row: Mapping[str, Any], method: str, calib: Mapping[str, Any]) -> dict[str, Any]:
+    """One method on one held-out day: overall IVR/FPR/coverage and its floors."""
+    inv = method_counts(row, method)
+    fl = floors(inv, row["population"], calib)
+    return {**ratios(total(inv), total(row["population"])),
+            "floors_met": all(v["met"] is not False for v in fl.values()),
+            "floors": {s: v["met"] for s, v in fl.items()}}
+
+
+def feasible(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if "infeasible" not in r]
+
+
+def pool(rows: Sequence[Mapping[str, Any]], budget: float, calib: Mapping[str, Any],
+         run: str | None = None, slice_counts: bool = True) -> list[dict[str, Any]]:
+    """Pooled rows (one per method) over the feasible held-out days of one budget (of one run
+    when `run` is given): counts summed over days, then the ratios. slice_counts=False keeps
+    only each slice's coverage and floor (smaller JSON for the per-run rows)."""
+    sel = [r for r in rows if r["budget"] == budget and (run is None or r["run"] == run)]
+    ok = feasible(sel)
+    pop: dict[str, dict[str, int]] = {}
+    for r in ok:
+        _add(pop, r["population"])
+    out = []
+    for m in POOLED_METHODS:
+        inv: dict[str, dict[str, int]] = {}
+        for r in ok:
+            _add(inv, method_counts(r, m))
+        fl = floors(inv, pop, calib)
+        slices = {s: ({"population": pop[s], "invalidated": inv.get(s, {}),
+                       **ratios(inv.get(s, {}), pop[s])} if slice_counts
+                      else {"coverage": fl[s]["coverage"]})
+                  | {"min_coverage": fl[s]["min_coverage"], "floor_met": fl[s]["met"]}
+                  for s in sorted(pop)}
+        judged = [v["met"] for v in fl.values() if v["met"] is not None]
+        tot_inv, tot_pop = total(inv), total(pop)
+        rr = ratios(tot_inv, tot_pop)
+        out.append({"budget": budget, "run": run, "method": m, "days": len(ok),
+                    "infeasible_days": len(sel) - len(ok), **rr,
+                    "fpr_over_budget": _div(rr["fpr"], budget),
+                    "population": tot_pop, "invalidated": tot_inv,
+                    "floors_met": sum(judged), "floors_judged": len(judged),
+                    "all_floors_met": bool(ok) and all(judged), "slices": slices})
+    gb = next(x for x in out if x["method"] == "global_budget")
+    for x in out:
+        x["ivr_gain_vs_global_budget"] = _div(x["ivr"], gb["ivr"]) - 1.0
+        x["fpr_ratio_vs_global_budget"] = _div(x["fpr"], gb["fpr"])
+    return out
+
+
+def per_day_summary(rows: Sequence[Mapping[str, Any]], budget: float,
+                    calib: Mapping[str, Any]) -> dict[str, Any]:
+    """Day-by-day counts for one budget (all runs): on how many feasible held-out days
+    slice-level had the higher IVR, an FPR <= global@budget's, both, its floors met, ..."""
+    sel = [r for r in rows if r["budget"] == budget]
+    ok = feasible(sel)
+    v = {m: [day_view(r, m, calib) for r in ok] for m in POOLED_METHODS}
+    sl, gb, gm = v["slice"], v["global_budget"], v["global_matched"]
+    higher = [a["ivr"] > b["ivr"] for a, b in zip(sl, gb, strict=True)]
+    fpr_le = [a["fpr"] <= b["fpr"] for a, b in zip(sl, gb, strict=True)]
+    both = [h and f for h, f in zip(higher, fpr_le, strict=True)]
+    fl = [a["floors_met"] for a in sl]
+    pick_g = [r["chosen_method"] == "global_budget" for r in ok]
+    lost = [not b for b in both]
+    n = len(ok)
+
+    def mean(xs: list[float]) -> float | None:
+        return float(np.mean(xs)) if xs else None
+
+    return {
+        "budget": budget, "days": n, "infeasible_days": len(sel) - n,
+        "slice_ivr_higher": sum(higher), "slice_fpr_le": sum(fpr_le), "slice_both": sum(both),
+        "slice_both_and_floors": sum(b and f for b, f in zip(both, fl, strict=True)),
+        "slice_floors_met": sum(fl),
+        "global_budget_floors_met": sum(a["floors_met"] for a in gb),
+        "chosen_floors_met": sum(a["floors_met"] for a in v["chosen"]),
+        "auto_picks_global": sum(pick_g),
+        "auto_picks_global_slice_lost": sum(p and lo for p, lo in zip(pick_g, lost, strict=True)),
+        "auto_picks_slice_slice_lost": sum((not p) and lo
+                                           for p, lo in zip(pick_g, lost, strict=True)),
+        "slice_wins_vs_matched": sum(a["ivr"] > b["ivr"] for a, b in zip(sl, gm, strict=True)),
+        "mean_over_days": {
+            **{f"{m}_{k}": mean([a[k] for a in v[m]]) for m in POOLED_METHODS
+               for k in ("ivr", "fpr")},
+            "slice_gain_vs_global_budget": mean([a["ivr"] / b["ivr"] - 1
+                                                 for a, b in zip(sl, gb, strict=True)
+                                                 if b["ivr"] > 0]),
+            "slice_gain_vs_matched": mean([a["ivr"] / b["ivr"] - 1
+                                           for a, b in zip(sl, gm, strict=True) if b["ivr"] > 0]),
+            "ceiling_ivr": mean([r["ceiling_ivr"] for r in ok])
+            if ok and all("ceiling_ivr" in r for r in ok) else None},
+    }
+
+
+def bootstrap(rows: Sequence[Mapping[str, Any]], budget: float, n_boot: int = 2000,
+              seed: int = 0, level: float = 0.9) -> dict[str, Any]:
+    """Bootstrap over held-out days of one budget: resample the feasible (run, day) units with
+    replacement, pool each resample, and take the `level` percentile interval of the pooled
+    IVR gain (method / global@budget - 1) and of the pooled FPR ratio (method /
+    global@budget), for slice-level and the auto choice. `p_win`: share of resamples where
+    the gain is > 0 and the FPR ratio <= 1."""
+    ok = feasible(r for r in rows if r["budget"] == budget)
+    out: dict[str, Any] = {"budget": budget, "days": len(ok), "n_boot": int(n_boot),
+                           "level": level, "unit": "held-out (run, day)", "seed": seed}
+    if not ok:
+        return out
+
+    def arr(m: str) -> np.ndarray:  # [days, (invalidated clicks, invalidated purchasing)]
+        return np.array([[total(method_counts(r, m)).get("clicks", 0),
+                          total(method_counts(r, m)).get("purchasing", 0)] for r in ok],
+                        dtype=np.float64)
+
+    g = arr("global_budget")
+    rng = np.random.default_rng([int(seed), int(round(budget * 1e6))])
+    idx = rng.integers(0, len(ok), size=(int(n_boot), len(ok))) if n_boot > 0 else None
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    for m in ("slice", "chosen"):
+        a = arr(m)
+        # Clicks and purchasing clicks are the same for both methods on the same days, so the
+        # ratio of pooled IVRs (FPRs) is the ratio of the invalidated (purchasing) sums.
+        gain = _div(a[:, 0].sum(), g[:, 0].sum()) - 1.0
+        fr = _div(a[:, 1].sum(), g[:, 1].sum())
+        res: dict[str, Any] = {"ivr_gain": gain, "fpr_ratio": fr}
+        if idx is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                bg = a[idx, 0].sum(axis=1) / g[idx, 0].sum(axis=1) - 1.0
+                bf = a[idx, 1].sum(axis=1) / g[idx, 1].sum(axis=1)
+            res["ivr_gain_interval"] = [float(np.nanpercentile(bg, lo_q)),
+                                        float(np.nanpercentile(bg, hi_q))]
+            res["fpr_ratio_interval"] = [float(np.nanpercentile(bf, lo_q)),
+                                         float(np.nanpercentile(bf, hi_q))]
+            res["p_ivr_higher"] = float(np.mean(bg > 0))
+            res["p_fpr_le"] = float(np.mean(bf <= 1.0))
+            res["p_win"] = float(np.mean((bg > 0) & (bf <= 1.0)))
+        out[m] = res
+    return out
+
+
+def gate(pooled: Sequence[Mapping[str, Any]], budgets: Sequence[float]) -> dict[str, Any]:
+    """The --require-win rule (GATE_RULE) on pooled rows (`pool` output over all runs)."""
+    res = []
+    for b in budgets:
+        by = {p["method"]: p for p in pooled if p["budget"] == b and p.get("run") is None}
+        sl, gb = by.get("slice"), by.get("global_budget")
+        why: list[str] = []
+        if sl is None or gb is None or not sl.get("days"):
+            why.append("no feasible held-out day")
+        else:
+            if not sl["ivr"] > gb["ivr"]:
+                why.append(f"pooled IVR {sl['ivr']:.4f} not higher than global@budget's "
+                           f"{gb['ivr']:.4f}")
+            if not sl["fpr"] <= gb["fpr"]:
+                why.append(f"pooled FPR {sl['fpr']:.5f} above global@budget's {gb['fpr']:.5f}")
+            missed = [f"{s} {v['coverage']:.3f} < {v['min_coverage']:.2f}"
+                      for s, v in sorted(sl.get("slices", {}).items()) if v["floor_met"] is False]
+            if missed:
+                why.append("coverage floor missed on the pooled days: " + ", ".join(missed))
+        res.append({"budget": b, "passed": not why, "reasons": why})
+    return {"rule": GATE_RULE, "passed": bool(res) and all(x["passed"] for x in res),
+            "budgets": res}
+
+
+# ---------------------------------------------------------------- the run
+
+_CACHE: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
+
+
+def _unit(task: str) -> str:
+    """One (run, held-out day), every budget. JSON in, JSON out (worker processes)."""
+    from .report import clean
+    a = json.loads(task)
+    if a["run"] not in _CACHE:
+        _CACHE.clear()  # one run at a time per process (they are large)
+        _CACHE[a["run"]] = load(Path(a["run"]), a["calib"].get("score_col", "score_model"))
+    cols, day = _CACHE[a["run"]]
+    t0 = time.perf_counter()
+    rows = evaluate_day(cols, day, a["run"], a["test_day"], a["fit_days"], a["budgets"],
+                        a["calib"], a["ceiling"])
+    return json.dumps(clean({"rows": rows, "wall_s": time.perf_counter() - t0}))
+
+
+def run_backtest(runs: Sequence[Path | str], budgets: Sequence[float], val_days: int = 3,
+                 calib: Mapping[str, Any] | None = None, jobs: int = 1, ceiling: bool = False,
+                 n_boot: int = 2000, seed: int = 0,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The whole backtest. `calib`: CalibConfig keyword arguments except fpr_budget."""
+    calib = dict(calib or {})
+    budgets = parse_budgets(list(budgets))
+    cal.CalibConfig(fpr_budget=budgets[0], **calib)  # unknown / bad knobs fail here, early
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if n_boot < 0:
+        raise ValueError(f"--bootstrap must be >= 0, got {n_boot}")
+    names = [str(r) for r in runs]
+    plan = check_runs([Path(r) for r in names], val_days)
+    tasks = [json.dumps({"run": r, "test_day": t, "fit_days": fd, "budgets": budgets,
+                         "calib": calib, "ceiling": ceiling})
+             for r in names for t, fd in plan[r]]
+    say = log or (lambda s: None)
+    say(f"backtest: {len(names)} run(s), {len(tasks)} held-out day(s) x {len(budgets)} "
+        f"budget(s), fit window {val_days} day(s), jobs {min(jobs, len(tasks))}")
+    t0 = time.perf_counter()
+    parts: list[dict[str, Any]] = []
+
+    def done(res: str) -> None:
+        p = json.loads(res)
+        parts.append(p)
+        r0 = p["rows"][0]
+        say(f"backtest: [{len(parts)}/{len(tasks)}] {r0['run_name']} day {r0['test_day']} "
+            f"(fit on {','.join(map(str, r0['fit_days']))}): {p['wall_s']:.1f} s; "
+            f"elapsed {time.perf_counter() - t0:.0f} s")
+
+    if jobs > 1 and len(tasks) > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(min(jobs, len(tasks))) as ex:
+            for f in as_completed([ex.submit(_unit, t) for t in tasks]):
+                done(f.result())
+    else:
+        for t in tasks:
+            done(_unit(t))
+        _CACHE.clear()
+    order = {r: i for i, r in enumerate(names)}
+    rows = sorted((r for p in parts for r in p["rows"]),
+                  key=lambda r: (order[r["run"]], r["test_day"], r["budget"]))
+    pooled = [p for b in budgets for p in pool(rows, b, calib)]
+    by_run = [p for r in names for b in budgets
+              for p in pool(rows, b, calib, run=r, slice_counts=False)]
+    cfg = cal.CalibConfig(fpr_budget=budgets[0], **calib)
+    result = {
+        "config": {"runs": names, "val_days": val_days, "budgets": budgets, "calib": calib,
+                   "min_coverage": cfg.min_coverage,
+                   "slice_min_coverage": dict(cfg.slice_min_coverage),
+                   "ceiling": ceiling, "bootstrap": n_boot, "seed": seed, "jobs": jobs},
+        "methods": {m: LABELS[m] for m in POOLED_METHODS},
+        "plan": {r: [{"test_day": t, "fit_days": fd} for t, fd in plan[r]] for r in names},
+        "pooled": pooled, "pooled_by_run": by_run,
+        "per_day_summary": [per_day_summary(rows, b, calib) for b in budgets],
+        "bootstrap": [bootstrap(rows, b, n_boot, seed) for b in budgets],
+        "gate": gate(pooled, budgets),
+        "rows": rows,
+        "wall_s": time.perf_counter() - t0,
+    }
+    return result
+
+
+# ---------------------------------------------------------------- text
+
+def _pct(x: float | None, d: int = 1) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:+.{d}%}"
+
+
+def _n(x: float | None, d: int = 4) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x:.{d}f}"
+
+
+def _pooled(result: Mapping[str, Any], b: float, m: str) -> Mapping[str, Any]:
+    return next(p for p in result["pooled"] if p["budget"] == b and p["method"] == m)
+
+
+def text_report(result: Mapping[str, Any], days: bool = False) -> str:
+    cfgd = result["config"]
+    calib = cfgd["calib"]
+    lines = [f"pooled over held-out days ({len(cfgd['runs'])} run(s), fit window "
+             f"{cfgd['val_days']} day(s)); floors: min coverage {cfgd['min_coverage']:g}, "
+             f"overrides {cfgd['slice_min_coverage'] or '-'}"]
+    head = (f"{'budget':>6} {'method':<24} {'days':>4} {'IVR':>7} {'FPR':>7} {'FPR/b':>6} "
+            f"{'cover':>6} {'floors':>6} {'vs g@b':>7}")
+    lines += [head, "-" * len(head)]
+    for b in cfgd["budgets"]:
+        for m in POOLED_METHODS:
+            p = _pooled(result, b, m)
+            lines.append(f"{b:>6.3f} {LABELS[m]:<24} {p['days']:>4} {_n(p['ivr'])} "
+                         f"{_n(p['fpr'])} {_n(p['fpr_over_budget'], 2):>6} "
+                         f"{_n(p['coverage'], 3):>6} "
+                         f"{p['floors_met']}/{p['floors_judged']:<4} "
+                         f"{_pct(p['ivr_gain_vs_global_budget']):>7}")
+    lines.append("")
+    for bs in result["bootstrap"]:
+        if "slice" not in bs:
+            lines.append(f"budget {bs['budget']:.3f}: no feasible held-out day")
+            continue
+        for m in ("slice", "chosen"):
+            x = bs[m]
+            iv = x.get("ivr_gain_interval")
+            fv = x.get("fpr_ratio_interval")
+            lines.append(
+                f"budget {bs['budget']:.3f} {LABELS[m]} vs global@budget, bootstrap over "
+                f"{bs['days']} days ({bs['level']:.0%}): IVR gain {_pct(x['ivr_gain'])}"
+                + (f" [{_pct(iv[0])}, {_pct(iv[1])}]" if iv else "")
+                + f", FPR ratio {_n(x['fpr_ratio'], 3)}"
+                + (f" [{_n(fv[0], 3)}, {_n(fv[1], 3)}]" if fv else "")
+                + (f"; higher IVR at <= FPR in {x['p_win']:.0%} of resamples"
+                   if "p_win" in x else ""))
+    lines.append("")
+    for s in result["per_day_summary"]:
+        lines.append(
+            f"budget {s['budget']:.3f}, per day ({s['days']} days, {s['infeasible_days']} "
+            f"infeasible): slice-level IVR higher on {s['slice_ivr_higher']}, FPR <= on "
+            f"{s['slice_fpr_le']}, both on {s['slice_both']} (and floors met: "
+            f"{s['slice_both_and_floors']}); floors met slice {s['slice_floors_met']}, "
+            f"global@budget {s['global_budget_floors_met']}; auto picks global on "
+            f"{s['auto_picks_global']}")
+    if days:
+        lines += ["", f"{'run':<10} {'day':>4} {'budget':>6} {'slice IVR':>9} {'@FPR':>7} "
+                      f"{'g@b IVR':>8} {'@FPR':>7} {'gain':>7} {'floors':>6} {'auto':>6}"]
+        for r in result["rows"]:
+            if "infeasible" in r:
+                lines.append(f"{r['run_name']:<10} {r['test_day']:>4} {r['budget']:>6.3f} "
+                             f"infeasible (min budget {_n(r['infeasible']['min_budget'])})")
+                continue
+            a, g = day_view(r, "slice", calib), day_view(r, "global_budget", calib)
+            lines.append(f"{r['run_name']:<10} {r['test_day']:>4} {r['budget']:>6.3f} "
+                         f"{_n(a['ivr']):>9} {_n(a['fpr']):>7} {_n(g['ivr']):>8} "
+                         f"{_n(g['fpr']):>7} {_pct(_div(a['ivr'], g['ivr']) - 1):>7} "
+                         f"{'yes' if a['floors_met'] else 'NO':>6} "
+                         f"{'slice' if r['chosen_method'] == 'slice' else 'global':>6}")
+    g = result["gate"]
+    lines += ["", "win gate (" + g["rule"] + "): " + ("PASSED" if g["passed"] else "FAILED")]
+    for x in g["budgets"]:
+        if not x["passed"]:
+            lines.append(f"  budget {x['budget']:g}: " + "; ".join(x["reasons"]))
+    lines.append(f"wall time {result['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- plots and html
+
+def plot(result: Mapping[str, Any], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slidr.util import atomic_open
+    budgets = result["config"]["budgets"]
+    calib = result["config"]["calib"]
+    pngs = []
+
+    # 1. Pooled IVR vs FPR per method across budgets; gain and FPR/budget with intervals.
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4))
+    for m in ("global_budget", "slice", "chosen"):
+        mk = MARKERS[m]
+        pts = [_pooled(result, b, m) for b in budgets]
+        ax1.plot([p["fpr"] for p in pts], [p["ivr"] for p in pts], "-" + mk,
+                 color=COLOURS[m], label=LABELS[m])
+        for b in budgets:  # per run (seed), small
+            rp = [p for p in result["pooled_by_run"] if p["budget"] == b and p["method"] == m]
+            ax1.plot([p["fpr"] for p in rp], [p["ivr"] for p in rp], mk, ms=3, alpha=0.35,
+                     color=COLOURS[m])
+    k = _pooled(result, budgets[0], "global_knee")
+    if k["days"]:
+        ax1.plot([k["fpr"]], [k["ivr"]], "D", color=COLOURS["global_knee"],
+                 label=f"{LABELS['global_knee']} (no budget)")
+    for b in budgets:
+        ax1.axvline(b, ls=":", color="0.7", lw=0.8)
+    ax1.set_xlabel("pooled held-out FPR")
+    ax1.set_ylabel("pooled held-out IVR")
+    ax1.set_title("pooled over held-out days (small: per run)", fontsize=10)
+    ax1.legend(fontsize=7)
+    ax1.grid(alpha=0.3)
+    x = np.arange(len(budgets))
+    for j, m in enumerate(("slice", "chosen")):
+        g, lo, hi = [], [], []
+        for bs in result["bootstrap"]:
+            v = bs.get(m, {})
+            g.append(100 * v.get("ivr_gain", np.nan))
+            iv = v.get("ivr_gain_interval", [np.nan, np.nan])
+            lo.append(100 * iv[0])
+            hi.append(100 * iv[1])
+        g_, lo_, hi_ = np.array(g), np.array(lo), np.array(hi)
+        ax2.errorbar(x + (j - 0.5) * 0.15, g_, yerr=[g_ - lo_, hi_ - g_], fmt=MARKERS[m],
+                     capsize=3, color=COLOURS[m], label=LABELS[m])
+    ax2.axhline(0, color="k", lw=0.8)
+    ax2.set_xticks(x, [f"{b:g}" for b in budgets])
+    ax2.set_xlabel("FPR budget")
+    ax2.set_ylabel("pooled IVR vs global@budget (%)")
+    ax2.set_title(f"IVR gain, {result['bootstrap'][0]['level']:.0%} bootstrap over days",
+                  fontsize=10)
+    ax2.legend(fontsize=7)
+    ax2.grid(alpha=0.3)
+    for j, m in enumerate(("global_budget", "slice", "chosen")):
+        ax3.plot(x + (j - 1) * 0.12, [_pooled(result, b, m)["fpr_over_budget"] for b in budgets],
+                 MARKERS[m], color=COLOURS[m], label=LABELS[m])
+    ax3.axhline(1, color="k", lw=0.8)
+    ax3.set_xticks(x, [f"{b:g}" for b in budgets])
+    ax3.set_xlabel("FPR budget")
+    ax3.set_ylabel("pooled held-out FPR / budget")
+    ax3.set_title("FPR spent", fontsize=10)
+    ax3.legend(fontsize=7)
+    ax3.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(out / "backtest_pooled.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=80)
+    plt.close(fig)
+    pngs.append("backtest_pooled.png")
+
+    # 2. Per day: slice vs global@budget IVR gain against the FPR difference.
+    cols_n = min(len(budgets), 4)
+    rows_n = (len(budgets) + cols_n - 1) // cols_n
+    fig, axes = plt.subplots(rows_n, cols_n, figsize=(4 * cols_n, 3.6 * rows_n), squeeze=False)
+    for ax, b in zip(axes.flat, budgets, strict=False):
+        ok = feasible(r for r in result["rows"] if r["budget"] == b)
+        dx, dy, met = [], [], []
+        for r in ok:
+            vs, vg = day_view(r, "slice", calib), day_view(r, "global_budget", calib)
+            dx.append(vs["fpr"] - vg["fpr"])
+            dy.append(100 * (_div(vs["ivr"], vg["ivr"]) - 1))
+            met.append(vs["floors_met"])
+        dx_, dy_, met_ = np.array(dx), np.array(dy), np.array(met, dtype=bool)
+        ax.plot(dx_[met_], dy_[met_], "o", ms=4, color="C1", label="floors met")
+        ax.plot(dx_[~met_], dy_[~met_], "x", ms=5, color="C3", label="floor missed")
+        p, gp = _pooled(result, b, "slice"), _pooled(result, b, "global_budget")
+        if p["days"]:
+            ax.plot([p["fpr"] - gp["fpr"]], [100 * p["ivr_gain_vs_global_budget"]], "*",
+                    ms=14, color="k", label="pooled")
+        ax.axhline(0, color="k", lw=0.7)
+        ax.axvline(0, color="k", lw=0.7)
+        s = next(x for x in result["per_day_summary"] if x["budget"] == b)
+        ax.set_title(f"budget {b:g}: better IVR at <= FPR on {s['slice_both']}/{s['days']} "
+                     "days", fontsize=9)
+        ax.set_xlabel("FPR slice - FPR global@budget")
+        ax.set_ylabel("IVR slice / global@budget - 1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(budgets):]:
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_open(out / "backtest_days.png", "wb") as f:
+        fig.savefig(f, format="png", dpi=80)
+    plt.close(fig)
+    pngs.append("backtest_days.png")
+    return pngs
+
+
+def html_page(result: Mapping[str, Any], pngs: Sequence[str]) -> str:
+    esc = html.escape
+    cfgd = result["config"]
+    calib = cfgd["calib"]
+    budgets = cfgd["budgets"]
+
+    def td(v: Any) -> str:
+        return f"<td>{esc(str(v))}</td>"
+
+    pooled_rows = "".join(
+        "<tr>" + td(f"{b:g}") + td(LABELS[m]) + td(p["days"]) + td(_n(p["ivr"]))
+        + td(_n(p["fpr"])) + td(_n(p["fpr_over_budget"], 2)) + td(_n(p["coverage"], 3))
+        + td(_n(p.get("precision"), 3)) + td(_n(p.get("recall"), 3))
+        + td(f"{p['floors_met']}/{p['floors_judged']}")
+        + td(_pct(p["ivr_gain_vs_global_budget"])) + "</tr>"
+        for b in budgets for m in POOLED_METHODS for p in [_pooled(result, b, m)])
+    boot_rows = ""
+    for bs in result["bootstrap"]:
+        for m in ("slice", "chosen"):
+            x = bs.get(m)
+            if not x:
+                continue
+            iv, fv = x.get("ivr_gain_interval"), x.get("fpr_ratio_interval")
+            boot_rows += ("<tr>" + td(f"{bs['budget']:g}") + td(LABELS[m]) + td(bs["days"])
+                          + td(_pct(x["ivr_gain"]))
+                          + td(f"[{_pct(iv[0])}, {_pct(iv[1])}]" if iv else "-")
+                          + td(_n(x["fpr_ratio"], 3))
+                          + td(f"[{_n(fv[0], 3)}, {_n(fv[1], 3)}]" if fv else "-")
+                          + td(f"{x['p_win']:.0%}" if "p_win" in x else "-") + "</tr>")
+    floor_rows = ""
+    for b in budgets:
+        sp, gp = _pooled(result, b, "slice"), _pooled(result, b, "global_budget")
+        for s, v in sp["slices"].items():
+            g = gp["slices"][s]
+            floor_rows += ("<tr>" + td(f"{b:g}") + td(s) + td(v["population"]["purchasing"])
+                           + td(v["population"]["heuristic"]) + td(_n(v["min_coverage"], 2))
+                           + td(_n(v["coverage"], 3))
+                           + td({True: "yes", False: "NO", None: "-"}[v["floor_met"]])
+                           + td(_n(g["coverage"], 3))
+                           + td({True: "yes", False: "NO", None: "-"}[g["floor_met"]])
+                           + td(_n(v["fpr"], 4)) + td(_n(g["fpr"], 4)) + "</tr>")
+    run_rows = ""
+    for r in cfgd["runs"]:
+        for b in budgets:
+            ps = {p["method"]: p for p in result["pooled_by_run"]
+                  if p["run"] == r and p["budget"] == b}
+            cells = "".join(td(f"{_n(ps[m]['ivr'])} @ {_n(ps[m]['fpr'])}")
+                            for m in ("slice", "global_budget", "chosen"))
+            run_rows += ("<tr>" + td(Path(r).name) + td(f"{b:g}") + td(ps["slice"]["days"])
+                         + cells + td(_pct(ps["slice"]["ivr_gain_vs_global_budget"]))
+                         + td(f"{ps['slice']['floors_met']}/{ps['slice']['floors_judged']}")
+                         + "</tr>")
+    day_sum = "".join(
+        "<tr>" + td(f"{s['budget']:g}") + td(s["days"]) + td(s["infeasible_days"])
+        + td(s["slice_ivr_higher"]) + td(s["slice_fpr_le"]) + td(s["slice_both"])
+        + td(s["slice_both_and_floors"]) + td(s["slice_floors_met"])
+        + td(s["global_budget_floors_met"]) + td(s["auto_picks_global"])
+        + td(_pct(s["mean_over_days"]["slice_gain_vs_global_budget"])) + "</tr>"
+        for s in result["per_day_summary"])
+    day_rows = ""
+    for r in result["rows"]:
+        head = td(r["run_name"]) + td(r["test_day"]) + td(",".join(map(str, r["fit_days"]))) \
+            + td(f"{r['budget']:g}")
+        if "infeasible" in r:
+            day_rows += ("<tr>" + head + f"<td colspan=7>infeasible (minimum budget "
+                         f"{_n(r['infeasible']['min_budget'])})</td></tr>")
+            continue
+        a, g = day_view(r, "slice", calib), day_view(r, "global_budget", calib)
+        gm = day_view(r, "global_matched", calib)
+        day_rows += ("<tr>" + head + td(f"{_n(a['ivr'])} @ {_n(a['fpr'])}")
+                     + td(f"{_n(g['ivr'])} @ {_n(g['fpr'])}")
+                     + td(_pct(_div(a["ivr"], g["ivr"]) - 1))
+                     + td("yes" if a["floors_met"] else "NO")
+                     + td("yes" if g["floors_met"] else "NO")
+                     + td("slice" if r["chosen_method"] == "slice" else "global")
+                     + td(_n(gm["ivr"])) + "</tr>")
+    gt = result["gate"]
+    gate_html = (f"<p><b>Win gate ({esc(gt['rule'])}): {'PASSED' if gt['passed'] else 'FAILED'}"
+                 "</b></p><ul>" + "".join(
+                     f"<li>budget {x['budget']:g}: "
+                     + ("passed" if x["passed"] else esc("; ".join(x["reasons"]))) + "</li>"
+                     for x in gt["budgets"]) + "</ul>")
+    imgs = "".join(f'<p><img src="{esc(p)}" style="max-width:100%"></p>' for p in pngs)
+    n_days = sum(len(v) for v in result["plan"].values())
+    tbl = "<table border=1 cellpadding=3>"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>slidr backtest</title>"
+        "</head><body><h1>Calibration backtest on held-out days</h1>"
+        f"<p>{len(cfgd['runs'])} run(s) ({esc(', '.join(Path(r).name for r in cfgd['runs']))}), "
+        f"{n_days} held-out day(s) per budget. For every held-out day t the thresholds are "
+        f"fitted on the {cfgd['val_days']} scored day(s) before t (calibrate.calibrate, as "
+        "`slidr calibrate` does) and evaluated on day t. Coverage floors: minimum "
+        f"{cfgd['min_coverage']:g}, overrides {esc(str(cfgd['slice_min_coverage'] or '-'))}. "
+        f"Calibration settings: {esc(json.dumps(calib, sort_keys=True))}. "
+        "Rule: invalid iff score &gt; threshold.</p>"
+        + gate_html
+        + "<h2>Pooled over the held-out days</h2><p>Counts (invalidated clicks, purchasing "
+        "clicks, heuristic-robotic clicks) summed over every feasible held-out day of all "
+        "runs, then the ratios; floors: slices whose pooled coverage meets their minimum, of "
+        "those with heuristic-robotic clicks. global@matched is an oracle (one threshold set "
+        "on each held-out day itself to slice-level's realised FPR there).</p>"
+        + tbl + "<tr><th>budget</th><th>method</th><th>days</th><th>IVR</th><th>FPR</th>"
+        "<th>FPR/budget</th><th>coverage</th><th>precision</th><th>recall</th><th>floors met"
+        f"</th><th>IVR vs global@budget</th></tr>{pooled_rows}</table>"
+        f"<h2>Bootstrap over held-out days ({result['bootstrap'][0]['level']:.0%} intervals, "
+        f"{cfgd['bootstrap']} resamples of the (run, day) units)</h2>"
+        + tbl + "<tr><th>budget</th><th>method</th><th>days</th><th>pooled IVR gain vs "
+        "global@budget</th><th>interval</th><th>pooled FPR ratio vs global@budget</th>"
+        "<th>interval</th><th>resamples with higher IVR at &lt;= FPR</th></tr>"
+        f"{boot_rows}</table>"
+        "<h2>Coverage floors per slice, pooled</h2>" + tbl
+        + "<tr><th>budget</th><th>slice</th><th>purchasing</th><th>heuristic</th>"
+        "<th>min coverage</th><th>slice-level coverage</th><th>met</th>"
+        "<th>global@budget coverage</th><th>met</th><th>slice-level FPR</th>"
+        f"<th>global@budget FPR</th></tr>{floor_rows}</table>"
+        "<h2>Per run, pooled (IVR @ FPR)</h2>" + tbl
+        + "<tr><th>run</th><th>budget</th><th>days</th><th>slice-level</th>"
+        "<th>global@budget</th><th>auto</th><th>slice IVR vs global@budget</th>"
+        f"<th>floors met</th></tr>{run_rows}</table>"
+        "<h2>Day by day</h2><p>On how many held-out days slice-level had the higher IVR, an "
+        "FPR at most global@budget's, both, both with its floors met; mean over days of the "
+        "per-day IVR ratio.</p>" + tbl
+        + "<tr><th>budget</th><th>days</th><th>infeasible</th><th>IVR higher</th>"
+        "<th>FPR &lt;=</th><th>both</th><th>both + floors</th><th>floors met (slice)</th>"
+        "<th>floors met (global@budget)</th><th>auto picks global</th>"
+        f"<th>mean per-day IVR gain</th></tr>{day_sum}</table>"
+        + imgs
+        + "<h3>Every held-out day</h3>" + tbl
+        + "<tr><th>run</th><th>day</th><th>fitted on</th><th>budget</th>"
+        "<th>slice IVR @ FPR</th><th>global@budget IVR @ FPR</th><th>IVR gain</th>"
+        "<th>floors (slice)</th><th>floors (global@budget)</th><th>auto</th>"
+        f"<th>global@matched IVR</th></tr>{day_rows}</table>"
+        f"<p>Wall time {result['wall_s']:.0f} s.</p></body></html>\n")
+
+
+def write_outputs(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, str]:
+    """backtest.json (every row), backtest.html and its PNGs into out_dir (atomic files)."""
+    from slidr.util import atomic_open
+
+    from .report import clean
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = clean({"count_fields": {"population": "clicks of the held-out day per slice: clicks, "
+                                                "purchasing, heuristic (robotic), robots (truth)",
+                                  "invalidated": "of those, the ones with score > threshold"},
+                 **result})
+    with atomic_open(out / "backtest.json", "w") as f:  # compact: hundreds of rows
+        json.dump(doc, f, sort_keys=True, separators=(",", ":"))
+        f.write("\n")
+    pngs = plot(result, out)
+    with atomic_open(out / "backtest.html", "w") as f:
+        f.write(html_page(result, pngs))
+    return {"json": str(out / "backtest.json"), "html": str(out / "backtest.html"),
+            **{p: str(out / p) for p in pngs}}
+
+
+def log_stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
