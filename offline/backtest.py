@@ -339,7 +339,9 @@ def pool(rows: Sequence[Mapping[str, Any]], budget: float, calib: Mapping[str, A
                       else {"coverage": fl[s]["coverage"]})
                   | {"min_coverage": fl[s]["min_coverage"], "floor_met": fl[s]["met"]}
                   for s in sorted(pop)}
-        judged = [v["met"] for v in fl.values() if v["met"] is not None]
+        # A floor of 0 (e.g. '*/in=0') is no floor: not counted as met or judged.
+        judged = [v["met"] for v in fl.values()
+                  if v["met"] is not None and v["min_coverage"] > 0]
         tot_inv, tot_pop = total(inv), total(pop)
         rr = ratios(tot_inv, tot_pop)
         out.append({"budget": budget, "run": run, "method": m, "days": len(ok),
@@ -529,25 +531,31 @@ def run_backtest(runs: Sequence[Path | str], budgets: Sequence[float], val_days:
     order = {r: i for i, r in enumerate(names)}
     rows = sorted((r for p in parts for r in p["rows"]),
                   key=lambda r: (order[r["run"]], r["test_day"], r["budget"]))
-    pooled = [p for b in budgets for p in pool(rows, b, calib)]
-    by_run = [p for r in names for b in budgets
-              for p in pool(rows, b, calib, run=r, slice_counts=False)]
     cfg = cal.CalibConfig(fpr_budget=budgets[0], **calib)
-    result = {
+    return {
         "config": {"runs": names, "val_days": val_days, "budgets": budgets, "calib": calib,
                    "min_coverage": cfg.min_coverage,
                    "slice_min_coverage": dict(cfg.slice_min_coverage),
                    "ceiling": ceiling, "bootstrap": n_boot, "seed": seed, "jobs": jobs},
         "methods": {m: LABELS[m] for m in POOLED_METHODS},
         "plan": {r: [{"test_day": t, "fit_days": fd} for t, fd in plan[r]] for r in names},
-        "pooled": pooled, "pooled_by_run": by_run,
-        "per_day_summary": [per_day_summary(rows, b, calib) for b in budgets],
-        "bootstrap": [bootstrap(rows, b, n_boot, seed) for b in budgets],
-        "gate": gate(pooled, budgets),
+        **summarise(rows, names, budgets, calib, n_boot, seed),
         "rows": rows,
         "wall_s": time.perf_counter() - t0,
     }
-    return result
+
+
+def summarise(rows: Sequence[Mapping[str, Any]], runs: Sequence[str], budgets: Sequence[float],
+              calib: Mapping[str, Any], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Everything computed from the per-day rows: pooled (all runs, per run), per-day
+    summary, bootstrap, gate. Deterministic (seeded), so backtest.json's rows reproduce it."""
+    pooled = [p for b in budgets for p in pool(rows, b, calib)]
+    return {"pooled": pooled,
+            "pooled_by_run": [p for r in runs for b in budgets
+                              for p in pool(rows, b, calib, run=r, slice_counts=False)],
+            "per_day_summary": [per_day_summary(rows, b, calib) for b in budgets],
+            "bootstrap": [bootstrap(rows, b, n_boot, seed) for b in budgets],
+            "gate": gate(pooled, budgets)}
 
 
 # ---------------------------------------------------------------- text
@@ -836,9 +844,10 @@ def html_page(result: Mapping[str, Any], pngs: Sequence[str]) -> str:
         + gate_html
         + "<h2>Pooled over the held-out days</h2><p>Counts (invalidated clicks, purchasing "
         "clicks, heuristic-robotic clicks) summed over every feasible held-out day of all "
-        "runs, then the ratios; floors: slices whose pooled coverage meets their minimum, of "
-        "those with heuristic-robotic clicks. global@matched is an oracle (one threshold set "
-        "on each held-out day itself to slice-level's realised FPR there).</p>"
+        "runs, then the ratios; floors: slices whose pooled coverage meets their minimum "
+        "coverage, of those with a minimum &gt; 0 and heuristic-robotic clicks. "
+        "global@matched is an oracle (one threshold set on each held-out day itself to "
+        "slice-level's realised FPR there).</p>"
         + tbl + "<tr><th>budget</th><th>method</th><th>days</th><th>IVR</th><th>FPR</th>"
         "<th>FPR/budget</th><th>coverage</th><th>precision</th><th>recall</th><th>floors met"
         f"</th><th>IVR vs global@budget</th></tr>{pooled_rows}</table>"

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from slidr.offline import backtest as bt
 from slidr.offline import calibrate as cal
+from slidr.offline.report import clean as bt_clean
 
 from slidr.cli import main as cli_main
 
@@ -125,7 +126,10 @@ def test_pooled_counts_are_the_sums_of_the_days(result) -> None:
         assert inv["clicks"] == sum(v["invalidated"]["clicks"] for v in p["slices"].values())
         assert p["ivr"] == inv["clicks"] / pop["clicks"]
         assert p["fpr"] == inv["purchasing"] / pop["purchasing"]
-        assert p["floors_met"] == sum(v["floor_met"] is True for v in p["slices"].values())
+        # Floors of 0 ('*/in=0') are no floors: neither met nor judged.
+        assert p["floors_judged"] == 3  # */out
+        assert p["floors_met"] == sum(v["floor_met"] is True for s, v in p["slices"].items()
+                                      if s.endswith("/out"))
         # The per-run pooled rows add up to the pooled row.
         per_run = [q for q in result["pooled_by_run"]
                    if q["budget"] == p["budget"] and q["method"] == p["method"]]
@@ -249,6 +253,11 @@ def test_cli_outputs_and_require_win(runs, tmp_path: Path, capsys) -> None:
         assert (out / f).stat().st_size > 0, f
     full = json.loads((out / "backtest.json").read_text())
     assert len(full["rows"]) == 6 and full["gate"] == doc["gate"]
+    # Everything but the rows is a deterministic function of the rows in the file.
+    again = bt.summarise(full["rows"], full["config"]["runs"], [0.03], full["config"]["calib"],
+                         200, 0)
+    for k, v in again.items():
+        assert json.loads(json.dumps(bt_clean(v))) == full[k], k
     page = (out / "backtest.html").read_text()
     assert "Pooled over the held-out days" in page and "backtest_days.png" in page
     assert "Bootstrap over held-out days" in page and "PASSED" in page
