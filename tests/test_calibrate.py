@@ -238,7 +238,8 @@ def test_auto_method_picks_global_when_slice_loses_on_left_out_days() -> None:
     lose = cal.calibrate(_two_days(flip=True), cal.CalibConfig(**cfg))
     sel = lose["calibration"]["selection"]
     assert [x["day"] for x in sel["days"]] == [0, 1]
-    assert sel["mean"]["slice_ivr"] < sel["mean"]["global_ivr"]
+    assert sel["mean"]["slice_ivr"] < sel["mean"]["matched_ivr"]  # below global at equal FPR
+    assert all({"matched_ivr", "matched_fpr"} <= set(x) for x in sel["days"])
     assert sel["chosen"] == "global" and lose["calibration"]["method"] == "global"
     th = lose["thresholds"]
     assert th["method"] == "global" and th["slices"] == {}
@@ -254,7 +255,7 @@ def test_auto_method_picks_global_when_slice_loses_on_left_out_days() -> None:
 
     win = cal.calibrate(_two_days(flip=False), cal.CalibConfig(**cfg))
     sel = win["calibration"]["selection"]
-    assert sel["mean"]["slice_ivr"] > sel["mean"]["global_ivr"]
+    assert sel["mean"]["slice_ivr"] > sel["mean"]["matched_ivr"]
     assert sel["chosen"] == "slice" and win["thresholds"]["method"] == "slice"
     assert set(win["thresholds"]["slices"]) == {"desktop/in", "mobile/in"}
 
@@ -270,3 +271,15 @@ def test_select_method_rule() -> None:
     assert r["chosen"] == "global" and "FPR" in r["reason"]
     # No evidence: slice-level kept.
     assert cal.select_method([])["chosen"] == "slice"
+    # With equal-FPR records, IVR is judged against one global threshold at slice-level's FPR:
+    # slice-level spending less FPR than global@budget (lower IVR) still wins if its curve is
+    # above global's there ...
+    thrifty = {"day": 0, "slice_ivr": 0.13, "slice_fpr": 0.0090, "global_ivr": 0.14,
+               "global_fpr": 0.0110, "matched_ivr": 0.12, "matched_fpr": 0.0090}
+    r = cal.select_method([thrifty])
+    assert r["chosen"] == "slice" and "same FPR" in r["reason"]
+    # ... and loses if a global threshold does better at that same FPR.
+    r = cal.select_method([{**thrifty, "matched_ivr": 0.135}])
+    assert r["chosen"] == "global" and "equal FPR" in r["reason"]
+    # The FPR guard still holds against global@budget.
+    assert cal.select_method([{**thrifty, "slice_fpr": 0.0120}])["chosen"] == "global"
