@@ -22,6 +22,20 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, briefly, for all threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", **kw: Any) -> Iterator[IO[Any]]:
     """Write to a temp file beside `path`, fsync, then rename over it: a crash never leaves a
@@ -29,7 +43,16 @@ def atomic_open(path: str | Path, mode: str = "w", **kw: Any) -> Iterator[IO[Any
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 & ~umask),
+        # or the mode of the file it replaces, so reports and outputs stay readable by others.
+        try:
+            mode_bits = os.stat(path).st_mode & 0o7777
+        except FileNotFoundError:
+            mode_bits = 0o666 & ~_umask()
+        os.fchmod(fd, mode_bits)
+    finally:
+        os.close(fd)
     try:
         with open(tmp, mode, **kw) as f:
             yield f
