@@ -210,7 +210,9 @@ def evaluate_day(cols: Mapping[str, Any], day: np.ndarray, run: str, t: int,
     pop = population(te)
     rows = []
     for b in budgets:
-        cfg = cal.CalibConfig(fpr_budget=float(b), **calib)
+        # "chosen" is what method=auto would publish; slice and global@budget are evaluated
+        # on every row whatever the method.
+        cfg = cal.CalibConfig(fpr_budget=float(b), **{**calib, "method": "auto"})
         row: dict[str, Any] = {"run": run, "run_name": Path(run).name, "test_day": int(t),
                                "fit_days": [int(d) for d in fit_days], "budget": float(b),
                                "population": pop}

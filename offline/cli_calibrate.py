@@ -43,12 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(k+1)/(n+1) (default) or k/n")
     p.add_argument("--score-col", default="score_model", help="score column (default score_model)")
     p.add_argument("--method", choices=("auto", "slice", "global", "global_knee"),
-                   default="auto",
-                   help="which thresholds go into --out. auto (default): slice-level unless "
-                        "the leave-one-day-out evidence on the validation days says it is worse "
-                        "than global@budget (lower mean IVR, or mean FPR more than "
-                        "--select-fpr-tolerance higher), then global@budget; slice / global "
-                        "(global@budget) force one; global_knee: the global knee")
+                   default="slice",
+                   help="which thresholds go into --out. slice (default): slice-level; global: "
+                        "global@budget; global_knee: the global knee; auto: slice-level unless "
+                        "on the validation days left out one at a time it is below one global "
+                        "threshold at the same FPR, or spends more than --select-fpr-tolerance "
+                        "more FPR than global@budget, then global@budget")
     p.add_argument("--select-fpr-tolerance", type=float, default=0.05,
                    help="auto: slice-level's mean left-out FPR may exceed global@budget's by "
                         "this fraction (default 0.05)")

@@ -39,10 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="validation days the thresholds are calibrated on (default: 3 on logs "
                         "of 9+ days, 2 on 8 days, 1 on shorter logs)")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--method", choices=("auto", "slice", "global"), default="auto",
-                   help="published thresholds: auto (default) slice-level unless the validation "
-                        "days' leave-one-day-out evidence says global@budget is better; slice "
-                        "or global (global@budget) to force one")
+    p.add_argument("--method", choices=("auto", "slice", "global"), default="slice",
+                   help="published thresholds: slice (default) slice-level; global "
+                        "global@budget; auto slice-level unless the validation days' "
+                        "leave-one-day-out evidence says global@budget is better")
     p.add_argument("--max-psi", type=float, default=0.25, help="feature drift limit (PSI)")
     p.add_argument("--ivr-band", type=float, default=0.5,
                    help="allowed relative IVR change vs the current model (default 0.5)")

@@ -48,10 +48,10 @@ class DailyConfig:
     k: int = 20
     epochs: int = 20
     val_days: int | None = None  # validation (calibration) days; None: train.auto_val_days
-    # Published thresholds: "auto" (slice-level unless its leave-one-day-out evidence on the
-    # validation days says global@budget is better; calibrate.CalibConfig.method), "slice",
-    # "global" (global@budget).
-    method: str = "auto"
+    # Published thresholds: "slice" (default), "global" (global@budget) or "auto" (slice-level
+    # unless its leave-one-day-out evidence on the validation days says global@budget is
+    # better); see calibrate.CalibConfig.method.
+    method: str = "slice"
     seed: int = 7
     progress: bool = False
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)

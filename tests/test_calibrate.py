@@ -234,7 +234,7 @@ def _two_days(flip: bool) -> dict:
 
 
 def test_auto_method_picks_global_when_slice_loses_on_left_out_days() -> None:
-    cfg = dict(fpr_budget=0.01, min_coverage=0.0, min_purchasing=100)
+    cfg = dict(fpr_budget=0.01, min_coverage=0.0, min_purchasing=100, method="auto")
     lose = cal.calibrate(_two_days(flip=True), cal.CalibConfig(**cfg))
     sel = lose["calibration"]["selection"]
     assert [x["day"] for x in sel["days"]] == [0, 1]
@@ -249,9 +249,14 @@ def test_auto_method_picks_global_when_slice_loses_on_left_out_days() -> None:
     # The comparison table still shows both methods on the held-out data.
     assert {r[1] for r in cal.comparison_rows(lose)} >= {"slice", "global_budget"}
     # Forcing slice-level publishes it anyway (and says so).
-    forced = cal.calibrate(_two_days(flip=True), cal.CalibConfig(**cfg, method="slice"))
+    forced = cal.calibrate(_two_days(flip=True), cal.CalibConfig(**{**cfg, "method": "slice"}))
     assert forced["thresholds"]["method"] == "slice"
-    assert forced["calibration"]["selection"]["reason"].startswith("forced")
+    assert "as configured" in forced["calibration"]["selection"]["reason"]
+    # slice is the default: the same data publishes slice-level without method=auto.
+    dflt = dict(cfg)
+    del dflt["method"]
+    assert cal.calibrate(_two_days(flip=True), cal.CalibConfig(**dflt))["thresholds"]["method"] \
+        == "slice"
 
     win = cal.calibrate(_two_days(flip=False), cal.CalibConfig(**cfg))
     sel = win["calibration"]["selection"]
