@@ -277,18 +277,29 @@ class Batcher:
         self._maybe_idle()
 
     def _prepare(self, items: list[Item], t0: float, version: str, margin: float = 0.0
-                 ) -> tuple[list[Item], list[Any], ClickBatch | None]:
-        """Expire late clicks, validate the rest; -> (valid items, their clicks, ClickBatch)."""
+                 ) -> tuple[list[Item], list[Any], ClickBatch | None, int]:
+        """Expire late clicks, validate the rest; -> (valid items, their clicks, ClickBatch,
+        n_late). Late clicks are answered fail-open here, but the valid ones among them still
+        go to the store: the first `n_late` rows of the batch are those clicks, counted and not
+        scored. A click happened whether or not it was scored in time, and the counters must
+        stay what the offline replay of the log computes (a robot flood that makes the daemon
+        late must not also disappear from its own velocity features). Late clicks come first:
+        they arrived before the others (all deadlines are arrival + the same budget, unless a
+        client asked for a shorter one)."""
         valid: list[Item] = []
         clicks: list[Any] = []
         expired: list[Item] = []
+        late: list[Any] = []
         cutoff = t0 + margin
         for it in items:
+            c = it[0]
+            ok = _fp.fast_valid(c, _ip_ok, _ip_valid) if _fp is not None else fast_valid(c)
             if it[4] <= cutoff:
                 expired.append(it)
+                if ok or _contract_ok(c):
+                    late.append(c)
                 continue
-            c = it[0]
-            if not (_fp.fast_valid(c, _ip_ok, _ip_valid) if _fp is not None else fast_valid(c)):
+            if not ok:
                 try:
                     validate_click(c)
                 except ContractError as e:
@@ -298,28 +309,32 @@ class Batcher:
             clicks.append(c)
         if expired:
             self._fail_open(expired, "deadline", version)
-        if not valid:
-            return valid, clicks, None
+        rows = late + clicks if late else clicks
+        if not rows:
+            return valid, clicks, None, 0
         if _fp is not None:
-            return valid, clicks, ClickBatch(*_fp.batch_columns(clicks))
-        return valid, clicks, ClickBatch.from_clicks(clicks, validate=False)
+            return valid, clicks, ClickBatch(*_fp.batch_columns(rows)), len(late)
+        return valid, clicks, ClickBatch.from_clicks(rows, validate=False), len(late)
 
     def _run_inline(self, items: list[Item]) -> None:
         t0 = _perf()
         model = self.get_model()
         try:
-            valid, clicks, batch = self._prepare(items, t0, model.version)
+            valid, clicks, batch, n_late = self._prepare(items, t0, model.version)
             if batch is not None:
                 if t0 < self._store_down_until:
                     self._fail_open(valid, "store_down", model.version, clicks)
                 else:
                     try:
-                        feats, scores, t_store, t_model = self._compute(batch, model)
+                        feats, scores, t_store, t_model = self._compute(batch, model, n_late)
                     except _StageError as e:
                         self._stage_failed(e, valid, clicks, model.version)
                     else:
-                        self._decide(valid, clicks, batch, feats, scores, model, t0, t_store,
-                                     t_model)
+                        if valid:
+                            if n_late:
+                                batch = batch.slice(n_late, len(batch))
+                            self._decide(valid, clicks, batch, feats, scores, model, t0,
+                                         t_store, t_model)
         except Exception:  # a bug: answer (valid) rather than leave clients hanging
             log.exception("batch failed")
             self._fail_open_remaining(items, "model_error")
@@ -331,24 +346,27 @@ class Batcher:
         model = self.get_model()
         sent = False
         try:
-            valid, clicks, batch = self._prepare(items, t0, model.version,
-                                                 min(self._est, self._margin_cap))
+            valid, clicks, batch, n_late = self._prepare(items, t0, model.version,
+                                                         min(self._est, self._margin_cap))
             if batch is not None:
                 if t0 < self._store_down_until:
                     self._fail_open(valid, "store_down", model.version, clicks)
                 else:
                     uh, sh, ih, hll = self.kernel.keys(batch)
                     req = self.store.request(batch.ts, uh, sh, ih, hll)
-                    st = _InFlight(valid, clicks, batch, model, t0)
+                    st = _InFlight(valid, clicks, batch, model, t0, n_late)
                     try:
                         self.link.send(req, lambda r, e: self._on_reply(st, r, e))
                     except Exception as e:
                         self._stage_failed(_StageError("store", e), valid, clicks, model.version)
                     else:
                         sent = True
-                        first = min(it[4] for it in valid)
-                        st.timer = self.loop.call_at(self.loop.time() + max(first - _perf(), 0.0),
-                                                     self._on_expired, st)
+                        if valid:
+                            first = min(it[4] for it in valid)
+                            st.timer = self.loop.call_at(
+                                self.loop.time() + max(first - _perf(), 0.0), self._on_expired, st)
+                        else:
+                            st.expired = True  # count-only: nobody waits for the reply
         except Exception:  # a bug: answer (valid) rather than leave clients hanging
             log.exception("batch failed")
             self._fail_open_remaining(items, "model_error")
@@ -389,7 +407,7 @@ class Batcher:
                                        model.version)
             else:
                 try:
-                    raw = self.store.parse_reply(reply, len(st.valid))
+                    raw = self.store.parse_reply(reply, len(st.batch))
                 except Exception as e:  # a reply of the wrong shape: the store's fault
                     if not st.expired:
                         st.expired = True
@@ -398,7 +416,12 @@ class Batcher:
                     return
                 t_store = t1 - st.t0
                 if not st.expired:
-                    feats = self.kernel.finish(raw, st.batch)
+                    batch = st.batch
+                    if st.n_late:
+                        raw = raw[st.n_late:]
+                        batch = batch.slice(st.n_late, len(batch))
+                        st.batch = batch
+                    feats = self.kernel.finish(raw, batch)
                     try:
                         scores, t_model = self._infer(feats, model)
                     except _StageError as e:
@@ -420,15 +443,20 @@ class Batcher:
                 self.kick()
             self._maybe_idle()
 
-    def _compute(self, batch: ClickBatch, model: Any) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def _compute(self, batch: ClickBatch, model: Any, n_late: int = 0
+                 ) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Embedded store: features through the store, then the model -> (feats, scores,
-        store seconds, model seconds)."""
+        store seconds, model seconds). The first `n_late` rows are counted, not scored."""
         t1 = _perf()
         try:
             feats = self.kernel.features(batch)
         except Exception as e:
             raise _StageError("store", e) from e
         t2 = _perf()
+        if n_late:
+            feats = feats[n_late:]
+            if not feats.shape[0]:
+                return feats, np.empty(0, dtype=np.float32), t2 - t1, 0.0
         scores, t_model = self._infer(feats, model)
         return feats, scores, t2 - t1, t_model
 
@@ -640,13 +668,22 @@ class Batcher:
             self._timer.cancel()
 
 
+def _contract_ok(c: Any) -> bool:
+    try:
+        validate_click(c)
+    except ContractError:
+        return False
+    return True
+
+
 class _InFlight:
     """A batch whose store round trip is under way (Redis mode)."""
 
-    __slots__ = ("valid", "clicks", "batch", "model", "t0", "timer", "expired")
+    __slots__ = ("valid", "clicks", "batch", "model", "t0", "timer", "expired", "n_late")
 
     def __init__(self, valid: list[Item], clicks: list[Any], batch: ClickBatch, model: Any,
-                 t0: float) -> None:
+                 t0: float, n_late: int = 0) -> None:
+        self.n_late = n_late  # the batch's first rows: counted, answered already
         self.valid = valid
         self.clicks = clicks
         self.batch = batch
