@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="clicks/s at which the held-out day is replayed (default 5000)")
     p.add_argument("--max-replay", type=int, default=100_000,
                    help="at most this many clicks of the last day are replayed")
+    p.add_argument("--warm-days", type=int, default=0,
+                   help="days before the held-out day replayed into the daemon first (default 0 "
+                        "= all of them: the live features then equal the offline ones)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--fpr-budget", type=float, default=0.02,
                    help="overall FPR budget for slice calibration (default 0.02)")
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     result["server_stats"] = stats
+    result["parity"] = _offline_parity(work / "train" / "scores.parquet", result)
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     _print_result(result, mport)
     if args.json:
@@ -131,14 +135,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_days(data: Path, max_replay: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, np.ndarray]]:
+def _load_days(data: Path, max_replay: int, warm_days: int = 0
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """(warm-up clicks, held-out day's clicks, their truth columns). The held-out day is the
+    last UTC day, as `slidr train` splits it (train.day_index); the warm-up is the `warm_days`
+    days before it (0: every earlier day, so the daemon's counters hold what the offline
+    replay's did and its features, scores and decisions can be compared one to one)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from slidr.offline.train import day_index
     t = pq.read_table(data / "clicks.parquet")
-    ts = t.column("ts").to_numpy()
-    day = (ts - ts[0]) // 86_400_000
+    day = day_index(t.column("ts").to_numpy())
     last = int(day.max())
-    warm = t.filter(pa.array(day == last - 1))
+    first_warm = 0 if warm_days <= 0 else last - warm_days
+    warm = t.filter(pa.array((day >= first_warm) & (day < last)))
     meas = t.filter(pa.array(day == last)).slice(0, max_replay)
     cols = [c for c in CONTRACT_COLS if c in t.column_names]
     warm_clicks = warm.select(cols).to_pylist()
@@ -157,7 +168,7 @@ def _clean(c: dict[str, Any]) -> dict[str, Any]:
 async def _replay(args: argparse.Namespace, data: Path, port: int, proc: subprocess.Popen) -> dict[str, Any]:
     from slidr.client import AsyncClient
 
-    warm, meas, truth = _load_days(data, args.max_replay)
+    warm, meas, truth = _load_days(data, args.max_replay, args.warm_days)
     async with AsyncClient([f"127.0.0.1:{port}"], deadline=0.5, pool_size=1,
                            health_interval=0) as client:
         t0 = time.monotonic()
@@ -173,7 +184,8 @@ async def _replay(args: argparse.Namespace, data: Path, port: int, proc: subproc
                 await asyncio.sleep(0.2)
         print(f"slidrd ready on 127.0.0.1:{port} ({time.monotonic() - t0:.1f} s incl. model warm-up)")
 
-        _step(4, 5, f"replay: warm counters with the day before ({len(warm):,} clicks, as fast as "
+        what = "every earlier day" if args.warm_days <= 0 else f"the {args.warm_days} day(s) before"
+        _step(4, 5, f"replay: warm counters with {what} ({len(warm):,} clicks, as fast as "
                     f"possible), then the held-out day ({len(meas):,} clicks) at {args.rate:,.0f}/s")
         tw = time.perf_counter()
         for i in range(0, len(warm), 256):
@@ -236,12 +248,38 @@ def _evaluate(decisions: list[Any], lat: np.ndarray, truth: dict[str, np.ndarray
         return r
 
     overall = block(np.ones(n, bool))
+    live = {"ts": truth["ts"], "invalid": inv,
+            "model": np.array([d["reason"] == "model" for d in decisions]),
+            "score": np.array([float(d.get("score") or 0.0) for d in decisions]),
+            "threshold": np.array([float(d.get("threshold") or 0.0) for d in decisions])}
     per_slice = {s: block(slices == s) for s in sorted(set(slices.tolist()))}
     q = np.percentile(lat * 1000.0, [50, 90, 99, 99.9]) if n else [0, 0, 0, 0]
-    return {"clicks": n, "achieved_rate": n / elapsed if elapsed > 0 else 0.0,
+    return {"clicks": n, "achieved_rate": n / elapsed if elapsed > 0 else 0.0, "live": live,
             "reasons": reasons, "overall": overall, "slices": per_slice,
             "latency_ms": {"p50": q[0], "p90": q[1], "p99": q[2], "p99.9": q[3],
                            "max": float(lat.max() * 1000.0) if n else 0.0}}
+
+
+def _offline_parity(scores: Path, r: dict[str, Any]) -> dict[str, Any] | None:
+    """The daemon's answers for the held-out day against the offline scores of the same clicks
+    (`slidr train`'s test split, same model, features from the offline replay of the whole
+    log): training/serving parity, seen by the user. None when it cannot be compared."""
+    import pyarrow.parquet as pq
+    live = r.pop("live", None)
+    if not scores.exists() or live is None:
+        return None
+    t = pq.read_table(scores, columns=["ts", "split", "score_model"])
+    te = t.column("split").to_numpy(zero_copy_only=False) == "test"
+    off_ts = t.column("ts").to_numpy()[te]
+    off = t.column("score_model").to_numpy()[te].astype(np.float64)
+    n = live["score"].size
+    if off.size < n or not np.array_equal(off_ts[:n], live["ts"]):
+        return {"compared": 0, "reason": "the offline test split is not the replayed day"}
+    m = live["model"]  # clicks the model scored (not failed open)
+    diff = np.abs(off[:n][m] - live["score"][m])
+    same = (off[:n][m] > live["threshold"][m]) == live["invalid"][m]
+    return {"compared": int(m.sum()), "decisions_equal": int(same.sum()),
+            "max_abs_score_diff": float(diff.max()) if diff.size else 0.0}
 
 
 def _admin_stats(sock: Path) -> dict[str, Any] | None:
@@ -274,6 +312,13 @@ def _print_result(r: dict[str, Any], mport: int) -> None:
         if has_truth:
             line += f"{_fmt(b['robot_share']):>9}{_fmt(b['precision']):>11}{_fmt(b['recall']):>9}"
         print(line)
+    par = r.get("parity")
+    if par and par.get("compared"):
+        print(f"\nlive vs offline (same clicks, same model; offline features from `slidr train`'s "
+              f"replay): decisions equal on {par['decisions_equal']:,} of {par['compared']:,} "
+              f"scored clicks, max |score difference| {par['max_abs_score_diff']:.2e}")
+    elif par:
+        print(f"\nlive vs offline: not compared ({par.get('reason')})")
     L = r["latency_ms"]
     print(f"\nlatency from scheduled send (client side, ms): p50 {L['p50']:.3f}  p90 {L['p90']:.3f}  "
           f"p99 {L['p99']:.3f}  p99.9 {L['p99.9']:.3f}  max {L['max']:.3f}")
