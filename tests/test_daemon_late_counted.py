@@ -4,7 +4,7 @@ the offline replay of the same log computes (embedded store and Redis)."""
 from __future__ import annotations
 
 import pytest
-from daemon_helpers import Client, Daemon, T0, make_registry
+from daemon_helpers import T0, Client, Daemon, make_registry
 
 
 def _pair(k: int) -> tuple[dict, dict]:
