@@ -67,6 +67,10 @@ def register(sub: Any) -> None:
             r.add_argument("--max-time", type=float, help="time budget in s (default 1800)")
             r.set_defaults(func=cmd_sweep)
         else:
+            r.add_argument("--floor", type=float, default=0.0, metavar="SECONDS",
+                           help="first probe the machine's stall floor on every usable CPU at "
+                                "once for this long (`bench hiccup --together`) and report it "
+                                "beside the run (default 0: off)")
             r.set_defaults(func=cmd_run)
 
     e = bs.add_parser("echo", help="the generator against a do-nothing echo server: "
@@ -376,6 +380,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     spec = _spec(a, sc)
     spec.check()
     out = _out_dir(a, "run", spec.label)
+    floor = None
+    if a.floor and a.floor > 0:
+        import os
+
+        from slidr.bench import hiccup
+        _log(f"probing the machine floor on every CPU for {a.floor:g} s ...")
+        floor = hiccup.probe_together(sorted(os.sched_getaffinity(0)), a.floor)
     with _Session(a, sc) as s:
         calib = _calibration(a, spec)
         spec = s.apply(spec)
@@ -386,6 +397,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     rep["machine"] = report.machine()
     rep["source"] = report.source_state()
     rep["generator_calibration"] = _calib_summary(calib)
+    if floor is not None:
+        rep["machine_floor"] = floor
     rep["command"] = " ".join(["slidr", "bench", "run", *sys.argv[3:]]) if len(sys.argv) > 2 else None
     report.save_json(out / "report.json", rep)
     curves = [(f"{spec.label or spec.target} @ {spec.rate:,.0f}/s", hist.decode(rep["hist"]["latency"]))]
@@ -404,6 +417,9 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(one_line(rep))
         print(report.split_line(rep.get("server")))
         print(calibration_line(calib))
+        if floor is not None:
+            from slidr.bench import hiccup
+            print(hiccup.floor_line(floor))
         print(report.machine_line(rep["machine"]))
         print(f"report: {out / 'report.json'}")
     if rep["aborted"]:

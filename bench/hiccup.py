@@ -91,3 +91,14 @@ def line(r: dict[str, Any]) -> str:
             f"{w['p99_9']:.3f} max {w['max']:.2f} | spinning: {100 * g['lost_share']:.1f}% of "
             f"the time lost, {g['over_1ms']} gaps > 1 ms, longest {g['max_ms']:.2f} ms"
             + (f" | a random arrival waits {waits}" if waits else ""))
+
+
+def floor_line(probes: list[dict[str, Any]]) -> str:
+    """One line for a report: per CPU, how often a random arrival waits > 2 / > 5 ms for its
+    vCPU while every CPU is busy (probe_together)."""
+    parts = []
+    for r in probes:
+        aw = r["spin_gaps"].get("arrival_waits_over", {})
+        parts.append(f"cpu{r['cpu']} {100 * aw.get('2ms', 0.0):.2f}% / {100 * aw.get('5ms', 0.0):.2f}%")
+    return ("machine floor (all CPUs busy): a random arrival waits > 2 ms / > 5 ms for its "
+            "vCPU: " + ", ".join(parts) + " (p99.9 allows 0.1%)")

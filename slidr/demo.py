@@ -125,6 +125,10 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     result["server_stats"] = stats
+    # The machine's own floor right after the run, to read the latency against: how often a
+    # request arriving at a random moment waits for its vCPU (slidr bench hiccup --together).
+    from slidr.bench import hiccup
+    result["machine_floor"] = hiccup.probe_together(sorted(os.sched_getaffinity(0)), 2.0)
     result["parity"] = _offline_parity(work / "train" / "scores.parquet", result)
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     _print_result(result, mport)
@@ -322,6 +326,9 @@ def _print_result(r: dict[str, Any], mport: int) -> None:
     L = r["latency_ms"]
     print(f"\nlatency from scheduled send (client side, ms): p50 {L['p50']:.3f}  p90 {L['p90']:.3f}  "
           f"p99 {L['p99']:.3f}  p99.9 {L['p99.9']:.3f}  max {L['max']:.3f}")
+    if r.get("machine_floor"):
+        from slidr.bench import hiccup
+        print(hiccup.floor_line(r["machine_floor"]) + "; measured for 2 s after the replay")
     st = r.get("server_stats")
     if st and st.get("rss_bytes"):
         print(f"slidrd resident memory with the model loaded: {st['rss_bytes'] / 2**20:.0f} MiB")

@@ -96,6 +96,19 @@ def test_cli_unreachable_one_line_and_json(tmp_path, capsys):
     assert rep["aborted"].startswith("cannot connect") and "machine" in rep
 
 
+def test_cli_run_with_floor_probe_reports_it(echo, tmp_path, capsys):
+    from slidr.cli import main
+    out = tmp_path / "run"
+    rc = main(["bench", "run", "--target", f"127.0.0.1:{echo.port}", "--rate", "300",
+               "--duration", "1", "--warmup", "0", "--no-calibrate", "--floor", "0.3",
+               "--out", str(out)])
+    assert rc == 0
+    assert "machine floor (all CPUs busy)" in capsys.readouterr().out
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["machine_floor"] and all("arrival_waits_over" in r["spin_gaps"]
+                                        for r in rep["machine_floor"])
+
+
 def test_daemon_dying_mid_run_aborts_with_partial_numbers():
     with EchoProcess(die_after=1.5) as e:
         t = time.monotonic()
@@ -282,6 +295,8 @@ def test_hiccup_together_probes_every_cpu():
     for r in rs:
         aw = r["spin_gaps"]["arrival_waits_over"]
         assert aw["0.5ms"] >= aw["1ms"] >= aw["2ms"] >= aw["5ms"] >= 0.0
+    line = hiccup.floor_line(rs)
+    assert line.startswith("machine floor") and all(f"cpu{c} " in line for c in cpus)
 
 
 def test_cost_breakdown_accounts_for_the_wall_time():
