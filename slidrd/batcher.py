@@ -189,9 +189,10 @@ class Batcher:
         self._store_errors = _store_unavailable_types()
         self._store_down_until = 0.0
         self._backoff = 0.02
-        # Redis mode: a click whose remaining budget is below the usual store+model time fails
-        # open at once instead of taking store capacity it cannot use; capped at half the
-        # deadline so a slow store never starves every click (the estimate must keep moving).
+        # Redis mode: a click whose remaining budget is below the usual store+model time is
+        # answered fail-open at once instead of waiting for a round trip it cannot use (it is
+        # still counted: a count-only row of the batch); capped at half the deadline so a slow
+        # store never starves every click (the estimate must keep moving).
         self._est = 0.0
         self._last_warn = -1e9
         self._margin_cap = deadline_s / 2
