@@ -647,7 +647,7 @@ def plot(result: Mapping[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slidr.util import atomic_open
+    from .report import save_png
     budgets = result["config"]["budgets"]
     calib = result["config"]["calib"]
     pngs = []
@@ -704,11 +704,7 @@ def plot(result: Mapping[str, Any], out: Path) -> list[str]:
     ax3.set_title("FPR spent", fontsize=10)
     ax3.legend(fontsize=7)
     ax3.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_open(out / "backtest_pooled.png", "wb") as f:
-        fig.savefig(f, format="png", dpi=80)
-    plt.close(fig)
-    pngs.append("backtest_pooled.png")
+    pngs.append(save_png(fig, out / "backtest_pooled.png", dpi=80))
 
     # 2. Per day: slice vs global@budget IVR gain against the FPR difference.
     cols_n = min(len(budgets), 4)
@@ -740,11 +736,7 @@ def plot(result: Mapping[str, Any], out: Path) -> list[str]:
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(budgets):]:
         ax.axis("off")
-    fig.tight_layout()
-    with atomic_open(out / "backtest_days.png", "wb") as f:
-        fig.savefig(f, format="png", dpi=80)
-    plt.close(fig)
-    pngs.append("backtest_days.png")
+    pngs.append(save_png(fig, out / "backtest_days.png", dpi=80))
     return pngs
 
 

@@ -931,7 +931,7 @@ def plot(result: Mapping[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from slidr.util import atomic_open
+    from .report import save_png
     cal = result["calibration"]
     names = list(result["curves"]["slices"])
     pngs = []
@@ -958,11 +958,7 @@ def plot(result: Mapping[str, Any], out: Path) -> list[str]:
             ax.legend(fontsize=7)
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
-        fig.tight_layout()
-        with atomic_open(out / "calibration_slices.png", "wb") as f:
-            fig.savefig(f, format="png", dpi=90)
-        plt.close(fig)
-        pngs.append("calibration_slices.png")
+        pngs.append(save_png(fig, out / "calibration_slices.png"))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     g = result["curves"]["global"]
@@ -987,11 +983,7 @@ def plot(result: Mapping[str, Any], out: Path) -> list[str]:
     ax2.set_ylabel("IVR on the test day")
     ax2.set_title("global vs slice-level, per slice (held-out)")
     ax2.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_open(out / "calibration_compare.png", "wb") as f:
-        fig.savefig(f, format="png", dpi=90)
-    plt.close(fig)
-    pngs.append("calibration_compare.png")
+    pngs.append(save_png(fig, out / "calibration_compare.png"))
     return pngs
 
 

@@ -45,6 +45,16 @@ def _save(fig, path: Path) -> None:
         fig.savefig(f, format="png", dpi=90, bbox_inches="tight")
 
 
+def save_png(fig: Any, path: Path, dpi: int = 90) -> str:
+    """tight_layout, write the PNG atomically, close the figure; -> the file name."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    plt.close(fig)
+    return path.name
+
+
 def plot_curves(curves: dict[str, Any], fpr_target: float, out: Path) -> list[str]:
     plt = _plt()
     files = []
