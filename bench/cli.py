@@ -222,13 +222,10 @@ def cmd_hiccup(a: argparse.Namespace) -> int:
                            "probes": []}
     if a.together:
         res["probes"] = hiccup.probe_together([int(c) for c in cpus], a.seconds)
-        if not a.json:
-            for r in res["probes"]:
-                print(hiccup.line(r), flush=True)
-    for c in ([] if a.together else cpus):
-        r = hiccup.probe(int(c), a.seconds)
-        res["probes"].append(r)
-        if not a.json:
+    else:
+        res["probes"] = [hiccup.probe(int(c), a.seconds) for c in cpus]
+    if not a.json:
+        for r in res["probes"]:
             print(hiccup.line(r), flush=True)
     if a.out:
         report.save_json(a.out, res)

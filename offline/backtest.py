@@ -148,36 +148,30 @@ def load(run: Path, score_col: str) -> tuple[dict[str, Any], np.ndarray]:
 
 # ---------------------------------------------------------------- one held-out day
 
-def population(te: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    """Per slice: clicks, purchasing, heuristic-robotic and (if known) robot clicks."""
-    out: dict[str, dict[str, int]] = {}
-    rob = te.get("is_robot")
-    for s in sorted(set(te["slice"].tolist())):
-        m = te["slice"] == s
-        out[s] = {"clicks": int(m.sum()), "purchasing": int(te["purchased"][m].sum()),
-                  "heuristic": int(te["heuristic"][m].sum())}
-        if rob is not None:
-            out[s]["robots"] = int(rob[m].sum())
-    return out
-
-
-def invalidated(te: Mapping[str, Any], thr_by_slice: Mapping[str, float],
-                default: float) -> dict[str, dict[str, int]]:
-    """Per slice: how many of those clicks have score > the slice's threshold."""
-    score, sl = te["score"], te["slice"]
-    t = np.full(score.size, float(default))
-    for s, v in thr_by_slice.items():
-        t[sl == s] = float(v)
-    inv = score > t
+def _counts(te: Mapping[str, Any], hit: np.ndarray) -> dict[str, dict[str, int]]:
+    """Per slice, among the clicks where `hit`: clicks, purchasing, heuristic-robotic and (if
+    known) robot clicks."""
+    sl = te["slice"]
     rob = te.get("is_robot")
     out: dict[str, dict[str, int]] = {}
     for s in sorted(set(sl.tolist())):
-        m = (sl == s) & inv
+        m = (sl == s) & hit
         out[s] = {"clicks": int(m.sum()), "purchasing": int((m & te["purchased"]).sum()),
                   "heuristic": int((m & te["heuristic"]).sum())}
         if rob is not None:
             out[s]["robots"] = int((m & rob).sum())
     return out
+
+
+def population(te: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Per slice: clicks, purchasing, heuristic-robotic and (if known) robot clicks."""
+    return _counts(te, np.ones(te["score"].size, dtype=bool))
+
+
+def invalidated(te: Mapping[str, Any], thr_by_slice: Mapping[str, float],
+                default: float) -> dict[str, dict[str, int]]:
+    """Per slice: how many of those clicks have score > the slice's threshold."""
+    return _counts(te, cal.invalid_mask(te, thr_by_slice, float(default)))
 
 
 def _dp_ceiling(c: Mapping[str, Any], k_total: int) -> float:
@@ -417,8 +411,8 @@ def bootstrap(rows: Sequence[Mapping[str, Any]], budget: float, n_boot: int = 20
         return out
 
     def arr(m: str) -> np.ndarray:  # [days, (invalidated clicks, invalidated purchasing)]
-        return np.array([[total(method_counts(r, m)).get("clicks", 0),
-                          total(method_counts(r, m)).get("purchasing", 0)] for r in ok],
+        tots = [total(method_counts(r, m)) for r in ok]
+        return np.array([[t.get("clicks", 0), t.get("purchasing", 0)] for t in tots],
                         dtype=np.float64)
 
     g = arr("global_budget")

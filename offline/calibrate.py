@@ -339,14 +339,21 @@ class SliceFPR:
 
 # ---------------------------------------------------------------- calibration
 
-def _thresholds_eval(cols: Mapping[str, Any], thr_by_slice: Mapping[str, float],
-                     default: float) -> dict[str, Any]:
-    """Metrics of per-slice thresholds on a set of clicks: overall and per slice."""
+def invalid_mask(cols: Mapping[str, Any], thr_by_slice: Mapping[str, float],
+                 default: float) -> np.ndarray:
+    """score > the click's slice threshold (`default` for a slice without one)."""
     score, sl = cols["score"], cols["slice"]
     t = np.full(score.size, default, dtype=np.float64)
     for s, v in thr_by_slice.items():
         t[sl == s] = v
-    inv = score > t
+    return score > t
+
+
+def _thresholds_eval(cols: Mapping[str, Any], thr_by_slice: Mapping[str, float],
+                     default: float) -> dict[str, Any]:
+    """Metrics of per-slice thresholds on a set of clicks: overall and per slice."""
+    score, sl = cols["score"], cols["slice"]
+    inv = invalid_mask(cols, thr_by_slice, default)
 
     def block(m: np.ndarray) -> dict[str, Any]:
         p, h = cols["purchased"][m], cols["heuristic"][m]
@@ -864,15 +871,13 @@ def _selection_days_text(cal: Mapping[str, Any]) -> str:
     days = (cal.get("selection") or {}).get("days") or []
     if not days:
         return ""
-    if all("matched_ivr" in x for x in days):
-        return (" Left-out days (slice IVR @ FPR vs one global threshold at that FPR; "
-                "global@budget IVR @ FPR): " + "; ".join(
-                    f"day {x['day']}: {x['slice_ivr']:.4f} @ {x['slice_fpr']:.4f} vs "
-                    f"{x['matched_ivr']:.4f}; {x['global_ivr']:.4f} @ {x['global_fpr']:.4f}"
-                    for x in days) + ".")
-    return " Left-out days (slice IVR @ FPR vs global@budget IVR @ FPR): " + "; ".join(
+    matched = all("matched_ivr" in x for x in days)
+    head = ("slice IVR @ FPR vs one global threshold at that FPR; global@budget IVR @ FPR"
+            if matched else "slice IVR @ FPR vs global@budget IVR @ FPR")
+    return f" Left-out days ({head}): " + "; ".join(
         f"day {x['day']}: {x['slice_ivr']:.4f} @ {x['slice_fpr']:.4f} vs "
-        f"{x['global_ivr']:.4f} @ {x['global_fpr']:.4f}" for x in days) + "."
+        + (f"{x['matched_ivr']:.4f}; " if matched else "")
+        + f"{x['global_ivr']:.4f} @ {x['global_fpr']:.4f}" for x in days) + "."
 
 
 def _f(v: Any, d: int) -> str:

@@ -40,17 +40,16 @@ def _plt():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, dpi: int = 90, bbox_inches: str | None = "tight") -> None:
     with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=90, bbox_inches="tight")
+        fig.savefig(f, format="png", dpi=dpi, bbox_inches=bbox_inches)
 
 
 def save_png(fig: Any, path: Path, dpi: int = 90) -> str:
     """tight_layout, write the PNG atomically, close the figure; -> the file name."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=dpi)
+    _save(fig, path, dpi, bbox_inches=None)
     plt.close(fig)
     return path.name
 

@@ -421,7 +421,6 @@ class Batcher:
                     if st.n_late:
                         raw = raw[st.n_late:]
                         batch = batch.slice(st.n_late, len(batch))
-                        st.batch = batch
                     feats = self.kernel.finish(raw, batch)
                     try:
                         scores, t_model = self._infer(feats, model)
@@ -429,7 +428,7 @@ class Batcher:
                         self._stage_failed(e, st.valid, st.clicks, model.version)
                     else:
                         self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
-                        self._decide(st.valid, st.clicks, st.batch, feats, scores, model, st.t0,
+                        self._decide(st.valid, st.clicks, batch, feats, scores, model, st.t0,
                                      t_store, t_model)
                 else:
                     self._est = 0.7 * self._est + 0.3 * t_store
