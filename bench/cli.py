@@ -15,105 +15,115 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-EXIT_ABORTED = 3
+from slidr.exits import FAILED
+
+# A load test that did not complete (the daemon died, the generator fell behind): exit 1.
+EXIT_ABORTED = FAILED
 
 
 def register(sub: Any) -> None:
+    from slidr.defaults import BENCH, COMMON
+    from slidr.options import add
     p = sub.add_parser("bench", help="micro-benchmarks and load tests (see bench/README.md)")
     bs = p.add_subparsers(dest="bench_command", metavar="WHAT")
     bs.required = True
 
     k = bs.add_parser("kernel", help="feature-kernel throughput by batch size (embedded, Redis)")
-    k.add_argument("--seconds", type=float, default=1.0, help="seconds per measured point")
-    k.add_argument("--redis", default=None, help="redis:// URL (default: a throwaway server)")
-    k.add_argument("--json", action="store_true")
+    add(k, BENCH["seconds"])
+    add(k, COMMON["redis"], shown="a throwaway redis-server on loopback",
+        help="Redis URL of the store to measure")
     k.set_defaults(func=cmd_kernel)
 
     for name, helptext in (("run", "one open-loop load run against slidrd"),
                            ("sweep", "highest rate that holds p99.9 under a target")):
-        r = bs.add_parser(name, help=helptext)
-        r.add_argument("--target", metavar="HOST:PORT", help="a running daemon (loopback)")
+        r = bs.add_parser(name, help=helptext,
+                          description="A flag given overrides the --scenario file, which "
+                                      "overrides the defaults shown.")
+        r.add_argument("--target", metavar="HOST:PORT",
+                       help="a running daemon on loopback (default: the scenario's daemon)")
         r.add_argument("--scenario", metavar="FILE.toml",
-                       help="bench/scenarios/*.toml: load shape, and a daemon to start")
+                       help="bench/scenarios/*.toml: load shape, and a daemon to start "
+                            "(default: none)")
         r.add_argument("--metrics", metavar="URL",
-                       help="the daemon's Prometheus endpoint (for the queue/store/model split)")
-        r.add_argument("--rate", type=float, help="requests/s (run; default 1000)")
-        r.add_argument("--duration", type=float, help="measured seconds (default 10)")
-        r.add_argument("--warmup", type=float, help="unmeasured seconds first (default 2)")
-        r.add_argument("--connections", type=int, help="connections per process (default 8)")
-        r.add_argument("--procs", type=int, help="generator processes (default 1)")
-        r.add_argument("--arrivals", choices=("constant", "poisson"))
-        r.add_argument("--tick-us", type=int, help="send tick in us (default 100: timerfd wake-ups; >=1000: loop timers; 0: spin)")
-        r.add_argument("--drain", type=float, help="seconds to wait for answers at the end")
-        r.add_argument("--out", metavar="DIR", help="report.json + plots (default var/bench/...)")
+                       help="the daemon's Prometheus endpoint, for the queue/store/model split "
+                            "(default: the scenario daemon's)")
+        for key in ("rate", "duration", "warmup", "connections", "procs", "arrivals", "tick_us",
+                    "drain"):
+            add(r, BENCH[key], config_default=True)
+        add(r, COMMON["out"], required=False, default=None, shown="var/bench/KIND-NAME-TIME",
+            help="directory for report.json and the plots")
         r.add_argument("--no-calibrate", action="store_true",
                        help="skip the echo-server floor/ceiling (else cached per session)")
-        r.add_argument("--gen-cpus", metavar="LIST",
-                       help="pin this generator with taskset-style CPU list, e.g. 1")
+        add(r, BENCH["gen_cpus"])
         r.add_argument("--daemon-cpus", metavar="LIST",
-                       help="pin a daemon started from a scenario, e.g. 0")
+                       help="pin a daemon started from a scenario, e.g. 0 (default: none)")
         r.add_argument("--redis-cpus", metavar="LIST",
-                       help="pin the redis-server a Redis scenario starts, e.g. 1")
-        r.add_argument("--json", action="store_true", help="print the report as JSON")
+                       help="pin the redis-server a Redis scenario starts, e.g. 1 "
+                            "(default: none)")
         if name == "sweep":
-            r.add_argument("--target-ms", type=float, help="p99.9 target (default 5)")
-            r.add_argument("--start", type=float, help="first rate (default 1000)")
-            r.add_argument("--max-rate", type=float, help="stop stepping here (default 200000)")
-            r.add_argument("--factor", type=float, help="geometric step (default 2)")
-            r.add_argument("--repeat", type=int, help="runs per rate (default 3)")
-            r.add_argument("--bisect", type=int, help="bisection steps after a failure (3)")
+            r.add_argument("--target-ms", type=float, help="p99.9 target in ms (default: 5)")
+            r.add_argument("--start-rate", type=float, help="first rate (default: 1000)")
+            add(r, BENCH["max_rate"], config_default=True)
+            r.add_argument("--factor", type=float, help="geometric step (default: 2)")
+            r.add_argument("--repeat", type=int, help="runs per rate (default: 3)")
+            r.add_argument("--bisect", type=int,
+                           help="bisection steps after a failure (default: 3)")
             r.add_argument("--max-fail-open", type=float,
-                           help="largest fail-open share that still passes (default 0.001)")
-            r.add_argument("--max-time", type=float, help="time budget in s (default 1800)")
+                           help="largest fail-open share that still passes (default: 0.001)")
+            r.add_argument("--max-time", type=float, help="time budget in s (default: 1800)")
             r.set_defaults(func=cmd_sweep)
         else:
             r.add_argument("--floor", type=float, default=0.0, metavar="SECONDS",
                            help="first probe the machine's stall floor on every usable CPU at "
                                 "once for this long (`bench hiccup --together`) and report it "
-                                "beside the run (default 0: off)")
+                                "beside the run (0: off)")
             r.set_defaults(func=cmd_run)
 
     e = bs.add_parser("echo", help="the generator against a do-nothing echo server: "
                                    "its latency floor and rate ceiling")
-    e.add_argument("--connections", type=int, default=8)
-    e.add_argument("--procs", type=int, default=1)
-    e.add_argument("--tick-us", type=int, default=100)
-    e.add_argument("--floor-rate", type=float, default=1000.0)
-    e.add_argument("--max-rate", type=float, default=256_000.0)
-    e.add_argument("--step-seconds", type=float, default=2.0)
+    add(e, BENCH["connections"])
+    add(e, BENCH["procs"])
+    add(e, BENCH["tick_us"])
+    e.add_argument("--floor-rate", type=float, default=1000.0,
+                   help="rate of the latency-floor measurement")
+    add(e, BENCH["max_rate"])
+    e.add_argument("--step-seconds", type=float, default=2.0,
+                   help="seconds per step of the ceiling search")
     e.add_argument("--refresh", action="store_true", help="ignore the cached calibration")
-    e.add_argument("--out", metavar="FILE.json", help="also write the calibration here")
-    e.add_argument("--gen-cpus", metavar="LIST")
-    e.add_argument("--echo-cpus", metavar="LIST")
-    e.add_argument("--json", action="store_true")
+    add(e, COMMON["out"], required=False, default=None, shown="none",
+        help="also write the calibration to this JSON file")
+    add(e, BENCH["gen_cpus"])
+    e.add_argument("--echo-cpus", metavar="LIST",
+                   help="pin the echo server to these CPUs (default: none)")
     e.set_defaults(func=cmd_echo)
 
     h = bs.add_parser("hiccup", help="the machine's stall floor: wake-up lateness and CPU "
                                      "lost while spinning, per CPU")
     h.add_argument("--cpus", default=None, metavar="LIST",
                    help="CPUs to probe one after another (default: each usable CPU)")
-    h.add_argument("--seconds", type=float, default=4.0, help="per CPU (default 4)")
+    h.add_argument("--seconds-per-cpu", type=float, default=4.0,
+                   help="seconds each CPU is probed")
     h.add_argument("--together", action="store_true",
                    help="probe all the CPUs at the same time (as in a load test: generator and "
                         "server both running) instead of one after another")
-    h.add_argument("--out", metavar="FILE.json")
-    h.add_argument("--json", action="store_true")
+    add(h, COMMON["out"], required=False, default=None, shown="none",
+        help="also write the probes to this JSON file")
     h.set_defaults(func=cmd_hiccup)
 
     co = bs.add_parser("cost", help="the daemon's CPU per click by stage, in-process (no "
                                     "sockets): intake, prepare, kernel, finish, model, decide")
     co.add_argument("--shapes", default="1x4,2x4,5x4,20x4", metavar="FxR,...",
-                    help="frames per read x reads per loop pass (batch = F*R), default "
-                         "1x4,2x4,5x4,20x4")
-    co.add_argument("--clicks", type=int, default=40_000, help="measured clicks per shape")
-    co.add_argument("--json", action="store_true")
+                    help="frames per read x reads per loop pass (batch = F*R)")
+    co.add_argument("--clicks-per-shape", type=int, default=40_000,
+                    help="measured clicks per shape")
     co.set_defaults(func=cmd_cost)
 
     m = bs.add_parser("micro", help="protocol, store and model costs per request / batch")
-    m.add_argument("--seconds", type=float, default=0.5, help="seconds per measured point")
-    m.add_argument("--redis", default=None, help="redis:// URL (default: a throwaway server)")
-    m.add_argument("--only", action="append", choices=("protocol", "store", "model"))
-    m.add_argument("--json", action="store_true")
+    add(m, BENCH["seconds"])
+    add(m, COMMON["redis"], shown="a throwaway redis-server on loopback",
+        help="Redis URL of the store to measure")
+    m.add_argument("--only", action="append", choices=("protocol", "store", "model"),
+                   help="measure only these (repeatable; default: all three)")
     m.set_defaults(func=cmd_micro)
 
 
@@ -182,7 +192,7 @@ def cmd_cost(a: argparse.Namespace) -> int:
             raise ValueError
     except ValueError:
         raise ValueError(f"--shapes wants FxR pairs like 5x4,20x4, not {a.shapes!r}") from None
-    res = cost.run([(s[0], s[1]) for s in shapes], a.clicks)
+    res = cost.run([(s[0], s[1]) for s in shapes], a.clicks_per_shape)
     if a.json:
         _print_json(res)
     else:
@@ -221,9 +231,9 @@ def cmd_hiccup(a: argparse.Namespace) -> int:
     res: dict[str, Any] = {"machine": report.machine(), "together": bool(a.together),
                            "probes": []}
     if a.together:
-        res["probes"] = hiccup.probe_together([int(c) for c in cpus], a.seconds)
+        res["probes"] = hiccup.probe_together([int(c) for c in cpus], a.seconds_per_cpu)
     else:
-        res["probes"] = [hiccup.probe(int(c), a.seconds) for c in cpus]
+        res["probes"] = [hiccup.probe(int(c), a.seconds_per_cpu) for c in cpus]
     if not a.json:
         for r in res["probes"]:
             print(hiccup.line(r), flush=True)
@@ -237,12 +247,43 @@ def cmd_hiccup(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- run / sweep
 
 _LOAD_KEYS = ("rate", "duration", "warmup", "connections", "procs", "arrivals", "tick_us", "drain")
+_SWEEP_DEST = {"start": "start_rate"}  # scenario key -> flag dest, where they differ
 _SWEEP_KEYS = {"target_ms": "target_ms", "start": "start", "max_rate": "max_rate",
                "factor": "factor", "repeat": "repeat", "bisect": "bisect_steps",
                "max_fail_open": "max_fail_open", "max_time": "max_time_s"}
 
 
+def scenario_options() -> dict[str, dict[str, Any]]:
+    """Each table of a scenario file -> its keys' declarations (slidr/options.py)."""
+    from slidr.slidrd.config import OPTIONS as DAEMON
+
+    from slidr.defaults import BENCH
+    from slidr.options import Opt
+    sweep = {
+        "target_ms": Opt("target_ms", float, 5.0, "p99.9 target (ms)", lo=0.0, lo_open=True),
+        "start": Opt("start", float, 1000.0, "first rate", lo=0.0, lo_open=True),
+        "max_rate": BENCH["max_rate"],
+        "factor": Opt("factor", float, 2.0, "geometric step", lo=1.0, lo_open=True),
+        "repeat": Opt("repeat", int, 3, "runs per rate", lo=1, hi=100),
+        "bisect": Opt("bisect", int, 3, "bisection steps after a failure", lo=0, hi=20),
+        "max_fail_open": Opt("max_fail_open", float, 0.001, "largest fail-open share that "
+                             "still passes", lo=0.0, hi=1.0),
+        "max_time": Opt("max_time", float, 1800.0, "time budget (s)", lo=0.0, lo_open=True)}
+    daemon = {k: o for k, o in DAEMON.items() if k not in ("registry", "port", "host")}
+    daemon["store"] = Opt("store", str, "embedded", "counter store of the daemon started",
+                          choices=("embedded", "redis"))
+    top = {"name": Opt("name", str, "", "scenario name (default: the file name)"),
+           "description": Opt("description", str, "", "one line for the reports"),
+           "mode": Opt("mode", str, "run", "what the scenario is for",
+                       choices=("run", "sweep"))}
+    return {"": top, "load": {k: BENCH[k] for k in _LOAD_KEYS}, "daemon": daemon,
+            "sweep": sweep}
+
+
 def load_scenario(path: str | Path) -> dict[str, Any]:
+    """A scenario file, checked in full: every key known (with suggestions), of its type and
+    in range; the first problem is one line naming the file, the table, the key and value."""
+    from slidr.options import OptionError, check_table, suggest
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"scenario not found: {p}")
@@ -250,15 +291,18 @@ def load_scenario(path: str | Path) -> dict[str, Any]:
         sc = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{p}: not valid TOML: {e}") from None
-    unknown = set(sc) - {"name", "description", "mode", "load", "daemon", "sweep"}
-    if unknown:
-        raise ValueError(f"{p}: unknown top-level keys {sorted(unknown)}")
-    for key in sc.get("load", {}):
-        if key not in _LOAD_KEYS:
-            raise ValueError(f"{p}: unknown [load] key {key!r} (known: {', '.join(_LOAD_KEYS)})")
-    for key in sc.get("sweep", {}):
-        if key not in _SWEEP_KEYS:
-            raise ValueError(f"{p}: unknown [sweep] key {key!r}")
+    spec = scenario_options()
+    tables = [k for k in spec if k]
+    for key, value in sc.items():
+        if key in tables:
+            if not isinstance(value, dict):
+                raise OptionError(f"{p}: '{key}' must be a table ([{key}])")
+            check_table(value, spec[key], f"{p} [{key}]")
+        elif key in spec[""]:
+            check_table({key: value}, spec[""], str(p))
+        else:
+            raise OptionError(f"{p}: unknown top-level key '{key}'"
+                              f"{suggest(key, [*spec[''], *tables])}")
     sc.setdefault("name", p.stem)
     return sc
 
@@ -435,7 +479,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     spec.check()
     kw = {}
     for cli_key, fn_key in _SWEEP_KEYS.items():
-        v = getattr(a, cli_key, None)
+        v = getattr(a, _SWEEP_DEST.get(cli_key, cli_key), None)
         if v is None:
             v = sc.get("sweep", {}).get(cli_key)
         if v is not None:

@@ -74,6 +74,8 @@ from typing import Any
 import numpy as np
 
 from slidr.contract import SLICES
+from slidr.defaults import CALIBRATION
+from slidr.options import field_from
 
 from .metrics import threshold_for_fpr
 
@@ -92,37 +94,39 @@ class CalibrationInfeasible(ValueError):
 
 @dataclass
 class CalibConfig:
-    fpr_budget: float = 0.01
-    min_coverage: float = 0.5
+    # Defaults, bounds and help of the settings a person can change: slidr/defaults.py
+    # (CALIBRATION), shared with the command-line flags and docs/cli.md.
+    fpr_budget: float = field_from(CALIBRATION["fpr_budget"])
+    min_coverage: float = field_from(CALIBRATION["min_coverage"])
     # Per-slice overrides of min_coverage; keys are slice names or fnmatch patterns ("*/in").
-    slice_min_coverage: dict[str, float] = field(default_factory=dict)
-    min_purchasing: int = 200  # below this a slice is not fitted (global@budget fallback)
+    slice_min_coverage: dict[str, float] = field_from(CALIBRATION["slice_min_coverage"])
+    min_purchasing: int = field_from(CALIBRATION["min_purchasing"])
     # Pseudo purchasing clicks of the pooled FPR curve added to each slice's (SliceFPR);
     # 0 = every slice on its own clicks only.
-    fpr_prior: float = 0.0
+    fpr_prior: float = field_from(CALIBRATION["fpr_prior"])
     fit_points: int = 41
     # Each slice's quadratic is fitted over FPR in [0, F_s], F_s = max(fit_range * budget,
     # 2 * floor_s, fit_min_fpr): the operating range, not the whole curve.
-    fit_range: float = 4.0
-    fit_min_fpr: float = 0.02
+    fit_range: float = field_from(CALIBRATION["fit_range"])
+    fit_min_fpr: float = field_from(CALIBRATION["fit_min_fpr"])
     # Local refinement (sequential quadratic programming with a trust region): after the first
     # solve, each slice's quadratic is refitted on [f_s / refine_window, f_s * refine_window]
     # (at least refine_min_width wide) around its current FPR f_s and the problem is solved
     # again with f_s kept inside that window; refine_iters rounds, the round with the highest
     # IVR on the fitted days wins. 0 = one quadratic per slice over [0, F_s].
-    refine_iters: int = 8
+    refine_iters: int = field_from(CALIBRATION["refine_iters"])
     # Coverage floors: with a `day` column, the floor threshold must meet min_coverage on each
     # fitted day separately (the lowest per-day floor threshold), not only on their pool.
-    floor_every_day: bool = False
+    floor_every_day: bool = field_from(CALIBRATION["floor_every_day"])
     # Floors are fitted at min_coverage + coverage_margin (slices with a floor > 0) and judged
     # at min_coverage on the held-out day.
-    coverage_margin: float = 0.0
+    coverage_margin: float = field_from(CALIBRATION["coverage_margin"])
     # Held-out FPR correction of the slice-level budget. "lodo" (leave one day out): with >= 2
     # fitted days, refit on all but day d (same config, no correction) and measure the
     # slice-level FPR realised on day d; ratio = mean over days of realised / budget, clipped
     # to [1, lodo_max_ratio]; the slices are then solved with budget / ratio on all fitted
     # days. "none": solve with the budget as given.
-    budget_correction: str = "lodo"
+    budget_correction: str = field_from(CALIBRATION["budget_correction"])
     lodo_max_ratio: float = 2.0
     # Which thresholds are published (result["thresholds"]): "slice" (the default),
     # "global" (global@budget: one threshold whose FPR on the fitted days equals the budget) or
@@ -135,16 +139,16 @@ class CalibConfig:
     # (< 2 fitted days, every left-out fit infeasible) "auto" keeps slice-level. The default
     # is "slice" because, over 63 held-out simulated days at two log sizes, "auto" spent more
     # FPR than either method alone (docs/calibration.md, "the published method").
-    method: str = "slice"
-    select_fpr_tolerance: float = 0.05
+    method: str = field_from(CALIBRATION["method"])
+    select_fpr_tolerance: float = field_from(CALIBRATION["select_fpr_tolerance"])
     # Each slice's FPR at a threshold with k of its n purchasing clicks above: "empirical"
     # k / n; "order_stat" (k + 1) / (n + 1), the expected FPR on new clicks of a threshold
     # placed just above a purchasing click (the (k+1)-th highest of n).
-    fpr_estimate: str = "order_stat"
-    refine_window: float = 2.0
-    refine_min_width: float = 0.004
+    fpr_estimate: str = field_from(CALIBRATION["fpr_estimate"])
+    refine_window: float = field_from(CALIBRATION["refine_window"])
+    refine_min_width: float = field_from(CALIBRATION["refine_min_width"])
     knee_max_fpr: float = 0.1
-    score_col: str = "score_model"
+    score_col: str = field_from(CALIBRATION["score_col"])
     solver: str = "CLARABEL"
     slices: tuple[str, ...] = field(default_factory=lambda: tuple(SLICES))
 

@@ -7,6 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from slidr.defaults import COMMON
+from slidr.options import add
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,11 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "guessed. See docs/data.md for every mapping and its limits.")
     p.add_argument("kind", choices=("talkingdata", "apache"), help="source format")
     p.add_argument("src", type=Path, help="source file")
-    p.add_argument("--out", type=Path, required=True, help="output directory (replaced if present)")
+    add(p, COMMON["out"], help="output directory (replaced if present)")
     p.add_argument("--max-bad-share", type=float, default=0.01,
-                   help="refuse (exit 2) when more than this share of rows fails to parse "
-                        "(default 0.01)")
-    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+                   help="refuse (exit 2) when more than this share of rows fails to parse")
     p.set_defaults(func=run)
 
 
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{m['rows_written']:,} of {m['rows_read']:,} rows imported from {args.src} "
           f"({s.get('first_utc', '-')} .. {s.get('last_utc', '-')}), "
           f"{s.get('purchases', 0):,} purchases, {s.get('sessions', 0):,} sessions")
-    if bad["count"]:
+    if bad["count"] and not args.quiet:
         shown = ", ".join(f"line {b['line']}: {b['reason']}" for b in bad["first"][:5])
         print(f"{bad['count']} row(s) failed to parse and were skipped: {shown}",
               file=sys.stderr)

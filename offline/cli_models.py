@@ -1,7 +1,7 @@
 """`slidr models list|show|promote|rollback|verify --registry DIR [--json]`: the model registry.
 
-Exit codes: 0 ok, 2 refused or bad input (unknown version, no previous model), 5 a bundle failed
-verification (the reason is printed)."""
+Exit codes (slidr/exits.py): 0 ok, 2 bad input (unknown version, no previous model, a registry
+that does not exist), 5 a bundle failed verification (the reason is printed)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ import json
 import sys
 from typing import Any
 
-EXIT_VERIFY_FAILED = 5
+from slidr.defaults import COMMON
+from slidr.exits import CHECK_FAILED, BadInput, CheckFailed
+from slidr.options import add
+
+EXIT_VERIFY_FAILED = CHECK_FAILED
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,20 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     ms.required = True
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--registry", required=True, help="registry DIR")
-        q.add_argument("--json", action="store_true", help="print JSON")
+        add(q, COMMON["registry"])
 
     common(ms.add_parser("list", help="all bundles, marking current and previous"))
     q = ms.add_parser("show", help="one bundle: manifest summary, thresholds, metrics")
-    q.add_argument("version", nargs="?", help="version (default: current)")
+    q.add_argument("version", nargs="?", help="version (default: the current one)")
     common(q)
     q = ms.add_parser("promote", help="make VERSION current (after verifying it)")
-    q.add_argument("version")
+    q.add_argument("version", help="the version to promote (`slidr models list`)")
     common(q)
     common(ms.add_parser("rollback", help="the previous stable bundle becomes current"))
     q = ms.add_parser("verify", help="checksums, manifest, feature-spec hash (all bundles if "
                                      "no VERSION)")
-    q.add_argument("version", nargs="?")
+    q.add_argument("version", nargs="?", help="the version to verify (default: all of them)")
     common(q)
     p.set_defaults(func=run)
 
@@ -54,16 +57,16 @@ def run(args: argparse.Namespace) -> int:
     from slidr.registry import BundleError, Registry, RegistryError
     if not Path(args.registry).is_dir():
         # A mistyped path must not read as "an empty registry" (nor be created by promote).
-        raise ValueError(f"registry {args.registry} does not exist (or is not a directory)")
+        raise BadInput(f"registry {args.registry} does not exist (or is not a directory)")
     reg = Registry(args.registry)
     try:
         return _dispatch(args, reg)
     except RegistryError as e:
-        raise ValueError(str(e)) from None  # one line, exit 2 (slidr.cli)
+        raise BadInput(str(e)) from None  # unknown version, nothing to roll back to: exit 2
     except BundleError as e:
-        _out(args, {"ok": False, "version": e.version, "reason": e.reason},
-             f"refused: {e}")
-        return EXIT_VERIFY_FAILED
+        if args.json:
+            _out(args, {"ok": False, "version": e.version, "reason": e.reason}, "")
+        raise CheckFailed(f"{e}; the pointers are unchanged") from None
 
 
 def _dispatch(args: argparse.Namespace, reg: Any) -> int:
@@ -109,6 +112,7 @@ def _dispatch(args: argparse.Namespace, reg: Any) -> int:
         _out(args, s, "\n".join(text))
         return 0
     if args.action == "promote":
+        reg.bundle(args.version)  # an unknown version is bad input (2), not a failed check (5)
         reg.promote(args.version)
         p = reg.pointers()
         _out(args, {"ok": True, **p}, f"current: {p['current']}  previous: {p['previous']}")

@@ -6,6 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from slidr.slidrd.config import OPTIONS as DAEMON
+
+from slidr.defaults import COMMON
+from slidr.options import add
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,17 +20,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "decisions: the decision contract plus replayed_with, changed and "
                     "original. Prints how many decisions changed and the IVR before/after.")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--log", type=Path, help="click log (Parquet/CSV); features recomputed")
-    src.add_argument("--decisions", type=Path,
+    add(src, COMMON["clicks"], required=False,
+        help="a click log in the click contract (Parquet or CSV); features recomputed")
+    src.add_argument("--decisions", type=Path, metavar="PATH",
                      help="the daemon's decision log: a directory of decisions-*.msgpack / "
                           "*.jsonl files, or one such file")
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--bundle", type=Path, help="a bundle directory")
-    model.add_argument("--registry", type=Path, help="a registry directory (see --version)")
-    p.add_argument("--version", default=None,
-                   help="with --registry: a version, 'current' (default) or 'previous'")
-    p.add_argument("--out", type=Path, required=True,
-                   help="delayed decisions (.jsonl, or .msgpack for msgpack lines)")
+    model.add_argument("--bundle", type=Path, metavar="DIR", help="a bundle directory")
+    add(model, COMMON["registry"], required=False,
+        help="a model registry directory (see --model-version)")
+    p.add_argument("--model-version", default=None, metavar="VERSION",
+                   help="with --registry: a version, current or previous (default: current)")
+    add(p, COMMON["out"], help="delayed decisions (.jsonl, or .msgpack for msgpack lines)")
     p.add_argument("--recompute-features", action="store_true",
                    help="replay every click through a fresh feature kernel instead of "
                         "re-scoring the logged features (needed for records logged without "
@@ -34,22 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write only clicks the daemon answered with a fail-open decision")
     p.add_argument("--include-partial", action="store_true",
                    help="also read decisions-*.msgpack.part files (left by a killed daemon)")
-    p.add_argument("--backend", default="onnxruntime",
-                   choices=("onnxruntime", "tensorrt", "auto"), help="scorer (default onnxruntime)")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add(p, DAEMON["backend"], help="scorer backend, as the daemon's `backend`")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from . import replay_decisions as rd
-    if args.version is not None and args.registry is None:
-        raise ValueError("--version needs --registry")
-    model = rd.load_model(bundle=args.bundle, registry=args.registry, version=args.version,
-                          backend=args.backend)
-    if args.log is not None:
+    if args.model_version is not None and args.registry is None:
+        raise ValueError("--model-version needs --registry")
+    model = rd.load_model(bundle=args.bundle, registry=args.registry,
+                          version=args.model_version, backend=args.backend)
+    if args.clicks is not None:
         if args.only_fail_open:
             raise ValueError("--only-fail-open needs --decisions (a click log has no decisions)")
-        summary = rd.replay_click_log(args.log, model, args.out)
+        summary = rd.replay_click_log(args.clicks, model, args.out)
     else:
         summary = rd.replay_decisions(args.decisions, model, args.out,
                                       recompute_features=args.recompute_features,

@@ -7,35 +7,27 @@ import argparse
 import json
 import sys
 
+from slidr.defaults import CALIBRATION, COMMON, TRAINING
+from slidr.options import add
 
-def register(sub) -> None:
+
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train and evaluate a model from a click log",
                        description="Replay the click log through the feature kernel, build "
                                    "weak labels, train the MLP and the baselines on a time "
                                    "split, and write model.onnx, metrics.json, report.html, "
                                    "scores.parquet into DIR (atomically).")
-    p.add_argument("--clicks", required=True, help="click log (Parquet or CSV), sorted by ts")
-    p.add_argument("--customers", default=None,
-                   help="customers table (user_id, recency_days, frequency, monetary); "
-                        "omit for logs that have none (e.g. TalkingData): labels are then "
-                        "purchase-only")
-    p.add_argument("--out", required=True, help="output directory (replaced atomically)")
-    p.add_argument("--k", type=int, default=20,
-                   help="robotic-coverage heuristic: more than K clicks of a session in one "
-                        "UTC hour (default 20)")
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--epochs", type=int, default=20, help="maximum epochs (early stopping)")
-    p.add_argument("--fpr-target", type=float, default=0.01,
-                   help="overall FPR at which scorers are compared (default 0.01)")
-    p.add_argument("--val-days", type=int, default=None,
-                   help="days before the test day held out for validation (early stopping and "
-                        "calibration; default: 3 on logs of 9+ days, keeping >= 5 training "
-                        "days, 2 on 8 days, 1 on shorter logs)")
-    p.add_argument("--redis", default=None,
-                   help="replay through a Redis store at this URL instead of the embedded one")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add(p, COMMON["clicks"])
+    add(p, COMMON["customers"])
+    add(p, COMMON["out"], help="output directory (replaced atomically)")
+    add(p, TRAINING["k"])
+    add(p, COMMON["seed"])
+    add(p, TRAINING["epochs"])
+    add(p, CALIBRATION["fpr_budget"], help="overall FPR at which the model and the baselines "
+                                           "are compared")
+    add(p, TRAINING["val_days"])
+    add(p, COMMON["redis"], help="replay through a Redis store at this URL instead of the "
+                                 "embedded one")
     p.set_defaults(func=main)
 
 
@@ -43,8 +35,7 @@ def main(args: argparse.Namespace) -> int:
     from . import pipeline
 
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
-                               fpr_target=args.fpr_target, val_days=args.val_days,
-                               progress=not args.quiet)
+                               fpr_target=args.fpr_budget, val_days=args.val_days)
     store = None
     if args.redis:
         from slidr.store_redis import RedisStore  # type: ignore[import-not-found]
@@ -62,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
     m = res["metrics"]
     print(f"trained on {res['n_clicks']:,} clicks in {res['timings']['total_s']:.1f} s "
           f"(replay {res['timings']['replay_s']:.1f} s)")
-    print(f"test day at overall FPR target {args.fpr_target:g}:")
+    print(f"test day at overall FPR budget {args.fpr_budget:g}:")
     def f(v: float, digits: int = 3) -> str:
         return "n/a" if v is None or v != v else f"{v:.{digits}f}"
 

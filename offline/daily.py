@@ -1,9 +1,10 @@
 """The daily retrain: data guardrails -> labels -> features -> train -> calibrate -> model
 guardrails -> publish (and promote) or refuse.
 
-Exit codes (for schedulers): 0 published, 3 refused by a data guardrail, 4 refused by a model
-guardrail (calibration infeasible counts as one), 1 failed (an error). A refusal keeps the
-current model serving and says exactly which check failed and why.
+Exit codes (for schedulers; the table of every command is slidr/exits.py): 0 published,
+2 bad input (a missing or unreadable log, a contract violation), 3 refused by a data guardrail,
+4 refused by a model guardrail (calibration infeasible counts as one), 1 failed (any other
+error). A refusal keeps the current model serving and says exactly which check failed and why.
 
 Crash safety: everything is built in a work directory; the registry is touched only by
 Registry.publish (a complete bundle renamed into place) and the atomic pointer swap, so killing
@@ -23,15 +24,19 @@ from typing import Any
 
 import numpy as np
 
+from slidr import exits, progress
+from slidr.defaults import CALIBRATION, COMMON, TRAINING
+from slidr.options import field_from
 from slidr.registry import BundleError, Registry
 from slidr.util import write_json
 
 from . import guardrails as gr
 
-EXIT_PUBLISHED = 0
-EXIT_FAILED = 1
-EXIT_DATA = 3
-EXIT_MODEL = 4
+EXIT_PUBLISHED = exits.OK
+EXIT_FAILED = exits.FAILED
+EXIT_BAD_INPUT = exits.USAGE
+EXIT_DATA = exits.REFUSED_DATA
+EXIT_MODEL = exits.REFUSED_MODEL
 
 # Files of a training output that go into the candidate bundle (scores stay in the work dir).
 TRAIN_FILES_SUFFIXES = (".onnx", ".json", ".html", ".png")
@@ -39,21 +44,20 @@ TRAIN_FILES_SUFFIXES = (".onnx", ".json", ".html", ".png")
 
 @dataclass
 class DailyConfig:
-    fpr_budget: float = 0.01
-    min_coverage: float = 0.2  # 0.5 was infeasible at a 1% budget on most simulated days
-    # The k-clicks-per-hour heuristic mostly flags heavy-clicking *customers* in logged-in
-    # traffic, so by default it sets no coverage floor there (see docs/calibration.md).
-    slice_min_coverage: dict[str, float] = field(default_factory=lambda: {"*/in": 0.0})
-    min_purchasing: int = 200  # per slice on the validation days, else the global fallback
-    k: int = 20
-    epochs: int = 20
-    val_days: int | None = None  # validation (calibration) days; None: train.auto_val_days
+    # Defaults shared with the flags, calibrate and docs/cli.md: slidr/defaults.py.
+    fpr_budget: float = field_from(CALIBRATION["fpr_budget"])
+    min_coverage: float = field_from(CALIBRATION["min_coverage"])
+    slice_min_coverage: dict[str, float] = field_from(CALIBRATION["slice_min_coverage"])
+    min_purchasing: int = field_from(CALIBRATION["min_purchasing"])
+    k: int = field_from(TRAINING["k"])
+    epochs: int = field_from(TRAINING["epochs"])
+    val_days: int | None = field_from(TRAINING["val_days"])  # None: train.auto_val_days
     # Published thresholds: "slice" (default), "global" (global@budget) or "auto" (slice-level
     # unless its leave-one-day-out evidence on the validation days says global@budget is
     # better); see calibrate.CalibConfig.method.
-    method: str = "slice"
-    seed: int = 7
-    progress: bool = False
+    method: str = field_from(CALIBRATION["method"])
+    seed: int = field_from(COMMON["seed"])
+    progress: bool = True  # progress bars (slidr/progress.py decides where they show)
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
 
 
@@ -87,18 +91,23 @@ def run_daily(clicks: str | Path, customers: str | Path | None, registry: str | 
         res.update(_run(Path(clicks), customers, reg, wdir, cfg, log, res, train_fn))
     except _Stop as s:
         res.update({"exit_code": s.code, "status": s.status, "reason": gr.explain(s.checks)})
-        log(f"daily: {s.status}: {res['reason']}")
     except Exception as e:  # the job failed; the registry is untouched
-        res.update({"exit_code": EXIT_FAILED, "status": "failed",
-                    "reason": f"{type(e).__name__}: {e}"})
-        if not isinstance(e, ValueError | FileNotFoundError):  # user errors need no traceback
-            res["traceback"] = traceback.format_exc()
-        log(f"daily: failed: {type(e).__name__}: {e}")
+        if isinstance(e, ValueError | FileNotFoundError | IsADirectoryError | PermissionError):
+            # Bad input (a missing or unreadable file, a row that breaks the contract): the
+            # message names the file, row and field; no traceback needed.
+            res.update({"exit_code": EXIT_BAD_INPUT, "status": "bad_input",
+                        "reason": str(e) or type(e).__name__})
+        else:
+            res.update({"exit_code": EXIT_FAILED, "status": "failed",
+                        "reason": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc()})
     cur = reg.pointers().get("current") if reg.pointers_path.exists() else None
     res.update({"finished": _now(), "seconds": round(time.time() - t0, 2), "current": cur})
     try:
-        write_json(reg.path / "runs" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-                   f"-{res['status']}.json", _clean(res))
+        run_log = reg.path / "runs" / (f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+                                       f"-{res['status']}.json")
+        write_json(run_log, _clean(res))
+        res["run_log"] = str(run_log)
     except OSError as e:  # a run log that cannot be written must not hide the outcome
         log(f"daily: could not write the run log: {e}")
     if own_work and (res["exit_code"] == EXIT_PUBLISHED or not any(wdir.iterdir())):
@@ -121,7 +130,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         res["checks"] = [c.as_dict() for c in checks]
 
     # 1. Data guardrails on the raw log.
-    t = time.perf_counter()
+    t = progress.stage("data guardrails")
     record(gr.check_log(gr.read_log_columns(clicks), cfg.guard))
     res["steps"]["data_guardrails_s"] = round(time.perf_counter() - t, 3)
     if not all(c.passed for c in checks):
@@ -137,7 +146,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     res["compared_with"] = cur.version if cur else None
 
     # 3. Features (the same kernel the daemon runs) for drift and for scoring the current model.
-    t = time.perf_counter()
+    t = progress.stage("features")
     rp = replay.replay_log(clicks, progress=cfg.progress)
     res["steps"]["replay_s"] = round(time.perf_counter() - t, 3)
     from slidr.featurespec import FEATURE_NAMES
@@ -147,13 +156,13 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         raise _Stop(EXIT_DATA, "refused_data", checks)
 
     # 4. Train (labels, features, model, baselines, metrics, report).
-    t = time.perf_counter()
+    t = progress.stage("train")
     train_dir = wdir / "train"
     (train_fn or _train)(clicks, customers, train_dir, cfg)
     res["steps"]["train_s"] = round(time.perf_counter() - t, 3)
 
     # 5. Calibrate on the validation days, evaluate on the held-out test day.
-    t = time.perf_counter()
+    t = progress.stage("calibrate")
     cand = wdir / "candidate"
     if cand.exists():
         shutil.rmtree(cand)
@@ -180,7 +189,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     write_json(cand / "feature_stats.json", gr.feature_stats(rp.features, FEATURE_NAMES))
 
     # 6. Model guardrails: candidate vs current on the same held-out clicks.
-    t = time.perf_counter()
+    t = progress.stage("model guardrails")
     test = _test_rows(train_dir / "scores.parquet")
     th = _read_json(cand / "thresholds.json")
     cur_score = cur_th = None
@@ -200,6 +209,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         raise _Stop(EXIT_MODEL, "refused_model", checks)
 
     # 7. Publish and promote (one lock; the bundle is verified before the pointer moves).
+    progress.stage("publish")
     metrics = {"test": result["evaluation"][cal.chosen_eval_key(result)]["test"]["overall"],
                "method": cal.chosen_method(result),
                "compared_with": res["compared_with"]}

@@ -21,11 +21,14 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slidr.contract import REQUIRED
+from slidr.defaults import CALIBRATION, GUARDRAILS
+from slidr.options import field_from
 
 HOUR_MS = 3_600_000
 
@@ -46,36 +49,54 @@ class Check:
 
 @dataclass
 class GuardrailConfig:
-    # data
-    min_days: int = 3
-    min_hour_density_ratio: float = 0.3  # hour's purchase density vs same hour-of-day median
-    min_expected_purchases: float = 15.0  # windows expecting fewer purchases are not judged
-    max_window_hours: int = 6  # outages are looked for in runs of 1..6 consecutive hours
-    density_alpha: float = 1e-6  # Poisson lower tail below which a shortfall is not chance
-    min_week_hour_density_ratio: float = 0.3  # per hour-of-week vs overall median
-    min_slice_clicks: int = 500
-    min_slice_purchases: int = 20
-    max_psi: float = 0.25
-    psi_bins: int = 10
-    # model
-    fpr_budget: float = 0.01
-    fpr_tolerance: float = 0.5  # held-out FPR may exceed the budget by this fraction
-    ivr_band: float = 0.5  # |IVR_cand / IVR_cur - 1| <= band
-    slice_ivr_band: float = 1.0
-    slice_ivr_abs_slack: float = 0.01  # plus this absolute slack (small slices)
-    max_ivr: float = 0.6
-    min_coverage: float = 0.5
-    slice_min_coverage: dict[str, float] = field(default_factory=dict)  # as in calibrate
-    coverage_slack: float = 0.15  # coverage moves between the validation and the test day
-    min_heuristic_clicks: int = 30  # slices with fewer heuristic clicks: coverage too noisy
-    min_score_std: float = 0.01
-    max_identical_share: float = 0.5
-    # Weak labels are noisy (most "non-human" clicks are humans who did not buy), so even a good
-    # model scores only ~0.55 against them (simulated: 0.54 with 0.84 against the truth). The
-    # check asks for a margin over chance that is also well outside sampling noise.
-    min_auc_margin: float = 0.02  # AUC vs weak label >= 0.5 + max(margin, z * s.e. under H0)
-    min_auc_z: float = 5.0
-    min_auc_heuristic: float = 0.6  # AUC vs the k-clicks heuristic (robot proxy)
+    # Every limit is declared (default, range, help) in slidr/defaults.py GUARDRAILS: the
+    # `slidr daily` flags, the [guardrails] table of --guardrail-config FILE.toml and
+    # docs/cli.md come from the same declarations. The FPR budget and the coverage floors are
+    # the calibration's (CALIBRATION); `slidr daily` sets them from its calibration flags.
+    min_days: int = field_from(GUARDRAILS["min_days"])
+    min_hour_density_ratio: float = field_from(GUARDRAILS["min_hour_density_ratio"])
+    min_expected_purchases: float = field_from(GUARDRAILS["min_expected_purchases"])
+    max_window_hours: int = field_from(GUARDRAILS["max_window_hours"])
+    density_alpha: float = field_from(GUARDRAILS["density_alpha"])
+    min_week_hour_density_ratio: float = field_from(GUARDRAILS["min_week_hour_density_ratio"])
+    min_slice_clicks: int = field_from(GUARDRAILS["min_slice_clicks"])
+    min_slice_purchases: int = field_from(GUARDRAILS["min_slice_purchases"])
+    max_psi: float = field_from(GUARDRAILS["max_psi"])
+    psi_bins: int = field_from(GUARDRAILS["psi_bins"])
+    fpr_budget: float = field_from(CALIBRATION["fpr_budget"])
+    fpr_tolerance: float = field_from(GUARDRAILS["fpr_tolerance"])
+    ivr_band: float = field_from(GUARDRAILS["ivr_band"])
+    slice_ivr_band: float = field_from(GUARDRAILS["slice_ivr_band"])
+    slice_ivr_abs_slack: float = field_from(GUARDRAILS["slice_ivr_abs_slack"])
+    max_ivr: float = field_from(GUARDRAILS["max_ivr"])
+    min_coverage: float = field_from(CALIBRATION["min_coverage"])
+    slice_min_coverage: dict[str, float] = field_from(CALIBRATION["slice_min_coverage"])
+    coverage_slack: float = field_from(GUARDRAILS["coverage_slack"])
+    min_heuristic_clicks: int = field_from(GUARDRAILS["min_heuristic_clicks"])
+    min_score_std: float = field_from(GUARDRAILS["min_score_std"])
+    max_identical_share: float = field_from(GUARDRAILS["max_identical_share"])
+    min_auc_margin: float = field_from(GUARDRAILS["min_auc_margin"])
+    min_auc_z: float = field_from(GUARDRAILS["min_auc_z"])
+    min_auc_heuristic: float = field_from(GUARDRAILS["min_auc_heuristic"])
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """The limits set in a guardrail config (TOML: a [guardrails] table, or its keys at the top
+    level), each checked against its declaration; raises OptionError naming the file, the key
+    and the value (an unknown key gets suggestions)."""
+    from slidr.options import OptionError, check_table, load_toml
+    p = Path(path)
+    if p.suffix == ".json":
+        raise OptionError(f"{p}: guardrail configs are TOML now (one format for every config "
+                          "file): write the same keys as `max_psi = 0.3` under [guardrails] "
+                          "in a .toml file")
+    values = load_toml(p, "guardrails")
+    not_here = sorted(set(values) & {"fpr_budget", "min_coverage", "slice_min_coverage"})
+    if not_here:
+        flag = "--" + not_here[0].replace("_", "-")
+        raise OptionError(f"{p}: '{not_here[0]}' is a calibration setting, not a guardrail "
+                          f"limit: give it to `slidr daily {flag}`")
+    return check_table(values, GUARDRAILS, str(p))
 
 
 def summarize(checks: Sequence[Check]) -> dict[str, Any]:

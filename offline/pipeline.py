@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from slidr.contract import CUSTOMER_FIELDS, SLICES, slice_name
+from slidr.defaults import CALIBRATION, COMMON, TRAINING
 from slidr.featurespec import SPEC_HASH, spec_dict
+from slidr.options import field_from
 from slidr.util import atomic_dir, atomic_open, write_json
 
 from . import baselines, metrics, replay, train
@@ -23,15 +25,16 @@ SCORERS = ("model", "logistic", "velocity")
 
 @dataclass
 class TrainConfig:
-    k: int = 20
-    seed: int = 7
-    epochs: int = 20
-    fpr_target: float = 0.01
+    # Defaults shared with the flags and docs/cli.md: slidr/defaults.py.
+    k: int = field_from(TRAINING["k"])
+    seed: int = field_from(COMMON["seed"])
+    epochs: int = field_from(TRAINING["epochs"])
+    fpr_target: float = field_from(CALIBRATION["fpr_budget"])  # `slidr train --fpr-budget`
     # Days before the test day held out for validation (early stopping, and the days that
     # `slidr calibrate` fits thresholds on). More days: steadier slice-level calibration, fewer
     # training days.
     # None: train.auto_val_days (3 days on logs of 9+ days, 1 on 6-7 days).
-    val_days: int | None = None
+    val_days: int | None = field_from(TRAINING["val_days"])
     hidden: tuple[int, ...] = (64, 32)
     weight_decay: float = 1e-4
     batch_size: int = 16_384  # replay batch (store round trip)
@@ -132,7 +135,7 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     """Train, evaluate and write the output directory; returns a summary dict."""
     cfg = cfg or TrainConfig()
     if not 0.0 < cfg.fpr_target < 1.0:
-        raise ValueError(f"--fpr-target must be in (0, 1), got {cfg.fpr_target}")
+        raise ValueError(f"--fpr-budget must be in (0, 1), got {cfg.fpr_target}")
     if cfg.k < 0:
         raise ValueError(f"--k must be >= 0, got {cfg.k}")
     clicks = Path(clicks)

@@ -121,20 +121,38 @@ def _decision_files(src: Path, include_partial: bool = False) -> list[Path]:
     return files
 
 
-def read_records(src: str | Path, include_partial: bool = False) -> Iterator[dict[str, Any]]:
+class _Counted:
+    """A binary file whose reads advance a progress bar (bytes)."""
+
+    def __init__(self, f: IO[bytes], bar: Any) -> None:
+        self.f, self.bar = f, bar
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        if self.bar is not None:
+            self.bar.update(len(data))
+        return data
+
+
+def read_records(src: str | Path, include_partial: bool = False,
+                 bar: Any = None) -> Iterator[dict[str, Any]]:
     """Every record of a decision log (directory or file), in file-name then write order.
-    JSON lines: one object per line (blank lines skipped); msgpack: concatenated maps."""
+    JSON lines: one object per line (blank lines skipped); msgpack: concatenated maps.
+    `bar`: a slidr.progress.Progress counting the bytes read."""
     import msgpack
     for p in _decision_files(Path(src), include_partial):
         if p.name.endswith((".msgpack", ".msgpack.part")):
             with open(p, "rb") as f:
                 try:
-                    yield from msgpack.Unpacker(f, raw=False, strict_map_key=False)
+                    yield from msgpack.Unpacker(_Counted(f, bar), raw=False,
+                                                strict_map_key=False)
                 except (ValueError, msgpack.UnpackException) as e:
                     raise ValueError(f"{p}: not a msgpack decision log: {e}") from None
         else:
             with open(p) as f:
                 for lineno, line in enumerate(f, 1):
+                    if bar is not None:
+                        bar.update(len(line))
                     if not line.strip():
                         continue
                     try:
@@ -274,9 +292,11 @@ def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                      recompute_features: bool = False, only_fail_open: bool = False,
                      chunk: int = CHUNK, include_partial: bool = False) -> Summary:
     """Re-decide every record of a decision log with `model`; write delayed decisions."""
-    from slidr.util import atomic_open
+    from slidr.util import Progress, atomic_open
     s = Summary(model.version, str(src), "recomputed" if recompute_features else "logged",
                 out=str(out))
+    total = sum(p.stat().st_size for p in _decision_files(Path(src), include_partial))
+    bar = Progress(total, "replay", unit="bytes")
     kernel = _kernel() if recompute_features else None
     msgpack_out = str(out).endswith(".msgpack")
     with atomic_open(out, "wb" if msgpack_out else "w") as f:
@@ -303,7 +323,7 @@ def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                 _emit(model, s, w, sel, x[keep], dev, li)
             buf.clear()
 
-        for i, rec in enumerate(read_records(src, include_partial)):
+        for i, rec in enumerate(read_records(src, include_partial, bar)):
             r = normalise(rec, f"{src}: record {i}")
             validate_click(r.click, i)
             buf.append(r)
@@ -312,15 +332,19 @@ def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                 flush()
         if buf:
             flush()
+    bar.close()
     return s
 
 
 def replay_click_log(log: str | Path, model: ReplayModel, out: str | Path,
                      chunk_rows: int = 65536) -> Summary:
     """Recompute features for a click log through the kernel and decide every click."""
-    from slidr.util import atomic_open
+    from slidr.util import Progress, atomic_open
+
+    from .replay import count_rows
     s = Summary(model.version, str(log), "recomputed", out=str(out))
     kernel = _kernel()
+    bar = Progress(count_rows(log) or 1, "replay", unit="clicks")
     msgpack_out = str(out).endswith(".msgpack")
     with atomic_open(out, "wb" if msgpack_out else "w") as f:
         w = _Writer(f, msgpack_out)
@@ -334,6 +358,8 @@ def replay_click_log(log: str | Path, model: ReplayModel, out: str | Path,
                     for cid in ids]
             _emit(model, s, w, recs, x, batch.device, batch.logged_in)
             s.read += len(ids)
+            bar.update(len(ids))
+    bar.close()
     return s
 
 

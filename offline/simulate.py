@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from slidr.contract import DEVICES, SLICES, slice_name
+from slidr.defaults import COMMON
+from slidr.options import field_from
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -53,9 +55,9 @@ SLICE_KEYS: tuple[tuple[int, int], ...] = tuple((d, li) for d in range(3) for li
 
 @dataclass(frozen=True)
 class SimParams:
-    days: int = 8
-    clicks_per_day: int = 200_000
-    seed: int = 7
+    days: int = field_from(COMMON["days"])  # defaults shared with the flags: slidr/defaults.py
+    clicks_per_day: int = field_from(COMMON["clicks_per_day"])
+    seed: int = field_from(COMMON["seed"])
     start: str = DEFAULT_START
     # Share of all clicks per robot family on an average day (the rest is human).
     robot_share: dict[str, float] = field(default_factory=lambda: {

@@ -1,12 +1,15 @@
 """`slidr` command line. Each subcommand lives in its own module exposing `register(sub)`;
 this table is the only place that lists them (module imports stay light: heavy libraries are
-imported inside the command functions)."""
+imported inside the command functions). slidr/command.py holds what every command shares:
+the switches, `--version`, exit codes and one-line errors (docs/cli.md)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from .command import Parser, add_version, finish_tree, run
 
 COMMANDS: dict[str, str] = {
     "simulate": "slidr.offline.cli_simulate",
@@ -17,14 +20,22 @@ COMMANDS: dict[str, str] = {
     "models": "slidr.offline.cli_models",
     "daily": "slidr.offline.cli_daily",
     "replay": "slidr.offline.cli_replay",
+    "check-config": "slidr.cli_check_config",
     "admin": "slidr.slidrd.cli_admin",
     "bench": "slidr.bench.cli",
     "demo": "slidr.demo",
 }
 
+# Commands whose work can take more than a few seconds: they get --progress (docs/cli.md).
+LONG_RUNNING = ("simulate", "import", "train", "calibrate", "backtest", "daily", "replay",
+                "demo", "bench kernel", "bench run", "bench sweep", "bench echo",
+                "bench hiccup", "bench cost", "bench micro")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slidr", description="slice-level detection of robotic ad clicks")
+    p = Parser(prog="slidr", description="slice-level detection of robotic ad clicks "
+                                         "(docs/cli.md: conventions, exit codes, options)")
+    add_version(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for modname in COMMANDS.values():
@@ -35,23 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue  # not built yet
         mod.register(sub)
+    finish_tree(p, LONG_RUNNING)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        rc = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        # Contract errors, bad paths and refused jobs: one clear line, no traceback.
-        if getattr(args, "debug", False):
-            raise
-        print(f"slidr {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    return int(rc or 0)
+    return run(args._prog, args.func, args)
 
 
 if __name__ == "__main__":

@@ -24,34 +24,33 @@ from typing import Any
 
 import numpy as np
 
+from slidr.defaults import BENCH, CALIBRATION, COMMON, TRAINING
+from slidr.exits import CommandError
+from slidr.options import add
+
 CONTRACT_COLS = ("click_id", "ts", "session_id", "user_id", "ip", "device", "logged_in",
                  "tz_offset_min", "user_agent", "ad_id")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="simulate, train, calibrate, publish, serve, replay a day",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo-out", help="working directory (default demo-out)")
+                       description=__doc__)
+    add(p, COMMON["out"], help="working directory (a later run reuses its simulated log when "
+                               "the settings are the same)")
     # 10 days: `slidr train` keeps 3 validation (calibration) days on logs of 9+ days, 6
-    # training days, and the last day held out; 60k clicks a day keeps the old 6 x 100k total.
-    p.add_argument("--days", type=int, default=10, help="simulated days (default 10)")
-    p.add_argument("--clicks-per-day", type=int, default=60_000)
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--rate", type=float, default=5000.0,
-                   help="clicks/s at which the held-out day is replayed (default 5000)")
+    # training days, and the last day held out (the per-command defaults: slidr/defaults.py).
+    add(p, COMMON["days"])
+    add(p, COMMON["clicks_per_day"])
+    add(p, COMMON["seed"])
+    add(p, BENCH["rate"], help="clicks/s at which the held-out day is replayed")
     p.add_argument("--max-replay", type=int, default=100_000,
                    help="at most this many clicks of the last day are replayed")
     p.add_argument("--warm-days", type=int, default=0,
-                   help="days before the held-out day replayed into the daemon first (default 0 "
-                        "= all of them: the live features then equal the offline ones)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--fpr-budget", type=float, default=0.02,
-                   help="overall FPR budget for slice calibration (default 0.02)")
-    # The k-clicks-per-session-hour heuristic marks few clicks on a short simulated log, so
-    # the demo asks for a lower floor than the daily job's default (see docs/calibration.md).
-    p.add_argument("--min-coverage", type=float, default=0.2,
-                   help="minimum robotic coverage in every logged-out slice (default 0.2)")
-    p.add_argument("--json", action="store_true", help="also write DIR/demo.json")
+                   help="days before the held-out day replayed into the daemon first (0 = all "
+                        "of them: the live features then equal the offline ones)")
+    add(p, TRAINING["epochs"])
+    add(p, CALIBRATION["fpr_budget"])
+    add(p, CALIBRATION["min_coverage"])
     p.set_defaults(func=run)
 
 
@@ -62,9 +61,12 @@ def _step(n: int, total: int, what: str) -> None:
 def _slidr(*args: str) -> None:
     cmd = [sys.executable, "-m", "slidr.cli", *args]
     print("$ slidr " + " ".join(args), flush=True)
-    rc = subprocess.call(cmd)
+    sys.stdout.flush()
+    rc = subprocess.call(cmd, stdout=sys.stdout.fileno() if sys.stdout is sys.__stdout__
+                         else sys.stderr.fileno())
     if rc != 0:
-        raise RuntimeError(f"`slidr {' '.join(args)}` exited with {rc}")
+        # The step printed its own one-line error; the demo stops with the same code.
+        raise CommandError(f"`slidr {' '.join(args)}` exited with {rc}", rc)
 
 
 def _free_port() -> int:
@@ -73,6 +75,18 @@ def _free_port() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """With --json the steps' output goes to stderr and stdout gets only the result."""
+    import contextlib
+    if not args.json:
+        return _run(args)
+    with contextlib.redirect_stdout(sys.stderr):
+        result = _run(args)
+    json.dump(result, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> Any:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data, reg, work = out / "data", out / "registry", out / "work"
@@ -114,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(mport),
            "--admin-socket", str(admin), "--decision-log", str(dlog)]
     print("$ slidrd " + " ".join(cmd[3:]), flush=True)
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, stdout=sys.stdout.fileno() if sys.stdout is sys.__stdout__
+                            else sys.stderr.fileno())
     try:
         result = asyncio.run(_replay(args, data, port, proc))
         stats = _admin_stats(admin)
@@ -132,11 +147,10 @@ def run(args: argparse.Namespace) -> int:
     result["parity"] = _offline_parity(work / "train" / "scores.parquet", result)
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     _print_result(result, mport)
-    if args.json:
-        from slidr.util import write_json
-        write_json(out / "demo.json", result)
-        print(f"\nJSON: {out / 'demo.json'}")
-    return 0
+    from slidr.util import write_json
+    write_json(out / "demo.json", result)
+    print(f"\nJSON: {out / 'demo.json'}")
+    return result if args.json else 0
 
 
 def _load_days(data: Path, max_replay: int, warm_days: int = 0
@@ -288,7 +302,7 @@ def _offline_parity(scores: Path, r: dict[str, Any]) -> dict[str, Any] | None:
 
 def _admin_stats(sock: Path) -> dict[str, Any] | None:
     try:
-        out = subprocess.run([sys.executable, "-m", "slidr.cli", "admin", "stats", "--socket",
+        out = subprocess.run([sys.executable, "-m", "slidr.cli", "admin", "stats", "--admin-socket",
                               str(sock), "--json"], capture_output=True, text=True, timeout=10)
         return json.loads(out.stdout) if out.returncode == 0 else None
     except (OSError, ValueError, subprocess.TimeoutExpired):

@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes and a progress line for long work."""
+"""Small shared helpers: atomic file writes (and, re-exported, the progress bar of long work)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,14 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from .progress import Progress
+
+__all__ = ["Progress", "atomic_dir", "atomic_open", "fsync_dir", "write_json"]
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -105,42 +107,3 @@ def atomic_dir(final: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-class Progress:
-    """A one-line progress indicator on stderr (only redrawn on a TTY, else a line per 10%)."""
-
-    def __init__(self, total: int, label: str, unit: str = "clicks", enabled: bool = True) -> None:
-        self.total = max(int(total), 1)
-        self.label = label
-        self.unit = unit
-        self.n = 0
-        self.t0 = time.perf_counter()
-        self.enabled = enabled
-        self.tty = sys.stderr.isatty()
-        self._last_decile = -1
-        self._last_draw = 0.0
-
-    def update(self, k: int) -> None:
-        self.n += k
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        frac = min(self.n / self.total, 1.0)
-        if self.tty:
-            if now - self._last_draw < 0.1 and self.n < self.total:
-                return
-            self._last_draw = now
-            bar = "#" * int(frac * 30)
-            rate = self.n / max(now - self.t0, 1e-9)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac:6.1%} {rate:,.0f} {self.unit}/s")
-            sys.stderr.flush()
-        else:
-            dec = int(frac * 10)
-            if dec != self._last_decile:
-                self._last_decile = dec
-                sys.stderr.write(f"{self.label}: {frac:.0%}\n")
-
-    def close(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")

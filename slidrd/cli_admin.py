@@ -57,15 +57,21 @@ def _print(method: str, res: Any, as_json: bool) -> None:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
-    res = call(args.socket, args.action)
+    res = call(args.admin_socket, args.action)
     _print(args.action, res, args.json)
     return 0
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("admin", help="reload, roll back or inspect a running slidrd")
-    p.add_argument("action", choices=("reload", "rollback", "stats"))
-    p.add_argument("--socket", default=DEFAULT_SOCKET,
-                   help=f"slidrd --admin-socket path (default {DEFAULT_SOCKET})")
-    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p = sub.add_parser("admin", help="reload, roll back or inspect a running slidrd",
+                       description="Exit 0 done, 1 when the daemon cannot be reached or "
+                                   "refuses (the old model keeps serving).")
+    p.add_argument("action", choices=("reload", "rollback", "stats"),
+                   help="reload: load the registry's current bundle; rollback: the previous "
+                        "stable bundle becomes current; stats: counters and latency")
+    from slidr.options import add
+
+    from .config import OPTIONS
+    add(p, OPTIONS["admin_socket"], default=DEFAULT_SOCKET,
+        help="the daemon's admin socket (its admin_socket setting)")
     p.set_defaults(func=cmd_admin)

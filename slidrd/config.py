@@ -6,160 +6,112 @@ daemon before it binds anything, with one line that names the key and the source
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-# key -> (type, default, (min, max) or None, help)
-_SPEC: dict[str, tuple[type, Any, tuple[float, float] | None, str]] = {
-    "registry": (str, "", None, "model registry directory"),
-    "host": (str, "127.0.0.1", None, "public listen address"),
-    "port": (int, 7411, (0, 65535), "public TCP port (0 = any free port)"),
-    "redis": (str, "", None, "Redis URL for the shared counter store (empty = embedded store)"),
-    "redis_prefix": (str, "slidr:", None, "key prefix in Redis"),
-    "redis_timeout_ms": (int, 50, (1, 60_000), "Redis socket timeout"),
-    "embedded_capacity": (int, 1 << 20, (1024, 1 << 31),
-                          "keys per counter table the embedded store is sized for at start "
-                          "(growing past it rehashes the table: a one-off pause of tens of ms)"),
-    "workers": (int, 1, (1, 256), "worker processes sharing the port (SO_REUSEPORT)"),
-    "admin_socket": (str, "", None, "Unix socket for admin methods (empty = none)"),
-    "metrics_port": (int, -1, (-1, 65535), "Prometheus HTTP port (-1 = off, 0 = any)"),
-    "metrics_host": (str, "127.0.0.1", None, "Prometheus HTTP address"),
-    "decision_log": (str, "", None, "directory for the decision log (empty = off)"),
-    "decision_log_max_bytes": (int, 256 << 20, (4096, 1 << 40), "rotate log files at this size"),
-    "decision_log_features": (bool, True, None, "include the feature vector in each record"),
-    "deadline_ms": (float, 4.0, (0.05, 60_000), "per-click deadline; later = fail-open"),
-    "max_batch": (int, 512, (1, 65_536), "largest micro-batch"),
-    "max_wait_us": (int, 500, (0, 1_000_000), "longest a click waits for a busy pipeline"),
-    "busy_poll_us": (int, 0, (0, 10_000_000), "keep polling the sockets this long after the "
-                     "last request instead of sleeping (0 = off): spends a core to skip the "
-                     "VM's wake-up latency; see docs/daemon.md"),
-    "pipeline_depth": (int, 4, (1, 64), "batches in flight at once on the pipelined Redis "
-                       "connection (Redis runs them in order; embedded store: always 1)"),
-    "max_message_bytes": (int, 1 << 20, (64, 1 << 30), "largest msgpack message"),
-    "max_connections": (int, 4096, (1, 1_000_000), "open public connections"),
-    "max_inflight_per_conn": (int, 16_384, (1, 10_000_000), "unanswered clicks per connection"),
-    "max_inflight_total": (int, 65_536, (1, 100_000_000), "unanswered clicks in the process"),
-    "max_score_many": (int, 10_000, (1, 10_000_000), "clicks in one score_many call"),
-    "idle_timeout_s": (float, 300.0, (0.1, 86_400 * 7), "close connections idle this long"),
-    "drain_timeout_s": (float, 10.0, (0.0, 3600), "SIGTERM: longest wait for in-flight work"),
-    "backend": (str, "auto", None, "scorer backend: auto, onnxruntime, tensorrt"),
-    "log_level": (str, "info", None, "debug, info, warning, error"),
-}
-_CHOICES = {
-    "backend": ("auto", "onnxruntime", "tensorrt"),
-    "log_level": ("debug", "info", "warning", "error"),
-}
+from slidr import options
+from slidr.options import Opt, OptionError, option, options_of
 
 
-class ConfigError(ValueError):
+class ConfigError(OptionError):
     """A configuration problem; the message names the key and where the value came from."""
 
 
+# The one declaration of every daemon option: name and type (the field), default, range and
+# help (option()). The TOML loader, the `slidrd serve` flags and the table in docs/daemon.md
+# all come from it (options_of(Config)); tests/test_cli_convention.py holds the docs to it.
 @dataclass
 class Config:
-    registry: str = ""
-    host: str = "127.0.0.1"
-    port: int = 7411
-    redis: str = ""
-    redis_prefix: str = "slidr:"
-    redis_timeout_ms: int = 50
-    embedded_capacity: int = 1 << 20
-    workers: int = 1
-    admin_socket: str = ""
-    metrics_port: int = -1
-    metrics_host: str = "127.0.0.1"
-    decision_log: str = ""
-    decision_log_max_bytes: int = 256 << 20
-    decision_log_features: bool = True
-    deadline_ms: float = 4.0
-    max_batch: int = 512
-    max_wait_us: int = 500
-    busy_poll_us: int = 0
-    pipeline_depth: int = 4
-    max_message_bytes: int = 1 << 20
-    max_connections: int = 4096
-    max_inflight_per_conn: int = 16_384
-    max_inflight_total: int = 65_536
-    max_score_many: int = 10_000
-    idle_timeout_s: float = 300.0
-    drain_timeout_s: float = 10.0
-    backend: str = "auto"
-    log_level: str = "info"
+    registry: str = option("", "model registry directory (required)", metavar="DIR")
+    host: str = option("127.0.0.1", "public listen address")
+    port: int = option(7411, "public TCP port (0 = any free port)", lo=0, hi=65535)
+    redis: str = option("", "Redis URL for the shared counter store (empty = embedded store)",
+                        metavar="URL")
+    redis_prefix: str = option("slidr:", "key prefix in Redis")
+    redis_timeout_ms: int = option(50, "Redis socket timeout (ms)", lo=1, hi=60_000)
+    embedded_capacity: int = option(
+        1 << 20, "keys per counter table the embedded store is sized for at start (growing "
+        "past it rehashes the table: a one-off pause of tens of ms)", lo=1024, hi=1 << 31)
+    workers: int = option(1, "worker processes sharing the port (SO_REUSEPORT)", lo=1, hi=256)
+    admin_socket: str = option(
+        "", "Unix socket for admin methods (empty = none)", metavar="PATH",
+        per_command={"admin": ("/run/slidrd/admin.sock", "where the packaged unit's config "
+                                                         "puts it; $SLIDRD_ADMIN_SOCKET "
+                                                         "overrides")})
+    metrics_port: int = option(-1, "Prometheus HTTP port (-1 = off, 0 = any)", lo=-1, hi=65535)
+    metrics_host: str = option("127.0.0.1", "Prometheus HTTP address")
+    decision_log: str = option("", "directory for the decision log (empty = off)",
+                               metavar="DIR")
+    decision_log_max_bytes: int = option(256 << 20, "rotate log files at this size (bytes)",
+                                         lo=4096, hi=1 << 40)
+    decision_log_features: bool = option(True, "include the feature vector in each record")
+    deadline_ms: float = option(4.0, "per-click deadline (ms); later = fail-open", lo=0.05,
+                                hi=60_000)
+    max_batch: int = option(512, "largest micro-batch", lo=1, hi=65_536)
+    max_wait_us: int = option(500, "longest a click waits for a busy pipeline (us)", lo=0,
+                              hi=1_000_000)
+    busy_poll_us: int = option(
+        0, "keep polling the sockets this long after the last request instead of sleeping "
+        "(us; 0 = off): spends a core to skip the VM's wake-up latency; see docs/daemon.md",
+        lo=0, hi=10_000_000)
+    pipeline_depth: int = option(
+        4, "batches in flight at once on the pipelined Redis connection (Redis runs them in "
+        "order; embedded store: always 1)", lo=1, hi=64)
+    max_message_bytes: int = option(1 << 20, "largest msgpack message (bytes)", lo=64,
+                                    hi=1 << 30)
+    max_connections: int = option(4096, "open public connections", lo=1, hi=1_000_000)
+    max_inflight_per_conn: int = option(16_384, "unanswered clicks per connection", lo=1,
+                                        hi=10_000_000)
+    max_inflight_total: int = option(65_536, "unanswered clicks in the process", lo=1,
+                                     hi=100_000_000)
+    max_score_many: int = option(10_000, "clicks in one score_many call", lo=1, hi=10_000_000)
+    idle_timeout_s: float = option(300.0, "close connections idle this long (s)", lo=0.1,
+                                   hi=86_400 * 7)
+    drain_timeout_s: float = option(10.0, "SIGTERM: longest wait for in-flight work (s)",
+                                    lo=0.0, hi=3600)
+    backend: str = option("auto", "scorer backend", choices=("auto", "onnxruntime", "tensorrt"))
+    log_level: str = option("info", "log level", choices=("debug", "info", "warning", "error"))
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-assert {f.name for f in fields(Config)} == set(_SPEC), "Config and _SPEC disagree"
+OPTIONS: dict[str, Opt] = options_of(Config)
 
 
-def keys() -> dict[str, tuple[type, Any, tuple[float, float] | None, str]]:
-    return dict(_SPEC)
-
-
-def _coerce(key: str, value: Any, source: str) -> Any:
-    typ, _default, rng, _help = _SPEC[key]
-    if typ is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: '{key}' must be true or false, not {value!r}")
-        return value
-    if typ is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: '{key}' must be an integer, not {value!r}")
-    elif typ is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: '{key}' must be a number, not {value!r}")
-        value = float(value)
-    elif typ is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{source}: '{key}' must be a string, not {value!r}")
-    if rng is not None and not (rng[0] <= value <= rng[1]):
-        raise ConfigError(f"{source}: '{key}' = {value!r} is out of range [{rng[0]}, {rng[1]}]")
-    if key in _CHOICES and value not in _CHOICES[key]:
-        raise ConfigError(f"{source}: '{key}' must be one of {', '.join(_CHOICES[key])}, "
-                          f"not {value!r}")
-    return value
+def keys() -> dict[str, Opt]:
+    """Every daemon option's declaration, in order (name -> Opt)."""
+    return dict(OPTIONS)
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
+    """A daemon config file: keys at the top level or under [slidrd]. Values are checked in
+    build()."""
     try:
-        with open(p, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    # Accept either top-level keys or a [slidrd] table.
-    if set(data) == {"slidrd"} and isinstance(data["slidrd"], dict):
-        data = data["slidrd"]
-    return data
+        return options.load_toml(path, "slidrd")
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
 
 
 def build(file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
           file_name: str = "config") -> Config:
     """Defaults <- file values <- command-line overrides (None = not given); then validate."""
-    cfg = Config()
-    for source, values in ((file_name, file_values or {}), ("command line", overrides or {})):
-        for key, value in values.items():
-            if key not in _SPEC:
-                near = [k for k in _SPEC if k.split("_")[0] == key.split("_")[0]]
-                hint = f" (did you mean {', '.join(near)}?)" if near else ""
-                raise ConfigError(f"{source}: unknown key '{key}'{hint}")
-            if value is None:
-                continue
-            setattr(cfg, key, _coerce(key, value, source))
+    try:
+        cfg = options.build_config(Config, OPTIONS, [(file_name, file_values or {}),
+                                                     ("command line", overrides or {})])
+    except OptionError as e:
+        raise ConfigError(str(e)) from None
     validate(cfg)
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    """Cross-key checks that a single key's range cannot express."""
+def validate(cfg: Config, check_registry: bool = True) -> None:
+    """Cross-key checks that a single key's range cannot express (check_registry=False: all
+    but the registry's existence, for checking a config file away from its machine)."""
     if not cfg.registry:
         raise ConfigError("'registry' is required (--registry DIR or registry = \"DIR\")")
-    if not Path(cfg.registry).is_dir():
+    if check_registry and not Path(cfg.registry).is_dir():
         raise ConfigError(f"registry directory not found: {cfg.registry}")
     if cfg.workers > 1 and not cfg.redis:
         raise ConfigError(

@@ -10,46 +10,37 @@ import sys
 import time
 from typing import Any
 
+from slidr.command import Parser, add_version, finish_tree, run
+from slidr.defaults import GLOBAL
+from slidr.options import add
+
 from . import config as config_mod
 from .config import Config, ConfigError
 from .notify import Notifier
 
 log = logging.getLogger("slidrd")
 
-# command-line flag -> config key (each flag is optional; None = not given)
-_FLAGS: list[tuple[str, str, type]] = [
-    ("--registry", "registry", str), ("--host", "host", str), ("--port", "port", int),
-    ("--redis", "redis", str), ("--redis-prefix", "redis_prefix", str),
-    ("--redis-timeout-ms", "redis_timeout_ms", int), ("--workers", "workers", int),
-    ("--embedded-capacity", "embedded_capacity", int),
-    ("--admin-socket", "admin_socket", str), ("--metrics-port", "metrics_port", int),
-    ("--metrics-host", "metrics_host", str), ("--decision-log", "decision_log", str),
-    ("--decision-log-max-bytes", "decision_log_max_bytes", int),
-    ("--deadline-ms", "deadline_ms", float), ("--max-batch", "max_batch", int),
-    ("--max-wait-us", "max_wait_us", int), ("--busy-poll-us", "busy_poll_us", int),
-    ("--pipeline-depth", "pipeline_depth", int),
-    ("--max-message-bytes", "max_message_bytes", int),
-    ("--max-connections", "max_connections", int),
-    ("--max-inflight-per-conn", "max_inflight_per_conn", int),
-    ("--max-inflight-total", "max_inflight_total", int),
-    ("--max-score-many", "max_score_many", int),
-    ("--idle-timeout-s", "idle_timeout_s", float), ("--drain-timeout-s", "drain_timeout_s", float),
-    ("--backend", "backend", str),
-    ("--log-level", "log_level", str),
-]
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slidrd", description="slidr real-time scoring daemon")
+    p = Parser(prog="slidrd", description="slidr real-time scoring daemon (docs/daemon.md; "
+                                          "conventions and exit codes: docs/cli.md)")
+    add_version(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    s = sub.add_parser("serve", help="serve decisions on a msgpack-RPC port")
-    s.add_argument("--config", metavar="FILE.toml", help="TOML config (flags override it)")
-    spec = config_mod.keys()
-    for flag, key, typ in _FLAGS:
-        s.add_argument(flag, dest=key, type=typ, default=None, help=spec[key][3])
+    s = sub.add_parser("serve", help="serve decisions on a msgpack-RPC port",
+                       description="Every option is a key of the TOML config (--config) and a "
+                                   "flag; a flag given overrides the file, which overrides the "
+                                   "default shown.")
+    s.add_argument("--config", metavar="FILE.toml",
+                   help="TOML config: the keys below, at the top level or under [slidrd] "
+                        "(default: none, the defaults and flags only)")
+    for opt in config_mod.OPTIONS.values():
+        add(s, opt, config_default=True)
     s.add_argument("--check-config", action="store_true",
-                   help="validate the configuration, print it as JSON and exit")
+                   help="validate the configuration, print it as JSON and exit (0 valid, 2 not)")
+    add(s, GLOBAL["json"], help="log records as JSON lines on stderr (for log shippers)")
+    add(s, GLOBAL["quiet"], help="log warnings and errors only")
+    s.set_defaults(func=cmd_serve)
+    finish_tree(p, ())
     return p
 
 
@@ -59,14 +50,35 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.config:
         file_values = config_mod.load_toml(args.config)
         name = args.config
-    overrides = {key: getattr(args, key) for _f, key, _t in _FLAGS}
+    overrides = {key: getattr(args, key) for key in config_mod.OPTIONS}
     return config_mod.build(file_values, overrides, file_name=name)
 
 
-def _setup_logging(level: str, worker: int | None = None) -> None:
+class _JsonLines(logging.Formatter):
+    """One JSON object per log record (for log shippers): ts, level, pid, worker, message."""
+
+    def __init__(self, worker: int | None) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        d: dict[str, Any] = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+                             "pid": os.getpid(), "message": record.getMessage()}
+        if self.worker is not None:
+            d["worker"] = self.worker
+        if record.exc_info:
+            d["exception"] = self.formatException(record.exc_info)
+        return json.dumps(d)
+
+
+def _setup_logging(level: str, worker: int | None = None, json_lines: bool = False) -> None:
     tag = f"slidrd[{os.getpid()}]" + (f" w{worker}" if worker is not None else "")
     logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
                         format=f"%(asctime)s {tag} %(levelname)s %(message)s", force=True)
+    if json_lines:
+        for h in logging.getLogger().handlers:
+            h.setFormatter(_JsonLines(worker))
 
 
 def _run_one(cfg: Config, notifier: Notifier | None, worker: int, ready_fd: int | None) -> int:
@@ -84,15 +96,15 @@ def _run_one(cfg: Config, notifier: Notifier | None, worker: int, ready_fd: int 
         uvloop.run(serve(cfg, notifier, worker, on_ready))
     except ModelLoadError as e:
         log.error("cannot start: %s", e)
-        print(f"slidrd: error: {e}", file=sys.stderr)
+        print(f"slidrd serve: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"slidrd: error: cannot bind or open: {e}", file=sys.stderr)
+        print(f"slidrd serve: error: cannot bind or open: {e}", file=sys.stderr)
         return 2
     return 0
 
 
-def _supervise(cfg: Config) -> int:
+def _supervise(cfg: Config, json_lines: bool = False) -> int:
     """--workers N: fork N single-process daemons sharing the port (SO_REUSEPORT); forward
     SIGHUP/SIGTERM; READY=1 once every worker is ready; restart a worker that dies."""
     notifier = Notifier()
@@ -107,7 +119,7 @@ def _supervise(cfg: Config) -> int:
             os.environ.pop("NOTIFY_SOCKET", None)
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
-            _setup_logging(cfg.log_level, i)
+            _setup_logging(cfg.log_level, i, json_lines=json_lines)
             os._exit(_run_one(cfg, None, i, w))
         os.close(w)
         children[pid] = i
@@ -166,23 +178,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args)
     except ConfigError as e:
-        print(f"slidrd: config error: {e}", file=sys.stderr)
+        print(f"slidrd serve: config error: {e}", file=sys.stderr)
         return 2
     if args.check_config:
         import json
         print(json.dumps(cfg.as_dict(), indent=2, sort_keys=True))
         return 0
-    _setup_logging(cfg.log_level)
+    if args.quiet and cfg.log_level in ("debug", "info"):
+        cfg.log_level = "warning"
+    _setup_logging(cfg.log_level, json_lines=args.json)
     if cfg.workers > 1:
-        return _supervise(cfg)
+        return _supervise(cfg, json_lines=args.json)
     return _run_one(cfg, Notifier(), 0, None)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return cmd_serve(args)
-    return 2
+    return run(args._prog, args.func, args)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def test_cli_unreachable_one_line_and_json(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["bench", "run", "--target", f"127.0.0.1:{_closed_port()}", "--duration", "1",
                "--warmup", "0", "--no-calibrate", "--out", str(out)])
-    assert rc == 3
+    assert rc == 1  # aborted: exit 1 (slidr/exits.py)
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = [ln for ln in err.splitlines() if "aborted" in ln]

@@ -19,7 +19,9 @@ def data():
 
 @pytest.fixture(scope="module")
 def result(data):
-    return cal.calibrate(data, cal.CalibConfig(fpr_budget=0.01, min_coverage=0.5))
+    # Every slice with a floor (the default spares logged-in slices: slidr/defaults.py).
+    return cal.calibrate(data, cal.CalibConfig(fpr_budget=0.01, min_coverage=0.5,
+                                               slice_min_coverage={}))
 
 
 def test_slice_beats_global_at_equal_fpr_on_held_out(result) -> None:
@@ -110,7 +112,7 @@ def test_cli_calibrate(tmp_path: Path, data) -> None:
                  str(tmp_path / "o" / "thresholds.json"), "--json"]) == 0
     assert (tmp_path / "o" / "thresholds.json").exists()
     assert main(["calibrate", "--scores", str(p), "--out", str(tmp_path / "x.json"),
-                 "--fpr-budget", "0.0005", "--min-coverage", "0.95"]) == 3
+                 "--fpr-budget", "0.0005", "--min-coverage", "0.95"]) == 4  # refused: model
     assert not (tmp_path / "x.json").exists()
 
 
@@ -169,7 +171,7 @@ def test_floor_every_day(data) -> None:
     rng = np.random.default_rng(0)
     d = dict(data)
     d["day"] = rng.integers(0, 3, data["score"].size)
-    cfg = dict(fpr_budget=0.03, min_coverage=0.5, refine_iters=0)
+    cfg = dict(fpr_budget=0.03, min_coverage=0.5, refine_iters=0, slice_min_coverage={})
     pooled = cal.calibrate(d, cal.CalibConfig(**cfg))
     every = cal.calibrate(d, cal.CalibConfig(**cfg, floor_every_day=True))
     va = d["split"] == "val"

@@ -120,17 +120,17 @@ def test_slidr_admin_cli(tmp_path):
         with Client(d.port) as c:
             c.call("score", click(1))
         run = [sys.executable, "-m", "slidr.cli", "admin"]
-        out = subprocess.run(run + ["stats", "--socket", str(adm), "--json"], cwd=REPO,
+        out = subprocess.run(run + ["stats", "--admin-socket", str(adm), "--json"], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         assert '"model_version": "v2"' in out.stdout
-        out = subprocess.run(run + ["rollback", "--socket", str(adm)], cwd=REPO,
+        out = subprocess.run(run + ["rollback", "--admin-socket", str(adm)], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "serving v1 (was v2)" in out.stdout, out.stdout + out.stderr
-        out = subprocess.run(run + ["rollback", "--socket", str(adm)], cwd=REPO,
+        out = subprocess.run(run + ["rollback", "--admin-socket", str(adm)], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "no previous" in out.stderr, out.stderr
-        out = subprocess.run(run + ["stats", "--socket", str(tmp_path / "nope.sock")], cwd=REPO,
+        out = subprocess.run(run + ["stats", "--admin-socket", str(tmp_path / "nope.sock")], cwd=REPO,
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and "cannot reach" in out.stderr
         with Client(d.port) as c:

@@ -244,8 +244,8 @@ def test_click_log_recomputes_features(tmp_path, registry, traffic, capsys):
     log = tmp_path / "clicks.parquet"
     pq.write_table(pa.table(cols), log)
     out = tmp_path / "from_log.jsonl"
-    assert slidr_main(["replay", "--log", str(log), "--registry", str(registry.path),
-                       "--version", "v2", "--out", str(out), "--json"]) == 0
+    assert slidr_main(["replay", "--clicks", str(log), "--registry", str(registry.path),
+                       "--model-version", "v2", "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     rows = read_out(out)
     inv2, _ = expected(traffic, -3.0)
@@ -279,15 +279,15 @@ def test_bad_record_is_named(tmp_path, registry, capsys):
 
 def test_argument_errors(tmp_path, registry, capsys):
     out = str(tmp_path / "o.jsonl")
-    assert slidr_main(["replay", "--log", str(tmp_path / "x.parquet"), "--registry",
+    assert slidr_main(["replay", "--clicks", str(tmp_path / "x.parquet"), "--registry",
                        str(registry.path), "--out", out, "--only-fail-open"]) == 2
     assert "--only-fail-open needs --decisions" in capsys.readouterr().err
     assert slidr_main(["replay", "--decisions", str(tmp_path), "--bundle",
-                       str(registry.path / "bundles" / "v1"), "--version", "v1",
+                       str(registry.path / "bundles" / "v1"), "--model-version", "v1",
                        "--out", out]) == 2
-    assert "--version needs --registry" in capsys.readouterr().err
+    assert "--model-version needs --registry" in capsys.readouterr().err
     assert slidr_main(["replay", "--decisions", str(tmp_path / "nope"), "--registry",
-                       str(registry.path), "--version", "v9", "--out", out]) == 2
+                       str(registry.path), "--model-version", "v9", "--out", out]) == 2
     assert "v9" in capsys.readouterr().err
     assert slidr_main(["replay", "--decisions", str(tmp_path / "nope"), "--registry",
                        str(registry.path), "--out", out]) == 2
