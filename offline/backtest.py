@@ -885,8 +885,8 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | Path) -> dict[str, s
         json.dump(doc, f, sort_keys=True, separators=(",", ":"))
         f.write("\n")
     pngs = plot(result, out)
-    with atomic_open(out / "backtest.html", "w") as f:
-        f.write(html_page(result, pngs))
+    from .report import write_html
+    write_html(out / "backtest.html", html_page(result, pngs))
     return {"json": str(out / "backtest.json"), "html": str(out / "backtest.html"),
             **{p: str(out / p) for p in pngs}}
 

@@ -185,13 +185,11 @@ def parse_slice_coverage(items: list[str] | None) -> dict[str, float]:
 def load_scores(path: str | Path, score_col: str = "score_model") -> dict[str, np.ndarray]:
     """scores.parquet (TEAM-NOTES) -> numpy columns: score, slice, purchased, heuristic, split,
     is_robot (None when absent)."""
-    import pyarrow.parquet as pq
+    from slidr.files import read_table
     path = Path(path)
     if path.is_dir():
         path = path / "scores.parquet"
-    if not path.exists():
-        raise FileNotFoundError(f"scores file not found: {path}")
-    tbl = pq.read_table(path)
+    tbl = read_table(path, "scores file")
     need = ("slice", "purchased", "robot_heuristic", score_col)
     missing = [c for c in need if c not in tbl.column_names]
     if missing:
@@ -893,10 +891,12 @@ def _f(v: Any, d: int) -> str:
 # ---------------------------------------------------------------- plots and html
 
 def write_outputs(result: Mapping[str, Any], out_dir: str | Path, method: str | None = None,
-                  thresholds_name: str = "thresholds.json") -> dict[str, str]:
+                  thresholds_name: str = "thresholds.json",
+                  training_report: str | Path | None = None) -> dict[str, str]:
     """thresholds.json + calibration.json + PNGs + calibration.html into out_dir (atomic files).
     method None: the method calibrate chose (CalibConfig.method); "slice", "global"
-    (global@budget) or "global_knee" override it."""
+    (global@budget) or "global_knee" override it. The training report (`training_report`, or
+    report.html beside) and calibration.html link to each other; both embed their figures."""
     from slidr.util import write_json
 
     from .report import clean
@@ -911,10 +911,13 @@ def write_outputs(result: Mapping[str, Any], out_dir: str | Path, method: str | 
                                                  "evaluation": result["evaluation"]}))
     pngs = plot(result, out)
     html_path = out / "calibration.html"
-    from slidr.util import atomic_open
-    with atomic_open(html_path, "w") as f:
-        f.write(html_page(result, pngs))
+    from .report import link_line, set_links, write_html
+    write_html(html_path, html_page(result, pngs))
     _merge_into_report(out / "report.html", html_fragment(result, pngs))
+    report = Path(training_report) if training_report else out / "report.html"
+    if report.is_file():
+        set_links(html_path, link_line("Training report", report, out))
+        set_links(report, link_line("Calibration report", html_path, report.parent))
     return {"thresholds": str(out / thresholds_name), "html": str(html_path),
             "json": str(out / "calibration.json"), **{p: str(out / p) for p in pngs}}
 
@@ -931,8 +934,9 @@ def _merge_into_report(report: Path, fragment: str) -> None:
         page = page[: page.index(marker)] + "</body></html>\n"
     section = f"{marker}<h2 id='calibration'>Calibration</h2>{fragment}"
     page = page.replace("</body>", section + "</body>", 1) if "</body>" in page else page + section
+    from .report import embed_images
     with atomic_open(report, "w") as f:
-        f.write(page)
+        f.write(embed_images(page, report.parent))
 
 
 def plot(result: Mapping[str, Any], out: Path) -> list[str]:

@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     knee = args.method == "global_knee"
     files = cal.write_outputs(result, out.parent, method="global_knee" if knee else None,
-                              thresholds_name=out.name)
+                              thresholds_name=out.name,
+                              training_report=Path(path).parent / "report.html")
     method = args.method if knee else cal.chosen_method(result)
     if args.json:
         print(cal.to_json({"feasible": True, "files": files, **cal.summary(result),

@@ -89,18 +89,17 @@ def run(args: argparse.Namespace) -> int:
     for what, path in (("click log", args.clicks), ("customers table", args.customers)):
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(2, f"{what} not found", str(path))
-    if not Path(args.registry).is_dir():
-        raise CommandError(f"registry {args.registry} does not exist (or is not a directory)",
-                           2)
 
     def note(m: str) -> None:
         if not args.quiet:
             print(m, file=sys.stderr, flush=True)
 
-    with progress.job(args._prog, STAGES):
+    with progress.job(args._prog, STAGES) as job:
         res = daily.run_daily(args.clicks, args.customers, args.registry, args.work, cfg,
                               log=note)
-    code = int(res["exit_code"])
+        code = int(res["exit_code"])
+        if code != daily.EXIT_PUBLISHED:
+            job.stop()
     if args.json:
         out = daily._clean(res)
         out.pop("traceback", None)

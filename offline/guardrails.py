@@ -117,15 +117,8 @@ def explain(checks: Sequence[Check]) -> str:
 def read_log_columns(path: Any) -> dict[str, Any]:
     """The columns the data guardrails need, with null counts, without contract validation
     (a guardrail reports problems; it should not stop at the first bad row)."""
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
-    path = Path(path)
-    if path.suffix == ".csv":
-        import pyarrow.csv as pcsv
-        tbl = pcsv.read_csv(path)
-    else:
-        tbl = pq.read_table(path)
+    from slidr.files import read_table
+    tbl = read_table(path, "click log")
     cols: dict[str, Any] = {"_columns": list(tbl.column_names), "_nulls": {}, "_n": tbl.num_rows}
     for c in tbl.column_names:
         cols["_nulls"][c] = int(tbl.column(c).null_count)

@@ -50,17 +50,9 @@ def load_customers(path: str | Path | None):
     """Customers table (user_id, recency_days, frequency, monetary) as a pyarrow Table."""
     if path is None:
         return None
+    from slidr.files import read_table
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"customers table not found: {path}")
-    if path.suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-        tbl = pq.read_table(path)
-    elif path.suffix == ".csv":
-        import pyarrow.csv as pcsv
-        tbl = pcsv.read_csv(path)
-    else:
-        raise ValueError(f"{path}: customers table must end in .parquet or .csv")
+    tbl = read_table(path, "customers table")
     missing = [c for c in CUSTOMER_FIELDS if c not in tbl.column_names]
     if missing:
         raise ValueError(f"{path}: customers table lacks column(s) {', '.join(missing)} "

@@ -56,8 +56,8 @@ class Replay:
 def count_rows(path: str | Path) -> int | None:
     path = Path(path)
     if path.suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-        return int(pq.ParquetFile(path).metadata.num_rows)
+        from slidr.files import parquet_file
+        return int(parquet_file(path, "click log").metadata.num_rows)
     return None
 
 

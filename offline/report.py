@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import html
+import os
+import re
 import math
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,46 @@ def save_png(fig: Any, path: Path, dpi: int = 90) -> str:
     _save(fig, path, dpi, bbox_inches=None)
     plt.close(fig)
     return path.name
+
+
+_IMG = re.compile(r"""(<img\s[^>]*?src=)(["'])([^"'<>]+?\.(png|svg))\2""", re.I)
+
+
+def embed_images(page: str, base: Path) -> str:
+    """Every <img src="x.png"> whose file is in `base` becomes a data: URI, so the page is one
+    self-contained file that can be mailed or archived (the PNG files stay beside it)."""
+    def sub(m: re.Match[str]) -> str:
+        f = base / m.group(3)
+        if "/" in m.group(3) or not f.is_file():
+            return m.group(0)
+        mime = "image/svg+xml" if m.group(4).lower() == "svg" else "image/png"
+        data = base64.b64encode(f.read_bytes()).decode("ascii")
+        return f"{m.group(1)}{m.group(2)}data:{mime};base64,{data}{m.group(2)}"
+    return _IMG.sub(sub, page)
+
+
+def write_html(path: Path, page: str) -> None:
+    """A report page, its figures embedded, written atomically."""
+    with atomic_open(path, "w") as f:
+        f.write(embed_images(page, path.parent))
+
+
+def link_line(label: str, target: Path, page_dir: Path) -> str:
+    """<p class='links'> with a relative link from a page in page_dir to `target`."""
+    rel = os.path.relpath(target, page_dir)
+    return (f"<p class='links'>{html.escape(label)}: <a href='{html.escape(rel)}'>"
+            f"{html.escape(rel)}</a></p>")
+
+
+def set_links(path: Path, line: str) -> None:
+    """Put (or replace) the links line under the page's <h1> and rewrite it atomically."""
+    page = path.read_text()
+    page = re.sub(r"<!-- slidr:links -->.*?<!-- /slidr:links -->", "", page, flags=re.S)
+    block = f"<!-- slidr:links -->{line}<!-- /slidr:links -->"
+    i = page.find("</h1>")
+    page = page[:i + 5] + block + page[i + 5:] if i >= 0 else block + page
+    with atomic_open(path, "w") as f:
+        f.write(page)
 
 
 def plot_curves(curves: dict[str, Any], fpr_target: float, out: Path) -> list[str]:
@@ -243,5 +286,4 @@ def write(out: Path, doc: dict[str, Any], curves: dict[str, Any], scores: dict[s
         ["ONNX vs torch max abs diff", par.get("max_abs_diff")],
         ["replay clicks/s", meta["replay"]["clicks_per_s"]],
         ["replay store", meta["replay"]["store"]]]))
-    with atomic_open(out / "report.html", "w") as f:
-        f.write("\n".join(parts) + "\n")
+    write_html(out / "report.html", "\n".join(parts) + "\n")

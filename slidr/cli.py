@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # usage error (2), --help or --version (0): a code, not an exit
+        return e.code if isinstance(e.code, int) else 2
     return run(args._prog, args.func, args)
 
 

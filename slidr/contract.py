@@ -381,13 +381,13 @@ def iter_log_chunks(path: str | Path, chunk_rows: int = 262_144,
     need = list(REQUIRED) + [k for k in require if k not in REQUIRED]
     reader: Iterator[Any]
     if path.suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-        pf = pq.ParquetFile(path)
+        from .files import parquet_file
+        pf = parquet_file(path, "click log")
         names = pf.schema_arrow.names
         as_dict = [c for c in read_dictionary if c in names
                    and pa.types.is_string(pf.schema_arrow.field(c).type)]
         if as_dict:
-            pf = pq.ParquetFile(path, read_dictionary=as_dict)
+            pf = parquet_file(path, "click log", read_dictionary=as_dict)
         reader = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=chunk_rows))
     elif path.suffix in (".csv", ".gz") or path.name.endswith(".csv.gz"):
         import pyarrow.csv as pcsv

@@ -85,6 +85,14 @@ class Job:
             _stream().write(f"\r\x1b[K{self.prog}: {self.index(name)} {name} ...")
             _stream().flush()
 
+    def stop(self) -> None:
+        """The current stage did not complete (refused, failed): no "done" line for it; the
+        command's own message says why."""
+        if self.current is not None and self.tty and _mode != OFF:
+            _stream().write("\r\x1b[K")
+            _stream().flush()
+        self.current = None
+
     def finish(self) -> None:
         """End the current stage (if any): its one line."""
         if self.current is None:

@@ -255,11 +255,13 @@ def test_cli_outputs_and_require_win(runs, tmp_path: Path, capsys) -> None:
     assert len(full["rows"]) == 6 and full["gate"] == doc["gate"]
     # Everything but the rows is a deterministic function of the rows in the file.
     again = bt.summarise(full["rows"], full["config"]["runs"], [0.03], full["config"]["calib"],
-                         200, 0)
+                         200, full["bootstrap"][0]["seed"])
     for k, v in again.items():
         assert json.loads(json.dumps(bt_clean(v))) == full[k], k
     page = (out / "backtest.html").read_text()
-    assert "Pooled over the held-out days" in page and "backtest_days.png" in page
+    assert "Pooled over the held-out days" in page
+    # One self-contained file: the figures are embedded, nothing is loaded from beside it.
+    assert page.count("src=\"data:image/png;base64,") == 2 and ".png\"" not in page
     assert "Bootstrap over held-out days" in page and "PASSED" in page
     # Parallel (2 processes) and serial runs give the same rows.
     serial = bt.run_backtest(runs, [0.03], val_days=2, n_boot=0,
@@ -295,7 +297,7 @@ def test_bad_input(runs, tmp_path: Path, capsys) -> None:
     assert "(0, 1)" in err(str(runs[0]), "--budgets", "0.01,1.5")
     assert "(0, 1)" in err(str(runs[0]), "--budgets", "0")
     assert "numbers" in err(str(runs[0]), "--budgets", "0.01,abc")
-    assert "--val-days must be >= 1" in err(str(runs[0]), "--val-days", "0")
+    assert "--val-days: 0 is out of range [1, 60]" in err(str(runs[0]), "--val-days", "0")
     assert "SLICE=VALUE" in err(str(runs[0]), "--slice-min-coverage", "desktop/out")
     nodays = tmp_path / "nodays"
     nodays.mkdir()

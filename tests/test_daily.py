@@ -36,8 +36,8 @@ def loose_cfg() -> daily.DailyConfig:
 
 
 def loose_flags(tmp: Path) -> list[str]:
-    f = tmp / "guard.json"
-    f.write_text(json.dumps(LOOSE_GUARD))
+    f = tmp / "guard.toml"
+    f.write_text("[guardrails]\n" + "".join(f"{k} = {v!r}\n" for k, v in LOOSE_GUARD.items()))
     return [*LOOSE, "--guardrail-config", str(f)]
 
 
@@ -108,11 +108,31 @@ def test_sigkill_at_any_point_leaves_registry_valid(killed) -> None:
 
 @pytest.fixture(scope="module")
 def first_run(killed, sim: Path, tmp_path_factory):
+    """The whole job as an operator runs it: `slidr daily --json`, stderr a pipe (not a TTY)."""
     reg = killed["registry"]
     work = tmp_path_factory.mktemp("work")
-    res = daily.run_daily(sim / "clicks.parquet", sim / "customers.parquet", reg, work,
-                          loose_cfg(), log=lambda m: None)
+    r = subprocess.run([sys.executable, "-m", "slidr.cli", "daily", "--clicks",
+                        str(sim / "clicks.parquet"), "--customers", str(sim / "customers.parquet"),
+                        "--registry", str(reg), "--work", str(work), *loose_flags(work.parent),
+                        "--json"], capture_output=True, text=True, timeout=600)
+    res = json.loads(r.stdout)
+    res["stderr"], res["returncode"] = r.stderr, r.returncode
     return reg, work, res
+
+
+def test_progress_is_one_line_per_stage_when_stderr_is_not_a_terminal(first_run) -> None:
+    _reg, _work, res = first_run
+    assert res["returncode"] == 0, res["stderr"]
+    lines = res["stderr"].splitlines()
+    stages = [ln for ln in lines if ln.startswith("slidr daily: [")]
+    from slidr.offline.cli_daily import STAGES
+    assert [ln.split("] ", 1)[1].split(":")[0] for ln in stages] == list(STAGES), lines
+    for i, ln in enumerate(stages, 1):
+        assert ln.startswith(f"slidr daily: [{i}/{len(STAGES)}] ") and ": done in " in ln
+    # Nothing else that looks like progress: no 10% lines, no redrawn lines, no ETAs.
+    import re
+    assert not [ln for ln in lines if re.match(r"^[\w ]+: \d+% \(", ln) or "\r" in ln
+                or "ETA" in ln], lines
 
 
 def test_first_run_publishes_and_promotes(first_run) -> None:
@@ -127,6 +147,14 @@ def test_first_run_publishes_and_promotes(first_run) -> None:
               "guardrails.json", "calibration.html", "metrics.json", "report.html"):
         assert (b.path / f).is_file(), f
     assert b.thresholds["method"] == "slice"
+    # The training and calibration reports are single files (figures embedded) linking to
+    # each other.
+    import re
+    report, calib = (b.path / "report.html").read_text(), (b.path / "calibration.html").read_text()
+    for page in (report, calib):
+        assert "data:image/png;base64," in page
+        assert not re.findall(r"src=[\"'][^\"']+\.png", page)
+    assert "href='calibration.html'" in report and "href='report.html'" in calib
     assert b.manifest["guardrails"]["passed"] is True
     runs = list((reg_dir / "runs").glob("*-published.json"))
     assert runs and json.loads(runs[0].read_text())["exit_code"] == 0
