@@ -1,7 +1,7 @@
 # The two commands a fresh machine needs (see README): `make demo` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: demo test bootstrap lint bench
+.PHONY: demo test bootstrap lint bench wheel lock docs check-install
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -18,3 +18,17 @@ test: bootstrap lint
 
 bench: bootstrap
 	SLIDR_REQUIRE_NATIVE=1 $(PY) -m slidr.cli bench kernel
+
+# Production install (docs/install.md): the wheel, the pinned dependencies, the generated docs.
+wheel: bootstrap
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
+lock: bootstrap
+	$(PY) scripts/lock.py
+
+docs: bootstrap
+	$(PY) -m slidr.docgen
+
+# Follows docs/install.md from scratch in a scratch directory (a few minutes).
+check-install: bootstrap
+	scripts/check-install.sh

@@ -1,4 +1,4 @@
-"""Global and slice-level calibration of the robot score (DESIGN.md, "Calibration").
+"""Global and slice-level calibration of the robot score (docs/calibration.md).
 
 Operating rule (shared with offline/metrics.py and the daemon): a click is invalidated when
 ``score > threshold``.

@@ -1,4 +1,4 @@
-"""`slidr replay`: delayed decisions through another bundle (DESIGN.md, "replay tool")."""
+"""`slidr replay`: delayed decisions through another bundle (docs/daemon.md, "Decision log")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Offline metrics (DESIGN.md, "Metrics"), numpy only.
+"""Offline metrics (docs/offline.md), numpy only.
 
 Conventions used everywhere in offline/:
 - A score is a robot score: higher = more robotic.

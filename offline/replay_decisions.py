@@ -1,4 +1,4 @@
-"""Delayed decisions: replay traffic through a chosen bundle (DESIGN.md, "replay tool").
+"""Delayed decisions: replay traffic through a chosen bundle (docs/daemon.md, "Decision log").
 
 Two sources:
 

@@ -9,7 +9,7 @@
     async with AsyncClient(["127.0.0.1:7700"]) as ac:
         ds = await ac.score_many([click1, click2])
 
-Wire: msgpack-RPC over TCP (DESIGN.md): request [0, msgid, method, params], response
+Wire: msgpack-RPC over TCP (docs/daemon.md): request [0, msgid, method, params], response
 [1, msgid, error, result]. Many requests are in flight on one connection at once and
 responses are matched by msgid, in whatever order they come back.
 
@@ -51,7 +51,7 @@ T = TypeVar("T")
 
 
 class Decision(TypedDict):
-    """The decision contract (DESIGN.md, "Decision")."""
+    """The decision contract (docs/contract.md, "Decision")."""
 
     click_id: Any
     invalid: bool

@@ -1,4 +1,4 @@
-"""The click contract: one source of truth for the click record (DESIGN.md, "Click record").
+"""The click contract: one source of truth for the click record (docs/contract.md).
 
 Everything that reads or writes clicks imports from here: the daemon validates requests with
 `validate_click`, the offline pipeline streams logs with `iter_log_chunks`, and both turn clicks

@@ -1,6 +1,6 @@
 """Stable wire error codes: one source of truth for the daemon, the client and the docs.
 
-An error on the wire is a ``[code, message]`` pair (DESIGN.md, "Wire protocol"). Codes never
+An error on the wire is a ``[code, message]`` pair (docs/daemon.md, "Wire protocol"). Codes never
 change meaning; new codes are only ever appended.
 """
 

@@ -1,4 +1,4 @@
-"""DESIGN.md: "A third-party msgpack-RPC client must work unchanged" — against the real slidrd.
+"""A third-party msgpack-RPC client must work unchanged (docs/client.md) — against the real slidrd.
 
 The client is msgpack-rpc-python 0.4.1 (the msgpack-rpc project's own Python client), in its
 own venv that scripts/bootstrap.sh installs. `make test` sets SLIDR_REQUIRE_THIRD_PARTY=1 so a

@@ -1,4 +1,4 @@
-"""Call a msgpack-RPC server through a client that is not ours (DESIGN.md: "a third-party
+"""Call a msgpack-RPC server through a client that is not ours (docs/client.md: "a third-party
 msgpack-RPC client must work unchanged").
 
 Two third-party clients are supported; each lives in its own environment under

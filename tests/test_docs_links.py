@@ -1,0 +1,100 @@
+"""Every link in the docs leads somewhere: relative links to files that exist (and to headings
+that exist in them), and every `docs/*.md` a module or doc names is in the repository."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+DOC_PATH = re.compile(r"(?<![\w/.-])((?:docs|bench|systemd|scripts)/[\w./-]+\.(?:md|html|toml|sh|service|timer|env))\b")
+
+
+def _tracked(*patterns: str) -> list[Path]:
+    out = subprocess.run(["git", "ls-files", *patterns], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return [REPO / p for p in out if (REPO / p).is_file()]
+
+
+def _docs() -> list[Path]:
+    here = {p for p in REPO.glob("*.md")} | set(REPO.glob("docs/*.md")) | \
+        set(REPO.glob("bench/**/*.md"))
+    return sorted(p for p in here if ".venv" not in p.parts)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    h = re.sub(r"[`*_]", "", heading.strip().lower())
+    h = re.sub(r"[^\w\- ]", "", h)
+    return h.replace(" ", "-")
+
+
+def _anchors(md: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+    return {_slug(m.group(1)) for m in re.finditer(r"^#+\s+(.*)$", text, re.M)}
+
+
+def test_relative_links_resolve():
+    bad = []
+    for doc in _docs():
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in LINK.findall(text):
+            if re.match(r"^[a-z]+:", target):  # http(s):, mailto:, file: - not checked here
+                continue
+            path, _, anchor = target.partition("#")
+            dest = (doc.parent / path).resolve() if path else doc
+            if not dest.exists():
+                bad.append(f"{doc.relative_to(REPO)}: {target}: no such file")
+            elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+                bad.append(f"{doc.relative_to(REPO)}: {target}: no heading #{anchor}")
+    assert not bad, "\n".join(bad)
+
+
+def test_named_doc_paths_exist():
+    """`docs/x.md`, `systemd/x.service`, ... named in code, docs and units are in the repo; no
+    file points to a DESIGN.md that is not shipped."""
+    bad = []
+    files = _tracked("*.py", "*.md", "*.toml", "*.sh", "*.service", "*.timer", "Makefile")
+    for f in files:
+        if "results" in f.parts:  # recorded bench output quotes old paths verbatim
+            continue
+        text = f.read_text(errors="replace")
+        for p in set(DOC_PATH.findall(text)):
+            if not (REPO / p).exists() and "*" not in p:
+                bad.append(f"{f.relative_to(REPO)}: names {p}, which does not exist")
+        if f.suffix in (".py", ".md") and re.search(r"\bDESIGN\.md\b", text) and \
+                f.name != "TEAM-NOTES.md":
+            bad.append(f"{f.relative_to(REPO)}: refers to DESIGN.md, which is not in the "
+                       "repository (the click contract is docs/contract.md)")
+    assert not bad, "\n".join(bad)
+
+
+def test_client_doc_uses_the_default_port():
+    from slidr.slidrd.config import Config
+    text = (REPO / "docs" / "client.md").read_text()
+    ports = set(re.findall(r"[\d.]+:(\d{4,5})\b", text))
+    assert ports == {str(Config().port)}, ports
+
+
+def test_lock_file_is_current():
+    """requirements.lock (docs/install.md) pins exactly what this environment runs."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("lock", REPO / "scripts" / "lock.py")
+    lock = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lock)
+    assert (REPO / "requirements.lock").read_text() == lock.render(), \
+        "requirements.lock is stale: run `make lock`"
+
+
+def test_install_templates_are_valid_configs(capsys):
+    from slidr.cli import main
+    files = [str(REPO / "systemd" / f) for f in ("slidrd.toml", "guardrails.toml")]
+    assert main(["check-config", *files]) == 0, capsys.readouterr().err
+    env = (REPO / "systemd" / "daily.env").read_text()
+    flags = next(ln.split("=", 1)[1] for ln in env.splitlines()
+                 if ln.startswith("SLIDR_DAILY_FLAGS="))
+    flags = flags.replace("/etc/slidr/guardrails.toml", files[1])
+    assert main(["daily", "--clicks", "c.parquet", "--registry", "r", *flags.split(),
+                 "--check-config"]) == 0, capsys.readouterr().err
