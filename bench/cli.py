@@ -128,7 +128,9 @@ def register(sub: Any) -> None:
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from slidr import progress
+    if progress.mode() != progress.OFF:  # --quiet
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _pin(cpus: str | None) -> None:

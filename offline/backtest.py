@@ -511,9 +511,11 @@ def run_backtest(runs: Sequence[Path | str], budgets: Sequence[float], val_days:
         p = json.loads(res)
         parts.append(p)
         r0 = p["rows"][0]
+        el = time.perf_counter() - t0
+        eta = el / len(parts) * (len(tasks) - len(parts))
         say(f"backtest: [{len(parts)}/{len(tasks)}] {r0['run_name']} day {r0['test_day']} "
             f"(fit on {','.join(map(str, r0['fit_days']))}): {p['wall_s']:.1f} s; "
-            f"elapsed {time.perf_counter() - t0:.0f} s")
+            f"elapsed {el:.0f} s, ETA {eta:.0f} s")
 
     if jobs > 1 and len(tasks) > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed

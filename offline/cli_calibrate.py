@@ -50,21 +50,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slidr import progress
+
     from . import calibrate as cal
     path = args.scores if args.scores is not None else args.train_dir / "scores.parquet"
-    cols = cal.load_scores(path, args.score_col)
     cfg = calib_config(args)
-    try:
-        result = cal.calibrate(cols, cfg)
-    except cal.CalibrationInfeasible as e:
-        if args.json:
-            print(cal.to_json({"feasible": False, "message": str(e), **e.details}))
-        raise CommandError(f"calibration infeasible: {e}", EXIT_INFEASIBLE) from None
     out = Path(args.out)
     knee = args.method == "global_knee"
-    files = cal.write_outputs(result, out.parent, method="global_knee" if knee else None,
-                              thresholds_name=out.name,
-                              training_report=Path(path).parent / "report.html")
+    with progress.job(args._prog, ("read scores", "fit", "report")) as job:
+        job.stage("read scores")
+        cols = cal.load_scores(path, args.score_col)
+        job.stage("fit")
+        try:
+            result = cal.calibrate(cols, cfg)
+        except cal.CalibrationInfeasible as e:
+            job.stop()
+            if args.json:
+                print(cal.to_json({"feasible": False, "message": str(e), **e.details}))
+            raise CommandError(f"calibration infeasible: {e}", EXIT_INFEASIBLE) from None
+        job.stage("report")
+        files = cal.write_outputs(result, out.parent, method="global_knee" if knee else None,
+                                  thresholds_name=out.name,
+                                  training_report=Path(path).parent / "report.html")
     method = args.method if knee else cal.chosen_method(result)
     if args.json:
         print(cal.to_json({"feasible": True, "files": files, **cal.summary(result),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 import re
-import math
 from pathlib import Path
 from typing import Any
 

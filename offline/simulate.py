@@ -466,16 +466,19 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
     sess = _Sessions()
     # Local days -1..days so every UTC hour of the window is covered in every time zone.
     local_days = list(range(-1, p.days + 1))
-    bar = Progress(len(local_days), "simulate", unit="days", enabled=progress)
+    # One step per (day, traffic family): even steps, not a jump of a whole day at a time.
+    bar = Progress(len(local_days) * (1 + len(robots)), "simulate", unit="steps",
+                   enabled=progress)
     daily_mult: dict[str, list[float]] = {f: [] for f in robots}
     for day in local_days:
         _humans(rng, pop, p, day, p.clicks_per_day * human_share, t0, sess)
+        bar.update(1)
         for fam in robots:
             m = float(np.exp(p.daily_volume_sigma * rng.standard_normal()
                              - p.daily_volume_sigma ** 2 / 2))
             daily_mult[fam].append(m)
             _robots(rng, pop, p, fam, day, p.clicks_per_day * p.robot_share[fam] * m, t0, sess)
-        bar.update(1)
+            bar.update(1)
     bar.close()
     s = sess.cat()
     rep, ts, new = _expand(rng, s)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import REPO
+
 from slidr import exits
 from slidr.cli import main
 
