@@ -66,7 +66,11 @@ min_auc_heuristic = 0.0
 EOF
 sed -i -e 's/^min_slice_purchases = .*/min_slice_purchases = 10/' \
   -e '/^fpr_tolerance = 0.5/d' -e '/^ivr_band = 0.5/d' "$root/etc/slidr/guardrails.toml"
-set -a; . "$root/etc/slidr/daily.env"; set +a
+# EnvironmentFile= syntax (KEY=VALUE, the value may hold spaces), read as systemd reads it.
+while IFS='=' read -r key value; do
+  case $key in ''|'#'*) continue ;; esac
+  export "$key=$value"
+done < "$root/etc/slidr/daily.env"
 # shellcheck disable=SC2086
 "$bin/slidr" daily --clicks "$SLIDR_CLICKS" --customers "$SLIDR_CUSTOMERS" \
   --registry "$root/var/lib/slidr/registry" $SLIDR_DAILY_FLAGS --fpr-budget 0.05 \

@@ -58,7 +58,7 @@ def test_named_doc_paths_exist():
     bad = []
     files = _tracked("*.py", "*.md", "*.toml", "*.sh", "*.service", "*.timer", "Makefile")
     for f in files:
-        if "results" in f.parts:  # recorded bench output quotes old paths verbatim
+        if "results" in f.parts or f.name == Path(__file__).name:  # recorded output; this file
             continue
         text = f.read_text(errors="replace")
         for p in set(DOC_PATH.findall(text)):
@@ -98,3 +98,22 @@ def test_install_templates_are_valid_configs(capsys):
     flags = flags.replace("/etc/slidr/guardrails.toml", files[1])
     assert main(["daily", "--clicks", "c.parquet", "--registry", "r", *flags.split(),
                  "--check-config"]) == 0, capsys.readouterr().err
+
+
+def test_contract_doc_matches_the_code():
+    """docs/contract.md's field table says what slidr/contract.py enforces."""
+    from slidr import contract as c
+    text = (REPO / "docs" / "contract.md").read_text()
+    rows = {}
+    for line in text.split("## Fields", 1)[1].split("##", 1)[0].splitlines():
+        cells = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells
+    assert set(rows) == set(c.FIELDS)
+    for name, (_kind, required) in c.FIELDS.items():
+        assert rows[name][2].startswith("yes") == required, name
+    assert f"1..{c.MAX_ID_LEN} characters" in rows["click_id"][3]
+    assert f"up to {c.MAX_UA_LEN} characters" in rows["user_agent"][3]
+    assert f"{c.TZ_MIN}..{c.TZ_MAX}" in rows["tz_offset_min"][3]
+    assert ", ".join(f"`{d}`" for d in c.DEVICES[:-1]) + f" or `{c.DEVICES[-1]}`" \
+        in rows["device"][3]
