@@ -28,20 +28,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slidr import progress
+
     from .importers import IMPORTERS, write_import
 
-    res = IMPORTERS[args.kind](args.src)
-    m = res.manifest
-    bad = m["bad_rows"]
-    share = bad["count"] / max(m["rows_read"], 1)
-    if m["rows_written"] == 0:
-        raise ValueError(f"{args.src}: no row could be parsed as {args.kind} "
-                         f"({bad['count']} bad rows; first: {bad['first'][:3]})")
-    if share > args.max_bad_share:
-        raise ValueError(f"{args.src}: {bad['count']} of {m['rows_read']} rows "
-                         f"({share:.1%}) failed to parse, more than --max-bad-share "
-                         f"{args.max_bad_share:.1%}; first: {bad['first'][:3]}")
-    write_import(res, args.out)
+    with progress.job(args._prog, ("read and convert", "write")) as job:
+        job.stage("read and convert")
+        res = IMPORTERS[args.kind](args.src)
+        m = res.manifest
+        bad = m["bad_rows"]
+        share = bad["count"] / max(m["rows_read"], 1)
+        if m["rows_written"] == 0:
+            raise ValueError(f"{args.src}: no row could be parsed as {args.kind} "
+                             f"({bad['count']} bad rows; first: {bad['first'][:3]})")
+        if share > args.max_bad_share:
+            raise ValueError(f"{args.src}: {bad['count']} of {m['rows_read']} rows "
+                             f"({share:.1%}) failed to parse, more than --max-bad-share "
+                             f"{args.max_bad_share:.1%}; first: {bad['first'][:3]}")
+        job.stage("write")
+        write_import(res, args.out)
     if args.json:
         print(json.dumps(m, indent=2, sort_keys=True))
         return 0

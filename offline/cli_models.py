@@ -137,5 +137,8 @@ def _dispatch(args: argparse.Namespace, reg: Any) -> int:
         lines = [f"{'ok  ' if r is None else 'FAIL'} {v}" + (f": {r}" if r else "")
                  for v, r in res.items()] or [f"no bundles in {reg.path}"]
         _out(args, {"ok": not bad, "results": res}, "\n".join(lines))
-        return EXIT_VERIFY_FAILED if bad else 0
+        if bad:
+            raise CheckFailed(f"{len(bad)} of {len(res)} bundle(s) failed verification: "
+                              + ", ".join(sorted(bad)))
+        return 0
     raise ValueError(f"unknown action {args.action!r}")

@@ -94,3 +94,28 @@ def test_import_does_not_pull_torch_or_cvxpy():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_json_log_lines():
+    """`slidrd serve --json`: one JSON object per log record, for log shippers."""
+    import json
+    import logging
+
+    from slidr.slidrd.main import _JsonLines
+    rec = logging.LogRecord("slidrd", logging.WARNING, __file__, 1, "worker %d slow", (3,), None)
+    d = json.loads(_JsonLines(worker=2).format(rec))
+    assert d["level"] == "warning" and d["message"] == "worker 3 slow" and d["worker"] == 2
+
+
+def test_every_option_is_a_flag_and_a_key(tmp_path):
+    """One declaration: each Config field is a TOML key and a `slidrd serve` flag."""
+    from slidr.slidrd.main import build_parser
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = {a.dest: a for a in serve._actions if a.option_strings}
+    for name, opt in C.OPTIONS.items():
+        assert name in flags and flags[name].option_strings == [opt.flag], name
+    args = build_parser().parse_args(["serve", "--registry", str(tmp_path),
+                                      "--decision-log-features", "false", "--deadline-ms", "2"])
+    from slidr.slidrd.main import load_config
+    cfg = load_config(args)
+    assert cfg.decision_log_features is False and cfg.deadline_ms == 2.0 and cfg.port == 7411

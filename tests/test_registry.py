@@ -181,6 +181,8 @@ def test_cli_models(tmp_path: Path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["results"]["v1"] == "files not in the manifest: stray.txt"
     assert main(["models", "promote", "v1", *r]) == 5 and reg.current().version == "v2"
+    cap = capsys.readouterr()  # the refusal: one line on stderr, nothing on stdout
+    assert cap.out == "" and cap.err.count("\n") == 1 and "stray.txt" in cap.err
 
 
 def test_cli_models_missing_registry_is_an_error(tmp_path: Path, capsys) -> None:
