@@ -443,8 +443,11 @@ def markdown_table(opts: Iterable[Opt], *, with_flag: bool = True, key_title: st
     for o in opts:
         key = f"`{o.flag}`" if with_flag else f"`{o.name}`"
         typ = {dict: "NAME=VALUE", Path: "path"}.get(o.type, o.type.__name__)
-        extra = "".join(f"; `{c}`: {format_value(v)} ({why})"
+        extra = "".join(f"; `{c}`: `{format_value(v)}` ({why})"
                         for c, (v, why) in o.per_command.items())
-        rows.append(f"| {key} | {typ} | {o.shown_default(command)}{extra} | "
-                    f"{o.bounds_text()} | {o.help.replace('|', '/')} |")
+        default = o.shown_default(command)
+        default = default if o.default_text is not None else f"`{default}`"
+        rng = o.bounds_text().replace("|", "\\|")
+        rows.append(f"| {key} | {typ} | {default}{extra} | {rng} | "
+                    f"{o.help.replace('|', '/')} |")
     return "\n".join(rows)

@@ -230,12 +230,12 @@ def test_defaults_agree_between_loader_flags_and_docs():
         if name != "registry":
             assert format_value(loaded[name]) == want, f"loader: {name}"
         assert shown[opt.flag] == want, f"slidrd serve {opt.flag} shows {shown[opt.flag]}"
-        assert docs.get(opt.flag, "").startswith(want), \
+        assert docs.get(opt.flag, "").startswith(f"`{want}`"), \
             f"docs/daemon.md: {opt.flag} default {docs.get(opt.flag)!r} != {want!r}"
     docs = _doc_table(REPO / "docs" / "cli.md", "shared-options")
     for opt in defaults.SHARED.values():
-        assert docs.get(opt.flag, "").startswith(opt.shown_default()), \
-            f"docs/cli.md: {opt.flag}"
+        want = opt.shown_default() if opt.default_text else f"`{opt.shown_default()}`"
+        assert docs.get(opt.flag, "").startswith(want), f"docs/cli.md: {opt.flag}"
 
 
 def test_generated_docs_are_up_to_date():
