@@ -249,8 +249,7 @@ def cmd_hiccup(a: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- run / sweep
 
 _LOAD_KEYS = ("rate", "duration", "warmup", "connections", "procs", "arrivals", "tick_us", "drain")
-_SWEEP_DEST = {"start": "start_rate"}  # scenario key -> flag dest, where they differ
-_SWEEP_KEYS = {"target_ms": "target_ms", "start": "start", "max_rate": "max_rate",
+_SWEEP_KEYS = {"target_ms": "target_ms", "start_rate": "start", "max_rate": "max_rate",
                "factor": "factor", "repeat": "repeat", "bisect": "bisect_steps",
                "max_fail_open": "max_fail_open", "max_time": "max_time_s"}
 
@@ -263,7 +262,7 @@ def scenario_options() -> dict[str, dict[str, Any]]:
     from slidr.options import Opt
     sweep = {
         "target_ms": Opt("target_ms", float, 5.0, "p99.9 target (ms)", lo=0.0, lo_open=True),
-        "start": Opt("start", float, 1000.0, "first rate", lo=0.0, lo_open=True),
+        "start_rate": Opt("start_rate", float, 1000.0, "first rate", lo=0.0, lo_open=True),
         "max_rate": BENCH["max_rate"],
         "factor": Opt("factor", float, 2.0, "geometric step", lo=1.0, lo_open=True),
         "repeat": Opt("repeat", int, 3, "runs per rate", lo=1, hi=100),
@@ -481,7 +480,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     spec.check()
     kw = {}
     for cli_key, fn_key in _SWEEP_KEYS.items():
-        v = getattr(a, _SWEEP_DEST.get(cli_key, cli_key), None)
+        v = getattr(a, cli_key, None)
         if v is None:
             v = sc.get("sweep", {}).get(cli_key)
         if v is not None:
