@@ -23,7 +23,8 @@ TABLE: dict[int, tuple[str, str, str]] = {
              "a bug; a disk full; a daemon that cannot be reached; a load test that aborted"),
     USAGE: ("usage or bad input", "the command line, a config file or an input file is wrong",
             "an unknown flag; a value out of range; a missing, empty or unreadable file; a "
-            "config key of the wrong type; an unknown model version; a port already in use"),
+            "config key of the wrong type; an unknown model version; a port already in use; an "
+            "admin request the daemon refuses (nothing to roll back to)"),
     REFUSED_DATA: ("refused: data", "a data guardrail refused the input; nothing changed",
                    "`slidr daily` on a log with missing purchase hours or drifted features"),
     REFUSED_MODEL: ("refused: model", "a model guardrail refused the result; nothing changed",

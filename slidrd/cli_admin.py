@@ -1,4 +1,4 @@
-"""`slidr admin reload|rollback|stats [--socket PATH] [--json]`: talk to slidrd's admin socket."""
+"""`slidr admin reload|rollback|stats [--admin-socket PATH] [--json]`: talk to slidrd's admin socket."""
 
 from __future__ import annotations
 
@@ -10,11 +10,19 @@ from typing import Any
 
 import msgpack
 
+from slidr.exits import BadInput
+
 DEFAULT_SOCKET = os.environ.get("SLIDRD_ADMIN_SOCKET", "/run/slidrd/admin.sock")
 
 
+class AdminRefused(BadInput):
+    """The daemon answered the admin request with an error: exit 2, its message on stderr."""
+
+
 def call(path: str, method: str, timeout: float = 60.0) -> Any:
-    """One msgpack-RPC call on the admin Unix socket; raises RuntimeError with the daemon's error."""
+    """One msgpack-RPC call on the admin Unix socket. RuntimeError (exit 1) when the daemon
+    cannot be reached or answers nothing; AdminRefused (exit 2) when it refuses the request
+    (nothing to roll back to, a bundle that does not verify): the old model keeps serving."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -33,7 +41,7 @@ def call(path: str, method: str, timeout: float = 60.0) -> Any:
                 if msg[0] == 1 and msg[1] == 1:
                     if msg[2] is not None:
                         code, text = msg[2]
-                        raise RuntimeError(f"{method} failed (code {code}): {text}")
+                        raise AdminRefused(f"{method} refused (code {code}): {text}")
                     return msg[3]
     finally:
         s.close()
@@ -64,8 +72,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     p = sub.add_parser("admin", help="reload, roll back or inspect a running slidrd",
-                       description="Exit 0 done, 1 when the daemon cannot be reached or "
-                                   "refuses (the old model keeps serving).")
+                       description="Exit 0 done, 1 when the daemon cannot be reached, 2 when "
+                                   "it refuses the request (the old model keeps serving).")
     p.add_argument("action", choices=("reload", "rollback", "stats"),
                    help="reload: load the registry's current bundle; rollback: the previous "
                         "stable bundle becomes current; stats: counters and latency")
