@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from slidr.exits import BadInput
+from slidr.exits import BadInput, CommandError
 
 DEFAULT_SOCKET = os.environ.get("SLIDRD_ADMIN_SOCKET", "/run/slidrd/admin.sock")
 
@@ -19,8 +19,12 @@ class AdminRefused(BadInput):
     """The daemon answered the admin request with an error: exit 2, its message on stderr."""
 
 
+class AdminUnreachable(CommandError, RuntimeError):
+    """The daemon cannot be reached (not running, wrong socket) or did not answer: exit 1."""
+
+
 def call(path: str, method: str, timeout: float = 60.0) -> Any:
-    """One msgpack-RPC call on the admin Unix socket. RuntimeError (exit 1) when the daemon
+    """One msgpack-RPC call on the admin Unix socket. AdminUnreachable (exit 1) when the daemon
     cannot be reached or answers nothing; AdminRefused (exit 2) when it refuses the request
     (nothing to roll back to, a bundle that does not verify): the old model keeps serving."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -28,14 +32,14 @@ def call(path: str, method: str, timeout: float = 60.0) -> Any:
     try:
         s.connect(path)
     except OSError as e:
-        raise RuntimeError(f"cannot reach slidrd admin socket {path}: {e}") from None
+        raise AdminUnreachable(f"cannot reach slidrd admin socket {path}: {e}") from None
     try:
         s.sendall(msgpack.packb([0, 1, method, []]))
         up = msgpack.Unpacker(raw=False, strict_map_key=False)
         while True:
             data = s.recv(1 << 16)
             if not data:
-                raise RuntimeError("slidrd closed the admin connection without an answer")
+                raise AdminUnreachable("slidrd closed the admin connection without an answer")
             up.feed(data)
             for msg in up:
                 if msg[0] == 1 and msg[1] == 1:
