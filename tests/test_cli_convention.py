@@ -178,6 +178,13 @@ def test_config_dataclasses_take_their_defaults_from_the_declarations():
     declared = {**defaults.SHARED}
     for cls in _configs():
         inst = cls()
+        # A field named like a shared option is that option: declared, not a literal default.
+        for f in dataclasses.fields(cls):
+            if f.name in declared and f.name not in defaults.GLOBAL \
+                    and cls is not daemon_config.Config:
+                assert "opt" in f.metadata, f"{cls.__name__}.{f.name}: a literal default; " \
+                    "use options.field_from(slidr.defaults...)"
+                assert getattr(inst, f.name) == declared[f.name].default, (cls.__name__, f.name)
         opts = options_of(cls)
         assert opts, f"{cls.__name__} declares no option"
         for name, opt in opts.items():
