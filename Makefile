@@ -21,6 +21,7 @@ bench: bootstrap
 
 # Production install (docs/install.md): the wheel, the pinned dependencies, the generated docs.
 wheel: bootstrap
+	rm -rf build/bdist.*
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 
 lock: bootstrap

@@ -24,6 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 say "1. wheel"
+rm -rf "$src"/build/bdist.*  # a build interrupted earlier leaves a half-made wheel tree there
 "$src/.venv/bin/python" -m pip wheel -q --no-deps --no-build-isolation -w "$scratch/dist" "$src" \
   2> "$scratch/wheel.log" || { cat "$scratch/wheel.log" >&2; exit 1; }
 if grep -q "absent from the packages" "$scratch/wheel.log"; then
