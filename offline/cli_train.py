@@ -40,8 +40,10 @@ def main(args: argparse.Namespace) -> int:
     if args.redis:
         from slidr.store_redis import RedisStore  # type: ignore[import-not-found]
         store = RedisStore(args.redis)
+    from slidr import progress
     try:
-        res = pipeline.run(args.clicks, args.customers, args.out, cfg, store=store)
+        with progress.job(args._prog, pipeline.STAGES):
+            res = pipeline.run(args.clicks, args.customers, args.out, cfg, store=store)
     finally:
         if store is not None:
             store.close()

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from slidr import progress
 from slidr.contract import CUSTOMER_FIELDS, SLICES, slice_name
 from slidr.defaults import CALIBRATION, COMMON, TRAINING
 from slidr.featurespec import SPEC_HASH, spec_dict
@@ -21,6 +22,8 @@ from slidr.util import atomic_dir, atomic_open, write_json
 from . import baselines, metrics, replay, train
 
 SCORERS = ("model", "logistic", "velocity")
+# Stages of `slidr train` (slidr/progress.py: one line each when stderr is not a terminal).
+STAGES = ("replay", "labels", "model", "baselines", "metrics", "export", "report")
 
 
 @dataclass
@@ -139,10 +142,11 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
 
+    progress.stage("replay")
     rp = replay.replay_log(clicks, store=store, use_native=cfg.use_native,
                            batch_size=cfg.batch_size, progress=cfg.progress)
     timings["replay_s"] = rp.seconds
-    t = time.perf_counter()
+    t = progress.stage("labels")
     if len(rp) == 0:
         raise ValueError(f"{clicks}: the click log has no rows")
     wl, label_source = weak_labels(rp, cust)
@@ -162,12 +166,12 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     tr, va, te = split["train"], split["val"], split["test"]
     w_tr = train.sample_weights(cells[tr])
     w_va = train.sample_weights(cells[va])
-    t = time.perf_counter()
+    t = progress.stage("model")
     mlp = train.fit(x[tr], y[tr], w_tr, x[va], y[va], w_va, hidden=cfg.hidden,
                     weight_decay=cfg.weight_decay, epochs=cfg.epochs, seed=cfg.seed,
                     progress=cfg.progress, label="mlp")
     timings["train_mlp_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    t = progress.stage("baselines")
     logi = baselines.fit_logistic(x[tr], y[tr], w_tr, x[va], y[va], w_va, seed=cfg.seed,
                                   epochs=cfg.epochs, progress=cfg.progress)
     timings["train_logistic_s"] = time.perf_counter() - t
@@ -186,7 +190,7 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
         return {k: (None if v is None else v[m]) for k, v in cols.items()}
 
     cols_te = sub(cols_all, is_te)
-    t = time.perf_counter()
+    t = progress.stage("metrics")
     results: dict[str, Any] = {}
     curves: dict[str, Any] = {}
     for name, s in scores.items():
@@ -262,12 +266,12 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
 
     from . import report
     with atomic_dir(out) as tmp:
-        t = time.perf_counter()
+        t = progress.stage("export")
         meta["onnx_parity"] = train.export_onnx(mlp.model, tmp / "model.onnx", x[te])
         timings["onnx_s"] = time.perf_counter() - t
         write_json(tmp / "feature_spec.json", {**spec_dict(), "spec_hash": SPEC_HASH})
         _write_scores(tmp / "scores.parquet", rp, ev, split, day, slices, wl, heur, scores)
-        t = time.perf_counter()
+        t = progress.stage("report")
         doc = {"fpr_target": cfg.fpr_target,
                "threshold_set_on": "test day (each scorer's own threshold gives overall test "
                                    "FPR = fpr_target); threshold_from_validation shows the "

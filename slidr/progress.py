@@ -77,6 +77,8 @@ class Job:
         return f"[{i}/{max(n, i)}]"
 
     def stage(self, name: str) -> None:
+        if self.stages and name not in self.stages:
+            return  # a step of a called function (train inside daily): part of this stage
         self.finish()
         self.current = name
         self.detail = ""

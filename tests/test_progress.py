@@ -96,3 +96,18 @@ def test_a_bar_alone_is_its_own_stage(stream):
     bar.close()
     assert s.getvalue().splitlines() == [s.getvalue().splitlines()[0]]
     assert s.getvalue().startswith("simulate: 4 steps in ")
+
+
+def test_train_stages_inside_daily_do_not_move_its_stages(stream):
+    """`slidr daily` runs the training pipeline inside its "train" stage: the pipeline's own
+    stage names must not be daily's, or its lines would jump back and forth."""
+    from slidr.offline import cli_daily, pipeline
+    assert not set(pipeline.STAGES) & set(cli_daily.STAGES)
+    s = stream(False)
+    with progress.job("slidr daily", cli_daily.STAGES):
+        progress.stage("train")
+        for name in pipeline.STAGES:
+            progress.stage(name)  # ignored: not daily's
+        progress.stage("calibrate")
+    assert [ln.split("] ")[1].split(":")[0] for ln in s.getvalue().splitlines()] == \
+        ["train", "calibrate"]
