@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = calib_config(args)
     out = Path(args.out)
     knee = args.method == "global_knee"
-    with progress.job(args._prog, ("read scores", "fit", "report")) as job:
+    with progress.job(getattr(args, "_prog", "slidr calibrate"), ("read scores", "fit", "report")) as job:
         job.stage("read scores")
         cols = cal.load_scores(path, args.score_col)
         job.stage("fit")

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(m, file=sys.stderr, flush=True)
 
-    with progress.job(args._prog, STAGES) as job:
+    with progress.job(getattr(args, "_prog", "slidr daily"), STAGES) as job:
         res = daily.run_daily(args.clicks, args.customers, args.registry, args.work, cfg,
                               log=note)
         code = int(res["exit_code"])

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .importers import IMPORTERS, write_import
 
-    with progress.job(args._prog, ("read and convert", "write")) as job:
+    with progress.job(getattr(args, "_prog", "slidr import"), ("read and convert", "write")) as job:
         job.stage("read and convert")
         res = IMPORTERS[args.kind](args.src)
         m = res.manifest

@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         store = RedisStore(args.redis)
     from slidr import progress
     try:
-        with progress.job(args._prog, pipeline.STAGES):
+        with progress.job(getattr(args, "_prog", "slidr train"), pipeline.STAGES):
             res = pipeline.run(args.clicks, args.customers, args.out, cfg, store=store)
     finally:
         if store is not None:

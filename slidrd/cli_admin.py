@@ -51,6 +51,14 @@ def call(path: str, method: str, timeout: float = 60.0) -> Any:
         s.close()
 
 
+def _counts(d: Any) -> str:
+    """{"deadline": 3, "store_down": 0} -> "3 (deadline 3)": the total, then the non-zero ones."""
+    if not isinstance(d, dict):
+        return str(d)
+    nz = ", ".join(f"{k} {v}" for k, v in d.items() if v)
+    return f"{sum(d.values())}" + (f" ({nz})" if nz else "")
+
+
 def _print(method: str, res: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps(res, indent=2, sort_keys=True, default=str))
@@ -62,7 +70,7 @@ def _print(method: str, res: Any, as_json: bool) -> None:
     print(f"model {res.get('model_version')}  uptime {res.get('uptime_s', 0):.0f}s  "
           f"requests {res.get('requests')}  connections {res.get('connections')}")
     print(f"decisions {sum(res.get('decisions', {}).values())}  invalid "
-          f"{sum(res.get('invalid', {}).values())}  fail-open {res.get('fail_open')}  "
+          f"{sum(res.get('invalid', {}).values())}  fail-open {_counts(res.get('fail_open'))}  "
           f"redis errors {res.get('redis_errors')}")
     print(f"latency total: mean {lat.get('mean_ms', 0):.3f} ms, p99 <= {lat.get('p99_ms_le', 0)} ms,"
           f" p99.9 <= {lat.get('p999_ms_le', 0)} ms; mean batch {res.get('mean_batch', 0):.1f}")
