@@ -111,3 +111,11 @@ def test_train_stages_inside_daily_do_not_move_its_stages(stream):
         progress.stage("calibrate")
     assert [ln.split("] ")[1].split(":")[0] for ln in s.getvalue().splitlines()] == \
         ["train", "calibrate"]
+
+
+def test_detail_goes_on_the_stage_line(stream):
+    s = stream(False)
+    with progress.job("slidr daily", ("features",)):
+        progress.stage("features")
+        progress.detail("590,113 clicks/s, peak RSS 1.20 GiB")
+    assert s.getvalue().rstrip().endswith("(590,113 clicks/s, peak RSS 1.20 GiB)")
