@@ -17,13 +17,14 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.slidr-deps
-want=$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml setup.py requirements.lock | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing dependencies (first run takes about a minute)" >&2
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   # torch pinned so the local CPU wheel is used (a loose pin pulls a multi-GB CUDA build).
   .venv/bin/python -m pip install -q "torch==2.13.0" "Cython==3.3.1" "numpy>=2.0" "setuptools>=69" wheel
-  .venv/bin/python -m pip install -q --no-build-isolation -e ".[daemon,offline,bench,dev]"
+  # Constrained by requirements.lock so the tests run against exactly what production installs.
+  .venv/bin/python -m pip install -q --no-build-isolation -c requirements.lock -e ".[daemon,offline,bench,dev]"
   echo "$want" > "$stamp"
 fi
 # A third-party msgpack-RPC client (not ours) for the wire-compatibility test. It pins an old
