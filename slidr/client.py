@@ -38,28 +38,18 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypedDict, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import msgpack
 
+from slidr.protocol import NOTIFY as NOTIFICATION
+from slidr.protocol import REQUEST, RESPONSE, Decision
+
 log = logging.getLogger("slidr.client")
 
-REQUEST, RESPONSE, NOTIFICATION = 0, 1, 2
 _DEVICES = ("desktop", "mobile", "app")
 MAX_MESSAGE = 64 << 20
 T = TypeVar("T")
-
-
-class Decision(TypedDict):
-    """The decision contract (docs/contract.md, "Decision")."""
-
-    click_id: Any
-    invalid: bool
-    score: float | None
-    threshold: float | None
-    slice: str | None
-    model: str | None
-    reason: str
 
 
 class RPCError(Exception):

@@ -34,11 +34,12 @@ class Parser(argparse.ArgumentParser):
 
 def version_text(prog: str) -> str:
     import platform
-    from importlib.util import find_spec
 
     from slidr import __version__
     try:
-        native = "yes" if find_spec("slidr.ext._kernel") else "no (pure-Python reference)"
+        from slidr.ext import NATIVE, PURE_PYTHON
+        native = "yes" if NATIVE else (
+            "no (SLIDR_PURE_PYTHON=1)" if PURE_PYTHON else "no (pure-Python reference)")
     except (ImportError, ValueError):  # a version line must never fail
         native = "unknown"
     return (f"{prog} {__version__} (Python {platform.python_version()}, native kernel: "

@@ -8,6 +8,7 @@ into the columnar `ClickBatch` the feature kernel consumes.
 from __future__ import annotations
 
 import ipaddress
+import reprlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,10 @@ OFFLINE_FIELDS: dict[str, str] = {"purchased": "bool", "is_robot": "bool"}
 CUSTOMER_FIELDS = ("user_id", "recency_days", "frequency", "monetary")
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
 class ContractError(ValueError):
     """A click (or a log row) violates the contract. Names the field, the value and the row."""
 
@@ -57,7 +62,7 @@ class ContractError(ValueError):
             where += f"{source}: "
         if row is not None:
             where += f"row {row}: "
-        shown = repr(value)
+        shown = _REPR.repr(value)  # bounded in depth and length: a value may be hostile
         if len(shown) > 80:
             shown = shown[:77] + "..."
         super().__init__(f"{where}field '{field}' {problem} (got {shown})")
@@ -110,7 +115,7 @@ def validate_click(c: Any, row: int | None = None) -> None:
         elif kind == "ip":
             _check_ip(v, row)
         elif kind == "device":
-            if v not in DEVICE_CODE:
+            if not isinstance(v, str) or v not in DEVICE_CODE:  # a list is not hashable
                 raise ContractError(name, v, f"must be one of {', '.join(DEVICES)}", row)
         elif kind == "bool":
             if not isinstance(v, bool):
@@ -214,11 +219,8 @@ def _arrow():
 
 
 def _native_kernel():
-    try:
-        from slidr.ext import _kernel  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - exercised only without a build
-        return None
-    return _kernel if hasattr(_kernel, "not_ipv4") else None
+    from slidr.ext import kernel_native
+    return kernel_native if hasattr(kernel_native, "not_ipv4") else None
 
 
 def _check_ip_column_native(k, arr, base_row: int) -> bool:

@@ -1,31 +1,19 @@
 """The feature kernel facade: ClickBatch -> float32 features, through a counter store.
 
-The native module (slidr.ext._kernel, built from ext/_kernel.pyx) is used when present. Set
-SLIDR_REQUIRE_NATIVE=1 to make its absence an error, so CI never tests the fallback by accident.
+The compiled kernel (ext/_kernel.pyx) or its pure-Python twin (ext/reference.py), as the one
+boundary slidr/ext/__init__.py chose at import (SLIDR_PURE_PYTHON=1, SLIDR_REQUIRE_NATIVE=1).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Protocol
 
 import numpy as np
 
 from slidr.contract import ClickBatch
+from slidr.ext import NATIVE, reference
+from slidr.ext import kernel_native as native
 from slidr.featurespec import N_FEATURES, finish
-
-try:
-    from slidr.ext import _kernel as native  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - exercised only without a build
-    if os.environ.get("SLIDR_REQUIRE_NATIVE") == "1":
-        raise ImportError(
-            "SLIDR_REQUIRE_NATIVE=1 but the native kernel slidr.ext._kernel is not built; "
-            "run `pip install -e .` (or `python setup.py build_ext --inplace`)") from None
-    native = None
-
-from slidr.ext import reference
-
-NATIVE = native is not None
 
 
 class Store(Protocol):

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from slidr import featurespec as fs
+from slidr.ext import kernel_native
 
 __all__ = ["RedisStore", "StoreUnavailable", "resp_bulk", "script_source"]
 
@@ -80,12 +81,9 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 _D_SRC, _D_DST, _B_DST = _raw_maps()
 
-try:  # the native builder writes doubles and u32 in host order: little-endian hosts only
-    from slidr.ext._kernel import redis_request as _native_request
-    if sys.byteorder != "little":
-        _native_request = None
-except ImportError:  # pragma: no cover - only without a build
-    _native_request = None
+# The native builder writes doubles and u32 in host order: little-endian hosts only.
+_native_request = getattr(kernel_native, "redis_request", None) \
+    if sys.byteorder == "little" else None
 # For one click, in plain Python: RAW column -> row index (the v/pv columns are filled after).
 _ROW1 = struct.Struct("<23d")
 _SRC_OF_COL = [0] * fs.RAW_WIDTH

@@ -39,18 +39,14 @@ from slidr.contract import (
 )
 from slidr.errors import ErrorCode, error
 from slidr.kernel import FeatureKernel
+from slidr.protocol import click_id_of, fail_open_decision
 
 from .metrics import Metrics
 
 log = logging.getLogger("slidrd")
 
-try:  # the native per-click path (ext/_fastpath.pyx); the Python below is its reference
-    from slidr.ext import _fastpath as _fp
-except ImportError:  # pragma: no cover - only without a build
-    import os as _os
-    if _os.environ.get("SLIDR_REQUIRE_NATIVE") == "1":
-        raise
-    _fp = None
+# The native per-click path (ext/_fastpath.pyx) or None; the Python below is its reference twin.
+from slidr.ext import fastpath as _fp  # noqa: E402
 
 _SLICE_BY_CODE = [slice_name(d, li) for d in range(len(DEVICE_CODE)) for li in (0, 1)]
 _SLICE_KEYS = [msgpack.packb(s) for s in _SLICE_BY_CODE]
@@ -132,6 +128,10 @@ class Group:
         self.remaining = n
 
     def fill(self, idx: int, value: Any) -> None:
+        if self.results[idx] is not None:  # answered already: exactly one answer per slot
+            log.error("score_many slot %d of request %d answered twice; kept the first",
+                      idx, self.msgid)
+            return
         self.results[idx] = value
         self.remaining -= 1
         self.conn.inflight -= 1
@@ -147,17 +147,16 @@ def _store_unavailable_types() -> tuple[type[BaseException], ...]:
     return (StoreUnavailable,)
 
 
-def best_slice(click: Any) -> str | None:
+def click_problem(c: Any) -> str | None:
+    """None when `c` passes the contract, else the one-line error naming the field. Never
+    raises: whatever a click holds, the problem is that click's alone."""
     try:
-        return slice_name(DEVICE_CODE[click["device"]], 1 if click["logged_in"] else 0)
-    except Exception:
-        return None
-
-
-def fail_open_decision(click: Any, cause: str, model: str) -> dict[str, Any]:
-    cid = click.get("click_id") if isinstance(click, dict) else None
-    return {"click_id": cid, "invalid": False, "score": None, "threshold": None,
-            "slice": best_slice(click), "model": model, "reason": "fail_open:" + cause}
+        validate_click(c)
+    except ContractError as e:
+        return str(e)
+    except Exception as e:  # a value no check foresaw: still this click's own error
+        return f"click could not be validated ({type(e).__name__})"
+    return None
 
 
 class Batcher:
@@ -294,18 +293,20 @@ class Batcher:
         cutoff = t0 + margin
         for it in items:
             c = it[0]
-            ok = _fp.fast_valid(c, _ip_ok, _ip_valid) if _fp is not None else fast_valid(c)
+            try:
+                ok = _fp.fast_valid(c, _ip_ok, _ip_valid) if _fp is not None else fast_valid(c)
+            except Exception:  # never trust a click to be checkable: ask click_problem
+                ok = False
+            problem = None if ok else click_problem(c)
+            if problem is not None:
+                # Refused whether or not it is late: a click the contract refuses is never
+                # counted, and its error is its own (not a fail-open decision).
+                self._answer_error(it, error(ErrorCode.INVALID_CLICK, problem))
+                continue
             if it[4] <= cutoff:
                 expired.append(it)
-                if ok or _contract_ok(c):
-                    late.append(c)
+                late.append(c)
                 continue
-            if not ok:
-                try:
-                    validate_click(c)
-                except ContractError as e:
-                    self._answer_error(it, error(ErrorCode.INVALID_CLICK, str(e)))
-                    continue
             valid.append(it)
             clicks.append(c)
         if expired:
@@ -313,15 +314,20 @@ class Batcher:
         rows = late + clicks if late else clicks
         if not rows:
             return valid, clicks, None, 0
-        if _fp is not None:
-            return valid, clicks, ClickBatch(*_fp.batch_columns(rows)), len(late)
-        return valid, clicks, ClickBatch.from_clicks(rows, validate=False), len(late)
+        try:
+            if _fp is not None:
+                return valid, clicks, ClickBatch(*_fp.batch_columns(rows)), len(late)
+            return valid, clicks, ClickBatch.from_clicks(rows, validate=False), len(late)
+        except Exception:  # a bug: the valid clicks are answered (fail-open), once
+            log.exception("batch columns failed")
+            self._fail_open(valid, "model_error", version, clicks)
+            return [], [], None, 0
 
     def _run_inline(self, items: list[Item]) -> None:
         t0 = _perf()
         model = self.get_model()
+        valid, clicks, batch, n_late = self._prepare(items, t0, model.version)
         try:
-            valid, clicks, batch, n_late = self._prepare(items, t0, model.version)
             if batch is not None:
                 if t0 < self._store_down_until:
                     self._fail_open(valid, "store_down", model.version, clicks)
@@ -336,9 +342,9 @@ class Batcher:
                                 batch = batch.slice(n_late, len(batch))
                             self._decide(valid, clicks, batch, feats, scores, model, t0,
                                          t_store, t_model)
-        except Exception:  # a bug: answer (valid) rather than leave clients hanging
+        except Exception:  # a bug before the answers: answer the valid clicks, once
             log.exception("batch failed")
-            self._fail_open_remaining(items, "model_error")
+            self._fail_open(valid, "model_error", model.version, clicks)
         self._flush_dirty()
 
     def _run_async(self, items: list[Item]) -> None:
@@ -346,9 +352,9 @@ class Batcher:
         t0 = _perf()
         model = self.get_model()
         sent = False
+        valid, clicks, batch, n_late = self._prepare(items, t0, model.version,
+                                                     min(self._est, self._margin_cap))
         try:
-            valid, clicks, batch, n_late = self._prepare(items, t0, model.version,
-                                                         min(self._est, self._margin_cap))
             if batch is not None:
                 if t0 < self._store_down_until:
                     self._fail_open(valid, "store_down", model.version, clicks)
@@ -368,9 +374,10 @@ class Batcher:
                                 self.loop.time() + max(first - _perf(), 0.0), self._on_expired, st)
                         else:
                             st.expired = True  # count-only: nobody waits for the reply
-        except Exception:  # a bug: answer (valid) rather than leave clients hanging
+        except Exception:  # a bug before the send: answer the valid clicks, once
             log.exception("batch failed")
-            self._fail_open_remaining(items, "model_error")
+            if not sent:
+                self._fail_open(valid, "model_error", model.version, clicks)
         if not sent:
             self.inflight_batches -= 1
             if self.pending:
@@ -430,9 +437,10 @@ class Batcher:
                         self._est = 0.7 * self._est + 0.3 * (t_store + t_model)
                         self._decide(st.valid, st.clicks, batch, feats, scores, model, st.t0,
                                      t_store, t_model)
+                        st.expired = True  # answered (_decide's bookkeeping cannot raise)
                 else:
                     self._est = 0.7 * self._est + 0.3 * t_store
-        except Exception:
+        except Exception:  # a bug before the answers: answer the valid clicks, once
             log.exception("batch failed")
             if not st.expired:
                 st.expired = True
@@ -520,16 +528,19 @@ class Batcher:
                 sink.queue_result(it[2], d)
                 dirty.add(sink)
         self.inflight_clicks -= n
-        t_end = _perf()
-        m = self.metrics
-        arr = np.fromiter((it[3] for it in valid), dtype=np.float64, count=n)
-        m.latency["queue"].observe_many(t0 - arr)
-        m.latency["total"].observe_many(t_end - arr)
-        per = np.bincount(codes, minlength=len(_SLICE_BY_CODE)).tolist()
-        bad = np.bincount(codes, weights=invalid, minlength=len(_SLICE_BY_CODE)).tolist()
-        self._count(n, t_store, t_model, per, bad)
-        if dlog is not None:
-            dlog.submit(clicks, feats, decisions, version)
+        try:  # answered: nothing below may answer again
+            t_end = _perf()
+            m = self.metrics
+            arr = np.fromiter((it[3] for it in valid), dtype=np.float64, count=n)
+            m.latency["queue"].observe_many(t0 - arr)
+            m.latency["total"].observe_many(t_end - arr)
+            per = np.bincount(codes, minlength=len(_SLICE_BY_CODE)).tolist()
+            bad = np.bincount(codes, weights=invalid, minlength=len(_SLICE_BY_CODE)).tolist()
+            self._count(n, t_store, t_model, per, bad)
+            if dlog is not None:
+                dlog.submit(clicks, feats, decisions, version)
+        except Exception:
+            log.exception("bookkeeping of a decided batch failed")
 
     def _decide_native(self, valid: list[Item], clicks: list[Any], batch: ClickBatch,
                        feats: np.ndarray, scores: np.ndarray, model: Any, t0: float,
@@ -553,6 +564,23 @@ class Batcher:
         tot.n += n
         dirty = self._dirty
         groups = _fp.route_frames(valid, frames, Group, dirty)
+        self.inflight_clicks -= n
+        try:  # direct answers are queued; score_many slots are filled below, once each
+            self._after_native(valid, clicks, feats, scores, invalid, thr, codes, version,
+                               groups, n, t_store, t_model, per, bad)
+        except Exception:
+            log.exception("bookkeeping of a decided batch failed")
+            for i in groups:  # a slot still empty gets its decision's fail-open twin
+                sink = valid[i][1]
+                if sink.results[valid[i][2]] is None:
+                    sink.fill(valid[i][2], fail_open_decision(clicks[i], "model_error", version))
+                    dirty.add(sink.conn)
+
+    def _after_native(self, valid: list[Item], clicks: list[Any], feats: np.ndarray,
+                      scores: np.ndarray, invalid: Any, thr: Any, codes: Any, version: str,
+                      groups: list[int], n: int, t_store: float, t_model: float, per: list[Any],
+                      bad: list[Any]) -> None:
+        dirty = self._dirty
         dlog = self.dlog
         if groups or dlog is not None:
             decisions = []
@@ -568,7 +596,6 @@ class Batcher:
                     dirty.add(sink.conn)
             if dlog is not None:
                 dlog.submit(clicks, feats, decisions, version)
-        self.inflight_clicks -= n
         self._count(n, t_store, t_model, per, bad)
 
     def _count(self, n: int, t_store: float, t_model: float, per: list[Any],
@@ -604,7 +631,7 @@ class Batcher:
     def _answer_error(self, it: Item, err: list[Any]) -> None:
         sink = it[1]
         self.inflight_clicks -= 1
-        cid = it[0].get("click_id") if isinstance(it[0], dict) else None
+        cid = click_id_of(it[0])
         self.metrics.errors[ErrorCode(err[0]).name] += 1
         if type(sink) is Group:
             sink.fill(it[2], {"click_id": cid, "error": err})
@@ -637,11 +664,6 @@ class Batcher:
             self.dlog.submit(clicks if clicks is not None else [it[0] for it in items], feats,
                              decisions, version)
 
-    def _fail_open_remaining(self, items: list[Item], cause: str) -> None:
-        # Only for unexpected bugs: answer what has not been answered. Items whose sink no longer
-        # expects them are harmless (queue_result on a closed connection is a no-op).
-        self._fail_open(items, cause, self._version())
-
     def _flush_dirty(self) -> None:
         if self._dirty:
             for conn in self._dirty:
@@ -666,14 +688,6 @@ class Batcher:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-
-
-def _contract_ok(c: Any) -> bool:
-    try:
-        validate_click(c)
-    except ContractError:
-        return False
-    return True
 
 
 class _InFlight:

@@ -16,11 +16,10 @@ from typing import Any
 
 import msgpack
 
-from slidr.errors import ErrorCode, RpcError, error
+from slidr.protocol import MAX_DEPTH, MAX_MSGID, ErrorCode, RpcError, error, too_deep
 
 log = logging.getLogger("slidrd")
 
-_MAX_MSGID = (1 << 32) - 1
 _perf = time.perf_counter
 
 
@@ -40,6 +39,7 @@ class RpcConnection(asyncio.Protocol):
         self.fed = 0
         self.consumed = 0
         self.closed = False
+        self.closing = False  # a fatal error was answered; close once in-flight answers are out
         self.paused_reading = False
         self.write_paused = False
         self.last_active = time.monotonic()
@@ -62,6 +62,8 @@ class RpcConnection(asyncio.Protocol):
         self.maybe_resume()
 
     def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
         t_arr = _perf()
         self.last_active = time.monotonic()
         up = self.unpacker
@@ -97,6 +99,12 @@ class RpcConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ requests
     def handle(self, msg: Any, t_arr: float) -> None:
         self.daemon.metrics.requests += 1
+        if too_deep(msg):
+            mid = msg[1] if type(msg) is list and len(msg) == 4 and msg[0] == 0 \
+                and type(msg[1]) is int and 0 <= msg[1] <= MAX_MSGID else None
+            self.queue_error(mid, error(ErrorCode.BAD_REQUEST,
+                                        f"message nested deeper than {MAX_DEPTH} levels"))
+            return
         if type(msg) is not list or not msg:
             self.queue_error(None, error(ErrorCode.BAD_REQUEST,
                                         "a message must be an array [type, ...]"))
@@ -104,7 +112,7 @@ class RpcConnection(asyncio.Protocol):
         kind = msg[0]
         if kind == 0 and len(msg) == 4:
             msgid, method, params = msg[1], msg[2], msg[3]
-            if type(msgid) is not int or not 0 <= msgid <= _MAX_MSGID:
+            if type(msgid) is not int or not 0 <= msgid <= MAX_MSGID:
                 self.queue_error(None, error(ErrorCode.BAD_REQUEST,
                                             "msgid must be an unsigned 32-bit integer"))
                 return
@@ -174,10 +182,23 @@ class RpcConnection(asyncio.Protocol):
             if not self.closed and self.transport is not None:
                 self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
             self.out.clear()
+        if self.closing:
+            if self.inflight <= 0:
+                self.close()
+            return
         self.maybe_resume()
 
     def fatal(self, code: ErrorCode, message: str) -> None:
+        """Answer a fatal error and close. Requests read before it (a valid click, then bad
+        bytes in the same read) are still answered: reading stops, and the connection closes
+        once they are."""
         self.queue_error(None, error(code, message))
+        if self.inflight > 0 and not self.closed:
+            self._pause()
+            self.closing = True
+            self.after_input()  # the batcher takes what was read before the bad bytes
+            self.flush()
+            return
         self.flush()
         self.close()
 
@@ -197,6 +218,7 @@ class RpcConnection(asyncio.Protocol):
 
     def maybe_resume(self) -> None:
         if self.paused_reading and not self.write_paused and not self.closed \
+                and not self.closing \
                 and self.inflight <= self.resume_below():
             self.paused_reading = False
             try:

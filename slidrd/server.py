@@ -20,6 +20,7 @@ from typing import Any
 
 from slidr.errors import ErrorCode, RpcError
 from slidr.featurespec import SPEC_HASH
+from slidr.protocol import ADMIN_METHODS, MAX_DEPTH, MAX_MSGID, PUBLIC_METHODS, too_deep
 
 from .batcher import Batcher, Group
 from .busypoll import BusyPoller
@@ -33,8 +34,6 @@ from .rpc import RpcConnection
 
 log = logging.getLogger("slidrd")
 
-PUBLIC_METHODS = ("score", "score_many", "ping", "info")
-ADMIN_METHODS = ("reload", "rollback", "stats", "ping", "info")
 
 
 def _deadline_of(obj: Any, default_s: float) -> float:
@@ -83,10 +82,10 @@ class PublicConnection(RpcConnection):
         if type(msg) is list and len(msg) == 4 and msg[0] == 0 and msg[2] == "score":
             msgid = msg[1]
             params = msg[3]
-            if type(msgid) is int and 0 <= msgid <= 0xFFFFFFFF and type(params) is list \
+            if type(msgid) is int and 0 <= msgid <= MAX_MSGID and type(params) is list \
                     and len(params) == 1:
                 click = params[0]
-                if type(click) is dict and "deadline_ms" not in click:
+                if type(click) is dict and "deadline_ms" not in click and not too_deep(click, MAX_DEPTH - 2):
                     self.daemon.metrics.requests += 1
                     if self.inflight >= self.max_per_conn:
                         self.batcher.shed(click, self, msgid, "overload")
