@@ -4,6 +4,7 @@ Chosen once, at import, and the same names exported either way:
 
     kernel_native   the compiled feature kernel (ext/_kernel.pyx), or None on the twin path
     fastpath        the daemon's compiled per-click path (ext/_fastpath.pyx), or None
+    decoder         request framing + hot-path decoding: ext/_decode.pyx or its twin ext/decode.py
     reference       the plain-Python feature kernel (ext/reference.py), always present
     NATIVE          True when the compiled kernel is in use
 
@@ -44,6 +45,13 @@ def _load(name: str) -> ModuleType | None:
 
 kernel_native: ModuleType | None = _load("_kernel")
 fastpath: ModuleType | None = _load("_fastpath")
+_decode_native = _load("_decode")
+if _decode_native is None:
+    from . import decode as _decode_twin
+    decoder: ModuleType = _decode_twin
+else:
+    decoder = _decode_native
 NATIVE = kernel_native is not None
 
-__all__ = ["NATIVE", "PURE_PYTHON", "REQUIRE_NATIVE", "fastpath", "kernel_native", "reference"]
+__all__ = ["NATIVE", "PURE_PYTHON", "REQUIRE_NATIVE", "decoder", "fastpath", "kernel_native",
+           "reference"]

@@ -25,6 +25,7 @@ from slidr.contract import TZ_MIN as _TZ_MIN_PY
 cimport numpy as cnp
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
+from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from libc.stdint cimport int16_t, int64_t, uint8_t, uint64_t
@@ -114,6 +115,39 @@ def fast_valid(object c, dict ip_ok not None, object ip_check):
     if ok is None:
         ok = ip_check(ip)
     return True if ok else False
+
+
+def partition(list items not None, double cutoff, dict ip_ok not None, object ip_check):
+    """The batcher's first pass over a batch, one C loop (twin: slidrd.batcher.partition):
+    -> (valid, clicks, expired, late, check). An item (click, sink, slot, t_arr, deadline) whose
+    click certainly passes the contract (fast_valid) goes to `expired` (+ its click to `late`)
+    when its deadline is at or before `cutoff`, else to `valid` (+ `clicks`); any other item
+    goes to `check`, in order, for the contract to name its problem."""
+    cdef list valid = [], clicks = [], expired = [], late = [], check = []
+    cdef Py_ssize_t n = PyList_GET_SIZE(items), i
+    cdef object it, c
+    cdef tuple t
+    cdef bint ok
+    for i in range(n):
+        it = <object>PyList_GET_ITEM(items, i)
+        if type(it) is not tuple or PyTuple_GET_SIZE(it) < 5:
+            check.append(it)
+            continue
+        t = <tuple>it
+        c = t[0]
+        try:
+            ok = fast_valid(c, ip_ok, ip_check)
+        except Exception:
+            ok = False
+        if not ok:
+            check.append(it)
+        elif <double>t[4] <= cutoff:
+            expired.append(it)
+            late.append(c)
+        else:
+            valid.append(it)
+            clicks.append(c)
+    return valid, clicks, expired, late, check
 
 
 # ------------------------------------------------------------------ batch_columns

@@ -6,9 +6,9 @@ out of order), a notification ``[NOTIFY, method, params]`` gets nothing back. An
 wire is ``[code, message]`` (codes in slidr/errors.py, re-exported here). The daemon, the client,
 replay, the bench and the decision log read these names from here.
 
-Decoding is bounded: a message nested deeper than MAX_DEPTH containers is refused as that
-request's own BAD_REQUEST (the connection stays usable), so no later step (validation, error
-messages, the decision log) ever walks a hostile structure.
+Decoding is bounded: the framing (slidr.ext.decoder) refuses a message nested deeper than
+MAX_DEPTH lists/maps as that request's own BAD_REQUEST (the connection stays usable), so no later
+step (validation, error messages, the decision log) ever walks a hostile structure.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from slidr.errors import ErrorCode, RpcError, error
 
 __all__ = ["REQUEST", "RESPONSE", "NOTIFY", "MAX_MSGID", "MAX_DEPTH", "PUBLIC_METHODS",
            "ADMIN_METHODS", "Decision", "ErrorCode", "RpcError", "error", "click_id_of",
-           "best_slice", "fail_open_decision", "too_deep"]
+           "best_slice", "fail_open_decision"]
 
 REQUEST, RESPONSE, NOTIFY = 0, 1, 2
 MAX_MSGID = (1 << 32) - 1
@@ -65,28 +65,3 @@ def fail_open_decision(click: Any, cause: str, model: str | None) -> Decision:
     """The answer for a click that could not be scored in time: valid, unscored."""
     return {"click_id": click_id_of(click), "invalid": False, "score": None, "threshold": None,
             "slice": best_slice(click), "model": model, "reason": "fail_open:" + cause}
-
-
-def _over(o: Any, left: int) -> bool:
-    if left <= 0:
-        return True
-    if type(o) is list:
-        for x in o:
-            t = type(x)
-            if (t is list or t is dict) and _over(x, left - 1):
-                return True
-    else:
-        for x in o.values():
-            t = type(x)
-            if (t is list or t is dict) and _over(x, left - 1):
-                return True
-    return False
-
-
-def too_deep(msg: Any, limit: int = MAX_DEPTH) -> bool:
-    """True when `msg` nests more than `limit` lists/maps (map keys are strings on this wire).
-    Walks containers only: a flat click costs one pass over its values."""
-    t = type(msg)
-    if t is not list and t is not dict:
-        return False
-    return _over(msg, limit)

@@ -116,6 +116,36 @@ def fast_valid(c: Any) -> bool:
     return type(ip) is str and _ip_valid(ip)
 
 
+def ip_cache() -> tuple[dict[str, bool], Callable[[str], bool]]:
+    """The IP check cache the decoder shares with fast_valid: (answers so far, the check)."""
+    return _ip_ok, _ip_valid
+
+
+def partition(items: list[Item], cutoff: float
+              ) -> tuple[list[Item], list[Any], list[Item], list[Any], list[Item]]:
+    """Twin of ext/_fastpath.pyx partition: -> (valid, clicks, expired, late, check)."""
+    valid: list[Item] = []
+    clicks: list[Any] = []
+    expired: list[Item] = []
+    late: list[Any] = []
+    check: list[Item] = []
+    for it in items:
+        c = it[0]
+        try:
+            ok = fast_valid(c)
+        except Exception:  # never trust a click to be checkable: the contract decides
+            ok = False
+        if not ok:
+            check.append(it)
+        elif it[4] <= cutoff:
+            expired.append(it)
+            late.append(c)
+        else:
+            valid.append(it)
+            clicks.append(c)
+    return valid, clicks, expired, late, check
+
+
 class Group:
     """The clicks of one score_many call: answers fill slots; the last one sends the response."""
 
@@ -209,6 +239,17 @@ class Batcher:
         if deadline < self._min_deadline:
             self._min_deadline = deadline
 
+    def submit_items(self, items: list[Item], conn: Any) -> None:
+        """Clicks of one read, decoded and checked by slidr.ext.decoder (all to `conn`, one
+        deadline), within the room the connection asked for: one step per read."""
+        n = len(items)
+        conn.inflight += n
+        self.inflight_clicks += n
+        self.pending.extend(items)
+        d = items[0][4]
+        if d < self._min_deadline:
+            self._min_deadline = d
+
     def kick(self) -> None:
         """Called after intake: flush now when idle, else make sure a timer watches the queue."""
         if not self.pending or self._scheduled:
@@ -286,29 +327,24 @@ class Batcher:
         late must not also disappear from its own velocity features). Late clicks come first:
         they arrived before the others (all deadlines are arrival + the same budget, unless a
         client asked for a shorter one)."""
-        valid: list[Item] = []
-        clicks: list[Any] = []
-        expired: list[Item] = []
-        late: list[Any] = []
         cutoff = t0 + margin
-        for it in items:
+        if _fp is not None:
+            valid, clicks, expired, late, check = _fp.partition(items, cutoff, _ip_ok, _ip_valid)
+        else:
+            valid, clicks, expired, late, check = partition(items, cutoff)
+        for it in check:  # not certainly valid: the contract decides, and names the problem
             c = it[0]
-            try:
-                ok = _fp.fast_valid(c, _ip_ok, _ip_valid) if _fp is not None else fast_valid(c)
-            except Exception:  # never trust a click to be checkable: ask click_problem
-                ok = False
-            problem = None if ok else click_problem(c)
+            problem = click_problem(c)
             if problem is not None:
                 # Refused whether or not it is late: a click the contract refuses is never
                 # counted, and its error is its own (not a fail-open decision).
                 self._answer_error(it, error(ErrorCode.INVALID_CLICK, problem))
-                continue
-            if it[4] <= cutoff:
+            elif it[4] <= cutoff:
                 expired.append(it)
                 late.append(c)
-                continue
-            valid.append(it)
-            clicks.append(c)
+            else:
+                valid.append(it)
+                clicks.append(c)
         if expired:
             self._fail_open(expired, "deadline", version)
         rows = late + clicks if late else clicks

@@ -1,4 +1,5 @@
-"""msgpack-RPC framing on an asyncio.Protocol: one streaming Unpacker per connection.
+"""msgpack-RPC on an asyncio.Protocol: framing and decoding by slidr.ext.decoder (native, or its
+twin), hot `score` clicks handed to the batcher once per read.
 
 Requests `[0, msgid, method, params]` get `[1, msgid, error, result]`, possibly out of order;
 notifications `[2, method, params]` get nothing. A malformed request gets an error response and
@@ -15,12 +16,29 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
+from slidr.ext import decoder as _decoder
 
-from slidr.protocol import MAX_DEPTH, MAX_MSGID, ErrorCode, RpcError, error, too_deep
+from slidr.protocol import MAX_DEPTH, MAX_MSGID, ErrorCode, RpcError, error
 
 log = logging.getLogger("slidrd")
 
 _perf = time.perf_counter
+_NEED_MORE, _GENERAL, _TOO_DEEP, _INVALID, _TOO_LARGE, _ROOM = range(6)
+assert (_decoder.NEED_MORE, _decoder.GENERAL, _decoder.TOO_DEEP, _decoder.INVALID,
+        _decoder.TOO_LARGE, _decoder.ROOM) == (0, 1, 2, 3, 4, 5)
+
+
+def _peek_msgid(data: bytes, pos: int) -> int | None:
+    """The msgid of a request `[0, msgid, ...]` starting at pos, read from its first bytes."""
+    if len(data) < pos + 3 or data[pos] != 0x94 or data[pos + 1] != 0x00:
+        return None
+    b = data[pos + 2]
+    if b <= 0x7F:
+        return b
+    w = {0xCC: 1, 0xCD: 2, 0xCE: 4}.get(b)
+    if w is None or len(data) < pos + 3 + w:
+        return None
+    return int.from_bytes(data[pos + 3:pos + 3 + w], "big")
 
 
 class RpcConnection(asyncio.Protocol):
@@ -29,15 +47,15 @@ class RpcConnection(asyncio.Protocol):
     def __init__(self, daemon: Any, max_message_bytes: int) -> None:
         self.daemon = daemon
         self.max_msg = max_message_bytes
-        # uvloop reads at most 256 KiB at a time; leave room for one read beyond a partial message.
-        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=True, use_list=True,
-                                         max_buffer_size=max_message_bytes + (256 << 10) + 1024)
+        self.rest = b""  # an incomplete message, completed by the next read
+        self._items: list[Any] = []
+        self.deadline_s = 1.0
+        self.ip_ok: dict[str, bool] = {}
+        self.ip_check: Any = None
         self.packer = msgpack.Packer(use_bin_type=True)
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
         self.inflight = 0
-        self.fed = 0
-        self.consumed = 0
         self.closed = False
         self.closing = False  # a fatal error was answered; close once in-flight answers are out
         self.paused_reading = False
@@ -62,49 +80,65 @@ class RpcConnection(asyncio.Protocol):
         self.maybe_resume()
 
     def data_received(self, data: bytes) -> None:
+        """Frame and decode what arrived (slidr.ext.decoder: native, or its twin): hot `score`
+        requests go to the batcher in one call per read (take_items), every other message is
+        decoded alone and handled in order; an incomplete tail waits for the next read."""
         if self.closing:
             return
         t_arr = _perf()
         self.last_active = time.monotonic()
-        up = self.unpacker
-        try:
-            up.feed(data)
-        except msgpack.BufferFull:
-            self.fatal(ErrorCode.TOO_LARGE, f"message larger than {self.max_msg} bytes")
-            return
-        self.fed += len(data)
-        try:
-            for msg in up:
-                pos = up.tell()
-                size = pos - self.consumed
-                self.consumed = pos
-                if size > self.max_msg:
-                    self.fatal(ErrorCode.TOO_LARGE, f"message of {size} bytes is larger than "
-                               f"{self.max_msg}")
+        if self.rest:
+            data = self.rest + data
+            self.rest = b""
+        items = self._items
+        pos = 0
+        scan = _decoder.scan
+        while True:
+            status, pos, end = scan(data, pos, self.max_msg, MAX_DEPTH, self.ip_ok, self.ip_check,
+                                    self, t_arr, t_arr + self.deadline_s, items, self.room())
+            if items:
+                self.take_items(items)
+                items.clear()
+            if status == _NEED_MORE:
+                if pos < len(data):
+                    self.rest = data[pos:]
+                break
+            if status == _GENERAL or status == _ROOM:
+                try:
+                    msg = msgpack.unpackb(data[pos:end], raw=False, strict_map_key=True,
+                                          use_list=True)
+                except (ValueError, TypeError, msgpack.UnpackException) as e:
+                    # bad UTF-8, non-str map keys, over-long containers
+                    self.fatal(ErrorCode.NOT_MSGPACK, f"not a valid msgpack message: {e}")
                     return
                 self.handle(msg, t_arr)
-                if self.closed:
-                    return
-        except (msgpack.FormatError, msgpack.StackError, msgpack.ExtraData, ValueError,
-                TypeError) as e:
-            # ValueError covers bad UTF-8, non-str map keys and over-long containers.
-            self.fatal(ErrorCode.NOT_MSGPACK, f"not a valid msgpack message: {e}")
-            return
-        if self.fed - self.consumed > self.max_msg:
-            self.fatal(ErrorCode.TOO_LARGE, f"message larger than {self.max_msg} bytes")
-            return
+            elif status == _TOO_DEEP:
+                self.daemon.metrics.requests += 1
+                self.queue_error(_peek_msgid(data, pos), error(
+                    ErrorCode.BAD_REQUEST, f"message nested deeper than {MAX_DEPTH} levels"))
+            elif status == _INVALID:
+                self.fatal(ErrorCode.NOT_MSGPACK, f"not a valid msgpack message: byte "
+                           f"0x{data[end - 1]:02x} at offset {end - 1} is never msgpack")
+                return
+            else:  # _TOO_LARGE
+                self.fatal(ErrorCode.TOO_LARGE, f"message larger than {self.max_msg} bytes")
+                return
+            if self.closed or self.closing:
+                return
+            pos = end
         self.after_input()
         self.flush()
+
+    def room(self) -> int:
+        """How many hot clicks this read may hand the batcher directly (0: none)."""
+        return 0
+
+    def take_items(self, items: list[Any]) -> None:
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ requests
     def handle(self, msg: Any, t_arr: float) -> None:
         self.daemon.metrics.requests += 1
-        if too_deep(msg):
-            mid = msg[1] if type(msg) is list and len(msg) == 4 and msg[0] == 0 \
-                and type(msg[1]) is int and 0 <= msg[1] <= MAX_MSGID else None
-            self.queue_error(mid, error(ErrorCode.BAD_REQUEST,
-                                        f"message nested deeper than {MAX_DEPTH} levels"))
-            return
         if type(msg) is not list or not msg:
             self.queue_error(None, error(ErrorCode.BAD_REQUEST,
                                         "a message must be an array [type, ...]"))

@@ -20,9 +20,10 @@ from typing import Any
 
 from slidr.errors import ErrorCode, RpcError
 from slidr.featurespec import SPEC_HASH
-from slidr.protocol import ADMIN_METHODS, MAX_DEPTH, MAX_MSGID, PUBLIC_METHODS, too_deep
+from slidr.protocol import ADMIN_METHODS, MAX_MSGID, PUBLIC_METHODS
 
 from .batcher import Batcher, Group
+from .batcher import ip_cache as batcher_ip_cache
 from .busypoll import BusyPoller
 from .config import Config
 from .decision_log import DecisionLog
@@ -56,6 +57,7 @@ class PublicConnection(RpcConnection):
         self.deadline_s = cfg.deadline_ms / 1000.0
         self.max_per_conn = cfg.max_inflight_per_conn
         self.max_many = cfg.max_score_many
+        self.ip_ok, self.ip_check = batcher_ip_cache()
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -76,6 +78,14 @@ class PublicConnection(RpcConnection):
     def resume_below(self) -> int:
         return self.max_per_conn // 2
 
+    def room(self) -> int:
+        b = self.batcher
+        return min(self.max_per_conn - self.inflight, b.max_total - b.inflight_clicks)
+
+    def take_items(self, items: list[Any]) -> None:
+        self.daemon.metrics.requests += len(items)
+        self.batcher.submit_items(items, self)
+
     def handle(self, msg: Any, t_arr: float) -> None:
         # The hot case, [0, msgid, "score", [click]] with no deadline of its own, straight to
         # the batcher: the general path below gives the same answer with four more calls.
@@ -85,7 +95,7 @@ class PublicConnection(RpcConnection):
             if type(msgid) is int and 0 <= msgid <= MAX_MSGID and type(params) is list \
                     and len(params) == 1:
                 click = params[0]
-                if type(click) is dict and "deadline_ms" not in click and not too_deep(click, MAX_DEPTH - 2):
+                if type(click) is dict and "deadline_ms" not in click:
                     self.daemon.metrics.requests += 1
                     if self.inflight >= self.max_per_conn:
                         self.batcher.shed(click, self, msgid, "overload")
