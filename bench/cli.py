@@ -1,4 +1,4 @@
-"""`slidr bench kernel|run|sweep|echo|micro [--json]`: micro-benchmarks and load tests.
+"""`slidr bench kernel|run|sweep|echo|side|batch|micro [--json]`: micro-benchmarks and load tests.
 
 Heavy imports (numpy, hdrh, matplotlib, onnx) happen inside the command functions.
 """
@@ -118,6 +118,36 @@ def register(sub: Any) -> None:
                     help="measured clicks per shape")
     co.set_defaults(func=cmd_cost)
 
+    sd = bs.add_parser("side", help="echo, slidrd embedded and slidrd on a local Redis side by "
+                                    "side: interleaved rounds at a list of rates")
+    sd.add_argument("--rates", default="5000,20000,40000", metavar="R,R,...",
+                    help="offered rates in clicks/s (default: 5000,20000,40000)")
+    sd.add_argument("--rounds", type=int, default=3,
+                    help="interleaved rounds; medians over them (default: 3)")
+    add(sd, BENCH["duration"])
+    add(sd, BENCH["warmup"])
+    add(sd, BENCH["connections"])
+    sd.add_argument("--server-cpus", metavar="LIST",
+                    help="pin every server (and its redis-server) to these CPUs, e.g. 0 "
+                         "(default: none)")
+    add(sd, BENCH["gen_cpus"])
+    add(sd, COMMON["out"], required=False, default=None, shown="var/bench/side-TIME",
+        help="directory for report.json and side-by-side.png")
+    sd.set_defaults(func=cmd_side)
+
+    bb = bs.add_parser("batch", help="the daemon's cost per micro-batch: fixed per batch and "
+                                     "marginal per click, at batch sizes 1, 4, 64, 512")
+    add(bb, BENCH["seconds"])
+    bb.add_argument("--instructions", type=int, default=0, metavar="N",
+                    help="also count instructions per batch with perf stat over N batches "
+                         "(default: 0, off; where perf cannot count them they are left out)")
+    bb.add_argument("--store", action="append", choices=("embedded", "redis"),
+                    help="measure only this store (repeatable; default: both, Redis on a "
+                         "throwaway redis-server)")
+    add(bb, COMMON["out"], required=False, default=None, shown="none",
+        help="also write the result to this JSON file")
+    bb.set_defaults(func=cmd_batch)
+
     m = bs.add_parser("micro", help="protocol, store and model costs per request / batch")
     add(m, BENCH["seconds"])
     add(m, COMMON["redis"], shown="a throwaway redis-server on loopback",
@@ -173,6 +203,53 @@ def cmd_kernel(a: argparse.Namespace) -> int:
             pts = ", ".join(f"batch {b}: {v:,.0f} clicks/s" for b, v in res.get(kind, {}).items())
             print(f"{kind:9s} {pts}")
         print(f"bytes per key: {res.get('bytes_per_key')}")
+    return 0
+
+
+def cmd_side(a: argparse.Namespace) -> int:
+    from slidr.bench import report, side
+    _pin(a.gen_cpus)
+    try:
+        rates = [float(x) for x in a.rates.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--rates must be numbers separated by commas, not {a.rates!r}") from None
+    if not rates or min(rates) <= 0:
+        raise ValueError("--rates needs at least one positive rate")
+    if a.rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    out = _out_dir(a, "side", "")
+    res = side.run(rates, a.rounds, a.duration, a.warmup, a.connections, a.server_cpus, _log)
+    res["machine"] = report.machine()
+    res["source"] = report.source_state()
+    res["command"] = " ".join(["slidr", "bench", "side", *sys.argv[3:]])
+    out.mkdir(parents=True, exist_ok=True)
+    report.save_json(out / "report.json", res)
+    try:
+        side.plot(res, out / "side-by-side.png")
+    except Exception as e:  # noqa: BLE001 - a plot must never hide the numbers
+        _log(f"plot skipped: {e}")
+    if a.json:
+        _print_json(res)
+    else:
+        print("\n".join(side.lines(res)))
+        print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def cmd_batch(a: argparse.Namespace) -> int:
+    from slidr.bench import batch_cost
+    if a.instructions < 0:
+        raise ValueError("--instructions must be 0 (off) or a number of batches")
+    res = batch_cost.run(tuple(a.store or ("embedded", "redis")), seconds=a.seconds,
+                         instructions=a.instructions)
+    if a.out:
+        from slidr.bench import report
+        res["command"] = " ".join(["slidr", "bench", "batch", *sys.argv[3:]])
+        report.save_json(a.out, res)
+    if a.json:
+        _print_json(res)
+    else:
+        print("\n".join(batch_cost.lines(res)))
     return 0
 
 

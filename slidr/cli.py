@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {
 # Commands whose work can take more than a few seconds: they get --progress (docs/cli.md).
 LONG_RUNNING = ("simulate", "import", "train", "calibrate", "backtest", "daily", "replay",
                 "demo", "bench kernel", "bench run", "bench sweep", "bench echo",
-                "bench hiccup", "bench cost", "bench micro")
+                "bench hiccup", "bench cost", "bench micro", "bench side", "bench batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
