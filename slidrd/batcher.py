@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,7 @@ _SLICE_BY_CODE = [slice_name(d, li) for d in range(len(DEVICE_CODE)) for li in (
 _SLICE_KEYS = [msgpack.packb(s) for s in _SLICE_BY_CODE]
 _REASON_KEY = msgpack.packb("model")
 _perf = time.perf_counter
+_deadline_of_item = operator.itemgetter(4)
 
 # An item: (click, sink, msgid_or_index, t_arrival, deadline). `sink` is a connection (answer
 # is a response to msgid) or a Group (answer fills slot `index` of a score_many result).
@@ -405,7 +407,7 @@ class Batcher:
                     else:
                         sent = True
                         if valid:
-                            first = min(it[4] for it in valid)
+                            first = min(valid, key=_deadline_of_item)[4]
                             st.timer = self.loop.call_at(
                                 self.loop.time() + max(first - _perf(), 0.0), self._on_expired, st)
                         else:
