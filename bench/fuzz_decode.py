@@ -29,8 +29,12 @@ import msgpack
 
 
 def rss_mib() -> float:
-    """Resident set in MiB, after handing freed heap pages back (glibc malloc_trim), so that
-    what is counted is memory still held, not the allocator's free lists."""
+    """Resident set in MiB, after a full collection and handing freed heap pages back (glibc
+    malloc_trim), so that what is counted is memory still held, not garbage waiting for the
+    collector (the daemon collects the oldest generation rarely) or the allocator's free
+    lists."""
+    import gc
+    gc.collect()
     try:
         import ctypes
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -103,7 +107,8 @@ class _Sink:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            asyncio.get_running_loop().call_soon(self.conn.connection_lost, None)
+            conn, self.conn = self.conn, None
+            asyncio.get_running_loop().call_soon(conn.connection_lost, None)
 
     def pause_reading(self) -> None:
         pass
