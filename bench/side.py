@@ -171,7 +171,10 @@ def plot(res: dict[str, Any], path: str | Path) -> None:
     axes[0].set_ylabel("latency (ms)")
     axes[1].set_ylabel("main-thread CPU per click (us)")
     axes[2].set_ylabel("clicks scored by the model (%)")
+    rates = sorted({r["rate"] for r in res["table"]})
     for ax in axes:
+        ax.set_xticks(rates)
+        ax.set_xticklabels([f"{r / 1000:g}k" for r in rates])
         ax.set_xlabel("offered rate (clicks/s)")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
