@@ -11,8 +11,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from slidr.contract import ClickBatch
-from slidr.ext import NATIVE, reference
+from slidr.ext import NATIVE as NATIVE
 from slidr.ext import kernel_native as native
+from slidr.ext import reference as reference
 from slidr.featurespec import N_FEATURES, finish
 
 
