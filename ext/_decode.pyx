@@ -22,7 +22,6 @@ INVALID (a byte at pos..end that is never msgpack), TOO_LARGE (a message longer 
 ROOM (the caller's in-flight room is used up; the message at pos is not taken).
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_New, PyDict_SetItem
 from cpython.list cimport PyList_Append
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
@@ -131,31 +130,60 @@ cdef int _header(const uint8_t* p, Py_ssize_t n, Py_ssize_t pos, Py_ssize_t* hle
     return 1
 
 
-cdef Py_ssize_t _frame_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t pos, int max_depth,
-                           int* too_deep, Py_ssize_t* bad) noexcept nogil:
-    """End of the message at pos; -1: incomplete; -2: a byte that is never msgpack (at bad[0]).
-    Sets too_deep when lists/maps nest deeper than max_depth (the end is still found: past the
-    bound only a count of objects still to read is kept, no stack)."""
+cdef class FrameState:
+    """Where the framing of an incomplete message stopped, so that the next read resumes there
+    instead of walking the message again from its first byte (a client trickling a large
+    message byte by byte costs O(size), not O(size^2)). Valid for the message that starts the
+    next buffer handed to scan() with this state."""
+    cdef public bint active
+    cdef Py_ssize_t off  # offset from the message start of the first object not yet read
+    cdef int top
+    cdef bint deep
+    cdef uint64_t rem
     cdef uint64_t stack[MAX_STACK + 2]
-    cdef int top = 0
+
+    def __cinit__(self):
+        self.active = False
+
+    def reset(self):
+        self.active = False
+
+
+cdef Py_ssize_t _frame_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t start, int max_depth,
+                           int* too_deep, Py_ssize_t* bad, FrameState st) noexcept:
+    """End of the message at start; -1: incomplete; -2: a byte that is never msgpack (at
+    bad[0]). Sets too_deep when lists/maps nest deeper than max_depth (the end is still found:
+    past the bound only a count of objects still to read is kept, no stack). With a state
+    (`st`, may be None): resumes where an earlier call on the same message stopped, and saves
+    where this one stops when the message is incomplete."""
+    cdef uint64_t stack[MAX_STACK + 2]
+    cdef int top = 0, i
     cdef uint64_t rem = 0  # counter mode, once too deep
-    cdef Py_ssize_t hlen
+    cdef Py_ssize_t hlen, pos = start
     cdef uint64_t payload, items
     cdef int kind
     if max_depth > MAX_STACK:
         max_depth = MAX_STACK
     stack[0] = 1
+    if st is not None and st.active:
+        pos = start + st.off
+        top = st.top
+        too_deep[0] = st.deep
+        rem = st.rem
+        for i in range(top + 1):
+            stack[i] = st.stack[i]
+        st.active = False
     while True:
         if pos >= n:
-            return -1
+            break
         kind = _header(p, n, pos, &hlen, &payload, &items)
         if kind == -1:
-            return -1
+            break
         if kind == -2:
             bad[0] = pos
             return -2
         if <uint64_t>(n - pos) < <uint64_t>hlen + payload:
-            return -1
+            break
         pos += hlen + <Py_ssize_t>payload
         if too_deep[0]:
             rem = rem - 1 + items
@@ -167,8 +195,8 @@ cdef Py_ssize_t _frame_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t pos, int m
             if top + 1 > max_depth:
                 too_deep[0] = 1
                 rem = items
-                for kind in range(top + 1):
-                    rem += stack[kind]
+                for i in range(top + 1):
+                    rem += stack[i]
                 if rem == 0:
                     return pos
                 continue
@@ -179,6 +207,16 @@ cdef Py_ssize_t _frame_end(const uint8_t* p, Py_ssize_t n, Py_ssize_t pos, int m
             if top == 0:
                 return pos
             top -= 1
+    # incomplete: remember how far this message is framed
+    if st is not None:
+        st.active = True
+        st.off = pos - start
+        st.top = top
+        st.deep = too_deep[0]
+        st.rem = rem
+        for i in range(top + 1):
+            st.stack[i] = stack[i]
+    return -1
 
 
 # ------------------------------------------------------------------ the hot shape
@@ -458,13 +496,17 @@ cdef object _hot_click(const uint8_t* p, Py_ssize_t pos, Py_ssize_t end, dict ip
     return d
 
 
-def scan(bytes data not None, Py_ssize_t pos, Py_ssize_t max_msg, int max_depth,
+def scan(const uint8_t[::1] data, Py_ssize_t pos, Py_ssize_t max_msg, int max_depth,
          dict ip_ok not None, object ip_check, object conn, double t_arr, double deadline,
-         list items not None, Py_ssize_t room):
+         list items not None, Py_ssize_t room, FrameState state=None):
     """See the module docstring. Appends one item per hot click to `items` (at most `room`);
-    -> (status, pos, end)."""
-    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    -> (status, pos, end). `data`: bytes or bytearray. `state`: see FrameState (the caller
+    keeps one per connection and hands the incomplete message back at the start of the next
+    buffer)."""
+    cdef Py_ssize_t n = data.shape[0]
+    if n == 0:
+        return NEED_MORE, pos, pos
+    cdef const uint8_t* p = &data[0]
     cdef Py_ssize_t end, bad = 0
     cdef int deep
     cdef uint64_t msgid = 0
@@ -472,7 +514,7 @@ def scan(bytes data not None, Py_ssize_t pos, Py_ssize_t max_msg, int max_depth,
     cdef tuple it
     while pos < n:
         deep = 0
-        end = _frame_end(p, n, pos, max_depth, &deep, &bad)
+        end = _frame_end(p, n, pos, max_depth, &deep, &bad, state)
         if end == -2:
             return INVALID, pos, bad + 1
         if end == -1:
@@ -495,10 +537,11 @@ def scan(bytes data not None, Py_ssize_t pos, Py_ssize_t max_msg, int max_depth,
     return NEED_MORE, pos, pos
 
 
-def frame_end(bytes data not None, Py_ssize_t pos, int max_depth):
+def frame_end(const uint8_t[::1] data, Py_ssize_t pos, int max_depth):
     """(end or -1 incomplete or -2 invalid, too_deep): the framing alone, for tests and fuzz."""
     cdef int deep = 0
     cdef Py_ssize_t bad = 0
-    cdef Py_ssize_t end = _frame_end(<const uint8_t*>PyBytes_AS_STRING(data),
-                                     PyBytes_GET_SIZE(data), pos, max_depth, &deep, &bad)
+    if data.shape[0] == 0:
+        return -1, False
+    cdef Py_ssize_t end = _frame_end(&data[0], data.shape[0], pos, max_depth, &deep, &bad, None)
     return end, bool(deep)

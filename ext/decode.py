@@ -62,22 +62,47 @@ def _header(p: bytes, n: int, pos: int) -> tuple[int, int, int, int]:
     return 1, 1 + w, 0, int.from_bytes(p[pos + 1:pos + 1 + w], "big") * (2 if b >= 0xDE else 1)
 
 
-def _frame_end(p: bytes, n: int, pos: int, max_depth: int) -> tuple[int, bool, int]:
+class FrameState:
+    """Twin of ext/_decode.pyx FrameState: where the framing of an incomplete message stopped,
+    so the next read resumes there (a trickled message costs O(size), not O(size^2))."""
+
+    __slots__ = ("active", "off", "stack", "deep", "rem")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.off = 0
+        self.stack: list[int] = [1]
+        self.deep = False
+        self.rem = 0
+
+    def reset(self) -> None:
+        self.active = False
+
+
+def _frame_end(p: bytes | bytearray, n: int, start: int, max_depth: int,
+               st: FrameState | None = None) -> tuple[int, bool, int]:
     """-> (end, too_deep, bad position); end -1: incomplete, -2: never msgpack."""
     max_depth = min(max_depth, MAX_STACK)
     stack = [1]
     deep = False
     rem = 0
+    pos = start
+    if st is not None and st.active:
+        pos = start + st.off
+        stack = list(st.stack)
+        deep = st.deep
+        rem = st.rem
+        st.active = False
     while True:
         if pos >= n:
-            return -1, deep, 0
+            break
         kind, hlen, payload, items = _header(p, n, pos)
         if kind == -1:
-            return -1, deep, 0
+            break
         if kind == -2:
             return -2, deep, pos
         if n - pos < hlen + payload:
-            return -1, deep, 0
+            break
         pos += hlen + payload
         if deep:
             rem = rem - 1 + items
@@ -98,6 +123,9 @@ def _frame_end(p: bytes, n: int, pos: int, max_depth: int) -> tuple[int, bool, i
             if len(stack) == 1:
                 return pos, deep, 0
             stack.pop()
+    if st is not None:
+        st.active, st.off, st.stack, st.deep, st.rem = True, pos - start, stack, deep, rem
+    return -1, deep, 0
 
 
 def _hot_click(frame: bytes, ip_ok: dict[str, bool], ip_check: Callable[[str], bool]
@@ -127,13 +155,14 @@ def _hot_click(frame: bytes, ip_ok: dict[str, bool], ip_check: Callable[[str], b
     return c, mid
 
 
-def scan(data: bytes, pos: int, max_msg: int, max_depth: int, ip_ok: dict[str, bool],
-         ip_check: Callable[[str], bool], conn: Any, t_arr: float, deadline: float,
-         items: list[Any], room: int) -> tuple[int, int, int]:
+def scan(data: bytes | bytearray, pos: int, max_msg: int, max_depth: int,
+         ip_ok: dict[str, bool], ip_check: Callable[[str], bool], conn: Any, t_arr: float,
+         deadline: float, items: list[Any], room: int, state: FrameState | None = None
+         ) -> tuple[int, int, int]:
     """Twin of ext/_decode.pyx scan: -> (status, pos, end); hot clicks appended to `items`."""
     n = len(data)
     while pos < n:
-        end, deep, bad = _frame_end(data, n, pos, max_depth)
+        end, deep, bad = _frame_end(data, n, pos, max_depth, state)
         if end == -2:
             return INVALID, pos, bad + 1
         if end == -1:
@@ -142,7 +171,7 @@ def scan(data: bytes, pos: int, max_msg: int, max_depth: int, ip_ok: dict[str, b
             return TOO_LARGE, pos, end
         if deep:
             return TOO_DEEP, pos, end
-        hot = _hot_click(data[pos:end], ip_ok, ip_check)
+        hot = _hot_click(bytes(data[pos:end]), ip_ok, ip_check)
         if hot is None:
             return GENERAL, pos, end
         if room <= 0:
@@ -153,6 +182,6 @@ def scan(data: bytes, pos: int, max_msg: int, max_depth: int, ip_ok: dict[str, b
     return NEED_MORE, pos, pos
 
 
-def frame_end(data: bytes, pos: int, max_depth: int) -> tuple[int, bool]:
+def frame_end(data: bytes | bytearray, pos: int, max_depth: int) -> tuple[int, bool]:
     end, deep, _bad = _frame_end(data, len(data), pos, max_depth)
     return end, deep

@@ -28,7 +28,7 @@ assert (_decoder.NEED_MORE, _decoder.GENERAL, _decoder.TOO_DEEP, _decoder.INVALI
         _decoder.TOO_LARGE, _decoder.ROOM) == (0, 1, 2, 3, 4, 5)
 
 
-def _peek_msgid(data: bytes, pos: int) -> int | None:
+def _peek_msgid(data: bytes | bytearray, pos: int) -> int | None:
     """The msgid of a request `[0, msgid, ...]` starting at pos, read from its first bytes."""
     if len(data) < pos + 3 or data[pos] != 0x94 or data[pos + 1] != 0x00:
         return None
@@ -47,7 +47,8 @@ class RpcConnection(asyncio.Protocol):
     def __init__(self, daemon: Any, max_message_bytes: int) -> None:
         self.daemon = daemon
         self.max_msg = max_message_bytes
-        self.rest = b""  # an incomplete message, completed by the next read
+        self.rest = bytearray()  # an incomplete message, completed by the next reads
+        self.frame_state = _decoder.FrameState()  # how far `rest` is framed already
         self._items: list[Any] = []
         self.deadline_s = 1.0
         self.ip_ok: dict[str, bool] = {}
@@ -87,26 +88,31 @@ class RpcConnection(asyncio.Protocol):
             return
         t_arr = _perf()
         self.last_active = time.monotonic()
-        if self.rest:
-            data = self.rest + data
-            self.rest = b""
+        buf: bytes | bytearray = data
+        rest = self.rest
+        if rest:
+            rest += data  # amortised append: a trickled message is copied O(size) times total
+            buf = rest
         items = self._items
         pos = 0
         scan = _decoder.scan
         while True:
-            status, pos, end = scan(data, pos, self.max_msg, MAX_DEPTH, self.ip_ok, self.ip_check,
-                                    self, t_arr, t_arr + self.deadline_s, items, self.room())
+            status, pos, end = scan(buf, pos, self.max_msg, MAX_DEPTH, self.ip_ok, self.ip_check,
+                                    self, t_arr, t_arr + self.deadline_s, items, self.room(),
+                                    self.frame_state)
             if items:
                 self.take_items(items)
                 items.clear()
             if status == _NEED_MORE:
-                if pos < len(data):
-                    self.rest = data[pos:]
+                if buf is rest:
+                    del rest[:pos]
+                elif pos < len(buf):
+                    rest += memoryview(buf)[pos:]
                 break
             if status == _GENERAL or status == _ROOM:
                 try:
-                    msg = msgpack.unpackb(data[pos:end], raw=False, strict_map_key=True,
-                                          use_list=True)
+                    msg = msgpack.unpackb(memoryview(buf)[pos:end], raw=False,
+                                          strict_map_key=True, use_list=True)
                 except (ValueError, TypeError, msgpack.UnpackException) as e:
                     # bad UTF-8, non-str map keys, over-long containers
                     self.fatal(ErrorCode.NOT_MSGPACK, f"not a valid msgpack message: {e}")
@@ -114,11 +120,11 @@ class RpcConnection(asyncio.Protocol):
                 self.handle(msg, t_arr)
             elif status == _TOO_DEEP:
                 self.daemon.metrics.requests += 1
-                self.queue_error(_peek_msgid(data, pos), error(
+                self.queue_error(_peek_msgid(buf, pos), error(
                     ErrorCode.BAD_REQUEST, f"message nested deeper than {MAX_DEPTH} levels"))
             elif status == _INVALID:
                 self.fatal(ErrorCode.NOT_MSGPACK, f"not a valid msgpack message: byte "
-                           f"0x{data[end - 1]:02x} at offset {end - 1} is never msgpack")
+                           f"0x{buf[end - 1]:02x} at offset {end - 1} is never msgpack")
                 return
             else:  # _TOO_LARGE
                 self.fatal(ErrorCode.TOO_LARGE, f"message larger than {self.max_msg} bytes")

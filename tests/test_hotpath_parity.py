@@ -189,3 +189,31 @@ def test_native_and_pure_daemons_answer_alike(two_daemons):
     assert codes[110] == ErrorCode.UNKNOWN_METHOD and codes[200] == ErrorCode.BAD_REQUEST
     decided = [m for m in a if m[0] == 1 and m[2] is None and m[1] < 40]
     assert len(decided) == 39 and all(m[3]["reason"] == "model" for m in decided)
+
+
+@pytest.mark.parametrize("mod", [native, twin], ids=["native", "twin"])
+def test_trickled_message_resumes_where_framing_stopped(mod):
+    """A message fed a few bytes at a time, as rpc.py does (the rest kept, a FrameState per
+    connection), frames and decodes exactly as in one piece."""
+    big = msgpack.packb([0, 77, "score_many", [[click(i) for i in range(300)]]])
+    deep = b"\x94\x00\x05\xa5score\x91\x81\xa6device" + _deep(3000)
+    stream = FRAMES[0] + big + deep + FRAMES[1]
+    cache, check = _ip_check_factory()
+    state = mod.FrameState()
+    rest = bytearray()
+    seen = []
+    items: list = []
+    for k in range(0, len(stream), 5):
+        rest += stream[k:k + 5]
+        pos = 0
+        while True:
+            status, pos, end = mod.scan(rest, pos, 1 << 20, MAX_DEPTH, cache, check, "c", 1.0,
+                                        2.0, items, 1 << 20, state)
+            if status == mod.NEED_MORE:
+                del rest[:pos]
+                break
+            seen.append((status, bytes(rest[pos:end])))
+            pos = end
+    assert not rest and not state.active
+    assert [it[2] for it in items] == [0, 1]
+    assert seen == [(mod.GENERAL, big), (mod.TOO_DEEP, deep)]
