@@ -106,6 +106,8 @@ class RpcConnection(asyncio.Protocol):
             if status == _NEED_MORE:
                 if buf is rest:
                     del rest[:pos]
+                    if not rest:  # a large message done: give its buffer back
+                        self.rest = bytearray()
                 elif pos < len(buf):
                     rest += memoryview(buf)[pos:]
                 break
