@@ -13,6 +13,8 @@ marginal cost per click. Redis mode also reports the redis-server's own CPU per 
 --instructions N, each (store, batch size) runs N batches in a child process under
 `perf stat -e instructions` and again with no batches; the difference / N is instructions per
 batch. Where perf cannot count instructions (most VMs), those columns are left out.
+With decision_log=True the daemon writes its decision log (as production does), so the cost of
+the per-click records is in the numbers.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def _proc_cpu_s(pid: int) -> float:
 
 
 async def _measure(store: str, sizes: tuple[int, ...], seconds: float,
-                   count: int | None = None) -> dict[str, Any]:
+                   count: int | None = None, decision_log: bool = False) -> dict[str, Any]:
     """-> {b: {...}} for each batch size; `count` runs exactly that many batches per size
     (instruction counting) instead of `seconds` per size."""
     from slidr.bench.clicks import frame, make_clicks, pack_prefixes
@@ -82,6 +84,8 @@ async def _measure(store: str, sizes: tuple[int, ...], seconds: float,
             from slidr.testing.redis_server import RedisServer
             redis = RedisServer().start()
             kw["redis"] = redis.url
+        if decision_log:
+            kw["decision_log"] = str(root / "decisions")
         cfg = Config(registry=str(tiny_registry(root)), port=0, metrics_port=-1,
                      max_batch=max(sizes), deadline_ms=60_000.0, **kw)
         d = Daemon(cfg)
@@ -189,14 +193,15 @@ def _perf_instructions(store: str, b: int, n: int) -> float | None:
 
 
 def run(stores: tuple[str, ...] = ("embedded", "redis"), sizes: tuple[int, ...] = BATCHES,
-        seconds: float = 1.0, instructions: int = 0) -> dict[str, Any]:
+        seconds: float = 1.0, instructions: int = 0, decision_log: bool = False
+        ) -> dict[str, Any]:
     import uvloop
-    res: dict[str, Any] = {"sizes": list(sizes), "stores": {}}
+    res: dict[str, Any] = {"sizes": list(sizes), "stores": {}, "decision_log": decision_log}
     for store in stores:
         if store == "redis" and shutil.which("redis-server") is None:
             res["stores"][store] = {"skipped": "redis-server not on PATH"}
             continue
-        pts = uvloop.run(_measure(store, sizes, seconds))
+        pts = uvloop.run(_measure(store, sizes, seconds, decision_log=decision_log))
         fixed, marginal = _fit(pts, "cpu_us")
         entry: dict[str, Any] = {"points": {str(b): v for b, v in pts.items()},
                                  "fixed_cpu_us_per_batch": fixed,
@@ -241,10 +246,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=1.0)
     p.add_argument("--instructions", type=int, default=0)
     p.add_argument("--store", action="append", choices=("embedded", "redis"))
+    p.add_argument("--decision-log", action="store_true")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     res = run(tuple(a.store or ("embedded", "redis")), seconds=a.seconds,
-              instructions=a.instructions)
+              instructions=a.instructions, decision_log=a.decision_log)
     print(json.dumps(res, indent=1) if a.json else "\n".join(lines(res)))
     return 0
 

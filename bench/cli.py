@@ -144,6 +144,9 @@ def register(sub: Any) -> None:
     bb.add_argument("--store", action="append", choices=("embedded", "redis"),
                     help="measure only this store (repeatable; default: both, Redis on a "
                          "throwaway redis-server)")
+    bb.add_argument("--with-decision-log", action="store_true",
+                    help="write the decision log as production does, so its per-click records "
+                         "are in the cost (default: off)")
     add(bb, COMMON["out"], required=False, default=None, shown="none",
         help="also write the result to this JSON file")
     bb.set_defaults(func=cmd_batch)
@@ -241,7 +244,7 @@ def cmd_batch(a: argparse.Namespace) -> int:
     if a.instructions < 0:
         raise ValueError("--instructions must be 0 (off) or a number of batches")
     res = batch_cost.run(tuple(a.store or ("embedded", "redis")), seconds=a.seconds,
-                         instructions=a.instructions)
+                         instructions=a.instructions, decision_log=a.with_decision_log)
     if a.out:
         from slidr.bench import report
         res["command"] = " ".join(["slidr", "bench", "batch", *sys.argv[3:]])

@@ -515,6 +515,39 @@ def decide_batch(list items not None, list clicks not None, device, logged_in, s
     return frames, codes, thr, inv, qsum, tsum, per_n, per_bad
 
 
+def decision_dicts(list clicks not None, invalid, scores, thr, codes, list slice_names not None,
+                   str version not None, indices=None):
+    """The decision records of a decided batch, one C loop (twin: the Python in
+    slidrd.batcher.Batcher._after_native): for i in `indices` (default: every click),
+    {"click_id": clicks[i]["click_id"], "invalid": bool(invalid[i]), "score":
+    float(scores[i]), "threshold": float(thr[i]), "slice": slice_names[codes[i]], "model":
+    version, "reason": "model"}."""
+    cdef cnp.ndarray inv = np.ascontiguousarray(invalid, dtype=np.bool_)
+    cdef cnp.ndarray sc = np.ascontiguousarray(scores, dtype=np.float64)
+    cdef cnp.ndarray th = np.ascontiguousarray(thr, dtype=np.float64)
+    cdef cnp.ndarray cd = np.ascontiguousarray(codes, dtype=np.intp)
+    cdef Py_ssize_t n = PyList_GET_SIZE(clicks), k, i, m
+    if inv.shape[0] != n or sc.shape[0] != n or th.shape[0] != n or cd.shape[0] != n:
+        raise ValueError(f"invalid, scores, thr and codes must have {n} entries")
+    cdef const uint8_t* ip = <const uint8_t*>cnp.PyArray_DATA(inv)
+    cdef const double* sp = <const double*>cnp.PyArray_DATA(sc)
+    cdef const double* tp = <const double*>cnp.PyArray_DATA(th)
+    cdef const Py_ssize_t* cp = <const Py_ssize_t*>cnp.PyArray_DATA(cd)
+    cdef list idx = list(range(n)) if indices is None else list(indices)
+    m = PyList_GET_SIZE(idx)
+    cdef list out = PyList_New(0)
+    cdef dict d
+    for k in range(m):
+        i = idx[k]
+        if i < 0 or i >= n:
+            raise IndexError(f"index {i} outside the batch of {n}")
+        d = {"click_id": clicks[i]["click_id"], "invalid": True if ip[i] else False,
+             "score": sp[i], "threshold": tp[i], "slice": slice_names[cp[i]],
+             "model": version, "reason": "model"}
+        out.append(d)
+    return out
+
+
 def route_frames(list items not None, list frames not None, group_type, set dirty not None):
     """Hand frame i to items[i]'s connection (decrement its in-flight count; append the frame
     unless it is closed; mark it dirty). Items whose sink is a `group_type` (score_many) are

@@ -621,17 +621,16 @@ class Batcher:
         dirty = self._dirty
         dlog = self.dlog
         if groups or dlog is not None:
-            decisions = []
-            for i in (range(n) if dlog is not None else groups):
-                d = {"click_id": clicks[i]["click_id"], "invalid": bool(invalid[i]),
-                     "score": float(scores[i]), "threshold": float(thr[i]),
-                     "slice": _SLICE_BY_CODE[int(codes[i])], "model": version,
-                     "reason": "model"}
-                decisions.append(d)
+            # one record per click for the log, else one per score_many slot
+            assert _fp is not None
+            decisions = _fp.decision_dicts(clicks, invalid, scores, thr, codes, _SLICE_BY_CODE,
+                                           version, None if dlog is not None else groups)
+            pairs = ((i, decisions[i]) for i in groups) if dlog is not None \
+                else zip(groups, decisions, strict=True)
+            for i, d in pairs:
                 sink = valid[i][1]
-                if type(sink) is Group:
-                    sink.fill(valid[i][2], d)
-                    dirty.add(sink.conn)
+                sink.fill(valid[i][2], d)
+                dirty.add(sink.conn)
             if dlog is not None:
                 dlog.submit(clicks, feats, decisions, version)
         self._count(n, t_store, t_model, per, bad)

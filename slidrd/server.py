@@ -310,7 +310,7 @@ class Daemon:
         s["inflight_clicks"] = self.batcher.inflight_clicks
         if self.dlog is not None:
             s["decision_log"] = {"dir": str(self.dlog.dir), "written": self.dlog.written,
-                                 "dropped": self.dlog.dropped, "queued_batches": self.dlog.q.qsize()}
+                                 "dropped": self.dlog.dropped, "queued_batches": len(self.dlog.q)}
         s["pid"] = os.getpid()
         return s
 
