@@ -292,6 +292,31 @@ cdef inline Py_ssize_t _pack_double(char* p, double x):
     return 1 + _be(p + 1, u, 8)
 
 
+cdef inline bint _exact(object a, int typenum, Py_ssize_t n):
+    """a is already a 1-D C-contiguous ndarray of this dtype and length: use it as it is
+    (the batcher's own arrays always are; the generic checks cost more than a small batch)."""
+    if type(a) is not np.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
+            and arr.shape[0] == n and cnp.PyArray_IS_C_CONTIGUOUS(arr))
+
+
+cdef inline cnp.ndarray _c1d(object a, int typenum, object dtype):
+    """np.ascontiguousarray(a, dtype), without the call when a already is that."""
+    if type(a) is np.ndarray:
+        arr = <cnp.ndarray>a
+        if cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr):
+            return arr
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+cdef inline cnp.ndarray _empty1d(Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
+
+
 cdef cnp.ndarray _as_f64(object a, str name, Py_ssize_t n):
     arr = np.asarray(a)
     if arr.ndim != 1 or arr.shape[0] != n:
@@ -312,6 +337,17 @@ def encode_results(list msgids not None, list click_ids not None, invalid, score
     cdef Py_ssize_t n = PyList_GET_SIZE(msgids), i, k, size, cid_len, hdr_len, nsl
     if PyList_GET_SIZE(click_ids) != n:
         raise ValueError(f"click_ids has {len(click_ids)} items, msgids {n}")
+    cdef cnp.ndarray inv, sc, th, cd
+    if (_exact(invalid, cnp.NPY_BOOL, n) and _exact(scores, cnp.NPY_DOUBLE, n)
+            and _exact(thresholds, cnp.NPY_DOUBLE, n) and _exact(codes, cnp.NPY_INTP, n)):
+        inv, sc, th, cd = invalid, scores, thresholds, codes  # bool is one byte: 0 or 1
+    else:
+        inv, sc, th, cd = _encode_inputs(invalid, scores, thresholds, codes, n)
+    return _encode(msgids, click_ids, inv, sc, th, cd, slice_keys, model_key, reason_key, n)
+
+
+cdef tuple _encode_inputs(invalid, scores, thresholds, codes, Py_ssize_t n):
+    """encode_results' arguments of any accepted form -> (uint8, f64, f64, intp) arrays."""
     inv_a = np.asarray(invalid)
     if inv_a.ndim != 1 or inv_a.shape[0] != n:
         raise ValueError(f"invalid must be 1-D of length {n}, got shape {inv_a.shape}")
@@ -326,6 +362,12 @@ def encode_results(list msgids not None, list click_ids not None, invalid, score
     if cd_a.dtype.kind not in "iu":
         raise TypeError(f"codes must be integers, not {cd_a.dtype}")
     cdef cnp.ndarray cd = np.ascontiguousarray(cd_a, dtype=np.intp)
+    return inv, sc, th, cd
+
+
+cdef list _encode(list msgids, list click_ids, cnp.ndarray inv, cnp.ndarray sc, cnp.ndarray th,
+                  cnp.ndarray cd, slice_keys, bytes model_key, bytes reason_key, Py_ssize_t n):
+    cdef Py_ssize_t i, k, size, cid_len, hdr_len, nsl
     cdef tuple sk = tuple(slice_keys)
     nsl = len(sk)
     for k in range(nsl):
@@ -457,11 +499,11 @@ def decide_batch(list items not None, list clicks not None, device, logged_in, s
     cdef Py_ssize_t n = PyList_GET_SIZE(items), i, c, nslices
     if PyList_GET_SIZE(clicks) != n:
         raise ValueError(f"clicks has {len(clicks)} items, items {n}")
-    cdef cnp.ndarray dev = np.ascontiguousarray(device, dtype=np.uint8)
-    cdef cnp.ndarray li = np.ascontiguousarray(logged_in, dtype=np.uint8)
-    cdef cnp.ndarray sc = np.ascontiguousarray(scores, dtype=np.float64)
-    cdef cnp.ndarray tb = np.ascontiguousarray(table, dtype=np.float64)
-    cdef cnp.ndarray bd = np.ascontiguousarray(bounds, dtype=np.float64)
+    cdef cnp.ndarray dev = _c1d(device, cnp.NPY_UINT8, np.uint8)
+    cdef cnp.ndarray li = _c1d(logged_in, cnp.NPY_UINT8, np.uint8)
+    cdef cnp.ndarray sc = _c1d(scores, cnp.NPY_DOUBLE, np.float64)
+    cdef cnp.ndarray tb = _c1d(table, cnp.NPY_DOUBLE, np.float64)
+    cdef cnp.ndarray bd = _c1d(bounds, cnp.NPY_DOUBLE, np.float64)
     if dev.shape[0] != n or li.shape[0] != n or sc.shape[0] != n:
         raise ValueError(f"device, logged_in and scores must have {n} entries")
     cdef cnp.ndarray qc = q_counts
@@ -471,9 +513,9 @@ def decide_batch(list items not None, list clicks not None, device, logged_in, s
             or tc.shape[0] != bd.shape[0] + 1):
         raise ValueError("q_counts and tot_counts must be contiguous int64 of len(bounds) + 1")
     nslices = tb.shape[0]
-    cdef cnp.ndarray codes = np.empty(n, dtype=np.intp)
-    cdef cnp.ndarray thr = np.empty(n, dtype=np.float64)
-    cdef cnp.ndarray inv = np.empty(n, dtype=np.bool_)
+    cdef cnp.ndarray codes = _empty1d(n, cnp.NPY_INTP)
+    cdef cnp.ndarray thr = _empty1d(n, cnp.NPY_DOUBLE)
+    cdef cnp.ndarray inv = _empty1d(n, cnp.NPY_BOOL)
     cdef const uint8_t* dp = <const uint8_t*>cnp.PyArray_DATA(dev)
     cdef const uint8_t* lp = <const uint8_t*>cnp.PyArray_DATA(li)
     cdef const double* sp = <const double*>cnp.PyArray_DATA(sc)
@@ -522,10 +564,10 @@ def decision_dicts(list clicks not None, invalid, scores, thr, codes, list slice
     {"click_id": clicks[i]["click_id"], "invalid": bool(invalid[i]), "score":
     float(scores[i]), "threshold": float(thr[i]), "slice": slice_names[codes[i]], "model":
     version, "reason": "model"}."""
-    cdef cnp.ndarray inv = np.ascontiguousarray(invalid, dtype=np.bool_)
-    cdef cnp.ndarray sc = np.ascontiguousarray(scores, dtype=np.float64)
-    cdef cnp.ndarray th = np.ascontiguousarray(thr, dtype=np.float64)
-    cdef cnp.ndarray cd = np.ascontiguousarray(codes, dtype=np.intp)
+    cdef cnp.ndarray inv = _c1d(invalid, cnp.NPY_BOOL, np.bool_)
+    cdef cnp.ndarray sc = _c1d(scores, cnp.NPY_DOUBLE, np.float64)
+    cdef cnp.ndarray th = _c1d(thr, cnp.NPY_DOUBLE, np.float64)
+    cdef cnp.ndarray cd = _c1d(codes, cnp.NPY_INTP, np.intp)
     cdef Py_ssize_t n = PyList_GET_SIZE(clicks), k, i, m
     if inv.shape[0] != n or sc.shape[0] != n or th.shape[0] != n or cd.shape[0] != n:
         raise ValueError(f"invalid, scores, thr and codes must have {n} entries")

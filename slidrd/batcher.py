@@ -118,6 +118,19 @@ def fast_valid(c: Any) -> bool:
     return type(ip) is str and _ip_valid(ip)
 
 
+_PACKED: dict[str, bytes] = {}
+
+
+def _packed(version: str) -> bytes:
+    """msgpack of a model version, once per version (not once per batch)."""
+    v = _PACKED.get(version)
+    if v is None:
+        if len(_PACKED) > 64:
+            _PACKED.clear()
+        v = _PACKED[version] = msgpack.packb(version)
+    return v
+
+
 def ip_cache() -> tuple[dict[str, bool], Callable[[str], bool]]:
     """The IP check cache the decoder shares with fast_valid: (answers so far, the check)."""
     return _ip_ok, _ip_valid
@@ -595,7 +608,7 @@ class Batcher:
         version = model.version
         frames, codes, thr, invalid, qsum, tsum, per, bad = _fp.decide_batch(
             valid, clicks, batch.device, batch.logged_in, scores, model.thresholds, _SLICE_KEYS,
-            msgpack.packb(version), _REASON_KEY, t0, _perf(), q.bounds, q.counts, tot.counts)
+            _packed(version), _REASON_KEY, t0, _perf(), q.bounds, q.counts, tot.counts)
         q.total += qsum
         q.n += n
         tot.total += tsum
