@@ -21,6 +21,7 @@ Faults, each bounded by timeout_s:
 from __future__ import annotations
 
 import hashlib
+import logging
 import socket
 import time
 from collections.abc import Sequence
@@ -454,7 +455,13 @@ def open_redis_store(url: str, mode: str = "auto", prefix: str | bytes = "slidr:
             except rt.TopologyError as e:
                 err = e
         if err is not None:
-            raise err
+            if len(seeds) > 1:
+                raise err
+            # One URL that does not answer: taken as a single Redis, which fails open until it
+            # answers (a cluster whose seed may be down: redis_mode = cluster, several seeds).
+            logging.getLogger("slidr").warning("%s; taken as a single Redis (redis_mode auto)",
+                                               err)
+            cluster = False
         if not cluster:
             if len(seeds) > 1:
                 raise rt.TopologyError(f"redis at {rt.safe(seeds[0])} is not a cluster node, "

@@ -101,6 +101,13 @@ def _run_one(cfg: Config, notifier: Notifier | None, worker: int, ready_fd: int 
     except OSError as e:
         print(f"slidrd serve: error: cannot bind or open: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from slidr.redis_topology import TopologyError
+        if not isinstance(e, TopologyError):
+            raise
+        log.error("cannot start: %s", e)
+        print(f"slidrd serve: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
