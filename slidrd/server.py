@@ -314,6 +314,8 @@ class Daemon:
         if self.dlog is not None:
             s["decision_log"] = {"dir": str(self.dlog.dir), "written": self.dlog.written,
                                  "dropped": self.dlog.dropped, "queued_batches": self.dlog.q.qsize()}
+        if hasattr(self.link, "stats"):  # Redis Cluster: nodes, retries, map refreshes
+            s["redis_cluster"] = self.link.stats()
         s["pid"] = os.getpid()
         return s
 

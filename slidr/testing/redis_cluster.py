@@ -123,6 +123,33 @@ class RedisCluster:
             time.sleep(0.05)
         raise RuntimeError(f"redis cluster not ok after {timeout}s: {last}")
 
+    def wait_failover(self, dead_port: int, timeout: float = 30.0) -> None:
+        """Until every live node's slot map names a live master for every slot (a replica of
+        the dead master promoted), then until cluster_state:ok everywhere."""
+        deadline = time.monotonic() + timeout
+        live = {n.port for n in self.alive()}
+        while time.monotonic() < deadline:
+            ok = True
+            for port in live:
+                try:
+                    raw = _cmd(port, "CLUSTER", "NODES").decode(errors="replace")
+                except OSError:
+                    ok = False
+                    break
+                for line in raw.splitlines():
+                    f = line.split()
+                    if len(f) > 8 and "master" in f[2] and "fail" not in f[2]:
+                        p = int(f[1].split("@")[0].rsplit(":", 1)[1])
+                        if p == dead_port:
+                            ok = False
+                    if len(f) > 2 and "master" in f[2] and "fail" in f[2] and len(f) > 8:
+                        ok = False  # a failed master still holds slots
+            if ok:
+                self.wait_ok(max(deadline - time.monotonic(), 1.0))
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"no replica took over from 127.0.0.1:{dead_port} in {timeout}s")
+
     def role(self, port: int) -> str:
         raw = _cmd(port, "ROLE").decode(errors="replace")
         return "master" if "master" in raw.split("\r\n")[2] else "slave"
