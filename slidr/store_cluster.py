@@ -242,7 +242,10 @@ class RedisClusterStore(RedisStore):
         if isinstance(resp, ClusterReply):
             rows = [super(RedisClusterStore, self).parse_reply(r, p.n)
                     for p, r in zip(resp.parts, resp.replies, strict=True)]
-            return resp.plan.stitch(rows, resp.parts)
+            raw = resp.plan.stitch(rows, resp.parts)
+            if resp.lost is not None:
+                raw[resp.lost] = np.nan
+            return raw
         return super().parse_reply(resp, n)
 
     @property
@@ -419,13 +422,22 @@ class RedisClusterStore(RedisStore):
 
 
 class ClusterReply:
-    """What slidrd/cluster_link.py hands the batcher: the plan and each part's reply."""
-    __slots__ = ("plan", "parts", "replies")
+    """What slidrd/cluster_link.py hands the batcher: the plan and each part's reply, and
+    `lost`: None, or a bool per click, True where a part with that click's key failed (a node
+    down past the retry). parse_reply leaves those rows NaN; the batcher fails them open."""
+    __slots__ = ("plan", "parts", "replies", "lost")
 
-    def __init__(self, plan: Plan, parts: list[Part], replies: list[Any]) -> None:
+    def __init__(self, plan: Plan, parts: list[Part], replies: list[Any],
+                 failed: Sequence[Part] = ()) -> None:
         self.plan = plan
         self.parts = parts
         self.replies = replies
+        self.lost: np.ndarray | None = None
+        if failed:
+            lost = np.zeros(plan.n, dtype=bool)
+            for p in failed:
+                lost[p.clicks] = True
+            self.lost = lost
 
 
 def open_redis_store(url: str, mode: str = "auto", prefix: str | bytes = "slidr:",

@@ -416,6 +416,9 @@ class Batcher:
                                            model.version)
                     return
                 t_store = t1 - st.t0
+                lost = getattr(reply, "lost", None)  # Redis Cluster: a node's part failed
+                if lost is not None and not st.expired:
+                    st, raw = self._drop_lost(st, raw, lost)
                 if not st.expired:
                     batch = st.batch
                     if st.n_late:
@@ -442,6 +445,27 @@ class Batcher:
             if self.pending:
                 self.kick()
             self._maybe_idle()
+
+    def _drop_lost(self, st: _InFlight, raw: np.ndarray, lost: np.ndarray
+                   ) -> tuple[_InFlight, np.ndarray]:
+        """Fail open the clicks of a batch whose counters a cluster node could not give (its
+        part failed after the retry); the rest of the batch is scored as usual."""
+        self.metrics.redis_errors += 1
+        nl = st.n_late
+        vl = lost[nl:].tolist()
+        self._fail_open([it for it, x in zip(st.valid, vl, strict=True) if x], "store_down",
+                        st.model.version, [c for c, x in zip(st.clicks, vl, strict=True) if x])
+        keep = np.flatnonzero(~lost)
+        b = st.batch
+        batch = ClickBatch(b.ts[keep], [b.user_key[i] for i in keep.tolist()],
+                           [b.session_id[i] for i in keep.tolist()],
+                           [b.ip[i] for i in keep.tolist()], b.device[keep],
+                           b.logged_in[keep], b.tz_offset_min[keep])
+        out = _InFlight([it for it, x in zip(st.valid, vl, strict=True) if not x],
+                        [c for c, x in zip(st.clicks, vl, strict=True) if not x], batch,
+                        st.model, st.t0, int((~lost[:nl]).sum()))
+        out.expired = not out.valid
+        return out, raw[keep]
 
     def _compute(self, batch: ClickBatch, model: Any, n_late: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, float, float]:

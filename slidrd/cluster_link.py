@@ -79,6 +79,8 @@ class ClusterLink:
         self.retries = 0
         self.retried_ok = 0
         self.failed = 0
+        self.partial = 0
+        self._last_warn = -1e9
         self.refreshes = 0
         self.closed = False
         self._refresh_task: asyncio.Task[bool] | None = None
@@ -131,7 +133,7 @@ class ClusterLink:
 
     def stats(self) -> dict[str, Any]:
         return {"nodes": self.router.topo.addrs(), "retries": self.retries,
-                "retried_ok": self.retried_ok, "failed": self.failed,
+                "retried_ok": self.retried_ok, "failed": self.failed, "partial": self.partial,
                 "refreshes": self.refreshes, "epoch": self.router.epoch}
 
     # ------------------------------------------------------------------ parts
@@ -196,9 +198,19 @@ class ClusterLink:
             asyncio.get_running_loop().create_task(self._retry(st))
             return
         st.done = True
+        why = "; ".join(f"{p.addr}: {e}" for p, e in st.errors[:3])
+        if st.parts:
+            # Some nodes answered: their clicks are scored, the others' fail open (a master
+            # down does not take the whole store with it).
+            self.partial += 1
+            if _mono() - self._last_warn > 1.0:
+                self._last_warn = _mono()
+                log.warning("redis cluster: part of a batch failed open (%d so far): %s",
+                            self.partial, why)
+            st.cb(ClusterReply(st.plan, st.parts, st.replies, [p for p, _ in st.errors]), None)
+            return
         self.failed += 1
-        st.cb(None, StoreUnavailable("redis cluster: " + "; ".join(
-            f"{p.addr}: {e}" for p, e in st.errors[:3])))
+        st.cb(None, StoreUnavailable("redis cluster: " + why))
 
     async def _retry(self, st: _Batch) -> None:
         failed = [p for p, _ in st.errors]

@@ -13,12 +13,31 @@ from __future__ import annotations
 import signal
 import time
 
+import numpy as np
 import pytest
 from daemon_helpers import Client, Daemon, make_registry
 from test_daemon_lifecycle import check_log_parity
 from test_daemon_redis import TimedLoad
 
+from slidr import redis_topology as rt
+
 pytestmark = pytest.mark.redis
+
+
+def _touches(rows, topo, node, prefix):
+    """click_id -> whether any of the click's keys lives on master `node` of `topo`."""
+    from daemon_helpers import click
+
+    from slidr.contract import ClickBatch
+    from slidr.kernel import FeatureKernel
+
+    ids = sorted({int(r[2]["click_id"][1:]) for r in rows})
+    batch = ClickBatch.from_clicks([click(i) for i in ids])
+    uh, sh, ih, _hll = FeatureKernel().keys(batch)
+    hit = np.zeros(len(ids), dtype=bool)
+    for tag, h in ((b"u", uh), (b"s", sh), (b"i", ih)):
+        hit |= topo.owner[rt.key_slots(prefix + tag, h)] == node
+    return {f"c{i}": bool(x) for i, x in zip(ids, hit, strict=True)}
 
 
 def _answered(rows):
@@ -69,6 +88,8 @@ def test_master_killed_under_load(tmp_path, redis_cluster):
         load.start()
         time.sleep(0.6)
         victim = redis_cluster.master_ports()[0]
+        topo = rt.discover(redis_cluster.url)
+        victim_idx = topo.addrs().index(f"127.0.0.1:{victim}")
         t_kill = time.monotonic()
         redis_cluster.kill(victim)
         # Until a replica has taken over the dead master's slots.
@@ -96,6 +117,14 @@ def test_master_killed_under_load(tmp_path, redis_cluster):
     assert first >= t_kill - 0.05
     assert last <= t_promoted + 1.0, (last - t_promoted)
     assert all(r[2]["invalid"] is False for r in down)
+    # Only clicks with a key on the dead master fail open; the others are scored meanwhile.
+    on_victim = _touches(rows, topo, victim_idx, b"fo:")
+    gap = [r for r in rows if t_kill + 0.05 < r[0] and r[1] < t_promoted]
+    assert all(on_victim[r[2]["click_id"]] for r in down)
+    spared = [r for r in gap if not on_victim[r[2]["click_id"]]]
+    assert spared and {r[2]["reason"] for r in spared} <= {"model", "fail_open:deadline"}
+    assert [r[2]["reason"] for r in spared].count("model") >= 0.85 * len(spared)
+    print(f"during the gap {len(spared)} clicks without a key on the dead master were scored")
     after = [r for r in rows if r[0] > t_promoted + 1.0]
     assert after
     tail = [r[2]["reason"] for r in after]
