@@ -76,10 +76,10 @@ def key_slots(head: bytes, hashes: np.ndarray) -> np.ndarray:
     n = h.shape[0]
     if n == 0:
         return np.empty(0, dtype=np.int64)
+    b = h.view(np.uint8).reshape(n, 8)
     if b"{" in head:
         # A tag in the prefix (or a "{" whose "}" may be in the hash bytes): key by key.
-        return np.array([key_slot(head + x.tobytes()) for x in h], dtype=np.int64)
-    b = h.view(np.uint8).reshape(n, 8)
+        return np.array([key_slot(head + row.tobytes()) for row in b], dtype=np.int64)
     crc = np.full(n, crc16(head), dtype=np.uint16)
     for j in range(8):
         crc = ((crc << np.uint16(8)) ^ _T[((crc >> np.uint16(8)) ^ b[:, j]) & 0xFF]
