@@ -118,6 +118,21 @@ def register(sub: Any) -> None:
                     help="measured clicks per shape")
     co.set_defaults(func=cmd_cost)
 
+    cl = bs.add_parser("cluster", help="the counter store on 1 vs 3 Redis Cluster shards: "
+                                       "script calls, bytes and Redis CPU per click",
+                       description="Starts throwaway local clusters (redis-server, redis-cli "
+                                   "on loopback) and pushes one synthetic click stream through "
+                                   "the cluster store per batch size; docs/cluster.md reads "
+                                   "the results.")
+    add(cl, BENCH["seconds"])
+    cl.add_argument("--shards", default="1,3", metavar="N,...",
+                    help="shard (master) counts to compare (default: 1,3)")
+    cl.add_argument("--batches", default="1,16,128", metavar="B,...",
+                    help="batch sizes (default: 1,16,128)")
+    add(cl, COMMON["out"], required=False, default=None, shown="none",
+        help="also write cluster.json, cluster.png and README.md (with the command) here")
+    cl.set_defaults(func=cmd_cluster)
+
     m = bs.add_parser("micro", help="protocol, store and model costs per request / batch")
     add(m, BENCH["seconds"])
     add(m, COMMON["redis"], shown="a throwaway redis-server on loopback",
@@ -183,6 +198,29 @@ def cmd_micro(a: argparse.Namespace) -> int:
         _print_json(res)
     else:
         print("\n".join(micro.lines(res)))
+    return 0
+
+
+def cmd_cluster(a: argparse.Namespace) -> int:
+    from slidr.bench import cluster
+    try:
+        shards = tuple(int(x) for x in a.shards.split(","))
+        batches = tuple(int(x) for x in a.batches.split(","))
+        if not shards or not batches or min(shards + batches) < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shards and --batches want positive integers like 1,3, not "
+                         f"{a.shards!r} / {a.batches!r}") from None
+    _log(f"bench cluster: shards {shards}, batches {batches}, {a.seconds:g} s per point")
+    res = cluster.run(shards, batches, seconds=a.seconds)
+    if a.out is not None:
+        cmd = (f"slidr bench cluster --seconds {a.seconds:g} --shards {a.shards} "
+               f"--batches {a.batches} --out {a.out}")
+        cluster.write(res, Path(a.out), cmd)
+    if a.json:
+        _print_json(res)
+    else:
+        print("\n".join(cluster.lines(res)))
     return 0
 
 

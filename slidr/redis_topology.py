@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
+from slidr.exits import BadInput
+
 __all__ = ["SLOTS", "TopologyError", "Topology", "crc16", "key_slot", "key_slots",
            "discover", "is_cluster", "REDIS_MODES"]
 
@@ -28,8 +30,9 @@ SLOTS = 16384
 REDIS_MODES = ("auto", "cluster", "standalone")
 
 
-class TopologyError(RuntimeError):
-    """The cluster could not be discovered or is not usable (one line, for the operator)."""
+class TopologyError(BadInput):
+    """The cluster could not be discovered or is not usable (one line, for the operator;
+    exit 2 from a command)."""
 
 
 def _table() -> np.ndarray:

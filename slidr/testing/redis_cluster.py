@@ -94,6 +94,13 @@ class RedisCluster:
                     *self.extra])
                 self.nodes.append(srv)
                 srv.start()
+            if self.masters < 3:
+                # redis-cli --cluster create wants 3 masters: join and assign slots by hand.
+                if self.replicas:
+                    raise ValueError("a cluster of fewer than 3 masters takes no replicas here")
+                self._assign_by_hand()
+                self.wait_ok(timeout)
+                return self
             args = ["redis-cli", "--cluster", "create",
                     *[f"127.0.0.1:{p}" for p in self.ports],
                     "--cluster-replicas", str(self.replicas), "--cluster-yes"]
@@ -106,6 +113,15 @@ class RedisCluster:
             self.stop()
             raise
         return self
+
+    def _assign_by_hand(self) -> None:
+        first = self.nodes[0].port
+        for n in self.nodes[1:]:
+            _cmd(n.port, "CLUSTER", "MEET", "127.0.0.1", str(first))
+        step = -(-16384 // self.masters)
+        for j, n in enumerate(self.nodes):
+            lo, hi = j * step, min((j + 1) * step, 16384) - 1
+            _cmd(n.port, "CLUSTER", "ADDSLOTSRANGE", str(lo), str(hi))
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every live node says cluster_state:ok with all 16384 slots assigned and ok."""
