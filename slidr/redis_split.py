@@ -26,6 +26,7 @@ names (users, sessions, IPs), then the standalone script's ARGV (click records, 
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -147,6 +148,18 @@ class Builder:
         self.argv_px = argv_px
         self.tmpl_row = np.frombuffer(self.rec_head + b"?" + b"\0" * 8 + b"\r\n", dtype=np.uint8)
 
+    def request_small(self, keys: Sequence[Sequence[int]], clicks: bytes) -> bytes:
+        """request() from plain lists of key hashes and packed click records."""
+        head = self.rec_head
+        tags = (b"u", b"s", b"i")
+        recs = b"".join(head + tags[k] + int(x).to_bytes(8, "big") + b"\r\n"
+                        for k in range(3) for x in keys[k])
+        nu, ns = len(keys[0]), len(keys[1])
+        nk = nu + ns + len(keys[2])
+        return b"".join((b"*%d" % (nk + 10), self.head, resp_bulk(b"%d" % nk), recs,
+                         resp_bulk(clicks), self.argv_px, resp_bulk(b"%d" % nu),
+                         resp_bulk(b"%d" % ns)))
+
     def request(self, keys: Sequence[np.ndarray], clicks: np.ndarray) -> bytes:
         """keys: per kind the node's distinct key hashes; clicks: _CLICK_DTYPE records whose idx
         are 1-based positions into them (0: elsewhere) -> the EVALSHA command bytes."""
@@ -174,14 +187,64 @@ def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray], h
     pos: list[np.ndarray] = []
     node: list[np.ndarray] = []
     for k in range(3):
-        uk, p = _dedup(hashes[k])
+        if n <= SMALL:
+            d: dict[int, int] = {}
+            p = np.array([d.setdefault(x, len(d)) for x in np.asarray(hashes[k]).tolist()],
+                         dtype=np.int64)
+            uk = np.array(list(d), dtype=np.uint64)
+        else:
+            uk, p = _dedup(hashes[k])
         keys.append(uk)
         pos.append(p)
         node.append(np.asarray(slot_node(k, uk), dtype=np.int64))
     plan = Plan(n, np.asarray(ts, dtype=np.float64), np.asarray(hll), tuple(keys), tuple(pos),
                 tuple(node), list(addrs), epoch=epoch)
-    plan.parts = build_parts(builder, plan, [np.ones(x.shape[0], dtype=bool) for x in keys])
+    if n <= SMALL:
+        plan.parts = build_parts_small(builder, plan)
+    else:
+        plan.parts = build_parts(builder, plan, [np.ones(x.shape[0], dtype=bool) for x in keys])
     return plan
+
+
+# Batches up to this size are split in plain Python (build_parts_small): on a few clicks the
+# ~60 numpy calls of build_parts cost more than the whole round trip.
+SMALL = 16
+_CLICK1 = struct.Struct("<d4B3I")
+
+
+def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
+    """build_parts for every key of a small plan, in plain Python (the same requests)."""
+    n = plan.n
+    node = [x.tolist() for x in plan.node]
+    pos = [x.tolist() for x in plan.pos]
+    keys = [x.tolist() for x in plan.keys]
+    ts = plan.ts.tolist()
+    hll = [bytes(r) for r in np.asarray(plan.hll, dtype=np.uint8).reshape(n, 4)]
+    parts: list[Part] = []
+    for a in sorted(set(node[0]) | set(node[1]) | set(node[2])):
+        loc: list[dict[int, int]] = []
+        sel: list[list[int]] = []
+        for k in range(3):
+            idx = [i for i, x in enumerate(node[k]) if x == a]
+            sel.append(idx)
+            loc.append({i: j + 1 for j, i in enumerate(idx)})
+        clicks: list[int] = []
+        on: list[list[bool]] = [[], [], []]
+        recs: list[bytes] = []
+        for c in range(n):
+            li = [loc[k].get(pos[k][c], 0) for k in range(3)]
+            if li[0] or li[1] or li[2]:
+                clicks.append(c)
+                for k in range(3):
+                    on[k].append(li[k] > 0)
+                recs.append(_CLICK1.pack(ts[c], *hll[c], *li))
+        addr = plan.addrs[a]
+        parts.append(Part(addr, np.array(clicks, dtype=np.intp),
+                          tuple(np.array(x, dtype=bool) for x in on),
+                          tuple(np.array(x, dtype=np.intp) for x in sel),
+                          builder.request_small([[keys[k][i] for i in sel[k]] for k in range(3)],
+                                                b"".join(recs))))
+    return parts
 
 
 def build_parts(builder: Builder, plan: Plan, active: Sequence[np.ndarray],
