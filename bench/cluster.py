@@ -11,6 +11,7 @@ stats and cpu, summed over the masters, before and after):
 - bytes on the wire (total_net_input_bytes + total_net_output_bytes);
 - Redis CPU: the scripts' time (commandstats usec of evalsha) and the whole process's
   (used_cpu_user + used_cpu_sys: networking and event loop included);
+- the client's split (slot map, per-node requests) alone, per click;
 - clicks/s of one synchronous client (bounded by this machine: on 2 shared cores the client,
   numpy and every redis-server compete, so read the CPU per click, not the rate).
 
@@ -95,6 +96,12 @@ def measure(shards: int, batches: tuple[int, ...], clicks: int, seconds: float
                     done += b
                 wall = time.perf_counter() - t
                 after = _counters(ports)
+                # The client's split alone (what the daemon's loop spends per batch on top of
+                # a single Redis's request): plan the same batches again, no I/O.
+                t = time.perf_counter()
+                for a in range(0, done, b):
+                    store.request(ts[a:a + b], *(x[a:a + b] for x in h))
+                plan_s = time.perf_counter() - t
             finally:
                 store.close()
             d = {k: after[k] - before[k] for k in before}
@@ -107,6 +114,7 @@ def measure(shards: int, batches: tuple[int, ...], clicks: int, seconds: float
                 "bytes_per_click": round(d["net_bytes"] / done, 1),
                 "script_us_per_click": round(d["evalsha_usec"] / done, 2),
                 "redis_cpu_us_per_click": round(d["cpu_s"] * 1e6 / done, 2),
+                "client_split_us_per_click": round(plan_s * 1e6 / done, 2),
             }
     return out
 
@@ -129,12 +137,13 @@ def run(shards: tuple[int, ...] = (1, 3), batches: tuple[int, ...] = BATCHES,
 
 def lines(res: dict[str, Any]) -> list[str]:
     out = [f"{'shards':>6} {'batch':>5} {'clicks/s':>9} {'scripts':>8} {'cmds':>6} "
-           f"{'bytes':>7} {'script us':>9} {'redis cpu us':>12}   (per click)"]
+           f"{'bytes':>7} {'script us':>9} {'redis cpu us':>12} {'split us':>8}   (per click)"]
     for s, by in res["shards"].items():
         for b, r in by.items():
             out.append(f"{s:>6} {b:>5} {r['clicks_per_s']:>9,} {r['script_calls_per_click']:>8} "
                        f"{r['redis_commands_per_click']:>6} {r['bytes_per_click']:>7} "
-                       f"{r['script_us_per_click']:>9} {r['redis_cpu_us_per_click']:>12}")
+                       f"{r['script_us_per_click']:>9} {r['redis_cpu_us_per_click']:>12} "
+                       f"{r['client_split_us_per_click']:>8}")
     return out
 
 
