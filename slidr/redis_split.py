@@ -29,6 +29,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ from slidr import featurespec as fs
 from slidr.store_redis import resp_bulk, script_source
 
 __all__ = ["Plan", "Part", "cluster_script", "plan_batch", "KIND_TAGS", "KIND_COLS",
-           "ASKING", "is_redirect"]
+           "ASKING", "is_redirect", "split_absent", "without_absent"]
 
 KIND_TAGS = (b"u", b"s", b"i")
 
@@ -63,12 +64,73 @@ local KEYS, ARGV = (function(A)
   for i = nk + 2, #A do v[#v + 1] = A[i] end
   return k, v
 end)(ARGV)
+-- A key this node does not hold (its slot moved, or is being migrated and the key already
+-- left) is read as absent and never written; the reply then ends with "ABSENT:i,j,..." (the
+-- keys' positions) and the client sends just those keys where they live now. Every other key
+-- of the call is counted here, in order.
+local ABSENT, SKIP, POS = {}, {}, {}
+for i = 1, #KEYS do POS[KEYS[i]] = i end
+local rcall, rpcall = redis.call, redis.pcall
+local redis = {call = function(cmd, key, ...)
+  if cmd == 'MGET' and select('#', ...) == 0 then
+    local r = rpcall('GET', key)
+    if type(r) == 'table' and r.err then
+      ABSENT[#ABSENT + 1] = POS[key]
+      SKIP[key] = true
+      return {false}
+    end
+    return {r}
+  elseif cmd == 'SET' and SKIP[key] then
+    return true
+  end
+  return rcall(cmd, key, ...)
+end}
+local function slidr_main()
+"""
+
+_EPILOGUE = """
+end
+local res = slidr_main()
+if #ABSENT > 0 then res[#res + 1] = 'ABSENT:' .. table.concat(ABSENT, ',') end
+return res
 """
 
 
 def cluster_script() -> str:
-    """The counter script for Redis Cluster: the flag, the ARGV prologue, one key per read."""
-    return _PROLOGUE + script_source(mget_chunk=1)
+    """The counter script for Redis Cluster: the flag, the ARGV prologue, one key per read,
+    keys another node holds reported instead of failing the call."""
+    return _PROLOGUE + script_source(mget_chunk=1) + _EPILOGUE
+
+
+def split_absent(reply: Any) -> tuple[Any, list[int]]:
+    """A cluster script reply -> (the rows, 1-based positions of the keys it did not hold)."""
+    if isinstance(reply, list) and reply and isinstance(reply[-1], bytes) \
+            and reply[-1].startswith(b"ABSENT:"):
+        return reply[:-1], [int(x) for x in reply[-1][7:].split(b",")]
+    return reply, []
+
+
+def without_absent(plan: Plan, part: Part, absent: Sequence[int]) -> tuple[Part, Part]:
+    """Split a part whose call reported keys absent -> (the part as answered, its counters
+    valid only for the keys it held; a part of the absent keys, to send where they live)."""
+    sizes = [int(x.shape[0]) for x in part.keys]
+    pos = np.asarray(absent, dtype=np.int64) - 1
+    miss: list[np.ndarray] = []
+    on_ok: list[np.ndarray] = []
+    on_miss: list[np.ndarray] = []
+    off = 0
+    for k in range(3):
+        mine = pos[(pos >= off) & (pos < off + sizes[k])] - off
+        mk = part.keys[k][mine]
+        miss.append(mk)
+        uses = np.isin(plan.pos[k][part.clicks], mk) & part.on[k]
+        on_ok.append(part.on[k] & ~uses)
+        on_miss.append(uses)
+        off += sizes[k]
+    ok = Part(part.addr, part.clicks, tuple(on_ok), part.keys, part.req, part.asking)
+    cm = on_miss[0] | on_miss[1] | on_miss[2]
+    missing = Part(part.addr, part.clicks[cm], tuple(x[cm] for x in on_miss), tuple(miss), b"")
+    return ok, missing
 
 
 _CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,))])

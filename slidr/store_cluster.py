@@ -42,6 +42,8 @@ from slidr.redis_split import (
     cluster_script,
     is_redirect,
     plan_batch,
+    split_absent,
+    without_absent,
 )
 from slidr.store_redis import RedisStore, StoreUnavailable, resp_bulk
 
@@ -146,6 +148,27 @@ class Router:
                     if o >= 0 and topo_addrs[o] == part.addr:
                         out.append((k, i, part.addr))
         return out
+
+
+def _sort_out(plan: Plan, parts: Sequence[Part], replies: Sequence[Any],
+              errs: Sequence[str | None]) -> tuple[list[tuple[Part, Any]],
+                                                   list[tuple[Part, str]]]:
+    """Replies -> (answered parts with their rows, failed parts with why). A call that held
+    only some of its keys answers for those; the others become a failed part of their own."""
+    done: list[tuple[Part, Any]] = []
+    failed: list[tuple[Part, str]] = []
+    for p, r, e in zip(parts, replies, errs, strict=True):
+        if e is not None:
+            failed.append((p, e))
+            continue
+        rows, absent = split_absent(r)
+        if absent:
+            ok, missing = without_absent(plan, p, absent)
+            done.append((ok, rows))
+            failed.append((missing, f"non local key ({len(absent)} keys)"))
+        else:
+            done.append((p, rows))
+    return done, failed
 
 
 def parse_redirect(err: str) -> tuple[str, bool] | None:
@@ -354,8 +377,7 @@ class RedisClusterStore(RedisStore):
         plan = self.router.plan(ts, uh, sh, ih, hll)
         parts = plan.parts
         replies, errs = self._run(parts)
-        done = [(p, r) for p, r, e in zip(parts, replies, errs, strict=True) if e is None]
-        failed = [(p, e) for p, e in zip(parts, errs, strict=True) if e is not None]
+        done, failed = _sort_out(plan, parts, replies, errs)
         if failed:
             # Retry once (within the time left): a fresh map, keys located, the failed parts.
             self.retries += 1
@@ -372,10 +394,11 @@ class RedisClusterStore(RedisStore):
             except StoreUnavailable as e:
                 raise StoreUnavailable(f"redis cluster: {why} ({e})") from None
             r2, e2 = self._run(rparts)
-            bad = [f"{p.addr}: {e}" for p, e in zip(rparts, e2, strict=True) if e is not None]
+            done2, bad = _sort_out(plan, rparts, r2, e2)
             if bad:
-                raise StoreUnavailable("redis cluster: " + "; ".join(bad[:3]))
-            done += list(zip(rparts, r2, strict=True))
+                raise StoreUnavailable("redis cluster: " + "; ".join(
+                    f"{p.addr}: {e}" for p, e in bad[:3]))
+            done += done2
         rows = [super(RedisClusterStore, self).parse_reply(r, p.n) for p, r in done]
         return plan.stitch(rows, [p for p, _ in done])
 

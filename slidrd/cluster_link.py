@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from slidr import redis_topology as rt
-from slidr.redis_split import ASKING, Part, Plan, is_redirect
+from slidr.redis_split import ASKING, Part, Plan, is_redirect, split_absent, without_absent
 from slidr.store_cluster import ClusterReply, RedisClusterStore, parse_redirect
 from slidr.store_redis import StoreUnavailable
 
@@ -84,6 +84,7 @@ class ClusterLink:
         self.refreshes = 0
         self.closed = False
         self._refresh_task: asyncio.Task[bool] | None = None
+        self._retry_lock = asyncio.Lock()
         self._last_refresh = 0.0
 
     # ------------------------------------------------------------------ public
@@ -170,8 +171,14 @@ class ClusterLink:
         if err is not None:
             st.errors.append((part, str(err)))
         else:
+            rows, absent = split_absent(reply)
+            if absent:
+                # The node held only some of the keys: those are counted; the others go
+                # where they live now (a slot moved or under migration).
+                part, missing = without_absent(st.plan, part, absent)
+                st.errors.append((missing, f"non local key ({len(absent)} keys)"))
             st.parts.append(part)
-            st.replies.append(reply)
+            st.replies.append(rows)
         st.left -= 1
         if st.left == 0:
             self._finish(st)
@@ -213,6 +220,12 @@ class ClusterLink:
         st.cb(None, StoreUnavailable("redis cluster: " + why))
 
     async def _retry(self, st: _Batch) -> None:
+        # One retry at a time, in the order the failures came in: the parts of one key then
+        # reach its new node in the order they were first sent.
+        async with self._retry_lock:
+            await self._retry_locked(st)
+
+    async def _retry_locked(self, st: _Batch) -> None:
         failed = [p for p, _ in st.errors]
         why = list(st.errors)
         st.errors = []

@@ -85,3 +85,133 @@ def test_open_redis_store_modes(redis_cluster, shared_redis):
     s.close()
     with pytest.raises(rt.TopologyError, match="not a cluster node"):
         open_redis_store(shared_redis.url, "cluster")
+
+
+def _slot_owner(cluster, slot):
+    import redis
+    r = redis.Redis(port=cluster.ports[0])
+    try:
+        for sh in r.execute_command("CLUSTER", "SHARDS"):
+            sl = sh[b"slots"]
+            if any(a <= slot <= b for a, b in zip(sl[0::2], sl[1::2], strict=True)):
+                m = [n for n in sh[b"nodes"] if n[b"role"] == b"master"][0]
+                return int(m[b"port"]), m[b"id"].decode()
+    finally:
+        r.close()
+    raise AssertionError(slot)
+
+
+class _Migration:
+    """One slot moved by hand, key by key, the way `redis-cli --cluster reshard` does it."""
+
+    def __init__(self, cluster, key: bytes):
+        import redis
+        self.slot = rt.key_slot(key)
+        self.key = key
+        self.src_port, self.src_id = _slot_owner(cluster, self.slot)
+        dst = [p for p in cluster.master_ports() if p != self.src_port][0]
+        self.dst_port, self.dst_id = dst, cluster.node_id(dst)
+        self.src = redis.Redis(port=self.src_port)
+        self.dst = redis.Redis(port=self.dst_port)
+        self.cluster = cluster
+
+    def start(self):
+        self.dst.execute_command("CLUSTER", "SETSLOT", self.slot, "IMPORTING", self.src_id)
+        self.src.execute_command("CLUSTER", "SETSLOT", self.slot, "MIGRATING", self.dst_id)
+
+    def move_key(self):
+        assert self.src.execute_command("MIGRATE", "127.0.0.1", self.dst_port, "", 0, 5000,
+                                        "KEYS", self.key) == b"OK"
+
+    def finish(self):
+        while True:
+            keys = self.src.execute_command("CLUSTER", "GETKEYSINSLOT", self.slot, 100)
+            if not keys:
+                break
+            self.src.execute_command("MIGRATE", "127.0.0.1", self.dst_port, "", 0, 5000,
+                                     "KEYS", *keys)
+        for p in self.cluster.master_ports():
+            import redis
+            r = redis.Redis(port=p)
+            r.execute_command("CLUSTER", "SETSLOT", self.slot, "NODE", self.dst_id)
+            r.close()
+        self.src.close()
+        self.dst.close()
+
+
+def test_slot_migration_ask_and_moved_sync_store(redis_cluster):
+    """A slot under migration (some keys moved, -ASK) and after it (-MOVED / a stale map):
+    every click counted once, counters equal the embedded store's."""
+    ts, h = _stream(300, seed=11, users=6, ips=3)
+    prefix = "mig:"
+    cs = RedisClusterStore(redis_cluster.url, prefix=prefix, timeout_s=2.0)
+    got = []
+    try:
+        got.append(_feed(cs, ts[:100], tuple(x[:100] for x in h), 10))
+        key = cs.router.key_name(0, int(h[0][0]))  # the first click's user key
+        mig = _Migration(redis_cluster, key)
+        mig.start()
+        got.append(_feed(cs, ts[100:150], tuple(x[100:150] for x in h), 10))
+        mig.move_key()  # this key now answers -ASK on its old master
+        got.append(_feed(cs, ts[150:200], tuple(x[150:200] for x in h), 10))
+        assert cs.retries > 0
+        r0 = cs.retries
+        mig.finish()  # the slot belongs to the other master: the store's map is stale
+        got.append(_feed(cs, ts[200:], tuple(x[200:] for x in h), 10))
+        assert cs.retries > r0 and cs.refreshes > 0
+    finally:
+        cs.close()
+    emb = _feed(native.EmbeddedStore(), ts, h, 10)
+    np.testing.assert_array_equal(np.concatenate(got), emb)
+
+
+def test_slot_migration_ask_and_moved_daemon_link(redis_cluster):
+    """The same through the daemon's asynchronous ClusterLink with all of a phase's batches in
+    flight at once: a node answers for the keys it holds and reports the others, which are
+    retried in order, so even pipelined the counters equal the embedded store's."""
+    import asyncio
+
+    from slidr.slidrd.cluster_link import ClusterLink
+
+    ts, h = _stream(300, seed=12, users=6, ips=3)
+    cs = RedisClusterStore(redis_cluster.url, prefix="amig:", timeout_s=2.0)
+
+    async def feed(link, a, z, b=10):
+        loop = asyncio.get_running_loop()
+        futs = []
+        for s in range(a, z, b):
+            e = min(s + b, z)
+            plan = cs.request(ts[s:e], *(x[s:e] for x in h))
+            f = loop.create_future()
+            link.send(plan, lambda r, err, f=f: f.set_result((r, err)))
+            futs.append((f, e - s))
+        out = []
+        for f, n in futs:
+            r, err = await f
+            assert err is None, err
+            assert r.lost is None
+            out.append(cs.parse_reply(r, n))
+        return np.concatenate(out)
+
+    async def main():
+        link = ClusterLink(cs, timeout_s=2.0)
+        await link.connect()
+        got = [await feed(link, 0, 100)]
+        mig = _Migration(redis_cluster, cs.router.key_name(0, int(h[0][0])))
+        mig.start()
+        got.append(await feed(link, 100, 150))
+        mig.move_key()
+        got.append(await feed(link, 150, 200))
+        assert link.retries > 0 and link.failed == 0 and link.partial == 0
+        r0 = link.retries
+        mig.finish()
+        got.append(await feed(link, 200, 300))
+        assert link.retries > r0 and link.refreshes > 0
+        link.close()
+        return np.concatenate(got)
+
+    try:
+        got = asyncio.run(main())
+    finally:
+        cs.close()
+    np.testing.assert_array_equal(got, _feed(native.EmbeddedStore(), ts, h, 10))
