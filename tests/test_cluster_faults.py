@@ -11,6 +11,8 @@ tests reshard it and kill a master).
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -101,6 +103,10 @@ def test_master_killed_under_load(tmp_path, redis_cluster):
             assert c.call("ping") == "pong"
         with Client(path=adm) as a:
             stats = a.call("stats")
+        shown = subprocess.run([sys.executable, "-m", "slidr.cli", "admin", "stats",
+                                "--admin-socket", str(adm)], capture_output=True, timeout=30)
+        assert shown.returncode == 0, shown.stderr
+        assert "redis cluster: 3 masters; retried batches" in shown.stdout.decode()
     finally:
         assert d.stop() == 0, d.log()
     assert "Traceback" not in d.log()
