@@ -129,6 +129,8 @@ def register(sub: Any) -> None:
                     help="shard (master) counts to compare (default: 1,3)")
     cl.add_argument("--batches", default="1,16,128", metavar="B,...",
                     help="batch sizes (default: 1,16,128)")
+    cl.add_argument("--rounds", type=int, default=3, metavar="N",
+                    help="interleaved rounds per point, median kept (default: 3)")
     add(cl, COMMON["out"], required=False, default=None, shown="none",
         help="also write cluster.json, cluster.png and README.md (with the command) here")
     cl.set_defaults(func=cmd_cluster)
@@ -212,10 +214,12 @@ def cmd_cluster(a: argparse.Namespace) -> int:
         raise ValueError(f"--shards and --batches want positive integers like 1,3, not "
                          f"{a.shards!r} / {a.batches!r}") from None
     _log(f"bench cluster: shards {shards}, batches {batches}, {a.seconds:g} s per point")
-    res = cluster.run(shards, batches, seconds=a.seconds)
+    if a.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, not {a.rounds}")
+    res = cluster.run(shards, batches, seconds=a.seconds, rounds=a.rounds)
     if a.out is not None:
         cmd = (f"slidr bench cluster --seconds {a.seconds:g} --shards {a.shards} "
-               f"--batches {a.batches} --out {a.out}")
+               f"--batches {a.batches} --rounds {a.rounds} --out {a.out}")
         cluster.write(res, Path(a.out), cmd)
     if a.json:
         _print_json(res)

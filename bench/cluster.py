@@ -75,63 +75,92 @@ def _counters(ports: list[int]) -> dict[str, float]:
     return tot
 
 
-def measure(shards: int, batches: tuple[int, ...], clicks: int, seconds: float
-            ) -> dict[str, Any]:
-    from slidr.store_cluster import RedisClusterStore
-    from slidr.testing.redis_cluster import RedisCluster
+def _point(store: Any, ports: list[int], ts: np.ndarray, h: tuple[np.ndarray, ...], off: int,
+           b: int, seconds: float) -> tuple[dict[str, float], int]:
+    """One measured point: batches of b from clicks[off:] for `seconds` -> (per-click, new off)."""
+    store.update(ts[off:off + b], *(x[off:off + b] for x in h))  # connections, script loaded
+    off += b
+    start = off
+    before = _counters(ports)
+    t = time.perf_counter()
+    while off + b <= ts.shape[0] and time.perf_counter() - t < seconds:
+        store.update(ts[off:off + b], *(x[off:off + b] for x in h))
+        off += b
+    wall = time.perf_counter() - t
+    after = _counters(ports)
+    done = off - start
+    # The client's split alone (what the daemon's loop spends per batch on top of a single
+    # Redis's request): plan the same batches again, no I/O.
+    t = time.perf_counter()
+    for a in range(start, off, b):
+        store.request(ts[a:a + b], *(x[a:a + b] for x in h))
+    plan_s = time.perf_counter() - t
+    d = {k: after[k] - before[k] for k in before}
+    # The counters' own INFO calls add a few commands and bytes: negligible here.
+    return {
+        "clicks": done,
+        "clicks_per_s": done / wall,
+        "script_calls_per_click": d["evalsha_calls"] / done,
+        "redis_commands_per_click": d["commands"] / done,
+        "bytes_per_click": d["net_bytes"] / done,
+        "script_us_per_click": d["evalsha_usec"] / done,
+        "redis_cpu_us_per_click": d["cpu_s"] * 1e6 / done,
+        "client_split_us_per_click": plan_s * 1e6 / done,
+    }, off
 
-    out: dict[str, Any] = {}
-    with RedisCluster(masters=shards, replicas=0) as c:
-        ports = c.master_ports()
-        for b in batches:
-            ts, h = _stream(clicks, seed=b)
-            store = RedisClusterStore(c.url, prefix=f"bench{b}:", timeout_s=5.0)
-            try:
-                store.update(ts[:b], *(x[:b] for x in h))  # connections and script loaded
-                before = _counters(ports)
-                t = time.perf_counter()
-                done = 0
-                while done + b <= clicks and time.perf_counter() - t < seconds:
-                    store.update(ts[done:done + b], *(x[done:done + b] for x in h))
-                    done += b
-                wall = time.perf_counter() - t
-                after = _counters(ports)
-                # The client's split alone (what the daemon's loop spends per batch on top of
-                # a single Redis's request): plan the same batches again, no I/O.
-                t = time.perf_counter()
-                for a in range(0, done, b):
-                    store.request(ts[a:a + b], *(x[a:a + b] for x in h))
-                plan_s = time.perf_counter() - t
-            finally:
-                store.close()
-            d = {k: after[k] - before[k] for k in before}
-            # The counters' own INFO calls add a few commands and bytes: negligible here.
-            out[str(b)] = {
-                "clicks": done,
-                "clicks_per_s": round(done / wall),
-                "script_calls_per_click": round(d["evalsha_calls"] / done, 4),
-                "redis_commands_per_click": round(d["commands"] / done, 3),
-                "bytes_per_click": round(d["net_bytes"] / done, 1),
-                "script_us_per_click": round(d["evalsha_usec"] / done, 2),
-                "redis_cpu_us_per_click": round(d["cpu_s"] * 1e6 / done, 2),
-                "client_split_us_per_click": round(plan_s * 1e6 / done, 2),
-            }
-    return out
+
+_DIGITS = {"clicks": 0, "clicks_per_s": 0, "script_calls_per_click": 4,
+           "redis_commands_per_click": 3, "bytes_per_click": 1, "script_us_per_click": 2,
+           "redis_cpu_us_per_click": 2, "client_split_us_per_click": 2}
 
 
 def run(shards: tuple[int, ...] = (1, 3), batches: tuple[int, ...] = BATCHES,
-        clicks: int = 60_000, seconds: float = 3.0) -> dict[str, Any]:
+        clicks: int = 400_000, seconds: float = 3.0, rounds: int = 3) -> dict[str, Any]:
+    """Every cluster is started first; the points are then measured in `rounds` rounds, each
+    round visiting every (shards, batch) once for seconds/rounds, and the median kept: on a
+    shared machine a slow minute then spreads over all the points instead of one."""
+    from slidr.store_cluster import RedisClusterStore
+    from slidr.testing.redis_cluster import RedisCluster
+
     res: dict[str, Any] = {
-        "what": "RedisClusterStore.update, one synchronous client, local cluster without "
-                "replicas; per click, summed over the masters",
+        "what": "RedisClusterStore.update, one synchronous client, local clusters without "
+                "replicas; per click, summed over the masters; median of "
+                f"{rounds} interleaved rounds",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "caveat": "2 shared vCPUs: client, numpy and every redis-server compete, so clicks/s "
                   "is this box's, not a shard's; the per-click Redis CPU is what sizes a fleet",
         "shards": {},
     }
+    ts, h = _stream(clicks)
+    clusters = []
+    try:
+        for s in shards:
+            clusters.append(RedisCluster(masters=s, replicas=0).start())
+        samples: dict[tuple[int, int], list[dict[str, float]]] = {}
+        off = 0
+        for r in range(rounds):
+            for s, c in zip(shards, clusters, strict=True):
+                for b in batches:
+                    if off + 2 * b > clicks:
+                        off = 0  # each point has its own key prefix: starting over is a fresh stream
+                    store = RedisClusterStore(c.url, prefix=f"bench{r}:{b}:", timeout_s=5.0)
+                    try:
+                        pt, off = _point(store, c.master_ports(), ts, h, off, b,
+                                         seconds / rounds)
+                    finally:
+                        store.close()
+                    samples.setdefault((s, b), []).append(pt)
+    finally:
+        for c in clusters:
+            c.stop()
     for s in shards:
-        res["shards"][str(s)] = measure(s, batches, clicks, seconds)
+        res["shards"][str(s)] = {}
+        for b in batches:
+            pts = samples[(s, b)]
+            res["shards"][str(s)][str(b)] = {
+                k: round(float(np.median([p[k] for p in pts])), nd) if nd else
+                int(round(float(np.median([p[k] for p in pts])))) for k, nd in _DIGITS.items()}
     return res
 
 

@@ -87,8 +87,16 @@ do
 end
 
 -- On a cluster a click whose key of some kind lives on another node carries position 0 for that
--- kind: it works on a scratch state here that is never written (slidr/redis_split.py).
-U[0], S[0], P[0], R[0] = {0, 0, 0, 0, NEVER}, {0, 0, NEVER, 0}, {0, 0, 0, NEVER}, false
+-- kind: it works on a scratch state here that is never written (slidr/redis_split.py). Its
+-- "last" times and window buckets lie in the future and its HLL registers are full, so the
+-- cheapest branches run (no exp, no window roll, no register update).
+do
+  local LATER = math.huge
+  local full = {}
+  for q = 1, 4 * M do full[q] = 255 end
+  U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0}, full
+  P[0] = {0, 0, 0, LATER, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M}
+end
 
 local out = {}
 local pos = 1
