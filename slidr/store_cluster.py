@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import socket
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -251,6 +252,7 @@ class RedisClusterStore(RedisStore):
         self.router = Router(seeds, self.prefix, self._sha, self._argv_px, topo)
         self.refresh_min_s = refresh_min_s
         self._nodes: dict[str, _Node] = {}
+        self._lock = threading.Lock()  # one batch at a time on the per-node sockets
         self.retries = 0
         self.refreshes = 0
 
@@ -368,6 +370,11 @@ class RedisClusterStore(RedisStore):
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                hll: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._update(ts, uh, sh, ih, hll)
+
+    def _update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
+                hll: np.ndarray) -> np.ndarray:
         n = int(np.shape(ts)[0])
         if not (len(uh) == len(sh) == len(ih) == len(hll) == n):
             raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
@@ -412,13 +419,14 @@ class RedisClusterStore(RedisStore):
         return out
 
     def ping(self) -> bool:
-        for a in self.router.topo.addrs():
-            try:
-                self._node(a).send(b"*1\r\n$4\r\nPING\r\n")
-                self._nodes[a].read()
-            except OSError as e:
-                self._drop(a)
-                raise StoreUnavailable(f"redis cluster node {a} unavailable: {e}") from e
+        with self._lock:
+            for a in self.router.topo.addrs():
+                try:
+                    self._node(a).send(b"*1\r\n$4\r\nPING\r\n")
+                    self._nodes[a].read()
+                except OSError as e:
+                    self._drop(a)
+                    raise StoreUnavailable(f"redis cluster node {a} unavailable: {e}") from e
         return True
 
     def stats(self) -> dict[str, Any]:

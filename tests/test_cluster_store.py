@@ -215,3 +215,48 @@ def test_slot_migration_ask_and_moved_daemon_link(redis_cluster):
     finally:
         cs.close()
     np.testing.assert_array_equal(got, _feed(native.EmbeddedStore(), ts, h, 10))
+
+
+def test_offline_replay_through_the_cluster(redis_cluster, tmp_path):
+    """`slidr train --redis URL --redis-mode cluster` replays through this store: the
+    features equal the embedded replay's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from slidr.offline import replay
+
+    rng = np.random.default_rng(8)
+    n = 2000
+    li = rng.random(n) < 0.5
+    tbl = pa.table({
+        "click_id": [f"c{i}" for i in range(n)],
+        "ts": np.sort(T0 + rng.integers(0, 2 * 86_400_000, n)).astype(np.int64),
+        "session_id": [f"s{v}" for v in rng.integers(0, 200, n)],
+        "user_id": pa.array([f"u{v}" if li[i] else None
+                             for i, v in enumerate(rng.integers(0, 80, n))], pa.string()),
+        "ip": [f"10.2.{a}.{b}" for a, b in rng.integers(0, 12, (n, 2))],
+        "device": [("desktop", "mobile", "app")[v] for v in rng.integers(0, 3, n)],
+        "logged_in": pa.array(li),
+        "tz_offset_min": pa.array(rng.integers(-300, 300, n), pa.int32()),
+        "purchased": pa.array(rng.random(n) < 0.05)})
+    pq.write_table(tbl, tmp_path / "clicks.parquet")
+    store = open_redis_store(redis_cluster.url, "cluster", prefix="replay:", timeout_s=5.0)
+    try:
+        a = replay.replay_log(tmp_path / "clicks.parquet", store=store, progress=False,
+                              batch_size=300)
+    finally:
+        store.close()
+    b = replay.replay_log(tmp_path / "clicks.parquet", progress=False)
+    np.testing.assert_array_equal(a.features, b.features)
+
+
+def test_ping_stats_and_len(redis_cluster):
+    cs = RedisClusterStore(redis_cluster.url, prefix="adm:", timeout_s=2.0)
+    try:
+        assert cs.ping()
+        ts, h = _stream(50, seed=21, users=5, ips=2)
+        cs.update(ts, *h)
+        st = cs.stats()
+        assert st["nodes"] == 3 and st["users"] == 5 and st["ips"] == 2
+        assert st["keys"] == len(cs) == st["users"] + st["sessions"] + st["ips"]
+    finally:
+        cs.close()
