@@ -83,7 +83,17 @@ def test_daemon_on_cluster_equals_embedded_and_single_redis(tmp_path, registry, 
         rs.close()
 
 
+def _flush_scripts(cluster):
+    import redis
+    for port in cluster.master_ports():
+        r = redis.Redis(port=port)
+        r.script_flush()
+        r.close()
+
+
 def test_two_daemons_share_the_cluster(registry, redis_cluster, embedded_decisions):
+    """Clicks split between two daemons, the cluster's scripts flushed half way: the same
+    decisions as one daemon on the embedded store."""
     a = Daemon(registry, *_cluster_args(redis_cluster, "cd-two:"))
     b = Daemon(registry, *_cluster_args(redis_cluster, "cd-two:"))
     answered = {}
@@ -92,6 +102,8 @@ def test_two_daemons_share_the_cluster(registry, redis_cluster, embedded_decisio
         b.wait_ready()
         with Client(a.port) as ca, Client(b.port) as cb:
             for i, x in enumerate(_clicks()):
+                if i == N // 2:
+                    _flush_scripts(redis_cluster)  # NOSCRIPT: each link loads it again
                 # Clicks split between the daemons (by a hash-like rule, not alternation).
                 answered[f"c{i}"] = (ca if (i * 7919) % 5 < 2 else cb).call("score", x)
     finally:
