@@ -15,6 +15,12 @@ extensions = [
         extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     ),
+    # Redis Cluster key slots of a batch; twin of slidr.redis_topology.key_slots_py.
+    Extension(
+        "slidr.ext._slots",
+        ["ext/_slots.pyx"],
+        extra_compile_args=["-O3"],
+    ),
     # The daemon's per-click fast path (validation, columns, response frames); twin of the
     # Python in slidrd/batcher.py and slidr/contract.py, see tests/test_fastpath.py.
     Extension(

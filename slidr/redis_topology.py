@@ -23,7 +23,7 @@ import numpy as np
 
 from slidr.exits import BadInput
 
-__all__ = ["SLOTS", "TopologyError", "Topology", "crc16", "key_slot", "key_slots",
+__all__ = ["SLOTS", "TopologyError", "Topology", "crc16", "key_slot", "key_slots", "key_slots_py",
            "discover", "is_cluster", "REDIS_MODES"]
 
 SLOTS = 16384
@@ -80,10 +80,24 @@ def key_slot(key: bytes) -> int:
     return crc16(_hash_part(key)) & (SLOTS - 1)
 
 
+try:  # the native twin (ext/_slots.pyx); key_slots_py is the reference
+    from slidr.ext._slots import key_slots as _native_slots
+except ImportError:  # pragma: no cover - only without a build
+    _native_slots = None
+
+
 def key_slots(head: bytes, hashes: np.ndarray) -> np.ndarray:
     """Slots of the keys head + 8 big-endian bytes of each hash (uint64 array) -> int64 array.
 
-    Same answer as key_slot() key by key (tests/test_cluster_topology.py checks it)."""
+    Same answer as key_slot() key by key (tests/test_cluster_topology.py checks it); in C when
+    the extension is built, else key_slots_py."""
+    if _native_slots is not None and len(head) <= 1000:
+        return _native_slots(head, np.ascontiguousarray(hashes, dtype=np.uint64))
+    return key_slots_py(head, hashes)
+
+
+def key_slots_py(head: bytes, hashes: np.ndarray) -> np.ndarray:
+    """key_slots in numpy (plain Python for a few keys): the reference of the native twin."""
     h = np.ascontiguousarray(np.asarray(hashes, dtype=np.uint64).astype(">u8"))
     n = h.shape[0]
     if n == 0:

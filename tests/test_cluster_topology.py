@@ -32,10 +32,20 @@ def test_vectorised_slots_equal_scalar_including_braces_in_hash_bytes():
     special = [0x7B41427D00000000, 0x007B7D4100000000, 0x41007B00007D0000, 0x7B7B7D7D7B7D7B7D,
                0x000000000000007B, 0x7D7B00000000417D]
     h = np.concatenate([h, np.array(special, dtype=np.uint64)])
-    for head in (b"slidr:u", b"p:s", b"x{y:i", b""):
-        got = rt.key_slots(head, h)
+    for head in (b"slidr:u", b"p:s", b"x{y:i", b"a}b{", b""):
         want = [rt.key_slot(head + int(x).to_bytes(8, "big")) for x in h.tolist()]
-        assert got.tolist() == want
+        assert rt.key_slots(head, h).tolist() == want  # native when built
+        assert rt.key_slots_py(head, h).tolist() == want
+        for n in (1, 5, 24, 25):  # the plain-Python path of small batches, and past it
+            part = h[-n:]
+            assert rt.key_slots_py(head, part).tolist() == want[-n:]
+            assert rt.key_slots(head, part).tolist() == want[-n:]
+
+
+def test_native_slots_built():
+    import os
+    if os.environ.get("SLIDR_REQUIRE_NATIVE") == "1":
+        assert rt._native_slots is not None, "ext/_slots.pyx not built (make bootstrap)"
 
 
 def test_parse_slots_and_coverage():
