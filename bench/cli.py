@@ -314,7 +314,7 @@ def scenario_options() -> dict[str, dict[str, Any]]:
         "max_time": Opt("max_time", float, 1800.0, "time budget (s)", lo=0.0, lo_open=True)}
     daemon = {k: o for k, o in DAEMON.items() if k not in ("registry", "port", "host")}
     daemon["store"] = Opt("store", str, "embedded", "counter store of the daemon started",
-                          choices=("embedded", "redis"))
+                          choices=("embedded", "redis", "cluster"))
     top = {"name": Opt("name", str, "", "scenario name (default: the file name)"),
            "description": Opt("description", str, "", "one line for the reports"),
            "mode": Opt("mode", str, "run", "what the scenario is for",
