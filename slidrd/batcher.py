@@ -16,6 +16,7 @@ fail-open at its earliest deadline if the reply is not there by then. No threads
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -456,11 +457,12 @@ class Batcher:
         self._fail_open([it for it, x in zip(st.valid, vl, strict=True) if x], "store_down",
                         st.model.version, [c for c, x in zip(st.clicks, vl, strict=True) if x])
         keep = np.flatnonzero(~lost)
+        ki = keep.tolist()
         b = st.batch
-        batch = ClickBatch(b.ts[keep], [b.user_key[i] for i in keep.tolist()],
-                           [b.session_id[i] for i in keep.tolist()],
-                           [b.ip[i] for i in keep.tolist()], b.device[keep],
-                           b.logged_in[keep], b.tz_offset_min[keep])
+        cols: dict[str, Any] = {  # every column, arrays and lists alike, rows `keep`
+            f.name: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in ki])
+            for f in dataclasses.fields(b) for v in (getattr(b, f.name),)}
+        batch = ClickBatch(**cols)
         out = _InFlight([it for it, x in zip(st.valid, vl, strict=True) if not x],
                         [c for c, x in zip(st.clicks, vl, strict=True) if not x], batch,
                         st.model, st.t0, int((~lost[:nl]).sum()))
