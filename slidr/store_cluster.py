@@ -317,8 +317,11 @@ class RedisClusterStore(RedisStore):
                     c.read()
                 r = c.read()
                 if isinstance(r, hiredis.ReplyError) and str(r).startswith("NOSCRIPT"):
-                    c.send(_cmd("SCRIPT", "LOAD", self._src) + p.req)
+                    c.send(_cmd("SCRIPT", "LOAD", self._src)
+                           + (ASKING + p.req if p.asking else p.req))
                     c.read()
+                    if p.asking:
+                        c.read()
                     r = c.read()
             except (OSError, KeyError) as e:
                 errs[j] = f"{type(e).__name__}: {e}"
