@@ -248,6 +248,11 @@ class RedisClusterStore(RedisStore):
         self.password = u.password
         self.username = u.username or None if u.password is not None else None
         self.connect_timeout_s = connect_timeout_s or max(timeout_s, 0.5)
+        if rt.key_slot(self.prefix + b"u") == rt.key_slot(self.prefix + b"i") \
+                and b"{" in self.prefix:
+            logging.getLogger("slidr").warning(
+                "redis prefix %r holds a hash tag: every counter key goes to one slot, one "
+                "master (docs/cluster.md)", self.prefix.decode(errors="replace"))
         topo = topology or rt.discover(seeds, timeout_s=self.connect_timeout_s)
         self.router = Router(seeds, self.prefix, self._sha, self._argv_px, topo)
         self.refresh_min_s = refresh_min_s
