@@ -21,6 +21,8 @@ MODULES = {
     "_fastpath": True,
     # request framing and hot-path decoding; twin ext/decode.py (tests/test_hotpath_parity.py)
     "_decode": False,
+    # Redis Cluster key slots of a batch (CRC16); twin in slidr/redis_topology.py
+    "_slots": False,
 }
 
 extensions = [

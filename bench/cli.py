@@ -151,6 +151,23 @@ def register(sub: Any) -> None:
         help="also write the result to this JSON file")
     bb.set_defaults(func=cmd_batch)
 
+    cl = bs.add_parser("cluster", help="the counter store on 1 vs 3 Redis Cluster shards: "
+                                       "script calls, bytes and Redis CPU per click",
+                       description="Starts throwaway local clusters (redis-server, redis-cli "
+                                   "on loopback) and pushes one synthetic click stream through "
+                                   "the cluster store per batch size; docs/cluster.md reads "
+                                   "the results.")
+    add(cl, BENCH["seconds"])
+    cl.add_argument("--shards", default="1,3", metavar="N,...",
+                    help="shard (master) counts to compare (default: 1,3)")
+    cl.add_argument("--batches", default="1,16,128", metavar="B,...",
+                    help="batch sizes (default: 1,16,128)")
+    cl.add_argument("--rounds", type=int, default=3, metavar="N",
+                    help="interleaved rounds per point, median kept (default: 3)")
+    add(cl, COMMON["out"], required=False, default=None, shown="none",
+        help="also write cluster.json, cluster.png and README.md (with the command) here")
+    cl.set_defaults(func=cmd_cluster)
+
     m = bs.add_parser("micro", help="protocol, store and model costs per request / batch")
     add(m, BENCH["seconds"])
     add(m, COMMON["redis"], shown="a throwaway redis-server on loopback",
@@ -266,6 +283,31 @@ def cmd_micro(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(a: argparse.Namespace) -> int:
+    from slidr.bench import cluster
+    try:
+        shards = tuple(int(x) for x in a.shards.split(","))
+        batches = tuple(int(x) for x in a.batches.split(","))
+        if not shards or not batches or min(shards + batches) < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"--shards and --batches want positive integers like 1,3, not "
+                         f"{a.shards!r} / {a.batches!r}") from None
+    _log(f"bench cluster: shards {shards}, batches {batches}, {a.seconds:g} s per point")
+    if a.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, not {a.rounds}")
+    res = cluster.run(shards, batches, seconds=a.seconds, rounds=a.rounds)
+    if a.out is not None:
+        cmd = (f"slidr bench cluster --seconds {a.seconds:g} --shards {a.shards} "
+               f"--batches {a.batches} --rounds {a.rounds} --out {a.out}")
+        cluster.write(res, Path(a.out), cmd)
+    if a.json:
+        _print_json(res)
+    else:
+        print("\n".join(cluster.lines(res)))
+    return 0
+
+
 def cmd_cost(a: argparse.Namespace) -> int:
     from slidr.bench import cost
     try:
@@ -352,7 +394,7 @@ def scenario_options() -> dict[str, dict[str, Any]]:
         "max_time": Opt("max_time", float, 1800.0, "time budget (s)", lo=0.0, lo_open=True)}
     daemon = {k: o for k, o in DAEMON.items() if k not in ("registry", "port", "host")}
     daemon["store"] = Opt("store", str, "embedded", "counter store of the daemon started",
-                          choices=("embedded", "redis"))
+                          choices=("embedded", "redis", "cluster"))
     top = {"name": Opt("name", str, "", "scenario name (default: the file name)"),
            "description": Opt("description", str, "", "one line for the reports"),
            "mode": Opt("mode", str, "run", "what the scenario is for",

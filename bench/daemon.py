@@ -105,8 +105,8 @@ class DaemonRun:
     def __init__(self, store: str = "embedded", daemon_args: dict[str, Any] | None = None,
                  workdir: str | None = None, cpus: str | None = None,
                  redis_cpus: str | None = None) -> None:
-        if store not in ("embedded", "redis"):
-            raise ValueError(f"store must be embedded or redis, got {store!r}")
+        if store not in ("embedded", "redis", "cluster"):
+            raise ValueError(f"store must be embedded, redis or cluster, got {store!r}")
         self.store = store
         self.daemon_args = daemon_args or {}
         self.cpus = cpus
@@ -132,6 +132,10 @@ class DaemonRun:
             from slidr.testing.redis_server import RedisServer
             self.redis = RedisServer(cpus=self.redis_cpus).start()
             cmd += ["--redis", self.redis.url]
+        elif self.store == "cluster":  # a throwaway local Redis Cluster, 3 masters
+            from slidr.testing.redis_cluster import RedisCluster
+            self.redis = RedisCluster(masters=3, replicas=0).start()
+            cmd += ["--redis", self.redis.url, "--redis-mode", "cluster"]
         for k, v in self.daemon_args.items():
             cmd += ["--" + k.replace("_", "-"), str(v)]
         if self.cpus:

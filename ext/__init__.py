@@ -4,6 +4,8 @@ Chosen once, at import, and the same names exported either way:
 
     kernel_native   the compiled feature kernel (ext/_kernel.pyx), or None on the twin path
     fastpath        the daemon's compiled per-click path (ext/_fastpath.pyx), or None
+    slots_native    Redis Cluster key slots of a batch (ext/_slots.pyx), or None (the numpy
+                    twin is slidr.redis_topology.key_slots_py)
     decoder         request framing + hot-path decoding: ext/_decode.pyx or its twin ext/decode.py
     reference       the plain-Python feature kernel (ext/reference.py), always present
     NATIVE          True when the compiled kernel is in use
@@ -45,6 +47,7 @@ def _load(name: str) -> ModuleType | None:
 
 kernel_native: ModuleType | None = _load("_kernel")
 fastpath: ModuleType | None = _load("_fastpath")
+slots_native: ModuleType | None = _load("_slots")
 _decode_native = _load("_decode")
 if _decode_native is None:
     from . import decode as _decode_twin
@@ -54,4 +57,4 @@ else:
 NATIVE = kernel_native is not None
 
 __all__ = ["NATIVE", "PURE_PYTHON", "REQUIRE_NATIVE", "decoder", "fastpath", "kernel_native",
-           "reference"]
+           "reference", "slots_native"]

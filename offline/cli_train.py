@@ -28,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["val_days"])
     add(p, COMMON["redis"], help="replay through a Redis store at this URL instead of the "
                                  "embedded one")
+    add(p, COMMON["redis_mode"])
     p.set_defaults(func=main)
 
 
@@ -38,8 +39,8 @@ def main(args: argparse.Namespace) -> int:
                                fpr_target=args.fpr_budget, val_days=args.val_days)
     store = None
     if args.redis:
-        from slidr.store_redis import RedisStore  # type: ignore[import-not-found]
-        store = RedisStore(args.redis)
+        from slidr.store_cluster import open_redis_store
+        store = open_redis_store(args.redis, args.redis_mode, timeout_s=5.0)
     from slidr import progress
     try:
         with progress.job(getattr(args, "_prog", "slidr train"), pipeline.STAGES):

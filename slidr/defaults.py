@@ -39,6 +39,10 @@ COMMON = _group(
         per_command={"demo": (60_000, "keeps the whole demo near a minute on 2 cores")}),
     Opt("redis", str, None, "Redis URL (redis://, rediss:// or unix://) of a counter store to "
         "use instead of the embedded one", metavar="URL"),
+    Opt("redis_mode", str, "auto", "what --redis points at: a Redis Cluster node (cluster: "
+        "the slot map is read from it, several comma-separated seed URLs allowed), a single "
+        "Redis (standalone), or ask the server (auto; a server that does not answer is taken "
+        "as standalone)", choices=("auto", "cluster", "standalone")),
 )
 
 # Training (offline/pipeline.py TrainConfig, offline/daily.py DailyConfig).

@@ -28,8 +28,9 @@ class StoreUnavailable(RuntimeError):
     """Redis could not be reached in time (refused, timed out, reset). `__cause__` says why."""
 
 
-def script_source() -> str:
-    """The Lua script with the counter constants filled in from slidr.featurespec."""
+def script_source(mget_chunk: int = 1000) -> str:
+    """The Lua script with the counter constants filled in from slidr.featurespec (keys read
+    mget_chunk per MGET: 1 for Redis Cluster, see slidr/redis_split.py)."""
     src = Path(__file__).with_name("store_redis.lua").read_text()
     subs = {
         "__USER_TAUS__": ", ".join(repr(float(x)) for x in fs.USER_TAUS),
@@ -42,6 +43,7 @@ def script_source() -> str:
         "__DAY_MS__": str(fs.HLL_WINDOWS_MS[2]),
         "__HLL_M__": str(fs.HLL_M),
         "__ZERO_REGS__": ", ".join(["0"] * (4 * fs.HLL_M)),
+        "__MGET_CHUNK__": str(int(mget_chunk)),
     }
     # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.
     assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2

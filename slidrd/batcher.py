@@ -16,6 +16,7 @@ fail-open at its earliest deadline if the reply is not there by then. No threads
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import operator
 import time
@@ -474,6 +475,9 @@ class Batcher:
                                            model.version)
                     return
                 t_store = t1 - st.t0
+                lost = getattr(reply, "lost", None)  # Redis Cluster: a node's part failed
+                if lost is not None and not st.expired:
+                    st, raw = self._drop_lost(st, raw, lost)
                 if not st.expired:
                     batch = st.batch
                     if st.n_late:
@@ -501,6 +505,28 @@ class Batcher:
             if self.pending:
                 self.kick()
             self._maybe_idle()
+
+    def _drop_lost(self, st: _InFlight, raw: np.ndarray, lost: np.ndarray
+                   ) -> tuple[_InFlight, np.ndarray]:
+        """Fail open the clicks of a batch whose counters a cluster node could not give (its
+        part failed after the retry); the rest of the batch is scored as usual."""
+        self.metrics.redis_errors += 1
+        nl = st.n_late
+        vl = lost[nl:].tolist()
+        self._fail_open([it for it, x in zip(st.valid, vl, strict=True) if x], "store_down",
+                        st.model.version, [c for c, x in zip(st.clicks, vl, strict=True) if x])
+        keep = np.flatnonzero(~lost)
+        ki = keep.tolist()
+        b = st.batch
+        cols: dict[str, Any] = {  # every column, arrays and lists alike, rows `keep`
+            f.name: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in ki])
+            for f in dataclasses.fields(b) for v in (getattr(b, f.name),)}
+        batch = ClickBatch(**cols)
+        out = _InFlight([it for it, x in zip(st.valid, vl, strict=True) if not x],
+                        [c for c, x in zip(st.clicks, vl, strict=True) if not x], batch,
+                        st.model, st.t0, int((~lost[:nl]).sum()))
+        out.expired = not out.valid
+        return out, raw[keep]
 
     def _compute(self, batch: ClickBatch, model: Any, n_late: int = 0
                  ) -> tuple[np.ndarray, np.ndarray, float, float]:

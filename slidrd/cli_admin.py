@@ -74,6 +74,11 @@ def _print(method: str, res: Any, as_json: bool) -> None:
           f"redis errors {res.get('redis_errors')}")
     print(f"latency total: mean {lat.get('mean_ms', 0):.3f} ms, p99 <= {lat.get('p99_ms_le', 0)} ms,"
           f" p99.9 <= {lat.get('p999_ms_le', 0)} ms; mean batch {res.get('mean_batch', 0):.1f}")
+    rc = res.get("redis_cluster")
+    if rc:
+        print(f"redis cluster: {len(rc['nodes'])} masters; retried batches {rc['retries']} "
+              f"({rc['retried_ok']} then whole, {rc['partial']} partly failed open, "
+              f"{rc['failed']} failed open); slot map read {rc['refreshes']} times")
 
 
 def cmd_admin(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from slidr import options
-from slidr.options import Opt, OptionError, option, options_of
+from slidr.defaults import COMMON
+from slidr.options import Opt, OptionError, field_from, option, options_of
 
 
 class ConfigError(OptionError):
@@ -28,6 +29,7 @@ class Config:
     port: int = option(7411, "public TCP port (0 = any free port)", lo=0, hi=65535)
     redis: str = option("", "Redis URL for the shared counter store (empty = embedded store)",
                         metavar="URL")
+    redis_mode: str = field_from(COMMON["redis_mode"])
     redis_prefix: str = option("slidr:", "key prefix in Redis")
     redis_timeout_ms: int = option(50, "Redis socket timeout (ms)", lo=1, hi=60_000)
     embedded_capacity: int = option(
@@ -122,6 +124,9 @@ def validate(cfg: Config, check_registry: bool = True) -> None:
         raise ConfigError("workers > 1 needs a fixed port (SO_REUSEPORT), not port = 0")
     if cfg.redis and not cfg.redis.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"'redis' must be a redis://, rediss:// or unix:// URL, not {cfg.redis!r}")
+    if "," in cfg.redis and cfg.redis_mode == "standalone":
+        raise ConfigError("several comma-separated 'redis' URLs are seeds of a cluster; "
+                          "redis_mode = standalone takes one URL")
     if cfg.max_inflight_per_conn > cfg.max_inflight_total:
         raise ConfigError("'max_inflight_per_conn' must not exceed 'max_inflight_total'")
     if cfg.max_score_many > cfg.max_inflight_per_conn:

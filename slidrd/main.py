@@ -84,6 +84,8 @@ def _setup_logging(level: str, worker: int | None = None, json_lines: bool = Fal
 def _run_one(cfg: Config, notifier: Notifier | None, worker: int, ready_fd: int | None) -> int:
     import uvloop
 
+    from slidr.redis_topology import TopologyError
+
     from .model import ModelLoadError
     from .server import serve
 
@@ -100,6 +102,10 @@ def _run_one(cfg: Config, notifier: Notifier | None, worker: int, ready_fd: int 
         return 2
     except OSError as e:
         print(f"slidrd serve: error: cannot bind or open: {e}", file=sys.stderr)
+        return 2
+    except TopologyError as e:  # --redis does not fit --redis-mode, or no map to serve by
+        log.error("cannot start: %s", e)
+        print(f"slidrd serve: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -185,8 +185,11 @@ def _use_native() -> bool:
 
 def make_store(cfg: Config) -> Any:
     if cfg.redis:
-        from slidr.store_redis import RedisStore
-        return RedisStore(cfg.redis, prefix=cfg.redis_prefix, timeout_s=cfg.redis_timeout_ms / 1000)
+        # redis_mode: a single Redis (RedisStore) or Redis Cluster (RedisClusterStore, found
+        # from the seed URL(s)); raises TopologyError (one line) when the URL does not fit.
+        from slidr.store_cluster import open_redis_store
+        return open_redis_store(cfg.redis, cfg.redis_mode, prefix=cfg.redis_prefix,
+                                timeout_s=cfg.redis_timeout_ms / 1000)
     from slidr.kernel import embedded_store
     # Sized up front: growing a table rehashes it in one go, a multi-ms stall on the loop.
     return embedded_store(_use_native(), capacity_hint=cfg.embedded_capacity)
@@ -226,8 +229,17 @@ class Daemon:
         self.store = make_store(cfg)
         from slidr.kernel import FeatureKernel
         kernel = FeatureKernel(self.store, use_native=_use_native())
-        link = None
-        if cfg.redis:
+        link: Any = None
+        if cfg.redis and getattr(self.store, "router", None) is not None:
+            from .cluster_link import ClusterLink
+            link = ClusterLink(self.store, timeout_s=cfg.redis_timeout_ms / 1000)
+            self.link = link
+            try:
+                await link.connect()
+            except Exception as e:
+                log.warning("redis cluster not fully reachable at start, failing open for "
+                            "the missing part until it is: %s", e)
+        elif cfg.redis:
             from .redis_link import RedisLink
             link = RedisLink(cfg.redis, self.store.script, timeout_s=cfg.redis_timeout_ms / 1000,
                              where=self.store.safe_url())
@@ -311,6 +323,8 @@ class Daemon:
         if self.dlog is not None:
             s["decision_log"] = {"dir": str(self.dlog.dir), "written": self.dlog.written,
                                  "dropped": self.dlog.dropped, "queued_batches": len(self.dlog.q)}
+        if hasattr(self.link, "stats"):  # Redis Cluster: nodes, retries, map refreshes
+            s["redis_cluster"] = self.link.stats()
         s["pid"] = os.getpid()
         return s
 

@@ -19,3 +19,12 @@ def shared_redis():
     from slidr.testing.redis_server import RedisServer
     with RedisServer() as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def redis_cluster():
+    """A real local Redis Cluster (3 masters + 3 replicas on free loopback ports) per module.
+    Tests sharing it must use their own key prefix."""
+    from slidr.testing.redis_cluster import RedisCluster
+    with RedisCluster(masters=3, replicas=1) as c:
+        yield c
