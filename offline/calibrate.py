@@ -183,7 +183,7 @@ def parse_slice_coverage(items: list[str] | None) -> dict[str, float]:
 # ---------------------------------------------------------------- data
 
 def load_scores(path: str | Path, score_col: str = "score_model") -> dict[str, np.ndarray]:
-    """scores.parquet (TEAM-NOTES) -> numpy columns: score, slice, purchased, heuristic, split,
+    """scores.parquet (docs/offline.md, "Output directory") -> numpy columns: score, slice, purchased, heuristic, split,
     is_robot (None when absent)."""
     from slidr.files import read_table
     path = Path(path)
