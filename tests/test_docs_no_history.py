@@ -44,3 +44,19 @@ def test_the_check_catches_history(tmp_path):
         assert HISTORY.search(line), line
     for line in ("a session key", "one store round trip", "docs/work/x", "3 rounds x 12 s"):
         assert not HISTORY.search(line), line
+
+
+def test_architecture_names_modules_that_exist():
+    """Every module or file ARCHITECTURE.md and CONTRIBUTING.md name (slidrd/batcher.py, ext/,
+    tests/test_x.py, ...) is in the repository, so the diagrams follow the code."""
+    path = re.compile(r"(?<![\w/.-])((?:slidr|slidrd|ext|offline|engines|bench|systemd|tests|"
+                      r"scripts)/[\w./-]*[\w/])")
+    bad = []
+    for name in ("ARCHITECTURE.md", "CONTRIBUTING.md"):
+        text = (REPO / name).read_text()
+        for p in sorted(set(path.findall(text))):
+            if "<" in p or p.endswith("/test_x.py") or p.startswith("bench/results/"):
+                continue
+            if not (REPO / p).exists():
+                bad.append(f"{name}: {p}")
+    assert not bad, "\n".join(bad)
