@@ -1,29 +1,29 @@
-"""Builds the Cython feature kernel (ext/) into slidr.ext._kernel."""
+"""Builds the Cython modules of ext/ into slidr.ext.*."""
 import os
 
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-extensions = [
-    Extension(
-        "slidr.ext._kernel",
-        ["ext/_kernel.pyx"],
+
+def native(name: str) -> Extension:
+    """slidr.ext.<name> from ext/<name>.pyx, built the same way for every module. No
+    -ffast-math / -march=native: the native code must match its plain-Python twin (and the
+    kernel the Redis Lua script) bit for bit, so no FMA contraction or reassociation."""
+    return Extension(
+        f"slidr.ext.{name}",
+        [f"ext/{name}.pyx"],
         include_dirs=[np.get_include()],
-        # No -ffast-math / -march=native: the kernel must match the reference twin and the
-        # Redis Lua script bit for bit, so no FMA contraction or reassociation.
         extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ),
+    )
+
+
+extensions = [
+    native("_kernel"),  # the feature kernel and the embedded store; twin: ext/reference.py
     # The daemon's per-click fast path (validation, columns, response frames); twin of the
     # Python in slidrd/batcher.py and slidr/contract.py, see tests/test_fastpath.py.
-    Extension(
-        "slidr.ext._fastpath",
-        ["ext/_fastpath.pyx"],
-        include_dirs=[np.get_include()],
-        extra_compile_args=["-O3", "-fno-fast-math", "-ffp-contract=off"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    ),
+    native("_fastpath"),
 ]
 
 setup(

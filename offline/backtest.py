@@ -31,7 +31,7 @@ slice-level over global@budget and of the pooled FPR ratio. The per-day rows and
 per-day count (on how many days slice-level had the higher IVR, an FPR <= global@budget's,
 both, its floors met) stay alongside.
 
-`gate` is the `--require-win` rule: at every budget, pooled slice-level has a higher IVR than
+`win_gate` is the `--require-win` rule: at every budget, pooled slice-level has a higher IVR than
 pooled global@budget at an FPR <= global@budget's and meets every slice's coverage floor on the
 pooled period.
 """
@@ -441,7 +441,7 @@ def bootstrap(rows: Sequence[Mapping[str, Any]], budget: float, n_boot: int = 20
     return out
 
 
-def gate(pooled: Sequence[Mapping[str, Any]], budgets: Sequence[float]) -> dict[str, Any]:
+def win_gate(pooled: Sequence[Mapping[str, Any]], budgets: Sequence[float]) -> dict[str, Any]:
     """The --require-win rule (GATE_RULE) on pooled rows (`pool` output over all runs)."""
     res = []
     for b in budgets:
@@ -553,7 +553,7 @@ def summarise(rows: Sequence[Mapping[str, Any]], runs: Sequence[str], budgets: S
                               for p in pool(rows, b, calib, run=r, slice_counts=False)],
             "per_day_summary": [per_day_summary(rows, b, calib) for b in budgets],
             "bootstrap": [bootstrap(rows, b, n_boot, seed) for b in budgets],
-            "gate": gate(pooled, budgets)}
+            "gate": win_gate(pooled, budgets)}
 
 
 # ---------------------------------------------------------------- text

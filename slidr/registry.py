@@ -134,10 +134,6 @@ class Bundle:
                 raise BundleError(self.version, f"{name} is unreadable: {e}") from None
         return self._thresholds  # type: ignore[return-value]
 
-    def threshold_for(self, slice_: str) -> float:
-        th = self.thresholds
-        return float(th.get("slices", {}).get(slice_, th["default"]))
-
     @property
     def feature_spec_hash(self) -> str:
         return str(self.manifest.get("feature_spec_hash", ""))
