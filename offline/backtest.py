@@ -46,7 +46,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -482,10 +482,26 @@ def _unit(task: str) -> str:
     return json.dumps(clean({"rows": rows, "wall_s": time.perf_counter() - t0}))
 
 
+class BacktestResult(TypedDict):
+    """The result record of run_backtest(), written as backtest.json and drawn by
+    offline/backtest_report.py."""
+
+    config: dict[str, Any]                 # runs, val_days, budgets, calibration settings
+    methods: dict[str, str]                # method key -> label
+    plan: dict[str, list[dict[str, Any]]]  # run -> [{test_day, fit_days}]
+    pooled: list[dict[str, Any]]           # per budget and method, over every held-out day
+    pooled_by_run: list[dict[str, Any]]
+    per_day_summary: list[dict[str, Any]]  # per budget: days won, floors met, ...
+    bootstrap: list[dict[str, Any]]        # per budget: 90% intervals of gain and FPR ratio
+    gate: dict[str, Any]                   # the --require-win rule and its verdict
+    rows: list[dict[str, Any]]             # one per (run, held-out day, budget)
+    wall_s: float
+
+
 def run_backtest(runs: Sequence[Path | str], budgets: Sequence[float], val_days: int = 3,
                  calib: Mapping[str, Any] | None = None, jobs: int = 1, ceiling: bool = False,
                  n_boot: int = 2000, seed: int = 0,
-                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 log: Callable[[str], None] | None = None) -> BacktestResult:
     """The whole backtest. `calib`: CalibConfig keyword arguments except fpr_budget."""
     calib = dict(calib or {})
     budgets = parse_budgets(list(budgets))
@@ -528,7 +544,7 @@ def run_backtest(runs: Sequence[Path | str], budgets: Sequence[float], val_days:
     rows = sorted((r for p in parts for r in p["rows"]),
                   key=lambda r: (order[r["run"]], r["test_day"], r["budget"]))
     cfg = cal.CalibConfig(fpr_budget=budgets[0], **calib)
-    return {
+    return {  # type: ignore[return-value]  # the keys of BacktestResult, summarise's included
         "config": {"runs": names, "val_days": val_days, "budgets": budgets, "calib": calib,
                    "min_coverage": cfg.min_coverage,
                    "slice_min_coverage": dict(cfg.slice_min_coverage),

@@ -71,7 +71,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -612,7 +612,19 @@ def select_method(days: list[Mapping[str, Any]], fpr_tolerance: float = 0.05) ->
     return {"chosen": chosen, "reason": why, "mean": m, "days": list(days)}
 
 
-def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[str, Any]:
+class CalibrationResult(TypedDict):
+    """The result record of calibrate(): plain data that the report
+    (offline/calibrate_report.py), the daily job and `slidr calibrate --json` read."""
+
+    thresholds: dict[str, Any]        # thresholds.json of the published method
+    slice_thresholds: dict[str, Any]  # thresholds.json of slice-level, published or not
+    calibration: dict[str, Any]       # budget, knee, slice fits, solver, correction, selection
+    evaluation: dict[str, Any]        # method -> "val"/"test" -> overall and per-slice metrics
+    curves: dict[str, Any]            # the IVR-FPR curves behind the figures
+    config: CalibConfig
+
+
+def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> CalibrationResult:
     """SLIDR's calibration: fit on split=='val', evaluate on split=='test'.
 
     The steps, as in the article: (1) split the scored clicks; (2) the overall IVR-FPR curve,
@@ -659,10 +671,10 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
                 "calibration": calibration}
     thresholds = slice_th if selection["chosen"] == "slice" else {
         "method": "global", "default": t_budget, "slices": {}, "calibration": calibration}
-    return {"thresholds": thresholds, "slice_thresholds": slice_th,
-            "evaluation": evals, "calibration": calibration,
-            "curves": {"global": gcurve, "global_knee_index": k, "slices": slice_curves},
-            "config": cfg}
+    return CalibrationResult(
+        thresholds=thresholds, slice_thresholds=slice_th, evaluation=evals,
+        calibration=calibration,
+        curves={"global": gcurve, "global_knee_index": k, "slices": slice_curves}, config=cfg)
 
 
 def _split(cols: Mapping[str, Any], cfg: CalibConfig) -> tuple[dict[str, Any], dict[str, Any]]:
