@@ -502,7 +502,9 @@ class _Session:
         if self.daemon is None:
             return None
         return {"store": self.daemon.store, "args": self.daemon.daemon_args,
-                "command": " ".join(self.daemon.cmd)}
+                # the interpreter as "python": a result file names no machine's paths
+                "command": " ".join("python" if a == sys.executable else a
+                                    for a in self.daemon.cmd)}
 
 
 def _calibration(a: argparse.Namespace, spec: Any) -> dict[str, Any] | None:

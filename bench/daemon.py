@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +20,8 @@ from typing import Any
 
 import msgpack
 import numpy as np
+
+from slidr.util import stop_process
 
 
 def free_port() -> int:
@@ -166,13 +167,8 @@ class DaemonRun:
     def stop(self, keep: bool = False) -> None:
         """Stop slidrd (and Redis); remove the work dir unless `keep` (e.g. to read the log
         of a run that went wrong) or it was given by the caller."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 15)
         if hasattr(self, "_log"):
             self._log.close()
         if self.redis is not None:

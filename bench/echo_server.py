@@ -22,6 +22,8 @@ from typing import Any
 
 import msgpack
 
+from slidr.util import stop_process
+
 DECISION = {"invalid": False, "score": 0.0, "threshold": 1.0, "slice": "desktop/out",
             "model": "echo", "reason": "model"}
 
@@ -177,13 +179,8 @@ class EchoProcess:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc is not None:
+            stop_process(self.proc, 5)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
         self.proc = None

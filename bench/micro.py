@@ -133,20 +133,10 @@ def model(seconds: float, batches: Sequence[int] = MODEL_BATCHES) -> dict[str, A
     from slidr.bench.daemon import make_mlp
     with tempfile.TemporaryDirectory(prefix="slidr-micro-") as d:
         path = make_mlp(Path(d) / "model.onnx")
-        try:
-            from slidr.engines import select_scorer
-            scorer = select_scorer(path, backend="onnxruntime", max_batch=max(batches))
-            infer = scorer.infer
-            via = f"slidr.engines ({getattr(scorer, 'name', '?')})"
-        except ImportError:
-            import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = 1
-            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-            def infer(x: np.ndarray) -> Any:
-                return sess.run(None, {"features": x})[0]
-            via = "onnxruntime (direct)"
+        from slidr.engines import select_scorer
+        scorer = select_scorer(path, backend="onnxruntime", max_batch=max(batches))
+        infer = scorer.infer
+        via = f"slidr.engines ({getattr(scorer, 'name', '?')})"
         rng = np.random.default_rng(0)
         out: dict[str, Any] = {"via": via, "batches": {}}
         for b in batches:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from slidr.engines import DEFAULT_MAX_BATCH, EngineError, check_batch
@@ -26,6 +27,25 @@ log = logging.getLogger("slidr.engines")
 PROB_OUTPUT = "robot_prob"
 
 
+def ort_session(model_path: str | Path, intra_op_threads: int = 1) -> Any:
+    """The one place slidr builds an ONNX Runtime session (daemon, offline scoring, benches):
+    CPU provider, `intra_op_threads` threads for one operator and one for the graph, sequential
+    execution, full graph optimisation, no per-shape memory patterns (batch sizes vary), and
+    warnings only. Raises what ONNX Runtime raises when the model does not load."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(intra_op_threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Memory patterns are planned per input shape; batch sizes vary on every call.
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), sess_options=so,
+                                providers=["CPUExecutionProvider"])
+
+
 class OrtRunner:
     """CPU scorer. `infer(x)` takes float32 (n, 24) and returns a new float32 (n,) array."""
 
@@ -33,23 +53,12 @@ class OrtRunner:
 
     def __init__(self, model_path: str | Path, max_batch: int = DEFAULT_MAX_BATCH,
                  intra_op_threads: int = 1, io_binding: bool = False) -> None:
-        import onnxruntime as ort
-
         self.model_path = Path(model_path)
         self.max_batch = int(max_batch)
         self.intra_op_threads = int(intra_op_threads)
         self.fallback_reason: str | None = None
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.intra_op_threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Memory patterns are planned per input shape; batch sizes vary on every call.
-        so.enable_mem_pattern = False
-        so.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=so,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort_session(self.model_path, self.intra_op_threads)
         except Exception as e:  # noqa: BLE001 - ORT raises several unrelated types
             raise EngineError(f"onnxruntime could not load {self.model_path}: {e}") from e
         inputs = self.session.get_inputs()

@@ -60,16 +60,18 @@ happens to be low. Two deployable corrections, both on by default:
 
 Optional: cfg.fpr_prior shrinks each slice's FPR curve towards the pooled one (SliceFPR); off by
 default because it measured worse on held-out days.
+
+`calibrate()` returns a plain result record; offline/calibrate_report.py draws the table, the
+figures and calibration.html from it.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -183,7 +185,7 @@ def parse_slice_coverage(items: list[str] | None) -> dict[str, float]:
 # ---------------------------------------------------------------- data
 
 def load_scores(path: str | Path, score_col: str = "score_model") -> dict[str, np.ndarray]:
-    """scores.parquet (TEAM-NOTES) -> numpy columns: score, slice, purchased, heuristic, split,
+    """scores.parquet (docs/offline.md, "Output directory") -> numpy columns: score, slice, purchased, heuristic, split,
     is_robot (None when absent)."""
     from slidr.files import read_table
     path = Path(path)
@@ -610,10 +612,74 @@ def select_method(days: list[Mapping[str, Any]], fpr_tolerance: float = 0.05) ->
     return {"chosen": chosen, "reason": why, "mean": m, "days": list(days)}
 
 
-def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[str, Any]:
-    """Fit on split=='val', evaluate on split=='test'. Returns a result dict with
-    `thresholds` (thresholds.json content), `comparison`, `curves` (for plots)."""
+class CalibrationResult(TypedDict):
+    """The result record of calibrate(): plain data that the report
+    (offline/calibrate_report.py), the daily job and `slidr calibrate --json` read."""
+
+    thresholds: dict[str, Any]        # thresholds.json of the published method
+    slice_thresholds: dict[str, Any]  # thresholds.json of slice-level, published or not
+    calibration: dict[str, Any]       # budget, knee, slice fits, solver, correction, selection
+    evaluation: dict[str, Any]        # method -> "val"/"test" -> overall and per-slice metrics
+    curves: dict[str, Any]            # the IVR-FPR curves behind the figures
+    config: CalibConfig
+
+
+def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> CalibrationResult:
+    """SLIDR's calibration: fit on split=='val', evaluate on split=='test'.
+
+    The steps, as in the article: (1) split the scored clicks; (2) the overall IVR-FPR curve,
+    its knee and the one global threshold at the FPR budget; (3) per slice, the coverage floor
+    and a concave quadratic fitted to the slice's IVR-FPR curve; (4) the budget left for the
+    fitted slices (after slices too small to fit, the held-out FPR correction, feasibility of
+    the floors); (5) the FPR per slice that maximises sum_s w_s IVR_s(f_s) subject to
+    sum_s p_s f_s <= budget and the floors; (6) each slice's threshold at its FPR; (7) every
+    method evaluated on the fitted and the held-out days. Returns a result record:
+    `thresholds` (thresholds.json), `slice_thresholds`, `calibration`, `evaluation`, `curves`
+    (for the report, offline/calibrate_report.py), `config`."""
     cfg = cfg or CalibConfig()
+    va, te = _split(cols, cfg)                                               # (1)
+    gcurve, k, t_knee, t_budget = _global_points(va, cfg)                   # (2)
+    fits, fallback, slice_curves = _fit_slices(va, cfg, t_budget)           # (3)
+    budget = _slice_budget(va, cfg, fits, fallback)                         # (4)
+    if fits:                                                                # (5)
+        fstar, solve_info = _solve(fits, budget["left"], cfg.solver)
+        if cfg.refine_iters > 0:
+            fstar, solve_info = _refine(fits, fstar, budget["left"], cfg, solve_info)
+    else:
+        fstar, solve_info = {}, {"status": "no slice large enough to fit"}
+    thr_slice = _slice_thresholds(fits, fallback, fstar, slice_curves)      # (6)
+    evals = _evaluate(va, te, cfg, {"global_knee": ({}, t_knee),            # (7)
+                                    "global_budget": ({}, t_budget),
+                                    "slice": (thr_slice, t_budget)})
+    selection = budget["selection"]
+    calibration = {
+        "fit_on": "val", "evaluated_on": "test", "operating_rule": "invalid iff score > threshold",
+        "score_column": cfg.score_col, "fpr_budget": cfg.fpr_budget,
+        "min_coverage": cfg.min_coverage, "slice_min_coverage": dict(cfg.slice_min_coverage),
+        "min_purchasing": cfg.min_purchasing,
+        "knee_method": KNEE_METHOD, "knee_max_fpr": cfg.knee_max_fpr,
+        "global_knee_threshold": t_knee,
+        "global_knee_val_fpr": float(gcurve["fpr"][k]),
+        "global_budget_threshold": t_budget, "budget_after_fallbacks": budget["left"],
+        "min_feasible_budget": budget["min_budget"], "solver": solve_info,
+        "slices": {s: _public(v) for s, v in {**fits, **fallback}.items()},
+        "budget_correction": budget["correction"], "fpr_estimate": cfg.fpr_estimate,
+        "selection": selection, "method": selection["chosen"],
+        "test": {name: ev["test"]["overall"] for name, ev in evals.items()},
+    }
+    slice_th = {"method": "slice", "default": t_budget, "slices": thr_slice,
+                "calibration": calibration}
+    thresholds = slice_th if selection["chosen"] == "slice" else {
+        "method": "global", "default": t_budget, "slices": {}, "calibration": calibration}
+    return CalibrationResult(
+        thresholds=thresholds, slice_thresholds=slice_th, evaluation=evals,
+        calibration=calibration,
+        curves={"global": gcurve, "global_knee_index": k, "slices": slice_curves}, config=cfg)
+
+
+def _split(cols: Mapping[str, Any], cfg: CalibConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(1) The fitted (validation) and the held-out (test) clicks; refuses what cannot be
+    calibrated."""
     if not 0.0 < cfg.fpr_budget < 1.0:
         raise ValueError(f"--fpr-budget must be in (0, 1), got {cfg.fpr_budget}")
     if not 0.0 <= cfg.min_coverage <= 1.0:
@@ -625,15 +691,26 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
                          f"(got {va['score'].size} val and {te['score'].size} test clicks)")
     if not va["purchased"].any():
         raise ValueError("no purchasing clicks on the validation day: FPR cannot be calibrated")
-    n, n_p = va["score"].size, int(va["purchased"].sum())
+    return va, te
 
-    # Global.
+
+def _global_points(va: Mapping[str, Any], cfg: CalibConfig
+                   ) -> tuple[dict[str, np.ndarray], int, float, float]:
+    """(2) The overall IVR-FPR curve, its knee (index and threshold) and the one threshold
+    whose FPR on the fitted days is the budget (global@budget)."""
     gcurve = curve(va["score"], va["purchased"], va["heuristic"], max_fpr=cfg.knee_max_fpr)
     k = knee(gcurve)
     t_knee = float(gcurve["threshold"][k])
     t_budget = threshold_for_fpr(va["score"], va["purchased"], cfg.fpr_budget)
+    return gcurve, k, t_knee, t_budget
 
-    # Slices.
+
+def _fit_slices(va: Mapping[str, Any], cfg: CalibConfig, t_budget: float
+                ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], dict[str, Any]]:
+    """(3) Per slice: traffic share w, purchasing share p, the coverage floor (the FPR that
+    buys the slice its minimum robotic coverage) and a concave quadratic IVR(FPR). Slices with
+    fewer than min_purchasing purchasing clicks take global@budget instead (`fallback`)."""
+    n, n_p = va["score"].size, int(va["purchased"].sum())
     pooled_desc = np.sort(va["score"][va["purchased"]])[::-1]
     present = [s for s in cfg.slices if (va["slice"] == s).any()]
     extra = sorted(set(va["slice"].tolist()) - set(present))
@@ -658,7 +735,8 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
                     floor_t = min(floor_t, coverage_floor(sc[k_], pu[k_], he[k_], cov_fit)[0])
             ps_ = np.sort(sc[pu])
             floor_f = float(_exceed(ps_, floor_t)) if ps_.size else 0.0
-        info: dict[str, Any] = {"min_coverage": cov_s, "fit_coverage": cov_fit, "w": w, "p": p, "n": int(m.sum()), "n_purchasing": int(pu.sum()),
+        info: dict[str, Any] = {"min_coverage": cov_s, "fit_coverage": cov_fit, "w": w, "p": p,
+                                "n": int(m.sum()), "n_purchasing": int(pu.sum()),
                                 "n_heuristic": int(he.sum()), "floor_fpr": floor_f,
                                 "floor_threshold": None if np.isinf(floor_t) else floor_t}
         if pu.sum() < cfg.min_purchasing:
@@ -688,7 +766,15 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         info["_data"] = (sc, he)
         fits[s] = info
         slice_curves[s] = sf.curve(sc, he, max_fpr=fmax, n=101)
+    return fits, fallback, slice_curves
 
+
+def _slice_budget(va: Mapping[str, Any], cfg: CalibConfig, fits: Mapping[str, Any],
+                  fallback: Mapping[str, Any]) -> dict[str, Any]:
+    """(4) The FPR budget the fitted slices may spend: the budget less what the fallback
+    slices spend, divided by the held-out overspend ratio of the budget correction, never
+    below what the coverage floors need. Raises CalibrationInfeasible when the floors alone
+    cost more than the budget. Also decides the published method (`selection`)."""
     fallback_spend = sum(v["p"] * v["fpr"] for v in fallback.values())
     budget_left = cfg.fpr_budget - fallback_spend
     need = {s: v["p"] * v["floor_fpr"] for s, v in fits.items()}
@@ -711,8 +797,8 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         correction["budget_solved"] = budget_left + fallback_spend
     if sum(need.values()) > budget_left + 1e-12:
         parts = ", ".join(f"{s} needs FPR >= {fits[s]['floor_fpr']:.4f} for "
-                          f"{fits[s]['fit_coverage']:.0%} coverage, costing {need[s]:.5f} of the budget "
-                          f"(p_s={fits[s]['p']:.3f})"
+                          f"{fits[s]['fit_coverage']:.0%} coverage, costing {need[s]:.5f} of "
+                          f"the budget (p_s={fits[s]['p']:.3f})"
                           for s in sorted(need, key=lambda k: need[k], reverse=True) if need[s] > 0)
         fb = (f"; slices on the global fallback spend {fallback_spend:.5f}"
               if fallback else "")
@@ -723,12 +809,15 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         raise CalibrationInfeasible(msg, {"fpr_budget": cfg.fpr_budget, "min_budget": min_budget,
                                           "cost_by_slice": need,
                                           "floors": {s: v["floor_fpr"] for s, v in fits.items()}})
-    if fits:
-        fstar, solve_info = _solve(fits, budget_left, cfg.solver)
-        if cfg.refine_iters > 0:
-            fstar, solve_info = _refine(fits, fstar, budget_left, cfg, solve_info)
-    else:
-        fstar, solve_info = {}, {"status": "no slice large enough to fit"}
+    return {"left": budget_left, "min_budget": min_budget, "correction": correction,
+            "selection": selection}
+
+
+def _slice_thresholds(fits: dict[str, dict[str, Any]], fallback: Mapping[str, Any],
+                      fstar: Mapping[str, float], slice_curves: dict[str, Any]
+                      ) -> dict[str, float]:
+    """(6) Each fitted slice's threshold at its chosen FPR f*_s (the fallback slices keep
+    global@budget); the working fields of the fit are dropped from the record."""
     thr_slice: dict[str, float] = {}
     for s, info in fits.items():
         info["f_star"] = fstar[s]
@@ -746,9 +835,13 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
         thr_slice[s] = info["threshold"]
     for s, info in fallback.items():
         thr_slice[s] = info["threshold"]
+    return thr_slice
 
-    methods = {"global_knee": ({}, t_knee), "global_budget": ({}, t_budget),
-               "slice": (thr_slice, t_budget)}
+
+def _evaluate(va: Mapping[str, Any], te: Mapping[str, Any], cfg: CalibConfig,
+              methods: Mapping[str, tuple[Mapping[str, float], float]]) -> dict[str, Any]:
+    """(7) IVR, FPR, coverage (and precision/recall with ground truth) of each method on the
+    fitted and the held-out days, plus global_matched and whether the floors were met."""
     evals = {name: {"val": _thresholds_eval(va, tb, d), "test": _thresholds_eval(te, tb, d)}
              for name, (tb, d) in methods.items()}
     # Equal realised FPR: on each day, the one global threshold set *on that day* to the FPR
@@ -766,29 +859,7 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> dict[s
                 s: bool(v["coverage"] >= coverage_target(cfg.min_coverage, cfg.slice_min_coverage, s)
                         - 1e-9) if v["n_heuristic"] else None
                 for s, v in split["slices"].items()}
-    slice_info = {s: _public(v) for s, v in {**fits, **fallback}.items()}
-    calibration = {
-        "fit_on": "val", "evaluated_on": "test", "operating_rule": "invalid iff score > threshold",
-        "score_column": cfg.score_col, "fpr_budget": cfg.fpr_budget,
-        "min_coverage": cfg.min_coverage, "slice_min_coverage": dict(cfg.slice_min_coverage),
-        "min_purchasing": cfg.min_purchasing,
-        "knee_method": KNEE_METHOD, "knee_max_fpr": cfg.knee_max_fpr,
-        "global_knee_threshold": t_knee,
-        "global_knee_val_fpr": float(gcurve["fpr"][k]),
-        "global_budget_threshold": t_budget, "budget_after_fallbacks": budget_left,
-        "min_feasible_budget": min_budget, "solver": solve_info, "slices": slice_info,
-        "budget_correction": correction, "fpr_estimate": cfg.fpr_estimate,
-        "selection": selection, "method": selection["chosen"],
-        "test": {name: ev["test"]["overall"] for name, ev in evals.items()},
-    }
-    slice_th = {"method": "slice", "default": t_budget, "slices": thr_slice,
-                "calibration": calibration}
-    thresholds = slice_th if selection["chosen"] == "slice" else {
-        "method": "global", "default": t_budget, "slices": {}, "calibration": calibration}
-    return {"thresholds": thresholds, "slice_thresholds": slice_th,
-            "evaluation": evals, "calibration": calibration,
-            "curves": {"global": gcurve, "global_knee_index": k, "slices": slice_curves},
-            "config": cfg}
+    return evals
 
 
 def global_thresholds(result: Mapping[str, Any], which: str = "budget") -> dict[str, Any]:
@@ -809,236 +880,13 @@ def chosen_eval_key(result: Mapping[str, Any]) -> str:
     return "slice" if chosen_method(result) == "slice" else "global_budget"
 
 
-def selection_text(result: Mapping[str, Any]) -> str:
-    """One line: which method is published and why (CalibConfig.method)."""
-    sel = result["calibration"].get("selection") or {}
-    name = {"slice": "slice-level", "global": "global@budget"}.get(chosen_method(result),
-                                                                   chosen_method(result))
-    return f"published method: {name} ({sel.get('mode', '-')}): {sel.get('reason', '-')}"
-
-
 def _public(v: Mapping[str, Any]) -> dict[str, Any]:
     return {k: x for k, x in v.items()}
-
-
-def comparison_rows(result: Mapping[str, Any], split: str = "test") -> list[list[Any]]:
-    """[scope, method, IVR, FPR, coverage, (precision, recall)] rows for the table."""
-    rows = []
-    ev = result["evaluation"]
-    scopes = ["overall"] + sorted(ev["slice"][split]["slices"])
-    for scope in scopes:
-        for name in METHODS:
-            blk = ev[name][split]
-            m = blk["overall"] if scope == "overall" else blk["slices"][scope]
-            met = blk["coverage_floors_met"]
-            if scope == "overall":
-                floors = f"{sum(v is True for v in met.values())}/" \
-                         f"{sum(v is not None for v in met.values())}"
-            else:
-                floors = {True: "yes", False: "NO", None: "-"}[met.get(scope)]
-            rows.append([scope, name, m.get("threshold", None), m["ivr"], m["fpr"], m["coverage"],
-                         floors, m.get("precision"), m.get("recall")])
-    return rows
 
 
 # global_knee: the knee; global_budget: one threshold at the budget on the fitted days;
 # global_matched: one threshold set on the evaluated day to slice-level's realised FPR there.
 METHODS = ("global_knee", "global_budget", "global_matched", "slice")
-
-
-def table_text(result: Mapping[str, Any], split: str = "test") -> str:
-    head = (f"{'scope':<12} {'method':<15} {'thr':>7} {'IVR':>7} {'FPR':>7} {'cover':>7} "
-            f"{'floors':>6} {'prec':>6} {'recall':>6}")
-    lines = [head, "-" * len(head)]
-    for r in comparison_rows(result, split):
-        lines.append(f"{r[0]:<12} {r[1]:<15} {_f(r[2], 4):>7} {_f(r[3], 4):>7} {_f(r[4], 4):>7} "
-                     f"{_f(r[5], 3):>7} {r[6]:>6} {_f(r[7], 3):>6} {_f(r[8], 3):>6}")
-    return "\n".join(lines)
-
-
-def _correction_text(bc: Mapping[str, Any] | None) -> str:
-    """One sentence on the slice-level budget correction (CalibConfig.budget_correction)."""
-    if not bc or bc.get("method") == "none":
-        return ""
-    if "raw_ratio" not in bc:
-        return f" Budget correction {bc['method']}: none applied ({bc.get('reason', '-')})."
-    days = ", ".join(f"day {x['day']}: {x['slice_fpr']:.4f}" for x in bc.get("days", []))
-    return (f" Budget correction {bc['method']}: slice-level fits on all but one fitted day "
-            f"realised FPR {days} on the left-out day, {bc['raw_ratio']:.2f}x the budget; the "
-            f"slices were solved with {bc.get('budget_solved', float('nan')):.5f}"
-            + (" (the coverage floors bind)" if bc.get("floors_bind") else "") + ".")
-
-
-def _selection_days_text(cal: Mapping[str, Any]) -> str:
-    days = (cal.get("selection") or {}).get("days") or []
-    if not days:
-        return ""
-    matched = all("matched_ivr" in x for x in days)
-    head = ("slice IVR @ FPR vs one global threshold at that FPR; global@budget IVR @ FPR"
-            if matched else "slice IVR @ FPR vs global@budget IVR @ FPR")
-    return f" Left-out days ({head}): " + "; ".join(
-        f"day {x['day']}: {x['slice_ivr']:.4f} @ {x['slice_fpr']:.4f} vs "
-        + (f"{x['matched_ivr']:.4f}; " if matched else "")
-        + f"{x['global_ivr']:.4f} @ {x['global_fpr']:.4f}" for x in days) + "."
-
-
-def _f(v: Any, d: int) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "-"
-    return f"{v:.{d}f}"
-
-
-# ---------------------------------------------------------------- plots and html
-
-def write_outputs(result: Mapping[str, Any], out_dir: str | Path, method: str | None = None,
-                  thresholds_name: str = "thresholds.json",
-                  training_report: str | Path | None = None) -> dict[str, str]:
-    """thresholds.json + calibration.json + PNGs + calibration.html into out_dir (atomic files).
-    method None: the method calibrate chose (CalibConfig.method); "slice", "global"
-    (global@budget) or "global_knee" override it. The training report (`training_report`, or
-    report.html beside) and calibration.html link to each other; both embed their figures."""
-    from slidr.util import write_json
-
-    from .report import clean
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    th = {None: result["thresholds"], "slice": result.get("slice_thresholds", result["thresholds"]),
-          "global": None, "global_knee": None}[method]
-    if method in ("global", "global_knee"):
-        th = global_thresholds(result, "knee" if method == "global_knee" else "budget")
-    write_json(out / thresholds_name, clean(th))
-    write_json(out / "calibration.json", clean({"calibration": result["calibration"],
-                                                 "evaluation": result["evaluation"]}))
-    pngs = plot(result, out)
-    html_path = out / "calibration.html"
-    from .report import link_line, set_links, write_html
-    write_html(html_path, html_page(result, pngs))
-    _merge_into_report(out / "report.html", html_fragment(result, pngs))
-    report = Path(training_report) if training_report else out / "report.html"
-    if report.is_file():
-        set_links(html_path, link_line("Training report", report, out))
-        set_links(report, link_line("Calibration report", html_path, report.parent))
-    return {"thresholds": str(out / thresholds_name), "html": str(html_path),
-            "json": str(out / "calibration.json"), **{p: str(out / p) for p in pngs}}
-
-
-def _merge_into_report(report: Path, fragment: str) -> None:
-    """The training report gains the calibration section (curves with the chosen operating
-    points, global vs slice-level side by side) when both sit in one directory (a bundle)."""
-    if not report.exists():
-        return
-    from slidr.util import atomic_open
-    page = report.read_text()
-    marker = "<!-- slidr:calibration -->"
-    if marker in page:
-        page = page[: page.index(marker)] + "</body></html>\n"
-    section = f"{marker}<h2 id='calibration'>Calibration</h2>{fragment}"
-    page = page.replace("</body>", section + "</body>", 1) if "</body>" in page else page + section
-    from .report import embed_images
-    with atomic_open(report, "w") as f:
-        f.write(embed_images(page, report.parent))
-
-
-def plot(result: Mapping[str, Any], out: Path) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .report import save_png
-    cal = result["calibration"]
-    names = list(result["curves"]["slices"])
-    pngs = []
-    if names:
-        cols_n = 3
-        rows_n = (len(names) + cols_n - 1) // cols_n
-        fig, axes = plt.subplots(rows_n, cols_n, figsize=(4.2 * cols_n, 3.4 * rows_n),
-                                 squeeze=False)
-        for ax, s in zip(axes.flat, names, strict=False):
-            c = result["curves"]["slices"][s]
-            info = cal["slices"][s]
-            fit = info["fit"]
-            ff = np.linspace(info.get("fit_min_fpr", 0.0), info["fit_max_fpr"], 100)
-            ax.plot(c["fpr"], c["ivr"], ".", ms=3, color="0.4", label="validation")
-            ax.plot(ff, fit["a"] + fit["b"] * ff + fit["c"] * ff ** 2, "-", color="C0",
-                    label=f"quadratic R²={fit['r2']:.3f}")
-            if info["floor_fpr"] > 0:
-                ax.axvline(info["floor_fpr"], color="C3", ls=":", label="coverage floor")
-            ax.plot([info["f_star"]], [info["fitted_ivr_at_f_star"]], "o", color="C1",
-                    label=f"chosen f={info['f_star']:.4f}")
-            ax.set_title(f"{s}  (w={info['w']:.2f}, p={info['p']:.2f})", fontsize=9)
-            ax.set_xlabel("slice FPR")
-            ax.set_ylabel("slice IVR")
-            ax.legend(fontsize=7)
-        for ax in list(axes.flat)[len(names):]:
-            ax.axis("off")
-        pngs.append(save_png(fig, out / "calibration_slices.png"))
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    g = result["curves"]["global"]
-    k = result["curves"]["global_knee_index"]
-    ax1.plot(g["fpr"], g["ivr"], "-", color="C0", label="overall (validation)")
-    y0 = g["ivr"][0]
-    ax1.plot([g["fpr"][0], g["fpr"][-1]], [y0, g["ivr"][-1]], ":", color="0.5", label="chord")
-    ax1.plot([g["fpr"][k]], [g["ivr"][k]], "o", color="C3", label=f"knee t={g['threshold'][k]:.3f}")
-    te = {n: result["evaluation"][n]["test"]["overall"] for n in result["evaluation"]}
-    for n, mk in (("global_budget", "s"), ("slice", "*")):
-        ax1.plot([te[n]["fpr"]], [te[n]["ivr"]], mk, ms=9, label=f"{n} (test)")
-    ax1.set_xlabel("FPR")
-    ax1.set_ylabel("IVR")
-    ax1.set_title("global IVR-FPR curve and operating points")
-    ax1.legend(fontsize=7)
-    sl = sorted(result["evaluation"]["slice"]["test"]["slices"])
-    x = np.arange(len(sl))
-    for i, n in enumerate(("global_knee", "global_budget", "slice")):
-        v = [result["evaluation"][n]["test"]["slices"][s]["ivr"] for s in sl]
-        ax2.bar(x + (i - 1) * 0.27, v, 0.27, label=n)
-    ax2.set_xticks(x, sl, rotation=30, fontsize=8)
-    ax2.set_ylabel("IVR on the test day")
-    ax2.set_title("global vs slice-level, per slice (held-out)")
-    ax2.legend(fontsize=7)
-    pngs.append(save_png(fig, out / "calibration_compare.png"))
-    return pngs
-
-
-def html_fragment(result: Mapping[str, Any], pngs: list[str]) -> str:
-    cal = result["calibration"]
-    esc = html.escape
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{esc(str(c)) if isinstance(c, str) else _f(c, 4)}</td>" for c in r)
-        + "</tr>" for r in comparison_rows(result))
-    srows = "".join(
-        f"<tr><td>{esc(s)}</td><td>{v['w']:.3f}</td><td>{v['p']:.3f}</td>"
-        f"<td>{v['n_purchasing']}</td><td>{_f(v.get('fit', {}).get('r2'), 3)}</td>"
-        f"<td>{_f(v.get('fit', {}).get('rmse'), 4)}</td>"
-        f"<td>{_f(v.get('fit_min_fpr'), 4)}–{_f(v.get('fit_max_fpr'), 4)}</td>"
-        f"<td>{v['floor_fpr']:.4f}</td>"
-        f"<td>{_f(v.get('f_star', v.get('fpr')), 4)}</td><td>{v['threshold']:.4f}</td>"
-        f"<td>{esc(v.get('fallback', 'fitted'))}</td></tr>"
-        for s, v in cal["slices"].items())
-    imgs = "".join(f'<img src="{esc(p)}" style="max-width:100%">' for p in pngs)
-    return (
-        '<section id="calibration"><h2>Calibration</h2>'
-        f"<p>FPR budget {cal['fpr_budget']}, minimum robotic coverage per slice "
-        f"{cal['min_coverage']:.0%} (overrides: {esc(str(cal['slice_min_coverage']) or '-')}); fitted on the validation day, evaluated on the held-out test "
-        f"day. Knee: {esc(cal['knee_method'])}. Solver: {esc(str(cal['solver'].get('solver')))} "
-        f"({esc(str(cal['solver'].get('status')))}). Rule: invalid iff score &gt; threshold."
-        f"{esc(_correction_text(cal.get('budget_correction')))}</p>"
-        f"<p><b>{esc(selection_text(result))}</b>{esc(_selection_days_text(cal))}</p>"
-        "<h3>Held-out comparison</h3><p>global_budget: one threshold whose FPR on the fitted "
-        "days equals the budget; global_matched: one threshold set on the held-out day itself "
-        "to the FPR slice-level realised there (equal realised FPR; it sees the held-out day, "
-        "so it favours global). floors: coverage floors met on the held-out day.</p>"
-        "<table border=1 cellpadding=3><tr><th>scope</th><th>method"
-        "</th><th>threshold</th><th>IVR</th><th>FPR</th><th>coverage</th><th>floors</th>"
-        f"<th>precision</th><th>recall</th></tr>{rows}</table>"
-        "<h3>Slice fits</h3><table border=1 cellpadding=3><tr><th>slice</th><th>w</th><th>p</th>"
-        "<th>purchasing</th><th>R²</th><th>RMSE</th><th>fit range (FPR)</th><th>floor FPR</th><th>chosen FPR</th>"
-        f"<th>threshold</th><th>how</th></tr>{srows}</table>{imgs}</section>")
-
-
-def html_page(result: Mapping[str, Any], pngs: list[str]) -> str:
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>slidr calibration</title>"
-            "</head><body>" + html_fragment(result, pngs) + "</body></html>\n")
 
 
 def summary(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -1094,3 +942,16 @@ def synthetic_scores(n: int = 200_000, seed: int = 0,
 def to_json(obj: Any) -> str:
     from .report import clean
     return json.dumps(clean(obj), indent=2, sort_keys=True)
+
+
+# The report (tables, text, figures, HTML) is drawn by offline/calibrate_report.py from the
+# result record; these names stay importable from here for callers of the method module.
+_REPORT = ("write_outputs", "selection_text", "table_text", "comparison_rows", "plot",
+           "html_fragment", "html_page")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REPORT:
+        from . import calibrate_report
+        return getattr(calibrate_report, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

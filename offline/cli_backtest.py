@@ -73,6 +73,7 @@ def runs_val_days(runs: list[Path]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from . import backtest as bt
+    from . import backtest_report as report
     from .report import clean
     budgets = bt.parse_budgets(args.budgets)
     val_days = args.val_days if args.val_days is not None else runs_val_days(args.runs)
@@ -80,13 +81,13 @@ def run(args: argparse.Namespace) -> int:
                              calib=calib_kwargs(args), jobs=args.jobs, ceiling=args.ceiling,
                              n_boot=args.bootstrap, seed=args.seed,
                              log=None if args.quiet else bt.log_stderr)
-    files = bt.write_outputs(result, args.out)
+    files = report.write_outputs(result, args.out)
     if args.json:
         print(json.dumps(clean({k: result[k] for k in ("config", "pooled", "per_day_summary",
                                                         "bootstrap", "gate", "wall_s")}
                                | {"files": files}), indent=2, sort_keys=True))
     else:
-        print(bt.text_report(result, days=args.print_days))
+        print(report.text_report(result, days=args.print_days))
         print(f"report -> {files['html']}\nrows -> {files['json']}")
     if args.require_win and not result["gate"]["passed"]:
         return CHECK_FAILED

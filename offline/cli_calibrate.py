@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from slidr import progress
 
     from . import calibrate as cal
+    from . import calibrate_report as report
     path = args.scores if args.scores is not None else args.train_dir / "scores.parquet"
     cfg = calib_config(args)
     out = Path(args.out)
@@ -69,15 +70,15 @@ def run(args: argparse.Namespace) -> int:
                 print(cal.to_json({"feasible": False, "message": str(e), **e.details}))
             raise CommandError(f"calibration infeasible: {e}", EXIT_INFEASIBLE) from None
         job.stage("report")
-        files = cal.write_outputs(result, out.parent, method="global_knee" if knee else None,
-                                  thresholds_name=out.name,
-                                  training_report=Path(path).parent / "report.html")
+        files = report.write_outputs(result, out.parent, method="global_knee" if knee else None,
+                                     thresholds_name=out.name,
+                                     training_report=Path(path).parent / "report.html")
     method = args.method if knee else cal.chosen_method(result)
     if args.json:
         print(cal.to_json({"feasible": True, "files": files, **cal.summary(result),
                            "method": method}))
     else:
-        print(cal.table_text(result))
-        print(f"\n{cal.selection_text(result)}")
+        print(report.table_text(result))
+        print(f"\n{report.selection_text(result)}")
         print(f"thresholds ({method}) -> {files['thresholds']}\nreport -> {files['html']}")
     return 0

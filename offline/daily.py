@@ -251,10 +251,8 @@ def _test_rows(path: Path) -> dict[str, Any]:
 
 
 def _score_onnx(model_path: Path, x: np.ndarray, batch: int = 65_536) -> np.ndarray:
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    from slidr.engines.onnxruntime_runner import ort_session
+    sess = ort_session(model_path, intra_op_threads=2)
     name = sess.get_inputs()[0].name
     out = [np.asarray(sess.run(None, {name: x[i:i + batch]})[0]).reshape(-1)
            for i in range(0, x.shape[0], batch)]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from slidr.contract import REQUIRED
+from slidr.contract import REQUIRED, slice_names
 from slidr.defaults import CALIBRATION, GUARDRAILS
 from slidr.options import field_from
 
@@ -142,12 +142,6 @@ def check_schema(cols: Mapping[str, Any]) -> list[Check]:
     return out
 
 
-def _slices(device: np.ndarray, logged_in: np.ndarray) -> np.ndarray:
-    """Slice names as contract.slice_name spells them ("mobile/in"), vectorised."""
-    dev = np.asarray(device).astype(str)
-    return np.char.add(np.char.add(dev, "/"), np.where(np.asarray(logged_in, bool), "in", "out"))
-
-
 def check_log(cols: Mapping[str, Any], cfg: GuardrailConfig | None = None) -> list[Check]:
     """Data guardrails on the raw click log (before training)."""
     cfg = cfg or GuardrailConfig()
@@ -161,8 +155,8 @@ def check_log(cols: Mapping[str, Any], cfg: GuardrailConfig | None = None) -> li
                         f"the log covers {days.size} UTC day(s); training needs >= {cfg.min_days}"))
     checks.append(hourly_density(ts, pur, cfg))
     checks.append(week_hour_density(ts, pur, cfg))
-    checks.append(slice_volume(_slices(np.asarray(cols["device"]).astype(str),
-                                       np.asarray(cols["logged_in"], dtype=bool)), pur, cfg))
+    checks.append(slice_volume(slice_names(np.asarray(cols["device"]).astype(str),
+                                           np.asarray(cols["logged_in"], dtype=bool)), pur, cfg))
     return checks
 
 

@@ -90,6 +90,26 @@ def write_import(res: ImportResult, out: str | Path) -> dict[str, str]:
     return files
 
 
+def _result(source: str, src: str | Path, n_read: int, clicks: Any, bad: Any,
+            summary_extra: dict[str, Any], *, mapping: dict[str, str],
+            cannot_provide: list[str]) -> ImportResult:
+    """The imported log, sorted by time, and its manifest: where it came from (path, sha256),
+    rows read and written, bad rows, a summary, how each column was mapped and what the
+    source cannot provide."""
+    clicks = _order_by_ts(clicks)
+    return ImportResult(clicks, {
+        "source": source,
+        "source_path": str(src),
+        "source_sha256": sha256_file(src),
+        "rows_read": int(n_read),
+        "rows_written": int(clicks.num_rows),
+        "bad_rows": bad.as_dict(),
+        "summary": {**_summary(clicks), **summary_extra},
+        "mapping": mapping,
+        "cannot_provide": cannot_provide,
+    })
+
+
 def _summary(tbl) -> dict[str, Any]:
     import pyarrow.compute as pc
     n = tbl.num_rows
@@ -232,32 +252,21 @@ def import_talkingdata(src: str | Path,
         "ad_id": join(pa.scalar("td-a"), s(app), pa.scalar("-c"), s(ch)),
         "purchased": pa.array(attr[keep] == "1"),
     })
-    clicks = _order_by_ts(clicks)
-    manifest = {
-        "source": "talkingdata",
-        "source_path": str(src),
-        "source_sha256": sha256_file(src),
-        "rows_read": int(n_read),
-        "rows_written": int(clicks.num_rows),
-        "bad_rows": bad.as_dict(),
-        "summary": _summary(clicks),
-        "mapping": {
-            "click_id": "td-<line number in the source file>",
-            "ts": "click_time, read as UTC",
-            "ip": "synthetic IPv4 10.0.0.0 + the integer ip id (equal ids -> equal addresses)",
-            "session_id": "ip + device + os + app + channel: one apparent phone on one ad "
-                          "through one publisher, over the whole log (no inactivity split)",
-            "user_id": "null (no user ids)", "logged_in": "false everywhere",
-            "device": f"'app' for device codes {list(app_device_codes)}, else 'mobile'",
-            "tz_offset_min": f"{TALKINGDATA_TZ_MIN} (China)",
-            "ad_id": "td-a<app>-c<channel>", "user_agent": "null",
-            "purchased": "is_attributed == 1 (app downloaded after the click)",
-        },
-        "cannot_provide": ["customers / RFM (empty customers table: labels are purchase-only)",
-                           "logged-in users", "user agents", "ground truth robot labels",
-                           "complete counters when the file is a sample of the full log"],
-    }
-    return ImportResult(clicks, manifest)
+    return _result("talkingdata", src, n_read, clicks, bad, {}, mapping={
+        "click_id": "td-<line number in the source file>",
+        "ts": "click_time, read as UTC",
+        "ip": "synthetic IPv4 10.0.0.0 + the integer ip id (equal ids -> equal addresses)",
+        "session_id": "ip + device + os + app + channel: one apparent phone on one ad "
+                      "through one publisher, over the whole log (no inactivity split)",
+        "user_id": "null (no user ids)", "logged_in": "false everywhere",
+        "device": f"'app' for device codes {list(app_device_codes)}, else 'mobile'",
+        "tz_offset_min": f"{TALKINGDATA_TZ_MIN} (China)",
+        "ad_id": "td-a<app>-c<channel>", "user_agent": "null",
+        "purchased": "is_attributed == 1 (app downloaded after the click)",
+    },
+    cannot_provide=["customers / RFM (empty customers table: labels are purchase-only)",
+                    "logged-in users", "user agents", "ground truth robot labels",
+                    "complete counters when the file is a sample of the full log"])
 
 
 # ------------------------------------------------------------------ Apache combined log
@@ -356,35 +365,24 @@ def import_apache(src: str | Path, session_gap_ms: int = SESSION_GAP_MS) -> Impo
         "purchased": pa.array(np.zeros(n, dtype=bool)),
         "ua_robot": pa.array(robot),
     })
-    clicks = _order_by_ts(clicks)
-    manifest = {
-        "source": "apache",
-        "source_path": str(src),
-        "source_sha256": sha256_file(src),
-        "rows_read": int(n_read),
-        "rows_written": int(clicks.num_rows),
-        "bad_rows": bad.as_dict(),
-        "summary": {**_summary(clicks), "ua_robot": int(robot.sum())},
-        "mapping": {
-            "click_id": "ap-<line number in the source file>",
-            "ts": "request time with its UTC offset, converted to UTC",
-            "tz_offset_min": "the offset written in the log line (the server's clock; the "
-                             "client's time zone is unknown)",
-            "ip": "client address", "user_agent": "the User-Agent field ('-' -> null)",
-            "session_id": "ip + user agent, split after 30 minutes without a request",
-            "device": "'mobile' if the user agent matches a mobile regex, else 'desktop'",
-            "user_id": "null", "logged_in": "false everywhere", "ad_id": "null",
-            "purchased": "false everywhere: a web server log has no purchases",
-            "ua_robot": "user agent matches a self-declared-robot regex (evaluation only; "
-                        "never a feature or a training label)",
-        },
-        "cannot_provide": ["purchases (purchased is false everywhere: FPR and the weak human "
-                           "label are undefined, so `slidr train` refuses this log alone)",
-                           "customers / RFM", "logged-in users", "ad ids (requests are page "
-                           "and asset fetches, not ad clicks)", "client time zones",
-                           "ground truth robot labels (ua_robot is self-declared only)"],
-    }
-    return ImportResult(clicks, manifest)
+    return _result("apache", src, n_read, clicks, bad, {"ua_robot": int(robot.sum())}, mapping={
+        "click_id": "ap-<line number in the source file>",
+        "ts": "request time with its UTC offset, converted to UTC",
+        "tz_offset_min": "the offset written in the log line (the server's clock; the "
+                         "client's time zone is unknown)",
+        "ip": "client address", "user_agent": "the User-Agent field ('-' -> null)",
+        "session_id": "ip + user agent, split after 30 minutes without a request",
+        "device": "'mobile' if the user agent matches a mobile regex, else 'desktop'",
+        "user_id": "null", "logged_in": "false everywhere", "ad_id": "null",
+        "purchased": "false everywhere: a web server log has no purchases",
+        "ua_robot": "user agent matches a self-declared-robot regex (evaluation only; "
+                    "never a feature or a training label)",
+    },
+    cannot_provide=["purchases (purchased is false everywhere: FPR and the weak human "
+                    "label are undefined, so `slidr train` refuses this log alone)",
+                    "customers / RFM", "logged-in users", "ad ids (requests are page "
+                    "and asset fetches, not ad clicks)", "client time zones",
+                    "ground truth robot labels (ua_robot is self-declared only)"])
 
 
 IMPORTERS = {"talkingdata": import_talkingdata, "apache": import_apache}

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from slidr import progress
-from slidr.contract import CUSTOMER_FIELDS, SLICES, slice_name
+from slidr.contract import CUSTOMER_FIELDS, slice_names
 from slidr.defaults import CALIBRATION, COMMON, TRAINING
 from slidr.featurespec import SPEC_HASH, spec_dict
 from slidr.options import field_from
@@ -158,8 +158,7 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     _check_inputs(rp, wl, day, split)
     heur = metrics.session_hour_heuristic(rp.session_hash, rp.ts, cfg.k)
     cells = train.weight_cells(rp.ts, rp.tz_offset_min, rp.logged_in, y)
-    slices = np.array(SLICES_BY_CODE, dtype=object)[rp.device.astype(np.int64) * 2
-                                                    + rp.logged_in.astype(np.int64)]
+    slices = slice_names(rp.device, rp.logged_in)
     timings["labels_s"] = time.perf_counter() - t
 
     x = rp.features
@@ -293,9 +292,6 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
             "metrics": {k: results[k]["overall"] for k in SCORERS},
             "onnx_parity": meta["onnx_parity"], "source": note["kind"]}
 
-
-SLICES_BY_CODE = tuple(slice_name(d, li) for d in range(3) for li in (0, 1))
-assert set(SLICES_BY_CODE) == set(SLICES)
 
 
 def compare(results: dict[str, Any]) -> dict[str, Any]:

@@ -94,11 +94,8 @@ def load_model(bundle: str | Path | None = None, registry: str | Path | None = N
             b.verify()
     except BundleError as e:
         raise RuntimeError(f"bundle cannot be used for replay: {e}") from None
-    from slidr.contract import DEVICES
-    table = np.empty(len(DEVICES) * 2, dtype=np.float64)
-    for d, dev in enumerate(DEVICES):
-        for li in (0, 1):
-            table[d * 2 + li] = b.threshold_for(f"{dev}/{'in' if li else 'out'}")
+    from slidr.slidrd.model import threshold_table
+    table, _method = threshold_table(b.thresholds)  # the daemon's table, indexed the same way
     from slidr.engines import select_scorer
     return ReplayModel(b.version, select_scorer(b.model_path, backend=backend), table, b.path)
 

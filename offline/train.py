@@ -277,9 +277,8 @@ def export_onnx(model: Any, path: str | Path, x_check: np.ndarray,
     m = to_onnx(model)
     with atomic_open(path, "wb") as f:
         f.write(m.SerializeToString())
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    from slidr.engines.onnxruntime_runner import ort_session
+    sess = ort_session(path, intra_op_threads=2)
     x = np.ascontiguousarray(x_check, dtype=np.float32)
     got = np.empty(x.shape[0], dtype=np.float32)
     for a in range(0, x.shape[0], 262_144):

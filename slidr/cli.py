@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from .command import Parser, add_version, finish_tree, run
+from .command import Parser, add_version, finish_tree, parse_and_run
 
 COMMANDS: dict[str, str] = {
     "simulate": "slidr.offline.cli_simulate",
@@ -51,11 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # usage error (2), --help or --version (0): a code, not an exit
-        return e.code if isinstance(e.code, int) else 2
-    return run(args._prog, args.func, args)
+    return parse_and_run(build_parser(), argv)
 
 
 if __name__ == "__main__":

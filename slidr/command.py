@@ -128,6 +128,16 @@ def _is_arrow(e: BaseException) -> bool:
     return type(e).__module__.startswith("pyarrow")
 
 
+def parse_and_run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """A program's main(): parse `argv` and run the chosen command. A usage error (2), --help
+    and --version (0) come back as codes, not as an exit."""
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    return run(args._prog, args.func, args)
+
+
 def run(prog: str, func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace,
         debug: bool | None = None) -> int:
     """Run a command function; exceptions become the exit-code table's codes and one line on

@@ -207,7 +207,22 @@ def slice_name(device_code: int, logged_in: int) -> str:
     return f"{DEVICES[device_code]}/{'in' if logged_in else 'out'}"
 
 
+# The one slice table. SLICES is the order reports list slices in (device-major, "in" first);
+# SLICE_BY_CODE[device_code * 2 + logged_in] is the name of a click's slice, the index every
+# per-slice array (thresholds, counters) uses.
 SLICES: tuple[str, ...] = tuple(slice_name(d, li) for d in range(len(DEVICES)) for li in (1, 0))
+SLICE_BY_CODE: tuple[str, ...] = tuple(slice_name(d, li) for d in range(len(DEVICES))
+                                       for li in (0, 1))
+
+
+def slice_names(device: Any, logged_in: Any) -> np.ndarray:
+    """Vectorised slice_name: device codes (ints) or device names (str, spelled through even
+    when unknown) and logged_in flags -> an array of slice names."""
+    dev = np.asarray(device)
+    li = np.asarray(logged_in).astype(bool)
+    if dev.dtype.kind in "OUS":
+        return np.char.add(np.char.add(dev.astype(str), "/"), np.where(li, "in", "out"))
+    return np.array(SLICE_BY_CODE, dtype=object)[dev.astype(np.int64) * 2 + li.astype(np.int64)]
 
 
 # ---------------------------------------------------------------- log files (Parquet / CSV)

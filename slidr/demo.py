@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import numpy as np
 from slidr.defaults import BENCH, CALIBRATION, COMMON, TRAINING
 from slidr.exits import CommandError
 from slidr.options import add
+from slidr.util import stop_process
 
 CONTRACT_COLS = ("click_id", "ts", "session_id", "user_id", "ip", "device", "logged_in",
                  "tz_offset_min", "user_agent", "ad_id")
@@ -134,11 +134,7 @@ def _run(args: argparse.Namespace) -> Any:
         result = asyncio.run(_replay(args, data, port, proc))
         stats = _admin_stats(admin)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 30)
     result["server_stats"] = stats
     # The machine's own floor right after the run, to read the latency against: how often a
     # request arriving at a random moment waits for its vCPU (slidr bench hiccup --together).

@@ -1,6 +1,6 @@
 """The model registry: immutable, checksummed bundles and a current / previous pointer pair.
 
-Layout (docs/TEAM-NOTES.md)::
+Layout (docs/calibration.md, "Registry")::
 
     DIR/.lock                      fcntl lock: publishers and pointer moves never interleave
     DIR/pointers.json              {"current": v|null, "previous": v|null, "history": [...]}
@@ -86,7 +86,7 @@ def spec_hash_of(spec: Mapping[str, Any]) -> str:
 
 
 def check_thresholds(th: Any) -> None:
-    """Schema of thresholds.json (TEAM-NOTES); raises ValueError naming the problem."""
+    """Schema of thresholds.json (docs/calibration.md, "Registry"); raises ValueError naming the problem."""
     if not isinstance(th, dict):
         raise ValueError("thresholds must be a JSON object")
     if th.get("method") not in ("slice", "global"):
@@ -133,10 +133,6 @@ class Bundle:
             except (OSError, ValueError) as e:
                 raise BundleError(self.version, f"{name} is unreadable: {e}") from None
         return self._thresholds  # type: ignore[return-value]
-
-    def threshold_for(self, slice_: str) -> float:
-        th = self.thresholds
-        return float(th.get("slices", {}).get(slice_, th["default"]))
 
     @property
     def feature_spec_hash(self) -> str:

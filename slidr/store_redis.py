@@ -177,15 +177,6 @@ class RedisStore:
             self._local.tmpl = tmpl
         return tmpl[:k]
 
-    def keys_for(self, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray) -> list[bytes]:
-        """Redis key names, click-major: [u0, s0, i0, u1, s1, i1, ...] (for inspection)."""
-        out = []
-        for u, s, i in zip(np.asarray(uh, np.uint64).tolist(), np.asarray(sh, np.uint64).tolist(),
-                           np.asarray(ih, np.uint64).tolist(), strict=True):
-            for tag, h in ((b"u", u), (b"s", s), (b"i", i)):
-                out.append(self.prefix + tag + h.to_bytes(8, "big"))
-        return out
-
     @property
     def script(self) -> tuple[str, str]:
         """(Lua source, its SHA1): what an asynchronous client loads with SCRIPT LOAD."""

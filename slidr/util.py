@@ -13,6 +13,21 @@ from typing import IO, Any
 
 from .progress import Progress
 
+
+def stop_process(proc: Any, grace_s: float) -> None:
+    """SIGTERM a child process (subprocess.Popen), wait up to `grace_s` for it to finish its
+    work, then SIGKILL it. Returns once it is gone."""
+    import signal
+    import subprocess
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
 __all__ = ["Progress", "atomic_dir", "atomic_open", "fsync_dir", "write_json"]
 
 

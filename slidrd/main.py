@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any
 
-from slidr.command import Parser, add_version, finish_tree, run
+from slidr.command import Parser, add_version, finish_tree, parse_and_run
 from slidr.defaults import GLOBAL
 from slidr.options import add
 
@@ -199,11 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as e:  # usage error (2), --help or --version (0): a code, not an exit
-        return e.code if isinstance(e.code, int) else 2
-    return run(args._prog, args.func, args)
+    return parse_and_run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -11,77 +11,27 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from slidr.contract import DEVICES, SLICES, slice_name
+from slidr.contract import SLICE_BY_CODE, SLICES
 from slidr.featurespec import N_FEATURES, SPEC_HASH
-
-
-class Scorer(Protocol):
-    name: str
-
-    def infer(self, x: np.ndarray) -> np.ndarray: ...
-
-    def warmup(self, max_batch: int) -> None: ...
 
 
 class ModelLoadError(RuntimeError):
     """The bundle cannot serve: the message says why (checksums, spec hash, model, thresholds)."""
 
 
-class _OrtScorer:
-    """ONNX Runtime on CPU, one thread: the fallback until slidr.engines is importable."""
-
-    name = "onnxruntime"
-
-    def __init__(self, model_path: str) -> None:
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        # Latency, not throughput: batches are small and the box has 2 cores shared with the loop.
-        so.intra_op_num_threads = 1
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._sess = ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
-        inputs = self._sess.get_inputs()
-        if len(inputs) != 1:
-            raise ModelLoadError(f"model has {len(inputs)} inputs, expected 1 (features)")
-        self._in = inputs[0].name
-        outs = [o.name for o in self._sess.get_outputs()]
-        self._out = "robot_prob" if "robot_prob" in outs else outs[0]
-
-    def infer(self, x: np.ndarray) -> np.ndarray:
-        y = self._sess.run([self._out], {self._in: x})[0]
-        return np.asarray(y, dtype=np.float32).reshape(-1)
-
-    def warmup(self, max_batch: int) -> None:
-        n = 1
-        while True:
-            self.infer(np.zeros((n, N_FEATURES), dtype=np.float32))
-            if n >= max_batch:
-                break
-            n = min(n * 2, max_batch)
-
-
-def select_scorer(model_path: str, backend: str, max_batch: int) -> Scorer:
-    """slidr.engines.select_scorer when it exists, else ONNX Runtime directly."""
-    try:
-        from slidr.engines import select_scorer as engines_select
-    except ImportError:
-        engines_select = None
-    if engines_select is not None:
-        return engines_select(model_path, backend=backend,  # type: ignore[no-any-return]
-                              max_batch=max(max_batch, 1))
-    if backend == "tensorrt":
-        raise ModelLoadError("backend 'tensorrt' asked for, but slidr.engines is not available")
-    return _OrtScorer(model_path)
+def select_scorer(model_path: str, backend: str, max_batch: int) -> Any:
+    """The scorer of a bundle: slidr.engines.select_scorer (ONNX Runtime or TensorRT)."""
+    from slidr.engines import select_scorer as engines_select
+    return engines_select(model_path, backend=backend, max_batch=max(max_batch, 1))
 
 
 def threshold_table(thresholds: dict[str, Any]) -> tuple[np.ndarray, str]:
-    """thresholds.json -> float64 (len(DEVICES) * 2,) indexed by device * 2 + logged_in."""
+    """thresholds.json -> float64 array indexed like contract.SLICE_BY_CODE
+    (device * 2 + logged_in)."""
     if not isinstance(thresholds, dict):
         raise ModelLoadError("thresholds must be a JSON object")
     default = thresholds.get("default")
@@ -91,17 +41,15 @@ def threshold_table(thresholds: dict[str, Any]) -> tuple[np.ndarray, str]:
     unknown = sorted(set(slices) - set(SLICES))
     if unknown:
         raise ModelLoadError(f"thresholds name unknown slices: {', '.join(unknown)}")
-    table = np.empty(len(DEVICES) * 2, dtype=np.float64)
-    for d in range(len(DEVICES)):
-        for li in (0, 1):
-            name = slice_name(d, li)
-            v = slices.get(name, default)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ModelLoadError(f"no usable threshold for slice {name} (got {v!r}, "
-                                     f"default {default!r})")
-            if not 0.0 <= float(v) <= 1.0:
-                raise ModelLoadError(f"threshold for slice {name} = {v} is outside [0, 1]")
-            table[d * 2 + li] = float(v)
+    table = np.empty(len(SLICE_BY_CODE), dtype=np.float64)
+    for code, name in enumerate(SLICE_BY_CODE):
+        v = slices.get(name, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ModelLoadError(f"no usable threshold for slice {name} (got {v!r}, "
+                                 f"default {default!r})")
+        if not 0.0 <= float(v) <= 1.0:
+            raise ModelLoadError(f"threshold for slice {name} = {v} is outside [0, 1]")
+        table[code] = float(v)
     return table, str(thresholds.get("method", "slice"))
 
 
@@ -120,8 +68,8 @@ class ServingModel:
         return {"version": self.version, "path": self.path, "scorer": self.scorer.name,
                 "threshold_method": self.method, "loaded_at": self.loaded_at,
                 "warmup_ms": round(self.warmup_ms, 3),
-                "thresholds": {slice_name(d, li): float(self.thresholds[d * 2 + li])
-                               for d in range(len(DEVICES)) for li in (1, 0)}}
+                "thresholds": {name: float(self.thresholds[SLICE_BY_CODE.index(name)])
+                               for name in SLICES}}
 
 
 def load_bundle(bundle: Any, backend: str, max_batch: int) -> ServingModel:

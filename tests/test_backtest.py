@@ -214,27 +214,27 @@ def _pooled_for(rows: list[dict], calib: dict | None = None) -> list[dict]:
 
 def test_gate_with_crafted_numbers() -> None:
     win = [_crafted_row(0.01, (150, 1), (100, 2), d) for d in range(3)]
-    assert bt.gate(_pooled_for(win), [0.01])["passed"]
+    assert bt.win_gate(_pooled_for(win), [0.01])["passed"]
     # Higher IVR, but bought with more FPR.
     dearer = [_crafted_row(0.01, (150, 3), (100, 2), d) for d in range(3)]
-    g = bt.gate(_pooled_for(dearer), [0.01])
+    g = bt.win_gate(_pooled_for(dearer), [0.01])
     assert not g["passed"] and "FPR" in g["budgets"][0]["reasons"][0]
     # Equal IVR is not a win.
     tie = [_crafted_row(0.01, (100, 2), (100, 2), d) for d in range(3)]
-    assert "not higher" in bt.gate(_pooled_for(tie), [0.01])["budgets"][0]["reasons"][0]
+    assert "not higher" in bt.win_gate(_pooled_for(tie), [0.01])["budgets"][0]["reasons"][0]
     # A coverage floor missed on the pooled days (5 of 10 heuristic clicks < 60%).
-    g = bt.gate(_pooled_for(win, {"min_coverage": 0.6}), [0.01])
+    g = bt.win_gate(_pooled_for(win, {"min_coverage": 0.6}), [0.01])
     assert not g["passed"] and "s/out 0.500 < 0.60" in g["budgets"][0]["reasons"][0]
     # Pooled, not per day: one losing day among winners still passes ...
     mixed = win + [_crafted_row(0.01, (90, 2), (100, 2), 9)]
-    assert bt.gate(_pooled_for(mixed), [0.01])["passed"]
+    assert bt.win_gate(_pooled_for(mixed), [0.01])["passed"]
     # ... and every requested budget must pass; a budget with no feasible day fails.
     rows = win + [_crafted_row(0.02, (90, 2), (100, 2), d) for d in range(3)]
-    g = bt.gate(_pooled_for(rows), [0.01, 0.02])
+    g = bt.win_gate(_pooled_for(rows), [0.01, 0.02])
     assert not g["passed"] and [x["passed"] for x in g["budgets"]] == [True, False]
     inf = [{"run": "r", "test_day": 0, "fit_days": [], "budget": 0.01,
             "population": win[0]["population"], "infeasible": {"min_budget": 0.2}}]
-    g = bt.gate(_pooled_for(inf), [0.01])
+    g = bt.win_gate(_pooled_for(inf), [0.01])
     assert not g["passed"] and g["budgets"][0]["reasons"] == ["no feasible held-out day"]
 
 

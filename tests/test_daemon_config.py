@@ -88,7 +88,7 @@ def test_empty_registry_refused_clearly(tmp_path):
 def test_import_does_not_pull_torch_or_cvxpy():
     code = ("import sys; import slidr.slidrd.main, slidr.slidrd.server, slidr.slidrd.batcher, "
             "slidr.slidrd.model, slidr.slidrd.cli_admin, slidr.errors; "
-            "from slidr.slidrd.model import select_scorer; "
+            "from slidr.engines import select_scorer; "
             "bad = [m for m in ('torch', 'cvxpy', 'matplotlib', 'tensorrt', 'pycuda') "
             "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -41,8 +41,12 @@ def test_publish_promote_rollback(tmp_path: Path) -> None:
     b = reg.current_verified()
     assert b is not None and b.version == "v1"
     assert b.model_path.read_bytes() == b"fake-onnx-a"
-    assert b.threshold_for("desktop/in") == 0.9
-    assert b.threshold_for("app/in") == 0.8  # default for slices without their own
+    from slidr.slidrd.model import threshold_table
+
+    from slidr.contract import SLICE_BY_CODE
+    table, _ = threshold_table(b.thresholds)
+    assert table[SLICE_BY_CODE.index("desktop/in")] == 0.9
+    assert table[SLICE_BY_CODE.index("app/in")] == 0.8  # default for slices without their own
     assert b.manifest["feature_spec_hash"] == SPEC_HASH
     assert not (b.path / "scores.parquet").exists()
     assert set(b.manifest["files"]) >= {"model.onnx", "thresholds.json", "feature_spec.json",
