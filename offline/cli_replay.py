@@ -25,13 +25,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--decisions", type=Path, metavar="PATH",
                      help="the daemon's decision log: a directory of decisions-*.msgpack / "
                           "*.jsonl files, or one such file")
-    model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--bundle", type=Path, metavar="DIR", help="a bundle directory")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--bundle", type=Path, metavar="DIR",
+                       help="a bundle directory (default: none; one of --bundle or --registry)")
     add(model, COMMON["registry"], required=False,
         help="a model registry directory (see --model-version)")
     p.add_argument("--model-version", default=None, metavar="VERSION",
                    help="with --registry: a version, current or previous (default: current)")
-    add(p, COMMON["out"], help="delayed decisions (.jsonl, or .msgpack for msgpack lines)")
+    add(p, COMMON["out"], required=False,
+        help="delayed decisions (.jsonl, or .msgpack for msgpack lines)")
     p.add_argument("--recompute-features", action="store_true",
                    help="replay every click through a fresh feature kernel instead of "
                         "re-scoring the logged features (needed for records logged without "
@@ -40,12 +42,27 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write only clicks the daemon answered with a fail-open decision")
     p.add_argument("--include-partial", action="store_true",
                    help="also read decisions-*.msgpack.part files (left by a killed daemon)")
+    p.add_argument("--run", metavar="RUN",
+                   help="with --decisions DIR: only this daemon run's files (see --list-runs; "
+                        "default: every run in the directory)")
+    p.add_argument("--list-runs", action="store_true",
+                   help="with --decisions DIR: list the daemon runs in the directory and exit")
     add(p, DAEMON["backend"], help="scorer backend, as the daemon's `backend`")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from . import replay_decisions as rd
+    if args.list_runs or args.run is not None:
+        if args.decisions is None:
+            raise ValueError("--list-runs and --run need --decisions DIR")
+    if args.list_runs:
+        print(rd.format_runs(args.decisions))
+        return 0
+    if args.bundle is None and args.registry is None:
+        raise ValueError("one of --bundle or --registry is required")
+    if args.out is None:
+        raise ValueError("--out is required")
     if args.model_version is not None and args.registry is None:
         raise ValueError("--model-version needs --registry")
     model = rd.load_model(bundle=args.bundle, registry=args.registry,
@@ -58,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         summary = rd.replay_decisions(args.decisions, model, args.out,
                                       recompute_features=args.recompute_features,
                                       only_fail_open=args.only_fail_open,
-                                      include_partial=args.include_partial)
+                                      include_partial=args.include_partial, run=args.run)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
     else:

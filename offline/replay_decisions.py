@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from slidr import decision_file
 from slidr.contract import (
     DEVICE_CODE,
     ClickBatch,
@@ -102,7 +103,8 @@ def load_model(bundle: str | Path | None = None, registry: str | Path | None = N
 
 # ---------------------------------------------------------------- reading decision logs
 
-def _decision_files(src: Path, include_partial: bool = False) -> list[Path]:
+def _decision_files(src: Path, include_partial: bool = False, run: str | None = None
+                    ) -> list[Path]:
     if src.is_file():
         return [src]
     if not src.is_dir():
@@ -113,38 +115,26 @@ def _decision_files(src: Path, include_partial: bool = False) -> list[Path]:
         # A daemon that was killed leaves its open file as .part; a torn last record is
         # simply not yielded by the msgpack reader.
         files += sorted(p for p in src.iterdir() if p.name.endswith(".msgpack.part"))
+    if run is not None:
+        files = [p for p in files if decision_file.run_of(p) == run]
+        if not files:
+            known = ", ".join(r.run for r in decision_file.list_runs(src)) or "none"
+            raise FileNotFoundError(f"no decision files of run {run} in {src} (runs: {known})")
     if not files:
         raise FileNotFoundError(f"no decision files (*.msgpack, *.jsonl) in {src}")
     return files
 
 
-class _Counted:
-    """A binary file whose reads advance a progress bar (bytes)."""
-
-    def __init__(self, f: IO[bytes], bar: Any) -> None:
-        self.f, self.bar = f, bar
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        if self.bar is not None:
-            self.bar.update(len(data))
-        return data
-
-
-def read_records(src: str | Path, include_partial: bool = False,
-                 bar: Any = None) -> Iterator[dict[str, Any]]:
+def read_records(src: str | Path, include_partial: bool = False, bar: Any = None,
+                 run: str | None = None, problems: list[str] | None = None
+                 ) -> Iterator[dict[str, Any]]:
     """Every record of a decision log (directory or file), in file-name then write order.
-    JSON lines: one object per line (blank lines skipped); msgpack: concatenated maps.
+    msgpack: slidr/decision_file.py's format (a damaged file is reported by file and byte
+    position and the others are still read); JSON lines: one object per line.
     `bar`: a slidr.progress.Progress counting the bytes read."""
-    import msgpack
-    for p in _decision_files(Path(src), include_partial):
+    for p in _decision_files(Path(src), include_partial, run):
         if p.name.endswith((".msgpack", ".msgpack.part")):
-            with open(p, "rb") as f:
-                try:
-                    yield from msgpack.Unpacker(_Counted(f, bar), raw=False,
-                                                strict_map_key=False)
-                except (ValueError, msgpack.UnpackException) as e:
-                    raise ValueError(f"{p}: not a msgpack decision log: {e}") from None
+            yield from decision_file.read_file(p, bar=bar, problems=problems)
         else:
             with open(p) as f:
                 for lineno, line in enumerate(f, 1):
@@ -204,6 +194,8 @@ class Summary:
     original_fail_open: int = 0
     by_slice: dict[str, dict[str, int]] = field(default_factory=dict)
     out: str = ""
+    run: str | None = None
+    problems: list[str] = field(default_factory=list)  # damaged files, by file and position
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -287,12 +279,14 @@ def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.
 
 def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                      recompute_features: bool = False, only_fail_open: bool = False,
-                     chunk: int = CHUNK, include_partial: bool = False) -> Summary:
-    """Re-decide every record of a decision log with `model`; write delayed decisions."""
+                     chunk: int = CHUNK, include_partial: bool = False,
+                     run: str | None = None) -> Summary:
+    """Re-decide every record of a decision log (one daemon run's with `run`) with `model`;
+    write delayed decisions."""
     from slidr.util import Progress, atomic_open
     s = Summary(model.version, str(src), "recomputed" if recompute_features else "logged",
-                out=str(out))
-    total = sum(p.stat().st_size for p in _decision_files(Path(src), include_partial))
+                out=str(out), run=run)
+    total = sum(p.stat().st_size for p in _decision_files(Path(src), include_partial, run))
     bar = Progress(total, "replay", unit="bytes")
     kernel = _kernel() if recompute_features else None
     msgpack_out = str(out).endswith(".msgpack")
@@ -320,7 +314,7 @@ def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                 _emit(model, s, w, sel, x[keep], dev, li)
             buf.clear()
 
-        for i, rec in enumerate(read_records(src, include_partial, bar)):
+        for i, rec in enumerate(read_records(src, include_partial, bar, run, s.problems)):
             r = normalise(rec, f"{src}: record {i}")
             validate_click(r.click, i)
             buf.append(r)
@@ -381,5 +375,20 @@ def format_summary(s: Summary) -> str:
         after = (p["invalid_after"] / p["replayed"]) if p["replayed"] else None
         lines.append(f"  {sl:<12} {p['replayed']:>9,} clicks  IVR {pct(before):>9} -> "
                      f"{pct(after):>9}  changed {p['changed']:,}")
+    lines.extend(f"warning: {p}" for p in s.problems)
     lines.append(f"delayed decisions -> {s.out}")
     return "\n".join(lines)
+
+
+def format_runs(src: str | Path) -> str:
+    """The daemon runs whose decision files are in a directory (for `slidr replay --list-runs`)."""
+    import time
+    runs = decision_file.list_runs(src)
+    if not runs:
+        return f"no decision files in {src}"
+    rows = [f"{'run':<28} {'files':>5} {'MiB':>9}  first write -> last write (UTC)"]
+    for r in runs:
+        t0 = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.first_mtime))
+        t1 = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.last_mtime))
+        rows.append(f"{r.run:<28} {len(r.files):>5} {r.bytes / 2**20:>9.1f}  {t0} -> {t1}")
+    return "\n".join(rows)

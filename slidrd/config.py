@@ -48,6 +48,12 @@ class Config:
     decision_log_max_bytes: int = option(256 << 20, "rotate log files at this size (bytes)",
                                          lo=4096, hi=1 << 40)
     decision_log_features: bool = option(True, "include the feature vector in each record")
+    decision_log_max_total_mb: int = option(
+        10_240, "delete the oldest decision-log files beyond this total size (MiB; 0 = no "
+                "limit)", lo=0, hi=1 << 30)
+    decision_log_max_age_h: float = option(
+        168.0, "delete decision-log files older than this (hours; 0 = no limit)", lo=0,
+        hi=1e6)
     deadline_ms: float = option(4.0, "per-click deadline (ms); later = fail-open", lo=0.05,
                                 hi=60_000)
     max_batch: int = option(512, "largest micro-batch", lo=1, hi=65_536)

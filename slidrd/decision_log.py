@@ -1,11 +1,14 @@
 """The decision log: every answer, with its features, written off the hot path.
 
 The event loop hands over one tuple per batch (a deque append: no lock, no system call, no
-wake-up); a writer thread that looks every `poll_s` (5 ms) turns them into
-msgpack records (one map per decision, concatenated — "msgpack lines") in rotating files
-`decisions-<start>-<pid>-<seq>.msgpack`; `features` is the model's input row (24 floats,
-exact float32 values) or null. A file is written as `.part` and renamed when closed,
-so a finished name is always a complete file. `read_decisions(dir)` reads them back in order.
+wake-up); a writer thread that looks every `poll_s` (5 ms) turns them into records in rotating
+files `decisions-<run>-<seq>.msgpack` (format: slidr/decision_file.py, a header map and one
+compact array per decision, features as float32 bytes). A file is written as `.part` and
+renamed when closed, so a finished name is always a complete file.
+
+Retention: after each rotation (and at start) the oldest finished files of the directory, of
+any run, are deleted while the directory holds more than `max_total_bytes` or while the oldest
+is older than `max_age_s` (0 = no age limit). The open file is never deleted.
 """
 
 from __future__ import annotations
@@ -14,20 +17,29 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 
+from slidr.decision_file import header, log_files, read_decisions
+
+__all__ = ["DecisionLog", "log_files", "read_decisions"]
+
 
 class DecisionLog:
     def __init__(self, directory: str, max_bytes: int = 256 << 20, with_features: bool = True,
-                 max_queued_batches: int = 100_000, poll_s: float = 0.005) -> None:
+                 max_queued_batches: int = 100_000, poll_s: float = 0.005,
+                 max_total_bytes: int = 0, max_age_s: float = 0.0,
+                 run_id: str | None = None) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes  # 0 = no size limit
+        self.max_age_s = max_age_s  # 0 = no age limit
+        self.deleted_files = 0
+        self.deleted_bytes = 0
         self.with_features = with_features
         # Waking the writer once per batch (a Queue put) cost the loop a futex wake and a GIL
         # hand-off per batch, the largest single item of a lone click's cost; the writer polls.
@@ -39,6 +51,9 @@ class DecisionLog:
         self.written = 0
         self._seq = 0
         self._start = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.started = time.time()
+        # One daemon process's run: its start time and pid (each worker is its own run).
+        self.run_id = run_id or f"{self._start}-{os.getpid()}"
         self._f: Any = None
         self._size = 0
         self._name = ""
@@ -63,9 +78,11 @@ class DecisionLog:
     # ---- writer thread
     def _open(self) -> None:
         self._seq += 1
-        self._name = f"decisions-{self._start}-{os.getpid()}-{self._seq:05d}.msgpack"
+        self._name = f"decisions-{self.run_id}-{self._seq:05d}.msgpack"
         self._f = open(self.dir / (self._name + ".part"), "wb", buffering=1 << 20)
-        self._size = 0
+        head = msgpack.packb(header(self.run_id, self.started), use_bin_type=True)
+        self._f.write(head)
+        self._size = len(head)
 
     def _close_file(self) -> None:
         if self._f is None:
@@ -75,8 +92,39 @@ class DecisionLog:
         self._f.close()
         os.replace(self.dir / (self._name + ".part"), self.dir / self._name)
         self._f = None
+        self.prune()
+
+    def prune(self) -> None:
+        """Delete the oldest finished files beyond the size and age limits (any run's)."""
+        if not self.max_total_bytes and not self.max_age_s:
+            return
+        files = []
+        for p in log_files(self.dir):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # another worker pruned it
+                continue
+            files.append((p, st.st_size, st.st_mtime))
+        total = sum(f[1] for f in files)
+        now = time.time()
+        for p, size, mtime in files:
+            too_big = bool(self.max_total_bytes) and total > self.max_total_bytes
+            too_old = bool(self.max_age_s) and now - mtime > self.max_age_s
+            if not (too_big or too_old):
+                break
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            total -= size
+            self.deleted_files += 1
+            self.deleted_bytes += size
 
     def _run(self) -> None:
+        try:
+            self.prune()
+        except OSError as e:
+            self._error = e
         packer = msgpack.Packer(use_bin_type=True)
         q = self.q
         while True:
@@ -103,39 +151,15 @@ class DecisionLog:
             self._open()
         pack = packer.pack
         if features is not None and self.with_features:
-            # float32 -> float64 is exact, so the logged list is bit-for-bit what the model saw.
-            feats = features.tolist()
-            chunks = [pack({"t": wall, "click": clicks[i], "decision": d, "model": model,
-                            "features": feats[i]})
+            # float32 bytes: exact, and a third of a list of 24 floats.
+            f32 = np.ascontiguousarray(features, dtype="<f4")
+            chunks = [pack([wall, model, clicks[i], d, f32[i].tobytes()])
                       for i, d in enumerate(decisions)]
         else:
-            chunks = [pack({"t": wall, "click": clicks[i], "decision": d, "model": model,
-                            "features": None})
-                      for i, d in enumerate(decisions)]
+            chunks = [pack([wall, model, clicks[i], d, None]) for i, d in enumerate(decisions)]
         blob = b"".join(chunks)
         self._f.write(blob)
         self._size += len(blob)
         self.written += len(decisions)
         if self._size >= self.max_bytes:
             self._close_file()
-
-
-def log_files(directory: str | Path) -> list[Path]:
-    """Finished log files in write order (name order: start time, pid, sequence)."""
-    return sorted(p for p in Path(directory).glob("decisions-*.msgpack"))
-
-
-def read_decisions(directory: str | Path, include_partial: bool = False,
-                   features_as: str = "list") -> Iterator[dict[str, Any]]:
-    """Every record of the finished files in a directory, in order. `features` comes back as a
-    list of floats ("list", as stored) or a float32 array ("array")."""
-    files = log_files(directory)
-    if include_partial:
-        files += sorted(Path(directory).glob("decisions-*.msgpack.part"))
-    for p in files:
-        with open(p, "rb") as f:
-            for rec in msgpack.Unpacker(f, raw=False, strict_map_key=False):
-                fv = rec.get("features")
-                if features_as == "array" and fv is not None:
-                    rec["features"] = np.asarray(fv, dtype=np.float32)
-                yield rec

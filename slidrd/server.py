@@ -253,7 +253,9 @@ class Daemon:
             # default 5 ms switch interval: a tail-latency cliff. Hand over faster.
             sys.setswitchinterval(0.0005)
             self.dlog = DecisionLog(cfg.decision_log, cfg.decision_log_max_bytes,
-                                    cfg.decision_log_features)
+                                    cfg.decision_log_features,
+                                    max_total_bytes=cfg.decision_log_max_total_mb << 20,
+                                    max_age_s=cfg.decision_log_max_age_h * 3600.0)
         self.batcher = Batcher(kernel, lambda: self.model, self.metrics, inline=link is None,
                                max_batch=cfg.max_batch, max_wait_us=cfg.max_wait_us,
                                pipeline_depth=cfg.pipeline_depth,
@@ -321,8 +323,11 @@ class Daemon:
         s["pending"] = len(self.batcher.pending)
         s["inflight_clicks"] = self.batcher.inflight_clicks
         if self.dlog is not None:
-            s["decision_log"] = {"dir": str(self.dlog.dir), "written": self.dlog.written,
-                                 "dropped": self.dlog.dropped, "queued_batches": len(self.dlog.q)}
+            s["decision_log"] = {"dir": str(self.dlog.dir), "run": self.dlog.run_id,
+                                 "written": self.dlog.written, "dropped": self.dlog.dropped,
+                                 "queued_batches": len(self.dlog.q),
+                                 "deleted_files": self.dlog.deleted_files,
+                                 "deleted_bytes": self.dlog.deleted_bytes}
         if hasattr(self.link, "stats"):  # Redis Cluster: nodes, retries, map refreshes
             s["redis_cluster"] = self.link.stats()
         s["pid"] = os.getpid()

@@ -310,11 +310,13 @@ def test_tampered_bundle_is_refused(tmp_path, registry, traffic):
 def test_partial_file_of_a_killed_daemon(tmp_path, registry, traffic):
     """A killed daemon leaves decisions-*.msgpack.part, possibly with a torn last record."""
     from slidr.offline.replay_decisions import load_model, replay_decisions
+
+    from slidr.decision_file import read_file
     logdir = write_daemon_log(tmp_path / "dlog", traffic)
     files = sorted(logdir.glob("decisions-*.msgpack"))
     last = files[-1]
     data = last.read_bytes()
-    n_last = sum(1 for _ in __import__("msgpack").Unpacker(open(last, "rb"), raw=False))
+    n_last = sum(1 for _ in read_file(last))
     last.unlink()
     (logdir / (last.name + ".part")).write_bytes(data[:-7])  # torn last record
     m = load_model(registry=registry.path)
@@ -337,3 +339,53 @@ def test_features_as_raw_float32_bytes(tmp_path, registry, traffic):
     s = replay_decisions(tmp_path, load_model(registry=registry.path, version="v1"),
                          tmp_path / "o.jsonl")
     assert s.replayed == 20 and s.changed == 0
+
+
+def test_runs_are_listed_and_selected(tmp_path, registry, traffic, capsys):
+    """Two daemon runs in one directory: --list-runs names both, --run replays only one."""
+    from slidr.slidrd.decision_log import DecisionLog
+
+    from slidr.cli import main
+    clicks, x, decisions, feats = traffic
+    d = tmp_path / "dlog"
+    ok = [i for i in range(len(clicks)) if feats[i] is not None][:60]
+    for run, idx in (("20261201T000000-11", ok[:40]), ("20261202T000000-22", ok[40:])):
+        log = DecisionLog(str(d), run_id=run)
+        log.submit([clicks[i] for i in idx], np.stack([x[i] for i in idx]),
+                   [decisions[i] for i in idx], "v1")
+        log.close()
+    assert main(["replay", "--decisions", str(d), "--list-runs"]) == 0
+    out = capsys.readouterr().out
+    assert "20261201T000000-11" in out and "20261202T000000-22" in out
+    assert main(["replay", "--decisions", str(d), "--run", "20261202T000000-22", "--registry",
+                 str(registry.path), "--out", str(tmp_path / "o.jsonl"), "--json",
+                 "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["read"] == 20
+    assert main(["replay", "--decisions", str(d), "--run", "nosuch", "--registry",
+                 str(registry.path), "--out", str(tmp_path / "p.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "nosuch" in err and "20261201T000000-11" in err
+
+
+def test_a_damaged_file_is_reported_and_the_rest_replayed(tmp_path, registry, traffic):
+    """A corrupt middle file and a truncated one: each named with its byte position; every
+    record of the intact files (and those before the damage) is still replayed."""
+    from slidr.offline.replay_decisions import load_model, replay_decisions
+
+    from slidr.decision_file import read_file
+    logdir = write_daemon_log(tmp_path / "dlog", traffic)
+    files = sorted(logdir.glob("decisions-*.msgpack"))
+    assert len(files) >= 3
+    counts = [sum(1 for _ in read_file(p)) for p in files]
+    corrupt, torn = files[1], files[2]
+    data = corrupt.read_bytes()
+    cut = len(data) // 2
+    corrupt.write_bytes(data[:cut] + b"\xc1" * 64 + data[cut:])  # 0xc1: never valid msgpack
+    torn.write_bytes(torn.read_bytes()[:-5])
+    s = replay_decisions(logdir, load_model(registry=registry.path), tmp_path / "o.jsonl")
+    assert len(s.problems) == 2
+    assert str(corrupt) in s.problems[0] and "corrupt at byte" in s.problems[0]
+    assert str(torn) in s.problems[1] and "truncated at byte" in s.problems[1]
+    intact = sum(c for p, c in zip(files, counts, strict=True) if p not in (corrupt, torn))
+    assert intact < s.read < sum(counts)
+    assert s.read >= intact + counts[2] - 1  # the torn file loses only its last record
