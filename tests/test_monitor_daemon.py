@@ -31,6 +31,9 @@ from daemon_helpers import (
 from slidr.contract import SLICE_BY_CODE
 from slidr.registry import Registry
 
+# Scores of the test model on this load: median 0.010, p90 0.0165. The good bundle invalidates
+# about 10 % of the clicks, the bad one nearly all of them.
+GOOD_THRESHOLDS = {"method": "global", "default": 0.0165, "slices": {}, "calibration": {}}
 BAD_THRESHOLDS = {"method": "global", "default": 0.001, "slices": {}, "calibration": {}}
 WINDOW = 600  # clicks per monitor window in this test (the default is 20,000)
 
@@ -100,7 +103,8 @@ def good_decisions(bundle: Path, feats: np.ndarray, clicks: list[dict[str, Any]]
 def test_monitor_rolls_back_bad_bundle_and_replay_corrects(tmp_path: Path) -> None:
     reg = tmp_path / "registry"
     publish(reg, make_bundle_src(tmp_path / "src-old", seed=5), "old")
-    publish(reg, make_bundle_src(tmp_path / "src-good", seed=0), "good")
+    publish(reg, make_bundle_src(tmp_path / "src-good", seed=0, thresholds=GOOD_THRESHOLDS),
+            "good")
     adm1, adm2 = tmp_path / "a1.sock", tmp_path / "a2.sock"
     logdir = tmp_path / "dlog"
     monitor = ["--monitor-window-clicks", str(WINDOW), "--monitor-window-s", "0.3",
@@ -178,7 +182,7 @@ def test_monitor_rolls_back_bad_bundle_and_replay_corrects(tmp_path: Path) -> No
     for _, res in answers:
         by_model.setdefault(res[1]["model"], []).append(res[1]["invalid"])
     assert set(by_model) == {"good", "bad"}
-    assert np.mean(by_model["bad"]) > 0.9 > np.mean(by_model["good"])
+    assert np.mean(by_model["bad"]) > 0.9 and 0.03 < np.mean(by_model["good"]) < 0.3
 
     # `slidr models list` says why; promote refuses without --force.
     cli = [sys.executable, "-m", "slidr.cli"]
@@ -211,3 +215,4 @@ def test_monitor_rolls_back_bad_bundle_and_replay_corrects(tmp_path: Path) -> No
     want = good_decisions(reg / "bundles" / "good", feats, [logged[i]["click"] for i in ids])
     got = np.array([r["invalid"] for r in rows])
     assert np.array_equal(got, want)
+    assert 0 < want.sum() < want.size  # both outcomes occur among the corrected decisions
