@@ -96,3 +96,23 @@ def test_interrupted_replay_resumes(tmp_path, registry, traffic, recompute):  # 
     # Without --resume it starts over (and a stale state for other arguments is ignored).
     s3 = replay_decisions(logdir, model, out, chunk=64, resume=True)
     assert s3.resumed_at == 0 and s3.selected == len(traffic[0])
+
+
+def test_bad_window_with_a_damaged_file(tmp_path, registry, traffic):  # noqa: F811
+    """A corrupt file inside the bad window is reported by file and byte position; the
+    records of every other file (and those before the damage) are still corrected."""
+    from slidr.offline.replay_decisions import load_model, replay_decisions
+
+    from slidr.decision_file import read_file
+    logdir = write_log(tmp_path / "dlog", traffic)
+    files = sorted(logdir.glob("decisions-*.msgpack"))
+    bad_files = [p for p in files if any(r["model"] == "bad" for r in read_file(p))]
+    assert len(bad_files) >= 2
+    hit = bad_files[0]
+    data = hit.read_bytes()
+    hit.write_bytes(data[: len(data) // 2] + b"\xc1" * 16 + data[len(data) // 2:])
+    s = replay_decisions(logdir, load_model(registry=registry.path), tmp_path / "o.jsonl",
+                         bad_window="bad")
+    assert len(s.problems) == 1 and str(hit) in s.problems[0]
+    assert "corrupt at byte" in s.problems[0]
+    assert 0 < s.selected < len(BAD)
