@@ -108,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import pyarrow.parquet as pq
-
     from slidr.offline import daily
     from slidr.offline import simulate as sim
     from slidr.offline.guardrails import GuardrailConfig
