@@ -142,6 +142,9 @@ def test_monitor_rolls_back_bad_bundle_and_replay_corrects(tmp_path: Path) -> No
             s1 = a1.call("stats")
             s2 = a2.call("stats")
         load.finish()
+        text = subprocess.run([sys.executable, "-m", "slidr.cli", "admin", "stats",
+                               "--admin-socket", str(adm1)], cwd=REPO, capture_output=True,
+                              text=True, timeout=60).stdout
         code, metrics = http(mport, "/metrics")
     finally:
         d1.stop()
@@ -169,6 +172,8 @@ def test_monitor_rolls_back_bad_bundle_and_replay_corrects(tmp_path: Path) -> No
     assert list(rej) == ["bad"] and "windows in a row" in rej["bad"]["reason"]
     assert rej["bad"]["clicks"] == ev["clicks"]
     assert "slidr_monitor_rollbacks_total 1" in metrics
+    assert "monitor rollback:" in text and "1 rollbacks" in text, text
+    assert "last event: rollback of bad" in text and "windows in a row" in text, text
     assert 'slidr_model_info{version="good"} 1' in metrics
 
     # Zero failed requests across both swaps, every answer a model decision.
