@@ -102,6 +102,9 @@ class Config:
     monitor_cooldown_s: float = option(300.0, "after firing, the monitor stays quiet this "
                                        "long (s); it never fires twice for one version",
                                        lo=0.0, hi=86_400.0 * 7)
+    monitor_judge_windows: int = option(
+        10, "windows a newly served bundle is judged for (against the previous bundle on the "
+        "same clicks); then it is settled", lo=1, hi=1_000_000)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -157,5 +160,8 @@ def validate(cfg: Config, check_registry: bool = True) -> None:
                           "redis_mode = standalone takes one URL")
     if cfg.max_inflight_per_conn > cfg.max_inflight_total:
         raise ConfigError("'max_inflight_per_conn' must not exceed 'max_inflight_total'")
+    if cfg.monitor_judge_windows < cfg.monitor_sustain:
+        raise ConfigError("'monitor_judge_windows' must be at least 'monitor_sustain' (a "
+                          "bundle must be judged for as many windows as it takes to fire)")
     if cfg.max_score_many > cfg.max_inflight_per_conn:
         raise ConfigError("'max_score_many' must not exceed 'max_inflight_per_conn'")

@@ -194,15 +194,12 @@ class Metrics:
             labelled("slidr_monitor_ivr_ratio", "gauge", "IVR of the last monitor window over "
                      "the reference (overall: slice=\"all\")", "slice",
                      {k: f"{v:.6g}" for k, v in ratios.items()} or {"all": "1"})
-            ref = mon.reference
-            labelled("slidr_monitor_reference_ivr", "gauge", "The IVR the monitor compares "
-                     "with (the previous bundle's live IVR or the bundle's calibration)",
-                     "slice", {} if ref is None else
-                     {"all": f"{ref.ivr:.6g}", **{k: f"{v:.6g}" for k, v in ref.by_slice.items()}})
-            w = mon.last
-            labelled("slidr_monitor_window_ivr", "gauge", "IVR of the last closed monitor window",
-                     "slice", {} if w is None else
-                     {"all": f"{w.ivr:.6g}", **{k: f"{w.slice_ivr(k):.6g}" for k in w.by_slice}})
+            labelled("slidr_monitor_reference_ivr", "gauge", "The IVR the monitor compared the "
+                     "last judged window with (the previous model on the same clicks, its live "
+                     "figures, or the bundle's calibration)", "slice",
+                     {k: f"{v:.6g}" for k, v in mon.ref_ivr.items()})
+            labelled("slidr_monitor_window_ivr", "gauge", "IVR of the last judged monitor "
+                     "window", "slice", {k: f"{v:.6g}" for k, v in mon.window_ivr.items()})
             head("slidr_monitor_deviating_windows", "gauge",
                  "Deviating monitor windows in a row (the monitor fires at monitor_sustain)")
             L.append(f"slidr_monitor_deviating_windows {mon.deviating}")

@@ -222,7 +222,8 @@ class Daemon:
         self.monitor = Monitor(self.metrics, cfg.monitor, cfg.monitor_window_clicks,
                                cfg.monitor_window_s, cfg.monitor_ivr_ratio, cfg.monitor_ivr_abs,
                                cfg.monitor_min_slice_clicks, cfg.monitor_sustain,
-                               cfg.monitor_fail_open_max, cfg.monitor_cooldown_s)
+                               cfg.monitor_fail_open_max, cfg.monitor_cooldown_s,
+                               cfg.monitor_judge_windows)
         self.metrics.monitor = self.monitor
         self._lag_tick = time.monotonic()  # the loop-lag timer's last pass (/healthz)
         self._pointers_mtime = 0
@@ -387,8 +388,10 @@ class Daemon:
             self.metrics.model_version = new.version
             self.metrics.reloads_ok += 1
             log.info("reload (%s): %s -> %s", reason, old.version if old else None, new.version)
-            self.monitor.on_swap(new.version, expected_from_manifest(new.manifest),
-                                 old_rejected=old is not None and old.version in rejected)
+            shadow = self.monitor.on_swap(new.version, expected_from_manifest(new.manifest),
+                                          old_rejected=old is not None and
+                                          old.version in rejected, previous=old)
+            self.batcher.shadow = shadow.sample if shadow is not None else None
             self.notifier.ready(f"serving model {new.version}")
             return {"version": new.version, "previous": old.version if old else None,
                     "warmup_ms": new.warmup_ms}
@@ -435,7 +438,21 @@ class Daemon:
         while True:
             await asyncio.sleep(period_s)
             try:
+                sh = self.monitor.shadow
+                if sh is not None:  # the previous model scores the sampled clicks (a thread)
+                    rows = sh.take()
+                    if rows:
+                        try:
+                            counts = await loop.run_in_executor(None, sh.score, rows)
+                        except Exception as e:
+                            log.warning("monitor: the previous model cannot score the sampled "
+                                        "clicks (%s); judging by the live figures", e)
+                            self.monitor.end_shadow()
+                        else:
+                            sh.add(counts)
                 ev = self.monitor.tick()
+                if self.monitor.shadow is None and self.batcher.shadow is not None:
+                    self.batcher.shadow = None  # settled: the previous model is let go
                 if ev is not None:
                     await self._on_event(ev)
                 mt = _mtime(self.cfg.registry)

@@ -152,6 +152,7 @@ def test_monitor_rolls_back_bad_bundle_and_replay_corrects(tmp_path: Path) -> No
 
     ev = s1["monitor"]["last_event"]
     assert ev["kind"] == "rollback" and ev["version"] == "bad", ev
+    assert "the previous model on the same clicks" in ev["reason"], ev
     print(f"\ndetection: {ev['clicks']} clicks, {ev['seconds']:.2f} s after the swap "
           f"(window {WINDOW} clicks, sustain 2); wall {t_detect:.2f} s to the rollback; good IVR "
           f"{good_ivr:.3f}")
