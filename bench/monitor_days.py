@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
                  "version": mon["version"], "windows": mon["windows"],
                  "reference": (mon["reference"] or {}).get("source"),
                  "ratios": mon["ratios"], "counts": mon["counts"],
-                 "last_window": mon["last_window"]}
+                 "last_window": mon["last_window"], "previous_live": mon["previous_live"],
+                 "judging": mon["judging"]}
             result["samples"].append(s)
             return s
 
@@ -217,6 +218,18 @@ def main(argv: list[str] | None = None) -> int:
             seen.add(key)
             ratios.setdefault(s["reference"], []).extend(
                 v for v in s["ratios"].values() if v is not None and np.isfinite(v))
+    # What a comparison with the previous model's live figures alone would have seen: the
+    # judged windows' IVR over the previous bundle's last windows (overall).
+    live_only = []
+    seen_live: set[tuple[str, int]] = set()
+    for s in result["samples"]:
+        key = (s["version"], s["windows"])
+        lw, pl = s["last_window"], s["previous_live"]
+        if lw and pl and pl["ivr"] and key not in seen_live and s["judging"]:
+            seen_live.add(key)
+            live_only.append(lw["ivr"] / pl["ivr"])
+    result["live_figures_ratio_range"] = ([round(min(live_only), 3), round(max(live_only), 3),
+                                           len(live_only)] if live_only else None)
     result["monitor"] = {"counts": mon["counts"], "windows": mon["windows"],
                          "events": mon["events"]}
     result["ratio_range"] = {k: [round(min(v), 3), round(max(v), 3), len(v)]
@@ -226,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     result["fail_open"] = sender.fail_open
     result["seconds"] = round(time.monotonic() - t_start, 1)
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: result[k] for k in ("monitor", "ratio_range", "sent", "errors",
+    print(json.dumps({k: result[k] for k in ("monitor", "ratio_range",
+                                             "live_figures_ratio_range", "sent", "errors",
                                              "fail_open", "dailies", "seconds")},
                      indent=2, default=str))
     return 0 if mon["counts"]["rollback"] == 0 else 1

@@ -198,7 +198,7 @@ def test_calibration_reference_when_no_previous_live() -> None:
     ev = window(mon, m, clock, rng, 0.25)
     # The calibration sets expectations only (live traffic is not the test day): an alert.
     assert ev is not None and ev.kind == "alert" and "the bundle's calibration" in ev.reason
-    assert mon.counts["rollback"] == 0
+    assert mon.counts["rollback"] == 0 and "app/in" not in ev.reason  # overall only
     assert expected_from_manifest({"metrics": {"test": {"ivr": float("nan")}}}) is None
     assert expected_from_manifest({}) is None
 
