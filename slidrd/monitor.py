@@ -98,15 +98,16 @@ class Event:
 class Shadow:
     """Same-traffic comparison of a newly served bundle with the one before it.
 
-    `sample` runs in the batcher after a batch is answered: it keeps a copy of the features,
-    slice codes and this bundle's decisions (a few microseconds per batch). `score` runs on a
-    worker thread: the previous bundle scores the copies with its own thresholds. `add` folds
+    `sample` runs in the batcher after a batch is answered: it keeps references to the batch's
+    features, slice columns, scores and thresholds (one append per batch). `score` runs on a
+    worker thread: this bundle's decisions, and the previous bundle's on the same features with
+    its own thresholds. `add` folds
     the result into per-slice counters that the monitor reads like the metrics counters."""
 
     def __init__(self, version: str, previous: Any) -> None:
         self.version = version
         self.previous = previous  # a slidrd.model.ServingModel (scorer + thresholds)
-        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending: list[tuple[Any, ...]] = []
         self.pending_rows = 0
         self.dropped = 0
         self.n: dict[str, int] = {}
@@ -114,32 +115,33 @@ class Shadow:
         self.inv_old: dict[str, int] = {}
 
     def sample(self, feats: np.ndarray, batch: Any, scores: np.ndarray, model: Any) -> None:
-        if model.version != self.version or feats.shape[0] == 0:
+        # The hot path: references only (the batcher makes fresh arrays for every batch and
+        # never writes them again; the decision log keeps them the same way).
+        if model.version != self.version:
             return
+        n = feats.shape[0]
         if self.pending_rows >= SHADOW_MAX_PENDING:
-            self.dropped += feats.shape[0]
+            self.dropped += n
             return
-        k = min(feats.shape[0], scores.shape[0])
-        codes = np.asarray(batch.device[-k:], dtype=np.intp) * 2 \
-            + np.asarray(batch.logged_in[-k:], dtype=np.intp)
-        self.pending.append((np.array(feats[-k:], dtype=np.float32), codes,
-                             np.asarray(scores[-k:]) > model.thresholds[codes]))
-        self.pending_rows += k
+        self.pending.append((feats, batch.device, batch.logged_in, scores, model.thresholds))
+        self.pending_rows += n
 
-    def take(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def take(self) -> list[tuple[Any, ...]]:
         rows, self.pending, self.pending_rows = self.pending, [], 0
         return rows
 
-    def score(self, rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-              ) -> dict[str, tuple[int, int, int]]:
+    def score(self, rows: list[tuple[Any, ...]]) -> dict[str, tuple[int, int, int]]:
         """(worker thread) per slice: sampled clicks, invalid now, invalid by the previous."""
         if not rows:
             return {}
         from slidr.contract import SLICE_BY_CODE
-        x = np.concatenate([r[0] for r in rows])
-        codes = np.concatenate([r[1] for r in rows])
-        new = np.concatenate([r[2] for r in rows])
-        old = self.previous.scorer.infer(x) > self.previous.thresholds[codes]
+        x = np.concatenate([r[0] for r in rows]).astype(np.float32, copy=False)
+        codes = np.concatenate([np.asarray(r[1], dtype=np.intp) * 2
+                                + np.asarray(r[2], dtype=np.intp) for r in rows])
+        new = np.concatenate([np.asarray(r[3]) > r[4][np.asarray(r[1], dtype=np.intp) * 2
+                                                       + np.asarray(r[2], dtype=np.intp)]
+                              for r in rows])
+        old = self.previous.scorer.infer(np.ascontiguousarray(x)) > self.previous.thresholds[codes]
         k = len(SLICE_BY_CODE)
         n = np.bincount(codes, minlength=k)
         a = np.bincount(codes, weights=new, minlength=k)
