@@ -210,7 +210,12 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
 
     # 7. Publish and promote (one lock; the bundle is verified before the pointer moves).
     progress.stage("publish")
-    metrics = {"test": result["evaluation"][cal.chosen_eval_key(result)]["test"]["overall"],
+    chosen = result["evaluation"][cal.chosen_eval_key(result)]["test"]
+    # test / test_slices: what the bundle's thresholds decide on the held-out day, overall and
+    # per slice; slidrd's deviation monitor expects live IVR near these (slidrd/monitor.py).
+    metrics = {"test": chosen["overall"],
+               "test_slices": {s: {k: v.get(k) for k in ("n", "ivr", "fpr", "coverage")}
+                               for s, v in chosen.get("slices", {}).items()},
                "method": cal.chosen_method(result),
                "compared_with": res["compared_with"]}
     version = reg.publish(cand, metrics=_clean(metrics), guardrails=_clean(summary),

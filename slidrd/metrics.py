@@ -114,6 +114,7 @@ class Metrics:
         self.gauges: dict[str, Any] = {}
         self.busy_poll: Any = None  # slidrd.busypoll.BusyPoller when busy_poll_us > 0
         self.cluster: Any = None  # slidrd.cluster_link.ClusterLink on a Redis Cluster
+        self.monitor: Any = None  # slidrd.monitor.Monitor (its counters are exported here)
 
     def render(self) -> str:
         L: list[str] = []
@@ -193,6 +194,36 @@ class Metrics:
         for name, value in sorted(self.gauges.items()):
             head(name, "gauge", name.replace("_", " "))
             L.append(f"{name} {value}")
+        mon = self.monitor
+        if mon is not None:
+            c = mon.counts
+            for name, helptext, value in (
+                    ("slidr_monitor_rollbacks_total", "Automatic rollbacks fired by the "
+                     "deviation monitor", c.get("rollback", 0)),
+                    ("slidr_monitor_alerts_total", "Deviation alerts without a rollback "
+                     "(monitor = alert, or the rollback was refused)",
+                     c.get("alert", 0) + c.get("rollback_failed", 0)),
+                    ("slidr_monitor_fail_open_alerts_total", "Windows whose fail-open share "
+                     "was above monitor_fail_open_max", c.get("fail_open", 0)),
+                    ("slidr_monitor_windows_total", "Monitor windows closed", mon.windows)):
+                head(name, "counter", helptext)
+                L.append(f"{name} {value}")
+            ratios = {k: (v if v != float("inf") else 1e9) for k, v in mon.ratios.items()}
+            labelled("slidr_monitor_ivr_ratio", "gauge", "IVR of the last monitor window over "
+                     "the reference (overall: slice=\"all\")", "slice",
+                     {k: f"{v:.6g}" for k, v in ratios.items()} or {"all": "1"})
+            ref = mon.reference
+            labelled("slidr_monitor_reference_ivr", "gauge", "The IVR the monitor compares "
+                     "with (the previous bundle's live IVR or the bundle's calibration)",
+                     "slice", {} if ref is None else
+                     {"all": f"{ref.ivr:.6g}", **{k: f"{v:.6g}" for k, v in ref.by_slice.items()}})
+            w = mon.last
+            labelled("slidr_monitor_window_ivr", "gauge", "IVR of the last closed monitor window",
+                     "slice", {} if w is None else
+                     {"all": f"{w.ivr:.6g}", **{k: f"{w.slice_ivr(k):.6g}" for k in w.by_slice}})
+            head("slidr_monitor_deviating_windows", "gauge",
+                 "Deviating monitor windows in a row (the monitor fires at monitor_sustain)")
+            L.append(f"slidr_monitor_deviating_windows {mon.deviating}")
         head("slidr_model_info", "gauge", "The model version being served")
         L.append(f'slidr_model_info{{version="{self.model_version}"}} 1')
         return "\n".join(L) + "\n"
@@ -223,10 +254,12 @@ class Metrics:
 
 
 class _HttpResponder(asyncio.Protocol):
-    """GET /metrics -> text; anything else 404. One request per connection."""
+    """GET /metrics -> text; GET /healthz and /readyz -> 200 or 503 with a JSON body (from the
+    daemon's probe); anything else 404. One request per connection."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, probe: Any = None) -> None:
         self.metrics = metrics
+        self.probe = probe
         self.buf = b""
         self.transport: asyncio.Transport | None = None
 
@@ -242,19 +275,29 @@ class _HttpResponder(asyncio.Protocol):
                 self._send(b"431 Request Header Fields Too Large", b"")
             return
         line = self.buf.split(b"\r\n", 1)[0].split(b" ")
-        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics", b"/"):
+        path = line[1].split(b"?")[0] if len(line) >= 2 and line[0] in (b"GET", b"HEAD") \
+            else b""
+        if path in (b"/metrics", b"/"):
             self._send(b"200 OK", self.metrics.render().encode())
+        elif path in (b"/healthz", b"/readyz") and self.probe is not None:
+            import json
+            ok, detail = self.probe(path[1:].decode())
+            self._send(b"200 OK" if ok else b"503 Service Unavailable",
+                       (json.dumps(detail, sort_keys=True) + "\n").encode(), b"application/json")
         else:
             self._send(b"404 Not Found", b"not found\n")
 
-    def _send(self, status: bytes, body: bytes) -> None:
+    def _send(self, status: bytes, body: bytes,
+              ctype: bytes = b"text/plain; version=0.0.4") -> None:
         assert self.transport is not None
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; "
-                             b"version=0.0.4\r\nContent-Length: " + str(len(body)).encode()
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
+                             + b"\r\nContent-Length: " + str(len(body)).encode()
                              + b"\r\nConnection: close\r\n\r\n" + body)
         self.transport.close()
 
 
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_events.Server:
+async def serve_metrics(metrics: Metrics, host: str, port: int,
+                        probe: Any = None) -> asyncio.base_events.Server:
+    """The metrics port; `probe(name) -> (ok, detail)` answers /healthz and /readyz."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _HttpResponder(metrics), host, port)
+    return await loop.create_server(lambda: _HttpResponder(metrics, probe), host, port)
