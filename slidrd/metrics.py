@@ -113,6 +113,7 @@ class Metrics:
         self.started = time.time()
         self.gauges: dict[str, Any] = {}
         self.busy_poll: Any = None  # slidrd.busypoll.BusyPoller when busy_poll_us > 0
+        self.cluster: Any = None  # slidrd.cluster_link.ClusterLink on a Redis Cluster
         self.monitor: Any = None  # slidrd.monitor.Monitor (its counters are exported here)
 
     def render(self) -> str:
@@ -172,6 +173,23 @@ class Metrics:
                     ("slidr_busy_poll_windows_total", "Polling windows started (idle to polling)",
                      self.busy_poll.windows)):
                 head(name, "counter", helptext)
+                L.append(f"{name} {value}")
+        if self.cluster is not None:
+            cs = self.cluster.stats()
+            for name, kind, helptext, value in (
+                    ("slidr_redis_cluster_masters", "gauge", "Redis Cluster masters the daemon "
+                     "routes to", len(cs["nodes"])),
+                    ("slidr_redis_cluster_retried_batches_total", "counter", "Batches with a part "
+                     "re-sent after MOVED/ASK, a refused or a lost node", cs["retries"]),
+                    ("slidr_redis_cluster_retried_ok_total", "counter", "Retried batches then "
+                     "answered whole", cs["retried_ok"]),
+                    ("slidr_redis_cluster_partial_total", "counter", "Batches of which a part "
+                     "failed open after its retry", cs["partial"]),
+                    ("slidr_redis_cluster_failed_total", "counter", "Batches failed open whole "
+                     "on the cluster", cs["failed"]),
+                    ("slidr_redis_cluster_refreshes_total", "counter", "Slot-map reads (start, "
+                     "MOVED, lost node)", cs["refreshes"])):
+                head(name, kind, helptext)
                 L.append(f"{name} {value}")
         for name, value in sorted(self.gauges.items()):
             head(name, "gauge", name.replace("_", " "))

@@ -247,6 +247,7 @@ class Daemon:
             from .cluster_link import ClusterLink
             link = ClusterLink(self.store, timeout_s=cfg.redis_timeout_ms / 1000)
             self.link = link
+            self.metrics.cluster = link
             try:
                 await link.connect()
             except Exception as e:
