@@ -141,7 +141,11 @@ class Shadow:
         new = np.concatenate([np.asarray(r[3]) > r[4][np.asarray(r[1], dtype=np.intp) * 2
                                                        + np.asarray(r[2], dtype=np.intp)]
                               for r in rows])
-        old = self.previous.scorer.infer(np.ascontiguousarray(x)) > self.previous.thresholds[codes]
+        # In pieces no larger than the largest batch (a TensorRT engine has a batch ceiling).
+        step = max(max(r[0].shape[0] for r in rows), 1)
+        scores = np.concatenate([self.previous.scorer.infer(np.ascontiguousarray(x[i:i + step]))
+                                 for i in range(0, x.shape[0], step)])
+        old = scores > self.previous.thresholds[codes]
         k = len(SLICE_BY_CODE)
         n = np.bincount(codes, minlength=k)
         a = np.bincount(codes, weights=new, minlength=k)
