@@ -222,3 +222,23 @@ def test_monitor_rolls_back_bad_bundle_and_replay_corrects(tmp_path: Path) -> No
     got = np.array([r["invalid"] for r in rows])
     assert np.array_equal(got, want)
     assert 0 < want.sum() < want.size  # both outcomes occur among the corrected decisions
+
+
+def test_readyz_follows_the_store_and_healthz_the_loop(tmp_path: Path, redis_server: Any) -> None:
+    """/readyz: 503 while Redis is down (the daemon fails open meanwhile), 200 again when it is
+    back; /healthz stays 200 (the process and its loop are fine)."""
+    reg = tmp_path / "registry"
+    publish(reg, make_bundle_src(tmp_path / "src", seed=0), "v1")
+    mport = free_port()
+    with Daemon(reg, "--redis", redis_server.url, "--redis-prefix", "t-ready:",
+                metrics_port=mport):
+        code, body = http(mport, "/readyz")
+        assert code == 200 and json.loads(body)["store_reachable"] is True, body
+        redis_server.kill()
+        code, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(
+            http(mport, "/readyz")), 10, "/readyz to say the store is down")
+        detail = json.loads(body)
+        assert detail["store_reachable"] is False and detail["model_warmed"] is True
+        assert http(mport, "/healthz")[0] == 200
+        redis_server.start()
+        wait_for(lambda: http(mport, "/readyz")[0] == 200, 15, "/readyz back to 200")
