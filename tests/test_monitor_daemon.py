@@ -242,3 +242,37 @@ def test_readyz_follows_the_store_and_healthz_the_loop(tmp_path: Path, redis_ser
         assert http(mport, "/healthz")[0] == 200
         redis_server.start()
         wait_for(lambda: http(mport, "/readyz")[0] == 200, 15, "/readyz back to 200")
+
+
+def test_a_normal_swap_is_not_rolled_back(tmp_path: Path) -> None:
+    """The next day's bundle decides a little differently (thresholds 2 % higher: the test
+    model's scores crowd around the threshold, 10 % would halve a slice's IVR) while the
+    traffic's IVR moves on its own (new users and sessions build up their counters): judged on
+    the same clicks as the bundle before it, it is settled without an alarm."""
+    reg = tmp_path / "registry"
+    publish(reg, make_bundle_src(tmp_path / "src-good", seed=0, thresholds=GOOD_THRESHOLDS),
+            "day1")
+    adm = tmp_path / "a.sock"
+    d = Daemon(reg, "--deadline-ms", "1000", "--monitor-window-clicks", str(WINDOW),
+               "--monitor-window-s", "0.3", "--monitor-min-slice-clicks", "60",
+               "--monitor-judge-windows", "6", admin=adm).wait_ready()
+    try:
+        load = Load(d.port)
+        load.start()
+        with Client(path=adm) as a:
+            wait_for(lambda: a.call("stats")["monitor"]["windows"] >= 2, 60, "two windows")
+            next_day = {**GOOD_THRESHOLDS, "default": GOOD_THRESHOLDS["default"] * 1.02}
+            publish(reg, make_bundle_src(tmp_path / "src-next", seed=0, thresholds=next_day),
+                    "day2")
+            assert a.call("reload")["version"] == "day2"
+            wait_for(lambda: not a.call("stats")["monitor"]["judging"], 60, "day2 settled")
+            mon = a.call("stats")["monitor"]
+        load.finish()
+    finally:
+        d.stop()
+    assert mon["version"] == "day2" and mon["judged_windows"] == 6, mon
+    assert mon["counts"] == {"rollback": 0, "alert": 0, "fail_open": 0, "rollback_failed": 0}
+    assert mon["reference"]["source"] == "previous_same_clicks"
+    assert 0.6 < mon["ratios"]["all"] < 1.0  # a higher threshold invalidates a little less
+    assert Registry(reg).current().version == "day2"  # type: ignore[union-attr]
+    assert Registry(reg).rejected() == {}
