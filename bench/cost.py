@@ -48,6 +48,10 @@ class _Sink:
     def is_closing(self) -> bool:
         return False
 
+    def set_write_buffer_limits(self, high: int | None = None,
+                                low: int | None = None) -> None:
+        pass
+
     def pause_reading(self) -> None:
         pass
 
