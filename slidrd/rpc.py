@@ -28,6 +28,12 @@ assert (_decoder.NEED_MORE, _decoder.GENERAL, _decoder.TOO_DEEP, _decoder.INVALI
         _decoder.TOO_LARGE, _decoder.ROOM) == (0, 1, 2, 3, 4, 5)
 
 
+# One packer for every connection (the loop thread packs one answer at a time; no state is
+# kept between calls): a Packer allocates a 1 MiB buffer, which per connection made thousands
+# of connections open at once cost heap memory that was not given back.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def _peek_msgid(data: bytes | bytearray, pos: int) -> int | None:
     """The msgid of a request `[0, msgid, ...]` starting at pos, read from its first bytes."""
     if len(data) < pos + 3 or data[pos] != 0x94 or data[pos + 1] != 0x00:
@@ -53,7 +59,7 @@ class RpcConnection(asyncio.Protocol):
         self.deadline_s = 1.0
         self.ip_ok: dict[str, bool] = {}
         self.ip_check: Any = None
-        self.packer = msgpack.Packer(use_bin_type=True)
+        self.packer = _PACKER
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
         self.inflight = 0
@@ -79,6 +85,11 @@ class RpcConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.out.clear()
+        # The transport and the protocol refer to each other: break the cycle, so that a
+        # closed connection is freed at once by reference counting, not by a full garbage
+        # collection (rare in the daemon: gc thresholds are raised for the tail latency).
+        self.transport = None
+        self.rest = bytearray()
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its requests.

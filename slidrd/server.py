@@ -38,6 +38,9 @@ log = logging.getLogger("slidrd")
 # At max_connections a new client takes the place of the connection idle the longest, if that
 # one has been idle at least this long (s) with nothing in flight; else the new one is refused.
 ROOM_MIN_IDLE_S = 1.0
+# When no connection has been idle that long, one whose message began this long ago (s) and is
+# still incomplete goes instead (the oldest such message first): trickling clients.
+ROOM_SLOW_FRAME_S = 0.25
 
 
 
@@ -404,11 +407,20 @@ class Daemon:
         """At max_connections: close the connection idle the longest (nothing in flight), so
         that a new client gets in; idle and trickling peers cannot lock everyone out."""
         victim: PublicConnection | None = None
-        oldest = time.monotonic() - ROOM_MIN_IDLE_S  # a client active this second stays
+        slow: PublicConnection | None = None
+        now = time.monotonic()
+        oldest = now - ROOM_MIN_IDLE_S  # a client active this second stays...
+        frame_old = now - ROOM_SLOW_FRAME_S  # ...unless its message is still incomplete
         for c in self.conns:
-            if c.inflight == 0 and not c.closing and c.last_active < oldest and (
-                    victim is None or c.last_active < victim.last_active):
-                victim = c
+            if c.inflight or c.closing:
+                continue
+            if c.last_active < oldest:
+                if victim is None or c.last_active < victim.last_active:
+                    victim = c
+            elif c.rest and c.frame_t0 < frame_old and (slow is None
+                                                        or c.frame_t0 < slow.frame_t0):
+                slow = c
+        victim = victim or slow
         if victim is not None:
             self.conns.discard(victim)
             self.metrics.defence["closed_for_room"] += 1

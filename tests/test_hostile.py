@@ -252,3 +252,31 @@ def test_store_cap_from_memory_budget():
     k = embedded_max_keys(1536)
     assert 2_000_000 < k < 6_000_000
     assert embedded_max_keys(0) == 0
+
+
+def _rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_waves_of_concurrent_connections_give_memory_back(tmp_path, path):
+    """Waves of 3,000 connections open at once, then closed: after the first wave the
+    daemon's RSS stays put (a 1 MiB packer buffer per connection used to stay in the heap)."""
+    reg = make_registry(tmp_path)
+    with Daemon(reg, env=_env(path)) as d:
+        def wave() -> None:
+            socks = [socket.create_connection(("127.0.0.1", d.port)) for _ in range(3000)]
+            with Client(d.port) as c:  # every one accepted, the daemon still answers
+                assert c.call("ping") == "pong"
+            for s in socks:
+                s.close()
+            time.sleep(0.3)
+        wave()
+        first = _rss_mib(d.proc.pid)
+        for _ in range(4):
+            wave()
+        grown = _rss_mib(d.proc.pid) - first
+    assert grown < 4.0, f"RSS grew {grown:.1f} MiB over 4 waves after the first"
