@@ -280,3 +280,23 @@ def test_waves_of_concurrent_connections_give_memory_back(tmp_path, path):
             wave()
         grown = _rss_mib(d.proc.pid) - first
     assert grown < 4.0, f"RSS grew {grown:.1f} MiB over 4 waves after the first"
+
+
+@pytest.mark.redis
+def test_far_future_click_refused_with_the_redis_store(tmp_path, redis_server):
+    """The clock check comes before the store: with Redis the 2099 click is refused the same
+    way and the other clicks score as in the stream without it."""
+    reg = make_registry(tmp_path)
+    t0 = int(time.time() * 1000) - 300 * 37 - 10_000
+    stream = [_now_click(i, t0, users=7, ips=5) for i in range(300)]
+    bad = dict(click(9999, ts=4_070_908_800_000), click_id="from-2099")
+    res = []
+    for k, with_bad in enumerate((False, True)):
+        clicks = stream[:100] + [bad] + stream[100:] if with_bad else stream
+        with Daemon(reg, "--redis", redis_server.url, "--redis-prefix", f"t-clock{k}:",
+                    "--deadline-ms", "5000", "--redis-timeout-ms", "2000") as d:
+            res.append(_scores(d.port, clicks))
+    a, b = res
+    err = b.pop("from-2099")
+    assert err[0] == ErrorCode.INVALID_CLICK and "field 'ts'" in err[1], err
+    assert a == b
