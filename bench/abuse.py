@@ -406,7 +406,8 @@ def store(clicks: int = 10_000_000, batch: int = 512) -> dict[str, Any]:
     from slidr.contract import ClickBatch
     rss0 = _rss_mib(os.getpid())
     t0 = _now_ms() - clicks
-    worst = 0.0
+    worst = worst_cpu = 0.0
+    worst_at = over_10ms = 0
     t_start = time.perf_counter()
     for s in range(0, clicks, batch):
         n = min(batch, clicks - s)
@@ -418,15 +419,24 @@ def store(clicks: int = 10_000_000, batch: int = 512) -> dict[str, Any]:
                        device=np.zeros(n, dtype=np.uint8), logged_in=np.ones(n, dtype=np.uint8),
                        tz_offset_min=np.zeros(n, dtype=np.int16))
         t = time.perf_counter()
+        c = time.thread_time()
         k.raw(b)
-        worst = max(worst, time.perf_counter() - t)
+        w = time.perf_counter() - t
+        cpu = time.thread_time() - c
+        if w > worst:
+            worst, worst_at = w, s
+        worst_cpu = max(worst_cpu, cpu)
+        over_10ms += w > 0.010
     took = time.perf_counter() - t_start
     stats = st.stats()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"clicks": clicks, "batch": batch, "seconds": round(took, 1),
             "store": {k2: v for k2, v in stats.items() if k2 != "entry_bytes"},
             "rss_start_mib": round(rss0, 1), "rss_end_mib": round(_rss_mib(os.getpid()), 1),
-            "peak_rss_mib": round(peak, 1), "longest_batch_ms": round(worst * 1000, 2)}
+            "peak_rss_mib": round(peak, 1), "longest_batch_ms": round(worst * 1000, 2),
+            "longest_batch_at_click": worst_at,
+            "longest_batch_cpu_ms": round(worst_cpu * 1000, 2),
+            "batches_over_10ms": int(over_10ms)}
 
 
 # ------------------------------------------------------------------ main

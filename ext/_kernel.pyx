@@ -376,10 +376,13 @@ cdef int _table_init(Table* t, size_t esize, size_t hint, size_t max_count) exce
     # of slots stalls the loop), and calloc'd pages cost memory only once keys land on them.
     cdef size_t nslots = _nslots_for(hint if hint > max_count else max_count)
     cdef size_t cap = _nslots_for(hint) // 2
-    if max_count and cap > max_count:
-        cap = max_count
+    if max_count:
+        cap = max_count  # reserved at once (pages used as it fills): never a realloc copy
     t.slots = <Slot*>calloc(nslots, sizeof(Slot))
     t.dense = <char*>malloc(cap * esize)
+    if t.dense == NULL and cap > _nslots_for(hint) // 2:  # too much to reserve: grow instead
+        cap = _nslots_for(hint) // 2
+        t.dense = <char*>malloc(cap * esize)
     if t.slots == NULL or t.dense == NULL:
         raise MemoryError()
     t.mask = nslots - 1

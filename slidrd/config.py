@@ -108,6 +108,10 @@ class Config:
     embedded_max_mb: int = option(
         1536, "memory cap of the embedded store (MiB; 0 = none): at the cap, expired keys "
         "first, then the least recently seen are evicted", lo=0, hi=1 << 30)
+    bundle_key: str = option(
+        "", "file with the key bundles must be signed with (HMAC-SHA256, `slidr daily "
+        "--sign-key`); unsigned or altered bundles are refused (empty = not checked)",
+        metavar="FILE")
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -249,7 +249,7 @@ class Daemon:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self.model = await loop.run_in_executor(None, load_current, cfg.registry, cfg.backend,
-                                                cfg.max_batch)
+                                                cfg.max_batch, cfg.bundle_key)
         self.metrics.model_version = self.model.version
         self.store = make_store(cfg)
         from slidr.kernel import FeatureKernel
@@ -371,7 +371,8 @@ class Daemon:
             loop = asyncio.get_running_loop()
             try:
                 new = await loop.run_in_executor(None, load_current, self.cfg.registry,
-                                                 self.cfg.backend, self.cfg.max_batch)
+                                                 self.cfg.backend, self.cfg.max_batch,
+                                                 self.cfg.bundle_key)
             except ModelLoadError as e:
                 self.metrics.reloads_failed += 1
                 log.error("reload (%s) refused, still serving %s: %s", reason,

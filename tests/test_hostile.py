@@ -300,3 +300,59 @@ def test_far_future_click_refused_with_the_redis_store(tmp_path, redis_server):
     err = b.pop("from-2099")
     assert err[0] == ErrorCode.INVALID_CLICK and "field 'ts'" in err[1], err
     assert a == b
+
+
+# ------------------------------------------------------------------ signed bundles
+def test_bundle_signature_refuses_unsigned_and_altered(tmp_path):
+    import os
+
+    from daemon_helpers import make_bundle_src
+
+    from slidr.registry import BundleError, Registry, load_key
+    key = b"k" * 32
+    reg = Registry(tmp_path / "reg")
+    v1 = reg.publish(make_bundle_src(tmp_path / "s1"), version="v1", sign_key=key)
+    v2 = reg.publish(make_bundle_src(tmp_path / "s2", seed=1), version="v2")
+    reg.bundle(v1).verify()
+    reg.bundle(v1).verify_signature(key)
+    with pytest.raises(BundleError, match="another key"):
+        reg.bundle(v1).verify_signature(b"x" * 32)
+    with pytest.raises(BundleError, match="not signed"):
+        reg.bundle(v2).verify_signature(key)
+    # a manifest swapped together with its model (checksums consistent) is still refused
+    b = reg.bundle(v1)
+    os.chmod(b.path, 0o755)
+    m = b.path / "manifest.json"
+    os.chmod(m, 0o644)
+    m.write_text(m.read_text().replace('"version": "v1"', '"version": "v1" '))
+    with pytest.raises(BundleError, match="does not match"):
+        reg.bundle(v1).verify_signature(key)
+    (tmp_path / "short").write_bytes(b"abc")
+    with pytest.raises(Exception, match="at least 32"):
+        load_key(tmp_path / "short")
+
+
+def test_daemon_with_a_bundle_key_keeps_serving_a_signed_bundle(tmp_path):
+    from daemon_helpers import make_bundle_src
+
+    from slidr.registry import Registry
+    keyf = tmp_path / "bundle.key"
+    keyf.write_bytes(b"s" * 40 + b"\n")
+    reg = Registry(tmp_path / "reg")
+    reg.publish(make_bundle_src(tmp_path / "s1"), version="v1", promote=True,
+                sign_key=b"s" * 40)
+    admin = tmp_path / "admin.sock"
+    with Daemon(reg.path, "--bundle-key", str(keyf), admin=admin) as d:
+        with Client(d.port) as c:
+            assert c.call("info")["model"] == "v1"
+        reg.publish(make_bundle_src(tmp_path / "s2", seed=1), version="v2", promote=True)
+        with Client(path=admin, timeout=30) as a, pytest.raises(Exception) as e:
+            a.call("reload")
+        assert "not signed" in str(e.value)
+        with Client(d.port) as c:
+            assert c.call("info")["model"] == "v1"
+    # unsigned current bundle: the daemon does not start
+    bad = Daemon(reg.path, "--bundle-key", str(keyf))
+    with pytest.raises(RuntimeError, match="not signed"):
+        bad.wait_ready(timeout=30)
+    bad.stop()
