@@ -871,7 +871,7 @@ def global_thresholds(result: Mapping[str, Any], which: str = "budget") -> dict[
 
 
 def transfer_thresholds(th: Mapping[str, Any], cols: Mapping[str, Any],
-                        new_score: np.ndarray) -> dict[str, Any]:
+                        new_score: np.ndarray, rule: str = "fpr") -> dict[str, Any]:
     """thresholds.json of a model trained again on every day (`--refit`) from the thresholds
     calibrated on the held-out model's scores: per slice (and for the default), the threshold
     under which the new model's scores pass as many of the fitted days' purchasing clicks as
@@ -883,8 +883,13 @@ def transfer_thresholds(th: Mapping[str, Any], cols: Mapping[str, Any],
     old = np.asarray(cols["score"], dtype=np.float64)[fit]
     new = np.asarray(new_score, dtype=np.float64)[fit]
 
+    if rule not in ("fpr", "ivr"):
+        raise ValueError(f"transfer rule must be 'fpr' or 'ivr', not {rule!r}")
+
     def move(t: float, m: np.ndarray) -> float:
-        m = m & pur
+        # "fpr": as many purchasing clicks pass; "ivr": as many clicks of any kind (the new
+        # model has seen the purchasing clicks of these days, so their scores are in-sample).
+        m = m & pur if rule == "fpr" else m
         if not m.any():
             return float(t)
         k = int((old[m] > t).sum())  # purchasing clicks the calibrated threshold passes
@@ -895,8 +900,9 @@ def transfer_thresholds(th: Mapping[str, Any], cols: Mapping[str, Any],
     out["default"] = move(float(th["default"]), np.ones(sl.size, dtype=bool))
     out["slices"] = {s: move(float(v), sl == s) for s, v in (th.get("slices") or {}).items()}
     out["refit"] = {"rule": "per slice, the refit model's threshold passing as many of the "
-                            "fitted days' purchasing clicks as the calibrated threshold passed "
-                            "under the held-out model", "held_out_default": th["default"],
+                            "fitted days' " + ("purchasing clicks" if rule == "fpr" else "clicks")
+                            + " as the calibrated threshold passed under the held-out model",
+                    "held_out_default": th["default"],
                     "held_out_slices": dict(th.get("slices") or {})}
     return out
 

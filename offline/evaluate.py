@@ -41,6 +41,7 @@ class EvalConfig:
     fpr_budget: float = field_from(CALIBRATION["fpr_budget"])
     refit: bool = True
     min_epochs: int = 1  # the fits run at least this many epochs (early stopping after)
+    transfer: str = "fpr"  # refit thresholds: keep each slice's FPR ("fpr") or IVR ("ivr")
     weighting: str = field_from(TRAINING["weighting"])
     k: int = field_from(TRAINING["k"])
     seed: int = 0
@@ -153,7 +154,8 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
                            hidden=cfg.hidden, epochs=n_ep, patience=n_ep + 1, seed=cfg.seed,
                            progress=False, label="mlp refit")
             model = rf.model
-            th = cal.transfer_thresholds(th, cols, train.predict(model, x[fit_rows]))
+            th = cal.transfer_thresholds(th, cols, train.predict(model, x[fit_rows]),
+                                         cfg.transfer)
         nxt = np.flatnonzero(day == t + 1)
         sc = train.predict(model, x[nxt]).astype(np.float64)
         inv = _apply(sc, slices[nxt], th)

@@ -427,9 +427,19 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                         + ("" if ok else why), "model"))
     heur = np.asarray(cols["heuristic"], dtype=bool)
     auc_h = roc_auc(cand_score, heur)
-    ok_h = bool(not np.isfinite(auc_h) or auc_h >= cfg.min_auc_heuristic)
-    checks.append(Check("auc_heuristic", ok_h, auc_h, cfg.min_auc_heuristic,
-                        f"AUC against the robotic heuristic {auc_h:.3f}"
+    # The k-clicks heuristic also flags heavy-clicking humans, more on some days than others
+    # (on a simulated day only 28% of its clicks were robots, and a model with AUC 0.92
+    # against the truth ranked them at 0.53). So an AUC below min_auc_heuristic passes when
+    # it is clearly above chance (the same rule as the weak label); a model that did not
+    # learn (shuffled labels) sits at chance.
+    h1, h0 = int(heur.sum()), int((~heur).sum())
+    se_h = float(np.sqrt((h1 + h0 + 1) / (12.0 * max(h1, 1) * max(h0, 1))))
+    lim_h = min(cfg.min_auc_heuristic, 0.5 + max(cfg.min_auc_margin, cfg.min_auc_z * se_h))
+    ok_h = bool(not np.isfinite(auc_h) or auc_h >= lim_h)
+    checks.append(Check("auc_heuristic", ok_h, auc_h, lim_h,
+                        f"AUC against the robotic heuristic {auc_h:.3f} (limit {lim_h:.3f} = "
+                        f"min({cfg.min_auc_heuristic}, chance + max({cfg.min_auc_margin}, "
+                        f"{cfg.min_auc_z:g} s.e.)) on {h1} heuristic clicks)"
                         + ("" if ok_h else ": the model does not rank heuristic-robotic clicks "
                                            "above the rest"), "model"))
 
