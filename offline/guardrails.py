@@ -431,7 +431,7 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                         cfg.max_identical_share,
                         f"{share:.1%} of clicks share one score value", "model"))
     wl = np.asarray(cols["weak_label"]).astype(bool)
-    n1, n0 = int((~wl).sum()), int(wl.sum())
+    n0 = int(wl.sum())
     # Within logged-in and within logged-out clicks, pooled over the pairs of each (the
     # training weights balance the weak label within each; across them the label's base rate
     # differs so much, RFM labels only exist logged in, that a pooled AUC can fall below 0.5
