@@ -52,6 +52,11 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -90,6 +95,12 @@ async def _answers(r: asyncio.StreamReader, want: int, timeout: float) -> dict[i
             if type(m) is list and m and m[0] == 1:
                 got.setdefault(m[1], []).append(m)
     return got
+
+
+def _unpack_all(data: bytes) -> list[Any]:
+    up = msgpack.Unpacker(raw=False, strict_map_key=False)
+    up.feed(data)
+    return list(up)
 
 
 # ------------------------------------------------------------------ poison
@@ -354,20 +365,31 @@ async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
     tasks = [asyncio.create_task(trickle(s)) for s in socks]
     lat: list[float] = []
     fails = 0
-    t_end = time.monotonic() + seconds
+    why: list[str] = []
+    t_start = time.monotonic()
+    t_end = t_start + seconds
     while time.monotonic() < t_end:
         t = time.perf_counter()
         try:
             r, w = await asyncio.wait_for(_open(port), 1.0)
+            t_conn = time.perf_counter() - t
             w.write(msgpack.packb([0, 1, "ping", []]))
-            got = await _answers(r, 1, 1.0)
+            try:
+                data = await asyncio.wait_for(r.read(4096), 1.0)
+            except TimeoutError:
+                data = b""
             w.close()
-            if got:
+            msg = next(iter(_unpack_all(data)), None)
+            if msg is not None and msg[0] == 1:
                 lat.append(time.perf_counter() - t)
             else:
                 fails += 1
-        except (OSError, TimeoutError):
+                what = ("refused: " + str(msg[2][0][1])[:40]) if msg is not None else \
+                    f"no answer (connect took {t_conn:.2f} s)"
+                why.append(f"{time.monotonic() - t_start:.1f}s: {what}")
+        except (OSError, TimeoutError) as e:
             fails += 1
+            why.append(f"{time.monotonic() - t_start:.1f}s: {type(e).__name__}")
         await asyncio.sleep(0.5)
     stop.set()
     for t in tasks:
@@ -384,7 +406,7 @@ async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
         s.close()
     lat.sort()
     return {"tricklers": len(socks), "seconds": seconds, "new_clients_answered": len(lat),
-            "new_clients_not_answered_within_1s": fails,
+            "new_clients_not_answered_within_1s": fails, "failures": why[:20],
             "new_client_max_s": round(lat[-1], 3) if lat else None,
             "tricklers_closed_by_daemon": max(shut, closed[0])}
 
@@ -392,7 +414,12 @@ async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
 def trickle(n: int = 5000, seconds: float = 20.0) -> dict[str, Any]:
     from slidr.bench.daemon import DaemonRun
     with DaemonRun() as d:
+        assert d.proc is not None
+        c0 = _cpu_s(d.proc.pid)
+        t0 = time.monotonic()
         res = asyncio.run(_trickle(d.port, n, seconds))
+        res["daemon_cpu_pct"] = round(100 * (_cpu_s(d.proc.pid) - c0)
+                                      / (time.monotonic() - t0), 1)
         res["daemon_alive"] = d.alive()
     return res
 
@@ -531,11 +558,17 @@ def store_daemon(clicks: int = 600_000, max_mb: int = 64) -> dict[str, Any]:
         assert d.proc is not None
         rss0 = _rss_mib(d.proc.pid)
         peak = [rss0]
+        samples: list[float] = []
 
         async def main() -> dict[str, Any]:
             async def watch() -> None:
+                k = 0
                 while True:
-                    peak[0] = max(peak[0], _rss_mib(d.proc.pid))  # type: ignore[union-attr]
+                    r = _rss_mib(d.proc.pid)  # type: ignore[union-attr]
+                    peak[0] = max(peak[0], r)
+                    if k % 10 == 0:
+                        samples.append(round(r, 1))
+                    k += 1
                     await asyncio.sleep(0.5)
             wt = asyncio.create_task(watch())
             res = await _distinct_flood(d.port, clicks, 8, 16)
@@ -545,6 +578,7 @@ def store_daemon(clicks: int = 600_000, max_mb: int = 64) -> dict[str, Any]:
         text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
         res.update({"clicks": clicks, "embedded_max_mb": max_mb,
                     "rss_start_mib": round(rss0, 1), "rss_peak_mib": round(peak[0], 1),
+                    "rss_every_5s_mib": samples,
                     "store_evicted": _metric(text, 'slidr_defence_total{event="store_evicted"}'),
                     "loop_lag_max_le_s": _max_bucket(text, "slidr_loop_lag_seconds"),
                     "loop_lag_over_s": _over(text, "slidr_loop_lag_seconds", (0.05, 0.1, 0.25)),
