@@ -870,6 +870,37 @@ def global_thresholds(result: Mapping[str, Any], which: str = "budget") -> dict[
             "calibration": cal}
 
 
+def transfer_thresholds(th: Mapping[str, Any], cols: Mapping[str, Any],
+                        new_score: np.ndarray) -> dict[str, Any]:
+    """thresholds.json of a model trained again on every day (`--refit`) from the thresholds
+    calibrated on the held-out model's scores: per slice (and for the default), the threshold
+    under which the new model's scores pass as many of the fitted days' purchasing clicks as
+    the calibrated one did, so each slice keeps the FPR its calibration chose. `cols` are the
+    fitted days (split == "val"), `new_score` the new model's scores of the same clicks."""
+    fit = np.asarray(cols["split"]).astype(str) == "val"
+    sl = np.asarray(cols["slice"]).astype(str)[fit]
+    pur = np.asarray(cols["purchased"], dtype=bool)[fit]
+    old = np.asarray(cols["score"], dtype=np.float64)[fit]
+    new = np.asarray(new_score, dtype=np.float64)[fit]
+
+    def move(t: float, m: np.ndarray) -> float:
+        m = m & pur
+        if not m.any():
+            return float(t)
+        k = int((old[m] > t).sum())  # purchasing clicks the calibrated threshold passes
+        ps = np.sort(new[m])[::-1]
+        return float(ps[k]) if k < ps.size else max(float(np.nextafter(ps[-1], -np.inf)), 0.0)
+
+    out = {k: v for k, v in th.items() if k not in ("default", "slices")}
+    out["default"] = move(float(th["default"]), np.ones(sl.size, dtype=bool))
+    out["slices"] = {s: move(float(v), sl == s) for s, v in (th.get("slices") or {}).items()}
+    out["refit"] = {"rule": "per slice, the refit model's threshold passing as many of the "
+                            "fitted days' purchasing clicks as the calibrated threshold passed "
+                            "under the held-out model", "held_out_default": th["default"],
+                    "held_out_slices": dict(th.get("slices") or {})}
+    return out
+
+
 def chosen_method(result: Mapping[str, Any]) -> str:
     """"slice" or "global" (global@budget): what result["thresholds"] holds."""
     return str(result["calibration"].get("method", "slice"))

@@ -228,6 +228,9 @@ class Batcher:
         self.depth = 1 if inline else pipeline_depth
         self.max_total = max_inflight_total
         self.dlog = decision_log
+        # The deviation monitor's sampler (slidrd/monitor.py, Shadow) while a newly swapped-in
+        # model is compared with the previous one on the same clicks; None otherwise.
+        self.shadow: Callable[[np.ndarray, ClickBatch, np.ndarray, Any], None] | None = None
         self.loop = asyncio.get_event_loop()
         self.pending: list[Item] = []
         self.inflight_batches = 0
@@ -634,6 +637,8 @@ class Batcher:
         self._backoff = 0.02
         if _fp is not None:
             self._decide_native(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
+            if self.shadow is not None:  # after the answers are queued
+                self.shadow(feats, batch, scores, model)
             return
         n = len(valid)
         codes = batch.device.astype(np.intp) * 2 + batch.logged_in
@@ -673,6 +678,8 @@ class Batcher:
             self._count(n, t_store, t_model, per, bad)
             if dlog is not None:
                 dlog.submit(clicks, feats, decisions, version)
+            if self.shadow is not None:
+                self.shadow(feats, batch, scores, model)
         except Exception:
             log.exception("bookkeeping of a decided batch failed")
 

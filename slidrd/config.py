@@ -86,6 +86,31 @@ class Config:
                                     lo=0.0, hi=3600)
     backend: str = option("auto", "scorer backend", choices=("auto", "onnxruntime", "tensorrt"))
     log_level: str = option("info", "log level", choices=("debug", "info", "warning", "error"))
+    monitor: str = option(
+        "rollback", "deviation monitor: rollback = roll the registry back to the previous "
+        "stable bundle on a sharp, sustained IVR deviation; alert = log and count only; off",
+        choices=("rollback", "alert", "off"))
+    monitor_window_clicks: int = option(20_000, "a monitor window closes after at least "
+                                        "this many clicks and monitor_window_s seconds", lo=100, hi=1 << 40)
+    monitor_window_s: float = option(30.0, "a monitor window lasts at least this long (s)", lo=0.0,
+                                     hi=86_400.0)
+    monitor_ivr_ratio: float = option(
+        2.0, "a window deviates when its IVR (overall or a slice's) is more than this times "
+        "the reference, or below the reference divided by it, and monitor_ivr_abs away", lo=1.01, hi=1000.0)
+    monitor_ivr_abs: float = option(0.02, "a deviation must also exceed this absolute "
+                                    "IVR difference (0.02 = 2 points)", lo=0.0, hi=1.0)
+    monitor_min_slice_clicks: int = option(1_000, "slices with fewer clicks in a window are "
+                                           "not judged on their own", lo=1, hi=1 << 40)
+    monitor_sustain: int = option(2, "deviating windows in a row before the monitor fires",
+                                  lo=1, hi=1000)
+    monitor_fail_open_max: float = option(0.05, "alert (never roll back) when a window's "
+                                          "fail-open share is above this", lo=0.0, hi=1.0)
+    monitor_cooldown_s: float = option(300.0, "after firing, the monitor stays quiet this "
+                                       "long (s); it never fires twice for one version",
+                                       lo=0.0, hi=86_400.0 * 7)
+    monitor_judge_windows: int = option(
+        10, "windows a newly served bundle is judged for (against the previous bundle on the "
+        "same clicks); then it is settled", lo=1, hi=1_000_000)
     max_clock_skew_s: float = option(
         300.0, "refuse a click stamped further ahead of the daemon's clock than this (s; "
         "0 = off): one far-future click would otherwise move the counters' clock", lo=0,
@@ -167,6 +192,9 @@ def validate(cfg: Config, check_registry: bool = True) -> None:
                           "redis_mode = standalone takes one URL")
     if cfg.max_inflight_per_conn > cfg.max_inflight_total:
         raise ConfigError("'max_inflight_per_conn' must not exceed 'max_inflight_total'")
+    if cfg.monitor_judge_windows < cfg.monitor_sustain:
+        raise ConfigError("'monitor_judge_windows' must be at least 'monitor_sustain' (a "
+                          "bundle must be judged for as many windows as it takes to fire)")
     if cfg.max_score_many > cfg.max_inflight_per_conn:
         raise ConfigError("'max_score_many' must not exceed 'max_inflight_per_conn'")
     if cfg.max_score_many * TYPICAL_CLICK_BYTES > cfg.max_message_bytes:

@@ -133,7 +133,21 @@ def load_current(registry_dir: str, backend: str, max_batch: int,
     return load_bundle(bundle, backend, max_batch, key)
 
 
-def rollback(registry_dir: str) -> None:
+def rollback(registry_dir: str, reason: str | None = None,
+             expected_current: str | None = None, **details: Any) -> str:
+    """Registry.rollback: the new current version. With `expected_current`, the pointer moves
+    only if that version is still current (a second daemon only confirms the rejection)."""
     from slidr.registry import Registry
 
-    Registry(registry_dir).rollback()
+    return Registry(registry_dir).rollback(reason=reason, expected_current=expected_current,
+                                           **details)
+
+
+def rejected_versions(registry_dir: str) -> dict[str, dict[str, Any]]:
+    """{version: {"reason", "at", ...}} of the registry's rejected bundles ({} if unreadable)."""
+    from slidr.registry import Registry, RegistryError
+
+    try:
+        return Registry(registry_dir).rejected()
+    except (OSError, RegistryError):
+        return {}

@@ -28,8 +28,9 @@ from .busypoll import BusyPoller
 from .config import Config
 from .decision_log import DecisionLog
 from .metrics import Metrics, serve_metrics
-from .model import ModelLoadError, ServingModel, load_current
+from .model import ModelLoadError, ServingModel, load_current, rejected_versions
 from .model import rollback as registry_rollback
+from .monitor import Event, Monitor, expected_from_manifest
 from .notify import Notifier
 from .rpc import RpcConnection
 
@@ -243,6 +244,15 @@ class Daemon:
         self.link: Any = None
         self.dlog: DecisionLog | None = None
         self.poller: BusyPoller | None = None
+        self.monitor = Monitor(self.metrics, cfg.monitor, cfg.monitor_window_clicks,
+                               cfg.monitor_window_s, cfg.monitor_ivr_ratio, cfg.monitor_ivr_abs,
+                               cfg.monitor_min_slice_clicks, cfg.monitor_sustain,
+                               cfg.monitor_fail_open_max, cfg.monitor_cooldown_s,
+                               cfg.monitor_judge_windows)
+        self.metrics.monitor = self.monitor
+        self._lag_tick = time.monotonic()  # the loop-lag timer's last pass (/healthz)
+        self._pointers_mtime = 0
+        self._ready = False
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
@@ -251,6 +261,9 @@ class Daemon:
         self.model = await loop.run_in_executor(None, load_current, cfg.registry, cfg.backend,
                                                 cfg.max_batch, cfg.bundle_key)
         self.metrics.model_version = self.model.version
+        self.monitor.on_swap(self.model.version, expected_from_manifest(self.model.manifest),
+                             old_rejected=False)
+        self._pointers_mtime = _mtime(cfg.registry)
         self.store = make_store(cfg)
         from slidr.kernel import FeatureKernel
         kernel = FeatureKernel(self.store, use_native=_use_native())
@@ -259,6 +272,7 @@ class Daemon:
             from .cluster_link import ClusterLink
             link = ClusterLink(self.store, timeout_s=cfg.redis_timeout_ms / 1000)
             self.link = link
+            self.metrics.cluster = link
             try:
                 await link.connect()
             except Exception as e:
@@ -309,7 +323,7 @@ class Daemon:
             self.admin_path = path
         if cfg.metrics_port >= 0:
             mport = cfg.metrics_port + self.worker if cfg.metrics_port else 0
-            msrv = await serve_metrics(self.metrics, cfg.metrics_host, mport)
+            msrv = await serve_metrics(self.metrics, cfg.metrics_host, mport, probe=self.probe)
             self._servers.append(msrv)
             self.metrics_port = msrv.sockets[0].getsockname()[1]
         # Everything loaded so far (modules, ORT, the model) lives for the whole process: keep it
@@ -320,6 +334,7 @@ class Daemon:
         gc.set_threshold(20_000, 50, 1000)
         self._tasks.append(loop.create_task(self._sweeper()))
         self._tasks.append(loop.create_task(self._loop_lag()))
+        self._tasks.append(loop.create_task(self._monitor_loop()))
         self._gc_t0 = 0.0
         gc.callbacks.append(self._on_gc)
         if self.notifier.watchdog_s:
@@ -327,6 +342,7 @@ class Daemon:
         log.info("slidrd worker %d serving model %s on %s:%d (store %s, %s)", self.worker,
                  self.model.version, cfg.host, self.port, getattr(self.store, "name", "?"),
                  "inline" if link is None else f"pipelined, depth {cfg.pipeline_depth}")
+        self._ready = True
         self.notifier.ready(f"serving model {self.model.version} on port {self.port}")
         if self.on_ready is not None:
             self.on_ready(self)
@@ -362,7 +378,26 @@ class Daemon:
         if hasattr(self.link, "stats"):  # Redis Cluster: nodes, retries, map refreshes
             s["redis_cluster"] = self.link.stats()
         s["pid"] = os.getpid()
+        s["monitor"] = self.monitor.stats()
         return s
+
+    def probe(self, name: str) -> tuple[bool, dict[str, Any]]:
+        """/healthz: the process is alive and its event loop is not wedged (the 10 ms loop-lag
+        timer ran within the last 2 s). /readyz: a model is loaded and warmed, the store is
+        reachable, and the daemon is not draining."""
+        lag_age = time.monotonic() - self._lag_tick
+        alive = lag_age < 2.0
+        if name == "healthz":
+            return alive, {"alive": alive, "loop_timer_age_s": round(lag_age, 3)}
+        link = self.link
+        store_ok = link is None or bool(getattr(link, "connected", False))
+        if not store_ok and hasattr(link, "_start_connect"):
+            link._start_connect()  # an idle daemon reconnects when a probe asks
+        model_ok = self.model is not None and self._ready
+        ok = alive and model_ok and store_ok and not self.draining
+        return ok, {"ready": ok, "model": self.model.version if self.model else None,
+                    "model_warmed": model_ok, "store_reachable": store_ok,
+                    "draining": self.draining, "loop_alive": alive}
 
     async def reload(self, reason: str = "admin") -> dict[str, Any]:
         async with self._reload_lock:
@@ -380,11 +415,16 @@ class Daemon:
                 self.notifier.ready(f"reload refused: {e}; serving {old.version if old else None}")
                 raise RpcError(ErrorCode.ADMIN_FAILED, f"reload refused, still serving "
                                f"{old.version if old else None}: {e}") from None
+            rejected = await loop.run_in_executor(None, rejected_versions, self.cfg.registry)
             # One reference swap: the next batch uses `new`; a batch in flight keeps `old`.
             self.model = new
             self.metrics.model_version = new.version
             self.metrics.reloads_ok += 1
             log.info("reload (%s): %s -> %s", reason, old.version if old else None, new.version)
+            shadow = self.monitor.on_swap(new.version, expected_from_manifest(new.manifest),
+                                          old_rejected=old is not None and
+                                          old.version in rejected, previous=old)
+            self.batcher.shadow = shadow.sample if shadow is not None else None
             self.notifier.ready(f"serving model {new.version}")
             return {"version": new.version, "previous": old.version if old else None,
                     "warmup_ms": new.warmup_ms}
@@ -463,6 +503,70 @@ class Daemon:
             t = time.perf_counter()
             await asyncio.sleep(0.01)
             h.observe(max(time.perf_counter() - t - 0.01, 0.0))
+            self._lag_tick = time.monotonic()
+
+    async def _monitor_loop(self, period_s: float = 0.5) -> None:
+        """The deviation monitor's tick (off the hot path: a few dict copies every period) and
+        the registry watch: a version that becomes rejected (another daemon's monitor, or an
+        operator) is not served a moment longer than it takes to notice and reload."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                sh = self.monitor.shadow
+                if sh is not None:  # the previous model scores the sampled clicks (a thread)
+                    rows = sh.take()
+                    if rows:
+                        try:
+                            counts = await loop.run_in_executor(None, sh.score, rows)
+                        except Exception as e:
+                            log.warning("monitor: the previous model cannot score the sampled "
+                                        "clicks (%s); judging by the live figures", e)
+                            self.monitor.end_shadow()
+                        else:
+                            sh.add(counts)
+                ev = self.monitor.tick()
+                if self.monitor.shadow is None and self.batcher.shadow is not None:
+                    self.batcher.shadow = None  # settled: the previous model is let go
+                if ev is not None:
+                    await self._on_event(ev)
+                mt = _mtime(self.cfg.registry)
+                if mt != self._pointers_mtime:
+                    self._pointers_mtime = mt
+                    rejected = await loop.run_in_executor(None, rejected_versions,
+                                                          self.cfg.registry)
+                    m = self.model
+                    if m is not None and m.version in rejected and not self.draining:
+                        log.warning("model %s was rejected in the registry (%s): reloading",
+                                    m.version, rejected[m.version].get("reason", "?"))
+                        await self._reload_quiet("rejected in registry")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("monitor tick failed")
+
+    async def _on_event(self, ev: Event) -> None:
+        """One line per event in the log; counters in the metrics; a rollback moves the
+        registry pointer (only if the bad version is still current) and reloads."""
+        log.warning("monitor %s: model %s after %d clicks, %.1f s: %s", ev.kind, ev.version,
+                    ev.clicks, ev.seconds, ev.reason)
+        if ev.kind != "rollback" or self.draining:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            target = await loop.run_in_executor(
+                None, lambda: registry_rollback(
+                    self.cfg.registry, reason=f"slidrd monitor: {ev.reason}",
+                    expected_current=ev.version, by=f"slidrd pid {os.getpid()}",
+                    clicks=ev.clicks, seconds=ev.seconds,
+                    served_since=self.monitor.served_since))
+        except Exception as e:
+            fe = self.monitor.rollback_failed(f"rollback of {ev.version} refused: {e}")
+            log.error("monitor rollback_failed: %s; still serving %s", fe.reason, ev.version)
+            return
+        self._pointers_mtime = _mtime(self.cfg.registry)
+        log.warning("monitor rolled the registry back: %s -> %s", ev.version, target)
+        await self._reload_quiet("monitor rollback")
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -520,6 +624,14 @@ class Daemon:
                 os.unlink(self.admin_path)
         log.info("stopped")
         self.stopped.set()
+
+
+def _mtime(registry: str) -> int:
+    """The pointers file's modification time (ns; 0 when absent): changes at every move."""
+    try:
+        return os.stat(os.path.join(registry, "pointers.json")).st_mtime_ns
+    except OSError:
+        return 0
 
 
 async def serve(cfg: Config, notifier: Notifier | None = None, worker: int = 0,
