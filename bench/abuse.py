@@ -18,7 +18,11 @@ Scenarios (each starts its own daemon with the embedded store, default settings 
   answered within 1 s throughout, and how many tricklers the daemon closed.
 * store   -- the embedded store in-process (no sockets) at its default memory cap: 10M clicks
   from distinct users, sessions and IPs in batches of 512; keys held, evictions, RSS, the
-  longest batch.
+  longest batch (wall and CPU).
+* store_daemon -- 600,000 clicks from distinct users, sessions and IPs as fast as 8
+  connections (16 requests in flight each) get answers, through a daemon whose store is capped at 64 MiB (so most of the
+  run evicts): answers by kind (no `store_down`), deadline fail-opens, RSS, evictions, the
+  longest loop stall (slidr_loop_lag_seconds).
 
 Prints one JSON object (and writes it to --out/abuse.json when given).
 """
@@ -38,7 +42,7 @@ from typing import Any
 
 import msgpack
 
-SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store")
+SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store", "store_daemon")
 
 
 def _rss_mib(pid: int) -> float:
@@ -46,6 +50,11 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _now_ms() -> int:
@@ -86,6 +95,12 @@ async def _answers(r: asyncio.StreamReader, want: int, timeout: float) -> dict[i
             if type(m) is list and m and m[0] == 1:
                 got.setdefault(m[1], []).append(m)
     return got
+
+
+def _unpack_all(data: bytes) -> list[Any]:
+    up = msgpack.Unpacker(raw=False, strict_map_key=False)
+    up.feed(data)
+    return list(up)
 
 
 # ------------------------------------------------------------------ poison
@@ -350,20 +365,31 @@ async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
     tasks = [asyncio.create_task(trickle(s)) for s in socks]
     lat: list[float] = []
     fails = 0
-    t_end = time.monotonic() + seconds
+    why: list[str] = []
+    t_start = time.monotonic()
+    t_end = t_start + seconds
     while time.monotonic() < t_end:
         t = time.perf_counter()
         try:
             r, w = await asyncio.wait_for(_open(port), 1.0)
+            t_conn = time.perf_counter() - t
             w.write(msgpack.packb([0, 1, "ping", []]))
-            got = await _answers(r, 1, 1.0)
+            try:
+                data = await asyncio.wait_for(r.read(4096), 1.0)
+            except TimeoutError:
+                data = b""
             w.close()
-            if got:
+            msg = next(iter(_unpack_all(data)), None)
+            if msg is not None and msg[0] == 1:
                 lat.append(time.perf_counter() - t)
             else:
                 fails += 1
-        except (OSError, TimeoutError):
+                what = ("refused: " + str(msg[2][0][1])[:40]) if msg is not None else \
+                    f"no answer (connect took {t_conn:.2f} s)"
+                why.append(f"{time.monotonic() - t_start:.1f}s: {what}")
+        except (OSError, TimeoutError) as e:
             fails += 1
+            why.append(f"{time.monotonic() - t_start:.1f}s: {type(e).__name__}")
         await asyncio.sleep(0.5)
     stop.set()
     for t in tasks:
@@ -380,7 +406,7 @@ async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
         s.close()
     lat.sort()
     return {"tricklers": len(socks), "seconds": seconds, "new_clients_answered": len(lat),
-            "new_clients_not_answered_within_1s": fails,
+            "new_clients_not_answered_within_1s": fails, "failures": why[:20],
             "new_client_max_s": round(lat[-1], 3) if lat else None,
             "tricklers_closed_by_daemon": max(shut, closed[0])}
 
@@ -388,7 +414,12 @@ async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
 def trickle(n: int = 5000, seconds: float = 20.0) -> dict[str, Any]:
     from slidr.bench.daemon import DaemonRun
     with DaemonRun() as d:
+        assert d.proc is not None
+        c0 = _cpu_s(d.proc.pid)
+        t0 = time.monotonic()
         res = asyncio.run(_trickle(d.port, n, seconds))
+        res["daemon_cpu_pct"] = round(100 * (_cpu_s(d.proc.pid) - c0)
+                                      / (time.monotonic() - t0), 1)
         res["daemon_alive"] = d.alive()
     return res
 
@@ -439,6 +470,125 @@ def store(clicks: int = 10_000_000, batch: int = 512) -> dict[str, Any]:
             "batches_over_10ms": int(over_10ms)}
 
 
+# ------------------------------------------------------------------ store through the daemon
+def _metric(text: str, name: str) -> float:
+    tot = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            tot += float(line.rsplit(" ", 1)[1])
+    return tot
+
+
+def _max_bucket(text: str, name: str) -> float | None:
+    """The upper bound of the highest histogram bucket holding an observation."""
+    prev = 0.0
+    top = None
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            v = float(line.rsplit(" ", 1)[1])
+            if v > prev:
+                top = float("inf") if le == "+Inf" else float(le)
+            prev = v
+    return top
+
+
+def _over(text: str, name: str, bounds: tuple[float, ...]) -> dict[str, float]:
+    """Observations above each bound (from the cumulative buckets)."""
+    cum: dict[float, float] = {}
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            v = float(line.rsplit(" ", 1)[1])
+            if le == "+Inf":
+                total = v
+            else:
+                cum[float(le)] = v
+    return {str(b): total - cum.get(b, total) for b in bounds}
+
+
+async def _distinct_flood(port: int, clicks: int, conns: int, window: int) -> dict[str, Any]:
+    ts0 = _now_ms() - 60_000
+    per = clicks // conns
+    counts = {"model": 0, "fail_open": {}, "errors": 0}
+
+    async def one(k: int) -> None:
+        r, w = await _open(port)
+        up = msgpack.Unpacker(raw=False, strict_map_key=False)
+        sent = got = 0
+        while got < per:
+            while sent < per and sent - got < window:
+                i = k * per + sent
+                c = {"click_id": f"d{i}", "ts": ts0 + i // 200, "session_id": f"s{i}",
+                     "user_id": f"u{i}", "ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                     "device": "app", "logged_in": True}
+                w.write(msgpack.packb([0, sent, "score", [c]]))
+                sent += 1
+            await w.drain()
+            data = await r.read(1 << 16)
+            if not data:
+                break
+            up.feed(data)
+            for m in up:
+                got += 1
+                if m[2] is not None:
+                    counts["errors"] += 1
+                elif m[3]["reason"] == "model":
+                    counts["model"] += 1
+                else:
+                    fo = counts["fail_open"]
+                    fo[m[3]["reason"]] = fo.get(m[3]["reason"], 0) + 1
+        w.close()
+
+    t = time.monotonic()
+    await asyncio.gather(*(one(k) for k in range(conns)))
+    counts["seconds"] = round(time.monotonic() - t, 1)
+    counts["rate_per_s"] = round(per * conns / max(counts["seconds"], 1e-9))
+    return counts
+
+
+def store_daemon(clicks: int = 600_000, max_mb: int = 64) -> dict[str, Any]:
+    """Distinct users, sessions and IPs through a real daemon whose embedded store is capped
+    at `max_mb` (far below what the clicks need, so most of the run evicts)."""
+    import urllib.request
+
+    from slidr.bench.daemon import DaemonRun
+    with DaemonRun(daemon_args={"embedded_max_mb": max_mb}) as d:
+        assert d.proc is not None
+        rss0 = _rss_mib(d.proc.pid)
+        peak = [rss0]
+        samples: list[float] = []
+
+        async def main() -> dict[str, Any]:
+            async def watch() -> None:
+                k = 0
+                while True:
+                    r = _rss_mib(d.proc.pid)  # type: ignore[union-attr]
+                    peak[0] = max(peak[0], r)
+                    if k % 10 == 0:
+                        samples.append(round(r, 1))
+                    k += 1
+                    await asyncio.sleep(0.5)
+            wt = asyncio.create_task(watch())
+            res = await _distinct_flood(d.port, clicks, 8, 16)
+            wt.cancel()
+            return res
+        res = asyncio.run(main())
+        text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
+        res.update({"clicks": clicks, "embedded_max_mb": max_mb,
+                    "rss_start_mib": round(rss0, 1), "rss_peak_mib": round(peak[0], 1),
+                    "rss_every_5s_mib": samples,
+                    "store_evicted": _metric(text, 'slidr_defence_total{event="store_evicted"}'),
+                    "loop_lag_max_le_s": _max_bucket(text, "slidr_loop_lag_seconds"),
+                    "loop_lag_over_s": _over(text, "slidr_loop_lag_seconds", (0.05, 0.1, 0.25)),
+                    "daemon_alive": d.alive()})
+    n = max(clicks, 1)
+    res["deadline_fail_open_pct"] = round(100 * res["fail_open"].get("fail_open:deadline", 0)
+                                          / n, 3)
+    return res
+
+
 # ------------------------------------------------------------------ main
 def run(names: list[str], quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"python": "python", "quick": quick}
@@ -456,6 +606,8 @@ def run(names: list[str], quick: bool = False) -> dict[str, Any]:
             out[name] = trickle(300 if quick else 5000, 6.0 if quick else 20.0)
         elif name == "store":
             out[name] = store(200_000 if quick else 10_000_000)
+        elif name == "store_daemon":
+            out[name] = store_daemon(50_000 if quick else 600_000, 16 if quick else 64)
         else:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         out[name]["wall_s"] = round(time.monotonic() - t, 1)

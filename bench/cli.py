@@ -179,9 +179,9 @@ def register(sub: Any) -> None:
     ab = bs.add_parser("abuse", help="hostile traffic against a real slidrd: poison clicks, a "
                                      "2099 click, garbage floods, connection waves, tricklers, "
                                      "10M distinct keys")
-    ab.add_argument("--scenarios", default="poison,future,flood,waves,trickle,store",
+    ab.add_argument("--scenarios", default="poison,future,flood,waves,trickle,store,store_daemon",
                     help="comma-separated (default: all): poison, future, flood, waves, "
-                         "trickle, store")
+                         "trickle, store, store_daemon")
     ab.add_argument("--quick", action="store_true",
                     help="small sizes, a smoke test (default: the full sizes)")
     add(ab, COMMON["out"], required=False, default=None, shown="none",

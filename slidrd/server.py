@@ -478,7 +478,8 @@ class Daemon:
             for c in list(self.conns):
                 if c.inflight == 0 and now - c.last_active > cfg.idle_timeout_s:
                     c.close()
-                elif c.rest and now - c.frame_t0 > cfg.frame_timeout_s and not c.closing:
+                elif c.rest and now - c.frame_t0 > cfg.frame_timeout_s and not c.closing \
+                        and not c.paused_reading:  # not while the daemon itself holds it back
                     defence["closed_frame_timeout"] += 1
                     c.rest = bytearray()
                     c.fatal(ErrorCode.BAD_REQUEST, f"a message took longer than "
