@@ -49,6 +49,10 @@ class Sink:
     def is_closing(self) -> bool:
         return False
 
+    def set_write_buffer_limits(self, high: int | None = None,
+                                low: int | None = None) -> None:
+        pass
+
     def pause_reading(self) -> None:
         pass
 

@@ -61,6 +61,7 @@ class DailyConfig:
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
+    sign_key: bytes | None = None  # sign the published bundle (registry.SIGNATURE)
 
 
 class _Stop(Exception):
@@ -233,7 +234,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
                "method": cal.chosen_method(result),
                "compared_with": res["compared_with"]}
     version = reg.publish(cand, metrics=_clean(metrics), guardrails=_clean(summary),
-                          promote=True)
+                          promote=True, sign_key=cfg.sign_key)
     log(f"daily: published and promoted {version}"
         + (f" (previous: {res['compared_with']})" if res["compared_with"] else ""))
     return {"exit_code": EXIT_PUBLISHED, "status": "published", "version": version,

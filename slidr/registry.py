@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -42,6 +43,11 @@ from typing import Any
 from slidr.util import atomic_open, fsync_dir
 
 MANIFEST = "manifest.json"
+# Optional: HMAC-SHA256 of manifest.json's bytes under a key shared by the publisher (`slidr
+# daily --sign-key`) and the daemons (`bundle_key`). The manifest holds the sha256 of every
+# file, so the signature covers the whole bundle.
+SIGNATURE = "manifest.sig"
+MIN_KEY_BYTES = 32
 MODEL_FILE = "model.onnx"
 THRESHOLDS_FILE = "thresholds.json"
 FEATURE_SPEC_FILE = "feature_spec.json"
@@ -174,7 +180,7 @@ class Bundle:
                 raise BundleError(v, f"checksum mismatch for {rel}: manifest {digest[:12]}..., "
                                      f"file {got[:12]}...")
         extra = sorted(p.name for p in self.path.iterdir()
-                       if p.name != MANIFEST and p.name not in files)
+                       if p.name not in (MANIFEST, SIGNATURE) and p.name not in files)
         if extra:
             raise BundleError(v, f"files not in the manifest: {', '.join(extra)}")
         if self.model_path.stat().st_size == 0:
@@ -198,6 +204,22 @@ class Bundle:
             check_thresholds(self.thresholds)
         except ValueError as e:
             raise BundleError(v, f"{m['thresholds_file']}: {e}") from None
+
+    def verify_signature(self, key: bytes) -> None:
+        """Raise BundleError unless manifest.sig is the HMAC-SHA256 of manifest.json under
+        `key` (an unsigned bundle, another key, or an altered manifest are refused)."""
+        v = self.version
+        try:
+            sig = (self.path / SIGNATURE).read_text().strip()
+        except FileNotFoundError:
+            raise BundleError(v, f"is not signed ({SIGNATURE} is missing) and a bundle key "
+                                 "is set") from None
+        except OSError as e:
+            raise BundleError(v, f"{SIGNATURE} is unreadable: {e}") from None
+        want = sign_bytes((self.path / MANIFEST).read_bytes(), key)
+        if not hmac.compare_digest(sig, want):
+            raise BundleError(v, f"{SIGNATURE} does not match: the bundle was altered or "
+                                 "signed with another key")
 
     def summary(self) -> dict[str, Any]:
         m = self.manifest
@@ -356,10 +378,11 @@ class Registry:
                 metrics: Mapping[str, Any] | None = None,
                 guardrails: Mapping[str, Any] | None = None,
                 promote: bool = False, expected_spec_hash: str | None = None,
-                force: bool = False) -> str:
+                force: bool = False, sign_key: bytes | None = None) -> str:
         """Copy a training/daily output directory into a new immutable bundle; return its
         version. The bundle is verified before it becomes visible; with promote=True it then
-        becomes current (under the same lock; a rejected version only with force=True)."""
+        becomes current (under the same lock; a rejected version only with force=True). With
+        sign_key the manifest is signed (manifest.sig, HMAC-SHA256)."""
         src = Path(src_dir)
         for req in _REQUIRED:
             if not (src / req).is_file():
@@ -383,6 +406,9 @@ class Registry:
                                         dir=self.bundles_dir))
             try:
                 self._fill(tmp, src, version, metrics, guardrails)
+                if sign_key is not None:
+                    (tmp / SIGNATURE).write_text(
+                        sign_bytes((tmp / MANIFEST).read_bytes(), sign_key) + "\n")
                 _check_built(tmp, version, expected_spec_hash)
                 for p in tmp.iterdir():
                     os.chmod(p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -522,6 +548,24 @@ def _stable(history: list[str], rejected: Mapping[str, Any]) -> str | None:
         if v not in rejected:
             return v
     return None
+
+
+def sign_bytes(data: bytes, key: bytes) -> str:
+    """The bundle signature of a manifest: HMAC-SHA256, hex."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def load_key(path: str | Path) -> bytes:
+    """A signing key from a file (its bytes, surrounding whitespace removed); at least
+    MIN_KEY_BYTES long, e.g. `head -c 32 /dev/urandom | base64 > key`."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise RegistryError(f"bundle key {path}: {e.strerror or e}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise RegistryError(f"bundle key {path} is {len(key)} bytes; at least {MIN_KEY_BYTES} "
+                            "are needed")
+    return key
 
 
 def _check_built(tmp: Path, version: str, expected_spec_hash: str | None) -> None:

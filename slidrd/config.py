@@ -14,6 +14,10 @@ from slidr import options
 from slidr.defaults import COMMON
 from slidr.options import Opt, OptionError, field_from, option, options_of
 
+# What one click of the contract takes in a score_many message, ids and user agent included:
+# max_score_many of them must fit in max_message_bytes.
+TYPICAL_CLICK_BYTES = 256
+
 
 class ConfigError(OptionError):
     """A configuration problem; the message names the key and where the value came from."""
@@ -69,11 +73,13 @@ class Config:
     max_message_bytes: int = option(1 << 20, "largest msgpack message (bytes)", lo=64,
                                     hi=1 << 30)
     max_connections: int = option(4096, "open public connections", lo=1, hi=1_000_000)
-    max_inflight_per_conn: int = option(16_384, "unanswered clicks per connection", lo=1,
-                                        hi=10_000_000)
+    max_inflight_per_conn: int = option(
+        4096, "unanswered clicks per connection (the default leaves 16 connections at this "
+        "limit room within max_inflight_total)", lo=1, hi=10_000_000)
     max_inflight_total: int = option(65_536, "unanswered clicks in the process", lo=1,
                                      hi=100_000_000)
-    max_score_many: int = option(10_000, "clicks in one score_many call", lo=1, hi=10_000_000)
+    max_score_many: int = option(4096, "clicks in one score_many call (max_score_many x 256 "
+                                 "bytes must fit in max_message_bytes)", lo=1, hi=10_000_000)
     idle_timeout_s: float = option(300.0, "close connections idle this long (s)", lo=0.1,
                                    hi=86_400 * 7)
     drain_timeout_s: float = option(10.0, "SIGTERM: longest wait for in-flight work (s)",
@@ -105,6 +111,32 @@ class Config:
     monitor_judge_windows: int = option(
         10, "windows a newly served bundle is judged for (against the previous bundle on the "
         "same clicks); then it is settled", lo=1, hi=1_000_000)
+    max_clock_skew_s: float = option(
+        300.0, "refuse a click stamped further ahead of the daemon's clock than this (s; "
+        "0 = off): one far-future click would otherwise move the counters' clock", lo=0,
+        hi=86_400 * 366)
+    max_click_age_s: float = option(
+        0.0, "refuse a click stamped further behind the daemon's clock than this (s; 0 = off, "
+        "e.g. to replay old logs)", lo=0, hi=86_400 * 366 * 100)
+    max_errors_per_conn: int = option(
+        64, "protocol errors one connection may earn before it is closed", lo=1,
+        hi=100_000_000)
+    write_buffer_bytes: int = option(
+        256 << 10, "answers queued for a connection that is not reading them: over this the "
+        "daemon stops reading its requests", lo=4096, hi=1 << 30)
+    write_stall_s: float = option(
+        10.0, "close a connection whose answers stayed unread (over write_buffer_bytes) this "
+        "long (s)", lo=0.1, hi=86_400)
+    frame_timeout_s: float = option(
+        10.0, "close a connection whose message takes longer than this from its first byte to "
+        "its last (s): trickling clients", lo=0.1, hi=86_400)
+    embedded_max_mb: int = option(
+        1536, "memory cap of the embedded store (MiB; 0 = none): at the cap, expired keys "
+        "first, then the least recently seen are evicted", lo=0, hi=1 << 30)
+    bundle_key: str = option(
+        "", "file with the key bundles must be signed with (HMAC-SHA256, `slidr daily "
+        "--sign-key`); unsigned or altered bundles are refused (empty = not checked)",
+        metavar="FILE")
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -165,3 +197,9 @@ def validate(cfg: Config, check_registry: bool = True) -> None:
                           "bundle must be judged for as many windows as it takes to fire)")
     if cfg.max_score_many > cfg.max_inflight_per_conn:
         raise ConfigError("'max_score_many' must not exceed 'max_inflight_per_conn'")
+    if cfg.max_score_many * TYPICAL_CLICK_BYTES > cfg.max_message_bytes:
+        raise ConfigError(
+            f"'max_score_many' = {cfg.max_score_many} clicks of ~{TYPICAL_CLICK_BYTES} bytes do "
+            f"not fit in 'max_message_bytes' = {cfg.max_message_bytes}: raise "
+            f"max_message_bytes to {cfg.max_score_many * TYPICAL_CLICK_BYTES} or lower "
+            f"max_score_many to {cfg.max_message_bytes // TYPICAL_CLICK_BYTES}")

@@ -84,6 +84,10 @@ class Histogram:
         return out
 
 
+DEFENCE_EVENTS = ("clock_refused", "closed_errors", "closed_write_stall", "closed_frame_timeout",
+                  "closed_for_room", "store_evicted")
+
+
 class Metrics:
     """All counters of one daemon process."""
 
@@ -115,6 +119,18 @@ class Metrics:
         self.busy_poll: Any = None  # slidrd.busypoll.BusyPoller when busy_poll_us > 0
         self.cluster: Any = None  # slidrd.cluster_link.ClusterLink on a Redis Cluster
         self.monitor: Any = None  # slidrd.monitor.Monitor (its counters are exported here)
+        # Hostile traffic (docs/daemon.md, "Hostile traffic"): what the limits did, by event.
+        self.defence: dict[str, int] = defaultdict(int)
+        for ev in DEFENCE_EVENTS:
+            self.defence[ev] = 0
+
+    @property
+    def clock_refused(self) -> int:
+        return self.defence["clock_refused"]
+
+    @clock_refused.setter
+    def clock_refused(self, v: int) -> None:
+        self.defence["clock_refused"] = v
 
     def render(self) -> str:
         L: list[str] = []
@@ -149,6 +165,10 @@ class Metrics:
                  "Clicks answered valid without a model score", "cause", self.fail_open)
         labelled("slidr_errors_total", "counter", "Error responses by code name", "code",
                  self.errors)
+        labelled("slidr_defence_total", "counter", "Hostile-traffic limits at work: clicks "
+                 "refused by the clock check, connections closed (errors, unread answers, slow "
+                 "frames, room for new clients), embedded-store keys evicted at the cap",
+                 "event", self.defence)
         for name, kind, helptext, value in (
             ("slidr_redis_errors_total", "counter", "Failed Redis round trips", self.redis_errors),
             ("slidr_connections", "gauge", "Open public connections", self.connections),
@@ -244,7 +264,7 @@ class Metrics:
                 "loop_lag_ms": {"p99_le": self.loop_lag.quantile(0.99) * 1000,
                                 "max_le": self.loop_lag.quantile(1.0) * 1000},
                 "gc_pauses": self.gc_pause.n, "gc_pause_ms_total": self.gc_pause.total * 1000,
-                "cpu_seconds": time.process_time(),
+                "cpu_seconds": time.process_time(), "defence": dict(self.defence),
                 **({"busy_poll_passes": self.busy_poll.passes,
                     "busy_poll_windows": self.busy_poll.windows} if self.busy_poll else {}),
                 **self.gauges}

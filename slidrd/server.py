@@ -36,6 +36,13 @@ from .rpc import RpcConnection
 
 log = logging.getLogger("slidrd")
 
+# At max_connections a new client takes the place of the connection idle the longest, if that
+# one has been idle at least this long (s) with nothing in flight; else the new one is refused.
+ROOM_MIN_IDLE_S = 1.0
+# When no connection has been idle that long, one whose message began this long ago (s) and is
+# still incomplete goes instead (the oldest such message first): trickling clients.
+ROOM_SLOW_FRAME_S = 0.25
+
 
 
 def _deadline_of(obj: Any, default_s: float) -> float:
@@ -59,11 +66,15 @@ class PublicConnection(RpcConnection):
         self.max_per_conn = cfg.max_inflight_per_conn
         self.max_many = cfg.max_score_many
         self.ip_ok, self.ip_check = batcher_ip_cache()
+        self.max_errors = cfg.max_errors_per_conn
+        self.write_buffer_bytes = cfg.write_buffer_bytes
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         d = self.daemon
         d.metrics.connections_total += 1
+        if len(d.conns) >= d.cfg.max_connections and not d.draining:
+            d.make_room()
         if len(d.conns) >= d.cfg.max_connections or d.draining:
             self.fatal(ErrorCode.OVERLOADED, "too many connections" if not d.draining
                        else "shutting down")
@@ -192,8 +203,22 @@ def make_store(cfg: Config) -> Any:
         return open_redis_store(cfg.redis, cfg.redis_mode, prefix=cfg.redis_prefix,
                                 timeout_s=cfg.redis_timeout_ms / 1000)
     from slidr.kernel import embedded_store
-    # Sized up front: growing a table rehashes it in one go, a multi-ms stall on the loop.
-    return embedded_store(_use_native(), capacity_hint=cfg.embedded_capacity)
+    # Sized up front: growing a table rehashes it in one go, a multi-ms stall on the loop. With
+    # a memory cap the index is sized for the cap at once (no rehash ever).
+    return embedded_store(_use_native(), capacity_hint=cfg.embedded_capacity,
+                          max_keys=embedded_max_keys(cfg.embedded_max_mb))
+
+
+def embedded_max_keys(max_mb: int) -> int:
+    """Keys per counter table that fit the embedded store in `max_mb` MiB (0 = no cap)."""
+    if max_mb <= 0:
+        return 0
+    from slidr.ext import kernel_native
+    if kernel_native is not None:
+        return int(kernel_native.max_keys_for_bytes(max_mb << 20))
+    # The pure-Python twin: the compiled store's entry sizes (48 + 40 + 256 bytes, and an
+    # index slot of 16 at 70 % load), so both paths keep the same number of keys.
+    return max(1, (max_mb << 20) // (344 + 3 * 16 * 2))
 
 
 class Daemon:
@@ -234,7 +259,7 @@ class Daemon:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self.model = await loop.run_in_executor(None, load_current, cfg.registry, cfg.backend,
-                                                cfg.max_batch)
+                                                cfg.max_batch, cfg.bundle_key)
         self.metrics.model_version = self.model.version
         self.monitor.on_swap(self.model.version, expected_from_manifest(self.model.manifest),
                              old_rejected=False)
@@ -274,7 +299,9 @@ class Daemon:
                                max_batch=cfg.max_batch, max_wait_us=cfg.max_wait_us,
                                pipeline_depth=cfg.pipeline_depth,
                                max_inflight_total=cfg.max_inflight_total, decision_log=self.dlog,
-                               deadline_s=cfg.deadline_ms / 1000.0, link=link)
+                               deadline_s=cfg.deadline_ms / 1000.0, link=link,
+                               max_clock_skew_s=cfg.max_clock_skew_s,
+                               max_click_age_s=cfg.max_click_age_s)
         if cfg.busy_poll_us > 0:
             self.poller = BusyPoller(loop, cfg.busy_poll_us)
             self.metrics.busy_poll = self.poller
@@ -286,7 +313,11 @@ class Daemon:
             path = cfg.admin_socket if cfg.workers == 1 else f"{cfg.admin_socket}.{self.worker}"
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            asrv = await loop.create_unix_server(lambda: AdminConnection(self), path)
+            old_mask = os.umask(0o177)  # the socket is created 0600, never wider for a moment
+            try:
+                asrv = await loop.create_unix_server(lambda: AdminConnection(self), path)
+            finally:
+                os.umask(old_mask)
             os.chmod(path, 0o600)
             self._servers.append(asrv)
             self.admin_path = path
@@ -375,7 +406,8 @@ class Daemon:
             loop = asyncio.get_running_loop()
             try:
                 new = await loop.run_in_executor(None, load_current, self.cfg.registry,
-                                                 self.cfg.backend, self.cfg.max_batch)
+                                                 self.cfg.backend, self.cfg.max_batch,
+                                                 self.cfg.bundle_key)
             except ModelLoadError as e:
                 self.metrics.reloads_failed += 1
                 log.error("reload (%s) refused, still serving %s: %s", reason,
@@ -412,16 +444,58 @@ class Daemon:
         return out
 
     # ------------------------------------------------------------------ background
+    def make_room(self) -> None:
+        """At max_connections: close the connection idle the longest (nothing in flight), so
+        that a new client gets in; idle and trickling peers cannot lock everyone out."""
+        victim: PublicConnection | None = None
+        slow: PublicConnection | None = None
+        now = time.monotonic()
+        oldest = now - ROOM_MIN_IDLE_S  # a client active this second stays...
+        frame_old = now - ROOM_SLOW_FRAME_S  # ...unless its message is still incomplete
+        for c in self.conns:
+            if c.inflight or c.closing:
+                continue
+            if c.last_active < oldest:
+                if victim is None or c.last_active < victim.last_active:
+                    victim = c
+            elif c.rest and c.frame_t0 < frame_old and (slow is None
+                                                        or c.frame_t0 < slow.frame_t0):
+                slow = c
+        victim = victim or slow
+        if victim is not None:
+            self.conns.discard(victim)
+            self.metrics.defence["closed_for_room"] += 1
+            victim.fatal(ErrorCode.OVERLOADED, "closed to make room for a new connection "
+                         "(max_connections reached; this one was idle the longest)")
+
     async def _sweeper(self) -> None:
-        period = min(1.0, self.cfg.idle_timeout_s / 4)
+        cfg = self.cfg
+        period = min(1.0, cfg.idle_timeout_s / 4, cfg.frame_timeout_s / 4, cfg.write_stall_s / 4)
+        defence = self.metrics.defence
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for c in list(self.conns):
-                if c.inflight == 0 and now - c.last_active > self.cfg.idle_timeout_s:
+                if c.inflight == 0 and now - c.last_active > cfg.idle_timeout_s:
                     c.close()
+                elif c.rest and now - c.frame_t0 > cfg.frame_timeout_s and not c.closing \
+                        and not c.paused_reading:  # not while the daemon itself holds it back
+                    defence["closed_frame_timeout"] += 1
+                    c.rest = bytearray()
+                    c.fatal(ErrorCode.BAD_REQUEST, f"a message took longer than "
+                            f"frame_timeout_s = {cfg.frame_timeout_s:g} s to arrive")
+                elif c.write_paused and now - c.write_paused_since > cfg.write_stall_s:
+                    defence["closed_write_stall"] += 1
+                    c.out.clear()
+                    c.closing = True
+                    if c.transport is not None:
+                        c.transport.abort()  # its unread answers go with it
+                    c.closed = True
             if self.dlog is not None:
                 self.metrics.decision_log_dropped = self.dlog.dropped
+            ev = getattr(self.store, "evicted", None)
+            if ev is not None:
+                defence["store_evicted"] = int(ev)
 
     async def _loop_lag(self) -> None:
         h = self.metrics.loop_lag
