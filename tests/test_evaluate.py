@@ -109,9 +109,9 @@ def test_transfer_thresholds_keep_each_slices_fpr() -> None:
     cols = {"score": old, "slice": sl, "purchased": pur, "split": np.array(["val"] * n)}
     th = {"method": "slice", "default": 0.9, "slices": {"desktop/out": 0.95, "mobile/out": 0.8}}
     out = cal.transfer_thresholds(th, cols, new)
-    for s, t in th["slices"].items():
-        m = (sl == s) & pur
-        assert ((new[m] > out["slices"][s]).sum()) == ((old[m] > t).sum())
+    for name, t in th["slices"].items():
+        m = (sl == name) & pur
+        assert ((new[m] > out["slices"][name]).sum()) == ((old[m] > t).sum())
     assert (new[pur] > out["default"]).sum() == (old[pur] > th["default"]).sum()
     assert out["refit"]["held_out_slices"] == th["slices"]
     # In-sample correction: half as many purchasing clicks pass.
