@@ -41,7 +41,9 @@ class EvalConfig:
     fpr_budget: float = field_from(CALIBRATION["fpr_budget"])
     refit: bool = True
     min_epochs: int = 1  # the fits run at least this many epochs (early stopping after)
-    transfer: str = "fpr"  # refit thresholds: keep each slice's FPR ("fpr") or IVR ("ivr")
+    # refit thresholds: keep each slice's FPR corrected for the in-sample bias as `slidr daily
+    # --refit` does ("fpr_corrected"), uncorrected ("fpr"), or keep its IVR ("ivr")
+    transfer: str = "fpr_corrected"
     weighting: str = field_from(TRAINING["weighting"])
     k: int = field_from(TRAINING["k"])
     seed: int = 0
