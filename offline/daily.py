@@ -191,8 +191,11 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         import pyarrow.parquet as pq
         new = pq.read_table(train_dir / "scores.parquet", columns=["score_refit"]).column(
             "score_refit").to_numpy().astype(np.float64)
+        meta = _read_json(train_dir / "training_meta.json") or {}
+        ratio = float((meta.get("refit") or {}).get("in_sample_ratio", 1.0))
         write_json(cand / "thresholds.json",
-                   cal.transfer_thresholds(_read_json(cand / "thresholds.json"), cols, new))
+                   cal.transfer_thresholds(_read_json(cand / "thresholds.json"), cols, new,
+                                           in_sample_ratio=ratio))
         res["refit"] = True
     res["calibration"] = cal.summary(result)
     res["calibration_method"] = cal.chosen_method(result)

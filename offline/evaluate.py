@@ -40,8 +40,9 @@ class EvalConfig:
     epochs: int = field_from(TRAINING["epochs"])
     fpr_budget: float = field_from(CALIBRATION["fpr_budget"])
     refit: bool = True
-    min_epochs: int = 1  # the fits run at least this many epochs (early stopping after)
-    transfer: str = "fpr"  # refit thresholds: keep each slice's FPR ("fpr") or IVR ("ivr")
+    # refit thresholds: keep each slice's FPR corrected for the in-sample bias as `slidr daily
+    # --refit` does ("fpr_corrected"), uncorrected ("fpr"), or keep its IVR ("ivr")
+    transfer: str = "fpr_corrected"
     weighting: str = field_from(TRAINING["weighting"])
     k: int = field_from(TRAINING["k"])
     seed: int = 0
@@ -150,7 +151,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         if cfg.refit:
             allr = np.flatnonzero(win)
             w_all = train.sample_weights(cells[allr])
-            n_ep = max(ho.best_epoch + 1, cfg.min_epochs)
+            n_ep = max(ho.best_epoch + 1, 1)
             rf = train.fit(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
                            hidden=cfg.hidden, epochs=n_ep, patience=n_ep + 1, seed=cfg.seed,
                            progress=False, label="mlp refit")

@@ -452,7 +452,15 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                         f"max({cfg.min_auc_margin}, {cfg.min_auc_z:g} s.e.))"
                         + ("" if ok else why), "model"))
     heur = np.asarray(cols["heuristic"], dtype=bool)
-    auc_h = roc_auc(cand_score, heur)
+    # Judged where the heuristic is trusted: the slices with a coverage floor (by default not
+    # logged-in traffic, where it mostly flags heavy-clicking customers; docs/calibration.md).
+    from .calibrate import coverage_target
+    trusted = np.array([coverage_target(cfg.min_coverage, cfg.slice_min_coverage, s) > 0
+                        for s in sl.tolist()], dtype=bool) if sl.size else np.zeros(0, bool)
+    if not (heur & trusted).any() or heur[trusted].all():
+        trusted = np.ones(heur.size, dtype=bool)
+    auc_h = roc_auc(cand_score[trusted], heur[trusted])
+    heur = heur[trusted]
     # The k-clicks heuristic also flags heavy-clicking humans, more on some days than others
     # (on a simulated day only 28% of its clicks were robots, and a model with AUC 0.92
     # against the truth ranked them at 0.53). So an AUC below min_auc_heuristic passes when
@@ -465,7 +473,8 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
     checks.append(Check("auc_heuristic", ok_h, auc_h, lim_h,
                         f"AUC against the robotic heuristic {auc_h:.3f} (limit {lim_h:.3f} = "
                         f"min({cfg.min_auc_heuristic}, chance + max({cfg.min_auc_margin}, "
-                        f"{cfg.min_auc_z:g} s.e.)) on {h1} heuristic clicks)"
+                        f"{cfg.min_auc_z:g} s.e.)) on {h1} heuristic clicks of the slices with "
+                        "a coverage floor)"
                         + ("" if ok_h else ": the model does not rank heuristic-robotic clicks "
                                            "above the rest"), "model"))
 

@@ -189,8 +189,15 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
                         weight_decay=cfg.weight_decay, epochs=n_ep, patience=n_ep + 1,
                         seed=cfg.seed, progress=cfg.progress, label="mlp refit")
         final = ref.model
+        # How much more FPR this training spends on days it has not seen than on days it
+        # trained on (the held-out model: training vs validation days); the refit model's
+        # thresholds are moved on purchasing clicks it trained on (calibrate.in_sample_ratio).
+        from . import calibrate as cal
+        ratio = cal.in_sample_ratio(train.predict(mlp.model, x[tr]), rp.purchased[tr],
+                                    train.predict(mlp.model, x[va]), rp.purchased[va],
+                                    cfg.fpr_target)
         refit_info = {"days": "all", "epochs": n_ep, "seconds": ref.seconds,
-                      "history": ref.history}
+                      "history": ref.history, "in_sample_ratio": ratio}
         timings["refit_s"] = time.perf_counter() - t
 
     ev = va | te

@@ -96,3 +96,27 @@ def test_evaluate_walks_and_reports_per_family(scenario: Path, tmp_path: Path) -
         assert 0.0 <= r["summary"]["families"][f]["after_one_retrain"] <= 1.0
     assert (out / "caught.png").stat().st_size > 10_000
     assert "pooled FPR" in (out / "evaluate.txt").read_text()
+
+
+def test_transfer_thresholds_keep_each_slices_fpr() -> None:
+    from slidr.offline import calibrate as cal
+    rng = np.random.default_rng(0)
+    n = 20_000
+    sl = np.where(rng.random(n) < 0.5, "desktop/out", "mobile/out")
+    pur = rng.random(n) < 0.05
+    old = rng.random(n)
+    new = old ** 3  # a different scale, the same order
+    cols = {"score": old, "slice": sl, "purchased": pur, "split": np.array(["val"] * n)}
+    th = {"method": "slice", "default": 0.9, "slices": {"desktop/out": 0.95, "mobile/out": 0.8}}
+    out = cal.transfer_thresholds(th, cols, new)
+    for name, t in th["slices"].items():
+        m = (sl == name) & pur
+        assert ((new[m] > out["slices"][name]).sum()) == ((old[m] > t).sum())
+    assert (new[pur] > out["default"]).sum() == (old[pur] > th["default"]).sum()
+    assert out["refit"]["held_out_slices"] == th["slices"]
+    # In-sample correction: half as many purchasing clicks pass.
+    half = cal.transfer_thresholds(th, cols, new, in_sample_ratio=2.0)
+    m = (sl == "mobile/out") & pur
+    assert (new[m] > half["slices"]["mobile/out"]).sum() == (old[m] > 0.8).sum() // 2
+    assert cal.in_sample_ratio(old, pur, old, pur, 0.01) == 1.0
+    assert cal.in_sample_ratio(old * 0.5, pur, old, pur, 0.01) == 4.0  # clipped
