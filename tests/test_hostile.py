@@ -207,6 +207,8 @@ def test_limits_that_disagree_are_refused():
         build(overrides={"registry": "/", "max_score_many": 10_000,
                          "max_inflight_per_conn": 10_000})
     build(overrides={"registry": "/"})  # the defaults agree
+    with pytest.raises(ConfigError, match="bundle_key"):
+        build(overrides={"registry": "/", "bundle_key": "/nonexistent/key"})
 
 
 # ------------------------------------------------------------------ embedded store cap
