@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
     p.add_argument("--first-days", type=int, default=3,
                    help="days the first model is trained on (default 3)")
+    p.add_argument("--loose-ivr", action="store_true",
+                   help="also loosen the IVR guardrails (a new model may then decide very "
+                        "differently from the current one: what the monitor is there to catch)")
     p.add_argument("--daemon-arg", action="append", default=[],
                    help="extra `slidrd serve` argument (repeatable), e.g. --monitor-sustain=3")
     args = p.parse_args(argv)
@@ -129,14 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     # (the AUC floor off, and the day-of-week drift of a few days' log allowed), so that
     # every day publishes: the point is the daily swap, and the
     # thresholds are still calibrated to the FPR budget on the days before.
-    guard = GuardrailConfig(fpr_tolerance=20, ivr_band=5, slice_ivr_band=50,
-                            min_slice_purchases=10, max_ivr=0.9, min_auc_margin=-0.5,
-                            min_auc_z=-1e6, min_auc_heuristic=0.0, max_psi=10.0)
+    # The IVR guardrails (candidate vs current, overall and per slice, and the ceiling) stay
+    # at their defaults unless --loose-ivr: they are what makes a day's new model "normal".
+    loose_ivr = {"ivr_band": 5, "slice_ivr_band": 50, "max_ivr": 0.9} if args.loose_ivr else {}
+    guard = GuardrailConfig(fpr_tolerance=20, min_slice_purchases=10, min_auc_margin=-0.5,
+                            min_auc_z=-1e6, min_auc_heuristic=0.0, max_psi=10.0, **loose_ivr)
     cfg = daily.DailyConfig(epochs=args.epochs, fpr_budget=0.05, min_coverage=0.2,
                             min_purchasing=30, guard=guard)
     reg = out / "registry"
     result: dict[str, Any] = {"days": n_days, "clicks_per_day": args.clicks_per_day,
                               "rate": args.rate, "daemon_args": args.daemon_arg,
+                              "loose_ivr": args.loose_ivr,
                               "dailies": [], "samples": []}
 
     def run_daily(last: int) -> dict[str, Any]:

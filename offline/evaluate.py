@@ -41,6 +41,7 @@ class EvalConfig:
     fpr_budget: float = field_from(CALIBRATION["fpr_budget"])
     refit: bool = True
     min_epochs: int = 1  # the fits run at least this many epochs (early stopping after)
+    transfer: str = "fpr"  # refit thresholds: keep each slice's FPR ("fpr") or IVR ("ivr")
     weighting: str = field_from(TRAINING["weighting"])
     k: int = field_from(TRAINING["k"])
     seed: int = 0
@@ -145,6 +146,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
                 s_fit[cols["split"] == "val"], cols["purchased"][cols["split"] == "val"],
                 cfg.fpr_budget)), "slices": {}}
         model = ho.model
+        ratio = 1.0
         if cfg.refit:
             allr = np.flatnonzero(win)
             w_all = train.sample_weights(cells[allr])
@@ -153,7 +155,13 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
                            hidden=cfg.hidden, epochs=n_ep, patience=n_ep + 1, seed=cfg.seed,
                            progress=False, label="mlp refit")
             model = rf.model
-            th = cal.transfer_thresholds(th, cols, train.predict(model, x[fit_rows]))
+            if cfg.transfer == "fpr_corrected":
+                ratio = cal.in_sample_ratio(train.predict(ho.model, x[tr]), rp.purchased[tr],
+                                            s_fit[cols["split"] == "val"],
+                                            cols["purchased"][cols["split"] == "val"],
+                                            cfg.fpr_budget)
+            th = cal.transfer_thresholds(th, cols, train.predict(model, x[fit_rows]),
+                                         "ivr" if cfg.transfer == "ivr" else "fpr", ratio)
         nxt = np.flatnonzero(day == t + 1)
         sc = train.predict(model, x[nxt]).astype(np.float64)
         inv = _apply(sc, slices[nxt], th)
@@ -166,6 +174,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
             "precision": float((inv & rob).sum() / max(inv.sum(), 1)),
             "recall": float((inv & rob).sum() / max(rob.sum(), 1)),
             "rule_fpr": float(r_n[pur].mean()) if pur.any() else float("nan"),
+            "in_sample_ratio": ratio,
             "caught": {}, "rule_caught": {}, "family_clicks": {},
             "seconds": round(time.perf_counter() - t0, 1)}
         for f in families:

@@ -58,9 +58,10 @@ TRAINING = _group(
         "on every day of the log, the newest included, for the epochs early stopping chose; "
         "its thresholds keep each slice's calibrated FPR (a robot that appeared in the last "
         "days is learnt the same day; the held-out numbers are the held-out model's)"),
-    Opt("weighting", str, "cells", "sample weights: 'cells' (the article: equal total weight "
-        "per local hour x day of week x logged-in x weak-label cell) or 'label' (equal total "
-        "weight per logged-in x weak-label cell)", choices=("cells", "label")),
+    Opt("weighting", str, "label", "sample weights: 'label' (equal total weight per "
+        "logged-in x weak-label cell) or 'cells' (the article: per local hour x day of week x "
+        "logged-in x weak-label cell, which divides a robot's extra volume in its hours away)",
+        choices=("label", "cells")),
 )
 
 # Calibration (offline/calibrate.py CalibConfig): `slidr calibrate`, `backtest`, `daily`, `demo`.
