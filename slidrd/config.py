@@ -197,6 +197,12 @@ def validate(cfg: Config, check_registry: bool = True) -> None:
                           "bundle must be judged for as many windows as it takes to fire)")
     if cfg.max_score_many > cfg.max_inflight_per_conn:
         raise ConfigError("'max_score_many' must not exceed 'max_inflight_per_conn'")
+    if cfg.bundle_key and check_registry:
+        from slidr.registry import RegistryError, load_key
+        try:
+            load_key(cfg.bundle_key)
+        except RegistryError as e:
+            raise ConfigError(f"'bundle_key': {e}") from None
     if cfg.max_score_many * TYPICAL_CLICK_BYTES > cfg.max_message_bytes:
         raise ConfigError(
             f"'max_score_many' = {cfg.max_score_many} clicks of ~{TYPICAL_CLICK_BYTES} bytes do "

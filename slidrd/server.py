@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import heapq
 import logging
 import os
 import signal
@@ -42,6 +43,10 @@ ROOM_MIN_IDLE_S = 1.0
 # When no connection has been idle that long, one whose message began this long ago (s) and is
 # still incomplete goes instead (the oldest such message first): trickling clients.
 ROOM_SLOW_FRAME_S = 0.25
+# Candidates ranked per scan of the connections, and the shortest time between two scans that
+# found no one (s).
+ROOM_BATCH = 256
+ROOM_RESCAN_S = 0.05
 
 
 
@@ -231,6 +236,8 @@ class Daemon:
         self.metrics = Metrics()
         self.model: ServingModel | None = None
         self.conns: set[PublicConnection] = set()
+        self._room: list[PublicConnection] = []  # eviction candidates at max_connections
+        self._room_scan_t = -1.0
         self.draining = False
         self.stopped = asyncio.Event()
         self._reload_lock = asyncio.Lock()
@@ -446,27 +453,42 @@ class Daemon:
     # ------------------------------------------------------------------ background
     def make_room(self) -> None:
         """At max_connections: close the connection idle the longest (nothing in flight), so
-        that a new client gets in; idle and trickling peers cannot lock everyone out."""
-        victim: PublicConnection | None = None
-        slow: PublicConnection | None = None
+        that a new client gets in; idle and trickling peers cannot lock everyone out. One scan
+        of the connections ranks up to ROOM_BATCH candidates, which the next connects use
+        (a burst of connects at the limit must not scan every connection each time)."""
         now = time.monotonic()
-        oldest = now - ROOM_MIN_IDLE_S  # a client active this second stays...
-        frame_old = now - ROOM_SLOW_FRAME_S  # ...unless its message is still incomplete
-        for c in self.conns:
-            if c.inflight or c.closing:
-                continue
-            if c.last_active < oldest:
-                if victim is None or c.last_active < victim.last_active:
-                    victim = c
-            elif c.rest and c.frame_t0 < frame_old and (slow is None
-                                                        or c.frame_t0 < slow.frame_t0):
-                slow = c
-        victim = victim or slow
-        if victim is not None:
-            self.conns.discard(victim)
-            self.metrics.defence["closed_for_room"] += 1
-            victim.fatal(ErrorCode.OVERLOADED, "closed to make room for a new connection "
-                         "(max_connections reached; this one was idle the longest)")
+        for attempt in range(2):
+            while self._room:
+                c = self._room.pop()
+                if c in self.conns and self._room_rank(c, now) is not None:
+                    self.conns.discard(c)
+                    self.metrics.defence["closed_for_room"] += 1
+                    c.fatal(ErrorCode.OVERLOADED, "closed to make room for a new connection "
+                            "(max_connections reached; this one was idle the longest)")
+                    return
+            if attempt or now - self._room_scan_t < ROOM_RESCAN_S:
+                return  # scanned a moment ago and found no one: refuse
+            self._room_scan_t = now
+            ranked = []
+            for c in self.conns:
+                r = self._room_rank(c, now)
+                if r is not None:
+                    ranked.append((r, id(c), c))
+            # best candidate last: pop() takes it
+            self._room = [c for _, _, c in heapq.nsmallest(ROOM_BATCH, ranked)][::-1]
+
+    @staticmethod
+    def _room_rank(c: PublicConnection, now: float) -> tuple[int, float] | None:
+        """How evictable a connection is (smaller first), or None when it must stay: idle
+        at least ROOM_MIN_IDLE_S (longest idle first), else an incomplete message begun at
+        least ROOM_SLOW_FRAME_S ago (oldest first)."""
+        if c.inflight or c.closing or c.closed:
+            return None
+        if c.last_active < now - ROOM_MIN_IDLE_S:
+            return (0, c.last_active)
+        if c.rest and c.frame_t0 < now - ROOM_SLOW_FRAME_S:
+            return (1, c.frame_t0)
+        return None
 
     async def _sweeper(self) -> None:
         cfg = self.cfg

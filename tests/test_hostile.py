@@ -207,6 +207,8 @@ def test_limits_that_disagree_are_refused():
         build(overrides={"registry": "/", "max_score_many": 10_000,
                          "max_inflight_per_conn": 10_000})
     build(overrides={"registry": "/"})  # the defaults agree
+    with pytest.raises(ConfigError, match="bundle_key"):
+        build(overrides={"registry": "/", "bundle_key": "/nonexistent/key"})
 
 
 # ------------------------------------------------------------------ embedded store cap
@@ -356,3 +358,35 @@ def test_daemon_with_a_bundle_key_keeps_serving_a_signed_bundle(tmp_path):
     with pytest.raises(RuntimeError, match="not signed"):
         bad.wait_ready(timeout=30)
     bad.stop()
+
+
+OOM_SCRIPT = """
+import resource, numpy as np
+from slidr.ext import kernel_native as K
+st = K.EmbeddedStore(capacity_hint=1024)  # no cap: only memory bounds it
+vm = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (32 << 20), vm + (32 << 20)))
+rng = np.random.default_rng(0)
+n, t0, errs = 4096, 1_767_225_600_000, 0
+for b in range(50):
+    uh, sh, ih = (rng.integers(0, 2**63, n, dtype=np.uint64) for _ in range(3))
+    hll = rng.integers(0, 32, (n, 4), dtype=np.uint8)
+    try:
+        st.update(np.arange(t0 + b * n, t0 + b * n + n, dtype=np.int64), uh, sh, ih, hll)
+    except MemoryError:
+        errs += 1
+print(len(st), st.evicted, errs)
+"""
+
+
+def test_store_out_of_memory_evicts_instead_of_failing():
+    """Out of memory before any cap (an address-space limit): inserts evict older keys, no
+    MemoryError, so no click is answered store_down for it."""
+    import subprocess
+    import sys
+    pytest.importorskip("slidr.ext._kernel")
+    out = subprocess.run([sys.executable, "-c", OOM_SCRIPT], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    keys, evicted, errs = map(int, out.stdout.split())
+    assert errs == 0 and evicted > 0 and keys > 20_000, out.stdout
