@@ -113,9 +113,25 @@ def test_guardrail_config_checked_in_full_when_loaded(tmp_path, capsys):
         assert rc == exits.USAGE and needle in line and str(f) in line, line
         rc, _o, err = run(capsys, "check-config", str(f), "--kind", "guardrails")
         assert rc == exits.USAGE and needle in one_line(err)
+    # A JSON guardrail config is read, checked in full like a TOML one, with a note naming the
+    # format to move to (one line, on stderr; --quiet drops it).
     f = _guard(tmp_path, json.dumps({"max_psi": 0.3}), "guard.json")
-    rc, _o, err = run(capsys, *base, "--guardrail-config", str(f))
-    assert rc == exits.USAGE and "TOML" in one_line(err)
+    rc, out, err = run(capsys, *base, "--guardrail-config", str(f))
+    assert rc == 0 and json.loads(out)["guard"]["max_psi"] == 0.3
+    assert "note:" in one_line(err) and "TOML" in err and str(f) in err
+    rc, out, err = run(capsys, *base, "--guardrail-config", str(f), "--quiet")
+    assert rc == 0 and err == ""
+    for text, needle in ((json.dumps({"max_psi": "high"}), "'max_psi' must be a number"),
+                         (json.dumps({"guardrails": {"max_ps": 1}}), "unknown key 'max_ps'"),
+                         ("[1", "not valid JSON"), ("[1]", "must be an object")):
+        f.write_text(text)
+        for argv in ([*base, "--guardrail-config", str(f)], ["check-config", str(f)]):
+            rc, _o, err = run(capsys, *argv)
+            line = one_line(err)
+            assert rc == exits.USAGE and needle in line and str(f) in line, line
+    f.write_text(json.dumps({"max_psi": 0.25}))
+    rc, out, err = run(capsys, "check-config", str(f), "--json")
+    assert rc == 0 and json.loads(out)[str(f)]["settings"]["max_psi"] == 0.25
     # A valid file, then a flag over it: the flag wins.
     f = _guard(tmp_path, "[guardrails]\nmax_psi = 0.3\nmin_days = 4\n")
     rc, out, err = run(capsys, *base, "--guardrail-config", str(f), "--max-psi", "0.4")
