@@ -106,6 +106,18 @@ def test_every_option_has_help_showing_its_default():
     assert not problems, "\n".join(problems)
 
 
+def test_an_optional_flag_never_claims_to_be_required():
+    """A flag a command makes optional (one of a group, or needed only in some uses) says when
+    it is needed instead of showing the declaration's "default: required"."""
+    bad = []
+    for leaf in _leaves():
+        text = leaf.format_help()
+        for m in re.finditer(r"^  (--\S+).*?(?=^  -|\Z)", text, re.S | re.M):
+            if "default: required" in " ".join(m.group(0).split()):
+                bad.append(f"{leaf.prog} {m.group(1)}")
+    assert not bad, bad
+
+
 def test_one_name_one_meaning_one_default():
     by_flag: dict[str, list[tuple[str, argparse.Action]]] = {}
     by_dest: dict[str, set[str]] = {}
