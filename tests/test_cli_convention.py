@@ -69,7 +69,7 @@ def test_every_leaf_has_the_common_switches():
     for leaf in _leaves():
         flags = {s for a in leaf._actions for s in a.option_strings}
         cmd = _command(leaf)
-        for f in ("--json", "--quiet", "--debug"):
+        for f in ("--json", "--quiet", "--debug", "--version"):
             assert f in flags, f"{leaf.prog} has no {f}"
         if cmd in long:
             assert "--progress" in flags, f"{leaf.prog} can run long but has no --progress"
@@ -82,6 +82,14 @@ def test_both_programs_have_version(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert re.match(rf"{name} \d+\.\d+\.\d+ \(Python ", out), out
+    # and on every command, before anything it requires
+    for argv, name in ((["train", "--version"], "slidr"), (["models", "list", "--version"],
+                       "slidr"), (["serve", "--version"], "slidrd")):
+        build = slidrd_parser if name == "slidrd" else slidr_parser
+        with pytest.raises(SystemExit) as e:
+            build().parse_args(argv)
+        assert e.value.code == 0
+        assert capsys.readouterr().out.startswith(f"{name} "), argv
 
 
 def test_every_option_has_help_showing_its_default():
