@@ -65,3 +65,14 @@ def test_closed_stdout_is_its_own_code_without_a_message(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == exits.PIPE_CLOSED, err
     assert err == "", err
+
+
+def test_simulate_progress_moves_in_even_steps(tmp_path, capsys):
+    """--progress (stderr not a terminal): a line every ~10 %, never a jump of a sixth."""
+    import re
+    rc, _out, err = run(capsys, "simulate", "--out", str(tmp_path / "s"), "--days", "6",
+                        "--clicks-per-day", "500", "--progress")
+    pcts = [int(m) for m in re.findall(r"^simulate: (\d+)% ", err, re.M)]
+    assert rc == 0 and len(pcts) >= 8 and pcts[-1] == 100, err
+    gaps = [b - a for a, b in zip([0, *pcts[:-1]], pcts, strict=True)]
+    assert max(gaps) <= 12 and min(gaps) > 0, pcts
