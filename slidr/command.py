@@ -96,6 +96,9 @@ def finish_tree(root: argparse.ArgumentParser, long_running: Iterable[str]) -> N
                 add(leaf, GLOBAL[name])
         if "--version" not in have:
             add_version(leaf)
+        for a in leaf._actions:  # one metavar per kind of value: N, X (as slidr/options.py)
+            if a.option_strings and a.nargs != 0 and a.metavar is None and not a.choices:
+                a.metavar = {int: "N", float: "X"}.get(a.type)  # type: ignore[call-overload]
         leaf.set_defaults(_prog=leaf.prog)
 
 

@@ -114,6 +114,15 @@ def test_every_option_has_help_showing_its_default():
     assert not problems, "\n".join(problems)
 
 
+def test_numbers_are_shown_as_n_or_x():
+    """A valued flag's metavar says what it takes (N, X, PATH, ...), never its dest in capitals."""
+    bad = [f"{leaf.prog} {a.option_strings[-1]}" for leaf in _leaves() for a in _options(leaf)
+           if a.nargs != 0 and not a.choices
+           and (a.metavar is None or (a.metavar == a.dest.upper() and len(a.dest) > 1))
+           and getattr(a.type, "__name__", "") in ("int", "float")]
+    assert not bad, bad
+
+
 def test_an_optional_flag_never_claims_to_be_required():
     """A flag a command makes optional (one of a group, or needed only in some uses) says when
     it is needed instead of showing the declaration's "default: required"."""
