@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -31,40 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .cost import Sink
+from .side import cpu_s
+
 BATCHES = (1, 4, 64, 512)
-
-
-class _Sink:
-    """An asyncio transport that keeps only counts."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self.bytes = 0
-
-    def write(self, b: bytes) -> None:
-        self.writes += 1
-        self.bytes += len(b)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-
-def _proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process, seconds (Linux /proc)."""
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _measure(store: str, sizes: tuple[int, ...], seconds: float,
@@ -94,7 +63,7 @@ async def _measure(store: str, sizes: tuple[int, ...], seconds: float,
             pool, _src = make_clicks(4096)
             prefixes = pack_prefixes(pool)
             conn = PublicConnection(d)
-            conn.connection_made(_Sink())  # type: ignore[arg-type]
+            conn.connection_made(Sink())  # type: ignore[arg-type]
             decided = d.metrics.decisions
             seq = [0]
 
@@ -135,7 +104,7 @@ async def _measure(store: str, sizes: tuple[int, ...], seconds: float,
                     await one(frames(b), b)
                 n = count if count is not None else max(30, min(20_000, int(3e4 / b)))
                 bufs = [frames(b) for _ in range(n)]
-                rcpu0 = _proc_cpu_s(redis.proc.pid) if redis and redis.proc else 0.0
+                rcpu0 = cpu_s(redis.proc.pid) if redis and redis.proc else 0.0
                 walls, cpus = [], []
                 t_end = time.monotonic() + seconds
                 k = 0
@@ -146,7 +115,7 @@ async def _measure(store: str, sizes: tuple[int, ...], seconds: float,
                     k += 1
                     if count is None and time.monotonic() > t_end and k >= 30:
                         break
-                rcpu = (_proc_cpu_s(redis.proc.pid) - rcpu0) if redis and redis.proc else None
+                rcpu = (cpu_s(redis.proc.pid) - rcpu0) if redis and redis.proc else None
                 out[b] = {"batches": k, "wall_us": statistics.median(walls) / 1e3,
                           "cpu_us": statistics.median(cpus) / 1e3,
                           "cpu_us_mean": statistics.fmean(cpus) / 1e3,

@@ -176,6 +176,18 @@ def register(sub: Any) -> None:
                    help="measure only these (repeatable; default: all three)")
     m.set_defaults(func=cmd_micro)
 
+    ab = bs.add_parser("abuse", help="hostile traffic against a real slidrd: poison clicks, a "
+                                     "2099 click, garbage floods, connection waves, tricklers, "
+                                     "10M distinct keys")
+    ab.add_argument("--scenarios", default="poison,future,flood,waves,trickle,store,store_daemon",
+                    help="comma-separated (default: all): poison, future, flood, waves, "
+                         "trickle, store, store_daemon")
+    ab.add_argument("--quick", action="store_true",
+                    help="small sizes, a smoke test (default: the full sizes)")
+    add(ab, COMMON["out"], required=False, default=None, shown="none",
+        help="also write abuse.json here")
+    ab.set_defaults(func=cmd_abuse)
+
 
 def _log(msg: str) -> None:
     from slidr import progress
@@ -281,6 +293,12 @@ def cmd_micro(a: argparse.Namespace) -> int:
     else:
         print("\n".join(micro.lines(res)))
     return 0
+
+
+def cmd_abuse(a: argparse.Namespace) -> int:
+    from slidr.bench import abuse
+    a.out = a.out or ""
+    return abuse.main_args(a)
 
 
 def cmd_cluster(a: argparse.Namespace) -> int:

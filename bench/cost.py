@@ -34,8 +34,9 @@ from typing import Any
 STAGES = ("intake", "prepare", "kernel", "finish", "model", "decide", "flush")
 
 
-class _Sink:
-    """An asyncio transport that keeps nothing."""
+class Sink:
+    """An asyncio transport that keeps only counts of what was written (bench/batch_cost.py
+    uses it too)."""
 
     def __init__(self) -> None:
         self.writes = 0
@@ -47,6 +48,10 @@ class _Sink:
 
     def is_closing(self) -> bool:
         return False
+
+    def set_write_buffer_limits(self, high: int | None = None,
+                                low: int | None = None) -> None:
+        pass
 
     def pause_reading(self) -> None:
         pass
@@ -95,7 +100,7 @@ async def _measure(frames_per_read: int, reads_per_pass: int, clicks: int,
         conns = []
         for _ in range(connections):
             c = PublicConnection(d)
-            c.connection_made(_Sink())  # type: ignore[arg-type]
+            c.connection_made(Sink())  # type: ignore[arg-type]
             conns.append(c)
 
         async def drive(lo: int, hi: int) -> None:

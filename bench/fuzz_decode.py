@@ -110,6 +110,10 @@ class _Sink:
             conn, self.conn = self.conn, None
             asyncio.get_running_loop().call_soon(conn.connection_lost, None)
 
+    def set_write_buffer_limits(self, high: int | None = None,
+                                low: int | None = None) -> None:
+        pass
+
     def pause_reading(self) -> None:
         pass
 

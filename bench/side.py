@@ -19,8 +19,9 @@ from typing import Any
 SERVERS = ("echo", "embedded", "redis")
 
 
-def _cpu_s(pid: int, tid: int | None = None) -> float:
-    """utime + stime of a process (or of one of its threads), seconds."""
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """utime + stime of a process (or of one of its threads), seconds (Linux /proc); NaN once
+    it is gone."""
     path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
     try:
         f = Path(path).read_text().rsplit(")", 1)[1].split()
@@ -72,13 +73,13 @@ def _one(servers: _Servers, name: str, rate: float, duration: float, warmup: flo
                     connections=connections, label=name)
     spec.check()
     pid, rpid = servers.pids(name)
-    c0 = _cpu_s(pid, pid) if pid else float("nan")
-    p0 = _cpu_s(pid) if pid else float("nan")
-    r0 = _cpu_s(rpid) if rpid else float("nan")
+    c0 = cpu_s(pid, pid) if pid else float("nan")
+    p0 = cpu_s(pid) if pid else float("nan")
+    r0 = cpu_s(rpid) if rpid else float("nan")
     rep = run_load(spec)
-    c1 = _cpu_s(pid, pid) if pid else float("nan")
-    p1 = _cpu_s(pid) if pid else float("nan")
-    r1 = _cpu_s(rpid) if rpid else float("nan")
+    c1 = cpu_s(pid, pid) if pid else float("nan")
+    p1 = cpu_s(pid) if pid else float("nan")
+    r1 = cpu_s(rpid) if rpid else float("nan")
     clicks = max(int(rep.get("sent", 0)) + int(rep.get("warmup_requests", 0)), 1)
     answered = max(int(rep.get("answered", 0)), 1)
     lat = rep.get("latency_ms", {})

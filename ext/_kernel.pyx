@@ -37,7 +37,9 @@ cdef enum:
     HLL_RANK_CAP = 60
     RAW_WIDTH = 32
     N_FEATURES = 24
-cdef uint32_t EMPTY = 0xFFFFFFFFU
+# A slot's idx is its dense index + 1; 0 marks an empty slot, so a fresh index is calloc'd
+# memory (pages untouched until used: a table sized for its cap costs nothing up front).
+cdef uint32_t EMPTY = 0
 
 cdef double U_TAU[4]
 U_TAU[:] = [60.0, 600.0, 3600.0, 86400.0]
@@ -357,22 +359,38 @@ ctypedef struct Table:
     size_t cap        # dense capacity
     size_t cursor     # sweep position in dense
     uint64_t seed     # per-table random salt for slot positions
+    size_t max_count  # cap on count (0 = none): at it, an insert evicts first
+    uint64_t evicted  # entries evicted at the cap (or when memory ran out)
 
 
-cdef int _table_init(Table* t, size_t esize, size_t hint) except -1:
-    cdef size_t nslots = 64, i
-    while nslots * 7 < hint * 10:
+cdef size_t _nslots_for(size_t keys) noexcept nogil:
+    """Slots an index needs to hold `keys` without growing (load factor <= 0.7)."""
+    cdef size_t nslots = 64
+    while nslots * 7 < keys * 10:
         nslots <<= 1
-    t.slots = <Slot*>malloc(nslots * sizeof(Slot))
-    t.dense = <char*>malloc((nslots // 2) * esize)
+    return nslots
+
+
+cdef int _table_init(Table* t, size_t esize, size_t hint, size_t max_count) except -1:
+    # With a cap the index is sized for it at once: it never rehashes (a rehash of millions
+    # of slots stalls the loop), and calloc'd pages cost memory only once keys land on them.
+    cdef size_t nslots = _nslots_for(hint if hint > max_count else max_count)
+    cdef size_t cap = _nslots_for(hint) // 2
+    if max_count:
+        cap = max_count  # reserved at once (pages used as it fills): never a realloc copy
+    t.slots = <Slot*>calloc(nslots, sizeof(Slot))
+    t.dense = <char*>malloc(cap * esize)
+    if t.dense == NULL and cap > _nslots_for(hint) // 2:  # too much to reserve: grow instead
+        cap = _nslots_for(hint) // 2
+        t.dense = <char*>malloc(cap * esize)
     if t.slots == NULL or t.dense == NULL:
         raise MemoryError()
-    for i in range(nslots):
-        t.slots[i].idx = EMPTY
     t.mask = nslots - 1
     t.esize = esize
     t.count = 0
-    t.cap = nslots // 2
+    t.cap = cap
+    t.max_count = max_count
+    t.evicted = 0
     t.cursor = 0
     t.seed = _mix(<uint64_t>(<size_t>t) ^ (<uint64_t>os_urandom_u64()))
     return 0
@@ -416,11 +434,9 @@ cdef int _grow_slots(Table* t) noexcept nogil:
     cdef size_t old_n = t.mask + 1, i, p
     cdef Slot* old = t.slots
     cdef size_t n = old_n * 2
-    cdef Slot* s = <Slot*>malloc(n * sizeof(Slot))
+    cdef Slot* s = <Slot*>calloc(n, sizeof(Slot))
     if s == NULL:
         return -1
-    for i in range(n):
-        s[i].idx = EMPTY
     t.slots = s
     t.mask = n - 1
     for i in range(old_n):
@@ -450,7 +466,7 @@ cdef inline void _prefetch_entry(Table* t, uint64_t key, int lines) noexcept nog
     cdef const char* e
     cdef int k
     if sl.idx != EMPTY and sl.key == key:
-        e = <const char*>_entry(t, sl.idx)
+        e = <const char*>_entry(t, sl.idx - 1)
         for k in range(lines):
             __builtin_prefetch(e + 64 * k)
 
@@ -459,26 +475,65 @@ cdef void* _lookup(Table* t, uint64_t key) noexcept nogil:
     cdef size_t p = _find_slot(t, key)
     if t.slots[p].idx == EMPTY:
         return NULL
-    return _entry(t, t.slots[p].idx)
+    return _entry(t, t.slots[p].idx - 1)
+
+
+cdef enum:
+    EVICT_SAMPLE = 16
+
+
+cdef void _evict_one(Table* t) noexcept nogil:
+    """Delete the least recently seen of EVICT_SAMPLE entries from the sweep cursor on (an
+    expired entry is older than any live one, so it goes first)."""
+    cdef size_t k, i, best = 0
+    cdef size_t m = EVICT_SAMPLE if t.count > EVICT_SAMPLE else t.count
+    cdef int64_t bl = 0x7FFFFFFFFFFFFFFF, l
+    if t.count == 0:
+        return
+    if t.cursor >= t.count:
+        t.cursor = 0
+    i = t.cursor
+    for k in range(m):
+        l = (<int64_t*>_entry(t, i))[1]
+        if l < bl:
+            bl = l
+            best = i
+        i += 1
+        if i >= t.count:
+            i = 0
+    t.cursor = i
+    _delete_at(t, best)
+    t.evicted += 1
 
 
 cdef void* _insert(Table* t, uint64_t key) noexcept nogil:
-    """Append a zeroed entry for a key known to be absent; NULL when out of memory."""
+    """Append a zeroed entry for a key known to be absent. At the cap, or when memory runs
+    out, an older entry is evicted first; NULL only when the table is empty and memory is
+    out (never a lasting state: the next insert tries again)."""
     cdef size_t p, ncap
     cdef char* d
+    if t.max_count and t.count >= t.max_count:
+        _evict_one(t)
     if (t.count + 1) * 10 > (t.mask + 1) * 7:
         if _grow_slots(t) < 0:
-            return NULL
+            if t.count == 0:
+                return NULL
+            _evict_one(t)  # the index stays under ~70 % full: probing still ends
     if t.count == t.cap:
         ncap = t.cap + t.cap // 2 + 16
-        d = <char*>realloc(t.dense, ncap * t.esize)
+        if t.max_count and ncap > t.max_count:
+            ncap = t.max_count
+        d = <char*>realloc(t.dense, ncap * t.esize) if ncap > t.cap else NULL
         if d == NULL:
-            return NULL
-        t.dense = d
-        t.cap = ncap
+            if t.count == 0:
+                return NULL
+            _evict_one(t)
+        else:
+            t.dense = d
+            t.cap = ncap
     p = _find_slot(t, key)
     t.slots[p].key = key
-    t.slots[p].idx = <uint32_t>t.count
+    t.slots[p].idx = <uint32_t>(t.count + 1)
     d = <char*>_entry(t, t.count)
     memset(d, 0, t.esize)
     (<uint64_t*>d)[0] = key
@@ -507,7 +562,7 @@ cdef void _delete_at(Table* t, size_t i) noexcept nogil:
     if i != last:
         lkey = (<uint64_t*>_entry(t, last))[0]
         memcpy_entry(t, i, last)
-        t.slots[_find_slot(t, lkey)].idx = <uint32_t>i
+        t.slots[_find_slot(t, lkey)].idx = <uint32_t>(i + 1)
     t.count -= 1
 
 
@@ -568,21 +623,26 @@ cdef class EmbeddedStore:
         self.ips.dense = NULL
 
     def __init__(self, Py_ssize_t capacity_hint=1024, Py_ssize_t sweep_every=256,
-                 int64_t sweep_grace_ms=3_600_000, Py_ssize_t sweep_scan=8):
+                 int64_t sweep_grace_ms=3_600_000, Py_ssize_t sweep_scan=8,
+                 Py_ssize_t max_keys=0):
         """capacity_hint: keys per table to size for; sweep_every: clicks between sweep steps
         (each step examines sweep_scan * sweep_every entries per table, so a full pass over a
         table takes at most size/sweep_scan clicks and dead keys stay a small fraction);
         sweep_grace_ms: how long past its TTL (in stream time) a key is kept, so a click up to
         that much older than the newest one still sees it, exactly as the reference would.
         The sweep only frees memory: the counters do not depend on sweep_every / sweep_scan
-        (a batch replay of a time-ordered log can sweep less, e.g. sweep_scan=1)."""
-        if capacity_hint < 0 or sweep_every < 1 or sweep_grace_ms < 0 or sweep_scan < 1:
+        (a batch replay of a time-ordered log can sweep less, e.g. sweep_scan=1).
+        max_keys: keys per table at most (0 = no cap); at the cap a new key evicts the least
+        recently seen of a small sample of older keys (expired ones first), counted in
+        `evicted`; the index is sized for the cap at once, so it never rehashes."""
+        if capacity_hint < 0 or sweep_every < 1 or sweep_grace_ms < 0 or sweep_scan < 1 \
+                or max_keys < 0 or max_keys >= (1 << 32) - 1:
             raise ValueError("capacity_hint >= 0, sweep_every >= 1, sweep_grace_ms >= 0, "
-                             "sweep_scan >= 1")
+                             "sweep_scan >= 1, 0 <= max_keys < 2**32 - 1")
         self.name = "embedded"
-        _table_init(&self.users, sizeof(UserSt), capacity_hint)
-        _table_init(&self.sessions, sizeof(SessSt), capacity_hint)
-        _table_init(&self.ips, sizeof(IpSt), capacity_hint)
+        _table_init(&self.users, sizeof(UserSt), capacity_hint, max_keys)
+        _table_init(&self.sessions, sizeof(SessSt), capacity_hint, max_keys)
+        _table_init(&self.ips, sizeof(IpSt), capacity_hint, max_keys)
         self.now[:] = [-(1 << 62), -(1 << 62), -(1 << 62)]
         self.sweep_every = sweep_every
         self.sweep_scan = sweep_scan
@@ -604,12 +664,18 @@ cdef class EmbeddedStore:
     def __len__(self):
         return self.users.count + self.sessions.count + self.ips.count
 
+    @property
+    def evicted(self):
+        """Entries evicted at the cap (all tables)."""
+        return self.users.evicted + self.sessions.evicted + self.ips.evicted
+
     def stats(self):
         cdef size_t b = _table_bytes(&self.users) + _table_bytes(&self.sessions) + \
             _table_bytes(&self.ips)
         keys = len(self)
         return {"users": self.users.count, "sessions": self.sessions.count,
                 "ips": self.ips.count, "keys": keys, "bytes": b,
+                "max_keys": self.users.max_count, "evicted": self.evicted,
                 "bytes_per_key": (b / keys) if keys else 0.0,
                 "entry_bytes": {"user": sizeof(UserSt), "session": sizeof(SessSt),
                                 "ip": sizeof(IpSt), "slot": sizeof(Slot)}}
@@ -828,6 +894,23 @@ cdef class EmbeddedStore:
                     row[16 + 5 * j] = frac
             self._after(2, &self.ips, I_TTL)
         return 0
+
+
+def max_keys_for_bytes(size_t budget):
+    """The largest per-table cap whose three tables (dense entries plus an index sized for
+    the cap) fit in `budget` bytes."""
+    cdef size_t per = sizeof(UserSt) + sizeof(SessSt) + sizeof(IpSt)
+    cdef size_t n = 64, k, idx, best = 0
+    while n <= (<size_t>1 << 33):
+        k = n * 7 // 10
+        idx = 3 * n * sizeof(Slot)
+        if idx < budget:
+            if (budget - idx) // per < k:
+                k = (budget - idx) // per
+            if k > best:
+                best = k
+        n <<= 1
+    return min(best, (1 << 32) - 2)
 
 
 cdef void _sweep_table(Table* t, int64_t limit, Py_ssize_t budget) noexcept nogil:

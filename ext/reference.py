@@ -141,10 +141,28 @@ class ReferenceStore:
 
     name = "reference"
 
-    def __init__(self) -> None:
+    def __init__(self, max_keys: int = 0) -> None:
+        """max_keys: keys per table at most (0 = no cap); at the cap a new key evicts the
+        least recently seen key of its table (dicts kept in the order keys were last seen; the
+        native store takes the least recently seen of a small sample, so the two agree below
+        the cap)."""
         self.users: dict[int, list[float]] = {}
         self.sessions: dict[int, list[float]] = {}
         self.ips: dict[int, tuple[list[float], list[_Hll]]] = {}
+        self.max_keys = max_keys
+        self.evicted = 0
+
+    def _get(self, table: dict[int, Any], key: int) -> Any:
+        e = table.get(key)
+        if e is not None and self.max_keys:  # seen now: to the end of the order
+            table[key] = table.pop(key)
+        return e
+
+    def _room(self, table: dict[int, Any]) -> None:
+        """Evict the least recently seen key when the table is at its cap."""
+        if self.max_keys and len(table) >= self.max_keys:
+            del table[next(iter(table))]
+            self.evicted += 1
 
     def __len__(self) -> int:
         return len(self.users) + len(self.sessions) + len(self.ips)
@@ -157,8 +175,10 @@ class ReferenceStore:
             t = int(ts[i])
             row: list[float] = []
             # user
-            st = self.users.get(int(uh[i]))
+            st = self._get(self.users, int(uh[i]))
             if st is None or t - st[-1] > USER_TTL_MS:
+                if st is None:
+                    self._room(self.users)
                 st = [1.0] * len(USER_TAUS) + [float(t)]
                 self.users[int(uh[i])] = st
                 gap = -1.0
@@ -168,9 +188,11 @@ class ReferenceStore:
                 st[-1] = float(max(int(st[-1]), t))
             row += st[: len(USER_TAUS)] + [gap]
             # session: counts..., last, first
-            ss = self.sessions.get(int(sh[i]))
+            ss = self._get(self.sessions, int(sh[i]))
             ns = len(SESSION_TAUS)
             if ss is None or t - ss[ns] > SESSION_TTL_MS:
+                if ss is None:
+                    self._room(self.sessions)
                 ss = [1.0] * ns + [float(t), float(t)]
                 self.sessions[int(sh[i])] = ss
                 gap = -1.0
@@ -181,8 +203,10 @@ class ReferenceStore:
             row += ss[:ns] + [gap, max(t - int(ss[ns + 1]), 0) / 1000.0]
             # ip
             ni = len(IP_TAUS)
-            ent = self.ips.get(int(ih[i]))
+            ent = self._get(self.ips, int(ih[i]))
             if ent is None or t - ent[0][ni] > IP_TTL_MS:
+                if ent is None:
+                    self._room(self.ips)
                 ent = ([1.0] * ni + [float(t)], [_Hll(t // w) for w in HLL_WINDOWS_MS])
                 self.ips[int(ih[i])] = ent
             else:
@@ -197,7 +221,8 @@ class ReferenceStore:
         return out
 
     def stats(self) -> dict[str, int]:
-        return {"users": len(self.users), "sessions": len(self.sessions), "ips": len(self.ips)}
+        return {"users": len(self.users), "sessions": len(self.sessions), "ips": len(self.ips),
+                "max_keys": self.max_keys, "evicted": self.evicted}
 
     def close(self) -> None:
         pass

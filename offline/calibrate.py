@@ -870,6 +870,71 @@ def global_thresholds(result: Mapping[str, Any], which: str = "budget") -> dict[
             "calibration": cal}
 
 
+def transfer_thresholds(th: Mapping[str, Any], cols: Mapping[str, Any],
+                        new_score: np.ndarray, rule: str = "fpr",
+                        in_sample_ratio: float = 1.0) -> dict[str, Any]:
+    """thresholds.json of a model trained again on every day (`--refit`) from the thresholds
+    calibrated on the held-out model's scores: per slice (and for the default), the threshold
+    under which the new model's scores pass as many of the fitted days' purchasing clicks as
+    the calibrated one did, so each slice keeps the FPR its calibration chose. `cols` are the
+    fitted days (split == "val"), `new_score` the new model's scores of the same clicks.
+
+    The new model has trained on these very clicks, so its purchasing clicks score lower here
+    than new ones will: `in_sample_ratio` (in_sample_ratio(), >= 1) is how much more FPR the
+    same training spends on days it has not seen than on days it trained on; the new threshold
+    passes that many times fewer purchasing clicks (rule "fpr")."""
+    fit = np.asarray(cols["split"]).astype(str) == "val"
+    sl = np.asarray(cols["slice"]).astype(str)[fit]
+    pur = np.asarray(cols["purchased"], dtype=bool)[fit]
+    old = np.asarray(cols["score"], dtype=np.float64)[fit]
+    new = np.asarray(new_score, dtype=np.float64)[fit]
+
+    if rule not in ("fpr", "ivr"):
+        raise ValueError(f"transfer rule must be 'fpr' or 'ivr', not {rule!r}")
+
+    def move(t: float, m: np.ndarray) -> float:
+        # "fpr": as many purchasing clicks pass; "ivr": as many clicks of any kind (the new
+        # model has seen the purchasing clicks of these days, so their scores are in-sample).
+        m = m & pur if rule == "fpr" else m
+        if not m.any():
+            return float(t)
+        k = int((old[m] > t).sum())  # purchasing clicks the calibrated threshold passes
+        if rule == "fpr":
+            k = int(np.floor(k / max(in_sample_ratio, 1.0)))
+        ps = np.sort(new[m])[::-1]
+        return float(ps[k]) if k < ps.size else max(float(np.nextafter(ps[-1], -np.inf)), 0.0)
+
+    out = {k: v for k, v in th.items() if k not in ("default", "slices")}
+    out["default"] = move(float(th["default"]), np.ones(sl.size, dtype=bool))
+    out["slices"] = {s: move(float(v), sl == s) for s, v in (th.get("slices") or {}).items()}
+    out["refit"] = {"rule": "per slice, the refit model's threshold passing as many of the "
+                            "fitted days' " + ("purchasing clicks" if rule == "fpr" else "clicks")
+                            + " as the calibrated threshold passed under the held-out model",
+                    "in_sample_ratio": float(in_sample_ratio),
+                    "held_out_default": th["default"],
+                    "held_out_slices": dict(th.get("slices") or {})}
+    return out
+
+
+def in_sample_ratio(score_in: np.ndarray, purchased_in: np.ndarray, score_out: np.ndarray,
+                    purchased_out: np.ndarray, budget: float, max_ratio: float = 4.0) -> float:
+    """How much more FPR a model spends on days it did not train on than on days it did, at
+    the threshold that spends `budget` on the unseen days: FPR(unseen) / FPR(trained-on),
+    clipped to [1, max_ratio]. Measured on the held-out model (training days vs validation
+    days); a model trained again on every day has the same bias on all of them."""
+    from .metrics import threshold_for_fpr
+    po = np.asarray(purchased_out, dtype=bool)
+    pi = np.asarray(purchased_in, dtype=bool)
+    if not po.any() or not pi.any():
+        return 1.0
+    t = threshold_for_fpr(np.asarray(score_out)[po], np.ones(int(po.sum()), dtype=bool), budget)
+    f_out = float((np.asarray(score_out)[po] > t).mean())
+    f_in = float((np.asarray(score_in)[pi] > t).mean())
+    if f_in <= 0:
+        return float(max_ratio)
+    return float(min(max(f_out / f_in, 1.0), max_ratio))
+
+
 def chosen_method(result: Mapping[str, Any]) -> str:
     """"slice" or "global" (global@budget): what result["thresholds"] holds."""
     return str(result["calibration"].get("method", "slice"))

@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="TOML file setting any guardrail limit by name (a [guardrails] table; "
                         "docs/cli.md lists them); flags given on the command line win (default: "
                         "none)")
+    add(p, TRAINING["refit"])
+    add(p, TRAINING["weighting"])
+    p.add_argument("--sign-key", type=Path, default=None, metavar="FILE",
+                   help="sign the published bundle with the key in FILE (HMAC-SHA256, at least "
+                        "32 bytes); daemons given the same key (bundle_key) refuse unsigned or "
+                        "altered bundles (default: unsigned)")
     p.add_argument("--check-config", action="store_true",
                    help="check the flags and the guardrail config, print the settings the job "
                         "would run with as JSON and exit (0 valid, 2 not)")
@@ -81,10 +87,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = daily.DailyConfig(fpr_budget=args.fpr_budget, min_coverage=args.min_coverage,
                             slice_min_coverage=args.slice_min_coverage,
                             min_purchasing=args.min_purchasing, k=args.k, epochs=args.epochs,
-                            seed=args.seed, val_days=args.val_days, guard=g, method=args.method)
+                            seed=args.seed, val_days=args.val_days, guard=g, method=args.method,
+                            refit=args.refit, weighting=args.weighting)
+    if args.sign_key is not None:
+        from slidr.registry import load_key
+        cfg.sign_key = load_key(args.sign_key)
     if args.check_config:
         out = dataclasses.asdict(cfg)
         out.pop("progress", None)
+        out["sign_key"] = str(args.sign_key) if args.sign_key is not None else None  # never the key
         json.dump(out, sys.stdout, indent=2, sort_keys=True, default=str)
         sys.stdout.write("\n")
         return 0

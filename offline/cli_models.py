@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     def common(q: argparse.ArgumentParser) -> None:
         add(q, COMMON["registry"])
 
-    common(ms.add_parser("list", help="all bundles, marking current and previous"))
+    common(ms.add_parser("list", help="all bundles, marking current, previous and rejected "
+                                      "(with the reason)"))
     q = ms.add_parser("show", help="one bundle: manifest summary, thresholds, metrics")
     q.add_argument("version", nargs="?", help="a version, or current or previous (as "
                                               "`slidr replay --model-version`) (default: "
@@ -36,8 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(q)
     q = ms.add_parser("promote", help="make VERSION current (after verifying it)")
     q.add_argument("version", help="the version to promote (`slidr models list`)")
+    q.add_argument("--force", action="store_true",
+                   help="promote a version that was rejected (rolled back by slidrd's "
+                        "deviation monitor or with --reason); clears the mark")
     common(q)
-    common(ms.add_parser("rollback", help="the previous stable bundle becomes current"))
+    q = ms.add_parser("rollback", help="the previous stable bundle becomes current")
+    q.add_argument("--reason", default=None, metavar="TEXT",
+                   help="mark the bundle rolled back as rejected, with this reason (default: "
+                        "not marked)")
+    common(q)
     q = ms.add_parser("verify", help="checksums, manifest, feature-spec hash (all bundles if "
                                      "no VERSION)")
     q.add_argument("version", nargs="?", help="the version to verify, or current or previous "
@@ -87,18 +95,24 @@ def _dispatch(args: argparse.Namespace, reg: Any) -> int:
                 s = reg.show(v)
             except BundleError as e:
                 s = {"version": v, "error": e.reason}
+            rej = (ptr.get("rejected") or {}).get(v)
             rows.append({"version": v, "current": v == ptr["current"],
                          "previous": v == ptr["previous"], "created": s.get("created"),
                          "method": s.get("threshold_method"),
                          "guardrails_passed": s.get("guardrails_passed"),
-                         "error": s.get("error")})
+                         "error": s.get("error"), "rejected": rej})
         lines = [f"{'':2}{'version':<34} {'created':<21} {'method':<7} guardrails"]
         for r in rows:
-            mark = "* " if r["current"] else ("p " if r["previous"] else "  ")
+            mark = "* " if r["current"] else ("p " if r["previous"] else
+                                              ("x " if r["rejected"] else "  "))
             lines.append(f"{mark}{r['version']:<34} {r['created'] or '-':<21} "
                          f"{r['method'] or '-':<7} {r['guardrails_passed']}"
                          + (f"  ERROR {r['error']}" if r["error"] else ""))
-        lines.append("(* current, p previous)" if rows else f"no bundles in {reg.path}")
+            if r["rejected"]:
+                lines.append(f"    rejected {r['rejected'].get('at', '?')}: "
+                             f"{r['rejected'].get('reason', '?')}")
+        lines.append("(* current, p previous, x rejected)" if rows
+                     else f"no bundles in {reg.path}")
         _out(args, {"pointers": ptr, "bundles": rows}, "\n".join(lines))
         return 0
     if args.action == "show":
@@ -116,18 +130,21 @@ def _dispatch(args: argparse.Namespace, reg: Any) -> int:
             text.append("held-out  " + "  ".join(f"{k}={test[k]:.4f}" for k in
                                                  ("ivr", "fpr", "coverage") if k in test))
         text.append(f"guardrails passed: {s['guardrails_passed']}")
+        if s.get("rejected"):
+            text.append(f"REJECTED  {s['rejected'].get('at', '?')}: "
+                        f"{s['rejected'].get('reason', '?')}")
         text.append(f"path      {s['path']}")
         _out(args, s, "\n".join(text))
         return 0
     if args.action == "promote":
         reg.bundle(args.version)  # an unknown version is bad input (2), not a failed check (5)
-        reg.promote(args.version)
+        reg.promote(args.version, force=args.force)
         p = reg.pointers()
         _out(args, {"ok": True, **p}, f"current: {p['current']}  previous: {p['previous']}")
         return 0
     if args.action == "rollback":
         old = ptr["current"]
-        new = reg.rollback()
+        new = reg.rollback(reason=args.reason, by="slidr models rollback")
         p = reg.pointers()
         _out(args, {"ok": True, "rolled_back": old, **p},
              f"rolled back {old} -> current: {new}  previous: {p['previous']}")

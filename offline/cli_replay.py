@@ -49,6 +49,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default: every run in the directory)")
     p.add_argument("--list-runs", action="store_true",
                    help="with --decisions DIR: list the daemon runs in the directory and exit")
+    p.add_argument("--bad-window", metavar="VERSION", default=None,
+                   help="with --decisions: only the decisions VERSION made (its fail-open "
+                        "answers included), e.g. a bundle slidrd's monitor rolled back; "
+                        "re-scored through the registry's current bundle unless "
+                        "--model-version or --bundle names another (default: none, every "
+                        "decision of the log; docs/runbook.md)")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from where an interrupted replay to the same --out stopped "
+                        "(OUT.resume.json); default: start over")
     add(p, DAEMON["backend"], help="scorer backend, as the daemon's `backend`")
     p.set_defaults(func=run)
 
@@ -67,8 +76,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--out is required")
     if args.model_version is not None and args.registry is None:
         raise ValueError("--model-version needs --registry")
+    if args.bad_window is not None and args.decisions is None:
+        raise ValueError("--bad-window needs --decisions (the decision log of that window)")
     model = rd.load_model(bundle=args.bundle, registry=args.registry,
                           version=args.model_version, backend=args.backend)
+    if args.bad_window is not None and model.version == args.bad_window:
+        raise ValueError(f"--bad-window {args.bad_window} would be re-scored through itself: "
+                         "roll it back first, or name the bundle to replay with "
+                         "(--model-version / --bundle)")
     if args.clicks is not None:
         if args.only_fail_open:
             raise ValueError("--only-fail-open needs --decisions (a click log has no decisions)")
@@ -77,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
         summary = rd.replay_decisions(args.decisions, model, args.out,
                                       recompute_features=args.recompute_features,
                                       only_fail_open=args.only_fail_open,
-                                      include_partial=args.include_partial, run=args.run)
+                                      include_partial=args.include_partial, run=args.run,
+                                      bad_window=args.bad_window, resume=args.resume)
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2, sort_keys=True))
     else:

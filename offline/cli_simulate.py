@@ -26,14 +26,33 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first UTC day (default: 2026-11-02)")
     p.add_argument("--format", choices=("parquet", "csv", "both"), default="parquet",
                    help="click log format")
+    p.add_argument("--new-families", default="", metavar="LIST",
+                   help="comma-separated robot families absent from stock logs to add "
+                        "(proxy_rotator, mimic, injector, ad_stacker, or 'all'; default: none)")
+    p.add_argument("--appear-day", type=int, default=0, metavar="N",
+                   help="first UTC day (0-based) of the new families; they persist after it "
+                        "(default: 0)")
+    p.add_argument("--new-share", type=float, default=0.03, metavar="X",
+                   help="share of an average day's clicks per new family (default: 0.03)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .simulate import DEFAULT_START, SimParams, simulate, write_outputs
-
+    from .simulate import DEFAULT_START, NEW_FAMILIES, SimParams, simulate, write_outputs
+    new = [f.strip() for f in args.new_families.split(",") if f.strip()]
+    if new == ["all"]:
+        new = list(NEW_FAMILIES)
+    bad = [f for f in new if f not in NEW_FAMILIES]
+    if bad:
+        raise ValueError(f"--new-families: unknown famil{'y' if len(bad) == 1 else 'ies'} "
+                         f"{', '.join(bad)} (known: {', '.join(NEW_FAMILIES)}, all)")
+    if not 0.0 <= args.new_share < 0.5:
+        raise ValueError(f"--new-share must be in [0, 0.5), got {args.new_share}")
+    base = SimParams()
     params = SimParams(days=args.days, clicks_per_day=args.clicks_per_day, seed=args.seed,
-                       start=args.start or DEFAULT_START)
+                       start=args.start or DEFAULT_START,
+                       robot_share={**base.robot_share, **{f: args.new_share for f in new}},
+                       appear_day={f: args.appear_day for f in new})
     res = simulate(params, progress=True)
     files = write_outputs(res, args.out, args.format)
     m = res.manifest

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, COMMON["redis"], help="replay through a Redis store at this URL instead of the "
                                  "embedded one")
     add(p, COMMON["redis_mode"])
+    add(p, TRAINING["refit"])
+    add(p, TRAINING["weighting"])
     p.set_defaults(func=main)
 
 
@@ -36,7 +38,8 @@ def main(args: argparse.Namespace) -> int:
     from . import pipeline
 
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
-                               fpr_target=args.fpr_budget, val_days=args.val_days)
+                               fpr_target=args.fpr_budget, val_days=args.val_days,
+                               refit=args.refit, weighting=args.weighting)
     store = None
     if args.redis:
         from slidr.store_cluster import open_redis_store

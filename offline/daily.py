@@ -58,7 +58,10 @@ class DailyConfig:
     method: str = field_from(CALIBRATION["method"])
     seed: int = field_from(COMMON["seed"])
     progress: bool = True  # progress bars (slidr/progress.py decides where they show)
+    refit: bool = field_from(TRAINING["refit"])
+    weighting: str = field_from(TRAINING["weighting"])
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
+    sign_key: bytes | None = None  # sign the published bundle (registry.SIGNATURE)
 
 
 class _Stop(Exception):
@@ -182,6 +185,15 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
                          cfg.fpr_budget, str(e), "model", details=e.details)])
         raise _Stop(EXIT_MODEL, "refused_model", checks) from None
     cal.write_outputs(result, cand)
+    if cfg.refit:
+        # The published model was trained again on every day (pipeline, TrainConfig.refit):
+        # its thresholds keep each slice's calibrated FPR on the fitted days.
+        import pyarrow.parquet as pq
+        new = pq.read_table(train_dir / "scores.parquet", columns=["score_refit"]).column(
+            "score_refit").to_numpy().astype(np.float64)
+        write_json(cand / "thresholds.json",
+                   cal.transfer_thresholds(_read_json(cand / "thresholds.json"), cols, new))
+        res["refit"] = True
     res["calibration"] = cal.summary(result)
     res["calibration_method"] = cal.chosen_method(result)
     log(f"daily: {cal.selection_text(result)}")
@@ -192,6 +204,9 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     t = progress.stage("model guardrails")
     test = _test_rows(train_dir / "scores.parquet")
     th = _read_json(cand / "thresholds.json")
+    if "refit" in th:  # judged on the held-out model's scores, with its own thresholds
+        th = {"default": th["refit"]["held_out_default"],
+              "slices": th["refit"]["held_out_slices"]}
     cur_score = cur_th = None
     if cur is not None:
         from .train import day_index
@@ -210,11 +225,16 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
 
     # 7. Publish and promote (one lock; the bundle is verified before the pointer moves).
     progress.stage("publish")
-    metrics = {"test": result["evaluation"][cal.chosen_eval_key(result)]["test"]["overall"],
+    chosen = result["evaluation"][cal.chosen_eval_key(result)]["test"]
+    # test / test_slices: what the bundle's thresholds decide on the held-out day, overall and
+    # per slice; slidrd's deviation monitor expects live IVR near these (slidrd/monitor.py).
+    metrics = {"test": chosen["overall"],
+               "test_slices": {s: {k: v.get(k) for k in ("n", "ivr", "fpr", "coverage")}
+                               for s, v in chosen.get("slices", {}).items()},
                "method": cal.chosen_method(result),
                "compared_with": res["compared_with"]}
     version = reg.publish(cand, metrics=_clean(metrics), guardrails=_clean(summary),
-                          promote=True)
+                          promote=True, sign_key=cfg.sign_key)
     log(f"daily: published and promoted {version}"
         + (f" (previous: {res['compared_with']})" if res["compared_with"] else ""))
     return {"exit_code": EXIT_PUBLISHED, "status": "published", "version": version,
@@ -235,7 +255,8 @@ def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConf
     pipeline.run(clicks, customers, out,
                  pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
                                       fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
-                                      progress=cfg.progress),
+                                      progress=cfg.progress, refit=cfg.refit,
+                                      weighting=cfg.weighting),
                  log=lambda *a, **k: None)
 
 

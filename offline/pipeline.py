@@ -47,6 +47,8 @@ class TrainConfig:
     threads: int = 1
     progress: bool = True
     use_native: bool | None = None
+    refit: bool = field_from(TRAINING["refit"])
+    weighting: str = field_from(TRAINING["weighting"])
 
 
 def load_customers(path: str | Path | None):
@@ -157,7 +159,7 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     split = train.time_split(day, val_days=val_days)
     _check_inputs(rp, wl, day, split)
     heur = metrics.session_hour_heuristic(rp.session_hash, rp.ts, cfg.k)
-    cells = train.weight_cells(rp.ts, rp.tz_offset_min, rp.logged_in, y)
+    cells = train.weight_cells(rp.ts, rp.tz_offset_min, rp.logged_in, y, cfg.weighting)
     slices = slice_names(rp.device, rp.logged_in)
     timings["labels_s"] = time.perf_counter() - t
 
@@ -174,8 +176,25 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     logi = baselines.fit_logistic(x[tr], y[tr], w_tr, x[va], y[va], w_va, seed=cfg.seed,
                                   epochs=cfg.epochs, progress=cfg.progress)
     timings["train_logistic_s"] = time.perf_counter() - t
+    final = mlp.model
+    refit_info = None
+    if cfg.refit:
+        # The published model learns from every day, the newest included (a robot family
+        # that appeared in the last days is otherwise first trained on days later); as many
+        # epochs as early stopping chose on the held-out split.
+        t = time.perf_counter()
+        allw = train.sample_weights(cells)
+        n_ep = max(mlp.best_epoch + 1, 1)
+        ref = train.fit(x, y, allw, x[te], y[te], allw[te], hidden=cfg.hidden,
+                        weight_decay=cfg.weight_decay, epochs=n_ep, patience=n_ep + 1,
+                        seed=cfg.seed, progress=cfg.progress, label="mlp refit")
+        final = ref.model
+        refit_info = {"days": "all", "epochs": n_ep, "seconds": ref.seconds,
+                      "history": ref.history}
+        timings["refit_s"] = time.perf_counter() - t
 
     ev = va | te
+    refit_scores = train.predict(final, x[ev]) if cfg.refit else None
     scores = {"model": train.predict(mlp.model, x[ev]),
               "logistic": train.predict(logi.model, x[ev]),
               "velocity": baselines.velocity_score(x[ev])}
@@ -252,9 +271,8 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
                   "history": mlp.history},
         "logistic": {"best_epoch": logi.best_epoch, "epochs_run": logi.epochs_run,
                      "history": logi.history},
-        "sample_weights": "equal total weight per non-empty cell of local hour x day of week "
-                          "x logged_in x weak label (672 cells), computed separately on the "
-                          "train and validation days",
+        "sample_weights": train.WEIGHTING_TEXT[cfg.weighting],
+        "refit": refit_info,
         "replay": {"store": rp.store_name, "clicks_per_s": rp.clicks_per_s,
                    "seconds": rp.seconds},
         "feature_spec_hash": SPEC_HASH,
@@ -266,10 +284,11 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     from . import report
     with atomic_dir(out) as tmp:
         t = progress.stage("export")
-        meta["onnx_parity"] = train.export_onnx(mlp.model, tmp / "model.onnx", x[te])
+        meta["onnx_parity"] = train.export_onnx(final, tmp / "model.onnx", x[te])
         timings["onnx_s"] = time.perf_counter() - t
         write_json(tmp / "feature_spec.json", {**spec_dict(), "spec_hash": SPEC_HASH})
-        _write_scores(tmp / "scores.parquet", rp, ev, split, day, slices, wl, heur, scores)
+        _write_scores(tmp / "scores.parquet", rp, ev, split, day, slices, wl, heur, scores,
+                      refit_scores)
         t = progress.stage("report")
         doc = {"fpr_target": cfg.fpr_target,
                "threshold_set_on": "test day (each scorer's own threshold gives overall test "
@@ -327,7 +346,7 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
 
 def _write_scores(path: Path, rp: replay.Replay, ev: np.ndarray, split: dict[str, np.ndarray],
                   day: np.ndarray, slices: np.ndarray, wl: np.ndarray, heur: np.ndarray,
-                  scores: dict[str, np.ndarray]) -> None:
+                  scores: dict[str, np.ndarray], refit_scores: np.ndarray | None = None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -347,5 +366,7 @@ def _write_scores(path: Path, rp: replay.Replay, ev: np.ndarray, split: dict[str
         cols["is_robot"] = pa.array(rp.is_robot[ev], pa.bool_())
     for k in SCORERS:
         cols[f"score_{k}"] = pa.array(scores[k], pa.float32())
+    if refit_scores is not None:  # the published (refit) model; score_model is held-out
+        cols["score_refit"] = pa.array(refit_scores, pa.float32())
     with atomic_open(path, "wb") as f:
         pq.write_table(pa.table(cols), f)

@@ -19,13 +19,25 @@ The counters then start from an empty store at the first record, as an offline r
 Each output row is the decision contract plus `replayed_with` (the bundle version), `changed`
 (invalid differs from the original decision; null when there was none, as for a click log)
 and `original` (the logged decision's invalid / score / threshold / model / reason). The
-output is written atomically (JSON lines, or msgpack when it ends in .msgpack), and the
-summary reports how many decisions changed and the IVR before and after.
+output (JSON lines, or msgpack when it ends in .msgpack) is written beside its final name as
+`OUT.partial` and renamed when complete; the summary reports how many decisions changed
+(newly invalid and newly valid, overall and per slice) and the IVR before and after.
+
+A bad model's window (`--bad-window VERSION`, docs/runbook.md): only the records that version
+decided, its fail-open answers included (a daemon's fail-open answer names the model it was
+serving), re-scored through the restored bundle (the registry's current one by default).
+
+Resumable: after every chunk the output is synced and `OUT.resume.json` records how many
+records were read, the output's length and the summary so far; `--resume` after an
+interruption truncates `OUT.partial` to that length and goes on from the next record (with
+--recompute-features the records before it are fed to the kernel again, unscored). Memory is
+bounded by the chunk size whatever the size of the log.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,6 +208,9 @@ class Summary:
     out: str = ""
     run: str | None = None
     problems: list[str] = field(default_factory=list)  # damaged files, by file and position
+    bad_window: str | None = None  # the version whose decisions were selected
+    selected: int = 0  # records written (all of them without a selection)
+    resumed_at: int = 0  # records read before a --resume picked up
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -205,7 +220,9 @@ class Summary:
 
 
 class _Writer:
-    def __init__(self, f: IO[Any], msgpack_out: bool) -> None:
+    """Rows to a binary file: msgpack maps, or JSON lines (UTF-8)."""
+
+    def __init__(self, f: IO[bytes], msgpack_out: bool) -> None:
         self.f = f
         if msgpack_out:
             import msgpack
@@ -217,7 +234,8 @@ class _Writer:
         if self._pack is not None:
             self.f.write(b"".join(self._pack(r) for r in rows))
         else:
-            self.f.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in rows))
+            self.f.write("".join(json.dumps(r, separators=(",", ":")) + "\n"
+                                 for r in rows).encode())
 
 
 def _slice_codes(clicks: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -245,7 +263,7 @@ def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.
             s.original_fail_open += 1
         per = s.by_slice.setdefault(sl, {"replayed": 0, "with_original": 0,
                                          "invalid_before": 0, "invalid_after": 0,
-                                         "changed": 0})
+                                         "changed": 0, "newly_invalid": 0, "newly_valid": 0})
         if not ok[i]:
             s.skipped += 1
             rows.append({"click_id": r.click.get("click_id"), "invalid": bool(o.get("invalid")),
@@ -270,6 +288,8 @@ def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.
                 per["changed"] += 1
                 s.newly_invalid += now
                 s.newly_valid += not now
+                per["newly_invalid"] += now
+                per["newly_valid"] += not now
         rows.append({"click_id": r.click.get("click_id"), "invalid": now,
                      "score": float(scores[i]), "threshold": float(thr[i]), "slice": sl,
                      "model": model.version, "reason": "model", "replayed_with": model.version,
@@ -277,22 +297,69 @@ def _emit(model: ReplayModel, s: Summary, w: _Writer, recs: list[Record], x: np.
     w.write(rows)
 
 
+def _resume_key(src: str | Path, model: ReplayModel, out: str | Path, recompute: bool,
+                only_fail_open: bool, include_partial: bool, run: str | None,
+                bad_window: str | None) -> dict[str, Any]:
+    files = _decision_files(Path(src), include_partial, run)
+    return {"src": str(Path(src).resolve()), "model": model.version, "out": str(out),
+            "recompute": recompute, "only_fail_open": only_fail_open, "run": run,
+            "bad_window": bad_window,
+            "files": [[p.name, p.stat().st_size] for p in files]}
+
+
+def _load_resume(state_path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        st = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return st if isinstance(st, dict) and st.get("key") == key else None
+
+
 def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                      recompute_features: bool = False, only_fail_open: bool = False,
                      chunk: int = CHUNK, include_partial: bool = False,
-                     run: str | None = None) -> Summary:
-    """Re-decide every record of a decision log (one daemon run's with `run`) with `model`;
-    write delayed decisions."""
-    from slidr.util import Progress, atomic_open
+                     run: str | None = None, bad_window: str | None = None,
+                     resume: bool = False, stop_after: int | None = None) -> Summary:
+    """Re-decide the records of a decision log (one daemon run's with `run`; only those the
+    model `bad_window` decided, with its fail-open answers, when given) with `model`; write
+    delayed decisions. `resume`: go on from OUT.resume.json if it matches this replay.
+    `stop_after` (tests): stop after that many records, as an interruption would."""
+    from slidr.util import Progress, fsync_dir
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    state_path = out.with_name(out.name + ".resume.json")
+    key = _resume_key(src, model, out, recompute_features, only_fail_open, include_partial, run,
+                      bad_window)
+    state = _load_resume(state_path, key) if resume else None
     s = Summary(model.version, str(src), "recomputed" if recompute_features else "logged",
-                out=str(out), run=run)
-    total = sum(p.stat().st_size for p in _decision_files(Path(src), include_partial, run))
+                out=str(out), run=run, bad_window=bad_window)
+    skip = 0
+    if state is not None and partial.exists():
+        s = Summary(**{**state["summary"], "problems": []})
+        skip = s.resumed_at = int(state["records"])
+        f = open(partial, "r+b")  # noqa: SIM115 - closed below
+        f.truncate(int(state["out_bytes"]))
+        f.seek(0, os.SEEK_END)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        f = open(partial, "wb")  # noqa: SIM115 - closed below
+    total = sum(size for _name, size in key["files"])
     bar = Progress(total, "replay", unit="bytes")
     kernel = _kernel() if recompute_features else None
     msgpack_out = str(out).endswith(".msgpack")
-    with atomic_open(out, "wb" if msgpack_out else "w") as f:
+
+    def checkpoint() -> None:
+        f.flush()
+        os.fsync(f.fileno())
+        tmp = state_path.with_name(state_path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "records": s.read, "out_bytes": f.tell(),
+                                   "summary": dict(s.__dict__)}))
+        os.replace(tmp, state_path)
+
+    with f:
         w = _Writer(f, msgpack_out)
         buf: list[Record] = []
+        first = s.read  # records before this one were written by the interrupted replay
 
         def flush() -> None:
             clicks = [r.click for r in buf]
@@ -304,25 +371,39 @@ def replay_decisions(src: str | Path, model: ReplayModel, out: str | Path,
                 for i, r in enumerate(buf):
                     if r.features is not None:
                         x[i] = r.features
-            keep = np.ones(len(buf), bool)
+            keep = np.arange(s.read - len(buf), s.read) >= first
             if only_fail_open:
-                keep = np.array([str(r.original.get("reason") or "").startswith("fail_open")
-                                 for r in buf], bool)
+                keep &= np.array([str(r.original.get("reason") or "").startswith("fail_open")
+                                  for r in buf], bool)
+            if bad_window is not None:
+                keep &= np.array([r.original.get("model") == bad_window for r in buf], bool)
             sel = [r for r, k in zip(buf, keep, strict=True) if k]
             if sel:
                 dev, li = _slice_codes([r.click for r in sel])
                 _emit(model, s, w, sel, x[keep], dev, li)
+                s.selected += len(sel)
             buf.clear()
+            checkpoint()
 
         for i, rec in enumerate(read_records(src, include_partial, bar, run, s.problems)):
+            if i < skip and kernel is None:
+                continue  # written before the interruption; nothing to feed
             r = normalise(rec, f"{src}: record {i}")
             validate_click(r.click, i)
             buf.append(r)
-            s.read += 1
+            s.read = i + 1
             if len(buf) >= chunk:
                 flush()
+                if stop_after is not None and s.read >= stop_after:
+                    bar.close()
+                    return s
         if buf:
             flush()
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, out)
+    fsync_dir(out.parent)
+    state_path.unlink(missing_ok=True)
     bar.close()
     return s
 
@@ -337,7 +418,7 @@ def replay_click_log(log: str | Path, model: ReplayModel, out: str | Path,
     kernel = _kernel()
     bar = Progress(count_rows(log) or 1, "replay", unit="clicks")
     msgpack_out = str(out).endswith(".msgpack")
-    with atomic_open(out, "wb" if msgpack_out else "w") as f:
+    with atomic_open(out, "wb") as f:
         w = _Writer(f, msgpack_out)
         for tbl in iter_log_chunks(log, chunk_rows=chunk_rows):
             batch = batch_from_table(tbl)
@@ -365,7 +446,13 @@ def format_summary(s: Summary) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.4%}"
     lines = [f"replayed {s.replayed:,} of {s.read:,} decisions through {s.model} "
-             f"(features {s.features}); skipped {s.skipped:,} without features",
+             f"(features {s.features}); skipped {s.skipped:,} without features"]
+    if s.bad_window is not None:
+        lines.append(f"bad window of {s.bad_window}: {s.selected:,} of its decisions selected "
+                     f"(fail-open answers included)")
+    if s.resumed_at:
+        lines.append(f"resumed after record {s.resumed_at:,}")
+    lines += [
              f"changed {s.changed:,}: {s.newly_invalid:,} newly invalid, "
              f"{s.newly_valid:,} newly valid; originally fail-open {s.original_fail_open:,}",
              f"IVR before {pct(d['ivr_before'])}  after {pct(d['ivr_after'])}"]
@@ -374,7 +461,8 @@ def format_summary(s: Summary) -> str:
         before = (p["invalid_before"] / p["with_original"]) if p["with_original"] else None
         after = (p["invalid_after"] / p["replayed"]) if p["replayed"] else None
         lines.append(f"  {sl:<12} {p['replayed']:>9,} clicks  IVR {pct(before):>9} -> "
-                     f"{pct(after):>9}  changed {p['changed']:,}")
+                     f"{pct(after):>9}  changed {p['changed']:,} (now invalid "
+                     f"{p.get('newly_invalid', 0):,}, now valid {p.get('newly_valid', 0):,})")
     lines.extend(f"warning: {p}" for p in s.problems)
     lines.append(f"delayed decisions -> {s.out}")
     return "\n".join(lines)

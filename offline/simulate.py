@@ -25,6 +25,21 @@ Robots (FAMILIES), each with its own slice mix, varied day to day:
   zone, every day of the week; logged-in sessions reuse a few fake accounts;
 - crawler: a new session every few clicks from the same IP, fast and flat over the day.
 
+New families (NEW_FAMILIES: absent from stock logs; a scenario gives them a share and the day
+they appear, `SimParams.appear_day`, from which they persist), each built to slip past the
+features a different way:
+- proxy_rotator: residential-proxy IP rotation with cookie clearing: every session comes from a
+  fresh residential IP and carries 3-8 clicks, so IP counters and the clicks-per-session-hour
+  rule see a one-off visitor; its machine-regular ~3 s gaps and flat hours remain;
+- mimic: human gap timing and human session lengths, desktop and mobile web, from a pool of a
+  few dozen "residential" IPs that each carry dozens of sessions a day, flat over the day and
+  the week: velocity features and rules see a human;
+- injector: click injection on app installs: malware on real phones fires 2-3 clicks within a
+  second from the phone's own carrier (CGNAT) IP, which humans share, and a fresh session each
+  time: IP counters look like a mobile carrier, session counters like a new visitor;
+- ad_stacker: stacked ads in an app/mobile web view: each view yields 3-6 clicks within
+  milliseconds on different ads, a few views a session, from home-like residential IPs.
+
 Robots essentially never buy; weak labels come from offline/labels.py, not from here.
 """
 
@@ -46,7 +61,10 @@ HOUR_MS = 3_600_000
 DEFAULT_START = "2026-11-02"  # a Monday, so local day d has weekday d % 7
 
 FAMILIES: tuple[str, ...] = ("human", "scraper", "low_slow", "stolen", "farm", "crawler")
-FAMILY_CODE = {f: i for i, f in enumerate(FAMILIES)}
+# Families absent from stock logs (robot_share 0): scenarios switch them on from a given day.
+NEW_FAMILIES: tuple[str, ...] = ("proxy_rotator", "mimic", "injector", "ad_stacker")
+ALL_FAMILIES: tuple[str, ...] = FAMILIES + NEW_FAMILIES
+FAMILY_CODE = {f: i for i, f in enumerate(ALL_FAMILIES)}
 D_DESKTOP, D_MOBILE, D_APP = 0, 1, 2
 
 # Slice order used for mixes: (device code, logged_in).
@@ -69,6 +87,9 @@ class SimParams:
     human_purchase_out: float = 0.012  # purchase probability per logged-out human click
     robot_purchase: float = 2e-4  # "essentially never"
     customers_per_click_day: float = 0.2  # customers = this * clicks_per_day
+    # First simulated UTC day (0-based) on which a family appears; absent before, then every
+    # day (families not named here appear from the start).
+    appear_day: dict[str, int] = field(default_factory=dict)
 
 
 # Base slice mixes (desktop/in, desktop/out, mobile/in, mobile/out, app/in, app/out).
@@ -78,6 +99,10 @@ ROBOT_MIX: dict[str, tuple[float, ...]] = {
     "stolen": (0.45, 0.0, 0.32, 0.0, 0.23, 0.0),
     "farm": (0.03, 0.10, 0.17, 0.30, 0.17, 0.23),
     "crawler": (0.0, 0.72, 0.0, 0.20, 0.0, 0.08),
+    "proxy_rotator": (0.0, 0.55, 0.0, 0.35, 0.0, 0.10),
+    "mimic": (0.0, 0.50, 0.0, 0.40, 0.0, 0.10),
+    "injector": (0.0, 0.0, 0.0, 0.15, 0.0, 0.85),
+    "ad_stacker": (0.0, 0.0, 0.0, 0.45, 0.0, 0.55),
 }
 # Humans: device share and logged-in probability by device.
 HUMAN_DEVICE_SHARE = (0.36, 0.44, 0.20)
@@ -143,7 +168,7 @@ UA_BY_DEVICE = ((0, 1, 2, 3), (4, 5, 6), (7, 8))
 # ------------------------------------------------------------------ sessions (columnar)
 
 _SESSION_COLS = ("family", "start", "n", "gap_mu", "gap_sigma", "device", "logged_in", "user",
-                 "ip", "tz", "ua", "p_buy", "reset")
+                 "ip", "tz", "ua", "p_buy", "reset", "gap_min", "burst")
 
 
 class _Sessions:
@@ -153,6 +178,8 @@ class _Sessions:
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in _SESSION_COLS}
 
     def add(self, **cols: Any) -> None:
+        cols.setdefault("gap_min", 0.2)  # seconds
+        cols.setdefault("burst", 0)  # > 0: every burst-th gap is a long one (stacked ads)
         n = len(cols["start"])
         for k in _SESSION_COLS:
             v = cols[k]
@@ -394,6 +421,48 @@ def _robots(rng, pop: Population, p: SimParams, fam: str, day: int, budget: floa
                 tz=np.where(rng.random(ns) < 0.7, 0, rng.choice(HUMAN_TZ, size=ns)),
                 ua=_robot_ua(rng, dev, 0.4), p_buy=p.robot_purchase,
                 reset=rng.integers(1, 5, ns))
+    elif fam == "proxy_rotator":
+        ns = max(rng.poisson(budget / 5.5), 1)
+        dev, li = _robot_slices(rng, fam, ns, p)
+        out.add(family=FAMILY_CODE[fam],
+                start=_local_starts(rng, ns, day, np.zeros(ns, np.int16), FLAT, t0),
+                n=3 + rng.integers(0, 6, ns), gap_mu=np.log(3.0), gap_sigma=0.12, device=dev,
+                logged_in=False, user=-1, ip=_random_ips(rng, ns, "24.0.0.1", "99.255.255.254"),
+                tz=rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W), ua=_robot_ua(rng, dev, 0.0),
+                p_buy=p.robot_purchase, reset=0)
+    elif fam == "mimic":
+        ns = max(rng.poisson(budget / 2.85), 1)
+        dev, li = _robot_slices(rng, fam, ns, p)
+        pool = _random_ips(np.random.default_rng(p.seed + 7_777), 40, "67.160.0.1",
+                           "67.191.255.254")
+        out.add(family=FAMILY_CODE[fam],
+                start=_local_starts(rng, ns, day, np.zeros(ns, np.int16), FLAT, t0),
+                n=_click_counts(rng, ns, 0.15, 0.5, 0.15, 2), gap_mu=np.log(40.0),
+                gap_sigma=1.0, device=dev, logged_in=False, user=-1,
+                ip=pool[rng.integers(0, pool.size, ns)],
+                tz=rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W), ua=_robot_ua(rng, dev, 0.0),
+                p_buy=p.robot_purchase, reset=0)
+    elif fam == "injector":
+        ns = max(rng.poisson(budget / 2.5), 1)
+        dev, li = _robot_slices(rng, fam, ns, p)
+        tz = rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W)
+        # Installs follow human app hours (the victim installs the app; the malware fires).
+        start = _local_starts(rng, ns, day, tz, HOUR_PROFILE[D_APP][0], t0)
+        out.add(family=FAMILY_CODE[fam], start=start, n=2 + rng.integers(0, 2, ns),
+                gap_mu=np.log(0.4), gap_sigma=0.5, gap_min=0.02, device=dev, logged_in=False,
+                user=-1, ip=pop.cgnat_ips[rng.integers(0, len(pop.cgnat_ips), ns)], tz=tz,
+                ua=_robot_ua(rng, dev, 0.0), p_buy=p.robot_purchase, reset=0)
+    elif fam == "ad_stacker":
+        ns = max(rng.poisson(budget / 11.25), 1)
+        dev, li = _robot_slices(rng, fam, ns, p)
+        tz = rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W)
+        k = 3 + rng.integers(0, 4, ns)  # stacked ads per view
+        out.add(family=FAMILY_CODE[fam],
+                start=_local_starts(rng, ns, day, tz, HOUR_PROFILE[D_MOBILE][0], t0),
+                n=k * (1 + rng.integers(1, 3, ns)), gap_mu=np.log(0.02), gap_sigma=0.6,
+                gap_min=0.002, burst=k, device=dev, logged_in=False, user=-1,
+                ip=_random_ips(rng, ns, "24.0.0.1", "99.255.255.254"), tz=tz,
+                ua=_robot_ua(rng, dev, 0.0), p_buy=p.robot_purchase, reset=0)
     else:  # pragma: no cover
         raise ValueError(f"unknown robot family {fam!r}")
 
@@ -413,7 +482,11 @@ def _expand(rng, s: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
     first = np.cumsum(n) - n
     pos = np.arange(rep.shape[0]) - first[rep]
     gap = np.exp(s["gap_mu"][rep] + s["gap_sigma"][rep] * rng.standard_normal(rep.shape[0]))
-    gap = np.clip(gap, 0.2, 3600.0) * 1000.0
+    burst = s["burst"][rep]
+    if (burst > 0).any():  # stacked ads: a human-scale pause between views
+        views = (burst > 0) & (pos % np.maximum(burst, 1) == 0)
+        gap[views] = np.exp(np.log(90.0) + 0.8 * rng.standard_normal(int(views.sum())))
+    gap = np.clip(gap, s["gap_min"][rep], 3600.0) * 1000.0
     gap[pos == 0] = 0.0
     cs = np.cumsum(gap)
     offs = cs - cs[first][rep]
@@ -461,7 +534,7 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
     t0 = int(np.datetime64(p.start, "ms").astype(np.int64))
     t_end = t0 + p.days * DAY_MS
     pop = _population(rng, p)
-    robots = [f for f in FAMILIES[1:] if p.robot_share.get(f, 0) > 0]
+    robots = [f for f in ALL_FAMILIES[1:] if p.robot_share.get(f, 0) > 0]
     human_share = 1.0 - sum(p.robot_share.get(f, 0.0) for f in robots)
     sess = _Sessions()
     # Local days -1..days so every UTC hour of the window is covered in every time zone.
@@ -477,6 +550,9 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
             m = float(np.exp(p.daily_volume_sigma * rng.standard_normal()
                              - p.daily_volume_sigma ** 2 / 2))
             daily_mult[fam].append(m)
+            if day < p.appear_day.get(fam, -1):  # not yet: the family appears later
+                bar.update(1)
+                continue
             _robots(rng, pop, p, fam, day, p.clicks_per_day * p.robot_share[fam] * m, t0, sess)
             bar.update(1)
     bar.close()
@@ -536,31 +612,33 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
 
 def _manifest(p, ts, t0, fam, dev, li, buy, sid, user, daily_mult, pop, seconds) -> dict:
     day = (ts - t0) // DAY_MS
+    # Stock families always; new ones only when the scenario has them.
+    FAMS = FAMILIES + tuple(f for f in NEW_FAMILIES if p.robot_share.get(f, 0) > 0)
     slice_idx = dev * 2 + (~li)  # index into SLICES order (device-major, in before out)
     robot = fam != 0
     days = []
     for d in range(p.days):
         m = day == d
         nd = int(m.sum())
-        fam_d = np.bincount(fam[m], minlength=len(FAMILIES))
+        fam_d = np.bincount(fam[m], minlength=len(ALL_FAMILIES))
         by_slice = {}
         for k, name in enumerate(SLICES):
             ms = m & (slice_idx == k)
             ns = int(ms.sum())
-            fs = np.bincount(fam[ms], minlength=len(FAMILIES))
+            fs = np.bincount(fam[ms], minlength=len(ALL_FAMILIES))
             by_slice[name] = {
                 "clicks": ns,
                 "robot_share": round(float(robot[ms].mean()), 4) if ns else 0.0,
-                "family_share": {f: round(float(fs[i] / ns), 4) if ns else 0.0
-                                 for i, f in enumerate(FAMILIES) if i > 0},
+                "family_share": {f: round(float(fs[FAMILY_CODE[f]] / ns), 4) if ns else 0.0
+                                 for f in FAMS[1:]},
             }
         days.append({
             "day": d,
             "date": str(np.datetime64(t0 + d * DAY_MS, "ms").astype("datetime64[D]")),
             "clicks": nd,
             "robot_share": round(float(robot[m].mean()), 4) if nd else 0.0,
-            "family_share": {f: round(float(fam_d[i] / max(nd, 1)), 4)
-                             for i, f in enumerate(FAMILIES) if i > 0},
+            "family_share": {f: round(float(fam_d[FAMILY_CODE[f]] / max(nd, 1)), 4)
+                             for f in FAMS[1:]},
             "slices": by_slice,
         })
     human = ~robot
@@ -582,7 +660,7 @@ def _manifest(p, ts, t0, fam, dev, li, buy, sid, user, daily_mult, pop, seconds)
         "robot_share": round(float(robot.mean()), 4),
         "purchase_rate_human": round(float(buy[human].mean()), 4) if human.any() else 0.0,
         "purchase_rate_robot": round(float(buy[robot].mean()), 6) if robot.any() else 0.0,
-        "family_share": {f: round(float((fam == i).mean()), 4) for i, f in enumerate(FAMILIES)},
+        "family_share": {f: round(float((fam == FAMILY_CODE[f]).mean()), 4) for f in FAMS},
         "robot_volume_multiplier_by_local_day": {f: [round(x, 3) for x in v]
                                                   for f, v in daily_mult.items()},
         "days": days,
@@ -609,6 +687,15 @@ def write_outputs(res: SimResult, out: str | Path, fmt: str = "parquet") -> dict
             files["clicks_csv"] = "clicks.csv"
         pq.write_table(res.customers, tmp / "customers.parquet")
         files["customers"] = "customers.parquet"
+        # Ground truth per family, one row per click in the clicks file's order (never a
+        # feature or a label; evaluation only).
+        import pyarrow as pa
+        names = pa.array(list(ALL_FAMILIES))
+        pq.write_table(pa.table({"click_id": res.clicks.column("click_id"),
+                                 "family": pa.DictionaryArray.from_arrays(
+                                     pa.array(res.family.astype(np.int8)), names)}),
+                       tmp / "truth.parquet")
+        files["truth"] = "truth.parquet"
         res.manifest["files"] = files
         write_json(tmp / "manifest.json", res.manifest)
     return files

@@ -64,12 +64,26 @@ def time_split(day: np.ndarray, min_days: int = 3,
             "test": day == days[-1]}
 
 
+WEIGHTING_TEXT = {
+    "cells": "equal total weight per non-empty cell of local hour x day of week x logged_in x "
+             "weak label (672 cells), computed separately on each split",
+    "label": "equal total weight per non-empty cell of logged_in x weak label (4 cells), "
+             "computed separately on each split",
+}
+
+
 def weight_cells(ts: np.ndarray, tz_offset_min: np.ndarray, logged_in: np.ndarray,
-                 label: np.ndarray) -> np.ndarray:
-    """Cell id of local hour-of-day x day-of-week x logged-in x label (672 cells)."""
+                 label: np.ndarray, weighting: str = "cells") -> np.ndarray:
+    """Cell id of local hour-of-day x day-of-week x logged-in x label (672 cells; the
+    article's weighting, "cells"), or of logged-in x label only ("label")."""
+    li = np.asarray(logged_in, dtype=np.int32)
+    lab = np.asarray(label, dtype=np.int32)
+    if weighting == "label":
+        return li * 2 + lab
+    if weighting != "cells":
+        raise ValueError(f"weighting must be 'cells' or 'label', not {weighting!r}")
     hour, dow = local_hour_dow(ts, tz_offset_min)
-    return (((hour.astype(np.int32) * 7 + dow) * 2 + np.asarray(logged_in, dtype=np.int32)) * 2
-            + np.asarray(label, dtype=np.int32))
+    return (((hour.astype(np.int32) * 7 + dow) * 2 + li) * 2 + lab)
 
 
 def sample_weights(cells: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "backtest": "slidr.offline.cli_backtest",
     "models": "slidr.offline.cli_models",
     "daily": "slidr.offline.cli_daily",
+    "evaluate": "slidr.offline.cli_evaluate",
     "replay": "slidr.offline.cli_replay",
     "check-config": "slidr.cli_check_config",
     "admin": "slidr.slidrd.cli_admin",
@@ -27,7 +28,7 @@ COMMANDS: dict[str, str] = {
 }
 
 # Commands whose work can take more than a few seconds: they get --progress (docs/cli.md).
-LONG_RUNNING = ("simulate", "import", "train", "calibrate", "backtest", "daily", "replay",
+LONG_RUNNING = ("simulate", "import", "train", "calibrate", "backtest", "daily", "evaluate", "replay",
                 "demo", "bench kernel", "bench run", "bench sweep", "bench echo",
                 "bench hiccup", "bench cost", "bench micro", "bench side", "bench batch")
 

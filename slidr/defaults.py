@@ -54,6 +54,14 @@ TRAINING = _group(
     Opt("val_days", int, None, "days before the test day held out for validation (early "
         "stopping and calibration)", lo=1, hi=60,
         default_text="3 on logs of 9+ days, 2 on 8 days, 1 on shorter logs"),
+    Opt("refit", bool, False, "after the held-out evaluation, train the published model again "
+        "on every day of the log, the newest included, for the epochs early stopping chose; "
+        "its thresholds keep each slice's calibrated FPR (a robot that appeared in the last "
+        "days is learnt the same day; the held-out numbers are the held-out model's)"),
+    Opt("weighting", str, "label", "sample weights: 'label' (equal total weight per "
+        "logged-in x weak-label cell) or 'cells' (the article: per local hour x day of week x "
+        "logged-in x weak-label cell, which divides a robot's extra volume in its hours away)",
+        choices=("label", "cells")),
 )
 
 # Calibration (offline/calibrate.py CalibConfig): `slidr calibrate`, `backtest`, `daily`, `demo`.
@@ -147,6 +155,9 @@ GUARDRAILS = _group(
     Opt("min_auc_z", float, 5.0, "model: the z of --min-auc-margin", lo=0.0),
     Opt("min_auc_heuristic", float, 0.6, "model: minimum AUC against the k-clicks heuristic",
         lo=0.0, hi=1.0),
+    Opt("coverage_alpha", float, 0.01, "model: a slice's held-out coverage below its floor "
+        "refuses only when the binomial lower tail P(X <= covered | heuristic clicks, floor) is "
+        "below this (a shortfall that chance does not explain)", lo=0.0, hi=1.0, lo_open=True),
 )
 
 # Load tests (`slidr bench ...`; bench/loadgen.py LoadSpec, bench/sweep.py). For `run` and

@@ -126,7 +126,9 @@ def _run(args: argparse.Namespace) -> Any:
     dlog = out / "decisions"
     cmd = [sys.executable, "-m", "slidr.slidrd.main", "serve", "--registry", str(reg),
            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(mport),
-           "--admin-socket", str(admin), "--decision-log", str(dlog)]
+           "--admin-socket", str(admin), "--decision-log", str(dlog),
+           # a replay of a simulated log: its clicks may be stamped ahead of this clock
+           "--max-clock-skew-s", "0"]
     print("$ slidrd " + " ".join(cmd[3:]), flush=True)
     proc = subprocess.Popen(cmd, stdout=sys.stdout.fileno() if sys.stdout is sys.__stdout__
                             else sys.stderr.fileno())

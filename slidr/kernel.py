@@ -38,7 +38,7 @@ def embedded_store(use_native: bool | None = None, **kw: Any) -> Store:
         if native is None:
             raise ImportError("native kernel not built")
         return native.EmbeddedStore(**kw)
-    return reference.ReferenceStore()
+    return reference.ReferenceStore(max_keys=kw.get("max_keys", 0))
 
 
 class FeatureKernel:

@@ -3,7 +3,8 @@
 Layout (docs/calibration.md, "Registry")::
 
     DIR/.lock                      fcntl lock: publishers and pointer moves never interleave
-    DIR/pointers.json              {"current": v|null, "previous": v|null, "history": [...]}
+    DIR/pointers.json              {"current": v|null, "previous": v|null, "history": [...],
+                                    "rolled_back": [...], "rejected": {v: {"reason", "at", ...}}}
     DIR/bundles/<version>/         manifest.json + model.onnx + thresholds.json + feature_spec.json
                                    + metrics / report / guardrail files, all read-only
 
@@ -12,6 +13,11 @@ when every file and the manifest are written and fsynced, so a killed publisher 
 nothing or a complete bundle (stale temp directories are swept by the next publisher). The
 pointers file is replaced with one atomic rename. A bundle that fails `verify` is never promoted
 and never handed out by `current_verified`.
+
+Rejected bundles: a rollback with a reason (slidrd's deviation monitor, or an operator) marks the
+bundle it leaves `rejected` with that reason and the time. A rejected bundle is never made
+current again by `promote` or by `publish(promote=True)` (`slidr daily`) unless forced, and a
+daemon serving a version that becomes rejected reloads the current one.
 
 Importable by the daemon: standard library only (slidr.featurespec, imported lazily by `verify`
 for the expected spec hash, is the one exception).
@@ -22,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -36,6 +43,11 @@ from typing import Any
 from slidr.util import atomic_open, fsync_dir
 
 MANIFEST = "manifest.json"
+# Optional: HMAC-SHA256 of manifest.json's bytes under a key shared by the publisher (`slidr
+# daily --sign-key`) and the daemons (`bundle_key`). The manifest holds the sha256 of every
+# file, so the signature covers the whole bundle.
+SIGNATURE = "manifest.sig"
+MIN_KEY_BYTES = 32
 MODEL_FILE = "model.onnx"
 THRESHOLDS_FILE = "thresholds.json"
 FEATURE_SPEC_FILE = "feature_spec.json"
@@ -168,7 +180,7 @@ class Bundle:
                 raise BundleError(v, f"checksum mismatch for {rel}: manifest {digest[:12]}..., "
                                      f"file {got[:12]}...")
         extra = sorted(p.name for p in self.path.iterdir()
-                       if p.name != MANIFEST and p.name not in files)
+                       if p.name not in (MANIFEST, SIGNATURE) and p.name not in files)
         if extra:
             raise BundleError(v, f"files not in the manifest: {', '.join(extra)}")
         if self.model_path.stat().st_size == 0:
@@ -192,6 +204,22 @@ class Bundle:
             check_thresholds(self.thresholds)
         except ValueError as e:
             raise BundleError(v, f"{m['thresholds_file']}: {e}") from None
+
+    def verify_signature(self, key: bytes) -> None:
+        """Raise BundleError unless manifest.sig is the HMAC-SHA256 of manifest.json under
+        `key` (an unsigned bundle, another key, or an altered manifest are refused)."""
+        v = self.version
+        try:
+            sig = (self.path / SIGNATURE).read_text().strip()
+        except FileNotFoundError:
+            raise BundleError(v, f"is not signed ({SIGNATURE} is missing) and a bundle key "
+                                 "is set") from None
+        except OSError as e:
+            raise BundleError(v, f"{SIGNATURE} is unreadable: {e}") from None
+        want = sign_bytes((self.path / MANIFEST).read_bytes(), key)
+        if not hmac.compare_digest(sig, want):
+            raise BundleError(v, f"{SIGNATURE} does not match: the bundle was altered or "
+                                 "signed with another key")
 
     def summary(self) -> dict[str, Any]:
         m = self.manifest
@@ -244,13 +272,21 @@ class Registry:
             with open(self.pointers_path) as f:
                 p = json.load(f)
         except FileNotFoundError:
-            return {"current": None, "previous": None, "history": []}
+            return {"current": None, "previous": None, "history": [], "rolled_back": [],
+                    "rejected": {}}
         except ValueError as e:
             raise RegistryError(f"{self.pointers_path} is corrupt: {e}") from None
         p.setdefault("current", None)
         p.setdefault("previous", None)
         p.setdefault("history", [p["previous"]] if p["previous"] else [])
+        p.setdefault("rolled_back", [])
+        p.setdefault("rejected", {})
         return p
+
+    def rejected(self) -> dict[str, dict[str, Any]]:
+        """{version: {"reason", "at", ...}} of every rejected bundle."""
+        r = self.pointers().get("rejected") or {}
+        return dict(r) if isinstance(r, dict) else {}
 
     def _write_pointers(self, p: Mapping[str, Any]) -> None:
         with atomic_open(self.pointers_path, "w") as f:  # temp + fsync + rename + dir fsync
@@ -296,6 +332,7 @@ class Registry:
         p = self.pointers()
         out["is_current"] = p["current"] == version
         out["is_previous"] = p["previous"] == version
+        out["rejected"] = (p.get("rejected") or {}).get(version)
         out["files"] = b.manifest.get("files", {})
         return out
 
@@ -340,10 +377,12 @@ class Registry:
     def publish(self, src_dir: str | Path, version: str | None = None,
                 metrics: Mapping[str, Any] | None = None,
                 guardrails: Mapping[str, Any] | None = None,
-                promote: bool = False, expected_spec_hash: str | None = None) -> str:
+                promote: bool = False, expected_spec_hash: str | None = None,
+                force: bool = False, sign_key: bytes | None = None) -> str:
         """Copy a training/daily output directory into a new immutable bundle; return its
         version. The bundle is verified before it becomes visible; with promote=True it then
-        becomes current (under the same lock)."""
+        becomes current (under the same lock; a rejected version only with force=True). With
+        sign_key the manifest is signed (manifest.sig, HMAC-SHA256)."""
         src = Path(src_dir)
         for req in _REQUIRED:
             if not (src / req).is_file():
@@ -367,6 +406,9 @@ class Registry:
                                         dir=self.bundles_dir))
             try:
                 self._fill(tmp, src, version, metrics, guardrails)
+                if sign_key is not None:
+                    (tmp / SIGNATURE).write_text(
+                        sign_bytes((tmp / MANIFEST).read_bytes(), sign_key) + "\n")
                 _check_built(tmp, version, expected_spec_hash)
                 for p in tmp.iterdir():
                     os.chmod(p, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -377,7 +419,7 @@ class Registry:
                 _rmtree_ro(tmp)
                 raise
             if promote:
-                self._promote_locked(version, expected_spec_hash)
+                self._promote_locked(version, expected_spec_hash, force)
         return version
 
     def _fill(self, tmp: Path, src: Path, version: str, metrics: Mapping[str, Any] | None,
@@ -422,46 +464,108 @@ class Registry:
             os.fsync(f.fileno())
         fsync_dir(tmp)
 
-    def promote(self, version: str, expected_spec_hash: str | None = None) -> None:
+    def promote(self, version: str, expected_spec_hash: str | None = None,
+                force: bool = False) -> None:
         """Make `version` current (the old current becomes previous). Refuses a bundle that
-        fails verification."""
+        fails verification, and a rejected one unless `force` (which clears the mark)."""
         with self.lock():
-            self._promote_locked(version, expected_spec_hash)
+            self._promote_locked(version, expected_spec_hash, force)
 
-    def _promote_locked(self, version: str, expected_spec_hash: str | None) -> None:
+    def _promote_locked(self, version: str, expected_spec_hash: str | None,
+                        force: bool = False) -> None:
         self.verify(version, expected_spec_hash)  # raises BundleError: never promote a bad one
         p = self.pointers()
+        rejected = dict(p["rejected"])
+        if version in rejected:
+            if not force:
+                why = rejected[version]
+                raise RegistryError(
+                    f"bundle {version} was rejected ({why.get('reason', '?')}, at "
+                    f"{why.get('at', '?')}); promote it again only with --force")
+            del rejected[version]
         if p["current"] == version:
+            if rejected != p["rejected"]:
+                self._write_pointers({**p, "rejected": rejected, "updated": _now()})
             return
         hist = [v for v in p["history"] if v != version]
         if p["current"]:
             hist.append(p["current"])
-        self._write_pointers({"current": version, "previous": hist[-1] if hist else None,
+        self._write_pointers({"current": version, "previous": _stable(hist[-20:], rejected),
                               "history": hist[-20:], "updated": _now(),
-                              "rolled_back": p.get("rolled_back", [])})
+                              "rolled_back": p.get("rolled_back", []), "rejected": rejected})
 
-    def rollback(self, expected_spec_hash: str | None = None) -> str:
-        """The previous stable bundle becomes current; the one rolled back is remembered and
-        not offered again as 'previous'. Returns the new current version."""
+    def reject(self, version: str, reason: str, **details: Any) -> None:
+        """Mark `version` rejected (kept: the first reason recorded) without moving a pointer."""
         with self.lock():
             p = self.pointers()
-            if not p["previous"]:
+            if version in p["rejected"]:
+                return
+            rejected = {**p["rejected"], version: {"reason": reason, "at": _now(), **details}}
+            self._write_pointers({**p, "rejected": rejected, "updated": _now()})
+
+    def rollback(self, expected_spec_hash: str | None = None, reason: str | None = None,
+                 expected_current: str | None = None, **details: Any) -> str:
+        """The previous stable bundle becomes current; the one rolled back is remembered and
+        not offered again as 'previous'. Returns the new current version.
+
+        With a `reason`, the bundle rolled back is marked rejected (`details` are kept with
+        the reason). With `expected_current`, the pointer moves only if that version is still
+        current: a second daemon that saw the same bad model marks it rejected (if nobody
+        has) and gets the current version back, and never rolls back a second time."""
+        with self.lock():
+            p = self.pointers()
+            if expected_current is not None and p["current"] != expected_current:
+                if reason is not None and expected_current not in p["rejected"]:
+                    rejected = {**p["rejected"],
+                                expected_current: {"reason": reason, "at": _now(), **details}}
+                    self._write_pointers({**p, "rejected": rejected, "updated": _now()})
+                return str(p["current"])
+            bad = p["current"]
+            # The previous stable bundle: the newest of the history that is not rejected.
+            stable = [v for v in p["history"] if v not in p["rejected"] and v != bad]
+            if not stable:
                 raise RegistryError(f"cannot roll back: registry {self.path} has no previous "
                                     f"model (current is {p['current']!r})")
-            target = p["previous"]
+            target = stable[-1]
             self.verify(target, expected_spec_hash)
             hist = [v for v in p["history"] if v != target]
-            if hist and hist[-1] == target:  # pragma: no cover - defensive
-                hist.pop()
-            bad = p["current"]
             rolled = list(p.get("rolled_back", []))
             if bad:
                 rolled.append(bad)
                 hist = [v for v in hist if v != bad]
-            self._write_pointers({"current": target, "previous": hist[-1] if hist else None,
+            rejected = dict(p["rejected"])
+            if bad and reason is not None and bad not in rejected:
+                rejected[bad] = {"reason": reason, "at": _now(), **details}
+            self._write_pointers({"current": target, "previous": _stable(hist, rejected),
                                   "history": hist, "updated": _now(),
-                                  "rolled_back": rolled[-20:]})
+                                  "rolled_back": rolled[-20:], "rejected": rejected})
             return target
+
+
+def _stable(history: list[str], rejected: Mapping[str, Any]) -> str | None:
+    """The newest version of a history that is not rejected (the 'previous' pointer)."""
+    for v in reversed(history):
+        if v not in rejected:
+            return v
+    return None
+
+
+def sign_bytes(data: bytes, key: bytes) -> str:
+    """The bundle signature of a manifest: HMAC-SHA256, hex."""
+    return hmac.new(key, data, hashlib.sha256).hexdigest()
+
+
+def load_key(path: str | Path) -> bytes:
+    """A signing key from a file (its bytes, surrounding whitespace removed); at least
+    MIN_KEY_BYTES long, e.g. `head -c 32 /dev/urandom | base64 > key`."""
+    try:
+        key = Path(path).read_bytes().strip()
+    except OSError as e:
+        raise RegistryError(f"bundle key {path}: {e.strerror or e}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise RegistryError(f"bundle key {path} is {len(key)} bytes; at least {MIN_KEY_BYTES} "
+                            "are needed")
+    return key
 
 
 def _check_built(tmp: Path, version: str, expected_spec_hash: str | None) -> None:

@@ -58,6 +58,44 @@ local function bucket_of(t, w)
   return b
 end
 
+-- Register q of one HyperLogLog takes `rank` if larger; z = p[zi] (the sum of 2^-r) and
+-- v = p[zi + 1] (registers at zero) follow.
+local function hll_add(p, zi, regs, q, rank)
+  local r = regs[q]
+  if rank > r then
+    p[zi] = p[zi] - 2 ^ (-r) + 2 ^ (-rank)
+    if r == 0 then p[zi + 1] = p[zi + 1] - 1.0 end
+    regs[q] = rank
+  end
+end
+
+-- One window of an IP (width w; its bucket at p[bi]; its session HLL's z v pz pv at
+-- p[z0 .. z0+3] and its user HLL's at p[z0+4 .. z0+7]; their registers at regs[r0 + 1 ..
+-- r0 + 2M]): rolled to t's bucket (a new bucket starts at (cur + 1) * w, exact: integer
+-- doubles; the current sketch becomes the previous one when the buckets are adjacent), then
+-- the click's session and user added. Returns the share of the bucket elapsed at t.
+local function window(p, bi, z0, r0, regs, t, w, sreg, srank, ureg, urank)
+  local cur = p[bi]
+  local start = cur * w
+  if t >= start + w then
+    local b = bucket_of(t, w)
+    if b == cur + 1 then
+      p[z0 + 2], p[z0 + 3], p[z0 + 6], p[z0 + 7] = p[z0], p[z0 + 1], p[z0 + 4], p[z0 + 5]
+    else
+      p[z0 + 2], p[z0 + 3], p[z0 + 6], p[z0 + 7] = M, M, M, M
+    end
+    p[z0], p[z0 + 1], p[z0 + 4], p[z0 + 5] = M, M, M, M
+    for q = r0 + 1, r0 + 2 * M do regs[q] = 0 end
+    p[bi] = b
+    start = b * w
+  end
+  local frac = (t - start) / w
+  if frac < 0.0 then frac = 0.0 elseif frac > 1.0 then frac = 1.0 end
+  hll_add(p, z0, regs, r0 + 1 + sreg, srank)
+  hll_add(p, z0 + 4, regs, r0 + 1 + M + ureg, urank)
+  return frac
+end
+
 -- Read every key with a few MGETs (one redis.call per CHUNK keys; 1 on a cluster, where one
 -- command may not span slots) and decode each blob once.
 local CHUNK = __MGET_CHUNK__
@@ -172,69 +210,9 @@ for i = 1, n do
     end
   end
 
-  -- hour window: a new bucket starts at (cur + 1) * W_HOUR (exact: integer doubles)
-  local cur = p[5]
-  local start = cur * W_HOUR
-  if t >= start + W_HOUR then
-    local b = bucket_of(t, W_HOUR)
-    if b == cur + 1 then
-      p[9], p[10], p[13], p[14] = p[7], p[8], p[11], p[12]
-    else
-      p[9], p[10], p[13], p[14] = M, M, M, M
-    end
-    p[7], p[8], p[11], p[12] = M, M, M, M
-    for q = 1, 2 * M do regs[q] = 0 end
-    p[5] = b
-    start = b * W_HOUR
-  end
-  local hfrac = (t - start) / W_HOUR
-  if hfrac < 0.0 then hfrac = 0.0 elseif hfrac > 1.0 then hfrac = 1.0 end
-  local q = 1 + sreg
-  local r = regs[q]
-  if srank > r then
-    p[7] = p[7] - 2 ^ (-r) + 2 ^ (-srank)
-    if r == 0 then p[8] = p[8] - 1.0 end
-    regs[q] = srank
-  end
-  q = 1 + M + ureg
-  r = regs[q]
-  if urank > r then
-    p[11] = p[11] - 2 ^ (-r) + 2 ^ (-urank)
-    if r == 0 then p[12] = p[12] - 1.0 end
-    regs[q] = urank
-  end
-
-  -- day window
-  cur = p[6]
-  start = cur * W_DAY
-  if t >= start + W_DAY then
-    local b = bucket_of(t, W_DAY)
-    if b == cur + 1 then
-      p[17], p[18], p[21], p[22] = p[15], p[16], p[19], p[20]
-    else
-      p[17], p[18], p[21], p[22] = M, M, M, M
-    end
-    p[15], p[16], p[19], p[20] = M, M, M, M
-    for q2 = 2 * M + 1, NR do regs[q2] = 0 end
-    p[6] = b
-    start = b * W_DAY
-  end
-  local dfrac = (t - start) / W_DAY
-  if dfrac < 0.0 then dfrac = 0.0 elseif dfrac > 1.0 then dfrac = 1.0 end
-  q = 1 + 2 * M + sreg
-  r = regs[q]
-  if srank > r then
-    p[15] = p[15] - 2 ^ (-r) + 2 ^ (-srank)
-    if r == 0 then p[16] = p[16] - 1.0 end
-    regs[q] = srank
-  end
-  q = 1 + 3 * M + ureg
-  r = regs[q]
-  if urank > r then
-    p[19] = p[19] - 2 ^ (-r) + 2 ^ (-urank)
-    if r == 0 then p[20] = p[20] - 1.0 end
-    regs[q] = urank
-  end
+  -- hour window: HLLs 0 and 1, registers 1 .. 2M; day window: HLLs 2 and 3, the rest
+  local hfrac = window(p, 5, 7, 0, regs, t, W_HOUR, sreg, srank, ureg, urank)
+  local dfrac = window(p, 6, 15, 2 * M, regs, t, W_DAY, sreg, srank, ureg, urank)
 
   out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
                  p[1], p[2], p[3], p[7], p[9], p[11], p[13], p[15], p[17], p[19], p[21],

@@ -209,8 +209,13 @@ class Batcher:
     def __init__(self, kernel: FeatureKernel, get_model: Callable[[], Any], metrics: Metrics,
                  *, inline: bool, max_batch: int, max_wait_us: int, pipeline_depth: int,
                  max_inflight_total: int, decision_log: Any = None,
-                 deadline_s: float = 0.004, link: Any = None) -> None:
+                 deadline_s: float = 0.004, link: Any = None, max_clock_skew_s: float = 0.0,
+                 max_click_age_s: float = 0.0) -> None:
         self.kernel = kernel
+        # Time sanity (0 = off): a click stamped further ahead of this clock (or behind it)
+        # is refused, so no single click can move the store's clock.
+        self._skew_ms = max_clock_skew_s * 1000.0
+        self._age_ms = max_click_age_s * 1000.0
         self.get_model = get_model
         self.metrics = metrics
         self.inline = inline
@@ -223,6 +228,9 @@ class Batcher:
         self.depth = 1 if inline else pipeline_depth
         self.max_total = max_inflight_total
         self.dlog = decision_log
+        # The deviation monitor's sampler (slidrd/monitor.py, Shadow) while a newly swapped-in
+        # model is compared with the previous one on the same clicks; None otherwise.
+        self.shadow: Callable[[np.ndarray, ClickBatch, np.ndarray, Any], None] | None = None
         self.loop = asyncio.get_event_loop()
         self.pending: list[Item] = []
         self.inflight_batches = 0
@@ -361,19 +369,71 @@ class Batcher:
             else:
                 valid.append(it)
                 clicks.append(c)
-        if expired:
-            self._fail_open(expired, "deadline", version)
         rows = late + clicks if late else clicks
         if not rows:
+            if expired:
+                self._fail_open(expired, "deadline", version)
             return valid, clicks, None, 0
         try:
-            if _fp is not None:
-                return valid, clicks, ClickBatch(*_fp.batch_columns(rows)), len(late)
-            return valid, clicks, ClickBatch.from_clicks(rows, validate=False), len(late)
+            batch: ClickBatch | None = self._columns(rows)
+            assert batch is not None
+            if self._skew_ms or self._age_ms:
+                bad = self._clock_refused(batch.ts)
+                if bad is not None:
+                    valid, clicks, expired, late = self._refuse_clock(bad, valid, clicks,
+                                                                      expired, late)
+                    rows = late + clicks
+                    batch = self._columns(rows) if rows else None
         except Exception:  # a bug: the valid clicks are answered (fail-open), once
             log.exception("batch columns failed")
+            self._fail_open(expired, "deadline", version)
             self._fail_open(valid, "model_error", version, clicks)
             return [], [], None, 0
+        if expired:
+            self._fail_open(expired, "deadline", version)
+        return valid, clicks, batch, len(late)
+
+    @staticmethod
+    def _columns(rows: list[Any]) -> ClickBatch:
+        if _fp is not None:
+            return ClickBatch(*_fp.batch_columns(rows))
+        return ClickBatch.from_clicks(rows, validate=False)
+
+    def _clock_refused(self, ts: np.ndarray) -> np.ndarray | None:
+        """Rows stamped beyond max_clock_skew_s ahead of (or max_click_age_s behind) this
+        clock, or None (the usual case: two reductions per batch)."""
+        now = time.time() * 1000.0
+        hi = now + self._skew_ms if self._skew_ms else float("inf")
+        lo = now - self._age_ms if self._age_ms else float("-inf")
+        if ts.max() <= hi and ts.min() >= lo:
+            return None
+        return np.flatnonzero((ts > hi) | (ts < lo))
+
+    def _refuse_clock(self, bad: np.ndarray, valid: list[Item], clicks: list[Any],
+                      expired: list[Item], late: list[Any]
+                      ) -> tuple[list[Item], list[Any], list[Item], list[Any]]:
+        """Answer the rows `bad` (of late + clicks) with INVALID_CLICK naming 'ts'; -> the
+        items and clicks that stay."""
+        now = time.time() * 1000.0
+        drop = set(bad.tolist())
+        nl = len(late)
+        for i in sorted(drop):
+            it = expired[i] if i < nl else valid[i - nl]
+            t = int(it[0]["ts"])
+            if self._skew_ms and t > now + self._skew_ms:
+                problem = (f"is {(t - now) / 1000.0:.0f} s ahead of the daemon's clock (more "
+                           f"than max_clock_skew_s = {self._skew_ms / 1000.0:g})")
+            else:
+                problem = (f"is {(now - t) / 1000.0:.0f} s behind the daemon's clock (more "
+                           f"than max_click_age_s = {self._age_ms / 1000.0:g})")
+            self.metrics.clock_refused += 1
+            self._answer_error(it, error(ErrorCode.INVALID_CLICK,
+                                         str(ContractError("ts", t, problem))))
+        expired = [it for i, it in enumerate(expired) if i not in drop]
+        late = [c for i, c in enumerate(late) if i not in drop]
+        valid = [it for i, it in enumerate(valid) if i + nl not in drop]
+        clicks = [c for i, c in enumerate(clicks) if i + nl not in drop]
+        return valid, clicks, expired, late
 
     def _run_inline(self, items: list[Item]) -> None:
         t0 = _perf()
@@ -577,6 +637,8 @@ class Batcher:
         self._backoff = 0.02
         if _fp is not None:
             self._decide_native(valid, clicks, batch, feats, scores, model, t0, t_store, t_model)
+            if self.shadow is not None:  # after the answers are queued
+                self.shadow(feats, batch, scores, model)
             return
         n = len(valid)
         codes = batch.device.astype(np.intp) * 2 + batch.logged_in
@@ -616,6 +678,8 @@ class Batcher:
             self._count(n, t_store, t_model, per, bad)
             if dlog is not None:
                 dlog.submit(clicks, feats, decisions, version)
+            if self.shadow is not None:
+                self.shadow(feats, batch, scores, model)
         except Exception:
             log.exception("bookkeeping of a decided batch failed")
 

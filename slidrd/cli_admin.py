@@ -74,6 +74,26 @@ def _print(method: str, res: Any, as_json: bool) -> None:
           f"redis errors {res.get('redis_errors')}")
     print(f"latency total: mean {lat.get('mean_ms', 0):.3f} ms, p99 <= {lat.get('p99_ms_le', 0)} ms,"
           f" p99.9 <= {lat.get('p999_ms_le', 0)} ms; mean batch {res.get('mean_batch', 0):.1f}")
+    mon = res.get("monitor")
+    if mon:
+        ref = mon.get("reference") or {}
+        lw = mon.get("last_window") or {}
+        ratio = (mon.get("ratios") or {}).get("all")
+        print(f"monitor {mon['mode']}: {mon['windows']} windows, {mon['deviating_windows']} "
+              f"deviating in a row; last window IVR "
+              + (f"{lw['ivr']:.2%} over {lw['clicks']:,} clicks" if lw else "-")
+              + (f" vs {ref['ivr']:.2%} ({ref['source']})" if ref else " (no reference yet)")
+              + (f", ratio {ratio:.2f}" if ratio is not None else ""))
+        c = mon.get("counts") or {}
+        print(f"monitor events: {c.get('rollback', 0)} rollbacks, {c.get('alert', 0)} alerts, "
+              f"{c.get('fail_open', 0)} fail-open alerts, {c.get('rollback_failed', 0)} "
+              "refused rollbacks")
+        ev = mon.get("last_event")
+        if ev:
+            import time as _t
+            print(f"last event: {ev['kind']} of {ev['version']} at "
+                  f"{_t.strftime('%Y-%m-%d %H:%M:%S', _t.gmtime(ev['at']))} UTC after "
+                  f"{ev['clicks']:,} clicks, {ev['seconds']:.1f} s: {ev['reason']}")
     rc = res.get("redis_cluster")
     if rc:
         print(f"redis cluster: {len(rc['nodes'])} masters; retried batches {rc['retries']} "

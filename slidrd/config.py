@@ -14,6 +14,10 @@ from slidr import options
 from slidr.defaults import COMMON
 from slidr.options import Opt, OptionError, field_from, option, options_of
 
+# What one click of the contract takes in a score_many message, ids and user agent included:
+# max_score_many of them must fit in max_message_bytes.
+TYPICAL_CLICK_BYTES = 256
+
 
 class ConfigError(OptionError):
     """A configuration problem; the message names the key and where the value came from."""
@@ -69,17 +73,70 @@ class Config:
     max_message_bytes: int = option(1 << 20, "largest msgpack message (bytes)", lo=64,
                                     hi=1 << 30)
     max_connections: int = option(4096, "open public connections", lo=1, hi=1_000_000)
-    max_inflight_per_conn: int = option(16_384, "unanswered clicks per connection", lo=1,
-                                        hi=10_000_000)
+    max_inflight_per_conn: int = option(
+        4096, "unanswered clicks per connection (the default leaves 16 connections at this "
+        "limit room within max_inflight_total)", lo=1, hi=10_000_000)
     max_inflight_total: int = option(65_536, "unanswered clicks in the process", lo=1,
                                      hi=100_000_000)
-    max_score_many: int = option(10_000, "clicks in one score_many call", lo=1, hi=10_000_000)
+    max_score_many: int = option(4096, "clicks in one score_many call (max_score_many x 256 "
+                                 "bytes must fit in max_message_bytes)", lo=1, hi=10_000_000)
     idle_timeout_s: float = option(300.0, "close connections idle this long (s)", lo=0.1,
                                    hi=86_400 * 7)
     drain_timeout_s: float = option(10.0, "SIGTERM: longest wait for in-flight work (s)",
                                     lo=0.0, hi=3600)
     backend: str = option("auto", "scorer backend", choices=("auto", "onnxruntime", "tensorrt"))
     log_level: str = option("info", "log level", choices=("debug", "info", "warning", "error"))
+    monitor: str = option(
+        "rollback", "deviation monitor: rollback = roll the registry back to the previous "
+        "stable bundle on a sharp, sustained IVR deviation; alert = log and count only; off",
+        choices=("rollback", "alert", "off"))
+    monitor_window_clicks: int = option(20_000, "a monitor window closes after at least "
+                                        "this many clicks and monitor_window_s seconds", lo=100, hi=1 << 40)
+    monitor_window_s: float = option(30.0, "a monitor window lasts at least this long (s)", lo=0.0,
+                                     hi=86_400.0)
+    monitor_ivr_ratio: float = option(
+        2.0, "a window deviates when its IVR (overall or a slice's) is more than this times "
+        "the reference, or below the reference divided by it, and monitor_ivr_abs away", lo=1.01, hi=1000.0)
+    monitor_ivr_abs: float = option(0.02, "a deviation must also exceed this absolute "
+                                    "IVR difference (0.02 = 2 points)", lo=0.0, hi=1.0)
+    monitor_min_slice_clicks: int = option(1_000, "slices with fewer clicks in a window are "
+                                           "not judged on their own", lo=1, hi=1 << 40)
+    monitor_sustain: int = option(2, "deviating windows in a row before the monitor fires",
+                                  lo=1, hi=1000)
+    monitor_fail_open_max: float = option(0.05, "alert (never roll back) when a window's "
+                                          "fail-open share is above this", lo=0.0, hi=1.0)
+    monitor_cooldown_s: float = option(300.0, "after firing, the monitor stays quiet this "
+                                       "long (s); it never fires twice for one version",
+                                       lo=0.0, hi=86_400.0 * 7)
+    monitor_judge_windows: int = option(
+        10, "windows a newly served bundle is judged for (against the previous bundle on the "
+        "same clicks); then it is settled", lo=1, hi=1_000_000)
+    max_clock_skew_s: float = option(
+        300.0, "refuse a click stamped further ahead of the daemon's clock than this (s; "
+        "0 = off): one far-future click would otherwise move the counters' clock", lo=0,
+        hi=86_400 * 366)
+    max_click_age_s: float = option(
+        0.0, "refuse a click stamped further behind the daemon's clock than this (s; 0 = off, "
+        "e.g. to replay old logs)", lo=0, hi=86_400 * 366 * 100)
+    max_errors_per_conn: int = option(
+        64, "protocol errors one connection may earn before it is closed", lo=1,
+        hi=100_000_000)
+    write_buffer_bytes: int = option(
+        256 << 10, "answers queued for a connection that is not reading them: over this the "
+        "daemon stops reading its requests", lo=4096, hi=1 << 30)
+    write_stall_s: float = option(
+        10.0, "close a connection whose answers stayed unread (over write_buffer_bytes) this "
+        "long (s)", lo=0.1, hi=86_400)
+    frame_timeout_s: float = option(
+        10.0, "close a connection whose message takes longer than this from its first byte to "
+        "its last (s): trickling clients", lo=0.1, hi=86_400)
+    embedded_max_mb: int = option(
+        1536, "memory cap of the embedded store (MiB; 0 = none): at the cap, expired keys "
+        "first, then the least recently seen are evicted", lo=0, hi=1 << 30)
+    bundle_key: str = option(
+        "", "file with the key bundles must be signed with (HMAC-SHA256, `slidr daily "
+        "--sign-key`); unsigned or altered bundles are refused (empty = not checked)",
+        metavar="FILE")
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -135,5 +192,14 @@ def validate(cfg: Config, check_registry: bool = True) -> None:
                           "redis_mode = standalone takes one URL")
     if cfg.max_inflight_per_conn > cfg.max_inflight_total:
         raise ConfigError("'max_inflight_per_conn' must not exceed 'max_inflight_total'")
+    if cfg.monitor_judge_windows < cfg.monitor_sustain:
+        raise ConfigError("'monitor_judge_windows' must be at least 'monitor_sustain' (a "
+                          "bundle must be judged for as many windows as it takes to fire)")
     if cfg.max_score_many > cfg.max_inflight_per_conn:
         raise ConfigError("'max_score_many' must not exceed 'max_inflight_per_conn'")
+    if cfg.max_score_many * TYPICAL_CLICK_BYTES > cfg.max_message_bytes:
+        raise ConfigError(
+            f"'max_score_many' = {cfg.max_score_many} clicks of ~{TYPICAL_CLICK_BYTES} bytes do "
+            f"not fit in 'max_message_bytes' = {cfg.max_message_bytes}: raise "
+            f"max_message_bytes to {cfg.max_score_many * TYPICAL_CLICK_BYTES} or lower "
+            f"max_score_many to {cfg.max_message_bytes // TYPICAL_CLICK_BYTES}")

@@ -84,6 +84,10 @@ class Histogram:
         return out
 
 
+DEFENCE_EVENTS = ("clock_refused", "closed_errors", "closed_write_stall", "closed_frame_timeout",
+                  "closed_for_room", "store_evicted")
+
+
 class Metrics:
     """All counters of one daemon process."""
 
@@ -113,6 +117,20 @@ class Metrics:
         self.started = time.time()
         self.gauges: dict[str, Any] = {}
         self.busy_poll: Any = None  # slidrd.busypoll.BusyPoller when busy_poll_us > 0
+        self.cluster: Any = None  # slidrd.cluster_link.ClusterLink on a Redis Cluster
+        self.monitor: Any = None  # slidrd.monitor.Monitor (its counters are exported here)
+        # Hostile traffic (docs/daemon.md, "Hostile traffic"): what the limits did, by event.
+        self.defence: dict[str, int] = defaultdict(int)
+        for ev in DEFENCE_EVENTS:
+            self.defence[ev] = 0
+
+    @property
+    def clock_refused(self) -> int:
+        return self.defence["clock_refused"]
+
+    @clock_refused.setter
+    def clock_refused(self, v: int) -> None:
+        self.defence["clock_refused"] = v
 
     def render(self) -> str:
         L: list[str] = []
@@ -147,6 +165,10 @@ class Metrics:
                  "Clicks answered valid without a model score", "cause", self.fail_open)
         labelled("slidr_errors_total", "counter", "Error responses by code name", "code",
                  self.errors)
+        labelled("slidr_defence_total", "counter", "Hostile-traffic limits at work: clicks "
+                 "refused by the clock check, connections closed (errors, unread answers, slow "
+                 "frames, room for new clients), embedded-store keys evicted at the cap",
+                 "event", self.defence)
         for name, kind, helptext, value in (
             ("slidr_redis_errors_total", "counter", "Failed Redis round trips", self.redis_errors),
             ("slidr_connections", "gauge", "Open public connections", self.connections),
@@ -172,9 +194,53 @@ class Metrics:
                      self.busy_poll.windows)):
                 head(name, "counter", helptext)
                 L.append(f"{name} {value}")
+        if self.cluster is not None:
+            cs = self.cluster.stats()
+            for name, kind, helptext, value in (
+                    ("slidr_redis_cluster_masters", "gauge", "Redis Cluster masters the daemon "
+                     "routes to", len(cs["nodes"])),
+                    ("slidr_redis_cluster_retried_batches_total", "counter", "Batches with a part "
+                     "re-sent after MOVED/ASK, a refused or a lost node", cs["retries"]),
+                    ("slidr_redis_cluster_retried_ok_total", "counter", "Retried batches then "
+                     "answered whole", cs["retried_ok"]),
+                    ("slidr_redis_cluster_partial_total", "counter", "Batches of which a part "
+                     "failed open after its retry", cs["partial"]),
+                    ("slidr_redis_cluster_failed_total", "counter", "Batches failed open whole "
+                     "on the cluster", cs["failed"]),
+                    ("slidr_redis_cluster_refreshes_total", "counter", "Slot-map reads (start, "
+                     "MOVED, lost node)", cs["refreshes"])):
+                head(name, kind, helptext)
+                L.append(f"{name} {value}")
         for name, value in sorted(self.gauges.items()):
             head(name, "gauge", name.replace("_", " "))
             L.append(f"{name} {value}")
+        mon = self.monitor
+        if mon is not None:
+            c = mon.counts
+            for name, helptext, value in (
+                    ("slidr_monitor_rollbacks_total", "Automatic rollbacks fired by the "
+                     "deviation monitor", c.get("rollback", 0)),
+                    ("slidr_monitor_alerts_total", "Deviation alerts without a rollback "
+                     "(monitor = alert, or the rollback was refused)",
+                     c.get("alert", 0) + c.get("rollback_failed", 0)),
+                    ("slidr_monitor_fail_open_alerts_total", "Windows whose fail-open share "
+                     "was above monitor_fail_open_max", c.get("fail_open", 0)),
+                    ("slidr_monitor_windows_total", "Monitor windows closed", mon.windows)):
+                head(name, "counter", helptext)
+                L.append(f"{name} {value}")
+            ratios = {k: (v if v != float("inf") else 1e9) for k, v in mon.ratios.items()}
+            labelled("slidr_monitor_ivr_ratio", "gauge", "IVR of the last monitor window over "
+                     "the reference (overall: slice=\"all\")", "slice",
+                     {k: f"{v:.6g}" for k, v in ratios.items()} or {"all": "1"})
+            labelled("slidr_monitor_reference_ivr", "gauge", "The IVR the monitor compared the "
+                     "last judged window with (the previous model on the same clicks, its live "
+                     "figures, or the bundle's calibration)", "slice",
+                     {k: f"{v:.6g}" for k, v in mon.ref_ivr.items()})
+            labelled("slidr_monitor_window_ivr", "gauge", "IVR of the last judged monitor "
+                     "window", "slice", {k: f"{v:.6g}" for k, v in mon.window_ivr.items()})
+            head("slidr_monitor_deviating_windows", "gauge",
+                 "Deviating monitor windows in a row (the monitor fires at monitor_sustain)")
+            L.append(f"slidr_monitor_deviating_windows {mon.deviating}")
         head("slidr_model_info", "gauge", "The model version being served")
         L.append(f'slidr_model_info{{version="{self.model_version}"}} 1')
         return "\n".join(L) + "\n"
@@ -198,17 +264,19 @@ class Metrics:
                 "loop_lag_ms": {"p99_le": self.loop_lag.quantile(0.99) * 1000,
                                 "max_le": self.loop_lag.quantile(1.0) * 1000},
                 "gc_pauses": self.gc_pause.n, "gc_pause_ms_total": self.gc_pause.total * 1000,
-                "cpu_seconds": time.process_time(),
+                "cpu_seconds": time.process_time(), "defence": dict(self.defence),
                 **({"busy_poll_passes": self.busy_poll.passes,
                     "busy_poll_windows": self.busy_poll.windows} if self.busy_poll else {}),
                 **self.gauges}
 
 
 class _HttpResponder(asyncio.Protocol):
-    """GET /metrics -> text; anything else 404. One request per connection."""
+    """GET /metrics -> text; GET /healthz and /readyz -> 200 or 503 with a JSON body (from the
+    daemon's probe); anything else 404. One request per connection."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, probe: Any = None) -> None:
         self.metrics = metrics
+        self.probe = probe
         self.buf = b""
         self.transport: asyncio.Transport | None = None
 
@@ -224,19 +292,29 @@ class _HttpResponder(asyncio.Protocol):
                 self._send(b"431 Request Header Fields Too Large", b"")
             return
         line = self.buf.split(b"\r\n", 1)[0].split(b" ")
-        if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] in (b"/metrics", b"/"):
+        path = line[1].split(b"?")[0] if len(line) >= 2 and line[0] in (b"GET", b"HEAD") \
+            else b""
+        if path in (b"/metrics", b"/"):
             self._send(b"200 OK", self.metrics.render().encode())
+        elif path in (b"/healthz", b"/readyz") and self.probe is not None:
+            import json
+            ok, detail = self.probe(path[1:].decode())
+            self._send(b"200 OK" if ok else b"503 Service Unavailable",
+                       (json.dumps(detail, sort_keys=True) + "\n").encode(), b"application/json")
         else:
             self._send(b"404 Not Found", b"not found\n")
 
-    def _send(self, status: bytes, body: bytes) -> None:
+    def _send(self, status: bytes, body: bytes,
+              ctype: bytes = b"text/plain; version=0.0.4") -> None:
         assert self.transport is not None
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; "
-                             b"version=0.0.4\r\nContent-Length: " + str(len(body)).encode()
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + ctype
+                             + b"\r\nContent-Length: " + str(len(body)).encode()
                              + b"\r\nConnection: close\r\n\r\n" + body)
         self.transport.close()
 
 
-async def serve_metrics(metrics: Metrics, host: str, port: int) -> asyncio.base_events.Server:
+async def serve_metrics(metrics: Metrics, host: str, port: int,
+                        probe: Any = None) -> asyncio.base_events.Server:
+    """The metrics port; `probe(name) -> (ok, detail)` answers /healthz and /readyz."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _HttpResponder(metrics), host, port)
+    return await loop.create_server(lambda: _HttpResponder(metrics, probe), host, port)

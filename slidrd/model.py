@@ -72,10 +72,14 @@ class ServingModel:
                                for name in SLICES}}
 
 
-def load_bundle(bundle: Any, backend: str, max_batch: int) -> ServingModel:
-    """Verify a registry Bundle and build a warmed ServingModel, or raise ModelLoadError."""
+def load_bundle(bundle: Any, backend: str, max_batch: int,
+                key: bytes | None = None) -> ServingModel:
+    """Verify a registry Bundle (and its signature, given a key) and build a warmed
+    ServingModel, or raise ModelLoadError."""
     try:
         bundle.verify()
+        if key is not None:
+            bundle.verify_signature(key)
     except Exception as e:  # BundleError and I/O errors alike: refuse with the reason
         raise ModelLoadError(f"bundle {getattr(bundle, 'version', '?')} failed verification: "
                              f"{e}") from e
@@ -106,8 +110,18 @@ def load_bundle(bundle: Any, backend: str, max_batch: int) -> ServingModel:
                         warmup_ms=(time.perf_counter() - t0) * 1000.0, manifest=manifest)
 
 
-def load_current(registry_dir: str, backend: str, max_batch: int) -> ServingModel:
-    from slidr.registry import Registry
+def load_current(registry_dir: str, backend: str, max_batch: int,
+                 key_file: str = "") -> ServingModel:
+    """The registry's current bundle, verified (signed under the key in `key_file`, when
+    given) and warmed."""
+    from slidr.registry import Registry, load_key
+
+    key = None
+    if key_file:
+        try:
+            key = load_key(key_file)
+        except Exception as e:
+            raise ModelLoadError(str(e)) from e
 
     reg = Registry(registry_dir)
     try:
@@ -116,10 +130,24 @@ def load_current(registry_dir: str, backend: str, max_batch: int) -> ServingMode
         raise ModelLoadError(f"registry {registry_dir}: cannot read the current bundle: {e}") from e
     if bundle is None:
         raise ModelLoadError(f"registry {registry_dir} has no current bundle; publish or promote one")
-    return load_bundle(bundle, backend, max_batch)
+    return load_bundle(bundle, backend, max_batch, key)
 
 
-def rollback(registry_dir: str) -> None:
+def rollback(registry_dir: str, reason: str | None = None,
+             expected_current: str | None = None, **details: Any) -> str:
+    """Registry.rollback: the new current version. With `expected_current`, the pointer moves
+    only if that version is still current (a second daemon only confirms the rejection)."""
     from slidr.registry import Registry
 
-    Registry(registry_dir).rollback()
+    return Registry(registry_dir).rollback(reason=reason, expected_current=expected_current,
+                                           **details)
+
+
+def rejected_versions(registry_dir: str) -> dict[str, dict[str, Any]]:
+    """{version: {"reason", "at", ...}} of the registry's rejected bundles ({} if unreadable)."""
+    from slidr.registry import Registry, RegistryError
+
+    try:
+        return Registry(registry_dir).rejected()
+    except (OSError, RegistryError):
+        return {}

@@ -28,6 +28,12 @@ assert (_decoder.NEED_MORE, _decoder.GENERAL, _decoder.TOO_DEEP, _decoder.INVALI
         _decoder.TOO_LARGE, _decoder.ROOM) == (0, 1, 2, 3, 4, 5)
 
 
+# One packer for every connection (the loop thread packs one answer at a time; no state is
+# kept between calls): a Packer allocates a 1 MiB buffer, which per connection made thousands
+# of connections open at once cost heap memory that was not given back.
+_PACKER = msgpack.Packer(use_bin_type=True)
+
+
 def _peek_msgid(data: bytes | bytearray, pos: int) -> int | None:
     """The msgid of a request `[0, msgid, ...]` starting at pos, read from its first bytes."""
     if len(data) < pos + 3 or data[pos] != 0x94 or data[pos + 1] != 0x00:
@@ -53,7 +59,7 @@ class RpcConnection(asyncio.Protocol):
         self.deadline_s = 1.0
         self.ip_ok: dict[str, bool] = {}
         self.ip_check: Any = None
-        self.packer = msgpack.Packer(use_bin_type=True)
+        self.packer = _PACKER
         self.transport: asyncio.Transport | None = None
         self.out: list[bytes] = []
         self.inflight = 0
@@ -62,18 +68,33 @@ class RpcConnection(asyncio.Protocol):
         self.paused_reading = False
         self.write_paused = False
         self.last_active = time.monotonic()
+        # Hostile-traffic bounds (docs/daemon.md, "Hostile traffic"); PublicConnection sets
+        # them from the configuration.
+        self.max_errors = 1 << 30  # protocol errors before the connection is closed
+        self.n_errors = 0
+        self.write_buffer_bytes = 0  # 0: the transport's default high-water mark
+        self.write_paused_since = 0.0  # when unread answers went over the mark
+        self.frame_t0 = 0.0  # when the incomplete message in `rest` began
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.write_buffer_bytes:
+            transport.set_write_buffer_limits(high=self.write_buffer_bytes)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.out.clear()
+        # The transport and the protocol refer to each other: break the cycle, so that a
+        # closed connection is freed at once by reference counting, not by a full garbage
+        # collection (rare in the daemon: gc thresholds are raised for the tail latency).
+        self.transport = None
+        self.rest = bytearray()
 
     def pause_writing(self) -> None:
         # The client is not reading its answers: stop reading its requests.
         self.write_paused = True
+        self.write_paused_since = time.monotonic()
         self._pause()
 
     def resume_writing(self) -> None:
@@ -108,8 +129,11 @@ class RpcConnection(asyncio.Protocol):
                     del rest[:pos]
                     if not rest:  # a large message done: give its buffer back
                         self.rest = bytearray()
+                    elif pos:  # another message began in this read
+                        self.frame_t0 = self.last_active
                 elif pos < len(buf):
                     rest += memoryview(buf)[pos:]
+                    self.frame_t0 = self.last_active
                 break
             if status == _GENERAL or status == _ROOM:
                 try:
@@ -132,6 +156,11 @@ class RpcConnection(asyncio.Protocol):
                 self.fatal(ErrorCode.TOO_LARGE, f"message larger than {self.max_msg} bytes")
                 return
             if self.closed or self.closing:
+                return
+            if self.n_errors > self.max_errors:
+                self.fatal(ErrorCode.BAD_REQUEST, f"closed: more than {self.max_errors} "
+                           "protocol errors on this connection (max_errors_per_conn)")
+                self.daemon.metrics.defence["closed_errors"] += 1
                 return
             pos = end
         self.after_input()
@@ -214,6 +243,8 @@ class RpcConnection(asyncio.Protocol):
         self.daemon.metrics.errors[ErrorCode(err[0]).name] += 1
         if self.closed:
             return
+        if err[0] != ErrorCode.INVALID_CLICK:  # a click's own problem is not the peer's abuse
+            self.n_errors += 1
         if msgid is None:
             self.out.append(self.packer.pack([2, "error", [err]]))
         else:

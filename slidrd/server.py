@@ -28,12 +28,20 @@ from .busypoll import BusyPoller
 from .config import Config
 from .decision_log import DecisionLog
 from .metrics import Metrics, serve_metrics
-from .model import ModelLoadError, ServingModel, load_current
+from .model import ModelLoadError, ServingModel, load_current, rejected_versions
 from .model import rollback as registry_rollback
+from .monitor import Event, Monitor, expected_from_manifest
 from .notify import Notifier
 from .rpc import RpcConnection
 
 log = logging.getLogger("slidrd")
+
+# At max_connections a new client takes the place of the connection idle the longest, if that
+# one has been idle at least this long (s) with nothing in flight; else the new one is refused.
+ROOM_MIN_IDLE_S = 1.0
+# When no connection has been idle that long, one whose message began this long ago (s) and is
+# still incomplete goes instead (the oldest such message first): trickling clients.
+ROOM_SLOW_FRAME_S = 0.25
 
 
 
@@ -58,11 +66,15 @@ class PublicConnection(RpcConnection):
         self.max_per_conn = cfg.max_inflight_per_conn
         self.max_many = cfg.max_score_many
         self.ip_ok, self.ip_check = batcher_ip_cache()
+        self.max_errors = cfg.max_errors_per_conn
+        self.write_buffer_bytes = cfg.write_buffer_bytes
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         d = self.daemon
         d.metrics.connections_total += 1
+        if len(d.conns) >= d.cfg.max_connections and not d.draining:
+            d.make_room()
         if len(d.conns) >= d.cfg.max_connections or d.draining:
             self.fatal(ErrorCode.OVERLOADED, "too many connections" if not d.draining
                        else "shutting down")
@@ -191,8 +203,22 @@ def make_store(cfg: Config) -> Any:
         return open_redis_store(cfg.redis, cfg.redis_mode, prefix=cfg.redis_prefix,
                                 timeout_s=cfg.redis_timeout_ms / 1000)
     from slidr.kernel import embedded_store
-    # Sized up front: growing a table rehashes it in one go, a multi-ms stall on the loop.
-    return embedded_store(_use_native(), capacity_hint=cfg.embedded_capacity)
+    # Sized up front: growing a table rehashes it in one go, a multi-ms stall on the loop. With
+    # a memory cap the index is sized for the cap at once (no rehash ever).
+    return embedded_store(_use_native(), capacity_hint=cfg.embedded_capacity,
+                          max_keys=embedded_max_keys(cfg.embedded_max_mb))
+
+
+def embedded_max_keys(max_mb: int) -> int:
+    """Keys per counter table that fit the embedded store in `max_mb` MiB (0 = no cap)."""
+    if max_mb <= 0:
+        return 0
+    from slidr.ext import kernel_native
+    if kernel_native is not None:
+        return int(kernel_native.max_keys_for_bytes(max_mb << 20))
+    # The pure-Python twin: the compiled store's entry sizes (48 + 40 + 256 bytes, and an
+    # index slot of 16 at 70 % load), so both paths keep the same number of keys.
+    return max(1, (max_mb << 20) // (344 + 3 * 16 * 2))
 
 
 class Daemon:
@@ -218,14 +244,26 @@ class Daemon:
         self.link: Any = None
         self.dlog: DecisionLog | None = None
         self.poller: BusyPoller | None = None
+        self.monitor = Monitor(self.metrics, cfg.monitor, cfg.monitor_window_clicks,
+                               cfg.monitor_window_s, cfg.monitor_ivr_ratio, cfg.monitor_ivr_abs,
+                               cfg.monitor_min_slice_clicks, cfg.monitor_sustain,
+                               cfg.monitor_fail_open_max, cfg.monitor_cooldown_s,
+                               cfg.monitor_judge_windows)
+        self.metrics.monitor = self.monitor
+        self._lag_tick = time.monotonic()  # the loop-lag timer's last pass (/healthz)
+        self._pointers_mtime = 0
+        self._ready = False
 
     # ------------------------------------------------------------------ start
     async def start(self) -> None:
         cfg = self.cfg
         loop = asyncio.get_running_loop()
         self.model = await loop.run_in_executor(None, load_current, cfg.registry, cfg.backend,
-                                                cfg.max_batch)
+                                                cfg.max_batch, cfg.bundle_key)
         self.metrics.model_version = self.model.version
+        self.monitor.on_swap(self.model.version, expected_from_manifest(self.model.manifest),
+                             old_rejected=False)
+        self._pointers_mtime = _mtime(cfg.registry)
         self.store = make_store(cfg)
         from slidr.kernel import FeatureKernel
         kernel = FeatureKernel(self.store, use_native=_use_native())
@@ -234,6 +272,7 @@ class Daemon:
             from .cluster_link import ClusterLink
             link = ClusterLink(self.store, timeout_s=cfg.redis_timeout_ms / 1000)
             self.link = link
+            self.metrics.cluster = link
             try:
                 await link.connect()
             except Exception as e:
@@ -260,7 +299,9 @@ class Daemon:
                                max_batch=cfg.max_batch, max_wait_us=cfg.max_wait_us,
                                pipeline_depth=cfg.pipeline_depth,
                                max_inflight_total=cfg.max_inflight_total, decision_log=self.dlog,
-                               deadline_s=cfg.deadline_ms / 1000.0, link=link)
+                               deadline_s=cfg.deadline_ms / 1000.0, link=link,
+                               max_clock_skew_s=cfg.max_clock_skew_s,
+                               max_click_age_s=cfg.max_click_age_s)
         if cfg.busy_poll_us > 0:
             self.poller = BusyPoller(loop, cfg.busy_poll_us)
             self.metrics.busy_poll = self.poller
@@ -272,13 +313,17 @@ class Daemon:
             path = cfg.admin_socket if cfg.workers == 1 else f"{cfg.admin_socket}.{self.worker}"
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-            asrv = await loop.create_unix_server(lambda: AdminConnection(self), path)
+            old_mask = os.umask(0o177)  # the socket is created 0600, never wider for a moment
+            try:
+                asrv = await loop.create_unix_server(lambda: AdminConnection(self), path)
+            finally:
+                os.umask(old_mask)
             os.chmod(path, 0o600)
             self._servers.append(asrv)
             self.admin_path = path
         if cfg.metrics_port >= 0:
             mport = cfg.metrics_port + self.worker if cfg.metrics_port else 0
-            msrv = await serve_metrics(self.metrics, cfg.metrics_host, mport)
+            msrv = await serve_metrics(self.metrics, cfg.metrics_host, mport, probe=self.probe)
             self._servers.append(msrv)
             self.metrics_port = msrv.sockets[0].getsockname()[1]
         # Everything loaded so far (modules, ORT, the model) lives for the whole process: keep it
@@ -289,6 +334,7 @@ class Daemon:
         gc.set_threshold(20_000, 50, 1000)
         self._tasks.append(loop.create_task(self._sweeper()))
         self._tasks.append(loop.create_task(self._loop_lag()))
+        self._tasks.append(loop.create_task(self._monitor_loop()))
         self._gc_t0 = 0.0
         gc.callbacks.append(self._on_gc)
         if self.notifier.watchdog_s:
@@ -296,6 +342,7 @@ class Daemon:
         log.info("slidrd worker %d serving model %s on %s:%d (store %s, %s)", self.worker,
                  self.model.version, cfg.host, self.port, getattr(self.store, "name", "?"),
                  "inline" if link is None else f"pipelined, depth {cfg.pipeline_depth}")
+        self._ready = True
         self.notifier.ready(f"serving model {self.model.version} on port {self.port}")
         if self.on_ready is not None:
             self.on_ready(self)
@@ -331,7 +378,26 @@ class Daemon:
         if hasattr(self.link, "stats"):  # Redis Cluster: nodes, retries, map refreshes
             s["redis_cluster"] = self.link.stats()
         s["pid"] = os.getpid()
+        s["monitor"] = self.monitor.stats()
         return s
+
+    def probe(self, name: str) -> tuple[bool, dict[str, Any]]:
+        """/healthz: the process is alive and its event loop is not wedged (the 10 ms loop-lag
+        timer ran within the last 2 s). /readyz: a model is loaded and warmed, the store is
+        reachable, and the daemon is not draining."""
+        lag_age = time.monotonic() - self._lag_tick
+        alive = lag_age < 2.0
+        if name == "healthz":
+            return alive, {"alive": alive, "loop_timer_age_s": round(lag_age, 3)}
+        link = self.link
+        store_ok = link is None or bool(getattr(link, "connected", False))
+        if not store_ok and hasattr(link, "_start_connect"):
+            link._start_connect()  # an idle daemon reconnects when a probe asks
+        model_ok = self.model is not None and self._ready
+        ok = alive and model_ok and store_ok and not self.draining
+        return ok, {"ready": ok, "model": self.model.version if self.model else None,
+                    "model_warmed": model_ok, "store_reachable": store_ok,
+                    "draining": self.draining, "loop_alive": alive}
 
     async def reload(self, reason: str = "admin") -> dict[str, Any]:
         async with self._reload_lock:
@@ -340,7 +406,8 @@ class Daemon:
             loop = asyncio.get_running_loop()
             try:
                 new = await loop.run_in_executor(None, load_current, self.cfg.registry,
-                                                 self.cfg.backend, self.cfg.max_batch)
+                                                 self.cfg.backend, self.cfg.max_batch,
+                                                 self.cfg.bundle_key)
             except ModelLoadError as e:
                 self.metrics.reloads_failed += 1
                 log.error("reload (%s) refused, still serving %s: %s", reason,
@@ -348,11 +415,16 @@ class Daemon:
                 self.notifier.ready(f"reload refused: {e}; serving {old.version if old else None}")
                 raise RpcError(ErrorCode.ADMIN_FAILED, f"reload refused, still serving "
                                f"{old.version if old else None}: {e}") from None
+            rejected = await loop.run_in_executor(None, rejected_versions, self.cfg.registry)
             # One reference swap: the next batch uses `new`; a batch in flight keeps `old`.
             self.model = new
             self.metrics.model_version = new.version
             self.metrics.reloads_ok += 1
             log.info("reload (%s): %s -> %s", reason, old.version if old else None, new.version)
+            shadow = self.monitor.on_swap(new.version, expected_from_manifest(new.manifest),
+                                          old_rejected=old is not None and
+                                          old.version in rejected, previous=old)
+            self.batcher.shadow = shadow.sample if shadow is not None else None
             self.notifier.ready(f"serving model {new.version}")
             return {"version": new.version, "previous": old.version if old else None,
                     "warmup_ms": new.warmup_ms}
@@ -372,16 +444,58 @@ class Daemon:
         return out
 
     # ------------------------------------------------------------------ background
+    def make_room(self) -> None:
+        """At max_connections: close the connection idle the longest (nothing in flight), so
+        that a new client gets in; idle and trickling peers cannot lock everyone out."""
+        victim: PublicConnection | None = None
+        slow: PublicConnection | None = None
+        now = time.monotonic()
+        oldest = now - ROOM_MIN_IDLE_S  # a client active this second stays...
+        frame_old = now - ROOM_SLOW_FRAME_S  # ...unless its message is still incomplete
+        for c in self.conns:
+            if c.inflight or c.closing:
+                continue
+            if c.last_active < oldest:
+                if victim is None or c.last_active < victim.last_active:
+                    victim = c
+            elif c.rest and c.frame_t0 < frame_old and (slow is None
+                                                        or c.frame_t0 < slow.frame_t0):
+                slow = c
+        victim = victim or slow
+        if victim is not None:
+            self.conns.discard(victim)
+            self.metrics.defence["closed_for_room"] += 1
+            victim.fatal(ErrorCode.OVERLOADED, "closed to make room for a new connection "
+                         "(max_connections reached; this one was idle the longest)")
+
     async def _sweeper(self) -> None:
-        period = min(1.0, self.cfg.idle_timeout_s / 4)
+        cfg = self.cfg
+        period = min(1.0, cfg.idle_timeout_s / 4, cfg.frame_timeout_s / 4, cfg.write_stall_s / 4)
+        defence = self.metrics.defence
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
             for c in list(self.conns):
-                if c.inflight == 0 and now - c.last_active > self.cfg.idle_timeout_s:
+                if c.inflight == 0 and now - c.last_active > cfg.idle_timeout_s:
                     c.close()
+                elif c.rest and now - c.frame_t0 > cfg.frame_timeout_s and not c.closing \
+                        and not c.paused_reading:  # not while the daemon itself holds it back
+                    defence["closed_frame_timeout"] += 1
+                    c.rest = bytearray()
+                    c.fatal(ErrorCode.BAD_REQUEST, f"a message took longer than "
+                            f"frame_timeout_s = {cfg.frame_timeout_s:g} s to arrive")
+                elif c.write_paused and now - c.write_paused_since > cfg.write_stall_s:
+                    defence["closed_write_stall"] += 1
+                    c.out.clear()
+                    c.closing = True
+                    if c.transport is not None:
+                        c.transport.abort()  # its unread answers go with it
+                    c.closed = True
             if self.dlog is not None:
                 self.metrics.decision_log_dropped = self.dlog.dropped
+            ev = getattr(self.store, "evicted", None)
+            if ev is not None:
+                defence["store_evicted"] = int(ev)
 
     async def _loop_lag(self) -> None:
         h = self.metrics.loop_lag
@@ -389,6 +503,70 @@ class Daemon:
             t = time.perf_counter()
             await asyncio.sleep(0.01)
             h.observe(max(time.perf_counter() - t - 0.01, 0.0))
+            self._lag_tick = time.monotonic()
+
+    async def _monitor_loop(self, period_s: float = 0.5) -> None:
+        """The deviation monitor's tick (off the hot path: a few dict copies every period) and
+        the registry watch: a version that becomes rejected (another daemon's monitor, or an
+        operator) is not served a moment longer than it takes to notice and reload."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                sh = self.monitor.shadow
+                if sh is not None:  # the previous model scores the sampled clicks (a thread)
+                    rows = sh.take()
+                    if rows:
+                        try:
+                            counts = await loop.run_in_executor(None, sh.score, rows)
+                        except Exception as e:
+                            log.warning("monitor: the previous model cannot score the sampled "
+                                        "clicks (%s); judging by the live figures", e)
+                            self.monitor.end_shadow()
+                        else:
+                            sh.add(counts)
+                ev = self.monitor.tick()
+                if self.monitor.shadow is None and self.batcher.shadow is not None:
+                    self.batcher.shadow = None  # settled: the previous model is let go
+                if ev is not None:
+                    await self._on_event(ev)
+                mt = _mtime(self.cfg.registry)
+                if mt != self._pointers_mtime:
+                    self._pointers_mtime = mt
+                    rejected = await loop.run_in_executor(None, rejected_versions,
+                                                          self.cfg.registry)
+                    m = self.model
+                    if m is not None and m.version in rejected and not self.draining:
+                        log.warning("model %s was rejected in the registry (%s): reloading",
+                                    m.version, rejected[m.version].get("reason", "?"))
+                        await self._reload_quiet("rejected in registry")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("monitor tick failed")
+
+    async def _on_event(self, ev: Event) -> None:
+        """One line per event in the log; counters in the metrics; a rollback moves the
+        registry pointer (only if the bad version is still current) and reloads."""
+        log.warning("monitor %s: model %s after %d clicks, %.1f s: %s", ev.kind, ev.version,
+                    ev.clicks, ev.seconds, ev.reason)
+        if ev.kind != "rollback" or self.draining:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            target = await loop.run_in_executor(
+                None, lambda: registry_rollback(
+                    self.cfg.registry, reason=f"slidrd monitor: {ev.reason}",
+                    expected_current=ev.version, by=f"slidrd pid {os.getpid()}",
+                    clicks=ev.clicks, seconds=ev.seconds,
+                    served_since=self.monitor.served_since))
+        except Exception as e:
+            fe = self.monitor.rollback_failed(f"rollback of {ev.version} refused: {e}")
+            log.error("monitor rollback_failed: %s; still serving %s", fe.reason, ev.version)
+            return
+        self._pointers_mtime = _mtime(self.cfg.registry)
+        log.warning("monitor rolled the registry back: %s -> %s", ev.version, target)
+        await self._reload_quiet("monitor rollback")
 
     def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -446,6 +624,14 @@ class Daemon:
                 os.unlink(self.admin_path)
         log.info("stopped")
         self.stopped.set()
+
+
+def _mtime(registry: str) -> int:
+    """The pointers file's modification time (ns; 0 when absent): changes at every move."""
+    try:
+        return os.stat(os.path.join(registry, "pointers.json")).st_mtime_ns
+    except OSError:
+        return 0
 
 
 async def serve(cfg: Config, notifier: Notifier | None = None, worker: int = 0,

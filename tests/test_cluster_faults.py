@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import pytest
-from daemon_helpers import Client, Daemon, make_registry
+from daemon_helpers import Client, Daemon, free_port, make_registry
 from test_daemon_lifecycle import check_log_parity
 from test_daemon_redis import TimedLoad
 
@@ -83,8 +83,10 @@ def test_reshard_under_load(tmp_path, redis_cluster):
 def test_master_killed_under_load(tmp_path, redis_cluster):
     reg = make_registry(tmp_path, ("v1",))
     adm = tmp_path / "a.sock"
+    mport = free_port()
     d = Daemon(reg, "--redis", redis_cluster.url, "--redis-mode", "cluster", "--redis-prefix",
-               "fo:", "--redis-timeout-ms", "200", "--deadline-ms", "50", admin=adm).wait_ready()
+               "fo:", "--redis-timeout-ms", "200", "--deadline-ms", "50", admin=adm,
+               metrics_port=mport).wait_ready()
     try:
         load = TimedLoad(d.port)
         load.start()
@@ -107,6 +109,15 @@ def test_master_killed_under_load(tmp_path, redis_cluster):
                                 "--admin-socket", str(adm)], capture_output=True, timeout=30)
         assert shown.returncode == 0, shown.stderr
         assert "redis cluster: 3 masters; retried batches" in shown.stdout.decode()
+        # The same counters for Prometheus.
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+            prom = dict(ln.rsplit(" ", 1) for ln in r.read().decode().splitlines()
+                        if ln.startswith("slidr_redis_cluster_"))
+        rc = stats["redis_cluster"]
+        assert float(prom["slidr_redis_cluster_masters"]) == 3
+        assert float(prom["slidr_redis_cluster_retried_batches_total"]) >= rc["retries"] > 0
+        assert float(prom["slidr_redis_cluster_refreshes_total"]) >= rc["refreshes"] >= 2
     finally:
         assert d.stop() == 0, d.log()
     assert "Traceback" not in d.log()

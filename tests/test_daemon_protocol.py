@@ -19,7 +19,7 @@ def daemon(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("proto")
     reg = make_registry(tmp)
     d = Daemon(reg, "--deadline-ms", "200", "--max-message-bytes", str(MAX_MSG),
-               "--max-score-many", "1000", "--max-inflight-per-conn", "5000",
+               "--max-score-many", "256", "--max-inflight-per-conn", "5000",
                metrics_port=free_port())
     d.wait_ready()
     yield d
@@ -78,7 +78,7 @@ def test_invalid_click_gets_error_and_connection_stays(daemon):
     ([0, 1, "score", [{}, {}, {}]], ErrorCode.BAD_REQUEST),
     ([0, 1, "score", ["not a map"]], ErrorCode.INVALID_CLICK),
     ([0, 1, "score_many", ["x"]], ErrorCode.BAD_REQUEST),
-    ([0, 1, "score_many", [[{}] * 1001]], ErrorCode.TOO_LARGE),
+    ([0, 1, "score_many", [[{}] * 257]], ErrorCode.TOO_LARGE),
     ([0, 1, "score", [click(1), {"deadline_ms": "soon"}]], ErrorCode.BAD_REQUEST),
     ([0, 1, "score", [click(1, deadline_ms=-1)]], ErrorCode.BAD_REQUEST),
     ([0, 1, "ping"], ErrorCode.BAD_REQUEST),

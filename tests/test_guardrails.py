@@ -62,10 +62,65 @@ def test_schema_nulls_and_slice_volume() -> None:
     cols = fake_log()
     cols["_nulls"]["session_id"] = 12
     assert "session_id (12 rows)" in gr.explain(gr.check_log(cols))
+    # A slice absent from the log (a real log without app traffic) is reported and left to
+    # the global threshold, not refused.
     cols = fake_log()
     cols["device"] = np.where(cols["device"] == "app", "mobile", cols["device"])
     c = {c.name: c for c in gr.check_log(cols)}["slice_volume"]
-    assert not c.passed and "app/in (0 clicks" in c.message
+    assert c.passed and "absent from the log: app/in, app/out" in c.message
+    assert "global threshold" in c.message and c.details["global_threshold"] == ["app/in",
+                                                                                 "app/out"]
+    # A thin slice is left to the global threshold too; a log too thin for any model refuses
+    # and says how much more it needs.
+    cols = fake_log()
+    keep = (cols["device"] != "desktop") | (np.arange(cols["_n"]) % 50 == 0)
+    for k in ("ts", "device", "logged_in", "purchased"):
+        cols[k] = cols[k][keep]
+    cols["_n"] = int(keep.sum())
+    c = {c.name: c for c in gr.check_log(cols)}["slice_volume"]
+    assert c.passed and "too thin for a threshold of their own" in c.message
+    assert "desktop/in (" in c.message
+    small = gr.slice_volume(np.array(["mobile/out"] * 300), np.zeros(300, dtype=bool),
+                            gr.GuardrailConfig())
+    assert not small.passed
+    assert "200 more clicks and 20 more purchases" in small.message
+
+
+def test_coverage_floor_allows_for_noise() -> None:
+    """Held-out coverage a hair below the floor is sampling noise, not a refusal; a shortfall
+    chance cannot explain refuses, and the message shows the counts behind both numbers."""
+    rng = np.random.default_rng(3)
+    n = 40_000
+    sl = np.where(rng.random(n) < 0.5, "mobile/out", "desktop/out")
+    heur = rng.random(n) < 0.1
+    pur = ~heur & (rng.random(n) < 0.02)
+    cols = {"slice": sl, "purchased": pur, "heuristic": heur,
+            "weak_label": (pur | (~heur & (rng.random(n) < 0.5))).astype(int)}
+    cfg = gr.GuardrailConfig(min_coverage=0.2, slice_min_coverage={}, coverage_slack=0.15)
+
+    def scored(cover: dict[str, float]) -> np.ndarray:
+        s = np.where(heur, 0.6, 0.1) + rng.random(n) * 0.01
+        for name, share in cover.items():
+            m = heur & (sl == name)
+            hit = np.flatnonzero(m)[: int(round(share * m.sum()))]
+            s[np.flatnonzero(m)] = 0.4
+            s[hit] = 0.9
+        return s
+
+    th = {"default": 0.5, "slices": {}}
+    noisy = {c.name: c for c in gr.check_model(scored({"mobile/out": 0.0485}), th, cols,
+                                                 cfg=cfg)}["coverage_floors"]
+    assert noisy.passed, noisy.message
+    assert "within sampling noise" in noisy.message and "mobile/out (" in noisy.message
+    assert "< floor 0.0500" in noisy.message and " = 0.048" in noisy.message
+    low = {c.name: c for c in gr.check_model(scored({"mobile/out": 0.03}), th, cols,
+                                               cfg=cfg)}["coverage_floors"]
+    assert not low.passed and "mobile/out" in low.message and "not chance" in low.message
+    k, n_h = low.details["short"]["mobile/out"]["covered"], low.details["short"]["mobile/out"][
+        "heuristic"]
+    assert f"{k}/{n_h} = " in low.message
+    assert 0.0 < gr.binom_cdf(5, 100, 0.1) < gr.binom_cdf(10, 100, 0.1) < 1.0
+    assert abs(gr.binom_cdf(10, 100, 0.1) - 0.5832) < 1e-3
 
 
 def test_feature_drift_psi() -> None:

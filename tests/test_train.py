@@ -124,6 +124,36 @@ def test_sample_weights_balance_the_cells():
     assert w[keep & (y == 1)].sum() == pytest.approx(w[keep & (y == 0)].sum(), rel=1e-4)
 
 
+def test_label_weighting_balances_logged_in_x_label_only():
+    """'label' weighting: 4 cells; a robot that adds clicks in a few hours keeps its weight per
+    click (the article's hour x day-of-week cells would divide it away)."""
+    rng = np.random.default_rng(2)
+    n = 20_000
+    ts = T0 + rng.integers(0, 7 * DAY, n)
+    li = rng.random(n) < 0.3
+    y = (rng.random(n) < 0.9).astype(np.int8)
+    cells = train.weight_cells(ts, np.zeros(n, np.int16), li, y, "label")
+    assert set(np.unique(cells).tolist()) == {0, 1, 2, 3}
+    w = train.sample_weights(cells)
+    totals = np.bincount(cells, weights=w)
+    assert np.allclose(totals, totals[0], rtol=1e-5)
+    # A burst of extra robot-labelled clicks in one hour: under 'label' each keeps the weight
+    # of any other robot-labelled click; under 'cells' its hour's clicks share one cell's weight.
+    burst = T0 + 3 * DAY + 3 * 3_600_000 + rng.integers(0, 3_600_000, 2_000)
+    ts2 = np.concatenate([ts, burst])
+    li2 = np.concatenate([li, np.zeros(2_000, bool)])
+    y2 = np.concatenate([y, np.ones(2_000, np.int8)])
+    wl_ = train.sample_weights(train.weight_cells(ts2, np.zeros(ts2.size, np.int16), li2, y2,
+                                                  "label"))
+    wc = train.sample_weights(train.weight_cells(ts2, np.zeros(ts2.size, np.int16), li2, y2))
+    other = (~li2) & (y2 == 1)
+    other[n:] = False
+    assert wl_[n:].mean() == pytest.approx(wl_[other].mean(), rel=1e-5)
+    assert wc[n:].mean() < 0.3 * wc[other].mean()
+    with pytest.raises(ValueError, match="weighting"):
+        train.weight_cells(ts, np.zeros(n, np.int16), li, y, "hours")
+
+
 def test_weight_cells_use_local_time():
     ts = np.array([T0 + 23 * 3_600_000])  # 23:00 UTC Wednesday
     c_utc = train.weight_cells(ts, np.array([0]), np.array([0]), np.array([0]))

@@ -1,0 +1,643 @@
+"""Hostile traffic against a real slidrd on loopback: what one bad client costs the others.
+
+    slidr bench abuse [--scenarios poison,future,flood,waves,trickle,store] [--out DIR]
+    python -m slidr.bench.abuse ...
+
+Scenarios (each starts its own daemon with the embedded store, default settings unless named):
+
+* poison  -- rounds of one poison click (device a list, a map, a 1,000-level structure) sent
+  at the same moment as 255 valid clicks from 4 other connections: how many valid clicks got a
+  model decision, whether the poison got an error naming its field, answers per request.
+* future  -- the same stream of real clicks through two fresh daemons, one stream with a
+  click stamped in 2099 in the middle: how many other clicks scored differently.
+* flood   -- 200 connections each send 256 KiB of zero bytes and never read: daemon RSS
+  growth over 10 s, and the latency of a normal client's ping throughout.
+* waves   -- 16 waves of 3,000 concurrent connections, each opened then closed: RSS after
+  the first wave and after the last.
+* trickle -- 5,000 connections that trickle one byte every 2 s: whether a new client is
+  answered within 1 s throughout, and how many tricklers the daemon closed.
+* store   -- the embedded store in-process (no sockets) at its default memory cap: 10M clicks
+  from distinct users, sessions and IPs in batches of 512; keys held, evictions, RSS, the
+  longest batch (wall and CPU).
+* store_daemon -- 600,000 clicks from distinct users, sessions and IPs as fast as 8
+  connections (16 requests in flight each) get answers, through a daemon whose store is capped at 64 MiB (so most of the
+  run evicts): answers by kind (no `store_down`), deadline fail-opens, RSS, evictions, the
+  longest loop stall (slidr_loop_lag_seconds).
+
+Prints one JSON object (and writes it to --out/abuse.json when given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store", "store_daemon")
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _click(i: int, ts: int, tag: str = "a", **extra: Any) -> dict[str, Any]:
+    li = i % 2 == 0
+    c = {"click_id": f"{tag}{i}", "ts": ts, "session_id": f"{tag}s{i % 97}",
+         "user_id": f"{tag}u{i % 41}" if li else None, "ip": f"10.1.{i % 7}.{i % 13}",
+         "device": ("desktop", "mobile", "app")[i % 3], "logged_in": li,
+         "tz_offset_min": 60, "user_agent": "Mozilla/5.0", "ad_id": f"ad{i % 5}"}
+    c.update(extra)
+    return c
+
+
+async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def _answers(r: asyncio.StreamReader, want: int, timeout: float) -> dict[int, list[Any]]:
+    """Responses until `want` distinct ids; a second answer to an id is kept as a list."""
+    up = msgpack.Unpacker(raw=False, strict_map_key=False)
+    got: dict[int, list[Any]] = {}
+    end = time.monotonic() + timeout
+    while len(got) < want:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            data = await asyncio.wait_for(r.read(1 << 16), left)
+        except TimeoutError:
+            break
+        if not data:
+            break
+        up.feed(data)
+        for m in up:
+            if type(m) is list and m and m[0] == 1:
+                got.setdefault(m[1], []).append(m)
+    return got
+
+
+def _unpack_all(data: bytes) -> list[Any]:
+    up = msgpack.Unpacker(raw=False, strict_map_key=False)
+    up.feed(data)
+    return list(up)
+
+
+# ------------------------------------------------------------------ poison
+async def _poison_rounds(port: int, rounds: int) -> dict[str, Any]:
+    valid_conns = [await _open(port) for _ in range(4)]
+    bad_r, bad_w = await _open(port)
+    poisons = [("device", {"device": ["app"]}), ("device", {"device": {"a": 1}}),
+               ("device", None)]
+    out = {"rounds": rounds, "valid_sent": 0, "valid_model": 0, "valid_fail_open": 0,
+           "valid_errors": 0, "valid_unanswered": 0, "poison_refused_naming_field": 0,
+           "poison_other": 0, "duplicate_answers": 0}
+    ts = _now_ms() - 60_000
+    for r in range(rounds):
+        field, extra = poisons[r % len(poisons)]
+        if extra is None:  # a 1,000-level structure where the device belongs
+            c = _click(10_000 + r, ts + r, "p")
+            body = msgpack.packb(c)
+            # replace the device value with 1,000 nested arrays
+            dev = msgpack.packb(c["device"])
+            bomb = b"\x91" * 1000 + msgpack.packb("app")
+            poison = b"\x94\x00" + msgpack.packb(9_000_000 + r) + msgpack.packb("score") + \
+                b"\x91" + body.replace(b"\xa6device" + dev, b"\xa6device" + bomb, 1)
+        else:
+            poison = msgpack.packb([0, 9_000_000 + r, "score", [_click(10_000 + r, ts + r, "p",
+                                                                       **extra)]])
+        frames = []
+        for k in range(4):
+            n = 64 if k < 3 else 63
+            frames.append(b"".join(msgpack.packb([0, r * 1000 + j, "score",
+                                                  [_click(r * 1000 + j, ts + r, f"v{k}-")]])
+                                   for j in range(n)))
+        for (_, w), f in zip(valid_conns, frames, strict=True):
+            w.write(f)
+        bad_w.write(poison)
+        await asyncio.gather(*(w.drain() for _, w in valid_conns), bad_w.drain())
+        res = await asyncio.gather(*(_answers(rd, 64 if k < 3 else 63, 10.0)
+                                     for k, (rd, _) in enumerate(valid_conns)),
+                                   _answers(bad_r, 1, 10.0))
+        for k, got in enumerate(res[:4]):
+            n = 64 if k < 3 else 63
+            out["valid_sent"] += n
+            out["valid_unanswered"] += n - len(got)
+            for msgs in got.values():
+                out["duplicate_answers"] += len(msgs) - 1
+                m = msgs[0]
+                if m[2] is not None:
+                    out["valid_errors"] += 1
+                elif m[3]["reason"] == "model":
+                    out["valid_model"] += 1
+                else:
+                    out["valid_fail_open"] += 1
+        pg = res[4]
+        if not pg:
+            out["poison_other"] += 1
+        for msgs in pg.values():
+            out["duplicate_answers"] += len(msgs) - 1
+            m = msgs[0]
+            if m[2] is not None and (f"'{field}'" in str(m[2][1]) or "nested" in str(m[2][1])):
+                out["poison_refused_naming_field"] += 1
+            else:
+                out["poison_other"] += 1
+    for _, w in [*valid_conns, (bad_r, bad_w)]:
+        w.close()
+    return out
+
+
+def poison(rounds: int = 20) -> dict[str, Any]:
+    from slidr.bench.daemon import DaemonRun
+    with DaemonRun(daemon_args={"deadline_ms": 2000}) as d:
+        res = asyncio.run(_poison_rounds(d.port, rounds))
+        res["daemon_alive"] = d.alive()
+    res["note"] = "deadline_ms 2000 so that a loaded machine's stalls are not counted as poison"
+    return res
+
+
+# ------------------------------------------------------------------ future
+def _scores(port: int, clicks: list[dict[str, Any]]) -> dict[str, Any]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        up = msgpack.Unpacker(raw=False, strict_map_key=False)
+        out: dict[str, Any] = {}
+        for i, c in enumerate(clicks):
+            s.sendall(msgpack.packb([0, i, "score", [c]]))
+            while True:
+                m = next(up, None)
+                if m is not None:
+                    break
+                up.feed(s.recv(1 << 16))
+            out[c["click_id"]] = m[3]["score"] if m[2] is None else ("error", m[2][0])
+        return out
+
+
+def future(n: int = 3000) -> dict[str, Any]:
+    from slidr.bench.daemon import DaemonRun
+    t0 = _now_ms() - n * 40
+    stream = [_click(i, t0 + i * 37) for i in range(n)]
+    bad = dict(_click(n // 2, 4_070_908_800_000), click_id="from-2099")  # 2099-01-01
+    with_bad = stream[: n // 2] + [bad] + stream[n // 2:]
+    with DaemonRun(daemon_args={"deadline_ms": 2000}) as d:
+        a = _scores(d.port, stream)
+    with DaemonRun(daemon_args={"deadline_ms": 2000}) as d:
+        b = _scores(d.port, with_bad)
+    diff = sum(1 for k, v in a.items() if b.get(k) != v)
+    return {"clicks": n, "scored_differently": diff, "the_2099_click": b["from-2099"]}
+
+
+# ------------------------------------------------------------------ flood
+async def _ping_loop(port: int, stop: asyncio.Event, lat: list[float], fails: list[int]) -> None:
+    while not stop.is_set():
+        t = time.perf_counter()
+        try:
+            r, w = await asyncio.wait_for(_open(port), 5.0)
+            w.write(msgpack.packb([0, 1, "ping", []]))
+            got = await _answers(r, 1, 5.0)
+            w.close()
+            if got:
+                lat.append(time.perf_counter() - t)
+            else:
+                fails[0] += 1
+        except (OSError, TimeoutError):
+            fails[0] += 1
+        await asyncio.sleep(0.2)
+
+
+async def _flood(port: int, pid: int, conns: int, kib: int, seconds: float) -> dict[str, Any]:
+    rss0 = _rss_mib(pid)
+    stop = asyncio.Event()
+    lat: list[float] = []
+    fails = [0]
+    pinger = asyncio.create_task(_ping_loop(port, stop, lat, fails))
+    socks = []
+    blob = b"\x00" * (kib << 10)
+    loop = asyncio.get_running_loop()
+    for _ in range(conns):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read: keep it small
+        s.setblocking(False)
+        try:
+            await loop.sock_connect(s, ("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+
+    async def push(s: socket.socket) -> None:
+        view = memoryview(blob)
+        while view and not stop.is_set():
+            try:
+                k = s.send(view)
+                view = view[k:]
+            except BlockingIOError:
+                await asyncio.sleep(0.01)
+            except OSError:
+                return
+
+    pushers = [asyncio.create_task(push(s)) for s in socks]
+    peak = rss0
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        await asyncio.sleep(0.5)
+        peak = max(peak, _rss_mib(pid))
+    stop.set()
+    for p in pushers:
+        p.cancel()
+    await pinger
+    open_left = 0
+    for s in socks:
+        s.setblocking(False)
+        try:
+            while s.recv(1 << 16):  # what the daemon sent, then EOF if it closed
+                pass
+        except BlockingIOError:
+            open_left += 1  # no EOF: still open
+        except OSError:
+            pass
+        s.close()
+    lat.sort()
+    return {"connections": len(socks), "kib_each": kib, "seconds": seconds,
+            "rss_before_mib": round(rss0, 1), "rss_peak_mib": round(peak, 1),
+            "rss_growth_mib": round(peak - rss0, 1), "pings_answered": len(lat),
+            "pings_failed": fails[0], "ping_max_s": round(lat[-1], 3) if lat else None,
+            "ping_p50_s": round(lat[len(lat) // 2], 4) if lat else None,
+            "flooders_still_open_at_end": open_left}
+
+
+def flood(conns: int = 200, kib: int = 256, seconds: float = 10.0) -> dict[str, Any]:
+    from slidr.bench.daemon import DaemonRun
+    with DaemonRun() as d:
+        assert d.proc is not None
+        res = asyncio.run(_flood(d.port, d.proc.pid, conns, kib, seconds))
+        res["daemon_alive"] = d.alive()
+    return res
+
+
+# ------------------------------------------------------------------ waves
+async def _wave(port: int, n: int) -> int:
+    async def one() -> asyncio.StreamWriter | None:
+        try:
+            _, w = await _open(port)
+            return w
+        except OSError:
+            return None
+    ws = []
+    for k in range(0, n, 500):
+        ws += await asyncio.gather(*(one() for _ in range(min(500, n - k))))
+    await asyncio.sleep(0.3)
+    ok = sum(1 for w in ws if w is not None)
+    for w in ws:
+        if w is not None:
+            w.close()
+    await asyncio.sleep(0.3)
+    return ok
+
+
+def waves(n: int = 3000, count: int = 16) -> dict[str, Any]:
+    from slidr.bench.daemon import DaemonRun
+    with DaemonRun() as d:
+        assert d.proc is not None
+        pid = d.proc.pid
+        rss0 = _rss_mib(pid)
+        opened = [asyncio.run(_wave(d.port, n))]
+        time.sleep(0.5)
+        rss1 = _rss_mib(pid)
+        for _ in range(count - 1):
+            opened.append(asyncio.run(_wave(d.port, n)))
+        time.sleep(0.5)
+        rss_end = _rss_mib(pid)
+        alive = d.alive()
+    return {"waves": count, "per_wave": n, "opened": opened, "rss_start_mib": round(rss0, 1),
+            "rss_after_first_mib": round(rss1, 1), "rss_after_last_mib": round(rss_end, 1),
+            "growth_after_first_mib": round(rss_end - rss1, 1), "daemon_alive": alive}
+
+
+# ------------------------------------------------------------------ trickle
+async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    socks: list[socket.socket] = []
+    for _ in range(n):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            await loop.sock_connect(s, ("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        socks.append(s)
+    # a 64-byte score request, one byte at a time
+    msg = msgpack.packb([0, 1, "score", [_click(1, _now_ms(), "t")]])
+    stop = asyncio.Event()
+    closed = [0]
+
+    async def trickle(s: socket.socket) -> None:
+        for b in msg:
+            if stop.is_set():
+                return
+            try:
+                s.send(bytes([b]))
+            except OSError:
+                closed[0] += 1
+                return
+            await asyncio.sleep(2.0)
+
+    tasks = [asyncio.create_task(trickle(s)) for s in socks]
+    lat: list[float] = []
+    fails = 0
+    why: list[str] = []
+    t_start = time.monotonic()
+    t_end = t_start + seconds
+    while time.monotonic() < t_end:
+        t = time.perf_counter()
+        try:
+            r, w = await asyncio.wait_for(_open(port), 1.0)
+            t_conn = time.perf_counter() - t
+            w.write(msgpack.packb([0, 1, "ping", []]))
+            try:
+                data = await asyncio.wait_for(r.read(4096), 1.0)
+            except TimeoutError:
+                data = b""
+            w.close()
+            msg = next(iter(_unpack_all(data)), None)
+            if msg is not None and msg[0] == 1:
+                lat.append(time.perf_counter() - t)
+            else:
+                fails += 1
+                what = ("refused: " + str(msg[2][0][1])[:40]) if msg is not None else \
+                    f"no answer (connect took {t_conn:.2f} s)"
+                why.append(f"{time.monotonic() - t_start:.1f}s: {what}")
+        except (OSError, TimeoutError) as e:
+            fails += 1
+            why.append(f"{time.monotonic() - t_start:.1f}s: {type(e).__name__}")
+        await asyncio.sleep(0.5)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    shut = 0
+    for s in socks:
+        try:
+            if s.recv(1 << 16) == b"":
+                shut += 1
+        except BlockingIOError:
+            pass
+        except OSError:
+            shut += 1
+        s.close()
+    lat.sort()
+    return {"tricklers": len(socks), "seconds": seconds, "new_clients_answered": len(lat),
+            "new_clients_not_answered_within_1s": fails, "failures": why[:20],
+            "new_client_max_s": round(lat[-1], 3) if lat else None,
+            "tricklers_closed_by_daemon": max(shut, closed[0])}
+
+
+def trickle(n: int = 5000, seconds: float = 20.0) -> dict[str, Any]:
+    from slidr.bench.daemon import DaemonRun
+    with DaemonRun() as d:
+        assert d.proc is not None
+        c0 = _cpu_s(d.proc.pid)
+        t0 = time.monotonic()
+        res = asyncio.run(_trickle(d.port, n, seconds))
+        res["daemon_cpu_pct"] = round(100 * (_cpu_s(d.proc.pid) - c0)
+                                      / (time.monotonic() - t0), 1)
+        res["daemon_alive"] = d.alive()
+    return res
+
+
+# ------------------------------------------------------------------ store
+def store(clicks: int = 10_000_000, batch: int = 512) -> dict[str, Any]:
+    import numpy as np
+    from slidr.slidrd.config import Config
+    from slidr.slidrd.server import make_store
+
+    from slidr.kernel import FeatureKernel
+    cfg = Config(registry="unused")
+    st = make_store(cfg)
+    k = FeatureKernel(st, use_native=True)
+    from slidr.contract import ClickBatch
+    rss0 = _rss_mib(os.getpid())
+    t0 = _now_ms() - clicks
+    worst = worst_cpu = 0.0
+    worst_at = over_10ms = 0
+    t_start = time.perf_counter()
+    for s in range(0, clicks, batch):
+        n = min(batch, clicks - s)
+        ids = [f"{s + i}" for i in range(n)]
+        b = ClickBatch(ts=np.arange(t0 + s, t0 + s + n, dtype=np.int64),
+                       user_key=["u\x00" + x for x in ids], session_id=ids,
+                       ip=[f"10.{(s + i) >> 16 & 255}.{(s + i) >> 8 & 255}.{(s + i) & 255}"
+                           for i in range(n)],
+                       device=np.zeros(n, dtype=np.uint8), logged_in=np.ones(n, dtype=np.uint8),
+                       tz_offset_min=np.zeros(n, dtype=np.int16))
+        t = time.perf_counter()
+        c = time.thread_time()
+        k.raw(b)
+        w = time.perf_counter() - t
+        cpu = time.thread_time() - c
+        if w > worst:
+            worst, worst_at = w, s
+        worst_cpu = max(worst_cpu, cpu)
+        over_10ms += w > 0.010
+    took = time.perf_counter() - t_start
+    stats = st.stats()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"clicks": clicks, "batch": batch, "seconds": round(took, 1),
+            "store": {k2: v for k2, v in stats.items() if k2 != "entry_bytes"},
+            "rss_start_mib": round(rss0, 1), "rss_end_mib": round(_rss_mib(os.getpid()), 1),
+            "peak_rss_mib": round(peak, 1), "longest_batch_ms": round(worst * 1000, 2),
+            "longest_batch_at_click": worst_at,
+            "longest_batch_cpu_ms": round(worst_cpu * 1000, 2),
+            "batches_over_10ms": int(over_10ms)}
+
+
+# ------------------------------------------------------------------ store through the daemon
+def _metric(text: str, name: str) -> float:
+    tot = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            tot += float(line.rsplit(" ", 1)[1])
+    return tot
+
+
+def _max_bucket(text: str, name: str) -> float | None:
+    """The upper bound of the highest histogram bucket holding an observation."""
+    prev = 0.0
+    top = None
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            v = float(line.rsplit(" ", 1)[1])
+            if v > prev:
+                top = float("inf") if le == "+Inf" else float(le)
+            prev = v
+    return top
+
+
+def _over(text: str, name: str, bounds: tuple[float, ...]) -> dict[str, float]:
+    """Observations above each bound (from the cumulative buckets)."""
+    cum: dict[float, float] = {}
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            v = float(line.rsplit(" ", 1)[1])
+            if le == "+Inf":
+                total = v
+            else:
+                cum[float(le)] = v
+    return {str(b): total - cum.get(b, total) for b in bounds}
+
+
+async def _distinct_flood(port: int, clicks: int, conns: int, window: int) -> dict[str, Any]:
+    ts0 = _now_ms() - 60_000
+    per = clicks // conns
+    counts = {"model": 0, "fail_open": {}, "errors": 0}
+
+    async def one(k: int) -> None:
+        r, w = await _open(port)
+        up = msgpack.Unpacker(raw=False, strict_map_key=False)
+        sent = got = 0
+        while got < per:
+            while sent < per and sent - got < window:
+                i = k * per + sent
+                c = {"click_id": f"d{i}", "ts": ts0 + i // 200, "session_id": f"s{i}",
+                     "user_id": f"u{i}", "ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
+                     "device": "app", "logged_in": True}
+                w.write(msgpack.packb([0, sent, "score", [c]]))
+                sent += 1
+            await w.drain()
+            data = await r.read(1 << 16)
+            if not data:
+                break
+            up.feed(data)
+            for m in up:
+                got += 1
+                if m[2] is not None:
+                    counts["errors"] += 1
+                elif m[3]["reason"] == "model":
+                    counts["model"] += 1
+                else:
+                    fo = counts["fail_open"]
+                    fo[m[3]["reason"]] = fo.get(m[3]["reason"], 0) + 1
+        w.close()
+
+    t = time.monotonic()
+    await asyncio.gather(*(one(k) for k in range(conns)))
+    counts["seconds"] = round(time.monotonic() - t, 1)
+    counts["rate_per_s"] = round(per * conns / max(counts["seconds"], 1e-9))
+    return counts
+
+
+def store_daemon(clicks: int = 600_000, max_mb: int = 64) -> dict[str, Any]:
+    """Distinct users, sessions and IPs through a real daemon whose embedded store is capped
+    at `max_mb` (far below what the clicks need, so most of the run evicts)."""
+    import urllib.request
+
+    from slidr.bench.daemon import DaemonRun
+    with DaemonRun(daemon_args={"embedded_max_mb": max_mb}) as d:
+        assert d.proc is not None
+        rss0 = _rss_mib(d.proc.pid)
+        peak = [rss0]
+        samples: list[float] = []
+
+        async def main() -> dict[str, Any]:
+            async def watch() -> None:
+                k = 0
+                while True:
+                    r = _rss_mib(d.proc.pid)  # type: ignore[union-attr]
+                    peak[0] = max(peak[0], r)
+                    if k % 10 == 0:
+                        samples.append(round(r, 1))
+                    k += 1
+                    await asyncio.sleep(0.5)
+            wt = asyncio.create_task(watch())
+            res = await _distinct_flood(d.port, clicks, 8, 16)
+            wt.cancel()
+            return res
+        res = asyncio.run(main())
+        text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
+        res.update({"clicks": clicks, "embedded_max_mb": max_mb,
+                    "rss_start_mib": round(rss0, 1), "rss_peak_mib": round(peak[0], 1),
+                    "rss_every_5s_mib": samples,
+                    "store_evicted": _metric(text, 'slidr_defence_total{event="store_evicted"}'),
+                    "loop_lag_max_le_s": _max_bucket(text, "slidr_loop_lag_seconds"),
+                    "loop_lag_over_s": _over(text, "slidr_loop_lag_seconds", (0.05, 0.1, 0.25)),
+                    "daemon_alive": d.alive()})
+    n = max(clicks, 1)
+    res["deadline_fail_open_pct"] = round(100 * res["fail_open"].get("fail_open:deadline", 0)
+                                          / n, 3)
+    return res
+
+
+# ------------------------------------------------------------------ main
+def run(names: list[str], quick: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"python": "python", "quick": quick}
+    for name in names:
+        t = time.monotonic()
+        if name == "poison":
+            out[name] = poison(5 if quick else 20)
+        elif name == "future":
+            out[name] = future(300 if quick else 3000)
+        elif name == "flood":
+            out[name] = flood(20 if quick else 200, 256, 3.0 if quick else 10.0)
+        elif name == "waves":
+            out[name] = waves(300 if quick else 3000, 4 if quick else 16)
+        elif name == "trickle":
+            out[name] = trickle(300 if quick else 5000, 6.0 if quick else 20.0)
+        elif name == "store":
+            out[name] = store(200_000 if quick else 10_000_000)
+        elif name == "store_daemon":
+            out[name] = store_daemon(50_000 if quick else 600_000, 16 if quick else 64)
+        else:
+            raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
+        out[name]["wall_s"] = round(time.monotonic() - t, 1)
+        print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
+    return out
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated, from {', '.join(SCENARIOS)}")
+    p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
+    p.add_argument("--out", default="", help="directory for abuse.json")
+
+
+def main_args(args: argparse.Namespace) -> int:
+    res = run([s for s in args.scenarios.split(",") if s], args.quick)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "abuse.json").write_text(text + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m slidr.bench.abuse", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p)
+    return main_args(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""`slidr evaluate --clicks F --customers F --out DIR`: walk a simulated scenario day by day
+(retrain, publish, score the next day) and report the share of each robot family caught over
+time, with a plot (offline/evaluate.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from slidr.defaults import CALIBRATION, COMMON, TRAINING
+from slidr.options import add
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate", help="walk a simulated scenario day by day: share of each robot family "
+                         "caught over time",
+        description="For each day t from --from-day on: train on the --window days ending at t "
+                    "as `slidr daily` does (weak labels only), calibrate, and score day t + 1; "
+                    "report per robot family (truth.parquet from `slidr simulate`) the share "
+                    "caught, true precision and recall, the realised FPR, and the trivial rule "
+                    "'more than 10 clicks in the session's past hour'. Writes DIR/evaluate.json, "
+                    "DIR/evaluate.txt and DIR/caught.png.")
+    add(p, COMMON["clicks"])
+    add(p, COMMON["customers"])
+    add(p, COMMON["out"], help="output directory for evaluate.json, evaluate.txt, caught.png")
+    p.add_argument("--window", type=int, default=8, metavar="N",
+                   help="days of log each retrain sees, ending at the day it runs on "
+                        "(default: 8)")
+    p.add_argument("--from-day", type=int, default=None, metavar="N",
+                   help="first day the walk retrains on (default: window - 1)")
+    add(p, TRAINING["epochs"])
+    add(p, CALIBRATION["fpr_budget"])
+    add(p, TRAINING["refit"])
+    add(p, TRAINING["weighting"])
+    add(p, COMMON["seed"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from slidr.util import write_json
+
+    from . import evaluate as ev
+    from .report import clean
+    if args.window < 4:
+        raise ValueError("--window must be >= 4 days (training, validation and guardrail days)")
+    cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
+                        fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
+                        seed=args.seed)
+
+    def note(m: str) -> None:
+        if not args.quiet:
+            print(m, file=sys.stderr, flush=True)
+
+    res = ev.walk(args.clicks, args.customers, cfg, log=note)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "evaluate.json", clean(res))
+    text = ev.table(res)
+    (out / "evaluate.txt").write_text(text + "\n")
+    ev.plot(res, out / "caught.png")
+    if args.json:
+        json.dump(clean(res), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+        print(f"-> {out / 'evaluate.json'}, {out / 'caught.png'}")
+    return 0
