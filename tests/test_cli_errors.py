@@ -174,3 +174,20 @@ def test_slidrd_bad_flag_and_config(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == exits.USAGE and r.stdout == ""
         assert needle in one_line(r.stderr), r.stderr
+
+
+def test_a_log_that_is_not_a_click_log_names_the_file(tmp_path, capsys):
+    """A CSV of other columns, a CSV with a bad value, a path without .parquet/.csv: one line
+    naming the file (and the column or the value), no "(got None)" for a file-level problem."""
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("click_id,ts,session_id,ip,device,logged_in,purchased\n"
+                   "x,notanumber,s,1.2.3.4,app,1,0\n")
+    for path, needles in ((other, ["'click_id' column is missing", "has: a, b"]),
+                          (bad, ["could not be read as CSV", "notanumber"]),
+                          (tmp_path, ["must end in .parquet or .csv"])):
+        rc, out, err = run(capsys, "train", "--clicks", str(path), "--out", str(tmp_path / "o"))
+        line = one_line(err)
+        assert rc == exits.USAGE and out == "" and str(path) in line, line
+        assert all(n in line for n in needles) and "(got None)" not in line, line
