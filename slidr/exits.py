@@ -37,7 +37,7 @@ TABLE: dict[int, tuple[str, str, str]] = {
     INTERRUPTED: ("interrupted", "stopped by Ctrl-C (SIGINT); nothing half-written is left",
                   ""),
     PIPE_CLOSED: ("output closed", "the reader of stdout went away (as SIGPIPE would end it); "
-                  "no message", "`slidr models list | head -1`"),
+                  "no message", "`slidr models list` piped into `head -1`"),
 }
 
 
