@@ -68,6 +68,9 @@ def guardrail_config(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {}
     if args.guardrail_config is not None:
         values.update(gr.load_config_file(args.guardrail_config))
+        if Path(args.guardrail_config).suffix == ".json" and not args.quiet:
+            print(f"{args._prog}: note: " + gr.JSON_NOTE.format(path=args.guardrail_config),
+                  file=sys.stderr, flush=True)
     for name in GUARDRAIL_FLAGS:
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -102,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(2, f"{what} not found", str(path))
 
     def note(m: str) -> None:
-        if not args.quiet:
+        if not args.quiet:  # "daily: ..." from the job reads as the command's own note
+            m = f"{args._prog}: {m[len('daily: '):]}" if m.startswith("daily: ") else m
             print(m, file=sys.stderr, flush=True)
 
     with progress.job(getattr(args, "_prog", "slidr daily"), STAGES) as job:

@@ -31,7 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(ms.add_parser("list", help="all bundles, marking current, previous and rejected "
                                       "(with the reason)"))
     q = ms.add_parser("show", help="one bundle: manifest summary, thresholds, metrics")
-    q.add_argument("version", nargs="?", help="version (default: the current one)")
+    q.add_argument("version", nargs="?", help="a version, or current or previous (as "
+                                              "`slidr replay --model-version`) (default: "
+                                              "current)")
     common(q)
     q = ms.add_parser("promote", help="make VERSION current (after verifying it)")
     q.add_argument("version", help="the version to promote (`slidr models list`)")
@@ -46,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(q)
     q = ms.add_parser("verify", help="checksums, manifest, feature-spec hash (all bundles if "
                                      "no VERSION)")
-    q.add_argument("version", nargs="?", help="the version to verify (default: all of them)")
+    q.add_argument("version", nargs="?", help="the version to verify, or current or previous "
+                                              "(default: all of them)")
     common(q)
     p.set_defaults(func=run)
 
@@ -80,6 +83,11 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace, reg: Any) -> int:
     from slidr.registry import BundleError
     ptr = reg.pointers()
+    if args.action in ("show", "verify") and args.version in ("current", "previous"):
+        name = args.version
+        args.version = ptr[name]
+        if not args.version:
+            raise BadInput(f"registry {reg.path} has no {name} model")
     if args.action == "list":
         rows = []
         for v in reg.list():

@@ -29,11 +29,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     model.add_argument("--bundle", type=Path, metavar="DIR",
                        help="a bundle directory (default: none; one of --bundle or --registry)")
     add(model, COMMON["registry"], required=False,
-        help="a model registry directory (see --model-version)")
+        help="a model registry directory (see --model-version)",
+        shown="none; one of --bundle or --registry")
     p.add_argument("--model-version", default=None, metavar="VERSION",
                    help="with --registry: a version, current or previous (default: current)")
     add(p, COMMON["out"], required=False,
-        help="delayed decisions (.jsonl, or .msgpack for msgpack lines)")
+        help="delayed decisions (.jsonl, or .msgpack for msgpack lines)",
+        shown="none; required unless --list-runs")
     p.add_argument("--recompute-features", action="store_true",
                    help="replay every click through a fresh feature kernel instead of "
                         "re-scoring the logged features (needed for records logged without "

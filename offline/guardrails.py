@@ -83,21 +83,43 @@ class GuardrailConfig:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """The limits set in a guardrail config (TOML: a [guardrails] table, or its keys at the top
-    level), each checked against its declaration; raises OptionError naming the file, the key
+    level; a JSON object of the same keys is read too, see JSON_NOTE), each checked against its declaration; raises OptionError naming the file, the key
     and the value (an unknown key gets suggestions)."""
     from slidr.options import OptionError, check_table, load_toml
     p = Path(path)
-    if p.suffix == ".json":
-        raise OptionError(f"{p}: guardrail configs are TOML now (one format for every config "
-                          "file): write the same keys as `max_psi = 0.3` under [guardrails] "
-                          "in a .toml file")
-    values = load_toml(p, "guardrails")
+    values = _load_json(p) if p.suffix == ".json" else load_toml(p, "guardrails")
     not_here = sorted(set(values) & {"fpr_budget", "min_coverage", "slice_min_coverage"})
     if not_here:
         flag = "--" + not_here[0].replace("_", "-")
         raise OptionError(f"{p}: '{not_here[0]}' is a calibration setting, not a guardrail "
                           f"limit: give it to `slidr daily {flag}`")
     return check_table(values, GUARDRAILS, str(p))
+
+
+JSON_NOTE = ("{path}: a JSON guardrail config is read and checked like a TOML one, but TOML is "
+             "the format of every slidr config file: write the same keys as `max_psi = 0.3` "
+             "under [guardrails] in a .toml file")
+
+
+def _load_json(p: Path) -> dict[str, Any]:
+    """A guardrail config in JSON (an object of the same keys, or {"guardrails": {...}})."""
+    import json
+
+    from slidr.options import OptionError
+    if not p.is_file():
+        raise OptionError(f"config file not found: {p}")
+    try:
+        data = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise OptionError(f"{p}: not valid JSON: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise OptionError(f"{p}: cannot read: {e}") from None
+    if isinstance(data, dict) and set(data) == {"guardrails"}:
+        data = data["guardrails"]
+    if not isinstance(data, dict):
+        raise OptionError(f"{p}: must be an object of guardrail limits, not "
+                          f"{type(data).__name__}")
+    return data
 
 
 def summarize(checks: Sequence[Check]) -> dict[str, Any]:

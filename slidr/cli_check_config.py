@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def detect(path: Path) -> str:
     from slidr.options import OptionError
+    if path.suffix == ".json":  # the one config read as JSON too (offline/guardrails.py)
+        return "guardrails"
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -49,7 +51,7 @@ def detect(path: Path) -> str:
                       "[load] table); give --kind " + "|".join(KINDS))
 
 
-def check(path: Path, kind: str) -> dict[str, Any]:
+def check(path: Path, kind: str, quiet: bool = False) -> dict[str, Any]:
     """The file's settings as the program would use them (defaults filled in)."""
     if kind == "slidrd":
         # File values only: the registry must exist where the daemon runs, which is checked
@@ -67,7 +69,11 @@ def check(path: Path, kind: str) -> dict[str, Any]:
         import dataclasses
 
         from slidr.offline import guardrails as gr
-        return dataclasses.asdict(gr.GuardrailConfig(**gr.load_config_file(path)))
+        settings = dataclasses.asdict(gr.GuardrailConfig(**gr.load_config_file(path)))
+        if path.suffix == ".json" and not quiet:
+            print(f"slidr check-config: note: {gr.JSON_NOTE.format(path=path)}",
+                  file=sys.stderr)
+        return settings
     from slidr.bench.cli import load_scenario
     return load_scenario(path)
 
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     out = {}
     for f in args.files:
         kind = args.kind or detect(f)
-        out[str(f)] = {"kind": kind, "settings": check(f, kind)}
+        out[str(f)] = {"kind": kind, "settings": check(f, kind, args.quiet)}
         if not args.json and not args.quiet:
             print(f"ok  {f} ({kind})")
     if args.json:

@@ -83,8 +83,8 @@ def leaves(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]
 
 
 def finish_tree(root: argparse.ArgumentParser, long_running: Iterable[str]) -> None:
-    """Give every leaf command the switches all commands have; `--progress` to those whose
-    work can take more than a few seconds (given by their path, e.g. "bench run")."""
+    """Give every leaf command the switches all commands have (`--json`, `--quiet`, `--debug`,
+    `--version`); `--progress` to those whose work can take more than a few seconds (given by their path, e.g. "bench run")."""
     long = set(long_running)
     for leaf in leaves(root):
         path = " ".join(leaf.prog.split()[1:])
@@ -94,6 +94,11 @@ def finish_tree(root: argparse.ArgumentParser, long_running: Iterable[str]) -> N
                 continue
             if GLOBAL[name].flag not in have:
                 add(leaf, GLOBAL[name])
+        if "--version" not in have:
+            add_version(leaf)
+        for a in leaf._actions:  # one metavar per kind of value: N, X (as slidr/options.py)
+            if a.option_strings and a.nargs != 0 and a.metavar is None and not a.choices:
+                a.metavar = {int: "N", float: "X"}.get(a.type)  # type: ignore[call-overload]
         leaf.set_defaults(_prog=leaf.prog)
 
 
@@ -150,6 +155,15 @@ def run(prog: str, func: Callable[[argparse.Namespace], int | None], args: argpa
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return exits.INTERRUPTED
+    except BrokenPipeError:
+        # `| head`: the reader has what it wanted. Later writes (and the exit's flush) go to
+        # /dev/null so no second error follows.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return exits.PIPE_CLOSED
     except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 - every error ends as one line and a code

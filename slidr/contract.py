@@ -65,7 +65,12 @@ class ContractError(ValueError):
         shown = _REPR.repr(value)  # bounded in depth and length: a value may be hostile
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        super().__init__(f"{where}field '{field}' {problem} (got {shown})")
+        if field.startswith("<"):  # the file itself (its name, its format): no field, no value
+            super().__init__(f"{where}{problem}")
+        elif value is None and row is None:  # a column missing from the whole file
+            super().__init__(f"{where}field '{field}' {problem}")
+        else:
+            super().__init__(f"{where}field '{field}' {problem} (got {shown})")
 
 
 def _check_id(field: str, v: Any, row: int | None, nullable: bool, maxlen: int = MAX_ID_LEN) -> None:
@@ -412,7 +417,8 @@ def iter_log_chunks(path: str | Path, chunk_rows: int = 262_144,
             r = pcsv.open_csv(path, convert_options=_csv_convert_options(pa),
                               read_options=pcsv.ReadOptions(block_size=1 << 22))
         except pa.ArrowInvalid as e:
-            raise ContractError("<file>", src, f"could not be read as CSV: {e}") from None
+            raise ContractError("<file>", src, f"could not be read as CSV: {e}",
+                                source=str(src)) from None
         names = r.schema.names
 
         def _gen():
@@ -423,11 +429,13 @@ def iter_log_chunks(path: str | Path, chunk_rows: int = 262_144,
                     return
                 except pa.ArrowInvalid as e:
                     # pyarrow names the row in its own message; keep it.
-                    raise ContractError("<csv>", src, f"has a bad value: {e}") from None
+                    raise ContractError("<csv>", src, f"has a bad value: {e}",
+                                        source=str(src)) from None
                 yield pa.Table.from_batches([b])
         reader = _gen()
     else:
-        raise ContractError("<file>", src, "must end in .parquet or .csv")
+        raise ContractError("<file>", src, "a click log must end in .parquet or .csv",
+                            source=str(src))
     missing = [k for k in need if k not in names]
     if missing:
         raise ContractError(missing[0], None,

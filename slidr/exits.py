@@ -14,6 +14,7 @@ REFUSED_DATA = 3
 REFUSED_MODEL = 4
 CHECK_FAILED = 5
 INTERRUPTED = 130
+PIPE_CLOSED = 141
 
 # code -> (name, meaning, examples)
 TABLE: dict[int, tuple[str, str, str]] = {
@@ -35,6 +36,8 @@ TABLE: dict[int, tuple[str, str, str]] = {
                    "`slidr backtest --require-win` when slice-level does not win"),
     INTERRUPTED: ("interrupted", "stopped by Ctrl-C (SIGINT); nothing half-written is left",
                   ""),
+    PIPE_CLOSED: ("output closed", "the reader of stdout went away (as SIGPIPE would end it); "
+                  "no message", "`slidr models list` piped into `head -1`"),
 }
 
 

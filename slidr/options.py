@@ -346,9 +346,16 @@ def add(parser: argparse.ArgumentParser | Any, opt: Opt, *, help: str | None = N
         kw["required"] = bool(required)
     action = parser.add_argument(flag or opt.flag, **kw)
     action.slidr_opt = opt  # type: ignore[attr-defined]
+    one_of = isinstance(parser, argparse._MutuallyExclusiveGroup) and bool(parser.required)
+    if shown is None and not required and default is REQUIRED and not one_of:
+        # Declared required, optional in this command: needed only in some uses; the help
+        # says which (`shown`). One of a required group has its usage line say so.
+        raise ValueError(f"{prog} {opt.flag}: optional here, so give `shown` (when it is "
+                         "needed)")
     action.slidr_shown_default = (  # type: ignore[attr-defined]
         shown if shown is not None else
-        None if required or kw.get("action") == "store_true" else opt.shown_default(command))
+        None if required or one_of or kw.get("action") == "store_true"
+        else opt.shown_default(command))
     action.slidr_range = (  # type: ignore[attr-defined]
         opt.bounds_text() if not opt.choices and opt.type is not bool else "")
     return action  # type: ignore[no-any-return]

@@ -3,7 +3,9 @@
 - On a terminal: one live line per stage, redrawn, with a bar, a rate and an ETA; when the
   stage ends the line is replaced by "[i/n] stage: done in T".
 - Not a terminal (a pipe, a log file, the systemd journal): one line per finished stage, and
-  nothing in between, so a job of hours leaves a short, readable journal.
+  in between only a heartbeat line (share done and ETA) when a piece of work runs longer than
+  HEARTBEAT_S since the last line, so a job of hours leaves a short journal that still says
+  where it is.
 - `--progress`: the detailed lines (every 10% of a stage, with its ETA) also when stderr is not
   a terminal. `--quiet`: nothing.
 
@@ -22,6 +24,7 @@ from contextlib import contextmanager
 from typing import TextIO
 
 AUTO, ON, OFF = "auto", "on", "off"
+HEARTBEAT_S = 300.0  # not a terminal: at most one line per this many seconds of one piece of work
 _mode = AUTO
 _job: Job | None = None
 
@@ -163,6 +166,7 @@ class Progress:
         self.job = _job
         self._last_decile = -1
         self._last_draw = 0.0
+        self._last_line = self.t0
         self._drawn = False
 
     def _eta(self, now: float) -> float:
@@ -194,6 +198,14 @@ class Progress:
                 _stream().write(f"{self.label}: {frac:.0%} ({self.n:,} of {self.total:,} "
                                 f"{self.unit}, ETA {fmt_seconds(self._eta(now))})\n")
                 _stream().flush()
+        elif now - self._last_line >= HEARTBEAT_S and self.n < self.total:
+            self._last_line = now
+            head = (f"{self.job.prog}: {self.job.index(self.job.current)} {self.job.current} > "
+                    if self.job is not None and self.job.current else "")
+            _stream().write(f"{head}{self.label}: {frac:.0%} ({self.n:,} of {self.total:,} "
+                            f"{self.unit} after {fmt_seconds(now - self.t0)}, ETA "
+                            f"{fmt_seconds(self._eta(now))})\n")
+            _stream().flush()
 
     def close(self) -> None:
         if not self.enabled:

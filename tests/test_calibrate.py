@@ -65,7 +65,10 @@ def test_thresholds_json_matches_registry_schema(result, tmp_path: Path) -> None
     assert th["calibration"]["solver"]["status"] == "optimal"
     for f in ("calibration.html", "calibration_slices.png", "calibration_compare.png"):
         assert (tmp_path / f).stat().st_size > 0
-    assert "Held-out comparison" in (tmp_path / "calibration.html").read_text()
+    page = (tmp_path / "calibration.html").read_text()
+    assert "Held-out comparison" in page
+    # One self-contained file: the figures are in the page, not beside it.
+    assert page.count("data:image/png;base64,") >= 2 and ".png\"" not in page
 
 
 def test_infeasible_budget_explains_itself(data) -> None:

@@ -69,7 +69,7 @@ def test_every_leaf_has_the_common_switches():
     for leaf in _leaves():
         flags = {s for a in leaf._actions for s in a.option_strings}
         cmd = _command(leaf)
-        for f in ("--json", "--quiet", "--debug"):
+        for f in ("--json", "--quiet", "--debug", "--version"):
             assert f in flags, f"{leaf.prog} has no {f}"
         if cmd in long:
             assert "--progress" in flags, f"{leaf.prog} can run long but has no --progress"
@@ -82,6 +82,14 @@ def test_both_programs_have_version(capsys):
         assert e.value.code == 0
         out = capsys.readouterr().out
         assert re.match(rf"{name} \d+\.\d+\.\d+ \(Python ", out), out
+    # and on every command, before anything it requires
+    for argv, name in ((["train", "--version"], "slidr"), (["models", "list", "--version"],
+                       "slidr"), (["serve", "--version"], "slidrd")):
+        build = slidrd_parser if name == "slidrd" else slidr_parser
+        with pytest.raises(SystemExit) as e:
+            build().parse_args(argv)
+        assert e.value.code == 0
+        assert capsys.readouterr().out.startswith(f"{name} "), argv
 
 
 def test_every_option_has_help_showing_its_default():
@@ -104,6 +112,27 @@ def test_every_option_has_help_showing_its_default():
             if not (m and "default" in m.group(0)):
                 problems.append(f"{leaf.prog} {flag}: default not shown")
     assert not problems, "\n".join(problems)
+
+
+def test_numbers_are_shown_as_n_or_x():
+    """A valued flag's metavar says what it takes (N, X, PATH, ...), never its dest in capitals."""
+    bad = [f"{leaf.prog} {a.option_strings[-1]}" for leaf in _leaves() for a in _options(leaf)
+           if a.nargs != 0 and not a.choices
+           and (a.metavar is None or (a.metavar == a.dest.upper() and len(a.dest) > 1))
+           and getattr(a.type, "__name__", "") in ("int", "float")]
+    assert not bad, bad
+
+
+def test_an_optional_flag_never_claims_to_be_required():
+    """A flag a command makes optional (one of a group, or needed only in some uses) says when
+    it is needed instead of showing the declaration's "default: required"."""
+    bad = []
+    for leaf in _leaves():
+        text = leaf.format_help()
+        for m in re.finditer(r"^  (--\S+).*?(?=^  -|\Z)", text, re.S | re.M):
+            if "default: required" in " ".join(m.group(0).split()):
+                bad.append(f"{leaf.prog} {m.group(1)}")
+    assert not bad, bad
 
 
 def test_one_name_one_meaning_one_default():

@@ -113,9 +113,25 @@ def test_guardrail_config_checked_in_full_when_loaded(tmp_path, capsys):
         assert rc == exits.USAGE and needle in line and str(f) in line, line
         rc, _o, err = run(capsys, "check-config", str(f), "--kind", "guardrails")
         assert rc == exits.USAGE and needle in one_line(err)
+    # A JSON guardrail config is read, checked in full like a TOML one, with a note naming the
+    # format to move to (one line, on stderr; --quiet drops it).
     f = _guard(tmp_path, json.dumps({"max_psi": 0.3}), "guard.json")
-    rc, _o, err = run(capsys, *base, "--guardrail-config", str(f))
-    assert rc == exits.USAGE and "TOML" in one_line(err)
+    rc, out, err = run(capsys, *base, "--guardrail-config", str(f))
+    assert rc == 0 and json.loads(out)["guard"]["max_psi"] == 0.3
+    assert "note:" in one_line(err) and "TOML" in err and str(f) in err
+    rc, out, err = run(capsys, *base, "--guardrail-config", str(f), "--quiet")
+    assert rc == 0 and err == ""
+    for text, needle in ((json.dumps({"max_psi": "high"}), "'max_psi' must be a number"),
+                         (json.dumps({"guardrails": {"max_ps": 1}}), "unknown key 'max_ps'"),
+                         ("[1", "not valid JSON"), ("[1]", "must be an object")):
+        f.write_text(text)
+        for argv in ([*base, "--guardrail-config", str(f)], ["check-config", str(f)]):
+            rc, _o, err = run(capsys, *argv)
+            line = one_line(err)
+            assert rc == exits.USAGE and needle in line and str(f) in line, line
+    f.write_text(json.dumps({"max_psi": 0.25}))
+    rc, out, err = run(capsys, "check-config", str(f), "--json")
+    assert rc == 0 and json.loads(out)[str(f)]["settings"]["max_psi"] == 0.25
     # A valid file, then a flag over it: the flag wins.
     f = _guard(tmp_path, "[guardrails]\nmax_psi = 0.3\nmin_days = 4\n")
     rc, out, err = run(capsys, *base, "--guardrail-config", str(f), "--max-psi", "0.4")
@@ -158,3 +174,20 @@ def test_slidrd_bad_flag_and_config(tmp_path):
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == exits.USAGE and r.stdout == ""
         assert needle in one_line(r.stderr), r.stderr
+
+
+def test_a_log_that_is_not_a_click_log_names_the_file(tmp_path, capsys):
+    """A CSV of other columns, a CSV with a bad value, a path without .parquet/.csv: one line
+    naming the file (and the column or the value), no "(got None)" for a file-level problem."""
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("click_id,ts,session_id,ip,device,logged_in,purchased\n"
+                   "x,notanumber,s,1.2.3.4,app,1,0\n")
+    for path, needles in ((other, ["'click_id' column is missing", "has: a, b"]),
+                          (bad, ["could not be read as CSV", "notanumber"]),
+                          (tmp_path, ["must end in .parquet or .csv"])):
+        rc, out, err = run(capsys, "train", "--clicks", str(path), "--out", str(tmp_path / "o"))
+        line = one_line(err)
+        assert rc == exits.USAGE and out == "" and str(path) in line, line
+        assert all(n in line for n in needles) and "(got None)" not in line, line

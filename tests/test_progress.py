@@ -119,3 +119,25 @@ def test_detail_goes_on_the_stage_line(stream):
         progress.stage("features")
         progress.detail("590,113 clicks/s, peak RSS 1.20 GiB")
     assert s.getvalue().rstrip().endswith("(590,113 clicks/s, peak RSS 1.20 GiB)")
+
+
+def test_not_a_terminal_long_work_leaves_a_heartbeat_with_eta(stream, monkeypatch):
+    """A stage of hours in the journal: a line per HEARTBEAT_S with the share done and the
+    ETA, between the stage lines; short work (the other tests) gets none."""
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: clock[0])
+    s = stream(False)
+    with progress.job("slidr daily", ("features", "train")):
+        progress.stage("features")
+        progress.stage("train")
+        bar = progress.Progress(100, "mlp", unit="batches")
+        for _ in range(10):
+            clock[0] += progress.HEARTBEAT_S / 2
+            bar.update(10)
+        bar.close()
+    lines = s.getvalue().splitlines()
+    beats = [ln for ln in lines if "ETA" in ln]
+    assert len(beats) == 4, lines  # at 20%, 40%, 60%, 80% (not at 100%: the stage line says it)
+    assert beats[0] == "slidr daily: [2/2] train > mlp: 20% (20 of 100 batches after 5:00, " \
+                       "ETA 20:00)", beats[0]
+    assert lines[-1].startswith("slidr daily: [2/2] train: done in 25:00")

@@ -161,7 +161,11 @@ def test_daemon_msgpack_log_through_current(tmp_path, registry, traffic, capsys)
     rc = slidr_main(["replay", "--decisions", str(logdir), "--registry", str(registry.path),
                      "--out", str(out), "--json"])
     assert rc == 0
-    summary = json.loads(capsys.readouterr().out)
+    cap = capsys.readouterr()
+    summary = json.loads(cap.out)
+    # Progress by default, stderr not a terminal: one line per finished stage, nothing else.
+    lines = cap.err.splitlines()
+    assert lines and all(ln.startswith("replay") and " in " in ln for ln in lines), cap.err
     clicks, x, decisions, feats = traffic
     rows = read_out(out)
     assert len(rows) == len(clicks) == summary["read"]
