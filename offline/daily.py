@@ -161,7 +161,10 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     # 4. Train (labels, features, model, baselines, metrics, report).
     t = progress.stage("train")
     train_dir = wdir / "train"
-    (train_fn or _train)(clicks, customers, train_dir, cfg)
+    if train_fn is not None:
+        train_fn(clicks, customers, train_dir, cfg)
+    else:
+        _train(clicks, customers, train_dir, cfg, rp)
     res["steps"]["train_s"] = round(time.perf_counter() - t, 3)
 
     # 5. Calibrate on the validation days, evaluate on the held-out test day.
@@ -253,14 +256,17 @@ def gate(reg: Registry, candidate_dir: str | Path, checks: list[gr.Check]) -> st
     return reg.publish(candidate_dir, guardrails=_clean(summary), promote=True)
 
 
-def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConfig) -> None:
+def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConfig,
+           rp: Any = None) -> None:
+    """The training pipeline on the replay the daily job already made (one pass over the log's
+    features)."""
     from . import pipeline
     pipeline.run(clicks, customers, out,
                  pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
                                       fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
                                       progress=cfg.progress, refit=cfg.refit,
                                       weighting=cfg.weighting),
-                 log=lambda *a, **k: None)
+                 log=lambda *a, **k: None, features=rp)
 
 
 def _test_rows(path: Path) -> dict[str, Any]:

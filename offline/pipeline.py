@@ -128,8 +128,12 @@ def _check_inputs(rp: replay.Replay, wl: np.ndarray, day: np.ndarray,
 
 
 def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
-        cfg: TrainConfig | None = None, store: Any = None, log=print) -> dict[str, Any]:
-    """Train, evaluate and write the output directory; returns a summary dict."""
+        cfg: TrainConfig | None = None, store: Any = None, log=print,
+        features: replay.Replay | None = None) -> dict[str, Any]:
+    """Train, evaluate and write the output directory; returns a summary dict.
+
+    features: the log's replay when the caller has it already (`slidr daily` replays the log
+    once, for its drift guardrail and for training); otherwise the log is replayed here."""
     cfg = cfg or TrainConfig()
     if not 0.0 < cfg.fpr_target < 1.0:
         raise ValueError(f"--fpr-budget must be in (0, 1), got {cfg.fpr_target}")
@@ -145,8 +149,9 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     timings: dict[str, float] = {}
 
     progress.stage("replay")
-    rp = replay.replay_log(clicks, store=store, use_native=cfg.use_native,
-                           batch_size=cfg.batch_size, progress=cfg.progress)
+    rp = features if features is not None else replay.replay_log(
+        clicks, store=store, use_native=cfg.use_native, batch_size=cfg.batch_size,
+        progress=cfg.progress)
     timings["replay_s"] = rp.seconds
     t = progress.stage("labels")
     if len(rp) == 0:

@@ -200,17 +200,28 @@ def test_second_run_compares_with_current_and_outage_is_refused(first_run, sim: 
     assert reg.pointers()["current"] == before["current"]
 
 
-def test_refit_publishes_a_model_trained_on_every_day(sim: Path, tmp_path: Path) -> None:
+def test_refit_publishes_a_model_trained_on_every_day(sim: Path, tmp_path: Path,
+                                                      monkeypatch) -> None:
     """--refit: the published model is trained again on every day; its thresholds keep each
     slice's calibrated FPR on the validation days (corrected for the in-sample bias), and the
-    guardrails judge the held-out model."""
+    guardrails judge the held-out model. The job replays the click log once (drift guardrail
+    and training share the features)."""
     import dataclasses
 
     import pyarrow.parquet as pq
+    from slidr.offline import replay
+    passes = []
+    real = replay.replay_log
+
+    def counted(*a, **k):
+        passes.append(a[0] if a else k.get("path"))
+        return real(*a, **k)
+    monkeypatch.setattr(replay, "replay_log", counted)
     cfg = dataclasses.replace(loose_cfg(), refit=True)
     res = daily.run_daily(sim / "clicks.parquet", sim / "customers.parquet", tmp_path / "reg",
                           tmp_path / "work", cfg, log=lambda m: None)
     assert res["status"] == "published", res["reason"]
+    assert passes == [sim / "clicks.parquet"], passes
     b = Registry(tmp_path / "reg").current_verified()
     th = b.thresholds
     assert th["refit"]["in_sample_ratio"] >= 1.0
