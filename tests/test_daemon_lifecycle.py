@@ -34,11 +34,14 @@ from slidr.kernel import FeatureKernel, embedded_store
 class Load(threading.Thread):
     """Steady pipelined load on one connection; records every answer."""
 
-    def __init__(self, port: int, window: int = 50, start: int = 0) -> None:
+    def __init__(self, port: int, window: int = 50, start: int = 0, pause_s: float = 0.002,
+                 **click_kw: int) -> None:
         super().__init__(daemon=True)
         self.port = port
         self.window = window
         self.i = start
+        self.pause_s = pause_s
+        self.click_kw = click_kw  # e.g. users=, ips= (daemon_helpers.click)
         self.answers: list[tuple[str, list]] = []
         self.stop_flag = threading.Event()
         self.error: BaseException | None = None
@@ -47,12 +50,12 @@ class Load(threading.Thread):
         try:
             with Client(self.port) as c:
                 while not self.stop_flag.is_set():
-                    ps = [(click(self.i + k),) for k in range(self.window)]
+                    ps = [(click(self.i + k, **self.click_kw),) for k in range(self.window)]
                     res = c.pipeline("score", ps)
                     for k, (_mid, r) in enumerate(res.items()):
                         self.answers.append((f"c{self.i + k}", r))
                     self.i += self.window
-                    time.sleep(0.002)
+                    time.sleep(self.pause_s)
         except BaseException as e:  # reported by the test
             self.error = e
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,11 +21,11 @@ from daemon_helpers import (
     Client,
     Daemon,
     check_decision,
-    click,
     free_port,
     make_bundle_src,
     publish,
 )
+from test_daemon_lifecycle import Load as DaemonLoad
 
 from slidr.contract import SLICE_BY_CODE
 from slidr.registry import Registry
@@ -38,35 +37,9 @@ BAD_THRESHOLDS = {"method": "global", "default": 0.001, "slices": {}, "calibrati
 WINDOW = 600  # clicks per monitor window in this test (the default is 20,000)
 
 
-class Load(threading.Thread):
-    """Steady pipelined load on one connection; keeps every answer."""
-
-    def __init__(self, port: int, start: int = 0, window: int = 40) -> None:
-        super().__init__(daemon=True)
-        self.port, self.i, self.window = port, start, window
-        self.answers: list[tuple[str, list[Any]]] = []
-        self.stop_flag = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with Client(self.port) as c:
-                while not self.stop_flag.is_set():
-                    res = c.pipeline("score", [(click(self.i + k, users=400, ips=300),)
-                                               for k in range(self.window)])
-                    for k, (_mid, r) in enumerate(res.items()):
-                        self.answers.append((f"c{self.i + k}", r))
-                    self.i += self.window
-                    time.sleep(0.004)
-        except BaseException as e:  # reported by finish()
-            self.error = e
-
-    def finish(self) -> None:
-        self.stop_flag.set()
-        self.join(30)
-        assert not self.is_alive()
-        if self.error is not None:
-            raise self.error
+def Load(port: int) -> DaemonLoad:
+    """Steady pipelined load on one connection (400 users, 300 IPs); keeps every answer."""
+    return DaemonLoad(port, window=40, pause_s=0.004, users=400, ips=300)
 
 
 def http(port: int, path: str) -> tuple[int, str]:
