@@ -224,18 +224,14 @@ async def _ping_loop(port: int, stop: asyncio.Event, lat: list[float], fails: li
         await asyncio.sleep(0.2)
 
 
-async def _flood(port: int, pid: int, conns: int, kib: int, seconds: float) -> dict[str, Any]:
-    rss0 = _rss_mib(pid)
-    stop = asyncio.Event()
-    lat: list[float] = []
-    fails = [0]
-    pinger = asyncio.create_task(_ping_loop(port, stop, lat, fails))
-    socks = []
-    blob = b"\x00" * (kib << 10)
+async def _connect_many(port: int, n: int, rcvbuf: int | None = None) -> list[socket.socket]:
+    """Up to n non-blocking loopback connections to port (refused ones are skipped)."""
     loop = asyncio.get_running_loop()
-    for _ in range(conns):
+    socks: list[socket.socket] = []
+    for _ in range(n):
         s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # never read: keep it small
+        if rcvbuf is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         s.setblocking(False)
         try:
             await loop.sock_connect(s, ("127.0.0.1", port))
@@ -243,6 +239,17 @@ async def _flood(port: int, pid: int, conns: int, kib: int, seconds: float) -> d
             s.close()
             continue
         socks.append(s)
+    return socks
+
+
+async def _flood(port: int, pid: int, conns: int, kib: int, seconds: float) -> dict[str, Any]:
+    rss0 = _rss_mib(pid)
+    stop = asyncio.Event()
+    lat: list[float] = []
+    fails = [0]
+    pinger = asyncio.create_task(_ping_loop(port, stop, lat, fails))
+    blob = b"\x00" * (kib << 10)
+    socks = await _connect_many(port, conns, rcvbuf=4096)  # never read: keep it small
 
     async def push(s: socket.socket) -> None:
         view = memoryview(blob)
@@ -335,17 +342,7 @@ def waves(n: int = 3000, count: int = 16) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ trickle
 async def _trickle(port: int, n: int, seconds: float) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    socks: list[socket.socket] = []
-    for _ in range(n):
-        s = socket.socket()
-        s.setblocking(False)
-        try:
-            await loop.sock_connect(s, ("127.0.0.1", port))
-        except OSError:
-            s.close()
-            continue
-        socks.append(s)
+    socks = await _connect_many(port, n)
     # a 64-byte score request, one byte at a time
     msg = msgpack.packb([0, 1, "score", [_click(1, _now_ms(), "t")]])
     stop = asyncio.Event()
