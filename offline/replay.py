@@ -10,6 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,11 +137,187 @@ def _read_ahead(it: Any, depth: int = 2) -> Any:
         th.join()
 
 
+@dataclass
+class ReplayChunk:
+    """One chunk of a replay: the features of rows [start, start + n) of the log and the
+    per-click columns the offline pipeline needs, in log order."""
+
+    start: int
+    features: np.ndarray  # float32 (n, N_FEATURES)
+    ts: np.ndarray
+    tz_offset_min: np.ndarray
+    device: np.ndarray
+    logged_in: np.ndarray
+    session_hash: np.ndarray
+    user_id: list[Any]
+    purchased: np.ndarray | None  # None when the log has no purchased column
+    is_robot: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.ts.shape[0])
+
+
+class ReplayStream:
+    """Iterate to replay a click log chunk by chunk (ReplayChunk in log order). Counters are
+    carried from one chunk to the next in one store, so the features do not depend on the
+    chunk size: concatenated, the chunks equal replay_log's arrays exactly. Memory is one
+    chunk (plus the read-ahead), whatever the log's size. After the iteration: `seconds`,
+    `rows`, `store_name`."""
+
+    def __init__(self, path: str | Path, store: Store | None = None,
+                 use_native: bool | None = None, batch_size: int = DEFAULT_BATCH,
+                 progress: bool = True, require_purchased: bool = True,
+                 limit: int | None = None, threads: bool = True,
+                 chunk_rows: int | None = None) -> None:
+        if chunk_rows is not None and chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1 (got {chunk_rows})")
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.progress = progress
+        self.require_purchased = require_purchased
+        self.limit = limit
+        self.threads = threads
+        self.chunk_rows = chunk_rows if chunk_rows is not None else max(batch_size, CHUNK_ROWS)
+        if (store is None and threads and (NATIVE if use_native is None else use_native)
+                and native is not None):
+            # The daemon's store, sweeping an eighth as often: the sweep only frees keys past
+            # their TTL (+ grace) and the log is checked to be in time order, so the counters
+            # are the same; it saves ~1/8 of the replay's CPU at the cost of more dead keys
+            # held meanwhile.
+            store = native.EmbeddedStore(capacity_hint=1 << 16, sweep_scan=1)
+        self.kernel = FeatureKernel(store=store, use_native=use_native)
+        self.store_name = getattr(self.kernel.store, "name", type(self.kernel.store).__name__)
+        self.seconds = 0.0
+        self.rows = 0
+        self.total = count_rows(self.path)
+        if self.total is not None and limit is not None:
+            self.total = min(self.total, limit)
+        self._started = False
+
+    def __iter__(self) -> Iterator[ReplayChunk]:
+        if self._started:
+            raise RuntimeError("a ReplayStream is iterated once (its counters have moved on)")
+        self._started = True
+        return self._run()
+
+    def _run(self) -> Iterator[ReplayChunk]:
+        kernel = self.kernel
+        batch_size = self.batch_size
+        fin = (native.finish_into if (kernel.use_native and hasattr(native, "finish_into"))
+               else finish)
+        hash_columns = (native.hash_key_columns
+                        if kernel.use_native and hasattr(native, "hash_key_columns")
+                        else reference.hash_key_columns)
+        split = (self.threads and hasattr(kernel.store, "update_tables")
+                 and fin is not finish)
+        require = ("purchased",) if self.require_purchased else ()
+        limit = self.limit
+        bar = Progress(self.total or 1, "replay",
+                       enabled=self.progress and self.total is not None)
+        # Two raw counter buffers, reused: chunk k + 1 is counted while chunk k is finished.
+        raw_bufs: list[np.ndarray | None] = [None, None]
+        t0 = time.perf_counter()
+
+        def chunks() -> Any:
+            got = 0
+            for tbl in iter_log_chunks(self.path, chunk_rows=self.chunk_rows,
+                                       require=require, read_dictionary=("user_agent",)):
+                if limit is not None and got >= limit:
+                    return
+                if limit is not None and got + tbl.num_rows > limit:
+                    tbl = tbl.slice(0, limit - got)
+                got += tbl.num_rows
+                yield _prepare(tbl, hash_columns)
+
+        def record(c: dict[str, Any], out: np.ndarray, start: int) -> ReplayChunk:
+            return ReplayChunk(start=start, features=out, ts=c["ts"], tz_offset_min=c["tz"],
+                               device=c["dev"], logged_in=c["li"], session_hash=c["sh"],
+                               user_id=c["uid"], purchased=c["pur"], is_robot=c["rob"])
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="replay-ips") if split else None
+        st = kernel.store
+        # With the split, chunk k's features are finished (half in the worker) while chunk
+        # k + 1 is counted; chunk k is handed out once that finish is done.
+        pending: Any = None
+        held: ReplayChunk | None = None
+        n_done = 0
+        n_chunks = 0
+        try:
+            for c in (_read_ahead(chunks()) if self.threads else chunks()):
+                n = c["n"]
+                ts, uh, sh, ih, hll = c["ts"], c["uh"], c["sh"], c["ih"], c["hll"]
+                out = np.empty((n, N_FEATURES), dtype=np.float32)
+                spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
+                if pool is not None:
+                    # Chunk k uses buffer k % 2: chunk k - 2's finish, its last user, is done.
+                    k = n_chunks % 2
+                    buf = raw_bufs[k]
+                    if buf is None or buf.shape[0] < n:
+                        buf = raw_bufs[k] = np.empty((n, RAW_WIDTH), dtype=np.float64)
+                    raw = buf[:n]
+
+                    def count(tables: int, raw: np.ndarray = raw, ts: np.ndarray = ts,
+                              uh: np.ndarray = uh, sh: np.ndarray = sh, ih: np.ndarray = ih,
+                              hll: np.ndarray = hll, spans: list = spans) -> None:
+                        for a, b in spans:
+                            st.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b],
+                                             raw[a:b], tables)
+
+                    ips = pool.submit(count, 4)
+                    count(3)
+                    ips.result()
+                    if pending is not None:
+                        pending.result()
+                        pending = None
+                    if held is not None:
+                        yield held
+                        held = None
+                    # Finish the features: the first half in the worker (after it, the worker
+                    # counts the next chunk's IPs), the second half here.
+                    h = n // 2
+                    pending = pool.submit(fin, raw[:h], ts[:h], c["tz"][:h], c["li"][:h],
+                                          c["dev"][:h], out[:h])
+                    fin(raw[h:], ts[h:], c["tz"][h:], c["li"][h:], c["dev"][h:], out[h:])
+                    held = record(c, out, n_done)
+                    bar.update(n)
+                else:
+                    for a, b in spans:
+                        raw = st.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b])
+                        fin(raw, ts[a:b], c["tz"][a:b], c["li"][a:b], c["dev"][a:b],
+                            out[a:b])
+                        bar.update(b - a)
+                    self.rows = n_done + n
+                    self.seconds = time.perf_counter() - t0
+                    yield record(c, out, n_done)
+                n_done += n
+                n_chunks += 1
+            if pending is not None:
+                pending.result()
+            if held is not None:
+                self.rows = n_done
+                self.seconds = time.perf_counter() - t0
+                yield held
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
+            bar.close()
+            self.rows = n_done
+            self.seconds = time.perf_counter() - t0
+
+
+def iter_replay(path: str | Path, **kw: Any) -> ReplayStream:
+    """Replay the log at `path` chunk by chunk: `for chunk in iter_replay(path): ...`.
+    Keywords as replay_log's, plus chunk_rows (rows read, validated and counted as one unit;
+    the features do not depend on it)."""
+    return ReplayStream(path, **kw)
+
+
 def replay_log(path: str | Path, store: Store | None = None, use_native: bool | None = None,
                batch_size: int = DEFAULT_BATCH, progress: bool = True,
                require_purchased: bool = True, limit: int | None = None,
-               threads: bool = True) -> Replay:
-    """Replay the log at `path` (Parquet or CSV, validated by the contract loader).
+               threads: bool = True, chunk_rows: int | None = None) -> Replay:
+    """Replay the log at `path` (Parquet or CSV, validated by the contract loader) and hold
+    every click's features in memory (iter_replay streams them chunk by chunk instead).
 
     store: a counter store (embedded by default; e.g. slidr.store_redis.RedisStore for a replay
     that fills a shared Redis). The batch size sets the store round trips (one per batch).
@@ -149,115 +326,40 @@ def replay_log(path: str | Path, store: Store | None = None, use_native: bool | 
     chunk's features) in a second thread while this one counts users and sessions. The tables
     are independent and each still sees the clicks in log order, so the features are the same.
     """
-    if (store is None and threads and (NATIVE if use_native is None else use_native)
-            and native is not None):
-        # The daemon's store, sweeping an eighth as often: the sweep only frees keys past their
-        # TTL (+ grace) and the log is checked to be in time order, so the counters are the
-        # same; it saves ~1/8 of the replay's CPU at the cost of more dead keys held meanwhile.
-        store = native.EmbeddedStore(capacity_hint=1 << 16, sweep_scan=1)
-    kernel = FeatureKernel(store=store, use_native=use_native)
-    fin = native.finish_into if (kernel.use_native and hasattr(native, "finish_into")) else finish
-    hash_columns = (native.hash_key_columns
-                    if kernel.use_native and hasattr(native, "hash_key_columns")
-                    else reference.hash_key_columns)
-    split = (threads and hasattr(kernel.store, "update_tables")
-             and fin is not finish)
-    require = ("purchased",) if require_purchased else ()
-    total = count_rows(path)
-    bar = Progress(total or 1, "replay", enabled=progress and total is not None)
+    stream = ReplayStream(path, store=store, use_native=use_native, batch_size=batch_size,
+                          progress=progress, require_purchased=require_purchased, limit=limit,
+                          threads=threads, chunk_rows=chunk_rows)
+    # One features array filled chunk by chunk when the row count is known (no concatenation
+    # of the whole log).
+    feats_all = (np.empty((stream.total, N_FEATURES), np.float32)
+                 if stream.total is not None else None)
     feats: list[np.ndarray] = []
-    # One features array filled in place when the row count is known (no concatenation).
-    n_rows = total if limit is None or total is None else min(total, limit)
-    feats_all = np.empty((n_rows, N_FEATURES), np.float32) if n_rows is not None else None
-    # Two raw counter buffers, reused: chunk k + 1 is counted while chunk k is finished.
-    raw_bufs: list[np.ndarray | None] = [None, None]
-    n_chunks = 0
     cols: dict[str, list[Any]] = {k: [] for k in ("ts", "tz", "dev", "li", "sh", "pur", "rob")}
     user_ids: list[Any] = []
     has_robot: bool | None = None
-    t0 = time.perf_counter()
     n_done = 0
-
-    def chunks() -> Any:
-        got = 0
-        for tbl in iter_log_chunks(path, chunk_rows=max(batch_size, CHUNK_ROWS),
-                                   require=require, read_dictionary=("user_agent",)):
-            if limit is not None and got >= limit:
-                return
-            if limit is not None and got + tbl.num_rows > limit:
-                tbl = tbl.slice(0, limit - got)
-            got += tbl.num_rows
-            yield _prepare(tbl, hash_columns)
-
-    pool = ThreadPoolExecutor(1, thread_name_prefix="replay-ips") if split else None
-    st = kernel.store
-    pending: Any = None
-    try:
-        for c in (_read_ahead(chunks()) if threads else chunks()):
-            if has_robot is None:
-                has_robot = c["rob"] is not None
-            n = c["n"]
-            ts, uh, sh, ih, hll = c["ts"], c["uh"], c["sh"], c["ih"], c["hll"]
-            if feats_all is not None and n_done + n <= feats_all.shape[0]:
-                out = feats_all[n_done:n_done + n]
-            else:
-                if feats_all is not None:  # the file had more rows than its metadata said
-                    feats.append(feats_all[:n_done])
-                    feats_all = None
-                out = np.empty((n, N_FEATURES), dtype=np.float32)
-            spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
-            if pool is not None:
-                # Chunk k uses buffer k % 2: chunk k - 2's finish, its last user, is done.
-                k = n_chunks % 2
-                if raw_bufs[k] is None or raw_bufs[k].shape[0] < n:
-                    raw_bufs[k] = np.empty((n, RAW_WIDTH), dtype=np.float64)
-                raw = raw_bufs[k][:n]
-
-                def count(tables: int, raw: np.ndarray = raw, ts: np.ndarray = ts,
-                          uh: np.ndarray = uh, sh: np.ndarray = sh, ih: np.ndarray = ih,
-                          hll: np.ndarray = hll, spans: list = spans) -> None:
-                    for a, b in spans:
-                        st.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b],
-                                         raw[a:b], tables)
-
-                ips = pool.submit(count, 4)
-                count(3)
-                ips.result()
-                if pending is not None:
-                    pending.result()
-                # Finish the features: the first half in the worker (after it, the worker
-                # counts the next chunk's IPs), the second half here.
-                h = n // 2
-                pending = pool.submit(fin, raw[:h], ts[:h], c["tz"][:h], c["li"][:h],
-                                      c["dev"][:h], out[:h])
-                fin(raw[h:], ts[h:], c["tz"][h:], c["li"][h:], c["dev"][h:], out[h:])
-                bar.update(n)
-            else:
-                for a, b in spans:
-                    raw = kernel.store.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b])
-                    fin(raw, ts[a:b], c["tz"][a:b], c["li"][a:b], c["dev"][a:b], out[a:b])
-                    bar.update(b - a)
-            if feats_all is None:
-                feats.append(out)
-            cols["ts"].append(ts)
-            cols["tz"].append(c["tz"])
-            cols["dev"].append(c["dev"])
-            cols["li"].append(c["li"])
-            cols["sh"].append(sh)
-            if c["pur"] is not None:
-                cols["pur"].append(c["pur"])
-            if has_robot:
-                cols["rob"].append(c["rob"])
-            user_ids.extend(c["uid"])
-            n_done += n
-            n_chunks += 1
-        if pending is not None:
-            pending.result()
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True)
-    bar.close()
-    seconds = time.perf_counter() - t0
+    for ch in stream:
+        n = len(ch)
+        if has_robot is None:
+            has_robot = ch.is_robot is not None
+        if feats_all is not None and n_done + n <= feats_all.shape[0]:
+            feats_all[n_done:n_done + n] = ch.features
+        else:
+            if feats_all is not None:  # the file had more rows than its metadata said
+                feats.append(feats_all[:n_done])
+                feats_all = None
+            feats.append(ch.features)
+        cols["ts"].append(ch.ts)
+        cols["tz"].append(ch.tz_offset_min)
+        cols["dev"].append(ch.device)
+        cols["li"].append(ch.logged_in)
+        cols["sh"].append(ch.session_hash)
+        if ch.purchased is not None:
+            cols["pur"].append(ch.purchased)
+        if has_robot and ch.is_robot is not None:
+            cols["rob"].append(ch.is_robot)
+        user_ids.extend(ch.user_id)
+        n_done += n
 
     def cat(k: str, dtype: Any) -> np.ndarray:
         return np.concatenate(cols[k]) if cols[k] else np.zeros(0, dtype=dtype)
@@ -269,5 +371,5 @@ def replay_log(path: str | Path, store: Store | None = None, use_native: bool | 
         logged_in=cat("li", bool), session_hash=cat("sh", np.uint64), user_id=user_ids,
         purchased=cat("pur", bool) if cols["pur"] else np.zeros(n_done, dtype=bool),
         is_robot=cat("rob", bool) if has_robot else None,
-        seconds=seconds, store_name=getattr(kernel.store, "name", type(kernel.store).__name__),
+        seconds=stream.seconds, store_name=stream.store_name,
     )

@@ -186,3 +186,52 @@ def test_replay_reports_bad_rows_with_numbers(log, tmp_path, bad):
         with pytest.raises(ContractError) as ei:
             replay.replay_log(tmp_path / name, progress=False)
         assert ei.value.field == col and ei.value.row == row and ei.value.value == val
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 7, 1000, 3000, 10_000])
+@pytest.mark.parametrize("threads", [True, False])
+def test_chunked_replay_equals_the_whole_replay(log, chunk_rows, threads):
+    """iter_replay carries the counters across chunks: its chunks, concatenated, equal the
+    all-at-once replay exactly, whatever the chunk size, and come in log order."""
+    d, tbl = log
+    whole = replay.replay_log(d / "clicks.parquet", progress=False)
+    stream = replay.iter_replay(d / "clicks.parquet", progress=False, threads=threads,
+                                chunk_rows=chunk_rows, batch_size=min(chunk_rows, 256))
+    chunks = list(stream)
+    assert [c.start for c in chunks] == list(np.cumsum([0] + [len(c) for c in chunks])[:-1])
+    assert all(len(c) <= chunk_rows for c in chunks)
+    assert stream.rows == tbl.num_rows == sum(len(c) for c in chunks)
+    np.testing.assert_array_equal(np.concatenate([c.features for c in chunks]), whole.features)
+    np.testing.assert_array_equal(np.concatenate([c.ts for c in chunks]), whole.ts)
+    np.testing.assert_array_equal(np.concatenate([c.session_hash for c in chunks]),
+                                  whole.session_hash)
+    np.testing.assert_array_equal(np.concatenate([c.is_robot for c in chunks]), whole.is_robot)
+    assert sum((c.user_id for c in chunks), []) == whole.user_id
+
+
+def test_chunked_replay_reference_twin_and_duplicates(tmp_path, log):
+    """Duplicated clicks (same click sent twice, same ms) and many clicks in one ms: the
+    chunked replay, native or the reference twin, equals the whole replay."""
+    _, tbl = log
+    idx = np.sort(np.concatenate([np.arange(tbl.num_rows), np.arange(0, tbl.num_rows, 3)]))
+    dup = tbl.take(pa.array(idx))
+    ts = dup.column("ts").to_numpy().copy()
+    ts[100:400] = ts[100]  # 300 clicks in one millisecond
+    dup = dup.set_column(dup.column_names.index("ts"), "ts", pa.array(ts))
+    pq.write_table(dup, tmp_path / "dup.parquet")
+    whole = replay.replay_log(tmp_path / "dup.parquet", progress=False)
+    for use_native in ([True, False] if NATIVE else [False]):
+        chunks = list(replay.iter_replay(tmp_path / "dup.parquet", progress=False,
+                                         use_native=use_native, chunk_rows=97))
+        np.testing.assert_array_equal(np.concatenate([c.features for c in chunks]),
+                                      whole.features)
+
+
+def test_a_replay_stream_is_iterated_once(log):
+    d, _ = log
+    stream = replay.iter_replay(d / "clicks.parquet", progress=False, chunk_rows=1000)
+    assert len(list(stream)) == 3
+    with pytest.raises(RuntimeError, match="iterated once"):
+        list(stream)
+    with pytest.raises(ValueError, match="chunk_rows"):
+        replay.iter_replay(d / "clicks.parquet", chunk_rows=0)
