@@ -772,8 +772,9 @@ class Batcher:
         sink = it[1]
         self.inflight_clicks -= 1
         cid = click_id_of(it[0])
-        self.metrics.errors[ErrorCode(err[0]).name] += 1
         if type(sink) is Group:
+            # A score_many row: counted here (the connection's queue_error counts the rest).
+            self.metrics.errors[ErrorCode(err[0]).name] += 1
             sink.fill(it[2], {"click_id": cid, "error": err})
             self._dirty.add(sink.conn)
         else:

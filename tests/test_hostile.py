@@ -390,3 +390,24 @@ def test_store_out_of_memory_evicts_instead_of_failing():
     assert out.returncode == 0, out.stderr
     keys, evicted, errs = map(int, out.stdout.split())
     assert errs == 0 and evicted > 0 and keys > 20_000, out.stdout
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_each_invalid_click_is_counted_once(tmp_path, path):
+    """slidr_errors_total{code="INVALID_CLICK"} rises by exactly one per refused click, sent
+    alone (score) or among valid clicks (score_many)."""
+    reg = make_registry(tmp_path)
+    t0 = int(time.time() * 1000) - 60_000
+    with Daemon(reg, "--deadline-ms", "5000", env=_env(path),
+                admin=tmp_path / "admin.sock") as d, Client(d.port) as c:
+        before = _stats(d)["errors"].get("INVALID_CLICK", 0)
+        for i in range(3):
+            with pytest.raises(Exception, match="device"):
+                c.call("score", dict(click(i, ts=t0 + i), device="toaster"))
+        rows = [click(10 + i, ts=t0 + 10 + i) for i in range(6)]
+        rows[1] = dict(rows[1], device="toaster")
+        rows[4] = dict(rows[4], device="toaster")
+        answers = c.call("score_many", rows)
+        assert sum("error" in a for a in answers) == 2, answers
+        after = _stats(d)["errors"].get("INVALID_CLICK", 0)
+    assert after - before == 5
