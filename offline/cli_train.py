@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, COMMON["redis_mode"])
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
+    add(p, TRAINING["train_sample"])
     p.set_defaults(func=main)
 
 
@@ -39,7 +40,8 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
                                fpr_target=args.fpr_budget, val_days=args.val_days,
-                               refit=args.refit, weighting=args.weighting)
+                               refit=args.refit, weighting=args.weighting,
+                               train_sample=args.train_sample)
     store = None
     if args.redis:
         from slidr.store_cluster import open_redis_store

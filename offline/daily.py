@@ -60,6 +60,7 @@ class DailyConfig:
     progress: bool = True  # progress bars (slidr/progress.py decides where they show)
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
+    train_sample: int = field_from(TRAINING["train_sample"])
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
     sign_key: bytes | None = None  # sign the published bundle (registry.SIGNATURE)
 
@@ -265,7 +266,8 @@ def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConf
                  pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
                                       fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
                                       progress=cfg.progress, refit=cfg.refit,
-                                      weighting=cfg.weighting),
+                                      weighting=cfg.weighting,
+                                      train_sample=cfg.train_sample),
                  log=lambda *a, **k: None, features=rp)
 
 

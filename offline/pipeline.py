@@ -49,6 +49,7 @@ class TrainConfig:
     use_native: bool | None = None
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
+    train_sample: int = field_from(TRAINING["train_sample"])
 
 
 def load_customers(path: str | Path | None):
@@ -170,15 +171,16 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
 
     x = rp.features
     tr, va, te = split["train"], split["val"], split["test"]
-    w_tr = train.sample_weights(cells[tr])
+    idx_tr, w_tr, sample_info = _training_rows(tr, cells, rp, y, cfg)
+    x_tr, y_tr = x[idx_tr], y[idx_tr]
     w_va = train.sample_weights(cells[va])
     t = progress.stage("model")
-    mlp = train.fit(x[tr], y[tr], w_tr, x[va], y[va], w_va, hidden=cfg.hidden,
+    mlp = train.fit(x_tr, y_tr, w_tr, x[va], y[va], w_va, hidden=cfg.hidden,
                     weight_decay=cfg.weight_decay, epochs=cfg.epochs, seed=cfg.seed,
                     progress=cfg.progress, label="mlp")
     timings["train_mlp_s"] = time.perf_counter() - t
     t = progress.stage("baselines")
-    logi = baselines.fit_logistic(x[tr], y[tr], w_tr, x[va], y[va], w_va, seed=cfg.seed,
+    logi = baselines.fit_logistic(x_tr, y_tr, w_tr, x[va], y[va], w_va, seed=cfg.seed,
                                   epochs=cfg.epochs, progress=cfg.progress)
     timings["train_logistic_s"] = time.perf_counter() - t
     final = mlp.model
@@ -189,9 +191,12 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
         # epochs as early stopping chose on the held-out split.
         t = time.perf_counter()
         allw = train.sample_weights(cells)
+        idx_all, w_all, _ = _training_rows(np.ones(len(rp), bool), cells, rp, y, cfg)
         n_ep = max(mlp.best_epoch + 1, 1)
-        ref = train.fit(x, y, allw, x[te], y[te], allw[te], hidden=cfg.hidden,
-                        weight_decay=cfg.weight_decay, epochs=n_ep, patience=n_ep + 1,
+        every = idx_all.size == len(rp)  # no sample: no copy of the features
+        ref = train.fit(x if every else x[idx_all], y if every else y[idx_all], w_all, x[te],
+                        y[te], allw[te], hidden=cfg.hidden, weight_decay=cfg.weight_decay,
+                        epochs=n_ep, patience=n_ep + 1,
                         seed=cfg.seed, progress=cfg.progress, label="mlp refit")
         final = ref.model
         # How much more FPR this training spends on days it has not seen than on days it
@@ -284,6 +289,7 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
         "logistic": {"best_epoch": logi.best_epoch, "epochs_run": logi.epochs_run,
                      "history": logi.history},
         "sample_weights": train.WEIGHTING_TEXT[cfg.weighting],
+        "train_sample": sample_info,
         "refit": refit_info,
         "replay": {"store": rp.store_name, "clicks_per_s": rp.clicks_per_s,
                    "seconds": rp.seconds},
@@ -323,6 +329,27 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
             "metrics": {k: results[k]["overall"] for k in SCORERS},
             "onnx_parity": meta["onnx_parity"], "source": note["kind"]}
 
+
+
+def _training_rows(mask: np.ndarray, cells: np.ndarray, rp: replay.Replay, y: np.ndarray,
+                   cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
+    """(row indices, weights, sample description) of the rows `mask` a model trains on: all
+    of them, or with cfg.train_sample a stratified sample (train.stratified_sample) whose
+    weights are the full rows' weights times the inverse inclusion probability, mean 1."""
+    idx = np.flatnonzero(mask)
+    w = train.sample_weights(cells[idx])
+    if not cfg.train_sample or idx.size <= cfg.train_sample:
+        return idx, w, None
+    strata = train.sample_strata(rp.ts[idx], rp.tz_offset_min[idx], rp.device[idx],
+                                 rp.logged_in[idx], y[idx])
+    pick, inv_p = train.stratified_sample(strata, cfg.train_sample, cfg.seed)
+    ws = w[pick].astype(np.float64) * inv_p
+    ws *= ws.size / ws.sum()
+    info = {"rows": int(pick.size), "of": int(idx.size), "strata": int(np.unique(strata).size),
+            "rule": "slice x local hour x weak label; each stratum in proportion, at least "
+                    f"{train.MIN_PER_STRATUM} clicks (or all it has); weights x 1 / inclusion "
+                    "probability"}
+    return idx[pick], ws.astype(np.float32), info
 
 
 def compare(results: dict[str, Any]) -> dict[str, Any]:

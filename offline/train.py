@@ -86,6 +86,47 @@ def weight_cells(ts: np.ndarray, tz_offset_min: np.ndarray, logged_in: np.ndarra
     return (((hour.astype(np.int32) * 7 + dow) * 2 + li) * 2 + lab)
 
 
+def sample_strata(ts: np.ndarray, tz_offset_min: np.ndarray, device: np.ndarray,
+                  logged_in: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """Stratum id of each click for the training sample: slice (device x logged-in) x local
+    hour of day x weak label."""
+    hour, _ = local_hour_dow(ts, tz_offset_min)
+    sl = np.asarray(device, np.int32) * 2 + np.asarray(logged_in, np.int32)
+    return (sl * 24 + hour.astype(np.int32)) * 2 + np.asarray(label, np.int32)
+
+
+# Every stratum keeps at least this many clicks (or all it has): a rare one (robots in a
+# logged-in slice at night) keeps enough to learn from; its weight stays exact.
+MIN_PER_STRATUM = 300
+
+
+def stratified_sample(strata: np.ndarray, n_max: int, seed: int,
+                      min_per_stratum: int = MIN_PER_STRATUM) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted row indices, inverse inclusion probability of each) of a sample of about n_max
+    rows: each stratum keeps its share of n_max, at least min(min_per_stratum, its size,
+    n_max / number of strata), drawn without replacement. Weighting each kept row by 1 / (kept / size of its stratum)
+    makes every stratum weigh what it weighs in the full data."""
+    strata = np.asarray(strata)
+    n = strata.size
+    if n_max <= 0 or n <= n_max:
+        return np.arange(n), np.ones(n, np.float64)
+    codes, inv, counts = np.unique(strata, return_inverse=True, return_counts=True)
+    # The minimum never takes more than an equal share of n_max per stratum.
+    floor_ = min(min_per_stratum, max(n_max // codes.size, 1))
+    quota = np.minimum(counts, np.maximum(np.floor(n_max * counts / n).astype(np.int64),
+                                          floor_))
+    rng = np.random.default_rng(seed)
+    # A random key per row; within each stratum the `quota` smallest keys are kept.
+    key = rng.random(n)
+    order = np.lexsort((key, inv))
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - np.repeat(start, counts)
+    keep = rank < quota[inv]
+    idx = np.flatnonzero(keep)
+    return idx, (counts / quota)[inv[idx]].astype(np.float64)
+
+
 def sample_weights(cells: np.ndarray) -> np.ndarray:
     """float32 weights giving every non-empty cell the same total weight; mean weight 1."""
     counts = np.bincount(cells, minlength=672).astype(np.float64)

@@ -62,6 +62,10 @@ TRAINING = _group(
         "logged-in x weak-label cell) or 'cells' (the article: per local hour x day of week x "
         "logged-in x weak-label cell, which divides a robot's extra volume in its hours away)",
         choices=("label", "cells")),
+    Opt("train_sample", int, 0, "train on a stratified sample of at most N of the training "
+        "days' clicks (strata: slice x local hour x weak label, each kept in proportion with "
+        "at least a few hundred clicks; weights undo the sampling); bounds training time and "
+        "memory on large logs. 0 = every click", lo=0, metavar="N"),
 )
 
 # Calibration (offline/calibrate.py CalibConfig): `slidr calibrate`, `backtest`, `daily`, `demo`.

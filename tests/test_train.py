@@ -371,3 +371,43 @@ def test_auto_val_days_keeps_five_training_days():
         day = train.day_index(ts)
         s = train.time_split(day, val_days=None)
         assert set(day[s["val"]]) == val and len(set(day[s["train"]])) >= min(5, n - 2)
+
+
+# ---------------------------------------------------------------- stratified training sample
+
+def test_stratified_sample_keeps_rare_strata_and_weights_undo_it():
+    rng = np.random.default_rng(3)
+    # One huge stratum, one medium, one rare (smaller than the per-stratum minimum).
+    strata = np.repeat([0, 1, 2], [90_000, 9_800, 200])
+    rng.shuffle(strata)
+    idx, inv_p = train.stratified_sample(strata, 10_000, seed=1)
+    assert np.all(np.diff(idx) > 0) and idx.size == inv_p.size
+    kept = np.bincount(strata[idx], minlength=3)
+    assert kept[2] == 200  # a rare stratum is kept whole, weight 1
+    assert kept[1] >= train.MIN_PER_STRATUM and abs(kept[0] - 9_000) <= 1
+    assert 9_000 <= idx.size <= 10_000 + train.MIN_PER_STRATUM + 200
+    # Weighted, every stratum weighs exactly its size in the full data.
+    np.testing.assert_allclose(np.bincount(strata[idx], weights=inv_p, minlength=3),
+                               [90_000, 9_800, 200])
+    np.testing.assert_allclose(inv_p[strata[idx] == 2], 1.0)
+    # Deterministic per seed, different across seeds; a small input is kept whole.
+    assert np.array_equal(idx, train.stratified_sample(strata, 10_000, seed=1)[0])
+    assert not np.array_equal(idx, train.stratified_sample(strata, 10_000, seed=2)[0])
+    all_idx, w = train.stratified_sample(strata[:500], 10_000, seed=1)
+    assert np.array_equal(all_idx, np.arange(500)) and np.all(w == 1)
+
+
+def test_training_on_a_sample_is_recorded_and_close(log, trained, tmp_path):
+    """--train-sample: the model trains on the sample (recorded in training_meta.json) and its
+    held-out AUC stays close to training on every click."""
+    out = tmp_path / "model"
+    cfg = pipeline.TrainConfig(k=10, epochs=4, progress=False, train_sample=2000)
+    pipeline.run(log / "clicks.parquet", log / "customers.parquet", out, cfg)
+    meta = json.loads((out / "training_meta.json").read_text())
+    s = meta["train_sample"]
+    assert s["of"] == meta["split"]["n_train"] and s["rows"] < s["of"] and s["strata"] > 10
+    full = json.loads((trained[0] / "training_meta.json").read_text())
+    assert full["train_sample"] is None
+    auc = json.loads((out / "metrics.json").read_text())["model"]["overall"]["auc"]
+    auc_full = json.loads((trained[0] / "metrics.json").read_text())["model"]["overall"]["auc"]
+    assert auc > 0.5 and abs(auc - auc_full) < 0.1, (auc, auc_full)
