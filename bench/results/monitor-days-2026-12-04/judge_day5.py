@@ -1,26 +1,45 @@
-"""Score one held-out day with two registry bundles and compare against the simulator truth:
-    python judge_day5.py RUN_DIR VERSION... (RUN_DIR: monitor_days --out)"""
-import json, sys
-import numpy as np, pyarrow.parquet as pq, onnxruntime as ort
-from slidr.offline import replay, train
-from slidr.registry import Registry
-run = sys.argv[1]
-rp = replay.replay_log(f"{run}/days-0-6.parquet", progress=False)
-day = train.day_index(rp.ts)
-m = day == 5
-x = rp.features[m]; rob = rp.is_robot[m]; pur = rp.purchased[m]
+"""Score day 5 of a monitor_days run with registry bundles and compare with the simulator's truth.
+
+    python judge_day5.py RUN_DIR VERSION [VERSION ...]     (RUN_DIR: monitor_days --out)
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
 from slidr.contract import DEVICES
-sl = np.array([f"{DEVICES[d]}/{'in' if l else 'out'}" for d, l in zip(rp.device[m], rp.logged_in[m])])
-reg = Registry(f"{run}/registry")
-for v in sys.argv[2:]:
-    b = reg.bundle(v).path if hasattr(reg.bundle(v), "path") else None
-    import pathlib
-    p = pathlib.Path(f"{run}/registry/bundles/{v}") if b is None else pathlib.Path(b)
-    s = ort.InferenceSession(str(p / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"features": x})[0].reshape(-1)
-    th = json.loads((p / "thresholds.json").read_text())
-    thr = np.array([float(th["slices"].get(n, th["default"])) for n in sl])
-    inv = s > thr
-    print(v, "all: ivr %.3f fpr %.4f prec %.3f rec %.3f" % (inv.mean(), inv[pur].mean(), rob[inv].mean(), inv[rob].mean()))
-    for n in sorted(set(sl)):
-        k = sl == n
-        print("   %-12s n=%6d robots %.3f ivr %.3f fpr %.4f prec %.3f rec %.3f" % (n, k.sum(), rob[k].mean(), inv[k].mean(), inv[k & pur].mean() if (k&pur).any() else float('nan'), rob[k & inv].mean() if (k&inv).any() else float('nan'), inv[k & rob].mean() if (k&rob).any() else float('nan')))
+from slidr.offline import replay, train
+
+DAY = 5
+
+
+def main(run: Path, versions: list[str]) -> None:
+    rp = replay.replay_log(run / "days-0-6.parquet", progress=False)
+    m = train.day_index(rp.ts) == DAY
+    x, rob, pur = rp.features[m], rp.is_robot[m], rp.purchased[m]
+    sl = np.array([f"{DEVICES[d]}/{'in' if li else 'out'}"
+                   for d, li in zip(rp.device[m], rp.logged_in[m])])
+    for v in versions:
+        b = run / "registry" / "bundles" / v
+        sess = ort.InferenceSession(str(b / "model.onnx"), providers=["CPUExecutionProvider"])
+        s = sess.run(None, {"features": x})[0].reshape(-1)
+        th = json.loads((b / "thresholds.json").read_text())
+        inv = s > np.array([float(th["slices"].get(n, th["default"])) for n in sl])
+
+        def row(k: np.ndarray) -> str:
+            def share(a: np.ndarray) -> float:
+                return float(a.mean()) if a.size else float("nan")
+            return (f"n={k.sum():7d} robots {share(rob[k]):.3f} ivr {share(inv[k]):.3f} "
+                    f"fpr {share(inv[k & pur]):.4f} precision {share(rob[k & inv]):.3f} "
+                    f"recall {share(inv[k & rob]):.3f}")
+
+        print(v, "all", row(np.ones_like(inv)))
+        for n in sorted(set(sl)):
+            print(f"   {n:12s}", row(sl == n))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), sys.argv[2:])
