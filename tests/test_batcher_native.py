@@ -15,15 +15,18 @@ import slidr.slidrd.batcher as B
 from slidr.bench.clicks import make_clicks
 from slidr.slidrd.metrics import Metrics
 
+from slidr.errors import ErrorCode
 from slidr.kernel import FeatureKernel, embedded_store
 
 pytest.importorskip("slidr.ext._fastpath")
 
 
 class _Conn:
-    """What the batcher needs of a connection: inflight, closed, out, queue_*, flush."""
+    """What the batcher needs of a connection: inflight, closed, out, queue_*, flush. Like
+    slidrd.rpc's connection, it counts the error answers it queues in the daemon's metrics."""
 
-    def __init__(self, closed: bool = False) -> None:
+    def __init__(self, metrics=None, closed: bool = False) -> None:
+        self.metrics = metrics
         self.inflight = 0
         self.closed = closed
         self.out: list[bytes] = []
@@ -35,6 +38,8 @@ class _Conn:
             self.out.append(self.packer.pack([1, msgid, None, result]))
 
     def queue_error(self, msgid, err):
+        if self.metrics is not None:
+            self.metrics.errors[ErrorCode(err[0]).name] += 1
         if not self.closed:
             self.out.append(self.packer.pack([1, msgid, err, None]))
 
@@ -79,7 +84,7 @@ def _run(native: bool, with_log: bool):
                           max_batch=64, max_wait_us=0, pipeline_depth=1,
                           max_inflight_total=10_000, decision_log=log, deadline_s=60.0)
             clicks, _ = make_clicks(300, seed=3)
-            conns = [_Conn(), _Conn(), _Conn(closed=True)]
+            conns = [_Conn(m), _Conn(m), _Conn(m, closed=True)]
             t = 1_767_225_600_000
             groups = []
             for i, c in enumerate(clicks):
