@@ -41,437 +41,38 @@ features a different way:
   milliseconds on different ads, a few views a session, from home-like residential IPs.
 
 Robots essentially never buy; weak labels come from offline/labels.py, not from here.
+
+Layout: offline/sim_world.py holds the parameters, rhythms, IP ranges, the population and the
+columnar session table; offline/sim_families.py draws the sessions of humans and of each robot
+family; this module runs the days, expands sessions to clicks and writes the outputs.
 """
+
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from slidr.contract import DEVICES, SLICES, slice_name
-from slidr.defaults import COMMON
-from slidr.options import field_from
 
-DAY_MS = 86_400_000
-HOUR_MS = 3_600_000
-DEFAULT_START = "2026-11-02"  # a Monday, so local day d has weekday d % 7
-
-FAMILIES: tuple[str, ...] = ("human", "scraper", "low_slow", "stolen", "farm", "crawler")
-# Families absent from stock logs (robot_share 0): scenarios switch them on from a given day.
-NEW_FAMILIES: tuple[str, ...] = ("proxy_rotator", "mimic", "injector", "ad_stacker")
-ALL_FAMILIES: tuple[str, ...] = FAMILIES + NEW_FAMILIES
-FAMILY_CODE = {f: i for i, f in enumerate(ALL_FAMILIES)}
-D_DESKTOP, D_MOBILE, D_APP = 0, 1, 2
-
-# Slice order used for mixes: (device code, logged_in).
-SLICE_KEYS: tuple[tuple[int, int], ...] = tuple((d, li) for d in range(3) for li in (1, 0))
-
-
-@dataclass(frozen=True)
-class SimParams:
-    days: int = field_from(COMMON["days"])  # defaults shared with the flags: slidr/defaults.py
-    clicks_per_day: int = field_from(COMMON["clicks_per_day"])
-    seed: int = field_from(COMMON["seed"])
-    start: str = DEFAULT_START
-    # Share of all clicks per robot family on an average day (the rest is human).
-    robot_share: dict[str, float] = field(default_factory=lambda: {
-        "scraper": 0.055, "low_slow": 0.05, "stolen": 0.035, "farm": 0.055, "crawler": 0.035})
-    # Day-to-day variation: log-normal sigma of each family's volume, and the Dirichlet
-    # concentration of its slice mix around the base mix (lower = more change).
-    daily_volume_sigma: float = 0.4
-    daily_mix_concentration: float = 25.0
-    human_purchase_out: float = 0.012  # purchase probability per logged-out human click
-    robot_purchase: float = 2e-4  # "essentially never"
-    customers_per_click_day: float = 0.2  # customers = this * clicks_per_day
-    # First simulated UTC day (0-based) on which a family appears; absent before, then every
-    # day (families not named here appear from the start).
-    appear_day: dict[str, int] = field(default_factory=dict)
-
-
-# Base slice mixes (desktop/in, desktop/out, mobile/in, mobile/out, app/in, app/out).
-ROBOT_MIX: dict[str, tuple[float, ...]] = {
-    "scraper": (0.04, 0.66, 0.02, 0.16, 0.02, 0.10),
-    "low_slow": (0.03, 0.35, 0.07, 0.40, 0.03, 0.12),
-    "stolen": (0.45, 0.0, 0.32, 0.0, 0.23, 0.0),
-    "farm": (0.03, 0.10, 0.17, 0.30, 0.17, 0.23),
-    "crawler": (0.0, 0.72, 0.0, 0.20, 0.0, 0.08),
-    "proxy_rotator": (0.0, 0.55, 0.0, 0.35, 0.0, 0.10),
-    "mimic": (0.0, 0.50, 0.0, 0.40, 0.0, 0.10),
-    "injector": (0.0, 0.0, 0.0, 0.15, 0.0, 0.85),
-    "ad_stacker": (0.0, 0.0, 0.0, 0.45, 0.0, 0.55),
-}
-# Humans: device share and logged-in probability by device.
-HUMAN_DEVICE_SHARE = (0.36, 0.44, 0.20)
-HUMAN_LOGGED_IN = (0.55, 0.40, 0.75)
-
-# Time zones (minutes east of UTC) of humans and their weights.
-HUMAN_TZ = np.array([-480, -360, -300, 0, 60, 330, 480, 540], dtype=np.int16)
-HUMAN_TZ_W = np.array([0.15, 0.10, 0.25, 0.15, 0.15, 0.08, 0.05, 0.07])
-FARM_TZ = np.array([330, 360, 420, 480], dtype=np.int16)
-
-
-def _hours(*spans: tuple[int, int, float], base: float = 0.05) -> np.ndarray:
-    w = np.full(24, base)
-    for a, b, v in spans:
-        w[a:b] = v
-    return w / w.sum()
-
-
-# Local-hour profiles of human session starts: [device][weekday, weekend].
-HOUR_PROFILE = {
-    D_DESKTOP: (_hours((7, 9, 0.5), (9, 12, 1.0), (12, 13, 0.7), (13, 18, 1.0), (18, 19, 0.5),
-                       (19, 23, 0.35), base=0.03),
-                _hours((9, 12, 0.6), (12, 18, 0.8), (18, 23, 0.7), base=0.05)),
-    D_MOBILE: (_hours((6, 9, 0.45), (9, 12, 0.25), (12, 14, 0.5), (14, 17, 0.3), (17, 19, 0.7),
-                      (19, 23, 1.0), (23, 24, 0.45), base=0.04),
-               _hours((8, 11, 0.6), (11, 17, 0.75), (17, 19, 0.85), (19, 24, 1.0), (0, 1, 0.4),
-                      base=0.05)),
-    D_APP: (_hours((7, 9, 0.4), (12, 14, 0.4), (18, 20, 0.8), (20, 23, 1.0), (23, 24, 0.5),
-                   base=0.08),
-            _hours((9, 18, 0.6), (18, 23, 1.0), (23, 24, 0.5), base=0.08)),
-}
-# Weekly volume factor (Mon..Sun) by device.
-WEEK_FACTOR = {
-    D_DESKTOP: np.array([1.15, 1.15, 1.12, 1.12, 1.0, 0.55, 0.5]),
-    D_MOBILE: np.array([0.9, 0.9, 0.9, 0.95, 1.05, 1.3, 1.3]),
-    D_APP: np.array([0.92, 0.92, 0.92, 0.95, 1.05, 1.2, 1.25]),
-}
-FARM_SHIFT = _hours((8, 23, 1.0), base=0.02)
-FLAT = np.full(24, 1.0 / 24)
-LOW_SLOW_UTC = _hours((2, 12, 1.0), base=0.15)
-
-USER_AGENTS: tuple[str, ...] = (
-    # 0-3 desktop browsers
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Safari/537.36",
-    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Safari/605.1.15",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:132.0) Gecko/20100101 Firefox/132.0",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/129.0 Safari/537.36",
-    # 4-6 mobile browsers
-    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
-    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/130.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (Linux; Android 13; SM-S911B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/129.0 Mobile Safari/537.36",
-    # 7-8 app
-    "ShopApp/5.12.0 (iOS 18.1; iPhone15,2)",
-    "ShopApp/5.12.0 (Android 14; Pixel 8)",
-    # 9-11 robots that do not hide (most do: they reuse the strings above)
-    "python-requests/2.32.3",
-    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/130.0 Safari/537.36",
-    "Mozilla/5.0 (compatible; AdsBot-Crawler/1.0)",
+from .sim_families import _humans, _robots
+from .sim_world import (
+    ALL_FAMILIES,
+    DAY_MS,
+    DEFAULT_START,
+    FAMILIES,
+    FAMILY_CODE,
+    NEW_FAMILIES,
+    SLICE_KEYS,
+    USER_AGENTS,
+    SimParams,
+    _population,
+    _Sessions,
 )
-UA_BY_DEVICE = ((0, 1, 2, 3), (4, 5, 6), (7, 8))
-
-
-# ------------------------------------------------------------------ sessions (columnar)
-
-_SESSION_COLS = ("family", "start", "n", "gap_mu", "gap_sigma", "device", "logged_in", "user",
-                 "ip", "tz", "ua", "p_buy", "reset", "gap_min", "burst")
-
-
-class _Sessions:
-    """Columnar sessions, accumulated per family and local day, then concatenated."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, list[np.ndarray]] = {k: [] for k in _SESSION_COLS}
-
-    def add(self, **cols: Any) -> None:
-        cols.setdefault("gap_min", 0.2)  # seconds
-        cols.setdefault("burst", 0)  # > 0: every burst-th gap is a long one (stacked ads)
-        n = len(cols["start"])
-        for k in _SESSION_COLS:
-            v = cols[k]
-            self.parts[k].append(np.broadcast_to(np.asarray(v), (n,)).copy()
-                                 if np.ndim(v) == 0 else np.asarray(v))
-
-    def cat(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) for k, v in self.parts.items()}
-
-
-def _random_ips(rng: np.random.Generator, n: int, lo: str, hi: str) -> np.ndarray:
-    """n distinct-ish IPv4 addresses (uint32) in [lo, hi], never .0 or .255 in the last octet."""
-    def v(s: str) -> int:
-        a, b, c, d = (int(x) for x in s.split("."))
-        return (a << 24) | (b << 16) | (c << 8) | d
-    ips = rng.integers(v(lo), v(hi), size=n, dtype=np.int64).astype(np.uint32)
-    last = ips & 0xFF
-    return np.where((last == 0) | (last == 255), ips ^ np.uint32(7), ips).astype(np.uint32)
-
-
-def _local_starts(rng: np.random.Generator, n: int, day: int, tz: np.ndarray, hours: np.ndarray,
-                  t0: int) -> np.ndarray:
-    """Session starts (UTC epoch ms) at local day `day` with local hour drawn from `hours`."""
-    h = rng.choice(24, size=n, p=hours)
-    local = day * DAY_MS + h * HOUR_MS + rng.integers(0, HOUR_MS, size=n)
-    return t0 + local - tz.astype(np.int64) * 60_000
-
-
-def _click_counts(rng, n, p_long, p_short, p_lng, min_long) -> np.ndarray:
-    long_ = rng.random(n) < p_long
-    return np.where(long_, min_long - 1 + rng.geometric(p_lng, n), rng.geometric(p_short, n))
-
-
-def _mix_for_day(rng, base: tuple[float, ...], conc: float) -> np.ndarray:
-    b = np.asarray(base, dtype=np.float64)
-    out = np.zeros(6)
-    nz = b > 0
-    out[nz] = rng.dirichlet(conc * b[nz] / b[nz].sum() + 0.05)
-    return out
-
-
-@dataclass
-class Population:
-    n_customers: int
-    engagement: np.ndarray  # latent z
-    activity: np.ndarray  # relative click activity (sampling weight)
-    p_buy: np.ndarray  # purchase probability per click
-    tz: np.ndarray
-    home_ip: np.ndarray
-    office_ip: np.ndarray  # uint32, 0 = no corporate proxy
-    recency_days: np.ndarray
-    frequency: np.ndarray
-    monetary: np.ndarray
-    cgnat_ips: np.ndarray
-    corp_ips: np.ndarray
-    dc_ips: np.ndarray
-    farm_ips: list[np.ndarray]
-    farm_tz: np.ndarray
-    farm_accounts: list[np.ndarray]  # user indices (appended after the customers)
-    n_fake: int
-
-
-def _population(rng: np.random.Generator, p: SimParams) -> Population:
-    n = max(int(p.clicks_per_day * p.customers_per_click_day), 200)
-    z = rng.standard_normal(n)
-    freq = rng.poisson(np.exp(0.9 + 0.9 * z))
-    rec = np.ceil(rng.exponential(120.0 * np.exp(-0.8 * z))).astype(np.int64)
-    rec = np.where(freq == 0, 365 + rng.integers(0, 730, n), np.minimum(rec, 730))
-    mon = np.round(freq * rng.lognormal(np.log(40.0), 0.6, n), 2)
-    # How often a customer clicks is nearly independent of how much they buy: purchasing and
-    # high-RFM clicks must stay a representative sample of human clicks (the article's premise).
-    activity = np.exp(0.1 * z + 0.8 * rng.standard_normal(n))
-    p_buy = 0.002 + 0.06 / (1.0 + np.exp(-(1.6 * z - 1.2)))
-    tz = rng.choice(HUMAN_TZ, size=n, p=HUMAN_TZ_W)
-    # Households: ~1.6 customers per home IP.
-    n_home = max(n * 10 // 16, 1)
-    homes = _random_ips(rng, n_home, "24.0.0.1", "99.255.255.254")
-    home_ip = homes[rng.integers(0, n_home, n)]
-    n_corp = max(n // 1000, 8)
-    corp = _random_ips(rng, n_corp, "198.51.0.1", "198.51.255.254")
-    # Big employers: Zipf-like sizes, so a few proxies have hundreds of users.
-    cw = 1.0 / np.arange(1, n_corp + 1) ** 0.7
-    employed = rng.random(n) < 0.3
-    office = np.where(employed, corp[rng.choice(n_corp, size=n, p=cw / cw.sum())], 0).astype(np.uint32)
-    cgnat = _random_ips(rng, max(n // 120, 20), "172.56.0.1", "172.59.255.254")
-    dc = _random_ips(rng, 400, "34.64.0.1", "35.255.255.254")
-    n_farms = 12
-    farm_ips = [_random_ips(rng, int(rng.integers(1, 4)), "103.0.0.1", "103.255.255.254")
-                for _ in range(n_farms)]
-    farm_tz = rng.choice(FARM_TZ, size=n_farms)
-    farm_accounts, nxt = [], n
-    for _ in range(n_farms):
-        k = int(rng.integers(15, 40))
-        farm_accounts.append(np.arange(nxt, nxt + k))
-        nxt += k
-    return Population(n, z, activity, p_buy, tz, home_ip, office, rec, freq, mon, cgnat, corp, dc,
-                      farm_ips, farm_tz, farm_accounts, nxt - n)
-
-
-# ------------------------------------------------------------------ families
-
-def _humans(rng, pop: Population, p: SimParams, day: int, budget: float, t0: int,
-            out: _Sessions) -> None:
-    dow = day % 7
-    mean_clicks = 0.85 * 2.0 + 0.15 * (2 + 1 / 0.15 - 1)
-    for dev in (D_DESKTOP, D_MOBILE, D_APP):
-        # Weekly factor normalised over the week, so the average day keeps the budget.
-        wf = WEEK_FACTOR[dev][dow] / WEEK_FACTOR[dev].mean()
-        ns = rng.poisson(budget * HUMAN_DEVICE_SHARE[dev] * wf / mean_clicks)
-        li = rng.random(ns) < HUMAN_LOGGED_IN[dev]
-        nin = int(li.sum())
-        aw = pop.activity / pop.activity.sum()
-        cust = np.full(ns, -1, dtype=np.int64)
-        cust[li] = rng.choice(pop.n_customers, size=nin, p=aw)
-        tz = rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W)
-        tz[li] = pop.tz[cust[li]]
-        hours = HOUR_PROFILE[dev][1 if dow >= 5 else 0]
-        start = _local_starts(rng, ns, day, tz, hours, t0)
-        local_h = ((start + tz.astype(np.int64) * 60_000) % DAY_MS) // HOUR_MS
-        # IPs: home for customers, random residential for visitors; mobile often via CGNAT;
-        # desktop weekday office hours via the employer's proxy (or a random corporate one).
-        ip = _random_ips(rng, ns, "24.0.0.1", "99.255.255.254")
-        ip[li] = pop.home_ip[cust[li]]
-        if dev in (D_MOBILE, D_APP):
-            share = 0.55 if dev == D_MOBILE else 0.3
-            via = rng.random(ns) < share
-            ip[via] = pop.cgnat_ips[rng.integers(0, len(pop.cgnat_ips), int(via.sum()))]
-        elif dow < 5:
-            office_h = (local_h >= 8) & (local_h < 18)
-            has = li & office_h
-            has[li] &= pop.office_ip[cust[li]] != 0
-            ip[has] = pop.office_ip[cust[has]]
-            anon = (~li) & office_h & (rng.random(ns) < 0.3)
-            ip[anon] = pop.corp_ips[rng.integers(0, len(pop.corp_ips), int(anon.sum()))]
-        quick = rng.random(ns) < 0.12
-        uas = UA_BY_DEVICE[dev]
-        p_buy = np.where(li, pop.p_buy[np.maximum(cust, 0)], p.human_purchase_out)
-        out.add(family=0, start=start, n=_click_counts(rng, ns, 0.15, 0.5, 0.15, 2),
-                gap_mu=np.where(quick, np.log(6.0), np.log(40.0)),
-                gap_sigma=np.where(quick, 0.5, 1.0), device=dev, logged_in=li, user=cust, ip=ip,
-                tz=tz, ua=np.asarray(uas)[rng.integers(0, len(uas), ns)], p_buy=p_buy, reset=0)
-
-
-def _robot_slices(rng, fam: str, ns: int, p: SimParams) -> tuple[np.ndarray, np.ndarray]:
-    mix = _mix_for_day(rng, ROBOT_MIX[fam], p.daily_mix_concentration)
-    k = rng.choice(6, size=ns, p=mix)
-    keys = np.asarray(SLICE_KEYS)
-    return keys[k, 0], keys[k, 1].astype(bool)
-
-
-def _robot_ua(rng, dev: np.ndarray, p_declared: float) -> np.ndarray:
-    ua = np.empty(dev.shape[0], dtype=np.int64)
-    for d, choices in enumerate(UA_BY_DEVICE):
-        m = dev == d
-        ua[m] = np.asarray(choices)[rng.integers(0, len(choices), int(m.sum()))]
-    declared = rng.random(dev.shape[0]) < p_declared
-    ua[declared] = rng.integers(9, 12, int(declared.sum()))
-    return ua
-
-
-def _robots(rng, pop: Population, p: SimParams, fam: str, day: int, budget: float, t0: int,
-            out: _Sessions) -> None:
-    if fam == "scraper":
-        # Long bursts, datacenter IPs, flat hours, UTC-ish clocks.
-        mean = 0.7 * 40 + 0.3 * 150
-        ns = max(rng.poisson(budget / mean), 1)
-        n = np.where(rng.random(ns) < 0.7, 10 + rng.geometric(1 / 30, ns),
-                     40 + rng.geometric(1 / 110, ns))
-        dev, li = _robot_slices(rng, fam, ns, p)
-        tz = np.where(rng.random(ns) < 0.6, 0, rng.choice(HUMAN_TZ, size=ns)).astype(np.int16)
-        # A third are throttled: one click every ~10-20 s, for hours.
-        slow = rng.random(ns) < 0.3
-        out.add(family=FAMILY_CODE[fam], start=_local_starts(rng, ns, day, np.zeros(ns, np.int16),
-                                                             FLAT, t0),
-                n=n, gap_mu=np.where(slow, np.log(14.0), np.log(1.5)),
-                gap_sigma=np.where(slow, 0.4, 0.7), device=dev, logged_in=li,
-                user=_fake_accounts(rng, pop, li), ip=pop.dc_ips[rng.integers(0, 120, ns)],
-                tz=tz, ua=_robot_ua(rng, dev, 0.3), p_buy=p.robot_purchase, reset=0)
-    elif fam == "low_slow":
-        # Operators work UTC 02-12 and spoof American time zones: local nights and early
-        # mornings, which look human on a phone late in the evening but not on a desktop.
-        ns = max(rng.poisson(budget / 1.6), 1)
-        dev, li = _robot_slices(rng, fam, ns, p)
-        tz = np.where(rng.random(ns) < 0.8, rng.choice(HUMAN_TZ[:3], size=ns),
-                      rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W)).astype(np.int16)
-        start = _local_starts(rng, ns, day, np.zeros(ns, np.int16), LOW_SLOW_UTC, t0)
-        out.add(family=FAMILY_CODE[fam], start=start, n=rng.geometric(0.6, ns),
-                gap_mu=np.log(30.0), gap_sigma=0.35, device=dev, logged_in=li,
-                user=_fake_accounts(rng, pop, li),
-                ip=_random_ips(rng, ns, "24.0.0.1", "99.255.255.254"), tz=tz,
-                ua=_robot_ua(rng, dev, 0.0), p_buy=p.robot_purchase, reset=0)
-    elif fam == "stolen":
-        ns = max(rng.poisson(budget / 3.5), 1)
-        dev, _ = _robot_slices(rng, fam, ns, p)
-        # Accounts of the day: mostly dormant ones (owners do not notice), so only a few carry
-        # a high RFM score; a Zipf spread of sessions per account gives both aggressive
-        # accounts and careful, human-rate ones.
-        na = max(ns // 6, 1)
-        w = pop.recency_days + 15.0
-        accts = rng.choice(pop.n_customers, size=na, p=w / w.sum())
-        zw = 1.0 / np.arange(1, na + 1) ** 0.9
-        user = accts[rng.choice(na, size=ns, p=zw / zw.sum())]
-        ip = np.where(rng.random(ns) < 0.5, pop.dc_ips[rng.integers(120, 400, ns)],
-                      _random_ips(rng, ns, "24.0.0.1", "99.255.255.254")).astype(np.uint32)
-        tz = np.where(rng.random(ns) < 0.5, pop.tz[user],
-                      rng.choice(HUMAN_TZ, size=ns)).astype(np.int16)
-        out.add(family=FAMILY_CODE[fam],
-                start=_local_starts(rng, ns, day, np.zeros(ns, np.int16), FLAT, t0),
-                n=1 + rng.geometric(0.4, ns), gap_mu=np.log(12.0), gap_sigma=0.5, device=dev,
-                logged_in=True, user=user, ip=ip, tz=tz, ua=_robot_ua(rng, dev, 0.0),
-                p_buy=p.robot_purchase, reset=0)
-    elif fam == "farm":
-        ns = max(rng.poisson(budget / 3.4), 1)
-        dev, li = _robot_slices(rng, fam, ns, p)
-        nf = len(pop.farm_ips)
-        fw = rng.dirichlet(np.full(nf, 2.0))  # which farms are busy today
-        farm = rng.choice(nf, size=ns, p=fw)
-        tz = pop.farm_tz[farm]
-        start = _local_starts(rng, ns, day, tz, FARM_SHIFT, t0)
-        ip = np.array([pop.farm_ips[f][rng.integers(0, len(pop.farm_ips[f]))] for f in
-                       range(nf)], dtype=np.uint32)  # today's IP per farm
-        ip_all = np.concatenate(pop.farm_ips)
-        ip_s = np.where(rng.random(ns) < 0.8, ip[farm], ip_all[rng.integers(0, len(ip_all), ns)])
-        acc_first = np.array([a[0] for a in pop.farm_accounts])
-        acc_n = np.array([len(a) for a in pop.farm_accounts])
-        user = np.where(li, acc_first[farm] + rng.integers(0, acc_n[farm]), -1)
-        out.add(family=FAMILY_CODE[fam], start=start, n=1 + rng.geometric(0.42, ns),
-                gap_mu=np.log(20.0), gap_sigma=0.4, device=dev, logged_in=li, user=user,
-                ip=ip_s.astype(np.uint32), tz=tz, ua=_robot_ua(rng, dev, 0.0),
-                p_buy=p.robot_purchase, reset=0)
-    elif fam == "crawler":
-        ns = max(rng.poisson(budget / 60.0), 1)
-        dev, li = _robot_slices(rng, fam, ns, p)
-        out.add(family=FAMILY_CODE[fam],
-                start=_local_starts(rng, ns, day, np.zeros(ns, np.int16), FLAT, t0),
-                n=10 + rng.geometric(1 / 50, ns), gap_mu=np.log(4.0), gap_sigma=0.6,
-                device=dev, logged_in=False, user=-1,
-                ip=_random_ips(rng, ns, "45.0.0.1", "45.255.255.254"),
-                tz=np.where(rng.random(ns) < 0.7, 0, rng.choice(HUMAN_TZ, size=ns)),
-                ua=_robot_ua(rng, dev, 0.4), p_buy=p.robot_purchase,
-                reset=rng.integers(1, 5, ns))
-    elif fam == "proxy_rotator":
-        ns = max(rng.poisson(budget / 5.5), 1)
-        dev, li = _robot_slices(rng, fam, ns, p)
-        out.add(family=FAMILY_CODE[fam],
-                start=_local_starts(rng, ns, day, np.zeros(ns, np.int16), FLAT, t0),
-                n=3 + rng.integers(0, 6, ns), gap_mu=np.log(3.0), gap_sigma=0.12, device=dev,
-                logged_in=False, user=-1, ip=_random_ips(rng, ns, "24.0.0.1", "99.255.255.254"),
-                tz=rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W), ua=_robot_ua(rng, dev, 0.0),
-                p_buy=p.robot_purchase, reset=0)
-    elif fam == "mimic":
-        ns = max(rng.poisson(budget / 2.85), 1)
-        dev, li = _robot_slices(rng, fam, ns, p)
-        pool = _random_ips(np.random.default_rng(p.seed + 7_777), 40, "67.160.0.1",
-                           "67.191.255.254")
-        out.add(family=FAMILY_CODE[fam],
-                start=_local_starts(rng, ns, day, np.zeros(ns, np.int16), FLAT, t0),
-                n=_click_counts(rng, ns, 0.15, 0.5, 0.15, 2), gap_mu=np.log(40.0),
-                gap_sigma=1.0, device=dev, logged_in=False, user=-1,
-                ip=pool[rng.integers(0, pool.size, ns)],
-                tz=rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W), ua=_robot_ua(rng, dev, 0.0),
-                p_buy=p.robot_purchase, reset=0)
-    elif fam == "injector":
-        ns = max(rng.poisson(budget / 2.5), 1)
-        dev, li = _robot_slices(rng, fam, ns, p)
-        tz = rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W)
-        # Installs follow human app hours (the victim installs the app; the malware fires).
-        start = _local_starts(rng, ns, day, tz, HOUR_PROFILE[D_APP][0], t0)
-        out.add(family=FAMILY_CODE[fam], start=start, n=2 + rng.integers(0, 2, ns),
-                gap_mu=np.log(0.4), gap_sigma=0.5, gap_min=0.02, device=dev, logged_in=False,
-                user=-1, ip=pop.cgnat_ips[rng.integers(0, len(pop.cgnat_ips), ns)], tz=tz,
-                ua=_robot_ua(rng, dev, 0.0), p_buy=p.robot_purchase, reset=0)
-    elif fam == "ad_stacker":
-        ns = max(rng.poisson(budget / 11.25), 1)
-        dev, li = _robot_slices(rng, fam, ns, p)
-        tz = rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W)
-        k = 3 + rng.integers(0, 4, ns)  # stacked ads per view
-        out.add(family=FAMILY_CODE[fam],
-                start=_local_starts(rng, ns, day, tz, HOUR_PROFILE[D_MOBILE][0], t0),
-                n=k * (1 + rng.integers(1, 3, ns)), gap_mu=np.log(0.02), gap_sigma=0.6,
-                gap_min=0.002, burst=k, device=dev, logged_in=False, user=-1,
-                ip=_random_ips(rng, ns, "24.0.0.1", "99.255.255.254"), tz=tz,
-                ua=_robot_ua(rng, dev, 0.0), p_buy=p.robot_purchase, reset=0)
-    else:  # pragma: no cover
-        raise ValueError(f"unknown robot family {fam!r}")
-
-
-def _fake_accounts(rng, pop: Population, li: np.ndarray) -> np.ndarray:
-    """Logged-in sessions of non-stolen robot families use fake (farm-made) accounts."""
-    allf = np.concatenate(pop.farm_accounts)
-    return np.where(li, allf[rng.integers(0, len(allf), li.shape[0])], -1)
-
 
 # ------------------------------------------------------------------ clicks
 
@@ -494,6 +95,10 @@ def _expand(rng, s: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.n
     reset = s["reset"][rep]
     new = (pos == 0) | ((reset > 0) & (pos % np.maximum(reset, 1) == 0))
     return rep, ts, new
+
+# The simulator's public names (its world and families live in sim_world / sim_families).
+__all__ = ["ALL_FAMILIES", "DEFAULT_START", "FAMILIES", "NEW_FAMILIES", "SimParams", "SimResult",
+           "simulate", "write_outputs"]
 
 
 def _ip_strings(pa, pc, ips: np.ndarray):
