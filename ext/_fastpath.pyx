@@ -4,7 +4,7 @@
 Three functions, each a drop-in twin of the Python it replaces (tests/test_fastpath.py checks
 them against that Python on generated inputs):
 
-  fast_valid(c, ip_ok, ip_check)   == slidrd.batcher.fast_valid(c)
+  fast_valid(c, ip_ok, ip_check)   == slidrd.intake.fast_valid(c)
   batch_columns(clicks)            == the fields of ClickBatch.from_clicks(clicks, validate=False)
   encode_results(...)              == msgpack.Packer(use_bin_type=True).pack([1, msgid, None, d])
                                       per click, d being Batcher._decide's decision dict
@@ -71,7 +71,7 @@ cdef inline bint _int_in(object v, long long lo, long long hi) except -1:
 
 
 def fast_valid(object c, dict ip_ok not None, object ip_check):
-    """True only when `c` certainly passes contract.validate_click: slidrd.batcher.fast_valid
+    """True only when `c` certainly passes contract.validate_click: slidrd.intake.fast_valid
     with the IP cache passed in (ip_ok.get(ip), else ip_check(ip))."""
     if type(c) is not dict:
         return False
@@ -118,7 +118,7 @@ def fast_valid(object c, dict ip_ok not None, object ip_check):
 
 
 def partition(list items not None, double cutoff, dict ip_ok not None, object ip_check):
-    """The batcher's first pass over a batch, one C loop (twin: slidrd.batcher.partition):
+    """The batcher's first pass over a batch, one C loop (twin: slidrd.intake.partition):
     -> (valid, clicks, expired, late, check). An item (click, sink, slot, t_arr, deadline) whose
     click certainly passes the contract (fast_valid) goes to `expired` (+ its click to `late`)
     when its deadline is at or before `cutoff`, else to `valid` (+ `clicks`); any other item

@@ -28,95 +28,30 @@ import numpy as np
 
 from slidr.contract import (
     DEVICE_CODE,
-    MAX_ID_LEN,
-    MAX_UA_LEN,
-    TS_MAX,
-    TS_MIN,
-    TZ_MAX,
-    TZ_MIN,
     ClickBatch,
     ContractError,
     slice_name,
-    validate_click,
 )
 from slidr.errors import ErrorCode, error
 from slidr.kernel import FeatureKernel
 from slidr.protocol import click_id_of, fail_open_decision
 
+from .intake import Group, Item, click_problem, ip_cache, partition
 from .metrics import Metrics
 
 log = logging.getLogger("slidrd")
 
-# The native per-click path (ext/_fastpath.pyx) or None; the Python below is its reference twin.
+# The native per-click path (ext/_fastpath.pyx) or None; its reference twin is the Python here
+# and in slidrd/intake.py.
 from slidr.ext import fastpath as _fp  # noqa: E402
 
 _SLICE_BY_CODE = [slice_name(d, li) for d in range(len(DEVICE_CODE)) for li in (0, 1)]
 _SLICE_KEYS = [msgpack.packb(s) for s in _SLICE_BY_CODE]
 _REASON_KEY = msgpack.packb("model")
 _perf = time.perf_counter
+# The IP check cache shared with the native partition (and the decoder).
+_ip_ok, _ip_valid = ip_cache()
 _deadline_of_item = operator.itemgetter(4)
-
-# An item: (click, sink, msgid_or_index, t_arrival, deadline). `sink` is a connection (answer
-# is a response to msgid) or a Group (answer fills slot `index` of a score_many result).
-Item = tuple[Any, Any, int, float, float]
-
-
-_ip_ok: dict[str, bool] = {}
-
-
-def _ip_valid(ip: str) -> bool:
-    # ipaddress parsing is most of validate_click's cost; addresses repeat, so remember them.
-    ok = _ip_ok.get(ip)
-    if ok is None:
-        try:
-            validate_click({"click_id": "x", "ts": TS_MIN, "session_id": "x", "ip": ip,
-                            "device": "app", "logged_in": False})
-            ok = True
-        except ContractError:
-            ok = False
-        if len(_ip_ok) >= 200_000:
-            _ip_ok.clear()
-        _ip_ok[ip] = ok
-    return ok
-
-
-def fast_valid(c: Any) -> bool:
-    """True only when `c` certainly passes contract.validate_click (same rules, no exceptions,
-    cached IP checks). False means "ask validate_click", which names the problem."""
-    if type(c) is not dict:
-        return False
-    try:
-        cid = c["click_id"]
-        ts = c["ts"]
-        sid = c["session_id"]
-        ip = c["ip"]
-        dev = c["device"]
-        li = c["logged_in"]
-    except KeyError:
-        return False
-    if type(cid) is not str or not 0 < len(cid) <= MAX_ID_LEN:
-        return False
-    if type(sid) is not str or not 0 < len(sid) <= MAX_ID_LEN:
-        return False
-    if type(ts) is not int or not TS_MIN <= ts < TS_MAX:
-        return False
-    if type(li) is not bool or type(dev) is not str or dev not in DEVICE_CODE:
-        return False
-    uid = c.get("user_id")
-    if uid is not None and (type(uid) is not str or len(uid) > MAX_ID_LEN):
-        return False
-    if li and not uid:
-        return False
-    tz = c.get("tz_offset_min")
-    if tz is not None and (type(tz) is not int or not TZ_MIN <= tz <= TZ_MAX):
-        return False
-    ua = c.get("user_agent")
-    if ua is not None and (type(ua) is not str or len(ua) > MAX_UA_LEN):
-        return False
-    ad = c.get("ad_id")
-    if ad is not None and (type(ad) is not str or len(ad) > MAX_ID_LEN):
-        return False
-    return type(ip) is str and _ip_valid(ip)
 
 
 _PACKED: dict[str, bytes] = {}
@@ -132,77 +67,12 @@ def _packed(version: str) -> bytes:
     return v
 
 
-def ip_cache() -> tuple[dict[str, bool], Callable[[str], bool]]:
-    """The IP check cache the decoder shares with fast_valid: (answers so far, the check)."""
-    return _ip_ok, _ip_valid
-
-
-def partition(items: list[Item], cutoff: float
-              ) -> tuple[list[Item], list[Any], list[Item], list[Any], list[Item]]:
-    """Twin of ext/_fastpath.pyx partition: -> (valid, clicks, expired, late, check)."""
-    valid: list[Item] = []
-    clicks: list[Any] = []
-    expired: list[Item] = []
-    late: list[Any] = []
-    check: list[Item] = []
-    for it in items:
-        c = it[0]
-        try:
-            ok = fast_valid(c)
-        except Exception:  # never trust a click to be checkable: the contract decides
-            ok = False
-        if not ok:
-            check.append(it)
-        elif it[4] <= cutoff:
-            expired.append(it)
-            late.append(c)
-        else:
-            valid.append(it)
-            clicks.append(c)
-    return valid, clicks, expired, late, check
-
-
-class Group:
-    """The clicks of one score_many call: answers fill slots; the last one sends the response."""
-
-    __slots__ = ("conn", "msgid", "results", "remaining")
-
-    def __init__(self, conn: Any, msgid: int, n: int) -> None:
-        self.conn = conn
-        self.msgid = msgid
-        self.results: list[Any] = [None] * n
-        self.remaining = n
-
-    def fill(self, idx: int, value: Any) -> None:
-        if self.results[idx] is not None:  # answered already: exactly one answer per slot
-            log.error("score_many slot %d of request %d answered twice; kept the first",
-                      idx, self.msgid)
-            return
-        self.results[idx] = value
-        self.remaining -= 1
-        self.conn.inflight -= 1
-        if self.remaining == 0:
-            self.conn.queue_result(self.msgid, self.results)
-
-
 def _store_unavailable_types() -> tuple[type[BaseException], ...]:
     try:
         from slidr.store_redis import StoreUnavailable
     except ImportError:
         return ()
     return (StoreUnavailable,)
-
-
-def click_problem(c: Any) -> str | None:
-    """None when `c` passes the contract, else the one-line error naming the field. Never
-    raises: whatever a click holds, the problem is that click's alone."""
-    try:
-        validate_click(c)
-    except ContractError as e:
-        return str(e)
-    except Exception as e:  # a value no check foresaw: still this click's own error
-        return f"click could not be validated ({type(e).__name__})"
-    return None
 
 
 class Batcher:

@@ -23,11 +23,12 @@ from slidr.errors import ErrorCode, RpcError
 from slidr.featurespec import SPEC_HASH
 from slidr.protocol import ADMIN_METHODS, MAX_MSGID, PUBLIC_METHODS
 
-from .batcher import Batcher, Group
-from .batcher import ip_cache as batcher_ip_cache
+from .batcher import Batcher
 from .busypoll import BusyPoller
 from .config import Config
 from .decision_log import DecisionLog
+from .intake import Group
+from .intake import ip_cache as batcher_ip_cache
 from .metrics import Metrics, serve_metrics
 from .model import ModelLoadError, ServingModel, load_current, rejected_versions
 from .model import rollback as registry_rollback

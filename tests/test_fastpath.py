@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from slidr.slidrd import batcher
+from slidr.slidrd import intake
 
 from slidr.contract import (
     DEVICE_CODE,
@@ -39,7 +39,7 @@ SETTINGS = settings(max_examples=200, deadline=None,
 
 
 # ------------------------------------------------------------------ the Python reference
-# slidrd/batcher.py keeps the Python fast_valid as the fallback twin of the native one; it is the
+# slidrd/intake.py keeps the Python fast_valid as the fallback twin of the native one; it is the
 # reference here (with its own module-level IP cache). make_ip_valid gives the native function a
 # fresh cache and checker of the same kind for each comparison.
 
@@ -49,14 +49,14 @@ def make_ip_valid() -> tuple[dict[str, bool], Callable[[str], bool]]:
     def ip_valid(ip: str) -> bool:
         ok = cache.get(ip)
         if ok is None:
-            ok = cache[ip] = batcher._ip_valid(ip)
+            ok = cache[ip] = intake._ip_valid(ip)
         return ok
 
     return cache, ip_valid
 
 
 def ref_fast_valid(c: Any) -> bool:
-    return batcher.fast_valid(c)
+    return intake.fast_valid(c)
 
 
 class SubStr(str):
