@@ -3,12 +3,13 @@ change by day, purchases almost only human. Checks never depend on how fast the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from slidr.offline.simulate import FAMILIES, SimParams, simulate, write_outputs
+from slidr.offline.simulate import FAMILIES, NEW_FAMILIES, SimParams, simulate, write_outputs
 
 from slidr.cli import main
 from slidr.contract import SLICES, iter_log_chunks
@@ -139,3 +140,23 @@ def test_cli_simulate_json(tmp_path, capsys):
     m = json.loads(capsys.readouterr().out)
     assert m["seed"] == 5 and (out / "clicks.csv").exists() and not (out / "clicks.parquet").exists()
     assert main(["simulate", "--out", str(out), "--days", "0"]) == 2
+
+
+def _digest(res) -> str:
+    h = hashlib.sha256()
+    for name in res.clicks.column_names:
+        for v in res.clicks.column(name).to_pylist():
+            h.update(repr(v).encode())
+            h.update(b"\0")
+    h.update(res.family.tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_outputs_pinned_for_a_seed():
+    """Refactors of the simulator (its world, its families) must not change a seed's log."""
+    stock = SimParams(days=2, clicks_per_day=5_000, seed=3)
+    assert _digest(simulate(stock)) == "ed5f83a5e47b4244"
+    new = SimParams(days=2, clicks_per_day=5_000, seed=3,
+                    robot_share={**stock.robot_share, **{f: 0.03 for f in NEW_FAMILIES}},
+                    appear_day={f: 1 for f in NEW_FAMILIES})
+    assert _digest(simulate(new)) == "7673c31475274696"
