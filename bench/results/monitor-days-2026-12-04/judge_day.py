@@ -1,6 +1,7 @@
-"""Score day 5 of a monitor_days run with registry bundles and compare with the simulator's truth.
+"""Score one day of a monitor_days run with registry bundles and compare with the simulator's
+truth (the day's features from a replay of the log up to it, each bundle's thresholds).
 
-    python judge_day5.py RUN_DIR VERSION [VERSION ...]     (RUN_DIR: monitor_days --out)
+    python judge_day.py RUN_DIR DAY VERSION [VERSION ...]     (RUN_DIR: monitor_days --out)
 """
 
 import json
@@ -13,12 +14,10 @@ import onnxruntime as ort
 from slidr.contract import DEVICES
 from slidr.offline import replay, train
 
-DAY = 5
 
-
-def main(run: Path, versions: list[str]) -> None:
-    rp = replay.replay_log(run / "days-0-6.parquet", progress=False)
-    m = train.day_index(rp.ts) == DAY
+def main(run: Path, day: int, versions: list[str]) -> None:
+    rp = replay.replay_log(run / f"days-0-{day}.parquet", progress=False)
+    m = train.day_index(rp.ts) == day
     x, rob, pur = rp.features[m], rp.is_robot[m], rp.purchased[m]
     sl = np.array([f"{DEVICES[d]}/{'in' if li else 'out'}"
                    for d, li in zip(rp.device[m], rp.logged_in[m])])
@@ -42,4 +41,4 @@ def main(run: Path, versions: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2:])
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
