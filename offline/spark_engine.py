@@ -36,11 +36,11 @@ def stage_log(path: str | Path, out: str | Path, chunk_rows: int = 131_072,
     features (in log order), and the row count `n`."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from slidr.ext import reference
+    from slidr.offline.replay import _prepare
 
     from slidr.contract import iter_log_chunks
-    from slidr.ext import reference
     from slidr.kernel import native
-    from slidr.offline.replay import _prepare
 
     hash_columns = (native.hash_key_columns if native is not None
                     and hasattr(native, "hash_key_columns") else reference.hash_key_columns)
