@@ -138,6 +138,7 @@ def spark_session(master: str = "local[4]", app: str = "slidr-daily",
             .config("spark.sql.shuffle.partitions", "8")
             .config("spark.driver.memory", "1g")
             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .config("spark.ui.showConsoleProgress", "false")
             .getOrCreate())
 
 
