@@ -61,6 +61,8 @@ class DailyConfig:
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
     train_sample: int = field_from(TRAINING["train_sample"])
+    engine: str = field_from(TRAINING["engine"])  # "spark": offline/spark_engine.py
+    spark_master: str = field_from(TRAINING["spark_master"])
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
     sign_key: bytes | None = None  # sign the published bundle (registry.SIGNATURE)
 
@@ -151,7 +153,11 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
 
     # 3. Features (the same kernel the daemon runs) for drift and for scoring the current model.
     t = progress.stage("features")
-    rp = replay.replay_log(clicks, progress=cfg.progress)
+    if cfg.engine == "spark":
+        from .spark_engine import replay_spark
+        rp = replay_spark(clicks, master=cfg.spark_master, work=wdir / "spark")
+    else:
+        rp = replay.replay_log(clicks, progress=cfg.progress)
     res["steps"]["replay_s"] = round(time.perf_counter() - t, 3)
     from slidr.featurespec import FEATURE_NAMES
     ref = _read_json(cur.path / "feature_stats.json") if cur else None

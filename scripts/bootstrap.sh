@@ -12,6 +12,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   # The package may start a system service on 6379; we never use it (tests start their own).
 fi
 
+# Java 17+ for the Spark engine (`slidr daily --engine spark`, tests/test_spark*.py).
+java_major() { java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1; }
+if ! command -v java >/dev/null 2>&1 || [ "$(java_major || echo 0)" -lt 17 ]; then
+  echo "[bootstrap] Java 17 missing: installing Debian's openjdk-17-jre-headless package" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "[bootstrap] creating .venv" >&2
   "$PY" -m venv .venv
@@ -24,7 +32,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   # torch pinned so the local CPU wheel is used (a loose pin pulls a multi-GB CUDA build).
   .venv/bin/python -m pip install -q "torch==2.13.0" "Cython==3.3.1" "numpy>=2.0" "setuptools>=69" wheel
   # Constrained by requirements.lock so the tests run against exactly what production installs.
-  .venv/bin/python -m pip install -q --no-build-isolation -c requirements.lock -e ".[daemon,offline,bench,dev]"
+  .venv/bin/python -m pip install -q --no-build-isolation -c requirements.lock -e ".[daemon,offline,spark,bench,dev]"
   echo "$want" > "$stamp"
 fi
 # A third-party msgpack-RPC client (not ours) for the wire-compatibility test. It pins an old

@@ -1,5 +1,5 @@
 """Write (or check) requirements.lock: every package a production install of slidr needs
-(`slidr[daemon,offline]` and everything they pull in), pinned to the version tested here.
+(`slidr[daemon,offline,spark]` and everything they pull in), pinned to the version tested here.
 
     .venv/bin/python scripts/lock.py            # rewrite requirements.lock from this venv
     .venv/bin/python scripts/lock.py --check    # exit 1 when it is out of date
@@ -21,9 +21,9 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
-EXTRAS = ("daemon", "offline")
-HEADER = ("# Pinned dependencies of a production install: slidr[daemon,offline] and all they pull\n"
-          "# in, as tested. Regenerate with `.venv/bin/python scripts/lock.py` (make lock).\n"
+EXTRAS = ("daemon", "offline", "spark")
+HEADER = ("# Pinned dependencies of a production install: slidr[daemon,offline,spark] and all they\n"
+          "# pull in, as tested. Regenerate with `.venv/bin/python scripts/lock.py` (make lock).\n"
           "# Install: pip install -r requirements.lock && pip install --no-deps slidr-*.whl\n")
 
 

@@ -66,6 +66,11 @@ TRAINING = _group(
         "days' clicks (strata: slice x local hour x weak label, each kept in proportion with "
         "at least a few hundred clicks; weights undo the sampling); bounds training time and "
         "memory on large logs. 0 = every click", lo=0, metavar="N"),
+    Opt("engine", str, "local", "feature replay engine of `slidr daily`: this process (local) "
+        "or Spark (spark: the clicks partitioned by each entity key, the same kernel per "
+        "partition; needs the spark extra and Java 17)", choices=("local", "spark")),
+    Opt("spark_master", str, "local[4]", "Spark master URL of --engine spark (local[N] runs "
+        "Spark in this machine with N cores)", metavar="URL"),
 )
 
 # Calibration (offline/calibrate.py CalibConfig): `slidr calibrate`, `backtest`, `daily`, `demo`.
