@@ -66,6 +66,11 @@ TRAINING = _group(
         "days' clicks (strata: slice x local hour x weak label, each kept in proportion with "
         "at least a few hundred clicks; weights undo the sampling); bounds training time and "
         "memory on large logs. 0 = every click", lo=0, metavar="N"),
+    Opt("memory_budget", float, 4.0, "memory the job may use, in GiB (a machine of 8 GiB or "
+        "more runs the default): sets the replay's chunk size and the most training clicks "
+        "held at once (beyond it, a stratified sample; features stream from disk); too small "
+        "for the log's held-out days is an error that says how much is needed (docs/scale.md)",
+        lo=0.0, lo_open=True, metavar="GIB"),
 )
 
 # Calibration (offline/calibrate.py CalibConfig): `slidr calibrate`, `backtest`, `daily`, `demo`.
