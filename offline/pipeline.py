@@ -133,8 +133,9 @@ class MemoryPlan:
     @classmethod
     def for_budget(cls, gib: float) -> MemoryPlan:
         budget = int(gib * GIB)
-        # An eighth of what the base leaves to the replay's chunks (3 in flight).
-        chunk = int((budget - cls.base) / 8 / 3 / cls.CHUNK_B) if budget > cls.base else 0
+        # A third of what the base leaves to the replay's chunks (3 in flight); the replay
+        # runs before training holds anything.
+        chunk = int((budget - cls.base) / 3 / 3 / cls.CHUNK_B) if budget > cls.base else 0
         chunk = min(replay.CHUNK_ROWS, chunk)
         if chunk < 4096:
             raise MemoryBudgetError(
@@ -145,7 +146,7 @@ class MemoryPlan:
 
     @classmethod
     def min_gib(cls) -> float:
-        return (cls.base + 8 * 3 * cls.CHUNK_B * 4096) / GIB
+        return (cls.base + 3 * 3 * cls.CHUNK_B * 4096) / GIB
 
     def fit(self, n_eval: int, n_val: int, n_test: int) -> tuple[int, bool]:
         """(most training rows held, validation features held in memory?) once the held-out
