@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["train_sample"])
     add(p, TRAINING["engine"])
     add(p, TRAINING["spark_master"])
+    add(p, TRAINING["memory_budget"])
     p.add_argument("--sign-key", type=Path, default=None, metavar="FILE",
                    help="sign the published bundle with the key in FILE (HMAC-SHA256, at least "
                         "32 bytes); daemons given the same key (bundle_key) refuse unsigned or "
@@ -93,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, val_days=args.val_days, guard=g, method=args.method,
                             refit=args.refit, weighting=args.weighting,
                             train_sample=args.train_sample, engine=args.engine,
-                            spark_master=args.spark_master)
+                            spark_master=args.spark_master,
+                            memory_budget=args.memory_budget)
     if args.sign_key is not None:
         from slidr.registry import load_key
         cfg.sign_key = load_key(args.sign_key)

@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
     add(p, TRAINING["train_sample"])
+    add(p, TRAINING["memory_budget"])
     p.set_defaults(func=main)
 
 
@@ -41,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
                                fpr_target=args.fpr_budget, val_days=args.val_days,
                                refit=args.refit, weighting=args.weighting,
-                               train_sample=args.train_sample)
+                               train_sample=args.train_sample,
+                               memory_budget=args.memory_budget)
     store = None
     if args.redis:
         from slidr.store_cluster import open_redis_store

@@ -63,6 +63,7 @@ class DailyConfig:
     train_sample: int = field_from(TRAINING["train_sample"])
     engine: str = field_from(TRAINING["engine"])  # "spark": offline/spark_engine.py
     spark_master: str = field_from(TRAINING["spark_master"])
+    memory_budget: float = field_from(TRAINING["memory_budget"])
     guard: gr.GuardrailConfig = field(default_factory=gr.GuardrailConfig)
     sign_key: bytes | None = None  # sign the published bundle (registry.SIGNATURE)
 
@@ -126,7 +127,6 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
          cfg: DailyConfig, log: Callable[[str], None], res: dict[str, Any],
          train_fn: Callable[..., Any] | None) -> dict[str, Any]:
     from . import calibrate as cal
-    from . import replay
     if not clicks.exists():
         raise FileNotFoundError(f"click log not found: {clicks}")
     checks: list[gr.Check] = []
@@ -137,7 +137,9 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
 
     # 1. Data guardrails on the raw log.
     t = progress.stage("data guardrails")
-    record(gr.check_log(gr.read_log_columns(clicks), cfg.guard))
+    from . import pipeline
+    plan = pipeline.MemoryPlan.for_budget(cfg.memory_budget)  # a budget too small: exit 2
+    record(gr.check_log(_log_columns(clicks, plan.chunk_rows), cfg.guard))
     res["steps"]["data_guardrails_s"] = round(time.perf_counter() - t, 3)
     if not all(c.passed for c in checks):
         raise _Stop(EXIT_DATA, "refused_data", checks)
@@ -151,17 +153,31 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         res["current_unservable"] = str(e)
     res["compared_with"] = cur.version if cur else None
 
-    # 3. Features (the same kernel the daemon runs) for drift and for scoring the current model.
+    # 3. Features (the same kernel the daemon runs), written to Parquet partitions in the work
+    # directory as the replay goes; the drift guardrail and training read them from there.
     t = progress.stage("features")
+    from slidr.featurespec import FEATURE_NAMES
+
+    from . import featurestore
+    tcfg = _train_config(cfg)
+    fdir = wdir / "features"
+    if fdir.exists():
+        shutil.rmtree(fdir)
     if cfg.engine == "spark":
+        # The features computed on Spark (equal to the replay's), written to the same layout.
+        from . import replay
         from .spark_engine import replay_spark
         rp = replay_spark(clicks, master=cfg.spark_master, work=wdir / "spark")
+        fs = featurestore.write(replay.chunks_of(rp, plan.chunk_rows), fdir,
+                                pipeline.chunk_labeller(pipeline.load_customers(customers)),
+                                tcfg.weighting)
+        del rp
     else:
-        rp = replay.replay_log(clicks, progress=cfg.progress)
+        fs = pipeline.build_features(clicks, pipeline.load_customers(customers), fdir, tcfg,
+                                     plan=plan)
     res["steps"]["replay_s"] = round(time.perf_counter() - t, 3)
-    from slidr.featurespec import FEATURE_NAMES
     ref = _read_json(cur.path / "feature_stats.json") if cur else None
-    record([gr.check_drift(rp.features, FEATURE_NAMES, ref, cfg.guard)])
+    record([_check_drift(fs, FEATURE_NAMES, ref, cfg.guard)])
     if not checks[-1].passed:
         raise _Stop(EXIT_DATA, "refused_data", checks)
 
@@ -171,7 +187,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     if train_fn is not None:
         train_fn(clicks, customers, train_dir, cfg)
     else:
-        _train(clicks, customers, train_dir, cfg, rp)
+        pipeline.run(clicks, customers, train_dir, tcfg, log=lambda *a, **k: None, features=fs)
     res["steps"]["train_s"] = round(time.perf_counter() - t, 3)
 
     # 5. Calibrate on the validation days, evaluate on the held-out test day.
@@ -211,7 +227,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     res["calibration_method"] = cal.chosen_method(result)
     log(f"daily: {cal.selection_text(result)}")
     res["steps"]["calibrate_s"] = round(time.perf_counter() - t, 3)
-    write_json(cand / "feature_stats.json", gr.feature_stats(rp.features, FEATURE_NAMES))
+    write_json(cand / "feature_stats.json", _feature_stats(fs, FEATURE_NAMES, plan))
 
     # 6. Model guardrails: candidate vs current on the same held-out clicks.
     t = progress.stage("model guardrails")
@@ -222,12 +238,14 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
               "slices": th["refit"]["held_out_slices"]}
     cur_score = cur_th = None
     if cur is not None:
-        from .train import day_index
-        day = day_index(rp.ts)
-        te = day == day.max()
-        if int(te.sum()) != test["score"].size or not np.array_equal(rp.ts[te], test["ts"]):
+        last = fs.days[-1:]
+        ts_te = fs.load(["ts"], days=last)["ts"]
+        if ts_te.size != test["score"].size or not np.array_equal(ts_te, test["ts"]):
             raise RuntimeError("the test rows of scores.parquet do not line up with the replay")
-        cur_score = _score_onnx(cur.model_path, rp.features[te])
+        del ts_te
+        cur_score = _score_onnx_batches(
+            cur.model_path, (b[featurestore.FEATURES]
+                             for b in fs.iter_batches([featurestore.FEATURES], days=last)))
         cur_th = cur.thresholds
     record(gr.check_model(test["score"], th, test, cur_score, cur_th, cfg.guard))
     res["steps"]["model_guardrails_s"] = round(time.perf_counter() - t, 3)
@@ -263,18 +281,121 @@ def gate(reg: Registry, candidate_dir: str | Path, checks: list[gr.Check]) -> st
     return reg.publish(candidate_dir, guardrails=_clean(summary), promote=True)
 
 
-def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConfig,
-           rp: Any = None) -> None:
-    """The training pipeline on the replay the daily job already made (one pass over the log's
-    features)."""
+def _train_config(cfg: DailyConfig) -> Any:
     from . import pipeline
-    pipeline.run(clicks, customers, out,
-                 pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
-                                      fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
-                                      progress=cfg.progress, refit=cfg.refit,
-                                      weighting=cfg.weighting,
-                                      train_sample=cfg.train_sample),
-                 log=lambda *a, **k: None, features=rp)
+    return pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
+                                fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
+                                progress=cfg.progress, refit=cfg.refit, weighting=cfg.weighting,
+                                train_sample=cfg.train_sample, memory_budget=cfg.memory_budget)
+
+
+def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConfig,
+           features: Any = None) -> None:
+    """The training pipeline (on the feature directory the daily job already wrote, when
+    given: one pass over the log)."""
+    from . import pipeline
+    pipeline.run(clicks, customers, out, _train_config(cfg), log=lambda *a, **k: None,
+                 features=features)
+
+
+def _log_columns(path: Path, batch_rows: int) -> dict[str, Any]:
+    """guardrails.read_log_columns, read batch by batch and held compactly (ts, purchased,
+    logged_in and the device as a contract.DEVICES code: 11 bytes a click) instead of the
+    whole table; a device outside the contract keeps the names (the slice check reports it)."""
+    from slidr.files import parquet_file
+    if path.suffix not in (".parquet", ".pq"):
+        return gr.read_log_columns(path)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from slidr.contract import DEVICES
+    pf = parquet_file(path, "click log")
+    names = list(pf.schema_arrow.names)
+    n = int(pf.metadata.num_rows)
+    cols: dict[str, Any] = {"_columns": names, "_nulls": {c: 0 for c in names}, "_n": n}
+    keep = [c for c in ("ts", "device", "logged_in", "purchased") if c in names]
+    dtypes = {"ts": np.int64, "logged_in": bool, "purchased": bool, "device": np.uint8}
+    out = {c: np.empty(n, dtypes[c]) for c in keep}
+    dev_names: list[Any] | None = None
+    k = 0
+    for b in pf.iter_batches(batch_size=batch_rows):
+        m = b.num_rows
+        for i, c in enumerate(names):
+            cols["_nulls"][c] += int(b.column(i).null_count)
+        for c in keep:
+            a = b.column(names.index(c))
+            if c == "device":
+                code = pc.index_in(a, value_set=pa.array(DEVICES))
+                if code.null_count > a.null_count or dev_names is not None:
+                    if dev_names is None:  # names outside the contract: keep the names
+                        dev_names = np.asarray(DEVICES, dtype=object)[out[c][:k]].tolist()
+                    dev_names.extend(a.to_pylist())
+                    continue
+                out[c][k:k + m] = pc.fill_null(code, 0).to_numpy(zero_copy_only=False)
+            else:
+                out[c][k:k + m] = a.to_numpy(zero_copy_only=False)
+        k += m
+    cols.update(out)
+    if dev_names is not None:
+        cols["device"] = np.asarray(dev_names, dtype=object)
+    return cols
+
+
+def _check_drift(fs: Any, names: Any, ref: Any, guard: gr.GuardrailConfig) -> gr.Check:
+    """guardrails.check_drift on the feature directory: each feature's clicks per reference bin
+    counted batch by batch (exact)."""
+    if not ref:
+        return gr.check_drift(np.zeros((0, len(names)), np.float32), names, ref, guard)
+    from . import featurestore
+    have = [(j, n, np.asarray(ref["features"][n]["edges"], np.float64))
+            for j, n in enumerate(names) if n in ref.get("features", {})]
+    counts = {n: np.zeros(e.size + 1, np.int64) for _, n, e in have}
+    for b in fs.iter_batches([featurestore.FEATURES]):
+        x = b[featurestore.FEATURES]
+        for j, n, e in have:
+            counts[n] += np.bincount(np.searchsorted(e, x[:, j].astype(np.float64),
+                                                     side="right"), minlength=e.size + 1)
+    total = max(len(fs), 1)
+    return gr.check_drift_fracs({n: c / total for n, c in counts.items()}, ref, guard)
+
+
+def _feature_stats(fs: Any, names: Any, plan: Any, bins: int = 10) -> dict[str, Any]:
+    """guardrails.feature_stats of every click, one feature column read at a time (the same
+    numbers as on the whole matrix). On a log whose column does not fit in a quarter of the
+    memory budget (~28 bytes a click while its quantiles are taken), the bin edges come from
+    a uniform random sample of the clicks that does; the fractions, mean and std still count
+    every click."""
+    n = len(fs)
+    limit = max(int(plan.budget / 4 / 28), 1_000_000)
+    sample = None
+    if n > limit:
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(n, size=limit, replace=False))
+    out: dict[str, Any] = {"n": n, "features": {}}
+    if sample is not None:
+        out["edges_from_sample"] = int(sample.size)
+    for name in names:
+        fc = "f_" + name
+        if sample is None:
+            col = fs.load([fc])[fc].astype(np.float64)
+            st = gr.feature_stats(col[:, None], [name], bins)["features"][name]
+            out["features"][name] = st
+            continue
+        sub = fs.load([fc], rows=sample)[fc].astype(np.float64)
+        edges = np.unique(np.quantile(sub, np.linspace(0, 1, bins + 1)[1:-1]))
+        del sub
+        cnt = np.zeros(edges.size + 1, np.int64)
+        s1 = s2 = 0.0
+        for b in fs.iter_batches([fc]):
+            c = b[fc].astype(np.float64)
+            cnt += np.bincount(np.searchsorted(edges, c, side="right"), minlength=edges.size + 1)
+            s1 += float(c.sum())
+            s2 += float((c * c).sum())
+        mean = s1 / max(n, 1)
+        out["features"][name] = {"edges": edges.tolist(), "frac": (cnt / max(n, 1)).tolist(),
+                                 "mean": mean, "std": float(np.sqrt(max(s2 / max(n, 1)
+                                                                        - mean * mean, 0.0)))}
+    return out
 
 
 def _test_rows(path: Path) -> dict[str, Any]:
@@ -289,11 +410,15 @@ def _test_rows(path: Path) -> dict[str, Any]:
 
 
 def _score_onnx(model_path: Path, x: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    return _score_onnx_batches(model_path, (x[i:i + batch] for i in range(0, x.shape[0], batch)))
+
+
+def _score_onnx_batches(model_path: Path, batches: Any, batch: int = 65_536) -> np.ndarray:
     from slidr.engines.onnxruntime_runner import ort_session
     sess = ort_session(model_path, intra_op_threads=2)
     name = sess.get_inputs()[0].name
-    out = [np.asarray(sess.run(None, {name: x[i:i + batch]})[0]).reshape(-1)
-           for i in range(0, x.shape[0], batch)]
+    out = [np.asarray(sess.run(None, {name: xb[i:i + batch]})[0]).reshape(-1)
+           for xb in batches for i in range(0, xb.shape[0], batch)]
     return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 

@@ -178,7 +178,8 @@ def check_log(cols: Mapping[str, Any], cfg: GuardrailConfig | None = None) -> li
                         f"the log covers {days.size} UTC day(s); training needs >= {cfg.min_days}"))
     checks.append(hourly_density(ts, pur, cfg))
     checks.append(week_hour_density(ts, pur, cfg))
-    checks.append(slice_volume(slice_names(np.asarray(cols["device"]).astype(str),
+    dev = np.asarray(cols["device"])  # names, or contract.DEVICES codes (fewer bytes a click)
+    checks.append(slice_volume(slice_names(dev if dev.dtype.kind in "iu" else dev.astype(str),
                                            np.asarray(cols["logged_in"], dtype=bool)), pur, cfg))
     return checks
 
@@ -369,16 +370,26 @@ def check_drift(x: np.ndarray, names: Sequence[str], ref: Mapping[str, Any] | No
     if not ref:
         return Check("feature_drift", True, None, cfg.max_psi,
                      "no reference statistics (no current model): drift not checked")
-    vals: dict[str, float] = {}
+    fracs: dict[str, np.ndarray] = {}
     for j, name in enumerate(names):
         r = ref.get("features", {}).get(name)
         if r is None:
             continue
         edges = np.asarray(r["edges"], dtype=np.float64)
         col = np.asarray(x[:, j], dtype=np.float64)
-        cur = np.bincount(np.searchsorted(edges, col, side="right"),
-                          minlength=edges.size + 1) / max(col.size, 1)
-        vals[name] = psi(np.asarray(r["frac"]), cur)
+        fracs[name] = np.bincount(np.searchsorted(edges, col, side="right"),
+                                  minlength=edges.size + 1) / max(col.size, 1)
+    return check_drift_fracs(fracs, ref, cfg)
+
+
+def check_drift_fracs(fracs: Mapping[str, np.ndarray], ref: Mapping[str, Any],
+                      cfg: GuardrailConfig | None = None) -> Check:
+    """check_drift from the new data's share of clicks in each reference bin of each feature
+    (counted batch by batch when the features stream from disk)."""
+    cfg = cfg or GuardrailConfig()
+    vals: dict[str, float] = {}
+    for name, cur in fracs.items():
+        vals[name] = psi(np.asarray(ref["features"][name]["frac"]), cur)
     bad = {k: v for k, v in vals.items() if v > cfg.max_psi}
     worst = max(vals.values()) if vals else 0.0
     msg = ("feature drift vs the current model's training data: " + ", ".join(

@@ -19,7 +19,7 @@ from slidr.featurespec import SPEC_HASH, spec_dict
 from slidr.options import field_from
 from slidr.util import atomic_dir, atomic_open, write_json
 
-from . import baselines, metrics, replay, train
+from . import baselines, featurestore, metrics, replay, train
 
 SCORERS = ("model", "logistic", "velocity")
 # Stages of `slidr train` (slidr/progress.py: one line each when stderr is not a terminal).
@@ -50,6 +50,7 @@ class TrainConfig:
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
     train_sample: int = field_from(TRAINING["train_sample"])
+    memory_budget: float = field_from(TRAINING["memory_budget"])
 
 
 def load_customers(path: str | Path | None):
@@ -69,10 +70,105 @@ def load_customers(path: str | Path | None):
 def weak_labels(rp: replay.Replay, customers) -> tuple[np.ndarray, str]:
     from . import labels
     wl = labels.weak_labels(rp.purchased, rp.user_id, rp.logged_in, customers)
-    how = ("purchase or high RFM (slidr.offline.labels)" if customers is not None
-           and customers.num_rows else
-           "purchase only: no (or an empty) customers table (slidr.offline.labels)")
-    return np.asarray(wl, dtype=np.int8), how
+    return np.asarray(wl, dtype=np.int8), label_text(customers)
+
+
+def label_text(customers) -> str:
+    return ("purchase or high RFM (slidr.offline.labels)" if customers is not None
+            and customers.num_rows else
+            "purchase only: no (or an empty) customers table (slidr.offline.labels)")
+
+
+def chunk_labeller(customers) -> Any:
+    """chunk -> int8 weak labels (1 = human), the RFM scores computed once for the whole log."""
+    from . import labels
+    sc = labels.rfm_scores(customers) if customers is not None else None
+
+    def wl(ch: replay.ReplayChunk) -> np.ndarray:
+        pur = ch.purchased if ch.purchased is not None else np.zeros(len(ch), bool)
+        return np.asarray(labels.weak_labels(pur, ch.user_id, ch.logged_in, customers,
+                                             scores=sc), np.int8)
+    return wl
+
+
+def build_features(clicks: str | Path, customers, path: str | Path, cfg: TrainConfig,
+                   store: Any = None, plan: MemoryPlan | None = None,
+                   on_chunk: Any = None) -> featurestore.FeatureStore:
+    """Replay the log once, chunk by chunk, into a feature directory at `path`
+    (offline/featurestore.py): features, weak labels and what training needs, in Parquet
+    partitions; memory is one chunk whatever the log's size."""
+    plan = plan or MemoryPlan.for_budget(cfg.memory_budget)
+    stream = replay.iter_replay(clicks, store=store, use_native=cfg.use_native,
+                                batch_size=min(cfg.batch_size, plan.chunk_rows),
+                                progress=cfg.progress, chunk_rows=plan.chunk_rows)
+    return featurestore.write(stream, path, chunk_labeller(customers), cfg.weighting,
+                              on_chunk=on_chunk)
+
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@dataclass
+class MemoryPlan:
+    """What a memory budget allows (docs/scale.md, "Memory budget"): the replay's chunk size,
+    the most training rows held at once (beyond that, a stratified sample of that size), and
+    whether the validation days' features are held or streamed from disk each epoch.
+
+    Bytes per click measured on the simulator's logs (bench/results/daily-scale-2026-12-04/):
+    the replay holds ~3 chunks in flight at ~2.4 KB a click (Arrow table, hashes, raw
+    counters, features); a training row ~230 B (features, their per-epoch shuffled copy,
+    label, weight); a held-out click ~250 B while its scores are written and calibrated; a
+    validation click held for early stopping 110 B."""
+
+    budget: int
+    chunk_rows: int
+    base: int = 900 * MIB  # interpreter, torch, pyarrow, onnxruntime, matplotlib
+    CHUNK_B = 2400
+    TRAIN_B = 230
+    EVAL_B = 250
+    VAL_B = 110
+    MIN_TRAIN_ROWS = 20_000
+
+    @classmethod
+    def for_budget(cls, gib: float) -> MemoryPlan:
+        budget = int(gib * GIB)
+        # A third of what the base leaves to the replay's chunks (3 in flight); the replay
+        # runs before training holds anything.
+        chunk = int((budget - cls.base) / 3 / 3 / cls.CHUNK_B) if budget > cls.base else 0
+        chunk = min(replay.CHUNK_ROWS, chunk)
+        if chunk < 4096:
+            raise MemoryBudgetError(
+                f"--memory-budget {gib:g} GiB is too small: the job needs at least "
+                f"{cls.min_gib():.2f} GiB (the libraries take ~{cls.base / GIB:.2f} GiB; "
+                "the replay then needs room for chunks of >= 4096 clicks)")
+        return cls(budget=budget, chunk_rows=chunk)
+
+    @classmethod
+    def min_gib(cls) -> float:
+        return (cls.base + 3 * 3 * cls.CHUNK_B * 4096) / GIB
+
+    def fit(self, n_eval: int, n_val: int, n_test: int) -> tuple[int, bool]:
+        """(most training rows held, validation features held in memory?) once the held-out
+        days are known; raises MemoryBudgetError when even they do not fit."""
+        free = self.budget - self.base - n_eval * self.EVAL_B - n_test * 4 * 24
+        hold_val = n_val * self.VAL_B <= free * 0.25
+        if hold_val:
+            free -= n_val * self.VAL_B
+        rows = int(free * 0.9 / self.TRAIN_B)
+        if rows < self.MIN_TRAIN_ROWS:
+            need = (self.base + n_eval * self.EVAL_B + n_test * 96
+                    + self.MIN_TRAIN_ROWS * self.TRAIN_B) / 0.9
+            raise MemoryBudgetError(
+                f"--memory-budget {self.budget / GIB:g} GiB is too small for this log: its "
+                f"held-out days ({n_eval:,} clicks, scored and calibrated in memory) and a "
+                f"training sample of {self.MIN_TRAIN_ROWS:,} clicks need about "
+                f"{need / GIB:.2f} GiB; give a larger --memory-budget or fewer --val-days")
+        return rows, hold_val
+
+
+class MemoryBudgetError(ValueError):
+    """The memory budget cannot hold the smallest job (a bad flag value: exit 2)."""
 
 
 def _source_note(clicks: Path, has_customers: bool, has_truth: bool, n: int,
@@ -111,30 +207,35 @@ def _source_note(clicks: Path, has_customers: bool, has_truth: bool, n: int,
     return {"kind": "real", "text": "Real log without ground truth: only weak-label metrics."}
 
 
-def _check_inputs(rp: replay.Replay, wl: np.ndarray, day: np.ndarray,
-                  split: dict[str, np.ndarray]) -> None:
-    if len(rp) == 0:
+def _check_inputs(fs: featurestore.FeatureStore, split_days: dict[str, np.ndarray]) -> None:
+    if len(fs) == 0:
         raise ValueError("the click log has no rows")
-    if not rp.purchased.any():
+    if not fs.day_purchases.any():
         raise ValueError("the click log has no purchasing clicks (purchased is false everywhere): "
                          "FPR and the human weak label are undefined")
     for name in ("val", "test"):
-        if not rp.purchased[split[name]].any():
-            raise ValueError(f"no purchasing clicks on the {name} day (day {int(day[split[name]][0])})"
-                             ": FPR cannot be measured there")
-    y = 1 - wl[split["train"]]
-    if y.min() == y.max():
+        m = np.isin(fs.days, split_days[name])
+        if not fs.day_purchases[m].any():
+            raise ValueError(f"no purchasing clicks on the {name} day (day "
+                             f"{int(split_days[name][0])}): FPR cannot be measured there")
+    m = np.isin(fs.days, split_days["train"])
+    humans, n = int(fs.day_humans[m].sum()), int(fs.day_clicks[m].sum())
+    if humans == 0 or humans == n:
         raise ValueError("the training days hold only one weak-label class "
-                         f"({'robot' if y[0] else 'human'}); nothing to learn")
+                         f"({'robot' if humans == 0 else 'human'}); nothing to learn")
 
 
 def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
         cfg: TrainConfig | None = None, store: Any = None, log=print,
-        features: replay.Replay | None = None) -> dict[str, Any]:
+        features: featurestore.FeatureStore | None = None,
+        work: str | Path | None = None) -> dict[str, Any]:
     """Train, evaluate and write the output directory; returns a summary dict.
 
-    features: the log's replay when the caller has it already (`slidr daily` replays the log
-    once, for its drift guardrail and for training); otherwise the log is replayed here."""
+    features: the log's feature directory when the caller has it already (`slidr daily`
+    replays the log once, for its drift guardrail and for training); otherwise the log is
+    replayed here into a feature directory under `work` (default: a temporary directory beside
+    `out`, removed at the end). Memory is bounded by cfg.memory_budget (MemoryPlan): training
+    rows beyond what it holds are a stratified sample; everything else streams from disk."""
     cfg = cfg or TrainConfig()
     if not 0.0 < cfg.fpr_target < 1.0:
         raise ValueError(f"--fpr-budget must be in (0, 1), got {cfg.fpr_target}")
@@ -143,46 +244,96 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     clicks = Path(clicks)
     if not clicks.exists():
         raise FileNotFoundError(f"click log not found: {clicks}")
+    plan = MemoryPlan.for_budget(cfg.memory_budget)
     cust = load_customers(customers)  # fail early, before the long replay
+    if features is not None:
+        return _run(clicks, customers, cust, Path(out), cfg, plan, features)
+    out = Path(out)
+    import shutil
+    import tempfile
+    if work is None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        wdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.features-", dir=out.parent))
+    else:
+        wdir = Path(work)
+        if (wdir / featurestore.MANIFEST).exists():
+            shutil.rmtree(wdir)
+    try:
+        progress.stage("replay")
+        fs = build_features(clicks, cust, wdir, cfg, store=store, plan=plan)
+        return _run(clicks, customers, cust, out, cfg, plan, fs)
+    finally:
+        if work is None:
+            shutil.rmtree(wdir, ignore_errors=True)
+
+
+def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: TrainConfig,
+         plan: MemoryPlan, fs: featurestore.FeatureStore) -> dict[str, Any]:
     import torch
     torch.set_num_threads(cfg.threads)
+    F = featurestore.FEATURES
     t_all = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    progress.stage("replay")
-    rp = features if features is not None else replay.replay_log(
-        clicks, store=store, use_native=cfg.use_native, batch_size=cfg.batch_size,
-        progress=cfg.progress)
-    timings["replay_s"] = rp.seconds
+    timings: dict[str, float] = {"replay_s": fs.seconds}
     t = progress.stage("labels")
-    if len(rp) == 0:
+    if len(fs) == 0:
         raise ValueError(f"{clicks}: the click log has no rows")
-    wl, label_source = weak_labels(rp, cust)
-    y = (1 - wl).astype(np.int8)  # 1 = robot by weak label
-    day = train.day_index(rp.ts)
-    val_days = cfg.val_days if cfg.val_days is not None else train.auto_val_days(
-        int(np.unique(day).size))
-    split = train.time_split(day, val_days=val_days)
-    _check_inputs(rp, wl, day, split)
-    heur = metrics.session_hour_heuristic(rp.session_hash, rp.ts, cfg.k)
-    cells = train.weight_cells(rp.ts, rp.tz_offset_min, rp.logged_in, y, cfg.weighting)
-    slices = slice_names(rp.device, rp.logged_in)
+    if fs.manifest.get("weighting") != cfg.weighting:
+        raise ValueError(f"{fs.path}: features written for weighting "
+                         f"{fs.manifest.get('weighting')!r}, training asks {cfg.weighting!r}")
+    label_source = label_text(cust)
+    days = fs.days
+    val_days = cfg.val_days if cfg.val_days is not None else train.auto_val_days(int(days.size))
+    sd = train.time_split(days.astype(np.int32), val_days=val_days)
+    split_days = {k: days[m] for k, m in sd.items()}
+    _check_inputs(fs, split_days)
+    d_tr, d_va, d_te = split_days["train"], split_days["val"], split_days["test"]
+    d_ev = np.concatenate([d_va, d_te])
+    n_tr, n_va, n_te = fs.rows_in(d_tr), fs.rows_in(d_va), fs.rows_in(d_te)
+    n_ev = n_va + n_te
+    max_rows, hold_val = plan.fit(n_ev, n_va, n_te)
+    cap = min(max_rows, cfg.train_sample) if cfg.train_sample else max_rows
+
+    def cell_counts(ds: np.ndarray) -> np.ndarray:
+        return fs.day_cells[np.isin(days, ds)].sum(axis=0)
+
+    # The held-out days' per-click columns (small: the days calibration works on).
+    ev_cols = fs.load(["ts", "day", "device", "logged_in", "purchased", "weak_label",
+                       "session_hash", *(["is_robot"] if fs.has_robot else [])], days=d_ev)
+    heur = metrics.session_hour_heuristic(ev_cols.pop("session_hash"), ev_cols["ts"], cfg.k)
+    wl_ev = ev_cols["weak_label"]
+    day_ev = ev_cols["day"]
+    is_te = day_ev == d_te[0]
+    is_va = ~is_te
+    slices_ev = slice_names(ev_cols["device"], ev_cols["logged_in"])
     timings["labels_s"] = time.perf_counter() - t
 
-    x = rp.features
-    tr, va, te = split["train"], split["val"], split["test"]
-    idx_tr, w_tr, sample_info = _training_rows(tr, cells, rp, y, cfg)
-    x_tr, y_tr = x[idx_tr], y[idx_tr]
-    w_va = train.sample_weights(cells[va])
+    # Training rows: every click of the training days, or a stratified sample of `cap`.
+    x_tr, y_tr, w_tr, stdz, sample_info = _training_set(fs, d_tr, cap, cfg, plan,
+                                                        explicit=bool(cfg.train_sample))
+    cc_va = cell_counts(d_va)
+    if hold_val:
+        va = fs.load([F, "weak_label", "cell"], days=d_va)
+        x_va, y_va = va[F], (1 - va["weak_label"]).astype(np.int8)
+        w_va = train.sample_weights(va["cell"].astype(np.int64), cc_va)
+        del va
+        vb = None
+    else:
+        x_va = y_va = w_va = None
+        vb = _val_batches(fs, d_va, cc_va)
     t = progress.stage("model")
-    mlp = train.fit(x_tr, y_tr, w_tr, x[va], y[va], w_va, hidden=cfg.hidden,
+    mlp = train.fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=cfg.hidden,
                     weight_decay=cfg.weight_decay, epochs=cfg.epochs, seed=cfg.seed,
-                    progress=cfg.progress, label="mlp")
+                    progress=cfg.progress, label="mlp", standardise=stdz, val_batches=vb)
     timings["train_mlp_s"] = time.perf_counter() - t
     t = progress.stage("baselines")
-    logi = baselines.fit_logistic(x_tr, y_tr, w_tr, x[va], y[va], w_va, seed=cfg.seed,
-                                  epochs=cfg.epochs, progress=cfg.progress)
+    # baselines.fit_logistic: the same net without hidden layers.
+    logi = train.fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=(), weight_decay=0.0, lr=1e-2,
+                     epochs=cfg.epochs, seed=cfg.seed, progress=cfg.progress, label="logistic",
+                     standardise=stdz, val_batches=vb)
     timings["train_logistic_s"] = time.perf_counter() - t
+    del x_tr, y_tr, w_tr, x_va, y_va, w_va
+    te = fs.load([F, "weak_label", "cell"], days=d_te)
+    x_te = te[F]
     final = mlp.model
     refit_info = None
     if cfg.refit:
@@ -190,36 +341,48 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
         # that appeared in the last days is otherwise first trained on days later); as many
         # epochs as early stopping chose on the held-out split.
         t = time.perf_counter()
-        allw = train.sample_weights(cells)
-        idx_all, w_all, _ = _training_rows(np.ones(len(rp), bool), cells, rp, y, cfg)
+        w_te_all = train.sample_weights(te["cell"].astype(np.int64), cell_counts(days))
+        y_te = (1 - te["weak_label"]).astype(np.int8)
+        x_all, y_all, w_all, stdz_all, _ = _training_set(fs, days, cap, cfg, plan,
+                                                         explicit=bool(cfg.train_sample))
         n_ep = max(mlp.best_epoch + 1, 1)
-        every = idx_all.size == len(rp)  # no sample: no copy of the features
-        ref = train.fit(x if every else x[idx_all], y if every else y[idx_all], w_all, x[te],
-                        y[te], allw[te], hidden=cfg.hidden, weight_decay=cfg.weight_decay,
-                        epochs=n_ep, patience=n_ep + 1,
-                        seed=cfg.seed, progress=cfg.progress, label="mlp refit")
+        ref = train.fit(x_all, y_all, w_all, x_te, y_te, w_te_all, hidden=cfg.hidden,
+                        weight_decay=cfg.weight_decay, epochs=n_ep, patience=n_ep + 1,
+                        seed=cfg.seed, progress=cfg.progress, label="mlp refit",
+                        standardise=stdz_all)
+        del x_all, y_all, w_all
         final = ref.model
         # How much more FPR this training spends on days it has not seen than on days it
         # trained on (the held-out model: training vs validation days); the refit model's
         # thresholds are moved on purchasing clicks it trained on (calibrate.in_sample_ratio).
         from . import calibrate as cal
-        ratio = cal.in_sample_ratio(train.predict(mlp.model, x[tr]), rp.purchased[tr],
-                                    train.predict(mlp.model, x[va]), rp.purchased[va],
-                                    cfg.fpr_target)
+        s_in = _purchasing_scores(fs, d_tr, mlp.model)
+        s_out = _purchasing_scores(fs, d_va, mlp.model)
+        ratio = cal.in_sample_ratio(s_in, np.ones(s_in.size, bool), s_out,
+                                    np.ones(s_out.size, bool), cfg.fpr_target)
         refit_info = {"days": "all", "epochs": n_ep, "seconds": ref.seconds,
                       "history": ref.history, "in_sample_ratio": ratio}
         timings["refit_s"] = time.perf_counter() - t
+    del te
 
-    ev = va | te
-    refit_scores = train.predict(final, x[ev]) if cfg.refit else None
-    scores = {"model": train.predict(mlp.model, x[ev]),
-              "logistic": train.predict(logi.model, x[ev]),
-              "velocity": baselines.velocity_score(x[ev])}
-    is_te = te[ev]
-    is_va = va[ev]
-    cols_all = {"purchased": rp.purchased[ev], "heuristic": heur[ev], "weak_label": wl[ev],
-                "is_robot": rp.is_robot[ev] if rp.is_robot is not None else None}
-    sl_ev = slices[ev]
+    # Scores of the held-out days, batch by batch from disk.
+    scores = {k: np.empty(n_ev, np.float32) for k in SCORERS}
+    refit_scores = np.empty(n_ev, np.float32) if cfg.refit else None
+    k0 = 0
+    # In blocks of train.predict's batch from the first held-out click: the same products as
+    # scoring the whole array at once.
+    for b in fs.iter_rebatched([F], 262_144, days=d_ev):
+        xb = b[F]
+        k1 = k0 + xb.shape[0]
+        scores["model"][k0:k1] = train.predict(mlp.model, xb)
+        scores["logistic"][k0:k1] = train.predict(logi.model, xb)
+        scores["velocity"][k0:k1] = baselines.velocity_score(xb)
+        if refit_scores is not None:
+            refit_scores[k0:k1] = train.predict(final, xb)
+        k0 = k1
+    cols_all = {"purchased": ev_cols["purchased"], "heuristic": heur, "weak_label": wl_ev,
+                "is_robot": ev_cols.get("is_robot")}
+    sl_ev = slices_ev
 
     def sub(cols: dict[str, Any], m: np.ndarray) -> dict[str, Any]:
         return {k: (None if v is None else v[m]) for k, v in cols.items()}
@@ -251,7 +414,7 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
 
     comparison = compare(results)
     label_quality = None
-    if rp.is_robot is not None:
+    if fs.has_robot:
         r_te = cols_te["is_robot"]
         h_te = cols_te["weak_label"].astype(bool)
         label_quality = {
@@ -263,25 +426,26 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
                                          / max(cols_te["heuristic"].sum(), 1)),
             "heuristic_recall": float((cols_te["heuristic"] & r_te).sum() / max(r_te.sum(), 1)),
         }
-    note = _source_note(clicks, cust is not None and cust.num_rows > 0, rp.is_robot is not None,
-                        len(rp), int(rp.purchased.sum()))
-    days_list = np.unique(day).tolist()
+    note = _source_note(clicks, cust is not None and cust.num_rows > 0, fs.has_robot,
+                        len(fs), int(fs.day_purchases.sum()))
+    days_list = days.tolist()
     meta: dict[str, Any] = {
         "created_unix": time.time(),
         "clicks": str(clicks.resolve()), "customers": str(Path(customers).resolve())
         if customers else None,
-        "n_clicks": len(rp), "days": days_list,
+        "n_clicks": len(fs), "days": days_list,
         "split": {"rule": f"by UTC day: last day = test, the {val_days} day(s) before = "
                           "validation, all earlier days = train (never random)",
                   "train_days": [d for d in days_list if d < days_list[-1 - val_days]],
                   "val_day": days_list[-2], "val_days": days_list[-1 - val_days:-1],
                   "test_day": days_list[-1],
-                  "n_train": int(tr.sum()), "n_val": int(va.sum()), "n_test": int(te.sum())},
+                  "n_train": n_tr, "n_val": n_va, "n_test": n_te},
         "label_source": label_source,
-        "weak_label_human_share": float(wl.mean()),
+        "weak_label_human_share": float(fs.day_humans.sum() / len(fs)),
         "config": {"k": cfg.k, "seed": cfg.seed, "val_days": val_days, "epochs_max": cfg.epochs,
                    "fpr_target": cfg.fpr_target, "hidden": list(cfg.hidden),
-                   "weight_decay_hidden": cfg.weight_decay, "replay_batch": cfg.batch_size},
+                   "weight_decay_hidden": cfg.weight_decay, "replay_batch": cfg.batch_size,
+                   "memory_budget_gib": cfg.memory_budget},
         "model": {"arch": f"24 -> {' -> '.join(map(str, cfg.hidden))} -> 1, ReLU, sigmoid; "
                           "standardisation inside the graph",
                   "best_epoch": mlp.best_epoch, "epochs_run": mlp.epochs_run,
@@ -290,9 +454,11 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
                      "history": logi.history},
         "sample_weights": train.WEIGHTING_TEXT[cfg.weighting],
         "train_sample": sample_info,
+        "memory": {"budget_gib": cfg.memory_budget, "chunk_rows": plan.chunk_rows,
+                   "max_training_rows": max_rows, "validation_streamed": not hold_val},
         "refit": refit_info,
-        "replay": {"store": rp.store_name, "clicks_per_s": rp.clicks_per_s,
-                   "seconds": rp.seconds},
+        "replay": {"store": fs.store_name, "clicks_per_s": fs.clicks_per_s,
+                   "seconds": fs.seconds},
         "feature_spec_hash": SPEC_HASH,
         "source": note,
         "host": {"python": platform.python_version(), "cpus": os.cpu_count(),
@@ -302,10 +468,11 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
     from . import report
     with atomic_dir(out) as tmp:
         t = progress.stage("export")
-        meta["onnx_parity"] = train.export_onnx(final, tmp / "model.onnx", x[te])
+        meta["onnx_parity"] = train.export_onnx(final, tmp / "model.onnx", x_te)
+        del x_te
         timings["onnx_s"] = time.perf_counter() - t
         write_json(tmp / "feature_spec.json", {**spec_dict(), "spec_hash": SPEC_HASH})
-        _write_scores(tmp / "scores.parquet", rp, ev, split, day, slices, wl, heur, scores,
+        _write_scores(tmp / "scores.parquet", ev_cols, is_te, slices_ev, wl_ev, heur, scores,
                       refit_scores)
         t = progress.stage("report")
         doc = {"fpr_target": cfg.fpr_target,
@@ -325,31 +492,73 @@ def run(clicks: str | Path, customers: str | Path | None, out: str | Path,
         meta["timings"] = timings
         write_json(tmp / "training_meta.json", meta)
     return {"out": str(Path(out).resolve()), "report": str(Path(out).resolve() / "report.html"),
-            "n_clicks": len(rp), "timings": timings, "comparison": comparison,
+            "n_clicks": len(fs), "timings": timings, "comparison": comparison,
             "metrics": {k: results[k]["overall"] for k in SCORERS},
             "onnx_parity": meta["onnx_parity"], "source": note["kind"]}
 
 
-
-def _training_rows(mask: np.ndarray, cells: np.ndarray, rp: replay.Replay, y: np.ndarray,
-                   cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, dict[str, Any] | None]:
-    """(row indices, weights, sample description) of the rows `mask` a model trains on: all
-    of them, or with cfg.train_sample a stratified sample (train.stratified_sample) whose
-    weights are the full rows' weights times the inverse inclusion probability, mean 1."""
-    idx = np.flatnonzero(mask)
-    w = train.sample_weights(cells[idx])
-    if not cfg.train_sample or idx.size <= cfg.train_sample:
-        return idx, w, None
-    strata = train.sample_strata(rp.ts[idx], rp.tz_offset_min[idx], rp.device[idx],
-                                 rp.logged_in[idx], y[idx])
-    pick, inv_p = train.stratified_sample(strata, cfg.train_sample, cfg.seed)
-    ws = w[pick].astype(np.float64) * inv_p
+def _training_set(fs: featurestore.FeatureStore, ds: np.ndarray, cap: int, cfg: TrainConfig,
+                  plan: MemoryPlan, explicit: bool
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                             tuple[np.ndarray, np.ndarray] | None, dict[str, Any] | None]:
+    """(x, y, weights, standardisation or None, sample description) of the rows of days `ds`
+    a model trains on: all of them when they fit in `cap` rows (read from disk in log order:
+    the same arrays as the whole-log replay's rows), or a stratified sample of `cap` rows
+    (train.stratum_quotas / stratified_positions: slice x local hour x weak label) whose
+    weights are the rows' weights times the inverse inclusion probability (mean 1), with the
+    standardisation of every row of those days (streamed)."""
+    F = featurestore.FEATURES
+    m = np.isin(fs.days, ds)
+    cc = fs.day_cells[m].sum(axis=0)
+    n = int(fs.day_clicks[m].sum())
+    if n <= cap:
+        d = fs.load([F, "weak_label", "cell"], days=ds)
+        w = train.sample_weights(d["cell"].astype(np.int64), cc)
+        return d[F], (1 - d["weak_label"]).astype(np.int8), w, None, None
+    sc = fs.day_strata[m].sum(axis=0)
+    quota = train.stratum_quotas(sc, cap)
+    keep = train.stratified_positions(sc, quota, cfg.seed)
+    ords = train.StratumOrdinals(sc)
+    moments = train.RunningMoments(featurestore.N_FEATURES)
+    rows: list[np.ndarray] = []
+    for b in fs.iter_batches([F, "stratum"], days=ds, with_index=True):
+        moments.update(b[F])
+        k = ords.keys(b["stratum"])
+        i = np.searchsorted(keep, k)
+        hit = (i < keep.size) & (keep[np.minimum(i, keep.size - 1)] == k)
+        rows.append(b["_row"][hit])
+    idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    d = fs.load([F, "weak_label", "cell", "stratum"], rows=idx)
+    st = d["stratum"].astype(np.int64)
+    inv_p = (sc[st] / quota[st]).astype(np.float64)
+    ws = train.sample_weights(d["cell"].astype(np.int64), cc).astype(np.float64) * inv_p
     ws *= ws.size / ws.sum()
-    info = {"rows": int(pick.size), "of": int(idx.size), "strata": int(np.unique(strata).size),
+    info = {"rows": int(idx.size), "of": n, "strata": int((sc > 0).sum()),
+            "by": "--train-sample" if explicit and cap == cfg.train_sample else
+                  f"--memory-budget {cfg.memory_budget:g} GiB",
+            "standardisation": "every training click (streamed)",
             "rule": "slice x local hour x weak label; each stratum in proportion, at least "
                     f"{train.MIN_PER_STRATUM} clicks (or all it has); weights x 1 / inclusion "
                     "probability"}
-    return idx[pick], ws.astype(np.float32), info
+    return d[F], (1 - d["weak_label"]).astype(np.int8), ws.astype(np.float32), \
+        moments.standardisation(), info
+
+
+def _val_batches(fs: featurestore.FeatureStore, ds: np.ndarray, cc: np.ndarray) -> Any:
+    F = featurestore.FEATURES
+
+    def gen() -> Any:
+        for b in fs.iter_batches([F, "weak_label", "cell"], days=ds):
+            yield (b[F], (1 - b["weak_label"]).astype(np.int8),
+                   train.sample_weights(b["cell"].astype(np.int64), cc))
+    return gen
+
+
+def _purchasing_scores(fs: featurestore.FeatureStore, ds: np.ndarray, model: Any) -> np.ndarray:
+    F = featurestore.FEATURES
+    out = [train.predict(model, b[F][b["purchased"]])
+           for b in fs.iter_batches([F, "purchased"], days=ds)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 def compare(results: dict[str, Any]) -> dict[str, Any]:
@@ -383,29 +592,49 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_scores(path: Path, rp: replay.Replay, ev: np.ndarray, split: dict[str, np.ndarray],
-                  day: np.ndarray, slices: np.ndarray, wl: np.ndarray, heur: np.ndarray,
-                  scores: dict[str, np.ndarray], refit_scores: np.ndarray | None = None) -> None:
+def _write_scores(path: Path, ev: dict[str, np.ndarray], is_te: np.ndarray,
+                  slices: np.ndarray, wl: np.ndarray, heur: np.ndarray,
+                  scores: dict[str, np.ndarray], refit_scores: np.ndarray | None = None,
+                  rows_per_group: int = 1 << 20) -> None:
+    """scores.parquet: one row per held-out click, written a row group at a time (string
+    columns built by Arrow from codes, no per-click Python strings)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from slidr.contract import DEVICES
-    cols: dict[str, Any] = {
-        "ts": pa.array(rp.ts[ev], pa.int64()),
-        "day": pa.array(day[ev], pa.int32()),
-        "split": pa.array(np.where(split["test"][ev], "test", "val").tolist(), pa.string()),
-        "slice": pa.array(slices[ev].tolist(), pa.string()),
-        "device": pa.array(np.array(DEVICES, dtype=object)[rp.device[ev]].tolist(), pa.string()),
-        "logged_in": pa.array(rp.logged_in[ev], pa.bool_()),
-        "purchased": pa.array(rp.purchased[ev], pa.bool_()),
-        "weak_label": pa.array(wl[ev], pa.int8()),
-        "robot_heuristic": pa.array(heur[ev], pa.bool_()),
-    }
-    if rp.is_robot is not None:
-        cols["is_robot"] = pa.array(rp.is_robot[ev], pa.bool_())
-    for k in SCORERS:
-        cols[f"score_{k}"] = pa.array(scores[k], pa.float32())
-    if refit_scores is not None:  # the published (refit) model; score_model is held-out
-        cols["score_refit"] = pa.array(refit_scores, pa.float32())
-    with atomic_open(path, "wb") as f:
-        pq.write_table(pa.table(cols), f)
+    from slidr.contract import DEVICES, SLICE_BY_CODE
+
+    n = is_te.size
+    slice_code = (ev["device"].astype(np.int64) * 2 + ev["logged_in"].astype(np.int64))
+    names = pa.array(list(SLICE_BY_CODE), pa.string())
+    devs = pa.array(list(DEVICES), pa.string())
+    splits = pa.array(["val", "test"], pa.string())
+
+    def groups() -> Any:
+        for a in range(0, max(n, 1), rows_per_group):
+            b = min(a + rows_per_group, n)
+            cols: dict[str, Any] = {
+                "ts": pa.array(ev["ts"][a:b], pa.int64()),
+                "day": pa.array(ev["day"][a:b], pa.int32()),
+                "split": pc.take(splits, pa.array(is_te[a:b].astype(np.int8))),
+                "slice": pc.take(names, pa.array(slice_code[a:b])),
+                "device": pc.take(devs, pa.array(ev["device"][a:b].astype(np.int64))),
+                "logged_in": pa.array(ev["logged_in"][a:b], pa.bool_()),
+                "purchased": pa.array(ev["purchased"][a:b], pa.bool_()),
+                "weak_label": pa.array(wl[a:b], pa.int8()),
+                "robot_heuristic": pa.array(heur[a:b], pa.bool_()),
+            }
+            if ev.get("is_robot") is not None:
+                cols["is_robot"] = pa.array(ev["is_robot"][a:b], pa.bool_())
+            for k in SCORERS:
+                cols[f"score_{k}"] = pa.array(scores[k][a:b], pa.float32())
+            if refit_scores is not None:  # the published (refit) model; score_model is held-out
+                cols["score_refit"] = pa.array(refit_scores[a:b], pa.float32())
+            yield pa.table(cols)
+
+    it = groups()
+    first = next(it)
+    with atomic_open(path, "wb") as f, pq.ParquetWriter(f, first.schema) as w:
+        w.write_table(first)
+        for tbl in it:
+            w.write_table(tbl)

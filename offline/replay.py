@@ -305,6 +305,19 @@ class ReplayStream:
             self.seconds = time.perf_counter() - t0
 
 
+def chunks_of(rp: Replay, chunk_rows: int) -> Iterator[ReplayChunk]:
+    """A replay held whole (e.g. computed on Spark) as ReplayChunks of at most chunk_rows, for
+    what takes a stream (offline/featurestore.py write)."""
+    n = len(rp)
+    for a in range(0, n, max(chunk_rows, 1)):
+        b = min(a + chunk_rows, n)
+        yield ReplayChunk(start=a, features=rp.features[a:b], ts=rp.ts[a:b],
+                          tz_offset_min=rp.tz_offset_min[a:b], device=rp.device[a:b],
+                          logged_in=rp.logged_in[a:b], session_hash=rp.session_hash[a:b],
+                          user_id=rp.user_id[a:b], purchased=rp.purchased[a:b],
+                          is_robot=None if rp.is_robot is None else rp.is_robot[a:b])
+
+
 def iter_replay(path: str | Path, **kw: Any) -> ReplayStream:
     """Replay the log at `path` chunk by chunk: `for chunk in iter_replay(path): ...`.
     Keywords as replay_log's, plus chunk_rows (rows read, validated and counted as one unit;

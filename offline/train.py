@@ -127,12 +127,95 @@ def stratified_sample(strata: np.ndarray, n_max: int, seed: int,
     return idx, (counts / quota)[inv[idx]].astype(np.float64)
 
 
-def sample_weights(cells: np.ndarray) -> np.ndarray:
-    """float32 weights giving every non-empty cell the same total weight; mean weight 1."""
-    counts = np.bincount(cells, minlength=672).astype(np.float64)
+def sample_weights(cells: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """float32 weights giving every non-empty cell the same total weight; mean weight 1.
+    counts: the clicks of each cell over the whole split when `cells` are only some of its rows
+    (a batch read from disk); None: counted on `cells`."""
+    own = counts is None
+    counts = (np.bincount(cells, minlength=672) if counts is None
+              else np.asarray(counts)).astype(np.float64)
     n_cells = int((counts > 0).sum())
-    w = cells.size / (n_cells * counts[cells])
+    size = cells.size if own else int(counts.sum())
+    w = size / (n_cells * counts[cells])
     return w.astype(np.float32)
+
+
+def stratum_quotas(counts: np.ndarray, n_max: int,
+                   min_per_stratum: int = MIN_PER_STRATUM) -> np.ndarray:
+    """Rows kept per stratum by stratified_sample (same rule) given the clicks of each stratum:
+    its share of n_max, at least min(min_per_stratum, its size, n_max / strata present)."""
+    counts = np.asarray(counts, np.int64)
+    n = int(counts.sum())
+    if n_max <= 0 or n <= n_max:
+        return counts.copy()
+    present = counts > 0
+    floor_ = min(min_per_stratum, max(n_max // int(present.sum()), 1))
+    q = np.minimum(counts, np.maximum(np.floor(n_max * counts / n).astype(np.int64), floor_))
+    return np.where(present, q, 0)
+
+
+def stratified_positions(counts: np.ndarray, quota: np.ndarray, seed: int) -> np.ndarray:
+    """Sorted keys of the rows a stratified sample keeps, without holding a row per click: a key
+    is offset[stratum] + the row's ordinal among its stratum's clicks in log order (offset: the
+    clicks of the strata before it). Each stratum keeps `quota` of its clicks drawn uniformly
+    without replacement (memory: the sample's size)."""
+    counts = np.asarray(counts, np.int64)
+    rng = np.random.default_rng(seed)
+    offset = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    keys = [off + np.sort(rng.choice(c, size=q, replace=False))
+            for off, c, q in zip(offset.tolist(), counts.tolist(), np.asarray(quota).tolist(),
+                                 strict=True) if q > 0]
+    return np.concatenate(keys).astype(np.int64) if keys else np.zeros(0, np.int64)
+
+
+class StratumOrdinals:
+    """Each row's ordinal among its stratum's rows in log order, batch after batch (the counts
+    carry across batches), as the key stratified_positions uses."""
+
+    def __init__(self, counts: np.ndarray) -> None:
+        counts = np.asarray(counts, np.int64)
+        self.offset = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.seen = np.zeros(counts.size, np.int64)
+
+    def keys(self, strata: np.ndarray) -> np.ndarray:
+        s = np.asarray(strata, np.int64)
+        order = np.argsort(s, kind="stable")
+        ss = s[order]
+        c = np.bincount(ss, minlength=self.seen.size)
+        start = np.concatenate([[0], np.cumsum(c)[:-1]])
+        rank = np.empty(s.size, np.int64)
+        rank[order] = np.arange(s.size) - start[ss]
+        out = self.offset[s] + self.seen[s] + rank
+        self.seen += c
+        return out
+
+
+class RunningMoments:
+    """Per-column mean and standard deviation of a matrix streamed in batches (Chan's pairwise
+    update, float64)."""
+
+    def __init__(self, width: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(width, np.float64)
+        self.m2 = np.zeros(width, np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        m = int(x.shape[0])
+        if m == 0:
+            return
+        bm = x.mean(axis=0, dtype=np.float64)
+        bv = x.var(axis=0, dtype=np.float64) * m
+        n = self.n + m
+        d = bm - self.mean
+        self.mean = self.mean + d * (m / n)
+        self.m2 = self.m2 + bv + d * d * (self.n * m / n)
+        self.n = n
+
+    def standardisation(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) as standardisation(x) gives them for the whole matrix."""
+        std = np.sqrt(self.m2 / max(self.n, 1))
+        std = np.where(std < 1e-6, 1.0, std)
+        return self.mean.astype(np.float32), std.astype(np.float32)
 
 
 # ------------------------------------------------------------------ model
@@ -191,17 +274,23 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
         y_va: np.ndarray, w_va: np.ndarray, hidden: tuple[int, ...] = (64, 32),
         weight_decay: float = 1e-4, lr: float = 3e-3, epochs: int = 20, batch_size: int = 4096,
         patience: int = 3, seed: int = 0, progress: bool = True, label: str = "train",
-        ema: float = 0.995) -> FitResult:
+        ema: float = 0.995, standardise: tuple[np.ndarray, np.ndarray] | None = None,
+        val_batches: Any = None) -> FitResult:
     """Weighted BCE on y = 1 for robot; L2 (weight decay) on the hidden layers' weights only;
     an exponential moving average of the weights (`ema` per step; 0 = off) is validated each
     epoch; early stopping on its weighted validation loss; returns the best epoch's averaged
     weights (same architecture, so the ONNX export and parity check are unchanged).
     The average damps the step-to-step noise of Adam on the heavily weighted sparse cells:
-    without it the best epoch and the per-slice IVR moved with the torch seed."""
+    without it the best epoch and the per-slice IVR moved with the torch seed.
+
+    standardise: (mean, std) to use instead of x_tr's own (a sample trains with the statistics
+    of every training click, streamed). val_batches: a callable returning an iterable of
+    (x, y, w) batches of the validation rows, read batch-wise each epoch instead of x_va,
+    y_va, w_va held in memory (None: those)."""
     torch = _torch()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    mean, std = standardisation(x_tr)
+    mean, std = standardisation(x_tr) if standardise is None else standardise
     model = build_model(mean, std, hidden)
     decay = [lin.weight for lin in model.hidden]
     no_decay = [p for n, p in model.named_parameters() if not (n.startswith("hidden.")
@@ -217,8 +306,9 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     t_ema = 0
     xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)) for a in
                   (x_tr, y_tr.astype(np.float32), w_tr.astype(np.float32)))
-    xv, yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
-                  (x_va, y_va.astype(np.float32), w_va.astype(np.float32)))
+    if val_batches is None:
+        xv, yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
+                      (x_va, y_va.astype(np.float32), w_va.astype(np.float32)))
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     n = xt.shape[0]
     steps = (n + batch_size - 1) // batch_size
@@ -256,7 +346,17 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
                 corr = 1.0 - ema ** t_ema
                 for a, (q, _) in zip(acc, pairs, strict=True):
                     q.copy_(a / corr)
-            vl = float((bce(avg(xv), yv, reduction="none") * wv).sum() / wv.sum())
+            if val_batches is None:
+                vl = float((bce(avg(xv), yv, reduction="none") * wv).sum() / wv.sum())
+            else:
+                num = den = 0.0
+                for xb_, yb_, wb_ in val_batches():
+                    xb_, yb_, wb_ = (torch.from_numpy(np.ascontiguousarray(a)) for a in
+                                     (xb_, yb_.astype(np.float32), wb_.astype(np.float32)))
+                    num += float((bce(avg(xb_), yb_, reduction="none") * wb_).sum(
+                        dtype=torch.float64))
+                    den += float(wb_.sum(dtype=torch.float64))
+                vl = num / den if den > 0 else float("nan")
         hist.append({"epoch": ep, "train_loss": tot / n, "val_loss": vl,
                      "lr": opt.param_groups[0]["lr"]})
         if vl < best[0] - 1e-5:

@@ -71,6 +71,11 @@ TRAINING = _group(
         "partition; needs the spark extra and Java 17)", choices=("local", "spark")),
     Opt("spark_master", str, "local[4]", "Spark master URL of --engine spark (local[N] runs "
         "Spark in this machine with N cores)", metavar="URL"),
+    Opt("memory_budget", float, 4.0, "memory the job may use, in GiB (a machine of 8 GiB or "
+        "more runs the default): sets the replay's chunk size and the most training clicks "
+        "held at once (beyond it, a stratified sample; features stream from disk); too small "
+        "for the log's held-out days is an error that says how much is needed (docs/scale.md)",
+        lo=0.0, lo_open=True, metavar="GIB"),
 )
 
 # Calibration (offline/calibrate.py CalibConfig): `slidr calibrate`, `backtest`, `daily`, `demo`.

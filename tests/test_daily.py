@@ -211,12 +211,18 @@ def test_refit_publishes_a_model_trained_on_every_day(sim: Path, tmp_path: Path,
     import pyarrow.parquet as pq
     from slidr.offline import replay
     passes = []
-    real = replay.replay_log
+    real = replay.iter_replay
+    real_whole = replay.replay_log
 
     def counted(*a, **k):
         passes.append(a[0] if a else k.get("path"))
         return real(*a, **k)
-    monkeypatch.setattr(replay, "replay_log", counted)
+
+    def whole(*a, **k):
+        passes.append(a[0] if a else k.get("path"))
+        return real_whole(*a, **k)
+    monkeypatch.setattr(replay, "iter_replay", counted)
+    monkeypatch.setattr(replay, "replay_log", whole)
     cfg = dataclasses.replace(loose_cfg(), refit=True)
     res = daily.run_daily(sim / "clicks.parquet", sim / "customers.parquet", tmp_path / "reg",
                           tmp_path / "work", cfg, log=lambda m: None)
