@@ -102,29 +102,18 @@ MIN_PER_STRATUM = 300
 
 def stratified_sample(strata: np.ndarray, n_max: int, seed: int,
                       min_per_stratum: int = MIN_PER_STRATUM) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted row indices, inverse inclusion probability of each) of a sample of about n_max
-    rows: each stratum keeps its share of n_max, at least min(min_per_stratum, its size,
-    n_max / number of strata), drawn without replacement. Weighting each kept row by 1 / (kept / size of its stratum)
-    makes every stratum weigh what it weighs in the full data."""
-    strata = np.asarray(strata)
-    n = strata.size
-    if n_max <= 0 or n <= n_max:
-        return np.arange(n), np.ones(n, np.float64)
-    codes, inv, counts = np.unique(strata, return_inverse=True, return_counts=True)
-    # The minimum never takes more than an equal share of n_max per stratum.
-    floor_ = min(min_per_stratum, max(n_max // codes.size, 1))
-    quota = np.minimum(counts, np.maximum(np.floor(n_max * counts / n).astype(np.int64),
-                                          floor_))
-    rng = np.random.default_rng(seed)
-    # A random key per row; within each stratum the `quota` smallest keys are kept.
-    key = rng.random(n)
-    order = np.lexsort((key, inv))
-    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n) - np.repeat(start, counts)
-    keep = rank < quota[inv]
+    """(sorted row indices, inverse inclusion probability of each) of the stratified sample of
+    rows whose stratum codes (>= 0) are `strata`, held in memory: the rule of stratum_quotas
+    and the draw of stratified_positions, the ones the pipeline applies to rows on disk.
+    Weighting each kept row by 1 / (kept / size of its stratum) makes every stratum weigh what
+    it weighs in the full data."""
+    strata = np.asarray(strata, np.int64)
+    counts = np.bincount(strata)
+    quota = stratum_quotas(counts, n_max, min_per_stratum)
+    keep = np.isin(StratumOrdinals(counts).keys(strata),
+                   stratified_positions(counts, quota, seed), assume_unique=True)
     idx = np.flatnonzero(keep)
-    return idx, (counts / quota)[inv[idx]].astype(np.float64)
+    return idx, (counts / np.maximum(quota, 1))[strata[idx]].astype(np.float64)
 
 
 def sample_weights(cells: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
