@@ -286,18 +286,16 @@ class ReplayStream:
                         fin(raw, ts[a:b], c["tz"][a:b], c["li"][a:b], c["dev"][a:b],
                             out[a:b])
                         bar.update(b - a)
-                    self.rows = n_done + n
-                    self.seconds = time.perf_counter() - t0
                     yield record(c, out, n_done)
                 n_done += n
                 n_chunks += 1
             if pending is not None:
                 pending.result()
             if held is not None:
-                self.rows = n_done
-                self.seconds = time.perf_counter() - t0
                 yield held
         finally:
+            # rows and seconds are set once, when the stream ends (they count the consumer's
+            # time between chunks too).
             if pool is not None:
                 pool.shutdown(wait=True)
             bar.close()
