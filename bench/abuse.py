@@ -23,6 +23,11 @@ Scenarios (each starts its own daemon with the embedded store, default settings 
   connections (16 requests in flight each) get answers, through a daemon whose store is capped at 64 MiB (so most of the
   run evicts): answers by kind (no `store_down`), deadline fail-opens, RSS, evictions, the
   longest loop stall (slidr_loop_lag_seconds).
+* store_full -- 10M clicks from distinct users, sessions and IPs at full rate through a daemon
+  with every default (its store at the default cap), offered open-loop at 20,000 clicks/s in
+  `score_many` requests of 16 clicks over 8 connections; the daemon on CPU 0 and this
+  generator on CPU 1.
+  RSS against the cap, answers by kind, deadline fail-opens, evictions, the longest loop stall.
 
 Prints one JSON object (and writes it to --out/abuse.json when given).
 """
@@ -42,7 +47,8 @@ from typing import Any
 
 import msgpack
 
-SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store", "store_daemon")
+SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store", "store_daemon",
+             "store_full")
 
 
 def _rss_mib(pid: int) -> float:
@@ -586,6 +592,142 @@ def store_daemon(clicks: int = 600_000, max_mb: int = 64) -> dict[str, Any]:
     return res
 
 
+async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, per_req: int,
+                               progress: Any = None) -> dict[str, Any]:
+    """Distinct clicks at a fixed offered rate (open loop: each connection sends its
+    `score_many` requests of `per_req` clicks on a schedule, whether or not answers came
+    back); answers counted per click."""
+    ts0 = _now_ms() - 600_000
+    per = clicks // conns
+    counts: dict[str, Any] = {"model": 0, "fail_open": {}, "errors": 0, "error_kinds": {},
+                              "late_sends": 0}
+    done = [0]
+    interval = per_req * conns / rate
+
+    def request(k: int, start: int, n: int, msgid: int) -> bytes:
+        cl = []
+        for j in range(start, start + n):
+            i = k * per + j
+            cl.append({"click_id": f"d{i}", "ts": ts0 + i // 20_000, "session_id": f"s{i}",
+                       "user_id": f"u{i}", "ip": f"{10 + (i >> 24)}.{i >> 16 & 255}."
+                       f"{i >> 8 & 255}.{i & 255}", "device": "app", "logged_in": True})
+        return msgpack.packb([0, msgid, "score_many", [cl]])
+
+    async def read(r: asyncio.StreamReader, nreq: int) -> None:
+        up = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=1 << 26)
+        got = 0
+        while got < nreq:
+            data = await r.read(1 << 18)
+            if not data:
+                break
+            up.feed(data)
+            for m in up:
+                got += 1
+                if m[2] is not None:
+                    counts["errors"] += 1
+                    ek = str(m[2])[:60]
+                    counts["error_kinds"][ek] = counts["error_kinds"].get(ek, 0) + 1
+                    continue
+                for d in m[3]:
+                    why = d.get("reason") if isinstance(d, dict) else str(d)[:40]
+                    if why == "model":
+                        counts["model"] += 1
+                    else:
+                        fo = counts["fail_open"]
+                        fo[why] = fo.get(why, 0) + 1
+                done[0] += len(m[3])
+
+    async def one(k: int, t0: float) -> None:
+        r, w = await _open(port)
+        nreq = -(-per // per_req)
+        reader = asyncio.create_task(read(r, nreq))
+        loop = asyncio.get_running_loop()
+        for j in range(nreq):
+            due = t0 + (j + k / conns) * interval
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif wait < -0.005:
+                counts["late_sends"] += 1
+            start = j * per_req
+            w.write(request(k, start, min(per_req, per - start), j))
+        await w.drain()
+        await reader
+        w.close()
+
+    t = time.monotonic()
+    t0 = asyncio.get_running_loop().time() + 0.2
+    tasks = [asyncio.create_task(one(k, t0)) for k in range(conns)]
+    while not all(x.done() for x in tasks):
+        await asyncio.sleep(1.0)
+        if progress is not None:
+            progress(done[0], time.monotonic() - t)
+    for x in tasks:
+        x.result()
+    counts["seconds"] = round(time.monotonic() - t, 1)
+    counts["rate_per_s"] = round(per * conns / max(counts["seconds"], 1e-9))
+    return counts
+
+
+def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 16
+               ) -> dict[str, Any]:
+    """Distinct users, sessions and IPs at full rate through a daemon with every default."""
+    import urllib.request
+
+    from slidr.bench.daemon import DaemonRun
+    from slidr.slidrd.config import Config
+    cap = Config(registry="unused").embedded_max_mb
+    pin = len(os.sched_getaffinity(0)) >= 2
+    if pin:
+        os.sched_setaffinity(0, {1})
+    with DaemonRun(cpus="0" if pin else None) as d:
+        assert d.proc is not None
+        rss0 = _rss_mib(d.proc.pid)
+        peak = [rss0]
+        samples: list[float] = []
+
+        def progress(n: int, s: float) -> None:
+            if int(s) % 10 == 0:
+                print(f"store_full: {n:,} clicks answered in {s:.0f} s, daemon RSS "
+                      f"{_rss_mib(d.proc.pid):.0f} MiB", file=sys.stderr,  # type: ignore[union-attr]
+                      flush=True)
+
+        async def main() -> dict[str, Any]:
+            async def watch() -> None:
+                k = 0
+                while True:
+                    r = _rss_mib(d.proc.pid)  # type: ignore[union-attr]
+                    peak[0] = max(peak[0], r)
+                    if k % 20 == 0:
+                        samples.append(round(r, 1))
+                    k += 1
+                    await asyncio.sleep(0.25)
+            wt = asyncio.create_task(watch())
+            res = await _distinct_flood_many(d.port, clicks, 8, rate, per_req, progress)
+            wt.cancel()
+            return res
+        cpu0 = _cpu_s(d.proc.pid)
+        res = asyncio.run(main())
+        cpu = _cpu_s(d.proc.pid) - cpu0
+        text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
+        res.update({"clicks": clicks, "offered_rate_per_s": rate, "clicks_per_request": per_req,
+                    "embedded_max_mb_default": cap, "pinned": pin,
+                    "daemon_cpu_us_per_click": round(cpu * 1e6 / max(clicks, 1), 2),
+                    "rss_start_mib": round(rss0, 1), "rss_peak_mib": round(peak[0], 1),
+                    "rss_limit_mib": cap + 512,
+                    "rss_every_5s_mib": samples,
+                    "store_evicted": _metric(text, 'slidr_defence_total{event="store_evicted"}'),
+                    "loop_lag_max_le_s": _max_bucket(text, "slidr_loop_lag_seconds"),
+                    "loop_lag_over_s": _over(text, "slidr_loop_lag_seconds", (0.01, 0.05, 0.1,
+                                                                              0.25)),
+                    "daemon_alive": d.alive()})
+    n = max(clicks, 1)
+    res["deadline_fail_open_pct"] = round(100 * res["fail_open"].get("fail_open:deadline", 0)
+                                          / n, 4)
+    res["store_down"] = res["fail_open"].get("fail_open:store_down", 0)
+    return res
+
+
 # ------------------------------------------------------------------ main
 def run(names: list[str], quick: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"python": "python", "quick": quick}
@@ -605,6 +747,8 @@ def run(names: list[str], quick: bool = False) -> dict[str, Any]:
             out[name] = store(200_000 if quick else 10_000_000)
         elif name == "store_daemon":
             out[name] = store_daemon(50_000 if quick else 600_000, 16 if quick else 64)
+        elif name == "store_full":
+            out[name] = store_full(100_000 if quick else 10_000_000)
         else:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         out[name]["wall_s"] = round(time.monotonic() - t, 1)
