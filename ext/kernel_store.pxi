@@ -14,6 +14,10 @@ ctypedef struct SessSt:
     int64_t last
     int64_t first
     double c[2]
+    double subsec     # gaps under SUBSEC_MS so far
+    double lg_n       # Welford state of ln gap: count, mean, M2
+    double lg_mean
+    double lg_m2
 
 ctypedef struct IpSt:
     uint64_t key
@@ -25,6 +29,9 @@ ctypedef struct IpSt:
     int64_t bucket[2]
     uint8_t v[4]
     uint8_t pv[4]
+    # active hours: bit k = a click in hour bucket[0] - k (the last IP_HOURS hours)
+    uint32_t hmask
+    uint32_t pad
     uint8_t regs[4][HLL_M]
 
 ctypedef struct Slot:
@@ -270,6 +277,7 @@ cdef inline void _ip_reset(IpSt* e, int64_t t) noexcept nogil:
     e.last = t
     e.bucket[0] = _floordiv(t, HOUR_MS)
     e.bucket[1] = _floordiv(t, DAY_MS)
+    e.hmask = 0
     for j in range(4):
         e.z[j] = HLL_M
         e.pz[j] = HLL_M
@@ -467,9 +475,9 @@ cdef class EmbeddedStore:
                              double* out) noexcept nogil:
         cdef Py_ssize_t i
         cdef SessSt* se
-        cdef double gap
+        cdef double gap, x, delta
         cdef double* row
-        cdef int64_t t
+        cdef int64_t t, d
         cdef int j
         for i in range(n):
             t = ts[i]
@@ -489,17 +497,33 @@ cdef class EmbeddedStore:
                 se.c[1] = 1.0
                 se.last = t
                 se.first = t
+                se.subsec = 0.0
+                se.lg_n = 0.0
+                se.lg_mean = 0.0
+                se.lg_m2 = 0.0
                 gap = -1.0
             else:
-                gap = (t - se.last if t > se.last else 0) / 1000.0
+                d = t - se.last if t > se.last else 0
+                gap = d / 1000.0
                 for j in range(2):
                     se.c[j] = se.c[j] * exp(-gap / S_TAU[j]) + 1.0
                 if t > se.last:
                     se.last = t
+                if d < SUBSEC_MS:
+                    se.subsec = se.subsec + 1.0
+                x = log(gap if d > 0 else LOG_GAP_FLOOR)
+                se.lg_n = se.lg_n + 1.0
+                delta = x - se.lg_mean
+                se.lg_mean = se.lg_mean + delta / se.lg_n
+                se.lg_m2 = se.lg_m2 + delta * (x - se.lg_mean)
             row[5] = se.c[0]
             row[6] = se.c[1]
             row[7] = gap
             row[8] = (t - se.first if t > se.first else 0) / 1000.0
+            row[32] = se.subsec
+            row[33] = se.lg_n
+            row[34] = se.lg_mean
+            row[35] = se.lg_m2
             self._after(1, &self.sessions, S_TTL)
         return 0
 
@@ -512,7 +536,7 @@ cdef class EmbeddedStore:
         cdef const uint8_t* hl
         cdef int64_t t
         cdef int j, idx, rank, r, w
-        cdef int64_t b, win
+        cdef int64_t b, win, hk
         cdef double frac
         for i in range(n):
             t = ts[i]
@@ -539,6 +563,13 @@ cdef class EmbeddedStore:
             row[9] = ie.c[0]
             row[10] = ie.c[1]
             row[11] = ie.c[2]
+            # active hours, anchored at the hour bucket of the IP's newest click so far
+            hk = _floordiv(t, HOUR_MS) - ie.bucket[0]
+            if hk > 0:
+                ie.hmask = 1 if hk >= IP_HOURS else (((ie.hmask << hk) & HOURS_FULL) | 1)
+            elif -hk < IP_HOURS:
+                ie.hmask |= (<uint32_t>1) << (-hk)
+            row[36] = __builtin_popcount(ie.hmask)
             for w in range(2):
                 win = HOUR_MS if w == 0 else DAY_MS
                 b = _floordiv(t, win)
