@@ -73,6 +73,9 @@ def _check_spec():
     assert fs.GAP_CAP_S == GAP_CAP
     assert fs.SUBSEC_MS == SUBSEC_MS and fs.LOG_GAP_FLOOR_S == LOG_GAP_FLOOR
     assert fs.IP_HOURS == IP_HOURS and fs.LOG_GAP_CAP == LOG_GAP_CAP
+    assert fs.RAW_SPANS == {"user": (0, 5), "session": (5, 13), "ip": (13, 37)}
+    assert fs.RAW_INDEX["s_subsec"] == 9 and fs.RAW_INDEX["i_hours"] == 16
+    assert fs.RAW_INDEX["h0_z"] == 17
 
 
 _check_spec()

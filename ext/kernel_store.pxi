@@ -385,8 +385,8 @@ cdef class EmbeddedStore:
 
     def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=7):
         """update() for some of the tables, into `out` (float64 (n, RAW_WIDTH), made when None),
-        without the GIL. tables: bit mask, 1 users (raw columns 0-4), 2 sessions (5-8), 4 ips
-        (9-31). The tables are independent: counting a batch with tables=3 and tables=4 (in
+        without the GIL. tables: bit mask, 1 users (raw columns 0-4), 2 sessions (5-12), 4 ips
+        (13-36; featurespec.RAW_SPANS). The tables are independent: counting a batch with tables=3 and tables=4 (in
         either order, or at the same time from two threads) equals update(). Every batch must
         go to every table, in log order, before the next batch goes to that table."""
         if self.closed:
@@ -520,10 +520,10 @@ cdef class EmbeddedStore:
             row[6] = se.c[1]
             row[7] = gap
             row[8] = (t - se.first if t > se.first else 0) / 1000.0
-            row[32] = se.subsec
-            row[33] = se.lg_n
-            row[34] = se.lg_mean
-            row[35] = se.lg_m2
+            row[9] = se.subsec
+            row[10] = se.lg_n
+            row[11] = se.lg_mean
+            row[12] = se.lg_m2
             self._after(1, &self.sessions, S_TTL)
         return 0
 
@@ -560,16 +560,16 @@ cdef class EmbeddedStore:
                     ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
                 if t > ie.last:
                     ie.last = t
-            row[9] = ie.c[0]
-            row[10] = ie.c[1]
-            row[11] = ie.c[2]
+            row[13] = ie.c[0]
+            row[14] = ie.c[1]
+            row[15] = ie.c[2]
             # active hours, anchored at the hour bucket of the IP's newest click so far
             hk = _floordiv(t, HOUR_MS) - ie.bucket[0]
             if hk > 0:
                 ie.hmask = 1 if hk >= IP_HOURS else (((ie.hmask << hk) & HOURS_FULL) | 1)
             elif -hk < IP_HOURS:
                 ie.hmask |= (<uint32_t>1) << (-hk)
-            row[36] = __builtin_popcount(ie.hmask)
+            row[16] = __builtin_popcount(ie.hmask)
             for w in range(2):
                 win = HOUR_MS if w == 0 else DAY_MS
                 b = _floordiv(t, win)
@@ -600,11 +600,11 @@ cdef class EmbeddedStore:
                         if r == 0:
                             ie.v[j] -= 1
                         ie.regs[j][idx] = <uint8_t>rank
-                    row[12 + 5 * j] = ie.z[j]
-                    row[13 + 5 * j] = ie.v[j]
-                    row[14 + 5 * j] = ie.pz[j]
-                    row[15 + 5 * j] = ie.pv[j]
-                    row[16 + 5 * j] = frac
+                    row[17 + 5 * j] = ie.z[j]
+                    row[18 + 5 * j] = ie.v[j]
+                    row[19 + 5 * j] = ie.pz[j]
+                    row[20 + 5 * j] = ie.pv[j]
+                    row[21 + 5 * j] = frac
             self._after(2, &self.ips, I_TTL)
         return 0
 

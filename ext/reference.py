@@ -226,8 +226,7 @@ class ReferenceStore:
                 delta = x - ss[ns + 4]
                 ss[ns + 4] = ss[ns + 4] + delta / ss[ns + 3]
                 ss[ns + 5] = ss[ns + 5] + delta * (x - ss[ns + 4])
-            row += ss[:ns] + [gap, max(t - int(ss[ns + 1]), 0) / 1000.0]
-            extra = ss[ns + 2:ns + 6]
+            row += ss[:ns] + [gap, max(t - int(ss[ns + 1]), 0) / 1000.0] + ss[ns + 2:ns + 6]
             # ip
             ni = len(IP_TAUS)
             ent = self._get(self.ips, int(ih[i]))
@@ -241,14 +240,13 @@ class ReferenceStore:
                 c = ent[0]
                 _decay(c, IP_TAUS, max(t - int(c[ni]), 0) / 1000.0)
                 c[ni] = float(max(int(c[ni]), t))
-            row += ent[0][:ni]
             # the hour HLLs' bucket is the hour of the IP's newest click so far
             mask = hours_mask(int(ent[0][ni + 1]), ent[1][0].bucket, t // _HOUR_MS)
             ent[0][ni + 1] = float(mask)
+            row += ent[0][:ni] + [float(bin(mask).count("1"))]
             for j, w in enumerate(HLL_WINDOWS_MS):
                 idx, rank = int(hll[i, 2 * (j % 2)]), int(hll[i, 2 * (j % 2) + 1])
                 row += ent[1][j].add(t, w, idx, rank)
-            row += extra + [float(bin(mask).count("1"))]
             out[i] = row
         return out
 

@@ -61,15 +61,20 @@ LOG_GAP_FLOOR_S = 0.001
 IP_HOURS = 24
 
 # Raw counter layout returned by every store (float64 columns).
-RAW_COLUMNS: tuple[str, ...] = (
-    ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap")
-    + ("s_c60", "s_c3600", "s_gap", "s_age")
-    + ("i_c60", "i_c3600", "i_c86400")
-    + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac"))
-    # spec 2: session sub-second gaps, Welford state of ln gap; IP active hours in the last day
-    + ("s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2", "i_hours")
-)
+# Each key kind's columns are contiguous (RAW_SPANS): a store's tables fill them independently.
+_RAW_USER = ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap")
+_RAW_SESSION = ("s_c60", "s_c3600", "s_gap", "s_age",
+                "s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2")
+_RAW_IP = (("i_c60", "i_c3600", "i_c86400", "i_hours")
+           + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac")))
+RAW_COLUMNS: tuple[str, ...] = _RAW_USER + _RAW_SESSION + _RAW_IP
 RAW_WIDTH = len(RAW_COLUMNS)  # 37
+# [start, end) of the raw columns of each key kind: users 0-4, sessions 5-12, IPs 13-36.
+RAW_SPANS: dict[str, tuple[int, int]] = {
+    "user": (0, len(_RAW_USER)),
+    "session": (len(_RAW_USER), len(_RAW_USER) + len(_RAW_SESSION)),
+    "ip": (len(_RAW_USER) + len(_RAW_SESSION), RAW_WIDTH),
+}
 RAW_INDEX = {n: i for i, n in enumerate(RAW_COLUMNS)}
 
 # Model input features: (name, transform, raw source or derivation).

@@ -16,6 +16,7 @@ from slidr.registry import BundleError, Registry, spec_hash_of
 # The spec hash of feature spec version 1 (21 features + 3 device one-hots, 32 raw columns).
 V1_SPEC_HASH = "baa9849e739ca0f3"
 V2_ONLY = ("subsec_ms", "log_gap_floor_s", "ip_hours")
+V2_RAW = ("s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2", "i_hours")
 
 
 def v1_spec() -> dict:
@@ -23,7 +24,7 @@ def v1_spec() -> dict:
     d = {k: v for k, v in fs.spec_dict().items() if k not in V2_ONLY}
     d["version"] = 1
     d["features"] = d["features"][:24]
-    d["raw_columns"] = d["raw_columns"][:32]
+    d["raw_columns"] = [c for c in d["raw_columns"] if c not in V2_RAW]
     d = json.loads(json.dumps(d))
     assert spec_hash_of(d) == V1_SPEC_HASH
     return {**d, "spec_hash": V1_SPEC_HASH}
