@@ -407,7 +407,7 @@ cdef class EmbeddedStore:
             out = np.empty((n, RAW_WIDTH), dtype=np.float64)
         cdef double[:, ::1] o = out
         if o.shape[0] != n or o.shape[1] != RAW_WIDTH:
-            raise ValueError("update_tables: out must be float64 (n, 32), C-contiguous")
+            raise ValueError("update_tables: out must be float64 (n, 37), C-contiguous")
         cdef int rc = 0
         if n == 0:
             return out
