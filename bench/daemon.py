@@ -1,7 +1,7 @@
 """Start what a scenario needs: a registry with a published model, a throwaway redis-server,
 and `slidrd serve` on free loopback ports, each torn down after the run.
 
-The model is the production shape (24 features -> 64 -> 32 -> 1, ReLU, sigmoid) built with
+The model is the production shape (N_FEATURES features -> 64 -> 32 -> 1, ReLU, sigmoid) built with
 onnx.helper and random weights: the daemon's cost does not depend on what the weights say.
 """
 
@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from slidr.featurespec import N_FEATURES
 from slidr.util import stop_process
 
 
@@ -31,12 +32,12 @@ def free_port() -> int:
 
 
 def make_mlp(path: Path, hidden: tuple[int, ...] = (64, 32), seed: int = 0) -> Path:
-    """24 float32 inputs 'features' (n, 24) -> 'robot_prob' (n,): FC+ReLU layers, sigmoid."""
+    """N_FEATURES float32 inputs 'features' (n, N_FEATURES) -> 'robot_prob' (n,): FC+ReLU layers, sigmoid."""
     import onnx
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(seed)
-    sizes = (24, *hidden, 1)
+    sizes = (N_FEATURES, *hidden, 1)
     inits, nodes = [], []
     x = "features"
     for li, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -54,7 +55,7 @@ def make_mlp(path: Path, hidden: tuple[int, ...] = (64, 32), seed: int = 0) -> P
     nodes.append(helper.make_node("Reshape", ["p2", "S"], ["robot_prob"]))
     graph = helper.make_graph(
         nodes, "slidr_bench_mlp",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 24])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", N_FEATURES])],
         [helper.make_tensor_value_info("robot_prob", TensorProto.FLOAT, ["n"])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -5,7 +5,7 @@
 - store: one counter-store round trip per micro-batch (hash keys + update), embedded and Redis
   (a throwaway redis-server unless a URL is given), batch 1, 64, 512;
 - model: one ONNX Runtime call per batch size 1..1024 on the production-shaped MLP
-  (24 -> 64 -> 32 -> 1), through slidr.engines when present (as the daemon calls it).
+  (N_FEATURES -> 64 -> 32 -> 1), through slidr.engines when present (as the daemon calls it).
 
 Each figure is the median (and p99) over repeated calls for a fixed time; times in
 microseconds. On a shared 2-core machine expect +-20% between runs.
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from slidr.featurespec import N_FEATURES
 
 STORE_BATCHES = (1, 64, 512)
 MODEL_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -140,7 +142,7 @@ def model(seconds: float, batches: Sequence[int] = MODEL_BATCHES) -> dict[str, A
         rng = np.random.default_rng(0)
         out: dict[str, Any] = {"via": via, "batches": {}}
         for b in batches:
-            x = rng.random((b, 24), dtype=np.float32)
+            x = rng.random((b, N_FEATURES), dtype=np.float32)
             r = _time(lambda x=x: infer(x), seconds)
             r["per_click_us"] = r["median_us"] / b
             out["batches"][str(b)] = r

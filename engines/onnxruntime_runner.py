@@ -47,7 +47,7 @@ def ort_session(model_path: str | Path, intra_op_threads: int = 1) -> Any:
 
 
 class OrtRunner:
-    """CPU scorer. `infer(x)` takes float32 (n, 24) and returns a new float32 (n,) array."""
+    """CPU scorer. `infer(x)` takes float32 (n, 28) and returns a new float32 (n,) array."""
 
     name = "onnxruntime"
 
@@ -115,7 +115,7 @@ class OrtRunner:
         return self.session.run(self._outs, {self.input_name: x})[0]  # type: ignore[no-any-return]
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """float32 (n, 24) -> float32 (n,) robot probability. n may exceed max_batch: the
+        """float32 (n, 28) -> float32 (n,) robot probability. n may exceed max_batch: the
         batch is then scored in max_batch chunks."""
         x = check_batch(x)
         n = x.shape[0]

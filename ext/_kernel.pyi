@@ -45,7 +45,7 @@ def max_keys_for_bytes(budget: int) -> int: ...
 def finish_into(raw: npt.ArrayLike, ts: npt.ArrayLike, tz_offset_min: npt.ArrayLike,
                 logged_in: npt.ArrayLike, device: npt.ArrayLike,
                 out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
-    """Native twin of featurespec.finish: raw counters -> float32 features (n, 24)."""
+    """Native twin of featurespec.finish: raw counters -> float32 features (n, 28)."""
 
 def hash_key_columns(
     user_id: Any, session_id: Any, ip: Any, logged_in: npt.ArrayLike

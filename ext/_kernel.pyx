@@ -14,7 +14,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cpython.unicode cimport PyUnicode_Check
-from libc.math cimport cos, exp, ldexp, log, log1p, sin
+from libc.math cimport cos, exp, ldexp, log, log1p, sin, sqrt
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdio cimport snprintf
@@ -36,8 +36,10 @@ cdef enum:
     HLL_M = 32
     HLL_P = 5
     HLL_RANK_CAP = 60
-    RAW_WIDTH = 32
-    N_FEATURES = 24
+    RAW_WIDTH = 37
+    N_FEATURES = 28
+    IP_HOURS = 24
+    SUBSEC_MS = 1000
 # A slot's idx is its dense index + 1; 0 marks an empty slot, so a fresh index is calloc'd
 # memory (pages untouched until used: a table sized for its cap costs nothing up front).
 cdef uint32_t EMPTY = 0
@@ -54,6 +56,9 @@ cdef int64_t I_TTL = 2 * 86400000
 cdef int64_t HOUR_MS = 3600000
 cdef int64_t DAY_MS = 86400000
 cdef double GAP_CAP = 7 * 86400.0
+cdef double LOG_GAP_FLOOR = 0.001
+cdef double LOG_GAP_CAP = log(GAP_CAP)
+cdef uint32_t HOURS_FULL = (1 << IP_HOURS) - 1
 
 
 def _check_spec():
@@ -66,6 +71,11 @@ def _check_spec():
     assert fs.HLL_WINDOWS_MS == (HOUR_MS, HOUR_MS, DAY_MS, DAY_MS)
     assert fs.RAW_WIDTH == RAW_WIDTH and fs.N_FEATURES == N_FEATURES
     assert fs.GAP_CAP_S == GAP_CAP
+    assert fs.SUBSEC_MS == SUBSEC_MS and fs.LOG_GAP_FLOOR_S == LOG_GAP_FLOOR
+    assert fs.IP_HOURS == IP_HOURS and fs.LOG_GAP_CAP == LOG_GAP_CAP
+    assert fs.RAW_SPANS == {"user": (0, 5), "session": (5, 13), "ip": (13, 37)}
+    assert fs.RAW_INDEX["s_subsec"] == 9 and fs.RAW_INDEX["i_hours"] == 16
+    assert fs.RAW_INDEX["h0_z"] == 17
 
 
 _check_spec()

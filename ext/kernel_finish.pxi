@@ -15,7 +15,7 @@ cdef inline double _hll_est(double z, double v) noexcept nogil:
 
 
 def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
-    """Native twin of featurespec.finish: raw counters -> float32 features (n, 24)."""
+    """Native twin of featurespec.finish: raw counters -> float32 features (n, 28)."""
     cdef const double[:, ::1] r = np.ascontiguousarray(raw, dtype=np.float64)
     cdef const int64_t[::1] tsv = np.ascontiguousarray(ts, dtype=np.int64)
     cdef const int64_t[::1] tz = np.ascontiguousarray(tz_offset_min, dtype=np.int64)
@@ -26,7 +26,7 @@ def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
         out = np.empty((n, N_FEATURES), dtype=np.float32)
     cdef float[:, ::1] o = out
     if n and r.shape[1] != RAW_WIDTH:
-        raise ValueError("finish_into: raw must have shape (n, 32)")
+        raise ValueError("finish_into: raw must have shape (n, 37)")
     if (tsv.shape[0] != n or tz.shape[0] != n or li.shape[0] != n or dev.shape[0] != n
             or o.shape[0] != n or o.shape[1] != N_FEATURES):
         raise ValueError("finish_into: column lengths / out shape do not match raw")
@@ -48,12 +48,12 @@ def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
           g = x[7]
           o[i, 7] = <float>log1p(GAP_CAP if g < 0 else (g if g < GAP_CAP else GAP_CAP))
           o[i, 8] = <float>log1p(x[8])
-          o[i, 9] = <float>log1p(x[9])
-          o[i, 10] = <float>log1p(x[10])
-          o[i, 11] = <float>log1p(x[11])
+          o[i, 9] = <float>log1p(x[13])
+          o[i, 10] = <float>log1p(x[14])
+          o[i, 11] = <float>log1p(x[15])
           for j in range(4):
-              est = _hll_est(x[12 + 5 * j], x[13 + 5 * j]) + \
-                  _hll_est(x[14 + 5 * j], x[15 + 5 * j]) * (1.0 - x[16 + 5 * j])
+              est = _hll_est(x[17 + 5 * j], x[18 + 5 * j]) + \
+                  _hll_est(x[19 + 5 * j], x[20 + 5 * j]) * (1.0 - x[21 + 5 * j])
               o[i, 12 + j] = <float>log1p(est)
           local = tsv[i] + tz[i] * 60000
           day_ms = local - _floordiv(local, DAY_MS) * DAY_MS
@@ -73,6 +73,10 @@ def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
               bad = i
               break
           o[i, 21 + dev[i]] = 1.0
+          o[i, 24] = <float>log1p(x[9])
+          o[i, 25] = <float>(x[11] if x[10] > 0 else LOG_GAP_CAP)
+          o[i, 26] = <float>(sqrt(x[12] / x[10]) if x[10] >= 2 else -1.0)
+          o[i, 27] = <float>log1p(x[16])
     if bad >= 0:
         raise ValueError(f"finish_into: device code {dev[bad]} at row {bad} is not 0, 1 or 2")
     return out

@@ -5,6 +5,7 @@
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long) nogil
+    int __builtin_popcount(unsigned int) nogil
     void __builtin_prefetch(const void*) nogil
 
 

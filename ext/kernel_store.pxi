@@ -14,6 +14,10 @@ ctypedef struct SessSt:
     int64_t last
     int64_t first
     double c[2]
+    double subsec     # gaps under SUBSEC_MS so far
+    double lg_n       # Welford state of ln gap: count, mean, M2
+    double lg_mean
+    double lg_m2
 
 ctypedef struct IpSt:
     uint64_t key
@@ -25,6 +29,9 @@ ctypedef struct IpSt:
     int64_t bucket[2]
     uint8_t v[4]
     uint8_t pv[4]
+    # active hours: bit k = a click in hour bucket[0] - k (the last IP_HOURS hours)
+    uint32_t hmask
+    uint32_t pad
     uint8_t regs[4][HLL_M]
 
 ctypedef struct Slot:
@@ -270,6 +277,7 @@ cdef inline void _ip_reset(IpSt* e, int64_t t) noexcept nogil:
     e.last = t
     e.bucket[0] = _floordiv(t, HOUR_MS)
     e.bucket[1] = _floordiv(t, DAY_MS)
+    e.hmask = 0
     for j in range(4):
         e.z[j] = HLL_M
         e.pz[j] = HLL_M
@@ -377,8 +385,8 @@ cdef class EmbeddedStore:
 
     def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=7):
         """update() for some of the tables, into `out` (float64 (n, RAW_WIDTH), made when None),
-        without the GIL. tables: bit mask, 1 users (raw columns 0-4), 2 sessions (5-8), 4 ips
-        (9-31). The tables are independent: counting a batch with tables=3 and tables=4 (in
+        without the GIL. tables: bit mask, 1 users (raw columns 0-4), 2 sessions (5-12), 4 ips
+        (13-36; featurespec.RAW_SPANS). The tables are independent: counting a batch with tables=3 and tables=4 (in
         either order, or at the same time from two threads) equals update(). Every batch must
         go to every table, in log order, before the next batch goes to that table."""
         if self.closed:
@@ -399,7 +407,7 @@ cdef class EmbeddedStore:
             out = np.empty((n, RAW_WIDTH), dtype=np.float64)
         cdef double[:, ::1] o = out
         if o.shape[0] != n or o.shape[1] != RAW_WIDTH:
-            raise ValueError("update_tables: out must be float64 (n, 32), C-contiguous")
+            raise ValueError("update_tables: out must be float64 (n, 37), C-contiguous")
         cdef int rc = 0
         if n == 0:
             return out
@@ -467,9 +475,9 @@ cdef class EmbeddedStore:
                              double* out) noexcept nogil:
         cdef Py_ssize_t i
         cdef SessSt* se
-        cdef double gap
+        cdef double gap, x, delta
         cdef double* row
-        cdef int64_t t
+        cdef int64_t t, d
         cdef int j
         for i in range(n):
             t = ts[i]
@@ -489,17 +497,33 @@ cdef class EmbeddedStore:
                 se.c[1] = 1.0
                 se.last = t
                 se.first = t
+                se.subsec = 0.0
+                se.lg_n = 0.0
+                se.lg_mean = 0.0
+                se.lg_m2 = 0.0
                 gap = -1.0
             else:
-                gap = (t - se.last if t > se.last else 0) / 1000.0
+                d = t - se.last if t > se.last else 0
+                gap = d / 1000.0
                 for j in range(2):
                     se.c[j] = se.c[j] * exp(-gap / S_TAU[j]) + 1.0
                 if t > se.last:
                     se.last = t
+                if d < SUBSEC_MS:
+                    se.subsec = se.subsec + 1.0
+                x = log(gap if d > 0 else LOG_GAP_FLOOR)
+                se.lg_n = se.lg_n + 1.0
+                delta = x - se.lg_mean
+                se.lg_mean = se.lg_mean + delta / se.lg_n
+                se.lg_m2 = se.lg_m2 + delta * (x - se.lg_mean)
             row[5] = se.c[0]
             row[6] = se.c[1]
             row[7] = gap
             row[8] = (t - se.first if t > se.first else 0) / 1000.0
+            row[9] = se.subsec
+            row[10] = se.lg_n
+            row[11] = se.lg_mean
+            row[12] = se.lg_m2
             self._after(1, &self.sessions, S_TTL)
         return 0
 
@@ -512,7 +536,7 @@ cdef class EmbeddedStore:
         cdef const uint8_t* hl
         cdef int64_t t
         cdef int j, idx, rank, r, w
-        cdef int64_t b, win
+        cdef int64_t b, win, hk
         cdef double frac
         for i in range(n):
             t = ts[i]
@@ -536,9 +560,16 @@ cdef class EmbeddedStore:
                     ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
                 if t > ie.last:
                     ie.last = t
-            row[9] = ie.c[0]
-            row[10] = ie.c[1]
-            row[11] = ie.c[2]
+            row[13] = ie.c[0]
+            row[14] = ie.c[1]
+            row[15] = ie.c[2]
+            # active hours, anchored at the hour bucket of the IP's newest click so far
+            hk = _floordiv(t, HOUR_MS) - ie.bucket[0]
+            if hk > 0:
+                ie.hmask = 1 if hk >= IP_HOURS else (((ie.hmask << hk) & HOURS_FULL) | 1)
+            elif -hk < IP_HOURS:
+                ie.hmask |= (<uint32_t>1) << (-hk)
+            row[16] = __builtin_popcount(ie.hmask)
             for w in range(2):
                 win = HOUR_MS if w == 0 else DAY_MS
                 b = _floordiv(t, win)
@@ -569,11 +600,11 @@ cdef class EmbeddedStore:
                         if r == 0:
                             ie.v[j] -= 1
                         ie.regs[j][idx] = <uint8_t>rank
-                    row[12 + 5 * j] = ie.z[j]
-                    row[13 + 5 * j] = ie.v[j]
-                    row[14 + 5 * j] = ie.pz[j]
-                    row[15 + 5 * j] = ie.pv[j]
-                    row[16 + 5 * j] = frac
+                    row[17 + 5 * j] = ie.z[j]
+                    row[18 + 5 * j] = ie.v[j]
+                    row[19 + 5 * j] = ie.pz[j]
+                    row[20 + 5 * j] = ie.pv[j]
+                    row[21 + 5 * j] = frac
             self._after(2, &self.ips, I_TTL)
         return 0
 

@@ -18,11 +18,14 @@ from slidr.featurespec import (
     HLL_P,
     HLL_RANK_CAP,
     HLL_WINDOWS_MS,
+    IP_HOURS,
     IP_TAUS,
     IP_TTL_MS,
+    LOG_GAP_FLOOR_S,
     RAW_WIDTH,
     SESSION_TAUS,
     SESSION_TTL_MS,
+    SUBSEC_MS,
     USER_TAUS,
     USER_TTL_MS,
 )
@@ -136,6 +139,21 @@ class _Hll:
         return self.z, self.v, self.pz, self.pv, frac
 
 
+_HOUR_MS = HLL_WINDOWS_MS[0]
+_HOURS_FULL = (1 << IP_HOURS) - 1
+
+
+def hours_mask(mask: int, anchor: int, hour: int) -> int:
+    """An IP's active-hours mask (bit k = a click in hour anchor - k, anchor = the hour of its
+    newest click before this one) after a click in `hour`."""
+    if hour > anchor:
+        k = hour - anchor
+        return 1 if k >= IP_HOURS else ((mask << k) & _HOURS_FULL) | 1
+    if anchor - hour < IP_HOURS:
+        return mask | (1 << (anchor - hour))
+    return mask
+
+
 class ReferenceStore:
     """Embedded counter store, reference implementation (dicts of Python lists)."""
 
@@ -187,33 +205,45 @@ class ReferenceStore:
                 _decay(st, USER_TAUS, gap)
                 st[-1] = float(max(int(st[-1]), t))
             row += st[: len(USER_TAUS)] + [gap]
-            # session: counts..., last, first
+            # session: counts..., last, first, sub-second gaps, ln-gap n, mean, M2
             ss = self._get(self.sessions, int(sh[i]))
             ns = len(SESSION_TAUS)
             if ss is None or t - ss[ns] > SESSION_TTL_MS:
                 if ss is None:
                     self._room(self.sessions)
-                ss = [1.0] * ns + [float(t), float(t)]
+                ss = [1.0] * ns + [float(t), float(t), 0.0, 0.0, 0.0, 0.0]
                 self.sessions[int(sh[i])] = ss
                 gap = -1.0
             else:
-                gap = max(t - int(ss[ns]), 0) / 1000.0
+                d = max(t - int(ss[ns]), 0)
+                gap = d / 1000.0
                 _decay(ss, SESSION_TAUS, gap)
                 ss[ns] = float(max(int(ss[ns]), t))
-            row += ss[:ns] + [gap, max(t - int(ss[ns + 1]), 0) / 1000.0]
+                if d < SUBSEC_MS:
+                    ss[ns + 2] += 1.0
+                x = math.log(gap if d > 0 else LOG_GAP_FLOOR_S)
+                ss[ns + 3] += 1.0
+                delta = x - ss[ns + 4]
+                ss[ns + 4] = ss[ns + 4] + delta / ss[ns + 3]
+                ss[ns + 5] = ss[ns + 5] + delta * (x - ss[ns + 4])
+            row += ss[:ns] + [gap, max(t - int(ss[ns + 1]), 0) / 1000.0] + ss[ns + 2:ns + 6]
             # ip
             ni = len(IP_TAUS)
             ent = self._get(self.ips, int(ih[i]))
             if ent is None or t - ent[0][ni] > IP_TTL_MS:
                 if ent is None:
                     self._room(self.ips)
-                ent = ([1.0] * ni + [float(t)], [_Hll(t // w) for w in HLL_WINDOWS_MS])
+                # counts..., last, active-hours mask
+                ent = ([1.0] * ni + [float(t), 0.0], [_Hll(t // w) for w in HLL_WINDOWS_MS])
                 self.ips[int(ih[i])] = ent
             else:
                 c = ent[0]
                 _decay(c, IP_TAUS, max(t - int(c[ni]), 0) / 1000.0)
                 c[ni] = float(max(int(c[ni]), t))
-            row += ent[0][:ni]
+            # the hour HLLs' bucket is the hour of the IP's newest click so far
+            mask = hours_mask(int(ent[0][ni + 1]), ent[1][0].bucket, t // _HOUR_MS)
+            ent[0][ni + 1] = float(mask)
+            row += ent[0][:ni] + [float(bin(mask).count("1"))]
             for j, w in enumerate(HLL_WINDOWS_MS):
                 idx, rank = int(hll[i, 2 * (j % 2)]), int(hll[i, 2 * (j % 2) + 1])
                 row += ent[1][j].add(t, w, idx, rank)

@@ -15,7 +15,7 @@ import numpy as np
 from slidr import progress
 from slidr.contract import CUSTOMER_FIELDS, slice_names
 from slidr.defaults import CALIBRATION, COMMON, TRAINING
-from slidr.featurespec import SPEC_HASH, spec_dict
+from slidr.featurespec import N_FEATURES, SPEC_HASH, spec_dict
 from slidr.options import field_from
 from slidr.util import atomic_dir, atomic_open, write_json
 
@@ -446,7 +446,7 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
                    "fpr_target": cfg.fpr_target, "hidden": list(cfg.hidden),
                    "weight_decay_hidden": cfg.weight_decay, "replay_batch": cfg.batch_size,
                    "memory_budget_gib": cfg.memory_budget},
-        "model": {"arch": f"24 -> {' -> '.join(map(str, cfg.hidden))} -> 1, ReLU, sigmoid; "
+        "model": {"arch": f"{N_FEATURES} -> {' -> '.join(map(str, cfg.hidden))} -> 1, ReLU, sigmoid; "
                           "standardisation inside the graph",
                   "best_epoch": mlp.best_epoch, "epochs_run": mlp.epochs_run,
                   "history": mlp.history},

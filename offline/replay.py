@@ -33,7 +33,7 @@ CHUNK_ROWS = 131_072
 class Replay:
     """Features and the per-click columns the offline pipeline needs, all in log order."""
 
-    features: np.ndarray  # float32 (n, 24)
+    features: np.ndarray  # float32 (n, 28)
     ts: np.ndarray  # int64 epoch ms
     tz_offset_min: np.ndarray  # int16
     device: np.ndarray  # uint8 codes into contract.DEVICES

@@ -180,7 +180,7 @@ def normalise(rec: Any, where: str) -> Record:
     if isinstance(feats, bytes | bytearray):  # raw little-endian float32 row
         if len(feats) != 4 * N_FEATURES:
             raise ValueError(f"{where}: features are {len(feats)} bytes, expected "
-                             f"{4 * N_FEATURES} (24 float32)")
+                             f"{4 * N_FEATURES} ({N_FEATURES} float32)")
         feats = np.frombuffer(feats, "<f4").tolist()
     if feats is not None and len(feats) != N_FEATURES:
         raise ValueError(f"{where}: features have {len(feats)} values, expected {N_FEATURES}")

@@ -1,7 +1,8 @@
 """Feature replay on Spark: the same counters as offline.replay, computed per entity.
 
 The counters are sequential per entity key and independent across keys and across entity
-kinds (the embedded store's tables: users -> raw columns 0-4, sessions -> 5-8, IPs -> 9-31).
+kinds (the embedded store's tables: users -> raw columns 0-4, sessions -> 5-12, IPs -> 13-36;
+featurespec.RAW_SPANS).
 So, for each kind, the clicks are partitioned by that kind's key hash, sorted within each
 partition by the log row number (the single-machine replay's order: arrival order, whatever
 the timestamps say), and the same Cython kernel (EmbeddedStore.update_tables with that kind's
@@ -22,10 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from slidr.featurespec import N_FEATURES, RAW_WIDTH
+from slidr.featurespec import N_FEATURES, RAW_SPANS, RAW_WIDTH
 
 # (table bit, key column, first raw column, end raw column)
-KINDS: tuple[tuple[int, str, int, int], ...] = ((1, "uh", 0, 5), (2, "sh", 5, 9), (4, "ih", 9, 32))
+KINDS: tuple[tuple[int, str, int, int], ...] = (
+    (1, "uh", *RAW_SPANS["user"]), (2, "sh", *RAW_SPANS["session"]), (4, "ih", *RAW_SPANS["ip"]))
 FAULT_ENV = "SLIDR_SPARK_FAULT_ONCE"  # tests: a marker path; first attempt of partition 0 exits
 
 

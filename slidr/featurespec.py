@@ -14,6 +14,15 @@ Counter algorithms (all per key, O(1) memory, logically expiring):
 - Distinct sessions / users behind an IP: a 32-register HyperLogLog per window over tumbling
   buckets (hour, day); the estimate blends the previous bucket linearly (sliding-window
   approximation): est = hll(cur) + hll(prev) * (1 - elapsed fraction of cur bucket).
+- Session gap shape (spec 2): the count of gaps under SUBSEC_MS (a click at most that long
+  after the session's newest one, out-of-order clicks included as gap 0) and a Welford running
+  (n, mean, M2) of x = ln(gap in s), the gap floored at 1 ms: n += 1; d = x - mean;
+  mean += d / n; M2 += d * (x - mean).
+- Hours an IP was active (spec 2): a 24-bit mask anchored at the IP's hour bucket (the hour of
+  its newest click): bit k = a click in hour (anchor - k). A click in a later hour shifts the
+  mask by the hours passed and sets bit 0; an out-of-order click sets bit (anchor - its hour)
+  when under 24. The count is the popcount: distinct UTC hours with a click in the 24 hours
+  ending at the IP's newest click.
 The embedded store (ext/_kernel.pyx), its reference twin (ext/reference.py) and the Redis
 Lua script (slidr/store_redis.lua) implement exactly this; parity tests hold them together.
 """
@@ -28,7 +37,7 @@ import numpy as np
 
 from slidr.contract import DEVICES
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 # Decay time constants in seconds.
 USER_TAUS = (60.0, 600.0, 3600.0, 86400.0)
@@ -45,15 +54,27 @@ HLL_RANK_CAP = 64 - HLL_P + 1
 HLL_WINDOWS_MS = (3_600_000, 3_600_000, 86_400_000, 86_400_000)
 HLL_KINDS = ("sess", "user", "sess", "user")
 GAP_CAP_S = 7 * 86400.0
+# Session gaps shorter than this count as sub-second; ln gap floors the gap at 1 ms.
+SUBSEC_MS = 1000
+LOG_GAP_FLOOR_S = 0.001
+# Hours an IP was active: a mask of this many hourly bits.
+IP_HOURS = 24
 
 # Raw counter layout returned by every store (float64 columns).
-RAW_COLUMNS: tuple[str, ...] = (
-    ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap")
-    + ("s_c60", "s_c3600", "s_gap", "s_age")
-    + ("i_c60", "i_c3600", "i_c86400")
-    + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac"))
-)
-RAW_WIDTH = len(RAW_COLUMNS)  # 32
+# Each key kind's columns are contiguous (RAW_SPANS): a store's tables fill them independently.
+_RAW_USER = ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap")
+_RAW_SESSION = ("s_c60", "s_c3600", "s_gap", "s_age",
+                "s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2")
+_RAW_IP = (("i_c60", "i_c3600", "i_c86400", "i_hours")
+           + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac")))
+RAW_COLUMNS: tuple[str, ...] = _RAW_USER + _RAW_SESSION + _RAW_IP
+RAW_WIDTH = len(RAW_COLUMNS)  # 37
+# [start, end) of the raw columns of each key kind: users 0-4, sessions 5-12, IPs 13-36.
+RAW_SPANS: dict[str, tuple[int, int]] = {
+    "user": (0, len(_RAW_USER)),
+    "session": (len(_RAW_USER), len(_RAW_USER) + len(_RAW_SESSION)),
+    "ip": (len(_RAW_USER) + len(_RAW_SESSION), RAW_WIDTH),
+}
 RAW_INDEX = {n: i for i, n in enumerate(RAW_COLUMNS)}
 
 # Model input features: (name, transform, raw source or derivation).
@@ -68,9 +89,15 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("hour_sin", "unit_circle"), ("hour_cos", "unit_circle"),
     ("dow_sin", "unit_circle"), ("dow_cos", "unit_circle"),
     ("logged_in", "identity"),
-) + tuple((f"dev_{d}", "one_hot") for d in DEVICES)
+) + tuple((f"dev_{d}", "one_hot") for d in DEVICES) + (
+    # spec 2: what the evasive families leave visible (docs/features.md)
+    ("s_subsec_gaps", "log1p"),
+    ("s_gap_logmean", "lg_mean"),  # mean ln gap in s; ln(GAP_CAP_S) before a second click
+    ("s_gap_logsd", "lg_sd"),  # sqrt(M2 / n) over >= 2 gaps, else -1
+    ("ip_hours_1d", "log1p"),
+)
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
-N_FEATURES = len(FEATURES)  # 24
+N_FEATURES = len(FEATURES)  # 28
 
 
 def spec_dict() -> dict:
@@ -83,6 +110,7 @@ def spec_dict() -> dict:
         "ttl_ms": {"user": USER_TTL_MS, "session": SESSION_TTL_MS, "ip": IP_TTL_MS},
         "hll": {"p": HLL_P, "windows_ms": HLL_WINDOWS_MS, "kinds": HLL_KINDS},
         "gap_cap_s": GAP_CAP_S,
+        "subsec_ms": SUBSEC_MS, "log_gap_floor_s": LOG_GAP_FLOOR_S, "ip_hours": IP_HOURS,
         "hash": "fnv1a64+splitmix64 of utf-8, namespaces u/s/i",
         "devices": list(DEVICES),
     }
@@ -118,6 +146,7 @@ def distinct_estimates(raw: np.ndarray) -> np.ndarray:
 
 
 _TWO_PI = 2.0 * math.pi
+LOG_GAP_CAP = math.log(GAP_CAP_S)
 
 
 def finish(raw: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray, logged_in: np.ndarray,
@@ -154,6 +183,13 @@ def finish(raw: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray, logged_in
     out[:, 20] = logged_in
     out[:, 21:24] = 0.0
     out[np.arange(n), 21 + device.astype(np.int64)] = 1.0
+    out[:, 24] = np.log1p(raw[:, r["s_subsec"]])
+    lg_n = raw[:, r["s_lg_n"]]
+    out[:, 25] = np.where(lg_n > 0, raw[:, r["s_lg_mean"]], LOG_GAP_CAP)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.sqrt(raw[:, r["s_lg_m2"]] / lg_n)
+    out[:, 26] = np.where(lg_n >= 2, sd, -1.0)
+    out[:, 27] = np.log1p(raw[:, r["i_hours"]])
     return out
 
 

@@ -186,7 +186,8 @@ class Plan:
 
     def stitch(self, rows: Sequence[np.ndarray], parts: Sequence[Part] | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
-        """Each part's raw counters (n_part, 32) -> the batch's (n, 32), click order."""
+        """Each part's raw counters (n_part, RAW_WIDTH) -> the batch's (n, RAW_WIDTH), in
+        click order."""
         parts = self.parts if parts is None else parts
         raw = np.zeros((self.n, fs.RAW_WIDTH), dtype=np.float64) if out is None else out
         for part, r in zip(parts, rows, strict=True):

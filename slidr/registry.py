@@ -194,12 +194,16 @@ class Bundle:
         if file_hash != m["feature_spec_hash"]:
             raise BundleError(v, f"{FEATURE_SPEC_FILE} hash {file_hash} != manifest "
                                  f"feature_spec_hash {m['feature_spec_hash']}")
+        from slidr.featurespec import SPEC_HASH, SPEC_VERSION
         if expected_spec_hash is None:
-            from slidr.featurespec import SPEC_HASH as expected_spec_hash
+            expected_spec_hash = SPEC_HASH
         if m["feature_spec_hash"] != expected_spec_hash:
-            raise BundleError(v, f"feature spec hash {m['feature_spec_hash']} does not match "
-                                 f"this kernel's {expected_spec_hash}: the model was trained on "
-                                 "different features")
+            theirs = spec.get("version") if isinstance(spec, dict) else None
+            ours = f" (spec version {SPEC_VERSION})" if expected_spec_hash == SPEC_HASH else ""
+            raise BundleError(v, f"feature spec hash {m['feature_spec_hash']} (spec version "
+                                 f"{theirs}) does not match this kernel's {expected_spec_hash}"
+                                 f"{ours}: the model was trained on different features; "
+                                 "retrain it on this kernel's features")
         try:
             check_thresholds(self.thresholds)
         except ValueError as e:

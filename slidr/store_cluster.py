@@ -268,7 +268,7 @@ class RedisClusterStore(RedisStore):
         return self.router.plan(ts, uh, sh, ih, hll)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, 32)."""
+        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, 37)."""
         if isinstance(resp, ClusterReply):
             rows = [super(RedisClusterStore, self).parse_reply(r, p.n)
                     for p, r in zip(resp.parts, resp.replies, strict=True)]

@@ -11,12 +11,12 @@
 -- ARGV[2], ARGV[3], ARGV[4]: physical TTL in ms of user, session and IP keys (the logical TTL
 --          plus the client's slack).
 -- ARGV[5], ARGV[6]: the number of user keys and of session keys in KEYS (the rest are IPs).
--- Returns n bulk strings, one per click: the click's raw counters in 184 bytes (see ROW
+-- Returns n bulk strings, one per click: the click's raw counters in 216 bytes (see ROW
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
--- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddd" c60 c3600 last
--- first; ip "<dddddd" c60 c3600 c86400 last bucket_1h bucket_1d, then 4 x "<dddd" z v pz pv,
--- then 4 x 32 one-byte HLL registers.
+-- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddddddd" c60 c3600 last
+-- first subsec lg_n lg_mean lg_m2; ip "<dddddd" c60 c3600 c86400 last bucket_1h bucket_1d,
+-- then 4 x "<dddd" z v pz pv, then "<dd" hours_mask hours, then 4 x 32 one-byte HLL registers.
 -- Constants below are filled in from slidr.featurespec when the script is loaded.
 --
 -- Speed (the script is most of the store's cost): every key is decoded once into a Lua table,
@@ -32,8 +32,10 @@ local I_TAU1, I_TAU2, I_TAU3 = __IP_TAUS__
 local U_TTL, S_TTL, I_TTL = __USER_TTL_MS__, __SESSION_TTL_MS__, __IP_TTL_MS__
 local W_HOUR, W_DAY = __HOUR_MS__, __DAY_MS__
 local M = __HLL_M__
+local SUBSEC, LOG_FLOOR, NH = __SUBSEC_MS__, math.log(__LOG_GAP_FLOOR_S__), __IP_HOURS__
+local HFULL = 2 ^ NH
 
-local exp, floor = math.exp, math.floor
+local exp, floor, log = math.exp, math.floor, math.log
 local sunpack, spack = struct.unpack, struct.pack
 local sbyte, schar = string.byte, string.char
 local call = redis.call
@@ -45,9 +47,10 @@ local nu, ns = tonumber(ARGV[5]), tonumber(ARGV[6])
 local nk = #KEYS
 local n = #blob / 24
 
--- IP blob: 22 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
+-- IP blob: 24 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
 -- far cheaper per byte than struct items).
-local IFMT = '<dddddddddddddddddddddd'
+local IFMT = '<dddddddddddddddddddddddd'
+local SFMT = '<dddddddd'
 local NR = 4 * M
 local function new_regs() return {__ZERO_REGS__} end
 
@@ -74,6 +77,17 @@ end
 -- r0 + 2M]): rolled to t's bucket (a new bucket starts at (cur + 1) * w, exact: integer
 -- doubles; the current sketch becomes the previous one when the buckets are adjacent), then
 -- the click's session and user added. Returns the share of the bucket elapsed at t.
+-- Bits set in an hours mask (0 .. 2^NH - 1; Lua 5.1 numbers, no bit operations).
+local function popcount(m)
+  local c = 0
+  while m > 0 do
+    local h = floor(m / 2)
+    c = c + (m - 2 * h)
+    m = h
+  end
+  return c
+end
+
 local function window(p, bi, z0, r0, regs, t, w, sreg, srank, ureg, urank)
   local cur = p[bi]
   local start = cur * w
@@ -112,10 +126,10 @@ do
       if k <= su then
         if raw then U[k] = {sunpack('<ddddd', raw)} else U[k] = {0, 0, 0, 0, NEVER} end
       elseif k <= ss then
-        if raw then S[k - su] = {sunpack('<dddd', raw)} else S[k - su] = {0, 0, NEVER, 0} end
+        if raw then S[k - su] = {sunpack(SFMT, raw)} else S[k - su] = {0, 0, NEVER, 0} end
       else
         if raw then
-          P[k - ss], R[k - ss] = {sunpack(IFMT, raw)}, {sbyte(raw, 177, 176 + NR)}
+          P[k - ss], R[k - ss] = {sunpack(IFMT, raw)}, {sbyte(raw, 193, 192 + NR)}
         else
           P[k - ss], R[k - ss] = {0, 0, 0, NEVER}, false
         end
@@ -132,17 +146,18 @@ do
   local LATER = math.huge
   local full = {}
   for q = 1, 4 * M do full[q] = 255 end
-  U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0}, full
-  P[0] = {0, 0, 0, LATER, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M}
+  U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0, 0, 0, 0, 0}, full
+  P[0] = {0, 0, 0, LATER, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0}
 end
 
 local out = {}
 local pos = 1
--- Row of one click (23 doubles, 184 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
--- ip c60 c3600 c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d, and the register counts v, pv
--- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits). Fewer
--- struct items: struct.pack costs about 25 ns per item. The client expands the row to RAW.
-local ROW = '<ddddddddddddddddddddddd'
+-- Row of one click (27 doubles, 216 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
+-- ip c60 c3600 c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d, the register counts v, pv
+-- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits) with the
+-- IP's active hours (0..24) in bits 48..52, then s subsec lg_n lg_mean lg_m2. Fewer struct
+-- items: struct.pack costs about 25 ns per item. The client expands the row to RAW.
+local ROW = '<ddddddddddddddddddddddddddd'
 for i = 1, n do
   local t, sreg, srank, ureg, urank, ui, si, ii
   t, sreg, srank, ureg, urank, ui, si, ii, pos = sunpack('<dBBBBI4I4I4', blob, pos)
@@ -166,21 +181,32 @@ for i = 1, n do
     u[1], u[2], u[3], u[4] = u[1] + 1.0, u[2] + 1.0, u[3] + 1.0, u[4] + 1.0
   end
 
-  -- session: c[1..2], last = [3], first = [4]
+  -- session: c[1..2], last = [3], first = [4], sub-second gaps [5], ln-gap n mean M2 [6..8]
   local s = S[si]
   local sgap
   d = t - s[3]
   if d > S_TTL then
-    s[1], s[2], s[3], s[4] = 1.0, 1.0, t, t
+    s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8] = 1.0, 1.0, t, t, 0.0, 0.0, 0.0, 0.0
     sgap = -1.0
-  elseif d > 0 then
-    sgap = d / 1000.0
-    s[1] = s[1] * exp(-sgap / S_TAU1) + 1.0
-    s[2] = s[2] * exp(-sgap / S_TAU2) + 1.0
-    s[3] = t
   else
-    sgap = 0.0
-    s[1], s[2] = s[1] + 1.0, s[2] + 1.0
+    local x
+    if d > 0 then
+      sgap = d / 1000.0
+      s[1] = s[1] * exp(-sgap / S_TAU1) + 1.0
+      s[2] = s[2] * exp(-sgap / S_TAU2) + 1.0
+      s[3] = t
+      x = log(sgap)
+      if d < SUBSEC then s[5] = s[5] + 1.0 end
+    else
+      sgap = 0.0
+      s[1], s[2] = s[1] + 1.0, s[2] + 1.0
+      x = LOG_FLOOR
+      s[5] = s[5] + 1.0
+    end
+    local n1 = s[6] + 1.0
+    local dl = x - s[7]
+    local mean = s[7] + dl / n1
+    s[6], s[7], s[8] = n1, mean, s[8] + dl * (x - mean)
   end
   local age = t - s[4]
   if age < 0 then age = 0 end
@@ -193,7 +219,7 @@ for i = 1, n do
   d = t - p[4]
   if d > I_TTL then
     p = {1.0, 1.0, 1.0, t, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
-         M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M}
+         M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0}
     P[ii] = p
     regs = new_regs()
     R[ii] = regs
@@ -210,6 +236,23 @@ for i = 1, n do
     end
   end
 
+  -- active hours: mask [23] (bit k = a click in hour [5] - k, before the roll below), count [24]
+  local a0 = p[5] * W_HOUR
+  if t >= a0 + W_HOUR then
+    local k = bucket_of(t, W_HOUR) - p[5]
+    local hm = 1
+    if k < NH then hm = (p[23] * 2 ^ k) % HFULL + 1 end
+    p[23], p[24] = hm, popcount(hm)
+  elseif t < a0 then
+    local k = p[5] - bucket_of(t, W_HOUR)
+    if k < NH then
+      local b = 2 ^ k
+      if floor(p[23] / b) % 2 == 0 then p[23], p[24] = p[23] + b, p[24] + 1 end
+    end
+  elseif p[23] % 2 == 0 then
+    p[23], p[24] = p[23] + 1, p[24] + 1
+  end
+
   -- hour window: HLLs 0 and 1, registers 1 .. 2M; day window: HLLs 2 and 3, the rest
   local hfrac = window(p, 5, 7, 0, regs, t, W_HOUR, sreg, srank, ureg, urank)
   local dfrac = window(p, 6, 15, 2 * M, regs, t, W_DAY, sreg, srank, ureg, urank)
@@ -217,8 +260,9 @@ for i = 1, n do
   out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
                  p[1], p[2], p[3], p[7], p[9], p[11], p[13], p[15], p[17], p[19], p[21],
                  hfrac, dfrac,
-                 ((((((p[22] * 64 + p[20]) * 64 + p[18]) * 64 + p[16]) * 64 + p[14]) * 64
-                   + p[12]) * 64 + p[10]) * 64 + p[8])
+                 (((((((p[24] * 64 + p[22]) * 64 + p[20]) * 64 + p[18]) * 64 + p[16]) * 64
+                   + p[14]) * 64 + p[12]) * 64 + p[10]) * 64 + p[8],
+                 s[5], s[6], s[7], s[8])
 end
 
 -- Write each key once, with a physical TTL past its logical one.
@@ -229,11 +273,12 @@ do
   end
   for k = 1, ns do
     local s = S[k]
-    call('SET', KEYS[nu + k], spack('<dddd', s[1], s[2], s[3], s[4]), 'PX', spx)
+    call('SET', KEYS[nu + k], spack(SFMT, s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]),
+         'PX', spx)
   end
   local o = nu + ns
   for k = 1, nk - o do
-    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 22)) .. schar(unpack(R[k], 1, NR)),
+    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 24)) .. schar(unpack(R[k], 1, NR)),
          'PX', ipx)
   end
 end

@@ -3,7 +3,7 @@
 Each `update()` is a single EVALSHA of slidr/store_redis.lua: the script reads each distinct
 key's state blob once, applies the reference counter math click by click in arrival order,
 writes every touched key once with a physical TTL, and returns the raw counters as one binary
-string of n * 32 little-endian doubles. The script runs atomically, so many workers and hosts
+string per click (store_redis.lua ROW). The script runs atomically, so many workers and hosts
 can share one Redis. Key names: prefix + "u" | "s" | "i" + the 8 big-endian bytes of the key hash.
 """
 
@@ -44,11 +44,14 @@ def script_source(mget_chunk: int = 1000) -> str:
         "__HLL_M__": str(fs.HLL_M),
         "__ZERO_REGS__": ", ".join(["0"] * (4 * fs.HLL_M)),
         "__MGET_CHUNK__": str(int(mget_chunk)),
+        "__SUBSEC_MS__": str(fs.SUBSEC_MS),
+        "__LOG_GAP_FLOOR_S__": repr(float(fs.LOG_GAP_FLOOR_S)),
+        "__IP_HOURS__": str(fs.IP_HOURS),
     }
     # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.
     assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2
     assert len(fs.USER_TAUS) == 4 and len(fs.SESSION_TAUS) == 2 and len(fs.IP_TAUS) == 3
-    assert fs.RAW_WIDTH == 32
+    assert fs.RAW_WIDTH == 37
     for k, v in subs.items():
         src = src.replace(k, v)
     return src
@@ -62,11 +65,14 @@ _CLICK1 = struct.Struct("<d4B3I")
 assert _CLICK1.size == 24
 
 
-# One reply row per click (store_redis.lua ROW): 23 doubles; the two bucket fractions come once
-# each and the 8 HLL register counts v, pv (0..32) as 6-bit fields of the last double (exact).
-# _D_SRC/_D_DST and _B_DST map them onto the 32 RAW columns.
-_ROW_BYTES = 23 * 8
-_SHIFTS = np.arange(0, 48, 6, dtype=np.int64)
+# One reply row per click (store_redis.lua ROW): 27 doubles; the two bucket fractions come once
+# each, the 8 HLL register counts v, pv (0..32) and the IP's active hours (0..24) as 6-bit
+# fields of double 22 (exact), the session's gap shape in the last four.
+# _D_SRC/_D_DST and _B_DST map them onto the 37 RAW columns.
+_ROW_DOUBLES = 27
+_ROW_BYTES = _ROW_DOUBLES * 8
+_PACKED = 22
+_SHIFTS = np.arange(0, 54, 6, dtype=np.int64)
 
 
 def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -74,9 +80,10 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     names = ["u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap", "s_c60", "s_c3600", "s_gap",
              "s_age", "i_c60", "i_c3600", "i_c86400"]
     names += [f"h{j}_{f}" for j in range(4) for f in ("z", "pz")]
-    src = list(range(len(names))) + [20, 20, 21, 21]
+    src = list(range(len(names))) + [20, 20, 21, 21] + [23, 24, 25, 26]
     dst = [r[x] for x in names] + [r["h0_frac"], r["h1_frac"], r["h2_frac"], r["h3_frac"]]
-    bdst = [r[f"h{j}_{f}"] for j in range(4) for f in ("v", "pv")]
+    dst += [r["s_subsec"], r["s_lg_n"], r["s_lg_mean"], r["s_lg_m2"]]
+    bdst = [r[f"h{j}_{f}"] for j in range(4) for f in ("v", "pv")] + [r["i_hours"]]
     assert sorted(dst + bdst) == list(range(fs.RAW_WIDTH))
     return np.array(src), np.array(dst), np.array(bdst)
 
@@ -87,7 +94,7 @@ _D_SRC, _D_DST, _B_DST = _raw_maps()
 _native_request = getattr(kernel_native, "redis_request", None) \
     if sys.byteorder == "little" else None
 # For one click, in plain Python: RAW column -> row index (the v/pv columns are filled after).
-_ROW1 = struct.Struct("<23d")
+_ROW1 = struct.Struct(f"<{_ROW_DOUBLES}d")
 _SRC_OF_COL = [0] * fs.RAW_WIDTH
 for _s, _d in zip(_D_SRC.tolist(), _D_DST.tolist(), strict=True):
     _SRC_OF_COL[_d] = _s
@@ -267,12 +274,12 @@ class RedisStore:
         return self.parse_reply(resp, n)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 32)."""
+        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 37)."""
         if not isinstance(resp, list):
             raise RuntimeError(f"redis store: unexpected reply {type(resp).__name__}")
         if n == 1 and len(resp) == 1 and len(resp[0]) == _ROW_BYTES:
             v = _ROW1.unpack(resp[0])
-            packed = int(v[22])
+            packed = int(v[_PACKED])
             row = [v[i] for i in _SRC_OF_COL]
             for j, c in enumerate(_B_DST_LIST):
                 row[c] = float((packed >> (6 * j)) & 63)
@@ -280,10 +287,10 @@ class RedisStore:
         rows = b"".join(resp)
         if len(rows) != n * _ROW_BYTES:
             raise RuntimeError(f"redis store returned {len(rows)} bytes for {n} clicks")
-        rec = np.frombuffer(rows, dtype="<f8").reshape(n, 23)
+        rec = np.frombuffer(rows, dtype="<f8").reshape(n, _ROW_DOUBLES)
         raw = np.empty((n, fs.RAW_WIDTH), dtype=np.float64)
         raw[:, _D_DST] = rec[:, _D_SRC]
-        packed = rec[:, 22].astype(np.int64)
+        packed = rec[:, _PACKED].astype(np.int64)
         raw[:, _B_DST] = (packed[:, None] >> _SHIFTS) & 63
         return raw
 

@@ -19,16 +19,18 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from slidr.featurespec import N_FEATURES
+
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
 def make_model(path: Path, weights: np.ndarray, bias: float) -> None:
-    """24 float inputs -> sigmoid(x @ w + b), output 'robot_prob' of shape (n,)."""
+    """N_FEATURES float inputs -> sigmoid(x @ w + b), output 'robot_prob' of shape (n,)."""
     import onnx
     from onnx import TensorProto, helper
 
-    w = helper.make_tensor("W", TensorProto.FLOAT, [24, 1], weights.astype(np.float32).tolist())
+    w = helper.make_tensor("W", TensorProto.FLOAT, [N_FEATURES, 1], weights.astype(np.float32).tolist())
     b = helper.make_tensor("B", TensorProto.FLOAT, [1], [float(bias)])
     shape = helper.make_tensor("S", TensorProto.INT64, [1], [-1])
     nodes = [
@@ -39,7 +41,7 @@ def make_model(path: Path, weights: np.ndarray, bias: float) -> None:
     ]
     graph = helper.make_graph(
         nodes, "slidr_test_linear",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 24])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", N_FEATURES])],
         [helper.make_tensor_value_info("robot_prob", TensorProto.FLOAT, ["n"])],
         initializer=[w, b, shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -52,7 +54,7 @@ def make_bundle_src(d: Path, seed: int = 0, bias: float = -2.0,
                     thresholds: dict[str, Any] | None = None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    make_model(d / "model.onnx", rng.normal(0, 0.3, 24), bias)
+    make_model(d / "model.onnx", rng.normal(0, 0.3, N_FEATURES), bias)
     th = thresholds or {"method": "slice", "default": 0.5,
                         "slices": {"desktop/in": 0.6, "desktop/out": 0.4, "mobile/in": 0.55,
                                    "mobile/out": 0.45, "app/in": 0.5, "app/out": 0.35},

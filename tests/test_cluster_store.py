@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from slidr import featurespec as fs
 from slidr import redis_topology as rt
 from slidr.redis_split import KIND_COLS
 from slidr.store_cluster import RedisClusterStore, open_redis_store
@@ -37,7 +38,7 @@ def _feed(store, ts, h, batch: int):
 
 def test_kind_columns_cover_raw_once():
     cols = np.sort(np.concatenate(KIND_COLS))
-    assert cols.tolist() == list(range(32))
+    assert cols.tolist() == list(range(fs.RAW_WIDTH))
 
 
 @pytest.mark.parametrize("batch", [1, 7, 64])

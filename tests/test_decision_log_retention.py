@@ -11,6 +11,7 @@ import numpy as np
 from slidr.slidrd.decision_log import DecisionLog
 
 from slidr.decision_file import list_runs, log_files, read_decisions
+from slidr.featurespec import N_FEATURES
 
 
 def _batch(n: int, seed: int):
@@ -19,7 +20,7 @@ def _batch(n: int, seed: int):
                "session": f"s{rng.integers(1e6)}", "ip": f"10.0.{i % 256}.{seed % 256}",
                "device": "mobile", "logged_in": bool(i % 2), "id": f"c{seed}-{i}"}
               for i in range(n)]
-    feats = rng.random((n, 24), dtype=np.float32)
+    feats = rng.random((n, N_FEATURES), dtype=np.float32)
     decisions = [{"id": c["id"], "invalid": bool(i % 3 == 0), "score": float(feats[i, 0]),
                   "threshold": 0.5, "slice": "mobile/in", "model": "v1", "reason": "model"}
                  for i, c in enumerate(clicks)]

@@ -23,7 +23,7 @@ pytest.importorskip("onnxruntime")
 
 def make_mlp(path: Path, seed: int = 0, hidden: int = 8, out_rank: int = 2,
              batch_dim: int | str = "batch", n_in: int = N_FEATURES) -> tuple[Path, dict]:
-    """A 24 -> hidden -> 1 MLP with a sigmoid, built with onnx.helper; returns its weights."""
+    """An N_FEATURES -> hidden -> 1 MLP with a sigmoid, built with onnx.helper; returns its weights."""
     from onnx import TensorProto, helper, numpy_helper
     rng = np.random.default_rng(seed)
     w = {"W1": rng.standard_normal((n_in, hidden)).astype(np.float32) * 0.5,
@@ -125,9 +125,9 @@ def test_rank1_output_and_no_io_binding(tmp_path):
 
 @pytest.mark.parametrize("bad, exc, words", [
     (np.zeros((3, N_FEATURES), np.float64), TypeError, "float32"),
-    (np.zeros((3, 23), np.float32), ValueError, "(n, 24)"),
-    (np.zeros(N_FEATURES, np.float32), ValueError, "(n, 24)"),
-    (np.zeros((2, 3, N_FEATURES), np.float32), ValueError, "(n, 24)"),
+    (np.zeros((3, N_FEATURES - 1), np.float32), ValueError, f"(n, {N_FEATURES})"),
+    (np.zeros(N_FEATURES, np.float32), ValueError, f"(n, {N_FEATURES})"),
+    (np.zeros((2, 3, N_FEATURES), np.float32), ValueError, f"(n, {N_FEATURES})"),
     ([[0.0] * N_FEATURES], TypeError, "numpy.ndarray"),
 ])
 def test_bad_input_errors(ort_runner, bad, exc, words):
@@ -143,7 +143,7 @@ def test_check_batch_max_batch():
 
 def test_bad_models_are_refused_clearly(tmp_path):
     wrong, _ = make_mlp(tmp_path / "wrong.onnx", n_in=10)
-    with pytest.raises(EngineError, match=r"expected \[batch, 24\]"):
+    with pytest.raises(EngineError, match=rf"expected \[batch, {N_FEATURES}\]"):
         select_scorer(wrong, backend="onnxruntime")
     fixed, _ = make_mlp(tmp_path / "fixed.onnx", batch_dim=1)
     with pytest.raises(EngineError, match="dynamic batch"):
@@ -218,9 +218,10 @@ def test_import_does_not_pull_heavy_modules():
 # ------------------------------------------------------------ TensorRT: pure-Python parts
 
 def test_profile_shapes():
-    assert profile_shapes(1024) == ((1, 24), (256, 24), (1024, 24))
-    assert profile_shapes(100) == ((1, 24), (100, 24), (100, 24))
-    assert profile_shapes(1) == ((1, 24), (1, 24), (1, 24))
+    f = N_FEATURES
+    assert profile_shapes(1024) == ((1, f), (256, f), (1024, f))
+    assert profile_shapes(100) == ((1, f), (100, f), (100, f))
+    assert profile_shapes(1) == ((1, f), (1, f), (1, f))
     with pytest.raises(ValueError):
         profile_shapes(0)
 
@@ -306,7 +307,7 @@ def test_prefers_robot_prob_output_among_several(tmp_path):
     m.ir_version = 8
     onnx.save(m, str(tmp_path / "two.onnx"))
     x = np.ones((3, N_FEATURES), np.float32)
-    want = 1.0 / (1.0 + np.exp(-2.4))
+    want = 1.0 / (1.0 + np.exp(-0.1 * N_FEATURES))
     for binding in (False, True):
         from slidr.engines.onnxruntime_runner import OrtRunner
         r = OrtRunner(tmp_path / "two.onnx", io_binding=binding)
@@ -606,7 +607,8 @@ def test_build_plan_cli_on_fake_gpu(model, tmp_path, fake_gpu, capsys):
     from slidr.engines.build_plan import main
     assert main([str(model[0]), "--max-batch", "32", "--cache-dir", str(tmp_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["built"] and info["profile"] == [[1, 24], [32, 24], [32, 24]]
+    assert info["built"] and info["profile"] == [[1, N_FEATURES], [32, N_FEATURES],
+                                              [32, N_FEATURES]]
     assert main([str(model[0]), "--max-batch", "32", "--cache-dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("cached:")
     assert fake_gpu.ctx_depth == 0

@@ -282,3 +282,92 @@ def test_type_stub_matches_native_module():
             for m in node.body:
                 if isinstance(m, ast.FunctionDef):
                     assert hasattr(getattr(native, node.name), m.name), (node.name, m.name)
+
+
+# ---------------------------------------------------------------- spec 2: gap shape, IP hours
+
+def _raw_both(ts, sessions, ips) -> tuple[np.ndarray, np.ndarray]:
+    """Raw counters of reference and native stores for one batch (asserted equal)."""
+    n = len(ts)
+    b = _batch(np.asarray(ts, dtype=np.int64), [0] * n, sessions, ips, [False] * n)
+    ref = reference.ReferenceStore().update(b.ts, *reference.hash_keys(b.user_key, b.session_id,
+                                                                       b.ip))
+    nat = native.EmbeddedStore().update(b.ts, *native.hash_keys(b.user_key, b.session_id, b.ip))
+    assert np.array_equal(ref, nat)
+    return ref, fs.finish(ref, b.ts, b.tz_offset_min, b.logged_in, b.device)
+
+
+def _feat(name: str) -> int:
+    return fs.FEATURE_NAMES.index(name)
+
+
+def test_session_subsecond_gaps_and_log_gap_moments_exact():
+    r = fs.RAW_INDEX
+    # gaps 0.2 s, 0.3 s, 3 s, 3 s, 0 (same ms: floored to 1 ms), 0.999 s, then out of order
+    steps = [0, 200, 300, 3000, 3000, 0, 999]
+    ts = list(T0 + np.cumsum(steps)) + [T0 + 5000]
+    raw, feat = _raw_both(ts, [1] * len(ts), list(range(len(ts))))
+    assert raw[:, r["s_subsec"]].tolist() == [0, 1, 2, 2, 2, 3, 4, 5]
+    assert raw[:, r["s_lg_n"]].tolist() == [0, 1, 2, 3, 4, 5, 6, 7]
+    gaps = [0.2, 0.3, 3.0, 3.0, 0.001, 0.999, 0.001]  # the late click: gap 0, floored
+    for k in range(1, len(ts)):
+        x = np.log(gaps[:k])
+        assert raw[k, r["s_lg_mean"]] == pytest.approx(x.mean(), rel=1e-12, abs=1e-12)
+        assert raw[k, r["s_lg_m2"]] == pytest.approx(((x - x.mean()) ** 2).sum(), rel=1e-12,
+                                                     abs=1e-12)
+        sd = feat[k, _feat("s_gap_logsd")]
+        assert sd == (-1.0 if k < 2 else pytest.approx(x.std(), rel=1e-6))
+        assert feat[k, _feat("s_gap_logmean")] == pytest.approx(x.mean(), rel=1e-6, abs=1e-6)
+    assert feat[0, _feat("s_gap_logmean")] == np.float32(np.log(fs.GAP_CAP_S))
+    assert feat[0, _feat("s_gap_logsd")] == -1.0
+    assert feat[:, _feat("s_subsec_gaps")].tolist() == pytest.approx(
+        np.log1p([0, 1, 2, 2, 2, 3, 4, 5]).tolist())
+
+
+def test_regular_gaps_have_zero_log_sd_and_a_session_restarts_after_its_ttl():
+    r = fs.RAW_INDEX
+    ts = [T0 + 3000 * k for k in range(6)] + [T0 + 15_000 + fs.SESSION_TTL_MS + 1]
+    raw, feat = _raw_both(ts, [7] * len(ts), [3] * len(ts))
+    assert raw[:, r["s_subsec"]].tolist() == [0] * 7
+    assert raw[1:6, r["s_lg_mean"]].tolist() == [np.log(3.0)] * 5
+    assert raw[1:6, r["s_lg_m2"]].tolist() == [0.0] * 5
+    assert feat[2:6, _feat("s_gap_logsd")].tolist() == [0.0] * 4
+    # logically expired: a new session (no gaps yet)
+    assert raw[6, r["s_lg_n"]] == 0 and raw[6, r["s_subsec"]] == 0
+    assert feat[6, _feat("s_gap_logsd")] == -1.0
+
+
+def test_ip_hours_across_twenty_hours_and_a_day_boundary():
+    r = fs.RAW_INDEX
+    day0 = (T0 // DAY + 1) * DAY  # midnight UTC
+    # one click an hour from 10:00 to 05:00 the next day (20 hours, across midnight), two in
+    # the first hour
+    ts = [day0 + 10 * HOUR + 5, day0 + 10 * HOUR + 600_000]
+    ts += [day0 + h * HOUR + 1234 for h in range(11, 30)]
+    want = [1, 1] + list(range(2, 21))
+    # 10:00 the next day: hours 11:00..05:00 are still within the day, 10:00 (day 0) is not
+    ts.append(day0 + 34 * HOUR + 7)
+    want.append(20)
+    # out of order: a late click at 07:xx the next day (an hour without clicks), then one at
+    # 05:xx (an hour already set), then one older than the day (ignored)
+    ts += [day0 + 31 * HOUR + 9, day0 + 29 * HOUR + 9, day0 + 9 * HOUR]
+    want += [21, 21, 21]
+    # 30 hours later (IP not expired): only the current hour
+    ts.append(day0 + 64 * HOUR)
+    want.append(1)
+    # 23 hours after that: both hours within the day
+    ts.append(day0 + 87 * HOUR + 3_599_999)
+    want.append(2)
+    # IP logically expired (2 days): a new IP
+    ts.append(day0 + 87 * HOUR + fs.IP_TTL_MS + 3_600_000)
+    want.append(1)
+    raw, feat = _raw_both(ts, list(range(len(ts))), [9] * len(ts))
+    assert raw[:, r["i_hours"]].tolist() == want
+    np.testing.assert_allclose(feat[:, _feat("ip_hours_1d")], np.log1p(want), rtol=1e-6)
+
+
+def test_spec_version_two_names_the_new_features():
+    assert fs.SPEC_VERSION == 2
+    assert fs.FEATURE_NAMES[-4:] == ("s_subsec_gaps", "s_gap_logmean", "s_gap_logsd",
+                                     "ip_hours_1d")
+    assert fs.RAW_WIDTH == 37 and fs.N_FEATURES == 28

@@ -11,6 +11,7 @@ import pytest
 from slidr.slidrd.metrics import Metrics
 from slidr.slidrd.monitor import Monitor, Reference, expected_from_manifest
 
+from slidr.featurespec import N_FEATURES
 from slidr.registry import Registry, RegistryError
 
 SLICES = ("desktop/in", "desktop/out", "mobile/in", "mobile/out", "app/in", "app/out")
@@ -312,7 +313,7 @@ def decide(m: Metrics, shadow: object, model: FakeModel, rng: np.random.Generato
            n: int, robot_share: float) -> None:
     """One batch as the batcher decides it: counters, then the shadow sampler."""
     from slidr.contract import SLICE_BY_CODE
-    x = np.zeros((n, 24), np.float32)
+    x = np.zeros((n, N_FEATURES), np.float32)
     x[:, 0] = np.where(rng.random(n) < robot_share, rng.uniform(0.6, 1.0, n),
                        rng.uniform(0.0, 0.5, n))
     b = FakeBatch(n, rng)

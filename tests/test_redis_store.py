@@ -311,3 +311,28 @@ def test_threads_sharing_one_store(redis_server):
                                for i in range(0, len(ts), 97)])
         assert np.array_equal(got[k], want), k
     rs.close()
+
+
+def test_gap_shape_and_ip_hours_equal_embedded_across_batches(redis_server):
+    """Spec 2 state (session sub-second gaps and ln-gap moments, IP active hours) survives
+    the blob round trip: crafted clicks, one batch per click and a few larger batches."""
+    day0 = (T0 // DAY + 1) * DAY
+    ts = [day0 + 10 * HOUR + k for k in (0, 200, 500, 3500, 6500, 6500, 7499)]
+    ts += [day0 + h * HOUR + 1234 for h in range(11, 31)]  # across midnight
+    ts += [day0 + 27 * HOUR, day0 + 31 * HOUR + 5, day0 + 9 * HOUR, day0 + 62 * HOUR]
+    ts = np.array(ts, dtype=np.int64)
+    n = len(ts)
+    ids = ([0] * n, [k // 9 for k in range(n)], [k % 2 for k in range(n)])
+    h = _hashes(ids)
+    for cuts in ([], list(range(1, n)), [3, 7, 20]):
+        rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
+        got = _feed(rs, ts, h, cuts)
+        rs.close()
+        want = _feed(native.EmbeddedStore(), ts, h, cuts)
+        assert np.array_equal(got, want), cuts
+    r = fs.RAW_INDEX
+    assert got[:7, r["s_subsec"]].tolist() == [0, 1, 2, 2, 2, 3, 4]
+    assert got[:, r["i_hours"]].max() >= 10
+    admin = redis.Redis.from_url(redis_server.url)
+    sizes = {k[len(rs.prefix)]: admin.strlen(k) for k in admin.scan_iter(match=rs.prefix + b"*")}
+    assert sizes == {ord("u"): 40, ord("s"): 64, ord("i"): 24 * 8 + 4 * fs.HLL_M}

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from slidr.offline import replay
 
+from slidr import featurespec as fs
 from slidr.contract import batch_from_table
 from slidr.kernel import NATIVE, FeatureKernel, hash_keys
 
@@ -39,7 +40,7 @@ def test_replay_equals_the_daemon_kernel(log):
     d, tbl = log
     rp = replay.replay_log(d / "clicks.parquet", progress=False)
     ref = FeatureKernel().features(batch_from_table(tbl))  # one big batch, like a daemon would
-    assert rp.features.dtype == np.float32 and rp.features.shape == (tbl.num_rows, 24)
+    assert rp.features.dtype == np.float32 and rp.features.shape == (tbl.num_rows, fs.N_FEATURES)
     np.testing.assert_array_equal(rp.features, ref)
     np.testing.assert_array_equal(rp.ts, tbl.column("ts").to_numpy())
     np.testing.assert_array_equal(rp.purchased, tbl.column("purchased").to_numpy())
@@ -146,7 +147,7 @@ def test_update_tables_split_equals_update():
     for a in range(0, n, 3001):
         b = min(a + 3001, n)
         want = one.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b])
-        got = np.full((b - a, 32), np.nan)
+        got = np.full((b - a, fs.RAW_WIDTH), np.nan)
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 4)
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 1)
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 2)

@@ -278,7 +278,7 @@ def test_bad_record_is_named(tmp_path, registry, capsys):
     p.write_text(json.dumps({**good, "features": [1.0, 2.0]}) + "\n")
     assert slidr_main(["replay", "--decisions", str(p), "--registry", str(registry.path),
                        "--out", str(tmp_path / "o.jsonl")]) == 2
-    assert "expected 24" in capsys.readouterr().err
+    assert f"expected {N_FEATURES}" in capsys.readouterr().err
 
 
 def test_argument_errors(tmp_path, registry, capsys):
@@ -331,7 +331,7 @@ def test_partial_file_of_a_killed_daemon(tmp_path, registry, traffic):
 
 
 def test_features_as_raw_float32_bytes(tmp_path, registry, traffic):
-    """Also accept a row of 24 little-endian float32 as bytes (a compact log variant)."""
+    """Also accept a row of N_FEATURES little-endian float32 as bytes (a compact log variant)."""
     import msgpack
     from slidr.offline.replay_decisions import load_model, replay_decisions
     clicks, x, decisions, feats = traffic

@@ -11,6 +11,7 @@ import pytest
 from slidr.offline import baselines, pipeline, train
 
 from slidr.cli import main as cli_main
+from slidr.featurespec import N_FEATURES
 
 T0 = 1_700_006_400_000  # 2023-11-15 00:00 UTC
 DAY = 86_400_000
@@ -165,7 +166,7 @@ def test_weight_cells_use_local_time():
 
 def _toy(n=3000, seed=0):
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, 24)).astype(np.float32) * 3 + 5  # far from standardised
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32) * 3 + 5  # far from standardised
     y = (x[:, 0] * x[:, 1] > 25).astype(np.int8)
     return x, y, np.ones(n, np.float32)
 
@@ -181,7 +182,7 @@ def test_onnx_matches_torch_on_raw_features(tmp_path):
     assert [i.name for i in m.graph.input] == ["features"]
     assert [o.name for o in m.graph.output] == ["robot_prob"]
     dims = m.graph.input[0].type.tensor_type.shape.dim
-    assert dims[0].dim_param and dims[1].dim_value == 24
+    assert dims[0].dim_param and dims[1].dim_value == N_FEATURES
     import onnxruntime as ort
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 7):  # dynamic batch, 1-D output
@@ -199,7 +200,7 @@ def test_fit_is_deterministic_and_decays_hidden_layers_only():
                   progress=False, seed=3)
     pa_, pb = train.predict(a.model, x), train.predict(b.model, x)
     assert np.array_equal(pa_, pb)
-    assert [tuple(lin.weight.shape) for lin in a.model.hidden] == [(64, 24), (32, 64)]
+    assert [tuple(lin.weight.shape) for lin in a.model.hidden] == [(64, N_FEATURES), (32, 64)]
 
 
 # ---------------------------------------------------------------- end to end

@@ -1,0 +1,72 @@
+"""Bundles built on an older feature spec: refused by the registry check and by a running
+daemon, with a message that names both spec versions, while the daemon keeps its model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from daemon_helpers import Client, Daemon, RpcError, click, make_bundle_src, make_registry
+
+from slidr import featurespec as fs
+from slidr.errors import ErrorCode
+from slidr.registry import BundleError, Registry, spec_hash_of
+
+# The spec hash of feature spec version 1 (21 features + 3 device one-hots, 32 raw columns).
+V1_SPEC_HASH = "baa9849e739ca0f3"
+V2_ONLY = ("subsec_ms", "log_gap_floor_s", "ip_hours")
+V2_RAW = ("s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2", "i_hours")
+
+
+def v1_spec() -> dict:
+    """The feature spec version 1 as a bundle built then carries it (feature_spec.json)."""
+    d = {k: v for k, v in fs.spec_dict().items() if k not in V2_ONLY}
+    d["version"] = 1
+    d["features"] = d["features"][:24]
+    d["raw_columns"] = [c for c in d["raw_columns"] if c not in V2_RAW]
+    d = json.loads(json.dumps(d))
+    assert spec_hash_of(d) == V1_SPEC_HASH
+    return {**d, "spec_hash": V1_SPEC_HASH}
+
+
+def v1_bundle_src(d: Path) -> Path:
+    src = make_bundle_src(d, seed=5)
+    (src / "feature_spec.json").write_text(json.dumps(v1_spec()))
+    return src
+
+
+def test_spec_version_and_hash_moved_on():
+    assert fs.SPEC_VERSION == 2 and fs.SPEC_HASH != V1_SPEC_HASH
+
+
+def test_registry_refuses_a_version_1_bundle_naming_both_versions(tmp_path):
+    reg = Registry(tmp_path / "reg")
+    # Published while the kernel computed spec 1 (that kernel's expected hash), then served by
+    # this kernel: not servable, and the reason names the versions.
+    reg.publish(v1_bundle_src(tmp_path / "s1"), version="old", promote=True,
+                expected_spec_hash=V1_SPEC_HASH)
+    with pytest.raises(BundleError) as ei:
+        reg.current_verified()
+    msg = str(ei.value)
+    assert "spec version 1" in msg and f"spec version {fs.SPEC_VERSION}" in msg, msg
+    assert V1_SPEC_HASH in msg and fs.SPEC_HASH in msg
+
+
+def test_daemon_refuses_a_version_1_bundle_and_keeps_serving(tmp_path):
+    reg = make_registry(tmp_path, ("cur",))
+    adm = tmp_path / "admin.sock"
+    with Daemon(reg, admin=adm) as d:
+        with Client(d.port) as c:
+            assert c.call("score", click(1))["model"] == "cur"
+        Registry(reg).publish(v1_bundle_src(tmp_path / "s-old"), version="old", promote=True,
+                              expected_spec_hash=V1_SPEC_HASH)
+        with Client(path=adm) as a:
+            with pytest.raises(RpcError) as ei:
+                a.call("reload")
+        code, text = ei.value.err[0], ei.value.err[1]
+        assert code == ErrorCode.ADMIN_FAILED
+        assert "old" in text and "spec version 1" in text and "spec version 2" in text, text
+        with Client(d.port) as c:
+            assert c.call("info")["model"] == "cur"
+            assert c.call("score", click(2))["model"] == "cur"
