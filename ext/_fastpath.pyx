@@ -339,6 +339,29 @@ cdef inline bint _exact(object a, int typenum, Py_ssize_t n):
             and arr.shape[0] == n and cnp.PyArray_IS_C_CONTIGUOUS(arr))
 
 
+cdef cnp.ndarray _f64(object a):
+    """_c1d(a, float64) with float32 (the model's output) widened in a C loop: exact, the same
+    doubles .tolist() gives, without np.ascontiguousarray's call."""
+    cdef cnp.ndarray arr, out
+    cdef Py_ssize_t i, n
+    cdef const float* src
+    cdef double* dst
+    if type(a) is np.ndarray:
+        arr = <cnp.ndarray>a
+        if cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(arr):
+            if cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE:
+                return arr
+            if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT:
+                n = arr.shape[0]
+                out = _empty1d(n, cnp.NPY_DOUBLE)
+                src = <const float*>cnp.PyArray_DATA(arr)
+                dst = <double*>cnp.PyArray_DATA(out)
+                for i in range(n):
+                    dst[i] = src[i]
+                return out
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
 cdef inline cnp.ndarray _c1d(object a, int typenum, object dtype):
     """np.ascontiguousarray(a, dtype), without the call when a already is that."""
     if type(a) is np.ndarray:
@@ -532,16 +555,17 @@ def decide_batch(list items not None, list clicks not None, device, logged_in, s
         raise ValueError(f"clicks has {len(clicks)} items, items {n}")
     cdef cnp.ndarray dev = _c1d(device, cnp.NPY_UINT8, np.uint8)
     cdef cnp.ndarray li = _c1d(logged_in, cnp.NPY_UINT8, np.uint8)
-    cdef cnp.ndarray sc = _c1d(scores, cnp.NPY_DOUBLE, np.float64)
+    cdef cnp.ndarray sc = _f64(scores)
     cdef cnp.ndarray tb = _c1d(table, cnp.NPY_DOUBLE, np.float64)
     cdef cnp.ndarray bd = _c1d(bounds, cnp.NPY_DOUBLE, np.float64)
     if dev.shape[0] != n or li.shape[0] != n or sc.shape[0] != n:
         raise ValueError(f"device, logged_in and scores must have {n} entries")
     cdef cnp.ndarray qc = q_counts
     cdef cnp.ndarray tc = tot_counts
-    if (qc.dtype != np.int64 or tc.dtype != np.int64 or not qc.flags.c_contiguous
-            or not tc.flags.c_contiguous or qc.shape[0] != bd.shape[0] + 1
-            or tc.shape[0] != bd.shape[0] + 1):
+    if (cnp.PyArray_TYPE(qc) != cnp.NPY_INT64 or cnp.PyArray_TYPE(tc) != cnp.NPY_INT64
+            or cnp.PyArray_NDIM(qc) != 1 or cnp.PyArray_NDIM(tc) != 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(qc) or not cnp.PyArray_IS_C_CONTIGUOUS(tc)
+            or qc.shape[0] != bd.shape[0] + 1 or tc.shape[0] != bd.shape[0] + 1):
         raise ValueError("q_counts and tot_counts must be contiguous int64 of len(bounds) + 1")
     nslices = tb.shape[0]
     cdef cnp.ndarray codes = _empty1d(n, cnp.NPY_INTP)
@@ -584,7 +608,8 @@ def decide_batch(list items not None, list clicks not None, device, logged_in, s
         v = t_end - ta
         tsum += v
         totp[_bisect_left(bp, nb, v)] += 1
-    frames = encode_results(msgids, cids, inv, sc, thr, codes, slice_keys, model_key, reason_key)
+    # The arrays are this function's own (exact dtypes and length): straight to the encoder.
+    frames = _encode(msgids, cids, inv, sc, thr, codes, slice_keys, model_key, reason_key, n)
     return frames, codes, thr, inv, qsum, tsum, per_n, per_bad
 
 
