@@ -18,6 +18,10 @@ def batch_columns(
     """-> (ts, user_key, session_id, ip, device, logged_in, tz_offset_min): the fields of
     ClickBatch.from_clicks(clicks, validate=False), in that order."""
 
+def ts_outside(ts: npt.ArrayLike, lo: float, hi: float) -> npt.NDArray[np.int64] | None:
+    """None when every ts[i] is within [lo, hi], else the indices of those outside it (the
+    batcher's clock check; twin: np.flatnonzero((ts > hi) | (ts < lo)))."""
+
 def encode_results(
     msgids: list[int],
     click_ids: list[str],

@@ -1,11 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Native per-click fast path of the daemon's batcher (slidrd/batcher.py).
 
-Three functions, each a drop-in twin of the Python it replaces (tests/test_fastpath.py checks
+Functions, each a drop-in twin of the Python it replaces (tests/test_fastpath.py checks
 them against that Python on generated inputs):
 
   fast_valid(c, ip_ok, ip_check)   == slidrd.intake.fast_valid(c)
   batch_columns(clicks)            == the fields of ClickBatch.from_clicks(clicks, validate=False)
+  ts_outside(ts, lo, hi)           == None, or np.flatnonzero((ts > hi) | (ts < lo))
   encode_results(...)              == msgpack.Packer(use_bin_type=True).pack([1, msgid, None, d])
                                       per click, d being Batcher._decide's decision dict
 
@@ -152,15 +153,51 @@ def partition(list items not None, double cutoff, dict ip_ok not None, object ip
 
 # ------------------------------------------------------------------ batch_columns
 
+cdef inline cnp.ndarray _empty1d(Py_ssize_t n, int typenum):
+    cdef cnp.npy_intp dims[1]
+    dims[0] = n
+    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
+
+
+def ts_outside(ts, double lo, double hi):
+    """None when every ts[i] (int64 epoch ms) is within [lo, hi], else the indices of those
+    outside it (int64 array): the batcher's clock check (twin: Batcher._clock_refused's numpy
+    path), one C loop instead of two numpy reductions on a tiny array."""
+    cdef cnp.ndarray a = _c1d(ts, cnp.NPY_INT64, np.int64)
+    if cnp.PyArray_NDIM(a) != 1:
+        raise ValueError("ts must be 1-D")
+    cdef Py_ssize_t n = a.shape[0], i, k = 0
+    cdef const int64_t* p = <const int64_t*>cnp.PyArray_DATA(a)
+    cdef double v
+    for i in range(n):
+        v = <double>p[i]
+        if v > hi or v < lo:
+            k += 1
+    if k == 0:
+        return None
+    cdef cnp.ndarray out = _empty1d(k, cnp.NPY_INT64)
+    cdef int64_t* o = <int64_t*>cnp.PyArray_DATA(out)
+    k = 0
+    for i in range(n):
+        v = <double>p[i]
+        if v > hi or v < lo:
+            o[k] = i
+            k += 1
+    return out
+
+
+
 def batch_columns(list clicks not None):
     """Columns of ClickBatch.from_clicks(clicks, validate=False), for validated clicks:
     -> (ts int64, user_key list[str], session_id list[str], ip list[str], device uint8,
         logged_in uint8, tz_offset_min int16)."""
     cdef Py_ssize_t n = PyList_GET_SIZE(clicks), i
-    cdef cnp.ndarray ts_a = np.empty(n, dtype=np.int64)
-    cdef cnp.ndarray dev_a = np.empty(n, dtype=np.uint8)
-    cdef cnp.ndarray li_a = np.empty(n, dtype=np.uint8)
-    cdef cnp.ndarray tz_a = np.empty(n, dtype=np.int16)
+    # PyArray_EMPTY: np.empty without the Python call (four of them cost more than the loop
+    # on a batch of one click).
+    cdef cnp.ndarray ts_a = _empty1d(n, cnp.NPY_INT64)
+    cdef cnp.ndarray dev_a = _empty1d(n, cnp.NPY_UINT8)
+    cdef cnp.ndarray li_a = _empty1d(n, cnp.NPY_UINT8)
+    cdef cnp.ndarray tz_a = _empty1d(n, cnp.NPY_INT16)
     cdef int64_t* ts_p = <int64_t*>cnp.PyArray_DATA(ts_a)
     cdef uint8_t* dev_p = <uint8_t*>cnp.PyArray_DATA(dev_a)
     cdef uint8_t* li_p = <uint8_t*>cnp.PyArray_DATA(li_a)
@@ -302,6 +339,29 @@ cdef inline bint _exact(object a, int typenum, Py_ssize_t n):
             and arr.shape[0] == n and cnp.PyArray_IS_C_CONTIGUOUS(arr))
 
 
+cdef cnp.ndarray _f64(object a):
+    """_c1d(a, float64) with float32 (the model's output) widened in a C loop: exact, the same
+    doubles .tolist() gives, without np.ascontiguousarray's call."""
+    cdef cnp.ndarray arr, out
+    cdef Py_ssize_t i, n
+    cdef const float* src
+    cdef double* dst
+    if type(a) is np.ndarray:
+        arr = <cnp.ndarray>a
+        if cnp.PyArray_NDIM(arr) == 1 and cnp.PyArray_IS_C_CONTIGUOUS(arr):
+            if cnp.PyArray_TYPE(arr) == cnp.NPY_DOUBLE:
+                return arr
+            if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT:
+                n = arr.shape[0]
+                out = _empty1d(n, cnp.NPY_DOUBLE)
+                src = <const float*>cnp.PyArray_DATA(arr)
+                dst = <double*>cnp.PyArray_DATA(out)
+                for i in range(n):
+                    dst[i] = src[i]
+                return out
+    return np.ascontiguousarray(a, dtype=np.float64)
+
+
 cdef inline cnp.ndarray _c1d(object a, int typenum, object dtype):
     """np.ascontiguousarray(a, dtype), without the call when a already is that."""
     if type(a) is np.ndarray:
@@ -309,12 +369,6 @@ cdef inline cnp.ndarray _c1d(object a, int typenum, object dtype):
         if cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(arr):
             return arr
     return np.ascontiguousarray(a, dtype=dtype)
-
-
-cdef inline cnp.ndarray _empty1d(Py_ssize_t n, int typenum):
-    cdef cnp.npy_intp dims[1]
-    dims[0] = n
-    return cnp.PyArray_EMPTY(1, dims, typenum, 0)
 
 
 cdef cnp.ndarray _as_f64(object a, str name, Py_ssize_t n):
@@ -501,16 +555,17 @@ def decide_batch(list items not None, list clicks not None, device, logged_in, s
         raise ValueError(f"clicks has {len(clicks)} items, items {n}")
     cdef cnp.ndarray dev = _c1d(device, cnp.NPY_UINT8, np.uint8)
     cdef cnp.ndarray li = _c1d(logged_in, cnp.NPY_UINT8, np.uint8)
-    cdef cnp.ndarray sc = _c1d(scores, cnp.NPY_DOUBLE, np.float64)
+    cdef cnp.ndarray sc = _f64(scores)
     cdef cnp.ndarray tb = _c1d(table, cnp.NPY_DOUBLE, np.float64)
     cdef cnp.ndarray bd = _c1d(bounds, cnp.NPY_DOUBLE, np.float64)
     if dev.shape[0] != n or li.shape[0] != n or sc.shape[0] != n:
         raise ValueError(f"device, logged_in and scores must have {n} entries")
     cdef cnp.ndarray qc = q_counts
     cdef cnp.ndarray tc = tot_counts
-    if (qc.dtype != np.int64 or tc.dtype != np.int64 or not qc.flags.c_contiguous
-            or not tc.flags.c_contiguous or qc.shape[0] != bd.shape[0] + 1
-            or tc.shape[0] != bd.shape[0] + 1):
+    if (cnp.PyArray_TYPE(qc) != cnp.NPY_INT64 or cnp.PyArray_TYPE(tc) != cnp.NPY_INT64
+            or cnp.PyArray_NDIM(qc) != 1 or cnp.PyArray_NDIM(tc) != 1
+            or not cnp.PyArray_IS_C_CONTIGUOUS(qc) or not cnp.PyArray_IS_C_CONTIGUOUS(tc)
+            or qc.shape[0] != bd.shape[0] + 1 or tc.shape[0] != bd.shape[0] + 1):
         raise ValueError("q_counts and tot_counts must be contiguous int64 of len(bounds) + 1")
     nslices = tb.shape[0]
     cdef cnp.ndarray codes = _empty1d(n, cnp.NPY_INTP)
@@ -553,7 +608,8 @@ def decide_batch(list items not None, list clicks not None, device, logged_in, s
         v = t_end - ta
         tsum += v
         totp[_bisect_left(bp, nb, v)] += 1
-    frames = encode_results(msgids, cids, inv, sc, thr, codes, slice_keys, model_key, reason_key)
+    # The arrays are this function's own (exact dtypes and length): straight to the encoder.
+    frames = _encode(msgids, cids, inv, sc, thr, codes, slice_keys, model_key, reason_key, n)
     return frames, codes, thr, inv, qsum, tsum, per_n, per_bad
 
 

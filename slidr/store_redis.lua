@@ -51,8 +51,24 @@ local n = #blob / 24
 -- far cheaper per byte than struct items).
 local IFMT = '<dddddddddddddddddddddddd'
 local SFMT = '<dddddddd'
+local RO = 24 * 8  -- the registers' offset in the blob
 local NR = 4 * M
 local function new_regs() return {__ZERO_REGS__} end
+
+-- An IP's registers are read straight from its stored blob (RS[ii], one string.byte per
+-- register read) until a click changes one; only then are they unpacked into a table
+-- (R[ii]), which is what gets written back. An IP whose registers did not change in the
+-- batch writes its stored register bytes back as they were: no per-register work, which is
+-- most of an IP key's cost when its sketches are settled.
+local R, RS = {}, {}   -- IP registers: a table once changed (or new), else false + the blob
+local function regs_of(ii)
+  local regs = R[ii]
+  if not regs then
+    regs = {sbyte(RS[ii], RO + 1, RO + NR)}
+    R[ii] = regs
+  end
+  return regs
+end
 
 -- floor(t / w) for integer-valued doubles, robust to the rounding of the division.
 local function bucket_of(t, w)
@@ -63,11 +79,14 @@ end
 
 -- Register q of one HyperLogLog takes `rank` if larger; z = p[zi] (the sum of 2^-r) and
 -- v = p[zi + 1] (registers at zero) follow.
-local function hll_add(p, zi, regs, q, rank)
-  local r = regs[q]
+local function hll_add(p, zi, ii, q, rank)
+  local regs = R[ii]
+  local r
+  if regs then r = regs[q] else r = sbyte(RS[ii], RO + q) end
   if rank > r then
     p[zi] = p[zi] - 2 ^ (-r) + 2 ^ (-rank)
     if r == 0 then p[zi + 1] = p[zi + 1] - 1.0 end
+    if not regs then regs = regs_of(ii) end
     regs[q] = rank
   end
 end
@@ -88,7 +107,7 @@ local function popcount(m)
   return c
 end
 
-local function window(p, bi, z0, r0, regs, t, w, sreg, srank, ureg, urank)
+local function window(p, bi, z0, r0, ii, t, w, sreg, srank, ureg, urank)
   local cur = p[bi]
   local start = cur * w
   if t >= start + w then
@@ -99,21 +118,22 @@ local function window(p, bi, z0, r0, regs, t, w, sreg, srank, ureg, urank)
       p[z0 + 2], p[z0 + 3], p[z0 + 6], p[z0 + 7] = M, M, M, M
     end
     p[z0], p[z0 + 1], p[z0 + 4], p[z0 + 5] = M, M, M, M
+    local regs = regs_of(ii)
     for q = r0 + 1, r0 + 2 * M do regs[q] = 0 end
     p[bi] = b
     start = b * w
   end
   local frac = (t - start) / w
   if frac < 0.0 then frac = 0.0 elseif frac > 1.0 then frac = 1.0 end
-  hll_add(p, z0, regs, r0 + 1 + sreg, srank)
-  hll_add(p, z0 + 4, regs, r0 + 1 + M + ureg, urank)
+  hll_add(p, z0, ii, r0 + 1 + sreg, srank)
+  hll_add(p, z0 + 4, ii, r0 + 1 + M + ureg, urank)
   return frac
 end
 
 -- Read every key with a few MGETs (one redis.call per CHUNK keys; 1 on a cluster, where one
 -- command may not span slots) and decode each blob once.
 local CHUNK = __MGET_CHUNK__
-local U, S, P, R = {}, {}, {}, {}   -- users, sessions, IP counters, IP registers
+local U, S, P = {}, {}, {}   -- users, sessions, IP counters (IP registers: R, RS above)
 do
   local su, ss = nu, nu + ns
   for a = 1, nk, CHUNK do
@@ -129,7 +149,7 @@ do
         if raw then S[k - su] = {sunpack(SFMT, raw)} else S[k - su] = {0, 0, NEVER, 0} end
       else
         if raw then
-          P[k - ss], R[k - ss] = {sunpack(IFMT, raw)}, {sbyte(raw, 193, 192 + NR)}
+          P[k - ss], R[k - ss], RS[k - ss] = {sunpack(IFMT, raw)}, false, raw
         else
           P[k - ss], R[k - ss] = {0, 0, 0, NEVER}, false
         end
@@ -215,16 +235,13 @@ for i = 1, n do
   -- [7+4j .. 10+4j], j = 0 sessions 1 h, 1 users 1 h, 2 sessions 1 d, 3 users 1 d;
   -- registers of HLL j at regs[32j + 1 .. 32j + 32]
   local p = P[ii]
-  local regs
   d = t - p[4]
   if d > I_TTL then
     p = {1.0, 1.0, 1.0, t, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
          M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0}
     P[ii] = p
-    regs = new_regs()
-    R[ii] = regs
+    R[ii] = new_regs()
   else
-    regs = R[ii]
     if d > 0 then
       local g = d / 1000.0
       p[1] = p[1] * exp(-g / I_TAU1) + 1.0
@@ -254,8 +271,8 @@ for i = 1, n do
   end
 
   -- hour window: HLLs 0 and 1, registers 1 .. 2M; day window: HLLs 2 and 3, the rest
-  local hfrac = window(p, 5, 7, 0, regs, t, W_HOUR, sreg, srank, ureg, urank)
-  local dfrac = window(p, 6, 15, 2 * M, regs, t, W_DAY, sreg, srank, ureg, urank)
+  local hfrac = window(p, 5, 7, 0, ii, t, W_HOUR, sreg, srank, ureg, urank)
+  local dfrac = window(p, 6, 15, 2 * M, ii, t, W_DAY, sreg, srank, ureg, urank)
 
   out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
                  p[1], p[2], p[3], p[7], p[9], p[11], p[13], p[15], p[17], p[19], p[21],
@@ -278,8 +295,9 @@ do
   end
   local o = nu + ns
   for k = 1, nk - o do
-    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 24)) .. schar(unpack(R[k], 1, NR)),
-         'PX', ipx)
+    local regs = R[k]
+    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 24))
+         .. (regs and schar(unpack(regs, 1, NR)) or RS[k]:sub(RO + 1, RO + NR)), 'PX', ipx)
   end
 end
 -- One bulk string per click (Redis hashes every byte of every Lua string it creates, so a

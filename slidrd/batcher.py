@@ -198,8 +198,12 @@ class Batcher:
             self._timer.cancel()
             self._timer = None
         while self.pending and self.inflight_batches < self.depth:
-            items = self.pending[: self.max_batch]
-            del self.pending[: self.max_batch]
+            if len(self.pending) <= self.max_batch:  # the usual case: all of it, no copy
+                items = self.pending
+                self.pending = []
+            else:
+                items = self.pending[: self.max_batch]
+                del self.pending[: self.max_batch]
             if not self.pending:
                 self._min_deadline = float("inf")
             if self.inline:
@@ -275,6 +279,8 @@ class Batcher:
         now = time.time() * 1000.0
         hi = now + self._skew_ms if self._skew_ms else float("inf")
         lo = now - self._age_ms if self._age_ms else float("-inf")
+        if _fp is not None:
+            return _fp.ts_outside(ts, lo, hi)  # type: ignore[no-any-return]
         if ts.max() <= hi and ts.min() >= lo:
             return None
         return np.flatnonzero((ts > hi) | (ts < lo))

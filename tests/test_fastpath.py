@@ -268,6 +268,37 @@ def test_batch_columns_empty_and_keys() -> None:
     assert fp.batch_columns(odd)[1] == ClickBatch.from_clicks(odd, validate=False).user_key
 
 
+def ref_ts_outside(ts: np.ndarray, lo: float, hi: float) -> np.ndarray | None:
+    """The batcher's numpy clock check (Batcher._clock_refused without the native path)."""
+    if ts.max() <= hi and ts.min() >= lo:
+        return None
+    return np.flatnonzero((ts > hi) | (ts < lo))
+
+
+BOUND = st.one_of(st.floats(allow_nan=False), st.integers(TS_MIN - 10, TS_MAX + 10).map(float))
+
+
+@given(st.lists(st.integers(-(2 ** 63), 2 ** 63 - 1) | st.integers(TS_MIN, TS_MAX), min_size=1,
+                max_size=12), BOUND, BOUND)
+@SETTINGS
+def test_ts_outside_matches_numpy(values: list[int], lo: float, hi: float) -> None:
+    ts = np.array(values, dtype=np.int64)
+    got, want = fp.ts_outside(ts, lo, hi), ref_ts_outside(ts, lo, hi)
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and got.dtype == want.dtype and got.tolist() == want.tolist()
+
+
+def test_ts_outside_edges() -> None:
+    ts = np.array([5, 10, 20, 3], dtype=np.int64)
+    assert fp.ts_outside(ts, 3, 20) is None  # bounds are inclusive
+    assert fp.ts_outside(ts, 4, 15).tolist() == [2, 3]
+    assert fp.ts_outside(ts, float("-inf"), float("inf")) is None  # the check turned off
+    assert fp.ts_outside(np.empty(0, dtype=np.int64), 0, 1) is None
+    assert fp.ts_outside(ts[::2], 6, 100).tolist() == [0]  # a strided view is read right
+
+
 # ------------------------------------------------------------------ encode_results
 
 SLICES = [slice_name(d, li) for d in range(len(DEVICES)) for li in (0, 1)]
