@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                  "reference": (mon["reference"] or {}).get("source"),
                  "ratios": mon["ratios"], "counts": mon["counts"],
                  "last_window": mon["last_window"], "previous_live": mon["previous_live"],
-                 "judging": mon["judging"]}
+                 "judging": mon["judging"], "reference_ivr": mon["reference"],
+                 "window_ivr": mon.get("window_ivr"), "bands": mon.get("bands"),
+                 "deviating": mon["deviating_windows"], "restored": mon.get("restored")}
             result["samples"].append(s)
             return s
 
