@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from slidr.bench.monitor_days import REPO, Sender, _clicks, _free_port
 
 # A weak model on a few simulated days: the AUC floors and the drift limit off, the FPR allowed
@@ -93,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import pyarrow.parquet as pq
-
-    from slidr.decision_file import read_decisions
     from slidr.offline import simulate as sim
     from slidr.offline.train import day_index
-    from slidr.registry import Registry
     from slidr.slidrd.cli_admin import call
+
+    from slidr.decision_file import read_decisions
+    from slidr.registry import Registry
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

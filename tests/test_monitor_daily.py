@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from slidr.offline import guardrails as gr
 from slidr.slidrd.config import Config
 from slidr.slidrd.metrics import Metrics
 from slidr.slidrd.monitor import Monitor
 
-from slidr.contract import DEVICES, SLICE_BY_CODE
-from slidr.offline import guardrails as gr
+from slidr.contract import SLICE_BY_CODE
 
 # The current model's IVR per slice (what a daily model of the simulator decides: robots are
 # most of logged-out traffic, few logged-in clicks are invalidated).
