@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import subprocess
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loose-ivr", action="store_true",
                    help="also loosen the IVR guardrails (a new model may then decide very "
                         "differently from the current one: what the monitor is there to catch)")
+    p.add_argument("--val-days", type=int, default=None,
+                   help="`slidr daily --val-days` (default: the daily job's own)")
+    p.add_argument("--method", default="slice", choices=("slice", "global", "auto"),
+                   help="`slidr daily --method` (default slice)")
+    p.add_argument("--min-purchasing", type=int, default=30,
+                   help="`slidr daily --min-purchasing` (default 30)")
     p.add_argument("--daemon-arg", action="append", default=[],
                    help="extra `slidrd serve` argument (repeatable), e.g. --monitor-sustain=3")
     args = p.parse_args(argv)
@@ -138,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     guard = GuardrailConfig(fpr_tolerance=20, min_slice_purchases=10, min_auc_margin=-0.5,
                             min_auc_z=-1e6, min_auc_heuristic=0.0, max_psi=10.0, **loose_ivr)
     cfg = daily.DailyConfig(epochs=args.epochs, fpr_budget=0.05, min_coverage=0.2,
-                            min_purchasing=30, guard=guard)
+                            min_purchasing=args.min_purchasing, guard=guard,
+                            val_days=args.val_days, method=args.method)
     reg = out / "registry"
     result: dict[str, Any] = {"days": n_days, "clicks_per_day": args.clicks_per_day,
                               "rate": args.rate, "daemon_args": args.daemon_arg,
@@ -153,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
                               cfg=cfg, log=lambda *_a, **_k: None)
         info = {"trained_on_days": f"0-{last}", "status": res["status"],
                 "version": res.get("version"), "seconds": round(time.monotonic() - t, 1)}
+        failed = [c for c in res.get("checks") or [] if not c.get("passed", True)]
+        if failed:
+            info["refused_by"] = {c["name"]: c["message"] for c in failed}
         if res.get("version"):
             from slidr.registry import Registry
             m = Registry(reg).bundle(res["version"]).manifest["metrics"]
@@ -187,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
                  "reference": (mon["reference"] or {}).get("source"),
                  "ratios": mon["ratios"], "counts": mon["counts"],
                  "last_window": mon["last_window"], "previous_live": mon["previous_live"],
-                 "judging": mon["judging"]}
+                 "judging": mon["judging"], "reference_ivr": mon["reference"],
+                 "window_ivr": mon.get("window_ivr"), "bands": mon.get("bands"),
+                 "deviating": mon["deviating_windows"], "restored": mon.get("restored")}
             result["samples"].append(s)
             return s
 
@@ -235,6 +248,28 @@ def main(argv: list[str] | None = None) -> int:
         if lw and pl and pl["ivr"] and key not in seen_live and s["judging"]:
             seen_live.add(key)
             live_only.append(lw["ivr"] / pl["ivr"])
+    # Per judged bundle: how close its windows came to their bands (the live IVR over the
+    # band's edge; the monitor fires beyond 1, after monitor_z standard errors more).
+    swaps: dict[str, dict[str, Any]] = {}
+    seen_w: set[tuple[str, int]] = set()
+    for s in result["samples"]:
+        key = (s["version"], s["windows"])
+        if key in seen_w or not s.get("bands") or s["reference"] != "previous_same_clicks":
+            continue
+        seen_w.add(key)
+        sw = swaps.setdefault(s["version"], {"windows": 0, "max_deviating": 0,
+                                             "highest": [0.0, ""], "lowest": [math.inf, ""]})
+        sw["windows"] += 1
+        sw["max_deviating"] = max(sw["max_deviating"], s["deviating"])
+        for k, (lo, hi) in s["bands"].items():
+            live = (s["window_ivr"] or {}).get(k)
+            if live is None:
+                continue
+            if hi > 0 and live / hi > sw["highest"][0]:
+                sw["highest"] = [round(live / hi, 3), k]
+            if lo > 0 and live / lo < sw["lowest"][0]:
+                sw["lowest"] = [round(live / lo, 3), k]
+    result["swaps"] = swaps
     result["live_figures_ratio_range"] = ([round(min(live_only), 3), round(max(live_only), 3),
                                            len(live_only)] if live_only else None)
     result["monitor"] = {"counts": mon["counts"], "windows": mon["windows"],
@@ -246,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     result["fail_open"] = sender.fail_open
     result["seconds"] = round(time.monotonic() - t_start, 1)
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
-    print(json.dumps({k: result[k] for k in ("monitor", "ratio_range",
+    print(json.dumps({k: result[k] for k in ("monitor", "swaps", "ratio_range",
                                              "live_figures_ratio_range", "sent", "errors",
                                              "fail_open", "dailies", "seconds")},
                      indent=2, default=str))

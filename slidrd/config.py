@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from slidr import options
-from slidr.defaults import COMMON
+from slidr.defaults import COMMON, GUARDRAILS
 from slidr.options import Opt, OptionError, field_from, option, options_of
 
 # What one click of the contract takes in a score_many message, ids and user agent included:
@@ -95,10 +95,12 @@ class Config:
     monitor_window_s: float = option(30.0, "a monitor window lasts at least this long (s)", lo=0.0,
                                      hi=86_400.0)
     monitor_ivr_ratio: float = option(
-        2.0, "a window deviates when its IVR (overall or a slice's) is more than this times "
-        "the reference, or below the reference divided by it, and monitor_ivr_abs away", lo=1.01, hi=1000.0)
-    monitor_ivr_abs: float = option(0.02, "a deviation must also exceed this absolute "
-                                    "IVR difference (0.02 = 2 points)", lo=0.0, hi=1.0)
+        1.5, "a window deviates when an IVR (overall or a slice's) lies beyond the shift the "
+        "daily guardrails allow (monitor_ivr_band, monitor_slice_ivr_band) by more than this "
+        "factor and by monitor_ivr_abs, and by monitor_z standard errors", lo=1.0, hi=1000.0)
+    monitor_ivr_abs: float = option(0.02, "a deviation must also lie this far (absolute IVR) "
+                                    "beyond the guardrails' allowance (0.02 = 2 points)",
+                                    lo=0.0, hi=1.0)
     monitor_min_slice_clicks: int = option(1_000, "slices with fewer clicks in a window are "
                                            "not judged on their own", lo=1, hi=1 << 40)
     monitor_sustain: int = option(2, "deviating windows in a row before the monitor fires",
@@ -137,6 +139,19 @@ class Config:
         "", "file with the key bundles must be signed with (HMAC-SHA256, `slidr daily "
         "--sign-key`); unsigned or altered bundles are refused (empty = not checked)",
         metavar="FILE")
+    monitor_ivr_band: float = option(
+        GUARDRAILS["ivr_band"].default, "the relative change of the overall IVR a daily "
+        "candidate may make and pass its guardrails (set to `slidr daily`'s ivr_band): the "
+        "monitor's band starts there", lo=0.0, hi=100.0)
+    monitor_slice_ivr_band: float = option(
+        GUARDRAILS["slice_ivr_band"].default, "the same per slice (`slidr daily`'s "
+        "slice_ivr_band)", lo=0.0, hi=100.0)
+    monitor_slice_ivr_abs_slack: float = option(
+        GUARDRAILS["slice_ivr_abs_slack"].default, "plus this absolute IVR per slice "
+        "(`slidr daily`'s slice_ivr_abs_slack)", lo=0.0, hi=1.0)
+    monitor_z: float = option(
+        3.0, "standard errors of a window's counts (its IVR's and the reference's) a "
+        "deviation must clear: sampling noise never fires the monitor", lo=0.0, hi=100.0)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

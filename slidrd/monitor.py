@@ -18,14 +18,25 @@ window's IVR, overall and per slice, is compared with a reference, the first tha
       test day by hour and by day, so (b) is judged on the overall IVR only and only ever
       alerts; it never rolls back.
 
-A window deviates when an IVR is more than `monitor_ivr_ratio` times its reference or below the
-reference divided by it, AND more than `monitor_ivr_abs` away from it (so a slice with a tiny
-IVR cannot trip it on noise); slices with fewer than `monitor_min_slice_clicks` clicks (sampled
-clicks for (a)) are judged only within the overall figure. `monitor_sustain` deviating windows
+A window deviates when an IVR lies outside its band around the reference. The band starts from
+the shift `slidr daily`'s own guardrails let a candidate make against the current model on the
+held-out day (`monitor_ivr_band`, relative, overall; `monitor_slice_ivr_band` plus
+`monitor_slice_ivr_abs_slack` per slice: the guardrails' ivr_band, slice_ivr_band and
+slice_ivr_abs_slack, at their defaults), since a model that passed them may legitimately move
+IVR that far; it is then widened for the change from the held-out day to live traffic (beyond
+the allowance by more than `monitor_ivr_ratio` times AND by more than `monitor_ivr_abs`), and
+for sampling noise: the live IVR must lie beyond that limit by `monitor_z` standard errors of
+the window's counts (the live IVR's and the reference's, which the limit moves with). With
+the defaults a slice may go from 5 % to 0 % or to 16.5 % and the overall IVR from 10 % to 3 %
+or 22.5 %, before noise. Slices with fewer than `monitor_min_slice_clicks` clicks (sampled
+clicks for (a)) are judged only within the overall figure; (a') and (b) compare different
+traffic (another hour, another day) and are judged on the overall IVR only.
+`monitor_sustain` deviating windows
 in a row fire the monitor: with `monitor = "rollback"` the daemon rolls the registry back (the
 bundle is marked rejected with the reason) and reloads; with "alert" it only logs and counts.
 After firing, the monitor is quiet for `monitor_cooldown_s` and never fires twice for one
-version, so it cannot flap. After its judged windows a version is settled: slow drift is the
+version; the bundle a rollback returns to is the stable one and is not judged again (judging it
+against figures from another time could roll back further): no loops, no flapping. After its judged windows a version is settled: slow drift is the
 daily job's concern (its guardrails compare each candidate with the current model). A
 fail-open share above `monitor_fail_open_max` in any window is alerted (a store or capacity
 problem that a rollback would not fix), never rolled back, at most once per cooldown.
@@ -44,6 +55,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from slidr.defaults import GUARDRAILS
 
 MODES = ("rollback", "alert", "off")
 REFERENCE_WINDOWS = 5  # the previous bundle's last windows that make the live reference (a')
@@ -176,15 +189,21 @@ class Monitor:
     Shadow sampler that the daemon hands the batcher while a new bundle is judged)."""
 
     def __init__(self, metrics: Any, mode: str = "rollback", window_clicks: int = 20_000,
-                 window_s: float = 30.0, ivr_ratio: float = 2.0, ivr_abs: float = 0.02,
+                 window_s: float = 30.0, ivr_ratio: float = 1.5, ivr_abs: float = 0.02,
                  min_slice_clicks: int = 1_000, sustain: int = 2, fail_open_max: float = 0.05,
                  cooldown_s: float = 300.0, judge_windows: int = 10,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic,
+                 ivr_band: float = GUARDRAILS["ivr_band"].default,
+                 slice_ivr_band: float = GUARDRAILS["slice_ivr_band"].default,
+                 slice_ivr_abs_slack: float = GUARDRAILS["slice_ivr_abs_slack"].default,
+                 z: float = 3.0) -> None:
         if mode not in MODES:
             raise ValueError(f"monitor must be one of {', '.join(MODES)}, got {mode!r}")
-        if ivr_ratio <= 1.0 or window_clicks < 1 or sustain < 1 or judge_windows < sustain:
-            raise ValueError("monitor needs ivr_ratio > 1, window_clicks >= 1, sustain >= 1 "
+        if ivr_ratio < 1.0 or window_clicks < 1 or sustain < 1 or judge_windows < sustain:
+            raise ValueError("monitor needs ivr_ratio >= 1, window_clicks >= 1, sustain >= 1 "
                              "and judge_windows >= sustain")
+        if min(ivr_band, slice_ivr_band, slice_ivr_abs_slack, z, ivr_abs) < 0:
+            raise ValueError("monitor bands, slack, ivr_abs and z must not be negative")
         self.m = metrics
         self.mode = mode
         self.window_clicks = window_clicks
@@ -196,6 +215,10 @@ class Monitor:
         self.fail_open_max = fail_open_max
         self.cooldown_s = cooldown_s
         self.judge_windows = judge_windows
+        self.ivr_band = ivr_band
+        self.slice_ivr_band = slice_ivr_band
+        self.slice_ivr_abs_slack = slice_ivr_abs_slack
+        self.z = z
         self.clock = clock
         self.version = ""
         self.reference: Reference | None = None  # (a') or (b); (a) is built per window
@@ -215,6 +238,8 @@ class Monitor:
         self.ratios: dict[str, float] = {}  # "all" and per slice: last window / reference
         self.ref_ivr: dict[str, float] = {}  # the last judged window's reference IVRs
         self.window_ivr: dict[str, float] = {}  # the last judged window's IVRs
+        self.bands: dict[str, tuple[float, float]] = {}  # the last judged window's limits
+        self.restored = False  # serving the bundle a rollback returned to (not judged)
         self.ref_source = ""
         self.last_ratio = 1.0
         self._since_swap_clicks = 0
@@ -236,7 +261,7 @@ class Monitor:
     def judging(self) -> bool:
         """The current version is still being judged (not settled, not fired)."""
         return (self.mode != "off" and self.judged < self.judge_windows
-                and self.version not in self.fired)
+                and self.version not in self.fired and not self.restored)
 
     # ---- model swaps
     def on_swap(self, version: str, expected: Reference | None, old_rejected: bool,
@@ -261,11 +286,15 @@ class Monitor:
         self.version = version
         self.last = None
         self.recent = []
+        # Away from a rejected bundle (a rollback, here or by another daemon or an operator):
+        # the bundle returned to is the stable one; it is not judged again.
+        self.restored = old_rejected
         self.judged = 0
         self.deviating = 0
         self.ratios = {}
         self.ref_ivr = {}
         self.window_ivr = {}
+        self.bands = {}
         self.ref_source = ""
         self.last_ratio = 1.0
         self._since_swap_clicks = 0
@@ -307,10 +336,34 @@ class Monitor:
             self.end_shadow()
         return ev
 
-    def _deviates(self, live: float, ref: float) -> bool:
-        hi = live > ref * self.ivr_ratio and live - ref > self.ivr_abs
-        lo = live < ref / self.ivr_ratio and ref - live > self.ivr_abs
-        return hi or lo
+    def band(self, ref: float, is_slice: bool) -> tuple[float, float, float, float]:
+        """The limits of a window's IVR around a reference IVR: (low, high, d low/d ref,
+        d high/d ref). The guardrails' allowance, widened by monitor_ivr_ratio and
+        monitor_ivr_abs (whichever is wider); a low limit <= 0 is never crossed."""
+        b, slack = ((self.slice_ivr_band, self.slice_ivr_abs_slack) if is_slice
+                    else (self.ivr_band, 0.0))
+        hi_allow = ref * (1 + b) + slack
+        lo_allow = ref * (1 - b) - slack
+        r, a = self.ivr_ratio, self.ivr_abs
+        hi, d_hi = ((hi_allow * r, (1 + b) * r) if hi_allow * r >= hi_allow + a
+                    else (hi_allow + a, 1 + b))
+        if lo_allow <= 0:
+            return -math.inf, hi, 0.0, d_hi
+        lo, d_lo = ((lo_allow / r, (1 - b) / r) if lo_allow / r <= lo_allow - a
+                    else (lo_allow - a, 1 - b))
+        return lo, hi, d_lo, d_hi
+
+    def _deviates(self, live: float, ref: float, n: int, n_ref: float, is_slice: bool
+                  ) -> tuple[bool, float, float]:
+        """Is `live` (IVR of n clicks) beyond the band of `ref` (IVR of n_ref clicks; inf: an
+        exact figure) by more than monitor_z standard errors? Also returns the band."""
+        lo, hi, d_lo, d_hi = self.band(ref, is_slice)
+        var_live = live * (1 - live) / max(n, 1)
+        var_ref = ref * (1 - ref) / n_ref if n_ref > 0 and math.isfinite(n_ref) else 0.0
+        se_hi = math.sqrt(var_live + d_hi * d_hi * var_ref)
+        se_lo = math.sqrt(var_live + d_lo * d_lo * var_ref)
+        out = live - self.z * se_hi > hi or live + self.z * se_lo < lo
+        return out, lo, hi
 
     def _event(self, kind: str, reason: str, now: float) -> Event:
         e = Event(kind, self.version, reason, self._since_swap_clicks,
@@ -320,26 +373,26 @@ class Monitor:
         self.counts[kind] = self.counts.get(kind, 0) + 1
         return e
 
-    def _compare(self, w: Window) -> tuple[str, dict[str, tuple[float, float, int]]] | None:
+    def _compare(self, w: Window
+                 ) -> tuple[str, dict[str, tuple[float, float, int, float]]] | None:
         """The reference of a window: source and {"all" | slice: (live IVR, reference IVR,
-        clicks)}; None when there is nothing to compare with."""
+        clicks, reference clicks)} (reference clicks inf: a figure without sampling noise of
+        its own); None when there is nothing to compare with."""
         n_sh = sum(v[0] for v in w.shadow.values())
         if n_sh >= min(self.min_slice_clicks, self.window_clicks):
             out = {"all": (sum(v[1] for v in w.shadow.values()) / n_sh,
-                           sum(v[2] for v in w.shadow.values()) / n_sh, n_sh)}
+                           sum(v[2] for v in w.shadow.values()) / n_sh, n_sh, float(n_sh))}
             for s, (n, a, b) in w.shadow.items():
-                out[s] = (a / n, b / n, n)
+                out[s] = (a / n, b / n, n, float(n))
             return "previous_same_clicks", out
         ref = self.reference
         if ref is None or w.clicks == 0:
             return None
-        out = {"all": (w.ivr, ref.ivr, w.clicks)}
-        if ref.source == "calibration":
-            return ref.source, out  # a test day's slices are too far from a live window's
-        for s, (c, _) in w.by_slice.items():
-            if s in ref.by_slice:
-                out[s] = (w.slice_ivr(s), ref.by_slice[s], c)
-        return ref.source, out
+        # Another time's traffic (the previous bundle's last windows, or the test day): the
+        # overall IVR only; a slice's IVR moves with the hour and the day's robots.
+        n_ref = (float(self.stable.clicks) if ref.source == "previous_live"
+                 and self.stable is not None else math.inf)
+        return ref.source, {"all": (w.ivr, ref.ivr, w.clicks, n_ref)}
 
     def _judge(self, w: Window, now: float) -> Event | None:
         total = w.clicks + w.fail_open
@@ -358,14 +411,20 @@ class Monitor:
         self.judged += 1
         source, figs = cmp
         self.ref_source = source
-        self.ratios = {k: _ratio(live, ref) for k, (live, ref, _n) in figs.items()}
-        self.ref_ivr = {k: ref for k, (_live, ref, _n) in figs.items()}
-        self.window_ivr = {k: live for k, (live, _ref, _n) in figs.items()}
+        self.ratios = {k: _ratio(v[0], v[1]) for k, v in figs.items()}
+        self.ref_ivr = {k: v[1] for k, v in figs.items()}
+        self.window_ivr = {k: v[0] for k, v in figs.items()}
         self.last_ratio = self.ratios["all"]
+        self.bands = {}
         why = []
-        for k, (live, ref, n) in sorted(figs.items(), key=lambda kv: kv[0] != "all"):
-            if (k == "all" or n >= self.min_slice_clicks) and self._deviates(live, ref):
-                why.append(f"{'IVR' if k == 'all' else k + ' IVR'} {live:.2%} vs {ref:.2%}")
+        for k, (live, ref, n, n_ref) in sorted(figs.items(), key=lambda kv: kv[0] != "all"):
+            if k != "all" and n < self.min_slice_clicks:
+                continue
+            out, lo, hi = self._deviates(live, ref, n, n_ref, k != "all")
+            self.bands[k] = (lo, hi)
+            if out:
+                why.append(f"{'IVR' if k == 'all' else k + ' IVR'} {live:.2%} vs {ref:.2%} "
+                           f"(band {max(lo, 0.0):.2%}-{hi:.2%}, {n:,} clicks)")
         self.deviating = self.deviating + 1 if why else 0
         if self.deviating < self.sustain or now < self.quiet_until:
             return fail_open_event
@@ -388,9 +447,14 @@ class Monitor:
                 "judging": self.judging, "judged_windows": self.judged,
                 "comparing_with_previous_model": self.shadow is not None,
                 "deviating_windows": self.deviating,
+                "restored": self.restored,
                 "window": {"clicks": self.window_clicks, "seconds": self.window_s,
                            "ivr_ratio": self.ivr_ratio, "ivr_abs": self.ivr_abs,
+                           "ivr_band": self.ivr_band, "slice_ivr_band": self.slice_ivr_band,
+                           "slice_ivr_abs_slack": self.slice_ivr_abs_slack, "z": self.z,
                            "sustain": self.sustain, "judge_windows": self.judge_windows},
+                "window_ivr": dict(self.window_ivr),
+                "bands": {k: [max(lo, 0.0), hi] for k, (lo, hi) in self.bands.items()},
                 "reference": None if not self.ref_source else {
                     "source": self.ref_source, "ivr": self.ref_ivr.get("all"),
                     "slices": {k: v for k, v in self.ref_ivr.items() if k != "all"}},

@@ -256,7 +256,10 @@ class Daemon:
                                cfg.monitor_window_s, cfg.monitor_ivr_ratio, cfg.monitor_ivr_abs,
                                cfg.monitor_min_slice_clicks, cfg.monitor_sustain,
                                cfg.monitor_fail_open_max, cfg.monitor_cooldown_s,
-                               cfg.monitor_judge_windows)
+                               cfg.monitor_judge_windows, ivr_band=cfg.monitor_ivr_band,
+                               slice_ivr_band=cfg.monitor_slice_ivr_band,
+                               slice_ivr_abs_slack=cfg.monitor_slice_ivr_abs_slack,
+                               z=cfg.monitor_z)
         self.metrics.monitor = self.monitor
         self._lag_tick = time.monotonic()  # the loop-lag timer's last pass (/healthz)
         self._pointers_mtime = 0

@@ -38,7 +38,7 @@ def feed(m: Metrics, rng: np.random.Generator, clicks: int, ivr: float | dict[st
 
 def make(mode: str = "rollback", **kw: object) -> tuple[Monitor, Metrics, Clock]:
     m, clock = Metrics(), Clock()
-    args: dict[str, object] = dict(window_clicks=6000, window_s=1.0, ivr_ratio=2.0,
+    args: dict[str, object] = dict(window_clicks=6000, window_s=1.0, ivr_ratio=1.5,
                                    ivr_abs=0.02, min_slice_clicks=500, sustain=2,
                                    fail_open_max=0.05, cooldown_s=60.0)
     args.update(kw)
@@ -100,12 +100,25 @@ def test_fires_on_sustained_deviation_against_previous_live() -> None:
 def test_one_deviating_slice_fires_and_low_side_too() -> None:
     rng = np.random.default_rng(2)
     mon, m, clock = make()
-    served_good(mon, m, clock, rng)
-    mon.on_swap("bad-slice", None, old_rejected=False)
-    one = {s: 0.05 for s in SLICES} | {"app/out": 0.4}  # overall 0.108: 2.2x, one slice 8x
-    window(mon, m, clock, rng, one)
-    ev = window(mon, m, clock, rng, one)
-    assert ev is not None and "app/out IVR" in ev.reason
+    good = FakeModel("good", 0.55)
+    bad = FakeModel("bad-slice", 0.55)
+    bad.thresholds[4] = 0.1  # app/out (code 4): IVR 10 % -> 82 %, overall 10 % -> 22 %
+    mon.on_swap("good", None, old_rejected=False)
+    for _ in range(3):
+        shadow_window(mon, m, clock, good, rng, 0.1)
+    mon.on_swap("bad-slice", None, old_rejected=False, previous=good)
+    assert shadow_window(mon, m, clock, bad, rng, 0.1) is None
+    ev = shadow_window(mon, m, clock, bad, rng, 0.1)
+    assert ev is not None and "app/out IVR" in ev.reason and "IVR 2" not in ev.reason
+    # The previous model's live figures (another hour's traffic) are judged overall only: a
+    # slice's IVR moves with the hour and the day's robots.
+    mon1, m1, clock1 = make()
+    served_good(mon1, m1, clock1, rng)
+    mon1.on_swap("slice-live", None, old_rejected=False)
+    one = {s: 0.05 for s in SLICES} | {"app/out": 0.4}  # overall 0.108, inside its band
+    for _ in range(5):
+        assert window(mon1, m1, clock1, rng, one) is None
+    assert set(mon1.ratios) == {"all"}
     # A model that stops catching anything deviates low.
     mon2, m2, clock2 = make()
     served_good(mon2, m2, clock2, rng, ivr=0.1)

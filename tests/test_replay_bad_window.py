@@ -98,21 +98,73 @@ def test_interrupted_replay_resumes(tmp_path, registry, traffic, recompute):  # 
     assert s3.resumed_at == 0 and s3.selected == len(traffic[0])
 
 
+def _boundaries(data: bytes) -> list[tuple[int, int, str]]:
+    """(start, end, model) of every record of an undamaged decision file (the header has
+    model "")."""
+    import msgpack
+    up = msgpack.Unpacker(raw=False, strict_map_key=False)
+    up.feed(data)
+    out, pos = [], 0
+    for obj in up:
+        end = up.tell()
+        model = obj[1] if isinstance(obj, list) else str(obj.get("model", "")) \
+            if isinstance(obj, dict) else ""
+        out.append((pos, end, model))
+        pos = end
+    assert pos == len(data)
+    return out
+
+
 def test_bad_window_with_a_damaged_file(tmp_path, registry, traffic):  # noqa: F811
-    """A corrupt file inside the bad window is reported by file and byte position; the
-    records of every other file (and those before the damage) are still corrected."""
+    """A corrupt file and a truncated one inside the bad window: each is reported by file and
+    by the byte position where its readable records end; the records before the damage and
+    those of every other file are still corrected, and only those."""
     from slidr.offline.replay_decisions import load_model, replay_decisions
 
     from slidr.decision_file import read_file
     logdir = write_log(tmp_path / "dlog", traffic)
     files = sorted(logdir.glob("decisions-*.msgpack"))
     bad_files = [p for p in files if any(r["model"] == "bad" for r in read_file(p))]
-    assert len(bad_files) >= 2
-    hit = bad_files[0]
+    assert len(bad_files) >= 3
+    n_bad = {p: sum(r["model"] == "bad" for r in read_file(p)) for p in files}
+    assert sum(n_bad.values()) == len(BAD)
+    # Corrupt: 16 bytes that are no msgpack type, in the middle of the first bad file.
+    hit, cut = bad_files[0], bad_files[1]
     data = hit.read_bytes()
-    hit.write_bytes(data[: len(data) // 2] + b"\xc1" * 16 + data[len(data) // 2:])
-    s = replay_decisions(logdir, load_model(registry=registry.path), tmp_path / "o.jsonl",
-                         bad_window="bad")
-    assert len(s.problems) == 1 and str(hit) in s.problems[0]
-    assert "corrupt at byte" in s.problems[0]
-    assert 0 < s.selected < len(BAD)
+    recs = _boundaries(data)
+    mid = next(a + 1 for a, b, m in recs if m == "bad" and a + 1 < b and a >= len(data) // 3)
+    hit.write_bytes(data[:mid] + b"\xc1" * 16 + data[mid:])
+    hit_at = max(a for a, _, _ in recs if a < mid)  # the damaged record starts there
+    lost = sum(m == "bad" for a, _, m in recs if a >= hit_at)
+    # Truncated: the second bad file cut inside one of its bad records (a torn write).
+    data = cut.read_bytes()
+    recs = _boundaries(data)
+    a, b = next((a, b) for a, b, m in recs if m == "bad" and a >= len(data) // 2)
+    cut.write_bytes(data[:(a + b) // 2])
+    lost += sum(m == "bad" for x, _, m in recs if x >= a)
+    assert 0 < lost < len(BAD)
+
+    out = tmp_path / "o.jsonl"
+    s = replay_decisions(logdir, load_model(registry=registry.path), out, bad_window="bad")
+    assert len(s.problems) == 2, s.problems
+    corrupt = [p for p in s.problems if "corrupt" in p]
+    torn = [p for p in s.problems if "truncated" in p]
+    assert corrupt and corrupt[0].startswith(f"{hit}: corrupt at byte {hit_at}:"), s.problems
+    assert torn and torn[0].startswith(f"{cut}: truncated at byte {a} of {(a + b) // 2}"), \
+        s.problems
+    # Everything readable was processed: the bad model's decisions before each damage and
+    # in every other file, corrected through the current bundle like an undamaged log's.
+    assert s.selected == len(BAD) - lost
+    clicks, x, decisions, feats = traffic
+    rows = {r["click_id"]: r for r in read_out(out)}
+    assert len(rows) == s.selected
+    inv2, _ = expected(traffic, -3.0)
+    ids = {c["click_id"]: i for i, c in enumerate(clicks)}
+    for cid, r in rows.items():
+        i = ids[cid]
+        assert i in BAD and r["original"]["model"] == "bad"
+        if feats[i] is not None:
+            assert r["invalid"] == inv2[i] and r["replayed_with"] == "v2"
+    later = [p for p in files if p not in (hit, cut) and n_bad[p]]
+    assert later and all(c["click_id"] in rows for p in later for c in
+                         (r["click"] for r in read_file(p)) if ids[c["click_id"]] in BAD)
