@@ -8,8 +8,8 @@ slidrd serves it with every monitor option at its default (and a decision log) u
 load (the last day's clicks, paced at RATE clicks per second on one connection, from before the
 first swap until after the second); after two monitor windows, `slidr daily` runs again on the
 same log with a far too high FPR budget (--fpr-budget) and its model guardrails relaxed through
-its options (--ivr-band and a --guardrail-config that lifts the slice band and the IVR ceiling):
-it publishes and promotes the bad bundle, and the daemon reloads. The monitor must roll the
+its options (--ivr-band, and a --guardrail-config that lifts the slice band's slack and the IVR
+ceiling): it publishes and promotes the bad bundle, and the daemon reloads. The monitor must roll the
 registry back (clicks and seconds from the swap to the rollback, from its event), no request may
 fail across both swaps, and `slidr replay --bad-window` must give, for every click the bad
 bundle decided, what the good bundle decides (checked here with onnxruntime on the logged
@@ -32,14 +32,14 @@ from typing import Any
 import numpy as np
 from slidr.bench.monitor_days import REPO, Sender, _clicks, _free_port
 
-# A weak model on a few simulated days: the AUC floors and the drift limit off, the FPR allowed
-# to miss its budget (as bench/monitor_days.py), so that the good bundle publishes. The IVR
-# guardrails stay at their defaults for the good bundle.
+# A weak model on a few simulated days: the AUC floors at chance and the drift limit off, the
+# FPR allowed to miss its budget (as bench/monitor_days.py), so that the good bundle publishes.
+# The IVR guardrails stay at their defaults for the good bundle.
 BENCH_GUARD = ["--fpr-tolerance", "20", "--min-slice-purchases", "10", "--max-psi", "10",
                "--min-purchasing", "30"]
-BENCH_TOML = "min_auc_margin = -0.5\nmin_auc_z = -1e6\nmin_auc_heuristic = 0.0\n"
+BENCH_TOML = "min_auc_margin = 0.0\nmin_auc_z = 0.0\nmin_auc_heuristic = 0.0\n"
 # The bad bundle's relaxed model guardrails (what lets it through).
-RELAXED_TOML = BENCH_TOML + "slice_ivr_band = 50.0\nmax_ivr = 0.95\n"
+RELAXED_TOML = BENCH_TOML + "slice_ivr_abs_slack = 1.0\nmax_ivr = 0.95\n"
 
 
 class Load(threading.Thread):

@@ -227,6 +227,7 @@ class Monitor:
         self.last: Window | None = None  # the current version's last closed window
         self.recent: list[Window] = []  # the current version's last REFERENCE_WINDOWS windows
         self.stable: Window | None = None  # those of the last version not rejected, merged
+        self.stable_version = ""  # ... and its version
         self.judged = 0  # windows of the current version judged so far
         self.deviating = 0
         self.fired: set[str] = set()
@@ -273,6 +274,7 @@ class Monitor:
             return self.shadow  # a reload of the same bundle: nothing changed
         if self.recent and not old_rejected:
             self.stable = merged(self.recent)
+            self.stable_version = self.version
         self.expected = expected
         if self.stable is not None:
             self.reference = Reference(
@@ -286,9 +288,9 @@ class Monitor:
         self.version = version
         self.last = None
         self.recent = []
-        # Away from a rejected bundle (a rollback, here or by another daemon or an operator):
-        # the bundle returned to is the stable one; it is not judged again.
-        self.restored = old_rejected
+        # Away from a rejected bundle (a rollback, here or by another daemon or an operator)
+        # back to the stable one served before it: it is not judged again.
+        self.restored = old_rejected and version == self.stable_version
         self.judged = 0
         self.deviating = 0
         self.ratios = {}

@@ -374,3 +374,26 @@ def test_same_clicks_comparison_ignores_traffic_and_catches_the_model() -> None:
     assert mon.ratios["all"] > 2.0
     # Rolled back: the bad model is no reference and nothing is compared with it.
     assert mon.on_swap("next", None, old_rejected=True, previous=bad) is None
+
+
+def test_the_bundle_a_rollback_returns_to_is_not_judged_a_new_one_is() -> None:
+    """Back on the stable bundle after a rejection: settled at once (judged against another
+    time's figures it could be rolled back further: a loop). A new bundle promoted in place of
+    the rejected one is judged (against the stable bundle's live figures)."""
+    rng = np.random.default_rng(13)
+    mon, m, clock = make(cooldown_s=0.0)
+    served_good(mon, m, clock, rng)
+    mon.on_swap("bad", None, old_rejected=False)
+    window(mon, m, clock, rng, 0.3)
+    assert window(mon, m, clock, rng, 0.3).kind == "rollback"  # type: ignore[union-attr]
+    mon.on_swap("good", None, old_rejected=True)
+    assert not mon.judging and mon.stats()["restored"]
+    for _ in range(12):  # traffic moves; the stable bundle is not blamed for it
+        assert window(mon, m, clock, rng, 0.3) is None
+    mon.on_swap("bad", None, old_rejected=False)
+    mon.on_swap("other", None, old_rejected=True)  # rejected again, and another one promoted
+    assert mon.judging and mon.reference is not None
+    assert mon.reference.source == "previous_live"
+    window(mon, m, clock, rng, 0.9)
+    ev = window(mon, m, clock, rng, 0.9)
+    assert ev is not None and ev.kind == "rollback" and ev.version == "other"
