@@ -173,8 +173,12 @@ def test_fast_valid_uses_the_cached_answer() -> None:
 
     assert fp.fast_valid(c, {"10.0.0.1": True}, boom) is True
     assert fp.fast_valid(c, {"10.0.0.1": False}, boom) is False
-    assert fp.fast_valid(c, {}, lambda ip: True) is True
-    assert fp.fast_valid(c, {}, lambda ip: False) is False
+    # A miss on a canonical dotted quad is decided in C (as the decoder does): no check call.
+    assert fp.fast_valid(c, {}, boom) is True
+    # Anything else on a miss is the check's to decide.
+    for ip in ("::1", "10.0.0.01", "10.0.0", "1.2.3.256", "\ud800"):
+        assert fp.fast_valid({**c, "ip": ip}, {}, lambda ip: True) is True
+        assert fp.fast_valid({**c, "ip": ip}, {}, lambda ip: False) is False
 
 
 def test_fast_valid_edges() -> None:
