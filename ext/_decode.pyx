@@ -10,7 +10,8 @@ building a Python object for anything but the clicks it hands on:
 - a message of the hot shape `[0, msgid, "score", [{click}]]` whose click passes the contract
   (the same rules as slidr.contract.validate_click, the IP through the caller's cached check)
   becomes the click's dict (equal to what msgpack would decode) and one batcher item
-  `(click, conn, msgid, t_arr, deadline)` appended to `items`;
+  `(click, conn, msgid, t_arr, deadline, True)` appended to `items` (the sixth element says
+  the click passed the contract here: the batcher does not check it again);
 - anything else stops the scan and is reported with its extent: the caller decodes that one
   message with msgpack and takes the general path (which names every contract error), then
   scans on. So the error codes and messages for bad input are the general path's, by
@@ -506,7 +507,7 @@ def scan(const uint8_t[::1] data, Py_ssize_t pos, Py_ssize_t max_msg, int max_de
         if room <= 0:
             return ROOM, pos, end
         room -= 1
-        it = (click, conn, PyLong_FromLongLong(<long long>msgid), t_obj, dl_obj)
+        it = (click, conn, PyLong_FromLongLong(<long long>msgid), t_obj, dl_obj, True)
         PyList_Append(items, it)
         pos = end
     return NEED_MORE, pos, pos

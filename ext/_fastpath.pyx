@@ -136,7 +136,9 @@ def partition(list items not None, double cutoff, dict ip_ok not None, object ip
     -> (valid, clicks, expired, late, check). An item (click, sink, slot, t_arr, deadline) whose
     click certainly passes the contract (fast_valid) goes to `expired` (+ its click to `late`)
     when its deadline is at or before `cutoff`, else to `valid` (+ `clicks`); any other item
-    goes to `check`, in order, for the contract to name its problem."""
+    goes to `check`, in order, for the contract to name its problem. An item with a sixth
+    element that is True (the decoder's: its click passed the contract there) is not checked
+    again."""
     cdef list valid = [], clicks = [], expired = [], late = [], check = []
     cdef Py_ssize_t n = PyList_GET_SIZE(items), i
     cdef object it, c
@@ -149,10 +151,13 @@ def partition(list items not None, double cutoff, dict ip_ok not None, object ip
             continue
         t = <tuple>it
         c = t[0]
-        try:
-            ok = fast_valid(c, ip_ok, ip_check)
-        except Exception:
-            ok = False
+        if PyTuple_GET_SIZE(t) > 5 and t[5] is True:
+            ok = True
+        else:
+            try:
+                ok = fast_valid(c, ip_ok, ip_check)
+            except Exception:
+                ok = False
         if not ok:
             check.append(it)
         elif <double>t[4] <= cutoff:

@@ -272,6 +272,29 @@ def test_batch_columns_empty_and_keys() -> None:
     assert fp.batch_columns(odd)[1] == ClickBatch.from_clicks(odd, validate=False).user_key
 
 
+def test_partition_trusts_the_decoders_items() -> None:
+    """An item with a sixth element True (made by the decoder, whose click passed the contract
+    there) is not checked again; any other item is (native and twin alike)."""
+    c = {"click_id": "c", "ts": TS_MIN, "session_id": "s", "ip": "::1", "device": "app",
+         "logged_in": False}
+    marked, plain = (c, "conn", 1, 0.0, 10.0, True), (c, "conn", 2, 0.0, 10.0)
+    calls: list[str] = []
+
+    def check(ip: str) -> bool:
+        calls.append(ip)
+        return True
+
+    valid, clicks, expired, late, unchecked = fp.partition([marked], 5.0, {}, check)
+    assert valid == [marked] and clicks == [c] and not calls and not unchecked
+    valid, clicks, expired, late, unchecked = fp.partition([marked, plain], 5.0, {}, check)
+    assert valid == [marked, plain] and calls == ["::1"]
+    # late items are still late, marked or not
+    valid, clicks, expired, late, unchecked = fp.partition([marked, plain], 20.0, {}, check)
+    assert expired == [marked, plain] and late == [c, c] and not valid
+    assert intake.partition([marked, plain], 20.0) == (valid, clicks, expired, late, unchecked)
+    assert intake.partition([marked], 5.0) == ([marked], [c], [], [], [])
+
+
 def ref_ts_outside(ts: np.ndarray, lo: float, hi: float) -> np.ndarray | None:
     """The batcher's numpy clock check (Batcher._clock_refused without the native path)."""
     if ts.max() <= hi and ts.min() >= lo:
