@@ -10,7 +10,8 @@ building a Python object for anything but the clicks it hands on:
 - a message of the hot shape `[0, msgid, "score", [{click}]]` whose click passes the contract
   (the same rules as slidr.contract.validate_click, the IP through the caller's cached check)
   becomes the click's dict (equal to what msgpack would decode) and one batcher item
-  `(click, conn, msgid, t_arr, deadline)` appended to `items`;
+  `(click, conn, msgid, t_arr, deadline, True)` appended to `items` (the sixth element says
+  the click passed the contract here: the batcher does not check it again);
 - anything else stops the scan and is reported with its extent: the caller decodes that one
   message with msgpack and takes the general path (which names every contract error), then
   scans on. So the error codes and messages for bad input are the general path's, by
@@ -318,32 +319,7 @@ cdef inline bint _eq(const char* s, Py_ssize_t ln, const char* lit, Py_ssize_t l
     return True
 
 
-cdef inline int _digits(const char* s, Py_ssize_t a, Py_ssize_t b) noexcept nogil:
-    """Value of an IPv4 octet s[a:b] as ipaddress accepts it (1-3 digits, no leading zero,
-    <= 255), else -1."""
-    cdef Py_ssize_t L = b - a, i
-    cdef int v = 0
-    if L < 1 or L > 3:
-        return -1
-    if L > 1 and s[a] == 48:
-        return -1
-    for i in range(a, b):
-        if s[i] < 48 or s[i] > 57:
-            return -1
-        v = v * 10 + (s[i] - 48)
-    return v if v <= 255 else -1
-
-
-cdef inline bint _ipv4(const char* s, Py_ssize_t ln) noexcept nogil:
-    cdef Py_ssize_t i, a = 0
-    cdef int parts = 0
-    for i in range(ln + 1):
-        if i == ln or s[i] == 46:
-            if _digits(s, a, i) < 0:
-                return False
-            parts += 1
-            a = i + 1
-    return parts == 4
+include "ipv4.pxi"
 
 
 cdef object _ustr(const char* s, Py_ssize_t ln):
@@ -531,7 +507,7 @@ def scan(const uint8_t[::1] data, Py_ssize_t pos, Py_ssize_t max_msg, int max_de
         if room <= 0:
             return ROOM, pos, end
         room -= 1
-        it = (click, conn, PyLong_FromLongLong(<long long>msgid), t_obj, dl_obj)
+        it = (click, conn, PyLong_FromLongLong(<long long>msgid), t_obj, dl_obj, True)
         PyList_Append(items, it)
         pos = end
     return NEED_MORE, pos, pos

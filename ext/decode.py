@@ -177,7 +177,7 @@ def scan(data: bytes | bytearray, pos: int, max_msg: int, max_depth: int,
         if room <= 0:
             return ROOM, pos, end
         room -= 1
-        items.append((hot[0], conn, hot[1], t_arr, deadline))
+        items.append((hot[0], conn, hot[1], t_arr, deadline, True))
         pos = end
     return NEED_MORE, pos, pos
 

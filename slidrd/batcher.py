@@ -411,7 +411,8 @@ class Batcher:
                                            model.version)
                     return
                 t_store = t1 - st.t0
-                lost = getattr(reply, "lost", None)  # Redis Cluster: a node's part failed
+                # Redis Cluster: a node's part failed (a plain reply is a list: no lookup)
+                lost = None if type(reply) is list else getattr(reply, "lost", None)
                 if lost is not None and not st.expired:
                     st, raw = self._drop_lost(st, raw, lost)
                 if not st.expired:

@@ -173,8 +173,12 @@ def test_fast_valid_uses_the_cached_answer() -> None:
 
     assert fp.fast_valid(c, {"10.0.0.1": True}, boom) is True
     assert fp.fast_valid(c, {"10.0.0.1": False}, boom) is False
-    assert fp.fast_valid(c, {}, lambda ip: True) is True
-    assert fp.fast_valid(c, {}, lambda ip: False) is False
+    # A miss on a canonical dotted quad is decided in C (as the decoder does): no check call.
+    assert fp.fast_valid(c, {}, boom) is True
+    # Anything else on a miss is the check's to decide.
+    for ip in ("::1", "10.0.0.01", "10.0.0", "1.2.3.256", "\ud800"):
+        assert fp.fast_valid({**c, "ip": ip}, {}, lambda ip: True) is True
+        assert fp.fast_valid({**c, "ip": ip}, {}, lambda ip: False) is False
 
 
 def test_fast_valid_edges() -> None:
@@ -266,6 +270,29 @@ def test_batch_columns_empty_and_keys() -> None:
     odd = [{**c, "user_id": ""}, {**c, "user_id": None}, {k: v for k, v in c.items()
                                                           if k != "user_id"}]
     assert fp.batch_columns(odd)[1] == ClickBatch.from_clicks(odd, validate=False).user_key
+
+
+def test_partition_trusts_the_decoders_items() -> None:
+    """An item with a sixth element True (made by the decoder, whose click passed the contract
+    there) is not checked again; any other item is (native and twin alike)."""
+    c = {"click_id": "c", "ts": TS_MIN, "session_id": "s", "ip": "::1", "device": "app",
+         "logged_in": False}
+    marked, plain = (c, "conn", 1, 0.0, 10.0, True), (c, "conn", 2, 0.0, 10.0)
+    calls: list[str] = []
+
+    def check(ip: str) -> bool:
+        calls.append(ip)
+        return True
+
+    valid, clicks, expired, late, unchecked = fp.partition([marked], 5.0, {}, check)
+    assert valid == [marked] and clicks == [c] and not calls and not unchecked
+    valid, clicks, expired, late, unchecked = fp.partition([marked, plain], 5.0, {}, check)
+    assert valid == [marked, plain] and calls == ["::1"]
+    # late items are still late, marked or not
+    valid, clicks, expired, late, unchecked = fp.partition([marked, plain], 20.0, {}, check)
+    assert expired == [marked, plain] and late == [c, c] and not valid
+    assert intake.partition([marked, plain], 20.0) == (valid, clicks, expired, late, unchecked)
+    assert intake.partition([marked], 5.0) == ([marked], [c], [], [], [])
 
 
 def ref_ts_outside(ts: np.ndarray, lo: float, hi: float) -> np.ndarray | None:

@@ -73,6 +73,7 @@ def test_valid_frames_decode_to_msgpacks_dicts():
     assert [it[2] for it in items] == list(range(40))
     assert [it[0] for it in items] == [click(i) for i in range(40)]
     assert all(it[1] == "conn" and it[3] == 1.0 and it[4] == 2.0 for it in items)
+    assert all(len(it) == 6 and it[5] is True for it in items)  # checked: not again
 
 
 @pytest.mark.parametrize("k", range(40, len(FRAMES)))
