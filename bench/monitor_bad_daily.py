@@ -4,9 +4,10 @@
                                            [--rate 1400] [--bad-fpr-budget 0.5]
 
 Steps: simulate DAYS days; `slidr daily` on every day but the last publishes the good bundle;
-slidrd serves it with every monitor option at its default (and a decision log) under steady
-load (the last day's clicks, paced at RATE clicks per second on one connection, from before the
-first swap until after the second); after two monitor windows, `slidr daily` runs again on the
+slidrd serves it with every monitor option at its default (and a decision log); the days before
+the last are sent as fast as it takes them (the counters' history), then steady load: the last
+day's clicks, paced at RATE clicks per second on one connection, from before the first swap
+until after the second; after two monitor windows, `slidr daily` runs again on the
 same log with a far too high FPR budget (--fpr-budget) and its model guardrails relaxed through
 its options (--ivr-band, and a --guardrail-config that lifts the slice band's slack and the IVR
 ceiling): it publishes and promotes the bad bundle, and the daemon reloads. The monitor must roll the
@@ -39,12 +40,14 @@ BENCH_GUARD = ["--fpr-tolerance", "20", "--min-slice-purchases", "10", "--max-ps
                "--min-purchasing", "30"]
 BENCH_TOML = "min_auc_margin = 0.0\nmin_auc_z = 0.0\nmin_auc_heuristic = 0.0\n"
 # The bad bundle's relaxed model guardrails (what lets it through).
+DAY_MS = 86_400_000
 RELAXED_TOML = BENCH_TOML + "slice_ivr_abs_slack = 1.0\nmax_ivr = 0.95\n"
 
 
 class Load(threading.Thread):
-    """Steady load: the day's clicks in order, paced, cycled with fresh click ids when the day
-    runs out, until stop(); counts errors and fail-open answers and which model decided."""
+    """Steady load: the day's clicks in order, paced, until stop(); when the day runs out it
+    starts over as the next day (click ids made unique, timestamps a day later); counts
+    errors and fail-open answers."""
 
     def __init__(self, port: int, clicks: list[dict[str, Any]], rate: float) -> None:
         super().__init__(daemon=True)
@@ -59,8 +62,9 @@ class Load(threading.Thread):
             while not self.halt.is_set():
                 for s in range(0, len(self.clicks), 1400):
                     part = self.clicks[s:s + 1400]
-                    if lap:
-                        part = [{**c, "click_id": f"{c['click_id']}~{lap}"} for c in part]
+                    if lap:  # the same day again, a day later (fresh ids, counters sane)
+                        part = [{**c, "click_id": f"{c['click_id']}~{lap}",
+                                 "ts": c["ts"] + lap * DAY_MS} for c in part]
                     self.sender.send_day(part, self.rate)
                     if self.halt.is_set():
                         return
@@ -72,6 +76,53 @@ class Load(threading.Thread):
         self.halt.set()
         self.join(120)
 
+
+def replay_check(out: Path, reg: Path, dlog: Path, bad: str, good: str,
+                 env: dict[str, str]) -> dict[str, Any]:
+    """`slidr replay --bad-window BAD` through the registry's current bundle, and the corrected
+    decisions compared with what the good bundle decides for the same clicks: its ONNX model
+    run here on the logged features, its thresholds.json applied per slice."""
+    import onnxruntime as ort
+
+    from slidr.decision_file import read_decisions
+    from slidr.registry import Registry
+    corrected = out / "corrected.jsonl"
+    t = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "slidr.cli", "replay", "--decisions", str(dlog),
+                          "--registry", str(reg), "--bad-window", bad, "--out", str(corrected),
+                          "--json", "--quiet"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=1800)
+    if run.returncode != 0:
+        raise RuntimeError(f"slidr replay exit {run.returncode}: {run.stderr[-2000:]}")
+    summary = json.loads(run.stdout)
+    rows = [json.loads(line) for line in corrected.read_text().splitlines()]
+    logged = {rec["click"]["click_id"]: rec for rec in read_decisions(dlog, features_as="array")
+              if rec["model"] == bad}
+    ids = [r["click_id"] for r in rows if logged[r["click_id"]]["features"] is not None]
+    bundle = Registry(reg).bundle(good).path
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    feats = np.stack([np.asarray(logged[i]["features"], np.float32) for i in ids]) \
+        if ids else np.zeros((0, 1), np.float32)
+    scores = np.concatenate([np.asarray(sess.run(None, {name: feats[i:i + 4096]})[0]).reshape(-1)
+                             for i in range(0, len(ids), 4096)]) if ids else np.zeros(0)
+    th = json.loads((bundle / "thresholds.json").read_text())
+    names = [f"{logged[i]['click']['device']}/{'in' if logged[i]['click'].get('logged_in') else 'out'}"
+             for i in ids]
+    want = scores > np.array([float((th.get("slices") or {}).get(n, th["default"]))
+                              for n in names])
+    by_id = {r["click_id"]: r for r in rows}
+    got = np.array([bool(by_id[i]["invalid"]) for i in ids])
+    before = np.array([bool(logged[i]["decision"]["invalid"]) for i in ids])
+    return {"seconds": round(time.monotonic() - t, 1), "selected": summary.get("selected"),
+            "rows": len(rows), "bad_bundle_decisions_logged": len(logged),
+            "compared": len(ids), "without_features": len(rows) - len(ids),
+            "newly_valid": summary.get("newly_valid"),
+            "newly_invalid": summary.get("newly_invalid"), "by_slice": summary.get("by_slice"),
+            "equal_to_good_bundle": bool(np.array_equal(got, want)),
+            "mismatches": int((got != want).sum()),
+            "bad_bundle_ivr_on_window": float(before.mean()) if ids else None,
+            "good_bundle_ivr_on_window": float(want.mean()) if ids else None}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -96,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     from slidr.offline.train import day_index
     from slidr.slidrd.cli_admin import call
 
-    from slidr.decision_file import read_decisions
     from slidr.registry import Registry
 
     out = args.out
@@ -158,6 +208,15 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"slidrd exited: {(out / 'slidrd.log').read_text()}")
             time.sleep(0.1)
         time.sleep(0.5)
+        # The days before as fast as the daemon takes them: the counters' history (a cold
+        # daemon sees every user and IP for the first time).
+        history = Sender(port)
+        for d in range(last):
+            history.send_day(_clicks(tbl.filter(day == d)), 0.0)
+        history.sock.close()
+        result["history"] = {"sent": history.sent, "errors": history.errors,
+                             "fail_open": history.fail_open}
+        print(f"history: {history.sent:,} clicks sent fast", flush=True)
         load = Load(port, _clicks(tbl.filter(day == last)), args.rate)
         load.start()
 
@@ -217,47 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     result["registry"] = {"current": reg_obj.current().version,  # type: ignore[union-attr]
                           "rejected": reg_obj.rejected()}
 
-    # Replay of the bad window through the restored (current) bundle.
-    corrected = out / "corrected.jsonl"
-    t = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "slidr.cli", "replay", "--decisions", str(dlog),
-                          "--registry", str(reg), "--bad-window", bad, "--out", str(corrected),
-                          "--json", "--quiet"], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=1800)
-    if run.returncode != 0:
-        raise RuntimeError(f"slidr replay exit {run.returncode}: {run.stderr[-2000:]}")
-    summary = json.loads(run.stdout)
-    rows = [json.loads(line) for line in corrected.read_text().splitlines()]
-    # What the good bundle decides for those clicks, from the logged features.
-    logged = {rec["click"]["click_id"]: rec for rec in read_decisions(dlog, features_as="array")
-              if rec["model"] == bad}
-    ids = [r["click_id"] for r in rows]
-    import onnxruntime as ort
-    bundle = reg_obj.bundle(good).path
-    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
-    feats = np.stack([np.asarray(logged[i]["features"], np.float32) for i in ids]) \
-        if ids else np.zeros((0, 1), np.float32)
-    name = sess.get_inputs()[0].name
-    scores = np.concatenate([sess.run(None, {name: feats[i:i + 4096]})[0].reshape(-1)
-                             for i in range(0, len(ids), 4096)]) if ids else np.zeros(0)
-    th = json.loads((bundle / "thresholds.json").read_text())
-    slices = [f"{logged[i]['click']['device']}/{'in' if logged[i]['click'].get('logged_in') else 'out'}"
-              for i in ids]
-    thr = np.array([float(th.get("slices", {}).get(n, th["default"])) for n in slices])
-    want = scores > thr
-    got = np.array([bool(r["invalid"]) for r in rows])
-    bad_decided = sum(1 for rec in logged.values())
-    result["replay"] = {"seconds": round(time.monotonic() - t, 1),
-                        "selected": summary.get("selected"), "rows": len(rows),
-                        "bad_bundle_decisions_logged": bad_decided,
-                        "newly_valid": summary.get("newly_valid"),
-                        "newly_invalid": summary.get("newly_invalid"),
-                        "by_slice": summary.get("by_slice"),
-                        "equal_to_good_bundle": bool(np.array_equal(got, want)),
-                        "mismatches": int((got != want).sum()),
-                        "good_bundle_ivr_on_window": float(want.mean()) if want.size else None,
-                        "original_ivr_on_window": float(np.mean(
-                            [bool(logged[i]["invalid"]) for i in ids])) if ids else None}
+    result["replay"] = replay_check(out, reg, dlog, bad, good, env)
+    rows_ok = result["replay"]["rows"] == result["replay"]["bad_bundle_decisions_logged"] > 0
     result["seconds"] = round(time.monotonic() - t_start, 1)
     checks = {"rolled_back": monitor["counts"]["rollback"] == 1 and ev is not None
               and ev["version"] == bad,
@@ -266,8 +286,7 @@ def main(argv: list[str] | None = None) -> int:
               "registry_back_on_good": result["registry"]["current"] == good
               and bad in result["registry"]["rejected"],
               "zero_failed_requests": s.errors == 0,
-              "replay_equals_good_bundle": result["replay"]["equal_to_good_bundle"]
-              and len(rows) == bad_decided > 0}
+              "replay_equals_good_bundle": result["replay"]["equal_to_good_bundle"] and rows_ok}
     result["checks"] = checks
     (out / "result.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: result[k] for k in ("dailies", "good_serving", "swap", "load",
