@@ -68,7 +68,7 @@ figures and calibration.html from it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -191,25 +191,95 @@ def load_scores(path: str | Path, score_col: str = "score_model") -> dict[str, n
     path = Path(path)
     if path.is_dir():
         path = path / "scores.parquet"
-    tbl = read_table(path, "scores file")
+    want = ("slice", "purchased", "robot_heuristic", score_col, "split", "day", "is_robot")
     need = ("slice", "purchased", "robot_heuristic", score_col)
-    missing = [c for c in need if c not in tbl.column_names]
+    d = _read_parquet_columns(path, want) if path.suffix in (".parquet", ".pq") else None
+    if d is None:
+        tbl = read_table(path, "scores file")
+        d = {c: column_numpy(tbl.column(c)) for c in tbl.column_names if c in want}
+        del tbl
+    missing = [c for c in need if c not in d]
     if missing:
         raise ValueError(f"{path}: lacks column(s) {', '.join(missing)} "
-                         f"(has: {', '.join(tbl.column_names)})")
-    d = {c: tbl.column(c).to_numpy(zero_copy_only=False) for c in tbl.column_names}
+                         f"(has: {', '.join(d)})")
     if "split" in d:
-        split = d["split"].astype(str)
+        split = d["split"].astype(str, copy=False)
     elif "day" in d:  # no split column: last day is the test day, the one before validation
         day = d["day"].astype(np.int64)
         split = np.where(day == day.max(), "test", np.where(day == day.max() - 1, "val", "train"))
     else:
         raise ValueError(f"{path}: needs a 'split' or a 'day' column")
-    return {"score": d[score_col].astype(np.float64), "slice": d["slice"].astype(str),
+    return {"score": d[score_col].astype(np.float64), "slice": d["slice"].astype(str, copy=False),
             "day": d["day"].astype(np.int64) if "day" in d else None,
             "purchased": d["purchased"].astype(bool), "heuristic": d["robot_heuristic"].astype(bool),
             "split": split,
             "is_robot": d["is_robot"].astype(bool) if "is_robot" in d else None}
+
+
+def _read_parquet_columns(path: Path, want: Sequence[str],
+                          batch_rows: int = 1 << 20) -> dict[str, np.ndarray] | None:
+    """The columns of `want` that a Parquet file has, read a batch at a time into whole numpy
+    arrays (string columns: a numpy str array, through per-row codes of their distinct values);
+    None when the file has nulls in them or cannot be read this way (the caller reads the
+    table whole)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception:
+        return None
+    sch = pf.schema_arrow
+    cols = [c for c in want if c in sch.names]
+    n = int(pf.metadata.num_rows)
+    out: dict[str, np.ndarray] = {}
+    codes: dict[str, np.ndarray] = {}
+    names: dict[str, dict[str, int]] = {}
+    for c in cols:
+        t = sch.field(c).type
+        if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t):
+            codes[c], names[c] = np.empty(n, np.int32), {}
+        elif pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t):
+            out[c] = np.empty(n, t.to_pandas_dtype())
+        else:
+            return None
+    k = 0
+    for b in pf.iter_batches(batch_size=batch_rows, columns=cols):
+        m = b.num_rows
+        for c in cols:
+            a = b.column(c)
+            if a.null_count:
+                return None
+            if c in codes:
+                enc = a if pa.types.is_dictionary(a.type) else pc.dictionary_encode(a)
+                local = np.asarray([names[c].setdefault(str(v), len(names[c]))
+                                    for v in enc.dictionary.to_pylist()], np.int32)
+                codes[c][k:k + m] = local[enc.indices.to_numpy(zero_copy_only=False)]
+            else:
+                out[c][k:k + m] = a.to_numpy(zero_copy_only=False)
+        k += m
+    if k != n:
+        return None
+    for c, code in codes.items():
+        out[c] = np.asarray(list(names[c]), dtype=str)[code]
+    return out
+
+
+def column_numpy(col: Any) -> np.ndarray:
+    """An Arrow column as numpy; a string column without nulls as a numpy str array built from
+    its distinct values (what `.to_numpy(zero_copy_only=False).astype(str)` gives, without a
+    Python string per row on the way: ~60 bytes a row on logs of millions of clicks)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    t = col.type
+    if col.null_count == 0 and (pa.types.is_string(t) or pa.types.is_large_string(t)
+                                or pa.types.is_dictionary(t)):
+        enc = col if pa.types.is_dictionary(t) else pc.dictionary_encode(col)
+        enc = enc.combine_chunks() if isinstance(enc, pa.ChunkedArray) else enc
+        if pa.types.is_dictionary(enc.type):
+            names = np.asarray([str(v) for v in enc.dictionary.to_pylist()], dtype=str)
+            return names[enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    return col.to_numpy(zero_copy_only=False)
 
 
 def subset(cols: Mapping[str, Any], mask: np.ndarray) -> dict[str, Any]:
@@ -638,6 +708,7 @@ def calibrate(cols: Mapping[str, Any], cfg: CalibConfig | None = None) -> Calibr
     (for the report, offline/calibrate_report.py), `config`."""
     cfg = cfg or CalibConfig()
     va, te = _split(cols, cfg)                                               # (1)
+    del cols  # the split's copies are all that is used (a caller may drop its own)
     gcurve, k, t_knee, t_budget = _global_points(va, cfg)                   # (2)
     fits, fallback, slice_curves = _fit_slices(va, cfg, t_budget)           # (3)
     budget = _slice_budget(va, cfg, fits, fallback)                         # (4)

@@ -164,14 +164,13 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     if fdir.exists():
         shutil.rmtree(fdir)
     if cfg.engine == "spark":
-        # The features computed on Spark (equal to the replay's), written to the same layout.
-        from . import replay
-        from .spark_engine import replay_spark
-        rp = replay_spark(clicks, master=cfg.spark_master, work=wdir / "spark")
-        fs = featurestore.write(replay.chunks_of(rp, plan.chunk_rows), fdir,
-                                pipeline.chunk_labeller(pipeline.load_customers(customers)),
-                                tcfg.weighting)
-        del rp
+        # The features computed on Spark (equal to the replay's) and written to the same
+        # layout by the executors; this process holds no per-click data meanwhile.
+        from .spark_engine import build_features_spark
+        pipeline.load_customers(customers)  # a bad customers table fails here, not on Spark
+        fs = build_features_spark(clicks, customers, fdir, tcfg.weighting,
+                                  master=cfg.spark_master, chunk_rows=plan.chunk_rows,
+                                  work=wdir / "spark")
     else:
         fs = pipeline.build_features(clicks, pipeline.load_customers(customers), fdir, tcfg,
                                      plan=plan)
@@ -199,13 +198,14 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     for p in sorted(train_dir.iterdir()):
         if p.is_file() and p.suffix in TRAIN_FILES_SUFFIXES:
             shutil.copyfile(p, cand / p.name)
-    cols = cal.load_scores(train_dir / "scores.parquet")
     try:
-        result = cal.calibrate(cols, cal.CalibConfig(fpr_budget=cfg.fpr_budget,
-                                                     min_coverage=cfg.min_coverage,
-                                                     slice_min_coverage=cfg.slice_min_coverage,
-                                                     min_purchasing=cfg.min_purchasing,
-                                                     method=cfg.method))
+        # The scores are not held here during calibration: it keeps only its split's copies.
+        result = cal.calibrate(cal.load_scores(train_dir / "scores.parquet"),
+                               cal.CalibConfig(fpr_budget=cfg.fpr_budget,
+                                               min_coverage=cfg.min_coverage,
+                                               slice_min_coverage=cfg.slice_min_coverage,
+                                               min_purchasing=cfg.min_purchasing,
+                                               method=cfg.method))
     except cal.CalibrationInfeasible as e:
         record([gr.Check("calibration_feasible", False, e.details.get("min_budget"),
                          cfg.fpr_budget, str(e), "model", details=e.details)])
@@ -217,6 +217,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
         import pyarrow.parquet as pq
         new = pq.read_table(train_dir / "scores.parquet", columns=["score_refit"]).column(
             "score_refit").to_numpy().astype(np.float64)
+        cols = cal.load_scores(train_dir / "scores.parquet")
         meta = _read_json(train_dir / "training_meta.json") or {}
         ratio = float((meta.get("refit") or {}).get("in_sample_ratio", 1.0))
         write_json(cand / "thresholds.json",
@@ -399,14 +400,20 @@ def _feature_stats(fs: Any, names: Any, plan: Any, bins: int = 10) -> dict[str, 
 
 
 def _test_rows(path: Path) -> dict[str, Any]:
+    """The test day's rows of scores.parquet (filtered in Arrow: the validation days' rows are
+    never converted)."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    tbl = pq.read_table(path)
-    d = {c: tbl.column(c).to_numpy(zero_copy_only=False) for c in tbl.column_names}
-    m = d["split"].astype(str) == "test"
-    return {"ts": d["ts"][m].astype(np.int64), "score": d["score_model"][m].astype(np.float64),
-            "slice": d["slice"][m].astype(str), "purchased": d["purchased"][m].astype(bool),
-            "heuristic": d["robot_heuristic"][m].astype(bool),
-            "weak_label": d["weak_label"][m].astype(np.int8)}
+
+    from .calibrate import column_numpy
+    tbl = pq.read_table(path, columns=["ts", "split", "score_model", "slice", "purchased",
+                                       "robot_heuristic", "weak_label"])
+    tbl = tbl.filter(pc.equal(tbl.column("split"), "test"))
+    d = {c: column_numpy(tbl.column(c)) for c in tbl.column_names if c != "split"}
+    return {"ts": d["ts"].astype(np.int64), "score": d["score_model"].astype(np.float64),
+            "slice": d["slice"].astype(str, copy=False), "purchased": d["purchased"].astype(bool),
+            "heuristic": d["robot_heuristic"].astype(bool),
+            "weak_label": d["weak_label"].astype(np.int8)}
 
 
 def _score_onnx(model_path: Path, x: np.ndarray, batch: int = 65_536) -> np.ndarray:

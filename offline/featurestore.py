@@ -199,6 +199,88 @@ class FeatureStore:
         return out
 
 
+def part_columns(ch: Any, weak_labels: Callable[[Any], np.ndarray], weighting: str,
+                 day0: int, has_robot: bool) -> dict[str, np.ndarray]:
+    """The per-click columns of one part (see the module doc) for a replay chunk `ch`."""
+    n = len(ch)
+    day = (ch.ts // train.DAY_MS - day0).astype(np.int32)
+    wl = np.asarray(weak_labels(ch), np.int8)
+    y = (1 - wl).astype(np.int8)
+    pur = ch.purchased if ch.purchased is not None else np.zeros(n, bool)
+    cell = train.weight_cells(ch.ts, ch.tz_offset_min, ch.logged_in, y,
+                              weighting).astype(np.int16)
+    stratum = train.sample_strata(ch.ts, ch.tz_offset_min, ch.device, ch.logged_in,
+                                  y).astype(np.int16)
+    cols: dict[str, np.ndarray] = {
+        "ts": ch.ts, "tz_offset_min": ch.tz_offset_min, "device": ch.device,
+        "logged_in": ch.logged_in, "session_hash": ch.session_hash, "purchased": pur,
+        "weak_label": wl, "day": day, "cell": cell, "stratum": stratum}
+    if has_robot:
+        cols["is_robot"] = ch.is_robot if ch.is_robot is not None else np.zeros(n, bool)
+    return cols
+
+
+def part_counts(cols: dict[str, np.ndarray]) -> dict[int, list[Any]]:
+    """day -> [clicks, purchases, weak-label humans, clicks per weight cell, per stratum]."""
+    day, pur, wl = cols["day"], cols["purchased"], cols["weak_label"]
+    out: dict[int, list[Any]] = {}
+    for d in range(int(day[0]), int(day[-1]) + 1):
+        a, b = np.searchsorted(day, [d, d + 1])
+        if a == b:
+            continue
+        out[d] = [int(b - a), int(pur[a:b].sum()), int(wl[a:b].sum()),
+                  np.bincount(cols["cell"][a:b], minlength=N_CELLS),
+                  np.bincount(cols["stratum"][a:b], minlength=N_STRATA)]
+    return out
+
+
+def write_part(path: Path, name: str, features: np.ndarray, cols: dict[str, np.ndarray],
+               compression: str = "lz4") -> None:
+    """One part file: the features as f_ columns, then the per-click columns (written under a
+    temporary name and renamed: a part that exists is complete)."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    arrays = [pa.array(features[:, j]) for j in range(N_FEATURES)]
+    names = list(FEATURE_COLUMNS)
+    for k, v in cols.items():
+        arrays.append(pa.array(np.asarray(v, DTYPES[k])))
+        names.append(k)
+    tmp = path / f".{name}.tmp-{os.getpid()}"
+    pq.write_table(pa.Table.from_arrays(arrays, names=names), tmp, compression=compression)
+    os.replace(tmp, path / name)
+
+
+def write_manifest(path: Path, parts: list[dict[str, Any]], counts: list[dict[int, list[Any]]],
+                   day0: int | None, has_robot: bool, weighting: str, store_name: str,
+                   seconds: float) -> FeatureStore:
+    """manifest.json of the parts (in log order, each with its per-day counts) -> the store."""
+    agg: dict[int, list[Any]] = {}
+    for c in counts:
+        for d, v in c.items():
+            if d not in agg:
+                agg[d] = [0, 0, 0, np.zeros(N_CELLS, np.int64), np.zeros(N_STRATA, np.int64)]
+            for i in range(5):
+                agg[d][i] = agg[d][i] + v[i]
+    present = sorted(d for d in agg if agg[d][0] > 0)
+    manifest = {
+        "format": FORMAT, "rows": int(sum(p["rows"] for p in parts)), "day0": day0,
+        "has_robot": bool(has_robot), "weighting": weighting,
+        "columns": [*FEATURE_COLUMNS, *COLUMNS, *(["is_robot"] if has_robot else [])],
+        "parts": parts,
+        "counts": {"days": present,
+                   **{k: [int(agg[d][i]) for d in present]
+                      for i, k in enumerate(("clicks", "purchases", "humans"))},
+                   "cells": [agg[d][3].tolist() for d in present],
+                   "strata": [agg[d][4].tolist() for d in present]},
+        "replay": {"store": store_name, "seconds": float(seconds)},
+    }
+    with atomic_open(path / MANIFEST, "w") as f:
+        json.dump(manifest, f)
+    return FeatureStore(path)
+
+
 def write(stream: Any, path: str | Path, weak_labels: Callable[[Any], np.ndarray],
           weighting: str = "label", on_chunk: Callable[[Any, dict[str, np.ndarray]], None]
           | None = None, compression: str = "lz4") -> FeatureStore:
@@ -206,28 +288,15 @@ def write(stream: Any, path: str | Path, weak_labels: Callable[[Any], np.ndarray
     under `path` (created; it must not hold a manifest yet), with its weak labels
     (`weak_labels(chunk)` -> int8, 1 = human), day, weight cell and sampling stratum.
     `on_chunk(chunk, columns)` sees each chunk (streaming statistics). Returns the store."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     if (path / MANIFEST).exists():
         raise FileExistsError(f"{path} holds a feature directory already")
     parts: list[dict[str, Any]] = []
+    counts: list[dict[int, list[Any]]] = []
     day0: int | None = None
     has_robot: bool | None = None
-    # Per-day aggregates, grown as days come (the log is in ts order).
-    agg: dict[str, list[np.ndarray]] = {"clicks": [], "purchases": [], "humans": [],
-                                        "cells": [], "strata": []}
     t0 = time.perf_counter()
-
-    def grow(d_max: int) -> None:
-        while len(agg["clicks"]) <= d_max:
-            for k in ("clicks", "purchases", "humans"):
-                agg[k].append(np.zeros(1, np.int64))
-            agg["cells"].append(np.zeros(N_CELLS, np.int64))
-            agg["strata"].append(np.zeros(N_STRATA, np.int64))
-
     n_total = 0
     for ch in stream:
         n = len(ch)
@@ -235,62 +304,17 @@ def write(stream: Any, path: str | Path, weak_labels: Callable[[Any], np.ndarray
             continue
         if has_robot is None:
             has_robot = ch.is_robot is not None
-        eday = ch.ts // train.DAY_MS
         if day0 is None:
-            day0 = int(eday[0])
-        day = (eday - day0).astype(np.int32)
-        wl = np.asarray(weak_labels(ch), np.int8)
-        y = (1 - wl).astype(np.int8)
-        pur = ch.purchased if ch.purchased is not None else np.zeros(n, bool)
-        cell = train.weight_cells(ch.ts, ch.tz_offset_min, ch.logged_in, y,
-                                  weighting).astype(np.int16)
-        stratum = train.sample_strata(ch.ts, ch.tz_offset_min, ch.device, ch.logged_in,
-                                      y).astype(np.int16)
-        cols: dict[str, np.ndarray] = {
-            "ts": ch.ts, "tz_offset_min": ch.tz_offset_min, "device": ch.device,
-            "logged_in": ch.logged_in, "session_hash": ch.session_hash, "purchased": pur,
-            "weak_label": wl, "day": day, "cell": cell, "stratum": stratum}
-        if has_robot:
-            cols["is_robot"] = (ch.is_robot if ch.is_robot is not None
-                                else np.zeros(n, bool))
-        d_lo, d_hi = int(day[0]), int(day[-1])
-        grow(d_hi)
-        for d in range(d_lo, d_hi + 1):
-            a, b = np.searchsorted(day, [d, d + 1])
-            if a == b:
-                continue
-            agg["clicks"][d][0] += b - a
-            agg["purchases"][d][0] += int(pur[a:b].sum())
-            agg["humans"][d][0] += int(wl[a:b].sum())
-            agg["cells"][d] += np.bincount(cell[a:b], minlength=N_CELLS)
-            agg["strata"][d] += np.bincount(stratum[a:b], minlength=N_STRATA)
-        arrays = [pa.array(ch.features[:, j]) for j in range(N_FEATURES)]
-        names = list(FEATURE_COLUMNS)
-        for k, v in cols.items():
-            arrays.append(pa.array(np.asarray(v, DTYPES[k])))
-            names.append(k)
+            day0 = int(ch.ts[0] // train.DAY_MS)
+        cols = part_columns(ch, weak_labels, weighting, day0, has_robot)
         name = f"part-{len(parts):05d}.parquet"
-        pq.write_table(pa.Table.from_arrays(arrays, names=names), path / name,
-                       compression=compression)
-        parts.append({"file": name, "start": n_total, "rows": n, "day_min": d_lo,
-                      "day_max": d_hi})
+        write_part(path, name, ch.features, cols, compression)
+        counts.append(part_counts(cols))
+        parts.append({"file": name, "start": n_total, "rows": n,
+                      "day_min": int(cols["day"][0]), "day_max": int(cols["day"][-1])})
         n_total += n
         if on_chunk is not None:
             on_chunk(ch, cols)
-    present = [d for d in range(len(agg["clicks"])) if agg["clicks"][d][0] > 0]
-    manifest = {
-        "format": FORMAT, "rows": n_total, "day0": day0, "has_robot": bool(has_robot),
-        "weighting": weighting,
-        "columns": [*FEATURE_COLUMNS, *COLUMNS, *(["is_robot"] if has_robot else [])],
-        "parts": parts,
-        "counts": {"days": present,
-                   **{k: [int(agg[k][d][0]) for d in present]
-                      for k in ("clicks", "purchases", "humans")},
-                   "cells": [agg["cells"][d].tolist() for d in present],
-                   "strata": [agg["strata"][d].tolist() for d in present]},
-        "replay": {"store": getattr(stream, "store_name", ""),
-                   "seconds": float(getattr(stream, "seconds", time.perf_counter() - t0))},
-    }
-    with atomic_open(path / MANIFEST, "w") as f:
-        json.dump(manifest, f)
-    return FeatureStore(path)
+    return write_manifest(path, parts, counts, day0, bool(has_robot), weighting,
+                          getattr(stream, "store_name", ""),
+                          getattr(stream, "seconds", time.perf_counter() - t0))

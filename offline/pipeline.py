@@ -126,7 +126,8 @@ class MemoryPlan:
     base: int = 900 * MIB  # interpreter, torch, pyarrow, onnxruntime, matplotlib
     CHUNK_B = 2400
     TRAIN_B = 230
-    EVAL_B = 250
+    EVAL_B = 200
+    HELD_B = 48
     VAL_B = 110
     MIN_TRAIN_ROWS = 20_000
 
@@ -150,20 +151,30 @@ class MemoryPlan:
 
     def fit(self, n_eval: int, n_val: int, n_test: int) -> tuple[int, bool]:
         """(most training rows held, validation features held in memory?) once the held-out
-        days are known; raises MemoryBudgetError when even they do not fit."""
-        free = self.budget - self.base - n_eval * self.EVAL_B - n_test * 4 * 24
+        days are known; raises MemoryBudgetError when even they do not fit.
+
+        Training holds the held-out days' per-click columns (HELD_B a click) and, for the
+        refit, the test day's features; the held-out days' scoring and calibration come after
+        training has let go of its rows (EVAL_B a click), so the two are not added."""
+        if self.base + n_eval * self.EVAL_B > self.budget:
+            raise MemoryBudgetError(
+                f"--memory-budget {self.budget / GIB:g} GiB is too small for this log: its "
+                f"held-out days ({n_eval:,} clicks, scored and calibrated in memory) need "
+                f"about {(self.base + n_eval * self.EVAL_B) / GIB:.2f} GiB; give a larger "
+                "--memory-budget or fewer --val-days")
+        free = self.budget - self.base - n_eval * self.HELD_B - n_test * 4 * N_FEATURES
         hold_val = n_val * self.VAL_B <= free * 0.25
         if hold_val:
             free -= n_val * self.VAL_B
         rows = int(free * 0.9 / self.TRAIN_B)
         if rows < self.MIN_TRAIN_ROWS:
-            need = (self.base + n_eval * self.EVAL_B + n_test * 96
+            need = (self.base + n_eval * self.HELD_B + n_test * 4 * N_FEATURES
                     + self.MIN_TRAIN_ROWS * self.TRAIN_B) / 0.9
             raise MemoryBudgetError(
                 f"--memory-budget {self.budget / GIB:g} GiB is too small for this log: its "
-                f"held-out days ({n_eval:,} clicks, scored and calibrated in memory) and a "
-                f"training sample of {self.MIN_TRAIN_ROWS:,} clicks need about "
-                f"{need / GIB:.2f} GiB; give a larger --memory-budget or fewer --val-days")
+                f"held-out days ({n_eval:,} clicks) and a training sample of "
+                f"{self.MIN_TRAIN_ROWS:,} clicks need about {need / GIB:.2f} GiB; give a "
+                "larger --memory-budget or fewer --val-days")
         return rows, hold_val
 
 

@@ -76,6 +76,8 @@ from .sim_world import (
 
 # ------------------------------------------------------------------ clicks
 
+TABLE_ROWS = 4_000_000  # clicks per Arrow chunk of the clicks table
+
 def _expand(rng, s: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sessions -> per-click (session index, ts, new-session flag), in session order."""
     n = s["n"].astype(np.int64)
@@ -181,22 +183,32 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
     walk = (fam == FAMILY_CODE["scraper"]) | (fam == FAMILY_CODE["crawler"])
     ad[walk] = rng.integers(0, 3000, int(walk.sum()))
 
-    clicks = pa.table({
-        "click_id": _prefixed(pa, pc, f"c{p.seed}-", np.arange(n)),
-        "ts": pa.array(ts, pa.int64()),
-        "session_id": _prefixed(pa, pc, f"s{p.seed}-", sid),
-        "user_id": _prefixed(pa, pc, "u", user, null_mask=~li),
-        "ip": _ip_strings(pa, pc, s["ip"][rep].astype(np.uint32)),
-        "device": pa.DictionaryArray.from_arrays(pa.array(dev.astype(np.int8)),
-                                                 pa.array(DEVICES)).cast(pa.string()),
-        "logged_in": pa.array(li),
-        "tz_offset_min": pa.array(s["tz"][rep].astype(np.int16), pa.int16()),
-        "user_agent": pa.DictionaryArray.from_arrays(
-            pa.array(s["ua"][rep].astype(np.int16)), pa.array(USER_AGENTS)).cast(pa.string()),
-        "ad_id": _prefixed(pa, pc, "ad", ad),
-        "purchased": pa.array(buy),
-        "is_robot": pa.array(fam != 0),
-    })
+    # Built TABLE_ROWS clicks at a time (the same values; a string column of tens of millions
+    # of clicks would overflow one Arrow array's 2 GiB of characters).
+    ip_all = s["ip"][rep].astype(np.uint32)
+    tz_all = s["tz"][rep].astype(np.int16)
+    ua_all = s["ua"][rep].astype(np.int16)
+    pieces = []
+    for a in range(0, max(n, 1), TABLE_ROWS):
+        b = min(a + TABLE_ROWS, n)
+        pieces.append(pa.table({
+            "click_id": _prefixed(pa, pc, f"c{p.seed}-", np.arange(a, b)),
+            "ts": pa.array(ts[a:b], pa.int64()),
+            "session_id": _prefixed(pa, pc, f"s{p.seed}-", sid[a:b]),
+            "user_id": _prefixed(pa, pc, "u", user[a:b], null_mask=~li[a:b]),
+            "ip": _ip_strings(pa, pc, ip_all[a:b]),
+            "device": pa.DictionaryArray.from_arrays(pa.array(dev[a:b].astype(np.int8)),
+                                                     pa.array(DEVICES)).cast(pa.string()),
+            "logged_in": pa.array(li[a:b]),
+            "tz_offset_min": pa.array(tz_all[a:b], pa.int16()),
+            "user_agent": pa.DictionaryArray.from_arrays(
+                pa.array(ua_all[a:b]), pa.array(USER_AGENTS)).cast(pa.string()),
+            "ad_id": _prefixed(pa, pc, "ad", ad[a:b]),
+            "purchased": pa.array(buy[a:b]),
+            "is_robot": pa.array(fam[a:b] != 0),
+        }))
+    clicks = pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+    del pieces, ip_all, tz_all, ua_all
     n_all = pop.n_customers + pop.n_fake
     fake = np.arange(pop.n_customers, n_all)
     customers = pa.table({

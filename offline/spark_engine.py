@@ -28,14 +28,20 @@ from slidr.featurespec import N_FEATURES, RAW_SPANS, RAW_WIDTH
 # (table bit, key column, first raw column, end raw column)
 KINDS: tuple[tuple[int, str, int, int], ...] = (
     (1, "uh", *RAW_SPANS["user"]), (2, "sh", *RAW_SPANS["session"]), (4, "ih", *RAW_SPANS["ip"]))
+DAY_MS = 86_400_000
 FAULT_ENV = "SLIDR_SPARK_FAULT_ONCE"  # tests: a marker path; first attempt of partition 0 exits
+# tests: a marker path; the first attempt of the writing stage's partition 0 exits after
+# writing its first part
+WRITE_FAULT_ENV = "SLIDR_SPARK_WRITE_FAULT_ONCE"
 
 
 def stage_log(path: str | Path, out: str | Path, chunk_rows: int = 131_072,
-              require_purchased: bool = True) -> dict[str, Any]:
+              require_purchased: bool = True, keep: bool = True) -> dict[str, Any]:
     """Validate and hash the log at `path` into a Parquet file of kernel inputs (row number
-    `rid` = position in the log). Returns the per-click columns a Replay holds besides the
-    features (in log order), and the row count `n`."""
+    `rid` = position in the log) and the per-click columns the feature directory needs
+    (`uid`, `pur`, `rob`). Returns the row count `n`, the first click's UTC day `day0`,
+    `has_robot`, and with `keep` the per-click columns a Replay holds besides the features
+    (in log order; without it the driver holds none)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from slidr.ext import reference
@@ -49,8 +55,10 @@ def stage_log(path: str | Path, out: str | Path, chunk_rows: int = 131_072,
     require = ("purchased",) if require_purchased else ()
     writer = None
     n_done = 0
-    keep: dict[str, list[Any]] = {k: [] for k in ("ts", "tz", "dev", "li", "sh", "pur", "rob")}
+    kept: dict[str, list[Any]] = {k: [] for k in ("ts", "tz", "dev", "li", "sh", "pur", "rob")}
     user_ids: list[Any] = []
+    day0: int | None = None
+    has_robot = False
     try:
         for tbl in iter_log_chunks(path, chunk_rows=chunk_rows, require=require,
                                    read_dictionary=("user_agent",)):
@@ -67,23 +75,31 @@ def stage_log(path: str | Path, out: str | Path, chunk_rows: int = 131_072,
                 "tz": pa.array(c["tz"].astype(np.int16)),
                 "li": pa.array(c["li"]),
                 "dev": pa.array(c["dev"].astype(np.int16)),
+                "uid": pa.array(c["uid"], pa.string()),
+                "pur": pa.array(c["pur"] if c["pur"] is not None else np.zeros(n, bool)),
             }
+            if day0 is None:
+                day0 = int(c["ts"][0] // DAY_MS) if n else None
+                has_robot = c["rob"] is not None
+            if has_robot:
+                cols["rob"] = pa.array(c["rob"] if c["rob"] is not None else np.zeros(n, bool))
             t = pa.table(cols)
             if writer is None:
                 writer = pq.ParquetWriter(str(out), t.schema)
             writer.write_table(t)
-            for k in keep:
-                if c[k] is not None:
-                    keep[k].append(c[k])
-            user_ids.extend(c["uid"])
+            if keep:
+                for k in kept:
+                    if c[k] is not None:
+                        kept[k].append(c[k])
+                user_ids.extend(c["uid"])
             n_done += n
     finally:
         if writer is not None:
             writer.close()
     if writer is None:  # an empty log: an empty staged file with the schema
         raise ValueError(f"click log has no rows: {path}")
-    return {"n": n_done, "user_id": user_ids,
-            **{k: (np.concatenate(v) if v else None) for k, v in keep.items()}}
+    return {"n": n_done, "day0": day0, "has_robot": has_robot, "user_id": user_ids,
+            **{k: (np.concatenate(v) if v else None) for k, v in kept.items()}}
 
 
 def _count_partition(bit: int, lo: int, hi: int) -> Any:
@@ -144,20 +160,27 @@ def spark_session(master: str = "local[4]", app: str = "slidr-daily",
             .getOrCreate())
 
 
-def spark_features(spark: Any, staged: str | Path, partitions: int = 8) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
-    """Features (float32 (n, N_FEATURES), in log order) of the staged log, and its rids."""
-    from slidr.featurespec import finish
-    from slidr.kernel import native
-
+def _counted(spark: Any, staged: str | Path, partitions: int, columns: tuple[str, ...]) -> Any:
+    """The staged log's `columns` joined by rid with each entity kind's raw counters
+    (r0 .. r{RAW_WIDTH-1}), each kind counted in its own key partitioning."""
     df = spark.read.parquet(str(staged))
-    joined = df.select("rid", "ts", "tz", "li", "dev")
+    joined = df.select(*columns)
     for bit, key, lo, hi in KINDS:
         schema = "rid long, " + ", ".join(f"r{j} double" for j in range(lo, hi))
         part = (df.select("rid", "ts", key, "hll").repartition(partitions, key)
                 .sortWithinPartitions("rid")
                 .mapInArrow(_count_partition(bit, lo, hi), schema))
         joined = joined.join(part, "rid")
+    return joined
+
+
+def spark_features(spark: Any, staged: str | Path, partitions: int = 8) -> tuple[np.ndarray,
+                                                                                np.ndarray]:
+    """Features (float32 (n, N_FEATURES), in log order) of the staged log, and its rids."""
+    from slidr.featurespec import finish
+    from slidr.kernel import native
+
+    joined = _counted(spark, staged, partitions, ("rid", "ts", "tz", "li", "dev"))
     tbl = joined.orderBy("rid").toArrow() if hasattr(joined, "toArrow") else None
     if tbl is None:
         pdf = joined.orderBy("rid").toPandas()
@@ -209,6 +232,186 @@ def replay_spark(path: str | Path, spark: Any = None, master: str = "local[4]",
                       purchased=cols["pur"] if cols["pur"] is not None else np.zeros(n, bool),
                       is_robot=cols["rob"], seconds=time.perf_counter() - t0,
                       store_name=f"spark:{master if own else spark.sparkContext.master}")
+    finally:
+        if own and spark is not None:
+            spark.stop()
+        if own_dir:
+            shutil.rmtree(wdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ feature directory
+
+PART_SCHEMA = "file string, start long, rows long, day_min int, day_max int, counts string"
+_LABELLERS: dict[str, Any] = {}  # customers path -> weak labeller, per Python worker
+
+
+def _labeller(customers: str | None) -> Any:
+    if customers not in _LABELLERS:
+        from slidr.offline import pipeline
+        _LABELLERS.clear()
+        _LABELLERS[customers] = pipeline.chunk_labeller(pipeline.load_customers(customers))
+    return _LABELLERS[customers]
+
+
+def _write_parts(fdir: str, customers: str | None, weighting: str, day0: int, has_robot: bool,
+                 chunk_rows: int) -> Any:
+    """mapInArrow function: one range of rids (in rid order) with its raw counters -> the
+    features, written as feature-directory parts of at most chunk_rows clicks; yields one
+    summary row per part (its file, rows, days and per-day counts)."""
+    fault = os.environ.get(WRITE_FAULT_ENV)
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import json
+
+        import pyarrow as pa
+        from pyspark import TaskContext
+        from slidr.offline import featurestore
+        from slidr.offline.replay import ReplayChunk
+
+        from slidr.featurespec import finish
+        from slidr.kernel import native
+
+        tc = TaskContext.get()
+        pid = tc.partitionId() if tc is not None else 0
+        kill = bool(fault and tc is not None and pid == 0 and tc.attemptNumber() == 0
+                    and not os.path.exists(fault))
+        wl = _labeller(customers)
+        fin = (native.finish_into if native is not None and hasattr(native, "finish_into")
+               else finish)
+        out_dir = Path(fdir)
+
+        def flush(t: Any, j: int) -> Any:
+            n = t.num_rows
+            rid = t.column("rid").to_numpy()
+            if rid[-1] - rid[0] + 1 != n or (n > 1 and not (np.diff(rid) == 1).all()):
+                raise RuntimeError("spark features: a part's rows are not one run of the log")
+            raw = np.empty((n, RAW_WIDTH), np.float64)
+            for j2 in range(RAW_WIDTH):
+                raw[:, j2] = t.column(f"r{j2}").to_numpy()
+            ts = t.column("ts").to_numpy().astype(np.int64)
+            tz = t.column("tz").to_numpy().astype(np.int16)
+            li = t.column("li").to_numpy(zero_copy_only=False).astype(bool)
+            dev = t.column("dev").to_numpy().astype(np.uint8)
+            feats = np.empty((n, N_FEATURES), np.float32)
+            fin(raw, ts, tz, li, dev, feats)
+            del raw
+            ch = ReplayChunk(
+                start=int(rid[0]), features=feats, ts=ts, tz_offset_min=tz, device=dev,
+                logged_in=li, session_hash=t.column("sh").to_numpy().view(np.uint64),
+                user_id=t.column("uid").to_pylist(),
+                purchased=t.column("pur").to_numpy(zero_copy_only=False).astype(bool),
+                is_robot=(t.column("rob").to_numpy(zero_copy_only=False).astype(bool)
+                          if has_robot else None))
+            cols = featurestore.part_columns(ch, wl, weighting, day0, has_robot)
+            name = f"part-{pid:05d}-{j:04d}.parquet"
+            featurestore.write_part(out_dir, name, feats, cols)
+            if kill and fault:
+                Path(fault).write_text("killed\n")
+                os._exit(137)
+            counts = {str(d): [v[0], v[1], v[2], v[3].tolist(), v[4].tolist()]
+                      for d, v in featurestore.part_counts(cols).items()}
+            return pa.RecordBatch.from_pydict(
+                {"file": [name], "start": [int(rid[0])], "rows": [n],
+                 "day_min": [int(cols["day"][0])], "day_max": [int(cols["day"][-1])],
+                 "counts": [json.dumps(counts)]},
+                schema=pa.schema([("file", pa.string()), ("start", pa.int64()),
+                                  ("rows", pa.int64()), ("day_min", pa.int32()),
+                                  ("day_max", pa.int32()), ("counts", pa.string())]))
+
+        # Parts end where the local replay's chunks end (every chunk_rows rows of the log), so
+        # the directory's parts are the local engine's, batch for batch.
+        buf: list[Any] = []
+        have = 0
+        first = -1
+        j = 0
+        for b in batches:
+            if b.num_rows == 0:
+                continue
+            if first < 0:
+                first = int(b.column("rid")[0].as_py())
+            buf.append(b)
+            have += b.num_rows
+            while have and have >= chunk_rows - first % chunk_rows:
+                cut = chunk_rows - first % chunk_rows
+                t = pa.Table.from_batches(buf)
+                yield flush(t.slice(0, cut), j)
+                j += 1
+                rest = t.slice(cut)
+                buf, have, first = rest.to_batches(), rest.num_rows, first + cut
+        if have:
+            yield flush(pa.Table.from_batches(buf), j)
+    return run
+
+
+def build_features_spark(path: str | Path, customers: str | Path | None, fdir: str | Path,
+                         weighting: str = "label", spark: Any = None,
+                         master: str = "local[4]", partitions: int | None = None,
+                         chunk_rows: int = 131_072, work: str | Path | None = None) -> Any:
+    """The log's feature directory (offline/featurestore.py) computed on Spark: the counters
+    per entity kind as in replay_spark, then the clicks range-partitioned by row number and
+    each range finished into features, weak-labelled and written as parts straight to `fdir`
+    by the executors (which must see `fdir` and `customers`: a shared file system on a
+    cluster). The driver holds no per-click data: it stages the log (streamed), collects one
+    summary row per part and writes the manifest. The directory equals
+    pipeline.build_features' with the same chunk_rows: the same parts, row for row (only the
+    parts' file names differ)."""
+    import shutil
+    import tempfile
+    import time
+
+    from slidr.offline import featurestore
+
+    t0 = time.perf_counter()
+    fdir = Path(fdir)
+    fdir.mkdir(parents=True, exist_ok=True)
+    if (fdir / featurestore.MANIFEST).exists():
+        raise FileExistsError(f"{fdir} holds a feature directory already")
+    own_dir = work is None
+    wdir = Path(tempfile.mkdtemp(prefix="slidr-spark-")) if work is None else Path(work)
+    wdir.mkdir(parents=True, exist_ok=True)
+    own = spark is None
+    try:
+        staged = wdir / "staged.parquet"
+        st = stage_log(path, staged, keep=False)
+        n = int(st["n"])
+        if own:
+            spark = spark_session(master)
+        par = int(spark.sparkContext.defaultParallelism)
+        parts_n = partitions or max(4, par * 2)
+        ranges = max(parts_n, -(-n // (8 * chunk_rows)))
+        cols = ("rid", "ts", "tz", "li", "dev", "sh", "uid", "pur",
+                *(("rob",) if st["has_robot"] else ()))
+        joined = _counted(spark, staged, parts_n, cols)
+        # Ranges of whole chunks (rid // chunk_rows): no chunk is split across ranges.
+        from pyspark.sql import functions as F
+        rows = (joined.withColumn("chunk", F.floor(F.col("rid") / chunk_rows))
+                .repartitionByRange(ranges, "chunk").sortWithinPartitions("rid")
+                .drop("chunk")
+                .mapInArrow(_write_parts(str(fdir), None if customers is None
+                                         else str(customers), weighting, int(st["day0"]),
+                                         bool(st["has_robot"]), chunk_rows), PART_SCHEMA)
+                .collect())
+        rows = sorted(rows, key=lambda r: r["start"])
+        at = 0
+        for r in rows:
+            if r["start"] != at:
+                raise RuntimeError("spark features: the parts do not cover the log once")
+            at += r["rows"]
+        if at != n:
+            raise RuntimeError("spark features: the parts do not cover the log once")
+        import json
+        keep = {r["file"] for r in rows}
+        for f in fdir.iterdir():  # a failed task's leftovers
+            if f.name != featurestore.MANIFEST and f.name not in keep:
+                f.unlink()
+        parts = [{"file": r["file"], "start": int(r["start"]), "rows": int(r["rows"]),
+                  "day_min": int(r["day_min"]), "day_max": int(r["day_max"])} for r in rows]
+        counts = [{int(d): [v[0], v[1], v[2], np.asarray(v[3], np.int64),
+                            np.asarray(v[4], np.int64)]
+                   for d, v in json.loads(r["counts"]).items()} for r in rows]
+        return featurestore.write_manifest(
+            fdir, parts, counts, int(st["day0"]), bool(st["has_robot"]), weighting,
+            f"spark:{master if own else spark.sparkContext.master}", time.perf_counter() - t0)
     finally:
         if own and spark is not None:
             spark.stop()

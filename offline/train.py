@@ -259,6 +259,9 @@ def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+VAL_BLOCK = 262_144  # validation rows per forward pass
+
+
 def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
         y_va: np.ndarray, w_va: np.ndarray, hidden: tuple[int, ...] = (64, 32),
         weight_decay: float = 1e-4, lr: float = 3e-3, epochs: int = 20, batch_size: int = 4096,
@@ -307,10 +310,13 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     t0 = time.perf_counter()
     bad = 0
     ep = -1
+    xp = yp = wp = xb = yb = wb = None
     for ep in range(epochs):
         model.train()
         # One gather per epoch, then contiguous slices: per-step fancy indexing costs more
-        # than the tiny network's forward and backward passes.
+        # than the tiny network's forward and backward passes. The last epoch's copy (and
+        # the batch views into it) go first: two shuffled copies never coexist.
+        xp = yp = wp = xb = yb = wb = None
         perm = torch.randperm(n, generator=g)
         xp, yp, wp = xt[perm], yt[perm], wt[perm]
         tot = 0.0
@@ -336,7 +342,14 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
                 for a, (q, _) in zip(acc, pairs, strict=True):
                     q.copy_(a / corr)
             if val_batches is None:
-                vl = float((bce(avg(xv), yv, reduction="none") * wv).sum() / wv.sum())
+                # Per-row losses a block of rows at a time (the network's activations for
+                # millions of rows at once would take ~900 bytes a row), then the same sum.
+                lv = torch.empty(xv.shape[0], dtype=torch.float32)
+                for a in range(0, xv.shape[0], VAL_BLOCK):
+                    lv[a:a + VAL_BLOCK] = bce(avg(xv[a:a + VAL_BLOCK]), yv[a:a + VAL_BLOCK],
+                                              reduction="none")
+                vl = float((lv * wv).sum() / wv.sum())
+                del lv
             else:
                 num = den = 0.0
                 for xb_, yb_, wb_ in val_batches():

@@ -123,3 +123,53 @@ def test_a_killed_worker_is_retried_and_the_features_are_unchanged(spark, sim, t
     got = _spark_replay(spark, sim, tmp_path / "w", partitions=4)
     assert marker.exists(), "the fault was not injected: the test proves nothing"
     _assert_same(got, replay.replay_log(sim, progress=False))
+
+
+def _local_and_spark_dirs(spark, sim: Path, tmp: Path, partitions: int):
+    from slidr.offline import pipeline
+    from slidr.offline.spark_engine import build_features_spark
+    cust = sim.parent / "customers.parquet"
+    plan = pipeline.MemoryPlan(budget=4 << 30, chunk_rows=4096)
+    local = pipeline.build_features(sim, pipeline.load_customers(cust), tmp / "local",
+                                    pipeline.TrainConfig(progress=False), plan=plan)
+    got = build_features_spark(sim, cust, tmp / "spark", spark=spark, partitions=partitions,
+                               chunk_rows=4096, work=tmp / "w")
+    return local, got
+
+
+def _assert_same_dir(a, b) -> None:
+    from slidr.offline import featurestore as fsm
+    assert len(a) == len(b) > 10_000
+    for k in ("rows", "day0", "has_robot", "weighting", "columns", "counts"):
+        assert a.manifest[k] == b.manifest[k], k
+    # The parts end at the same rows (the local replay's chunks); only their names differ.
+    assert [(p["start"], p["rows"], p["day_min"], p["day_max"]) for p in a.parts] == \
+        [(p["start"], p["rows"], p["day_min"], p["day_max"]) for p in b.parts]
+    assert len(a.parts) > 3
+    cols = [fsm.FEATURES, *fsm.COLUMNS, "is_robot"]
+    x, y = a.load(cols), b.load(cols)
+    for c in cols:
+        np.testing.assert_array_equal(x[c], y[c], err_msg=c)
+    assert float(np.abs(x[fsm.FEATURES]).sum()) > 0 and 0 < x["weak_label"].mean() < 1
+
+
+def test_executors_write_the_local_feature_directory(spark, sim, tmp_path) -> None:
+    """build_features_spark: the executors write the parts (features, weak labels, cells,
+    strata) and the driver only the manifest; the directory equals the local engine's row by
+    row, with range partitions that cut across the parts' boundaries."""
+    local, got = _local_and_spark_dirs(spark, sim, tmp_path, partitions=6)
+    _assert_same_dir(local, got)
+    assert got.store_name.startswith("spark:")
+    assert sorted(p.name for p in (tmp_path / "spark").iterdir()) == \
+        sorted(["manifest.json", *(p["file"] for p in got.parts)])
+
+
+def test_a_killed_writer_is_retried_and_the_directory_is_unchanged(spark, sim, tmp_path,
+                                                                   monkeypatch) -> None:
+    from slidr.offline import spark_engine
+    marker = tmp_path / "killed-once"
+    # The first attempt of the writing stage's partition 0 exits after writing its first part.
+    monkeypatch.setenv(spark_engine.WRITE_FAULT_ENV, str(marker))
+    local, got = _local_and_spark_dirs(spark, sim, tmp_path, partitions=4)
+    assert marker.exists(), "the fault was not injected: the test proves nothing"
+    _assert_same_dir(local, got)
