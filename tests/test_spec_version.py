@@ -70,3 +70,17 @@ def test_daemon_refuses_a_version_1_bundle_and_keeps_serving(tmp_path):
         with Client(d.port) as c:
             assert c.call("info")["model"] == "cur"
             assert c.call("score", click(2))["model"] == "cur"
+
+
+def test_daemon_with_only_a_version_1_bundle_does_not_start_and_says_why(tmp_path):
+    import subprocess
+    import sys
+    Registry(tmp_path / "reg").publish(v1_bundle_src(tmp_path / "s"), version="old", promote=True,
+                                      expected_spec_hash=V1_SPEC_HASH)
+    r = subprocess.run([sys.executable, "-m", "slidr.slidrd.main", "serve", "--registry",
+                        str(tmp_path / "reg"), "--port", "0"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("slidrd serve: error: bundle old")
+    assert "spec version 1" in last and f"spec version {fs.SPEC_VERSION}" in last, last
