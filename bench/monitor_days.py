@@ -1,16 +1,20 @@
 """No false alarms from the deviation monitor: normal simulated days through a daemon with the
 default monitor settings, a new daily model swapped in each day.
 
-    python -m slidr.bench.monitor_days --out DIR [--days 7] [--clicks-per-day 80000]
-                                      [--rate 700] [--monitor-window-clicks N ...]
+    python -m slidr.bench.monitor_days --out DIR [--days 7] [--first-days 3]
+                                      [--clicks-per-day 80000] [--rate 700] [--epochs 4]
+                                      [--val-days N] [--method slice] [--min-purchasing 30]
+                                      [--daemon-arg=--monitor-sustain=3 ...]
 
-Steps: simulate DAYS days; train the first model with `slidr daily` on days 0..2 and start
-slidrd on it (every monitor option at its default unless given); send days 0..2 as fast as the
+Steps: simulate DAYS days; train the first model with `slidr daily` on days 0..FIRST-1 and start
+slidrd on it (every option at its default unless --daemon-arg); send those days as fast as the
 daemon takes them (history for the counters); then for each following day: send the day at
-RATE clicks per second (so the default 30 s windows hold their 20,000 clicks), run `slidr daily`
-on the days so far, which publishes and promotes the next model, and reload the daemon. The
-monitor's state is read every few seconds; the result (rollbacks, alerts, windows judged, the
-range of IVR ratios against each kind of reference) is written to DIR/result.json.
+RATE clicks per second (at 1,400/s the default 30 s windows hold their 20,000 clicks), run
+`slidr daily` on the days so far, which publishes and promotes the next model unless its
+guardrails refuse it (the reason is recorded), and reload the daemon. The monitor's state is
+read every few seconds; the result (rollbacks, alerts, windows judged, the range of IVR ratios
+against each kind of reference, and per swapped-in model how close its windows came to their
+bands) is written to DIR/result.json; exit 1 when the monitor rolled anything back.
 """
 
 from __future__ import annotations

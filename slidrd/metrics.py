@@ -238,6 +238,11 @@ class Metrics:
                      {k: f"{v:.6g}" for k, v in mon.ref_ivr.items()})
             labelled("slidr_monitor_window_ivr", "gauge", "IVR of the last judged monitor "
                      "window", "slice", {k: f"{v:.6g}" for k, v in mon.window_ivr.items()})
+            for side, i in (("low", 0), ("high", 1)):
+                labelled(f"slidr_monitor_limit_{side}", "gauge", f"The {side} limit the last "
+                         "judged window's IVR was held to (the band around the reference, "
+                         "widened by monitor_z standard errors)", "slice",
+                         {k: f"{max(v[i], 0.0):.6g}" for k, v in mon.limits.items()})
             head("slidr_monitor_deviating_windows", "gauge",
                  "Deviating monitor windows in a row (the monitor fires at monitor_sustain)")
             L.append(f"slidr_monitor_deviating_windows {mon.deviating}")

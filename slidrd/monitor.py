@@ -239,7 +239,8 @@ class Monitor:
         self.ratios: dict[str, float] = {}  # "all" and per slice: last window / reference
         self.ref_ivr: dict[str, float] = {}  # the last judged window's reference IVRs
         self.window_ivr: dict[str, float] = {}  # the last judged window's IVRs
-        self.bands: dict[str, tuple[float, float]] = {}  # the last judged window's limits
+        self.bands: dict[str, tuple[float, float]] = {}  # the last judged window's bands
+        self.limits: dict[str, tuple[float, float]] = {}  # ... widened by monitor_z s.e.
         self.restored = False  # serving the bundle a rollback returned to (not judged)
         self.ref_source = ""
         self.last_ratio = 1.0
@@ -297,6 +298,7 @@ class Monitor:
         self.ref_ivr = {}
         self.window_ivr = {}
         self.bands = {}
+        self.limits = {}
         self.ref_source = ""
         self.last_ratio = 1.0
         self._since_swap_clicks = 0
@@ -356,16 +358,16 @@ class Monitor:
         return lo, hi, d_lo, d_hi
 
     def _deviates(self, live: float, ref: float, n: int, n_ref: float, is_slice: bool
-                  ) -> tuple[bool, float, float]:
+                  ) -> tuple[bool, tuple[float, float], tuple[float, float]]:
         """Is `live` (IVR of n clicks) beyond the band of `ref` (IVR of n_ref clicks; inf: an
-        exact figure) by more than monitor_z standard errors? Also returns the band."""
+        exact figure) by more than monitor_z standard errors? Also returns the band and the
+        limits (the band widened by the standard errors: what `live` was held to)."""
         lo, hi, d_lo, d_hi = self.band(ref, is_slice)
         var_live = live * (1 - live) / max(n, 1)
         var_ref = ref * (1 - ref) / n_ref if n_ref > 0 and math.isfinite(n_ref) else 0.0
-        se_hi = math.sqrt(var_live + d_hi * d_hi * var_ref)
-        se_lo = math.sqrt(var_live + d_lo * d_lo * var_ref)
-        out = live - self.z * se_hi > hi or live + self.z * se_lo < lo
-        return out, lo, hi
+        hi_z = hi + self.z * math.sqrt(var_live + d_hi * d_hi * var_ref)
+        lo_z = lo - self.z * math.sqrt(var_live + d_lo * d_lo * var_ref)
+        return live > hi_z or live < lo_z, (lo, hi), (lo_z, hi_z)
 
     def _event(self, kind: str, reason: str, now: float) -> Event:
         e = Event(kind, self.version, reason, self._since_swap_clicks,
@@ -418,11 +420,12 @@ class Monitor:
         self.window_ivr = {k: v[0] for k, v in figs.items()}
         self.last_ratio = self.ratios["all"]
         self.bands = {}
+        self.limits = {}
         why = []
         for k, (live, ref, n, n_ref) in sorted(figs.items(), key=lambda kv: kv[0] != "all"):
             if k != "all" and n < self.min_slice_clicks:
                 continue
-            out, lo, hi = self._deviates(live, ref, n, n_ref, k != "all")
+            out, (lo, hi), self.limits[k] = self._deviates(live, ref, n, n_ref, k != "all")
             self.bands[k] = (lo, hi)
             if out:
                 why.append(f"{'IVR' if k == 'all' else k + ' IVR'} {live:.2%} vs {ref:.2%} "
@@ -457,6 +460,7 @@ class Monitor:
                            "sustain": self.sustain, "judge_windows": self.judge_windows},
                 "window_ivr": dict(self.window_ivr),
                 "bands": {k: [max(lo, 0.0), hi] for k, (lo, hi) in self.bands.items()},
+                "limits": {k: [max(lo, 0.0), hi] for k, (lo, hi) in self.limits.items()},
                 "reference": None if not self.ref_source else {
                     "source": self.ref_source, "ivr": self.ref_ivr.get("all"),
                     "slices": {k: v for k, v in self.ref_ivr.items() if k != "all"}},

@@ -231,6 +231,15 @@ def test_metrics_export_monitor_state() -> None:
     ratio = [ln for ln in text.splitlines() if ln.startswith('slidr_monitor_ivr_ratio{slice="all"}')]
     assert ratio and float(ratio[0].split()[-1]) > 2.0
 
+    def gauge(name: str) -> float:
+        line = [ln for ln in text.splitlines() if ln.startswith(name + '{slice="all"}')]
+        return float(line[0].split()[-1])
+    # The alert rule's comparison: the window's IVR above the limit it was held to.
+    hi = gauge("slidr_monitor_limit_high")
+    assert gauge("slidr_monitor_window_ivr") > hi > 0.05 * 1.5 * 1.5
+    # Low: min(reference x 0.5 / 1.5, reference x 0.5 - 2 points) less 3 s.e.: none here.
+    assert gauge("slidr_monitor_limit_low") == 0.0 and "slidr_monitor_limit_low" in text
+
 
 # ---------------------------------------------------------------- registry: rejected bundles
 
