@@ -131,7 +131,8 @@ def read_file(path: Path, features_as: str = "list", bar: Any = None,
                 if rec is not None:
                     yield rec
         except (ValueError, msgpack.UnpackException) as e:
-            _report(problems, f"{path}: corrupt at byte {pos}: {e}; the rest of this file "
+            why = str(e) or type(e).__name__
+            _report(problems, f"{path}: corrupt at byte {pos} ({why}); the rest of this file "
                               "is skipped")
             return
         if pos < size and not path.name.endswith(".part"):

@@ -149,7 +149,7 @@ def test_bad_window_with_a_damaged_file(tmp_path, registry, traffic):  # noqa: F
     assert len(s.problems) == 2, s.problems
     corrupt = [p for p in s.problems if "corrupt" in p]
     torn = [p for p in s.problems if "truncated" in p]
-    assert corrupt and corrupt[0].startswith(f"{hit}: corrupt at byte {hit_at}:"), s.problems
+    assert corrupt and corrupt[0].startswith(f"{hit}: corrupt at byte {hit_at} ("), s.problems
     assert torn and torn[0].startswith(f"{cut}: truncated at byte {a} of {(a + b) // 2}"), \
         s.problems
     # Everything readable was processed: the bad model's decisions before each damage and
