@@ -65,7 +65,9 @@ assert _CLICK1.size == 24
 # One reply row per click (store_redis.lua ROW): 23 doubles; the two bucket fractions come once
 # each and the 8 HLL register counts v, pv (0..32) as 6-bit fields of the last double (exact).
 # _D_SRC/_D_DST and _B_DST map them onto the 32 RAW columns.
-_ROW_BYTES = 23 * 8
+_ROW_DOUBLES = 23
+_ROW_BYTES = _ROW_DOUBLES * 8
+_PACKED = 22  # the double holding the 6-bit fields
 _SHIFTS = np.arange(0, 48, 6, dtype=np.int64)
 
 
@@ -273,7 +275,7 @@ class RedisStore:
         if not isinstance(resp, list):
             raise RuntimeError(f"redis store: unexpected reply {type(resp).__name__}")
         if _native_expand is not None:
-            raw = _native_expand(resp, n, _ROW_BYTES // 8, _D_SRC, _D_DST, 22, _B_DST,
+            raw = _native_expand(resp, n, _ROW_DOUBLES, _D_SRC, _D_DST, _PACKED, _B_DST,
                                  fs.RAW_WIDTH)
             if raw is not None:
                 return raw  # type: ignore[no-any-return]
@@ -284,7 +286,7 @@ class RedisStore:
         """parse_reply without the native expansion: the reference for it."""
         if n == 1 and len(resp) == 1 and len(resp[0]) == _ROW_BYTES:
             v = _ROW1.unpack(resp[0])
-            packed = int(v[22])
+            packed = int(v[_PACKED])
             row = [v[i] for i in _SRC_OF_COL]
             for j, c in enumerate(_B_DST_LIST):
                 row[c] = float((packed >> (6 * j)) & 63)
@@ -292,10 +294,10 @@ class RedisStore:
         rows = b"".join(resp)
         if len(rows) != n * _ROW_BYTES:
             raise RuntimeError(f"redis store returned {len(rows)} bytes for {n} clicks")
-        rec = np.frombuffer(rows, dtype="<f8").reshape(n, 23)
+        rec = np.frombuffer(rows, dtype="<f8").reshape(n, _ROW_DOUBLES)
         raw = np.empty((n, fs.RAW_WIDTH), dtype=np.float64)
         raw[:, _D_DST] = rec[:, _D_SRC]
-        packed = rec[:, 22].astype(np.int64)
+        packed = rec[:, _PACKED].astype(np.int64)
         raw[:, _B_DST] = (packed[:, None] >> _SHIFTS) & 63
         return raw
 

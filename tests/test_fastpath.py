@@ -432,22 +432,23 @@ def test_expand_rows_matches_the_numpy_parse() -> None:
     from slidr import store_redis as sr
     store = sr.RedisStore("redis://127.0.0.1:1/0")  # never connects: parsing only
     rng = np.random.default_rng(3)
-    row = sr._ROW_BYTES // 8
+    row, pc = sr._ROW_DOUBLES, sr._PACKED
     for n in (0, 1, 2, 7, 64):
         rec = rng.normal(size=(n, row)) * 1e3
-        rec[:, 22] = rng.integers(0, 1 << 48, n).astype(np.float64)  # 8 six-bit fields
+        rec[:, pc] = rng.integers(0, 1 << 48, n).astype(np.float64)  # 8 six-bit fields
         blob = rec.astype("<f8").tobytes()
         whole = [blob[i * sr._ROW_BYTES:(i + 1) * sr._ROW_BYTES] for i in range(n)]
         want = store.parse_reply_numpy(whole, n)
         for resp in (whole, [blob], [blob[:5], blob[5:]] if n else []):
-            got = fp.expand_rows(resp, n, row, sr._D_SRC, sr._D_DST, 22, sr._B_DST,
+            got = fp.expand_rows(resp, n, row, sr._D_SRC, sr._D_DST, pc, sr._B_DST,
                                  want.shape[1])
             assert got is not None and got.dtype == np.float64 and got.shape == want.shape
             assert np.array_equal(got, want)
             assert np.array_equal(store.parse_reply(resp, n), want)
-    assert fp.expand_rows([b"\0" * (sr._ROW_BYTES - 1)], 1, row, sr._D_SRC, sr._D_DST, 22,
-                          sr._B_DST, 32) is None
-    assert fp.expand_rows([b"\0" * sr._ROW_BYTES, 5], 1, row, sr._D_SRC, sr._D_DST, 22,
-                          sr._B_DST, 32) is None
+    width = sr.fs.RAW_WIDTH
+    assert fp.expand_rows([b"\0" * (sr._ROW_BYTES - 1)], 1, row, sr._D_SRC, sr._D_DST, pc,
+                          sr._B_DST, width) is None
+    assert fp.expand_rows([b"\0" * sr._ROW_BYTES, 5], 1, row, sr._D_SRC, sr._D_DST, pc,
+                          sr._B_DST, width) is None
     with pytest.raises(RuntimeError, match="bytes for 2 clicks"):
         store.parse_reply([b"\0" * sr._ROW_BYTES], 2)
