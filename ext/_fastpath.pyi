@@ -52,3 +52,9 @@ def decide_batch(items: list[Any], clicks: list[Any], device: npt.ArrayLike,
 
 def route_frames(items: list[Any], frames: list[bytes], group_type: type,
                  dirty: set[Any]) -> list[int]: ...
+
+def expand_rows(resp: list[Any], n: int, row_doubles: int, d_src: npt.ArrayLike,
+                d_dst: npt.ArrayLike, packed_col: int, b_dst: npt.ArrayLike,
+                raw_width: int) -> npt.NDArray[np.float64] | None:
+    """The Redis counter script's reply -> raw counters (n, raw_width), or None when it does
+    not hold n rows of row_doubles doubles (twin: RedisStore.parse_reply_numpy)."""

@@ -9,6 +9,7 @@ them against that Python on generated inputs):
   ts_outside(ts, lo, hi)           == None, or np.flatnonzero((ts > hi) | (ts < lo))
   encode_results(...)              == msgpack.Packer(use_bin_type=True).pack([1, msgid, None, d])
                                       per click, d being Batcher._decide's decision dict
+  expand_rows(resp, n, ...)        == slidr.store_redis.RedisStore.parse_reply_numpy(resp, n)
 
 The contract's limits are read from slidr.contract when this module is imported, never copied.
 """
@@ -683,3 +684,74 @@ def route_frames(list items not None, list frames not None, group_type, set dirt
             sink.out.append(frames[i])
             dirty.add(sink)
     return groups
+
+
+# ---------------------------------------------------------------- the Redis reply
+
+from libc.stdlib cimport free, malloc
+
+
+def expand_rows(list resp not None, Py_ssize_t n, Py_ssize_t row_doubles, d_src, d_dst,
+                Py_ssize_t packed_col, b_dst, Py_ssize_t raw_width):
+    """The counter script's reply -> raw counters (n, raw_width) float64, or None when the
+    reply does not hold n rows of row_doubles little-endian doubles (the caller names the
+    error). Twin: slidr.store_redis.RedisStore.parse_reply's numpy path, i.e. with
+    rec = the rows: raw[:, d_dst] = rec[:, d_src]; p = int64(rec[:, packed_col]);
+    raw[:, b_dst[j]] = (p >> 6 j) & 63. Columns named by neither map are left as np.empty
+    leaves them (the maps cover every column)."""
+    cdef Py_ssize_t k = PyList_GET_SIZE(resp), i, j, total = 0, L, nd, nb
+    cdef object part
+    for i in range(k):
+        part = <object>PyList_GET_ITEM(resp, i)
+        if type(part) is not bytes:
+            return None
+        total += PyBytes_GET_SIZE(part)
+    if n < 0 or row_doubles <= 0 or total != n * row_doubles * 8:
+        return None
+    cdef cnp.ndarray s_a = _c1d(d_src, cnp.NPY_INTP, np.intp)
+    cdef cnp.ndarray t_a = _c1d(d_dst, cnp.NPY_INTP, np.intp)
+    cdef cnp.ndarray b_a = _c1d(b_dst, cnp.NPY_INTP, np.intp)
+    nd = s_a.shape[0]
+    nb = b_a.shape[0]
+    if t_a.shape[0] != nd:
+        raise ValueError("d_src and d_dst differ in length")
+    cdef const Py_ssize_t* sp = <const Py_ssize_t*>cnp.PyArray_DATA(s_a)
+    cdef const Py_ssize_t* tp = <const Py_ssize_t*>cnp.PyArray_DATA(t_a)
+    cdef const Py_ssize_t* bp = <const Py_ssize_t*>cnp.PyArray_DATA(b_a)
+    for j in range(nd):
+        if not (0 <= sp[j] < row_doubles and 0 <= tp[j] < raw_width):
+            raise IndexError("d_src / d_dst outside the row or the raw width")
+    for j in range(nb):
+        if not 0 <= bp[j] < raw_width:
+            raise IndexError("b_dst outside the raw width")
+    if not 0 <= packed_col < row_doubles:
+        raise IndexError("packed_col outside the row")
+    cdef cnp.npy_intp dims[2]
+    dims[0] = n
+    dims[1] = raw_width
+    cdef cnp.ndarray raw = cnp.PyArray_EMPTY(2, dims, cnp.NPY_DOUBLE, 0)
+    cdef double* out = <double*>cnp.PyArray_DATA(raw)
+    cdef char* buf = <char*>malloc(total if total > 0 else 1)
+    if buf == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t off = 0
+    cdef const double* rec
+    cdef double* o
+    cdef int64_t p
+    try:
+        for i in range(k):
+            part = <object>PyList_GET_ITEM(resp, i)
+            L = PyBytes_GET_SIZE(part)
+            memcpy(buf + off, PyBytes_AS_STRING(part), L)
+            off += L
+        for i in range(n):
+            rec = <const double*>(buf + i * row_doubles * 8)  # host order: little-endian only
+            o = out + i * raw_width
+            for j in range(nd):
+                o[tp[j]] = rec[sp[j]]
+            p = <int64_t>rec[packed_col]
+            for j in range(nb):
+                o[bp[j]] = <double>((p >> (6 * j)) & 63)
+    finally:
+        free(buf)
+    return raw

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from slidr import featurespec as fs
-from slidr.ext import kernel_native
+from slidr.ext import fastpath, kernel_native
 
 __all__ = ["RedisStore", "StoreUnavailable", "resp_bulk", "script_source"]
 
@@ -93,6 +93,8 @@ _D_SRC, _D_DST, _B_DST = _raw_maps()
 # The native builder writes doubles and u32 in host order: little-endian hosts only.
 _native_request = getattr(kernel_native, "redis_request", None) \
     if sys.byteorder == "little" else None
+# The reply's rows expanded to RAW in one C pass (the numpy path below is its twin).
+_native_expand = getattr(fastpath, "expand_rows", None) if sys.byteorder == "little" else None
 # For one click, in plain Python: RAW column -> row index (the v/pv columns are filled after).
 _ROW1 = struct.Struct(f"<{_ROW_DOUBLES}d")
 _SRC_OF_COL = [0] * fs.RAW_WIDTH
@@ -277,6 +279,16 @@ class RedisStore:
         """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 37)."""
         if not isinstance(resp, list):
             raise RuntimeError(f"redis store: unexpected reply {type(resp).__name__}")
+        if _native_expand is not None:
+            raw = _native_expand(resp, n, _ROW_DOUBLES, _D_SRC, _D_DST, _PACKED, _B_DST,
+                                 fs.RAW_WIDTH)
+            if raw is not None:
+                return raw  # type: ignore[no-any-return]
+            # not n rows of bytes: the path below names the problem
+        return self.parse_reply_numpy(resp, n)
+
+    def parse_reply_numpy(self, resp: list[Any], n: int) -> np.ndarray:
+        """parse_reply without the native expansion: the reference for it."""
         if n == 1 and len(resp) == 1 and len(resp[0]) == _ROW_BYTES:
             v = _ROW1.unpack(resp[0])
             packed = int(v[_PACKED])

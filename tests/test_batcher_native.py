@@ -226,3 +226,33 @@ def test_malformed_store_reply_fails_open_as_store_down():
     assert {a["reason"] for a in answers} == {"fail_open:store_down"}
     assert m.fail_open["store_down"] == 10 and m.redis_errors >= 1
     assert b.inflight_batches == 0 and b.inflight_clicks == 0
+
+
+def test_decide_batch_float32_scores_encode_as_their_doubles():
+    """The model's float32 scores are widened in C: every frame equals the one built from the
+    same scores as float64 (what .tolist() gives), contiguous or not."""
+    from slidr.ext import _fastpath as fp
+    from slidr.slidrd.metrics import LATENCY_BUCKETS, Histogram
+    rng = np.random.default_rng(1)
+    n = 37
+    items = [({"click_id": f"c{i}"}, None, i, 9.999, 1e9) for i in range(n)]
+    clicks = [it[0] for it in items]
+    dev = rng.integers(0, 3, n).astype(np.uint8)
+    li = rng.integers(0, 2, n).astype(np.uint8)
+    s32 = np.concatenate([rng.random(n - 3), [0.0, 1.0, np.float32(0.1)]]).astype(np.float32)
+    table = np.array([0.5, 0.3, 0.7, 0.5, 0.2, 0.9])
+    keys = [msgpack.packb(s) for s in B._SLICE_BY_CODE]
+
+    def frames(scores):
+        q, tot = Histogram(LATENCY_BUCKETS), Histogram(LATENCY_BUCKETS)
+        return fp.decide_batch(items, clicks, dev, li, scores, table, keys, msgpack.packb("v"),
+                               msgpack.packb("model"), 10.0, 10.001, q.bounds, q.counts,
+                               tot.counts)
+
+    want = frames(s32.astype(np.float64))
+    got = frames(s32)
+    assert got[0] == want[0]
+    assert [msgpack.unpackb(f)[3]["score"] for f in got[0]] == s32.tolist()
+    assert got[3].tolist() == want[3].tolist()  # invalid: the same comparisons
+    strided = np.repeat(s32, 2)[::2]
+    assert frames(strided)[0] == want[0]

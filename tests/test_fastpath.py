@@ -421,3 +421,34 @@ def test_encode_results_all_int_widths_and_odd_values() -> None:
                           np.array([len(SLICES)], dtype=np.intp), *args)
     with pytest.raises(ValueError):
         fp.encode_results([1, 2], ["c"], *one)
+
+
+# ------------------------------------------------------------------ the Redis reply
+
+def test_expand_rows_matches_the_numpy_parse() -> None:
+    """fastpath.expand_rows (what RedisStore.parse_reply uses) gives the numpy path's raw
+    counters for any reply of n rows, however the rows are split into bulk strings; a reply of
+    the wrong size is None (the numpy path then names the error)."""
+    from slidr import store_redis as sr
+    store = sr.RedisStore("redis://127.0.0.1:1/0")  # never connects: parsing only
+    rng = np.random.default_rng(3)
+    row, pc = sr._ROW_DOUBLES, sr._PACKED
+    for n in (0, 1, 2, 7, 64):
+        rec = rng.normal(size=(n, row)) * 1e3
+        rec[:, pc] = rng.integers(0, 1 << 48, n).astype(np.float64)  # 8 six-bit fields
+        blob = rec.astype("<f8").tobytes()
+        whole = [blob[i * sr._ROW_BYTES:(i + 1) * sr._ROW_BYTES] for i in range(n)]
+        want = store.parse_reply_numpy(whole, n)
+        for resp in (whole, [blob], [blob[:5], blob[5:]] if n else []):
+            got = fp.expand_rows(resp, n, row, sr._D_SRC, sr._D_DST, pc, sr._B_DST,
+                                 want.shape[1])
+            assert got is not None and got.dtype == np.float64 and got.shape == want.shape
+            assert np.array_equal(got, want)
+            assert np.array_equal(store.parse_reply(resp, n), want)
+    width = sr.fs.RAW_WIDTH
+    assert fp.expand_rows([b"\0" * (sr._ROW_BYTES - 1)], 1, row, sr._D_SRC, sr._D_DST, pc,
+                          sr._B_DST, width) is None
+    assert fp.expand_rows([b"\0" * sr._ROW_BYTES, 5], 1, row, sr._D_SRC, sr._D_DST, pc,
+                          sr._B_DST, width) is None
+    with pytest.raises(RuntimeError, match="bytes for 2 clicks"):
+        store.parse_reply([b"\0" * sr._ROW_BYTES], 2)
