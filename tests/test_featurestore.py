@@ -67,3 +67,15 @@ def test_memory_budget_too_small_is_a_clear_error():
     assert rows > 1_000_000 and hold
     with pytest.raises(pipeline.MemoryBudgetError, match="held-out days"):
         pipeline.MemoryPlan.for_budget(1.5).fit(50_000_000, 30_000_000, 20_000_000)
+
+
+def test_memory_plan_checks_training_and_calibration_apart():
+    """The held-out days are calibrated after training let go of its rows: the 32M-click log
+    of bench/results/daily-scale-8m-32m-2026-12-04 (12.2M held-out clicks) fits 4 GiB with a
+    training sample and streamed validation; twice its held-out days do not."""
+    plan = pipeline.MemoryPlan.for_budget(4.0)
+    rows, hold = plan.fit(12_163_418, 8_060_667, 4_102_751)
+    assert 5_000_000 < rows < 19_925_052 and not hold
+    assert plan.base + 12_163_418 * plan.EVAL_B < plan.budget
+    with pytest.raises(pipeline.MemoryBudgetError, match="scored and calibrated"):
+        plan.fit(24_000_000, 16_000_000, 8_000_000)
