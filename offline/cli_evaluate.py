@@ -35,6 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
     add(p, COMMON["seed"])
+    p.add_argument("--label-scope", choices=("click", "session", "ip_day"), default="click",
+                   help="what a weak label 1 (human) covers: the purchasing click (click, the "
+                        "article's rule), every click of its session (session), or in addition "
+                        "every logged-out click of its IP that UTC day (ip_day) (default: click)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--window must be >= 4 days (training, validation and guardrail days)")
     cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
                         fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
-                        seed=args.seed)
+                        seed=args.seed, label_scope=args.label_scope)
 
     def note(m: str) -> None:
         if not args.quiet:

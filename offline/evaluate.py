@@ -48,6 +48,9 @@ class EvalConfig:
     seed: int = 0
     hidden: tuple[int, ...] = (64, 32)
     progress: bool = False
+    # scope of a weak label 1 (offline/labels.py LABEL_SCOPES): the click, its session, or its
+    # session and logged-out IP-day
+    label_scope: str = "click"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +82,15 @@ def load_truth(clicks: Path) -> np.ndarray | None:
                       dtype=object)
 
 
+def _ips(clicks: Path, n: int) -> np.ndarray:
+    """IP code per click of the log at `clicks`, in log order (the replay's order)."""
+    import pyarrow.parquet as pq
+    col = pq.read_table(clicks, columns=["ip"]).column("ip").combine_chunks()
+    if len(col) != n:
+        raise ValueError(f"{clicks}: {len(col)} IPs for {n} replayed clicks")
+    return col.dictionary_encode().indices.to_numpy(zero_copy_only=False)
+
+
 def _apply(score: np.ndarray, slices: np.ndarray, th: dict[str, Any]) -> np.ndarray:
     t = np.full(score.size, float(th["default"]))
     for s, v in (th.get("slices") or {}).items():
@@ -92,7 +104,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
     import torch
 
     from . import calibrate as cal
-    from . import metrics, replay, train
+    from . import labels, metrics, replay, train
     from .pipeline import load_customers, weak_labels
     cfg = cfg or EvalConfig()
     torch.set_num_threads(1)
@@ -107,8 +119,12 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         raise ValueError(f"{clicks}: no ground truth (truth.parquet or is_robot) to evaluate "
                          "against; `slidr evaluate` needs a simulated log")
     wl, _ = weak_labels(rp, load_customers(customers))
-    y = (1 - wl).astype(np.int8)
     day = train.day_index(rp.ts)
+    if cfg.label_scope != "click":
+        wl = labels.scoped_labels(wl, cfg.label_scope, session=rp.session_hash,
+                                  ip=_ips(clicks, len(rp)) if cfg.label_scope == "ip_day"
+                                  else None, day=day, logged_in=rp.logged_in)
+    y = (1 - wl).astype(np.int8)
     n_days = int(day.max()) + 1
     slices = slice_names(rp.device, rp.logged_in)
     heur = metrics.session_hour_heuristic(rp.session_hash, rp.ts, cfg.k)

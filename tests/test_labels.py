@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
-from slidr.offline.labels import RFMConfig, quantile_score, rfm_scores, weak_labels
+from slidr.offline.labels import (
+    RFMConfig,
+    entity_labels,
+    quantile_score,
+    rfm_scores,
+    scoped_labels,
+    weak_labels,
+)
 
 
 def customers(n: int = 100):
@@ -92,3 +99,47 @@ def test_on_simulated_log():
 def test_numeric_customer_ids_match_string_click_ids():
     d = {"user_id": [11, 22], "recency_days": [1, 9], "frequency": [3, 1], "monetary": [5.0, 1.0]}
     assert weak_labels([False, False], ["11", "22"], [True, True], d).tolist() == [1, 0]
+
+
+def test_entity_labels_spread_a_purchase_over_its_entity():
+    lab = [0, 1, 0, 0, 0]
+    assert entity_labels(lab, ["s1", "s1", "s2", "s1", "s3"]).tolist() == [1, 1, 0, 1, 0]
+    assert entity_labels([], []).tolist() == []
+    with pytest.raises(ValueError, match="same length"):
+        entity_labels([1], ["a", "b"])
+
+
+def test_scoped_labels():
+    lab = np.array([1, 0, 0, 0, 0, 0], np.int8)
+    sess = np.array([7, 7, 8, 9, 10, 11], np.uint64)
+    ip = ["a", "a", "a", "a", "b", "a"]
+    day = [0, 0, 0, 0, 0, 1]
+    li = [False, False, False, True, False, False]
+    assert scoped_labels(lab, "click").tolist() == lab.tolist()
+    assert scoped_labels(lab, "session", session=sess).tolist() == [1, 1, 0, 0, 0, 0]
+    # IP "a" bought on day 0: its logged-out clicks that day are human; the logged-in click
+    # (its own account decides), IP "b" and IP "a" on day 1 stay 0.
+    got = scoped_labels(lab, "ip_day", session=sess, ip=ip, day=day, logged_in=li)
+    assert got.tolist() == [1, 1, 1, 0, 0, 0]
+    with pytest.raises(ValueError, match="one of click, session, ip_day"):
+        scoped_labels(lab, "user")
+    with pytest.raises(ValueError, match="session key"):
+        scoped_labels(lab, "session")
+    with pytest.raises(ValueError, match="IP, day and logged_in"):
+        scoped_labels(lab, "ip_day", session=sess)
+
+
+def test_session_scope_on_simulated_log():
+    from slidr.offline.simulate import SimParams, simulate
+    r = simulate(SimParams(days=1, clicks_per_day=20_000, seed=2))
+    c = r.clicks
+    y = weak_labels(c.column("purchased").to_numpy(zero_copy_only=False),
+                    c.column("user_id").to_pylist(),
+                    c.column("logged_in").to_numpy(zero_copy_only=False), r.customers)
+    ys = scoped_labels(y, "session", session=c.column("session_id").to_pylist())
+    rob = c.column("is_robot").to_numpy(zero_copy_only=False)
+    # Widening keeps every click label 1 and labels more humans: robots rarely buy, so their
+    # share moves far less than the humans' does.
+    assert (ys >= y).all()
+    assert ys[~rob].mean() > 1.3 * y[~rob].mean()
+    assert ys[rob].mean() < 0.05
