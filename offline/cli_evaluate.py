@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="what a weak label 1 (human) covers: the purchasing click (click, the "
                         "article's rule), every click of its session (session), or in addition "
                         "every logged-out click of its IP that UTC day (ip_day) (default: click)")
+    p.add_argument("--crowded-ip-sessions", type=int, default=0, metavar="N",
+                   help="give the logged-out clicks of an IP-day with at least N sessions and "
+                        "no purchase weight cells of their own (0: off; default: 0)")
     p.set_defaults(func=run)
 
 
@@ -53,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--window must be >= 4 days (training, validation and guardrail days)")
     cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
                         fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
-                        seed=args.seed, label_scope=args.label_scope)
+                        seed=args.seed, label_scope=args.label_scope,
+                        crowded_ip_sessions=args.crowded_ip_sessions)
 
     def note(m: str) -> None:
         if not args.quiet:

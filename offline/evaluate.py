@@ -51,6 +51,9 @@ class EvalConfig:
     # scope of a weak label 1 (offline/labels.py LABEL_SCOPES): the click, its session, or its
     # session and logged-out IP-day
     label_scope: str = "click"
+    # > 0: the logged-out label-0 clicks of an IP-day with at least this many sessions and no
+    # purchase get weight cells of their own (labels.crowded_ip_days); 0: off
+    crowded_ip_sessions: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,6 +133,10 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
     heur = metrics.session_hour_heuristic(rp.session_hash, rp.ts, cfg.k)
     rule = rule_past_hour(rp.session_hash, rp.ts)
     cells = train.weight_cells(rp.ts, rp.tz_offset_min, rp.logged_in, y, cfg.weighting)
+    if cfg.crowded_ip_sessions > 0:
+        cells = train.split_cells(cells, labels.crowded_ip_days(
+            wl, rp.session_hash, _ips(clicks, len(rp)), day, rp.logged_in,
+            cfg.crowded_ip_sessions))
     robot = fam != "human"
     families = sorted(set(fam[robot].tolist()))
     x = rp.features

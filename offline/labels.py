@@ -201,3 +201,25 @@ def scoped_labels(labels: Any, scope: str, session: Any = None, ip: Any = None,
         by_ip = entity_labels(lab, key).astype(bool) & ~np.asarray(logged_in, dtype=bool)
         out = (out.astype(bool) | by_ip).astype(np.int8)
     return out
+
+
+def crowded_ip_days(labels: Any, session: Any, ip: Any, day: Any, logged_in: Any,
+                    min_sessions: int = 10) -> np.ndarray:
+    """bool per click: a logged-out click of an IP that carries at least `min_sessions`
+    sessions on that UTC day and no click labelled 1 (human) that day. Many visitors behind
+    one address and not one purchase among them: the clicks least likely to be human among
+    the label-0 ones (carrier NATs and offices carry many sessions too, and they buy)."""
+    lab = np.asarray(labels).astype(bool)
+    n = lab.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    _, ip_code = np.unique(np.asarray(ip), return_inverse=True)
+    d = np.asarray(day, dtype=np.int64)
+    _, key = np.unique(ip_code.reshape(-1).astype(np.int64) * (int(d.max()) + 1) + d,
+                       return_inverse=True)
+    key = key.reshape(-1)
+    _, s_code = np.unique(np.asarray(session), return_inverse=True)
+    pairs = np.unique(key.astype(np.int64) * n + s_code.reshape(-1))
+    sessions = np.bincount(pairs // n, minlength=int(key.max()) + 1)
+    bought = np.bincount(key, weights=lab, minlength=int(key.max()) + 1) > 0
+    return (sessions[key] >= min_sessions) & ~bought[key] & ~np.asarray(logged_in, dtype=bool)

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 from slidr.offline.labels import (
     RFMConfig,
+    crowded_ip_days,
     entity_labels,
     quantile_score,
     rfm_scores,
@@ -143,3 +144,24 @@ def test_session_scope_on_simulated_log():
     assert (ys >= y).all()
     assert ys[~rob].mean() > 1.3 * y[~rob].mean()
     assert ys[rob].mean() < 0.05
+
+
+def test_crowded_ip_days_and_their_weight_cells():
+    from slidr.offline.train import sample_weights, split_cells
+    # IP "a": 3 sessions on day 0, no purchase; IP "b": 3 sessions, one bought; IP "a" on
+    # day 1: one session; the logged-in click of "a" on day 0 is never marked.
+    ip = ["a", "a", "a", "a", "b", "b", "b", "a"]
+    sess = [1, 2, 3, 3, 4, 5, 6, 7]
+    day = [0, 0, 0, 0, 0, 0, 0, 1]
+    li = [False, False, False, True, False, False, False, False]
+    lab = [0, 0, 0, 0, 0, 1, 0, 0]
+    got = crowded_ip_days(lab, sess, ip, day, li, min_sessions=3)
+    assert got.tolist() == [True, True, True, False, False, False, False, False]
+    assert not crowded_ip_days(lab, sess, ip, day, li, min_sessions=4).any()
+    cells = np.array([1, 1, 1, 3, 1, 0, 1, 1])
+    split = split_cells(cells, got)
+    assert split.tolist() == [673, 673, 673, 3, 1, 0, 1, 1]
+    assert split_cells(cells, None) is cells
+    w = sample_weights(split)
+    # four non-empty cells, equal total weight each
+    assert np.allclose([w[split == c].sum() for c in (0, 1, 3, 673)], 2.0)
