@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crowded-ip-sessions", type=int, default=0, metavar="N",
                    help="give the logged-out clicks of an IP-day with at least N sessions and "
                         "no purchase weight cells of their own (0: off; default: 0)")
+    p.add_argument("--last-day-weight", type=float, default=1.0, metavar="X",
+                   help="the refit weighs the window's last day X times as much as each other "
+                        "day (1: every day alike; default: 1)")
     p.set_defaults(func=run)
 
 
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
                         fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
                         seed=args.seed, label_scope=args.label_scope,
-                        crowded_ip_sessions=args.crowded_ip_sessions)
+                        crowded_ip_sessions=args.crowded_ip_sessions,
+                        last_day_weight=args.last_day_weight)
 
     def note(m: str) -> None:
         if not args.quiet:

@@ -54,6 +54,9 @@ class EvalConfig:
     # > 0: the logged-out label-0 clicks of an IP-day with at least this many sessions and no
     # purchase get weight cells of their own (labels.crowded_ip_days); 0: off
     crowded_ip_sessions: int = 0
+    # > 1: the refit weighs the window's last day this many times as much as each other day
+    # (train.recency_weights); 1: every day alike
+    last_day_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -174,6 +177,8 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         if cfg.refit:
             allr = np.flatnonzero(win)
             w_all = train.sample_weights(cells[allr])
+            if cfg.last_day_weight != 1.0:
+                w_all = train.recency_weights(w_all, day[allr], cfg.last_day_weight)
             n_ep = max(ho.best_epoch + 1, 1)
             rf = train.fit(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
                            hidden=cfg.hidden, epochs=n_ep, patience=n_ep + 1, seed=cfg.seed,

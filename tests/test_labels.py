@@ -165,3 +165,34 @@ def test_crowded_ip_days_and_their_weight_cells():
     w = sample_weights(split)
     # four non-empty cells, equal total weight each
     assert np.allclose([w[split == c].sum() for c in (0, 1, 3, 673)], 2.0)
+
+
+def test_recency_weights_scale_the_last_day_keep_the_mean():
+    from slidr.offline.train import recency_weights
+    w = np.ones(6, np.float32)
+    day = np.array([0, 0, 1, 1, 2, 2])
+    r = recency_weights(w, day, 4.0)
+    assert np.isclose(r.mean(), 1.0)
+    assert np.isclose(r[day == 2].sum(), 4 * r[day == 1].sum())
+    assert np.allclose(recency_weights(w, day, 1.0), w)
+    assert recency_weights(np.zeros(0), np.zeros(0), 3.0).size == 0
+
+
+def test_evaluate_walk_takes_the_label_and_weight_options(tmp_path):
+    from slidr.offline import evaluate as ev
+
+    from slidr.cli import main
+    out = tmp_path / "log"
+    assert main(["simulate", "--out", str(out), "--days", "5", "--clicks-per-day", "6000",
+                 "--seed", "3", "--new-families", "all", "--appear-day", "3", "--quiet"]) == 0
+    cfg = ev.EvalConfig(window=4, from_day=3, epochs=2, label_scope="ip_day",
+                        crowded_ip_sessions=5, last_day_weight=3.0)
+    res = ev.walk(out / "clicks.parquet", out / "customers.parquet", cfg, log=lambda m: None)
+    assert res["config"]["label_scope"] == "ip_day"
+    assert res["config"]["crowded_ip_sessions"] == 5
+    assert [d["scored_day"] for d in res["days"]] == [4]
+    assert 0.0 <= res["days"][0]["recall"] <= 1.0
+    with pytest.raises(ValueError, match="label scope"):
+        ev.walk(out / "clicks.parquet", out / "customers.parquet",
+                ev.EvalConfig(window=4, from_day=3, epochs=1, label_scope="user"),
+                log=lambda m: None)
