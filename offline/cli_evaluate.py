@@ -35,6 +35,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
     add(p, COMMON["seed"])
+    p.add_argument("--label-scope", choices=("click", "session", "ip_day"), default="click",
+                   help="what a weak label 1 (human) covers: the purchasing click (click, the "
+                        "article's rule), every click of its session (session), or in addition "
+                        "every logged-out click of its IP that UTC day (ip_day) (default: click)")
+    p.add_argument("--crowded-ip-sessions", type=int, default=0, metavar="N",
+                   help="give the logged-out clicks of an IP-day with at least N sessions and "
+                        "no purchase weight cells of their own (0: off; default: 0)")
+    p.add_argument("--last-day-weight", type=float, default=1.0, metavar="X",
+                   help="the refit weighs the window's last day X times as much as each other "
+                        "day (1: every day alike; default: 1)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--window must be >= 4 days (training, validation and guardrail days)")
     cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
                         fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
-                        seed=args.seed)
+                        seed=args.seed, label_scope=args.label_scope,
+                        crowded_ip_sessions=args.crowded_ip_sessions,
+                        last_day_weight=args.last_day_weight)
 
     def note(m: str) -> None:
         if not args.quiet:

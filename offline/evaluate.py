@@ -48,6 +48,15 @@ class EvalConfig:
     seed: int = 0
     hidden: tuple[int, ...] = (64, 32)
     progress: bool = False
+    # scope of a weak label 1 (offline/labels.py LABEL_SCOPES): the click, its session, or its
+    # session and logged-out IP-day
+    label_scope: str = "click"
+    # > 0: the logged-out label-0 clicks of an IP-day with at least this many sessions and no
+    # purchase get weight cells of their own (labels.crowded_ip_days); 0: off
+    crowded_ip_sessions: int = 0
+    # > 1: the refit weighs the window's last day this many times as much as each other day
+    # (train.recency_weights); 1: every day alike
+    last_day_weight: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +88,15 @@ def load_truth(clicks: Path) -> np.ndarray | None:
                       dtype=object)
 
 
+def _ips(clicks: Path, n: int) -> np.ndarray:
+    """IP code per click of the log at `clicks`, in log order (the replay's order)."""
+    import pyarrow.parquet as pq
+    col = pq.read_table(clicks, columns=["ip"]).column("ip").combine_chunks()
+    if len(col) != n:
+        raise ValueError(f"{clicks}: {len(col)} IPs for {n} replayed clicks")
+    return col.dictionary_encode().indices.to_numpy(zero_copy_only=False)
+
+
 def _apply(score: np.ndarray, slices: np.ndarray, th: dict[str, Any]) -> np.ndarray:
     t = np.full(score.size, float(th["default"]))
     for s, v in (th.get("slices") or {}).items():
@@ -92,7 +110,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
     import torch
 
     from . import calibrate as cal
-    from . import metrics, replay, train
+    from . import labels, metrics, replay, train
     from .pipeline import load_customers, weak_labels
     cfg = cfg or EvalConfig()
     torch.set_num_threads(1)
@@ -107,13 +125,21 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         raise ValueError(f"{clicks}: no ground truth (truth.parquet or is_robot) to evaluate "
                          "against; `slidr evaluate` needs a simulated log")
     wl, _ = weak_labels(rp, load_customers(customers))
-    y = (1 - wl).astype(np.int8)
     day = train.day_index(rp.ts)
+    if cfg.label_scope != "click":
+        wl = labels.scoped_labels(wl, cfg.label_scope, session=rp.session_hash,
+                                  ip=_ips(clicks, len(rp)) if cfg.label_scope == "ip_day"
+                                  else None, day=day, logged_in=rp.logged_in)
+    y = (1 - wl).astype(np.int8)
     n_days = int(day.max()) + 1
     slices = slice_names(rp.device, rp.logged_in)
     heur = metrics.session_hour_heuristic(rp.session_hash, rp.ts, cfg.k)
     rule = rule_past_hour(rp.session_hash, rp.ts)
     cells = train.weight_cells(rp.ts, rp.tz_offset_min, rp.logged_in, y, cfg.weighting)
+    if cfg.crowded_ip_sessions > 0:
+        cells = train.split_cells(cells, labels.crowded_ip_days(
+            wl, rp.session_hash, _ips(clicks, len(rp)), day, rp.logged_in,
+            cfg.crowded_ip_sessions))
     robot = fam != "human"
     families = sorted(set(fam[robot].tolist()))
     x = rp.features
@@ -151,6 +177,8 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         if cfg.refit:
             allr = np.flatnonzero(win)
             w_all = train.sample_weights(cells[allr])
+            if cfg.last_day_weight != 1.0:
+                w_all = train.recency_weights(w_all, day[allr], cfg.last_day_weight)
             n_ep = max(ho.best_epoch + 1, 1)
             rf = train.fit(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
                            hidden=cfg.hidden, epochs=n_ep, patience=n_ep + 1, seed=cfg.seed,

@@ -147,3 +147,79 @@ def weak_labels(purchased: Any, user_id: Sequence[Any] | np.ndarray, logged_in: 
                        value_set=pa.array([str(u) for u in sc.user_id[sc.high]], type=pa.string()))
         high = pc.fill_null(hit, False).to_numpy(zero_copy_only=False) & li
     return (pur | high).astype(np.int8)
+
+
+# Scope of a weak label 1 (human): the click that bought ("click", the article's rule), every
+# click of a session with a human click ("session"), or in addition every logged-out click of
+# an IP on a UTC day on which that IP has a human click ("ip_day").
+LABEL_SCOPES = ("click", "session", "ip_day")
+LABEL_SCOPE_TEXT = {
+    "click": "the click itself: its purchase, or its account's high RFM score",
+    "session": "the click's session: 1 when any click of the session is labelled 1",
+    "ip_day": "the click's session, and for a logged-out click also its IP on that UTC day: "
+              "1 when any click of the IP that day is labelled 1",
+}
+
+
+def entity_labels(labels: Any, key: Any) -> np.ndarray:
+    """int8 per click: 1 for every click whose entity (equal `key`) has at least one click
+    labelled 1, else 0. A purchase speaks for the whole entity: a session or an IP that
+    bought is human in all its clicks, not only in the one that bought."""
+    lab = np.asarray(labels).astype(bool)
+    k = np.asarray(key)
+    if k.shape[0] != lab.shape[0]:
+        raise ValueError(f"labels and key must have the same length ({lab.shape[0]}, "
+                         f"{k.shape[0]})")
+    if lab.size == 0:
+        return np.zeros(0, dtype=np.int8)
+    _, inv = np.unique(k, return_inverse=True)
+    inv = inv.reshape(-1)
+    hit = np.bincount(inv, weights=lab, minlength=int(inv.max()) + 1) > 0
+    return hit[inv].astype(np.int8)
+
+
+def scoped_labels(labels: Any, scope: str, session: Any = None, ip: Any = None,
+                  day: Any = None, logged_in: Any = None) -> np.ndarray:
+    """Click weak labels (weak_labels) widened to `scope` (LABEL_SCOPES). session: a session
+    key per click; ip, day, logged_in: an IP key, the UTC day index and the logged-in flag per
+    click (scope "ip_day" only). Label 0 stays "not known to be human": no purchase anywhere
+    in the entity."""
+    lab = np.asarray(labels, dtype=np.int8)
+    if scope not in LABEL_SCOPES:
+        raise ValueError(f"label scope must be one of {', '.join(LABEL_SCOPES)}, not {scope!r}")
+    if scope == "click":
+        return lab
+    if session is None:
+        raise ValueError(f"label scope {scope!r} needs the session key of each click")
+    out = entity_labels(lab, session)
+    if scope == "ip_day":
+        if ip is None or day is None or logged_in is None:
+            raise ValueError("label scope 'ip_day' needs the IP, day and logged_in of each click")
+        _, ip_code = np.unique(np.asarray(ip), return_inverse=True)
+        d = np.asarray(day, dtype=np.int64)
+        key = ip_code.reshape(-1).astype(np.int64) * (int(d.max()) + 1 if d.size else 1) + d
+        by_ip = entity_labels(lab, key).astype(bool) & ~np.asarray(logged_in, dtype=bool)
+        out = (out.astype(bool) | by_ip).astype(np.int8)
+    return out
+
+
+def crowded_ip_days(labels: Any, session: Any, ip: Any, day: Any, logged_in: Any,
+                    min_sessions: int = 10) -> np.ndarray:
+    """bool per click: a logged-out click of an IP that carries at least `min_sessions`
+    sessions on that UTC day and no click labelled 1 (human) that day. Many visitors behind
+    one address and not one purchase among them: the clicks least likely to be human among
+    the label-0 ones (carrier NATs and offices carry many sessions too, and they buy)."""
+    lab = np.asarray(labels).astype(bool)
+    n = lab.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    _, ip_code = np.unique(np.asarray(ip), return_inverse=True)
+    d = np.asarray(day, dtype=np.int64)
+    _, key = np.unique(ip_code.reshape(-1).astype(np.int64) * (int(d.max()) + 1) + d,
+                       return_inverse=True)
+    key = key.reshape(-1)
+    _, s_code = np.unique(np.asarray(session), return_inverse=True)
+    pairs = np.unique(key.astype(np.int64) * n + s_code.reshape(-1))
+    sessions = np.bincount(pairs // n, minlength=int(key.max()) + 1)
+    bought = np.bincount(key, weights=lab, minlength=int(key.max()) + 1) > 0
+    return (sessions[key] >= min_sessions) & ~bought[key] & ~np.asarray(logged_in, dtype=bool)

@@ -86,6 +86,26 @@ def weight_cells(ts: np.ndarray, tz_offset_min: np.ndarray, logged_in: np.ndarra
     return (((hour.astype(np.int32) * 7 + dow) * 2 + li) * 2 + lab)
 
 
+def split_cells(cells: np.ndarray, own: np.ndarray | None) -> np.ndarray:
+    """Weight cells with the clicks marked `own` (e.g. labels.crowded_ip_days) moved to cells
+    of their own (cell id + 672), so that sample_weights gives them a cell's total weight
+    instead of a share of their label's; None: the cells unchanged."""
+    if own is None:
+        return cells
+    return np.where(np.asarray(own, dtype=bool), cells + 672, cells)
+
+
+def recency_weights(w: np.ndarray, day: np.ndarray, last_day_weight: float) -> np.ndarray:
+    """Sample weights `w` with the rows of the latest day scaled so that day weighs
+    `last_day_weight` times what it weighed, the mean weight kept at w's."""
+    w = np.asarray(w, dtype=np.float64)
+    if w.size == 0:
+        return w.astype(np.float32)
+    d = np.asarray(day)
+    out = np.where(d == d.max(), w * float(last_day_weight), w)
+    return (out * (w.sum() / out.sum())).astype(np.float32)
+
+
 def sample_strata(ts: np.ndarray, tz_offset_min: np.ndarray, device: np.ndarray,
                   logged_in: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Stratum id of each click for the training sample: slice (device x logged-in) x local
