@@ -67,9 +67,39 @@ def seed_row(root: Path, s: int) -> dict[str, Any]:
                           "logistic_band": m["logistic"]["slices"][sn].get("ivr_band"),
                           "n_purchasing": m["model"]["slices"][sn]["n_purchasing"],
                           "model_precision": c.get("model_precision"),
-                          "logistic_precision": c.get("baseline_precision")})
+                          "logistic_precision": c.get("baseline_precision"),
+                          "model_auc_true": m["model"]["slices"][sn].get("auc_true"),
+                          "logistic_auc_true": m["logistic"]["slices"][sn].get("auc_true")})
+        if worse:
+            ivr_k = _ivr_at_k(root / f"work{s}" / "train" / "scores.parquet",
+                              [w["slice"] for w in worse])
+            for w in worse:
+                w["ivr_at_k_purchasing"] = ivr_k[w["slice"]]
         row["logistic_higher"] = worse
     return row
+
+
+def _ivr_at_k(path: Path, slices: list[str], ks: tuple[int, ...] = (0, 1, 2)
+              ) -> dict[str, dict[str, list[float]]]:
+    """Per slice and scorer, the test day's IVR when the threshold lets exactly k purchasing
+    clicks through (k = 0, 1, 2): the interval a slice with too few purchasing clicks for an
+    FPR band has (1% of 75 purchasing clicks is under one click)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["split", "slice", "purchased", "score_model",
+                                     "score_logistic"]).to_pandas()
+    t = t[t["split"] == "test"]
+    out: dict[str, dict[str, list[float]]] = {}
+    for sn in slices:
+        d = t[t["slice"] == sn]
+        out[sn] = {}
+        for who in ("model", "logistic"):
+            sc = d[f"score_{who}"].to_numpy(np.float64)
+            ps = np.sort(sc[d["purchased"].to_numpy(bool)])[::-1]
+            out[sn][who] = [float((sc > ps[k]).mean()) if k < ps.size else float("nan")
+                            for k in ks]
+    return out
 
 
 def _f(v: Any, nd: int = 4) -> str:
@@ -82,7 +112,12 @@ def _worse_text(w: list[dict[str, Any]]) -> str:
     out = []
     for x in w:
         if x["within_noise"] is None:
-            note = (f"no interval: {x['n_purchasing']} purchasing clicks")
+            k = x.get("ivr_at_k_purchasing") or {}
+            note = f"no FPR band: {x['n_purchasing']} purchasing clicks"
+            if k:
+                note += (f"; IVR with 0/1/2 purchasing clicks flagged: MLP "
+                         f"{'/'.join(f'{v:.3f}' for v in k['model'])}, logistic "
+                         f"{'/'.join(f'{v:.3f}' for v in k['logistic'])}")
         else:
             note = ("within noise" if x["within_noise"] else "outside noise") + \
                 f", MLP {_band(x['model_band'])} vs logistic {_band(x['logistic_band'])}"
