@@ -44,6 +44,8 @@ def seed_row(root: Path, s: int) -> dict[str, Any]:
     row: dict[str, Any] = {"seed": s, "status": d["status"], "seconds": d.get("seconds")}
     failed = [c["name"] for c in d.get("checks", []) if not c.get("passed", True)]
     row["failed_checks"] = failed
+    row["checks"] = {c["name"]: {"passed": c.get("passed"), "value": c.get("value"),
+                                 "limit": c.get("limit")} for c in d.get("checks", [])}
     row["failed_messages"] = [c.get("message") for c in d.get("checks", [])
                               if not c.get("passed", True)]
     if d["status"] == "published":
