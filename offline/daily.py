@@ -188,6 +188,12 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     else:
         pipeline.run(clicks, customers, train_dir, tcfg, log=lambda *a, **k: None, features=fs)
     res["steps"]["train_s"] = round(time.perf_counter() - t, 3)
+    # Held-out days beyond the memory budget: calibrated on a uniform sample (docs/scale.md).
+    smp = (_read_json(train_dir / "training_meta.json") or {}).get("eval_sample")
+    if smp:
+        res["eval_sample"] = smp
+        log(f"daily: calibration sample of {smp['rows']:,} of {smp['of']:,} held-out clicks "
+            f"(rate {smp['rate']:.4f}, {smp['by']})")
 
     # 5. Calibrate on the validation days, evaluate on the held-out test day.
     t = progress.stage("calibrate")

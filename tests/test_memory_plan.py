@@ -47,7 +47,7 @@ def _daily(sim: Path, tmp: Path, reg: Path | None = None) -> tuple[dict, Path]:
 
 @pytest.mark.slow
 def test_a_budget_too_small_for_the_held_out_days_publishes_on_a_sample(
-        sim: Path, tmp_path: Path, monkeypatch) -> None:
+        sim: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     _, w_all = _daily(sim, tmp_path / "all")
     full = json.loads((w_all / "candidate" / "thresholds.json").read_text())
     sp = json.loads((w_all / "train" / "training_meta.json").read_text())["split"]
@@ -61,8 +61,14 @@ def test_a_budget_too_small_for_the_held_out_days_publishes_on_a_sample(
     monkeypatch.setattr(pipeline.MemoryPlan, "MIN_EVAL_ROWS", 1_000)
     # On the same registry: the model guardrails score the current model on the sample's
     # test-day rows (scores.parquet's `row`).
-    res, w_s = _daily(sim, tmp_path / "sampled", reg=tmp_path / "all" / "reg")
-    assert res["compared_with"] is not None
+    from slidr.offline.cli_daily import STAGES
+
+    from slidr import progress
+    with progress.job("slidr daily", STAGES):
+        res, w_s = _daily(sim, tmp_path / "sampled", reg=tmp_path / "all" / "reg")
+    assert res["compared_with"] is not None and res["eval_sample"]["rows"] < n_ev
+    line = [x for x in capsys.readouterr().err.splitlines() if "] train: done" in x]
+    assert len(line) == 1 and "calibration sample" in line[0] and "held-out clicks" in line[0]
     meta = json.loads((w_s / "train" / "training_meta.json").read_text())
     smp = meta["eval_sample"]
     assert abs(smp["rows"] - fits) <= 300 and smp["of"] > smp["rows"]
