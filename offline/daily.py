@@ -188,6 +188,12 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     else:
         pipeline.run(clicks, customers, train_dir, tcfg, log=lambda *a, **k: None, features=fs)
     res["steps"]["train_s"] = round(time.perf_counter() - t, 3)
+    # Held-out days beyond the memory budget: calibrated on a uniform sample (docs/scale.md).
+    smp = (_read_json(train_dir / "training_meta.json") or {}).get("eval_sample")
+    if smp:
+        res["eval_sample"] = smp
+        log(f"daily: calibration sample of {smp['rows']:,} of {smp['of']:,} held-out clicks "
+            f"(rate {smp['rate']:.4f}, {smp['by']})")
 
     # 5. Calibrate on the validation days, evaluate on the held-out test day.
     t = progress.stage("calibrate")
@@ -239,14 +245,15 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
               "slices": th["refit"]["held_out_slices"]}
     cur_score = cur_th = None
     if cur is not None:
-        last = fs.days[-1:]
-        ts_te = fs.load(["ts"], days=last)["ts"]
+        # The same test-day clicks: every one, or the calibration sample's (`row`).
+        sel = ({"days": fs.days[-1:]} if test.get("row") is None else {"rows": test["row"]})
+        ts_te = fs.load(["ts"], **sel)["ts"]
         if ts_te.size != test["score"].size or not np.array_equal(ts_te, test["ts"]):
             raise RuntimeError("the test rows of scores.parquet do not line up with the replay")
         del ts_te
         cur_score = _score_onnx_batches(
             cur.model_path, (b[featurestore.FEATURES]
-                             for b in fs.iter_batches([featurestore.FEATURES], days=last)))
+                             for b in fs.iter_batches([featurestore.FEATURES], **sel)))
         cur_th = cur.thresholds
     record(gr.check_model(test["score"], th, test, cur_score, cur_th, cfg.guard))
     res["steps"]["model_guardrails_s"] = round(time.perf_counter() - t, 3)
@@ -406,14 +413,17 @@ def _test_rows(path: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     from .calibrate import column_numpy
+    names = pq.read_schema(path).names
     tbl = pq.read_table(path, columns=["ts", "split", "score_model", "slice", "purchased",
-                                       "robot_heuristic", "weak_label"])
+                                       "robot_heuristic", "weak_label",
+                                       *(["row"] if "row" in names else [])])
     tbl = tbl.filter(pc.equal(tbl.column("split"), "test"))
     d = {c: column_numpy(tbl.column(c)) for c in tbl.column_names if c != "split"}
     return {"ts": d["ts"].astype(np.int64), "score": d["score_model"].astype(np.float64),
             "slice": d["slice"].astype(str, copy=False), "purchased": d["purchased"].astype(bool),
             "heuristic": d["robot_heuristic"].astype(bool),
-            "weak_label": d["weak_label"].astype(np.int8)}
+            "weak_label": d["weak_label"].astype(np.int8),
+            "row": d["row"].astype(np.int64) if "row" in d else None}
 
 
 def _score_onnx(model_path: Path, x: np.ndarray, batch: int = 65_536) -> np.ndarray:

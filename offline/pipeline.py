@@ -121,7 +121,8 @@ class MemoryPlan:
     label, weight, the permutation); a held-out click ~48 B through training (its per-click
     columns, the slice, the heuristic) and ~230 B while its scores are written, calibrated
     and checked after training (measured: 3.45 GiB peak at 12.2M held-out clicks); a
-    validation click held for early stopping 110 B."""
+    validation click held for early stopping 110 B. When the held-out days do not fit, they
+    are scored and calibrated on a uniform sample of the size that does (eval_sample)."""
 
     budget: int
     chunk_rows: int
@@ -132,6 +133,7 @@ class MemoryPlan:
     HELD_B = 48
     VAL_B = 110
     MIN_TRAIN_ROWS = 20_000
+    MIN_EVAL_ROWS = 200_000
 
     @classmethod
     def for_budget(cls, gib: float) -> MemoryPlan:
@@ -151,19 +153,31 @@ class MemoryPlan:
     def min_gib(cls) -> float:
         return (cls.base + 3 * 3 * cls.CHUNK_B * 4096) / GIB
 
+    def eval_rows(self, n_eval: int) -> int:
+        """Held-out clicks scored and calibrated: all `n_eval` when they fit (EVAL_B a click
+        after training), else the largest sample that does; raises MemoryBudgetError when
+        even MIN_EVAL_ROWS do not fit."""
+        fits = max(int((self.budget - self.base) / self.EVAL_B), 0)
+        if n_eval <= fits:
+            return n_eval
+        if fits < self.MIN_EVAL_ROWS:
+            raise MemoryBudgetError(
+                f"--memory-budget {self.budget / GIB:g} GiB is too small for this log: a "
+                f"calibration sample of its held-out days ({self.MIN_EVAL_ROWS:,} of "
+                f"{n_eval:,} clicks, scored and calibrated in memory) needs about "
+                f"{(self.base + self.MIN_EVAL_ROWS * self.EVAL_B) / GIB:.2f} GiB; give a "
+                "larger --memory-budget")
+        return fits
+
     def fit(self, n_eval: int, n_val: int, n_test: int) -> tuple[int, bool]:
         """(most training rows held, validation features held in memory?) once the held-out
         days are known; raises MemoryBudgetError when even they do not fit.
 
-        Training holds the held-out days' per-click columns (HELD_B a click) and, for the
-        refit, the test day's features; the held-out days' scoring and calibration come after
-        training has let go of its rows (EVAL_B a click), so the two are not added."""
-        if self.base + n_eval * self.EVAL_B > self.budget:
-            raise MemoryBudgetError(
-                f"--memory-budget {self.budget / GIB:g} GiB is too small for this log: its "
-                f"held-out days ({n_eval:,} clicks, scored and calibrated in memory) need "
-                f"about {(self.base + n_eval * self.EVAL_B) / GIB:.2f} GiB; give a larger "
-                "--memory-budget or fewer --val-days")
+        Training holds the held-out days' per-click columns (HELD_B a click; of the
+        calibration sample when they do not all fit, eval_rows) and, for the refit, the test
+        day's features; the held-out days' scoring and calibration come after training has
+        let go of its rows (EVAL_B a click), so the two are not added."""
+        n_eval = self.eval_rows(n_eval)
         free = self.budget - self.base - n_eval * self.HELD_B - n_test * 4 * N_FEATURES
         hold_val = n_val * self.VAL_B <= free * 0.25
         if hold_val:
@@ -174,7 +188,8 @@ class MemoryPlan:
                     + self.MIN_TRAIN_ROWS * self.TRAIN_B) / 0.9
             raise MemoryBudgetError(
                 f"--memory-budget {self.budget / GIB:g} GiB is too small for this log: its "
-                f"held-out days ({n_eval:,} clicks) and a training sample of "
+                f"held-out days ({n_eval:,} clicks held; the test day's {n_test:,} clicks' "
+                f"features for the export), and a training sample of "
                 f"{self.MIN_TRAIN_ROWS:,} clicks need about {need / GIB:.2f} GiB; give a "
                 "larger --memory-budget or fewer --val-days")
         return rows, hold_val
@@ -305,14 +320,28 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
     n_ev = n_va + n_te
     max_rows, hold_val = plan.fit(n_ev, n_va, n_te)
     cap = min(max_rows, cfg.train_sample) if cfg.train_sample else max_rows
+    n_hold = plan.eval_rows(n_ev)
 
     def cell_counts(ds: np.ndarray) -> np.ndarray:
         return fs.day_cells[np.isin(days, ds)].sum(axis=0)
 
-    # The held-out days' per-click columns (small: the days calibration works on).
-    ev_cols = fs.load(["ts", "day", "device", "logged_in", "purchased", "weak_label",
-                       "session_hash", *(["is_robot"] if fs.has_robot else [])], days=d_ev)
-    heur = metrics.session_hour_heuristic(ev_cols.pop("session_hash"), ev_cols["ts"], cfg.k)
+    # The held-out days' per-click columns (small: the days calibration works on), of every
+    # held-out click or, when they do not fit the budget, of a uniform sample (eval_sample).
+    ev_names = ["ts", "day", "device", "logged_in", "purchased", "weak_label",
+                *(["is_robot"] if fs.has_robot else [])]
+    ev_rows: np.ndarray | None = None
+    eval_info: dict[str, Any] | None = None
+    if n_hold < n_ev:
+        ev_rows, eval_info = eval_sample(fs, d_ev, n_hold, cfg.seed)
+        eval_info["by"] = f"--memory-budget {cfg.memory_budget:g} GiB"
+        progress.detail(f"calibration sample {ev_rows.size:,} of {n_ev:,} held-out clicks "
+                        f"(rate {eval_info['rate']:.4f})")
+        heur = session_hour_heuristic_at(fs, d_ev, ev_rows, cfg.k)
+        ev_cols = fs.load(ev_names, rows=ev_rows)
+    else:
+        ev_cols = fs.load([*ev_names, "session_hash"], days=d_ev)
+        heur = metrics.session_hour_heuristic(ev_cols.pop("session_hash"), ev_cols["ts"],
+                                              cfg.k)
     wl_ev = ev_cols["weak_label"]
     day_ev = ev_cols["day"]
     is_te = day_ev == d_te[0]
@@ -379,12 +408,15 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
     del te
 
     # Scores of the held-out days, batch by batch from disk.
-    scores = {k: np.empty(n_ev, np.float32) for k in SCORERS}
-    refit_scores = np.empty(n_ev, np.float32) if cfg.refit else None
+    n_sc = int(ev_cols["ts"].size)  # every held-out click, or the calibration sample
+    scores = {k: np.empty(n_sc, np.float32) for k in SCORERS}
+    refit_scores = np.empty(n_sc, np.float32) if cfg.refit else None
     k0 = 0
     # In blocks of train.predict's batch from the first held-out click: the same products as
     # scoring the whole array at once.
-    for b in fs.iter_rebatched([F], 262_144, days=d_ev):
+    batches = (fs.iter_rebatched([F], 262_144, days=d_ev) if ev_rows is None else
+               fs.iter_batches([F], rows=ev_rows))
+    for b in batches:
         xb = b[F]
         k1 = k0 + xb.shape[0]
         scores["model"][k0:k1] = train.predict(mlp.model, xb)
@@ -467,8 +499,10 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
                      "history": logi.history},
         "sample_weights": train.WEIGHTING_TEXT[cfg.weighting],
         "train_sample": sample_info,
+        "eval_sample": eval_info,
         "memory": {"budget_gib": cfg.memory_budget, "chunk_rows": plan.chunk_rows,
-                   "max_training_rows": max_rows, "validation_streamed": not hold_val},
+                   "max_training_rows": max_rows, "validation_streamed": not hold_val,
+                   "max_held_out_rows": n_hold},
         "refit": refit_info,
         "replay": {"store": fs.store_name, "clicks_per_s": fs.clicks_per_s,
                    "seconds": fs.seconds},
@@ -486,7 +520,7 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         timings["onnx_s"] = time.perf_counter() - t
         write_json(tmp / "feature_spec.json", {**spec_dict(), "spec_hash": SPEC_HASH})
         _write_scores(tmp / "scores.parquet", ev_cols, is_te, slices_ev, wl_ev, heur, scores,
-                      refit_scores)
+                      refit_scores, rows=ev_rows)
         t = progress.stage("report")
         doc = {"fpr_target": cfg.fpr_target,
                "threshold_set_on": "test day (each scorer's own threshold gives overall test "
@@ -557,6 +591,69 @@ def _training_set(fs: featurestore.FeatureStore, ds: np.ndarray, cap: int, cfg: 
         moments.standardisation(), info
 
 
+def eval_sample(fs: featurestore.FeatureStore, ds: np.ndarray, n_max: int, seed: int
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(sorted global row indices, description) of a uniform random sample of about `n_max` of
+    the clicks of days `ds`, drawn per day x sampling stratum (slice x local hour x weak label)
+    at one rate, so every day, slice, hour and weak label keeps its share and the sample needs
+    no weights: each stratum keeps floor(rate x its clicks) plus one with probability the
+    remainder (train.stratified_positions, seeded by `seed` and the day). Memory: the
+    sample's size."""
+    n = fs.rows_in(ds)
+    rate = min(n_max / max(n, 1), 1.0)
+    rng = np.random.default_rng([seed, 0x5A4D])
+    rows: list[np.ndarray] = []
+    per_day: dict[str, Any] = {}
+    for d in np.asarray(ds).tolist():
+        sc = fs.day_strata[fs.days == d].sum(axis=0)
+        exact = rate * sc
+        quota = np.floor(exact).astype(np.int64)
+        quota += rng.random(sc.size) < (exact - quota)
+        quota = np.minimum(quota, sc)
+        keep = train.stratified_positions(sc, quota, int(seed) * 1_000_003 + int(d))
+        ords = train.StratumOrdinals(sc)
+        for b in fs.iter_batches(["stratum"], days=[d], with_index=True):
+            k = ords.keys(b["stratum"])
+            i = np.searchsorted(keep, k)
+            hit = (i < keep.size) & (keep[np.minimum(i, keep.size - 1)] == k)
+            rows.append(b["_row"][hit])
+        per_day[str(d)] = {"rows": int(quota.sum()), "of": int(sc.sum())}
+    idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    return idx, {"rows": int(idx.size), "of": n, "rate": rate, "per_day": per_day,
+                 "seed": int(seed),
+                 "rule": "uniform at one rate per day x slice x local hour x weak label "
+                         "(no weights); calibration, held-out metrics and model guardrails "
+                         "use the sample, the robot heuristic counts every held-out click"}
+
+
+def session_hour_heuristic_at(fs: featurestore.FeatureStore, ds: np.ndarray,
+                              rows: np.ndarray, k: int) -> np.ndarray:
+    """metrics.session_hour_heuristic of the clicks of days `ds`, kept at the global rows
+    `rows` (sorted): the (session, UTC hour) counts over every click of those days, streamed
+    an hour at a time (the log is in ts order, so an hour's clicks are contiguous; memory:
+    one hour's clicks)."""
+    out: list[np.ndarray] = []
+    pend: dict[str, np.ndarray] | None = None
+
+    def flush(c: dict[str, np.ndarray]) -> None:
+        h = metrics.session_hour_heuristic(c["session_hash"], c["ts"], k)
+        i = np.searchsorted(rows, c["_row"])
+        hit = (i < rows.size) & (rows[np.minimum(i, rows.size - 1)] == c["_row"])
+        out.append(h[hit])
+
+    for b in fs.iter_batches(["session_hash", "ts"], days=ds, with_index=True):
+        if pend is not None:
+            b = {c: np.concatenate([pend[c], b[c]]) for c in ("session_hash", "ts", "_row")}
+        hour = b["ts"] // metrics.HOUR_MS
+        cut = int(np.searchsorted(hour, hour[-1], side="left")) if hour.size else 0
+        if cut:
+            flush({c: v[:cut] for c, v in b.items()})
+        pend = {c: v[cut:] for c, v in b.items()}
+    if pend is not None and pend["ts"].size:
+        flush(pend)
+    return np.concatenate(out) if out else np.zeros(0, bool)
+
+
 def _val_batches(fs: featurestore.FeatureStore, ds: np.ndarray, cc: np.ndarray) -> Any:
     F = featurestore.FEATURES
 
@@ -608,9 +705,10 @@ def compare(results: dict[str, Any]) -> dict[str, Any]:
 def _write_scores(path: Path, ev: dict[str, np.ndarray], is_te: np.ndarray,
                   slices: np.ndarray, wl: np.ndarray, heur: np.ndarray,
                   scores: dict[str, np.ndarray], refit_scores: np.ndarray | None = None,
-                  rows_per_group: int = 1 << 20) -> None:
-    """scores.parquet: one row per held-out click, written a row group at a time (string
-    columns built by Arrow from codes, no per-click Python strings)."""
+                  rows_per_group: int = 1 << 20, rows: np.ndarray | None = None) -> None:
+    """scores.parquet: one row per held-out click (or per click of the calibration sample,
+    with its global row index in the feature directory as `row`), written a row group at a
+    time (string columns built by Arrow from codes, no per-click Python strings)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -641,6 +739,8 @@ def _write_scores(path: Path, ev: dict[str, np.ndarray], is_te: np.ndarray,
                 cols["is_robot"] = pa.array(ev["is_robot"][a:b], pa.bool_())
             for k in SCORERS:
                 cols[f"score_{k}"] = pa.array(scores[k][a:b], pa.float32())
+            if rows is not None:
+                cols["row"] = pa.array(rows[a:b], pa.int64())
             if refit_scores is not None:  # the published (refit) model; score_model is held-out
                 cols["score_refit"] = pa.array(refit_scores[a:b], pa.float32())
             yield pa.table(cols)

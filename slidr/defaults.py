@@ -73,8 +73,9 @@ TRAINING = _group(
         "Spark in this machine with N cores)", metavar="URL"),
     Opt("memory_budget", float, 4.0, "memory the job may use, in GiB (a machine of 8 GiB or "
         "more runs the default): sets the replay's chunk size and the most training clicks "
-        "held at once (beyond it, a stratified sample; features stream from disk); too small "
-        "for the log's held-out days is an error that says how much is needed (docs/scale.md)",
+        "held at once (beyond it, a stratified sample; features stream from disk) and "
+        "calibrated (beyond it, a uniform sample of the held-out days); too small for the "
+        "smallest samples is an error that says how much is needed (docs/scale.md)",
         lo=0.0, lo_open=True, metavar="GIB"),
 )
 
