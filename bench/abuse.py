@@ -511,6 +511,20 @@ def _over(text: str, name: str, bounds: tuple[float, ...]) -> dict[str, float]:
     return {str(b): total - cum.get(b, total) for b in bounds}
 
 
+async def _watch_rss(pid: int, peak: list[float], samples: list[float], period: float,
+                     keep_every: int) -> None:
+    """Until cancelled: the process's RSS every `period` s into peak[0], every `keep_every`th
+    sample kept in `samples` (MiB)."""
+    k = 0
+    while True:
+        r = _rss_mib(pid)
+        peak[0] = max(peak[0], r)
+        if k % keep_every == 0:
+            samples.append(round(r, 1))
+        k += 1
+        await asyncio.sleep(period)
+
+
 async def _distinct_flood(port: int, clicks: int, conns: int, window: int) -> dict[str, Any]:
     ts0 = _now_ms() - 60_000
     per = clicks // conns
@@ -564,16 +578,7 @@ def store_daemon(clicks: int = 600_000, max_mb: int = 64) -> dict[str, Any]:
         samples: list[float] = []
 
         async def main() -> dict[str, Any]:
-            async def watch() -> None:
-                k = 0
-                while True:
-                    r = _rss_mib(d.proc.pid)  # type: ignore[union-attr]
-                    peak[0] = max(peak[0], r)
-                    if k % 10 == 0:
-                        samples.append(round(r, 1))
-                    k += 1
-                    await asyncio.sleep(0.5)
-            wt = asyncio.create_task(watch())
+            wt = asyncio.create_task(_watch_rss(d.proc.pid, peak, samples, 0.5, 10))  # type: ignore[union-attr]
             res = await _distinct_flood(d.port, clicks, 8, 16)
             wt.cancel()
             return res
@@ -693,16 +698,7 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
                       flush=True)
 
         async def main() -> dict[str, Any]:
-            async def watch() -> None:
-                k = 0
-                while True:
-                    r = _rss_mib(d.proc.pid)  # type: ignore[union-attr]
-                    peak[0] = max(peak[0], r)
-                    if k % 20 == 0:
-                        samples.append(round(r, 1))
-                    k += 1
-                    await asyncio.sleep(0.25)
-            wt = asyncio.create_task(watch())
+            wt = asyncio.create_task(_watch_rss(d.proc.pid, peak, samples, 0.25, 20))  # type: ignore[union-attr]
             res = await _distinct_flood_many(d.port, clicks, 8, rate, per_req, progress)
             wt.cancel()
             return res

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slidr.bench.monitor_days import REPO, Sender, _clicks, _free_port
+from slidr.bench.monitor_days import REPO, Sender, _clicks, _free_port, simulated_days
 
 # A weak model on a few simulated days: the AUC floors at chance and the drift limit off, the
 # FPR allowed to miss its budget (as bench/monitor_days.py), so that the good bundle publishes.
@@ -143,8 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import pyarrow.parquet as pq
-    from slidr.offline import simulate as sim
-    from slidr.offline.train import day_index
     from slidr.slidrd.cli_admin import call
 
     from slidr.registry import Registry
@@ -152,13 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    simdir = out / "sim"
-    if not (simdir / "clicks.parquet").exists():
-        sim.write_outputs(sim.simulate(sim.SimParams(days=args.days,
-                                                     clicks_per_day=args.clicks_per_day,
-                                                     seed=args.seed)), simdir)
-    tbl = pq.read_table(simdir / "clicks.parquet")
-    day = day_index(tbl.column("ts").to_numpy())
+    simdir, tbl, day = simulated_days(out, args.days, args.clicks_per_day, args.seed)
     last = int(day.max())
     log_path = out / f"days-0-{last - 1}.parquet"
     pq.write_table(tbl.filter(day < last), log_path)

@@ -87,6 +87,21 @@ class Sender:
             self.up.feed(data)
 
 
+def simulated_days(out: Path, days: int, clicks_per_day: int, seed: int
+                   ) -> tuple[Path, Any, np.ndarray]:
+    """The simulated log under out/sim (made once, reused when present): its folder, the clicks
+    table and each click's day."""
+    import pyarrow.parquet as pq
+    from slidr.offline import simulate as sim
+    from slidr.offline.train import day_index
+    simdir = out / "sim"
+    if not (simdir / "clicks.parquet").exists():
+        sim.write_outputs(sim.simulate(sim.SimParams(days=days, clicks_per_day=clicks_per_day,
+                                                     seed=seed)), simdir)
+    tbl = pq.read_table(simdir / "clicks.parquet")
+    return simdir, tbl, day_index(tbl.column("ts").to_numpy())
+
+
 def _clicks(tbl: Any) -> list[dict[str, Any]]:
     from slidr.contract import FIELDS
     cols = [c for c in FIELDS if c in tbl.column_names]
@@ -123,21 +138,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import pyarrow.parquet as pq
     from slidr.offline import daily
-    from slidr.offline import simulate as sim
     from slidr.offline.guardrails import GuardrailConfig
-    from slidr.offline.train import day_index
     from slidr.slidrd.cli_admin import call
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
-    simdir = out / "sim"
-    if not (simdir / "clicks.parquet").exists():
-        sim.write_outputs(sim.simulate(sim.SimParams(days=args.days,
-                                                     clicks_per_day=args.clicks_per_day,
-                                                     seed=args.seed)), simdir)
-    tbl = pq.read_table(simdir / "clicks.parquet")
-    day = day_index(tbl.column("ts").to_numpy())
+    simdir, tbl, day = simulated_days(out, args.days, args.clicks_per_day, args.seed)
     n_days = int(day.max()) + 1
     # Weak models on small simulated data: the guardrails looser than the daily job's tests
     # (the AUC floor off, and the day-of-week drift of a few days' log allowed), so that
