@@ -26,7 +26,8 @@ Scenarios (each starts its own daemon with the embedded store, default settings 
 * store_full -- 10M clicks from distinct users, sessions and IPs at full rate through a daemon
   with every default (its store at the default cap), offered open-loop at 20,000 clicks/s in
   `score_many` requests of 16 clicks over 8 connections; the daemon on CPU 0 and this
-  generator on CPU 1.
+  generator on CPU 1. First, 60 s of the same load against the do-nothing echo server: the
+  share of clicks it answers more than 4 ms after they were sent is the machine's floor.
   RSS against the cap, answers by kind, deadline fail-opens, evictions, the longest loop stall.
 
 Prints one JSON object (and writes it to --out/abuse.json when given).
@@ -605,9 +606,12 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
     ts0 = _now_ms() - 600_000
     per = clicks // conns
     counts: dict[str, Any] = {"model": 0, "fail_open": {}, "errors": 0, "error_kinds": {},
-                              "late_sends": 0}
+                              "late_sends": 0, "answered_over_4ms": 0,
+                              "over_4ms_by_10s": {}}
     done = [0]
     interval = per_req * conns / rate
+    loop = asyncio.get_running_loop()
+    t_start = loop.time()
 
     def request(k: int, start: int, n: int, msgid: int) -> bytes:
         cl = []
@@ -618,16 +622,22 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
                        f"{i >> 8 & 255}.{i & 255}", "device": "app", "logged_in": True})
         return msgpack.packb([0, msgid, "score_many", [cl]])
 
-    async def read(r: asyncio.StreamReader, nreq: int) -> None:
+    async def read(r: asyncio.StreamReader, nreq: int, sent_at: dict[int, float]) -> None:
         up = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=1 << 26)
         got = 0
         while got < nreq:
             data = await r.read(1 << 18)
             if not data:
                 break
+            now = loop.time()
             up.feed(data)
             for m in up:
                 got += 1
+                if now - sent_at.pop(m[1], now) > 0.004 and isinstance(m[3], list):
+                    # answered more than the daemon's default deadline after it was sent
+                    counts["answered_over_4ms"] += len(m[3])
+                    b = str(int((now - t_start) // 10) * 10)
+                    counts["over_4ms_by_10s"][b] = counts["over_4ms_by_10s"].get(b, 0) + len(m[3])
                 if m[2] is not None:
                     counts["errors"] += 1
                     ek = str(m[2])[:60]
@@ -645,8 +655,8 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
     async def one(k: int, t0: float) -> None:
         r, w = await _open(port)
         nreq = -(-per // per_req)
-        reader = asyncio.create_task(read(r, nreq))
-        loop = asyncio.get_running_loop()
+        sent_at: dict[int, float] = {}
+        reader = asyncio.create_task(read(r, nreq, sent_at))
         for j in range(nreq):
             due = t0 + (j + k / conns) * interval
             wait = due - loop.time()
@@ -655,6 +665,7 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
             elif wait < -0.005:
                 counts["late_sends"] += 1
             start = j * per_req
+            sent_at[j] = loop.time()
             w.write(request(k, start, min(per_req, per - start), j))
         await w.drain()
         await reader
@@ -674,9 +685,26 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
     return counts
 
 
-def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 16
-               ) -> dict[str, Any]:
-    """Distinct users, sessions and IPs at full rate through a daemon with every default."""
+def echo_floor(seconds: float, rate: float, per_req: int, pin: bool) -> dict[str, Any]:
+    """The same generator, rate and pinning against the do-nothing echo server: the share of
+    clicks answered more than 4 ms after they were sent is the machine's own floor for the
+    daemon's deadline fail-opens."""
+    from slidr.bench.echo_server import EchoProcess
+    clicks = int(seconds * rate)
+    e = EchoProcess(cpus="0" if pin else None).start()
+    try:
+        res = asyncio.run(_distinct_flood_many(e.port, clicks, 8, rate, per_req))
+    finally:
+        e.stop()
+    res["clicks"] = clicks
+    res["answered_over_4ms_pct"] = round(100 * res["answered_over_4ms"] / max(clicks, 1), 4)
+    return res
+
+
+def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 16,
+               echo_s: float = 60.0) -> dict[str, Any]:
+    """Distinct users, sessions and IPs at full rate through a daemon with every default,
+    after `echo_s` seconds of the same load against the echo server (the machine's floor)."""
     import urllib.request
 
     from slidr.bench.daemon import DaemonRun
@@ -685,6 +713,7 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
     pin = len(os.sched_getaffinity(0)) >= 2
     if pin:
         os.sched_setaffinity(0, {1})
+    floor = echo_floor(echo_s, rate, per_req, pin) if echo_s > 0 else None
     with DaemonRun(cpus="0" if pin else None) as d:
         assert d.proc is not None
         rss0 = _rss_mib(d.proc.pid)
@@ -721,6 +750,8 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
     res["deadline_fail_open_pct"] = round(100 * res["fail_open"].get("fail_open:deadline", 0)
                                           / n, 4)
     res["store_down"] = res["fail_open"].get("fail_open:store_down", 0)
+    res["answered_over_4ms_pct"] = round(100 * res["answered_over_4ms"] / n, 4)
+    res["echo_floor"] = floor
     return res
 
 
@@ -744,7 +775,8 @@ def run(names: list[str], quick: bool = False) -> dict[str, Any]:
         elif name == "store_daemon":
             out[name] = store_daemon(50_000 if quick else 600_000, 16 if quick else 64)
         elif name == "store_full":
-            out[name] = store_full(100_000 if quick else 10_000_000)
+            out[name] = store_full(100_000 if quick else 10_000_000,
+                                   echo_s=5.0 if quick else 60.0)
         else:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         out[name]["wall_s"] = round(time.monotonic() - t, 1)
