@@ -28,3 +28,14 @@ def redis_cluster():
     from slidr.testing.redis_cluster import RedisCluster
     with RedisCluster(masters=3, replicas=1) as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def _progress_mode_per_test():
+    """Each test starts with progress as a plain run has it: an in-process `--quiet` or
+    `--progress` command sets the module's mode for the whole process."""
+    from slidr import progress
+    saved = progress.mode()
+    progress.configure()
+    yield
+    progress._mode = saved
