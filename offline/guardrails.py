@@ -189,7 +189,8 @@ def check_log_stream(path: Any, cfg: GuardrailConfig | None = None,
     """check_log on a Parquet log read `batch_rows` rows at a time, keeping only aggregates:
     null counts per column, clicks and purchases per clock hour and per slice. Its memory is
     one batch plus one number per hour the log spans; its checks equal check_log's. Other
-    files (CSV) are read whole (read_log_columns)."""
+    files (CSV) are read whole (read_log_columns). Only check_schema's columns are read (the
+    null counts of the others are left at 0: no check reads them)."""
     from slidr.files import parquet_file
     cfg = cfg or GuardrailConfig()
     if Path(path).suffix not in (".parquet", ".pq"):
@@ -200,17 +201,18 @@ def check_log_stream(path: Any, cfg: GuardrailConfig | None = None,
                             "_n": int(pf.metadata.num_rows)}
     need = ("ts", "device", "logged_in", "purchased")
     agg = all(c in names for c in need)  # else check_schema refuses: nothing to count
+    read = [c for c in names if c in REQUIRED or c == "purchased"]  # check_schema's columns
     hours: dict[int, list[int]] = {}  # clock hour -> [clicks, purchases]
     vol: dict[str, int] = {}
     pv: dict[str, int] = {}
     tot_n = tot_p = 0
-    for b in pf.iter_batches(batch_size=batch_rows):
-        for i, c in enumerate(names):
+    for b in pf.iter_batches(batch_size=batch_rows, columns=read):
+        for i, c in enumerate(read):
             cols["_nulls"][c] += int(b.column(i).null_count)
         if not agg or any(cols["_nulls"][c] for c in need):
             agg = False  # a null refuses (check_schema): stop counting, keep the null counts
             continue
-        a = {c: b.column(names.index(c)).to_numpy(zero_copy_only=False) for c in need}
+        a = {c: b.column(read.index(c)).to_numpy(zero_copy_only=False) for c in need}
         ts = np.asarray(a["ts"], dtype=np.int64)
         pur = np.asarray(a["purchased"], dtype=bool)
         hour = ts // HOUR_MS
