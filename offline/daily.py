@@ -139,7 +139,7 @@ def _run(clicks: Path, customers: str | Path | None, reg: Registry, wdir: Path,
     t = progress.stage("data guardrails")
     from . import pipeline
     plan = pipeline.MemoryPlan.for_budget(cfg.memory_budget)  # a budget too small: exit 2
-    record(gr.check_log(_log_columns(clicks, plan.chunk_rows), cfg.guard))
+    record(gr.check_log_stream(clicks, cfg.guard, plan.chunk_rows))
     res["steps"]["data_guardrails_s"] = round(time.perf_counter() - t, 3)
     if not all(c.passed for c in checks):
         raise _Stop(EXIT_DATA, "refused_data", checks)
@@ -304,49 +304,6 @@ def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConf
     from . import pipeline
     pipeline.run(clicks, customers, out, _train_config(cfg), log=lambda *a, **k: None,
                  features=features)
-
-
-def _log_columns(path: Path, batch_rows: int) -> dict[str, Any]:
-    """guardrails.read_log_columns, read batch by batch and held compactly (ts, purchased,
-    logged_in and the device as a contract.DEVICES code: 11 bytes a click) instead of the
-    whole table; a device outside the contract keeps the names (the slice check reports it)."""
-    from slidr.files import parquet_file
-    if path.suffix not in (".parquet", ".pq"):
-        return gr.read_log_columns(path)
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from slidr.contract import DEVICES
-    pf = parquet_file(path, "click log")
-    names = list(pf.schema_arrow.names)
-    n = int(pf.metadata.num_rows)
-    cols: dict[str, Any] = {"_columns": names, "_nulls": {c: 0 for c in names}, "_n": n}
-    keep = [c for c in ("ts", "device", "logged_in", "purchased") if c in names]
-    dtypes = {"ts": np.int64, "logged_in": bool, "purchased": bool, "device": np.uint8}
-    out = {c: np.empty(n, dtypes[c]) for c in keep}
-    dev_names: list[Any] | None = None
-    k = 0
-    for b in pf.iter_batches(batch_size=batch_rows):
-        m = b.num_rows
-        for i, c in enumerate(names):
-            cols["_nulls"][c] += int(b.column(i).null_count)
-        for c in keep:
-            a = b.column(names.index(c))
-            if c == "device":
-                code = pc.index_in(a, value_set=pa.array(DEVICES))
-                if code.null_count > a.null_count or dev_names is not None:
-                    if dev_names is None:  # names outside the contract: keep the names
-                        dev_names = np.asarray(DEVICES, dtype=object)[out[c][:k]].tolist()
-                    dev_names.extend(a.to_pylist())
-                    continue
-                out[c][k:k + m] = pc.fill_null(code, 0).to_numpy(zero_copy_only=False)
-            else:
-                out[c][k:k + m] = a.to_numpy(zero_copy_only=False)
-        k += m
-    cols.update(out)
-    if dev_names is not None:
-        cols["device"] = np.asarray(dev_names, dtype=object)
-    return cols
 
 
 def _check_drift(fs: Any, names: Any, ref: Any, guard: gr.GuardrailConfig) -> gr.Check:

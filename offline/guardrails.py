@@ -184,6 +184,77 @@ def check_log(cols: Mapping[str, Any], cfg: GuardrailConfig | None = None) -> li
     return checks
 
 
+def check_log_stream(path: Any, cfg: GuardrailConfig | None = None,
+                     batch_rows: int = 1 << 20) -> list[Check]:
+    """check_log on a Parquet log read `batch_rows` rows at a time, keeping only aggregates:
+    null counts per column, clicks and purchases per clock hour and per slice. Its memory is
+    one batch plus one number per hour the log spans; its checks equal check_log's. Other
+    files (CSV) are read whole (read_log_columns). Only check_schema's columns are read (the
+    null counts of the others are left at 0: no check reads them)."""
+    from slidr.files import parquet_file
+    cfg = cfg or GuardrailConfig()
+    if Path(path).suffix not in (".parquet", ".pq"):
+        return check_log(read_log_columns(path), cfg)
+    pf = parquet_file(path, "click log")
+    names = list(pf.schema_arrow.names)
+    cols: dict[str, Any] = {"_columns": names, "_nulls": {c: 0 for c in names},
+                            "_n": int(pf.metadata.num_rows)}
+    need = ("ts", "device", "logged_in", "purchased")
+    agg = all(c in names for c in need)  # else check_schema refuses: nothing to count
+    read = [c for c in names if c in REQUIRED or c == "purchased"]  # check_schema's columns
+    hours: dict[int, list[int]] = {}  # clock hour -> [clicks, purchases]
+    vol: dict[str, int] = {}
+    pv: dict[str, int] = {}
+    tot_n = tot_p = 0
+    for b in pf.iter_batches(batch_size=batch_rows, columns=read):
+        for i, c in enumerate(read):
+            cols["_nulls"][c] += int(b.column(i).null_count)
+        if not agg or any(cols["_nulls"][c] for c in need):
+            agg = False  # a null refuses (check_schema): stop counting, keep the null counts
+            continue
+        a = {c: b.column(read.index(c)).to_numpy(zero_copy_only=False) for c in need}
+        ts = np.asarray(a["ts"], dtype=np.int64)
+        pur = np.asarray(a["purchased"], dtype=bool)
+        hour = ts // HOUR_MS
+        uh, inv = np.unique(hour, return_inverse=True)
+        hn = np.bincount(inv, minlength=uh.size)
+        hp = np.bincount(inv, weights=pur, minlength=uh.size)
+        for h, k, q in zip(uh.tolist(), hn.tolist(), hp.tolist(), strict=True):
+            acc = hours.setdefault(int(h), [0, 0])
+            acc[0] += int(k)
+            acc[1] += int(q)
+        dev = np.asarray(a["device"])
+        sl = slice_names(dev if dev.dtype.kind in "iu" else dev.astype(str),
+                         np.asarray(a["logged_in"], dtype=bool))
+        us, sinv = np.unique(sl.astype(str), return_inverse=True)
+        sn = np.bincount(sinv, minlength=us.size)
+        sp = np.bincount(sinv, weights=pur, minlength=us.size)
+        for s_, k, q in zip(us.tolist(), sn.tolist(), sp.tolist(), strict=True):
+            vol[s_] = vol.get(s_, 0) + int(k)
+            pv[s_] = pv.get(s_, 0) + int(q)
+        tot_n += int(ts.size)
+        tot_p += int(pur.sum())
+    checks = check_schema(cols)
+    if not all(c.passed for c in checks) or not agg:
+        return checks
+    h_sorted = sorted(hours)
+    days = {h // 24 for h in h_sorted}
+    checks.append(Check("days", len(days) >= cfg.min_days, len(days), cfg.min_days,
+                        f"the log covers {len(days)} UTC day(s); training needs >= "
+                        f"{cfg.min_days}"))
+    h0 = h_sorted[0]
+    n = np.zeros(h_sorted[-1] - h0 + 1, dtype=np.float64)
+    p = np.zeros_like(n)
+    for h in h_sorted:
+        n[h - h0], p[h - h0] = hours[h]
+    checks.append(hourly_density_counts(h0, n, p, cfg))
+    how = (np.arange(n.size) + h0 + 72) % 168
+    checks.append(week_hour_density_counts(np.bincount(how, weights=n, minlength=168),
+                                           np.bincount(how, weights=p, minlength=168), cfg))
+    checks.append(slice_volume_counts(vol, pv, tot_n, tot_p, cfg))
+    return checks
+
+
 def poisson_cdf(k: float, mu: float) -> float:
     """P(X <= k) for X ~ Poisson(mu) (no scipy in the daily job's dependencies)."""
     if mu <= 0:
@@ -210,9 +281,16 @@ def hourly_density(ts: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfig) 
     idx = (hour - h0).astype(np.int64)
     n = np.bincount(idx).astype(np.float64)
     p = np.bincount(idx, weights=purchased.astype(np.float64), minlength=n.size)
+    return hourly_density_counts(h0, n, p, cfg)
+
+
+def hourly_density_counts(h0: int, n: np.ndarray, p: np.ndarray, cfg: GuardrailConfig) -> Check:
+    """hourly_density from the log's clicks `n` and purchases `p` in each clock hour h0,
+    h0 + 1, ... (float64 counts: the check needs nothing else of the log)."""
     hod = (np.arange(n.size) + h0) % 24
     dens = np.where(n > 0, p / np.maximum(n, 1), np.nan)
-    overall = float(purchased.mean()) if purchased.size else 0.0
+    total = float(n.sum())
+    overall = float(p.sum()) / total if total else 0.0
     ref = np.array([np.median(dens[(hod == h) & (n > 0)]) if ((hod == h) & (n > 0)).any()
                     else overall for h in range(24)])
     ref = np.where(ref > 0, ref, overall)
@@ -267,6 +345,12 @@ def week_hour_density(ts: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfi
     how = ((ts // HOUR_MS) + 72) % 168  # epoch day 0 was a Thursday: 0 = Monday 00h
     n = np.bincount(how, minlength=168).astype(np.float64)
     p = np.bincount(how, weights=purchased.astype(np.float64), minlength=168)
+    return week_hour_density_counts(n, p, cfg)
+
+
+def week_hour_density_counts(n: np.ndarray, p: np.ndarray, cfg: GuardrailConfig) -> Check:
+    """week_hour_density from the clicks `n` and purchases `p` in each of the 168 hours of the
+    week (float64 counts, index 0 = Monday 00h UTC)."""
     dens = np.where(n > 0, p / np.maximum(n, 1), np.nan)
     med = float(np.nanmedian(dens)) if np.isfinite(dens).any() else 0.0
     exp_ = n * med
@@ -295,10 +379,18 @@ def slice_volume(slices: np.ndarray, purchased: np.ndarray, cfg: GuardrailConfig
     from slidr.contract import SLICES
     vol = {s: int((slices == s).sum()) for s in SLICES}
     pv = {s: int(purchased[slices == s].sum()) for s in SLICES}
+    return slice_volume_counts(vol, pv, int(slices.size), int(purchased.sum()), cfg)
+
+
+def slice_volume_counts(vol: Mapping[str, int], pv: Mapping[str, int], n: int, p: int,
+                        cfg: GuardrailConfig) -> Check:
+    """slice_volume from the clicks `vol` and purchases `pv` of every contract slice (SLICES)
+    and the log's total clicks `n` and purchases `p` (clicks of unknown devices included)."""
+    from slidr.contract import SLICES
+    vol, pv = {s: int(vol.get(s, 0)) for s in SLICES}, {s: int(pv.get(s, 0)) for s in SLICES}
     absent = [s for s in SLICES if vol[s] == 0]
     thin = {s: (vol[s], pv[s]) for s in SLICES if vol[s] and (
         vol[s] < cfg.min_slice_clicks or pv[s] < cfg.min_slice_purchases)}
-    n, p = int(slices.size), int(purchased.sum())
     ok = n >= cfg.min_slice_clicks and p >= cfg.min_slice_purchases
     need = f">= {cfg.min_slice_clicks} clicks and >= {cfg.min_slice_purchases} purchases"
     notes = []

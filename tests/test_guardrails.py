@@ -191,3 +191,67 @@ def test_refused_candidate_keeps_current_model(heldout, tmp_path: Path) -> None:
     summary = gr.summarize(checks)
     assert not summary["passed"] and "score_spread" in summary["failed"]
     json.dumps(summary)  # structured and serialisable
+
+
+def _write_log(cols: dict, path: Path) -> Path:
+    """A Parquet log of fake_log columns (the other required columns filled in)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    n = cols["_n"]
+    data = {c: pa.array([f"x{i % 97}" for i in range(n)]) for c in cols["_columns"]}
+    data["ts"] = pa.array(cols["ts"], pa.int64())
+    data["tz_offset_min"] = pa.array(np.zeros(n, np.int64))
+    for c in ("device", "logged_in", "purchased"):
+        data[c] = pa.array(cols[c])
+    pq.write_table(pa.table({c: data[c] for c in cols["_columns"]}), path)
+    return path
+
+
+def _same(path: Path, batch_rows: int = 1000) -> list:
+    ref = [c.as_dict() for c in gr.check_log(gr.read_log_columns(path))]
+    got = [c.as_dict() for c in gr.check_log_stream(path, batch_rows=batch_rows)]
+    assert json.dumps(got, default=str) == json.dumps(ref, default=str)  # NaN == NaN
+    assert got == ref or any(c["value"] != c["value"] for c in ref)
+    return ref
+
+
+def test_streamed_check_equals_whole_log(tmp_path: Path) -> None:
+    cols = fake_log(days=8, per_hour=600)
+    ref = _same(_write_log(cols, tmp_path / "clean.parquet"))
+    assert "0 hours of the week judged" not in ref[5]["message"]
+    assert [c["name"] for c in ref][-4:] == ["days", "human_density_hourly",
+                                            "human_density_week_hours", "slice_volume"]
+    assert all(c["passed"] for c in ref)
+    # A purchase-label outage of 3 hours: refused, with the same spans and message.
+    h = (cols["ts"] - cols["ts"].min()) // HOUR
+    cols["purchased"] = np.where((h >= 30) & (h < 33), False, cols["purchased"])
+    ref = _same(_write_log(cols, tmp_path / "outage.parquet"), batch_rows=777)
+    bad = {c["name"]: c for c in ref if not c["passed"]}
+    assert "human_density_hourly" in bad and len(bad["human_density_hourly"]["details"][
+        "bad_hours"]) >= 2
+    # An absent slice (no logged-in app clicks) and a device outside the contract.
+    cols = fake_log(days=8, per_hour=600, seed=1)
+    cols["logged_in"] = np.where(cols["device"] == "app", False, cols["logged_in"])
+    cols["device"] = np.where(np.arange(cols["_n"]) % 500 == 0, "tv", cols["device"])
+    ref = _same(_write_log(cols, tmp_path / "absent.parquet"))
+    sv = {c["name"]: c for c in ref}["slice_volume"]
+    assert sv["details"]["absent"] == ["app/in"] and sv["passed"]
+
+
+def test_streamed_check_refuses_like_whole_log(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols = fake_log(days=1, per_hour=100)
+    path = _write_log(cols, tmp_path / "log.parquet")
+    tbl = pq.read_table(path)
+    # Nulls in a required column (in a late batch), a missing column, too few days.
+    ts = tbl.column("ts").to_pylist()
+    ts[-5] = None
+    pq.write_table(tbl.set_column(1, "ts", pa.array(ts, pa.int64())), tmp_path / "null.parquet")
+    ref = _same(tmp_path / "null.parquet", batch_rows=100)
+    assert {c["name"] for c in ref if not c["passed"]} == {"nulls"}
+    pq.write_table(tbl.drop_columns(["ip"]), tmp_path / "noip.parquet")
+    ref = _same(tmp_path / "noip.parquet")
+    assert {c["name"] for c in ref if not c["passed"]} == {"schema"}
+    ref = _same(path, batch_rows=100)
+    assert "days" in {c["name"] for c in ref if not c["passed"]}
