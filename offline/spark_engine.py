@@ -160,6 +160,40 @@ def spark_session(master: str = "local[4]", app: str = "slidr-daily",
             .getOrCreate())
 
 
+
+class _Run:
+    """A job's work directory and Spark session: the directory is a temporary one unless
+    `work` is given, the session the caller's unless it passes none (then one on `master`,
+    started when first asked for, after the driver's own staging). Both are let go of at the
+    end of the `with` block when this run made them."""
+
+    def __init__(self, spark: Any, master: str, work: str | Path | None) -> None:
+        import tempfile
+        self.own_dir = work is None
+        self.wdir = Path(tempfile.mkdtemp(prefix="slidr-spark-")) if work is None else Path(work)
+        self.wdir.mkdir(parents=True, exist_ok=True)
+        self.own = spark is None
+        self.master = master
+        self._spark = spark
+
+    def session(self) -> Any:
+        if self._spark is None:
+            self._spark = spark_session(self.master)
+        return self._spark
+
+    def store_name(self) -> str:
+        return f"spark:{self.master if self.own else self._spark.sparkContext.master}"
+
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import shutil
+        if self.own and self._spark is not None:
+            self._spark.stop()
+        if self.own_dir:
+            shutil.rmtree(self.wdir, ignore_errors=True)
+
 def _counted(spark: Any, staged: str | Path, partitions: int, columns: tuple[str, ...]) -> Any:
     """The staged log's `columns` joined by rid with each entity kind's raw counters
     (r0 .. r{RAW_WIDTH-1}), each kind counted in its own key partitioning."""
@@ -205,22 +239,15 @@ def replay_spark(path: str | Path, spark: Any = None, master: str = "local[4]",
     existing SparkSession (else one on `master`, stopped at the end). The features come back
     to the driver in log order: the daily job's drift check, training sample and held-out
     scoring read them there, as with the local engine."""
-    import shutil
-    import tempfile
     import time
 
     from slidr.offline.replay import Replay
 
     t0 = time.perf_counter()
-    own_dir = work is None
-    wdir = Path(tempfile.mkdtemp(prefix="slidr-spark-")) if work is None else Path(work)
-    wdir.mkdir(parents=True, exist_ok=True)
-    own = spark is None
-    try:
-        staged = wdir / "staged.parquet"
+    with _Run(spark, master, work) as run:
+        staged = run.wdir / "staged.parquet"
         cols = stage_log(path, staged, require_purchased=require_purchased)
-        if own:
-            spark = spark_session(master)
+        spark = run.session()
         parts = partitions or max(4, int(spark.sparkContext.defaultParallelism) * 2)
         feats, rid = spark_features(spark, staged, parts)
         if rid.shape[0] != cols["n"] or not np.array_equal(rid, np.arange(cols["n"])):
@@ -231,12 +258,7 @@ def replay_spark(path: str | Path, spark: Any = None, master: str = "local[4]",
                       user_id=cols["user_id"],
                       purchased=cols["pur"] if cols["pur"] is not None else np.zeros(n, bool),
                       is_robot=cols["rob"], seconds=time.perf_counter() - t0,
-                      store_name=f"spark:{master if own else spark.sparkContext.master}")
-    finally:
-        if own and spark is not None:
-            spark.stop()
-        if own_dir:
-            shutil.rmtree(wdir, ignore_errors=True)
+                      store_name=run.store_name())
 
 
 # ------------------------------------------------------------------ feature directory
@@ -355,8 +377,6 @@ def build_features_spark(path: str | Path, customers: str | Path | None, fdir: s
     summary row per part and writes the manifest. The directory equals
     pipeline.build_features' with the same chunk_rows: the same parts, row for row (only the
     parts' file names differ)."""
-    import shutil
-    import tempfile
     import time
 
     from slidr.offline import featurestore
@@ -366,16 +386,11 @@ def build_features_spark(path: str | Path, customers: str | Path | None, fdir: s
     fdir.mkdir(parents=True, exist_ok=True)
     if (fdir / featurestore.MANIFEST).exists():
         raise FileExistsError(f"{fdir} holds a feature directory already")
-    own_dir = work is None
-    wdir = Path(tempfile.mkdtemp(prefix="slidr-spark-")) if work is None else Path(work)
-    wdir.mkdir(parents=True, exist_ok=True)
-    own = spark is None
-    try:
-        staged = wdir / "staged.parquet"
+    with _Run(spark, master, work) as run:
+        staged = run.wdir / "staged.parquet"
         st = stage_log(path, staged, keep=False)
         n = int(st["n"])
-        if own:
-            spark = spark_session(master)
+        spark = run.session()
         par = int(spark.sparkContext.defaultParallelism)
         parts_n = partitions or max(4, par * 2)
         ranges = max(parts_n, -(-n // (8 * chunk_rows)))
@@ -411,9 +426,4 @@ def build_features_spark(path: str | Path, customers: str | Path | None, fdir: s
                    for d, v in json.loads(r["counts"]).items()} for r in rows]
         return featurestore.write_manifest(
             fdir, parts, counts, int(st["day0"]), bool(st["has_robot"]), weighting,
-            f"spark:{master if own else spark.sparkContext.master}", time.perf_counter() - t0)
-    finally:
-        if own and spark is not None:
-            spark.stop()
-        if own_dir:
-            shutil.rmtree(wdir, ignore_errors=True)
+            run.store_name(), time.perf_counter() - t0)
