@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from slidr.bench.monitor_days import REPO, Sender, _clicks, _free_port, simulated_days
+from slidr.bench.monitor_days import (
+    REPO,
+    Sender,
+    _clicks,
+    _free_port,
+    simulated_days,
+    start_slidrd,
+    wait_ready,
+)
 
 # A weak model on a few simulated days: the AUC floors at chance and the drift limit off, the
 # FPR allowed to miss its budget (as bench/monitor_days.py), so that the good bundle publishes.
@@ -186,20 +194,10 @@ def main(argv: list[str] | None = None) -> int:
 
     good = daily("good", args.fpr_budget, [], "bench.toml")["version"]
     port, adm, dlog = _free_port(), out / "admin.sock", out / "decisions"
-    log = open(out / "slidrd.log", "wb")  # noqa: SIM115 - closed at the end
-    proc = subprocess.Popen([sys.executable, "-m", "slidr.slidrd.main", "serve", "--registry",
-                             str(reg), "--port", str(port), "--admin-socket", str(adm),
-                             "--deadline-ms", "1000", "--decision-log", str(dlog)],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, log = start_slidrd(out, reg, port, adm, env, ["--decision-log", str(dlog)])
     load: Load | None = None
     try:
-        for _ in range(600):
-            if adm.exists():
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"slidrd exited: {(out / 'slidrd.log').read_text()}")
-            time.sleep(0.1)
-        time.sleep(0.5)
+        wait_ready(proc, adm, out)
         # The days before as fast as the daemon takes them: the counters' history (a cold
         # daemon sees every user and IP for the first time).
         history = Sender(port)

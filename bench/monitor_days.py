@@ -87,6 +87,29 @@ class Sender:
             self.up.feed(data)
 
 
+def start_slidrd(out: Path, reg: Path, port: int, adm: Path, env: dict[str, str],
+                 extra: list[str]) -> tuple[subprocess.Popen[bytes], Any]:
+    """`slidrd serve` on the registry with a 1 s deadline (the bench judges the monitor, not
+    latency), its output in out/slidrd.log: (the process, the open log file)."""
+    log = open(out / "slidrd.log", "wb")  # noqa: SIM115 - the caller closes it
+    proc = subprocess.Popen([sys.executable, "-m", "slidr.slidrd.main", "serve", "--registry",
+                             str(reg), "--port", str(port), "--admin-socket", str(adm),
+                             "--deadline-ms", "1000", *extra],
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def wait_ready(proc: subprocess.Popen[bytes], adm: Path, out: Path) -> None:
+    """Until the daemon's admin socket exists (60 s at most), then a moment for its loop."""
+    for _ in range(600):
+        if adm.exists():
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"slidrd exited: {(out / 'slidrd.log').read_text()}")
+        time.sleep(0.1)
+    time.sleep(0.5)
+
+
 def simulated_days(out: Path, days: int, clicks_per_day: int, seed: int
                    ) -> tuple[Path, Any, np.ndarray]:
     """The simulated log under out/sim (made once, reused when present): its folder, the clicks
@@ -187,19 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     run_daily(first)
     port, adm = _free_port(), out / "admin.sock"
     env = {**os.environ, "SLIDR_REQUIRE_NATIVE": "1"}
-    log = open(out / "slidrd.log", "wb")  # noqa: SIM115 - closed at the end
-    proc = subprocess.Popen([sys.executable, "-m", "slidr.slidrd.main", "serve", "--registry",
-                             str(reg), "--port", str(port), "--admin-socket", str(adm),
-                             "--deadline-ms", "1000", *args.daemon_arg],
-                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, log = start_slidrd(out, reg, port, adm, env, args.daemon_arg)
     try:
-        for _ in range(600):
-            if adm.exists():
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"slidrd exited: {(out / 'slidrd.log').read_text()}")
-            time.sleep(0.1)
-        time.sleep(0.5)
+        wait_ready(proc, adm, out)
         sender = Sender(port)
 
         def sample(label: str) -> dict[str, Any]:
