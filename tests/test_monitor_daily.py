@@ -68,6 +68,15 @@ def monitor_at_defaults(clock: Clock) -> tuple[Monitor, Metrics]:
     return mon, m
 
 
+def serving_current(clock: Clock, cur: Model, rng: np.random.Generator
+                    ) -> tuple[Monitor, Metrics, list[Any]]:
+    """A monitor at its defaults that has served `cur` (version "current") for three
+    windows: the monitor, its metrics and those windows' events."""
+    mon, m = monitor_at_defaults(clock)
+    mon.on_swap("current", None, old_rejected=False)
+    return mon, m, [live_window(mon, m, clock, cur, rng) for _ in range(3)]
+
+
 def held_out_checks(cand: Model, cur: Model, rng: np.random.Generator,
                     guard: gr.GuardrailConfig, n: int = 60_000) -> dict[str, bool]:
     """`slidr daily`'s IVR guardrails, candidate vs current on the same held-out clicks."""
@@ -126,10 +135,8 @@ def test_a_swap_within_the_guardrails_raises_no_alarm(name: str) -> None:
     passed = held_out_checks(cand, cur, rng, gr.GuardrailConfig())
     assert all(passed.values()), passed  # the daily job would publish it
     clock = Clock()
-    mon, m = monitor_at_defaults(clock)
-    mon.on_swap("current", None, old_rejected=False)
-    for _ in range(3):
-        assert live_window(mon, m, clock, cur, rng) is None
+    mon, m, first = serving_current(clock, cur, rng)
+    assert first == [None, None, None]
     assert mon.on_swap("candidate", None, old_rejected=False, previous=cur) is not None
     for _ in range(mon.judge_windows):
         assert live_window(mon, m, clock, cand, rng) is None, mon.stats()
@@ -149,10 +156,7 @@ def test_a_bad_daily_bundle_is_rolled_back_in_sustain_windows() -> None:
     relaxed = gr.GuardrailConfig(ivr_band=5, slice_ivr_band=50, max_ivr=0.9)
     assert all(held_out_checks(bad, cur, rng, relaxed).values())
     clock = Clock()
-    mon, m = monitor_at_defaults(clock)
-    mon.on_swap("current", None, old_rejected=False)
-    for _ in range(3):
-        live_window(mon, m, clock, cur, rng)
+    mon, m, _ = serving_current(clock, cur, rng)
     mon.on_swap("bad", None, old_rejected=False, previous=cur)
     assert live_window(mon, m, clock, bad, rng) is None
     ev = live_window(mon, m, clock, bad, rng)
@@ -176,10 +180,7 @@ def test_a_sharp_overall_shift_just_past_the_band_fires_and_one_inside_does_not(
         ivr = {s: v * f if s.endswith("/out") else min(v * 1.9, 2 * v + 0.01)
                for s, v in CURRENT.items()}
         clock = Clock()
-        mon, m = monitor_at_defaults(clock)
-        mon.on_swap("current", None, old_rejected=False)
-        for _ in range(3):
-            live_window(mon, m, clock, cur, rng)
+        mon, m, _ = serving_current(clock, cur, rng)
         mon.on_swap("cand", None, old_rejected=False, previous=cur)
         events = [live_window(mon, m, clock, Model("cand", ivr), rng) for _ in range(3)]
         assert any(e is not None for e in events) is fires, (f, mon.stats()["ratios"])
