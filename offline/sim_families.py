@@ -32,7 +32,13 @@ from .sim_world import (
     _mix_for_day,
     _random_ips,
     _Sessions,
+    regional_ips,
 )
+
+
+def _tz_rng(p: SimParams, day: int, part: int) -> np.random.Generator:
+    """A stream of its own for the regional address picks, so the other draws stay as they were."""
+    return np.random.default_rng([p.seed, day + 1_000_000, part, 4_243])
 
 # ------------------------------------------------------------------ families
 
@@ -61,14 +67,18 @@ def _humans(rng, pop: Population, p: SimParams, day: int, budget: float, t0: int
         if dev in (D_MOBILE, D_APP):
             share = 0.55 if dev == D_MOBILE else 0.3
             via = rng.random(ns) < share
-            ip[via] = pop.cgnat_ips[rng.integers(0, len(pop.cgnat_ips), int(via.sum()))]
+            draw = rng.integers(0, len(pop.cgnat_ips), int(via.sum()))
+            ip[via] = regional_ips(_tz_rng(p, day, dev), pop.cgnat_ips, pop.cgnat_tz, tz[via],
+                                   draw)
         elif dow < 5:
             office_h = (local_h >= 8) & (local_h < 18)
             has = li & office_h
             has[li] &= pop.office_ip[cust[li]] != 0
             ip[has] = pop.office_ip[cust[has]]
             anon = (~li) & office_h & (rng.random(ns) < 0.3)
-            ip[anon] = pop.corp_ips[rng.integers(0, len(pop.corp_ips), int(anon.sum()))]
+            draw = rng.integers(0, len(pop.corp_ips), int(anon.sum()))
+            ip[anon] = regional_ips(_tz_rng(p, day, dev), pop.corp_ips, pop.corp_tz, tz[anon],
+                                    draw)
         quick = rng.random(ns) < 0.12
         uas = UA_BY_DEVICE[dev]
         p_buy = np.where(li, pop.p_buy[np.maximum(cust, 0)], p.human_purchase_out)
@@ -203,9 +213,13 @@ def _robots(rng, pop: Population, p: SimParams, fam: str, day: int, budget: floa
         tz = rng.choice(HUMAN_TZ, size=ns, p=HUMAN_TZ_W)
         # Installs follow human app hours (the victim installs the app; the malware fires).
         start = _local_starts(rng, ns, day, tz, HOUR_PROFILE[D_APP][0], t0)
-        out.add(family=FAMILY_CODE[fam], start=start, n=2 + rng.integers(0, 2, ns),
+        n = 2 + rng.integers(0, 2, ns)
+        # The victim's phone: its clock is in the zone of the carrier NAT it reaches us through.
+        ip = regional_ips(_tz_rng(p, day, 9), pop.cgnat_ips, pop.cgnat_tz, tz,
+                          rng.integers(0, len(pop.cgnat_ips), ns))
+        out.add(family=FAMILY_CODE[fam], start=start, n=n,
                 gap_mu=np.log(0.4), gap_sigma=0.5, gap_min=0.02, device=dev, logged_in=False,
-                user=-1, ip=pop.cgnat_ips[rng.integers(0, len(pop.cgnat_ips), ns)], tz=tz,
+                user=-1, ip=ip, tz=tz,
                 ua=_robot_ua(rng, dev, 0.0), p_buy=p.robot_purchase, reset=0)
     elif fam == "ad_stacker":
         ns = max(rng.poisson(budget / 11.25), 1)

@@ -197,6 +197,30 @@ class Population:
     farm_tz: np.ndarray
     farm_accounts: list[np.ndarray]  # user indices (appended after the customers)
     n_fake: int
+    # Where a shared address is: a carrier NAT's public address and a corporate proxy serve
+    # one region, so the clients behind one mostly share its time zone.
+    cgnat_tz: np.ndarray
+    corp_tz: np.ndarray
+
+
+# Share of sessions behind a carrier NAT or a corporate proxy whose client clock is in another
+# time zone than the address's region (roaming phones, travellers, remote staff, wrong clocks).
+TZ_STRAY = 0.05
+
+
+def regional_ips(rng: np.random.Generator, ips: np.ndarray, ip_tz: np.ndarray, tz: np.ndarray,
+                 draw: np.ndarray) -> np.ndarray:
+    """Pick for each session an address in its time zone's region: draw (uniform integers in
+    [0, len(ips))) picks among the addresses of the session's zone; a TZ_STRAY share (and any zone
+    without an address) keeps the address draw picks from the whole pool."""
+    out = ips[draw]
+    regional = rng.random(tz.shape[0]) >= TZ_STRAY
+    for z in np.unique(tz):
+        pool = ips[ip_tz == z]
+        m = regional & (tz == z)
+        if pool.size and m.any():
+            out[m] = pool[draw[m] % pool.size]
+    return out
 
 
 def _population(rng: np.random.Generator, p: SimParams) -> Population:
@@ -232,5 +256,18 @@ def _population(rng: np.random.Generator, p: SimParams) -> Population:
         k = int(rng.integers(15, 40))
         farm_accounts.append(np.arange(nxt, nxt + k))
         nxt += k
+    # Time zones of the shared addresses and households from their own stream (the draws above
+    # stay as they were): a household shares a zone, most staff live in their office's zone.
+    rz = np.random.default_rng([p.seed, 4_242])
+    cgnat_tz = rz.choice(HUMAN_TZ, size=cgnat.size, p=HUMAN_TZ_W)
+    corp_tz = rz.choice(HUMAN_TZ, size=corp.size, p=HUMAN_TZ_W)
+    _, home_idx = np.unique(home_ip, return_inverse=True)
+    first = np.zeros(home_idx.max() + 1, dtype=np.int64)
+    first[home_idx[::-1]] = np.arange(n)[::-1]
+    tz = tz[first[home_idx]]  # every member of a household takes its first member's zone
+    corp_idx = np.searchsorted(np.sort(corp), office)
+    order = np.argsort(corp)
+    at_office = (office != 0) & (rz.random(n) >= TZ_STRAY)
+    tz = np.where(at_office, corp_tz[order[np.minimum(corp_idx, corp.size - 1)]], tz).astype(tz.dtype)
     return Population(n, z, activity, p_buy, tz, home_ip, office, rec, freq, mon, cgnat, corp, dc,
-                      farm_ips, farm_tz, farm_accounts, nxt - n)
+                      farm_ips, farm_tz, farm_accounts, nxt - n, cgnat_tz, corp_tz)
