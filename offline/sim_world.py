@@ -257,7 +257,8 @@ def _population(rng: np.random.Generator, p: SimParams) -> Population:
         farm_accounts.append(np.arange(nxt, nxt + k))
         nxt += k
     # Time zones of the shared addresses and households from their own stream (the draws above
-    # stay as they were): a household shares a zone, most staff live in their office's zone.
+    # stay as they were): a household shares a zone, and staff work at an office of their
+    # home's zone (a TZ_STRAY share remotely, at any office).
     rz = np.random.default_rng([p.seed, 4_242])
     cgnat_tz = rz.choice(HUMAN_TZ, size=cgnat.size, p=HUMAN_TZ_W)
     corp_tz = rz.choice(HUMAN_TZ, size=corp.size, p=HUMAN_TZ_W)
@@ -265,9 +266,9 @@ def _population(rng: np.random.Generator, p: SimParams) -> Population:
     first = np.zeros(home_idx.max() + 1, dtype=np.int64)
     first[home_idx[::-1]] = np.arange(n)[::-1]
     tz = tz[first[home_idx]]  # every member of a household takes its first member's zone
-    corp_idx = np.searchsorted(np.sort(corp), office)
+    staff = office != 0
     order = np.argsort(corp)
-    at_office = (office != 0) & (rz.random(n) >= TZ_STRAY)
-    tz = np.where(at_office, corp_tz[order[np.minimum(corp_idx, corp.size - 1)]], tz).astype(tz.dtype)
+    drawn = order[np.searchsorted(corp[order], office[staff])]  # the Zipf draw's index
+    office[staff] = regional_ips(rz, corp, corp_tz, tz[staff], drawn)
     return Population(n, z, activity, p_buy, tz, home_ip, office, rec, freq, mon, cgnat, corp, dc,
                       farm_ips, farm_tz, farm_accounts, nxt - n, cgnat_tz, corp_tz)
