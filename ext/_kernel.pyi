@@ -33,19 +33,21 @@ class EmbeddedStore:
     def stats(self) -> dict[str, Any]: ...
     def sweep(self, budget: int = -1) -> None: ...
     def update(self, ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike,
-               ih: npt.ArrayLike, hll: npt.ArrayLike) -> npt.NDArray[np.float64]:
+               ih: npt.ArrayLike, hll: npt.ArrayLike,
+               tz: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH)."""
     def update_tables(self, ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike,
                       ih: npt.ArrayLike, hll: npt.ArrayLike,
                       out: npt.NDArray[np.float64] | None = None,
-                      tables: int = 7) -> npt.NDArray[np.float64]:
+                      tables: int = 7,
+                      tz: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """update() for some tables (bit mask: 1 users, 2 sessions, 4 IPs), into `out`."""
 
 def max_keys_for_bytes(budget: int) -> int: ...
 def finish_into(raw: npt.ArrayLike, ts: npt.ArrayLike, tz_offset_min: npt.ArrayLike,
                 logged_in: npt.ArrayLike, device: npt.ArrayLike,
                 out: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.float32]:
-    """Native twin of featurespec.finish: raw counters -> float32 features (n, 28)."""
+    """Native twin of featurespec.finish: raw counters -> float32 features (n, 29)."""
 
 def hash_key_columns(
     user_id: Any, session_id: Any, ip: Any, logged_in: npt.ArrayLike

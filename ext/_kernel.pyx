@@ -15,7 +15,7 @@ import numpy as np
 cimport numpy as cnp
 from cpython.unicode cimport PyUnicode_Check
 from libc.math cimport cos, exp, ldexp, log, log1p, sin, sqrt
-from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, qsort, realloc, calloc
@@ -36,8 +36,8 @@ cdef enum:
     HLL_M = 32
     HLL_P = 5
     HLL_RANK_CAP = 60
-    RAW_WIDTH = 37
-    N_FEATURES = 28
+    RAW_WIDTH = 38
+    N_FEATURES = 29
     IP_HOURS = 24
     SUBSEC_MS = 1000
 # A slot's idx is its dense index + 1; 0 marks an empty slot, so a fresh index is calloc'd
@@ -73,7 +73,7 @@ def _check_spec():
     assert fs.GAP_CAP_S == GAP_CAP
     assert fs.SUBSEC_MS == SUBSEC_MS and fs.LOG_GAP_FLOOR_S == LOG_GAP_FLOOR
     assert fs.IP_HOURS == IP_HOURS and fs.LOG_GAP_CAP == LOG_GAP_CAP
-    assert fs.RAW_SPANS == {"user": (0, 5), "session": (5, 13), "ip": (13, 37)}
+    assert fs.RAW_SPANS == {"user": (0, 5), "session": (5, 13), "ip": (13, 38)}
     assert fs.RAW_INDEX["s_subsec"] == 9 and fs.RAW_INDEX["i_hours"] == 16
     assert fs.RAW_INDEX["h0_z"] == 17
 

@@ -15,7 +15,7 @@ cdef inline double _hll_est(double z, double v) noexcept nogil:
 
 
 def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
-    """Native twin of featurespec.finish: raw counters -> float32 features (n, 28)."""
+    """Native twin of featurespec.finish: raw counters -> float32 features (n, 29)."""
     cdef const double[:, ::1] r = np.ascontiguousarray(raw, dtype=np.float64)
     cdef const int64_t[::1] tsv = np.ascontiguousarray(ts, dtype=np.int64)
     cdef const int64_t[::1] tz = np.ascontiguousarray(tz_offset_min, dtype=np.int64)
@@ -26,7 +26,7 @@ def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
         out = np.empty((n, N_FEATURES), dtype=np.float32)
     cdef float[:, ::1] o = out
     if n and r.shape[1] != RAW_WIDTH:
-        raise ValueError("finish_into: raw must have shape (n, 37)")
+        raise ValueError("finish_into: raw must have shape (n, 38)")
     if (tsv.shape[0] != n or tz.shape[0] != n or li.shape[0] != n or dev.shape[0] != n
             or o.shape[0] != n or o.shape[1] != N_FEATURES):
         raise ValueError("finish_into: column lengths / out shape do not match raw")
@@ -77,6 +77,7 @@ def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
           o[i, 25] = <float>(x[11] if x[10] > 0 else LOG_GAP_CAP)
           o[i, 26] = <float>(sqrt(x[12] / x[10]) if x[10] >= 2 else -1.0)
           o[i, 27] = <float>log1p(x[16])
+          o[i, 28] = <float>(x[37] / x[15] if x[15] > 0 else 0.0)
     if bad >= 0:
         raise ValueError(f"finish_into: device code {dev[bad]} at row {bad} is not 0, 1 or 2")
     return out

@@ -46,24 +46,29 @@ cdef inline char* _put_bulk_int(char* p, Py_ssize_t v):
     return p + m + 2
 
 
-def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes argv_px):
+def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes argv_px,
+                  tz=None):
     """The Redis store's whole EVALSHA command for one batch as one RESP buffer, byte for byte
     what slidr.store_redis.RedisStore.request builds with numpy (see store_redis.lua):
 
-      *<k+9> cmd_head $<len k> k  <k key records>  $<24n> <n click records>  argv_px
+      *<k+9> cmd_head $<len k> k  <k key records>  $<26n> <n click records>  argv_px
       $<len nu> nu  $<len ns> ns
 
     key record = "$<klen>\\r\\n" + prefix (rec_head) + tag (u|s|i) + 8-byte big-endian hash +
     "\\r\\n", keys of each kind distinct and ascending; click record = ts (<f8), the 4 HLL bytes,
-    the 1-based positions of the click's user, session and IP keys (<u4 each)."""
+    the 1-based positions of the click's user, session and IP keys (<u4 each), its
+    tz_offset_min (<i2; 0 when tz is None)."""
     cdef cnp.ndarray[cnp.float64_t, ndim=1] t = np.ascontiguousarray(ts, dtype=np.float64)
     cdef cnp.ndarray[cnp.uint64_t, ndim=1] u = np.ascontiguousarray(uh, dtype=np.uint64)
     cdef cnp.ndarray[cnp.uint64_t, ndim=1] s = np.ascontiguousarray(sh, dtype=np.uint64)
     cdef cnp.ndarray[cnp.uint64_t, ndim=1] ip = np.ascontiguousarray(ih, dtype=np.uint64)
     cdef cnp.ndarray[cnp.uint8_t, ndim=2] hb = np.ascontiguousarray(hll, dtype=np.uint8).reshape(-1, 4)
     cdef Py_ssize_t n = t.shape[0]
-    if u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hb.shape[0] != n:
-        raise ValueError("redis_request: ts, uh, sh, ih and hll must have the same length")
+    cdef cnp.ndarray[cnp.int16_t, ndim=1] zt = (np.zeros(n, dtype=np.int16) if tz is None
+                                               else np.ascontiguousarray(tz, dtype=np.int16))
+    if (u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hb.shape[0] != n
+            or zt.shape[0] != n):
+        raise ValueError("redis_request: ts, uh, sh, ih, hll and tz must have the same length")
     if n == 0:
         raise ValueError("redis_request: empty batch")
     cdef Py_ssize_t hl = len(rec_head)
@@ -87,7 +92,7 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
         ns = _dedup_keys(&s[0], n, tmp, keys + nu, idx + 1, 3)
         ni = _dedup_keys(&ip[0], n, tmp, keys + nu + ns, idx + 2, 3)
         k = nu + ns + ni
-        size = (24 + len(cmd_head) + 24 + 24 + k * reclen + 24 + 24 * n + 2 + len(argv_px)
+        size = (24 + len(cmd_head) + 24 + 24 + k * reclen + 24 + 26 * n + 2 + len(argv_px)
                 + 2 * 48)
         out = PyBytes_FromStringAndSize(NULL, size)
         base = PyBytes_AS_STRING(out)
@@ -107,7 +112,7 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
             p[9] = b'\r'
             p[10] = b'\n'
             p += 11
-        p += snprintf(p, 24, b"$%zd\r\n", 24 * n)
+        p += snprintf(p, 24, b"$%zd\r\n", 26 * n)
         for i in range(n):
             tv = t[i]
             memcpy(p, &tv, 8)  # little-endian hosts only (x86-64, aarch64)
@@ -116,7 +121,8 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
             p[10] = <char>hb[i, 2]
             p[11] = <char>hb[i, 3]
             memcpy(p + 12, &idx[3 * i], 12)
-            p += 24
+            memcpy(p + 24, &zt[i], 2)
+            p += 26
         p[0] = b'\r'
         p[1] = b'\n'
         p += 2

@@ -31,7 +31,10 @@ ctypedef struct IpSt:
     uint8_t pv[4]
     # active hours: bit k = a click in hour bucket[0] - k (the last IP_HOURS hours)
     uint32_t hmask
-    uint32_t pad
+    # spec 3: client time zone (UTC offset, min) of the IP's newest click, and the decayed
+    # count (tau I_TAU[2]) of its clicks whose zone differed from the newest click's before them
+    int32_t tz
+    double tzsw
     uint8_t regs[4][HLL_M]
 
 ctypedef struct Slot:
@@ -270,11 +273,13 @@ cdef inline int64_t _floordiv(int64_t a, int64_t b) noexcept nogil:
     return q
 
 
-cdef inline void _ip_reset(IpSt* e, int64_t t) noexcept nogil:
+cdef inline void _ip_reset(IpSt* e, int64_t t, int32_t tz) noexcept nogil:
     cdef int j
     for j in range(3):
         e.c[j] = 1.0
     e.last = t
+    e.tz = tz
+    e.tzsw = 0.0
     e.bucket[0] = _floordiv(t, HOUR_MS)
     e.bucket[1] = _floordiv(t, DAY_MS)
     e.hmask = 0
@@ -379,11 +384,12 @@ cdef class EmbeddedStore:
         _sweep_table(&self.sessions, self.now[1] - S_TTL - self.sweep_grace_ms, budget)
         _sweep_table(&self.ips, self.now[2] - I_TTL - self.sweep_grace_ms, budget)
 
-    def update(self, ts, uh, sh, ih, hll):
-        """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH)."""
-        return self.update_tables(ts, uh, sh, ih, hll, None, 7)
+    def update(self, ts, uh, sh, ih, hll, tz=None):
+        """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH).
+        tz: the clicks' tz_offset_min (None: 0 for every click)."""
+        return self.update_tables(ts, uh, sh, ih, hll, None, 7, tz)
 
-    def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=7):
+    def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=7, tz=None):
         """update() for some of the tables, into `out` (float64 (n, RAW_WIDTH), made when None),
         without the GIL. tables: bit mask, 1 users (raw columns 0-4), 2 sessions (5-12), 4 ips
         (13-36; featurespec.RAW_SPANS). The tables are independent: counting a batch with tables=3 and tables=4 (in
@@ -399,15 +405,18 @@ cdef class EmbeddedStore:
         cdef const uint64_t[::1] ip = np.ascontiguousarray(ih, dtype=np.uint64)
         cdef const uint8_t[:, ::1] hl = np.ascontiguousarray(hll, dtype=np.uint8)
         cdef Py_ssize_t n = tsv.shape[0]
-        if u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hl.shape[0] != n:
-            raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
+        cdef const int32_t[::1] zv = (np.zeros(n, dtype=np.int32) if tz is None
+                                      else np.ascontiguousarray(tz, dtype=np.int32))
+        if (u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hl.shape[0] != n
+                or zv.shape[0] != n):
+            raise ValueError("update: ts, uh, sh, ih, hll and tz must have the same length")
         if n and hl.shape[1] != 4:
             raise ValueError("update: hll must have shape (n, 4)")
         if out is None:
             out = np.empty((n, RAW_WIDTH), dtype=np.float64)
         cdef double[:, ::1] o = out
         if o.shape[0] != n or o.shape[1] != RAW_WIDTH:
-            raise ValueError("update_tables: out must be float64 (n, 37), C-contiguous")
+            raise ValueError("update_tables: out must be float64 (n, 38), C-contiguous")
         cdef int rc = 0
         if n == 0:
             return out
@@ -417,7 +426,7 @@ cdef class EmbeddedStore:
             if rc == 0 and tables & 2:
                 rc = self._count_sessions(&tsv[0], &s[0], n, &o[0, 0])
             if rc == 0 and tables & 4:
-                rc = self._count_ips(&tsv[0], &ip[0], &hl[0, 0], n, &o[0, 0])
+                rc = self._count_ips(&tsv[0], &ip[0], &hl[0, 0], &zv[0], n, &o[0, 0])
         if rc != 0:
             raise MemoryError("EmbeddedStore: out of memory")
         return out
@@ -528,7 +537,7 @@ cdef class EmbeddedStore:
         return 0
 
     cdef int _count_ips(self, const int64_t* ts, const uint64_t* keys, const uint8_t* hll,
-                        Py_ssize_t n, double* out) noexcept nogil:
+                        const int32_t* tzs, Py_ssize_t n, double* out) noexcept nogil:
         cdef Py_ssize_t i
         cdef IpSt* ie
         cdef double gap
@@ -553,11 +562,14 @@ cdef class EmbeddedStore:
                     ie = <IpSt*>_insert(&self.ips, keys[i])
                     if ie == NULL:
                         return -1
-                _ip_reset(ie, t)
+                _ip_reset(ie, t, tzs[i])
             else:
                 gap = (t - ie.last if t > ie.last else 0) / 1000.0
                 for j in range(3):
                     ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
+                ie.tzsw = ie.tzsw * exp(-gap / I_TAU[2]) + (1.0 if tzs[i] != ie.tz else 0.0)
+                if t >= ie.last:
+                    ie.tz = tzs[i]
                 if t > ie.last:
                     ie.last = t
             row[13] = ie.c[0]
@@ -570,6 +582,7 @@ cdef class EmbeddedStore:
             elif -hk < IP_HOURS:
                 ie.hmask |= (<uint32_t>1) << (-hk)
             row[16] = __builtin_popcount(ie.hmask)
+            row[37] = ie.tzsw
             for w in range(2):
                 win = HOUR_MS if w == 0 else DAY_MS
                 b = _floordiv(t, win)

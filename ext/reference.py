@@ -186,7 +186,8 @@ class ReferenceStore:
         return len(self.users) + len(self.sessions) + len(self.ips)
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray) -> np.ndarray:
+               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
+        """tz: the clicks' tz_offset_min (None: 0 for every click)."""
         n = len(ts)
         out = np.empty((n, RAW_WIDTH), dtype=np.float64)
         for i in range(n):
@@ -230,15 +231,22 @@ class ReferenceStore:
             # ip
             ni = len(IP_TAUS)
             ent = self._get(self.ips, int(ih[i]))
+            z = 0 if tz is None else int(tz[i])
             if ent is None or t - ent[0][ni] > IP_TTL_MS:
                 if ent is None:
                     self._room(self.ips)
-                # counts..., last, active-hours mask
-                ent = ([1.0] * ni + [float(t), 0.0], [_Hll(t // w) for w in HLL_WINDOWS_MS])
+                # counts..., last, active-hours mask, newest click's zone, zone switches
+                ent = ([1.0] * ni + [float(t), 0.0, float(z), 0.0],
+                       [_Hll(t // w) for w in HLL_WINDOWS_MS])
                 self.ips[int(ih[i])] = ent
             else:
                 c = ent[0]
-                _decay(c, IP_TAUS, max(t - int(c[ni]), 0) / 1000.0)
+                gap = max(t - int(c[ni]), 0) / 1000.0
+                _decay(c, IP_TAUS, gap)
+                c[ni + 3] = c[ni + 3] * math.exp(-gap / IP_TAUS[-1]) + (
+                    1.0 if z != int(c[ni + 2]) else 0.0)
+                if t >= int(c[ni]):
+                    c[ni + 2] = float(z)
                 c[ni] = float(max(int(c[ni]), t))
             # the hour HLLs' bucket is the hour of the IP's newest click so far
             mask = hours_mask(int(ent[0][ni + 1]), ent[1][0].bucket, t // _HOUR_MS)
@@ -247,6 +255,7 @@ class ReferenceStore:
             for j, w in enumerate(HLL_WINDOWS_MS):
                 idx, rank = int(hll[i, 2 * (j % 2)]), int(hll[i, 2 * (j % 2) + 1])
                 row += ent[1][j].add(t, w, idx, rank)
+            row.append(ent[0][ni + 3])
             out[i] = row
         return out
 

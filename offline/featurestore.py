@@ -8,7 +8,7 @@ Layout of a feature directory:
     part-00001.parquet
     ...
 
-Columns of every part: the 28 features, `f_` + their name (float32, in
+Columns of every part: the N_FEATURES features, `f_` + their name (float32, in
 slidr.featurespec.FEATURE_NAMES order; `f_logged_in` is the feature, `logged_in` the click's flag), then
 `ts` (int64 epoch ms), `tz_offset_min` (int16), `device` (uint8 code into contract.DEVICES),
 `logged_in` (bool), `session_hash` (uint64, the kernel's session key hash), `purchased` (bool),
@@ -47,7 +47,7 @@ DTYPES: dict[str, Any] = {"ts": np.int64, "tz_offset_min": np.int16, "device": n
                           "logged_in": bool, "session_hash": np.uint64, "purchased": bool,
                           "weak_label": np.int8, "day": np.int32, "cell": np.int16,
                           "stratum": np.int16, "is_robot": bool}
-FEATURES = "features"  # pseudo column: the (n, 28) float32 matrix
+FEATURES = "features"  # pseudo column: the (n, N_FEATURES) float32 matrix
 # The features' column names in a part ("f_" + the feature's name: some features share a name
 # with a per-click column, e.g. logged_in).
 FEATURE_COLUMNS: tuple[str, ...] = tuple("f_" + n for n in FEATURE_NAMES)
@@ -99,7 +99,7 @@ class FeatureStore:
     def iter_batches(self, columns: Sequence[str], days: Iterable[int] | None = None,
                      rows: np.ndarray | None = None, batch_rows: int = 262_144,
                      with_index: bool = False) -> Iterator[dict[str, np.ndarray]]:
-        """Dicts of numpy columns (FEATURES: the (n, 28) float32 matrix) of at most about
+        """Dicts of numpy columns (FEATURES: the (n, N_FEATURES) float32 matrix) of at most about
         `batch_rows` rows, in log order: every row, the rows of `days`, or the rows whose global
         index is in `rows` (sorted int64). with_index adds `_row`, each row's global index."""
         import pyarrow.parquet as pq

@@ -33,7 +33,7 @@ CHUNK_ROWS = 131_072
 class Replay:
     """Features and the per-click columns the offline pipeline needs, all in log order."""
 
-    features: np.ndarray  # float32 (n, 28)
+    features: np.ndarray  # float32 (n, N_FEATURES)
     ts: np.ndarray  # int64 epoch ms
     tz_offset_min: np.ndarray  # int16
     device: np.ndarray  # uint8 codes into contract.DEVICES
@@ -245,7 +245,7 @@ class ReplayStream:
         try:
             for c in (_read_ahead(chunks()) if self.threads else chunks()):
                 n = c["n"]
-                ts, uh, sh, ih, hll = c["ts"], c["uh"], c["sh"], c["ih"], c["hll"]
+                ts, uh, sh, ih, hll, tz = c["ts"], c["uh"], c["sh"], c["ih"], c["hll"], c["tz"]
                 out = np.empty((n, N_FEATURES), dtype=np.float32)
                 spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
                 if pool is not None:
@@ -258,10 +258,11 @@ class ReplayStream:
 
                     def count(tables: int, raw: np.ndarray = raw, ts: np.ndarray = ts,
                               uh: np.ndarray = uh, sh: np.ndarray = sh, ih: np.ndarray = ih,
-                              hll: np.ndarray = hll, spans: list = spans) -> None:
+                              hll: np.ndarray = hll, tz: np.ndarray = tz,
+                              spans: list = spans) -> None:
                         for a, b in spans:
                             st.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b],
-                                             raw[a:b], tables)
+                                             raw[a:b], tables, tz[a:b])
 
                     ips = pool.submit(count, 4)
                     count(3)
@@ -282,7 +283,7 @@ class ReplayStream:
                     bar.update(n)
                 else:
                     for a, b in spans:
-                        raw = st.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b])
+                        raw = st.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], tz[a:b])
                         fin(raw, ts[a:b], c["tz"][a:b], c["li"][a:b], c["dev"][a:b],
                             out[a:b])
                         bar.update(b - a)

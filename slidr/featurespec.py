@@ -23,6 +23,12 @@ Counter algorithms (all per key, O(1) memory, logically expiring):
   mask by the hours passed and sets bit 0; an out-of-order click sets bit (anchor - its hour)
   when under 24. The count is the popcount: distinct UTC hours with a click in the 24 hours
   ending at the IP's newest click.
+- Time-zone switches behind an IP (spec 3): the IP keeps the client time zone (tz_offset_min)
+  of its newest click and a decayed count of its clicks whose zone differed from it:
+  sw <- sw * exp(-dt / IP_TAUS[2]) + [tz != newest zone], dt as for the click counts; the click
+  becomes the newest zone when its ts >= the IP's newest ts. A new (or expired) IP starts at
+  sw = 0. The feature is sw / the IP's day-decayed click count: the share of its recent clicks
+  that switched zone (a gateway's clients share a region; an emulator pool's do not).
 The embedded store (ext/_kernel.pyx), its reference twin (ext/reference.py) and the Redis
 Lua script (slidr/store_redis.lua) implement exactly this; parity tests hold them together.
 """
@@ -37,7 +43,7 @@ import numpy as np
 
 from slidr.contract import DEVICES
 
-SPEC_VERSION = 2
+SPEC_VERSION = 3
 
 # Decay time constants in seconds.
 USER_TAUS = (60.0, 600.0, 3600.0, 86400.0)
@@ -66,10 +72,11 @@ _RAW_USER = ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap")
 _RAW_SESSION = ("s_c60", "s_c3600", "s_gap", "s_age",
                 "s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2")
 _RAW_IP = (("i_c60", "i_c3600", "i_c86400", "i_hours")
-           + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac")))
+           + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac"))
+           + ("i_tzsw",))  # spec 3
 RAW_COLUMNS: tuple[str, ...] = _RAW_USER + _RAW_SESSION + _RAW_IP
-RAW_WIDTH = len(RAW_COLUMNS)  # 37
-# [start, end) of the raw columns of each key kind: users 0-4, sessions 5-12, IPs 13-36.
+RAW_WIDTH = len(RAW_COLUMNS)  # 38
+# [start, end) of the raw columns of each key kind: users 0-4, sessions 5-12, IPs 13-37.
 RAW_SPANS: dict[str, tuple[int, int]] = {
     "user": (0, len(_RAW_USER)),
     "session": (len(_RAW_USER), len(_RAW_USER) + len(_RAW_SESSION)),
@@ -95,9 +102,11 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("s_gap_logmean", "lg_mean"),  # mean ln gap in s; ln(GAP_CAP_S) before a second click
     ("s_gap_logsd", "lg_sd"),  # sqrt(M2 / n) over >= 2 gaps, else -1
     ("ip_hours_1d", "log1p"),
+    # spec 3: clients behind one IP that keep changing time zone (docs/features.md)
+    ("ip_tz_switch_1d", "ratio"),  # i_tzsw / i_c86400
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
-N_FEATURES = len(FEATURES)  # 28
+N_FEATURES = len(FEATURES)  # 29
 
 
 def spec_dict() -> dict:
@@ -111,6 +120,7 @@ def spec_dict() -> dict:
         "hll": {"p": HLL_P, "windows_ms": HLL_WINDOWS_MS, "kinds": HLL_KINDS},
         "gap_cap_s": GAP_CAP_S,
         "subsec_ms": SUBSEC_MS, "log_gap_floor_s": LOG_GAP_FLOOR_S, "ip_hours": IP_HOURS,
+        "ip_tz_switch": "decayed tau ip_taus_s[2], per ip_c86400",
         "hash": "fnv1a64+splitmix64 of utf-8, namespaces u/s/i",
         "devices": list(DEVICES),
     }
@@ -190,6 +200,9 @@ def finish(raw: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray, logged_in
         sd = np.sqrt(raw[:, r["s_lg_m2"]] / lg_n)
     out[:, 26] = np.where(lg_n >= 2, sd, -1.0)
     out[:, 27] = np.log1p(raw[:, r["i_hours"]])
+    c1d = raw[:, r["i_c86400"]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, 28] = np.where(c1d > 0, raw[:, r["i_tzsw"]] / c1d, 0.0)
     return out
 
 

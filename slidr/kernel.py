@@ -21,7 +21,9 @@ class Store(Protocol):
     name: str
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray) -> np.ndarray: ...
+               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray: ...
+    # tz: the clicks' tz_offset_min (spec 3's IP time-zone switches); None counts every click
+    # in zone 0 (tests and benches that do not look at that counter).
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -50,7 +52,7 @@ class FeatureKernel:
 
     def raw(self, batch: ClickBatch) -> np.ndarray:
         uh, sh, ih, hll = hash_keys(batch, self.use_native)
-        return self.store.update(batch.ts, uh, sh, ih, hll)
+        return self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min)
 
     def keys(self, batch: ClickBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(user, session, IP key hashes, HLL bytes): what a store's update() takes."""

@@ -133,7 +133,8 @@ def without_absent(plan: Plan, part: Part, absent: Sequence[int]) -> tuple[Part,
     return ok, missing
 
 
-_CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,))])
+_CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)),
+                         ("tz", "<i2")])
 
 
 def _dedup(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -183,6 +184,7 @@ class Plan:
     addrs: list[str]
     parts: list[Part] = field(default_factory=list)
     epoch: int = 0                 # topology epoch the plan was made with
+    tz: np.ndarray | None = None   # the clicks' tz_offset_min (int16; None: all 0)
 
     def stitch(self, rows: Sequence[np.ndarray], parts: Sequence[Part] | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
@@ -243,7 +245,7 @@ class Builder:
 
 def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray], hll: np.ndarray,
                slot_node: Callable[[int, np.ndarray], np.ndarray], addrs: list[str],
-               epoch: int = 0) -> Plan:
+               epoch: int = 0, tz: np.ndarray | None = None) -> Plan:
     """Split one batch: slot_node(kind, distinct key hashes) -> addr index of each key."""
     n = int(np.shape(ts)[0])
     keys: list[np.ndarray] = []
@@ -261,7 +263,8 @@ def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray], h
         pos.append(p)
         node.append(np.asarray(slot_node(k, uk), dtype=np.int64))
     plan = Plan(n, np.asarray(ts, dtype=np.float64), np.asarray(hll), tuple(keys), tuple(pos),
-                tuple(node), list(addrs), epoch=epoch)
+                tuple(node), list(addrs), epoch=epoch,
+                tz=np.zeros(n, np.int16) if tz is None else np.asarray(tz, dtype=np.int16))
     if n <= SMALL:
         plan.parts = build_parts_small(builder, plan)
     else:
@@ -272,7 +275,7 @@ def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray], h
 # Batches up to this size are split in plain Python (build_parts_small): on a few clicks the
 # ~60 numpy calls of build_parts cost more than the whole round trip.
 SMALL = 16
-_CLICK1 = struct.Struct("<d4B3I")
+_CLICK1 = struct.Struct("<d4B3Ih")
 
 
 def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
@@ -283,6 +286,7 @@ def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
     keys = [x.tolist() for x in plan.keys]
     ts = plan.ts.tolist()
     hll = [bytes(r) for r in np.asarray(plan.hll, dtype=np.uint8).reshape(n, 4)]
+    tz = [0] * n if plan.tz is None else plan.tz.tolist()
     parts: list[Part] = []
     for a in sorted(set(node[0]) | set(node[1]) | set(node[2])):
         loc: list[dict[int, int]] = []
@@ -300,7 +304,7 @@ def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
                 clicks.append(c)
                 for k in range(3):
                     on[k].append(li[k] > 0)
-                recs.append(_CLICK1.pack(ts[c], *hll[c], *li))
+                recs.append(_CLICK1.pack(ts[c], *hll[c], *li, tz[c]))
         addr = plan.addrs[a]
         parts.append(Part(addr, np.array(clicks, dtype=np.intp),
                           tuple(np.array(x, dtype=bool) for x in on),
@@ -324,6 +328,7 @@ def build_parts(builder: Builder, plan: Plan, active: Sequence[np.ndarray],
         rec = np.empty(clicks.shape[0], dtype=_CLICK_DTYPE)
         rec["ts"] = plan.ts[clicks]
         rec["hll"] = plan.hll[clicks]
+        rec["tz"] = 0 if plan.tz is None else plan.tz[clicks]
         nkeys = []
         for k in range(3):
             loc = np.cumsum(sel[k])  # 1-based position among this node's keys of the kind

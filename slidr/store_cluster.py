@@ -87,13 +87,13 @@ class Router:
         return out
 
     def plan(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-             hll: np.ndarray) -> Plan:
+             hll: np.ndarray, tz: np.ndarray | None = None) -> Plan:
         topo = self.topo
 
         def slot_node(k: int, keys: np.ndarray) -> np.ndarray:
             return topo.owner[rt.key_slots(self.heads[k], keys)]
         return plan_batch(self.builder, ts, (uh, sh, ih), hll, slot_node, topo.addrs(),
-                          self.epoch)
+                          self.epoch, tz)
 
     def key_name(self, kind: int, h: int) -> bytes:
         return self.heads[kind] + int(h).to_bytes(8, "big")
@@ -263,12 +263,12 @@ class RedisClusterStore(RedisStore):
 
     # ------------------------------------------------------------------ daemon interface
     def request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                hll: np.ndarray) -> Any:
+                hll: np.ndarray, tz: np.ndarray | None = None) -> Any:
         """The batch's Plan (per-node requests); slidrd/cluster_link.py sends it."""
-        return self.router.plan(ts, uh, sh, ih, hll)
+        return self.router.plan(ts, uh, sh, ih, hll, tz)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, 37)."""
+        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, 38)."""
         if isinstance(resp, ClusterReply):
             rows = [super(RedisClusterStore, self).parse_reply(r, p.n)
                     for p, r in zip(resp.parts, resp.replies, strict=True)]
@@ -377,19 +377,20 @@ class RedisClusterStore(RedisStore):
         return out
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray) -> np.ndarray:
+               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
         with self._lock:
-            return self._update(ts, uh, sh, ih, hll)
+            return self._update(ts, uh, sh, ih, hll, tz)
 
     def _update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                hll: np.ndarray) -> np.ndarray:
+                hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
         n = int(np.shape(ts)[0])
-        if not (len(uh) == len(sh) == len(ih) == len(hll) == n):
-            raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
+        if not (len(uh) == len(sh) == len(ih) == len(hll) == n) or (
+                tz is not None and len(tz) != n):
+            raise ValueError("update: ts, uh, sh, ih, hll and tz must have the same length")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
         t0 = time.monotonic()
-        plan = self.router.plan(ts, uh, sh, ih, hll)
+        plan = self.router.plan(ts, uh, sh, ih, hll, tz)
         parts = plan.parts
         replies, errs = self._run(parts)
         done, failed = _sort_out(plan, parts, replies, errs)

@@ -4,19 +4,21 @@
 --
 -- KEYS: the batch's distinct state keys, users first, then sessions, then IPs (the client
 --       deduplicates, so each key is named, read and written once per batch).
--- ARGV[1]: n * 24 bytes, per click "<dBBBBI4I4I4": ts (epoch ms), session HLL register,
---          session rank, user HLL register, user rank, and the 1-based positions of the
+-- ARGV[1]: n * 26 bytes, per click "<dBBBBI4I4I4h": ts (epoch ms), session HLL register,
+--          session rank, user HLL register, user rank, the 1-based positions of the
 --          click's user key among the users, its session among the sessions and its IP among
---          the IPs.
+--          the IPs, and the click's client time zone (tz_offset_min).
 -- ARGV[2], ARGV[3], ARGV[4]: physical TTL in ms of user, session and IP keys (the logical TTL
 --          plus the client's slack).
 -- ARGV[5], ARGV[6]: the number of user keys and of session keys in KEYS (the rest are IPs).
--- Returns n bulk strings, one per click: the click's raw counters in 216 bytes (see ROW
+-- Returns n bulk strings, one per click: the click's raw counters in 224 bytes (see ROW
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
 -- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddddddd" c60 c3600 last
 -- first subsec lg_n lg_mean lg_m2; ip "<dddddd" c60 c3600 c86400 last bucket_1h bucket_1d,
--- then 4 x "<dddd" z v pz pv, then "<dd" hours_mask hours, then 4 x 32 one-byte HLL registers.
+-- then 4 x "<dddd" z v pz pv, then "<dd" hours_mask hours, then "<dd" the newest click's time
+-- zone and the decayed count of time-zone switches (spec 3), then 4 x 32 one-byte HLL
+-- registers. An IP blob of another size (written by an older spec) starts afresh.
 -- Constants below are filled in from slidr.featurespec when the script is loaded.
 --
 -- Speed (the script is most of the store's cost): every key is decoded once into a Lua table,
@@ -45,14 +47,15 @@ local blob = ARGV[1]
 local upx, spx, ipx = ARGV[2], ARGV[3], ARGV[4]
 local nu, ns = tonumber(ARGV[5]), tonumber(ARGV[6])
 local nk = #KEYS
-local n = #blob / 24
+local n = #blob / 26
 
--- IP blob: 24 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
+-- IP blob: 26 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
 -- far cheaper per byte than struct items).
-local IFMT = '<dddddddddddddddddddddddd'
+local IFMT = '<dddddddddddddddddddddddddd'
 local SFMT = '<dddddddd'
-local RO = 24 * 8  -- the registers' offset in the blob
+local RO = 26 * 8  -- the registers' offset in the blob
 local NR = 4 * M
+local IBYTES = RO + NR
 local function new_regs() return {__ZERO_REGS__} end
 
 -- An IP's registers are read straight from its stored blob (RS[ii], one string.byte per
@@ -148,7 +151,7 @@ do
       elseif k <= ss then
         if raw then S[k - su] = {sunpack(SFMT, raw)} else S[k - su] = {0, 0, NEVER, 0} end
       else
-        if raw then
+        if raw and #raw == IBYTES then
           P[k - ss], R[k - ss], RS[k - ss] = {sunpack(IFMT, raw)}, false, raw
         else
           P[k - ss], R[k - ss] = {0, 0, 0, NEVER}, false
@@ -167,20 +170,22 @@ do
   local full = {}
   for q = 1, 4 * M do full[q] = 255 end
   U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0, 0, 0, 0, 0}, full
-  P[0] = {0, 0, 0, LATER, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0}
+  P[0] = {0, 0, 0, LATER, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0,
+          0, 0}
 end
 
 local out = {}
 local pos = 1
--- Row of one click (27 doubles, 216 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
+-- Row of one click (28 doubles, 224 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
 -- ip c60 c3600 c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d, the register counts v, pv
 -- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits) with the
--- IP's active hours (0..24) in bits 48..52, then s subsec lg_n lg_mean lg_m2. Fewer struct
+-- IP's active hours (0..24) in bits 48..52, then s subsec lg_n lg_mean lg_m2, then the IP's
+-- time-zone switches (spec 3). Fewer struct
 -- items: struct.pack costs about 25 ns per item. The client expands the row to RAW.
-local ROW = '<ddddddddddddddddddddddddddd'
+local ROW = '<dddddddddddddddddddddddddddd'
 for i = 1, n do
-  local t, sreg, srank, ureg, urank, ui, si, ii
-  t, sreg, srank, ureg, urank, ui, si, ii, pos = sunpack('<dBBBBI4I4I4', blob, pos)
+  local t, sreg, srank, ureg, urank, ui, si, ii, z
+  t, sreg, srank, ureg, urank, ui, si, ii, z, pos = sunpack('<dBBBBI4I4I4h', blob, pos)
 
   -- user: c[1..4], last = [5]
   local u = U[ui]
@@ -233,23 +238,31 @@ for i = 1, n do
 
   -- ip: c[1..3], last = [4], buckets [5] (1 h) [6] (1 d), HLL j (z, v, pz, pv) at
   -- [7+4j .. 10+4j], j = 0 sessions 1 h, 1 users 1 h, 2 sessions 1 d, 3 users 1 d;
-  -- registers of HLL j at regs[32j + 1 .. 32j + 32]
+  -- registers of HLL j at regs[32j + 1 .. 32j + 32]; the newest click's time zone [25] and
+  -- the decayed count of clicks whose zone differed from it [26] (tau I_TAU3)
   local p = P[ii]
   d = t - p[4]
   if d > I_TTL then
     p = {1.0, 1.0, 1.0, t, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
-         M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0}
+         M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0, z, 0.0}
     P[ii] = p
     R[ii] = new_regs()
   else
+    local sw = 0.0
+    if z ~= p[25] then sw = 1.0 end
     if d > 0 then
       local g = d / 1000.0
       p[1] = p[1] * exp(-g / I_TAU1) + 1.0
       p[2] = p[2] * exp(-g / I_TAU2) + 1.0
-      p[3] = p[3] * exp(-g / I_TAU3) + 1.0
+      local f3 = exp(-g / I_TAU3)
+      p[3] = p[3] * f3 + 1.0
+      p[26] = p[26] * f3 + sw
       p[4] = t
+      p[25] = z
     else
       p[1], p[2], p[3] = p[1] + 1.0, p[2] + 1.0, p[3] + 1.0
+      p[26] = p[26] + sw
+      if d == 0 then p[25] = z end
     end
   end
 
@@ -279,7 +292,7 @@ for i = 1, n do
                  hfrac, dfrac,
                  (((((((p[24] * 64 + p[22]) * 64 + p[20]) * 64 + p[18]) * 64 + p[16]) * 64
                    + p[14]) * 64 + p[12]) * 64 + p[10]) * 64 + p[8],
-                 s[5], s[6], s[7], s[8])
+                 s[5], s[6], s[7], s[8], p[26])
 end
 
 -- Write each key once, with a physical TTL past its logical one.
@@ -296,7 +309,7 @@ do
   local o = nu + ns
   for k = 1, nk - o do
     local regs = R[k]
-    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 24))
+    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 26))
          .. (regs and schar(unpack(regs, 1, NR)) or RS[k]:sub(RO + 1, RO + NR)), 'PX', ipx)
   end
 end

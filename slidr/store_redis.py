@@ -51,25 +51,27 @@ def script_source(mget_chunk: int = 1000) -> str:
     # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.
     assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2
     assert len(fs.USER_TAUS) == 4 and len(fs.SESSION_TAUS) == 2 and len(fs.IP_TAUS) == 3
-    assert fs.RAW_WIDTH == 37
+    assert fs.RAW_WIDTH == 38
     for k, v in subs.items():
         src = src.replace(k, v)
     return src
 
 
-# One record per click in ARGV[1]: ts, the 4 HLL bytes, and the 1-based positions of the click's
-# user, session and IP among the batch's distinct keys of that kind (see store_redis.lua).
-_CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,))])
-assert _CLICK_DTYPE.itemsize == 24
-_CLICK1 = struct.Struct("<d4B3I")
-assert _CLICK1.size == 24
+# One record per click in ARGV[1]: ts, the 4 HLL bytes, the 1-based positions of the click's
+# user, session and IP among the batch's distinct keys of that kind, and its tz_offset_min
+# (see store_redis.lua).
+_CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)),
+                         ("tz", "<i2")])
+assert _CLICK_DTYPE.itemsize == 26
+_CLICK1 = struct.Struct("<d4B3Ih")
+assert _CLICK1.size == 26
 
 
-# One reply row per click (store_redis.lua ROW): 27 doubles; the two bucket fractions come once
+# One reply row per click (store_redis.lua ROW): 28 doubles; the two bucket fractions come once
 # each, the 8 HLL register counts v, pv (0..32) and the IP's active hours (0..24) as 6-bit
-# fields of double 22 (exact), the session's gap shape in the last four.
-# _D_SRC/_D_DST and _B_DST map them onto the 37 RAW columns.
-_ROW_DOUBLES = 27
+# fields of double 22 (exact), the session's gap shape in the next four, the IP's time-zone
+# switches last. _D_SRC/_D_DST and _B_DST map them onto the 38 RAW columns.
+_ROW_DOUBLES = 28
 _ROW_BYTES = _ROW_DOUBLES * 8
 _PACKED = 22
 _SHIFTS = np.arange(0, 54, 6, dtype=np.int64)
@@ -80,9 +82,9 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     names = ["u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap", "s_c60", "s_c3600", "s_gap",
              "s_age", "i_c60", "i_c3600", "i_c86400"]
     names += [f"h{j}_{f}" for j in range(4) for f in ("z", "pz")]
-    src = list(range(len(names))) + [20, 20, 21, 21] + [23, 24, 25, 26]
+    src = list(range(len(names))) + [20, 20, 21, 21] + [23, 24, 25, 26, 27]
     dst = [r[x] for x in names] + [r["h0_frac"], r["h1_frac"], r["h2_frac"], r["h3_frac"]]
-    dst += [r["s_subsec"], r["s_lg_n"], r["s_lg_mean"], r["s_lg_m2"]]
+    dst += [r["s_subsec"], r["s_lg_n"], r["s_lg_mean"], r["s_lg_m2"], r["i_tzsw"]]
     bdst = [r[f"h{j}_{f}"] for j in range(4) for f in ("v", "pv")] + [r["i_hours"]]
     assert sorted(dst + bdst) == list(range(fs.RAW_WIDTH))
     return np.array(src), np.array(dst), np.array(bdst)
@@ -192,20 +194,21 @@ class RedisStore:
         return self._src, self._sha
 
     def request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                hll: np.ndarray) -> bytes:
+                hll: np.ndarray, tz: np.ndarray | None = None) -> bytes:
         """The whole EVALSHA command as one RESP buffer (see store_redis.lua for the layout).
 
         With `parse_reply` this lets another client (slidrd's pipelined asyncio link) do the
         round trip itself: update() == parse_reply(<reply to request(...)>, n).
         Built in C by the native kernel when it is there (a few microseconds instead of ~25 of
-        numpy calls on small arrays); request_numpy is the reference, byte for byte."""
+        numpy calls on small arrays); request_numpy is the reference, byte for byte.
+        tz: the clicks' tz_offset_min (None: 0 for every click)."""
         if _native_request is not None and int(np.shape(ts)[0]) > 0:
             return _native_request(ts, uh, sh, ih, hll, self._rec_head, self._cmd_head,
-                                   self._argv_px)
-        return self.request_numpy(ts, uh, sh, ih, hll)
+                                   self._argv_px, tz)
+        return self.request_numpy(ts, uh, sh, ih, hll, tz)
 
     def request_numpy(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                      hll: np.ndarray) -> bytes:
+                      hll: np.ndarray, tz: np.ndarray | None = None) -> bytes:
         """request() with numpy: the reference for the native builder."""
         n = ts.shape[0]
         if n == 1:
@@ -216,12 +219,13 @@ class RedisStore:
             recs = b"".join((head, b"u", int(uh[0]).to_bytes(8, "big"), b"\r\n",
                              head, b"s", int(sh[0]).to_bytes(8, "big"), b"\r\n",
                              head, b"i", int(ih[0]).to_bytes(8, "big"), b"\r\n"))
-            click = _CLICK1.pack(float(ts[0]), *h, 1, 1, 1)
+            click = _CLICK1.pack(float(ts[0]), *h, 1, 1, 1, 0 if tz is None else int(tz[0]))
             return b"".join((b"*12", self._cmd_head, resp_bulk(b"3"), recs, resp_bulk(click),
                              self._argv_px, _ONE_ONE))
         clicks = np.empty(n, dtype=_CLICK_DTYPE)
         clicks["ts"] = ts
         clicks["hll"] = hll
+        clicks["tz"] = 0 if tz is None else tz
         idx = clicks["idx"]
         uk = _dedup(uh, idx[:, 0])
         sk = _dedup(sh, idx[:, 1])
@@ -241,13 +245,14 @@ class RedisStore:
                          resp_bulk(b"%d" % nu), resp_bulk(b"%d" % ns)))
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray) -> np.ndarray:
+               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
         n = int(np.shape(ts)[0])
-        if not (len(uh) == len(sh) == len(ih) == len(hll) == n):
-            raise ValueError("update: ts, uh, sh, ih and hll must have the same length")
+        if not (len(uh) == len(sh) == len(ih) == len(hll) == n) or (
+                tz is not None and len(tz) != n):
+            raise ValueError("update: ts, uh, sh, ih, hll and tz must have the same length")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
-        req = self.request(ts, uh, sh, ih, hll)
+        req = self.request(ts, uh, sh, ih, hll, tz)
         try:
             # A connection of our own (redis-py's pool get/release costs more per call than
             # building the whole request); list pop/append are atomic, so threads can share
@@ -276,7 +281,7 @@ class RedisStore:
         return self.parse_reply(resp, n)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 37)."""
+        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 38)."""
         if not isinstance(resp, list):
             raise RuntimeError(f"redis store: unexpected reply {type(resp).__name__}")
         if _native_expand is not None:

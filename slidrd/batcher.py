@@ -348,7 +348,7 @@ class Batcher:
                     self._fail_open(valid, "store_down", model.version, clicks)
                 else:
                     uh, sh, ih, hll = self.kernel.keys(batch)
-                    req = self.store.request(batch.ts, uh, sh, ih, hll)
+                    req = self.store.request(batch.ts, uh, sh, ih, hll, batch.tz_offset_min)
                     st = _InFlight(valid, clicks, batch, model, t0, n_late)
                     try:
                         self.link.send(req, lambda r, e: self._on_reply(st, r, e))

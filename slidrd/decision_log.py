@@ -64,7 +64,7 @@ class DecisionLog:
     # ---- called on the event loop (cheap)
     def submit(self, clicks: list[Any], features: np.ndarray | None, decisions: list[Any],
                model: str) -> None:
-        """One batch: the clicks, (n, 28) features or None (fail-open), decision dicts."""
+        """One batch: the clicks, (n, N_FEATURES) features or None (fail-open), decision dicts."""
         if len(self.q) >= self.max_queued:
             self.dropped += len(decisions)
             return
@@ -151,7 +151,7 @@ class DecisionLog:
             self._open()
         pack = packer.pack
         if features is not None and self.with_features:
-            # float32 bytes: exact, and a third of a list of 28 floats.
+            # float32 bytes: exact, and a third of a list of N_FEATURES floats.
             f32 = np.ascontiguousarray(features, dtype="<f4")
             chunks = [pack([wall, model, clicks[i], d, f32[i].tobytes()])
                       for i, d in enumerate(decisions)]

@@ -27,7 +27,9 @@ def _stream(n: int, seed: int, users: int = 40, ips: int = 15):
     i = rng.integers(0, ips, n)
     h = native.hash_keys([f"user{x}" for x in u], [f"sess{x}" for x in s],
                          [f"10.0.0.{x}" for x in i])
-    return ts, h
+    # the clicks' time zones ride along as update()'s last argument
+    tz = rng.choice(np.array([0, 60, -300, 330], np.int16), n)
+    return ts, (*h, tz)
 
 
 def _feed(store, ts, h, batch: int):

@@ -43,17 +43,23 @@ def streams(draw, max_clicks: int = 120):
     ips = draw(st.lists(pool, min_size=n, max_size=n))
     logged = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, n - 1)), max_size=6))))
-    return ts, users, sessions, ips, logged, cuts
+    tz = draw(st.lists(st.sampled_from(TZS), min_size=n, max_size=n))
+    return ts, users, sessions, ips, logged, cuts, tz
 
 
-def _batch(ts, users, sessions, ips, logged) -> ClickBatch:
+# Client time zones (tz_offset_min), the extremes included.
+TZS = [0, 0, 60, -300, 330, -720, 840]
+
+
+def _batch(ts, users, sessions, ips, logged, tz=None) -> ClickBatch:
     sess = [f"sess-{s}" for s in sessions]
     ukeys = [f"u\x00user-{u}" if li else "s\x00" + s for u, s, li in zip(users, sess, logged,
                                                                         strict=True)]
     n = len(ts)
     return ClickBatch(ts=np.asarray(ts, dtype=np.int64), user_key=ukeys, session_id=sess,
                       ip=[f"10.0.0.{i}" for i in ips], device=np.zeros(n, np.uint8),
-                      logged_in=np.asarray(logged, np.uint8), tz_offset_min=np.zeros(n, np.int16))
+                      logged_in=np.asarray(logged, np.uint8),
+                      tz_offset_min=np.asarray(tz if tz is not None else [0] * n, np.int16))
 
 
 def _raw_in_batches(store, mod, b: ClickBatch, cuts) -> np.ndarray:
@@ -63,15 +69,16 @@ def _raw_in_batches(store, mod, b: ClickBatch, cuts) -> np.ndarray:
         if z <= a:
             continue
         s = b.slice(a, z)
-        parts.append(store.update(s.ts, *mod.hash_keys(s.user_key, s.session_id, s.ip)))
+        parts.append(store.update(s.ts, *mod.hash_keys(s.user_key, s.session_id, s.ip),
+                                  s.tz_offset_min))
     return np.concatenate(parts)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_raw_counters_identical(stream):
-    ts, users, sessions, ips, logged, cuts = stream
-    b = _batch(ts, users, sessions, ips, logged)
+    ts, users, sessions, ips, logged, cuts, tz = stream
+    b = _batch(ts, users, sessions, ips, logged, tz)
     ref = _raw_in_batches(reference.ReferenceStore(), reference, b, cuts)
     # A tiny sweep period and no grace beyond the biggest jitter exercise physical expiry too.
     nat = _raw_in_batches(native.EmbeddedStore(capacity_hint=0, sweep_every=1,
@@ -366,8 +373,51 @@ def test_ip_hours_across_twenty_hours_and_a_day_boundary():
     np.testing.assert_allclose(feat[:, _feat("ip_hours_1d")], np.log1p(want), rtol=1e-6)
 
 
-def test_spec_version_two_names_the_new_features():
-    assert fs.SPEC_VERSION == 2
-    assert fs.FEATURE_NAMES[-4:] == ("s_subsec_gaps", "s_gap_logmean", "s_gap_logsd",
-                                     "ip_hours_1d")
-    assert fs.RAW_WIDTH == 37 and fs.N_FEATURES == 28
+def test_spec_version_three_names_the_new_features():
+    assert fs.SPEC_VERSION == 3
+    assert fs.FEATURE_NAMES[-5:] == ("s_subsec_gaps", "s_gap_logmean", "s_gap_logsd",
+                                     "ip_hours_1d", "ip_tz_switch_1d")
+    assert fs.RAW_WIDTH == 38 and fs.N_FEATURES == 29
+    assert fs.RAW_SPANS["ip"] == (13, 38)
+
+
+# ---------------------------------------------------------------- spec 3: IP time-zone switches
+
+def test_ip_tz_switches_decay_and_follow_the_newest_click():
+    r = fs.RAW_INDEX
+    tau = fs.IP_TAUS[-1]
+    # one IP: zones 60, 60, -300 (switch), -300, 60 (switch) a minute apart; then a late click
+    # (older than the newest) in zone 330 counts a switch but leaves the newest zone at 60;
+    # then 60 again at the newest ts (no switch); then after the IP's TTL: a new IP
+    ts = [T0 + 60_000 * k for k in range(5)] + [T0 + 200_000, T0 + 240_000,
+                                                T0 + 240_000 + fs.IP_TTL_MS + 1]
+    tz = [60, 60, -300, -300, 60, 330, 60, -300]
+    n = len(ts)
+    b = _batch(np.asarray(ts, dtype=np.int64), [0] * n, list(range(n)), [4] * n, [False] * n,
+               tz)
+    ref = reference.ReferenceStore().update(b.ts, *reference.hash_keys(
+        b.user_key, b.session_id, b.ip), b.tz_offset_min)
+    nat = native.EmbeddedStore().update(b.ts, *native.hash_keys(b.user_key, b.session_id, b.ip),
+                                        b.tz_offset_min)
+    assert np.array_equal(ref, nat)
+    sw, want = 0.0, []
+    last_t, zone = ts[0], tz[0]
+    for k in range(n):
+        if k == 0 or k == n - 1:
+            sw, last_t, zone = 0.0, ts[k], tz[k]
+        else:
+            dt = max(ts[k] - last_t, 0) / 1000.0
+            sw = sw * np.exp(-dt / tau) + (1.0 if tz[k] != zone else 0.0)
+            if ts[k] >= last_t:
+                zone, last_t = tz[k], ts[k]
+        want.append(sw)
+    np.testing.assert_allclose(ref[:, r["i_tzsw"]], want, rtol=1e-12)
+    # the late click adds a switch (no decay: dt 0); the next, at the newest ts in its zone, none
+    assert ref[5, r["i_tzsw"]] == ref[4, r["i_tzsw"]] + 1.0
+    assert ref[6, r["i_tzsw"]] == ref[5, r["i_tzsw"]]
+    feat = fs.finish(ref, b.ts, b.tz_offset_min, b.logged_in, b.device)
+    np.testing.assert_allclose(feat[:, _feat("ip_tz_switch_1d")],
+                               ref[:, r["i_tzsw"]] / ref[:, r["i_c86400"]], rtol=1e-6)
+    assert feat[0, _feat("ip_tz_switch_1d")] == 0.0 and feat[-1, _feat("ip_tz_switch_1d")] == 0.0
+    np.testing.assert_array_equal(native.finish_into(ref, b.ts, b.tz_offset_min, b.logged_in,
+                                                     b.device), feat)

@@ -220,5 +220,8 @@ def test_native_request_is_byte_identical_to_numpy(size):
         uh, sh, ih, hll = native.hash_keys(users, sess, ips)
         ts = np.sort(rng.integers(T0, T0 + 86_400_000, size)).astype(np.int64)
         assert store.request(ts, uh, sh, ih, hll) == store.request_numpy(ts, uh, sh, ih, hll)
+        tz = rng.choice(np.array([0, 60, -300, 330, -720, 840], np.int16), size)
+        assert (store.request(ts, uh, sh, ih, hll, tz)
+                == store.request_numpy(ts, uh, sh, ih, hll, tz))
     with pytest.raises(ValueError, match="same length"):
         native.redis_request(ts[:-1] if size > 1 else ts[:0], uh, sh, ih, hll, b"", b"", b"")

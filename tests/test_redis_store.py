@@ -47,7 +47,9 @@ def streams(draw, max_clicks: int = 80):
     pool = st.integers(0, draw(st.integers(0, 5)))
     ids = [draw(st.lists(pool, min_size=n, max_size=n)) for _ in range(3)]
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, n - 1)), max_size=4))))
-    return ts, ids, cuts
+    tz = np.array(draw(st.lists(st.sampled_from([0, 60, -300, 330, -720, 840]), min_size=n,
+                                max_size=n)), dtype=np.int16)
+    return ts, ids, cuts, tz
 
 
 def _hashes(ids):
@@ -56,12 +58,13 @@ def _hashes(ids):
                             [f"2001:db8::{x}" for x in i])
 
 
-def _feed(store, ts, h, cuts):
+def _feed(store, ts, h, cuts, tz=None):
     edges = [0, *cuts, len(ts)]
     out = []
     for a, z in zip(edges[:-1], edges[1:], strict=True):
         if z > a:
-            out.append(store.update(ts[a:z], *(x[a:z] for x in h)))
+            out.append(store.update(ts[a:z], *(x[a:z] for x in h),
+                                    None if tz is None else tz[a:z]))
     return np.concatenate(out)
 
 
@@ -69,15 +72,15 @@ def _feed(store, ts, h, cuts):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(streams())
 def test_redis_equals_embedded_and_reference(shared_redis, stream):
-    ts, ids, cuts = stream
+    ts, ids, cuts, tz = stream
     h = _hashes(ids)
     rs = RedisStore(shared_redis.url, prefix=_prefix(), timeout_s=2.0)
     try:
-        got = _feed(rs, ts, h, cuts)
+        got = _feed(rs, ts, h, cuts, tz)
     finally:
         rs.close()
-    want = _feed(native.EmbeddedStore(), ts, h, cuts)
-    ref = _feed(reference.ReferenceStore(), ts, h, [])
+    want = _feed(native.EmbeddedStore(), ts, h, cuts, tz)
+    ref = _feed(reference.ReferenceStore(), ts, h, [], tz)
     assert got.dtype == np.float64 and got.shape == (len(ts), fs.RAW_WIDTH)
     bad = np.argwhere(got != want)
     assert bad.size == 0, (fs.RAW_COLUMNS[bad[0][1]], got[tuple(bad[0])], want[tuple(bad[0])])
@@ -324,15 +327,33 @@ def test_gap_shape_and_ip_hours_equal_embedded_across_batches(redis_server):
     n = len(ts)
     ids = ([0] * n, [k // 9 for k in range(n)], [k % 2 for k in range(n)])
     h = _hashes(ids)
+    tz = np.array([(0, 60, -300, 330)[k % 4 // 2 + k % 3] for k in range(n)], dtype=np.int16)
     for cuts in ([], list(range(1, n)), [3, 7, 20]):
         rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
-        got = _feed(rs, ts, h, cuts)
+        got = _feed(rs, ts, h, cuts, tz)
         rs.close()
-        want = _feed(native.EmbeddedStore(), ts, h, cuts)
+        want = _feed(native.EmbeddedStore(), ts, h, cuts, tz)
         assert np.array_equal(got, want), cuts
     r = fs.RAW_INDEX
     assert got[:7, r["s_subsec"]].tolist() == [0, 1, 2, 2, 2, 3, 4]
     assert got[:, r["i_hours"]].max() >= 10
+    assert got[:, r["i_tzsw"]].max() >= 2
     admin = redis.Redis.from_url(redis_server.url)
     sizes = {k[len(rs.prefix)]: admin.strlen(k) for k in admin.scan_iter(match=rs.prefix + b"*")}
-    assert sizes == {ord("u"): 40, ord("s"): 64, ord("i"): 24 * 8 + 4 * fs.HLL_M}
+    assert sizes == {ord("u"): 40, ord("s"): 64, ord("i"): 26 * 8 + 4 * fs.HLL_M}
+
+
+def test_an_ip_state_of_an_older_spec_starts_afresh(redis_server):
+    """A spec-2 IP blob (24 doubles + registers) left in Redis is not misread by the spec-3
+    script: the IP starts as new, as in a fresh embedded store."""
+    rs = RedisStore(redis_server.url, prefix="old:", timeout_s=2.0)
+    h = native.hash_keys(["u\x00alice"], ["s1"], ["198.51.100.7"])
+    admin = redis.Redis.from_url(redis_server.url)
+    ikey = b"old:i" + int(h[2][0]).to_bytes(8, "big")
+    admin.set(ikey, b"\x01" * (24 * 8 + 4 * fs.HLL_M))
+    tz = np.array([330], np.int16)
+    got = rs.update(np.array([T0], np.int64), *h, tz)
+    want = native.EmbeddedStore().update(np.array([T0], np.int64), *h, tz)
+    assert np.array_equal(got, want)
+    assert admin.strlen(ikey) == 26 * 8 + 4 * fs.HLL_M
+    rs.close()

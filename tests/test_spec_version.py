@@ -17,27 +17,66 @@ from slidr.registry import BundleError, Registry, spec_hash_of
 V1_SPEC_HASH = "baa9849e739ca0f3"
 V2_ONLY = ("subsec_ms", "log_gap_floor_s", "ip_hours")
 V2_RAW = ("s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2", "i_hours")
+# Version 2: 28 features, 37 raw columns (before the IP's time-zone switches).
+V2_SPEC_HASH = "3fbd597194bc8a81"
+V3_ONLY = ("ip_tz_switch",)
+V3_RAW = ("i_tzsw",)
+OLD_HASH = {1: V1_SPEC_HASH, 2: V2_SPEC_HASH}
+
+
+def old_spec(version: int = 1) -> dict:
+    """An older feature spec as a bundle built then carries it (feature_spec.json)."""
+    drop = V3_ONLY + (V2_ONLY if version == 1 else ())
+    drop_raw = V3_RAW + (V2_RAW if version == 1 else ())
+    d = {k: v for k, v in fs.spec_dict().items() if k not in drop}
+    d["version"] = version
+    d["features"] = d["features"][:24 if version == 1 else 28]
+    d["raw_columns"] = [c for c in d["raw_columns"] if c not in drop_raw]
+    d = json.loads(json.dumps(d))
+    assert spec_hash_of(d) == OLD_HASH[version]
+    return {**d, "spec_hash": OLD_HASH[version]}
 
 
 def v1_spec() -> dict:
-    """The feature spec version 1 as a bundle built then carries it (feature_spec.json)."""
-    d = {k: v for k, v in fs.spec_dict().items() if k not in V2_ONLY}
-    d["version"] = 1
-    d["features"] = d["features"][:24]
-    d["raw_columns"] = [c for c in d["raw_columns"] if c not in V2_RAW]
-    d = json.loads(json.dumps(d))
-    assert spec_hash_of(d) == V1_SPEC_HASH
-    return {**d, "spec_hash": V1_SPEC_HASH}
+    return old_spec(1)
 
 
-def v1_bundle_src(d: Path) -> Path:
+def v1_bundle_src(d: Path, version: int = 1) -> Path:
     src = make_bundle_src(d, seed=5)
-    (src / "feature_spec.json").write_text(json.dumps(v1_spec()))
+    (src / "feature_spec.json").write_text(json.dumps(old_spec(version)))
     return src
 
 
 def test_spec_version_and_hash_moved_on():
-    assert fs.SPEC_VERSION == 2 and fs.SPEC_HASH != V1_SPEC_HASH
+    assert fs.SPEC_VERSION == 3
+    assert fs.SPEC_HASH not in (V1_SPEC_HASH, V2_SPEC_HASH)
+
+
+@pytest.mark.parametrize("old", [1, 2])
+def test_registry_refuses_an_older_bundle_naming_both_versions(tmp_path, old):
+    reg = Registry(tmp_path / "reg")
+    reg.publish(v1_bundle_src(tmp_path / "s1", old), version="old", promote=True,
+                expected_spec_hash=OLD_HASH[old])
+    with pytest.raises(BundleError) as ei:
+        reg.current_verified()
+    msg = str(ei.value)
+    assert f"spec version {old}" in msg and f"spec version {fs.SPEC_VERSION}" in msg, msg
+    assert OLD_HASH[old] in msg and fs.SPEC_HASH in msg
+
+
+def test_daemon_refuses_a_version_2_bundle_and_keeps_serving(tmp_path):
+    reg = make_registry(tmp_path, ("cur",))
+    adm = tmp_path / "admin.sock"
+    with Daemon(reg, admin=adm) as d:
+        Registry(reg).publish(v1_bundle_src(tmp_path / "s-old", 2), version="old", promote=True,
+                              expected_spec_hash=V2_SPEC_HASH)
+        with Client(path=adm) as a:
+            with pytest.raises(RpcError) as ei:
+                a.call("reload")
+        text = ei.value.err[1]
+        assert "old" in text and "spec version 2" in text and "spec version 3" in text, text
+        with Client(d.port) as c:
+            assert c.call("score", click(2))["model"] == "cur"
 
 
 def test_registry_refuses_a_version_1_bundle_naming_both_versions(tmp_path):
@@ -66,7 +105,7 @@ def test_daemon_refuses_a_version_1_bundle_and_keeps_serving(tmp_path):
                 a.call("reload")
         code, text = ei.value.err[0], ei.value.err[1]
         assert code == ErrorCode.ADMIN_FAILED
-        assert "old" in text and "spec version 1" in text and "spec version 2" in text, text
+        assert "old" in text and "spec version 1" in text and "spec version 3" in text, text
         with Client(d.port) as c:
             assert c.call("info")["model"] == "cur"
             assert c.call("score", click(2))["model"] == "cur"
