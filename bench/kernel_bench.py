@@ -91,7 +91,7 @@ def throughput(store: Any, clicks: ClickBatch, batch: int, seconds: float,
         if pos == len(chunks):
             pos = 0
         uh, sh, ih, hll = hash_keys(b, use_native)
-        raw = store.update(b.ts, uh, sh, ih, hll)
+        raw = store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min)
         fin(raw, b.ts, b.tz_offset_min, b.logged_in, b.device)
         done += len(b)
         if (done // batch) % 16 == 0 and time.perf_counter() >= t_end:
@@ -112,7 +112,7 @@ def bytes_per_key_over_day(n: int = 400_000, samples: int = 24, seed: int = 1) -
     step = max(1, n // samples)
     for i in range(0, n, step):
         b = clicks.slice(i, i + step)
-        store.update(b.ts, *hash_keys(b))
+        store.update(b.ts, *hash_keys(b), b.tz_offset_min)
         vals.append(store.stats()["bytes_per_key"])
     st = store.stats()
     store.close()

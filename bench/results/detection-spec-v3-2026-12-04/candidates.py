@@ -7,7 +7,6 @@ import math
 import sys
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 
 A = sys.argv[1]
@@ -23,7 +22,7 @@ c["iptype"] = c.ip.map(lambda ip: KIND.get(ip.split(".")[0], "residential"))
 def distinct_tz(win_ms):
     """Distinct zones per IP over its current and previous tumbling bucket (click included)."""
     out, st = np.zeros(len(c), np.int32), {}
-    for i, (ip, b, tz) in enumerate(zip(c.ip.values, c.ts.values // win_ms, c.tz_offset_min.values)):
+    for i, (ip, b, tz) in enumerate(zip(c.ip.values, c.ts.values // win_ms, c.tz_offset_min.values, strict=True)):
         s = st.get(ip)
         if s is None or b - s[0] >= 2:
             s = [b, set(), set()]
@@ -38,7 +37,7 @@ def distinct_tz(win_ms):
 def switch_share(tau_s):
     """Decayed count of clicks whose zone differs from the IP's previous click / decayed clicks."""
     sw, cn, st = np.zeros(len(c)), np.zeros(len(c)), {}
-    for i, (ip, t, tz) in enumerate(zip(c.ip.values, c.ts.values, c.tz_offset_min.values)):
+    for i, (ip, t, tz) in enumerate(zip(c.ip.values, c.ts.values, c.tz_offset_min.values, strict=True)):
         s = st.get(ip) or [t, int(tz), 0.0, 0.0]
         f = math.exp(-max(t - s[0], 0) / 1000 / tau_s)
         s[2] = s[2] * f + (1.0 if int(tz) != s[1] else 0.0)

@@ -29,6 +29,9 @@ cols = {
     "tz_switch > 0": F["ip_tz_switch_1d"] > 0,
     "ip_hours >= 18": F["ip_hours_1d"] >= np.log1p(18) - 1e-6,
     "logsd in [0, 0.25)": (F["s_gap_logsd"] >= 0) & (F["s_gap_logsd"] < 0.25),
+    "logsd in [0, 0.25), mean gap 2-4.5 s": (F["s_gap_logsd"] >= 0) & (F["s_gap_logsd"] < 0.25)
+    & (F["s_gap_logmean"] >= np.log(2.0)) & (F["s_gap_logmean"] <= np.log(4.5)),
+    "gap 2.5-3.5 s": (F["s_gap_s"] >= np.log1p(2.5)) & (F["s_gap_s"] <= np.log1p(3.5)),
 }
 d9 = day == 9
 print("Day 9, all clicks: share of each family's clicks in the region\n")
@@ -42,10 +45,11 @@ for f in ["human", "ad_stacker", "injector", "mimic", "proxy_rotator", "crawler"
               + " |")
 new = np.isin(fam, ["ad_stacker", "injector", "mimic", "proxy_rotator"])
 print("\nDay 8, logged-out clicks: weak labels inside the regions\n")
-print("| region | clicks | mimic share | new families' share | label-1 share | label-1 share "
-      "without the new families |")
-print("|---|---:|---:|---:|---:|---:|")
+print("| region | clicks | mimic share | proxy_rotator share | new families' share | "
+      "label-1 share | label-1 share without the new families |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for k, m in {"all logged-out": np.ones_like(li), **cols}.items():
     m = m & (day == 8) & ~li
-    print(f"| {k} | {int(m.sum())} | {(fam[m] == 'mimic').mean():.3f} | {new[m].mean():.3f} | "
+    print(f"| {k} | {int(m.sum())} | {(fam[m] == 'mimic').mean():.3f} | "
+          f"{(fam[m] == 'proxy_rotator').mean():.3f} | {new[m].mean():.3f} | "
           f"{lab[m].mean():.4f} | {lab[m & ~new].mean():.4f} |")
