@@ -195,6 +195,8 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         sc = train.predict(model, x[nxt]).astype(np.float64)
         inv = _apply(sc, slices[nxt], th)
         pur, rob, f_n, r_n = rp.purchased[nxt], robot[nxt], fam[nxt], rule[nxt]
+        inv_o = sc > (metrics.threshold_for_fpr(sc, pur, cfg.fpr_budget) if pur.any()
+                      else np.inf)
         row: dict[str, Any] = {
             "trained_through_day": t, "scored_day": t + 1, "window_days": [lo, t],
             "clicks": int(nxt.size), "purchasing": int(pur.sum()),
@@ -204,7 +206,12 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
             "recall": float((inv & rob).sum() / max(rob.sum(), 1)),
             "rule_fpr": float(r_n[pur].mean()) if pur.any() else float("nan"),
             "in_sample_ratio": ratio,
-            "caught": {}, "rule_caught": {}, "family_clicks": {},
+            # Model quality without the calibration's noise: ROC-AUC against the truth, and
+            # recall at one global threshold set on the scored day's own purchasing clicks to
+            # spend exactly the budget (an oracle threshold, for comparing models).
+            "auc": metrics.roc_auc(sc, rob),
+            "oracle_recall": float((inv_o & rob).sum() / max(rob.sum(), 1)),
+            "caught": {}, "rule_caught": {}, "family_clicks": {}, "oracle_caught": {},
             "seconds": round(time.perf_counter() - t0, 1)}
         for f in families:
             m = f_n == f
@@ -212,6 +219,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
             if m.any():
                 row["caught"][f] = float(inv[m].mean())
                 row["rule_caught"][f] = float(r_n[m].mean())
+                row["oracle_caught"][f] = float(inv_o[m].mean())
         # How much of the new family the weak label calls non-human on the training window.
         rows.append(row)
         log(f"evaluate: trained through day {t}, scored day {t + 1}: FPR {row['fpr']:.4f} "
