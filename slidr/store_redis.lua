@@ -33,8 +33,8 @@
 -- SET ... KEEPTTL, which skips Redis's expire-dict delete + insert. The TTL last set covers the
 -- key until (end of the period of its "last") + logical TTL + slack, because the client's
 -- ARGV TTLs carry REF_* on top of logical TTL + slack; keys outlive their logical expiry by at
--- most slack + REF_*. Each write is still a SET (the cluster variant, slidr/redis_split.py,
--- skips the SETs of keys its node does not hold).
+-- most slack + REF_*. (The cluster variant, slidr/redis_split.py, skips every write to a key
+-- its node does not hold.)
 
 local U_TAU1, U_TAU2, U_TAU3, U_TAU4 = __USER_TAUS__
 local S_TAU1, S_TAU2 = __SESSION_TAUS__
@@ -321,12 +321,23 @@ do
     local v = spack(SFMT, s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8])
     if s[3] < RE[k] then call('SET', KEYS[k], v, 'KEEPTTL') else call('SET', KEYS[k], v, 'PX', spx) end
   end
+  -- An IP whose registers did not change (R false) and whose TTL is kept gets only its
+  -- counters rewritten in place (SETRANGE at 0 keeps the TTL and the register bytes): no
+  -- register string, no concatenation (Lua hashes every string it makes).
   local o = nu + ns
   for k = o + 1, nk do
     local regs, p = R[k - o], P[k - o]
-    local v = spack(IFMT, unpack(p, 1, 24))
-      .. (regs and schar(unpack(regs, 1, NR)) or RS[k - o]:sub(RO + 1, RO + NR))
-    if p[4] < RE[k] then call('SET', KEYS[k], v, 'KEEPTTL') else call('SET', KEYS[k], v, 'PX', ipx) end
+    if p[4] < RE[k] then
+      if regs then
+        call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 24)) .. schar(unpack(regs, 1, NR)),
+             'KEEPTTL')
+      else
+        call('SETRANGE', KEYS[k], 0, spack(IFMT, unpack(p, 1, 24)))
+      end
+    else
+      call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 24))
+           .. (regs and schar(unpack(regs, 1, NR)) or RS[k - o]:sub(RO + 1, RO + NR)), 'PX', ipx)
+    end
   end
 end
 -- One bulk string per click (Redis hashes every byte of every Lua string it creates, so a
