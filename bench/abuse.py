@@ -29,6 +29,15 @@ Scenarios (each starts its own daemon with the embedded store, default settings 
   generator on CPU 1. First, 60 s of the same load against the do-nothing echo server: the
   share of clicks it answers more than 4 ms after they were sent is the machine's floor.
   RSS against the cap, answers by kind, deadline fail-opens, evictions, the longest loop stall.
+* store_fill -- the embedded store in-process at its default cap, driven as the daemon's inline
+  batcher drives it (hashing, counting, finishing) with 10M distinct users, sessions and IPs
+  in batches of 16 stamped as a 20,000 clicks/s stream would be (a simulated clock: as fast as
+  the CPU allows); every batch timed (wall and thread CPU), each one over 5 ms listed with what
+  the store did in it (evictions, entries examined, index slots probed), minor page faults
+  and Python collections; the store's worst single-batch work.
+
+--clicks N sets the click count of the store scenarios (store, store_daemon, store_full,
+store_fill): a shorter run of the same shape.
 
 Prints one JSON object (and writes it to --out/abuse.json when given).
 """
@@ -49,7 +58,7 @@ from typing import Any
 import msgpack
 
 SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store", "store_daemon",
-             "store_full")
+             "store_full", "store_fill")
 
 
 def _rss_mib(pid: int) -> float:
@@ -474,6 +483,129 @@ def store(clicks: int = 10_000_000, batch: int = 512) -> dict[str, Any]:
             "batches_over_10ms": int(over_10ms)}
 
 
+def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0,
+               slow_ms: float = 5.0, jump_at: int = 0, jump_h: float = 72.0,
+               sweep_every: int = 0) -> dict[str, Any]:
+    """The embedded store at its default cap, driven in-process the way the daemon's inline
+    batcher drives it (FeatureKernel.features: hashing, counting, finishing) with `clicks`
+    distinct users, sessions and IPs in batches of `batch`, stamped as a `rate` clicks/s
+    stream would be (a simulated clock: it runs as fast as the CPU allows). Every batch is
+    timed (wall and thread CPU); each one over `slow_ms` is listed with what happened in it:
+    keys evicted, entries the store examined (sweep and eviction), minor page faults, Python
+    collections. With `jump_at` > 0 the clock jumps `jump_h` hours ahead at that click (traffic
+    back after a pause: every key held is then expired and the sweep frees them);
+    `sweep_every` > 0 overrides the store's sweep step (an A/B of the sweep's granularity)."""
+    import gc
+
+    import numpy as np
+    from slidr.slidrd.config import Config
+    from slidr.slidrd.server import make_store
+
+    from slidr.contract import ClickBatch
+    from slidr.kernel import FeatureKernel
+    cfg = Config(registry="unused")
+    if sweep_every > 0:
+        from slidr.slidrd.server import embedded_max_keys
+
+        from slidr.kernel import embedded_store
+        st = embedded_store(True, capacity_hint=cfg.embedded_capacity, sweep_every=sweep_every,
+                            max_keys=embedded_max_keys(cfg.embedded_max_mb))
+    else:
+        st = make_store(cfg)
+    k = FeatureKernel(st, use_native=True)
+    nb = -(-clicks // batch)
+    wall = np.zeros(nb, dtype=np.int64)
+    cpu = np.zeros(nb, dtype=np.int64)
+    gcs: list[tuple[int, int, int]] = []  # (start ns, duration ns, generation)
+    g0 = [0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            g0[0] = time.perf_counter_ns()
+        else:
+            gcs.append((g0[0], time.perf_counter_ns() - g0[0], int(info["generation"])))
+    gc.callbacks.append(on_gc)
+    work = getattr(st, "work", None)
+    slow: list[dict[str, Any]] = []
+    worst_work = [0, 0]
+    t0_ms = _now_ms() - 86_400_000
+    t1_ms = t0_ms + int(jump_h * 3_600_000)
+    dev = np.zeros(batch, dtype=np.uint8)
+    li = np.ones(batch, dtype=np.uint8)
+    tz = np.zeros(batch, dtype=np.int16)
+    rss0 = _rss_mib(os.getpid())
+    pc, tt, ru = time.perf_counter_ns, time.thread_time_ns, resource.getrusage
+    self_ = resource.RUSAGE_SELF
+    full_at = None
+    t_start = time.perf_counter()
+    try:
+        for j in range(nb):
+            s = j * batch
+            n = min(batch, clicks - s)
+            ids = [str(i) for i in range(s, s + n)]
+            if jump_at and s >= jump_at:
+                t0_ms = t1_ms
+            b = ClickBatch(ts=t0_ms + (np.arange(s, s + n, dtype=np.int64) * 1000) // int(rate),
+                           user_key=["u\x00" + x for x in ids], session_id=ids,
+                           ip=[f"{10 + (i >> 24)}.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+                               for i in range(s, s + n)],
+                           device=dev[:n], logged_in=li[:n], tz_offset_min=tz[:n])
+            ng = len(gcs)
+            ev = st.evicted
+            w0 = work() if work else None
+            f0 = ru(self_).ru_minflt
+            t, c = pc(), tt()
+            k.features(b)
+            dw, dc = pc() - t, tt() - c
+            wall[j] = dw
+            cpu[j] = dc
+            if w0 is not None:
+                w1 = work()
+                dwk = (w1[0] - w0[0], w1[1] - w0[1])
+                if dwk[0] > worst_work[0]:
+                    worst_work[0] = dwk[0]
+                if dwk[1] > worst_work[1]:
+                    worst_work[1] = dwk[1]
+            if full_at is None and st.evicted:
+                full_at = s
+            if dw > slow_ms * 1e6:
+                ent = {"batch": j, "click": s, "wall_ms": round(dw / 1e6, 2),
+                       "cpu_ms": round(dc / 1e6, 2), "evicted": st.evicted - ev,
+                       "minor_faults": ru(self_).ru_minflt - f0,
+                       "gc": [(g, round(d / 1e6, 2)) for (a, d, g) in gcs[ng:]]}
+                if w0 is not None:
+                    ent["examined"], ent["probes"] = dwk
+                slow.append(ent)
+    finally:
+        gc.callbacks.remove(on_gc)
+    took = time.perf_counter() - t_start
+    stats = st.stats()
+    st.close()
+    q = [50, 99, 99.9, 99.99]
+    wq = np.percentile(wall, q) / 1e6
+    cq = np.percentile(cpu, q) / 1e6
+    gd = np.array([d for (_, d, _) in gcs], dtype=np.int64)
+    return {"clicks": clicks, "batch": batch, "rate_per_s": rate, "seconds": round(took, 1),
+            "jump_at": jump_at, "jump_h": jump_h if jump_at else 0,
+            "sweep_every": sweep_every or "default",
+            "store": {k2: v for k2, v in stats.items() if k2 != "entry_bytes"},
+            "cap_reached_at_click": full_at,
+            "rss_start_mib": round(rss0, 1),
+            "peak_rss_mib": round(resource.getrusage(self_).ru_maxrss / 1024, 1),
+            "batch_wall_ms": {**{f"p{x}": round(float(v), 3) for x, v in zip(q, wq, strict=True)},
+                              "max": round(float(wall.max()) / 1e6, 3)},
+            "batch_cpu_ms": {**{f"p{x}": round(float(v), 3) for x, v in zip(q, cq, strict=True)},
+                             "max": round(float(cpu.max()) / 1e6, 3)},
+            "batches_over_ms": {str(x): int((wall > x * 1e6).sum()) for x in (1, 2, 5, 10, 50)},
+            "batches_cpu_over_ms": {str(x): int((cpu > x * 1e6).sum()) for x in (1, 2, 5, 10)},
+            "worst_batch_work": {"examined": worst_work[0], "probes": worst_work[1]}
+            if work else None,
+            "gc": {"collections": len(gcs),
+                   "by_generation": {str(g): sum(1 for x in gcs if x[2] == g) for g in (0, 1, 2)},
+                   "max_ms": round(float(gd.max()) / 1e6, 3) if gd.size else 0.0},
+            "slow_batches": slow[:200], "slow_batch_count": len(slow)}
+
+
 # ------------------------------------------------------------------ store through the daemon
 def _metric(text: str, name: str) -> float:
     tot = 0.0
@@ -756,8 +888,11 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
 
 
 # ------------------------------------------------------------------ main
-def run(names: list[str], quick: bool = False) -> dict[str, Any]:
+def run(names: list[str], quick: bool = False, clicks: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {"python": "python", "quick": quick}
+
+    def n(full: int, small: int) -> int:
+        return clicks if clicks > 0 else (small if quick else full)
     for name in names:
         t = time.monotonic()
         if name == "poison":
@@ -771,12 +906,13 @@ def run(names: list[str], quick: bool = False) -> dict[str, Any]:
         elif name == "trickle":
             out[name] = trickle(300 if quick else 5000, 6.0 if quick else 20.0)
         elif name == "store":
-            out[name] = store(200_000 if quick else 10_000_000)
+            out[name] = store(n(10_000_000, 200_000))
         elif name == "store_daemon":
-            out[name] = store_daemon(50_000 if quick else 600_000, 16 if quick else 64)
+            out[name] = store_daemon(n(600_000, 50_000), 16 if quick else 64)
         elif name == "store_full":
-            out[name] = store_full(100_000 if quick else 10_000_000,
-                                   echo_s=5.0 if quick else 60.0)
+            out[name] = store_full(n(10_000_000, 100_000), echo_s=5.0 if quick else 60.0)
+        elif name == "store_fill":
+            out[name] = store_fill(n(10_000_000, 200_000))
         else:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         out[name]["wall_s"] = round(time.monotonic() - t, 1)
@@ -789,10 +925,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {', '.join(SCENARIOS)}")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     p.add_argument("--out", default="", help="directory for abuse.json")
+    p.add_argument("--clicks", type=int, default=0,
+                   help="clicks of the store scenarios (0 = their default)")
 
 
 def main_args(args: argparse.Namespace) -> int:
-    res = run([s for s in args.scenarios.split(",") if s], args.quick)
+    res = run([s for s in args.scenarios.split(",") if s], args.quick, args.clicks)
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:
