@@ -740,6 +740,9 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
     counts: dict[str, Any] = {"model": 0, "fail_open": {}, "errors": 0, "error_kinds": {},
                               "late_sends": 0, "answered_over_4ms": 0,
                               "over_4ms_by_10s": {}}
+    # per 100 ms of the run (only those with something in them): clicks answered > 4 ms after
+    # sent, the longest answer time (s), the latest send (s behind its schedule)
+    fine: dict[int, list[float]] = {}
     done = [0]
     interval = per_req * conns / rate
     loop = asyncio.get_running_loop()
@@ -765,6 +768,12 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
             up.feed(data)
             for m in up:
                 got += 1
+                lat = now - sent_at.get(m[1], now)
+                if lat > 0.002:
+                    f = fine.setdefault(int((now - t_start) * 10), [0, 0.0, 0.0])
+                    f[1] = max(f[1], lat)
+                    if lat > 0.004 and isinstance(m[3], list):
+                        f[0] += len(m[3])
                 if now - sent_at.pop(m[1], now) > 0.004 and isinstance(m[3], list):
                     # answered more than the daemon's default deadline after it was sent
                     counts["answered_over_4ms"] += len(m[3])
@@ -796,6 +805,8 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
                 await asyncio.sleep(wait)
             elif wait < -0.005:
                 counts["late_sends"] += 1
+                f = fine.setdefault(int((loop.time() - t_start) * 10), [0, 0.0, 0.0])
+                f[2] = max(f[2], -wait)
             start = j * per_req
             sent_at[j] = loop.time()
             w.write(request(k, start, min(per_req, per - start), j))
@@ -814,7 +825,41 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
         x.result()
     counts["seconds"] = round(time.monotonic() - t, 1)
     counts["rate_per_s"] = round(per * conns / max(counts["seconds"], 1e-9))
+    counts["t_start"] = t_start
+    counts["by_100ms"] = fine
     return counts
+
+
+def _stalls(res: dict[str, Any], watches: dict[str, Any], top: int = 6) -> list[dict[str, Any]]:
+    """The `top` worst 100 ms of a run (most clicks answered > 4 ms late, then the longest
+    answer), each with what the daemon's and the generator's main threads and their CPUs did
+    from 300 ms before it to its end (bench/hiccup.py explain): on-CPU time close to the
+    window's length is the process's own work; run-queue wait, another task on its CPU;
+    steal, the hypervisor; none of them, the process was not asked to run (or blocked)."""
+    from slidr.bench.hiccup import explain
+    fine = res.pop("by_100ms", {})
+    t_start = res.pop("t_start", 0.0)
+    worst = sorted(fine.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:top]
+    out = []
+    for b, (late, lat, send_late) in sorted(worst):
+        t1 = t_start + (b + 1) / 10
+        t0 = t1 - 0.4
+        ent: dict[str, Any] = {"at_s": b / 10, "clicks_over_4ms": int(late),
+                               "longest_answer_ms": round(lat * 1000, 1),
+                               "latest_send_ms": round(send_late * 1000, 1)}
+        for name, w in watches.items():
+            ent[name] = explain(w, t0, t1)
+            if name == "daemon" and w.size:
+                # 20 ms slices: where in the window the daemon ran, waited or lost its CPU
+                sl = []
+                for k in range(20):
+                    e = explain(w, t0 + k * 0.02, t0 + (k + 1) * 0.02)
+                    sl.append((e.get("oncpu_ms", 0.0), e.get("runq_wait_ms", 0.0),
+                               e.get("steal_ms", 0.0), e.get("others_ms", 0.0),
+                               e.get("minflt", 0)))
+                ent["daemon_20ms_slices_oncpu_wait_steal_others_minflt"] = sl
+        out.append(ent)
+    return out
 
 
 def echo_floor(seconds: float, rate: float, per_req: int, pin: bool) -> dict[str, Any]:
@@ -830,6 +875,7 @@ def echo_floor(seconds: float, rate: float, per_req: int, pin: bool) -> dict[str
         e.stop()
     res["clicks"] = clicks
     res["answered_over_4ms_pct"] = round(100 * res["answered_over_4ms"] / max(clicks, 1), 4)
+    res["worst_100ms"] = _stalls(res, {})
     return res
 
 
@@ -840,6 +886,7 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
     import urllib.request
 
     from slidr.bench.daemon import DaemonRun
+    from slidr.bench.hiccup import ProcWatch
     from slidr.slidrd.config import Config
     cap = Config(registry="unused").embedded_max_mb
     pin = len(os.sched_getaffinity(0)) >= 2
@@ -864,7 +911,16 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
             wt.cancel()
             return res
         cpu0 = _cpu_s(d.proc.pid)
-        res = asyncio.run(main())
+        # who had each CPU when answers came late: the daemon's and this generator's main
+        # threads, sampled every 5 ms from a process of its own
+        watch = {"daemon": ProcWatch(d.proc.pid, 0 if pin else None, 0.005,
+                                     1 if pin else None).start(),
+                 "generator": ProcWatch(os.getpid(), 1 if pin else None, 0.005,
+                                        1 if pin else None).start()}
+        try:
+            res = asyncio.run(main())
+        finally:
+            samples_w = {k: w.stop() for k, w in watch.items()}
         cpu = _cpu_s(d.proc.pid) - cpu0
         text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
         res.update({"clicks": clicks, "offered_rate_per_s": rate, "clicks_per_request": per_req,
@@ -877,6 +933,9 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
                     "loop_lag_max_le_s": _max_bucket(text, "slidr_loop_lag_seconds"),
                     "loop_lag_over_s": _over(text, "slidr_loop_lag_seconds", (0.01, 0.05, 0.1,
                                                                               0.25)),
+                    "gc_pause_max_le_s": _max_bucket(text, "slidr_gc_pause_seconds"),
+                    "gc_pauses_over_s": _over(text, "slidr_gc_pause_seconds", (0.001, 0.01,
+                                                                               0.1)),
                     "daemon_alive": d.alive()})
     n = max(clicks, 1)
     res["deadline_fail_open_pct"] = round(100 * res["fail_open"].get("fail_open:deadline", 0)
@@ -884,6 +943,7 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
     res["store_down"] = res["fail_open"].get("fail_open:store_down", 0)
     res["answered_over_4ms_pct"] = round(100 * res["answered_over_4ms"] / n, 4)
     res["echo_floor"] = floor
+    res["worst_100ms"] = _stalls(res, samples_w)
     return res
 
 
