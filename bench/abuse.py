@@ -490,9 +490,9 @@ def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0
     batcher drives it (FeatureKernel.features: hashing, counting, finishing) with `clicks`
     distinct users, sessions and IPs in batches of `batch`, stamped as a `rate` clicks/s
     stream would be (a simulated clock: it runs as fast as the CPU allows). Every batch is
-    timed (wall and thread CPU); each one over `slow_ms` is listed with what happened in it:
-    keys evicted, entries the store examined (sweep and eviction), minor page faults, Python
-    collections. With `jump_at` > 0 the clock jumps `jump_h` hours ahead at that click (traffic
+    timed (wall and thread CPU); each one over `slow_ms` (or over 1 ms of CPU) is listed with
+    what happened in it: keys evicted, entries the store examined (sweep and eviction), index
+    slots probed, minor page faults, Python collections. With `jump_at` > 0 the clock jumps `jump_h` hours ahead at that click (traffic
     back after a pause: every key held is then expired and the sweep frees them);
     `sweep_every` > 0 overrides the store's sweep step (an A/B of the sweep's granularity)."""
     import gc
@@ -568,7 +568,7 @@ def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0
                     worst_work[1] = dwk[1]
             if full_at is None and st.evicted:
                 full_at = s
-            if dw > slow_ms * 1e6:
+            if dw > slow_ms * 1e6 or dc > 1e6:  # slow, or over 1 ms of CPU
                 ent = {"batch": j, "click": s, "wall_ms": round(dw / 1e6, 2),
                        "cpu_ms": round(dc / 1e6, 2), "evicted": st.evicted - ev,
                        "minor_faults": ru(self_).ru_minflt - f0,
@@ -604,6 +604,95 @@ def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0
                    "by_generation": {str(g): sum(1 for x in gcs if x[2] == g) for g in (0, 1, 2)},
                    "max_ms": round(float(gd.max()) / 1e6, 3) if gd.size else 0.0},
             "slow_batches": slow[:200], "slow_batch_count": len(slow)}
+
+
+def periodic_costs(reps: int = 200) -> dict[str, Any]:
+    """What each periodic task of slidrd costs the loop per run (median and max over `reps`,
+    ms; in-process, the daemon's own objects): the monitor's tick (every 0.5 s; a window
+    closing and judged), the registry watch (a stat every 0.5 s), the connection sweeper's
+    body (every <= 1 s; per 1,000 open connections), a /metrics scrape (render), and the
+    collector's young-generation passes with the daemon's thresholds and frozen start-up
+    objects."""
+    import gc
+    import statistics
+    import tempfile
+
+    from slidr.slidrd.metrics import Metrics
+    from slidr.slidrd.monitor import Monitor
+    from slidr.slidrd.server import _mtime
+
+    def timed(fn: Any) -> dict[str, float]:
+        xs = []
+        for _ in range(reps):
+            t = time.perf_counter_ns()
+            fn()
+            xs.append((time.perf_counter_ns() - t) / 1e6)
+        return {"median_ms": round(statistics.median(xs), 4), "max_ms": round(max(xs), 4)}
+
+    m = Metrics()
+    for i in range(50):
+        m.decisions[f"slice{i}"] += 1000
+        m.invalid[f"slice{i}"] += 10
+    for h in (*m.latency.values(), m.loop_lag, m.gc_pause):
+        for x in range(1000):
+            h.observe(x * 1e-5)
+    mon = Monitor(m, window_clicks=100, window_s=0.0)
+
+    def tick_closing() -> None:
+        for i in range(50):
+            m.decisions[f"slice{i}"] += 200
+        mon.tick()
+
+    class Conn:
+        inflight = 0
+        rest = b""
+        closing = False
+        paused_reading = False
+        write_paused = False
+        frame_t0 = 0.0
+        write_paused_since = 0.0
+
+        def __init__(self) -> None:
+            self.last_active = time.monotonic()
+
+    conns = {Conn() for _ in range(1000)}
+
+    def sweeper_body() -> None:
+        now = time.monotonic()
+        for c in list(conns):
+            if c.inflight == 0 and now - c.last_active > 60.0:
+                pass
+            elif c.rest and now - c.frame_t0 > 10.0 and not c.closing and not c.paused_reading:
+                pass
+            elif c.write_paused and now - c.write_paused_since > 10.0:
+                pass
+
+    reg = tempfile.mkdtemp(prefix="periodic")
+    out = {"monitor_tick_window_closing": timed(tick_closing),
+           "monitor_tick_idle": timed(lambda: Monitor(m).tick()),
+           "registry_stat": timed(lambda: _mtime(reg)),
+           "sweeper_per_1000_conns": timed(sweeper_body),
+           "metrics_render": timed(m.render)}
+    os.rmdir(reg)
+    gc.collect()
+    gc.freeze()
+    old = gc.get_threshold()
+    gc.set_threshold(20_000, 50, 1000)
+    try:
+        for gen in (0, 2):
+            xs = []
+            for _ in range(20):
+                live = [[i] for i in range(20_000)]  # a threshold's worth of containers
+                t = time.perf_counter_ns()
+                gc.collect(gen)
+                xs.append((time.perf_counter_ns() - t) / 1e6)
+                del live
+            out[f"gc_gen{gen}_20k_young"] = {"median_ms": round(statistics.median(xs), 4),
+                                             "max_ms": round(max(xs), 4)}
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+    return out
 
 
 # ------------------------------------------------------------------ store through the daemon
@@ -973,6 +1062,7 @@ def run(names: list[str], quick: bool = False, clicks: int = 0) -> dict[str, Any
             out[name] = store_full(n(10_000_000, 100_000), echo_s=5.0 if quick else 60.0)
         elif name == "store_fill":
             out[name] = store_fill(n(10_000_000, 200_000))
+            out[name]["periodic_tasks"] = periodic_costs()
         else:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         out[name]["wall_s"] = round(time.monotonic() - t, 1)
