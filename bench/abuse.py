@@ -498,6 +498,7 @@ def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0
     import gc
 
     import numpy as np
+    from slidr.bench.hiccup import ProcWatch, explain
     from slidr.slidrd.config import Config
     from slidr.slidrd.server import make_store
 
@@ -537,6 +538,14 @@ def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0
     pc, tt, ru = time.perf_counter_ns, time.thread_time_ns, resource.getrusage
     self_ = resource.RUSAGE_SELF
     full_at = None
+    spans: list[tuple[float, float]] = []
+    # pinned to one CPU, watched from the other: steal and run-queue wait around slow batches
+    old_cpus = os.sched_getaffinity(0)
+    mine = max(old_cpus) if len(old_cpus) >= 2 else None
+    if mine is not None:
+        os.sched_setaffinity(0, {mine})
+    watch = ProcWatch(os.getpid(), mine, 0.005,
+                      min(old_cpus) if mine is not None else None).start()
     t_start = time.perf_counter()
     try:
         for j in range(nb):
@@ -576,9 +585,16 @@ def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0
                 if w0 is not None:
                     ent["examined"], ent["probes"] = dwk
                 slow.append(ent)
+                spans.append((t / 1e9, (t + dw) / 1e9))
     finally:
         gc.callbacks.remove(on_gc)
+        wsamples = watch.stop()
+        os.sched_setaffinity(0, old_cpus)
     took = time.perf_counter() - t_start
+    # what this thread and its CPU did around each slow batch (perf_counter and monotonic are
+    # the same clock on Linux): on CPU, waiting for it, stolen by the hypervisor
+    for ent, (a, b2) in zip(slow, spans, strict=True):
+        ent["cpu"] = explain(wsamples, a - 0.005, b2 + 0.005)
     stats = st.stats()
     st.close()
     q = [50, 99, 99.9, 99.99]

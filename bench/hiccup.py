@@ -109,7 +109,8 @@ WATCH_COLS = ("t_s", "oncpu_ms", "runq_ms", "minflt", "majflt", "steal_ms", "cpu
               "cpu_busy_ms")
 
 
-def _watch(pid: int, cpu: int | None, period_s: float, path: str, stop: Any) -> None:
+def _watch(pid: int, cpu: int | None, period_s: float, path: str, stop: Any,
+           ready: Any = None) -> None:
     """Sample, every `period_s`, a process's main thread (time on CPU and time waiting for a
     CPU, /proc/PID/schedstat; page faults, /proc/PID/stat) and `cpu`'s steal and idle time
     (/proc/stat), into a float64 array saved at `path` (.npy) when `stop` is set."""
@@ -140,6 +141,8 @@ def _watch(pid: int, cpu: int | None, period_s: float, path: str, stop: Any) -> 
                     break
             rows.append((t, int(on) / 1e6, int(rq) / 1e6, float(f[7]), float(f[9]), steal, idle,
                          busy))
+            if ready is not None and len(rows) == 1:
+                ready.set()
             time.sleep(max(0.0, period_s - (time.monotonic() - t)))
     finally:
         for fh in (sched, stat, pstat):
@@ -157,8 +160,9 @@ class ProcWatch:
         import tempfile
         self.ctx = mp.get_context("spawn")
         self.stop_ev = self.ctx.Event()
+        self.ready = self.ctx.Event()
         self.path = os.path.join(tempfile.mkdtemp(prefix="procwatch"), "w.npy")
-        self.args = (pid, cpu, period_s, self.path, self.stop_ev)
+        self.args = (pid, cpu, period_s, self.path, self.stop_ev, self.ready)
         self.watch_cpu = watch_cpu
         self.proc: Any = None
 
@@ -166,6 +170,7 @@ class ProcWatch:
         self.proc = self.ctx.Process(target=_watch_pinned, args=(self.watch_cpu, *self.args),
                                      daemon=True)
         self.proc.start()
+        self.ready.wait(30)  # its first sample taken: the run starts watched
         return self
 
     def stop(self) -> np.ndarray:
