@@ -29,6 +29,15 @@ Scenarios (each starts its own daemon with the embedded store, default settings 
   generator on CPU 1. First, 60 s of the same load against the do-nothing echo server: the
   share of clicks it answers more than 4 ms after they were sent is the machine's floor.
   RSS against the cap, answers by kind, deadline fail-opens, evictions, the longest loop stall.
+* store_fill -- the embedded store in-process at its default cap, driven as the daemon's inline
+  batcher drives it (hashing, counting, finishing) with 10M distinct users, sessions and IPs
+  in batches of 16 stamped as a 20,000 clicks/s stream would be (a simulated clock: as fast as
+  the CPU allows); every batch timed (wall and thread CPU), each one over 5 ms listed with what
+  the store did in it (evictions, entries examined, index slots probed), minor page faults
+  and Python collections; the store's worst single-batch work.
+
+--store-clicks N sets the click count of the store scenarios (store, store_daemon, store_full,
+store_fill): a shorter run of the same shape.
 
 Prints one JSON object (and writes it to --out/abuse.json when given).
 """
@@ -49,7 +58,7 @@ from typing import Any
 import msgpack
 
 SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store", "store_daemon",
-             "store_full")
+             "store_full", "store_fill")
 
 
 def _rss_mib(pid: int) -> float:
@@ -474,6 +483,237 @@ def store(clicks: int = 10_000_000, batch: int = 512) -> dict[str, Any]:
             "batches_over_10ms": int(over_10ms)}
 
 
+def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0,
+               slow_ms: float = 5.0, jump_at: int = 0, jump_h: float = 72.0,
+               sweep_every: int = 0) -> dict[str, Any]:
+    """The embedded store at its default cap, driven in-process the way the daemon's inline
+    batcher drives it (FeatureKernel.features: hashing, counting, finishing) with `clicks`
+    distinct users, sessions and IPs in batches of `batch`, stamped as a `rate` clicks/s
+    stream would be (a simulated clock: it runs as fast as the CPU allows). Every batch is
+    timed (wall and thread CPU); each one over `slow_ms` (or over 1 ms of CPU) is listed with
+    what happened in it: keys evicted, entries the store examined (sweep and eviction), index
+    slots probed, minor page faults, Python collections. With `jump_at` > 0 the clock jumps `jump_h` hours ahead at that click (traffic
+    back after a pause: every key held is then expired and the sweep frees them);
+    `sweep_every` > 0 overrides the store's sweep step (an A/B of the sweep's granularity)."""
+    import gc
+
+    import numpy as np
+    from slidr.bench.hiccup import ProcWatch, explain
+    from slidr.slidrd.config import Config
+    from slidr.slidrd.server import make_store
+
+    from slidr.contract import ClickBatch
+    from slidr.kernel import FeatureKernel
+    cfg = Config(registry="unused")
+    if sweep_every > 0:
+        from slidr.slidrd.server import embedded_max_keys
+
+        from slidr.kernel import embedded_store
+        st = embedded_store(True, capacity_hint=cfg.embedded_capacity, sweep_every=sweep_every,
+                            max_keys=embedded_max_keys(cfg.embedded_max_mb))
+    else:
+        st = make_store(cfg)
+    k = FeatureKernel(st, use_native=True)
+    nb = -(-clicks // batch)
+    wall = np.zeros(nb, dtype=np.int64)
+    cpu = np.zeros(nb, dtype=np.int64)
+    gcs: list[tuple[int, int, int]] = []  # (start ns, duration ns, generation)
+    g0 = [0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            g0[0] = time.perf_counter_ns()
+        else:
+            gcs.append((g0[0], time.perf_counter_ns() - g0[0], int(info["generation"])))
+    gc.callbacks.append(on_gc)
+    work = getattr(st, "work", None)
+    slow: list[dict[str, Any]] = []
+    worst_work = [0, 0]
+    t0_ms = _now_ms() - 86_400_000
+    t1_ms = t0_ms + int(jump_h * 3_600_000)
+    dev = np.zeros(batch, dtype=np.uint8)
+    li = np.ones(batch, dtype=np.uint8)
+    tz = np.zeros(batch, dtype=np.int16)
+    rss0 = _rss_mib(os.getpid())
+    pc, tt, ru = time.perf_counter_ns, time.thread_time_ns, resource.getrusage
+    self_ = resource.RUSAGE_SELF
+    full_at = None
+    spans: list[tuple[float, float]] = []
+    # pinned to one CPU, watched from the other: steal and run-queue wait around slow batches
+    old_cpus = os.sched_getaffinity(0)
+    mine = max(old_cpus) if len(old_cpus) >= 2 else None
+    if mine is not None:
+        os.sched_setaffinity(0, {mine})
+    watch = ProcWatch(os.getpid(), mine, 0.005,
+                      min(old_cpus) if mine is not None else None).start()
+    t_start = time.perf_counter()
+    try:
+        for j in range(nb):
+            s = j * batch
+            n = min(batch, clicks - s)
+            ids = [str(i) for i in range(s, s + n)]
+            if jump_at and s >= jump_at:
+                t0_ms = t1_ms
+            b = ClickBatch(ts=t0_ms + (np.arange(s, s + n, dtype=np.int64) * 1000) // int(rate),
+                           user_key=["u\x00" + x for x in ids], session_id=ids,
+                           ip=[f"{10 + (i >> 24)}.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+                               for i in range(s, s + n)],
+                           device=dev[:n], logged_in=li[:n], tz_offset_min=tz[:n])
+            ng = len(gcs)
+            ev = st.evicted
+            w0 = work() if work else None
+            f0 = ru(self_).ru_minflt
+            t, c = pc(), tt()
+            k.features(b)
+            dw, dc = pc() - t, tt() - c
+            wall[j] = dw
+            cpu[j] = dc
+            if w0 is not None:
+                w1 = work()
+                dwk = (w1[0] - w0[0], w1[1] - w0[1])
+                if dwk[0] > worst_work[0]:
+                    worst_work[0] = dwk[0]
+                if dwk[1] > worst_work[1]:
+                    worst_work[1] = dwk[1]
+            if full_at is None and st.evicted:
+                full_at = s
+            if dw > slow_ms * 1e6 or dc > 1e6:  # slow, or over 1 ms of CPU
+                ent = {"batch": j, "click": s, "wall_ms": round(dw / 1e6, 2),
+                       "cpu_ms": round(dc / 1e6, 2), "evicted": st.evicted - ev,
+                       "minor_faults": ru(self_).ru_minflt - f0,
+                       "gc": [(g, round(d / 1e6, 2)) for (a, d, g) in gcs[ng:]]}
+                if w0 is not None:
+                    ent["examined"], ent["probes"] = dwk
+                slow.append(ent)
+                spans.append((t / 1e9, (t + dw) / 1e9))
+    finally:
+        gc.callbacks.remove(on_gc)
+        wsamples = watch.stop()
+        os.sched_setaffinity(0, old_cpus)
+    took = time.perf_counter() - t_start
+    # what this thread and its CPU did around each slow batch (perf_counter and monotonic are
+    # the same clock on Linux): on CPU, waiting for it, stolen by the hypervisor
+    for ent, (a, b2) in zip(slow, spans, strict=True):
+        ent["cpu"] = explain(wsamples, a - 0.005, b2 + 0.005)
+    stats = st.stats()
+    st.close()
+    q = [50, 99, 99.9, 99.99]
+    wq = np.percentile(wall, q) / 1e6
+    cq = np.percentile(cpu, q) / 1e6
+    gd = np.array([d for (_, d, _) in gcs], dtype=np.int64)
+    return {"clicks": clicks, "batch": batch, "rate_per_s": rate, "seconds": round(took, 1),
+            "jump_at": jump_at, "jump_h": jump_h if jump_at else 0,
+            "sweep_every": sweep_every or "default",
+            "store": {k2: v for k2, v in stats.items() if k2 != "entry_bytes"},
+            "cap_reached_at_click": full_at,
+            "rss_start_mib": round(rss0, 1),
+            "peak_rss_mib": round(resource.getrusage(self_).ru_maxrss / 1024, 1),
+            "batch_wall_ms": {**{f"p{x}": round(float(v), 3) for x, v in zip(q, wq, strict=True)},
+                              "max": round(float(wall.max()) / 1e6, 3)},
+            "batch_cpu_ms": {**{f"p{x}": round(float(v), 3) for x, v in zip(q, cq, strict=True)},
+                             "max": round(float(cpu.max()) / 1e6, 3)},
+            "batches_over_ms": {str(x): int((wall > x * 1e6).sum()) for x in (1, 2, 5, 10, 50)},
+            "batches_cpu_over_ms": {str(x): int((cpu > x * 1e6).sum()) for x in (1, 2, 5, 10)},
+            "worst_batch_work": {"examined": worst_work[0], "probes": worst_work[1]}
+            if work else None,
+            "gc": {"collections": len(gcs),
+                   "by_generation": {str(g): sum(1 for x in gcs if x[2] == g) for g in (0, 1, 2)},
+                   "max_ms": round(float(gd.max()) / 1e6, 3) if gd.size else 0.0},
+            # the 200 slowest (wall), in run order
+            "slow_batches": sorted(sorted(slow, key=lambda e: -e["wall_ms"])[:200],
+                                   key=lambda e: e["batch"]),
+            "slow_batch_count": len(slow)}
+
+
+def periodic_costs(reps: int = 200) -> dict[str, Any]:
+    """What each periodic task of slidrd costs the loop per run (median and max over `reps`,
+    ms; in-process, the daemon's own objects): the monitor's tick (every 0.5 s; a window
+    closing and judged), the registry watch (a stat every 0.5 s), the connection sweeper's
+    body (every <= 1 s; per 1,000 open connections), a /metrics scrape (render), and the
+    collector's young-generation passes with the daemon's thresholds and frozen start-up
+    objects."""
+    import gc
+    import statistics
+    import tempfile
+
+    from slidr.slidrd.metrics import Metrics
+    from slidr.slidrd.monitor import Monitor
+    from slidr.slidrd.server import _mtime
+
+    def timed(fn: Any) -> dict[str, float]:
+        xs = []
+        for _ in range(reps):
+            t = time.perf_counter_ns()
+            fn()
+            xs.append((time.perf_counter_ns() - t) / 1e6)
+        return {"median_ms": round(statistics.median(xs), 4), "max_ms": round(max(xs), 4)}
+
+    m = Metrics()
+    for i in range(50):
+        m.decisions[f"slice{i}"] += 1000
+        m.invalid[f"slice{i}"] += 10
+    for h in (*m.latency.values(), m.loop_lag, m.gc_pause):
+        for x in range(1000):
+            h.observe(x * 1e-5)
+    mon = Monitor(m, window_clicks=100, window_s=0.0)
+
+    def tick_closing() -> None:
+        for i in range(50):
+            m.decisions[f"slice{i}"] += 200
+        mon.tick()
+
+    class Conn:
+        inflight = 0
+        rest = b""
+        closing = False
+        paused_reading = False
+        write_paused = False
+        frame_t0 = 0.0
+        write_paused_since = 0.0
+
+        def __init__(self) -> None:
+            self.last_active = time.monotonic()
+
+    conns = {Conn() for _ in range(1000)}
+
+    def sweeper_body() -> None:
+        now = time.monotonic()
+        for c in list(conns):
+            if c.inflight == 0 and now - c.last_active > 60.0:
+                pass
+            elif c.rest and now - c.frame_t0 > 10.0 and not c.closing and not c.paused_reading:
+                pass
+            elif c.write_paused and now - c.write_paused_since > 10.0:
+                pass
+
+    reg = tempfile.mkdtemp(prefix="periodic")
+    out = {"monitor_tick_window_closing": timed(tick_closing),
+           "monitor_tick_idle": timed(lambda: Monitor(m).tick()),
+           "registry_stat": timed(lambda: _mtime(reg)),
+           "sweeper_per_1000_conns": timed(sweeper_body),
+           "metrics_render": timed(m.render)}
+    os.rmdir(reg)
+    gc.collect()
+    gc.freeze()
+    old = gc.get_threshold()
+    gc.set_threshold(20_000, 50, 1000)
+    try:
+        for gen in (0, 2):
+            xs = []
+            for _ in range(20):
+                live = [[i] for i in range(20_000)]  # a threshold's worth of containers
+                t = time.perf_counter_ns()
+                gc.collect(gen)
+                xs.append((time.perf_counter_ns() - t) / 1e6)
+                del live
+            out[f"gc_gen{gen}_20k_young"] = {"median_ms": round(statistics.median(xs), 4),
+                                             "max_ms": round(max(xs), 4)}
+    finally:
+        gc.set_threshold(*old)
+        gc.unfreeze()
+    return out
+
+
 # ------------------------------------------------------------------ store through the daemon
 def _metric(text: str, name: str) -> float:
     tot = 0.0
@@ -608,6 +848,9 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
     counts: dict[str, Any] = {"model": 0, "fail_open": {}, "errors": 0, "error_kinds": {},
                               "late_sends": 0, "answered_over_4ms": 0,
                               "over_4ms_by_10s": {}}
+    # per 100 ms of the run (only those with something in them): clicks answered > 4 ms after
+    # sent, the longest answer time (s), the latest send (s behind its schedule)
+    fine: dict[int, list[float]] = {}
     done = [0]
     interval = per_req * conns / rate
     loop = asyncio.get_running_loop()
@@ -633,6 +876,12 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
             up.feed(data)
             for m in up:
                 got += 1
+                lat = now - sent_at.get(m[1], now)
+                if lat > 0.002:
+                    f = fine.setdefault(int((now - t_start) * 10), [0, 0.0, 0.0])
+                    f[1] = max(f[1], lat)
+                    if lat > 0.004 and isinstance(m[3], list):
+                        f[0] += len(m[3])
                 if now - sent_at.pop(m[1], now) > 0.004 and isinstance(m[3], list):
                     # answered more than the daemon's default deadline after it was sent
                     counts["answered_over_4ms"] += len(m[3])
@@ -664,6 +913,8 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
                 await asyncio.sleep(wait)
             elif wait < -0.005:
                 counts["late_sends"] += 1
+                f = fine.setdefault(int((loop.time() - t_start) * 10), [0, 0.0, 0.0])
+                f[2] = max(f[2], -wait)
             start = j * per_req
             sent_at[j] = loop.time()
             w.write(request(k, start, min(per_req, per - start), j))
@@ -682,7 +933,41 @@ async def _distinct_flood_many(port: int, clicks: int, conns: int, rate: float, 
         x.result()
     counts["seconds"] = round(time.monotonic() - t, 1)
     counts["rate_per_s"] = round(per * conns / max(counts["seconds"], 1e-9))
+    counts["t_start"] = t_start
+    counts["by_100ms"] = fine
     return counts
+
+
+def _stalls(res: dict[str, Any], watches: dict[str, Any], top: int = 6) -> list[dict[str, Any]]:
+    """The `top` worst 100 ms of a run (most clicks answered > 4 ms late, then the longest
+    answer), each with what the daemon's and the generator's main threads and their CPUs did
+    from 300 ms before it to its end (bench/hiccup.py explain): on-CPU time close to the
+    window's length is the process's own work; run-queue wait, another task on its CPU;
+    steal, the hypervisor; none of them, the process was not asked to run (or blocked)."""
+    from slidr.bench.hiccup import explain
+    fine = res.pop("by_100ms", {})
+    t_start = res.pop("t_start", 0.0)
+    worst = sorted(fine.items(), key=lambda kv: (-kv[1][0], -kv[1][1]))[:top]
+    out = []
+    for b, (late, lat, send_late) in sorted(worst):
+        t1 = t_start + (b + 1) / 10
+        t0 = t1 - 0.4
+        ent: dict[str, Any] = {"at_s": b / 10, "clicks_over_4ms": int(late),
+                               "longest_answer_ms": round(lat * 1000, 1),
+                               "latest_send_ms": round(send_late * 1000, 1)}
+        for name, w in watches.items():
+            ent[name] = explain(w, t0, t1)
+            if name == "daemon" and w.size:
+                # 20 ms slices: where in the window the daemon ran, waited or lost its CPU
+                sl = []
+                for k in range(20):
+                    e = explain(w, t0 + k * 0.02, t0 + (k + 1) * 0.02)
+                    sl.append((e.get("oncpu_ms", 0.0), e.get("runq_wait_ms", 0.0),
+                               e.get("steal_ms", 0.0), e.get("others_ms", 0.0),
+                               e.get("minflt", 0)))
+                ent["daemon_20ms_slices_oncpu_wait_steal_others_minflt"] = sl
+        out.append(ent)
+    return out
 
 
 def echo_floor(seconds: float, rate: float, per_req: int, pin: bool) -> dict[str, Any]:
@@ -698,6 +983,7 @@ def echo_floor(seconds: float, rate: float, per_req: int, pin: bool) -> dict[str
         e.stop()
     res["clicks"] = clicks
     res["answered_over_4ms_pct"] = round(100 * res["answered_over_4ms"] / max(clicks, 1), 4)
+    res["worst_100ms"] = _stalls(res, {})
     return res
 
 
@@ -708,6 +994,7 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
     import urllib.request
 
     from slidr.bench.daemon import DaemonRun
+    from slidr.bench.hiccup import ProcWatch
     from slidr.slidrd.config import Config
     cap = Config(registry="unused").embedded_max_mb
     pin = len(os.sched_getaffinity(0)) >= 2
@@ -732,7 +1019,16 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
             wt.cancel()
             return res
         cpu0 = _cpu_s(d.proc.pid)
-        res = asyncio.run(main())
+        # who had each CPU when answers came late: the daemon's and this generator's main
+        # threads, sampled every 5 ms from a process of its own
+        watch = {"daemon": ProcWatch(d.proc.pid, 0 if pin else None, 0.005,
+                                     1 if pin else None).start(),
+                 "generator": ProcWatch(os.getpid(), 1 if pin else None, 0.005,
+                                        1 if pin else None).start()}
+        try:
+            res = asyncio.run(main())
+        finally:
+            samples_w = {k: w.stop() for k, w in watch.items()}
         cpu = _cpu_s(d.proc.pid) - cpu0
         text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
         res.update({"clicks": clicks, "offered_rate_per_s": rate, "clicks_per_request": per_req,
@@ -745,6 +1041,9 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
                     "loop_lag_max_le_s": _max_bucket(text, "slidr_loop_lag_seconds"),
                     "loop_lag_over_s": _over(text, "slidr_loop_lag_seconds", (0.01, 0.05, 0.1,
                                                                               0.25)),
+                    "gc_pause_max_le_s": _max_bucket(text, "slidr_gc_pause_seconds"),
+                    "gc_pauses_over_s": _over(text, "slidr_gc_pause_seconds", (0.001, 0.01,
+                                                                               0.1)),
                     "daemon_alive": d.alive()})
     n = max(clicks, 1)
     res["deadline_fail_open_pct"] = round(100 * res["fail_open"].get("fail_open:deadline", 0)
@@ -752,12 +1051,16 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
     res["store_down"] = res["fail_open"].get("fail_open:store_down", 0)
     res["answered_over_4ms_pct"] = round(100 * res["answered_over_4ms"] / n, 4)
     res["echo_floor"] = floor
+    res["worst_100ms"] = _stalls(res, samples_w)
     return res
 
 
 # ------------------------------------------------------------------ main
-def run(names: list[str], quick: bool = False) -> dict[str, Any]:
+def run(names: list[str], quick: bool = False, clicks: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {"python": "python", "quick": quick}
+
+    def n(full: int, small: int) -> int:
+        return clicks if clicks > 0 else (small if quick else full)
     for name in names:
         t = time.monotonic()
         if name == "poison":
@@ -771,12 +1074,14 @@ def run(names: list[str], quick: bool = False) -> dict[str, Any]:
         elif name == "trickle":
             out[name] = trickle(300 if quick else 5000, 6.0 if quick else 20.0)
         elif name == "store":
-            out[name] = store(200_000 if quick else 10_000_000)
+            out[name] = store(n(10_000_000, 200_000))
         elif name == "store_daemon":
-            out[name] = store_daemon(50_000 if quick else 600_000, 16 if quick else 64)
+            out[name] = store_daemon(n(600_000, 50_000), 16 if quick else 64)
         elif name == "store_full":
-            out[name] = store_full(100_000 if quick else 10_000_000,
-                                   echo_s=5.0 if quick else 60.0)
+            out[name] = store_full(n(10_000_000, 100_000), echo_s=5.0 if quick else 60.0)
+        elif name == "store_fill":
+            out[name] = store_fill(n(10_000_000, 200_000))
+            out[name]["periodic_tasks"] = periodic_costs()
         else:
             raise SystemExit(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
         out[name]["wall_s"] = round(time.monotonic() - t, 1)
@@ -789,10 +1094,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {', '.join(SCENARIOS)}")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     p.add_argument("--out", default="", help="directory for abuse.json")
+    p.add_argument("--store-clicks", type=int, default=0,
+                   help="clicks of the store scenarios (0 = their default)")
 
 
 def main_args(args: argparse.Namespace) -> int:
-    res = run([s for s in args.scenarios.split(",") if s], args.quick)
+    res = run([s for s in args.scenarios.split(",") if s], args.quick,
+              getattr(args, "store_clicks", 0) or 0)
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:

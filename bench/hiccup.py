@@ -102,3 +102,113 @@ def floor_line(probes: list[dict[str, Any]]) -> str:
         parts.append(f"cpu{r['cpu']} {100 * aw.get('2ms', 0.0):.2f}% / {100 * aw.get('5ms', 0.0):.2f}%")
     return ("machine floor (all CPUs busy): a random arrival waits > 2 ms / > 5 ms for its "
             "vCPU: " + ", ".join(parts) + " (p99.9 allows 0.1%)")
+
+
+# ------------------------------------------------------------------ who had the CPU during a stall
+WATCH_COLS = ("t_s", "oncpu_ms", "runq_ms", "minflt", "majflt", "steal_ms", "cpu_idle_ms",
+              "cpu_busy_ms", "proc_cpu_ms")
+
+
+def _watch(pid: int, cpu: int | None, period_s: float, path: str, stop: Any,
+           ready: Any = None) -> None:
+    """Sample, every `period_s`, a process's main thread (time on CPU and time waiting for a
+    CPU, /proc/PID/schedstat; page faults, /proc/PID/stat) and `cpu`'s steal and idle time
+    (/proc/stat), into a float64 array saved at `path` (.npy) when `stop` is set."""
+    tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+    key = f"cpu{cpu} " if cpu is not None else "cpu "
+    rows: list[tuple[float, ...]] = []
+    sched = open(f"/proc/{pid}/schedstat", "rb", buffering=0)  # noqa: SIM115
+    stat = open(f"/proc/{pid}/stat", "rb", buffering=0)  # noqa: SIM115
+    pstat = open("/proc/stat", "rb", buffering=0)  # noqa: SIM115
+    try:
+        while not stop.is_set():
+            t = time.monotonic()
+            try:
+                sched.seek(0)
+                on, rq = sched.read(200).split()[:2]
+                stat.seek(0)
+                f = stat.read(1000).rsplit(b")", 1)[1].split()
+            except (OSError, ValueError):
+                break  # the process is gone
+            pstat.seek(0)
+            steal = idle = busy = 0.0
+            for ln in pstat.read(8192).decode().splitlines():
+                if ln.startswith(key):
+                    v = ln.split()
+                    idle, steal = float(v[4]) * tick_ms, float(v[8]) * tick_ms
+                    # user, nice, system, irq, softirq: anyone's work on that CPU
+                    busy = sum(float(v[k]) for k in (1, 2, 3, 6, 7)) * tick_ms
+                    break
+            rows.append((t, int(on) / 1e6, int(rq) / 1e6, float(f[7]), float(f[9]), steal, idle,
+                         busy, (float(f[11]) + float(f[12])) * tick_ms))
+            if ready is not None and len(rows) == 1:
+                ready.set()
+            time.sleep(max(0.0, period_s - (time.monotonic() - t)))
+    finally:
+        for fh in (sched, stat, pstat):
+            fh.close()
+        np.save(path, np.asarray(rows, dtype=np.float64).reshape(-1, len(WATCH_COLS)))
+
+
+class ProcWatch:
+    """`_watch` in its own process (pinned to `watch_cpu`), so that sampling never holds the
+    GIL of a load generator: start(), stop() -> the samples (columns WATCH_COLS)."""
+
+    def __init__(self, pid: int, cpu: int | None, period_s: float = 0.005,
+                 watch_cpu: int | None = None) -> None:
+        import multiprocessing as mp
+        import tempfile
+        self.ctx = mp.get_context("spawn")
+        self.stop_ev = self.ctx.Event()
+        self.ready = self.ctx.Event()
+        self.path = os.path.join(tempfile.mkdtemp(prefix="procwatch"), "w.npy")
+        self.args = (pid, cpu, period_s, self.path, self.stop_ev, self.ready)
+        self.watch_cpu = watch_cpu
+        self.proc: Any = None
+
+    def start(self) -> ProcWatch:
+        self.proc = self.ctx.Process(target=_watch_pinned, args=(self.watch_cpu, *self.args),
+                                     daemon=True)
+        self.proc.start()
+        self.ready.wait(30)  # its first sample taken: the run starts watched
+        return self
+
+    def stop(self) -> np.ndarray:
+        self.stop_ev.set()
+        self.proc.join(30)
+        try:
+            a = np.load(self.path)
+            os.unlink(self.path)
+            os.rmdir(os.path.dirname(self.path))
+        except OSError:
+            a = np.zeros((0, len(WATCH_COLS)))
+        return a
+
+
+def _watch_pinned(watch_cpu: int | None, *args: Any) -> None:
+    if watch_cpu is not None:
+        os.sched_setaffinity(0, {watch_cpu})
+    _watch(*args)
+
+
+def explain(samples: np.ndarray, t0: float, t1: float) -> dict[str, float]:
+    """What the watched process and its CPU did between t0 and t1 (monotonic s): ms on CPU,
+    ms waiting for the CPU (another task had it), ms stolen by the hypervisor, ms the CPU was
+    idle, minor/major faults. A loop stall that is the daemon's own work shows as on-CPU
+    time close to the stall's length; the machine's, as wait or steal. others_ms: the CPU's
+    busy time beyond the whole process's (other processes on it, when the process is pinned
+    there); own_threads_ms: the process's CPU time beyond its main thread's (its other
+    threads). Both count in 10 ms ticks, so short windows read coarse."""
+    if samples.size == 0:
+        return {}
+    t = samples[:, 0]
+    i0 = int(np.searchsorted(t, t0, side="right")) - 1
+    i1 = int(np.searchsorted(t, t1, side="left"))
+    i0, i1 = max(i0, 0), min(i1, len(t) - 1)
+    d = samples[i1] - samples[i0]
+    return {"from_s": round(float(t[i0]), 3), "span_ms": round(float(d[0]) * 1000, 1),
+            "oncpu_ms": round(float(d[1]), 1), "runq_wait_ms": round(float(d[2]), 1),
+            "steal_ms": round(float(d[5]), 1), "cpu_idle_ms": round(float(d[6]), 1),
+            "others_ms": round(max(0.0, float(d[7]) - float(d[8])), 1),
+            "own_threads_ms": round(max(0.0, float(d[8]) - float(d[1])), 1),
+            "minflt": int(d[3]), "majflt": int(d[4])}

@@ -6,7 +6,15 @@ CPU per click, undisturbed by the client. Batches of generated clicks go through
 slidr.store_redis.RedisStore on a throwaway redis-server (each script on its own server, the
 same clicks to each). On a shared machine the minimum over many short blocks of calls is the
 stable figure (other jobs only ever add time); the inner commands (MGET, SET) are reported per
-call too.
+call too. Beside it, the whole redis-server process's CPU per call (its threads' run time
+from /proc: script, command parsing, socket reads and writes) and this process's CPU per call
+(request, round trip, reply).
+
+With --instructions the servers run under valgrind (callgrind) instead, and the figure is the
+user-space instructions redis-server executes per call: deterministic (the same clicks give
+the same count within ~1 %), so an A/B on a busy machine needs no repetition. Each script's
+server is warmed with every key of the click pool first, then each batch size runs `--calls`
+calls between a zero and a dump of the counters.
 
 With --against FILE the same clicks also run through the script in FILE (another version of
 slidr/store_redis.lua), interleaved block by block, and the replies of the two are compared
@@ -14,13 +22,20 @@ slidr/store_redis.lua), interleaved block by block, and the replies of the two a
 counter).
 
     python -m slidr.bench.lua_cost [--against OLD.lua] [--sizes 1,4,16,64] [--reps 12]
+    python -m slidr.bench.lua_cost --instructions [--against OLD.lua] [--calls 100]
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +58,109 @@ def _store(url: str, source: str | None) -> Any:
         setattr(Path, "read_text", real)  # noqa: B010
 
 
+def _server_cpu_s(pid: int) -> float:
+    """CPU seconds of every thread of process pid (/proc schedstat: ns resolution)."""
+    t = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                t += int(f.read().split()[0])
+        except OSError:  # a thread that just ended
+            pass
+    return t / 1e9
+
+
+def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
+             spacing_ms: int) -> tuple[list[tuple[Any, ...]], int]:
+    """`calls` batches of b clicks from the pool, clicks start, start + 1, ... spacing_ms apart.
+    -> ([(ts, uh, sh, ih, hll)], the next click number)."""
+    from slidr.contract import ClickBatch
+    from slidr.kernel import hash_keys
+    ts0 = 1_767_225_600_000
+    out = []
+    k = start
+    for _ in range(calls):
+        cl = []
+        for _ in range(b):
+            cl.append({**pool[k % len(pool)], "ts": ts0 + spacing_ms * k})
+            k += 1
+        batch = ClickBatch.from_clicks(cl)
+        out.append((batch.ts, *hash_keys(batch, True)))
+    return out, k
+
+
+def instructions(sizes: tuple[int, ...] = (1, 4, 16, 64), calls: int = 100,
+                 against: str | None = None, spacing_ms: int = 40) -> dict[str, Any]:
+    """redis-server user-space instructions per call (valgrind callgrind), per script."""
+    import redis
+    from slidr.bench.clicks import make_clicks
+
+    from slidr.testing.redis_server import free_port
+    exe = shutil.which("redis-server")
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None or not exe:
+        raise RuntimeError("--instructions needs valgrind (callgrind) and redis-server")
+    scripts: dict[str, str | None] = {"current": None}
+    if against is not None:
+        scripts["against"] = Path(against).read_text()
+    pool, _src = make_clicks(20_000)
+    out: dict[str, Any] = {"sizes": list(sizes), "calls": calls, "scripts": {}}
+    for name, src in scripts.items():
+        d = tempfile.mkdtemp(prefix="slidr-callgrind-")
+        port = free_port()
+        dump = os.path.join(d, "cg.out")
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", exe, "--port",
+             str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", d],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            admin = redis.Redis(port=port, socket_timeout=60)
+            for _ in range(600):
+                try:
+                    admin.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    time.sleep(0.1)
+            store = _store(f"redis://127.0.0.1:{port}/0", src)
+            # valgrind runs redis-server ~50x slower than native: no 50 ms timeout here
+            store._r.connection_pool.connection_kwargs["socket_timeout"] = 120
+            warm, k = _batches(pool, 0, 64, len(pool) // 64 + 1, spacing_ms)
+            for x in warm:
+                store.update(*x)
+            per: dict[str, Any] = {}
+            for b in sizes:
+                batches, k = _batches(pool, k, b, calls, spacing_ms)
+                subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
+                               capture_output=True)
+                for x in batches:
+                    store.update(*x)
+                subprocess.run(["callgrind_control", "-d", f"b{b}", str(proc.pid)], check=True,
+                               capture_output=True)
+                files = sorted(glob.glob(dump + ".*"), key=os.path.getmtime)
+                ir = None
+                with open(files[-1]) as f:
+                    for line in f:
+                        if line.startswith(("summary:", "totals:")):
+                            ir = int(line.split()[1])
+                            break
+                if ir is None:
+                    raise RuntimeError(f"no instruction total in {files[-1]}")
+                per[str(b)] = {"instructions_per_call": ir / calls,
+                               "instructions_per_click": ir / calls / b}
+            store.close()
+            admin.close()
+            out["scripts"][name] = per
+        finally:
+            proc.terminate()
+            proc.wait(30)
+            shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
 def run(sizes: tuple[int, ...] = (1, 4, 16, 64), reps: int = 12, against: str | None = None,
         spacing_ms: int = 40, cpus: str | None = None) -> dict[str, Any]:
     import redis
     from slidr.bench.clicks import make_clicks
 
-    from slidr.contract import ClickBatch
-    from slidr.kernel import hash_keys
     from slidr.testing.redis_server import RedisServer
 
     scripts: dict[str, str | None] = {"current": None}
@@ -60,27 +171,25 @@ def run(sizes: tuple[int, ...] = (1, 4, 16, 64), reps: int = 12, against: str | 
         stores = {name: _store(servers[name].url, src) for name, src in scripts.items()}
         clients = {name: redis.Redis.from_url(servers[name].url) for name in scripts}
         pool, _src = make_clicks(20_000)
-        ts0 = 1_767_225_600_000
         k = 0
         per_call: dict[tuple[str, int], list[float]] = {(n, b): [] for n in scripts for b in sizes}
+        srv_cpu: dict[tuple[str, int], list[float]] = {(n, b): [] for n in scripts for b in sizes}
+        cli_cpu: dict[tuple[str, int], list[float]] = {(n, b): [] for n in scripts for b in sizes}
         inner: dict[tuple[str, int], dict[str, Any]] = {}
         replies: dict[str, list[np.ndarray]] = {n: [] for n in scripts}
         for rep in range(reps):
             for b in sizes:
                 calls = max(20, 400 // b)
-                batches = []
-                for _ in range(calls):
-                    cl = []
-                    for _ in range(b):
-                        cl.append({**pool[k % len(pool)], "ts": ts0 + spacing_ms * k})
-                        k += 1
-                    batch = ClickBatch.from_clicks(cl)
-                    batches.append((batch, hash_keys(batch, True)))
+                batches, k = _batches(pool, k, b, calls, spacing_ms)
                 names = list(scripts) if rep % 2 == 0 else list(scripts)[::-1]
                 for name in names:
                     clients[name].config_resetstat()
-                    for batch, (uh, sh, ih, hll) in batches:
-                        replies[name].append(stores[name].update(batch.ts, uh, sh, ih, hll))
+                    pid = servers[name].proc.pid
+                    s0, c0 = _server_cpu_s(pid), time.process_time()
+                    for x in batches:
+                        replies[name].append(stores[name].update(*x))
+                    cli_cpu[(name, b)].append((time.process_time() - c0) * 1e6 / calls)
+                    srv_cpu[(name, b)].append((_server_cpu_s(pid) - s0) * 1e6 / calls)
                     cs = clients[name].info("commandstats")
                     per_call[(name, b)].append(float(cs["cmdstat_evalsha"]["usec_per_call"]))
                     inner[(name, b)] = {
@@ -94,6 +203,8 @@ def run(sizes: tuple[int, ...] = (1, 4, 16, 64), reps: int = 12, against: str | 
                 str(b): {"usec_per_call_min": min(per_call[(name, b)]),
                          "usec_per_call_median": statistics.median(per_call[(name, b)]),
                          "usec_per_click_min": min(per_call[(name, b)]) / b,
+                         "server_cpu_usec_per_call_min": min(srv_cpu[(name, b)]),
+                         "client_cpu_usec_per_call_min": min(cli_cpu[(name, b)]),
                          "inner": inner[(name, b)]} for b in sizes}
         if against is not None:
             a = np.concatenate(replies["current"])
@@ -107,6 +218,21 @@ def run(sizes: tuple[int, ...] = (1, 4, 16, 64), reps: int = 12, against: str | 
 
 def lines(res: dict[str, Any]) -> list[str]:
     out = []
+    if "calls" in res:  # --instructions
+        for name, per in res["scripts"].items():
+            out.append(f"{name}: " + "; ".join(
+                f"batch {b}: {v['instructions_per_call'] / 1e3:.1f} k instructions/call = "
+                f"{v['instructions_per_click'] / 1e3:.1f} k/click" for b, v in per.items()))
+        if "against" in res["scripts"]:
+            cur, old = res["scripts"]["current"], res["scripts"]["against"]
+            out.append("current / against: " + ", ".join(
+                f"batch {b} {cur[b]['instructions_per_call'] / old[b]['instructions_per_call']:.2f}"
+                for b in cur))
+        return out
+    for name, per in res["scripts"].items():
+        out.append(f"{name} (whole redis-server CPU, this client's CPU): " + "; ".join(
+            f"batch {b}: {v['server_cpu_usec_per_call_min']:.1f} us/call server, "
+            f"{v['client_cpu_usec_per_call_min']:.1f} us/call client" for b, v in per.items()))
     for name, per in res["scripts"].items():
         out.append(f"{name}: " + "; ".join(
             f"batch {b}: {v['usec_per_call_min']:.1f} us/call = {v['usec_per_click_min']:.2f} "
@@ -126,9 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=12)
     p.add_argument("--against", help="another version of store_redis.lua to compare with")
     p.add_argument("--cpus", help="pin the redis-servers to these CPUs")
+    p.add_argument("--instructions", action="store_true",
+                   help="count redis-server instructions per call under valgrind instead")
+    p.add_argument("--calls", type=int, default=100, help="calls per batch size (--instructions)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    res = run(tuple(int(x) for x in a.sizes.split(",")), a.reps, a.against, cpus=a.cpus)
+    sizes = tuple(int(x) for x in a.sizes.split(","))
+    if a.instructions:
+        res = instructions(sizes, a.calls, a.against)
+    else:
+        res = run(sizes, a.reps, a.against, cpus=a.cpus)
     print(json.dumps(res, indent=1) if a.json else "\n".join(lines(res)))
     return 0 if res.get("replies_identical", True) else 1
 

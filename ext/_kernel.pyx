@@ -15,7 +15,7 @@ import numpy as np
 cimport numpy as cnp
 from cpython.unicode cimport PyUnicode_Check
 from libc.math cimport cos, exp, ldexp, log, log1p, sin, sqrt
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, qsort, realloc, calloc

@@ -53,6 +53,10 @@ ctypedef struct Table:
     uint64_t seed     # per-table random salt for slot positions
     size_t max_count  # cap on count (0 = none): at it, an insert evicts first
     uint64_t evicted  # entries evicted at the cap (or when memory ran out)
+    # Work counters (never reset): dense entries looked at by the sweep and by eviction
+    # samples, and index slots walked by deletes. Tests bound the work of one batch by them.
+    uint64_t examined
+    uint64_t probes
 
 
 cdef size_t _nslots_for(size_t keys) noexcept nogil:
@@ -83,6 +87,8 @@ cdef int _table_init(Table* t, size_t esize, size_t hint, size_t max_count) exce
     t.cap = cap
     t.max_count = max_count
     t.evicted = 0
+    t.examined = 0
+    t.probes = 0
     t.cursor = 0
     t.seed = _mix(<uint64_t>(<size_t>t) ^ (<uint64_t>os_urandom_u64()))
     return 0
@@ -194,6 +200,7 @@ cdef void _evict_one(Table* t) noexcept nogil:
         if i >= t.count:
             i = 0
     t.cursor = i
+    t.examined += m
     _delete_at(t, best)
     t.evicted += 1
 
@@ -243,6 +250,7 @@ cdef void _delete_at(Table* t, size_t i) noexcept nogil:
     q = p
     while True:
         q = (q + 1) & t.mask
+        t.probes += 1
         if t.slots[q].idx == EMPTY:
             break
         home = _home(t, t.slots[q].key)
@@ -317,7 +325,7 @@ cdef class EmbeddedStore:
         self.ips.slots = NULL
         self.ips.dense = NULL
 
-    def __init__(self, Py_ssize_t capacity_hint=1024, Py_ssize_t sweep_every=256,
+    def __init__(self, Py_ssize_t capacity_hint=1024, Py_ssize_t sweep_every=16,
                  int64_t sweep_grace_ms=3_600_000, Py_ssize_t sweep_scan=8,
                  Py_ssize_t max_keys=0):
         """capacity_hint: keys per table to size for; sweep_every: clicks between sweep steps
@@ -363,6 +371,12 @@ cdef class EmbeddedStore:
     def evicted(self):
         """Entries evicted at the cap (all tables)."""
         return self.users.evicted + self.sessions.evicted + self.ips.evicted
+
+    def work(self):
+        """(entries examined, index slots probed) by the sweep, eviction and deletes so far,
+        all tables: the store's bookkeeping work, to bound what one batch may cost."""
+        return (self.users.examined + self.sessions.examined + self.ips.examined,
+                self.users.probes + self.sessions.probes + self.ips.probes)
 
     def stats(self):
         cdef size_t b = _table_bytes(&self.users) + _table_bytes(&self.sessions) + \
@@ -654,3 +668,4 @@ cdef void _sweep_table(Table* t, int64_t limit, Py_ssize_t budget) noexcept nogi
         else:
             t.cursor += 1
         k += 1
+    t.examined += <uint64_t>k

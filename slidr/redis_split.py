@@ -80,7 +80,7 @@ local redis = {call = function(cmd, key, ...)
       return {false}
     end
     return {r}
-  elseif cmd == 'SET' and SKIP[key] then
+  elseif SKIP[key] then  -- a write (SET, SETRANGE) to a key this node does not hold
     return true
   end
   return rcall(cmd, key, ...)

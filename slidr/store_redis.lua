@@ -9,7 +9,7 @@
 --          click's user key among the users, its session among the sessions and its IP among
 --          the IPs, and the click's client time zone (tz_offset_min).
 -- ARGV[2], ARGV[3], ARGV[4]: physical TTL in ms of user, session and IP keys (the logical TTL
---          plus the client's slack).
+--          plus the client's slack plus the kind's refresh period, see "Physical TTLs" below).
 -- ARGV[5], ARGV[6]: the number of user keys and of session keys in KEYS (the rest are IPs).
 -- Returns n bulk strings, one per click: the click's raw counters in 224 bytes (see ROW
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
@@ -27,11 +27,22 @@
 -- are 2 ^ -r (pow: exact); exp is skipped when dt == 0 (exp(-0) is
 -- exactly 1, so c * 1 + 1 == c + 1); each click's outputs go to one struct.pack, in
 -- 23 doubles instead of 32 (Lua hashes every byte of every string it makes).
+--
+-- Physical TTLs (memory bound only; logical expiry is the "last" stamp in each blob, tested
+-- above, exactly as the embedded store does): a key's Redis TTL is set (SET ... PX) only when
+-- its "last" stamp enters a new refresh period (REF_* ms of click time: a new key, a reset
+-- state, or a click REF_* after the period of the last refresh); every other write is
+-- SET ... KEEPTTL, which skips Redis's expire-dict delete + insert. The TTL last set covers the
+-- key until (end of the period of its "last") + logical TTL + slack, because the client's
+-- ARGV TTLs carry REF_* on top of logical TTL + slack; keys outlive their logical expiry by at
+-- most slack + REF_*. (The cluster variant, slidr/redis_split.py, skips every write to a key
+-- its node does not hold.)
 
 local U_TAU1, U_TAU2, U_TAU3, U_TAU4 = __USER_TAUS__
 local S_TAU1, S_TAU2 = __SESSION_TAUS__
 local I_TAU1, I_TAU2, I_TAU3 = __IP_TAUS__
 local U_TTL, S_TTL, I_TTL = __USER_TTL_MS__, __SESSION_TTL_MS__, __IP_TTL_MS__
+local U_REF, S_REF, I_REF = __USER_REFRESH_MS__, __SESSION_REFRESH_MS__, __IP_REFRESH_MS__
 local W_HOUR, W_DAY = __HOUR_MS__, __DAY_MS__
 local M = __HLL_M__
 local SUBSEC, LOG_FLOOR, NH = __SUBSEC_MS__, math.log(__LOG_GAP_FLOOR_S__), __IP_HOURS__
@@ -137,6 +148,9 @@ end
 -- command may not span slots) and decode each blob once.
 local CHUNK = __MGET_CHUNK__
 local U, S, P = {}, {}, {}   -- users, sessions, IP counters (IP registers: R, RS above)
+-- RE[k]: the end of the refresh period of key k's stored "last" (-inf for a new key): the
+-- key's TTL is kept while its "last" stays below (see the writes).
+local RE = {}
 do
   local su, ss = nu, nu + ns
   for a = 1, nk, CHUNK do
@@ -147,14 +161,25 @@ do
       local k = a + q - 1
       local raw = got[q]
       if k <= su then
-        if raw then U[k] = {sunpack('<ddddd', raw)} else U[k] = {0, 0, 0, 0, NEVER} end
+        if raw then
+          local u = {sunpack('<ddddd', raw)}
+          U[k], RE[k] = u, (floor(u[5] / U_REF) + 1) * U_REF
+        else
+          U[k], RE[k] = {0, 0, 0, 0, NEVER}, NEVER
+        end
       elseif k <= ss then
-        if raw then S[k - su] = {sunpack(SFMT, raw)} else S[k - su] = {0, 0, NEVER, 0} end
+        if raw then
+          local st = {sunpack(SFMT, raw)}
+          S[k - su], RE[k] = st, (floor(st[3] / S_REF) + 1) * S_REF
+        else
+          S[k - su], RE[k] = {0, 0, NEVER, 0}, NEVER
+        end
       else
         if raw and #raw == IBYTES then
-          P[k - ss], R[k - ss], RS[k - ss] = {sunpack(IFMT, raw)}, false, raw
+          local p = {sunpack(IFMT, raw)}
+          P[k - ss], R[k - ss], RS[k - ss], RE[k] = p, false, raw, (floor(p[4] / I_REF) + 1) * I_REF
         else
-          P[k - ss], R[k - ss] = {0, 0, 0, NEVER}, false
+          P[k - ss], R[k - ss], RE[k] = {0, 0, 0, NEVER}, false, NEVER
         end
       end
     end
@@ -165,11 +190,10 @@ end
 -- kind: it works on a scratch state here that is never written (slidr/redis_split.py). Its
 -- "last" times and window buckets lie in the future and its HLL registers are full, so the
 -- cheapest branches run (no exp, no window roll, no register update).
-do
+-- Built on the first such click (never on a single Redis): no per-call set-up otherwise.
+local function scratch()
   local LATER = math.huge
-  local full = {}
-  for q = 1, 4 * M do full[q] = 255 end
-  U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0, 0, 0, 0, 0}, full
+  U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0, 0, 0, 0, 0}, {__FULL_REGS__}
   P[0] = {0, 0, 0, LATER, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0,
           0, 0}
 end
@@ -186,6 +210,7 @@ local ROW = '<dddddddddddddddddddddddddddd'
 for i = 1, n do
   local t, sreg, srank, ureg, urank, ui, si, ii, z
   t, sreg, srank, ureg, urank, ui, si, ii, z, pos = sunpack('<dBBBBI4I4I4h', blob, pos)
+  if (ui == 0 or si == 0 or ii == 0) and not U[0] then scratch() end
 
   -- user: c[1..4], last = [5]
   local u = U[ui]
@@ -295,22 +320,37 @@ for i = 1, n do
                  s[5], s[6], s[7], s[8], p[26])
 end
 
--- Write each key once, with a physical TTL past its logical one.
+-- Write each key once: SET KEEPTTL while its "last" stays in the refresh period of the stored
+-- one (RE), else SET with a new physical TTL (a new key, a reset state, a new period; see
+-- "Physical TTLs" at the top). "last" never decreases, so one comparison decides.
 do
   for k = 1, nu do
     local u = U[k]
-    call('SET', KEYS[k], spack('<ddddd', u[1], u[2], u[3], u[4], u[5]), 'PX', upx)
+    local v = spack('<ddddd', u[1], u[2], u[3], u[4], u[5])
+    if u[5] < RE[k] then call('SET', KEYS[k], v, 'KEEPTTL') else call('SET', KEYS[k], v, 'PX', upx) end
   end
-  for k = 1, ns do
-    local s = S[k]
-    call('SET', KEYS[nu + k], spack(SFMT, s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]),
-         'PX', spx)
+  for k = nu + 1, nu + ns do
+    local s = S[k - nu]
+    local v = spack(SFMT, s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8])
+    if s[3] < RE[k] then call('SET', KEYS[k], v, 'KEEPTTL') else call('SET', KEYS[k], v, 'PX', spx) end
   end
+  -- An IP whose registers did not change (R false) and whose TTL is kept gets only its
+  -- counters rewritten in place (SETRANGE at 0 keeps the TTL and the register bytes): no
+  -- register string, no concatenation (Lua hashes every string it makes).
   local o = nu + ns
-  for k = 1, nk - o do
-    local regs = R[k]
-    call('SET', KEYS[o + k], spack(IFMT, unpack(P[k], 1, 26))
-         .. (regs and schar(unpack(regs, 1, NR)) or RS[k]:sub(RO + 1, RO + NR)), 'PX', ipx)
+  for k = o + 1, nk do
+    local regs, p = R[k - o], P[k - o]
+    if p[4] < RE[k] then
+      if regs then
+        call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26)) .. schar(unpack(regs, 1, NR)),
+             'KEEPTTL')
+      else
+        call('SETRANGE', KEYS[k], 0, spack(IFMT, unpack(p, 1, 26)))
+      end
+    else
+      call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26))
+           .. (regs and schar(unpack(regs, 1, NR)) or RS[k - o]:sub(RO + 1, RO + NR)), 'PX', ipx)
+    end
   end
 end
 -- One bulk string per click (Redis hashes every byte of every Lua string it creates, so a

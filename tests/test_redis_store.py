@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from slidr.ext import reference
 
 from slidr import featurespec as fs
-from slidr.store_redis import RedisStore, StoreUnavailable
+from slidr.store_redis import TTL_REFRESH_MS, RedisStore, StoreUnavailable
 from slidr.testing.redis_server import RedisServer
 
 native = pytest.importorskip("slidr.ext._kernel")
@@ -115,6 +115,7 @@ def test_realistic_day_slice_parity_and_one_round_trip_per_batch(redis_server):
     assert stats["cmdstat_evalsha"]["calls"] == n_batches
     client_cmds = {k for k in stats if k not in ("cmdstat_evalsha", "cmdstat_get",
                                                   "cmdstat_mget", "cmdstat_set",
+                                                  "cmdstat_setrange",
                                                   "cmdstat_config|resetstat", "cmdstat_info")}
     assert not client_cmds, client_cmds
     es = native.EmbeddedStore()
@@ -132,14 +133,50 @@ def test_keys_have_expiry_and_layout(redis_server):
     admin = redis.Redis.from_url(redis_server.url)
     keys = sorted(admin.scan_iter(match=b"exp:*"))
     assert len(keys) == 3
-    want = {b"exp:u" + int(h[0][0]).to_bytes(8, "big"): fs.USER_TTL_MS,
-            b"exp:s" + int(h[1][0]).to_bytes(8, "big"): fs.SESSION_TTL_MS,
-            b"exp:i" + int(h[2][0]).to_bytes(8, "big"): fs.IP_TTL_MS}
+    ref = dict(zip("usi", TTL_REFRESH_MS, strict=True))
+    want = {b"exp:u" + int(h[0][0]).to_bytes(8, "big"): fs.USER_TTL_MS + ref["u"],
+            b"exp:s" + int(h[1][0]).to_bytes(8, "big"): fs.SESSION_TTL_MS + ref["s"],
+            b"exp:i" + int(h[2][0]).to_bytes(8, "big"): fs.IP_TTL_MS + ref["i"]}
     assert set(keys) == set(want)
     for k, ttl in want.items():
         pttl = admin.pttl(k)
         assert ttl + 1000 - 5000 < pttl <= ttl + 1000, (k, pttl)
     assert rs.stats()["keys"] == 3
+    rs.close()
+
+
+def test_ttl_is_set_once_per_refresh_period(redis_server):
+    """A key's Redis TTL is re-set when its last click enters a new refresh period (or the key
+    is new), and kept (SET KEEPTTL) by every other write; the counters are the embedded
+    store's either way."""
+    rs = RedisStore(redis_server.url, prefix="ref:", timeout_s=2.0, ttl_slack_ms=1000)
+    admin = redis.Redis.from_url(redis_server.url)
+    h = native.hash_keys(["u\x00bob"], ["s9"], ["198.51.100.9"])
+    names = [b"ref:" + bytes([tag]) + int(x[0]).to_bytes(8, "big")
+             for tag, x in zip(b"usi", h[:3], strict=True)]
+    ref = min(TTL_REFRESH_MS)
+    t0 = (T0 // max(TTL_REFRESH_MS) + 1) * max(TTL_REFRESH_MS)  # a period start of every kind
+    es = native.EmbeddedStore()
+
+    def click(t: int) -> None:
+        ts = np.array([t], np.int64)
+        assert np.array_equal(rs.update(ts, *h), es.update(ts, *h))
+
+    click(t0)
+    for k in names:  # new keys: a TTL
+        assert admin.pttl(k) > 0
+        admin.pexpire(k, 10_000_000)  # a mark: kept while the TTL is not re-set
+    click(t0 + ref // 2)  # same period: TTL kept
+    click(t0 + 1000)  # a late click (last unchanged): TTL kept
+    for k in names:
+        assert 9_000_000 < admin.pttl(k) <= 10_000_000, k
+    click(t0 + ref)  # the session's next period (and, past it, every kind's)
+    s_key = names[1]
+    assert admin.pttl(s_key) > fs.SESSION_TTL_MS
+    click(t0 + max(TTL_REFRESH_MS))
+    for k in names:
+        assert admin.pttl(k) > 10_000_000, k
+    click(t0 + max(TTL_REFRESH_MS) + 3 * fs.USER_TTL_MS)  # expired logically: reset, new TTL
     rs.close()
 
 
