@@ -373,3 +373,21 @@ def test_gap_shape_and_ip_hours_equal_embedded_across_batches(redis_server):
     admin = redis.Redis.from_url(redis_server.url)
     sizes = {k[len(rs.prefix)]: admin.strlen(k) for k in admin.scan_iter(match=rs.prefix + b"*")}
     assert sizes == {ord("u"): 40, ord("s"): 64, ord("i"): 24 * 8 + 4 * fs.HLL_M}
+
+
+def test_late_click_into_an_earlier_hour_is_written_back(redis_server):
+    """A late click that sets an IP's active-hours bit without touching its HLL registers is
+    the case where the script rewrites only part of the IP blob in place: the next batch must
+    read the new hours fields (and every counter equals the embedded store's)."""
+    rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
+    es = native.EmbeddedStore()
+    h = native.hash_keys(["u\x00carol"], ["s-late"], ["203.0.113.7"])
+    t0 = (T0 // HOUR + 1) * HOUR + 600_000  # hour H + 10 min
+    # H, then H + 2 (the hour window rolls: bit 1 clear), then late into H + 1 (bit 1 set, same
+    # user and session: no register changes), then H + 2 again to read what was stored
+    for t in (t0, t0 + 2 * HOUR, t0 + HOUR + 60_000, t0 + 2 * HOUR + 1000, t0 + 2 * HOUR + 2000):
+        ts = np.array([t], np.int64)
+        got, want = rs.update(ts, *h), es.update(ts, *h)
+        assert np.array_equal(got, want), t
+    assert got[0, fs.RAW_INDEX["i_hours"]] == 3  # hours H, H + 1 and H + 2
+    rs.close()
