@@ -36,7 +36,7 @@ Scenarios (each starts its own daemon with the embedded store, default settings 
   the store did in it (evictions, entries examined, index slots probed), minor page faults
   and Python collections; the store's worst single-batch work.
 
---clicks N sets the click count of the store scenarios (store, store_daemon, store_full,
+--store-clicks N sets the click count of the store scenarios (store, store_daemon, store_full,
 store_fill): a shorter run of the same shape.
 
 Prints one JSON object (and writes it to --out/abuse.json when given).
@@ -619,7 +619,10 @@ def store_fill(clicks: int = 10_000_000, batch: int = 16, rate: float = 20_000.0
             "gc": {"collections": len(gcs),
                    "by_generation": {str(g): sum(1 for x in gcs if x[2] == g) for g in (0, 1, 2)},
                    "max_ms": round(float(gd.max()) / 1e6, 3) if gd.size else 0.0},
-            "slow_batches": slow[:200], "slow_batch_count": len(slow)}
+            # the 200 slowest (wall), in run order
+            "slow_batches": sorted(sorted(slow, key=lambda e: -e["wall_ms"])[:200],
+                                   key=lambda e: e["batch"]),
+            "slow_batch_count": len(slow)}
 
 
 def periodic_costs(reps: int = 200) -> dict[str, Any]:
@@ -1091,12 +1094,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated, from {', '.join(SCENARIOS)}")
     p.add_argument("--quick", action="store_true", help="small sizes (a smoke test)")
     p.add_argument("--out", default="", help="directory for abuse.json")
-    p.add_argument("--clicks", type=int, default=0,
+    p.add_argument("--store-clicks", type=int, default=0,
                    help="clicks of the store scenarios (0 = their default)")
 
 
 def main_args(args: argparse.Namespace) -> int:
-    res = run([s for s in args.scenarios.split(",") if s], args.quick, args.clicks)
+    res = run([s for s in args.scenarios.split(",") if s], args.quick,
+              getattr(args, "store_clicks", 0) or 0)
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:

@@ -180,12 +180,15 @@ def register(sub: Any) -> None:
                                      "2099 click, garbage floods, connection waves, tricklers, "
                                      "10M distinct keys")
     ab.add_argument("--scenarios", default="poison,future,flood,waves,trickle,store,store_daemon",
-                    help="comma-separated (default: all): poison, future, flood, waves, "
-                         "trickle, store, store_daemon")
+                    help="comma-separated (default: the first seven): poison, future, flood, "
+                         "waves, trickle, store, store_daemon, store_full, store_fill")
     ab.add_argument("--quick", action="store_true",
                     help="small sizes, a smoke test (default: the full sizes)")
     add(ab, COMMON["out"], required=False, default=None, shown="none",
         help="also write abuse.json here")
+    ab.add_argument("--store-clicks", type=int, default=0,
+                    help="clicks of the store scenarios (store, store_daemon, store_full, "
+                         "store_fill; 0 = each one's own count)")
     ab.set_defaults(func=cmd_abuse)
 
 

@@ -106,7 +106,7 @@ def floor_line(probes: list[dict[str, Any]]) -> str:
 
 # ------------------------------------------------------------------ who had the CPU during a stall
 WATCH_COLS = ("t_s", "oncpu_ms", "runq_ms", "minflt", "majflt", "steal_ms", "cpu_idle_ms",
-              "cpu_busy_ms")
+              "cpu_busy_ms", "proc_cpu_ms")
 
 
 def _watch(pid: int, cpu: int | None, period_s: float, path: str, stop: Any,
@@ -140,7 +140,7 @@ def _watch(pid: int, cpu: int | None, period_s: float, path: str, stop: Any,
                     busy = sum(float(v[k]) for k in (1, 2, 3, 6, 7)) * tick_ms
                     break
             rows.append((t, int(on) / 1e6, int(rq) / 1e6, float(f[7]), float(f[9]), steal, idle,
-                         busy))
+                         busy, (float(f[11]) + float(f[12])) * tick_ms))
             if ready is not None and len(rows) == 1:
                 ready.set()
             time.sleep(max(0.0, period_s - (time.monotonic() - t)))
@@ -195,9 +195,10 @@ def explain(samples: np.ndarray, t0: float, t1: float) -> dict[str, float]:
     """What the watched process and its CPU did between t0 and t1 (monotonic s): ms on CPU,
     ms waiting for the CPU (another task had it), ms stolen by the hypervisor, ms the CPU was
     idle, minor/major faults. A loop stall that is the daemon's own work shows as on-CPU
-    time close to the stall's length; the machine's, as wait or steal (others_ms: the CPU's
-    busy time beyond the process's own, i.e. other tasks on it; /proc/stat counts in 10 ms
-    ticks, so short windows read coarse)."""
+    time close to the stall's length; the machine's, as wait or steal. others_ms: the CPU's
+    busy time beyond the whole process's (other processes on it, when the process is pinned
+    there); own_threads_ms: the process's CPU time beyond its main thread's (its other
+    threads). Both count in 10 ms ticks, so short windows read coarse."""
     if samples.size == 0:
         return {}
     t = samples[:, 0]
@@ -208,5 +209,6 @@ def explain(samples: np.ndarray, t0: float, t1: float) -> dict[str, float]:
     return {"from_s": round(float(t[i0]), 3), "span_ms": round(float(d[0]) * 1000, 1),
             "oncpu_ms": round(float(d[1]), 1), "runq_wait_ms": round(float(d[2]), 1),
             "steal_ms": round(float(d[5]), 1), "cpu_idle_ms": round(float(d[6]), 1),
-            "others_ms": round(max(0.0, float(d[7]) - float(d[1])), 1),
+            "others_ms": round(max(0.0, float(d[7]) - float(d[8])), 1),
+            "own_threads_ms": round(max(0.0, float(d[8]) - float(d[1])), 1),
             "minflt": int(d[3]), "majflt": int(d[4])}
