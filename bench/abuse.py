@@ -1025,10 +1025,20 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
                                      1 if pin else None).start(),
                  "generator": ProcWatch(os.getpid(), 1 if pin else None, 0.005,
                                         1 if pin else None).start()}
+        wall0 = time.time()
         try:
             res = asyncio.run(main())
         finally:
             samples_w = {k: w.stop() for k, w in watch.items()}
+        # the daemon's warnings and errors (monitor events, reloads, ...), with their times:
+        # anything it logged near a stall (the run's clock: run_started_unix + at_s)
+        try:
+            lines = d.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        res["run_started_unix"] = round(wall0, 3)
+        res["daemon_log_warnings"] = [ln[:300] for ln in lines
+                                      if " WARNING " in ln or " ERROR " in ln][-40:]
         cpu = _cpu_s(d.proc.pid) - cpu0
         text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
         res.update({"clicks": clicks, "offered_rate_per_s": rate, "clicks_per_request": per_req,
