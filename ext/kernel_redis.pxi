@@ -35,15 +35,50 @@ cdef Py_ssize_t _dedup_keys(const uint64_t* h, Py_ssize_t n, _HKey* tmp, uint64_
     return k
 
 
-cdef inline char* _put_bulk_int(char* p, Py_ssize_t v):
-    # an integer as a RESP bulk string: "$<len>\r\n<v>\r\n"
-    cdef char digits[24]
-    cdef int m = snprintf(digits, 24, b"%zd", v)
-    p += snprintf(p, 24, b"$%d\r\n", m)
-    memcpy(p, digits, m)
-    p[m] = b'\r'
-    p[m + 1] = b'\n'
-    return p + m + 2
+cdef inline int _ndigits(Py_ssize_t v) noexcept nogil:
+    # decimal digits of v >= 0
+    cdef int d = 1
+    while v >= 10:
+        v //= 10
+        d += 1
+    return d
+
+
+cdef inline char* _put_int(char* p, Py_ssize_t v) noexcept nogil:
+    # v >= 0 in decimal, no terminator
+    cdef int m = _ndigits(v)
+    cdef int i
+    for i in range(m - 1, -1, -1):
+        p[i] = <char>(48 + v % 10)
+        v //= 10
+    return p + m
+
+
+cdef inline char* _put_bulk_int(char* p, Py_ssize_t v) noexcept nogil:
+    # an integer >= 0 as a RESP bulk string: "$<len>\r\n<v>\r\n"
+    p[0] = b'$'
+    p = _put_int(p + 1, _ndigits(v))
+    p[0] = b'\r'
+    p[1] = b'\n'
+    p = _put_int(p + 2, v)
+    p[0] = b'\r'
+    p[1] = b'\n'
+    return p + 2
+
+
+cdef inline Py_ssize_t _bulk_int_len(Py_ssize_t v) noexcept nogil:
+    cdef int m = _ndigits(v)
+    return 1 + _ndigits(m) + 2 + m + 2
+
+
+cdef inline bint _is_c_array(object a, int typenum) noexcept:
+    # a C-contiguous numpy array of that type: its data can be read in place
+    return (cnp.PyArray_Check(a) and cnp.PyArray_TYPE(<cnp.ndarray>a) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a))
+
+
+# Batches up to this size dedup their keys in stack buffers (no malloc).
+DEF _STACK_CLICKS = 64
 
 
 def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes argv_px):
@@ -55,22 +90,49 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
 
     key record = "$<klen>\\r\\n" + prefix (rec_head) + tag (u|s|i) + 8-byte big-endian hash +
     "\\r\\n", keys of each kind distinct and ascending; click record = ts (<f8), the 4 HLL bytes,
-    the 1-based positions of the click's user, session and IP keys (<u4 each)."""
-    cdef cnp.ndarray[cnp.float64_t, ndim=1] t = np.ascontiguousarray(ts, dtype=np.float64)
-    cdef cnp.ndarray[cnp.uint64_t, ndim=1] u = np.ascontiguousarray(uh, dtype=np.uint64)
-    cdef cnp.ndarray[cnp.uint64_t, ndim=1] s = np.ascontiguousarray(sh, dtype=np.uint64)
-    cdef cnp.ndarray[cnp.uint64_t, ndim=1] ip = np.ascontiguousarray(ih, dtype=np.uint64)
-    cdef cnp.ndarray[cnp.uint8_t, ndim=2] hb = np.ascontiguousarray(hll, dtype=np.uint8).reshape(-1, 4)
-    cdef Py_ssize_t n = t.shape[0]
-    if u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hb.shape[0] != n:
+    the 1-based positions of the click's user, session and IP keys (<u4 each).
+
+    Arrays of the usual types (ts int64 or float64, hashes uint64, hll uint8 with 4 bytes per
+    click), C-contiguous, are read in place; anything else is converted first. The buffer is
+    sized exactly, and batches of up to 64 clicks dedup in stack buffers: a one-click request
+    costs about a microsecond."""
+    # one-dimensional views of the inputs, converted only when they are not already usable
+    if not _is_c_array(ts, cnp.NPY_INT64) and not _is_c_array(ts, cnp.NPY_FLOAT64):
+        ts = np.ascontiguousarray(ts, dtype=np.float64)
+    if not _is_c_array(uh, cnp.NPY_UINT64):
+        uh = np.ascontiguousarray(uh, dtype=np.uint64)
+    if not _is_c_array(sh, cnp.NPY_UINT64):
+        sh = np.ascontiguousarray(sh, dtype=np.uint64)
+    if not _is_c_array(ih, cnp.NPY_UINT64):
+        ih = np.ascontiguousarray(ih, dtype=np.uint64)
+    if not _is_c_array(hll, cnp.NPY_UINT8):
+        hll = np.ascontiguousarray(hll, dtype=np.uint8)
+    cdef cnp.ndarray ta = <cnp.ndarray>ts
+    cdef cnp.ndarray ua = <cnp.ndarray>uh
+    cdef cnp.ndarray sa = <cnp.ndarray>sh
+    cdef cnp.ndarray ia = <cnp.ndarray>ih
+    cdef cnp.ndarray ha = <cnp.ndarray>hll
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(ta)
+    if (cnp.PyArray_NDIM(ta) != 1 or cnp.PyArray_NDIM(ua) != 1 or cnp.PyArray_NDIM(sa) != 1
+            or cnp.PyArray_NDIM(ia) != 1 or cnp.PyArray_SIZE(ua) != n
+            or cnp.PyArray_SIZE(sa) != n or cnp.PyArray_SIZE(ia) != n
+            or cnp.PyArray_SIZE(ha) != 4 * n or (cnp.PyArray_NDIM(ha) == 2
+                                                 and cnp.PyArray_DIM(ha, 1) != 4)):
         raise ValueError("redis_request: ts, uh, sh, ih and hll must have the same length")
     if n == 0:
         raise ValueError("redis_request: empty batch")
+    cdef bint ts_int = cnp.PyArray_TYPE(ta) == cnp.NPY_INT64
+    cdef const int64_t* ti = <const int64_t*>cnp.PyArray_DATA(ta)
+    cdef const double* tf = <const double*>cnp.PyArray_DATA(ta)
+    cdef const uint8_t* hb = <const uint8_t*>cnp.PyArray_DATA(ha)
     cdef Py_ssize_t hl = len(rec_head)
     cdef Py_ssize_t reclen = hl + 11
-    cdef _HKey* tmp = <_HKey*>malloc(n * sizeof(_HKey))
-    cdef uint64_t* keys = <uint64_t*>malloc(3 * n * sizeof(uint64_t))
-    cdef uint32_t* idx = <uint32_t*>malloc(3 * n * sizeof(uint32_t))
+    cdef _HKey tmp_s[_STACK_CLICKS]
+    cdef uint64_t keys_s[3 * _STACK_CLICKS]
+    cdef uint32_t idx_s[3 * _STACK_CLICKS]
+    cdef _HKey* tmp = tmp_s
+    cdef uint64_t* keys = keys_s
+    cdef uint32_t* idx = idx_s
     cdef Py_ssize_t nu, ns, ni, k, i, j, size
     cdef char* p
     cdef char* base
@@ -79,20 +141,27 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
     cdef double tv
     cdef bytes out
     cdef char tag
-    if tmp == NULL or keys == NULL or idx == NULL:
-        free(tmp); free(keys); free(idx)
-        raise MemoryError()
+    if n > _STACK_CLICKS:
+        tmp = <_HKey*>malloc(n * sizeof(_HKey))
+        keys = <uint64_t*>malloc(3 * n * sizeof(uint64_t))
+        idx = <uint32_t*>malloc(3 * n * sizeof(uint32_t))
+        if tmp == NULL or keys == NULL or idx == NULL:
+            free(tmp); free(keys); free(idx)
+            raise MemoryError()
     try:
-        nu = _dedup_keys(&u[0], n, tmp, keys, idx, 3)
-        ns = _dedup_keys(&s[0], n, tmp, keys + nu, idx + 1, 3)
-        ni = _dedup_keys(&ip[0], n, tmp, keys + nu + ns, idx + 2, 3)
+        nu = _dedup_keys(<const uint64_t*>cnp.PyArray_DATA(ua), n, tmp, keys, idx, 3)
+        ns = _dedup_keys(<const uint64_t*>cnp.PyArray_DATA(sa), n, tmp, keys + nu, idx + 1, 3)
+        ni = _dedup_keys(<const uint64_t*>cnp.PyArray_DATA(ia), n, tmp, keys + nu + ns,
+                         idx + 2, 3)
         k = nu + ns + ni
-        size = (24 + len(cmd_head) + 24 + 24 + k * reclen + 24 + 24 * n + 2 + len(argv_px)
-                + 2 * 48)
+        size = (1 + _ndigits(k + 9) + len(cmd_head) + _bulk_int_len(k) + k * reclen
+                + 1 + _ndigits(24 * n) + 2 + 24 * n + 2 + len(argv_px)
+                + _bulk_int_len(nu) + _bulk_int_len(ns))
         out = PyBytes_FromStringAndSize(NULL, size)
         base = PyBytes_AS_STRING(out)
         p = base
-        p += snprintf(p, 24, b"*%zd", k + 9)
+        p[0] = b'*'
+        p = _put_int(p + 1, k + 9)
         memcpy(p, <const char*>cmd_head, len(cmd_head))
         p += len(cmd_head)
         p = _put_bulk_int(p, k)
@@ -107,14 +176,15 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
             p[9] = b'\r'
             p[10] = b'\n'
             p += 11
-        p += snprintf(p, 24, b"$%zd\r\n", 24 * n)
+        p[0] = b'$'
+        p = _put_int(p + 1, 24 * n)
+        p[0] = b'\r'
+        p[1] = b'\n'
+        p += 2
         for i in range(n):
-            tv = t[i]
+            tv = <double>ti[i] if ts_int else tf[i]
             memcpy(p, &tv, 8)  # little-endian hosts only (x86-64, aarch64)
-            p[8] = <char>hb[i, 0]
-            p[9] = <char>hb[i, 1]
-            p[10] = <char>hb[i, 2]
-            p[11] = <char>hb[i, 3]
+            memcpy(p + 8, hb + 4 * i, 4)
             memcpy(p + 12, &idx[3 * i], 12)
             p += 24
         p[0] = b'\r'
@@ -124,8 +194,10 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
         p += len(argv_px)
         p = _put_bulk_int(p, nu)
         p = _put_bulk_int(p, ns)
-        return out[:p - base]
+        assert p - base == size
+        return out
     finally:
-        free(tmp)
-        free(keys)
-        free(idx)
+        if n > _STACK_CLICKS:
+            free(tmp)
+            free(keys)
+            free(idx)

@@ -222,3 +222,18 @@ def test_native_request_is_byte_identical_to_numpy(size):
         assert store.request(ts, uh, sh, ih, hll) == store.request_numpy(ts, uh, sh, ih, hll)
     with pytest.raises(ValueError, match="same length"):
         native.redis_request(ts[:-1] if size > 1 else ts[:0], uh, sh, ih, hll, b"", b"", b"")
+    # inputs the builder converts first (float or strided ts, lists, flat or strided HLL bytes)
+    # give the same bytes as the usual arrays
+    want = store.request(ts, uh, sh, ih, hll)
+    wide = np.empty((size, 2), dtype=np.int64)
+    wide[:, 0] = ts
+    hll2 = np.zeros((size, 8), dtype=np.uint8)
+    hll2[:, :4] = hll
+    for args in ((ts.astype(np.float64), uh, sh, ih, hll),
+                 (wide[:, 0], uh, sh, ih, hll),
+                 (ts.tolist(), uh.tolist(), sh, ih, hll.tolist()),
+                 (ts, uh, sh, ih, hll.reshape(-1)),
+                 (ts, uh, sh, ih, hll2[:, :4])):
+        assert store.request(*args) == want
+    with pytest.raises(ValueError, match="same length"):
+        native.redis_request(ts, uh, sh, ih, hll2, b"", b"", b"")
