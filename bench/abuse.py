@@ -970,6 +970,37 @@ def _stalls(res: dict[str, Any], watches: dict[str, Any], top: int = 6) -> list[
     return out
 
 
+def _busiest(samples: Any, t_start: float, fine: dict[int, list[float]], top: int = 5,
+             span: float = 0.4) -> list[dict[str, Any]]:
+    """The `top` 400 ms windows (stepped by 100 ms, not overlapping each other) in which the
+    daemon's main thread ran the most: a stall of its own work (a long batch, a collection,
+    a periodic task) reads as on-CPU time close to the window's length, whatever else the
+    machine did. With the clicks answered > 4 ms late in them."""
+    import numpy as np
+    from slidr.bench.hiccup import explain
+    if samples.size == 0:
+        return []
+    t, on = samples[:, 0], samples[:, 1]
+    starts = np.arange(t[0], t[-1] - span, 0.1)
+    if starts.size == 0:
+        return []
+    busy = np.interp(starts + span, t, on) - np.interp(starts, t, on)
+    out: list[dict[str, Any]] = []
+    taken: list[float] = []
+    for i in np.argsort(-busy):
+        a = float(starts[i])
+        if any(abs(a - b) < span for b in taken):
+            continue
+        taken.append(a)
+        b0 = int((a - t_start) * 10)
+        late = sum(int(fine.get(b, [0])[0]) for b in range(b0, b0 + int(span * 10) + 1))
+        out.append({"at_s": round(a - t_start, 1), "clicks_over_4ms": late,
+                    "daemon": explain(samples, a, a + span)})
+        if len(out) >= top:
+            break
+    return out
+
+
 def echo_floor(seconds: float, rate: float, per_req: int, pin: bool) -> dict[str, Any]:
     """The same generator, rate and pinning against the do-nothing echo server: the share of
     clicks answered more than 4 ms after they were sent is the machine's own floor for the
@@ -1025,10 +1056,20 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
                                      1 if pin else None).start(),
                  "generator": ProcWatch(os.getpid(), 1 if pin else None, 0.005,
                                         1 if pin else None).start()}
+        wall0 = time.time()
         try:
             res = asyncio.run(main())
         finally:
             samples_w = {k: w.stop() for k, w in watch.items()}
+        # the daemon's warnings and errors (monitor events, reloads, ...), with their times:
+        # anything it logged near a stall (the run's clock: run_started_unix + at_s)
+        try:
+            lines = d.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            lines = []
+        res["run_started_unix"] = round(wall0, 3)
+        res["daemon_log_warnings"] = [ln[:300] for ln in lines
+                                      if " WARNING " in ln or " ERROR " in ln][-40:]
         cpu = _cpu_s(d.proc.pid) - cpu0
         text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
         res.update({"clicks": clicks, "offered_rate_per_s": rate, "clicks_per_request": per_req,
@@ -1051,6 +1092,8 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
     res["store_down"] = res["fail_open"].get("fail_open:store_down", 0)
     res["answered_over_4ms_pct"] = round(100 * res["answered_over_4ms"] / n, 4)
     res["echo_floor"] = floor
+    res["busiest_daemon_400ms"] = _busiest(samples_w["daemon"], res.get("t_start", 0.0),
+                                           res.get("by_100ms", {}))
     res["worst_100ms"] = _stalls(res, samples_w)
     return res
 

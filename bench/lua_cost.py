@@ -184,7 +184,9 @@ def run(sizes: tuple[int, ...] = (1, 4, 16, 64), reps: int = 12, against: str | 
                 names = list(scripts) if rep % 2 == 0 else list(scripts)[::-1]
                 for name in names:
                     clients[name].config_resetstat()
-                    pid = servers[name].proc.pid
+                    proc = servers[name].proc
+                    assert proc is not None
+                    pid = proc.pid
                     s0, c0 = _server_cpu_s(pid), time.process_time()
                     for x in batches:
                         replies[name].append(stores[name].update(*x))

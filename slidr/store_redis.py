@@ -321,8 +321,8 @@ class RedisStore:
         rec = np.frombuffer(rows, dtype="<f8").reshape(n, _ROW_DOUBLES)
         raw = np.empty((n, fs.RAW_WIDTH), dtype=np.float64)
         raw[:, _D_DST] = rec[:, _D_SRC]
-        packed = rec[:, _PACKED].astype(np.int64)
-        raw[:, _B_DST] = (packed[:, None] >> _SHIFTS) & 63
+        fields = rec[:, _PACKED].astype(np.int64)
+        raw[:, _B_DST] = (fields[:, None] >> _SHIFTS) & 63
         return raw
 
     def safe_url(self) -> str:

@@ -393,4 +393,25 @@ def test_an_ip_state_of_an_older_spec_starts_afresh(redis_server):
     want = native.EmbeddedStore().update(np.array([T0], np.int64), *h, tz)
     assert np.array_equal(got, want)
     assert admin.strlen(ikey) == 26 * 8 + 4 * fs.HLL_M
+
+
+def test_late_click_into_an_earlier_hour_is_written_back(redis_server):
+    """A late click that sets an IP's active-hours bit without touching its HLL registers is
+    the case where the script rewrites only part of the IP blob in place: the next batch must
+    read the new hours fields (and every counter equals the embedded store's). The clicks'
+    time zones change, so the time-zone fields after them are rewritten in place too."""
+    rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
+    es = native.EmbeddedStore()
+    h = native.hash_keys(["u\x00carol"], ["s-late"], ["203.0.113.7"])
+    t0 = (T0 // HOUR + 1) * HOUR + 600_000  # hour H + 10 min
+    # H, then H + 2 (the hour window rolls: bit 1 clear), then late into H + 1 (bit 1 set, same
+    # user and session: no register changes), then H + 2 again to read what was stored
+    for t, z in zip((t0, t0 + 2 * HOUR, t0 + HOUR + 60_000, t0 + 2 * HOUR + 1000,
+                     t0 + 2 * HOUR + 2000), (60, 60, -300, 330, 330), strict=True):
+        ts = np.array([t], np.int64)
+        tz = np.array([z], np.int16)
+        got, want = rs.update(ts, *h, tz), es.update(ts, *h, tz)
+        assert np.array_equal(got, want), t
+    assert got[0, fs.RAW_INDEX["i_hours"]] == 3  # hours H, H + 1 and H + 2
+    assert got[0, fs.RAW_INDEX["i_tzsw"]] > 1.9  # two switches, barely decayed
     rs.close()

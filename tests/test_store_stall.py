@@ -12,7 +12,7 @@ from slidr.ext import kernel_native
 
 pytestmark = pytest.mark.skipif(kernel_native is None, reason="native kernel not built")
 
-CAP = 20_000
+CAP = 12_000  # the index ~37 % full at the cap, as at the default cap
 BATCH = 16
 SCAN = 8            # sweep_scan: entries examined per click
 EVICT_SAMPLE = 16   # entries an insert at the cap looks at
