@@ -52,11 +52,6 @@ _perf = time.perf_counter
 # The IP check cache shared with the native partition (and the decoder).
 _ip_ok, _ip_valid = ip_cache()
 _deadline_of_item = operator.itemgetter(4)
-# Embedded store: a click that finds the loop idle this long after the last batch ended is
-# batched and answered within the same loop pass (no call_soon hop). Below it (busy loop, high
-# rate) the flush waits for the end of the pass, so that every connection readable in it adds
-# to the batch.
-_IDLE_GAP_S = 50e-6
 
 
 _PACKED: dict[str, bytes] = {}
@@ -125,7 +120,6 @@ class Batcher:
         self._last_warn = -1e9
         self._margin_cap = deadline_s / 2
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._last_end = 0.0  # when the last _flush ended (perf_counter)
         m = metrics
         self._h_store = m.latency["store"]
         self._h_model = m.latency["model"]
@@ -160,13 +154,11 @@ class Batcher:
             return
         if self.inflight_batches == 0 or len(self.pending) >= self.max_batch:
             if self.inflight_batches < self.depth:
-                if self.inline and _perf() - self._last_end > _IDLE_GAP_S:
-                    # The loop was idle (low rate: each click its own batch anyway): answer in
-                    # this loop pass, without a call_soon hop and its extra loop iteration.
-                    self._flush()
-                    return
                 self._scheduled = True
                 # call_soon: every connection readable in this loop pass adds to the batch first.
+                # (Flushing at once when the loop had been idle was measured: no CPU gain at
+                # 5k/s, +30 % main-thread CPU per click at 20k/s from the batching it loses;
+                # bench/results/embedded-cpu-5k-2026-12-04.)
                 self.loop.call_soon(self._flush)
                 return
         self._arm_timer()
@@ -228,7 +220,6 @@ class Batcher:
                 self._run_async(items)
         if self.pending:
             self._arm_timer()
-        self._last_end = _perf()
         self._maybe_idle()
 
     def _prepare(self, items: list[Item], t0: float, version: str, margin: float = 0.0
