@@ -220,7 +220,8 @@ class Batcher:
                 self._run_async(items)
         if self.pending:
             self._arm_timer()
-        self._maybe_idle()
+        if self._idle_waiters:  # drain only
+            self._maybe_idle()
 
     def _prepare(self, items: list[Item], t0: float, version: str, margin: float = 0.0
                  ) -> tuple[list[Item], list[Any], ClickBatch | None, int]:
