@@ -183,3 +183,133 @@ def plot(res: dict[str, Any], path: str | Path) -> None:
                  f"rounds of {res['duration_s']:g} s", fontsize=10)
     _save_png(fig, path)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------- closed loop
+# One click at a time over one connection: the next request leaves when the answer is in, so
+# every click is its own micro-batch however loaded the machine is. An open-loop run at a low
+# rate measures the same per-click cost only on a quiet machine: on a busy one the daemon is
+# descheduled, clicks queue and leave in batches, and the per-batch cost is shared out. This is
+# the per-click CPU comparison that load cannot blur (the idle gaps between clicks are one
+# round trip, shorter than at 5k/s open loop, so caches stay warmer: a lower bound).
+
+
+def _ping_pong(port: int, n: int, seq: list[int], prefixes: list[bytes]) -> None:
+    import socket
+    import time
+
+    import msgpack
+    from slidr.bench.clicks import frame
+    s = socket.create_connection(("127.0.0.1", port))
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        up = msgpack.Unpacker()
+        for _ in range(n):
+            i = seq[0]
+            seq[0] += 1
+            s.sendall(frame(i & 0xFFFFFFFF, prefixes[i % len(prefixes)],
+                            int(time.time() * 1000)))
+            got = False
+            while not got:
+                data = s.recv(65536)
+                if not data:
+                    raise RuntimeError(f"port {port} closed the connection")
+                up.feed(data)
+                for _msg in up:
+                    got = True
+    finally:
+        s.close()
+
+
+def closed_loop(clicks: int = 10_000, rounds: int = 3, cpus: str | None = None,
+                specs: tuple[str, ...] = ("echo=echo", "embedded=embedded"), log: Any = None
+                ) -> dict[str, Any]:
+    """-> {"runs": [...], "table": [...]}: per server, the median over interleaved rounds of
+    the main-thread CPU per click, one `score` at a time, with the ratio to the server named
+    echo. `specs` as bench/side_ab.py takes them: NAME=echo|embedded|redis[@PYTHON][:k=v,...]
+    (@PYTHON: a daemon from another build, for a before/after in the same rounds)."""
+    import sys
+
+    from slidr.bench.clicks import make_clicks, pack_prefixes
+    from slidr.bench.daemon import DaemonRun
+    from slidr.bench.echo_server import EchoProcess
+    from slidr.bench.side_ab import parse_server
+    pool, _src = make_clicks(4096)
+    prefixes = pack_prefixes(pool)
+    procs: dict[str, Any] = {}
+    seq = [0]
+    runs: list[dict[str, Any]] = []
+    parsed = [parse_server(x) for x in specs]
+    servers = tuple(name for name, *_ in parsed)
+    try:
+        for name, store, python, args in parsed:
+            if store == "echo":
+                procs[name] = EchoProcess(cpus=cpus).start()
+                continue
+            real = sys.executable
+            sys.executable = python or real  # DaemonRun starts `sys.executable -m slidr...`
+            try:
+                procs[name] = DaemonRun(store, dict(args), cpus=cpus, redis_cpus=cpus).start()
+            finally:
+                sys.executable = real
+        for p in procs.values():  # warm-up
+            _ping_pong(int(p.port), 2000, seq, prefixes)
+        for r in range(rounds):
+            order = servers[r % len(servers):] + servers[:r % len(servers)]
+            for name in order:
+                pid = procs[name].proc.pid
+                c0 = cpu_s(pid, pid)  # the main thread: its tid is the pid
+                _ping_pong(int(procs[name].port), clicks, seq, prefixes)
+                us = (cpu_s(pid, pid) - c0) * 1e6 / clicks
+                runs.append({"server": name, "round": r, "main_thread_cpu_us_per_click": us})
+                if log is not None:
+                    log(f"closed loop {r + 1}/{rounds} {name:8s}: {us:.1f} us/click")
+    finally:
+        for p in procs.values():
+            p.stop()
+    ecpu = _med([x["main_thread_cpu_us_per_click"] for x in runs if x["server"] == "echo"])
+    res_servers = [{"name": n, "store": st, "python": py, "args": a} for n, st, py, a in parsed]
+    table = []
+    for name in servers:
+        v = _med([x["main_thread_cpu_us_per_click"] for x in runs if x["server"] == name])
+        table.append({"server": name, "main_thread_cpu_us_per_click": v,
+                      "cpu_vs_echo": v / ecpu if v and ecpu else None})
+    return {"clicks": clicks, "rounds": rounds, "cpus": cpus, "servers": res_servers,
+            "runs": runs, "table": table}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m slidr.bench.side closed-loop [--clicks N] [--rounds R] [--server-cpus 0]
+    [--gen-cpus 1] [--server NAME=SPEC ...] [--out FILE]"""
+    import argparse
+    import json
+    import sys
+    p = argparse.ArgumentParser(prog="python -m slidr.bench.side")
+    p.add_argument("mode", choices=("closed-loop",))
+    p.add_argument("--clicks", type=int, default=10_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--server-cpus", default="0")
+    p.add_argument("--gen-cpus", default="1")
+    p.add_argument("--server", action="append",
+                   help="NAME=echo|embedded|redis[@PYTHON][:key=value,...] (repeat; default: "
+                        "echo=echo and embedded=embedded)")
+    p.add_argument("--out", help="write the JSON report here")
+    a = p.parse_args(argv)
+    if a.gen_cpus:
+        os.sched_setaffinity(0, {int(c) for c in a.gen_cpus.split(",")})
+    res = closed_loop(a.clicks, a.rounds, a.server_cpus or None,
+                      tuple(a.server or ("echo=echo", "embedded=embedded")),
+                      log=lambda m: print(m, file=sys.stderr, flush=True))
+    res["loadavg_end"] = os.getloadavg()
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+    for r in res["table"]:
+        x = r["cpu_vs_echo"]
+        print(f"{r['server']:16s} main-thread CPU {r['main_thread_cpu_us_per_click']:.1f} "
+              f"us/click  x echo {'-' if x is None else format(x, '.2f')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

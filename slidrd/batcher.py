@@ -120,6 +120,10 @@ class Batcher:
         self._last_warn = -1e9
         self._margin_cap = deadline_s / 2
         self._idle_waiters: list[asyncio.Future[None]] = []
+        m = metrics
+        self._h_store = m.latency["store"]
+        self._h_model = m.latency["model"]
+        self._h_size = m.batch_size
 
     # ------------------------------------------------------------------ intake (loop thread)
     def submit(self, click: Any, sink: Any, slot: int, t_arr: float, deadline: float) -> None:
@@ -152,6 +156,9 @@ class Batcher:
             if self.inflight_batches < self.depth:
                 self._scheduled = True
                 # call_soon: every connection readable in this loop pass adds to the batch first.
+                # (Flushing at once when the loop had been idle was measured: no CPU gain at
+                # 5k/s, +30 % main-thread CPU per click at 20k/s from the batching it loses;
+                # bench/results/embedded-cpu-5k-2026-12-04.)
                 self.loop.call_soon(self._flush)
                 return
         self._arm_timer()
@@ -213,7 +220,8 @@ class Batcher:
                 self._run_async(items)
         if self.pending:
             self._arm_timer()
-        self._maybe_idle()
+        if self._idle_waiters:  # drain only
+            self._maybe_idle()
 
     def _prepare(self, items: list[Item], t0: float, version: str, margin: float = 0.0
                  ) -> tuple[list[Item], list[Any], ClickBatch | None, int]:
@@ -620,14 +628,18 @@ class Batcher:
         """Metrics of a decided batch: stage times, batch size, decisions and invalid clicks
         per slice code (per[k] clicks of which bad[k] invalid)."""
         m = self.metrics
-        m.latency["store"].observe(t_store, n)
-        m.latency["model"].observe(t_model, n)
-        m.batch_size.observe(float(n))
-        for k in range(len(per)):
-            if per[k]:
+        self._h_store.observe(t_store, n)
+        self._h_model.observe(t_model, n)
+        self._h_size.observe(float(n))
+        dec = m.decisions
+        inv = m.invalid
+        k = 0
+        for c in per:
+            if c:
                 s = _SLICE_BY_CODE[k]
-                m.decisions[s] += per[k]
-                m.invalid[s] += int(bad[k])
+                dec[s] += c
+                inv[s] += int(bad[k])
+            k += 1
 
     # ------------------------------------------------------------------ answers
     def shed(self, click: Any, sink: Any, slot: int, cause: str) -> None:

@@ -34,31 +34,53 @@ def rss_bytes() -> int:
 
 
 class Histogram:
-    __slots__ = ("bounds", "blist", "counts", "total", "n")
+    """Bucket counts, sum and count. `counts` (numpy) is what readers and the native decide
+    path (ext/_fastpath.pyx) use; `observe` adds to a plain list instead (a list item += is a
+    fraction of a numpy scalar update, and it runs a few times per batch), folded into `counts`
+    whenever `counts` is read."""
+
+    __slots__ = ("bounds", "blist", "_counts", "total", "n", "_pc", "_dirty")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = np.asarray(bounds, dtype=np.float64)
         self.blist = list(bounds)
-        self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self._counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+        self._pc = [0] * (len(bounds) + 1)
+        self._dirty = False
         self.total = 0.0
         self.n = 0
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The bucket counts (int64, one more than the bounds), every `observe` so far in them;
+        the array itself (the native path adds to it in place)."""
+        if self._dirty:
+            self._counts += np.asarray(self._pc, dtype=np.int64)
+            self._pc = [0] * len(self._pc)
+            self._dirty = False
+        return self._counts
 
     def observe_many(self, values: np.ndarray) -> None:
         n = values.shape[0]
         if n == 0:
             return
         if n <= 8:  # small batches (low load): plain bisect beats numpy's call overhead
+            pc = self._pc
+            bl = self.blist
             for v in values.tolist():
-                self.counts[bisect_left(self.blist, v)] += 1
+                pc[bisect_left(bl, v)] += 1
                 self.total += v
+            self._dirty = True
         else:
             idx = self.bounds.searchsorted(values, side="left")
-            self.counts += np.bincount(idx, minlength=self.counts.size)
+            c = self._counts
+            c += np.bincount(idx, minlength=c.size)
             self.total += float(values.sum())
         self.n += n
 
     def observe(self, value: float, times: int = 1) -> None:
-        self.counts[bisect_left(self.blist, value)] += times
+        self._pc[bisect_left(self.blist, value)] += times
+        self._dirty = True
         self.total += value * times
         self.n += times
 

@@ -259,7 +259,8 @@ class RpcConnection(asyncio.Protocol):
             if self.inflight <= 0:
                 self.close()
             return
-        self.maybe_resume()
+        if self.paused_reading:
+            self.maybe_resume()
 
     def fatal(self, code: ErrorCode, message: str) -> None:
         """Answer a fatal error and close. Requests read before it (a valid click, then bad

@@ -65,3 +65,13 @@ def test_fuzz_decode_short_run_finds_nothing(pure):
     assert res["ok"] and res["inflight_after"] == 0 and res["connections_left_open"] <= 1
     assert res["native"] is (not pure)
     assert res["hot_clicks_decoded"] > 0 and res["statuses"]["too_deep"] > 0
+
+
+def test_side_closed_loop_one_click_at_a_time():
+    """The closed-loop mode answers every click (a lost answer would hang, not pass) and
+    reports CPU per click for each server with the ratio to echo."""
+    res = side.closed_loop(clicks=300, rounds=1)
+    by = {r["server"]: r for r in res["table"]}
+    assert set(by) == {"echo", "embedded"} and len(res["runs"]) == 2
+    assert by["echo"]["cpu_vs_echo"] in (1.0, None)  # None: under one clock tick of CPU
+    assert all(r["main_thread_cpu_us_per_click"] >= 0 for r in res["runs"])
