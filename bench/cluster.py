@@ -47,7 +47,11 @@ def _stream(n: int, seed: int = 1) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         from slidr.ext import reference
         h = reference.hash_keys([f"user{x}" for x in u], [f"sess{x}" for x in s],
                                 [f"10.{x >> 16}.{(x >> 8) & 255}.{x & 255}" for x in i])
-    return ts, tuple(h)
+    # the clicks' time zones: mostly one per user, some users switching (spec 3's IP
+    # zone-switch count does real work)
+    tzs = np.array([-480, -300, 0, 60, 330, 540], dtype=np.int16)
+    tz = tzs[(u + (rng.random(n) < 0.1)) % len(tzs)]
+    return ts, (*h, tz)
 
 
 def _counters(ports: list[int]) -> dict[str, float]:

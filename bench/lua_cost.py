@@ -73,7 +73,7 @@ def _server_cpu_s(pid: int) -> float:
 def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
              spacing_ms: int) -> tuple[list[tuple[Any, ...]], int]:
     """`calls` batches of b clicks from the pool, clicks start, start + 1, ... spacing_ms apart.
-    -> ([(ts, uh, sh, ih, hll)], the next click number)."""
+    -> ([(ts, uh, sh, ih, hll, tz)], the next click number)."""
     from slidr.contract import ClickBatch
     from slidr.kernel import hash_keys
     ts0 = 1_767_225_600_000
@@ -85,7 +85,7 @@ def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
             cl.append({**pool[k % len(pool)], "ts": ts0 + spacing_ms * k})
             k += 1
         batch = ClickBatch.from_clicks(cl)
-        out.append((batch.ts, *hash_keys(batch, True)))
+        out.append((batch.ts, *hash_keys(batch, True), batch.tz_offset_min))
     return out, k
 
 

@@ -15,10 +15,11 @@
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
 -- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddddddd" c60 c3600 last
--- first subsec lg_n lg_mean lg_m2; ip "<dddddd" c60 c3600 c86400 last bucket_1h bucket_1d,
--- then 4 x "<dddd" z v pz pv, then "<dd" hours_mask hours, then "<dd" the newest click's time
--- zone and the decayed count of time-zone switches (spec 3), then 4 x 32 one-byte HLL
--- registers. An IP blob of another size (written by an older spec) starts afresh.
+-- first subsec lg_n lg_mean lg_m2; ip "<dddddd" c60 c3600 c86400 last tz tz_switches (what
+-- changes on every click, contiguous), "<dd" hours_mask hours (rarely), "<dd" bucket_1h
+-- bucket_1d, then 4 x "<dddd" z v pz pv, then 4 x 32 one-byte HLL registers, then one layout
+-- byte (LAYOUT). An IP blob of another size or layout byte (an older spec, or spec 3's
+-- earlier field order, 336 bytes) starts afresh.
 -- Constants below are filled in from slidr.featurespec when the script is loaded.
 --
 -- Speed (the script is most of the store's cost): every key is decoded once into a Lua table,
@@ -66,8 +67,11 @@ local IFMT = '<dddddddddddddddddddddddddd'
 local SFMT = '<dddddddd'
 local RO = 26 * 8  -- the registers' offset in the blob
 local NR = 4 * M
-local IBYTES = RO + NR
-local function new_regs() return {__ZERO_REGS__} end
+-- The layout byte after the registers: kept as register table entry NR + 1, so it is read and
+-- written with the registers at no extra cost.
+local LAYOUT = 1
+local IBYTES = RO + NR + 1
+local function new_regs() return {__ZERO_REGS__, LAYOUT} end
 
 -- An IP's registers are read straight from its stored blob (RS[ii], one string.byte per
 -- register read) until a click changes one; only then are they unpacked into a table
@@ -79,7 +83,7 @@ local IH = {}          -- IH[ii]: the IP's active-hours fields changed in this b
 local function regs_of(ii)
   local regs = R[ii]
   if not regs then
-    regs = {sbyte(RS[ii], RO + 1, RO + NR)}
+    regs = {sbyte(RS[ii], RO + 1, RO + NR + 1)}
     R[ii] = regs
   end
   return regs
@@ -176,7 +180,7 @@ do
           S[k - su], RE[k] = {0, 0, NEVER, 0}, NEVER
         end
       else
-        if raw and #raw == IBYTES then
+        if raw and #raw == IBYTES and sbyte(raw, IBYTES) == LAYOUT then
           local p = {sunpack(IFMT, raw)}
           P[k - ss], R[k - ss], RS[k - ss], RE[k] = p, false, raw, (floor(p[4] / I_REF) + 1) * I_REF
         else
@@ -195,8 +199,8 @@ end
 local function scratch()
   local LATER = math.huge
   U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0, 0, 0, 0, 0}, {__FULL_REGS__}
-  P[0] = {0, 0, 0, LATER, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0,
-          0, 0}
+  P[0] = {0, 0, 0, LATER, 0, 0, 0, 0, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M,
+          M, M}
 end
 
 local out = {}
@@ -262,64 +266,64 @@ for i = 1, n do
   local age = t - s[4]
   if age < 0 then age = 0 end
 
-  -- ip: c[1..3], last = [4], buckets [5] (1 h) [6] (1 d), HLL j (z, v, pz, pv) at
-  -- [7+4j .. 10+4j], j = 0 sessions 1 h, 1 users 1 h, 2 sessions 1 d, 3 users 1 d;
-  -- registers of HLL j at regs[32j + 1 .. 32j + 32]; the newest click's time zone [25] and
-  -- the decayed count of clicks whose zone differed from it [26] (tau I_TAU3)
+  -- ip: c[1..3], last = [4], the newest click's time zone [5] and the decayed count of
+  -- clicks whose zone differed from it [6] (tau I_TAU3), active hours [7..8], buckets [9]
+  -- (1 h) [10] (1 d), HLL j (z, v, pz, pv) at [11+4j .. 14+4j], j = 0 sessions 1 h, 1 users
+  -- 1 h, 2 sessions 1 d, 3 users 1 d; registers of HLL j at regs[32j + 1 .. 32j + 32]
   local p = P[ii]
   d = t - p[4]
   if d > I_TTL then
-    p = {1.0, 1.0, 1.0, t, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
-         M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, 0, 0, z, 0.0}
+    p = {1.0, 1.0, 1.0, t, z, 0.0, 0, 0, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
+         M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M}
     P[ii] = p
     R[ii] = new_regs()
   else
     local sw = 0.0
-    if z ~= p[25] then sw = 1.0 end
+    if z ~= p[5] then sw = 1.0 end
     if d > 0 then
       local g = d / 1000.0
       p[1] = p[1] * exp(-g / I_TAU1) + 1.0
       p[2] = p[2] * exp(-g / I_TAU2) + 1.0
       local f3 = exp(-g / I_TAU3)
       p[3] = p[3] * f3 + 1.0
-      p[26] = p[26] * f3 + sw
+      p[6] = p[6] * f3 + sw
       p[4] = t
-      p[25] = z
+      p[5] = z
     else
       p[1], p[2], p[3] = p[1] + 1.0, p[2] + 1.0, p[3] + 1.0
-      p[26] = p[26] + sw
-      if d == 0 then p[25] = z end
+      p[6] = p[6] + sw
+      if d == 0 then p[5] = z end
     end
   end
 
-  -- active hours: mask [23] (bit k = a click in hour [5] - k, before the roll below), count [24]
-  local a0 = p[5] * W_HOUR
+  -- active hours: mask [7] (bit k = a click in hour [9] - k, before the roll below), count [8]
+  local a0 = p[9] * W_HOUR
   if t >= a0 + W_HOUR then
-    local k = bucket_of(t, W_HOUR) - p[5]
+    local k = bucket_of(t, W_HOUR) - p[9]
     local hm = 1
-    if k < NH then hm = (p[23] * 2 ^ k) % HFULL + 1 end
-    p[23], p[24] = hm, popcount(hm)
+    if k < NH then hm = (p[7] * 2 ^ k) % HFULL + 1 end
+    p[7], p[8] = hm, popcount(hm)
     IH[ii] = true
   elseif t < a0 then
-    local k = p[5] - bucket_of(t, W_HOUR)
+    local k = p[9] - bucket_of(t, W_HOUR)
     if k < NH then
       local b = 2 ^ k
-      if floor(p[23] / b) % 2 == 0 then p[23], p[24], IH[ii] = p[23] + b, p[24] + 1, true end
+      if floor(p[7] / b) % 2 == 0 then p[7], p[8], IH[ii] = p[7] + b, p[8] + 1, true end
     end
-  elseif p[23] % 2 == 0 then
-    p[23], p[24], IH[ii] = p[23] + 1, p[24] + 1, true
+  elseif p[7] % 2 == 0 then
+    p[7], p[8], IH[ii] = p[7] + 1, p[8] + 1, true
   end
 
   -- hour window: HLLs 0 and 1, registers 1 .. 2M; day window: HLLs 2 and 3, the rest
-  local hfrac = window(p, 5, 7, 0, ii, t, W_HOUR, sreg, srank, ureg, urank)
-  local dfrac = window(p, 6, 15, 2 * M, ii, t, W_DAY, sreg, srank, ureg, urank)
+  local hfrac = window(p, 9, 11, 0, ii, t, W_HOUR, sreg, srank, ureg, urank)
+  local dfrac = window(p, 10, 19, 2 * M, ii, t, W_DAY, sreg, srank, ureg, urank)
 
   out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
-                 p[1], p[2], p[3], p[7], p[9], p[11], p[13], p[15], p[17], p[19], p[21],
+                 p[1], p[2], p[3], p[11], p[13], p[15], p[17], p[19], p[21], p[23], p[25],
                  hfrac, dfrac,
-                 (((((((p[24] * 64 + p[22]) * 64 + p[20]) * 64 + p[18]) * 64 + p[16]) * 64
-                   + p[14]) * 64 + p[12]) * 64 + p[10]) * 64 + p[8],
-                 s[5], s[6], s[7], s[8], p[26])
+                 (((((((p[8] * 64 + p[26]) * 64 + p[24]) * 64 + p[22]) * 64 + p[20]) * 64
+                   + p[18]) * 64 + p[16]) * 64 + p[14]) * 64 + p[12],
+                 s[5], s[6], s[7], s[8], p[6])
 end
 
 -- Write each key once: SET KEEPTTL while its "last" stays in the refresh period of the stored
@@ -338,31 +342,30 @@ do
   end
   -- An IP whose registers did not change (R false) and whose TTL is kept is rewritten in
   -- place (SETRANGE keeps the TTL and the bytes not written), and only in the fields that can
-  -- have changed: IP fields 5..22 (window buckets, HLL z v pz pv) change only together with
+  -- have changed: IP fields 9..26 (window buckets, HLL z v pz pv) change only together with
   -- the registers (a window roll, a register update or a reset all make R a table), so what
-  -- is left is fields 1..4 (counts, last) and, when IH says so, 23..24 (active hours). Each
-  -- struct item costs ~0.5 k instructions in Redis's Lua: 4 items instead of 24 per write.
-  -- A new IP field updated on every click must join the first SETRANGE (or set IH).
+  -- is left is fields 1..6 (counts, last, time-zone fields) and, when IH says so, 7..8
+  -- (active hours), right after them: one SETRANGE either way (each redis.call costs ~8 k
+  -- instructions, each struct item ~0.5 k). A new IP field updated on every click must go
+  -- in fields 1..6's run (shifting the rest, with a new LAYOUT byte).
   local o = nu + ns
   for k = o + 1, nk do
     local regs, p = R[k - o], P[k - o]
     if p[4] < RE[k] then
       if regs then
-        call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26)) .. schar(unpack(regs, 1, NR)),
+        call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26)) .. schar(unpack(regs, 1, NR + 1)),
              'KEEPTTL')
       else
-        call('SETRANGE', KEYS[k], 0, spack('<dddd', p[1], p[2], p[3], p[4]))
-        -- the time-zone fields (25..26) change on every click; the active hours (23..24),
-        -- just before them, when IH says so
         if IH[k - o] then
-          call('SETRANGE', KEYS[k], 22 * 8, spack('<dddd', p[23], p[24], p[25], p[26]))
+          call('SETRANGE', KEYS[k], 0, spack('<dddddddd', p[1], p[2], p[3], p[4], p[5], p[6],
+                                             p[7], p[8]))
         else
-          call('SETRANGE', KEYS[k], 24 * 8, spack('<dd', p[25], p[26]))
+          call('SETRANGE', KEYS[k], 0, spack('<dddddd', p[1], p[2], p[3], p[4], p[5], p[6]))
         end
       end
     else
       call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26))
-           .. (regs and schar(unpack(regs, 1, NR)) or RS[k - o]:sub(RO + 1, RO + NR)), 'PX', ipx)
+           .. (regs and schar(unpack(regs, 1, NR + 1)) or RS[k - o]:sub(RO + 1, IBYTES)), 'PX', ipx)
     end
   end
 end

@@ -377,7 +377,7 @@ def test_gap_shape_and_ip_hours_equal_embedded_across_batches(redis_server):
     assert got[:, r["i_tzsw"]].max() >= 2
     admin = redis.Redis.from_url(redis_server.url)
     sizes = {k[len(rs.prefix)]: admin.strlen(k) for k in admin.scan_iter(match=rs.prefix + b"*")}
-    assert sizes == {ord("u"): 40, ord("s"): 64, ord("i"): 26 * 8 + 4 * fs.HLL_M}
+    assert sizes == {ord("u"): 40, ord("s"): 64, ord("i"): 26 * 8 + 4 * fs.HLL_M + 1}
 
 
 def test_an_ip_state_of_an_older_spec_starts_afresh(redis_server):
@@ -387,12 +387,18 @@ def test_an_ip_state_of_an_older_spec_starts_afresh(redis_server):
     h = native.hash_keys(["u\x00alice"], ["s1"], ["198.51.100.7"])
     admin = redis.Redis.from_url(redis_server.url)
     ikey = b"old:i" + int(h[2][0]).to_bytes(8, "big")
-    admin.set(ikey, b"\x01" * (24 * 8 + 4 * fs.HLL_M))
     tz = np.array([330], np.int16)
-    got = rs.update(np.array([T0], np.int64), *h, tz)
-    want = native.EmbeddedStore().update(np.array([T0], np.int64), *h, tz)
-    assert np.array_equal(got, want)
-    assert admin.strlen(ikey) == 26 * 8 + 4 * fs.HLL_M
+    # spec 2 (24 doubles), spec 3's earlier field order (26 doubles, no layout byte), and the
+    # current size with another layout byte
+    for size, fill in ((24 * 8 + 4 * fs.HLL_M, b"\x01"), (26 * 8 + 4 * fs.HLL_M, b"\x01"),
+                       (26 * 8 + 4 * fs.HLL_M + 1, b"\x07")):
+        for k in admin.scan_iter(match=b"old:*"):
+            admin.delete(k)
+        admin.set(ikey, fill * size)
+        got = rs.update(np.array([T0], np.int64), *h, tz)
+        want = native.EmbeddedStore().update(np.array([T0], np.int64), *h, tz)
+        assert np.array_equal(got, want), size
+        assert admin.strlen(ikey) == 26 * 8 + 4 * fs.HLL_M + 1
 
 
 def test_late_click_into_an_earlier_hour_is_written_back(redis_server):
