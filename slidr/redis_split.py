@@ -26,7 +26,6 @@ names (users, sessions, IPs), then the standalone script's ARGV (click records, 
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from slidr import featurespec as fs
-from slidr.store_redis import resp_bulk, script_source
+from slidr.store_redis import CLICK_DTYPE, CLICK_STRUCT, resp_bulk, script_source
 
 __all__ = ["Plan", "Part", "cluster_script", "plan_batch", "KIND_TAGS", "KIND_COLS",
            "ASKING", "is_redirect", "split_absent", "without_absent"]
@@ -133,10 +132,6 @@ def without_absent(plan: Plan, part: Part, absent: Sequence[int]) -> tuple[Part,
     return ok, missing
 
 
-_CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)),
-                         ("tz", "<i2")])
-
-
 def _dedup(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """-> (distinct values sorted, 0-based position of each element among them)."""
     h = np.asarray(h, dtype=np.uint64)
@@ -178,13 +173,13 @@ class Plan:
     n: int
     ts: np.ndarray
     hll: np.ndarray
+    tz: np.ndarray                 # the clicks' tz_offset_min (int16)
     keys: tuple[np.ndarray, ...]   # per kind: distinct key hashes (uint64)
     pos: tuple[np.ndarray, ...]    # per kind: each click's 0-based index into keys[kind]
     node: tuple[np.ndarray, ...]   # per kind: addr index of each distinct key
     addrs: list[str]
     parts: list[Part] = field(default_factory=list)
     epoch: int = 0                 # topology epoch the plan was made with
-    tz: np.ndarray | None = None   # the clicks' tz_offset_min (int16; None: all 0)
 
     def stitch(self, rows: Sequence[np.ndarray], parts: Sequence[Part] | None = None,
                out: np.ndarray | None = None) -> np.ndarray:
@@ -226,7 +221,7 @@ class Builder:
                          resp_bulk(b"%d" % ns)))
 
     def request(self, keys: Sequence[np.ndarray], clicks: np.ndarray) -> bytes:
-        """keys: per kind the node's distinct key hashes; clicks: _CLICK_DTYPE records whose idx
+        """keys: per kind the node's distinct key hashes; clicks: CLICK_DTYPE records whose idx
         are 1-based positions into them (0: elsewhere) -> the EVALSHA command bytes."""
         nu, ns = int(keys[0].shape[0]), int(keys[1].shape[0])
         k = nu + ns + int(keys[2].shape[0])
@@ -262,9 +257,9 @@ def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray], h
         keys.append(uk)
         pos.append(p)
         node.append(np.asarray(slot_node(k, uk), dtype=np.int64))
-    plan = Plan(n, np.asarray(ts, dtype=np.float64), np.asarray(hll), tuple(keys), tuple(pos),
-                tuple(node), list(addrs), epoch=epoch,
-                tz=np.zeros(n, np.int16) if tz is None else np.asarray(tz, dtype=np.int16))
+    plan = Plan(n, np.asarray(ts, dtype=np.float64), np.asarray(hll),
+                np.zeros(n, np.int16) if tz is None else np.asarray(tz, dtype=np.int16),
+                tuple(keys), tuple(pos), tuple(node), list(addrs), epoch=epoch)
     if n <= SMALL:
         plan.parts = build_parts_small(builder, plan)
     else:
@@ -275,7 +270,6 @@ def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray], h
 # Batches up to this size are split in plain Python (build_parts_small): on a few clicks the
 # ~60 numpy calls of build_parts cost more than the whole round trip.
 SMALL = 16
-_CLICK1 = struct.Struct("<d4B3Ih")
 
 
 def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
@@ -286,7 +280,7 @@ def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
     keys = [x.tolist() for x in plan.keys]
     ts = plan.ts.tolist()
     hll = [bytes(r) for r in np.asarray(plan.hll, dtype=np.uint8).reshape(n, 4)]
-    tz = [0] * n if plan.tz is None else plan.tz.tolist()
+    tz = plan.tz.tolist()
     parts: list[Part] = []
     for a in sorted(set(node[0]) | set(node[1]) | set(node[2])):
         loc: list[dict[int, int]] = []
@@ -304,7 +298,7 @@ def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
                 clicks.append(c)
                 for k in range(3):
                     on[k].append(li[k] > 0)
-                recs.append(_CLICK1.pack(ts[c], *hll[c], *li, tz[c]))
+                recs.append(CLICK_STRUCT.pack(ts[c], *hll[c], *li, tz[c]))
         addr = plan.addrs[a]
         parts.append(Part(addr, np.array(clicks, dtype=np.intp),
                           tuple(np.array(x, dtype=bool) for x in on),
@@ -325,10 +319,10 @@ def build_parts(builder: Builder, plan: Plan, active: Sequence[np.ndarray],
         click_on = [sel[k][plan.pos[k]] for k in range(3)]
         cmask = click_on[0] | click_on[1] | click_on[2]
         clicks = np.flatnonzero(cmask)
-        rec = np.empty(clicks.shape[0], dtype=_CLICK_DTYPE)
+        rec = np.empty(clicks.shape[0], dtype=CLICK_DTYPE)
         rec["ts"] = plan.ts[clicks]
         rec["hll"] = plan.hll[clicks]
-        rec["tz"] = 0 if plan.tz is None else plan.tz[clicks]
+        rec["tz"] = plan.tz[clicks]
         nkeys = []
         for k in range(3):
             loc = np.cumsum(sel[k])  # 1-based position among this node's keys of the kind

@@ -70,12 +70,13 @@ def script_source(mget_chunk: int = 1000) -> str:
 
 # One record per click in ARGV[1]: ts, the 4 HLL bytes, the 1-based positions of the click's
 # user, session and IP among the batch's distinct keys of that kind, and its tz_offset_min
-# (see store_redis.lua).
-_CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)),
-                         ("tz", "<i2")])
-assert _CLICK_DTYPE.itemsize == 26
-_CLICK1 = struct.Struct("<d4B3Ih")
-assert _CLICK1.size == 26
+# (see store_redis.lua). The one definition of the record: slidr/redis_split.py builds the
+# Redis Cluster nodes' records with these too.
+CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)),
+                        ("tz", "<i2")])
+assert CLICK_DTYPE.itemsize == 26
+CLICK_STRUCT = struct.Struct("<d4B3Ih")
+assert CLICK_STRUCT.size == 26
 
 
 # One reply row per click (store_redis.lua ROW): 28 doubles; the two bucket fractions come once
@@ -233,10 +234,10 @@ class RedisStore:
             recs = b"".join((head, b"u", int(uh[0]).to_bytes(8, "big"), b"\r\n",
                              head, b"s", int(sh[0]).to_bytes(8, "big"), b"\r\n",
                              head, b"i", int(ih[0]).to_bytes(8, "big"), b"\r\n"))
-            click = _CLICK1.pack(float(ts[0]), *h, 1, 1, 1, 0 if tz is None else int(tz[0]))
+            click = CLICK_STRUCT.pack(float(ts[0]), *h, 1, 1, 1, 0 if tz is None else int(tz[0]))
             return b"".join((b"*12", self._cmd_head, resp_bulk(b"3"), recs, resp_bulk(click),
                              self._argv_px, _ONE_ONE))
-        clicks = np.empty(n, dtype=_CLICK_DTYPE)
+        clicks = np.empty(n, dtype=CLICK_DTYPE)
         clicks["ts"] = ts
         clicks["hll"] = hll
         clicks["tz"] = 0 if tz is None else tz
