@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+from slidr.bench.side import cpu_s
 
 SCENARIOS = ("poison", "future", "flood", "waves", "trickle", "store", "store_daemon",
              "store_full", "store_fill")
@@ -66,11 +67,6 @@ def _rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _cpu_s(pid: int) -> float:
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _now_ms() -> int:
@@ -428,10 +424,10 @@ def trickle(n: int = 5000, seconds: float = 20.0) -> dict[str, Any]:
     from slidr.bench.daemon import DaemonRun
     with DaemonRun() as d:
         assert d.proc is not None
-        c0 = _cpu_s(d.proc.pid)
+        c0 = cpu_s(d.proc.pid)
         t0 = time.monotonic()
         res = asyncio.run(_trickle(d.port, n, seconds))
-        res["daemon_cpu_pct"] = round(100 * (_cpu_s(d.proc.pid) - c0)
+        res["daemon_cpu_pct"] = round(100 * (cpu_s(d.proc.pid) - c0)
                                       / (time.monotonic() - t0), 1)
         res["daemon_alive"] = d.alive()
     return res
@@ -1049,7 +1045,7 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
             res = await _distinct_flood_many(d.port, clicks, 8, rate, per_req, progress)
             wt.cancel()
             return res
-        cpu0 = _cpu_s(d.proc.pid)
+        cpu0 = cpu_s(d.proc.pid)
         # who had each CPU when answers came late: the daemon's and this generator's main
         # threads, sampled every 5 ms from a process of its own
         watch = {"daemon": ProcWatch(d.proc.pid, 0 if pin else None, 0.005,
@@ -1070,7 +1066,7 @@ def store_full(clicks: int = 10_000_000, rate: float = 20_000.0, per_req: int = 
         res["run_started_unix"] = round(wall0, 3)
         res["daemon_log_warnings"] = [ln[:300] for ln in lines
                                       if " WARNING " in ln or " ERROR " in ln][-40:]
-        cpu = _cpu_s(d.proc.pid) - cpu0
+        cpu = cpu_s(d.proc.pid) - cpu0
         text = urllib.request.urlopen(d.metrics_url, timeout=5).read().decode()
         res.update({"clicks": clicks, "offered_rate_per_s": rate, "clicks_per_request": per_req,
                     "embedded_max_mb_default": cap, "pinned": pin,

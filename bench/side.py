@@ -228,12 +228,8 @@ def closed_loop(clicks: int = 10_000, rounds: int = 3, cpus: str | None = None,
     the main-thread CPU per click, one `score` at a time, with the ratio to the server named
     echo. `specs` as bench/side_ab.py takes them: NAME=echo|embedded|redis[@PYTHON][:k=v,...]
     (@PYTHON: a daemon from another build, for a before/after in the same rounds)."""
-    import sys
-
     from slidr.bench.clicks import make_clicks, pack_prefixes
-    from slidr.bench.daemon import DaemonRun
-    from slidr.bench.echo_server import EchoProcess
-    from slidr.bench.side_ab import parse_server
+    from slidr.bench.side_ab import parse_server, start_servers
     pool, _src = make_clicks(4096)
     prefixes = pack_prefixes(pool)
     procs: dict[str, Any] = {}
@@ -242,16 +238,7 @@ def closed_loop(clicks: int = 10_000, rounds: int = 3, cpus: str | None = None,
     parsed = [parse_server(x) for x in specs]
     servers = tuple(name for name, *_ in parsed)
     try:
-        for name, store, python, args in parsed:
-            if store == "echo":
-                procs[name] = EchoProcess(cpus=cpus).start()
-                continue
-            real = sys.executable
-            sys.executable = python or real  # DaemonRun starts `sys.executable -m slidr...`
-            try:
-                procs[name] = DaemonRun(store, dict(args), cpus=cpus, redis_cpus=cpus).start()
-            finally:
-                sys.executable = real
+        start_servers(parsed, cpus, procs)
         for p in procs.values():  # warm-up
             _ping_pong(int(p.port), 2000, seq, prefixes)
         for r in range(rounds):

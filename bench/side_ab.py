@@ -53,26 +53,35 @@ def parse_server(text: str) -> tuple[str, str, str | None, dict[str, str]]:
     return name, store, python or None, args
 
 
+def start_servers(servers: list[tuple[str, str, str | None, dict[str, str]]],
+                  cpus: str | None, procs: dict[str, Any]) -> None:
+    """Start each parsed server (parse_server's tuples) pinned to `cpus`, into `procs` by name
+    as it comes up (the caller stops what is there, also after a failed start): the echo
+    server, or a slidrd on its store, run by PYTHON when given (another build, for a
+    before/after in the same rounds)."""
+    from slidr.bench.daemon import DaemonRun
+    from slidr.bench.echo_server import EchoProcess
+    for name, store, python, args in servers:
+        if store == "echo":
+            procs[name] = EchoProcess(cpus=cpus).start()
+            continue
+        real = sys.executable
+        sys.executable = python or real  # DaemonRun starts `sys.executable -m slidr...`
+        try:
+            procs[name] = DaemonRun(store, dict(args), cpus=cpus, redis_cpus=cpus).start()
+        finally:
+            sys.executable = real
+
+
 def run(servers: list[tuple[str, str, str | None, dict[str, str]]], rates: list[float],
         rounds: int, duration: float, warmup: float, connections: int, cpus: str,
         log: Any = None) -> dict[str, Any]:
     from slidr.bench import side
-    from slidr.bench.daemon import DaemonRun
-    from slidr.bench.echo_server import EchoProcess
 
     s = _Servers()
     runs: list[dict[str, Any]] = []
     try:
-        for name, store, python, args in servers:
-            if store == "echo":
-                s.procs[name] = EchoProcess(cpus=cpus).start()
-                continue
-            real = sys.executable
-            sys.executable = python or real  # DaemonRun starts `sys.executable -m slidr...`
-            try:
-                s.procs[name] = DaemonRun(store, dict(args), cpus=cpus, redis_cpus=cpus).start()
-            finally:
-                sys.executable = real
+        start_servers(servers, cpus, s.procs)
         names = [x[0] for x in servers]
         for r in range(rounds):
             order = names[r % len(names):] + names[:r % len(names)]
