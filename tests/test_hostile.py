@@ -411,3 +411,29 @@ def test_each_invalid_click_is_counted_once(tmp_path, path):
         assert sum("error" in a for a in answers) == 2, answers
         after = _stats(d)["errors"].get("INVALID_CLICK", 0)
     assert after - before == 5
+
+
+def test_entity_field_flood_scores_as_the_pure_path(tmp_path):
+    """Clicks whose ad_id and user_agent are all distinct and maximal (non-ASCII, 4-byte
+    characters, a NUL inside), mixed with repeated ones and absent ones: the compiled daemon
+    (whose user-agent key cache then only misses and evicts) answers every click exactly as
+    the pure-Python daemon does, one request at a time."""
+    from slidr.contract import MAX_ID_LEN, MAX_UA_LEN
+    reg = make_registry(tmp_path)
+    t0 = int(time.time() * 1000) - 600 * 37 - 10_000
+    clicks = []
+    for i in range(600):
+        if i % 4 == 0:
+            ad, ua = "ad-common", "Mozilla/5.0 common"
+        elif i % 4 == 1:
+            ad, ua = None, ""
+        else:
+            ad = (f"{i:06d}" + "é" * MAX_ID_LEN)[:MAX_ID_LEN]
+            ua = (f"{i:06d}\x00" + "🙂" * MAX_UA_LEN)[:MAX_UA_LEN]
+        clicks.append(_now_click(i, t0, users=9, ips=4, ad_id=ad, user_agent=ua))
+    res = []
+    for path in PATHS:
+        with Daemon(reg, "--deadline-ms", "5000", env=_env(path)) as d:
+            res.append(_scores(d.port, clicks))
+    assert len(res[0]) == len(clicks) and all(isinstance(v, float) for v in res[0].values())
+    assert res[0] == res[1]
