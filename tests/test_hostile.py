@@ -216,7 +216,7 @@ def _keys(n: int, start: int) -> tuple[np.ndarray, ...]:
     from slidr.ext import reference
     ks = [f"k{start + i}" for i in range(n)]
     return reference.hash_keys(["u\x00" + k for k in ks], ks, [f"10.0.{i % 250}.{i % 7}"
-                                                               for i in range(n)])
+                                                               for i in range(n)])[:4]
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -247,6 +247,33 @@ def test_store_cap_evicts_least_recently_seen(native):
     assert st.evicted == 2 * (40 * 100 + 1 - cap), st.evicted
     # the hot key was never evicted: its decayed count keeps growing
     assert all(b > a for a, b in zip(hot_counts, hot_counts[1:], strict=False)), hot_counts
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_store_cap_bounds_the_entity_table(native):
+    """Distinct ads and user agents on every click (a client inventing them): the entity
+    table stays within max_keys, new keys evict old ones, and an ad seen in every batch keeps
+    its counters."""
+    from slidr.ext import reference
+    from slidr.featurespec import RAW_INDEX
+    from slidr.kernel import embedded_store
+    cap = 1000  # three batches of new keys
+    st = embedded_store(native, max_keys=cap)
+    t0 = 1_767_225_600_000
+    col = RAW_INDEX["a_c86400"]
+    hot = []
+    for b in range(30):
+        ks = [f"k{b}-{i}" for i in range(100)]
+        ads = ["ad-hot"] + [f"ad-{b}-{i}" for i in range(1, 100)]
+        uas = [f"agent {b}-{i} " + "x" * 100 for i in range(100)]
+        uh, sh, ih, hll, eh = reference.hash_keys(["u\x00" + k for k in ks], ks,
+                                                  [f"10.1.{b}.{i}" for i in range(100)],
+                                                  ads, uas)
+        raw = st.update(np.full(100, t0 + b * 1000, np.int64), uh, sh, ih, hll, None, eh)
+        hot.append(raw[0, col])
+    s = st.stats()
+    assert s["entities"] <= cap and st.evicted > 3 * 30 * 100 - 4 * cap, s
+    assert all(y > x for x, y in zip(hot, hot[1:], strict=False)), hot
 
 
 def test_store_cap_from_memory_budget():
