@@ -296,7 +296,8 @@ class Batcher:
         """The embedded store's raw counters of a batch (FeatureKernel.raw, with the entity
         keys the fast path hashed)."""
         uh, sh, ih, hll, e = self._keys(batch, eh)
-        return self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e)
+        raw: np.ndarray = self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e)
+        return raw
 
     def _clock_refused(self, ts: np.ndarray) -> np.ndarray | None:
         """Rows stamped beyond max_clock_skew_s ahead of (or max_click_age_s behind) this

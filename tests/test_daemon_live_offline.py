@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from daemon_helpers import Client, Daemon, make_registry
+from slidr.slidrd.decision_log import read_decisions
 
 from slidr.featurespec import FEATURE_NAMES
-from slidr.slidrd.decision_log import read_decisions
 
 ENTITY_FEATURES = [f for f in FEATURE_NAMES if f.startswith(("ad_", "ipad_", "ua_"))]
 
@@ -83,6 +83,7 @@ def _serve(reg: Path, logdir: Path, clicks: list[dict], env: dict[str, str] | No
 @pytest.mark.parametrize("path", ["native", "pure"])
 def test_daemon_equals_offline_replay_on_a_simulated_day(tmp_path, day, path):
     from slidr.offline import replay
+
     from slidr.registry import Registry
 
     log, clicks = day

@@ -19,9 +19,9 @@ import pytest
 from daemon_helpers import click
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slidr.ext.reference import hash64
 
 from slidr.contract import MAX_ID_LEN, MAX_UA_LEN, validate_click
-from slidr.ext.reference import hash64
 from slidr.protocol import MAX_DEPTH
 
 native = pytest.importorskip("slidr.ext._decode")

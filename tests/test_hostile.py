@@ -255,6 +255,7 @@ def test_store_cap_bounds_the_entity_table(native):
     table stays within max_keys, new keys evict old ones, and an ad seen in every batch keeps
     its counters."""
     from slidr.ext import reference
+
     from slidr.featurespec import RAW_INDEX
     from slidr.kernel import embedded_store
     cap = 1000  # three batches of new keys
