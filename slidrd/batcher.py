@@ -1,8 +1,10 @@
 """The micro-batcher: clicks in, decisions out, one store round trip and one model call per batch.
 
 Flow per batch: drop expired clicks (fail-open: deadline) -> validate each click (a bad one gets
-INVALID_CLICK, the rest go on) -> ClickBatch -> FeatureKernel(store).features -> scorer.infer ->
-per-slice thresholds -> decisions -> responses grouped per connection -> decision log.
+INVALID_CLICK, the rest go on) -> ClickBatch and the clicks' entity keys (one native pass) ->
+the store's counters (FeatureKernel's key hashes + the entity keys) -> FeatureKernel.finish ->
+scorer.infer -> per-slice thresholds -> decisions -> responses grouped per connection ->
+decision log.
 
 Scheduling: flush at once when nothing is in flight; while a batch is in the store or the model,
 clicks accumulate and leave as the next batch (at most max_batch each). With the embedded store
