@@ -231,9 +231,9 @@ class Batcher:
         n_late, entity keys or None: see _columns). Late clicks are answered fail-open here,
         but the valid ones among them still go to the store: the first `n_late` rows of the
         batch are those clicks, counted and not scored. A click happened whether or not it was
-        scored in time, and the counters must stay what the offline replay of the log computes (a robot flood that makes the daemon
-        late must not also disappear from its own velocity features). Late clicks come first:
-        they arrived before the others (all deadlines are arrival + the same budget, unless a
+        scored in time, and the counters must stay what the offline replay of the log
+        computes (a robot flood that makes the daemon late must not also disappear from its
+        own velocity features). Late clicks come first: they arrived before the others (all deadlines are arrival + the same budget, unless a
         client asked for a shorter one)."""
         cutoff = t0 + margin
         if _fp is not None:
