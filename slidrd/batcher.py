@@ -233,8 +233,8 @@ class Batcher:
         batch are those clicks, counted and not scored. A click happened whether or not it was
         scored in time, and the counters must stay what the offline replay of the log
         computes (a robot flood that makes the daemon late must not also disappear from its
-        own velocity features). Late clicks come first: they arrived before the others (all deadlines are arrival + the same budget, unless a
-        client asked for a shorter one)."""
+        own velocity features). Late clicks come first: they arrived before the others (all
+        deadlines are arrival + the same budget, unless a client asked for a shorter one)."""
         cutoff = t0 + margin
         if _fp is not None:
             valid, clicks, expired, late, check = _fp.partition(items, cutoff, _ip_ok, _ip_valid)
