@@ -74,9 +74,7 @@ def stage_log(path: str | Path, out: str | Path, chunk_rows: int = 131_072,
             c = _prepare(tbl, hash_columns)
             n = c["n"]
             hll = np.ascontiguousarray(c["hll"], dtype=np.uint8)
-            eh = c.get("eh")
-            eh = (np.zeros((n, 3), np.uint64) if eh is None
-                  else np.ascontiguousarray(eh, dtype=np.uint64))
+            eh = np.ascontiguousarray(c["eh"], dtype=np.uint64)
             cols = {
                 "rid": pa.array(np.arange(n_done, n_done + n, dtype=np.int64)),
                 "ts": pa.array(c["ts"]),
