@@ -1,6 +1,6 @@
 """A simulated day through a real slidrd and through the offline replay of the same log: the
 same features and the same decisions for every click (embedded store, compiled and
-pure-Python daemon).
+pure-Python daemon; Redis store).
 
 The log's clicks carry feature spec 4's optional fields in every form a client sends: ad_id
 and user_agent present, null, missing from the request (null in the log) and empty; the
@@ -62,10 +62,10 @@ def day(tmp_path_factory) -> tuple[Path, list[dict]]:
     return path, clicks
 
 
-def _serve(reg: Path, logdir: Path, clicks: list[dict], env: dict[str, str] | None
-           ) -> dict[str, dict]:
+def _serve(reg: Path, logdir: Path, clicks: list[dict], env: dict[str, str] | None,
+           *args: str) -> dict[str, dict]:
     d = Daemon(reg, "--decision-log", str(logdir), "--deadline-ms", "30000",
-               "--max-clock-skew-s", "0", "--max-batch", "64", env=env).wait_ready()
+               "--max-clock-skew-s", "0", "--max-batch", "64", *args, env=env).wait_ready()
     answered: dict[str, dict] = {}
     try:
         with Client(d.port, timeout=60) as c:
@@ -82,14 +82,24 @@ def _serve(reg: Path, logdir: Path, clicks: list[dict], env: dict[str, str] | No
 
 @pytest.mark.parametrize("path", ["native", "pure"])
 def test_daemon_equals_offline_replay_on_a_simulated_day(tmp_path, day, path):
+    env = {"SLIDR_PURE_PYTHON": "1", "SLIDR_REQUIRE_NATIVE": "0"} if path == "pure" else None
+    _check(tmp_path, day, env)
+
+
+@pytest.mark.redis
+def test_daemon_on_redis_equals_offline_replay_on_a_simulated_day(tmp_path, day, redis_server):
+    _check(tmp_path, day, None, "--redis", redis_server.url)
+
+
+def _check(tmp_path: Path, day: tuple[Path, list[dict]], env: dict[str, str] | None,
+           *args: str) -> None:
     from slidr.offline import replay
 
     from slidr.registry import Registry
 
     log, clicks = day
     reg = make_registry(tmp_path)
-    env = {"SLIDR_PURE_PYTHON": "1", "SLIDR_REQUIRE_NATIVE": "0"} if path == "pure" else None
-    answered = _serve(reg, tmp_path / "dlog", clicks, env)
+    answered = _serve(reg, tmp_path / "dlog", clicks, env, *args)
     assert len(answered) == len(clicks)
     assert all(d["reason"] == "model" for d in answered.values())
     recs = {r["decision"]["click_id"]: r for r in read_decisions(tmp_path / "dlog")}
