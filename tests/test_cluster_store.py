@@ -156,16 +156,20 @@ class _Migration:
         self.dst.close()
 
 
-def test_slot_migration_ask_and_moved_sync_store(redis_cluster):
+@pytest.mark.parametrize("kind", [0, 3])
+def test_slot_migration_ask_and_moved_sync_store(redis_cluster, kind):
     """A slot under migration (some keys moved, -ASK) and after it (-MOVED / a stale map):
-    every click counted once, counters equal the embedded store's."""
+    every click counted once, counters equal the embedded store's. The slot moved holds a
+    user key, or an ad key (an entity)."""
     ts, h = _stream(300, seed=11, users=6, ips=3)
-    prefix = "mig:"
+    prefix = f"mig{kind}:"
     cs = RedisClusterStore(redis_cluster.url, prefix=prefix, timeout_s=2.0)
     got = []
     try:
         got.append(_feed(cs, ts[:100], tuple(x[:100] for x in h), 10))
-        key = cs.router.key_name(0, int(h[0][0]))  # the first click's user key
+        # the first click's user key, or the first ad key
+        hk = int(h[0][0]) if kind == 0 else int(h[5][:, 0][h[5][:, 0] != 0][0])
+        key = cs.router.key_name(kind, hk)
         mig = _Migration(redis_cluster, key)
         mig.start()
         got.append(_feed(cs, ts[100:150], tuple(x[100:150] for x in h), 10))
