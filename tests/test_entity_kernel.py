@@ -325,3 +325,62 @@ def test_spec_version_four_names_the_new_features():
         "a_c60", "a_c3600", "a_c86400", "as_z", "as_v", "as_pz", "as_pv", "as_frac",
         "ai_z", "ai_v", "ai_pz", "ai_pv", "ai_frac")
     assert fs.RAW_COLUMNS[5:8] == ("u_lg_n", "u_lg_mean", "u_lg_m2")
+
+
+def _random_stream(seed: int, n: int = 400) -> tuple[ClickBatch, list[int]]:
+    """Clicks over a few days with a pause past every TTL, 10 % of them up to 25 h late,
+    some ad_id / user_agent absent (None or empty), batches cut at random."""
+    rng = np.random.default_rng(seed)
+    ts = DAY0 + np.sort(rng.integers(0, 3 * DAY, n)).astype(np.int64)
+    ts[n // 2:] += 3 * DAY  # every key expires logically
+    late = rng.random(n) < 0.1
+    ts = ts - np.where(late, rng.integers(0, 25 * HOUR, n), 0)
+    pool = int(rng.integers(3, 30))
+    ads = [(None, "", "ad-a", "ad-b", "ad-c", f"ad-{k}")[int(rng.integers(0, 6))]
+           for k in rng.integers(0, pool, n)]
+    uas = [(None, "", "Mozilla/5.0 (X11)", "okhttp/4", f"bot/{k}")[int(rng.integers(0, 5))]
+           for k in rng.integers(0, pool, n)]
+    b = _batch(ts, rng.integers(0, pool, n).tolist(), rng.integers(0, pool // 2 + 1, n).tolist(),
+               ads, uas, users=[f"c{k}" for k in rng.integers(0, pool, n)],
+               logged=(rng.random(n) < 0.4).tolist())
+    cuts = sorted(set(rng.integers(1, n, int(rng.integers(0, 12))).tolist()))
+    return b, cuts
+
+
+@pytest.mark.skipif(native is None, reason="native kernel not built")
+@pytest.mark.parametrize("seed", range(30))
+def test_native_equals_the_twin_on_random_streams(seed):
+    b, cuts = _random_stream(seed)
+    ref = _raw("reference", b, cuts)
+    # a sweep at every click, with a grace past the latest click's lateness: exact
+    nat = _raw("native", b, cuts, capacity_hint=0, sweep_every=1, sweep_grace_ms=26 * HOUR)
+    bad = np.argwhere(ref != nat)
+    assert bad.size == 0, (fs.RAW_COLUMNS[bad[0][1]], bad[0][0], ref[tuple(bad[0])],
+                           nat[tuple(bad[0])])
+    assert (ref[:, R["a_c60"]] > 0).any() and (ref[:, R["a_c60"]] == 0).any()
+    want = fs.finish(ref, b.ts, b.tz_offset_min, b.logged_in, b.device)
+    got = native.finish_into(ref, b.ts, b.tz_offset_min, b.logged_in, b.device)
+    np.testing.assert_allclose(got, want, rtol=2e-7, atol=2e-7)
+
+
+@pytest.mark.skipif(native is None, reason="native kernel not built")
+def test_stats_and_sizes_cover_the_entity_table():
+    st = native.EmbeddedStore()
+    b, _ = _random_stream(1)
+    uh, sh, ih, hll, eh = native.hash_keys(b.user_key, b.session_id, b.ip, b.ad_id,
+                                           b.user_agent)
+    st.update(b.ts, uh, sh, ih, hll, b.tz_offset_min, eh)
+    s = st.stats()
+    assert s["entities"] == len({int(x) for x in eh.ravel() if x})
+    assert s["keys"] == s["users"] + s["sessions"] + s["ips"] + s["entities"] == len(st)
+    assert s["entry_bytes"]["entity"] == 152
+    assert s["bytes"] == sum(s["table_bytes"].values())
+    # the memory cap counts four tables: entries and an index sized for the cap each
+    per = sum(s["entry_bytes"][k] for k in ("user", "session", "ip", "entity"))
+    budget = 64 << 20
+    k = native.max_keys_for_bytes(budget)
+    slots = 64
+    while slots * 7 < k * 10:
+        slots *= 2
+    used = k * per + 4 * slots * s["entry_bytes"]["slot"]
+    assert used <= budget and used > 0.9 * budget, (k, used)

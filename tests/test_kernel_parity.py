@@ -253,9 +253,13 @@ def test_memory_plateaus_with_one_shot_users():
         ih = rng.integers(0, 2**63, per_day, dtype=np.int64).astype(np.uint64)
         ih[per_day // 2:] = ih[: per_day - per_day // 2]  # half the IPs come back
         hll = rng.integers(0, 32, (per_day, 4)).astype(np.uint8)
+        # entity keys: 500 ads, an (IP, ad) pair per IP, 50 user agents (namespaces apart)
+        ad = rng.integers(1, 501, per_day).astype(np.uint64)
+        eh = np.stack([ad, (ih ^ (ad * np.uint64(0x9E3779B97F4A7C15))) | np.uint64(1 << 63),
+                       rng.integers(1001, 1051, per_day).astype(np.uint64)], axis=1)
         for i in range(0, per_day, 512):
             s = slice(i, i + 512)
-            store.update(ts[s], uh[s], sh[s], ih[s], hll[s])
+            store.update(ts[s], uh[s], sh[s], ih[s], hll[s], None, eh[s])
         stt = store.stats()
         keys.append(stt["keys"])
         nbytes.append(stt["bytes"])
