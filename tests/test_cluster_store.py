@@ -306,3 +306,44 @@ def test_entity_keys_spread_over_shards(redis_cluster, batch):
     finally:
         cs.close()
     np.testing.assert_array_equal(got, reference.ReferenceStore().update(ts, *h))
+
+
+def test_daemon_link_answers_batches_in_send_order(redis_cluster):
+    """The daemon's ClusterLink answers batches in the order they were sent, as one Redis
+    connection does, although a batch whose parts sit on fewer masters can be back first: the
+    batcher logs decisions in answer order, and the clicks of a popular ad or user agent were
+    counted in send order, so the log replays to the same counters."""
+    import asyncio
+
+    from slidr.slidrd.cluster_link import ClusterLink
+
+    ts, h = _stream(400, seed=41, users=200, ips=150)
+    cs = RedisClusterStore(redis_cluster.url, prefix="order:", timeout_s=2.0)
+    rng = np.random.default_rng(5)
+    cuts = np.cumsum(rng.integers(1, 6, 200))
+    cuts = [0, *cuts[cuts < 400].tolist(), 400]
+
+    async def main():
+        link = ClusterLink(cs, timeout_s=2.0)
+        await link.connect()
+        loop = asyncio.get_running_loop()
+        order, futs = [], []
+        for j, (a, z) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+            plan = cs.request(ts[a:z], *(x[a:z] for x in h))
+            f = loop.create_future()
+            link.send(plan, lambda r, err, f=f, j=j: (order.append(j), f.set_result((r, err))))
+            futs.append((f, z - a))
+        out = []
+        for f, n in futs:
+            r, err = await f
+            assert err is None, err
+            out.append(cs.parse_reply(r, n))
+        link.close()
+        return order, np.concatenate(out)
+
+    try:
+        order, got = asyncio.run(main())
+    finally:
+        cs.close()
+    assert order == sorted(order)
+    np.testing.assert_array_equal(got, reference.ReferenceStore().update(ts, *h))
