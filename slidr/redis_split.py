@@ -65,7 +65,7 @@ def _slot_cols() -> tuple[np.ndarray, ...]:
     return tuple(c.astype(np.intp) for c in cols)
 
 
-# RAW columns each key slot produces: user u_*, session s_*, IP i_* and HLL h*, then the 13
+# RAW columns each key slot produces: user u_*, session s_*, IP i_* and HLL h*, then the 14
 # columns of each entity kind (a_*, x_*, g_*).
 KIND_COLS = _slot_cols()
 _ENTITY_ABSENT = np.array(fs.ENTITY_ABSENT, dtype=np.float64)

@@ -271,7 +271,7 @@ class RedisClusterStore(RedisStore):
         return self.router.plan(ts, uh, sh, ih, hll, tz, eh)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, 80)."""
+        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, RAW_WIDTH)."""
         if isinstance(resp, ClusterReply):
             rows = [super(RedisClusterStore, self).parse_reply(r, p.n)
                     for p, r in zip(resp.parts, resp.replies, strict=True)]

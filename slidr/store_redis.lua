@@ -17,7 +17,7 @@
 --          the client's slack plus the kind's refresh period, see "Physical TTLs" below).
 -- ARGV[6], ARGV[7], ARGV[8]: the number of user, session and IP keys in KEYS (the rest are
 --          entities).
--- Returns n bulk strings, one per click: the click's raw counters in 536 bytes (see ROW
+-- Returns n bulk strings, one per click: the click's raw counters in 560 bytes (see ROW
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
 -- State blobs: user "<dddddddd" c60 c600 c3600 c86400 last lg_n lg_mean lg_m2 (a user blob of
@@ -26,9 +26,11 @@
 -- changes on every click, contiguous), "<dd" hours_mask hours (rarely), "<dd" bucket_1h
 -- bucket_1d, then 4 x "<dddd" z v pz pv, then 4 x 32 one-byte HLL registers, then one layout
 -- byte (LAYOUT). An IP blob of another size or layout byte (an older spec, or spec 3's
--- earlier field order, 336 bytes) starts afresh. Entity "<dddd" c60 c3600 c86400 last (what
--- changes on every click), "<d" day bucket, 2 x "<dddd" z v pz pv (distinct sessions, distinct
--- IPs), then 2 x 32 one-byte registers, then one layout byte (E_LAYOUT): 169 bytes.
+-- earlier field order, 336 bytes) starts afresh. Entity "<ddddd" c60 c3600 c86400 c604800 last
+-- (what changes on every click), "<d" day bucket, 2 x "<dddd" z v pz pv (distinct sessions,
+-- distinct IPs), then 2 x 32 one-byte registers, then one layout byte (E_LAYOUT): 177 bytes.
+-- An entity blob of another size or layout byte (the 169-byte one without c604800) starts
+-- afresh.
 -- Constants below are filled in from slidr.featurespec when the script is loaded.
 --
 -- Speed (the script is most of the store's cost): every key is decoded once into a Lua table,
@@ -51,7 +53,7 @@
 local U_TAU1, U_TAU2, U_TAU3, U_TAU4 = __USER_TAUS__
 local S_TAU1, S_TAU2 = __SESSION_TAUS__
 local I_TAU1, I_TAU2, I_TAU3 = __IP_TAUS__
-local E_TAU1, E_TAU2, E_TAU3 = __ENTITY_TAUS__
+local E_TAU1, E_TAU2, E_TAU3, E_TAU4 = __ENTITY_TAUS__
 local U_TTL, S_TTL, I_TTL, E_TTL = __USER_TTL_MS__, __SESSION_TTL_MS__, __IP_TTL_MS__,
                                    __ENTITY_TTL_MS__
 local U_REF, S_REF, I_REF, E_REF = __USER_REFRESH_MS__, __SESSION_REFRESH_MS__,
@@ -161,16 +163,16 @@ local function window(p, bi, z0, r0, ii, t, w, sreg, srank, ureg, urank)
   return frac
 end
 
--- Entities (ad, (IP, ad), user agent): E[k] = {c60, c3600, c86400, last, day bucket, z v pz pv
--- of the distinct-session sketch, z v pz pv of the distinct-IP sketch}; their registers as the
+-- Entities (ad, (IP, ad), user agent): E[k] = {c60, c3600, c86400, c604800, last, day bucket,
+-- z v pz pv of the distinct-session sketch, z v pz pv of the distinct-IP sketch}; their registers as the
 -- IPs' (ER[k] a table once changed or new, else false and ERS[k] the stored blob), sessions'
 -- at 1 .. M, IPs' at M + 1 .. 2M, the layout byte at 2M + 1.
 local E, ER, ERS = {}, {}, {}
-local ERO = 13 * 8     -- the registers' offset in an entity blob
+local ERO = 14 * 8     -- the registers' offset in an entity blob
 local ENR = 2 * M
-local E_LAYOUT = 1
+local E_LAYOUT = 2
 local EBYTES = ERO + ENR + 1
-local EFMT = '<ddddddddddddd'
+local EFMT = '<dddddddddddddd'
 local function new_eregs() return {__ZERO_EREGS__, E_LAYOUT} end
 local function eregs_of(k)
   local regs = ER[k]
@@ -193,13 +195,13 @@ local function ehll_add(p, zi, k, q, rank)
 end
 
 -- One click on entity k: counts (the IP's decay, out-of-order and expiry rules), then its day
--- window rolled to t's bucket and the click's session and IP added. Returns the 12 row values
--- of the kind: c60 c3600 c86400, sessions z v pz pv, the bucket fraction, IPs z v pz pv.
+-- window rolled to t's bucket and the click's session and IP added. Returns the 13 row values
+-- of the kind: c60 c3600 c86400 c604800, sessions z v pz pv, the bucket fraction, IPs z v pz pv.
 local function entity(k, t, sreg, srank, ireg, irank)
   local p = E[k]
-  local d = t - p[4]
+  local d = t - p[5]
   if d > E_TTL then
-    p = {1.0, 1.0, 1.0, t, bucket_of(t, W_ENT), M, M, M, M, M, M, M, M}
+    p = {1.0, 1.0, 1.0, 1.0, t, bucket_of(t, W_ENT), M, M, M, M, M, M, M, M}
     E[k] = p
     ER[k] = new_eregs()
   elseif d > 0 then
@@ -207,30 +209,31 @@ local function entity(k, t, sreg, srank, ireg, irank)
     p[1] = p[1] * exp(-g / E_TAU1) + 1.0
     p[2] = p[2] * exp(-g / E_TAU2) + 1.0
     p[3] = p[3] * exp(-g / E_TAU3) + 1.0
-    p[4] = t
+    p[4] = p[4] * exp(-g / E_TAU4) + 1.0
+    p[5] = t
   else
-    p[1], p[2], p[3] = p[1] + 1.0, p[2] + 1.0, p[3] + 1.0
+    p[1], p[2], p[3], p[4] = p[1] + 1.0, p[2] + 1.0, p[3] + 1.0, p[4] + 1.0
   end
-  local cur = p[5]
+  local cur = p[6]
   local start = cur * W_ENT
   if t >= start + W_ENT then
     local b = bucket_of(t, W_ENT)
     if b == cur + 1 then
-      p[8], p[9], p[12], p[13] = p[6], p[7], p[10], p[11]
+      p[9], p[10], p[13], p[14] = p[7], p[8], p[11], p[12]
     else
-      p[8], p[9], p[12], p[13] = M, M, M, M
+      p[9], p[10], p[13], p[14] = M, M, M, M
     end
-    p[6], p[7], p[10], p[11] = M, M, M, M
+    p[7], p[8], p[11], p[12] = M, M, M, M
     local regs = eregs_of(k)
     for q = 1, ENR do regs[q] = 0 end
-    p[5] = b
+    p[6] = b
     start = b * W_ENT
   end
   local frac = (t - start) / W_ENT
   if frac < 0.0 then frac = 0.0 elseif frac > 1.0 then frac = 1.0 end
-  ehll_add(p, 6, k, 1 + sreg, srank)
-  ehll_add(p, 10, k, 1 + M + ireg, irank)
-  return p[1], p[2], p[3], p[6], p[7], p[8], p[9], frac, p[10], p[11], p[12], p[13]
+  ehll_add(p, 7, k, 1 + sreg, srank)
+  ehll_add(p, 11, k, 1 + M + ireg, irank)
+  return p[1], p[2], p[3], p[4], p[7], p[8], p[9], p[10], frac, p[11], p[12], p[13], p[14]
 end
 
 -- Read every key with a few MGETs (one redis.call per CHUNK keys; 1 on a cluster, where one
@@ -275,9 +278,9 @@ do
         if raw and #raw == EBYTES and sbyte(raw, EBYTES) == E_LAYOUT then
           local p = {sunpack(EFMT, raw)}
           E[k - si], ER[k - si], ERS[k - si], RE[k] = p, false, raw,
-            (floor(p[4] / E_REF) + 1) * E_REF
+            (floor(p[5] / E_REF) + 1) * E_REF
         else
-          E[k - si], ER[k - si], RE[k] = {0, 0, 0, NEVER}, false, NEVER
+          E[k - si], ER[k - si], RE[k] = {0, 0, 0, 0, NEVER}, false, NEVER
         end
       end
     end
@@ -299,15 +302,15 @@ end
 
 local out = {}
 local pos = 1
--- Row of one click (67 doubles, 536 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
+-- Row of one click (70 doubles, 560 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
 -- ip c60 c3600 c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d, the register counts v, pv
 -- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits) with the
 -- IP's active hours (0..24) in bits 48..52, then s subsec lg_n lg_mean lg_m2, then the IP's
 -- time-zone switches (spec 3), then u lg_n lg_mean lg_m2, then per entity kind (ad, (IP, ad),
--- user agent) c60 c3600 c86400, sessions z v pz pv, day fraction, IPs z v pz pv (spec 4; the
+-- user agent) c60 c3600 c86400 c604800, sessions z v pz pv, day fraction, IPs z v pz pv (spec 4; the
 -- absent values for a click without that key). Fewer struct items: struct.pack costs about
 -- 25 ns per item. The client expands the row to RAW.
-local ROW = '<' .. string.rep('d', 67)
+local ROW = '<' .. string.rep('d', 70)
 for i = 1, n do
   local t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z
   t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z, pos =
@@ -424,14 +427,17 @@ for i = 1, n do
   local hfrac = window(p, 9, 11, 0, ii, t, W_HOUR, sreg, srank, ureg, urank)
   local dfrac = window(p, 10, 19, 2 * M, ii, t, W_DAY, sreg, srank, ureg, urank)
 
-  local a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12 = 0, 0, 0, M, M, M, M, 0, M, M, M, M
-  if ea > 0 then a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12 =
+  local a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13 =
+    0, 0, 0, 0, M, M, M, M, 0, M, M, M, M
+  if ea > 0 then a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13 =
     entity(ea, t, sreg, srank, ireg, irank) end
-  local x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12 = 0, 0, 0, M, M, M, M, 0, M, M, M, M
-  if ex > 0 then x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12 =
+  local x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13 =
+    0, 0, 0, 0, M, M, M, M, 0, M, M, M, M
+  if ex > 0 then x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13 =
     entity(ex, t, sreg, srank, ireg, irank) end
-  local g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12 = 0, 0, 0, M, M, M, M, 0, M, M, M, M
-  if eg > 0 then g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12 =
+  local g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13 =
+    0, 0, 0, 0, M, M, M, M, 0, M, M, M, M
+  if eg > 0 then g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13 =
     entity(eg, t, sreg, srank, ireg, irank) end
 
   out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
@@ -440,9 +446,9 @@ for i = 1, n do
                  (((((((p[8] * 64 + p[26]) * 64 + p[24]) * 64 + p[22]) * 64 + p[20]) * 64
                    + p[18]) * 64 + p[16]) * 64 + p[14]) * 64 + p[12],
                  s[5], s[6], s[7], s[8], p[6], u[6], u[7], u[8],
-                 a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12,
-                 x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12,
-                 g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12)
+                 a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
+                 x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13,
+                 g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13)
 end
 
 -- Write each key once: SET KEEPTTL while its "last" stays in the refresh period of the stored
@@ -487,21 +493,21 @@ do
            .. (regs and schar(unpack(regs, 1, NR + 1)) or RS[k - o]:sub(RO + 1, IBYTES)), 'PX', ipx)
     end
   end
-  -- Entities as IPs: fields 5..13 (bucket, HLL z v pz pv) change only with the registers, so
+  -- Entities as IPs: fields 6..14 (bucket, HLL z v pz pv) change only with the registers, so
   -- an entity whose registers did not change and whose TTL is kept gets one SETRANGE of
-  -- fields 1..4 (counts, last).
+  -- fields 1..5 (counts, last).
   o = nu + ns + ni
   for k = o + 1, nk do
     local regs, p = ER[k - o], E[k - o]
-    if p[4] < RE[k] then
+    if p[5] < RE[k] then
       if regs then
-        call('SET', KEYS[k], spack(EFMT, unpack(p, 1, 13)) .. schar(unpack(regs, 1, ENR + 1)),
+        call('SET', KEYS[k], spack(EFMT, unpack(p, 1, 14)) .. schar(unpack(regs, 1, ENR + 1)),
              'KEEPTTL')
       else
-        call('SETRANGE', KEYS[k], 0, spack('<dddd', p[1], p[2], p[3], p[4]))
+        call('SETRANGE', KEYS[k], 0, spack('<ddddd', p[1], p[2], p[3], p[4], p[5]))
       end
     else
-      call('SET', KEYS[k], spack(EFMT, unpack(p, 1, 13))
+      call('SET', KEYS[k], spack(EFMT, unpack(p, 1, 14))
            .. (regs and schar(unpack(regs, 1, ENR + 1)) or ERS[k - o]:sub(ERO + 1, EBYTES)),
            'PX', epx)
     end

@@ -74,8 +74,8 @@ def script_source(mget_chunk: int = 1000) -> str:
     # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.
     assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2
     assert len(fs.USER_TAUS) == 4 and len(fs.SESSION_TAUS) == 2 and len(fs.IP_TAUS) == 3
-    assert len(fs.ENTITY_TAUS) == 3 and fs.ENTITY_PREFIXES == ("a", "x", "g")
-    assert fs.RAW_WIDTH == 80
+    assert len(fs.ENTITY_TAUS) == 4 and fs.ENTITY_PREFIXES == ("a", "x", "g")
+    assert fs.RAW_WIDTH == 83
     for k, v in subs.items():
         src = src.replace(k, v)
     return src
@@ -114,12 +114,12 @@ def _ip_index_rank1(h: int) -> tuple[int, int]:
     return h >> (64 - fs.HLL_P), (65 - w.bit_length()) if w else fs.HLL_RANK_CAP
 
 
-# One reply row per click (store_redis.lua ROW): 67 doubles; the two bucket fractions come once
+# One reply row per click (store_redis.lua ROW): 70 doubles; the two bucket fractions come once
 # each, the 8 HLL register counts v, pv (0..32) and the IP's active hours (0..24) as 6-bit
 # fields of double 22 (exact), the session's gap shape in the next four, the IP's time-zone
-# switches, the user's ln-gap n, mean, M2, then per entity kind 12 doubles (its day fraction
-# once for both sketches). _D_SRC/_D_DST and _B_DST map them onto the 80 RAW columns.
-_ROW_DOUBLES = 67
+# switches, the user's ln-gap n, mean, M2, then per entity kind 13 doubles (its day fraction
+# once for both sketches). _D_SRC/_D_DST and _B_DST map them onto the 83 RAW columns.
+_ROW_DOUBLES = 70
 _ROW_BYTES = _ROW_DOUBLES * 8
 _PACKED = 22
 _SHIFTS = np.arange(0, 54, 6, dtype=np.int64)
@@ -136,10 +136,11 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     src += [28, 29, 30]
     dst += [r["u_lg_n"], r["u_lg_mean"], r["u_lg_m2"]]
     for j, k in enumerate(fs.ENTITY_PREFIXES):
-        o = 31 + 12 * j
-        cols = [f"{k}_c60", f"{k}_c3600", f"{k}_c86400", f"{k}s_z", f"{k}s_v", f"{k}s_pz",
-                f"{k}s_pv", f"{k}s_frac", f"{k}i_z", f"{k}i_v", f"{k}i_pz", f"{k}i_pv"]
-        src += list(range(o, o + 12)) + [o + 7]
+        o = 31 + 13 * j
+        cols = [f"{k}_c60", f"{k}_c3600", f"{k}_c86400", f"{k}_c604800", f"{k}s_z", f"{k}s_v",
+                f"{k}s_pz", f"{k}s_pv", f"{k}s_frac", f"{k}i_z", f"{k}i_v", f"{k}i_pz",
+                f"{k}i_pv"]
+        src += list(range(o, o + 13)) + [o + 8]
         dst += [r[c] for c in cols] + [r[f"{k}i_frac"]]
     bdst = [r[f"h{j}_{f}"] for j in range(4) for f in ("v", "pv")] + [r["i_hours"]]
     assert sorted(dst + bdst) == list(range(fs.RAW_WIDTH))

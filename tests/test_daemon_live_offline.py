@@ -109,7 +109,7 @@ def _check(tmp_path: Path, day: tuple[Path, list[dict]], env: dict[str, str] | N
     np.testing.assert_array_equal(online, off.features)
     # The entity features moved (present keys counted, absent ones not).
     ent = [FEATURE_NAMES.index(f) for f in ENTITY_FEATURES]
-    assert len(ent) == 12 and float(np.abs(off.features[:, ent]).sum()) > 0
+    assert len(ent) == 14 and float(np.abs(off.features[:, ent]).sum()) > 0
 
     # Decisions: the bundle's model and thresholds on the replay's features.
     from slidr.engines import select_scorer

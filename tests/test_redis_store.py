@@ -399,9 +399,10 @@ def test_gap_shape_and_ip_hours_equal_embedded_across_batches(redis_server):
     assert got[-1, r["u_lg_n"]] == n - 1 and got[:, r["a_c86400"]].max() > 5
     admin = redis.Redis.from_url(redis_server.url)
     sizes = {k[len(rs.prefix)]: admin.strlen(k) for k in admin.scan_iter(match=rs.prefix + b"*")}
-    # user: 8 doubles; entity: 13 doubles, 2 x 32 registers, a layout byte
+    # user: 8 doubles; entity: 5 + 9 doubles (counts, last; bucket, z v pz pv twice),
+    # 2 x 32 registers, a layout byte
     assert sizes == {ord("u"): 64, ord("s"): 64, ord("i"): 26 * 8 + 4 * fs.HLL_M + 1,
-                     ord("e"): 13 * 8 + 2 * fs.HLL_M + 1}
+                     ord("e"): (len(fs.ENTITY_TAUS) + 10) * 8 + 2 * fs.HLL_M + 1}
 
 
 def test_an_ip_state_of_an_older_spec_starts_afresh(redis_server):
@@ -433,22 +434,21 @@ def test_user_and_entity_states_of_another_layout_start_afresh(redis_server):
     admin = redis.Redis.from_url(redis_server.url)
     ukey = b"olde:u" + int(h[0][0]).to_bytes(8, "big")
     ekeys = [b"olde:e" + int(x).to_bytes(8, "big") for x in h[4][0].tolist()]
-    eb = 13 * 8 + 2 * fs.HLL_M + 1
+    eb = (len(fs.ENTITY_TAUS) + 10) * 8 + 2 * fs.HLL_M + 1
     for t, (ub, fill) in enumerate(((40, b"\x01"), (64, b"\x01"), (40, b"\x07"))):
         for k in admin.scan_iter(match=b"olde:*"):
             admin.delete(k)
         admin.set(ukey, struct.pack("<5d", 3.0, 3.0, 3.0, 3.0, T0 - 1000) if ub == 40
                   else b"\x01" * 64)
-        for k, size in zip(ekeys, (eb - 1, eb, eb + 8), strict=True):
-            admin.set(k, fill * size)  # a wrong size, or the right size with layout byte 1/7
+        # the blob without the week count (169 bytes, layout byte 1 when fill is 1), the
+        # right size with layout byte 1 or 7 (not the current one), a wrong size
+        for k, size in zip(ekeys, (eb - 8, eb, eb + 8), strict=True):
+            admin.set(k, fill * size)
         ts = np.array([T0 + t], np.int64)
         got = _up(rs, ts, h)
         want = _up(native.EmbeddedStore(), ts, h)
         if ub == 64:  # a 64-byte user blob is read as one (its counts are garbage): skip it
             got[:, :8] = want[:, :8]
-        if fill == b"\x01":  # the right size with layout byte 1 is read as a state
-            e1 = fs.RAW_SPANS["entity"][0] + fs.ENTITY_RAW_WIDTH
-            got[:, e1:e1 + fs.ENTITY_RAW_WIDTH] = want[:, e1:e1 + fs.ENTITY_RAW_WIDTH]
         assert np.array_equal(got, want), (ub, fill)
         assert admin.strlen(ukey) == 64 and [admin.strlen(k) for k in ekeys] == [eb] * 3
 
