@@ -51,7 +51,7 @@ def _stream(n: int, seed: int = 1) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     # zone-switch count does real work)
     tzs = np.array([-480, -300, 0, 60, 330, 540], dtype=np.int16)
     tz = tzs[(u + (rng.random(n) < 0.1)) % len(tzs)]
-    return ts, (*h, tz)
+    return ts, (*h[:4], tz)  # the clicks carry no ads or user agents (h[4] all absent)
 
 
 def _counters(ports: list[int]) -> dict[str, float]:

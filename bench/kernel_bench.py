@@ -31,7 +31,8 @@ def make_clicks(n: int, seed: int = 0, days: float = 1.0, t0_ms: int = T0_MS) ->
 
     Sessions: 1/4 as many as clicks (mostly short, some one-shot); 40% logged in with a
     customer pool of n/20; IPs: n/8 addresses, Zipf-weighted so a few carry many sessions;
-    1% of clicks come from 50 robot sessions on 10 IPs.
+    1% of clicks come from 50 robot sessions on 10 IPs; ads: n/200, Zipf-weighted (5% of
+    clicks without one); user agents: 40 per session, Zipf-weighted (2% without one).
     """
     rng = np.random.default_rng(seed)
     n_sess = max(1, n // 4)
@@ -56,10 +57,20 @@ def make_clicks(n: int, seed: int = 0, days: float = 1.0, t0_ms: int = T0_MS) ->
     ukeys = ["u\x00" + user_ids[sess_user[s]] if sess_logged[s] else "s\x00" + sess_ids[s]
              for s in sess.tolist()]
     ip = [ip_pool[i] for i in ip_of_sess[sess].tolist()]
-    return ClickBatch(ts=ts, user_key=ukeys, session_id=session_id, ip=ip,
-                      device=rng.integers(0, 3, n).astype(np.uint8),
-                      logged_in=li.astype(np.uint8),
-                      tz_offset_min=rng.choice([-300, 0, 60, 330], n).astype(np.int16))
+    device = rng.integers(0, 3, n).astype(np.uint8)
+    tz = rng.choice([-300, 0, 60, 330], n).astype(np.int16)
+    # feature spec 4's entity keys (drawn last: the columns above do not change)
+    n_ads = max(1, n // 200)
+    ad = np.minimum(rng.zipf(1.2, n) - 1, n_ads - 1)
+    ad_id = [None if r < 0.05 else f"ad{a}" for a, r in zip(ad.tolist(), rng.random(n).tolist(),
+                                                             strict=True)]
+    ua_of_sess = np.minimum(rng.zipf(1.5, n_sess + 50) - 1, 39)
+    ua_none = rng.random(n_sess + 50) < 0.02
+    user_agent = [None if ua_none[s] else f"Mozilla/5.0 (agent {ua_of_sess[s]})"
+                  for s in sess.tolist()]
+    return ClickBatch(ts=ts, user_key=ukeys, session_id=session_id, ip=ip, device=device,
+                      logged_in=li.astype(np.uint8), tz_offset_min=tz, ad_id=ad_id,
+                      user_agent=user_agent)
 
 
 def _finisher():
@@ -90,8 +101,8 @@ def throughput(store: Any, clicks: ClickBatch, batch: int, seconds: float,
         pos += 1
         if pos == len(chunks):
             pos = 0
-        uh, sh, ih, hll = hash_keys(b, use_native)
-        raw = store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min)
+        uh, sh, ih, hll, eh = hash_keys(b, use_native)
+        raw = store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min, eh)
         fin(raw, b.ts, b.tz_offset_min, b.logged_in, b.device)
         done += len(b)
         if (done // batch) % 16 == 0 and time.perf_counter() >= t_end:
@@ -112,7 +123,8 @@ def bytes_per_key_over_day(n: int = 400_000, samples: int = 24, seed: int = 1) -
     step = max(1, n // samples)
     for i in range(0, n, step):
         b = clicks.slice(i, i + step)
-        store.update(b.ts, *hash_keys(b), b.tz_offset_min)
+        uh, sh, ih, hll, eh = hash_keys(b)
+        store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min, eh)
         vals.append(store.stats()["bytes_per_key"])
     st = store.stats()
     store.close()

@@ -85,7 +85,8 @@ def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
             cl.append({**pool[k % len(pool)], "ts": ts0 + spacing_ms * k})
             k += 1
         batch = ClickBatch.from_clicks(cl)
-        out.append((batch.ts, *hash_keys(batch, True), batch.tz_offset_min))
+        uh, sh, ih, hll, eh = hash_keys(batch, True)
+        out.append((batch.ts, uh, sh, ih, hll, batch.tz_offset_min, eh))
     return out, k
 
 

@@ -57,39 +57,101 @@ def hash64(str s):
     return _hash_str(FNV_OFFSET, s)
 
 
-def hash_keys(user_key, session_id, ip):
-    """-> (uh, sh, ih: uint64 (n,), hll: uint8 (n, 4)); see reference.hash_keys."""
-    cdef Py_ssize_t n = len(user_key), i
+# spec 4: the entity namespaces (ad, (IP, ad), user agent)
+cdef uint64_t FNV_A = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"a\x00", 2)
+cdef uint64_t FNV_X = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"x\x00", 2)
+cdef uint64_t FNV_G = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"g\x00", 2)
+cdef unsigned char NUL_BYTE = 0
+
+
+cdef inline uint64_t _nz(uint64_t h) noexcept nogil:
+    """An entity key: 0 means absent, so a real hash of 0 becomes 1."""
+    return h if h != 0 else 1
+
+
+cdef inline uint64_t _ipad_key(const unsigned char* ip, Py_ssize_t nip,
+                               const unsigned char* ad, Py_ssize_t nad) noexcept nogil:
+    cdef uint64_t x = _fnv(FNV_X, ip, nip)
+    x = _fnv(x, &NUL_BYTE, 1)
+    return _nz(_mix(_fnv(x, ad, nad)))
+
+
+cdef inline const char* _utf8(object s, Py_ssize_t* n) except NULL:
+    if not PyUnicode_Check(s):
+        raise TypeError(f"key must be str, not {type(s).__name__}")
+    return PyUnicode_AsUTF8AndSize(s, n)
+
+
+cdef int _entity_keys(const char* ipp, Py_ssize_t nip, object ado, object uao,
+                      uint64_t* e) except -1:
+    """The click's entity keys (ad, (IP, ad), user agent) into e[0..2]; 0 where absent."""
+    cdef Py_ssize_t na
+    cdef const char* p
+    e[0] = 0
+    e[1] = 0
+    e[2] = 0
+    if ado is not None:
+        p = _utf8(ado, &na)
+        if na > 0:
+            e[0] = _nz(_mix(_fnv(FNV_A, <const unsigned char*>p, na)))
+            e[1] = _ipad_key(<const unsigned char*>ipp, nip, <const unsigned char*>p, na)
+    if uao is not None:
+        p = _utf8(uao, &na)
+        if na > 0:
+            e[2] = _nz(_mix(_fnv(FNV_G, <const unsigned char*>p, na)))
+    return 0
+
+
+def hash_keys(user_key, session_id, ip, ad_id=None, user_agent=None):
+    """-> (uh, sh, ih: uint64 (n,), hll: uint8 (n, 4), eh: uint64 (n, 3)); see
+    reference.hash_keys."""
+    cdef Py_ssize_t n = len(user_key), i, nip
     if len(session_id) != n or len(ip) != n:
         raise ValueError("hash_keys: user_key, session_id and ip must have the same length")
+    if (ad_id is not None and len(ad_id) != n) or (user_agent is not None
+                                                   and len(user_agent) != n):
+        raise ValueError("hash_keys: ad_id and user_agent must have the keys' length")
     uh_a = np.empty(n, dtype=np.uint64)
     sh_a = np.empty(n, dtype=np.uint64)
     ih_a = np.empty(n, dtype=np.uint64)
     hll_a = np.empty((n, 4), dtype=np.uint8)
+    eh_a = np.zeros((n, 3), dtype=np.uint64)
     cdef uint64_t[::1] uh = uh_a
     cdef uint64_t[::1] sh = sh_a
     cdef uint64_t[::1] ih = ih_a
     cdef uint8_t[:, ::1] hll = hll_a
+    cdef uint64_t[:, ::1] eh = eh_a
     cdef uint64_t u, s
+    cdef const char* ipp
+    cdef bint ents = ad_id is not None or user_agent is not None
     if type(user_key) is list and type(session_id) is list and type(ip) is list:
         for i in range(n):
             u = _hash_str(FNV_OFFSET, <object>(<list>user_key)[i])
             s = _hash_str(FNV_S, <object>(<list>session_id)[i])
             uh[i] = u
             sh[i] = s
-            ih[i] = _hash_str(FNV_I, <object>(<list>ip)[i])
+            ipp = _utf8(<object>(<list>ip)[i], &nip)
+            ih[i] = _mix(_fnv(FNV_I, <const unsigned char*>ipp, nip))
             _hll_index_rank(s, &hll[i, 0], &hll[i, 1])
             _hll_index_rank(u, &hll[i, 2], &hll[i, 3])
+            if ents:
+                _entity_keys(ipp, nip, ad_id[i] if ad_id is not None else None,
+                             user_agent[i] if user_agent is not None else None, &eh[i, 0])
     else:
         for i in range(n):
             u = _hash_str(FNV_OFFSET, user_key[i])
             s = _hash_str(FNV_S, session_id[i])
             uh[i] = u
             sh[i] = s
-            ih[i] = _hash_str(FNV_I, ip[i])
+            ipo = ip[i]
+            ipp = _utf8(ipo, &nip)
+            ih[i] = _mix(_fnv(FNV_I, <const unsigned char*>ipp, nip))
             _hll_index_rank(s, &hll[i, 0], &hll[i, 1])
             _hll_index_rank(u, &hll[i, 2], &hll[i, 3])
-    return uh_a, sh_a, ih_a, hll_a
+            if ents:
+                _entity_keys(ipp, nip, ad_id[i] if ad_id is not None else None,
+                             user_agent[i] if user_agent is not None else None, &eh[i, 0])
+    return uh_a, sh_a, ih_a, hll_a, eh_a
 
 
 cdef uint64_t FNV_U = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"u\x00", 2)
@@ -128,30 +190,109 @@ def _arrow_utf8(col, str name, bint nullable):
     return off, data, valid
 
 
-def hash_key_columns(user_id, session_id, ip, logged_in):
+def _plain_utf8(col):
+    """A pyarrow dictionary-encoded string column decoded to plain strings (other columns as
+    they are)."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return col
+    if isinstance(col, pa.ChunkedArray) and pa.types.is_dictionary(col.type):
+        return pa.chunked_array([c.dictionary_decode() for c in col.chunks],
+                                type=col.type.value_type)
+    if isinstance(col, pa.DictionaryArray):
+        return col.dictionary_decode()
+    return col
+
+
+def _entity_hashes_utf8(uint64_t seed, offsets, data, valid):
+    """Entity keys of an Arrow utf8 column's values: hash(prefix + value), 0 for a null or
+    empty value, a real 0 mapped to 1."""
+    cdef const int64_t[::1] off = offsets
+    cdef const uint8_t[::1] d = data
+    cdef Py_ssize_t n = off.shape[0] - 1, i
+    vmask = np.ones(n if n else 1, dtype=np.uint8) if valid is None else valid
+    cdef const uint8_t[::1] v = vmask
+    out_a = np.zeros(n, dtype=np.uint64)
+    cdef uint64_t[::1] out = out_a
+    cdef const unsigned char* dp = &d[0]
+    with nogil:
+        for i in range(n):
+            if v[i] and off[i + 1] > off[i]:
+                out[i] = _nz(_mix(_fnv(seed, dp + off[i], off[i + 1] - off[i])))
+    return out_a
+
+
+def _ua_keys(col, Py_ssize_t n):
+    """User-agent keys (uint64 (n,)) of a pyarrow column, plain or dictionary-encoded (the
+    dictionary's values hashed once); None when `col` is not a pyarrow string column."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        return None
+    chunks = col.chunks if isinstance(col, pa.ChunkedArray) else [col]
+    parts = []
+    for c in chunks:
+        if isinstance(c, pa.DictionaryArray):
+            dic = _arrow_utf8(c.dictionary, "user_agent", True)
+            if dic is None:
+                return None
+            dh = _entity_hashes_utf8(FNV_G, *dic)
+            idx = c.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+            h = dh[idx] if dh.shape[0] else np.zeros(len(c), np.uint64)
+            if c.null_count:
+                h[c.is_null().to_numpy(zero_copy_only=False)] = 0
+            parts.append(h)
+        else:
+            a = _arrow_utf8(c, "user_agent", True)
+            if a is None:
+                return None
+            parts.append(_entity_hashes_utf8(FNV_G, *a))
+    out = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    if out.shape[0] != n:
+        raise ValueError("hash_key_columns: columns must have the same length")
+    return out
+
+
+def hash_key_columns(user_id, session_id, ip, logged_in, ad_id=None, user_agent=None):
     """hash_keys without building the user key strings: the user key is "u\\0" + user_id when
     logged_in and user_id is a non-empty string, else "s\\0" + session_id (contract.user_key).
 
-    user_id / session_id / ip: pyarrow string arrays (hashed from their buffers without the GIL)
-    or sequences of str (user_id: str | None, or None for no column); logged_in: bools (n,).
-    -> (uh, sh, ih: uint64 (n,), hll: uint8 (n, 4)), equal to
-    hash_keys([user_key(li, uid, sid) ...], session_id, ip)."""
+    user_id / session_id / ip / ad_id / user_agent: pyarrow string arrays (hashed from their
+    buffers without the GIL; user_agent may be dictionary-encoded: each distinct value hashed
+    once) or sequences of str (user_id, ad_id, user_agent: str | None, or None for no
+    column); logged_in: bools (n,).
+    -> (uh, sh, ih: uint64 (n,), hll: uint8 (n, 4), eh: uint64 (n, 3)), equal to
+    hash_keys([user_key(li, uid, sid) ...], session_id, ip, ad_id, user_agent)."""
     cdef const uint8_t[::1] li = np.ascontiguousarray(np.asarray(logged_in, dtype=bool)
                                                       ).view(np.uint8)
     cdef Py_ssize_t n = li.shape[0], i
-    if len(session_id) != n or len(ip) != n or (user_id is not None and len(user_id) != n):
+    if (len(session_id) != n or len(ip) != n or (user_id is not None and len(user_id) != n)
+            or (ad_id is not None and len(ad_id) != n)
+            or (user_agent is not None and len(user_agent) != n)):
         raise ValueError("hash_key_columns: columns must have the same length")
     sa = _arrow_utf8(session_id, "session_id", False)
     ia = _arrow_utf8(ip, "ip", False)
     ua = None
     if user_id is not None:
         ua = _arrow_utf8(user_id, "user_id", True)
-    if sa is None or ia is None or (user_id is not None and ua is None):
+    aa = None
+    if ad_id is not None:
+        aa = _arrow_utf8(_plain_utf8(ad_id), "ad_id", True)
+    gk = None
+    if user_agent is not None:
+        gk = _ua_keys(user_agent, n)
+    if (sa is None or ia is None or (user_id is not None and ua is None)
+            or (ad_id is not None and aa is None) or (user_agent is not None and gk is None)):
         # Python sequences: build the keys (contract.user_key) and hash them.
-        sess = list(session_id.to_pylist() if hasattr(session_id, "to_pylist") else session_id)
-        ips = list(ip.to_pylist() if hasattr(ip, "to_pylist") else ip)
-        uids = (list(user_id.to_pylist() if hasattr(user_id, "to_pylist") else user_id)
-                if user_id is not None else None)
+        def seq(col):
+            if col is None:
+                return None
+            col = _plain_utf8(col)
+            return list(col.to_pylist() if hasattr(col, "to_pylist") else col)
+        sess = seq(session_id)
+        ips = seq(ip)
+        uids = seq(user_id)
         ukeys = []
         for i in range(n):
             uid = uids[i] if uids is not None else None
@@ -159,7 +300,7 @@ def hash_key_columns(user_id, session_id, ip, logged_in):
                 ukeys.append("u\x00" + uid)
             else:
                 ukeys.append("s\x00" + sess[i])
-        return hash_keys(ukeys, sess, ips)
+        return hash_keys(ukeys, sess, ips, seq(ad_id), seq(user_agent))
     cdef const int64_t[::1] so = sa[0]
     cdef const uint8_t[::1] sd = sa[1]
     cdef const int64_t[::1] io = ia[0]
@@ -169,18 +310,28 @@ def hash_key_columns(user_id, session_id, ip, logged_in):
     cdef bint has_uid = ua is not None
     uvalid_a = np.ones(n if n else 1, dtype=np.uint8) if (ua is None or ua[2] is None) else ua[2]
     cdef const uint8_t[::1] uv = uvalid_a
+    cdef bint has_ad = aa is not None
+    cdef const int64_t[::1] ao = sa[0] if aa is None else aa[0]
+    cdef const uint8_t[::1] ad = sa[1] if aa is None else aa[1]
+    avalid_a = np.ones(n if n else 1, dtype=np.uint8) if (aa is None or aa[2] is None) else aa[2]
+    cdef const uint8_t[::1] av = avalid_a
     uh_a = np.empty(n, dtype=np.uint64)
     sh_a = np.empty(n, dtype=np.uint64)
     ih_a = np.empty(n, dtype=np.uint64)
     hll_a = np.empty((n, 4), dtype=np.uint8)
+    eh_a = np.zeros((n, 3), dtype=np.uint64)
+    if gk is not None:
+        eh_a[:, 2] = gk
     cdef uint64_t[::1] uh = uh_a
     cdef uint64_t[::1] sh = sh_a
     cdef uint64_t[::1] ih = ih_a
     cdef uint8_t[:, ::1] hll = hll_a
+    cdef uint64_t[:, ::1] eh = eh_a
     cdef uint64_t u, s
     cdef const unsigned char* sdp = &sd[0]
     cdef const unsigned char* udp = &ud[0]
     cdef const unsigned char* idp = &idd[0]
+    cdef const unsigned char* adp = &ad[0]
     with nogil:
         for i in range(n):
             s = _mix(_fnv(FNV_S, sdp + so[i], so[i + 1] - so[i]))
@@ -193,7 +344,11 @@ def hash_key_columns(user_id, session_id, ip, logged_in):
             ih[i] = _mix(_fnv(FNV_I, idp + io[i], io[i + 1] - io[i]))
             _hll_index_rank(s, &hll[i, 0], &hll[i, 1])
             _hll_index_rank(u, &hll[i, 2], &hll[i, 3])
-    return uh_a, sh_a, ih_a, hll_a
+            if has_ad and av[i] and ao[i + 1] > ao[i]:
+                eh[i, 0] = _nz(_mix(_fnv(FNV_A, adp + ao[i], ao[i + 1] - ao[i])))
+                eh[i, 1] = _ipad_key(idp + io[i], io[i + 1] - io[i], adp + ao[i],
+                                     ao[i + 1] - ao[i])
+    return uh_a, sh_a, ih_a, hll_a, eh_a
 
 
 def not_ipv4(offsets, data, valid=None):

@@ -8,6 +8,9 @@ ctypedef struct UserSt:
     uint64_t key
     int64_t last
     double c[4]
+    double lg_n       # spec 4: Welford state of ln gap, as the session's
+    double lg_mean
+    double lg_m2
 
 ctypedef struct SessSt:
     uint64_t key
@@ -36,6 +39,21 @@ ctypedef struct IpSt:
     int32_t tz
     double tzsw
     uint8_t regs[4][HLL_M]
+
+# spec 4: one struct for the three entity kinds (ad, (IP, ad), user agent; the key's hash
+# namespace keeps them apart): decayed counts and two day HLLs (distinct sessions, distinct
+# IPs) sharing one bucket.
+ctypedef struct EntSt:
+    uint64_t key
+    int64_t last
+    double c[3]
+    double z[2]
+    double pz[2]
+    int64_t bucket
+    uint8_t v[2]
+    uint8_t pv[2]
+    uint8_t regs[2][HLL_M]
+
 
 ctypedef struct Slot:
     uint64_t key
@@ -305,12 +323,13 @@ cdef class EmbeddedStore:
     cdef Table users
     cdef Table sessions
     cdef Table ips
-    # Per table (users, sessions, ips): the newest ts seen (the sweep's clock) and the clicks
-    # since the last sweep step. The tables are independent, so update_tables can count one
-    # table (or two) while another thread counts the rest; with all three counted in the same
-    # calls the clocks and counters stay equal, as with one shared clock.
-    cdef int64_t now[3]
-    cdef Py_ssize_t since_sweep[3]
+    cdef Table ents
+    # Per table (users, sessions, ips, entities): the newest ts seen (the sweep's clock) and
+    # the clicks since the last sweep step. The tables are independent, so update_tables can
+    # count one table (or two) while another thread counts the rest; with all four counted in
+    # the same calls the clocks and counters stay equal, as with one shared clock.
+    cdef int64_t now[4]
+    cdef Py_ssize_t since_sweep[4]
     cdef Py_ssize_t sweep_every
     cdef Py_ssize_t sweep_scan
     cdef int64_t sweep_grace_ms
@@ -324,6 +343,8 @@ cdef class EmbeddedStore:
         self.sessions.dense = NULL
         self.ips.slots = NULL
         self.ips.dense = NULL
+        self.ents.slots = NULL
+        self.ents.dense = NULL
 
     def __init__(self, Py_ssize_t capacity_hint=1024, Py_ssize_t sweep_every=16,
                  int64_t sweep_grace_ms=3_600_000, Py_ssize_t sweep_scan=8,
@@ -346,10 +367,11 @@ cdef class EmbeddedStore:
         _table_init(&self.users, sizeof(UserSt), capacity_hint, max_keys)
         _table_init(&self.sessions, sizeof(SessSt), capacity_hint, max_keys)
         _table_init(&self.ips, sizeof(IpSt), capacity_hint, max_keys)
-        self.now[:] = [-(1 << 62), -(1 << 62), -(1 << 62)]
+        _table_init(&self.ents, sizeof(EntSt), capacity_hint, max_keys)
+        self.now[:] = [-(1 << 62), -(1 << 62), -(1 << 62), -(1 << 62)]
         self.sweep_every = sweep_every
         self.sweep_scan = sweep_scan
-        self.since_sweep[:] = [0, 0, 0]
+        self.since_sweep[:] = [0, 0, 0, 0]
         self.sweep_grace_ms = sweep_grace_ms
         self.closed = False
 
@@ -357,37 +379,45 @@ cdef class EmbeddedStore:
         _table_free(&self.users)
         _table_free(&self.sessions)
         _table_free(&self.ips)
+        _table_free(&self.ents)
 
     def close(self):
         _table_free(&self.users)
         _table_free(&self.sessions)
         _table_free(&self.ips)
+        _table_free(&self.ents)
         self.closed = True
 
     def __len__(self):
-        return self.users.count + self.sessions.count + self.ips.count
+        return self.users.count + self.sessions.count + self.ips.count + self.ents.count
 
     @property
     def evicted(self):
         """Entries evicted at the cap (all tables)."""
-        return self.users.evicted + self.sessions.evicted + self.ips.evicted
+        return self.users.evicted + self.sessions.evicted + self.ips.evicted + self.ents.evicted
 
     def work(self):
         """(entries examined, index slots probed) by the sweep, eviction and deletes so far,
         all tables: the store's bookkeeping work, to bound what one batch may cost."""
-        return (self.users.examined + self.sessions.examined + self.ips.examined,
-                self.users.probes + self.sessions.probes + self.ips.probes)
+        return (self.users.examined + self.sessions.examined + self.ips.examined
+                + self.ents.examined,
+                self.users.probes + self.sessions.probes + self.ips.probes + self.ents.probes)
 
     def stats(self):
         cdef size_t b = _table_bytes(&self.users) + _table_bytes(&self.sessions) + \
-            _table_bytes(&self.ips)
+            _table_bytes(&self.ips) + _table_bytes(&self.ents)
         keys = len(self)
         return {"users": self.users.count, "sessions": self.sessions.count,
-                "ips": self.ips.count, "keys": keys, "bytes": b,
+                "ips": self.ips.count, "entities": self.ents.count, "keys": keys, "bytes": b,
                 "max_keys": self.users.max_count, "evicted": self.evicted,
                 "bytes_per_key": (b / keys) if keys else 0.0,
+                "table_bytes": {"user": _table_bytes(&self.users),
+                                "session": _table_bytes(&self.sessions),
+                                "ip": _table_bytes(&self.ips),
+                                "entity": _table_bytes(&self.ents)},
                 "entry_bytes": {"user": sizeof(UserSt), "session": sizeof(SessSt),
-                                "ip": sizeof(IpSt), "slot": sizeof(Slot)}}
+                                "ip": sizeof(IpSt), "entity": sizeof(EntSt),
+                                "slot": sizeof(Slot)}}
 
     def sweep(self, Py_ssize_t budget=-1):
         """Free up to `budget` entries' worth of expired keys per table (all when -1)."""
@@ -397,22 +427,25 @@ cdef class EmbeddedStore:
         _sweep_table(&self.users, self.now[0] - U_TTL - self.sweep_grace_ms, budget)
         _sweep_table(&self.sessions, self.now[1] - S_TTL - self.sweep_grace_ms, budget)
         _sweep_table(&self.ips, self.now[2] - I_TTL - self.sweep_grace_ms, budget)
+        _sweep_table(&self.ents, self.now[3] - E_TTL - self.sweep_grace_ms, budget)
 
-    def update(self, ts, uh, sh, ih, hll, tz=None):
+    def update(self, ts, uh, sh, ih, hll, tz=None, eh=None):
         """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH).
-        tz: the clicks' tz_offset_min (None: 0 for every click)."""
-        return self.update_tables(ts, uh, sh, ih, hll, None, 7, tz)
+        tz: the clicks' tz_offset_min (None: 0 for every click); eh: uint64 (n, 3) entity keys
+        (ad, (IP, ad), user agent; 0 = absent), None: no click has any."""
+        return self.update_tables(ts, uh, sh, ih, hll, None, 15, tz, eh)
 
-    def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=7, tz=None):
+    def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=15, tz=None, eh=None):
         """update() for some of the tables, into `out` (float64 (n, RAW_WIDTH), made when None),
-        without the GIL. tables: bit mask, 1 users (raw columns 0-4), 2 sessions (5-12), 4 ips
-        (13-36; featurespec.RAW_SPANS). The tables are independent: counting a batch with tables=3 and tables=4 (in
-        either order, or at the same time from two threads) equals update(). Every batch must
-        go to every table, in log order, before the next batch goes to that table."""
+        without the GIL. tables: bit mask, 1 users, 2 sessions, 4 ips, 8 entities (their raw
+        columns: featurespec.RAW_SPANS). The tables are independent: counting a batch with
+        tables=3 and tables=12 (in either order, or at the same time from two threads) equals
+        update(). Every batch must go to every table, in log order, before the next batch goes
+        to that table."""
         if self.closed:
             raise RuntimeError("EmbeddedStore is closed")
-        if tables < 0 or tables > 7:
-            raise ValueError("update_tables: tables is a bit mask in 0..7")
+        if tables < 0 or tables > 15:
+            raise ValueError("update_tables: tables is a bit mask in 0..15")
         cdef const int64_t[::1] tsv = np.ascontiguousarray(ts, dtype=np.int64)
         cdef const uint64_t[::1] u = np.ascontiguousarray(uh, dtype=np.uint64)
         cdef const uint64_t[::1] s = np.ascontiguousarray(sh, dtype=np.uint64)
@@ -421,16 +454,21 @@ cdef class EmbeddedStore:
         cdef Py_ssize_t n = tsv.shape[0]
         cdef const int32_t[::1] zv = (np.zeros(n, dtype=np.int32) if tz is None
                                       else np.ascontiguousarray(tz, dtype=np.int32))
+        cdef const uint64_t[:, ::1] ev = (np.zeros((n, 3), dtype=np.uint64) if eh is None
+                                          else np.ascontiguousarray(eh, dtype=np.uint64))
         if (u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hl.shape[0] != n
-                or zv.shape[0] != n):
-            raise ValueError("update: ts, uh, sh, ih, hll and tz must have the same length")
+                or zv.shape[0] != n or ev.shape[0] != n):
+            raise ValueError("update: ts, uh, sh, ih, hll, tz and eh must have the same length")
         if n and hl.shape[1] != 4:
             raise ValueError("update: hll must have shape (n, 4)")
+        if n and ev.shape[1] != 3:
+            raise ValueError("update: eh must have shape (n, 3)")
         if out is None:
             out = np.empty((n, RAW_WIDTH), dtype=np.float64)
         cdef double[:, ::1] o = out
         if o.shape[0] != n or o.shape[1] != RAW_WIDTH:
-            raise ValueError("update_tables: out must be float64 (n, 38), C-contiguous")
+            raise ValueError(f"update_tables: out must be float64 (n, {RAW_WIDTH}), "
+                             "C-contiguous")
         cdef int rc = 0
         if n == 0:
             return out
@@ -441,6 +479,8 @@ cdef class EmbeddedStore:
                 rc = self._count_sessions(&tsv[0], &s[0], n, &o[0, 0])
             if rc == 0 and tables & 4:
                 rc = self._count_ips(&tsv[0], &ip[0], &hl[0, 0], &zv[0], n, &o[0, 0])
+            if rc == 0 and tables & 8:
+                rc = self._count_entities(&tsv[0], &ev[0, 0], &ip[0], &hl[0, 0], n, &o[0, 0])
         if rc != 0:
             raise MemoryError("EmbeddedStore: out of memory")
         return out
@@ -460,9 +500,9 @@ cdef class EmbeddedStore:
                           double* out) noexcept nogil:
         cdef Py_ssize_t i
         cdef UserSt* ue
-        cdef double gap
+        cdef double gap, x, delta
         cdef double* row
-        cdef int64_t t
+        cdef int64_t t, d
         cdef int j
         for i in range(n):
             t = ts[i]
@@ -481,16 +521,28 @@ cdef class EmbeddedStore:
                 for j in range(4):
                     ue.c[j] = 1.0
                 ue.last = t
+                ue.lg_n = 0.0
+                ue.lg_mean = 0.0
+                ue.lg_m2 = 0.0
                 gap = -1.0
             else:
-                gap = (t - ue.last if t > ue.last else 0) / 1000.0
+                d = t - ue.last if t > ue.last else 0
+                gap = d / 1000.0
                 for j in range(4):
                     ue.c[j] = ue.c[j] * exp(-gap / U_TAU[j]) + 1.0
                 if t > ue.last:
                     ue.last = t
+                x = log(gap if d > 0 else LOG_GAP_FLOOR)
+                ue.lg_n = ue.lg_n + 1.0
+                delta = x - ue.lg_mean
+                ue.lg_mean = ue.lg_mean + delta / ue.lg_n
+                ue.lg_m2 = ue.lg_m2 + delta * (x - ue.lg_mean)
             for j in range(4):
                 row[j] = ue.c[j]
             row[4] = gap
+            row[5] = ue.lg_n
+            row[6] = ue.lg_mean
+            row[7] = ue.lg_m2
             self._after(0, &self.users, U_TTL)
         return 0
 
@@ -539,14 +591,14 @@ cdef class EmbeddedStore:
                 delta = x - se.lg_mean
                 se.lg_mean = se.lg_mean + delta / se.lg_n
                 se.lg_m2 = se.lg_m2 + delta * (x - se.lg_mean)
-            row[5] = se.c[0]
-            row[6] = se.c[1]
-            row[7] = gap
-            row[8] = (t - se.first if t > se.first else 0) / 1000.0
-            row[9] = se.subsec
-            row[10] = se.lg_n
-            row[11] = se.lg_mean
-            row[12] = se.lg_m2
+            row[R_S + 0] = se.c[0]
+            row[R_S + 1] = se.c[1]
+            row[R_S + 2] = gap
+            row[R_S + 3] = (t - se.first if t > se.first else 0) / 1000.0
+            row[R_S + 4] = se.subsec
+            row[R_S + 5] = se.lg_n
+            row[R_S + 6] = se.lg_mean
+            row[R_S + 7] = se.lg_m2
             self._after(1, &self.sessions, S_TTL)
         return 0
 
@@ -586,17 +638,17 @@ cdef class EmbeddedStore:
                     ie.tz = tzs[i]
                 if t > ie.last:
                     ie.last = t
-            row[13] = ie.c[0]
-            row[14] = ie.c[1]
-            row[15] = ie.c[2]
+            row[R_I] = ie.c[0]
+            row[R_I + 1] = ie.c[1]
+            row[R_I + 2] = ie.c[2]
             # active hours, anchored at the hour bucket of the IP's newest click so far
             hk = _floordiv(t, HOUR_MS) - ie.bucket[0]
             if hk > 0:
                 ie.hmask = 1 if hk >= IP_HOURS else (((ie.hmask << hk) & HOURS_FULL) | 1)
             elif -hk < IP_HOURS:
                 ie.hmask |= (<uint32_t>1) << (-hk)
-            row[16] = __builtin_popcount(ie.hmask)
-            row[37] = ie.tzsw
+            row[R_I + 3] = __builtin_popcount(ie.hmask)
+            row[R_I + 24] = ie.tzsw
             for w in range(2):
                 win = HOUR_MS if w == 0 else DAY_MS
                 b = _floordiv(t, win)
@@ -627,23 +679,124 @@ cdef class EmbeddedStore:
                         if r == 0:
                             ie.v[j] -= 1
                         ie.regs[j][idx] = <uint8_t>rank
-                    row[17 + 5 * j] = ie.z[j]
-                    row[18 + 5 * j] = ie.v[j]
-                    row[19 + 5 * j] = ie.pz[j]
-                    row[20 + 5 * j] = ie.pv[j]
-                    row[21 + 5 * j] = frac
+                    row[R_I + 4 + 5 * j] = ie.z[j]
+                    row[R_I + 5 + 5 * j] = ie.v[j]
+                    row[R_I + 6 + 5 * j] = ie.pz[j]
+                    row[R_I + 7 + 5 * j] = ie.pv[j]
+                    row[R_I + 8 + 5 * j] = frac
             self._after(2, &self.ips, I_TTL)
+        return 0
+
+    cdef int _count_entities(self, const int64_t* ts, const uint64_t* keys, const uint64_t* ih,
+                             const uint8_t* hll, Py_ssize_t n, double* out) noexcept nogil:
+        """The entity table: per click its ad, (IP, ad) and user-agent keys, in that order
+        (keys: n x 3; 0 = absent: the absent values, the table untouched)."""
+        cdef Py_ssize_t i
+        cdef EntSt* e
+        cdef double gap, frac
+        cdef double* row
+        cdef int64_t t, b
+        cdef int j, k, r, idx[2], rank[2]
+        cdef uint8_t ii, ir
+        cdef uint64_t key
+        for i in range(n):
+            t = ts[i]
+            if i + PF_SLOT < n:
+                for k in range(3):
+                    if keys[3 * (i + PF_SLOT) + k]:
+                        _prefetch_slot(&self.ents, keys[3 * (i + PF_SLOT) + k])
+            if i + PF_ENTRY < n:
+                for k in range(3):
+                    if keys[3 * (i + PF_ENTRY) + k]:
+                        _prefetch_entry(&self.ents, keys[3 * (i + PF_ENTRY) + k], 3)
+            self._tick(3, t)
+            idx[0] = hll[4 * i] & (HLL_M - 1)
+            rank[0] = hll[4 * i + 1]
+            _hll_index_rank(ih[i], &ii, &ir)
+            idx[1] = ii
+            rank[1] = ir
+            for k in range(3):
+                row = out + i * RAW_WIDTH + R_E + E_W * k
+                key = keys[3 * i + k]
+                if key == 0:
+                    row[0] = 0.0
+                    row[1] = 0.0
+                    row[2] = 0.0
+                    for j in range(2):
+                        row[3 + 5 * j] = HLL_M
+                        row[4 + 5 * j] = HLL_M
+                        row[5 + 5 * j] = HLL_M
+                        row[6 + 5 * j] = HLL_M
+                        row[7 + 5 * j] = 0.0
+                    continue
+                e = <EntSt*>_lookup(&self.ents, key)
+                if e == NULL or t - e.last > E_TTL:
+                    if e == NULL:
+                        e = <EntSt*>_insert(&self.ents, key)
+                        if e == NULL:
+                            return -1
+                    for j in range(3):
+                        e.c[j] = 1.0
+                    e.last = t
+                    e.bucket = _floordiv(t, DAY_MS)
+                    for j in range(2):
+                        e.z[j] = HLL_M
+                        e.pz[j] = HLL_M
+                        e.v[j] = HLL_M
+                        e.pv[j] = HLL_M
+                    memset(e.regs, 0, sizeof(e.regs))
+                else:
+                    gap = (t - e.last if t > e.last else 0) / 1000.0
+                    for j in range(3):
+                        e.c[j] = e.c[j] * exp(-gap / E_TAU[j]) + 1.0
+                    if t > e.last:
+                        e.last = t
+                row[0] = e.c[0]
+                row[1] = e.c[1]
+                row[2] = e.c[2]
+                b = _floordiv(t, DAY_MS)
+                if b > e.bucket:
+                    for j in range(2):
+                        if b == e.bucket + 1:
+                            e.pz[j] = e.z[j]
+                            e.pv[j] = e.v[j]
+                        else:
+                            e.pz[j] = HLL_M
+                            e.pv[j] = HLL_M
+                        e.z[j] = HLL_M
+                        e.v[j] = HLL_M
+                        memset(e.regs[j], 0, HLL_M)
+                    e.bucket = b
+                frac = <double>(t - e.bucket * DAY_MS) / <double>DAY_MS
+                if frac < 0.0:
+                    frac = 0.0
+                elif frac > 1.0:
+                    frac = 1.0
+                for j in range(2):
+                    # j 0: distinct sessions (the session's register); 1: distinct IPs
+                    r = e.regs[j][idx[j]]
+                    if rank[j] > r:
+                        e.z[j] = e.z[j] - ldexp(1.0, -r) + ldexp(1.0, -rank[j])
+                        if r == 0:
+                            e.v[j] -= 1
+                        e.regs[j][idx[j]] = <uint8_t>rank[j]
+                    row[3 + 5 * j] = e.z[j]
+                    row[4 + 5 * j] = e.v[j]
+                    row[5 + 5 * j] = e.pz[j]
+                    row[6 + 5 * j] = e.pv[j]
+                    row[7 + 5 * j] = frac
+            self._after(3, &self.ents, E_TTL)
         return 0
 
 
 def max_keys_for_bytes(size_t budget):
-    """The largest per-table cap whose three tables (dense entries plus an index sized for
+    """The largest per-table cap whose four tables (dense entries plus an index sized for
     the cap) fit in `budget` bytes."""
-    cdef size_t per = sizeof(UserSt) + sizeof(SessSt) + sizeof(IpSt)
+    cdef size_t per = sizeof(UserSt) + sizeof(SessSt) + sizeof(IpSt) + sizeof(EntSt)
     cdef size_t n = 64, k, idx, best = 0
     while n <= (<size_t>1 << 33):
         k = n * 7 // 10
-        idx = 3 * n * sizeof(Slot)
+        idx = 4 * n * sizeof(Slot)
         if idx < budget:
             if (budget - idx) // per < k:
                 k = (budget - idx) // per

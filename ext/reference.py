@@ -14,6 +14,10 @@ from typing import Any
 import numpy as np
 
 from slidr.featurespec import (
+    ENTITY_ABSENT,
+    ENTITY_TAUS,
+    ENTITY_TTL_MS,
+    ENTITY_WINDOW_MS,
     HLL_M,
     HLL_P,
     HLL_RANK_CAP,
@@ -63,31 +67,69 @@ def _str_key(x: object) -> str:
     return x
 
 
-def hash_keys(user_key: Sequence[str], session_id: Sequence[str], ip: Sequence[str]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _entity_key(prefix: str, x: object) -> int:
+    """Hash of an entity key (prefix + value); 0 for an absent value (None or empty), a real
+    hash of 0 becomes 1."""
+    if x is None:
+        return 0
+    v = _str_key(x)
+    if not v:
+        return 0
+    return hash64(prefix + v) or 1
+
+
+def _optional(col: Any, n: int) -> list[Any]:
+    if col is None:
+        return [None] * n
+    out = col.to_pylist() if hasattr(col, "to_pylist") else list(col)
+    if len(out) != n:
+        raise ValueError("hash_keys: ad_id and user_agent must have the keys' length")
+    return out
+
+
+def hash_keys(user_key: Sequence[str], session_id: Sequence[str], ip: Sequence[str],
+              ad_id: Sequence[str | None] | None = None,
+              user_agent: Sequence[str | None] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """-> (user hashes, session hashes, ip hashes: uint64 (n,); hll: uint8 (n, 4) =
-    session register, session rank, user register, user rank)."""
+    session register, session rank, user register, user rank; eh: uint64 (n, 3) = the ad,
+    (IP, ad) and user-agent keys, 0 where ad_id / user_agent is absent (None as a whole: all
+    absent))."""
     n = len(user_key)
+    if len(session_id) != n or len(ip) != n:
+        raise ValueError("hash_keys: user_key, session_id and ip must have the same length")
+    ads = _optional(ad_id, n)
+    uas = _optional(user_agent, n)
     uh = np.empty(n, dtype=np.uint64)
     sh = np.empty(n, dtype=np.uint64)
     ih = np.empty(n, dtype=np.uint64)
     hll = np.empty((n, 4), dtype=np.uint8)
+    eh = np.zeros((n, 3), dtype=np.uint64)
     for i in range(n):
         # Same checks in the same order as the native kernel, so both raise the same exception.
         u = hash64(_str_key(user_key[i]))
         s = hash64("s\x00" + _str_key(session_id[i]))
-        uh[i], sh[i], ih[i] = u, s, hash64("i\x00" + _str_key(ip[i]))
+        ipk = _str_key(ip[i])
+        uh[i], sh[i], ih[i] = u, s, hash64("i\x00" + ipk)
         hll[i, 0], hll[i, 1] = hll_index_rank(s)
         hll[i, 2], hll[i, 3] = hll_index_rank(u)
-    return uh, sh, ih, hll
+        a = _entity_key("a\x00", ads[i])
+        if a:
+            eh[i, 0] = a
+            eh[i, 1] = hash64("x\x00" + ipk + "\x00" + ads[i]) or 1
+        eh[i, 2] = _entity_key("g\x00", uas[i])
+    return uh, sh, ih, hll, eh
 
 
 def hash_key_columns(user_id: Sequence[str | None] | None, session_id: Sequence[str],
-                     ip: Sequence[str], logged_in: Sequence[bool]
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                     ip: Sequence[str], logged_in: Sequence[bool],
+                     ad_id: Sequence[str | None] | None = None,
+                     user_agent: Sequence[str | None] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Twin of the native hash_key_columns: hash_keys with the user key built per click as
     contract.user_key does ("u\\0" + user_id when logged in with a non-empty user_id, else
-    "s\\0" + session_id). Columns: sequences or pyarrow arrays; user_id None = no column."""
+    "s\\0" + session_id). Columns: sequences or pyarrow arrays; user_id, ad_id, user_agent
+    None = no column."""
     def seq(col: Any) -> list[Any]:
         return col.to_pylist() if hasattr(col, "to_pylist") else list(col)
 
@@ -95,11 +137,14 @@ def hash_key_columns(user_id: Sequence[str | None] | None, session_id: Sequence[
     li = np.asarray(logged_in, dtype=bool)
     n = li.shape[0]
     uids = seq(user_id) if user_id is not None else [None] * n
-    if len(sess) != n or len(ips) != n or len(uids) != n:
+    ads = seq(ad_id) if ad_id is not None else None
+    uas = seq(user_agent) if user_agent is not None else None
+    if (len(sess) != n or len(ips) != n or len(uids) != n
+            or (ads is not None and len(ads) != n) or (uas is not None and len(uas) != n)):
         raise ValueError("hash_key_columns: columns must have the same length")
     ukeys = [("u\x00" + uids[i]) if (li[i] and uids[i]) else ("s\x00" + sess[i])
              for i in range(n)]
-    return hash_keys(ukeys, sess, ips)
+    return hash_keys(ukeys, sess, ips, ads, uas)
 
 
 def _decay(counts: list[float], taus: Sequence[float], dt_s: float) -> None:
@@ -154,6 +199,18 @@ def hours_mask(mask: int, anchor: int, hour: int) -> int:
     return mask
 
 
+def _welford(st: list[float], at: int, x: float) -> None:
+    """Running (n, mean, M2) of x at st[at:at + 3]: n += 1; d = x - mean; mean += d / n;
+    M2 += d * (x - mean)."""
+    st[at] += 1.0
+    delta = x - st[at + 1]
+    st[at + 1] = st[at + 1] + delta / st[at]
+    st[at + 2] = st[at + 2] + delta * (x - st[at + 1])
+
+
+_ENTITY_ABSENT3 = list(ENTITY_ABSENT) * 3
+
+
 class ReferenceStore:
     """Embedded counter store, reference implementation (dicts of Python lists)."""
 
@@ -167,6 +224,7 @@ class ReferenceStore:
         self.users: dict[int, list[float]] = {}
         self.sessions: dict[int, list[float]] = {}
         self.ips: dict[int, tuple[list[float], list[_Hll]]] = {}
+        self.entities: dict[int, tuple[list[float], list[_Hll]]] = {}
         self.max_keys = max_keys
         self.evicted = 0
 
@@ -183,29 +241,34 @@ class ReferenceStore:
             self.evicted += 1
 
     def __len__(self) -> int:
-        return len(self.users) + len(self.sessions) + len(self.ips)
+        return len(self.users) + len(self.sessions) + len(self.ips) + len(self.entities)
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
-        """tz: the clicks' tz_offset_min (None: 0 for every click)."""
+               hll: np.ndarray, tz: np.ndarray | None = None,
+               eh: np.ndarray | None = None) -> np.ndarray:
+        """tz: the clicks' tz_offset_min (None: 0 for every click); eh: uint64 (n, 3) entity
+        keys (ad, (IP, ad), user agent; 0 = absent), None: no click has any."""
         n = len(ts)
         out = np.empty((n, RAW_WIDTH), dtype=np.float64)
         for i in range(n):
             t = int(ts[i])
             row: list[float] = []
-            # user
+            # user: counts..., last, ln-gap n, mean, M2 (spec 4)
+            nu = len(USER_TAUS)
             st = self._get(self.users, int(uh[i]))
-            if st is None or t - st[-1] > USER_TTL_MS:
+            if st is None or t - st[nu] > USER_TTL_MS:
                 if st is None:
                     self._room(self.users)
-                st = [1.0] * len(USER_TAUS) + [float(t)]
+                st = [1.0] * nu + [float(t), 0.0, 0.0, 0.0]
                 self.users[int(uh[i])] = st
                 gap = -1.0
             else:
-                gap = max(t - int(st[-1]), 0) / 1000.0
+                d = max(t - int(st[nu]), 0)
+                gap = d / 1000.0
                 _decay(st, USER_TAUS, gap)
-                st[-1] = float(max(int(st[-1]), t))
-            row += st[: len(USER_TAUS)] + [gap]
+                st[nu] = float(max(int(st[nu]), t))
+                _welford(st, nu + 1, math.log(gap if d > 0 else LOG_GAP_FLOOR_S))
+            row += st[:nu] + [gap] + st[nu + 1:nu + 4]
             # session: counts..., last, first, sub-second gaps, ln-gap n, mean, M2
             ss = self._get(self.sessions, int(sh[i]))
             ns = len(SESSION_TAUS)
@@ -222,11 +285,7 @@ class ReferenceStore:
                 ss[ns] = float(max(int(ss[ns]), t))
                 if d < SUBSEC_MS:
                     ss[ns + 2] += 1.0
-                x = math.log(gap if d > 0 else LOG_GAP_FLOOR_S)
-                ss[ns + 3] += 1.0
-                delta = x - ss[ns + 4]
-                ss[ns + 4] = ss[ns + 4] + delta / ss[ns + 3]
-                ss[ns + 5] = ss[ns + 5] + delta * (x - ss[ns + 4])
+                _welford(ss, ns + 3, math.log(gap if d > 0 else LOG_GAP_FLOOR_S))
             row += ss[:ns] + [gap, max(t - int(ss[ns + 1]), 0) / 1000.0] + ss[ns + 2:ns + 6]
             # ip
             ni = len(IP_TAUS)
@@ -256,12 +315,43 @@ class ReferenceStore:
                 idx, rank = int(hll[i, 2 * (j % 2)]), int(hll[i, 2 * (j % 2) + 1])
                 row += ent[1][j].add(t, w, idx, rank)
             row.append(ent[0][ni + 3])
+            # entities (spec 4): ad, (IP, ad), user agent; key 0 = absent
+            if eh is None:
+                row += _ENTITY_ABSENT3
+            else:
+                iidx, irank = hll_index_rank(int(ih[i]))
+                for k in range(3):
+                    row += self._entity(int(eh[i, k]), t, int(hll[i, 0]), int(hll[i, 1]),
+                                        iidx, irank)
             out[i] = row
         return out
 
+    def _entity(self, key: int, t: int, sidx: int, srank: int, iidx: int, irank: int
+                ) -> list[float]:
+        """Count one click on an entity key -> its 13 raw columns."""
+        if key == 0:
+            return list(ENTITY_ABSENT)
+        ne = len(ENTITY_TAUS)
+        ent = self._get(self.entities, key)
+        if ent is None or t - ent[0][ne] > ENTITY_TTL_MS:
+            if ent is None:
+                self._room(self.entities)
+            # counts..., last; HLLs of distinct sessions and distinct IPs (day buckets)
+            ent = ([1.0] * ne + [float(t)],
+                   [_Hll(t // ENTITY_WINDOW_MS), _Hll(t // ENTITY_WINDOW_MS)])
+            self.entities[key] = ent
+        else:
+            c = ent[0]
+            gap = max(t - int(c[ne]), 0) / 1000.0
+            _decay(c, ENTITY_TAUS, gap)
+            c[ne] = float(max(int(c[ne]), t))
+        return (ent[0][:ne] + list(ent[1][0].add(t, ENTITY_WINDOW_MS, sidx, srank))
+                + list(ent[1][1].add(t, ENTITY_WINDOW_MS, iidx, irank)))
+
     def stats(self) -> dict[str, int]:
         return {"users": len(self.users), "sessions": len(self.sessions), "ips": len(self.ips),
-                "max_keys": self.max_keys, "evicted": self.evicted}
+                "entities": len(self.entities), "max_keys": self.max_keys,
+                "evicted": self.evicted}
 
     def close(self) -> None:
         pass

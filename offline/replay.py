@@ -87,8 +87,11 @@ def _prepare(tbl: Any, hash_columns: Any) -> dict[str, Any]:
                 if "is_robot" in names else None),
         "uid": uid.to_pylist() if uid is not None else [None] * n,
     }
-    c["uh"], c["sh"], c["ih"], c["hll"] = hash_columns(uid, tbl.column("session_id"),
-                                                       tbl.column("ip"), li)
+    # spec 4: the log's ad_id and user_agent (either may be missing: all absent)
+    c["uh"], c["sh"], c["ih"], c["hll"], c["eh"] = hash_columns(
+        uid, tbl.column("session_id"), tbl.column("ip"), li,
+        tbl.column("ad_id") if "ad_id" in names else None,
+        tbl.column("user_agent") if "user_agent" in names else None)
     return c
 
 
@@ -246,6 +249,7 @@ class ReplayStream:
             for c in (_read_ahead(chunks()) if self.threads else chunks()):
                 n = c["n"]
                 ts, uh, sh, ih, hll, tz = c["ts"], c["uh"], c["sh"], c["ih"], c["hll"], c["tz"]
+                eh = c["eh"]
                 out = np.empty((n, N_FEATURES), dtype=np.float32)
                 spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
                 if pool is not None:
@@ -258,13 +262,14 @@ class ReplayStream:
 
                     def count(tables: int, raw: np.ndarray = raw, ts: np.ndarray = ts,
                               uh: np.ndarray = uh, sh: np.ndarray = sh, ih: np.ndarray = ih,
-                              hll: np.ndarray = hll, tz: np.ndarray = tz,
+                              hll: np.ndarray = hll, tz: np.ndarray = tz, eh: np.ndarray = eh,
                               spans: list = spans) -> None:
                         for a, b in spans:
                             st.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b],
-                                             raw[a:b], tables, tz[a:b])
+                                             raw[a:b], tables, tz[a:b], eh[a:b])
 
-                    ips = pool.submit(count, 4)
+                    # IPs and entities in the worker, users and sessions here
+                    ips = pool.submit(count, 12)
                     count(3)
                     ips.result()
                     if pending is not None:
@@ -283,7 +288,8 @@ class ReplayStream:
                     bar.update(n)
                 else:
                     for a, b in spans:
-                        raw = st.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], tz[a:b])
+                        raw = st.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], tz[a:b],
+                                        eh[a:b])
                         fin(raw, ts[a:b], c["tz"][a:b], c["li"][a:b], c["dev"][a:b],
                             out[a:b])
                         bar.update(b - a)

@@ -154,6 +154,9 @@ class ClickBatch:
     device: np.ndarray  # uint8 codes into DEVICES
     logged_in: np.ndarray  # uint8 0/1
     tz_offset_min: np.ndarray  # int16
+    # spec 4's entity keys: str or None (absent) per click; None as a whole = all absent
+    ad_id: list[str | None] | None = None
+    user_agent: list[str | None] | None = None
 
     def __len__(self) -> int:
         return int(self.ts.shape[0])
@@ -177,6 +180,8 @@ class ClickBatch:
             logged_in=np.array(li, dtype=np.uint8),
             tz_offset_min=np.fromiter(((c.get("tz_offset_min") or 0) for c in clicks),
                                       dtype=np.int16, count=n),
+            ad_id=[c.get("ad_id") for c in clicks],
+            user_agent=[c.get("user_agent") for c in clicks],
         )
 
     @classmethod
@@ -197,14 +202,19 @@ class ClickBatch:
         tz = cols.get("tz_offset_min")
         tza = (np.zeros(n, dtype=np.int16) if tz is None
                else np.nan_to_num(np.asarray(tz, dtype=np.float64)).astype(np.int16))
+        ad, ua = cols.get("ad_id"), cols.get("user_agent")
         return cls(ts=ts, user_key=ukeys, session_id=sess, ip=list(cols["ip"]), device=dcodes,
-                   logged_in=li.astype(np.uint8), tz_offset_min=tza)
+                   logged_in=li.astype(np.uint8), tz_offset_min=tza,
+                   ad_id=list(ad) if ad is not None else [None] * n,
+                   user_agent=list(ua) if ua is not None else [None] * n)
 
     def slice(self, start: int, stop: int) -> ClickBatch:
         return ClickBatch(self.ts[start:stop], self.user_key[start:stop],
                           self.session_id[start:stop], self.ip[start:stop],
                           self.device[start:stop], self.logged_in[start:stop],
-                          self.tz_offset_min[start:stop])
+                          self.tz_offset_min[start:stop],
+                          None if self.ad_id is None else self.ad_id[start:stop],
+                          None if self.user_agent is None else self.user_agent[start:stop])
 
 
 def slice_name(device_code: int, logged_in: int) -> str:
@@ -489,4 +499,7 @@ def batch_from_table(tbl: Any) -> ClickBatch:
         cols["user_id"] = tbl.column("user_id").to_pylist()
     if "tz_offset_min" in tbl.column_names:
         cols["tz_offset_min"] = tbl.column("tz_offset_min").to_numpy(zero_copy_only=False)
+    for name in ("ad_id", "user_agent"):
+        if name in tbl.column_names:
+            cols[name] = tbl.column(name).to_pylist()
     return ClickBatch.from_columns(cols)

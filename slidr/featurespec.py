@@ -29,6 +29,15 @@ Counter algorithms (all per key, O(1) memory, logically expiring):
   becomes the newest zone when its ts >= the IP's newest ts. A new (or expired) IP starts at
   sw = 0. The feature is sw / the IP's day-decayed click count: the share of its recent clicks
   that switched zone (a gateway's clients share a region; an emulator pool's do not).
+- User gap regularity (spec 4): the user keeps a Welford (n, mean, M2) of ln(gap in s), gap
+  floored at LOG_GAP_FLOOR_S, exactly as the session's (its sd is u_gap_logsd).
+- Entities (spec 4): one table holds three kinds of key, kept apart by their hash namespace:
+  the ad ("a\0" + ad_id), the (IP, ad) pair ("x\0" + ip + "\0" + ad_id) and the user agent
+  ("g\0" + user_agent); an absent (null or empty) ad_id or user_agent gives key 0, counted
+  nowhere, whose raw columns are the absent values (counts 0, every HLL empty). Per key:
+  decayed counts (ENTITY_TAUS, the IP's decay, out-of-order and logical-expiry rules, TTL
+  ENTITY_TTL_MS) and two day-window HLLs as the IP's 1-day ones: distinct sessions (the
+  session's register and rank) and distinct IPs (register and rank of the IP's hash).
 The embedded store (ext/_kernel.pyx), its reference twin (ext/reference.py) and the Redis
 Lua script (slidr/store_redis.lua) implement exactly this; parity tests hold them together.
 """
@@ -43,7 +52,7 @@ import numpy as np
 
 from slidr.contract import DEVICES
 
-SPEC_VERSION = 3
+SPEC_VERSION = 4
 
 # Decay time constants in seconds.
 USER_TAUS = (60.0, 600.0, 3600.0, 86400.0)
@@ -53,6 +62,13 @@ IP_TAUS = (60.0, 3600.0, 86400.0)
 USER_TTL_MS = 2 * 86_400_000
 SESSION_TTL_MS = 86_400_000
 IP_TTL_MS = 2 * 86_400_000
+# spec 4: entities (ad, (IP, ad), user agent): decay taus, logical TTL, day-window HLLs.
+ENTITY_TAUS = (60.0, 3600.0, 86400.0)
+ENTITY_TTL_MS = 2 * 86_400_000
+ENTITY_WINDOW_MS = 86_400_000
+# Entity kinds in key order (eh columns) and their raw-column prefixes.
+ENTITY_KINDS = ("ad", "ipad", "ua")
+ENTITY_PREFIXES = ("a", "x", "g")
 # HyperLogLog: 2**HLL_P registers; windows in ms (order matters: sess_1h, user_1h, sess_1d, user_1d).
 HLL_P = 5
 HLL_M = 1 << HLL_P
@@ -68,20 +84,34 @@ IP_HOURS = 24
 
 # Raw counter layout returned by every store (float64 columns).
 # Each key kind's columns are contiguous (RAW_SPANS): a store's tables fill them independently.
-_RAW_USER = ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap")
+_RAW_USER = ("u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap",
+             "u_lg_n", "u_lg_mean", "u_lg_m2")  # spec 4: the user's ln-gap Welford
 _RAW_SESSION = ("s_c60", "s_c3600", "s_gap", "s_age",
                 "s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2")
 _RAW_IP = (("i_c60", "i_c3600", "i_c86400", "i_hours")
            + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac"))
            + ("i_tzsw",))  # spec 3
-RAW_COLUMNS: tuple[str, ...] = _RAW_USER + _RAW_SESSION + _RAW_IP
-RAW_WIDTH = len(RAW_COLUMNS)  # 38
-# [start, end) of the raw columns of each key kind: users 0-4, sessions 5-12, IPs 13-37.
+# spec 4: per entity kind, 3 decayed counts, then the day HLLs of sessions and of IPs.
+_RAW_ENTITY = tuple(
+    c for k in ENTITY_PREFIXES
+    for c in ((f"{k}_c60", f"{k}_c3600", f"{k}_c86400")
+              + tuple(f"{k}{h}_{f}" for h in ("s", "i") for f in ("z", "v", "pz", "pv", "frac"))))
+RAW_COLUMNS: tuple[str, ...] = _RAW_USER + _RAW_SESSION + _RAW_IP + _RAW_ENTITY
+RAW_WIDTH = len(RAW_COLUMNS)  # 80
+ENTITY_RAW_WIDTH = len(_RAW_ENTITY) // len(ENTITY_PREFIXES)  # 13 columns per entity kind
+# [start, end) of the raw columns of each key kind: users 0-7, sessions 8-15, IPs 16-40,
+# entities 41-79.
+_E0 = len(_RAW_USER) + len(_RAW_SESSION) + len(_RAW_IP)
 RAW_SPANS: dict[str, tuple[int, int]] = {
     "user": (0, len(_RAW_USER)),
     "session": (len(_RAW_USER), len(_RAW_USER) + len(_RAW_SESSION)),
-    "ip": (len(_RAW_USER) + len(_RAW_SESSION), RAW_WIDTH),
+    "ip": (len(_RAW_USER) + len(_RAW_SESSION), _E0),
+    "entity": (_E0, RAW_WIDTH),
 }
+# The raw columns of an entity kind without a key (null or empty ad_id / user_agent): no
+# clicks, both HLLs empty (z = v = pz = pv = HLL_M, frac 0), so every estimate is 0.
+ENTITY_ABSENT: tuple[float, ...] = (0.0, 0.0, 0.0) + (float(HLL_M),) * 4 + (0.0,) \
+    + (float(HLL_M),) * 4 + (0.0,)
 RAW_INDEX = {n: i for i, n in enumerate(RAW_COLUMNS)}
 
 # Model input features: (name, transform, raw source or derivation).
@@ -104,9 +134,16 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("ip_hours_1d", "log1p"),
     # spec 3: clients behind one IP that keep changing time zone (docs/features.md)
     ("ip_tz_switch_1d", "ratio"),  # i_tzsw / i_c86400
+    # spec 4: the user's gap regularity; ads, (IP, ad) pairs and user agents (docs/features.md)
+    ("u_gap_logsd", "lg_sd"),
+    ("ad_clicks_1m", "log1p"), ("ad_clicks_1h", "log1p"), ("ad_clicks_1d", "log1p"),
+    ("ad_rate_ratio", "rate_ratio"),  # 0 if a_c86400 == 0 else ln(24 (a_c3600+1) / (a_c86400+1))
+    ("ad_ips_1d", "log1p_hll"), ("ad_sessions_1d", "log1p_hll"),
+    ("ipad_clicks_1h", "log1p"), ("ipad_clicks_1d", "log1p"), ("ipad_sessions_1d", "log1p_hll"),
+    ("ua_clicks_1h", "log1p"), ("ua_rate_ratio", "rate_ratio"), ("ua_ips_1d", "log1p_hll"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
-N_FEATURES = len(FEATURES)  # 29
+N_FEATURES = len(FEATURES)  # 42
 
 
 def spec_dict() -> dict:
@@ -116,12 +153,18 @@ def spec_dict() -> dict:
         "features": [{"name": n, "transform": t} for n, t in FEATURES],
         "raw_columns": list(RAW_COLUMNS),
         "user_taus_s": USER_TAUS, "session_taus_s": SESSION_TAUS, "ip_taus_s": IP_TAUS,
-        "ttl_ms": {"user": USER_TTL_MS, "session": SESSION_TTL_MS, "ip": IP_TTL_MS},
+        "ttl_ms": {"user": USER_TTL_MS, "session": SESSION_TTL_MS, "ip": IP_TTL_MS,
+                   "entity": ENTITY_TTL_MS},
+        "entity_taus_s": ENTITY_TAUS, "entity_window_ms": ENTITY_WINDOW_MS,
+        "entity_kinds": {"kinds": ENTITY_KINDS, "prefixes": ENTITY_PREFIXES,
+                         "keys": ["a\\0 ad_id", "x\\0 ip \\0 ad_id", "g\\0 user_agent"],
+                         "hll": ["sessions: session register", "ips: ip hash register"]},
+        "user_gap_welford": "ln gap s, floored at log_gap_floor_s, as the session's",
         "hll": {"p": HLL_P, "windows_ms": HLL_WINDOWS_MS, "kinds": HLL_KINDS},
         "gap_cap_s": GAP_CAP_S,
         "subsec_ms": SUBSEC_MS, "log_gap_floor_s": LOG_GAP_FLOOR_S, "ip_hours": IP_HOURS,
         "ip_tz_switch": "decayed tau ip_taus_s[2], per ip_c86400",
-        "hash": "fnv1a64+splitmix64 of utf-8, namespaces u/s/i",
+        "hash": "fnv1a64+splitmix64 of utf-8, namespaces u/s/i/a/x/g; absent entity 0, 0 -> 1",
         "devices": list(DEVICES),
     }
 
@@ -150,9 +193,20 @@ def distinct_estimates(raw: np.ndarray) -> np.ndarray:
     out = np.empty((raw.shape[0], 4), dtype=np.float64)
     base = RAW_INDEX["h0_z"]
     for j in range(4):
-        z, v, pz, pv, frac = (raw[:, base + 5 * j + k] for k in range(5))
-        out[:, j] = hll_estimate(z, v) + hll_estimate(pz, pv) * (1.0 - frac)
+        out[:, j] = _blend(raw, base + 5 * j)
     return out
+
+
+def _blend(raw: np.ndarray, base: int) -> np.ndarray:
+    """Sliding-window estimate of the HLL whose (z, v, pz, pv, frac) start at column base."""
+    z, v, pz, pv, frac = (raw[:, base + k] for k in range(5))
+    return hll_estimate(z, v) + hll_estimate(pz, pv) * (1.0 - frac)
+
+
+def _rate_ratio(c1h: np.ndarray, c1d: np.ndarray) -> np.ndarray:
+    """ln(24 (c1h + 1) / (c1d + 1)): an entity's last hour against its day; 0 without a key."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c1d == 0, 0.0, np.log(24.0 * (c1h + 1.0) / (c1d + 1.0)))
 
 
 _TWO_PI = 2.0 * math.pi
@@ -203,6 +257,23 @@ def finish(raw: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray, logged_in
     c1d = raw[:, r["i_c86400"]]
     with np.errstate(invalid="ignore", divide="ignore"):
         out[:, 28] = np.where(c1d > 0, raw[:, r["i_tzsw"]] / c1d, 0.0)
+    # spec 4
+    lg_n = raw[:, r["u_lg_n"]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sd = np.sqrt(raw[:, r["u_lg_m2"]] / lg_n)
+    out[:, 29] = np.where(lg_n >= 2, sd, -1.0)
+    out[:, 30] = np.log1p(raw[:, r["a_c60"]])
+    out[:, 31] = np.log1p(raw[:, r["a_c3600"]])
+    out[:, 32] = np.log1p(raw[:, r["a_c86400"]])
+    out[:, 33] = _rate_ratio(raw[:, r["a_c3600"]], raw[:, r["a_c86400"]])
+    out[:, 34] = np.log1p(_blend(raw, r["ai_z"]))
+    out[:, 35] = np.log1p(_blend(raw, r["as_z"]))
+    out[:, 36] = np.log1p(raw[:, r["x_c3600"]])
+    out[:, 37] = np.log1p(raw[:, r["x_c86400"]])
+    out[:, 38] = np.log1p(_blend(raw, r["xs_z"]))
+    out[:, 39] = np.log1p(raw[:, r["g_c3600"]])
+    out[:, 40] = _rate_ratio(raw[:, r["g_c3600"]], raw[:, r["g_c86400"]])
+    out[:, 41] = np.log1p(_blend(raw, r["gi_z"]))
     return out
 
 

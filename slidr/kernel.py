@@ -21,9 +21,11 @@ class Store(Protocol):
     name: str
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray: ...
+               hll: np.ndarray, tz: np.ndarray | None = None,
+               eh: np.ndarray | None = None) -> np.ndarray: ...
     # tz: the clicks' tz_offset_min (spec 3's IP time-zone switches); None counts every click
-    # in zone 0 (tests and benches that do not look at that counter).
+    # in zone 0 (tests and benches that do not look at that counter). eh: uint64 (n, 3), the
+    # clicks' ad, (IP, ad) and user-agent keys (spec 4; 0 = absent); None: none has any.
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -31,8 +33,10 @@ class Store(Protocol):
 
 
 def hash_keys(batch: ClickBatch, use_native: bool | None = None):
+    """-> (uh, sh, ih, hll, eh): what a store's update() takes (eh after tz)."""
     mod = native if (NATIVE if use_native is None else use_native) else reference
-    return mod.hash_keys(batch.user_key, batch.session_id, batch.ip)
+    return mod.hash_keys(batch.user_key, batch.session_id, batch.ip, batch.ad_id,
+                         batch.user_agent)
 
 
 def embedded_store(use_native: bool | None = None, **kw: Any) -> Store:
@@ -51,11 +55,13 @@ class FeatureKernel:
         self.store = store if store is not None else embedded_store(self.use_native)
 
     def raw(self, batch: ClickBatch) -> np.ndarray:
-        uh, sh, ih, hll = hash_keys(batch, self.use_native)
-        return self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min)
+        uh, sh, ih, hll, eh = hash_keys(batch, self.use_native)
+        return self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, eh)
 
-    def keys(self, batch: ClickBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(user, session, IP key hashes, HLL bytes): what a store's update() takes."""
+    def keys(self, batch: ClickBatch
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(user, session, IP key hashes, HLL bytes, entity keys (n, 3)): what a store's
+        update() takes (the entity keys after the time zones)."""
         return hash_keys(batch, self.use_native)
 
     def finish(self, raw: np.ndarray, batch: ClickBatch, out: np.ndarray | None = None

@@ -44,14 +44,19 @@ def streams(draw, max_clicks: int = 120):
     logged = draw(st.lists(st.booleans(), min_size=n, max_size=n))
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, n - 1)), max_size=6))))
     tz = draw(st.lists(st.sampled_from(TZS), min_size=n, max_size=n))
-    return ts, users, sessions, ips, logged, cuts, tz
+    # spec 4's entity keys: a few ads and user agents, some absent (None or empty)
+    ads = draw(st.lists(st.sampled_from(ADS), min_size=n, max_size=n))
+    uas = draw(st.lists(st.sampled_from(UAS), min_size=n, max_size=n))
+    return ts, users, sessions, ips, logged, cuts, tz, ads, uas
 
 
 # Client time zones (tz_offset_min), the extremes included.
 TZS = [0, 0, 60, -300, 330, -720, 840]
+ADS = [None, "", "ad-1", "ad-1", "ad-2", "ad-3"]
+UAS = [None, "", "Mozilla/5.0", "Mozilla/5.0", "okhttp/4"]
 
 
-def _batch(ts, users, sessions, ips, logged, tz=None) -> ClickBatch:
+def _batch(ts, users, sessions, ips, logged, tz=None, ads=None, uas=None) -> ClickBatch:
     sess = [f"sess-{s}" for s in sessions]
     ukeys = [f"u\x00user-{u}" if li else "s\x00" + s for u, s, li in zip(users, sess, logged,
                                                                         strict=True)]
@@ -59,7 +64,19 @@ def _batch(ts, users, sessions, ips, logged, tz=None) -> ClickBatch:
     return ClickBatch(ts=np.asarray(ts, dtype=np.int64), user_key=ukeys, session_id=sess,
                       ip=[f"10.0.0.{i}" for i in ips], device=np.zeros(n, np.uint8),
                       logged_in=np.asarray(logged, np.uint8),
-                      tz_offset_min=np.asarray(tz if tz is not None else [0] * n, np.int16))
+                      tz_offset_min=np.asarray(tz if tz is not None else [0] * n, np.int16),
+                      ad_id=ads, user_agent=uas)
+
+
+def _keys(mod, b: ClickBatch):
+    """(uh, sh, ih, hll) of a batch and its entity keys eh."""
+    uh, sh, ih, hll, eh = mod.hash_keys(b.user_key, b.session_id, b.ip, b.ad_id, b.user_agent)
+    return (uh, sh, ih, hll), eh
+
+
+def _update(store, mod, b: ClickBatch, tz=None) -> np.ndarray:
+    h, eh = _keys(mod, b)
+    return store.update(b.ts, *h, tz, eh)
 
 
 def _raw_in_batches(store, mod, b: ClickBatch, cuts) -> np.ndarray:
@@ -69,16 +86,15 @@ def _raw_in_batches(store, mod, b: ClickBatch, cuts) -> np.ndarray:
         if z <= a:
             continue
         s = b.slice(a, z)
-        parts.append(store.update(s.ts, *mod.hash_keys(s.user_key, s.session_id, s.ip),
-                                  s.tz_offset_min))
+        parts.append(_update(store, mod, s, s.tz_offset_min))
     return np.concatenate(parts)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(streams())
 def test_raw_counters_identical(stream):
-    ts, users, sessions, ips, logged, cuts, tz = stream
-    b = _batch(ts, users, sessions, ips, logged, tz)
+    ts, users, sessions, ips, logged, cuts, tz, ads, uas = stream
+    b = _batch(ts, users, sessions, ips, logged, tz, ads, uas)
     ref = _raw_in_batches(reference.ReferenceStore(), reference, b, cuts)
     # A tiny sweep period and no grace beyond the biggest jitter exercise physical expiry too.
     nat = _raw_in_batches(native.EmbeddedStore(capacity_hint=0, sweep_every=1,
@@ -177,7 +193,7 @@ def test_batch_size_does_not_change_features():
 
 def test_native_finish_matches_numpy_finish():
     b = _day_of_clicks(seed=5)
-    raw = native.EmbeddedStore().update(b.ts, *native.hash_keys(b.user_key, b.session_id, b.ip))
+    raw = _update(native.EmbeddedStore(), native, b)
     tz = np.random.default_rng(0).integers(-720, 841, len(b)).astype(np.int16)
     want = fs.finish(raw, b.ts, tz, b.logged_in, b.device)
     got = native.finish_into(raw, b.ts, tz, b.logged_in, b.device)
@@ -201,7 +217,7 @@ def _one_ip_distinct(n_sess: int, hour: int, at_frac: float) -> tuple[float, flo
                    ip=["192.0.2.7"] * (n_sess + 1), device=np.zeros(n_sess + 1, np.uint8),
                    logged_in=np.zeros(n_sess + 1, np.uint8),
                    tz_offset_min=np.zeros(n_sess + 1, np.int16))
-    raw = native.EmbeddedStore().update(ts, *native.hash_keys(b.user_key, b.session_id, b.ip))
+    raw = _update(native.EmbeddedStore(), native, b)
     est = fs.distinct_estimates(raw[-1:])[0, 0]
     exact = 1 + n_sess * (1.0 - at_frac)  # the sliding-window blend of the exact counts
     return float(est), exact
@@ -237,9 +253,13 @@ def test_memory_plateaus_with_one_shot_users():
         ih = rng.integers(0, 2**63, per_day, dtype=np.int64).astype(np.uint64)
         ih[per_day // 2:] = ih[: per_day - per_day // 2]  # half the IPs come back
         hll = rng.integers(0, 32, (per_day, 4)).astype(np.uint8)
+        # entity keys: 500 ads, an (IP, ad) pair per IP, 50 user agents (namespaces apart)
+        ad = rng.integers(1, 501, per_day).astype(np.uint64)
+        eh = np.stack([ad, (ih ^ (ad * np.uint64(0x9E3779B97F4A7C15))) | np.uint64(1 << 63),
+                       rng.integers(1001, 1051, per_day).astype(np.uint64)], axis=1)
         for i in range(0, per_day, 512):
             s = slice(i, i + 512)
-            store.update(ts[s], uh[s], sh[s], ih[s], hll[s])
+            store.update(ts[s], uh[s], sh[s], ih[s], hll[s], None, eh[s])
         stt = store.stats()
         keys.append(stt["keys"])
         nbytes.append(stt["bytes"])
@@ -297,9 +317,8 @@ def _raw_both(ts, sessions, ips) -> tuple[np.ndarray, np.ndarray]:
     """Raw counters of reference and native stores for one batch (asserted equal)."""
     n = len(ts)
     b = _batch(np.asarray(ts, dtype=np.int64), [0] * n, sessions, ips, [False] * n)
-    ref = reference.ReferenceStore().update(b.ts, *reference.hash_keys(b.user_key, b.session_id,
-                                                                       b.ip))
-    nat = native.EmbeddedStore().update(b.ts, *native.hash_keys(b.user_key, b.session_id, b.ip))
+    ref = _update(reference.ReferenceStore(), reference, b)
+    nat = _update(native.EmbeddedStore(), native, b)
     assert np.array_equal(ref, nat)
     return ref, fs.finish(ref, b.ts, b.tz_offset_min, b.logged_in, b.device)
 
@@ -373,12 +392,10 @@ def test_ip_hours_across_twenty_hours_and_a_day_boundary():
     np.testing.assert_allclose(feat[:, _feat("ip_hours_1d")], np.log1p(want), rtol=1e-6)
 
 
-def test_spec_version_three_names_the_new_features():
-    assert fs.SPEC_VERSION == 3
-    assert fs.FEATURE_NAMES[-5:] == ("s_subsec_gaps", "s_gap_logmean", "s_gap_logsd",
-                                     "ip_hours_1d", "ip_tz_switch_1d")
-    assert fs.RAW_WIDTH == 38 and fs.N_FEATURES == 29
-    assert fs.RAW_SPANS["ip"] == (13, 38)
+def test_spec_version_three_features_keep_their_places():
+    assert fs.FEATURE_NAMES[24:29] == ("s_subsec_gaps", "s_gap_logmean", "s_gap_logsd",
+                                       "ip_hours_1d", "ip_tz_switch_1d")
+    assert fs.RAW_SPANS["ip"] == (16, 41)
 
 
 # ---------------------------------------------------------------- spec 3: IP time-zone switches
@@ -395,10 +412,8 @@ def test_ip_tz_switches_decay_and_follow_the_newest_click():
     n = len(ts)
     b = _batch(np.asarray(ts, dtype=np.int64), [0] * n, list(range(n)), [4] * n, [False] * n,
                tz)
-    ref = reference.ReferenceStore().update(b.ts, *reference.hash_keys(
-        b.user_key, b.session_id, b.ip), b.tz_offset_min)
-    nat = native.EmbeddedStore().update(b.ts, *native.hash_keys(b.user_key, b.session_id, b.ip),
-                                        b.tz_offset_min)
+    ref = _update(reference.ReferenceStore(), reference, b, b.tz_offset_min)
+    nat = _update(native.EmbeddedStore(), native, b, b.tz_offset_min)
     assert np.array_equal(ref, nat)
     sw, want = 0.0, []
     last_t, zone = ts[0], tz[0]

@@ -29,7 +29,12 @@ def log(tmp_path_factory):
         "device": [("desktop", "mobile", "app")[v] for v in rng.integers(0, 3, n)],
         "logged_in": pa.array(li), "tz_offset_min": pa.array(rng.integers(-300, 300, n),
                                                              pa.int32()),
-        "purchased": pa.array(rng.random(n) < 0.05), "is_robot": pa.array(rng.random(n) < 0.2)})
+        "purchased": pa.array(rng.random(n) < 0.05), "is_robot": pa.array(rng.random(n) < 0.2),
+        # spec 4's entity keys: a few ads and user agents, some null or empty
+        "ad_id": pa.array([(None, "", f"ad{v}", f"ad{v}")[v % 4] for v in rng.integers(0, 40, n)],
+                          pa.string()),
+        "user_agent": pa.array([(None, "", "Mozilla/5.0 (X11)", "okhttp/4", "curl/8")[v]
+                                for v in rng.integers(0, 5, n)], pa.string())})
     d = tmp_path_factory.mktemp("replay")
     pq.write_table(tbl, d / "clicks.parquet")
     pcsv.write_csv(tbl, d / "clicks.csv")
@@ -46,7 +51,8 @@ def test_replay_equals_the_daemon_kernel(log):
     np.testing.assert_array_equal(rp.purchased, tbl.column("purchased").to_numpy())
     np.testing.assert_array_equal(rp.is_robot, tbl.column("is_robot").to_numpy())
     assert rp.user_id == tbl.column("user_id").to_pylist()
-    _, sh, _, _ = hash_keys(batch_from_table(tbl))
+    _, sh, _, _, eh = hash_keys(batch_from_table(tbl))
+    assert eh[:, 0].any() and eh[:, 2].any() and not eh.all()
     np.testing.assert_array_equal(rp.session_hash, sh)
 
 
@@ -99,9 +105,15 @@ def test_hash_key_columns_native_equals_reference_twin_and_hash_keys(log):
     t2 = t2.set_column(t2.schema.get_field_index("logged_in"), "logged_in", pa.array(li))
     want = hash_keys(batch_from_table(t2))
     sess, ip = t2.column("session_id"), t2.column("ip")
-    for args in [(uid, sess, ip, li),  # arrow buffers
-                 (uid.slice(0), sess.combine_chunks(), ip.combine_chunks(), li),
-                 (uid.to_pylist(), sess.to_pylist(), ip.to_pylist(), li)]:  # Python lists
+    ad, ua = t2.column("ad_id"), t2.column("user_agent")
+    ua_dict = ua.combine_chunks().dictionary_encode()  # as the replay reads it from Parquet
+    assert want[4][:, 1].any()
+    for args in [(uid, sess, ip, li, ad, ua),  # arrow buffers
+                 (uid.slice(0), sess.combine_chunks(), ip.combine_chunks(), li,
+                  ad.combine_chunks(), ua_dict),
+                 (uid, sess, ip, li, ad.combine_chunks().dictionary_encode(), ua.to_pylist()),
+                 (uid.to_pylist(), sess.to_pylist(), ip.to_pylist(), li, ad.to_pylist(),
+                  ua.to_pylist())]:  # Python lists
         for got in (_kernel.hash_key_columns(*args), reference.hash_key_columns(*args)):
             for g, w in zip(got, want, strict=True):
                 np.testing.assert_array_equal(g, w)
@@ -142,24 +154,43 @@ def test_update_tables_split_equals_update():
     ts = np.sort(T0 + rng.integers(0, 5 * 86_400_000, n)).astype(np.int64)
     uh, sh, ih = (rng.integers(0, k, n).astype(np.uint64) for k in (500, 900, 300))
     hll = rng.integers(0, 61, (n, 4)).astype(np.uint8)
+    # entity keys, 0: absent; the kinds' keys apart, as their hash namespaces keep them
+    eh = rng.integers(0, 400, (n, 3)).astype(np.uint64)
+    eh += np.where(eh > 0, np.array([0, 1000, 2000], np.uint64), np.uint64(0))
     one = _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
     two = _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
+    three = [_kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0) for _ in range(3)]
     for a in range(0, n, 3001):
         b = min(a + 3001, n)
-        want = one.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b])
+        want = one.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], None, eh[a:b])
         got = np.full((b - a, fs.RAW_WIDTH), np.nan)
-        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 4)
+        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 4, None, eh[a:b])
+        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 8, None, eh[a:b])
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 1)
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 2)
         np.testing.assert_array_equal(got, want)
+        # one entity kind per call (one key set per row, as Spark explodes a click): the
+        # other kinds' columns are the absent values
+        e0, w = fs.RAW_SPANS["entity"][0], fs.ENTITY_RAW_WIDTH
+        for k in range(3):
+            ek = np.zeros_like(eh[a:b])
+            ek[:, k] = eh[a:b, k]
+            got_k = np.full((b - a, fs.RAW_WIDTH), np.nan)
+            three[k].update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got_k, 8,
+                                   None, ek)
+            cols = slice(e0 + w * k, e0 + w * (k + 1))
+            np.testing.assert_array_equal(got_k[:, cols], want[:, cols])
+            absent = np.tile(fs.ENTITY_ABSENT, (b - a, 1))
+            for k2 in {0, 1, 2} - {k}:
+                np.testing.assert_array_equal(got_k[:, e0 + w * k2:e0 + w * (k2 + 1)], absent)
     assert one.stats()["keys"] == two.stats()["keys"]
     # The sweep only frees memory: on time-ordered clicks its pace never changes the counters.
     for kw in ({"sweep_scan": 1}, {"sweep_every": 1 << 40}):
         other = _kernel.EmbeddedStore(sweep_every=kw.get("sweep_every", 8), sweep_grace_ms=0,
                                       sweep_scan=kw.get("sweep_scan", 8))
-        np.testing.assert_array_equal(other.update(ts, uh, sh, ih, hll),
+        np.testing.assert_array_equal(other.update(ts, uh, sh, ih, hll, None, eh),
                                       _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
-                                      .update(ts, uh, sh, ih, hll))
+                                      .update(ts, uh, sh, ih, hll, None, eh))
     with pytest.raises(ValueError):
         _kernel.EmbeddedStore(sweep_scan=0)
 

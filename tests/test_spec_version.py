@@ -21,17 +21,25 @@ V2_RAW = ("s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2", "i_hours")
 V2_SPEC_HASH = "3fbd597194bc8a81"
 V3_ONLY = ("ip_tz_switch",)
 V3_RAW = ("i_tzsw",)
-OLD_HASH = {1: V1_SPEC_HASH, 2: V2_SPEC_HASH}
+# Version 3: 29 features, 38 raw columns (before the entity table and the user's gap Welford).
+V3_SPEC_HASH = "4a7c1d14f70a0e8a"
+V4_ONLY = ("entity_taus_s", "entity_window_ms", "entity_kinds", "user_gap_welford")
+V4_RAW = ("u_lg_n", "u_lg_mean", "u_lg_m2") + tuple(
+    fs.RAW_COLUMNS[fs.RAW_SPANS["entity"][0]:fs.RAW_SPANS["entity"][1]])
+OLD_HASH = {1: V1_SPEC_HASH, 2: V2_SPEC_HASH, 3: V3_SPEC_HASH}
+N_OLD_FEATURES = {1: 24, 2: 28, 3: 29}
 
 
 def old_spec(version: int = 1) -> dict:
     """An older feature spec as a bundle built then carries it (feature_spec.json)."""
-    drop = V3_ONLY + (V2_ONLY if version == 1 else ())
-    drop_raw = V3_RAW + (V2_RAW if version == 1 else ())
+    drop = V4_ONLY + (V3_ONLY if version <= 2 else ()) + (V2_ONLY if version == 1 else ())
+    drop_raw = V4_RAW + (V3_RAW if version <= 2 else ()) + (V2_RAW if version == 1 else ())
     d = {k: v for k, v in fs.spec_dict().items() if k not in drop}
     d["version"] = version
-    d["features"] = d["features"][:24 if version == 1 else 28]
+    d["features"] = d["features"][:N_OLD_FEATURES[version]]
     d["raw_columns"] = [c for c in d["raw_columns"] if c not in drop_raw]
+    d["ttl_ms"] = {k: v for k, v in d["ttl_ms"].items() if k != "entity"}
+    d["hash"] = "fnv1a64+splitmix64 of utf-8, namespaces u/s/i"
     d = json.loads(json.dumps(d))
     assert spec_hash_of(d) == OLD_HASH[version]
     return {**d, "spec_hash": OLD_HASH[version]}
@@ -48,11 +56,11 @@ def v1_bundle_src(d: Path, version: int = 1) -> Path:
 
 
 def test_spec_version_and_hash_moved_on():
-    assert fs.SPEC_VERSION == 3
-    assert fs.SPEC_HASH not in (V1_SPEC_HASH, V2_SPEC_HASH)
+    assert fs.SPEC_VERSION == 4
+    assert fs.SPEC_HASH not in (V1_SPEC_HASH, V2_SPEC_HASH, V3_SPEC_HASH)
 
 
-@pytest.mark.parametrize("old", [1, 2])
+@pytest.mark.parametrize("old", [1, 2, 3])
 def test_registry_refuses_an_older_bundle_naming_both_versions(tmp_path, old):
     reg = Registry(tmp_path / "reg")
     reg.publish(v1_bundle_src(tmp_path / "s1", old), version="old", promote=True,
@@ -64,17 +72,19 @@ def test_registry_refuses_an_older_bundle_naming_both_versions(tmp_path, old):
     assert OLD_HASH[old] in msg and fs.SPEC_HASH in msg
 
 
-def test_daemon_refuses_a_version_2_bundle_and_keeps_serving(tmp_path):
+@pytest.mark.parametrize("old", [2, 3])
+def test_daemon_refuses_a_newer_old_bundle_and_keeps_serving(tmp_path, old):
     reg = make_registry(tmp_path, ("cur",))
     adm = tmp_path / "admin.sock"
     with Daemon(reg, admin=adm) as d:
-        Registry(reg).publish(v1_bundle_src(tmp_path / "s-old", 2), version="old", promote=True,
-                              expected_spec_hash=V2_SPEC_HASH)
+        Registry(reg).publish(v1_bundle_src(tmp_path / "s-old", old), version="old",
+                              promote=True, expected_spec_hash=OLD_HASH[old])
         with Client(path=adm) as a:
             with pytest.raises(RpcError) as ei:
                 a.call("reload")
         text = ei.value.err[1]
-        assert "old" in text and "spec version 2" in text and "spec version 3" in text, text
+        assert "old" in text and f"spec version {old}" in text, text
+        assert f"spec version {fs.SPEC_VERSION}" in text, text
         with Client(d.port) as c:
             assert c.call("score", click(2))["model"] == "cur"
 
@@ -105,7 +115,8 @@ def test_daemon_refuses_a_version_1_bundle_and_keeps_serving(tmp_path):
                 a.call("reload")
         code, text = ei.value.err[0], ei.value.err[1]
         assert code == ErrorCode.ADMIN_FAILED
-        assert "old" in text and "spec version 1" in text and "spec version 3" in text, text
+        assert "old" in text and "spec version 1" in text, text
+        assert f"spec version {fs.SPEC_VERSION}" in text, text
         with Client(d.port) as c:
             assert c.call("info")["model"] == "cur"
             assert c.call("score", click(2))["model"] == "cur"

@@ -25,7 +25,11 @@ def _batch(start: int, n: int) -> tuple[np.ndarray, ...]:
     sh = ids * np.uint64(0xC2B2AE3D27D4EB4F) + np.uint64(2)
     ih = ids * np.uint64(0x165667B19E3779F9) + np.uint64(3)
     hll = np.stack([(ids % 32), (ids % 7) + 1, (ids % 31), (ids % 5) + 1], axis=1)
-    return uh, sh, ih, hll.astype(np.uint8)
+    # three distinct entity keys per click (ad, (IP, ad), user agent): the entity table
+    # takes three new keys per click
+    eh = np.stack([ids * np.uint64(0x27D4EB2F165667C5) + np.uint64(k + 4) for k in range(3)],
+                  axis=1)
+    return uh, sh, ih, hll.astype(np.uint8), eh
 
 
 def _worst_batch_work(st, clicks: int, jump_at: int) -> tuple[int, int, int]:
@@ -37,9 +41,9 @@ def _worst_batch_work(st, clicks: int, jump_at: int) -> tuple[int, int, int]:
         ts = t0 + np.arange(s, s + BATCH, dtype=np.int64) // 20
         if s >= jump_at:
             ts += 3 * 86_400_000
-        uh, sh, ih, hll = _batch(s, BATCH)
+        uh, sh, ih, hll, eh = _batch(s, BATCH)
         e0, p0 = st.work()
-        st.update(ts, uh, sh, ih, hll)
+        st.update(ts, uh, sh, ih, hll, None, eh)
         e1, p1 = st.work()
         worst_examined = max(worst_examined, e1 - e0)
         worst_probes = max(worst_probes, p1 - p0)
@@ -56,16 +60,18 @@ def test_store_work_per_batch_is_bounded():
     clicks = 8 * CAP
     examined, probes, evicted_after = _worst_batch_work(st, clicks, jump_at=3 * CAP)
     # per table: the sweep steps that fall in a batch, and one eviction sample per insert
-    bound = 3 * (SCAN * (BATCH + every) + EVICT_SAMPLE * BATCH)
+    # (the entity table: three inserts per click)
+    bound = 4 * SCAN * (BATCH + every) + 6 * EVICT_SAMPLE * BATCH
     assert 0 < examined <= bound, (examined, bound)
     # deletes walk short probe chains (the index is at most ~40 % full at the cap)
-    assert probes <= 3 * BATCH * 64, probes
+    assert probes <= 6 * BATCH * 64, probes
     s = st.stats()
-    assert s["users"] == s["sessions"] == s["ips"] == CAP
+    assert s["users"] == s["sessions"] == s["ips"] == s["entities"] == CAP
     assert st.evicted > 0
     # after the jump the sweep freed the expired keys faster than new ones came: of the
-    # first CAP new keys per table after it, almost none had to evict one
-    assert evicted_after < 3 * CAP // 100, evicted_after
+    # first CAP new keys per table after it, almost none had to evict one (the entity table
+    # takes 3 CAP new keys in those clicks: 2 CAP of them find it full of live keys)
+    assert evicted_after < 2 * CAP + 4 * CAP // 100, evicted_after
 
 
 def test_a_coarse_sweep_step_breaks_the_bound():
@@ -73,13 +79,18 @@ def test_a_coarse_sweep_step_breaks_the_bound():
     the batch it lands in examine 2,048 entries per table."""
     st = kernel_native.EmbeddedStore(max_keys=CAP, sweep_every=256, sweep_grace_ms=0)
     examined, _, _ = _worst_batch_work(st, 5 * CAP, jump_at=3 * CAP)
-    assert examined > 3 * (SCAN * (BATCH + 16) + EVICT_SAMPLE * BATCH), examined
+    assert examined > 4 * SCAN * (BATCH + 16) + 6 * EVICT_SAMPLE * BATCH, examined
 
 
 def test_work_counters_start_at_zero_and_grow():
     st = kernel_native.EmbeddedStore(max_keys=64)
     assert st.work() == (0, 0)
-    uh, sh, ih, hll = _batch(0, 1000)
+    uh, sh, ih, hll, eh = _batch(0, 1000)
     st.update(np.full(1000, 1_767_225_600_000, dtype=np.int64), uh, sh, ih, hll)
     examined, probes = st.work()
     assert examined > 0 and probes > 0
+    # the entity table's bookkeeping is counted too
+    st.update(np.full(1000, 1_767_225_600_000, dtype=np.int64), uh, sh, ih, hll, None, eh)
+    e2, p2 = st.work()
+    assert e2 >= examined + 16 * (3 * 1000 - 64) and p2 > probes
+    assert st.stats()["entities"] == 64
