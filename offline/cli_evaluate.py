@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--last-day-weight", type=float, default=1.0, metavar="X",
                    help="the refit weighs the window's last day X times as much as each other "
                         "day (1: every day alike; default: 1)")
+    p.add_argument("--starved-ads", type=float, default=0.0, metavar="P",
+                   help="give the logged-out label-0 clicks of an ad-day with far fewer "
+                        "purchases than the day's logged-out base rate predicts (Poisson lower "
+                        "tail below P) weight cells of their own (0: off; default: 0)")
     p.set_defaults(func=run)
 
 
@@ -55,13 +59,15 @@ def run(args: argparse.Namespace) -> int:
 
     from . import evaluate as ev
     from .report import clean
+    if not 0.0 <= args.starved_ads < 1.0:
+        raise ValueError(f"--starved-ads must be in [0, 1), got {args.starved_ads}")
     if args.window < 4:
         raise ValueError("--window must be >= 4 days (training, validation and guardrail days)")
     cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
                         fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
                         seed=args.seed, label_scope=args.label_scope,
                         crowded_ip_sessions=args.crowded_ip_sessions,
-                        last_day_weight=args.last_day_weight)
+                        last_day_weight=args.last_day_weight, starved_ads=args.starved_ads)
 
     def note(m: str) -> None:
         if not args.quiet:

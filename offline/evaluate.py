@@ -57,6 +57,10 @@ class EvalConfig:
     # > 1: the refit weighs the window's last day this many times as much as each other day
     # (train.recency_weights); 1: every day alike
     last_day_weight: float = 1.0
+    # > 0: the logged-out label-0 clicks of an ad-day with far fewer purchases than the day's
+    # logged-out base rate predicts (Poisson lower tail below this) get weight cells of their
+    # own (labels.starved_ad_days); 0: off
+    starved_ads: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,6 +99,18 @@ def _ips(clicks: Path, n: int) -> np.ndarray:
     if len(col) != n:
         raise ValueError(f"{clicks}: {len(col)} IPs for {n} replayed clicks")
     return col.dictionary_encode().indices.to_numpy(zero_copy_only=False)
+
+
+def _ads(clicks: Path, n: int) -> np.ndarray:
+    """Ad code per click of the log at `clicks` (log order), -1 where it has no ad."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    col = pq.read_table(clicks, columns=["ad_id"]).column("ad_id").combine_chunks()
+    if len(col) != n:
+        raise ValueError(f"{clicks}: {len(col)} ad ids for {n} replayed clicks")
+    col = pc.if_else(pc.equal(col, ""), pa.scalar(None, col.type), col)
+    return col.dictionary_encode().indices.fill_null(-1).to_numpy(zero_copy_only=False)
 
 
 def _apply(score: np.ndarray, slices: np.ndarray, th: dict[str, Any]) -> np.ndarray:
@@ -140,6 +156,9 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         cells = train.split_cells(cells, labels.crowded_ip_days(
             wl, rp.session_hash, _ips(clicks, len(rp)), day, rp.logged_in,
             cfg.crowded_ip_sessions))
+    if cfg.starved_ads > 0:
+        cells = train.split_cells(cells, labels.starved_ad_days(
+            wl, _ads(clicks, len(rp)), day, rp.logged_in, cfg.starved_ads))
     robot = fam != "human"
     families = sorted(set(fam[robot].tolist()))
     x = rp.features

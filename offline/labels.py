@@ -223,3 +223,38 @@ def crowded_ip_days(labels: Any, session: Any, ip: Any, day: Any, logged_in: Any
     sessions = np.bincount(pairs // n, minlength=int(key.max()) + 1)
     bought = np.bincount(key, weights=lab, minlength=int(key.max()) + 1) > 0
     return (sessions[key] >= min_sessions) & ~bought[key] & ~np.asarray(logged_in, dtype=bool)
+
+
+def starved_ad_days(labels: Any, ad: Any, day: Any, logged_in: Any, p_value: float = 0.01,
+                    min_expected: float = 5.0) -> np.ndarray:
+    """bool per click: a logged-out click labelled 0 of an ad-day whose logged-out clicks hold
+    far fewer clicks labelled 1 (purchases) than that day's logged-out clicks of all ads
+    predict: k label-1 clicks among n, against a Poisson mean mu = n * (that day's logged-out
+    label-1 share), with mu >= min_expected and P(K <= k) < p_value. An ad whose clicks
+    multiplied while its purchases did not (a campaign drained by click fraud, installs
+    claimed by injected clicks): the label-0 clicks least likely to be human. ad: an integer
+    code per click, negative for a click without an ad (never marked)."""
+    from scipy.stats import poisson
+    lab = np.asarray(labels).astype(bool)
+    n = lab.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    a = np.asarray(ad, dtype=np.int64)
+    has = a >= 0
+    out_ = ~np.asarray(logged_in, dtype=bool)
+    d = np.asarray(day, dtype=np.int64)
+    _, key = np.unique(np.maximum(a, 0) * (int(d.max()) + 1) + d, return_inverse=True)
+    key = key.reshape(-1)
+    m = out_ & has
+    nk = int(key.max()) + 1
+    clicks = np.bincount(key[m], minlength=nk).astype(np.float64)
+    bought = np.bincount(key[m], weights=lab[m], minlength=nk)
+    # that day's logged-out label-1 share, per ad-day
+    key_day = np.zeros(nk, dtype=np.int64)
+    key_day[key] = d
+    nd = int(d.max()) + 1
+    base = (np.bincount(d[m], weights=lab[m], minlength=nd)
+            / np.maximum(np.bincount(d[m], minlength=nd), 1))
+    mu = clicks * base[key_day]
+    starved = (mu >= min_expected) & (poisson.cdf(bought, mu) < p_value)
+    return starved[key] & m & ~lab
