@@ -226,14 +226,18 @@ def crowded_ip_days(labels: Any, session: Any, ip: Any, day: Any, logged_in: Any
 
 
 def starved_ad_days(labels: Any, ad: Any, day: Any, logged_in: Any, p_value: float = 0.01,
-                    min_expected: float = 5.0) -> np.ndarray:
-    """bool per click: a logged-out click labelled 0 of an ad-day whose logged-out clicks hold
-    far fewer clicks labelled 1 (purchases) than that day's logged-out clicks of all ads
-    predict: k label-1 clicks among n, against a Poisson mean mu = n * (that day's logged-out
-    label-1 share), with mu >= min_expected and P(K <= k) < p_value. An ad whose clicks
-    multiplied while its purchases did not (a campaign drained by click fraud, installs
-    claimed by injected clicks): the label-0 clicks least likely to be human. ad: an integer
-    code per click, negative for a click without an ad (never marked)."""
+                    min_expected: float = 5.0, min_jump: float = 3.0,
+                    history_days: int = 7) -> np.ndarray:
+    """bool per click: a logged-out click labelled 0 of an ad-day whose logged-out clicks
+    multiplied while its purchases did not (a campaign drained by click fraud, installs claimed
+    by injected clicks): the label-0 clicks least likely to be human. An ad-day is marked when
+    (1) its n logged-out clicks are at least `min_jump` times the median of the ad's logged-out
+    clicks over the `history_days` days before (days without a click count 0; a day with no
+    day before it is never marked), and (2) they hold k label-1 clicks (purchases) against a
+    Poisson mean mu = n * (that day's logged-out label-1 share), mu >= min_expected and
+    P(K <= k) < p_value. (1) keeps the ads that are popular every day out: among enough of
+    them, one day with few purchases is chance. ad: an integer code per click, negative for a
+    click without an ad (never marked)."""
     from scipy.stats import poisson
     lab = np.asarray(labels).astype(bool)
     n = lab.shape[0]
@@ -243,18 +247,22 @@ def starved_ad_days(labels: Any, ad: Any, day: Any, logged_in: Any, p_value: flo
     has = a >= 0
     out_ = ~np.asarray(logged_in, dtype=bool)
     d = np.asarray(day, dtype=np.int64)
-    _, key = np.unique(np.maximum(a, 0) * (int(d.max()) + 1) + d, return_inverse=True)
-    key = key.reshape(-1)
-    m = out_ & has
-    nk = int(key.max()) + 1
-    clicks = np.bincount(key[m], minlength=nk).astype(np.float64)
-    bought = np.bincount(key[m], weights=lab[m], minlength=nk)
-    # that day's logged-out label-1 share, per ad-day
-    key_day = np.zeros(nk, dtype=np.int64)
-    key_day[key] = d
+    d0 = int(d.min())
+    d = d - d0
     nd = int(d.max()) + 1
+    _, code = np.unique(np.maximum(a, 0), return_inverse=True)
+    code = code.reshape(-1)
+    na = int(code.max()) + 1
+    m = out_ & has
+    key = code * nd + d
+    clicks = np.bincount(key[m], minlength=na * nd).astype(np.float64).reshape(na, nd)
+    bought = np.bincount(key[m], weights=lab[m], minlength=na * nd).reshape(na, nd)
     base = (np.bincount(d[m], weights=lab[m], minlength=nd)
             / np.maximum(np.bincount(d[m], minlength=nd), 1))
-    mu = clicks * base[key_day]
+    mu = clicks * base[None, :]
     starved = (mu >= min_expected) & (poisson.cdf(bought, mu) < p_value)
-    return starved[key] & m & ~lab
+    jump = np.zeros_like(starved)
+    for t in range(1, nd):
+        past = np.median(clicks[:, max(0, t - history_days):t], axis=1)
+        jump[:, t] = clicks[:, t] >= min_jump * np.maximum(past, 1.0)
+    return (starved & jump).reshape(-1)[key] & m & ~lab

@@ -127,12 +127,14 @@ def test_starved_ad_days_mark_ads_whose_purchases_did_not_follow_their_clicks() 
     from slidr.offline.train import sample_weights, split_cells
     rng = np.random.default_rng(0)
     # day 0 and day 1: 40 ads with 1 000 logged-out clicks each buying at 2 %; on day 1, ad 7
-    # gets 3 000 more clicks that never buy, and ad 9 has no purchase among only 100 clicks.
+    # gets 3 000 more clicks that never buy, ad 9 has no purchase among only 100 clicks more,
+    # and ad 5 no purchase among its usual 1 000.
     ad = np.concatenate([np.repeat(np.arange(40), 1000), np.repeat(np.arange(40), 1000),
                          np.full(3000, 7), np.full(100, 9)])
     day = np.concatenate([np.zeros(40_000), np.ones(43_100)]).astype(np.int64)
     lab = (rng.random(ad.size) < 0.02).astype(np.int8)
     lab[80_000:] = 0
+    lab[(ad == 5) & (day == 1)] = 0  # no purchase, but ad 5 is as popular as every day
     li = np.zeros(ad.size, dtype=bool)
     li[:500] = True  # logged-in clicks are never marked
     got = starved_ad_days(lab, ad, day, li, p_value=1e-4)
@@ -141,6 +143,8 @@ def test_starved_ad_days_mark_ads_whose_purchases_did_not_follow_their_clicks() 
     assert 7 in ad[starved_ad_days(lab, ad, day, li)] and 9 not in ad[starved_ad_days(
         lab, ad, day, li)]
     assert (day[got] == 1).all() and not (got & (lab == 1)).any()
+    # without the jump condition, ad 5's day would be marked too
+    assert 5 in ad[starved_ad_days(lab, ad, day, li, p_value=1e-4, min_jump=0.0)]
     assert got.sum() == ((ad == 7) & (day == 1) & (lab == 0)).sum()
     # clicks without an ad (code < 0) are never marked, an empty log marks nothing
     assert not starved_ad_days(lab, np.full(ad.size, -1), day, li, p_value=1e-4).any()
