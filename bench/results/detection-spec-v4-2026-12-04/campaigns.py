@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from slidr.featurespec import FEATURE_NAMES
 from slidr.offline import replay, train
 from slidr.offline.pipeline import load_customers, weak_labels
+
+from slidr.featurespec import FEATURE_NAMES
 
 d = Path(sys.argv[1])
 days = [int(x) for x in sys.argv[2:]] or [8, 9]

@@ -2,7 +2,7 @@
 families' first day / the day after one retrain (day 8 / day 9), the trivial rule on day 8,
 recall, precision and FPR at the published thresholds; then the calibration-free view (ROC-AUC
 and recall at one threshold spending exactly the FPR budget on the scored day); then means per
-group (the run name's prefix before the first "-", e.g. v3 / v4).
+group (the run name's prefix before the first "-", e.g. v3 / v4; stock logs apart).
 
 python summarize.py RUN.json ...     (a run's name: the file name, or its folder's for evaluate.json)
 """
@@ -67,8 +67,9 @@ if any("mimic" in d[8]["caught"] for _, d in runs):
                   + f" | {a['rule_fpr']:.4f} |")
 
 groups: dict[str, list[dict]] = {}
-for n, d in runs:
-    groups.setdefault(n.split("-")[0], []).append(d)
+for n, d in runs:  # by prefix, stock logs (no new family) apart
+    groups.setdefault(n.split("-")[0] + ("" if "mimic" in d[8]["caught"] else ", stock"),
+                      []).append(d)
 print()
 print("| group | runs | " + " | ".join(NEW) + " | recall | recall, stock | precision | FPR | "
       "AUC | oracle recall | oracle recall, stock |")
