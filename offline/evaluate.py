@@ -57,10 +57,12 @@ class EvalConfig:
     # > 1: the refit weighs the window's last day this many times as much as each other day
     # (train.recency_weights); 1: every day alike
     last_day_weight: float = 1.0
-    # > 0: the logged-out label-0 clicks of an ad-day with far fewer purchases than the day's
-    # logged-out base rate predicts (Poisson lower tail below this) get weight cells of their
-    # own (labels.starved_ad_days); 0: off
+    # > 0: the logged-out label-0 clicks of an ad-day whose clicks jumped while its purchases
+    # did not (Poisson lower tail below this, labels.starved_ad_days) weigh more (below); 0: off
     starved_ads: float = 0.0
+    # with starved_ads: > 0: the marked clicks stay in their weight cells, their weight times
+    # this (the mean weight kept); 0: they get weight cells of their own
+    starved_weight: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -156,9 +158,21 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         cells = train.split_cells(cells, labels.crowded_ip_days(
             wl, rp.session_hash, _ips(clicks, len(rp)), day, rp.logged_in,
             cfg.crowded_ip_sessions))
+    boost = cfg.starved_weight
+    starved = None
     if cfg.starved_ads > 0:
-        cells = train.split_cells(cells, labels.starved_ad_days(
-            wl, _ads(clicks, len(rp)), day, rp.logged_in, cfg.starved_ads))
+        starved = labels.starved_ad_days(wl, _ads(clicks, len(rp)), day, rp.logged_in,
+                                         cfg.starved_ads)
+        if boost <= 0:
+            cells = train.split_cells(cells, starved)
+
+    def weights(rows: np.ndarray) -> np.ndarray:
+        w = train.sample_weights(cells[rows])
+        if starved is None or boost <= 0:
+            return w
+        b = np.where(starved[rows], w * boost, w)
+        return (b * (w.sum() / b.sum())).astype(np.float32)
+
     robot = fam != "human"
     families = sorted(set(fam[robot].tolist()))
     x = rp.features
@@ -172,8 +186,8 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         d_w = day[win] - lo
         split = train.time_split(d_w, val_days=None)
         tr, va, te = (np.flatnonzero(win)[split[k]] for k in ("train", "val", "test"))
-        w_tr = train.sample_weights(cells[tr])
-        w_va = train.sample_weights(cells[va])
+        w_tr = weights(tr)
+        w_va = weights(va)
         ho = train.fit(x[tr], y[tr], w_tr, x[va], y[va], w_va, hidden=cfg.hidden,
                        epochs=cfg.epochs, seed=cfg.seed, progress=False, label="mlp")
         fit_rows = np.concatenate([va, te])
@@ -195,7 +209,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         ratio = 1.0
         if cfg.refit:
             allr = np.flatnonzero(win)
-            w_all = train.sample_weights(cells[allr])
+            w_all = weights(allr)
             if cfg.last_day_weight != 1.0:
                 w_all = train.recency_weights(w_all, day[allr], cfg.last_day_weight)
             n_ep = max(ho.best_epoch + 1, 1)

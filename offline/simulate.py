@@ -238,6 +238,9 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
     })
     seconds = time.perf_counter() - t_start
     manifest = _manifest(p, ts, t0, fam, dev, li, buy, sid, user, daily_mult, pop, seconds)
+    if campaigns:  # ground truth of what each campaign family clicks on
+        manifest["target_ads"] = {f: [f"ad{a}" for a in ads.tolist()]
+                                  for f, ads in campaigns.items()}
     return SimResult(clicks, customers, manifest, fam, seconds)
 
 
@@ -327,9 +330,6 @@ def _manifest(p, ts, t0, fam, dev, li, buy, sid, user, daily_mult, pop, seconds)
                                                   for f, v in daily_mult.items()},
         "days": days,
         "seconds": round(seconds, 3),
-        **({"target_ads": {f: [f"ad{a}" for a in ads.tolist()]
-                           for f, ads in target_campaigns(p).items()}}
-           if target_campaigns(p) else {}),
     }
 
 

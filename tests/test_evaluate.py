@@ -181,10 +181,14 @@ def test_campaign_ads_are_what_starved_ad_days_find(tmp_path: Path) -> None:
 
 
 def test_evaluate_walk_takes_starved_ads(scenario: Path) -> None:
-    cfg = ev.EvalConfig(window=4, from_day=3, epochs=1, starved_ads=0.05)
-    res = ev.walk(scenario / "clicks.parquet", scenario / "customers.parquet", cfg,
-                  log=lambda m: None)
-    assert res["config"]["starved_ads"] == 0.05
-    assert [d["scored_day"] for d in res["days"]] == [4, 5]
+    for w in (20.0, 0.0):  # weigh more in their cells, or cells of their own
+        cfg = ev.EvalConfig(window=4, from_day=3, epochs=1, starved_ads=0.05, starved_weight=w)
+        res = ev.walk(scenario / "clicks.parquet", scenario / "customers.parquet", cfg,
+                      log=lambda m: None)
+        assert res["config"]["starved_ads"] == 0.05
+        assert res["config"]["starved_weight"] == w
+        assert [d["scored_day"] for d in res["days"]] == [4, 5]
     assert main(["evaluate", "--clicks", str(scenario / "clicks.parquet"), "--out",
                  str(scenario.parent / "x"), "--starved-ads", "1.5", "--quiet"]) == 2
+    assert main(["evaluate", "--clicks", str(scenario / "clicks.parquet"), "--out",
+                 str(scenario.parent / "x"), "--starved-weight", "-1", "--quiet"]) == 2
