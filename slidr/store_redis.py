@@ -368,7 +368,7 @@ class RedisStore:
         return self.parse_reply(resp, n)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 80)."""
+        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, RAW_WIDTH)."""
         if not isinstance(resp, list):
             raise RuntimeError(f"redis store: unexpected reply {type(resp).__name__}")
         if _native_expand is not None:
