@@ -83,7 +83,8 @@ def _check_spec():
     assert fs.GAP_CAP_S == GAP_CAP
     assert fs.SUBSEC_MS == SUBSEC_MS and fs.LOG_GAP_FLOOR_S == LOG_GAP_FLOOR
     assert fs.IP_HOURS == IP_HOURS and fs.LOG_GAP_CAP == LOG_GAP_CAP
-    assert fs.ENTITY_TAUS == (60.0, 3600.0, 86400.0, 604800.0), "native kernel: ENTITY_TAUS drifted"
+    assert fs.ENTITY_TAUS == (60.0, 3600.0, 86400.0, 604800.0), \
+        "native kernel: ENTITY_TAUS drifted"
     assert fs.ENTITY_TTL_MS == E_TTL and fs.ENTITY_WINDOW_MS == DAY_MS
     assert fs.RAW_SPANS == {"user": (0, R_S), "session": (R_S, R_I), "ip": (R_I, R_E),
                             "entity": (R_E, RAW_WIDTH)}

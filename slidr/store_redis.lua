@@ -164,9 +164,9 @@ local function window(p, bi, z0, r0, ii, t, w, sreg, srank, ureg, urank)
 end
 
 -- Entities (ad, (IP, ad), user agent): E[k] = {c60, c3600, c86400, c604800, last, day bucket,
--- z v pz pv of the distinct-session sketch, z v pz pv of the distinct-IP sketch}; their registers as the
--- IPs' (ER[k] a table once changed or new, else false and ERS[k] the stored blob), sessions'
--- at 1 .. M, IPs' at M + 1 .. 2M, the layout byte at 2M + 1.
+-- z v pz pv of the distinct-session sketch, z v pz pv of the distinct-IP sketch}; their
+-- registers as the IPs' (ER[k] a table once changed or new, else false and ERS[k] the stored
+-- blob), sessions' at 1 .. M, IPs' at M + 1 .. 2M, the layout byte at 2M + 1.
 local E, ER, ERS = {}, {}, {}
 local ERO = 14 * 8     -- the registers' offset in an entity blob
 local ENR = 2 * M
@@ -307,8 +307,8 @@ local pos = 1
 -- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits) with the
 -- IP's active hours (0..24) in bits 48..52, then s subsec lg_n lg_mean lg_m2, then the IP's
 -- time-zone switches (spec 3), then u lg_n lg_mean lg_m2, then per entity kind (ad, (IP, ad),
--- user agent) c60 c3600 c86400 c604800, sessions z v pz pv, day fraction, IPs z v pz pv (spec 4; the
--- absent values for a click without that key). Fewer struct items: struct.pack costs about
+-- user agent) c60 c3600 c86400 c604800, sessions z v pz pv, day fraction, IPs z v pz pv
+-- (spec 4; the absent values for a click without that key). Fewer struct items: struct.pack costs about
 -- 25 ns per item. The client expands the row to RAW.
 local ROW = '<' .. string.rep('d', 70)
 for i = 1, n do
