@@ -32,10 +32,12 @@ camp = json.loads((d / "manifest.json").read_text()).get("target_ads", {})
 day = train.day_index(rp.ts)
 x = rp.features
 col = {n: x[:, i] for i, n in enumerate(FEATURE_NAMES)}
-SHOW = [n for n in ("ad_clicks_1h", "ad_clicks_1d", "ad_rate_ratio", "ad_ips_1d",
-                    "ad_sessions_1d", "ipad_clicks_1h", "ipad_clicks_1d", "ipad_sessions_1d",
-                    "ua_clicks_1h", "ua_ips_1d", "u_gap_logsd", "s_gap_logsd", "s_gap_s")
+SHOW = [n for n in ("ad_clicks_1h", "ad_clicks_1d", "ad_rate_ratio", "ad_rate_ratio_7d",
+                    "ad_ips_1d", "ad_sessions_1d", "ipad_clicks_1h", "ipad_clicks_1d",
+                    "ipad_sessions_1d", "ua_clicks_1h", "ua_ips_1d", "ua_rate_ratio_7d",
+                    "u_gap_logsd", "s_gap_logsd", "s_gap_s")
         if n in col]
+REGION = [n for n in SHOW if n.startswith(("ad_", "ipad_"))]
 human = fam == "human"
 out = ~rp.logged_in
 for dd in days:
@@ -60,7 +62,7 @@ for dd in days:
         print("| region | clicks | share of family | share of humans | family share of "
               "logged-out | label-1 share of logged-out |")
         print("|---|---:|---:|---:|---:|---:|")
-        for n in SHOW[:8]:
+        for n in REGION:
             v = col[n]
             for q in (0.5, 0.25):
                 t = float(np.quantile(v[mf], q))
