@@ -26,11 +26,11 @@ from slidr.featurespec import (
     IP_TAUS,
     IP_TTL_MS,
     LOG_GAP_FLOOR_S,
-    USER_LG_MAX_S,
     RAW_WIDTH,
     SESSION_TAUS,
     SESSION_TTL_MS,
     SUBSEC_MS,
+    USER_LG_MAX_S,
     USER_TAUS,
     USER_TTL_MS,
 )
