@@ -40,18 +40,22 @@ def _stream(n: int, seed: int = 1) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     u = rng.integers(0, 200_000, n)
     s = u * 4 + rng.integers(0, 4, n)
     i = rng.integers(0, 40_000, n)
+    # ads and user agents (spec 4's entity keys): 500 ads, a few user agents
+    ads = [f"ad{x}" for x in rng.integers(0, 500, n)]
+    uas = [f"UA/{x}" for x in rng.integers(0, 8, n)]
     if native is not None and hasattr(native, "hash_keys"):
         h = native.hash_keys([f"user{x}" for x in u], [f"sess{x}" for x in s],
-                             [f"10.{x >> 16}.{(x >> 8) & 255}.{x & 255}" for x in i])
+                             [f"10.{x >> 16}.{(x >> 8) & 255}.{x & 255}" for x in i], ads, uas)
     else:  # pragma: no cover - pure-Python twin
         from slidr.ext import reference
         h = reference.hash_keys([f"user{x}" for x in u], [f"sess{x}" for x in s],
-                                [f"10.{x >> 16}.{(x >> 8) & 255}.{x & 255}" for x in i])
+                                [f"10.{x >> 16}.{(x >> 8) & 255}.{x & 255}" for x in i], ads,
+                                uas)
     # the clicks' time zones: mostly one per user, some users switching (spec 3's IP
     # zone-switch count does real work)
     tzs = np.array([-480, -300, 0, 60, 330, 540], dtype=np.int16)
     tz = tzs[(u + (rng.random(n) < 0.1)) % len(tzs)]
-    return ts, (*h[:4], tz)  # the clicks carry no ads or user agents (h[4] all absent)
+    return ts, (*h[:4], tz, h[4])  # update()'s order: ..., hll, tz, eh
 
 
 def _counters(ports: list[int]) -> dict[str, float]:

@@ -121,7 +121,7 @@ async def _measure(frames_per_read: int, reads_per_pass: int, clicks: int,
         for c in conns:
             _wrap(c, "data_received", acc, "intake")
         _wrap(b, "_prepare", acc, "prepare")
-        _wrap(b.kernel, "raw", acc, "kernel")
+        _wrap(b, "_raw", acc, "kernel")
         _wrap(b.kernel, "finish", acc, "finish")
         assert d.model is not None
         _wrap(d.model.scorer, "infer", acc, "model")

@@ -19,7 +19,9 @@ calls between a zero and a dump of the counters.
 With --against FILE the same clicks also run through the script in FILE (another version of
 slidr/store_redis.lua), interleaved block by block, and the replies of the two are compared
 (they must be identical: a change to how the script reads and writes state must not change a
-counter).
+counter). A script of feature spec 3 (26-byte click records, 28-double rows, no entity keys)
+is driven with the spec-3 request it expects, and the replies are compared on the raw columns
+the two specs share (user counts and gap, session, IP).
 
     python -m slidr.bench.lua_cost [--against OLD.lua] [--sizes 1,4,16,64] [--reps 12]
     python -m slidr.bench.lua_cost --instructions [--against OLD.lua] [--calls 100]
@@ -53,9 +55,66 @@ def _store(url: str, source: str | None) -> Any:
         return source if self.name == "store_redis.lua" else real(self, *a, **k)
     setattr(Path, "read_text", read_text)  # noqa: B010
     try:
-        return sr.RedisStore(url)
+        store = sr.RedisStore(url)
     finally:
         setattr(Path, "read_text", real)  # noqa: B010
+    if "#blob / 26" in source:
+        _speak_spec3(store)
+    return store
+
+
+# A feature-spec-3 script's click record and reply row (its ARGV: the click records, the
+# user, session and IP TTLs, nu, ns; no entity keys).
+_SPEC3_CLICK = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)),
+                         ("tz", "<i2")])
+_SPEC3_ROW = 28
+
+
+def _speak_spec3(store: Any) -> None:
+    """Make `store` (a RedisStore whose script is a spec-3 one) send spec-3 requests and read
+    spec-3 rows into the current RAW layout, NaN in the columns spec 3 does not have."""
+    import slidr.store_redis as sr
+    from slidr import featurespec as fs
+    px = b"".join(sr.resp_bulk(b"%d" % (ttl + store.ttl_slack_ms + ref))
+                  for ttl, ref in zip(sr.TTL_MS[:3], sr.TTL_REFRESH_MS[:3], strict=True))
+    shared = sr._D_SRC < _SPEC3_ROW  # the current row starts with the spec-3 row
+
+    def request(ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
+                hll: np.ndarray, tz: np.ndarray | None = None, eh: Any = None) -> bytes:
+        n = len(ts)
+        clicks = np.zeros(n, dtype=_SPEC3_CLICK)
+        clicks["ts"] = ts
+        clicks["hll"] = hll
+        clicks["tz"] = 0 if tz is None else tz
+        idx = clicks["idx"]
+        kinds = [sr._dedup(h, idx[:, j]) for j, h in enumerate((uh, sh, ih))]
+        names = b"".join(b"%s%s%s\r\n" % (store._rec_head, tag, int(x).to_bytes(8, "big"))
+                         for tag, keys in zip((b"u", b"s", b"i"), kinds, strict=True)
+                         for x in keys.tolist())
+        k = sum(x.shape[0] for x in kinds)
+        return b"".join((b"*%d" % (k + 9), store._cmd_head, sr.resp_bulk(b"%d" % k), names,
+                         sr.resp_bulk(clicks.tobytes()), px,
+                         sr.resp_bulk(b"%d" % kinds[0].shape[0]),
+                         sr.resp_bulk(b"%d" % kinds[1].shape[0])))
+
+    def parse_reply(resp: list[bytes], n: int) -> np.ndarray:
+        rec = np.frombuffer(b"".join(resp), dtype="<f8").reshape(n, _SPEC3_ROW)
+        raw = np.full((n, fs.RAW_WIDTH), np.nan)
+        raw[:, sr._D_DST[shared]] = rec[:, sr._D_SRC[shared]]
+        fields = rec[:, sr._PACKED].astype(np.int64)
+        raw[:, sr._B_DST] = (fields[:, None] >> sr._SHIFTS) & 63
+        return raw
+
+    store.request = request
+    store.parse_reply = parse_reply
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Replies equal on the columns both scripts give (NaN: a column one of them lacks)."""
+    if a.shape != b.shape:
+        return False
+    cols = ~(np.isnan(a).all(axis=0) | np.isnan(b).all(axis=0))
+    return bool(np.array_equal(a[:, cols], b[:, cols]))
 
 
 def _server_cpu_s(pid: int) -> float:
@@ -71,9 +130,10 @@ def _server_cpu_s(pid: int) -> float:
 
 
 def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
-             spacing_ms: int) -> tuple[list[tuple[Any, ...]], int]:
-    """`calls` batches of b clicks from the pool, clicks start, start + 1, ... spacing_ms apart.
-    -> ([(ts, uh, sh, ih, hll, tz)], the next click number)."""
+             spacing_ms: int, ads: int = 0) -> tuple[list[tuple[Any, ...]], int]:
+    """`calls` batches of b clicks from the pool, clicks start, start + 1, ... spacing_ms apart
+    (ads > 0: the pool's ad ids folded onto that many ads, uniformly).
+    -> ([(ts, uh, sh, ih, hll, tz, eh)], the next click number)."""
     from slidr.contract import ClickBatch
     from slidr.kernel import hash_keys
     ts0 = 1_767_225_600_000
@@ -82,7 +142,10 @@ def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
     for _ in range(calls):
         cl = []
         for _ in range(b):
-            cl.append({**pool[k % len(pool)], "ts": ts0 + spacing_ms * k})
+            c = {**pool[k % len(pool)], "ts": ts0 + spacing_ms * k}
+            if ads and c.get("ad_id"):
+                c["ad_id"] = f"ad{int(c['ad_id'][2:]) % ads}"
+            cl.append(c)
             k += 1
         batch = ClickBatch.from_clicks(cl)
         uh, sh, ih, hll, eh = hash_keys(batch, True)
@@ -91,7 +154,8 @@ def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
 
 
 def instructions(sizes: tuple[int, ...] = (1, 4, 16, 64), calls: int = 100,
-                 against: str | None = None, spacing_ms: int = 40) -> dict[str, Any]:
+                 against: str | None = None, spacing_ms: int = 40,
+                 ads: int = 0) -> dict[str, Any]:
     """redis-server user-space instructions per call (valgrind callgrind), per script."""
     import redis
     from slidr.bench.clicks import make_clicks
@@ -104,7 +168,8 @@ def instructions(sizes: tuple[int, ...] = (1, 4, 16, 64), calls: int = 100,
     if against is not None:
         scripts["against"] = Path(against).read_text()
     pool, _src = make_clicks(20_000)
-    out: dict[str, Any] = {"sizes": list(sizes), "calls": calls, "scripts": {}}
+    out: dict[str, Any] = {"sizes": list(sizes), "calls": calls, "ads": ads, "scripts": {}}
+    replies: dict[str, list[np.ndarray]] = {}
     for name, src in scripts.items():
         d = tempfile.mkdtemp(prefix="slidr-callgrind-")
         port = free_port()
@@ -124,16 +189,17 @@ def instructions(sizes: tuple[int, ...] = (1, 4, 16, 64), calls: int = 100,
             store = _store(f"redis://127.0.0.1:{port}/0", src)
             # valgrind runs redis-server ~50x slower than native: no 50 ms timeout here
             store._r.connection_pool.connection_kwargs["socket_timeout"] = 120
-            warm, k = _batches(pool, 0, 64, len(pool) // 64 + 1, spacing_ms)
+            warm, k = _batches(pool, 0, 64, len(pool) // 64 + 1, spacing_ms, ads)
             for x in warm:
                 store.update(*x)
             per: dict[str, Any] = {}
+            got = replies.setdefault(name, [])
             for b in sizes:
-                batches, k = _batches(pool, k, b, calls, spacing_ms)
+                batches, k = _batches(pool, k, b, calls, spacing_ms, ads)
                 subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True,
                                capture_output=True)
                 for x in batches:
-                    store.update(*x)
+                    got.append(store.update(*x))
                 subprocess.run(["callgrind_control", "-d", f"b{b}", str(proc.pid)], check=True,
                                capture_output=True)
                 files = sorted(glob.glob(dump + ".*"), key=os.path.getmtime)
@@ -154,6 +220,9 @@ def instructions(sizes: tuple[int, ...] = (1, 4, 16, 64), calls: int = 100,
             proc.terminate()
             proc.wait(30)
             shutil.rmtree(d, ignore_errors=True)
+    if against is not None:
+        out["replies_identical"] = _same(np.concatenate(replies["current"]),
+                                         np.concatenate(replies["against"]))
     return out
 
 
@@ -212,7 +281,7 @@ def run(sizes: tuple[int, ...] = (1, 4, 16, 64), reps: int = 12, against: str | 
         if against is not None:
             a = np.concatenate(replies["current"])
             o = np.concatenate(replies["against"])
-            out["replies_identical"] = bool(a.shape == o.shape and np.array_equal(a, o))
+            out["replies_identical"] = _same(a, o)
         return out
     finally:
         for s in servers.values():
@@ -231,6 +300,7 @@ def lines(res: dict[str, Any]) -> list[str]:
             out.append("current / against: " + ", ".join(
                 f"batch {b} {cur[b]['instructions_per_call'] / old[b]['instructions_per_call']:.2f}"
                 for b in cur))
+            out.append(f"replies identical: {res['replies_identical']}")
         return out
     for name, per in res["scripts"].items():
         out.append(f"{name} (whole redis-server CPU, this client's CPU): " + "; ".join(
@@ -258,11 +328,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instructions", action="store_true",
                    help="count redis-server instructions per call under valgrind instead")
     p.add_argument("--calls", type=int, default=100, help="calls per batch size (--instructions)")
+    p.add_argument("--ads", type=int, default=0,
+                   help="fold the clicks' ad ids onto this many ads (--instructions; 0: as "
+                        "generated, 500 ads)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     sizes = tuple(int(x) for x in a.sizes.split(","))
     if a.instructions:
-        res = instructions(sizes, a.calls, a.against)
+        res = instructions(sizes, a.calls, a.against, ads=a.ads)
     else:
         res = run(sizes, a.reps, a.against, cpus=a.cpus)
     print(json.dumps(res, indent=1) if a.json else "\n".join(lines(res)))

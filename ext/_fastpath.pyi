@@ -12,11 +12,17 @@ def fast_valid(c: object, ip_ok: dict[str, bool], ip_check: Callable[[str], bool
     answer is ip_ok.get(ip), else ip_check(ip) (which should fill ip_ok)."""
 
 def batch_columns(
-    clicks: list[Any],
-) -> tuple[npt.NDArray[np.int64], list[str], list[str], list[str], npt.NDArray[np.uint8],
-           npt.NDArray[np.uint8], npt.NDArray[np.int16]]:
+    clicks: list[Any], entity: bool = False,
+) -> tuple[Any, ...]:
     """-> (ts, user_key, session_id, ip, device, logged_in, tz_offset_min): the fields of
-    ClickBatch.from_clicks(clicks, validate=False), in that order."""
+    ClickBatch.from_clicks(clicks, validate=False), in that order; with `entity`, followed by
+    eh: uint64 (n, 3), the clicks' entity keys (ad, IP x ad, user agent; 0 = absent), equal to
+    slidr.ext.reference.hash_keys(..., ad_id, user_agent)'s."""
+
+def entity_key(kind: str, ad_id: str | None = None, user_agent: str | None = None,
+               ip: str | None = None) -> int:
+    """One entity key as batch_columns hashes it: kind "a" (ad_id), "x" (ip, ad_id) or "g"
+    (user_agent); 0 when the field is absent or empty."""
 
 def ts_outside(ts: npt.ArrayLike, lo: float, hi: float) -> npt.NDArray[np.int64] | None:
     """None when every ts[i] is within [lo, hi], else the indices of those outside it (the

@@ -29,9 +29,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from libc.stdint cimport int16_t, int64_t, uint8_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 cnp.import_array()
 
@@ -206,11 +206,120 @@ def ts_outside(ts, double lo, double hi):
 
 
 
-def batch_columns(list clicks not None):
+# ------------------------------------------------------------------ entity keys
+# Feature spec 4's entity keys, hashed here while batch_columns has each click's fields in
+# hand: the kernel's key hash (ext/kernel_hashing.pxi: FNV-1a 64 over the UTF-8 bytes, then
+# the splitmix64 finaliser) under the namespaces "a\0" (ad), "x\0" + ip + "\0" (IP x ad) and
+# "g\0" (user agent). Absent (None, missing, "") -> 0; a hash that comes out 0 -> 1.
+# tests/test_fastpath.py holds these to slidr.ext.reference.hash64.
+
+cdef extern from "Python.h":
+    bint PyUnicode_Check(object o)
+
+cdef inline uint64_t _fnv(uint64_t h, const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= p[i]
+        h *= 0x100000001B3ULL
+    return h
+
+
+cdef inline uint64_t _mix(uint64_t h) noexcept nogil:
+    h ^= h >> 30
+    h *= 0xBF58476D1CE4E5B9ULL
+    h ^= h >> 27
+    h *= 0x94D049BB133111EBULL
+    h ^= h >> 31
+    return h if h != 0 else 1
+
+
+cdef uint64_t FNV_OFFSET = 0xCBF29CE484222325ULL
+cdef uint64_t FNV_A = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"a\x00", 2)
+cdef uint64_t FNV_X = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"x\x00", 2)
+cdef uint64_t FNV_G = _fnv(FNV_OFFSET, <const unsigned char*><const char*>b"g\x00", 2)
+
+# User agents are long (100-200 bytes) and few: FNV-1a costs ~4 cycles a byte (each byte
+# waits for the previous multiply), a memcmp a fraction of one. A direct-mapped cache of
+# user agent -> key (the str held, its bytes compared) turns the usual click's UA hash into
+# a lookup; a flood of distinct agents only misses (bounded: UA_SLOTS strings held).
+DEF UA_SLOTS = 1024
+DEF UA_SHIFT = 54  # 64 - log2(UA_SLOTS)
+cdef PyObject* _ua_key[UA_SLOTS]
+cdef uint64_t _ua_val[UA_SLOTS]
+
+
+cdef inline const unsigned char* _utf8(object s, Py_ssize_t* n, str field) except NULL:
+    if not PyUnicode_Check(s):
+        raise TypeError(f"{field} must be str, not {type(s).__name__}")
+    return <const unsigned char*>PyUnicode_AsUTF8AndSize(s, n)
+
+
+cdef inline uint64_t _load8(const unsigned char* p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return v
+
+
+cdef uint64_t _ua_hash(object s) except? 0:
+    cdef Py_ssize_t n, m
+    cdef const unsigned char* p = _utf8(s, &n, "user_agent")
+    if n == 0:
+        return 0
+    cdef uint64_t a, b, h
+    cdef Py_ssize_t k
+    if n >= 8:
+        a = _load8(p + n - 8)
+        b = _load8(p + (n >> 1) - 4) if n >= 16 else _load8(p)
+    else:
+        a = 0
+        for k in range(n):
+            a = (a << 8) | p[k]
+        b = 0
+    cdef Py_ssize_t slot = <Py_ssize_t>(((a ^ (b * 0x9E3779B97F4A7C15ULL) ^ <uint64_t>n)
+                                         * 0xD6E8FEB86659FD93ULL) >> UA_SHIFT)
+    cdef PyObject* o = _ua_key[slot]
+    cdef const unsigned char* q
+    if o != NULL:
+        if o == <PyObject*>s:
+            return _ua_val[slot]
+        q = <const unsigned char*>PyUnicode_AsUTF8AndSize(<object>o, &m)
+        if m == n and memcmp(p, q, n) == 0:
+            return _ua_val[slot]
+    h = _mix(_fnv(FNV_G, p, n))
+    if type(s) is str:  # a subclass could carry more than its characters: not held
+        Py_INCREF(s)
+        _ua_key[slot] = <PyObject*>s
+        _ua_val[slot] = h
+        Py_XDECREF(o)
+    return h
+
+
+def entity_key(str kind, ad_id=None, user_agent=None, ip=None):
+    """One entity key as batch_columns computes it (tests): kind "a" (ad_id), "x" (ip, ad_id)
+    or "g" (user_agent)."""
+    cdef Py_ssize_t n, m
+    cdef const unsigned char* p
+    cdef const unsigned char* q
+    if kind == "g":
+        return 0 if user_agent is None else _ua_hash(user_agent)
+    if ad_id is None:
+        return 0
+    p = _utf8(ad_id, &n, "ad_id")
+    if n == 0:
+        return 0
+    if kind == "a":
+        return _mix(_fnv(FNV_A, p, n))
+    q = _utf8(ip, &m, "ip")
+    return _mix(_fnv(_fnv(_fnv(FNV_X, q, m), <const unsigned char*><const char*>b"\x00", 1), p, n))
+
+
+def batch_columns(list clicks not None, bint entity=False):
     """Columns of ClickBatch.from_clicks(clicks, validate=False), for validated clicks:
     -> (ts int64, user_key list[str], session_id list[str], ip list[str], device uint8,
-        logged_in uint8, tz_offset_min int16)."""
-    cdef Py_ssize_t n = PyList_GET_SIZE(clicks), i
+        logged_in uint8, tz_offset_min int16); with `entity`, followed by eh: uint64 (n, 3),
+    each click's entity keys (ad, IP x ad, user agent; 0 = absent), as
+    slidr.ext.reference.hash_keys computes them from ad_id and user_agent."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(clicks), i, ln, iln
     # PyArray_EMPTY: np.empty without the Python call (four of them cost more than the loop
     # on a batch of one click).
     cdef cnp.ndarray ts_a = _empty1d(n, cnp.NPY_INT64)
@@ -224,9 +333,20 @@ def batch_columns(list clicks not None):
     cdef list ukeys = PyList_New(n)
     cdef list sess = PyList_New(n)
     cdef list ips = PyList_New(n)
-    cdef object c, t, lio, sid, ip, dev, uid, tz, key
+    cdef cnp.ndarray eh_a = None
+    cdef uint64_t* eh_p = NULL
+    cdef cnp.npy_intp dims[2]
+    if entity:
+        dims[0] = n
+        dims[1] = 3
+        eh_a = cnp.PyArray_EMPTY(2, dims, cnp.NPY_UINT64, 0)
+        eh_p = <uint64_t*>cnp.PyArray_DATA(eh_a)
+    cdef object c, t, lio, sid, ip, dev, uid, tz, key, ad = None, ua = None
     cdef dict d
     cdef bint li, has_uid
+    cdef const unsigned char* ap
+    cdef const unsigned char* ipp
+    cdef uint64_t h
     for i in range(n):
         c = <object>PyList_GET_ITEM(clicks, i)
         if type(c) is dict:
@@ -238,6 +358,9 @@ def batch_columns(list clicks not None):
             dev = d["device"]
             uid = d.get("user_id")
             tz = d.get("tz_offset_min")
+            if entity:
+                ad = d.get("ad_id")
+                ua = d.get("user_agent")
         else:  # any other Mapping that validate_click accepted
             t = c["ts"]
             lio = c["logged_in"]
@@ -246,6 +369,9 @@ def batch_columns(list clicks not None):
             dev = c["device"]
             uid = c.get("user_id")
             tz = c.get("tz_offset_min")
+            if entity:
+                ad = c.get("ad_id")
+                ua = c.get("user_agent")
         ts_p[i] = t
         li = True if lio else False
         li_p[i] = li
@@ -268,6 +394,22 @@ def batch_columns(list clicks not None):
         PyList_SET_ITEM(ips, i, ip)
         dev_p[i] = _DEVICE_CODE[dev]
         tz_p[i] = (tz or 0)
+        if entity:
+            ln = 0
+            if ad is not None:
+                ap = _utf8(ad, &ln, "ad_id")
+            if ln:
+                eh_p[3 * i] = _mix(_fnv(FNV_A, ap, ln))
+                ipp = _utf8(ip, &iln, "ip")
+                h = _fnv(FNV_X, ipp, iln)
+                h = (h ^ 0) * 0x100000001B3ULL  # the "\0" between IP and ad
+                eh_p[3 * i + 1] = _mix(_fnv(h, ap, ln))
+            else:
+                eh_p[3 * i] = 0
+                eh_p[3 * i + 1] = 0
+            eh_p[3 * i + 2] = 0 if ua is None else _ua_hash(ua)
+    if entity:
+        return ts_a, ukeys, sess, ips, dev_a, li_a, tz_a, eh_a
     return ts_a, ukeys, sess, ips, dev_a, li_a, tz_a
 
 

@@ -36,15 +36,17 @@ cdef enum:
     HLL_M = 32
     HLL_P = 5
     HLL_RANK_CAP = 60
-    RAW_WIDTH = 80
-    N_FEATURES = 42
+    RAW_WIDTH = 83
+    N_FEATURES = 44
     IP_HOURS = 24
     SUBSEC_MS = 1000
     # first raw column of each key kind (featurespec.RAW_SPANS) and an entity kind's width
     R_S = 8
     R_I = 16
     R_E = 41
-    E_W = 13
+    E_W = 14
+    # an entity kind's decayed counts (its first columns; the two HLLs' follow)
+    E_NC = 4
 # A slot's idx is its dense index + 1; 0 marks an empty slot, so a fresh index is calloc'd
 # memory (pages untouched until used: a table sized for its cap costs nothing up front).
 cdef uint32_t EMPTY = 0
@@ -58,8 +60,8 @@ I_TAU[:] = [60.0, 3600.0, 86400.0]
 cdef int64_t U_TTL = 2 * 86400000
 cdef int64_t S_TTL = 86400000
 cdef int64_t I_TTL = 2 * 86400000
-cdef double E_TAU[3]
-E_TAU[:] = [60.0, 3600.0, 86400.0]
+cdef double E_TAU[E_NC]
+E_TAU[:] = [60.0, 3600.0, 86400.0, 604800.0]
 cdef int64_t E_TTL = 2 * 86400000
 cdef int64_t HOUR_MS = 3600000
 cdef int64_t DAY_MS = 86400000
@@ -81,14 +83,16 @@ def _check_spec():
     assert fs.GAP_CAP_S == GAP_CAP
     assert fs.SUBSEC_MS == SUBSEC_MS and fs.LOG_GAP_FLOOR_S == LOG_GAP_FLOOR
     assert fs.IP_HOURS == IP_HOURS and fs.LOG_GAP_CAP == LOG_GAP_CAP
-    assert fs.ENTITY_TAUS == (60.0, 3600.0, 86400.0), "native kernel: ENTITY_TAUS drifted"
+    assert fs.ENTITY_TAUS == (60.0, 3600.0, 86400.0, 604800.0), \
+        "native kernel: ENTITY_TAUS drifted"
     assert fs.ENTITY_TTL_MS == E_TTL and fs.ENTITY_WINDOW_MS == DAY_MS
     assert fs.RAW_SPANS == {"user": (0, R_S), "session": (R_S, R_I), "ip": (R_I, R_E),
                             "entity": (R_E, RAW_WIDTH)}
     assert fs.ENTITY_RAW_WIDTH == E_W and fs.ENTITY_PREFIXES == ("a", "x", "g")
     assert fs.RAW_INDEX["u_lg_n"] == 5 and fs.RAW_INDEX["s_subsec"] == R_S + 4
     assert fs.RAW_INDEX["i_hours"] == R_I + 3 and fs.RAW_INDEX["h0_z"] == R_I + 4
-    assert fs.RAW_INDEX["i_tzsw"] == R_I + 24 and fs.RAW_INDEX["gi_z"] == R_E + 2 * E_W + 8
+    assert fs.RAW_INDEX["i_tzsw"] == R_I + 24 and fs.RAW_INDEX["gi_z"] == R_E + 2 * E_W + E_NC + 5
+    assert fs.RAW_INDEX["as_z"] == R_E + E_NC and len(fs.ENTITY_TAUS) == E_NC
 
 
 _check_spec()

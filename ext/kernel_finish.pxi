@@ -19,10 +19,10 @@ cdef inline double _blend(const double* x) noexcept nogil:
     return _hll_est(x[0], x[1]) + _hll_est(x[2], x[3]) * (1.0 - x[4])
 
 
-cdef inline double _rate_ratio(double c1h, double c1d) noexcept nogil:
+cdef inline double _rate_ratio(double c1h, double c1d, double ratio) noexcept nogil:
     if c1d == 0:
         return 0.0
-    return log(24.0 * (c1h + 1.0) / (c1d + 1.0))
+    return log(ratio * (c1h + 1.0) / (c1d + 1.0))
 
 
 def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
@@ -92,15 +92,17 @@ def finish_into(raw, ts, tz_offset_min, logged_in, device, out=None):
           o[i, 30] = <float>log1p(x[R_E])
           o[i, 31] = <float>log1p(x[R_E + 1])
           o[i, 32] = <float>log1p(x[R_E + 2])
-          o[i, 33] = <float>_rate_ratio(x[R_E + 1], x[R_E + 2])
-          o[i, 34] = <float>log1p(_blend(x + R_E + 8))
-          o[i, 35] = <float>log1p(_blend(x + R_E + 3))
+          o[i, 33] = <float>_rate_ratio(x[R_E + 1], x[R_E + 2], 24.0)
+          o[i, 34] = <float>log1p(_blend(x + R_E + E_NC + 5))
+          o[i, 35] = <float>log1p(_blend(x + R_E + E_NC))
           o[i, 36] = <float>log1p(x[R_E + E_W + 1])
           o[i, 37] = <float>log1p(x[R_E + E_W + 2])
-          o[i, 38] = <float>log1p(_blend(x + R_E + E_W + 3))
+          o[i, 38] = <float>log1p(_blend(x + R_E + E_W + E_NC))
           o[i, 39] = <float>log1p(x[R_E + 2 * E_W + 1])
-          o[i, 40] = <float>_rate_ratio(x[R_E + 2 * E_W + 1], x[R_E + 2 * E_W + 2])
-          o[i, 41] = <float>log1p(_blend(x + R_E + 2 * E_W + 8))
+          o[i, 40] = <float>_rate_ratio(x[R_E + 2 * E_W + 1], x[R_E + 2 * E_W + 2], 24.0)
+          o[i, 41] = <float>log1p(_blend(x + R_E + 2 * E_W + E_NC + 5))
+          o[i, 42] = <float>_rate_ratio(x[R_E + 2], x[R_E + 3], 7.0)
+          o[i, 43] = <float>_rate_ratio(x[R_E + 2 * E_W + 2], x[R_E + 2 * E_W + 3], 7.0)
     if bad >= 0:
         raise ValueError(f"finish_into: device code {dev[bad]} at row {bad} is not 0, 1 or 2")
     return out

@@ -46,7 +46,7 @@ ctypedef struct IpSt:
 ctypedef struct EntSt:
     uint64_t key
     int64_t last
-    double c[3]
+    double c[E_NC]
     double z[2]
     double pz[2]
     int64_t bucket
@@ -719,15 +719,14 @@ cdef class EmbeddedStore:
                 row = out + i * RAW_WIDTH + R_E + E_W * k
                 key = keys[3 * i + k]
                 if key == 0:
-                    row[0] = 0.0
-                    row[1] = 0.0
-                    row[2] = 0.0
+                    for j in range(E_NC):
+                        row[j] = 0.0
                     for j in range(2):
-                        row[3 + 5 * j] = HLL_M
-                        row[4 + 5 * j] = HLL_M
-                        row[5 + 5 * j] = HLL_M
-                        row[6 + 5 * j] = HLL_M
-                        row[7 + 5 * j] = 0.0
+                        row[E_NC + 5 * j] = HLL_M
+                        row[E_NC + 1 + 5 * j] = HLL_M
+                        row[E_NC + 2 + 5 * j] = HLL_M
+                        row[E_NC + 3 + 5 * j] = HLL_M
+                        row[E_NC + 4 + 5 * j] = 0.0
                     continue
                 e = <EntSt*>_lookup(&self.ents, key)
                 if e == NULL or t - e.last > E_TTL:
@@ -735,7 +734,7 @@ cdef class EmbeddedStore:
                         e = <EntSt*>_insert(&self.ents, key)
                         if e == NULL:
                             return -1
-                    for j in range(3):
+                    for j in range(E_NC):
                         e.c[j] = 1.0
                     e.last = t
                     e.bucket = _floordiv(t, DAY_MS)
@@ -747,13 +746,12 @@ cdef class EmbeddedStore:
                     memset(e.regs, 0, sizeof(e.regs))
                 else:
                     gap = (t - e.last if t > e.last else 0) / 1000.0
-                    for j in range(3):
+                    for j in range(E_NC):
                         e.c[j] = e.c[j] * exp(-gap / E_TAU[j]) + 1.0
                     if t > e.last:
                         e.last = t
-                row[0] = e.c[0]
-                row[1] = e.c[1]
-                row[2] = e.c[2]
+                for j in range(E_NC):
+                    row[j] = e.c[j]
                 b = _floordiv(t, DAY_MS)
                 if b > e.bucket:
                     for j in range(2):
@@ -780,11 +778,11 @@ cdef class EmbeddedStore:
                         if r == 0:
                             e.v[j] -= 1
                         e.regs[j][idx[j]] = <uint8_t>rank[j]
-                    row[3 + 5 * j] = e.z[j]
-                    row[4 + 5 * j] = e.v[j]
-                    row[5 + 5 * j] = e.pz[j]
-                    row[6 + 5 * j] = e.pv[j]
-                    row[7 + 5 * j] = frac
+                    row[E_NC + 5 * j] = e.z[j]
+                    row[E_NC + 1 + 5 * j] = e.v[j]
+                    row[E_NC + 2 + 5 * j] = e.pz[j]
+                    row[E_NC + 3 + 5 * j] = e.pv[j]
+                    row[E_NC + 4 + 5 * j] = frac
             self._after(3, &self.ents, E_TTL)
         return 0
 

@@ -328,7 +328,7 @@ class ReferenceStore:
 
     def _entity(self, key: int, t: int, sidx: int, srank: int, iidx: int, irank: int
                 ) -> list[float]:
-        """Count one click on an entity key -> its 13 raw columns."""
+        """Count one click on an entity key -> its ENTITY_RAW_WIDTH raw columns."""
         if key == 0:
             return list(ENTITY_ABSENT)
         ne = len(ENTITY_TAUS)

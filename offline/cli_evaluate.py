@@ -45,6 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--last-day-weight", type=float, default=1.0, metavar="X",
                    help="the refit weighs the window's last day X times as much as each other "
                         "day (1: every day alike; default: 1)")
+    p.add_argument("--starved-ads", type=float, default=0.0, metavar="P",
+                   help="weigh more the logged-out label-0 clicks of an ad-day whose clicks "
+                        "jumped (>= 3x its 7-day median) while its purchases did not follow "
+                        "(Poisson lower tail below P against the day's logged-out purchase "
+                        "share) (0: off; default: 0)")
+    p.add_argument("--starved-weight", type=float, default=20.0, metavar="X",
+                   help="with --starved-ads: those clicks weigh X times as much in their "
+                        "weight cells (0: weight cells of their own; default: 20)")
     p.set_defaults(func=run)
 
 
@@ -55,13 +63,18 @@ def run(args: argparse.Namespace) -> int:
 
     from . import evaluate as ev
     from .report import clean
+    if not 0.0 <= args.starved_ads < 1.0:
+        raise ValueError(f"--starved-ads must be in [0, 1), got {args.starved_ads}")
+    if args.starved_weight < 0:
+        raise ValueError(f"--starved-weight must be >= 0, got {args.starved_weight}")
     if args.window < 4:
         raise ValueError("--window must be >= 4 days (training, validation and guardrail days)")
     cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
                         fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
                         seed=args.seed, label_scope=args.label_scope,
                         crowded_ip_sessions=args.crowded_ip_sessions,
-                        last_day_weight=args.last_day_weight)
+                        last_day_weight=args.last_day_weight, starved_ads=args.starved_ads,
+                        starved_weight=args.starved_weight)
 
     def note(m: str) -> None:
         if not args.quiet:

@@ -9,6 +9,8 @@ from pathlib import Path
 from slidr.defaults import COMMON
 from slidr.options import add
 
+TARGET_ADS = 5  # SimParams.target_ads (the simulator's modules load only when it runs)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -34,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default: 0)")
     p.add_argument("--new-share", type=float, default=0.03, metavar="X",
                    help="share of an average day's clicks per new family (default: 0.03)")
+    p.add_argument("--target-ads", type=int, default=TARGET_ADS, metavar="N",
+                   help="ads in the campaign each campaign-targeting new family (proxy_rotator, "
+                        "injector) clicks on, drawn per seed from the mid-popularity inventory; "
+                        f"0: by human popularity like the other families (default: "
+                        f"{TARGET_ADS})")
     p.set_defaults(func=run)
 
 
@@ -48,11 +55,15 @@ def run(args: argparse.Namespace) -> int:
                          f"{', '.join(bad)} (known: {', '.join(NEW_FAMILIES)}, all)")
     if not 0.0 <= args.new_share < 0.5:
         raise ValueError(f"--new-share must be in [0, 0.5), got {args.new_share}")
+    from .sim_world import MAX_TARGET_ADS
+    if not 0 <= args.target_ads <= MAX_TARGET_ADS:
+        raise ValueError(f"--target-ads must be in [0, {MAX_TARGET_ADS}], got {args.target_ads}")
     base = SimParams()
     params = SimParams(days=args.days, clicks_per_day=args.clicks_per_day, seed=args.seed,
                        start=args.start or DEFAULT_START,
                        robot_share={**base.robot_share, **{f: args.new_share for f in new}},
-                       appear_day={f: args.appear_day for f in new})
+                       appear_day={f: args.appear_day for f in new},
+                       target_ads=args.target_ads)
     res = simulate(params, progress=True)
     files = write_outputs(res, args.out, args.format)
     m = res.manifest

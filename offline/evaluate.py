@@ -57,6 +57,12 @@ class EvalConfig:
     # > 1: the refit weighs the window's last day this many times as much as each other day
     # (train.recency_weights); 1: every day alike
     last_day_weight: float = 1.0
+    # > 0: the logged-out label-0 clicks of an ad-day whose clicks jumped while its purchases
+    # did not (Poisson lower tail below this, labels.starved_ad_days) weigh more (below); 0: off
+    starved_ads: float = 0.0
+    # with starved_ads: > 0: the marked clicks stay in their weight cells, their weight times
+    # this (the mean weight kept); 0: they get weight cells of their own
+    starved_weight: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,6 +101,18 @@ def _ips(clicks: Path, n: int) -> np.ndarray:
     if len(col) != n:
         raise ValueError(f"{clicks}: {len(col)} IPs for {n} replayed clicks")
     return col.dictionary_encode().indices.to_numpy(zero_copy_only=False)
+
+
+def _ads(clicks: Path, n: int) -> np.ndarray:
+    """Ad code per click of the log at `clicks` (log order), -1 where it has no ad."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    col = pq.read_table(clicks, columns=["ad_id"]).column("ad_id").combine_chunks()
+    if len(col) != n:
+        raise ValueError(f"{clicks}: {len(col)} ad ids for {n} replayed clicks")
+    col = pc.if_else(pc.equal(col, ""), pa.scalar(None, col.type), col)
+    return col.dictionary_encode().indices.fill_null(-1).to_numpy(zero_copy_only=False)
 
 
 def _apply(score: np.ndarray, slices: np.ndarray, th: dict[str, Any]) -> np.ndarray:
@@ -140,6 +158,21 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         cells = train.split_cells(cells, labels.crowded_ip_days(
             wl, rp.session_hash, _ips(clicks, len(rp)), day, rp.logged_in,
             cfg.crowded_ip_sessions))
+    boost = cfg.starved_weight
+    starved = None
+    if cfg.starved_ads > 0:
+        starved = labels.starved_ad_days(wl, _ads(clicks, len(rp)), day, rp.logged_in,
+                                         cfg.starved_ads)
+        if boost <= 0:
+            cells = train.split_cells(cells, starved)
+
+    def weights(rows: np.ndarray) -> np.ndarray:
+        w = train.sample_weights(cells[rows])
+        if starved is None or boost <= 0:
+            return w
+        b = np.where(starved[rows], w * boost, w)
+        return (b * (w.sum() / b.sum())).astype(np.float32)
+
     robot = fam != "human"
     families = sorted(set(fam[robot].tolist()))
     x = rp.features
@@ -153,8 +186,8 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         d_w = day[win] - lo
         split = train.time_split(d_w, val_days=None)
         tr, va, te = (np.flatnonzero(win)[split[k]] for k in ("train", "val", "test"))
-        w_tr = train.sample_weights(cells[tr])
-        w_va = train.sample_weights(cells[va])
+        w_tr = weights(tr)
+        w_va = weights(va)
         ho = train.fit(x[tr], y[tr], w_tr, x[va], y[va], w_va, hidden=cfg.hidden,
                        epochs=cfg.epochs, seed=cfg.seed, progress=False, label="mlp")
         fit_rows = np.concatenate([va, te])
@@ -176,7 +209,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         ratio = 1.0
         if cfg.refit:
             allr = np.flatnonzero(win)
-            w_all = train.sample_weights(cells[allr])
+            w_all = weights(allr)
             if cfg.last_day_weight != 1.0:
                 w_all = train.recency_weights(w_all, day[allr], cfg.last_day_weight)
             n_ep = max(ho.best_epoch + 1, 1)

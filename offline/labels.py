@@ -223,3 +223,46 @@ def crowded_ip_days(labels: Any, session: Any, ip: Any, day: Any, logged_in: Any
     sessions = np.bincount(pairs // n, minlength=int(key.max()) + 1)
     bought = np.bincount(key, weights=lab, minlength=int(key.max()) + 1) > 0
     return (sessions[key] >= min_sessions) & ~bought[key] & ~np.asarray(logged_in, dtype=bool)
+
+
+def starved_ad_days(labels: Any, ad: Any, day: Any, logged_in: Any, p_value: float = 0.01,
+                    min_expected: float = 5.0, min_jump: float = 3.0,
+                    history_days: int = 7) -> np.ndarray:
+    """bool per click: a logged-out click labelled 0 of an ad-day whose logged-out clicks
+    multiplied while its purchases did not (a campaign drained by click fraud, installs claimed
+    by injected clicks): the label-0 clicks least likely to be human. An ad-day is marked when
+    (1) its n logged-out clicks are at least `min_jump` times the median of the ad's logged-out
+    clicks over the `history_days` days before (days without a click count 0; a day with no
+    day before it is never marked), and (2) they hold k label-1 clicks (purchases) against a
+    Poisson mean mu = n * (that day's logged-out label-1 share), mu >= min_expected and
+    P(K <= k) < p_value. (1) keeps the ads that are popular every day out: among enough of
+    them, one day with few purchases is chance. ad: an integer code per click, negative for a
+    click without an ad (never marked)."""
+    from scipy.stats import poisson
+    lab = np.asarray(labels).astype(bool)
+    n = lab.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    a = np.asarray(ad, dtype=np.int64)
+    has = a >= 0
+    out_ = ~np.asarray(logged_in, dtype=bool)
+    d = np.asarray(day, dtype=np.int64)
+    d0 = int(d.min())
+    d = d - d0
+    nd = int(d.max()) + 1
+    _, code = np.unique(np.maximum(a, 0), return_inverse=True)
+    code = code.reshape(-1)
+    na = int(code.max()) + 1
+    m = out_ & has
+    key = code * nd + d
+    clicks = np.bincount(key[m], minlength=na * nd).astype(np.float64).reshape(na, nd)
+    bought = np.bincount(key[m], weights=lab[m], minlength=na * nd).reshape(na, nd)
+    base = (np.bincount(d[m], weights=lab[m], minlength=nd)
+            / np.maximum(np.bincount(d[m], minlength=nd), 1))
+    mu = clicks * base[None, :]
+    starved = (mu >= min_expected) & (poisson.cdf(bought, mu) < p_value)
+    jump = np.zeros_like(starved)
+    for t in range(1, nd):
+        past = np.median(clicks[:, max(0, t - history_days):t], axis=1)
+        jump[:, t] = clicks[:, t] >= min_jump * np.maximum(past, 1.0)
+    return (starved & jump).reshape(-1)[key] & m & ~lab

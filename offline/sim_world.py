@@ -24,6 +24,18 @@ ALL_FAMILIES: tuple[str, ...] = FAMILIES + NEW_FAMILIES
 FAMILY_CODE = {f: i for i, f in enumerate(ALL_FAMILIES)}
 D_DESKTOP, D_MOBILE, D_APP = 0, 1, 2
 
+# The ad inventory: ad k (0-based popularity rank) draws human clicks with weight 1 / (k + 20).
+N_ADS = 3000
+# Families paid per click on particular campaigns, so they click only a campaign's few ads:
+# proxy_rotator drains one advertiser's budget (competitor click fraud); injector claims the
+# installs of the few app campaigns its publisher is signed up to. The other new families are
+# publisher-side (mimic inflates a site's clicks, ad_stacker stacks whatever the placement
+# serves) and click the served mix, i.e. by human popularity.
+TARGETED_FAMILIES: tuple[str, ...] = ("proxy_rotator", "injector")
+# Popularity ranks [lo, hi) the campaigns are drawn from: neither the head nor the long tail.
+TARGET_RANKS = (100, 1000)
+MAX_TARGET_ADS = 100
+
 # Slice order used for mixes: (device code, logged_in).
 SLICE_KEYS: tuple[tuple[int, int], ...] = tuple((d, li) for d in range(3) for li in (1, 0))
 
@@ -47,6 +59,10 @@ class SimParams:
     # First simulated UTC day (0-based) on which a family appears; absent before, then every
     # day (families not named here appear from the start).
     appear_day: dict[str, int] = field(default_factory=dict)
+    # Ads in the campaign each targeting family (TARGETED_FAMILIES) clicks on, drawn per
+    # scenario from the mid-popularity inventory (TARGET_RANKS); 0: they click ads by human
+    # popularity like every other family.
+    target_ads: int = 5
 
 
 # Base slice mixes (desktop/in, desktop/out, mobile/in, mobile/out, app/in, app/out).

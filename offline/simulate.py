@@ -40,6 +40,13 @@ features a different way:
 - ad_stacker: stacked ads in an app/mobile web view: each view yields 3-6 clicks within
   milliseconds on different ads, a few views a session, from home-like residential IPs.
 
+What they click on: humans, the stock families but scraper and crawler (which walk the
+inventory), mimic and ad_stacker (publisher-side fraud: paid for any click on the ads a site or
+placement serves) draw ads by human popularity; proxy_rotator (competitor click fraud draining
+one advertiser's budget) and injector (claiming installs for the app campaigns its publisher is
+signed up to) click only a campaign of `target_ads` ads each, drawn per scenario from the
+mid-popularity inventory (`target_ads` 0: by popularity too).
+
 Robots essentially never buy; weak labels come from offline/labels.py, not from here.
 
 Layout: offline/sim_world.py holds the parameters, rhythms, IP ranges, the population and the
@@ -66,8 +73,12 @@ from .sim_world import (
     DEFAULT_START,
     FAMILIES,
     FAMILY_CODE,
+    MAX_TARGET_ADS,
+    N_ADS,
     NEW_FAMILIES,
     SLICE_KEYS,
+    TARGET_RANKS,
+    TARGETED_FAMILIES,
     USER_AGENTS,
     SimParams,
     _population,
@@ -177,11 +188,14 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
     li = s["logged_in"][rep].astype(bool)
     user = s["user"][rep].astype(np.int64)
     buy = rng.random(n) < s["p_buy"][rep]
-    ad_w = 1.0 / (np.arange(3000) + 20.0)
-    ad = rng.choice(3000, size=n, p=ad_w / ad_w.sum())
+    ad_w = 1.0 / (np.arange(N_ADS) + 20.0)
+    ad = rng.choice(N_ADS, size=n, p=ad_w / ad_w.sum())
     # Scrapers and crawlers walk the ad inventory instead of following popularity.
     walk = (fam == FAMILY_CODE["scraper"]) | (fam == FAMILY_CODE["crawler"])
-    ad[walk] = rng.integers(0, 3000, int(walk.sum()))
+    ad[walk] = rng.integers(0, N_ADS, int(walk.sum()))
+    campaigns = target_campaigns(p)
+    if campaigns:
+        _click_campaigns(p, campaigns, fam, rep, ad)
 
     # Built TABLE_ROWS clicks at a time (the same values; a string column of tens of millions
     # of clicks would overflow one Arrow array's 2 GiB of characters).
@@ -224,7 +238,41 @@ def simulate(params: SimParams | None = None, progress: bool = False) -> SimResu
     })
     seconds = time.perf_counter() - t_start
     manifest = _manifest(p, ts, t0, fam, dev, li, buy, sid, user, daily_mult, pop, seconds)
+    if campaigns:  # ground truth of what each campaign family clicks on
+        manifest["target_ads"] = {f: [f"ad{a}" for a in ads.tolist()]
+                                  for f, ads in campaigns.items()}
     return SimResult(clicks, customers, manifest, fam, seconds)
+
+
+def target_campaigns(p: SimParams) -> dict[str, np.ndarray]:
+    """Ad indices of each targeting family's campaign in this scenario ({} with target_ads 0 or
+    no targeting family in it). Drawn from a stream of their own (the other draws stay as they
+    were), for every family of TARGETED_FAMILIES in order and without overlap, so a family's
+    campaign does not depend on which other families the scenario has."""
+    if not 0 <= p.target_ads <= MAX_TARGET_ADS:
+        raise ValueError(f"target_ads must be in [0, {MAX_TARGET_ADS}], got {p.target_ads}")
+    if p.target_ads == 0:
+        return {}
+    rng = np.random.default_rng([p.seed, 5_150])
+    k = p.target_ads
+    picks = rng.choice(np.arange(*TARGET_RANKS), size=k * len(TARGETED_FAMILIES), replace=False)
+    return {f: np.sort(picks[i * k:(i + 1) * k]) for i, f in enumerate(TARGETED_FAMILIES)
+            if p.robot_share.get(f, 0) > 0}
+
+
+def _click_campaigns(p: SimParams, campaigns: dict[str, np.ndarray], fam: np.ndarray,
+                     rep: np.ndarray, ad: np.ndarray) -> None:
+    """Point the clicks of the targeting families at their campaigns' ads (in place): an
+    injector session is one install, so all its clicks go to one app's ad; proxy_rotator picks
+    any of the advertiser's ads per click."""
+    rng = np.random.default_rng([p.seed, 5_151])
+    for f, ads in campaigns.items():
+        m = fam == FAMILY_CODE[f]
+        if f == "injector":
+            sess, inv = np.unique(rep[m], return_inverse=True)
+            ad[m] = ads[rng.integers(0, ads.size, sess.size)][inv]
+        else:
+            ad[m] = ads[rng.integers(0, ads.size, int(m.sum()))]
 
 
 def _manifest(p, ts, t0, fam, dev, li, buy, sid, user, daily_mult, pop, seconds) -> dict:

@@ -1,14 +1,19 @@
 """Feature replay on Spark: the same counters as offline.replay, computed per entity.
 
-The counters are sequential per entity key and independent across keys and across entity
-kinds (the embedded store's tables: users -> raw columns 0-4, sessions -> 5-12, IPs -> 13-36;
-featurespec.RAW_SPANS).
-So, for each kind, the clicks are partitioned by that kind's key hash, sorted within each
+The counters are sequential per entity key and independent across keys and across the
+embedded store's tables (users, sessions, IPs, and the entity table of ads, IP x ad pairs and
+user agents; featurespec.RAW_SPANS gives each table's raw columns).
+So, for each table, the clicks are partitioned by that table's key hash, sorted within each
 partition by the log row number (the single-machine replay's order: arrival order, whatever
-the timestamps say), and the same Cython kernel (EmbeddedStore.update_tables with that kind's
-table bit) runs over each partition with mapInArrow. Every key lives in exactly one partition
-and sees its clicks in log order, so its counters equal the replay's. The three raw blocks are
-joined back by row number and finished into features by the same finish function.
+the timestamps say), and the same Cython kernel (EmbeddedStore.update_tables with that table's
+bit) runs over each partition with mapInArrow. Every key lives in exactly one partition
+and sees its clicks in log order, so its counters equal the replay's. The entity table holds
+up to three keys per click (ad, IP x ad, user agent; a click without ad_id or user_agent has
+fewer): each click is exploded into one row per present key, the rows partitioned by key and
+sorted by (row number, kind: the order the store takes a click's keys in), and each kind's raw
+columns go back to their click; a kind the click does not have gets the store's values for an
+absent key. The raw blocks are joined back by row number and finished into features by the
+same finish function.
 
 Staging: the driver streams the log once through the contract loader (validation, the same key
 hashing as the replay) into a Parquet file of kernel inputs with the row number; Spark reads it.
@@ -28,6 +33,10 @@ from slidr.featurespec import N_FEATURES, RAW_SPANS, RAW_WIDTH
 # (table bit, key column, first raw column, end raw column)
 KINDS: tuple[tuple[int, str, int, int], ...] = (
     (1, "uh", *RAW_SPANS["user"]), (2, "sh", *RAW_SPANS["session"]), (4, "ih", *RAW_SPANS["ip"]))
+ENTITY_BIT = 8
+# The entity keys' staged columns, in the order of the store's eh columns (ad, IP x ad, user
+# agent); 0 = the click has no such key.
+ENTITY_KEYS = ("ah", "xh", "gh")
 DAY_MS = 86_400_000
 FAULT_ENV = "SLIDR_SPARK_FAULT_ONCE"  # tests: a marker path; first attempt of partition 0 exits
 # tests: a marker path; the first attempt of the writing stage's partition 0 exits after
@@ -65,12 +74,15 @@ def stage_log(path: str | Path, out: str | Path, chunk_rows: int = 131_072,
             c = _prepare(tbl, hash_columns)
             n = c["n"]
             hll = np.ascontiguousarray(c["hll"], dtype=np.uint8)
+            eh = np.ascontiguousarray(c["eh"], dtype=np.uint64)
             cols = {
                 "rid": pa.array(np.arange(n_done, n_done + n, dtype=np.int64)),
                 "ts": pa.array(c["ts"]),
                 "uh": pa.array(np.asarray(c["uh"], np.uint64).view(np.int64)),
                 "sh": pa.array(np.asarray(c["sh"], np.uint64).view(np.int64)),
                 "ih": pa.array(np.asarray(c["ih"], np.uint64).view(np.int64)),
+                **{k: pa.array(np.ascontiguousarray(eh[:, j]).view(np.int64))
+                   for j, k in enumerate(ENTITY_KEYS)},
                 "hll": pa.array(hll.view(np.int32).reshape(n)),
                 "tz": pa.array(c["tz"].astype(np.int16)),
                 "li": pa.array(c["li"]),
@@ -142,6 +154,52 @@ def _count_partition(bit: int, lo: int, hi: int) -> Any:
     return run
 
 
+def entity_absent() -> np.ndarray:
+    """The entity table's raw columns for a click with none of the three keys (what the store
+    gives for key 0): the value of a kind's columns on a click without that kind."""
+    from slidr.kernel import native
+    lo, hi = RAW_SPANS["entity"]
+    z = np.zeros(1, np.uint64)
+    raw = native.EmbeddedStore().update_tables(np.zeros(1, np.int64), z, z, z,
+                                               np.zeros((1, 4), np.uint8), tables=ENTITY_BIT,
+                                               eh=np.zeros((1, 3), np.uint64))
+    return np.ascontiguousarray(raw[0, lo:hi])
+
+
+def _count_entities(lo: int, hi: int) -> Any:
+    """mapInArrow function: one partition of the exploded entity rows (rid, kind, key, ts, tz,
+    ih, hll), in (rid, kind) order -> rid and the entity table's raw columns, only the row's
+    kind's span filled (the other kinds' columns null)."""
+    w = (hi - lo) // len(ENTITY_KEYS)
+    names = [f"r{j}" for j in range(lo, hi)]
+
+    def run(batches: Iterator[Any]) -> Iterator[Any]:
+        import pyarrow as pa
+
+        from slidr.kernel import native
+        store = native.EmbeddedStore()
+        for b in batches:
+            n = b.num_rows
+            if n == 0:
+                continue
+            ts = b.column("ts").to_numpy()
+            kind = b.column("kind").to_numpy().astype(np.intp)
+            eh = np.zeros((n, len(ENTITY_KEYS)), np.uint64)
+            eh[np.arange(n), kind] = b.column("key").to_numpy().view(np.uint64)
+            ih = b.column("ih").to_numpy().view(np.uint64)
+            hll = b.column("hll").to_numpy().astype(np.int32).view(np.uint8).reshape(n, 4)
+            tz = b.column("tz").to_numpy().astype(np.int32)
+            zero = np.zeros(n, np.uint64)
+            raw = store.update_tables(ts, zero, zero, ih, hll, tables=ENTITY_BIT, tz=tz, eh=eh)
+            cols = [b.column("rid")]
+            for j in range(lo, hi):
+                k = (j - lo) // w
+                mine = kind == k
+                cols.append(pa.array(np.ascontiguousarray(raw[:, j]), mask=~mine))
+            yield pa.RecordBatch.from_arrays(cols, ["rid"] + names)
+    return run
+
+
 def spark_session(master: str = "local[4]", app: str = "slidr-daily",
                   conf: dict[str, str] | None = None) -> Any:
     """A SparkSession whose Python workers run this interpreter (the same slidr and kernel)."""
@@ -199,6 +257,7 @@ class _Run:
 def _counted(spark: Any, staged: str | Path, partitions: int, columns: tuple[str, ...]) -> Any:
     """The staged log's `columns` joined by rid with each entity kind's raw counters
     (r0 .. r{RAW_WIDTH-1}), each kind counted in its own key partitioning."""
+    from pyspark.sql import functions as F
     df = spark.read.parquet(str(staged))
     joined = df.select(*columns)
     for bit, key, lo, hi in KINDS:
@@ -207,6 +266,23 @@ def _counted(spark: Any, staged: str | Path, partitions: int, columns: tuple[str
                 .sortWithinPartitions("rid")
                 .mapInArrow(_count_partition(bit, lo, hi), schema))
         joined = joined.join(part, "rid")
+    # The entity table: one row per (click, present key), partitioned by key.
+    lo, hi = RAW_SPANS["entity"]
+    rows = None
+    for k, name in enumerate(ENTITY_KEYS):
+        r = (df.where(F.col(name) != 0)
+             .select("rid", F.lit(k).cast("int").alias("kind"), F.col(name).alias("key"),
+                     "ts", "tz", "ih", "hll"))
+        rows = r if rows is None else rows.unionByName(r)
+    assert rows is not None
+    cols = [f"r{j}" for j in range(lo, hi)]
+    schema = "rid long, " + ", ".join(f"{c} double" for c in cols)
+    ent = (rows.repartition(partitions, "key").sortWithinPartitions("rid", "kind")
+           .mapInArrow(_count_entities(lo, hi), schema)
+           .groupBy("rid").agg(*(F.max(c).alias(c) for c in cols)))  # one kind per column
+    absent = entity_absent()
+    joined = joined.join(ent, "rid", "left").fillna(
+        {c: float(absent[j]) for j, c in enumerate(cols)})
     return joined
 
 

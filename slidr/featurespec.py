@@ -63,7 +63,7 @@ USER_TTL_MS = 2 * 86_400_000
 SESSION_TTL_MS = 86_400_000
 IP_TTL_MS = 2 * 86_400_000
 # spec 4: entities (ad, (IP, ad), user agent): decay taus, logical TTL, day-window HLLs.
-ENTITY_TAUS = (60.0, 3600.0, 86400.0)
+ENTITY_TAUS = (60.0, 3600.0, 86400.0, 604800.0)
 ENTITY_TTL_MS = 2 * 86_400_000
 ENTITY_WINDOW_MS = 86_400_000
 # Entity kinds in key order (eh columns) and their raw-column prefixes.
@@ -91,16 +91,16 @@ _RAW_SESSION = ("s_c60", "s_c3600", "s_gap", "s_age",
 _RAW_IP = (("i_c60", "i_c3600", "i_c86400", "i_hours")
            + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac"))
            + ("i_tzsw",))  # spec 3
-# spec 4: per entity kind, 3 decayed counts, then the day HLLs of sessions and of IPs.
+# spec 4: per entity kind, 4 decayed counts, then the day HLLs of sessions and of IPs.
 _RAW_ENTITY = tuple(
     c for k in ENTITY_PREFIXES
-    for c in ((f"{k}_c60", f"{k}_c3600", f"{k}_c86400")
+    for c in ((f"{k}_c60", f"{k}_c3600", f"{k}_c86400", f"{k}_c604800")
               + tuple(f"{k}{h}_{f}" for h in ("s", "i") for f in ("z", "v", "pz", "pv", "frac"))))
 RAW_COLUMNS: tuple[str, ...] = _RAW_USER + _RAW_SESSION + _RAW_IP + _RAW_ENTITY
-RAW_WIDTH = len(RAW_COLUMNS)  # 80
-ENTITY_RAW_WIDTH = len(_RAW_ENTITY) // len(ENTITY_PREFIXES)  # 13 columns per entity kind
+RAW_WIDTH = len(RAW_COLUMNS)  # 83
+ENTITY_RAW_WIDTH = len(_RAW_ENTITY) // len(ENTITY_PREFIXES)  # 14 columns per entity kind
 # [start, end) of the raw columns of each key kind: users 0-7, sessions 8-15, IPs 16-40,
-# entities 41-79.
+# entities 41-82.
 _E0 = len(_RAW_USER) + len(_RAW_SESSION) + len(_RAW_IP)
 RAW_SPANS: dict[str, tuple[int, int]] = {
     "user": (0, len(_RAW_USER)),
@@ -110,7 +110,7 @@ RAW_SPANS: dict[str, tuple[int, int]] = {
 }
 # The raw columns of an entity kind without a key (null or empty ad_id / user_agent): no
 # clicks, both HLLs empty (z = v = pz = pv = HLL_M, frac 0), so every estimate is 0.
-ENTITY_ABSENT: tuple[float, ...] = (0.0, 0.0, 0.0) + (float(HLL_M),) * 4 + (0.0,) \
+ENTITY_ABSENT: tuple[float, ...] = (0.0,) * len(ENTITY_TAUS) + (float(HLL_M),) * 4 + (0.0,) \
     + (float(HLL_M),) * 4 + (0.0,)
 RAW_INDEX = {n: i for i, n in enumerate(RAW_COLUMNS)}
 
@@ -141,9 +141,11 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("ad_ips_1d", "log1p_hll"), ("ad_sessions_1d", "log1p_hll"),
     ("ipad_clicks_1h", "log1p"), ("ipad_clicks_1d", "log1p"), ("ipad_sessions_1d", "log1p_hll"),
     ("ua_clicks_1h", "log1p"), ("ua_rate_ratio", "rate_ratio"), ("ua_ips_1d", "log1p_hll"),
+    # an entity's last day against its week: 0 if c604800 == 0 else ln(7 (c86400+1) / (c604800+1))
+    ("ad_rate_ratio_7d", "rate_ratio_7d"), ("ua_rate_ratio_7d", "rate_ratio_7d"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
-N_FEATURES = len(FEATURES)  # 42
+N_FEATURES = len(FEATURES)  # 44
 
 
 def spec_dict() -> dict:
@@ -203,10 +205,11 @@ def _blend(raw: np.ndarray, base: int) -> np.ndarray:
     return hll_estimate(z, v) + hll_estimate(pz, pv) * (1.0 - frac)
 
 
-def _rate_ratio(c1h: np.ndarray, c1d: np.ndarray) -> np.ndarray:
-    """ln(24 (c1h + 1) / (c1d + 1)): an entity's last hour against its day; 0 without a key."""
+def _rate_ratio(c1h: np.ndarray, c1d: np.ndarray, ratio: float = 24.0) -> np.ndarray:
+    """ln(ratio (c1h + 1) / (c1d + 1)): an entity's shorter count against its longer one (last
+    hour against day: 24; last day against week: 7); 0 while the longer count is 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(c1d == 0, 0.0, np.log(24.0 * (c1h + 1.0) / (c1d + 1.0)))
+        return np.where(c1d == 0, 0.0, np.log(ratio * (c1h + 1.0) / (c1d + 1.0)))
 
 
 _TWO_PI = 2.0 * math.pi
@@ -274,6 +277,8 @@ def finish(raw: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray, logged_in
     out[:, 39] = np.log1p(raw[:, r["g_c3600"]])
     out[:, 40] = _rate_ratio(raw[:, r["g_c3600"]], raw[:, r["g_c86400"]])
     out[:, 41] = np.log1p(_blend(raw, r["gi_z"]))
+    out[:, 42] = _rate_ratio(raw[:, r["a_c86400"]], raw[:, r["a_c604800"]], 7.0)
+    out[:, 43] = _rate_ratio(raw[:, r["g_c86400"]], raw[:, r["g_c604800"]], 7.0)
     return out
 
 

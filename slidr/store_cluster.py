@@ -36,6 +36,7 @@ from slidr import featurespec as fs
 from slidr import redis_topology as rt
 from slidr.redis_split import (
     ASKING,
+    NKINDS,
     Builder,
     Part,
     Plan,
@@ -46,7 +47,7 @@ from slidr.redis_split import (
     split_absent,
     without_absent,
 )
-from slidr.store_redis import RedisStore, StoreUnavailable, resp_bulk
+from slidr.store_redis import KIND_TAGS, RedisStore, StoreUnavailable, resp_bulk
 
 __all__ = ["RedisClusterStore", "Router", "open_redis_store"]
 
@@ -64,7 +65,7 @@ class Router:
         self.seeds = list(seeds)
         self.prefix = prefix
         self.builder = Builder(prefix, sha, argv_px)
-        self.heads = tuple(prefix + t for t in (b"u", b"s", b"i"))
+        self.heads = tuple(prefix + t for t in KIND_TAGS)
         self.epoch = 0
         self.topo = topo
         self.refreshed_at = time.monotonic()
@@ -87,12 +88,13 @@ class Router:
         return out
 
     def plan(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-             hll: np.ndarray, tz: np.ndarray | None = None) -> Plan:
+             hll: np.ndarray, tz: np.ndarray | None = None,
+             eh: np.ndarray | None = None) -> Plan:
         topo = self.topo
 
         def slot_node(k: int, keys: np.ndarray) -> np.ndarray:
             return topo.owner[rt.key_slots(self.heads[k], keys)]
-        return plan_batch(self.builder, ts, (uh, sh, ih), hll, slot_node, topo.addrs(),
+        return plan_batch(self.builder, ts, (uh, sh, ih, eh), hll, slot_node, topo.addrs(),
                           self.epoch, tz)
 
     def key_name(self, kind: int, h: int) -> bytes:
@@ -109,11 +111,11 @@ class Router:
             if a not in idx:
                 idx[a] = len(addrs)
                 addrs.append(a)
-        active = [np.zeros(plan.keys[k].shape[0], dtype=bool) for k in range(3)]
+        active = [np.zeros(plan.keys[k].shape[0], dtype=bool) for k in range(NKINDS)]
         node = [x.copy() for x in plan.node]
         asking: set[str] = set()
         for part in failed:
-            for k in range(3):
+            for k in range(NKINDS):
                 sel = part.keys[k]
                 active[k][sel] = True
                 slots = rt.key_slots(self.heads[k], plan.keys[k][sel])
@@ -128,7 +130,7 @@ class Router:
             node[k][i] = idx[addr]
             if ask:
                 asking.add(addr)
-        if any((node[k][active[k]] < 0).any() for k in range(3)):
+        if any((node[k][active[k]] < 0).any() for k in range(NKINDS)):
             raise StoreUnavailable("redis cluster: some slots have no master")
         plan.addrs = addrs
         plan.node = tuple(node)
@@ -140,7 +142,7 @@ class Router:
         out = []
         topo_addrs = self.topo.addrs()
         for part in failed:
-            for k in range(3):
+            for k in range(NKINDS):
                 sel = part.keys[k]
                 if not sel.shape[0]:
                     continue
@@ -263,12 +265,13 @@ class RedisClusterStore(RedisStore):
 
     # ------------------------------------------------------------------ daemon interface
     def request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                hll: np.ndarray, tz: np.ndarray | None = None) -> Any:
+                hll: np.ndarray, tz: np.ndarray | None = None,
+                eh: np.ndarray | None = None) -> Any:
         """The batch's Plan (per-node requests); slidrd/cluster_link.py sends it."""
-        return self.router.plan(ts, uh, sh, ih, hll, tz)
+        return self.router.plan(ts, uh, sh, ih, hll, tz, eh)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, 38)."""
+        """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, RAW_WIDTH)."""
         if isinstance(resp, ClusterReply):
             rows = [super(RedisClusterStore, self).parse_reply(r, p.n)
                     for p, r in zip(resp.parts, resp.replies, strict=True)]
@@ -377,20 +380,23 @@ class RedisClusterStore(RedisStore):
         return out
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
+               hll: np.ndarray, tz: np.ndarray | None = None,
+               eh: np.ndarray | None = None) -> np.ndarray:
         with self._lock:
-            return self._update(ts, uh, sh, ih, hll, tz)
+            return self._update(ts, uh, sh, ih, hll, tz, eh)
 
     def _update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
+                hll: np.ndarray, tz: np.ndarray | None = None,
+                eh: np.ndarray | None = None) -> np.ndarray:
         n = int(np.shape(ts)[0])
         if not (len(uh) == len(sh) == len(ih) == len(hll) == n) or (
-                tz is not None and len(tz) != n):
-            raise ValueError("update: ts, uh, sh, ih, hll and tz must have the same length")
+                tz is not None and len(tz) != n) or (eh is not None and np.shape(eh) != (n, 3)):
+            raise ValueError("update: ts, uh, sh, ih, hll, tz and eh must have the same length "
+                             "(eh: n x 3)")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
         t0 = time.monotonic()
-        plan = self.router.plan(ts, uh, sh, ih, hll, tz)
+        plan = self.router.plan(ts, uh, sh, ih, hll, tz, eh)
         parts = plan.parts
         replies, errs = self._run(parts)
         done, failed = _sort_out(plan, parts, replies, errs)
@@ -440,12 +446,13 @@ class RedisClusterStore(RedisStore):
 
     def stats(self) -> dict[str, Any]:
         """Key counts under this prefix and memory, summed over the masters (SCAN: slow)."""
-        counts = {"users": 0, "sessions": 0, "ips": 0}
+        counts = {"users": 0, "sessions": 0, "ips": 0, "entities": 0}
         mem = 0
         for r in self._each_master():
             try:
                 mem += int(r.info("memory").get("used_memory", 0))
-                for tag, name in ((b"u", "users"), (b"s", "sessions"), (b"i", "ips")):
+                for tag, name in ((b"u", "users"), (b"s", "sessions"), (b"i", "ips"),
+                                  (b"e", "entities")):
                     counts[name] += sum(1 for _ in r.scan_iter(match=self.prefix + tag + b"*",
                                                                count=1000))
             except Exception as e:

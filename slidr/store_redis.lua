@@ -2,24 +2,35 @@
 -- Twin of ext/reference.py: the same counter math in Lua 5.1 doubles, in the same operation
 -- order, so the raw counters equal the embedded store's.
 --
--- KEYS: the batch's distinct state keys, users first, then sessions, then IPs (the client
---       deduplicates, so each key is named, read and written once per batch).
--- ARGV[1]: n * 26 bytes, per click "<dBBBBI4I4I4h": ts (epoch ms), session HLL register,
---          session rank, user HLL register, user rank, the 1-based positions of the
---          click's user key among the users, its session among the sessions and its IP among
---          the IPs, and the click's client time zone (tz_offset_min).
--- ARGV[2], ARGV[3], ARGV[4]: physical TTL in ms of user, session and IP keys (the logical TTL
---          plus the client's slack plus the kind's refresh period, see "Physical TTLs" below).
--- ARGV[5], ARGV[6]: the number of user keys and of session keys in KEYS (the rest are IPs).
--- Returns n bulk strings, one per click: the click's raw counters in 224 bytes (see ROW
+-- KEYS: the batch's distinct state keys, users first, then sessions, then IPs, then entities
+--       (ads, (IP, ad) pairs and user agents: one table, the key hash's namespace keeps the
+--       kinds apart). The client deduplicates, so each key is named, read and written once
+--       per batch, however many clicks (or kinds of one click) use it.
+-- ARGV[1]: n * 40 bytes, per click "<dBBBBBBI4I4I4I4I4I4h": ts (epoch ms), session HLL
+--          register, session rank, user HLL register, user rank, IP register, IP rank (of the
+--          IP key's hash: the entities' distinct-IP sketches), the 1-based positions of the
+--          click's user key among the users, its session among the sessions, its IP among
+--          the IPs, and of its ad, (IP, ad) and user-agent keys among the entities (0: the
+--          click has no such key: the absent values, nothing read or written), and the
+--          click's client time zone (tz_offset_min).
+-- ARGV[2..5]: physical TTL in ms of user, session, IP and entity keys (the logical TTL plus
+--          the client's slack plus the kind's refresh period, see "Physical TTLs" below).
+-- ARGV[6], ARGV[7], ARGV[8]: the number of user, session and IP keys in KEYS (the rest are
+--          entities).
+-- Returns n bulk strings, one per click: the click's raw counters in 560 bytes (see ROW
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
--- State blobs: user "<ddddd" c60 c600 c3600 c86400 last; session "<dddddddd" c60 c3600 last
+-- State blobs: user "<dddddddd" c60 c600 c3600 c86400 last lg_n lg_mean lg_m2 (a user blob of
+-- another size, spec 3's 40 bytes, starts afresh); session "<dddddddd" c60 c3600 last
 -- first subsec lg_n lg_mean lg_m2; ip "<dddddd" c60 c3600 c86400 last tz tz_switches (what
 -- changes on every click, contiguous), "<dd" hours_mask hours (rarely), "<dd" bucket_1h
 -- bucket_1d, then 4 x "<dddd" z v pz pv, then 4 x 32 one-byte HLL registers, then one layout
 -- byte (LAYOUT). An IP blob of another size or layout byte (an older spec, or spec 3's
--- earlier field order, 336 bytes) starts afresh.
+-- earlier field order, 336 bytes) starts afresh. Entity "<ddddd" c60 c3600 c86400 c604800 last
+-- (what changes on every click), "<d" day bucket, 2 x "<dddd" z v pz pv (distinct sessions,
+-- distinct IPs), then 2 x 32 one-byte registers, then one layout byte (E_LAYOUT): 177 bytes.
+-- An entity blob of another size or layout byte (the 169-byte one without c604800) starts
+-- afresh.
 -- Constants below are filled in from slidr.featurespec when the script is loaded.
 --
 -- Speed (the script is most of the store's cost): every key is decoded once into a Lua table,
@@ -42,9 +53,12 @@
 local U_TAU1, U_TAU2, U_TAU3, U_TAU4 = __USER_TAUS__
 local S_TAU1, S_TAU2 = __SESSION_TAUS__
 local I_TAU1, I_TAU2, I_TAU3 = __IP_TAUS__
-local U_TTL, S_TTL, I_TTL = __USER_TTL_MS__, __SESSION_TTL_MS__, __IP_TTL_MS__
-local U_REF, S_REF, I_REF = __USER_REFRESH_MS__, __SESSION_REFRESH_MS__, __IP_REFRESH_MS__
-local W_HOUR, W_DAY = __HOUR_MS__, __DAY_MS__
+local E_TAU1, E_TAU2, E_TAU3, E_TAU4 = __ENTITY_TAUS__
+local U_TTL, S_TTL, I_TTL, E_TTL = __USER_TTL_MS__, __SESSION_TTL_MS__, __IP_TTL_MS__,
+                                   __ENTITY_TTL_MS__
+local U_REF, S_REF, I_REF, E_REF = __USER_REFRESH_MS__, __SESSION_REFRESH_MS__,
+                                   __IP_REFRESH_MS__, __ENTITY_REFRESH_MS__
+local W_HOUR, W_DAY, W_ENT = __HOUR_MS__, __DAY_MS__, __ENTITY_WINDOW_MS__
 local M = __HLL_M__
 local SUBSEC, LOG_FLOOR, NH = __SUBSEC_MS__, math.log(__LOG_GAP_FLOOR_S__), __IP_HOURS__
 local HFULL = 2 ^ NH
@@ -56,10 +70,10 @@ local call = redis.call
 local NEVER = -math.huge
 
 local blob = ARGV[1]
-local upx, spx, ipx = ARGV[2], ARGV[3], ARGV[4]
-local nu, ns = tonumber(ARGV[5]), tonumber(ARGV[6])
+local upx, spx, ipx, epx = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local nu, ns, ni = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local nk = #KEYS
-local n = #blob / 26
+local n = #blob / 40
 
 -- IP blob: 26 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
 -- far cheaper per byte than struct items).
@@ -149,15 +163,89 @@ local function window(p, bi, z0, r0, ii, t, w, sreg, srank, ureg, urank)
   return frac
 end
 
+-- Entities (ad, (IP, ad), user agent): E[k] = {c60, c3600, c86400, c604800, last, day bucket,
+-- z v pz pv of the distinct-session sketch, z v pz pv of the distinct-IP sketch}; their
+-- registers as the IPs' (ER[k] a table once changed or new, else false and ERS[k] the stored
+-- blob), sessions' at 1 .. M, IPs' at M + 1 .. 2M, the layout byte at 2M + 1.
+local E, ER, ERS = {}, {}, {}
+local ERO = 14 * 8     -- the registers' offset in an entity blob
+local ENR = 2 * M
+local E_LAYOUT = 2
+local EBYTES = ERO + ENR + 1
+local EFMT = '<dddddddddddddd'
+local function new_eregs() return {__ZERO_EREGS__, E_LAYOUT} end
+local function eregs_of(k)
+  local regs = ER[k]
+  if not regs then
+    regs = {sbyte(ERS[k], ERO + 1, ERO + ENR + 1)}
+    ER[k] = regs
+  end
+  return regs
+end
+local function ehll_add(p, zi, k, q, rank)
+  local regs = ER[k]
+  local r
+  if regs then r = regs[q] else r = sbyte(ERS[k], ERO + q) end
+  if rank > r then
+    p[zi] = p[zi] - 2 ^ (-r) + 2 ^ (-rank)
+    if r == 0 then p[zi + 1] = p[zi + 1] - 1.0 end
+    if not regs then regs = eregs_of(k) end
+    regs[q] = rank
+  end
+end
+
+-- One click on entity k: counts (the IP's decay, out-of-order and expiry rules), then its day
+-- window rolled to t's bucket and the click's session and IP added. Returns the 13 row values
+-- of the kind: c60 c3600 c86400 c604800, sessions z v pz pv, the bucket fraction, IPs z v pz pv.
+local function entity(k, t, sreg, srank, ireg, irank)
+  local p = E[k]
+  local d = t - p[5]
+  if d > E_TTL then
+    p = {1.0, 1.0, 1.0, 1.0, t, bucket_of(t, W_ENT), M, M, M, M, M, M, M, M}
+    E[k] = p
+    ER[k] = new_eregs()
+  elseif d > 0 then
+    local g = d / 1000.0
+    p[1] = p[1] * exp(-g / E_TAU1) + 1.0
+    p[2] = p[2] * exp(-g / E_TAU2) + 1.0
+    p[3] = p[3] * exp(-g / E_TAU3) + 1.0
+    p[4] = p[4] * exp(-g / E_TAU4) + 1.0
+    p[5] = t
+  else
+    p[1], p[2], p[3], p[4] = p[1] + 1.0, p[2] + 1.0, p[3] + 1.0, p[4] + 1.0
+  end
+  local cur = p[6]
+  local start = cur * W_ENT
+  if t >= start + W_ENT then
+    local b = bucket_of(t, W_ENT)
+    if b == cur + 1 then
+      p[9], p[10], p[13], p[14] = p[7], p[8], p[11], p[12]
+    else
+      p[9], p[10], p[13], p[14] = M, M, M, M
+    end
+    p[7], p[8], p[11], p[12] = M, M, M, M
+    local regs = eregs_of(k)
+    for q = 1, ENR do regs[q] = 0 end
+    p[6] = b
+    start = b * W_ENT
+  end
+  local frac = (t - start) / W_ENT
+  if frac < 0.0 then frac = 0.0 elseif frac > 1.0 then frac = 1.0 end
+  ehll_add(p, 7, k, 1 + sreg, srank)
+  ehll_add(p, 11, k, 1 + M + ireg, irank)
+  return p[1], p[2], p[3], p[4], p[7], p[8], p[9], p[10], frac, p[11], p[12], p[13], p[14]
+end
+
 -- Read every key with a few MGETs (one redis.call per CHUNK keys; 1 on a cluster, where one
 -- command may not span slots) and decode each blob once.
 local CHUNK = __MGET_CHUNK__
 local U, S, P = {}, {}, {}   -- users, sessions, IP counters (IP registers: R, RS above)
+local UB = 8 * 8             -- user blob bytes
 -- RE[k]: the end of the refresh period of key k's stored "last" (-inf for a new key): the
 -- key's TTL is kept while its "last" stays below (see the writes).
 local RE = {}
 do
-  local su, ss = nu, nu + ns
+  local su, ss, si = nu, nu + ns, nu + ns + ni
   for a = 1, nk, CHUNK do
     local b = a + CHUNK - 1
     if b > nk then b = nk end
@@ -166,8 +254,8 @@ do
       local k = a + q - 1
       local raw = got[q]
       if k <= su then
-        if raw then
-          local u = {sunpack('<ddddd', raw)}
+        if raw and #raw == UB then
+          local u = {sunpack(SFMT, raw)}
           U[k], RE[k] = u, (floor(u[5] / U_REF) + 1) * U_REF
         else
           U[k], RE[k] = {0, 0, 0, 0, NEVER}, NEVER
@@ -179,12 +267,20 @@ do
         else
           S[k - su], RE[k] = {0, 0, NEVER, 0}, NEVER
         end
-      else
+      elseif k <= si then
         if raw and #raw == IBYTES and sbyte(raw, IBYTES) == LAYOUT then
           local p = {sunpack(IFMT, raw)}
           P[k - ss], R[k - ss], RS[k - ss], RE[k] = p, false, raw, (floor(p[4] / I_REF) + 1) * I_REF
         else
           P[k - ss], R[k - ss], RE[k] = {0, 0, 0, NEVER}, false, NEVER
+        end
+      else
+        if raw and #raw == EBYTES and sbyte(raw, EBYTES) == E_LAYOUT then
+          local p = {sunpack(EFMT, raw)}
+          E[k - si], ER[k - si], ERS[k - si], RE[k] = p, false, raw,
+            (floor(p[5] / E_REF) + 1) * E_REF
+        else
+          E[k - si], ER[k - si], RE[k] = {0, 0, 0, 0, NEVER}, false, NEVER
         end
       end
     end
@@ -198,42 +294,55 @@ end
 -- Built on the first such click (never on a single Redis): no per-call set-up otherwise.
 local function scratch()
   local LATER = math.huge
-  U[0], S[0], R[0] = {0, 0, 0, 0, LATER}, {0, 0, LATER, 0, 0, 0, 0, 0}, {__FULL_REGS__}
+  U[0], S[0], R[0] = {0, 0, 0, 0, LATER, 0, 0, 0}, {0, 0, LATER, 0, 0, 0, 0, 0},
+                     {__FULL_REGS__}
   P[0] = {0, 0, 0, LATER, 0, 0, 0, 0, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M,
           M, M}
 end
 
 local out = {}
 local pos = 1
--- Row of one click (28 doubles, 224 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
+-- Row of one click (70 doubles, 560 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
 -- ip c60 c3600 c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d, the register counts v, pv
 -- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits) with the
 -- IP's active hours (0..24) in bits 48..52, then s subsec lg_n lg_mean lg_m2, then the IP's
--- time-zone switches (spec 3). Fewer struct
--- items: struct.pack costs about 25 ns per item. The client expands the row to RAW.
-local ROW = '<dddddddddddddddddddddddddddd'
+-- time-zone switches (spec 3), then u lg_n lg_mean lg_m2, then per entity kind (ad, (IP, ad),
+-- user agent) c60 c3600 c86400 c604800, sessions z v pz pv, day fraction, IPs z v pz pv
+-- (spec 4; the absent values for a click without that key). Fewer struct items: struct.pack costs about
+-- 25 ns per item. The client expands the row to RAW.
+local ROW = '<' .. string.rep('d', 70)
 for i = 1, n do
-  local t, sreg, srank, ureg, urank, ui, si, ii, z
-  t, sreg, srank, ureg, urank, ui, si, ii, z, pos = sunpack('<dBBBBI4I4I4h', blob, pos)
+  local t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z
+  t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z, pos =
+    sunpack('<dBBBBBBI4I4I4I4I4I4h', blob, pos)
   if (ui == 0 or si == 0 or ii == 0) and not U[0] then scratch() end
 
-  -- user: c[1..4], last = [5]
+  -- user: c[1..4], last = [5], ln-gap n mean M2 [6..8]
   local u = U[ui]
   local ugap
   local d = t - u[5]
   if d > U_TTL then
-    u[1], u[2], u[3], u[4], u[5] = 1.0, 1.0, 1.0, 1.0, t
+    u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8] = 1.0, 1.0, 1.0, 1.0, t, 0.0, 0.0, 0.0
     ugap = -1.0
-  elseif d > 0 then
-    ugap = d / 1000.0
-    u[1] = u[1] * exp(-ugap / U_TAU1) + 1.0
-    u[2] = u[2] * exp(-ugap / U_TAU2) + 1.0
-    u[3] = u[3] * exp(-ugap / U_TAU3) + 1.0
-    u[4] = u[4] * exp(-ugap / U_TAU4) + 1.0
-    u[5] = t
   else
-    ugap = 0.0
-    u[1], u[2], u[3], u[4] = u[1] + 1.0, u[2] + 1.0, u[3] + 1.0, u[4] + 1.0
+    local x
+    if d > 0 then
+      ugap = d / 1000.0
+      u[1] = u[1] * exp(-ugap / U_TAU1) + 1.0
+      u[2] = u[2] * exp(-ugap / U_TAU2) + 1.0
+      u[3] = u[3] * exp(-ugap / U_TAU3) + 1.0
+      u[4] = u[4] * exp(-ugap / U_TAU4) + 1.0
+      u[5] = t
+      x = log(ugap)
+    else
+      ugap = 0.0
+      u[1], u[2], u[3], u[4] = u[1] + 1.0, u[2] + 1.0, u[3] + 1.0, u[4] + 1.0
+      x = LOG_FLOOR
+    end
+    local n1 = u[6] + 1.0
+    local dl = x - u[7]
+    local mean = u[7] + dl / n1
+    u[6], u[7], u[8] = n1, mean, u[8] + dl * (x - mean)
   end
 
   -- session: c[1..2], last = [3], first = [4], sub-second gaps [5], ln-gap n mean M2 [6..8]
@@ -318,12 +427,28 @@ for i = 1, n do
   local hfrac = window(p, 9, 11, 0, ii, t, W_HOUR, sreg, srank, ureg, urank)
   local dfrac = window(p, 10, 19, 2 * M, ii, t, W_DAY, sreg, srank, ureg, urank)
 
+  local a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13 =
+    0, 0, 0, 0, M, M, M, M, 0, M, M, M, M
+  if ea > 0 then a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13 =
+    entity(ea, t, sreg, srank, ireg, irank) end
+  local x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13 =
+    0, 0, 0, 0, M, M, M, M, 0, M, M, M, M
+  if ex > 0 then x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13 =
+    entity(ex, t, sreg, srank, ireg, irank) end
+  local g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13 =
+    0, 0, 0, 0, M, M, M, M, 0, M, M, M, M
+  if eg > 0 then g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13 =
+    entity(eg, t, sreg, srank, ireg, irank) end
+
   out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
                  p[1], p[2], p[3], p[11], p[13], p[15], p[17], p[19], p[21], p[23], p[25],
                  hfrac, dfrac,
                  (((((((p[8] * 64 + p[26]) * 64 + p[24]) * 64 + p[22]) * 64 + p[20]) * 64
                    + p[18]) * 64 + p[16]) * 64 + p[14]) * 64 + p[12],
-                 s[5], s[6], s[7], s[8], p[6])
+                 s[5], s[6], s[7], s[8], p[6], u[6], u[7], u[8],
+                 a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
+                 x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13,
+                 g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13)
 end
 
 -- Write each key once: SET KEEPTTL while its "last" stays in the refresh period of the stored
@@ -332,7 +457,7 @@ end
 do
   for k = 1, nu do
     local u = U[k]
-    local v = spack('<ddddd', u[1], u[2], u[3], u[4], u[5])
+    local v = spack(SFMT, u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8])
     if u[5] < RE[k] then call('SET', KEYS[k], v, 'KEEPTTL') else call('SET', KEYS[k], v, 'PX', upx) end
   end
   for k = nu + 1, nu + ns do
@@ -349,7 +474,7 @@ do
   -- instructions, each struct item ~0.5 k). A new IP field updated on every click must go
   -- in fields 1..6's run (shifting the rest, with a new LAYOUT byte).
   local o = nu + ns
-  for k = o + 1, nk do
+  for k = o + 1, o + ni do
     local regs, p = R[k - o], P[k - o]
     if p[4] < RE[k] then
       if regs then
@@ -366,6 +491,25 @@ do
     else
       call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26))
            .. (regs and schar(unpack(regs, 1, NR + 1)) or RS[k - o]:sub(RO + 1, IBYTES)), 'PX', ipx)
+    end
+  end
+  -- Entities as IPs: fields 6..14 (bucket, HLL z v pz pv) change only with the registers, so
+  -- an entity whose registers did not change and whose TTL is kept gets one SETRANGE of
+  -- fields 1..5 (counts, last).
+  o = nu + ns + ni
+  for k = o + 1, nk do
+    local regs, p = ER[k - o], E[k - o]
+    if p[5] < RE[k] then
+      if regs then
+        call('SET', KEYS[k], spack(EFMT, unpack(p, 1, 14)) .. schar(unpack(regs, 1, ENR + 1)),
+             'KEEPTTL')
+      else
+        call('SETRANGE', KEYS[k], 0, spack('<ddddd', p[1], p[2], p[3], p[4], p[5]))
+      end
+    else
+      call('SET', KEYS[k], spack(EFMT, unpack(p, 1, 14))
+           .. (regs and schar(unpack(regs, 1, ENR + 1)) or ERS[k - o]:sub(ERO + 1, EBYTES)),
+           'PX', epx)
     end
   end
 end

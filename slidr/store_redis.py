@@ -4,7 +4,9 @@ Each `update()` is a single EVALSHA of slidr/store_redis.lua: the script reads e
 key's state blob once, applies the reference counter math click by click in arrival order,
 writes every touched key once (its physical TTL re-set once per refresh period), and returns the raw counters as one binary
 string per click (store_redis.lua ROW). The script runs atomically, so many workers and hosts
-can share one Redis. Key names: prefix + "u" | "s" | "i" + the 8 big-endian bytes of the key hash.
+can share one Redis. Key names: prefix + "u" | "s" | "i" | "e" (user, session, IP, entity: the
+ad, (IP, ad) and user-agent keys share one table, their hashes' namespaces keep them apart) +
+the 8 big-endian bytes of the key hash.
 """
 
 from __future__ import annotations
@@ -32,7 +34,12 @@ class StoreUnavailable(RuntimeError):
 # TTLs"): a key's Redis TTL is re-set only when its last click enters a new period, so the
 # physical TTL the client sends is logical TTL + slack + this. 1/16 of the logical TTL: keys
 # stay in memory at most ~6 % longer than with a TTL re-set on every write.
-TTL_REFRESH_MS = (fs.USER_TTL_MS // 16, fs.SESSION_TTL_MS // 16, fs.IP_TTL_MS // 16)
+TTL_REFRESH_MS = (fs.USER_TTL_MS // 16, fs.SESSION_TTL_MS // 16, fs.IP_TTL_MS // 16,
+                  fs.ENTITY_TTL_MS // 16)
+# The logical TTL of each kind (user, session, IP, entity), in the order of TTL_REFRESH_MS.
+TTL_MS = (fs.USER_TTL_MS, fs.SESSION_TTL_MS, fs.IP_TTL_MS, fs.ENTITY_TTL_MS)
+# Key-name tags of the kinds, in the same order.
+KIND_TAGS = (b"u", b"s", b"i", b"e")
 
 
 def script_source(mget_chunk: int = 1000) -> str:
@@ -43,6 +50,11 @@ def script_source(mget_chunk: int = 1000) -> str:
         "__USER_TAUS__": ", ".join(repr(float(x)) for x in fs.USER_TAUS),
         "__SESSION_TAUS__": ", ".join(repr(float(x)) for x in fs.SESSION_TAUS),
         "__IP_TAUS__": ", ".join(repr(float(x)) for x in fs.IP_TAUS),
+        "__ENTITY_TAUS__": ", ".join(repr(float(x)) for x in fs.ENTITY_TAUS),
+        "__ENTITY_TTL_MS__": str(fs.ENTITY_TTL_MS),
+        "__ENTITY_REFRESH_MS__": str(TTL_REFRESH_MS[3]),
+        "__ENTITY_WINDOW_MS__": str(fs.ENTITY_WINDOW_MS),
+        "__ZERO_EREGS__": ", ".join(["0"] * (2 * fs.HLL_M)),
         "__USER_TTL_MS__": str(fs.USER_TTL_MS),
         "__SESSION_TTL_MS__": str(fs.SESSION_TTL_MS),
         "__IP_TTL_MS__": str(fs.IP_TTL_MS),
@@ -62,28 +74,52 @@ def script_source(mget_chunk: int = 1000) -> str:
     # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.
     assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2
     assert len(fs.USER_TAUS) == 4 and len(fs.SESSION_TAUS) == 2 and len(fs.IP_TAUS) == 3
-    assert fs.RAW_WIDTH == 38
+    assert len(fs.ENTITY_TAUS) == 4 and fs.ENTITY_PREFIXES == ("a", "x", "g")
+    assert fs.RAW_WIDTH == 83
     for k, v in subs.items():
         src = src.replace(k, v)
     return src
 
 
-# One record per click in ARGV[1]: ts, the 4 HLL bytes, the 1-based positions of the click's
-# user, session and IP among the batch's distinct keys of that kind, and its tz_offset_min
-# (see store_redis.lua). The one definition of the record: slidr/redis_split.py builds the
-# Redis Cluster nodes' records with these too.
-CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("idx", "<u4", (3,)),
-                        ("tz", "<i2")])
-assert CLICK_DTYPE.itemsize == 26
-CLICK_STRUCT = struct.Struct("<d4B3Ih")
-assert CLICK_STRUCT.size == 26
+# One record per click in ARGV[1]: ts, the 4 HLL bytes, the IP key's HLL register and rank
+# (the entities' distinct-IP sketches), the 1-based positions of the click's user, session and
+# IP among the batch's distinct keys of that kind and of its ad, (IP, ad) and user-agent keys
+# among the distinct entity keys (0: no such key), and its tz_offset_min (see
+# store_redis.lua). The one definition of the record: slidr/redis_split.py builds the Redis
+# Cluster nodes' records with these too.
+CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("ihll", "u1", (2,)),
+                        ("idx", "<u4", (6,)), ("tz", "<i2")])
+assert CLICK_DTYPE.itemsize == 40
+CLICK_STRUCT = struct.Struct("<d6B6Ih")
+assert CLICK_STRUCT.size == 40
 
 
-# One reply row per click (store_redis.lua ROW): 28 doubles; the two bucket fractions come once
+def ip_index_rank(ih: np.ndarray) -> np.ndarray:
+    """(n, 2) uint8: each IP hash's HyperLogLog register (top HLL_P bits) and rank
+    (reference.hll_index_rank; numpy: the bit length of the rest from frexp of its 32-bit
+    halves, exact)."""
+    h = np.asarray(ih, dtype=np.uint64)
+    out = np.empty((h.shape[0], 2), dtype=np.uint8)
+    out[:, 0] = h >> np.uint64(64 - fs.HLL_P)
+    w = h << np.uint64(fs.HLL_P)
+    hi = (w >> np.uint64(32)).astype(np.float64)
+    lo = (w & np.uint64(0xFFFFFFFF)).astype(np.float64)
+    bl = np.where(hi > 0, 32 + np.frexp(hi)[1], np.frexp(lo)[1])  # frexp(0) -> exponent 0
+    out[:, 1] = np.where(w == 0, fs.HLL_RANK_CAP, 65 - bl)
+    return out
+
+
+def _ip_index_rank1(h: int) -> tuple[int, int]:
+    w = (h << fs.HLL_P) & 0xFFFFFFFFFFFFFFFF
+    return h >> (64 - fs.HLL_P), (65 - w.bit_length()) if w else fs.HLL_RANK_CAP
+
+
+# One reply row per click (store_redis.lua ROW): 70 doubles; the two bucket fractions come once
 # each, the 8 HLL register counts v, pv (0..32) and the IP's active hours (0..24) as 6-bit
 # fields of double 22 (exact), the session's gap shape in the next four, the IP's time-zone
-# switches last. _D_SRC/_D_DST and _B_DST map them onto the 38 RAW columns.
-_ROW_DOUBLES = 28
+# switches, the user's ln-gap n, mean, M2, then per entity kind 13 doubles (its day fraction
+# once for both sketches). _D_SRC/_D_DST and _B_DST map them onto the 83 RAW columns.
+_ROW_DOUBLES = 70
 _ROW_BYTES = _ROW_DOUBLES * 8
 _PACKED = 22
 _SHIFTS = np.arange(0, 54, 6, dtype=np.int64)
@@ -97,6 +133,15 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     src = list(range(len(names))) + [20, 20, 21, 21] + [23, 24, 25, 26, 27]
     dst = [r[x] for x in names] + [r["h0_frac"], r["h1_frac"], r["h2_frac"], r["h3_frac"]]
     dst += [r["s_subsec"], r["s_lg_n"], r["s_lg_mean"], r["s_lg_m2"], r["i_tzsw"]]
+    src += [28, 29, 30]
+    dst += [r["u_lg_n"], r["u_lg_mean"], r["u_lg_m2"]]
+    for j, k in enumerate(fs.ENTITY_PREFIXES):
+        o = 31 + 13 * j
+        cols = [f"{k}_c60", f"{k}_c3600", f"{k}_c86400", f"{k}_c604800", f"{k}s_z", f"{k}s_v",
+                f"{k}s_pz", f"{k}s_pv", f"{k}s_frac", f"{k}i_z", f"{k}i_v", f"{k}i_pz",
+                f"{k}i_pv"]
+        src += list(range(o, o + 13)) + [o + 8]
+        dst += [r[c] for c in cols] + [r[f"{k}i_frac"]]
     bdst = [r[f"h{j}_{f}"] for j in range(4) for f in ("v", "pv")] + [r["i_hours"]]
     assert sorted(dst + bdst) == list(range(fs.RAW_WIDTH))
     return np.array(src), np.array(dst), np.array(bdst)
@@ -115,7 +160,7 @@ _SRC_OF_COL = [0] * fs.RAW_WIDTH
 for _s, _d in zip(_D_SRC.tolist(), _D_DST.tolist(), strict=True):
     _SRC_OF_COL[_d] = _s
 _B_DST_LIST = _B_DST.tolist()
-_ONE_ONE = b"$1\r\n1\r\n$1\r\n1\r\n"
+_ONE_ONE = b"$1\r\n1\r\n$1\r\n1\r\n$1\r\n1\r\n"
 
 
 def _dedup(h: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -185,11 +230,11 @@ class RedisStore:
         # Key-record buffers of the numpy builder, one per thread: callers may share one store
         # between threads, and a shared buffer would mix their key names.
         self._local = threading.local()
-        # ARGV[2..4]: physical TTLs (logical TTL + slack + refresh period) of user, session
-        # and IP keys.
+        # ARGV[2..5]: physical TTLs (logical TTL + slack + refresh period) of user, session,
+        # IP and entity keys.
         self._argv_px = b"".join(
-            resp_bulk(b"%d" % (ttl + self.ttl_slack_ms + ref)) for ttl, ref in zip(
-                (fs.USER_TTL_MS, fs.SESSION_TTL_MS, fs.IP_TTL_MS), TTL_REFRESH_MS, strict=True))
+            resp_bulk(b"%d" % (ttl + self.ttl_slack_ms + ref))
+            for ttl, ref in zip(TTL_MS, TTL_REFRESH_MS, strict=True))
         self._cmd_head = b"\r\n$7\r\nEVALSHA\r\n" + resp_bulk(self._sha.encode())
         self._idle: list[Any] = []
 
@@ -209,21 +254,24 @@ class RedisStore:
         return self._src, self._sha
 
     def request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                hll: np.ndarray, tz: np.ndarray | None = None) -> bytes:
+                hll: np.ndarray, tz: np.ndarray | None = None,
+                eh: np.ndarray | None = None) -> bytes:
         """The whole EVALSHA command as one RESP buffer (see store_redis.lua for the layout).
 
         With `parse_reply` this lets another client (slidrd's pipelined asyncio link) do the
         round trip itself: update() == parse_reply(<reply to request(...)>, n).
         Built in C by the native kernel when it is there (well under a microsecond for a small
         batch, instead of ~25 of numpy calls on small arrays); request_numpy is the reference,
-        byte for byte. tz: the clicks' tz_offset_min (None: 0 for every click)."""
+        byte for byte. tz: the clicks' tz_offset_min (None: 0 for every click); eh: uint64
+        (n, 3), the clicks' ad, (IP, ad) and user-agent keys, 0 = absent (None: all absent)."""
         if _native_request is not None and len(ts) > 0:
             return _native_request(ts, uh, sh, ih, hll, self._rec_head, self._cmd_head,
-                                   self._argv_px, tz)
-        return self.request_numpy(ts, uh, sh, ih, hll, tz)
+                                   self._argv_px, tz, eh)
+        return self.request_numpy(ts, uh, sh, ih, hll, tz, eh)
 
     def request_numpy(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                      hll: np.ndarray, tz: np.ndarray | None = None) -> bytes:
+                      hll: np.ndarray, tz: np.ndarray | None = None,
+                      eh: np.ndarray | None = None) -> bytes:
         """request() with numpy: the reference for the native builder."""
         n = ts.shape[0]
         if n == 1:
@@ -231,43 +279,67 @@ class RedisStore:
             # times cheaper than numpy on arrays of one.
             h = bytes(np.asarray(hll, dtype=np.uint8).reshape(4))
             head = self._rec_head
+            i0 = int(ih[0])
+            ek1: list[int] = []
+            e1 = [0, 0, 0]
+            if eh is not None:
+                e3 = [int(x) for x in np.asarray(eh, dtype=np.uint64).reshape(3)]
+                ek1 = sorted({x for x in e3 if x})
+                e1 = [ek1.index(x) + 1 if x else 0 for x in e3]
             recs = b"".join((head, b"u", int(uh[0]).to_bytes(8, "big"), b"\r\n",
                              head, b"s", int(sh[0]).to_bytes(8, "big"), b"\r\n",
-                             head, b"i", int(ih[0]).to_bytes(8, "big"), b"\r\n"))
-            click = CLICK_STRUCT.pack(float(ts[0]), *h, 1, 1, 1, 0 if tz is None else int(tz[0]))
-            return b"".join((b"*12", self._cmd_head, resp_bulk(b"3"), recs, resp_bulk(click),
-                             self._argv_px, _ONE_ONE))
-        clicks = np.empty(n, dtype=CLICK_DTYPE)
+                             head, b"i", i0.to_bytes(8, "big"), b"\r\n",
+                             *(b"%se%s\r\n" % (head, x.to_bytes(8, "big")) for x in ek1)))
+            click = CLICK_STRUCT.pack(float(ts[0]), *h, *_ip_index_rank1(i0), 1, 1, 1, *e1,
+                                      0 if tz is None else int(tz[0]))
+            k = 3 + len(ek1)
+            return b"".join((b"*%d" % (k + 11), self._cmd_head, resp_bulk(b"%d" % k), recs,
+                             resp_bulk(click), self._argv_px, _ONE_ONE))
+        clicks = np.zeros(n, dtype=CLICK_DTYPE)
         clicks["ts"] = ts
         clicks["hll"] = hll
+        clicks["ihll"] = ip_index_rank(ih)
         clicks["tz"] = 0 if tz is None else tz
         idx = clicks["idx"]
         uk = _dedup(uh, idx[:, 0])
         sk = _dedup(sh, idx[:, 1])
         ik = _dedup(ih, idx[:, 2])
-        nu, ns = uk.shape[0], sk.shape[0]
-        keys = np.concatenate([uk, sk, ik]).astype(">u8")
+        nu, ns, ni = uk.shape[0], sk.shape[0], ik.shape[0]
+        if eh is not None:
+            e = np.asarray(eh, dtype=np.uint64).reshape(n, 3)
+            epos = np.empty((n, 3), dtype=np.uint32)
+            ek = _dedup(e.reshape(-1), epos.reshape(-1))
+            if ek[0] == 0:  # absent keys: position 0, no key
+                ek = ek[1:]
+                epos -= 1
+            idx[:, 3:] = epos
+            keys = np.concatenate([uk, sk, ik, ek]).astype(">u8")
+        else:
+            keys = np.concatenate([uk, sk, ik]).astype(">u8")
         k = keys.shape[0]
         rec = self._records(k)
         t = self._tag_at
         rec[:nu, t] = 117  # "u"
         rec[nu:nu + ns, t] = 115  # "s"
-        rec[nu + ns:, t] = 105  # "i"
+        rec[nu + ns:nu + ns + ni, t] = 105  # "i"
+        rec[nu + ns + ni:, t] = 101  # "e"
         rec[:, t + 1:t + 9] = keys.view(np.uint8).reshape(k, 8)
         ks = str(k).encode()
-        return b"".join((b"*%d" % (k + 9), self._cmd_head, resp_bulk(ks), rec.tobytes(),
+        return b"".join((b"*%d" % (k + 11), self._cmd_head, resp_bulk(ks), rec.tobytes(),
                          resp_bulk(clicks.tobytes()), self._argv_px,
-                         resp_bulk(b"%d" % nu), resp_bulk(b"%d" % ns)))
+                         resp_bulk(b"%d" % nu), resp_bulk(b"%d" % ns), resp_bulk(b"%d" % ni)))
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-               hll: np.ndarray, tz: np.ndarray | None = None) -> np.ndarray:
+               hll: np.ndarray, tz: np.ndarray | None = None,
+               eh: np.ndarray | None = None) -> np.ndarray:
         n = int(np.shape(ts)[0])
         if not (len(uh) == len(sh) == len(ih) == len(hll) == n) or (
-                tz is not None and len(tz) != n):
-            raise ValueError("update: ts, uh, sh, ih, hll and tz must have the same length")
+                tz is not None and len(tz) != n) or (eh is not None and np.shape(eh) != (n, 3)):
+            raise ValueError("update: ts, uh, sh, ih, hll, tz and eh must have the same length "
+                             "(eh: n x 3)")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
-        req = self.request(ts, uh, sh, ih, hll, tz)
+        req = self.request(ts, uh, sh, ih, hll, tz, eh)
         try:
             # A connection of our own (redis-py's pool get/release costs more per call than
             # building the whole request); list pop/append are atomic, so threads can share
@@ -296,7 +368,7 @@ class RedisStore:
         return self.parse_reply(resp, n)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
-        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, 38)."""
+        """The script's reply (a list of bulk strings) for n clicks -> raw counters (n, RAW_WIDTH)."""
         if not isinstance(resp, list):
             raise RuntimeError(f"redis store: unexpected reply {type(resp).__name__}")
         if _native_expand is not None:
@@ -345,7 +417,8 @@ class RedisStore:
         try:
             mem = self._r.info("memory")
             counts = {}
-            for tag, name in ((b"u", "users"), (b"s", "sessions"), (b"i", "ips")):
+            for tag, name in ((b"u", "users"), (b"s", "sessions"), (b"i", "ips"),
+                              (b"e", "entities")):
                 counts[name] = sum(1 for _ in self._r.scan_iter(match=self.prefix + tag + b"*",
                                                                  count=1000))
         except self._errors as e:

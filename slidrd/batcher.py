@@ -1,8 +1,10 @@
 """The micro-batcher: clicks in, decisions out, one store round trip and one model call per batch.
 
 Flow per batch: drop expired clicks (fail-open: deadline) -> validate each click (a bad one gets
-INVALID_CLICK, the rest go on) -> ClickBatch -> FeatureKernel(store).features -> scorer.infer ->
-per-slice thresholds -> decisions -> responses grouped per connection -> decision log.
+INVALID_CLICK, the rest go on) -> ClickBatch and the clicks' entity keys (one native pass) ->
+the store's counters (FeatureKernel's key hashes + the entity keys) -> FeatureKernel.finish ->
+scorer.infer -> per-slice thresholds -> decisions -> responses grouped per connection ->
+decision log.
 
 Scheduling: flush at once when nothing is in flight; while a batch is in the store or the model,
 clicks accumulate and leave as the next batch (at most max_batch each). With the embedded store
@@ -224,15 +226,15 @@ class Batcher:
             self._maybe_idle()
 
     def _prepare(self, items: list[Item], t0: float, version: str, margin: float = 0.0
-                 ) -> tuple[list[Item], list[Any], ClickBatch | None, int]:
+                 ) -> tuple[list[Item], list[Any], ClickBatch | None, int, np.ndarray | None]:
         """Expire late clicks, validate the rest; -> (valid items, their clicks, ClickBatch,
-        n_late). Late clicks are answered fail-open here, but the valid ones among them still
-        go to the store: the first `n_late` rows of the batch are those clicks, counted and not
-        scored. A click happened whether or not it was scored in time, and the counters must
-        stay what the offline replay of the log computes (a robot flood that makes the daemon
-        late must not also disappear from its own velocity features). Late clicks come first:
-        they arrived before the others (all deadlines are arrival + the same budget, unless a
-        client asked for a shorter one)."""
+        n_late, entity keys or None: see _columns). Late clicks are answered fail-open here,
+        but the valid ones among them still go to the store: the first `n_late` rows of the
+        batch are those clicks, counted and not scored. A click happened whether or not it was
+        scored in time, and the counters must stay what the offline replay of the log
+        computes (a robot flood that makes the daemon late must not also disappear from its
+        own velocity features). Late clicks come first: they arrived before the others (all
+        deadlines are arrival + the same budget, unless a client asked for a shorter one)."""
         cutoff = t0 + margin
         if _fp is not None:
             valid, clicks, expired, late, check = _fp.partition(items, cutoff, _ip_ok, _ip_valid)
@@ -255,31 +257,49 @@ class Batcher:
         if not rows:
             if expired:
                 self._fail_open(expired, "deadline", version)
-            return valid, clicks, None, 0
+            return valid, clicks, None, 0, None
         try:
-            batch: ClickBatch | None = self._columns(rows)
-            assert batch is not None
+            batch: ClickBatch | None
+            batch, eh = self._columns(rows)
             if self._skew_ms or self._age_ms:
                 bad = self._clock_refused(batch.ts)
                 if bad is not None:
                     valid, clicks, expired, late = self._refuse_clock(bad, valid, clicks,
                                                                       expired, late)
                     rows = late + clicks
-                    batch = self._columns(rows) if rows else None
+                    batch, eh = self._columns(rows) if rows else (None, None)
         except Exception:  # a bug: the valid clicks are answered (fail-open), once
             log.exception("batch columns failed")
             self._fail_open(expired, "deadline", version)
             self._fail_open(valid, "model_error", version, clicks)
-            return [], [], None, 0
+            return [], [], None, 0, None
         if expired:
             self._fail_open(expired, "deadline", version)
-        return valid, clicks, batch, len(late)
+        return valid, clicks, batch, len(late), eh
 
     @staticmethod
-    def _columns(rows: list[Any]) -> ClickBatch:
+    def _columns(rows: list[Any]) -> tuple[ClickBatch, np.ndarray | None]:
+        """-> (ClickBatch, eh): eh are the clicks' entity keys (uint64 (n, 3): ad, IP x ad,
+        user agent), hashed by the native fast path in the same pass that builds the columns;
+        None without it (the kernel then hashes them from the batch)."""
         if _fp is not None:
-            return ClickBatch(*_fp.batch_columns(rows))
-        return ClickBatch.from_clicks(rows, validate=False)
+            c = _fp.batch_columns(rows, True)
+            return ClickBatch(*c[:7]), c[7]
+        return ClickBatch.from_clicks(rows, validate=False), None
+
+    def _keys(self, batch: ClickBatch, eh: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """(uh, sh, ih, hll, eh): what the store's update() and request() take. The batch from
+        the fast path has no ad_id / user_agent columns (the kernel's eh is all absent, not
+        hashed): its entity keys are `eh`."""
+        k = self.kernel.keys(batch)
+        return tuple(k) if eh is None else (*k[:4], eh)
+
+    def _raw(self, batch: ClickBatch, eh: np.ndarray | None) -> np.ndarray:
+        """The embedded store's raw counters of a batch (FeatureKernel.raw, with the entity
+        keys the fast path hashed)."""
+        uh, sh, ih, hll, e = self._keys(batch, eh)
+        raw: np.ndarray = self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e)
+        return raw
 
     def _clock_refused(self, ts: np.ndarray) -> np.ndarray | None:
         """Rows stamped beyond max_clock_skew_s ahead of (or max_click_age_s behind) this
@@ -322,14 +342,14 @@ class Batcher:
     def _run_inline(self, items: list[Item]) -> None:
         t0 = _perf()
         model = self.get_model()
-        valid, clicks, batch, n_late = self._prepare(items, t0, model.version)
+        valid, clicks, batch, n_late, eh = self._prepare(items, t0, model.version)
         try:
             if batch is not None:
                 if t0 < self._store_down_until:
                     self._fail_open(valid, "store_down", model.version, clicks)
                 else:
                     try:
-                        feats, scores, t_store, t_model = self._compute(batch, model, n_late)
+                        feats, scores, t_store, t_model = self._compute(batch, model, n_late, eh)
                     except _StageError as e:
                         self._stage_failed(e, valid, clicks, model.version)
                     else:
@@ -348,15 +368,15 @@ class Batcher:
         t0 = _perf()
         model = self.get_model()
         sent = False
-        valid, clicks, batch, n_late = self._prepare(items, t0, model.version,
+        valid, clicks, batch, n_late, eh = self._prepare(items, t0, model.version,
                                                      min(self._est, self._margin_cap))
         try:
             if batch is not None:
                 if t0 < self._store_down_until:
                     self._fail_open(valid, "store_down", model.version, clicks)
                 else:
-                    uh, sh, ih, hll = self.kernel.keys(batch)
-                    req = self.store.request(batch.ts, uh, sh, ih, hll, batch.tz_offset_min)
+                    uh, sh, ih, hll, e = self._keys(batch, eh)
+                    req = self.store.request(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e)
                     st = _InFlight(valid, clicks, batch, model, t0, n_late)
                     try:
                         self.link.send(req, lambda r, e: self._on_reply(st, r, e))
@@ -464,7 +484,8 @@ class Batcher:
         ki = keep.tolist()
         b = st.batch
         cols: dict[str, Any] = {  # every column, arrays and lists alike, rows `keep`
-            f.name: (v[keep] if isinstance(v, np.ndarray) else [v[i] for i in ki])
+            f.name: (v[keep] if isinstance(v, np.ndarray) else
+                     None if v is None else [v[i] for i in ki])
             for f in dataclasses.fields(b) for v in (getattr(b, f.name),)}
         batch = ClickBatch(**cols)
         out = _InFlight([it for it, x in zip(st.valid, vl, strict=True) if not x],
@@ -473,13 +494,13 @@ class Batcher:
         out.expired = not out.valid
         return out, raw[keep]
 
-    def _compute(self, batch: ClickBatch, model: Any, n_late: int = 0
-                 ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    def _compute(self, batch: ClickBatch, model: Any, n_late: int = 0,
+                 eh: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Embedded store: features through the store, then the model -> (feats, scores,
         store seconds, model seconds). The first `n_late` rows are counted, not scored."""
         t1 = _perf()
         try:
-            feats = self.kernel.features(batch)
+            feats = self.kernel.finish(self._raw(batch, eh), batch)
         except Exception as e:
             raise _StageError("store", e) from e
         t2 = _perf()

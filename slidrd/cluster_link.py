@@ -26,6 +26,7 @@ few clicks out of arrival order (a difference of decay, not of counts).
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -51,7 +52,8 @@ def _noop(reply: Any, err: BaseException | None) -> None:
 
 
 class _Batch:
-    __slots__ = ("plan", "cb", "t0", "parts", "replies", "errors", "left", "retried", "done")
+    __slots__ = ("plan", "cb", "t0", "parts", "replies", "errors", "left", "retried", "done",
+                 "result")
 
     def __init__(self, plan: Plan, cb: Callback) -> None:
         self.plan = plan
@@ -63,6 +65,7 @@ class _Batch:
         self.left = 0
         self.retried = False
         self.done = False
+        self.result: tuple[Any, BaseException | None] | None = None
 
 
 class ClusterLink:
@@ -86,6 +89,11 @@ class ClusterLink:
         self._refresh_task: asyncio.Task[bool] | None = None
         self._retry_lock = asyncio.Lock()
         self._last_refresh = 0.0
+        # Batches in the order they were sent: each is answered only after every earlier one,
+        # as a single Redis answers them (a batch whose parts sit on fewer masters would
+        # otherwise be answered, and logged, before an earlier batch counted before it on a
+        # shared key, e.g. a popular ad).
+        self._order: collections.deque[_Batch] = collections.deque()
 
     # ------------------------------------------------------------------ public
     @property
@@ -117,10 +125,12 @@ class ClusterLink:
             # still run -- then the callback answers later, never from inside send().
             if self._can_retry(st):
                 st.left = 0
+                self._order.append(st)
                 asyncio.get_running_loop().call_soon(self._finish_soon, st)
                 return
             raise StoreUnavailable("redis cluster: " + "; ".join(
                 f"{p.addr}: {e}" for p, e in st.errors[:3]))
+        self._order.append(st)
         if st.left == 0:  # pragma: no cover - every written part answers later
             asyncio.get_running_loop().call_soon(self._finish_soon, st)
 
@@ -197,7 +207,7 @@ class ClusterLink:
             st.done = True
             if st.retried:
                 self.retried_ok += 1
-            st.cb(ClusterReply(st.plan, st.parts, st.replies), None)
+            self._answer(st, ClusterReply(st.plan, st.parts, st.replies), None)
             return
         if self._can_retry(st):
             st.retried = True
@@ -214,10 +224,24 @@ class ClusterLink:
                 self._last_warn = _mono()
                 log.warning("redis cluster: part of a batch failed open (%d so far): %s",
                             self.partial, why)
-            st.cb(ClusterReply(st.plan, st.parts, st.replies, [p for p, _ in st.errors]), None)
+            self._answer(st, ClusterReply(st.plan, st.parts, st.replies,
+                                          [p for p, _ in st.errors]), None)
             return
         self.failed += 1
-        st.cb(None, StoreUnavailable("redis cluster: " + why))
+        self._answer(st, None, StoreUnavailable("redis cluster: " + why))
+
+    def _answer(self, st: _Batch, reply: Any, err: BaseException | None) -> None:
+        """Answer st, and every later batch already done, once all earlier ones are."""
+        st.result = (reply, err)
+        order = self._order
+        while order and order[0].result is not None:
+            head = order.popleft()
+            res = head.result
+            assert res is not None
+            try:
+                head.cb(res[0], res[1])
+            except Exception:  # one caller's bug must not hold the batches after it
+                log.exception("cluster batch callback failed")
 
     async def _retry(self, st: _Batch) -> None:
         # One retry at a time, in the order the failures came in: the parts of one key then

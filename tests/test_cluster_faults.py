@@ -35,10 +35,13 @@ def _touches(rows, topo, node, prefix):
 
     ids = sorted({int(r[2]["click_id"][1:]) for r in rows})
     batch = ClickBatch.from_clicks([click(i) for i in ids])
-    uh, sh, ih, _hll = FeatureKernel().keys(batch)
+    uh, sh, ih, _hll, eh = FeatureKernel().keys(batch)
     hit = np.zeros(len(ids), dtype=bool)
     for tag, h in ((b"u", uh), (b"s", sh), (b"i", ih)):
         hit |= topo.owner[rt.key_slots(prefix + tag, h)] == node
+    for j in range(3):  # the ad, (IP, ad) and user-agent keys (0: the click has none)
+        e = eh[:, j]
+        hit |= (e != 0) & (topo.owner[rt.key_slots(prefix + b"e", e)] == node)
     return {f"c{i}": bool(x) for i, x in zip(ids, hit, strict=True)}
 
 

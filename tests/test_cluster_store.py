@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from slidr.ext import reference
 
 from slidr import featurespec as fs
 from slidr import redis_topology as rt
-from slidr.redis_split import KIND_COLS
+from slidr.redis_split import KIND_COLS, SLOT_KIND
 from slidr.store_cluster import RedisClusterStore, open_redis_store
 from slidr.store_redis import RedisStore
 
@@ -20,16 +21,21 @@ T0 = 1_767_225_600_000
 
 
 def _stream(n: int, seed: int, users: int = 40, ips: int = 15):
+    """-> ts, (uh, sh, ih, hll, tz, eh): update()'s arguments after ts, in its order."""
     rng = np.random.default_rng(seed)
     ts = T0 + np.cumsum(rng.choice([0, 1, 700, 30_000, 3_600_000], size=n)).astype(np.float64)
+    # a late click now and then (counts, sketches and windows take it as the store does)
+    ts = ts - np.where(rng.random(n) < 0.05, 40_000, 0)
     u = rng.integers(0, users, n)
     s = u * 3 + rng.integers(0, 3, n)
     i = rng.integers(0, ips, n)
-    h = native.hash_keys([f"user{x}" for x in u], [f"sess{x}" for x in s],
-                         [f"10.0.0.{x}" for x in i])
-    # the clicks' time zones ride along as update()'s last argument
+    # ads and user agents: few (repeated within batches), some missing or empty
+    ads = [(None, "", "ad-a", "ad-b", "ad-c", "ad-d")[x] for x in rng.integers(0, 6, n)]
+    uas = [(None, "", "Mozilla/5.0", "curl/8")[x] for x in rng.integers(0, 4, n)]
+    uh, sh, ih, hll, eh = native.hash_keys([f"user{x}" for x in u], [f"sess{x}" for x in s],
+                                           [f"10.0.0.{x}" for x in i], ads, uas)
     tz = rng.choice(np.array([0, 60, -300, 330], np.int16), n)
-    return ts, (*h, tz)
+    return ts, (uh, sh, ih, hll, tz, eh)
 
 
 def _feed(store, ts, h, batch: int):
@@ -64,6 +70,7 @@ def test_cluster_equals_single_redis_and_embedded(redis_cluster, shared_redis, b
     emb = _feed(native.EmbeddedStore(), ts, h, batch)
     np.testing.assert_array_equal(got, single)
     np.testing.assert_array_equal(got, emb)
+    np.testing.assert_array_equal(got, reference.ReferenceStore().update(ts, *h))
 
 
 def test_batches_touch_every_master(redis_cluster):
@@ -76,7 +83,8 @@ def test_batches_touch_every_master(redis_cluster):
         # Each key went to the master serving its slot (CLUSTER KEYSLOT agrees).
         import redis
         r = redis.Redis(port=redis_cluster.ports[0])
-        for k, tag in enumerate((b"u", b"s", b"i")):
+        for k, tag in enumerate((b"u", b"s", b"i", b"e")):
+            assert plan.keys[k].shape[0] > 0
             for x in plan.keys[k][:5].tolist():
                 key = b"spread:" + tag + int(x).to_bytes(8, "big")
                 assert r.execute_command("CLUSTER", "KEYSLOT", key) == rt.key_slot(key)
@@ -148,16 +156,20 @@ class _Migration:
         self.dst.close()
 
 
-def test_slot_migration_ask_and_moved_sync_store(redis_cluster):
+@pytest.mark.parametrize("kind", [0, 3])
+def test_slot_migration_ask_and_moved_sync_store(redis_cluster, kind):
     """A slot under migration (some keys moved, -ASK) and after it (-MOVED / a stale map):
-    every click counted once, counters equal the embedded store's."""
+    every click counted once, counters equal the embedded store's. The slot moved holds a
+    user key, or an ad key (an entity)."""
     ts, h = _stream(300, seed=11, users=6, ips=3)
-    prefix = "mig:"
+    prefix = f"mig{kind}:"
     cs = RedisClusterStore(redis_cluster.url, prefix=prefix, timeout_s=2.0)
     got = []
     try:
         got.append(_feed(cs, ts[:100], tuple(x[:100] for x in h), 10))
-        key = cs.router.key_name(0, int(h[0][0]))  # the first click's user key
+        # the first click's user key, or the first ad key
+        hk = int(h[0][0]) if kind == 0 else int(h[5][:, 0][h[5][:, 0] != 0][0])
+        key = cs.router.key_name(kind, hk)
         mig = _Migration(redis_cluster, key)
         mig.start()
         got.append(_feed(cs, ts[100:150], tuple(x[100:150] for x in h), 10))
@@ -266,6 +278,72 @@ def test_ping_stats_and_len(redis_cluster):
         cs.update(ts, *h)
         st = cs.stats()
         assert st["nodes"] == 3 and st["users"] == 5 and st["ips"] == 2
-        assert st["keys"] == len(cs) == st["users"] + st["sessions"] + st["ips"]
+        ekeys = set(h[5].reshape(-1).tolist()) - {0}
+        assert st["entities"] == len(ekeys) > 0
+        assert st["keys"] == len(cs) == st["users"] + st["sessions"] + st["ips"] + len(ekeys)
     finally:
         cs.close()
+
+
+@pytest.mark.parametrize("batch", [3, 40])
+def test_entity_keys_spread_over_shards(redis_cluster, batch):
+    """A click's six keys live on up to three masters: a batch whose ad, (IP, ad) and
+    user-agent keys sit on other masters than its user, session and IP keys still gives the
+    reference twin's counters (each part answers for its own keys; entity columns of a click
+    without that key are the absent values), and a part that holds only entity keys of a click
+    carries it too."""
+    ts, h = _stream(240, seed=31, users=4, ips=3)
+    cs = RedisClusterStore(redis_cluster.url, prefix=f"ent{batch}:", timeout_s=2.0)
+    try:
+        plan = cs.request(ts[:batch], *(x[:batch] for x in h))
+        # some click is in a part only for an entity key
+        assert any(p.on[c].any() for p in plan.parts for c in range(3, 6))
+        assert any((np.logical_or.reduce([p.on[c] for c in range(3, 6)])
+                    & ~np.logical_or.reduce([p.on[c] for c in range(3)])).any()
+                   for p in cs.request(ts, *h).parts)
+        assert SLOT_KIND[3:] == (3, 3, 3)
+        got = _feed(cs, ts, h, batch)
+    finally:
+        cs.close()
+    np.testing.assert_array_equal(got, reference.ReferenceStore().update(ts, *h))
+
+
+def test_daemon_link_answers_batches_in_send_order(redis_cluster):
+    """The daemon's ClusterLink answers batches in the order they were sent, as one Redis
+    connection does, although a batch whose parts sit on fewer masters can be back first: the
+    batcher logs decisions in answer order, and the clicks of a popular ad or user agent were
+    counted in send order, so the log replays to the same counters."""
+    import asyncio
+
+    from slidr.slidrd.cluster_link import ClusterLink
+
+    ts, h = _stream(400, seed=41, users=200, ips=150)
+    cs = RedisClusterStore(redis_cluster.url, prefix="order:", timeout_s=2.0)
+    rng = np.random.default_rng(5)
+    cuts = np.cumsum(rng.integers(1, 6, 200))
+    cuts = [0, *cuts[cuts < 400].tolist(), 400]
+
+    async def main():
+        link = ClusterLink(cs, timeout_s=2.0)
+        await link.connect()
+        loop = asyncio.get_running_loop()
+        order, futs = [], []
+        for j, (a, z) in enumerate(zip(cuts[:-1], cuts[1:], strict=True)):
+            plan = cs.request(ts[a:z], *(x[a:z] for x in h))
+            f = loop.create_future()
+            link.send(plan, lambda r, err, f=f, j=j: (order.append(j), f.set_result((r, err))))
+            futs.append((f, z - a))
+        out = []
+        for f, n in futs:
+            r, err = await f
+            assert err is None, err
+            out.append(cs.parse_reply(r, n))
+        link.close()
+        return order, np.concatenate(out)
+
+    try:
+        order, got = asyncio.run(main())
+    finally:
+        cs.close()
+    assert order == sorted(order)
+    np.testing.assert_array_equal(got, reference.ReferenceStore().update(ts, *h))

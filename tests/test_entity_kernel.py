@@ -162,7 +162,7 @@ def test_ad_ipad_and_ua_counts_sessions_and_ips_exact():
     _, sh, ih, _, eh = reference.hash_keys(b.user_key, b.session_id, b.ip, b.ad_id,
                                            b.user_agent)
     for j, tau in enumerate(fs.ENTITY_TAUS):
-        col = ("c60", "c3600", "c86400")[j]
+        col = ("c60", "c3600", "c86400", "c604800")[j]
         want_a = _decayed(ts[:5], tau) + [1.0]
         np.testing.assert_array_equal(raw[:, R[f"a_{col}"]], want_a)
         # (IP, ad): A from IP 1 at clicks 0, 1, 4; from IP 2 at 2, 3; B from IP 3
@@ -191,6 +191,14 @@ def test_ad_ipad_and_ua_counts_sessions_and_ips_exact():
     c1h, c1d = raw[:, R["a_c3600"]], raw[:, R["a_c86400"]]
     np.testing.assert_allclose(f[:, _f("ad_rate_ratio")], np.log(24 * (c1h + 1) / (c1d + 1)),
                                rtol=1e-6)
+    # the week ratio: ln(7 (c1d + 1) / (c7d + 1)); the user agent's likewise (0 while absent)
+    c7d = raw[:, R["a_c604800"]]
+    np.testing.assert_allclose(f[:, _f("ad_rate_ratio_7d")], np.log(7 * (c1d + 1) / (c7d + 1)),
+                               rtol=1e-6)
+    g1d, g7d = raw[:5, R["g_c86400"]], raw[:5, R["g_c604800"]]
+    np.testing.assert_allclose(f[:5, _f("ua_rate_ratio_7d")], np.log(7 * (g1d + 1) / (g7d + 1)),
+                               rtol=1e-6)
+    assert f[5, _f("ua_rate_ratio_7d")] == 0.0 and raw[5, R["g_c604800"]] == 0.0
     np.testing.assert_allclose(f[:, _f("ad_clicks_1m")], np.log1p(raw[:, R["a_c60"]]),
                                rtol=1e-6)
     np.testing.assert_allclose(f[:, _f("ipad_clicks_1d")], np.log1p(raw[:, R["x_c86400"]]),
@@ -215,12 +223,16 @@ def test_absent_keys_give_the_absent_values():
     assert raw[2, R["a_c60"]] == 1.0 and raw[3, R["g_c60"]] == 1.0
     f = _feat(raw, b)
     for name in ("ad_clicks_1m", "ad_clicks_1h", "ad_clicks_1d", "ad_rate_ratio", "ad_ips_1d",
-                 "ad_sessions_1d", "ipad_clicks_1h", "ipad_clicks_1d", "ipad_sessions_1d"):
+                 "ad_sessions_1d", "ipad_clicks_1h", "ipad_clicks_1d", "ipad_sessions_1d",
+                 "ad_rate_ratio_7d"):
         assert f[[0, 1, 3], _f(name)].tolist() == [0.0, 0.0, 0.0], name
-    for name in ("ua_clicks_1h", "ua_rate_ratio", "ua_ips_1d"):
+    for name in ("ua_clicks_1h", "ua_rate_ratio", "ua_ips_1d", "ua_rate_ratio_7d"):
         assert f[[0, 1, 2], _f(name)].tolist() == [0.0, 0.0, 0.0], name
     # a first click: 1 click in the hour and the day: ln(24 * 2 / 2)
     assert f[2, _f("ad_rate_ratio")] == np.float32(math.log(24.0))
+    # and 1 click in the day and the week: ln(7 * 2 / 2)
+    assert f[2, _f("ad_rate_ratio_7d")] == np.float32(math.log(7.0))
+    assert f[3, _f("ua_rate_ratio_7d")] == np.float32(math.log(7.0))
     # eh None: every entity column absent, whatever the clicks carry
     for impl in IMPLS:
         mod = _mod(impl)
@@ -261,8 +273,11 @@ def test_entity_day_windows_expiry_and_late_clicks():
     # day 3 is 2 days after the newest click (day 1, 06:00): not expired, decayed
     want = c[4] * math.exp(-(ts[5] - ts[3]) / 1000.0 / 86400.0) + 1.0
     assert c[5] == want
+    w = raw[:, R["a_c604800"]]
+    assert w[4] == w[3] + 1.0
+    assert w[5] == w[4] * math.exp(-(ts[5] - ts[3]) / 1000.0 / 604800.0) + 1.0
     # past the TTL: a new key
-    assert raw[6, R["a_c60"]] == raw[6, R["a_c86400"]] == 1.0
+    assert raw[6, R["a_c60"]] == raw[6, R["a_c86400"]] == raw[6, R["a_c604800"]] == 1.0
     assert (raw[6, R["as_pz"]], raw[6, R["ai_pv"]]) == (M, M)
     assert raw[6, R["x_c3600"]] == 1.0 and raw[6, R["g_c86400"]] == 1.0
     # the distinct IPs: one IP throughout
@@ -314,16 +329,17 @@ def test_entity_table_evicts_at_the_cap_like_the_other_tables():
 
 def test_spec_version_four_names_the_new_features():
     assert fs.SPEC_VERSION == 4
-    assert fs.N_FEATURES == 42 and fs.RAW_WIDTH == 80
+    assert fs.N_FEATURES == 44 and fs.RAW_WIDTH == 83 and fs.ENTITY_RAW_WIDTH == 14
     assert fs.FEATURE_NAMES[29:] == (
         "u_gap_logsd", "ad_clicks_1m", "ad_clicks_1h", "ad_clicks_1d", "ad_rate_ratio",
         "ad_ips_1d", "ad_sessions_1d", "ipad_clicks_1h", "ipad_clicks_1d", "ipad_sessions_1d",
-        "ua_clicks_1h", "ua_rate_ratio", "ua_ips_1d")
+        "ua_clicks_1h", "ua_rate_ratio", "ua_ips_1d", "ad_rate_ratio_7d", "ua_rate_ratio_7d")
     assert fs.RAW_SPANS == {"user": (0, 8), "session": (8, 16), "ip": (16, 41),
-                            "entity": (41, 80)}
-    assert fs.RAW_COLUMNS[41:54] == (
-        "a_c60", "a_c3600", "a_c86400", "as_z", "as_v", "as_pz", "as_pv", "as_frac",
-        "ai_z", "ai_v", "ai_pz", "ai_pv", "ai_frac")
+                            "entity": (41, 83)}
+    assert fs.RAW_COLUMNS[41:55] == (
+        "a_c60", "a_c3600", "a_c86400", "a_c604800", "as_z", "as_v", "as_pz", "as_pv",
+        "as_frac", "ai_z", "ai_v", "ai_pz", "ai_pv", "ai_frac")
+    assert fs.ENTITY_TAUS == (60.0, 3600.0, 86400.0, 604800.0)
     assert fs.RAW_COLUMNS[5:8] == ("u_lg_n", "u_lg_mean", "u_lg_m2")
 
 
@@ -373,7 +389,7 @@ def test_stats_and_sizes_cover_the_entity_table():
     s = st.stats()
     assert s["entities"] == len({int(x) for x in eh.ravel() if x})
     assert s["keys"] == s["users"] + s["sessions"] + s["ips"] + s["entities"] == len(st)
-    assert s["entry_bytes"]["entity"] == 152
+    assert s["entry_bytes"]["entity"] == 160
     assert s["bytes"] == sum(s["table_bytes"].values())
     # the memory cap counts four tables: entries and an index sized for the cap each
     per = sum(s["entry_bytes"][k] for k in ("user", "session", "ip", "entity"))

@@ -120,3 +120,75 @@ def test_transfer_thresholds_keep_each_slices_fpr() -> None:
     assert (new[m] > half["slices"]["mobile/out"]).sum() == (old[m] > 0.8).sum() // 2
     assert cal.in_sample_ratio(old, pur, old, pur, 0.01) == 1.0
     assert cal.in_sample_ratio(old * 0.5, pur, old, pur, 0.01) == 4.0  # clipped
+
+
+def test_starved_ad_days_mark_ads_whose_purchases_did_not_follow_their_clicks() -> None:
+    from slidr.offline.labels import starved_ad_days
+    from slidr.offline.train import sample_weights, split_cells
+    rng = np.random.default_rng(0)
+    # day 0 and day 1: 40 ads with 1 000 logged-out clicks each buying at 2 %; on day 1, ad 7
+    # gets 3 000 more clicks that never buy, ad 9 has no purchase among only 100 clicks more,
+    # and ad 5 no purchase among its usual 1 000.
+    ad = np.concatenate([np.repeat(np.arange(40), 1000), np.repeat(np.arange(40), 1000),
+                         np.full(3000, 7), np.full(100, 9)])
+    day = np.concatenate([np.zeros(40_000), np.ones(43_100)]).astype(np.int64)
+    lab = (rng.random(ad.size) < 0.02).astype(np.int8)
+    lab[80_000:] = 0
+    lab[(ad == 5) & (day == 1)] = 0  # no purchase, but ad 5 is as popular as every day
+    li = np.zeros(ad.size, dtype=bool)
+    li[:500] = True  # logged-in clicks are never marked
+    got = starved_ad_days(lab, ad, day, li, p_value=1e-4)
+    assert set(np.unique(ad[got]).tolist()) == {7}
+    # at the default (1 %) the test marks more: ad 9 stays unmarked (too few clicks to tell)
+    assert 7 in ad[starved_ad_days(lab, ad, day, li)] and 9 not in ad[starved_ad_days(
+        lab, ad, day, li)]
+    assert (day[got] == 1).all() and not (got & (lab == 1)).any()
+    # without the jump condition, ad 5's day would be marked too
+    assert 5 in ad[starved_ad_days(lab, ad, day, li, p_value=1e-4, min_jump=0.0)]
+    assert got.sum() == ((ad == 7) & (day == 1) & (lab == 0)).sum()
+    # clicks without an ad (code < 0) are never marked, an empty log marks nothing
+    assert not starved_ad_days(lab, np.full(ad.size, -1), day, li, p_value=1e-4).any()
+    assert starved_ad_days([], [], [], []).size == 0
+    # the marked clicks get a weight cell of their own
+    cells = split_cells(np.zeros(ad.size, dtype=np.int64), got)
+    w = sample_weights(cells)
+    assert np.isclose(w[got].sum(), w[~got].sum())
+
+
+def test_campaign_ads_are_what_starved_ad_days_find(tmp_path: Path) -> None:
+    from slidr.offline.labels import starved_ad_days
+    base = s.SimParams()
+    p = s.SimParams(days=3, clicks_per_day=60_000, seed=2, target_ads=1,
+                    robot_share={**base.robot_share, **{f: 0.03 for f in s.NEW_FAMILIES}},
+                    appear_day={f: 2 for f in s.NEW_FAMILIES})
+    s.write_outputs(s.simulate(p), tmp_path / "log")
+    log = tmp_path / "log" / "clicks.parquet"
+    c = pq.read_table(log, columns=["ts", "purchased", "logged_in", "ad_id"]).to_pydict()
+    fam = np.asarray(pq.read_table(tmp_path / "log" / "truth.parquet").column("family")
+                     .to_pylist())
+    ts = np.asarray(c["ts"])
+    day = (ts - ts.min()) // 86_400_000
+    ad = ev._ads(log, ts.size)
+    assert ad.min() >= 0 and np.unique(ad).size == np.unique(c["ad_id"]).size
+    got = starved_ad_days(np.asarray(c["purchased"], dtype=np.int8), ad, day,
+                          np.asarray(c["logged_in"]))
+    # One campaign ad per family, ~1 800 clicks a day: what is marked is nearly all the
+    # campaign families' clicks, on the day they appear, and most of them.
+    assert np.isin(fam[got], ["injector", "proxy_rotator"]).mean() > 0.9
+    assert (day[got] == 2).all()
+    camp = np.isin(fam, ["injector", "proxy_rotator"]) & (day == 2)
+    assert got[camp].mean() > 0.5
+
+
+def test_evaluate_walk_takes_starved_ads(scenario: Path) -> None:
+    for w in (20.0, 0.0):  # weigh more in their cells, or cells of their own
+        cfg = ev.EvalConfig(window=4, from_day=3, epochs=1, starved_ads=0.05, starved_weight=w)
+        res = ev.walk(scenario / "clicks.parquet", scenario / "customers.parquet", cfg,
+                      log=lambda m: None)
+        assert res["config"]["starved_ads"] == 0.05
+        assert res["config"]["starved_weight"] == w
+        assert [d["scored_day"] for d in res["days"]] == [4, 5]
+    assert main(["evaluate", "--clicks", str(scenario / "clicks.parquet"), "--out",
+                 str(scenario.parent / "x"), "--starved-ads", "1.5", "--quiet"]) == 2
+    assert main(["evaluate", "--clicks", str(scenario / "clicks.parquet"), "--out",
+                 str(scenario.parent / "x"), "--starved-weight", "-1", "--quiet"]) == 2

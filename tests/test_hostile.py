@@ -249,6 +249,34 @@ def test_store_cap_evicts_least_recently_seen(native):
     assert all(b > a for a, b in zip(hot_counts, hot_counts[1:], strict=False)), hot_counts
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_store_cap_bounds_the_entity_table(native):
+    """Distinct ads and user agents on every click (a client inventing them): the entity
+    table stays within max_keys, new keys evict old ones, and an ad seen in every batch keeps
+    its counters."""
+    from slidr.ext import reference
+
+    from slidr.featurespec import RAW_INDEX
+    from slidr.kernel import embedded_store
+    cap = 1000  # three batches of new keys
+    st = embedded_store(native, max_keys=cap)
+    t0 = 1_767_225_600_000
+    col = RAW_INDEX["a_c86400"]
+    hot = []
+    for b in range(30):
+        ks = [f"k{b}-{i}" for i in range(100)]
+        ads = ["ad-hot"] + [f"ad-{b}-{i}" for i in range(1, 100)]
+        uas = [f"agent {b}-{i} " + "x" * 100 for i in range(100)]
+        uh, sh, ih, hll, eh = reference.hash_keys(["u\x00" + k for k in ks], ks,
+                                                  [f"10.1.{b}.{i}" for i in range(100)],
+                                                  ads, uas)
+        raw = st.update(np.full(100, t0 + b * 1000, np.int64), uh, sh, ih, hll, None, eh)
+        hot.append(raw[0, col])
+    s = st.stats()
+    assert s["entities"] <= cap and st.evicted > 3 * 30 * 100 - 4 * cap, s
+    assert all(y > x for x, y in zip(hot, hot[1:], strict=False)), hot
+
+
 def test_store_cap_from_memory_budget():
     from slidr.slidrd.server import embedded_max_keys
     k = embedded_max_keys(1536)
@@ -411,3 +439,29 @@ def test_each_invalid_click_is_counted_once(tmp_path, path):
         assert sum("error" in a for a in answers) == 2, answers
         after = _stats(d)["errors"].get("INVALID_CLICK", 0)
     assert after - before == 5
+
+
+def test_entity_field_flood_scores_as_the_pure_path(tmp_path):
+    """Clicks whose ad_id and user_agent are all distinct and maximal (non-ASCII, 4-byte
+    characters, a NUL inside), mixed with repeated ones and absent ones: the compiled daemon
+    (whose user-agent key cache then only misses and evicts) answers every click exactly as
+    the pure-Python daemon does, one request at a time."""
+    from slidr.contract import MAX_ID_LEN, MAX_UA_LEN
+    reg = make_registry(tmp_path)
+    t0 = int(time.time() * 1000) - 600 * 37 - 10_000
+    clicks = []
+    for i in range(600):
+        if i % 4 == 0:
+            ad, ua = "ad-common", "Mozilla/5.0 common"
+        elif i % 4 == 1:
+            ad, ua = None, ""
+        else:
+            ad = (f"{i:06d}" + "é" * MAX_ID_LEN)[:MAX_ID_LEN]
+            ua = (f"{i:06d}\x00" + "🙂" * MAX_UA_LEN)[:MAX_UA_LEN]
+        clicks.append(_now_click(i, t0, users=9, ips=4, ad_id=ad, user_agent=ua))
+    res = []
+    for path in PATHS:
+        with Daemon(reg, "--deadline-ms", "5000", env=_env(path)) as d:
+            res.append(_scores(d.port, clicks))
+    assert len(res[0]) == len(clicks) and all(isinstance(v, float) for v in res[0].values())
+    assert res[0] == res[1]

@@ -30,9 +30,10 @@ from test_daemon_lifecycle import Load as DaemonLoad
 from slidr.contract import SLICE_BY_CODE
 from slidr.registry import Registry
 
-# Scores of the test model on this load: median 0.010, p90 0.0165. The good bundle invalidates
-# about 10 % of the clicks, the bad one nearly all of them.
-GOOD_THRESHOLDS = {"method": "global", "default": 0.0165, "slices": {}, "calibration": {}}
+# Scores of the test model on this load (its first 10,000 clicks): median 0.36-0.47, p90
+# 0.47-0.58, drifting up as the counters of its one user agent and seven ads grow. The good
+# bundle invalidates about 10-25 % of the clicks, the bad one all of them.
+GOOD_THRESHOLDS = {"method": "global", "default": 0.55, "slices": {}, "calibration": {}}
 BAD_THRESHOLDS = {"method": "global", "default": 0.001, "slices": {}, "calibration": {}}
 WINDOW = 600  # clicks per monitor window in this test (the default is 20,000)
 

@@ -38,8 +38,10 @@ def _batches(n_batches: int, size: int, seed: int = 0):
         users = [f"u{x}" for x in rng.integers(0, 40, size)]
         sess = [f"s{x}" for x in rng.integers(0, 60, size)]
         ips = [f"10.0.0.{x}" for x in rng.integers(0, 20, size)]
-        uh, sh, ih, hll = native.hash_keys(users, sess, ips)
-        out.append((ts, uh, sh, ih, hll))
+        ads = [(None, "ad-1", "ad-2")[x] for x in rng.integers(0, 3, size)]
+        uas = [("", "Mozilla/5.0")[x] for x in rng.integers(0, 2, size)]
+        uh, sh, ih, hll, eh = native.hash_keys(users, sess, ips, ads, uas)
+        out.append((ts, uh, sh, ih, hll, None, eh))
     return out
 
 
@@ -217,17 +219,34 @@ def test_native_request_is_byte_identical_to_numpy(size):
         users = [f"u{x}" for x in rng.integers(0, max(1, size // 3), size)]
         sess = [f"s{x}" for x in rng.integers(0, 3, size)]
         ips = [f"i{x}" for x in rng.integers(0, size + 5, size)]
-        uh, sh, ih, hll = native.hash_keys(users, sess, ips)
+        # entity keys: repeated, absent (null, empty), one click's three columns together
+        ads = [(None, "", "a1", "a2", "a3")[x] for x in rng.integers(0, 5, size)]
+        uas = [(None, "g1", "g2")[x] for x in rng.integers(0, 3, size)]
+        uh, sh, ih, hll, eh = native.hash_keys(users, sess, ips, ads, uas)
         ts = np.sort(rng.integers(T0, T0 + 86_400_000, size)).astype(np.int64)
         assert store.request(ts, uh, sh, ih, hll) == store.request_numpy(ts, uh, sh, ih, hll)
         tz = rng.choice(np.array([0, 60, -300, 330, -720, 840], np.int16), size)
         assert (store.request(ts, uh, sh, ih, hll, tz)
                 == store.request_numpy(ts, uh, sh, ih, hll, tz))
+        for e in (eh, np.zeros_like(eh), eh[:, ::-1].copy()):
+            assert (store.request(ts, uh, sh, ih, hll, tz, e)
+                    == store.request_numpy(ts, uh, sh, ih, hll, tz, e))
+        # no entity key at all is the same request as eh None
+        assert store.request(ts, uh, sh, ih, hll, tz, np.zeros_like(eh)) == \
+            store.request(ts, uh, sh, ih, hll, tz)
     with pytest.raises(ValueError, match="same length"):
         native.redis_request(ts[:-1] if size > 1 else ts[:0], uh, sh, ih, hll, b"", b"", b"")
+    with pytest.raises(ValueError, match="same length"):
+        native.redis_request(ts, uh, sh, ih, hll, b"", b"", b"", None, eh[:, :2])
     # inputs the builder converts first (float or strided ts, lists, flat or strided HLL bytes)
     # give the same bytes as the usual arrays
     want = store.request(ts, uh, sh, ih, hll)
+    assert store.request(ts, uh, sh, ih, hll, None, eh.astype(np.int64)) == \
+        store.request(ts, uh, sh, ih, hll, None, eh)  # converted first
+    ehw = np.zeros((size, 6), dtype=np.uint64)
+    ehw[:, ::2] = eh
+    assert store.request(ts, uh, sh, ih, hll, None, ehw[:, ::2]) == \
+        store.request(ts, uh, sh, ih, hll, None, eh)  # strided
     wide = np.empty((size, 2), dtype=np.int64)
     wide[:, 0] = ts
     hll2 = np.zeros((size, 8), dtype=np.uint8)

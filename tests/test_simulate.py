@@ -5,11 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from slidr.offline.simulate import FAMILIES, NEW_FAMILIES, SimParams, simulate, write_outputs
+from slidr.offline.sim_world import (
+    FAMILY_CODE,
+    MAX_TARGET_ADS,
+    TARGET_RANKS,
+    TARGETED_FAMILIES,
+)
+from slidr.offline.simulate import (
+    FAMILIES,
+    NEW_FAMILIES,
+    SimParams,
+    simulate,
+    target_campaigns,
+    write_outputs,
+)
 
 from slidr.cli import main
 from slidr.contract import SLICES, iter_log_chunks
@@ -176,5 +190,71 @@ def test_outputs_pinned_for_a_seed():
     assert _digest(simulate(stock)) == "e27f0a3541194176"
     new = SimParams(days=2, clicks_per_day=5_000, seed=3,
                     robot_share={**stock.robot_share, **{f: 0.03 for f in NEW_FAMILIES}},
-                    appear_day={f: 1 for f in NEW_FAMILIES})
+                    appear_day={f: 1 for f in NEW_FAMILIES}, target_ads=0)
+    # target_ads 0: every new family clicks by human popularity, the log as it was before
+    # campaigns existed.
     assert _digest(simulate(new)) == "0ad8535dc429c816"
+    assert _digest(simulate(replace(new, target_ads=5))) == "cd61121809e8ec1d"
+
+
+TARGETED = SimParams(days=2, clicks_per_day=20_000, seed=5,
+                     robot_share={**SimParams().robot_share, **{f: 0.03 for f in NEW_FAMILIES}},
+                     appear_day={f: 0 for f in NEW_FAMILIES})
+
+
+def test_campaign_families_click_only_their_campaign():
+    res = simulate(TARGETED)
+    ads = np.asarray([int(a[2:]) for a in res.clicks.column("ad_id").to_pylist()])
+    sess = np.asarray(res.clicks.column("session_id").to_pylist())
+    fam = res.family
+    camp = target_campaigns(TARGETED)
+    assert set(camp) == set(TARGETED_FAMILIES) == {"proxy_rotator", "injector"}
+    seen = set()
+    for f, want in camp.items():
+        assert want.size == TARGETED.target_ads
+        assert ((want >= TARGET_RANKS[0]) & (want < TARGET_RANKS[1])).all()
+        assert not seen & set(want.tolist())  # one campaign per family, no shared ad
+        seen |= set(want.tolist())
+        m = fam == FAMILY_CODE[f]
+        assert m.sum() > 500
+        assert set(ads[m].tolist()) == set(want.tolist())
+        assert res.manifest["target_ads"][f] == [f"ad{a}" for a in want.tolist()]
+    # injector: one install per session, so one ad per session
+    m = fam == FAMILY_CODE["injector"]
+    per = {}
+    for s_, a in zip(sess[m], ads[m], strict=True):
+        per.setdefault(s_, set()).add(a)
+    assert max(len(v) for v in per.values()) == 1
+    # proxy_rotator: any of the advertiser's ads per click
+    m = fam == FAMILY_CODE["proxy_rotator"]
+    assert np.bincount(ads[m], minlength=3000)[camp["proxy_rotator"]].min() > 50
+    # publisher-side families and humans keep the served (popularity) mix
+    for f in ("human", "mimic", "ad_stacker"):
+        m = fam == FAMILY_CODE[f]
+        assert np.unique(ads[m]).size > 300, f
+        assert 0.25 < (ads[m] < 100).mean() < 0.5, f
+    # the campaign is drawn per seed; one family's campaign does not depend on the others
+    other = target_campaigns(replace(TARGETED, seed=6))
+    assert not np.array_equal(other["injector"], camp["injector"])
+    only = replace(TARGETED, robot_share={**SimParams().robot_share, "injector": 0.03})
+    assert set(target_campaigns(only)) == {"injector"}
+    np.testing.assert_array_equal(target_campaigns(only)["injector"], camp["injector"])
+    # stock logs and target_ads 0 have none
+    assert target_campaigns(SimParams(seed=5)) == {}
+    assert target_campaigns(replace(TARGETED, target_ads=0)) == {}
+    assert "target_ads" not in simulate(SimParams(days=1, clicks_per_day=2000)).manifest
+    with pytest.raises(ValueError, match="target_ads"):
+        target_campaigns(replace(TARGETED, target_ads=MAX_TARGET_ADS + 1))
+
+
+def test_cli_target_ads(tmp_path):
+    from slidr.offline import cli_simulate
+    assert cli_simulate.TARGET_ADS == SimParams().target_ads
+    out = tmp_path / "t"
+    assert main(["simulate", "--out", str(out), "--days", "1", "--clicks-per-day", "3000",
+                 "--seed", "2", "--new-families", "injector", "--target-ads", "2",
+                 "--quiet"]) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["params"]["target_ads"] == 2 and len(m["target_ads"]["injector"]) == 2
+    assert main(["simulate", "--out", str(out), "--days", "1", "--new-families", "injector",
+                 "--target-ads", "-1", "--quiet"]) == 2

@@ -76,6 +76,42 @@ def test_spark_features_equal_the_replay_on_a_multi_day_log(spark, sim, tmp_path
     assert float(np.abs(local.features).sum()) > 0
 
 
+def test_clicks_with_and_without_ad_and_user_agent(spark, sim, tmp_path) -> None:
+    """The entity table (per ad, IP x ad, user agent): clicks with both fields, with one,
+    with none (null or empty), a log without either column, and an ad / user agent seen on
+    many partitions' worth of IPs; equal to the single-machine replay, and the entity
+    features really move."""
+    from slidr.featurespec import FEATURE_NAMES
+    tbl = pq.read_table(sim)
+    n = tbl.num_rows
+    rng = np.random.default_rng(9)
+    ad = tbl.column("ad_id").to_pylist()
+    ua = tbl.column("user_agent").to_pylist()
+    pick = rng.random((n, 2))
+    ad = [None if p < 0.15 else "" if p < 0.2 else v for v, p in zip(ad, pick[:, 0],
+                                                                    strict=True)]
+    ua = [None if p < 0.15 else "" if p < 0.2 else v for v, p in zip(ua, pick[:, 1],
+                                                                    strict=True)]
+    ad[::97] = ["ad-everywhere"] * len(ad[::97])
+    t = tbl.set_column(tbl.column_names.index("ad_id"), "ad_id", pa.array(ad, pa.string()))
+    t = t.set_column(t.column_names.index("user_agent"), "user_agent",
+                     pa.array(ua, pa.string()))
+    path = tmp_path / "absent.parquet"
+    pq.write_table(t, path)
+    local = replay.replay_log(path, progress=False)
+    _assert_same(_spark_replay(spark, path, tmp_path / "w", partitions=5), local)
+    ent = [FEATURE_NAMES.index(f) for f in FEATURE_NAMES if f.startswith(("ad_", "ipad_", "ua_"))]
+    assert float(np.abs(local.features[:, ent]).sum()) > 0
+    none = np.array([not a and not u for a, u in zip(ad, ua, strict=True)])
+    assert none.sum() > 10
+    # Neither column: every entity feature is the absent value on both engines.
+    bare = tmp_path / "bare.parquet"
+    pq.write_table(t.drop_columns(["ad_id", "user_agent"]), bare)
+    local = replay.replay_log(bare, progress=False)
+    _assert_same(_spark_replay(spark, bare, tmp_path / "w2", partitions=3), local)
+    assert (local.features[:, ent] == local.features[:1, ent]).all()
+
+
 def test_duplicates_and_ties_are_counted_in_log_order(spark, sim, tmp_path) -> None:
     """Every third click sent twice (same ms), 300 clicks in one millisecond, and the
     same-ms clicks of different users interleaved: the tie-break is the log's row order, on
