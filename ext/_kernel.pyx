@@ -67,6 +67,7 @@ cdef int64_t HOUR_MS = 3600000
 cdef int64_t DAY_MS = 86400000
 cdef double GAP_CAP = 7 * 86400.0
 cdef double LOG_GAP_FLOOR = 0.001
+cdef double U_LG_MAX = 3600.0
 cdef double LOG_GAP_CAP = log(GAP_CAP)
 cdef uint32_t HOURS_FULL = (1 << IP_HOURS) - 1
 
@@ -82,6 +83,7 @@ def _check_spec():
     assert fs.RAW_WIDTH == RAW_WIDTH and fs.N_FEATURES == N_FEATURES
     assert fs.GAP_CAP_S == GAP_CAP
     assert fs.SUBSEC_MS == SUBSEC_MS and fs.LOG_GAP_FLOOR_S == LOG_GAP_FLOOR
+    assert fs.USER_LG_MAX_S == U_LG_MAX
     assert fs.IP_HOURS == IP_HOURS and fs.LOG_GAP_CAP == LOG_GAP_CAP
     assert fs.ENTITY_TAUS == (60.0, 3600.0, 86400.0, 604800.0), \
         "native kernel: ENTITY_TAUS drifted"

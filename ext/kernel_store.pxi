@@ -532,11 +532,12 @@ cdef class EmbeddedStore:
                     ue.c[j] = ue.c[j] * exp(-gap / U_TAU[j]) + 1.0
                 if t > ue.last:
                     ue.last = t
-                x = log(gap if d > 0 else LOG_GAP_FLOOR)
-                ue.lg_n = ue.lg_n + 1.0
-                delta = x - ue.lg_mean
-                ue.lg_mean = ue.lg_mean + delta / ue.lg_n
-                ue.lg_m2 = ue.lg_m2 + delta * (x - ue.lg_mean)
+                if gap <= U_LG_MAX:
+                    x = log(gap if d > 0 else LOG_GAP_FLOOR)
+                    ue.lg_n = ue.lg_n + 1.0
+                    delta = x - ue.lg_mean
+                    ue.lg_mean = ue.lg_mean + delta / ue.lg_n
+                    ue.lg_m2 = ue.lg_m2 + delta * (x - ue.lg_mean)
             for j in range(4):
                 row[j] = ue.c[j]
             row[4] = gap

@@ -30,6 +30,7 @@ from slidr.featurespec import (
     SESSION_TAUS,
     SESSION_TTL_MS,
     SUBSEC_MS,
+    USER_LG_MAX_S,
     USER_TAUS,
     USER_TTL_MS,
 )
@@ -267,7 +268,8 @@ class ReferenceStore:
                 gap = d / 1000.0
                 _decay(st, USER_TAUS, gap)
                 st[nu] = float(max(int(st[nu]), t))
-                _welford(st, nu + 1, math.log(gap if d > 0 else LOG_GAP_FLOOR_S))
+                if gap <= USER_LG_MAX_S:
+                    _welford(st, nu + 1, math.log(gap if d > 0 else LOG_GAP_FLOOR_S))
             row += st[:nu] + [gap] + st[nu + 1:nu + 4]
             # session: counts..., last, first, sub-second gaps, ln-gap n, mean, M2
             ss = self._get(self.sessions, int(sh[i]))

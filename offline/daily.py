@@ -373,14 +373,16 @@ def _test_rows(path: Path) -> dict[str, Any]:
     names = pq.read_schema(path).names
     tbl = pq.read_table(path, columns=["ts", "split", "score_model", "slice", "purchased",
                                        "robot_heuristic", "weak_label",
-                                       *(["row"] if "row" in names else [])])
+                                       *(["row"] if "row" in names else []),
+                                       *(["session_hash"] if "session_hash" in names else [])])
     tbl = tbl.filter(pc.equal(tbl.column("split"), "test"))
     d = {c: column_numpy(tbl.column(c)) for c in tbl.column_names if c != "split"}
     return {"ts": d["ts"].astype(np.int64), "score": d["score_model"].astype(np.float64),
             "slice": d["slice"].astype(str, copy=False), "purchased": d["purchased"].astype(bool),
             "heuristic": d["robot_heuristic"].astype(bool),
             "weak_label": d["weak_label"].astype(np.int8),
-            "row": d["row"].astype(np.int64) if "row" in d else None}
+            "row": d["row"].astype(np.int64) if "row" in d else None,
+            "session_hash": d["session_hash"] if "session_hash" in d else None}
 
 
 def _score_onnx(model_path: Path, x: np.ndarray, batch: int = 65_536) -> np.ndarray:

@@ -418,6 +418,17 @@ def slice_volume_counts(vol: Mapping[str, int], pv: Mapping[str, int], n: int, p
                      set(absent) | set(thin))})
 
 
+def _effective_count(keys: np.ndarray) -> int:
+    """Kish's effective sample size of clicks clustered by `keys`: (sum m_i)^2 / sum m_i^2
+    over the clusters' sizes m_i (the number of clusters when they are equal, the number of
+    clicks when each is alone)."""
+    if keys.size == 0:
+        return 0
+    _, m = np.unique(keys, return_counts=True)
+    m = m.astype(np.float64)
+    return max(1, int(math.floor(m.sum() ** 2 / (m * m).sum() + 1e-9)))
+
+
 def binom_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p) (no scipy in the daily job's dependencies)."""
     if k >= n or p <= 0.0:
@@ -626,6 +637,7 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                         "model"))
     from .calibrate import coverage_target
     low_cov, floors, short = {}, {}, {}
+    sess = cols.get("session_hash")
     for s in sorted(set(sl.tolist())):
         m = sl == s
         floors[s] = max(coverage_target(cfg.min_coverage, cfg.slice_min_coverage, s)
@@ -633,20 +645,28 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
         n_h = int(np.asarray(cols["heuristic"], dtype=bool)[m].sum())
         if n_h < cfg.min_heuristic_clicks or floors[s] <= 0:
             continue
-        k = int((inv[m] & np.asarray(cols["heuristic"], dtype=bool)[m]).sum())
+        hm = np.asarray(cols["heuristic"], dtype=bool) & m
+        k = int((inv & hm).sum())
         if k / n_h < floors[s]:
             # Below the floor; refuse only when chance does not explain the shortfall: the
-            # coverage of n_h heuristic clicks at exactly the floor would fall this low with
-            # probability P(X <= k), X ~ Binomial(n_h, floor).
-            pval = binom_cdf(k, n_h, floors[s])
-            short[s] = (k, n_h, pval)
+            # coverage of heuristic clicks at exactly the floor would fall this low with
+            # probability P(X <= k'), X ~ Binomial(n', floor). The heuristic marks whole
+            # (session, hour)s and a threshold flags a session's clicks together, so the clicks
+            # are not independent draws: n' is the effective number of sessions behind them
+            # (Kish: (sum m_i)^2 / sum m_i^2 over the sessions' heuristic clicks m_i; n_h when
+            # each session has one) and k' the coverage at that size.
+            n_eff = _effective_count(sess[hm]) if sess is not None else n_h
+            k_eff = int(math.floor(k / n_h * n_eff + 1e-9))
+            pval = binom_cdf(k_eff, n_eff, floors[s])
+            short[s] = (k, n_h, pval, n_eff)
             if pval < cfg.coverage_alpha:
                 low_cov[s] = k / n_h
 
     def _cov(s: str) -> str:
-        k, n_h, pval = short[s]
+        k, n_h, pval, n_eff = short[s]
+        eff = f" over {n_eff} effective sessions" if n_eff != n_h else ""
         return (f"{s} ({k}/{n_h} = {k / n_h:.4f} < floor {floors[s]:.4f}, binomial p "
-                f"{pval:.2g})")
+                f"{pval:.2g}{eff})")
     noise = [s for s in short if s not in low_cov]
     checks.append(Check("coverage_floors", not low_cov, low_cov, floors,
                         "robotic coverage below the floor in " + ", ".join(
@@ -657,7 +677,8 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                             " within sampling noise: " + ", ".join(_cov(s) for s in noise)
                             + f" (p >= {cfg.coverage_alpha:g})" if noise else ""), "model",
                         details={"short": {s: {"covered": v[0], "heuristic": v[1],
-                                               "p": v[2]} for s, v in short.items()}}))
+                                               "p": v[2], "effective_sessions": v[3]}
+                                           for s, v in short.items()}}))
 
     if cur_score is None or cur_th is None:
         checks.append(Check("ivr_vs_current", True, r["ivr"], None,

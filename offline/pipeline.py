@@ -337,11 +337,10 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         progress.detail(f"calibration sample {ev_rows.size:,} of {n_ev:,} held-out clicks "
                         f"(rate {eval_info['rate']:.4f})")
         heur = session_hour_heuristic_at(fs, d_ev, ev_rows, cfg.k)
-        ev_cols = fs.load(ev_names, rows=ev_rows)
+        ev_cols = fs.load([*ev_names, "session_hash"], rows=ev_rows)
     else:
         ev_cols = fs.load([*ev_names, "session_hash"], days=d_ev)
-        heur = metrics.session_hour_heuristic(ev_cols.pop("session_hash"), ev_cols["ts"],
-                                              cfg.k)
+        heur = metrics.session_hour_heuristic(ev_cols["session_hash"], ev_cols["ts"], cfg.k)
     wl_ev = ev_cols["weak_label"]
     day_ev = ev_cols["day"]
     is_te = day_ev == d_te[0]
@@ -735,6 +734,8 @@ def _write_scores(path: Path, ev: dict[str, np.ndarray], is_te: np.ndarray,
                 "weak_label": pa.array(wl[a:b], pa.int8()),
                 "robot_heuristic": pa.array(heur[a:b], pa.bool_()),
             }
+            if ev.get("session_hash") is not None:  # the coverage guardrail's clusters
+                cols["session_hash"] = pa.array(ev["session_hash"][a:b], pa.uint64())
             if ev.get("is_robot") is not None:
                 cols["is_robot"] = pa.array(ev["is_robot"][a:b], pa.bool_())
             for k in SCORERS:

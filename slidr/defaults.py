@@ -171,8 +171,9 @@ GUARDRAILS = _group(
     Opt("min_auc_heuristic", float, 0.6, "model: minimum AUC against the k-clicks heuristic",
         lo=0.0, hi=1.0),
     Opt("coverage_alpha", float, 0.01, "model: a slice's held-out coverage below its floor "
-        "refuses only when the binomial lower tail P(X <= covered | heuristic clicks, floor) is "
-        "below this (a shortfall that chance does not explain)", lo=0.0, hi=1.0, lo_open=True),
+        "refuses only when the binomial lower tail P(X <= covered | heuristic clicks, floor), "
+        "clicks counted as the effective number of sessions behind them, is below this (a "
+        "shortfall that chance does not explain)", lo=0.0, hi=1.0, lo_open=True),
 )
 
 # Load tests (`slidr bench ...`; bench/loadgen.py LoadSpec, bench/sweep.py). For `run` and

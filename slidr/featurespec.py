@@ -30,7 +30,8 @@ Counter algorithms (all per key, O(1) memory, logically expiring):
   sw = 0. The feature is sw / the IP's day-decayed click count: the share of its recent clicks
   that switched zone (a gateway's clients share a region; an emulator pool's do not).
 - User gap regularity (spec 4): the user keeps a Welford (n, mean, M2) of ln(gap in s), gap
-  floored at LOG_GAP_FLOOR_S, exactly as the session's (its sd is u_gap_logsd).
+  floored at LOG_GAP_FLOOR_S, exactly as the session's, over its gaps of at most USER_LG_MAX_S
+  (an out-of-order click counts as the floor; its sd is u_gap_logsd).
 - Entities (spec 4): one table holds three kinds of key, kept apart by their hash namespace:
   the ad ("a\0" + ad_id), the (IP, ad) pair ("x\0" + ip + "\0" + ad_id) and the user agent
   ("g\0" + user_agent); an absent (null or empty) ad_id or user_agent gives key 0, counted
@@ -79,6 +80,10 @@ GAP_CAP_S = 7 * 86400.0
 # Session gaps shorter than this count as sub-second; ln gap floors the gap at 1 ms.
 SUBSEC_MS = 1000
 LOG_GAP_FLOOR_S = 0.001
+# The user's ln-gap Welford takes gaps up to this long only (the rhythm within visits; the days
+# between visits would make it grow with the user's age in the store, which a daily replay
+# that starts cold and a daemon warm for weeks see differently).
+USER_LG_MAX_S = 3600.0
 # Hours an IP was active: a mask of this many hourly bits.
 IP_HOURS = 24
 
@@ -161,7 +166,8 @@ def spec_dict() -> dict:
         "entity_kinds": {"kinds": ENTITY_KINDS, "prefixes": ENTITY_PREFIXES,
                          "keys": ["a\\0 ad_id", "x\\0 ip \\0 ad_id", "g\\0 user_agent"],
                          "hll": ["sessions: session register", "ips: ip hash register"]},
-        "user_gap_welford": "ln gap s, floored at log_gap_floor_s, as the session's",
+        "user_gap_welford": "ln gap s, floored at log_gap_floor_s, as the session's, gaps <= "
+                            "user_lg_max_s only", "user_lg_max_s": USER_LG_MAX_S,
         "hll": {"p": HLL_P, "windows_ms": HLL_WINDOWS_MS, "kinds": HLL_KINDS},
         "gap_cap_s": GAP_CAP_S,
         "subsec_ms": SUBSEC_MS, "log_gap_floor_s": LOG_GAP_FLOOR_S, "ip_hours": IP_HOURS,

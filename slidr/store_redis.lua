@@ -61,6 +61,7 @@ local U_REF, S_REF, I_REF, E_REF = __USER_REFRESH_MS__, __SESSION_REFRESH_MS__,
 local W_HOUR, W_DAY, W_ENT = __HOUR_MS__, __DAY_MS__, __ENTITY_WINDOW_MS__
 local M = __HLL_M__
 local SUBSEC, LOG_FLOOR, NH = __SUBSEC_MS__, math.log(__LOG_GAP_FLOOR_S__), __IP_HOURS__
+local ULGMAX = __USER_LG_MAX_S__
 local HFULL = 2 ^ NH
 
 local exp, floor, log = math.exp, math.floor, math.log
@@ -339,10 +340,12 @@ for i = 1, n do
       u[1], u[2], u[3], u[4] = u[1] + 1.0, u[2] + 1.0, u[3] + 1.0, u[4] + 1.0
       x = LOG_FLOOR
     end
-    local n1 = u[6] + 1.0
-    local dl = x - u[7]
-    local mean = u[7] + dl / n1
-    u[6], u[7], u[8] = n1, mean, u[8] + dl * (x - mean)
+    if ugap <= ULGMAX then
+      local n1 = u[6] + 1.0
+      local dl = x - u[7]
+      local mean = u[7] + dl / n1
+      u[6], u[7], u[8] = n1, mean, u[8] + dl * (x - mean)
+    end
   end
 
   -- session: c[1..2], last = [3], first = [4], sub-second gaps [5], ln-gap n mean M2 [6..8]

@@ -69,6 +69,7 @@ def script_source(mget_chunk: int = 1000) -> str:
         "__MGET_CHUNK__": str(int(mget_chunk)),
         "__SUBSEC_MS__": str(fs.SUBSEC_MS),
         "__LOG_GAP_FLOOR_S__": repr(float(fs.LOG_GAP_FLOOR_S)),
+        "__USER_LG_MAX_S__": repr(float(fs.USER_LG_MAX_S)),
         "__IP_HOURS__": str(fs.IP_HOURS),
     }
     # The script hard-codes the window order (1 h, 1 h, 1 d, 1 d) and the state layout.

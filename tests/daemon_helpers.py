@@ -51,10 +51,17 @@ def make_model(path: Path, weights: np.ndarray, bias: float) -> None:
 
 
 def make_bundle_src(d: Path, seed: int = 0, bias: float = -2.0,
-                    thresholds: dict[str, Any] | None = None) -> Path:
+                    thresholds: dict[str, Any] | None = None,
+                    features_used: int | None = None) -> Path:
+    """A bundle of a random linear model; `features_used` = n gives weight only to the first
+    n features (the rest 0), so a test's score distribution does not move when features are
+    appended to the spec."""
     d.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    make_model(d / "model.onnx", rng.normal(0, 0.3, N_FEATURES), bias)
+    w = rng.normal(0, 0.3, N_FEATURES)
+    if features_used is not None:
+        w[features_used:] = 0.0
+    make_model(d / "model.onnx", w, bias)
     th = thresholds or {"method": "slice", "default": 0.5,
                         "slices": {"desktop/in": 0.6, "desktop/out": 0.4, "mobile/in": 0.55,
                                    "mobile/out": 0.45, "app/in": 0.5, "app/out": 0.35},

@@ -88,7 +88,9 @@ def test_daemon_equals_offline_replay_on_a_simulated_day(tmp_path, day, path):
 
 @pytest.mark.redis
 def test_daemon_on_redis_equals_offline_replay_on_a_simulated_day(tmp_path, day, redis_server):
-    _check(tmp_path, day, None, "--redis", redis_server.url)
+    # A socket timeout far above the default 50 ms: on a loaded test machine a script call may
+    # stall that long, and a timed-out batch is answered open, not by the model.
+    _check(tmp_path, day, None, "--redis", redis_server.url, "--redis-timeout-ms", "10000")
 
 
 def _check(tmp_path: Path, day: tuple[Path, list[dict]], env: dict[str, str] | None,

@@ -255,3 +255,37 @@ def test_streamed_check_refuses_like_whole_log(tmp_path: Path) -> None:
     assert {c["name"] for c in ref if not c["passed"]} == {"schema"}
     ref = _same(path, batch_rows=100)
     assert "days" in {c["name"] for c in ref if not c["passed"]}
+
+
+def test_coverage_floor_counts_sessions_not_clicks() -> None:
+    """The heuristic marks whole sessions and a threshold flags a session's clicks together:
+    no covered click among 16 heavy-clicking sessions of ~26 clicks is chance at a floor of
+    0.05 (0.95^16 = 0.44), while no covered click among 416 one-click sessions is not. Without
+    session ids the clicks count as independent draws."""
+    rng = np.random.default_rng(5)
+    n = 20_000
+    sl = np.full(n, "app/out")
+    sess = rng.integers(1_000_000, 2_000_000, n).astype(np.uint64)
+    heur = np.zeros(n, dtype=bool)
+    heur[:416] = True
+    clustered = sess.copy()
+    clustered[:416] = np.repeat(np.arange(16, dtype=np.uint64), 26)
+    pur = ~heur & (rng.random(n) < 0.02)
+    score = np.where(heur, 0.2, 0.1) + rng.random(n) * 0.01  # no heuristic click over 0.5
+    base = {"slice": sl, "purchased": pur, "heuristic": heur,
+            "weak_label": (pur | (~heur & (rng.random(n) < 0.5))).astype(int)}
+    cfg = gr.GuardrailConfig(min_coverage=0.05, slice_min_coverage={}, coverage_slack=0.0)
+    th = {"default": 0.5, "slices": {}}
+
+    def cov(session_hash):
+        cols = {**base, "session_hash": session_hash}
+        return {c.name: c for c in gr.check_model(score, th, cols, cfg=cfg)}["coverage_floors"]
+
+    c16 = cov(clustered)
+    assert c16.passed, c16.message
+    assert "app/out (0/416 = 0.0000" in c16.message and "over 16 effective sessions" in c16.message
+    assert c16.details["short"]["app/out"]["effective_sessions"] == 16
+    c416 = cov(sess)
+    assert not c416.passed and "not chance" in c416.message
+    assert c416.details["short"]["app/out"]["effective_sessions"] >= 400
+    assert not cov(None).passed

@@ -23,7 +23,8 @@ V3_ONLY = ("ip_tz_switch",)
 V3_RAW = ("i_tzsw",)
 # Version 3: 29 features, 38 raw columns (before the entity table and the user's gap Welford).
 V3_SPEC_HASH = "4a7c1d14f70a0e8a"
-V4_ONLY = ("entity_taus_s", "entity_window_ms", "entity_kinds", "user_gap_welford")
+V4_ONLY = ("entity_taus_s", "entity_window_ms", "entity_kinds", "user_gap_welford",
+           "user_lg_max_s")
 V4_RAW = ("u_lg_n", "u_lg_mean", "u_lg_m2") + tuple(
     fs.RAW_COLUMNS[fs.RAW_SPANS["entity"][0]:fs.RAW_SPANS["entity"][1]])
 OLD_HASH = {1: V1_SPEC_HASH, 2: V2_SPEC_HASH, 3: V3_SPEC_HASH}
