@@ -11,7 +11,6 @@ the keys equal hash64 of the namespaced strings ("a\\0" + ad, "x\\0" + ip + "\\0
 from __future__ import annotations
 
 import importlib
-import ipaddress
 
 import msgpack
 import numpy as np
@@ -20,6 +19,7 @@ from daemon_helpers import click
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slidr.ext.reference import hash64
+from test_hotpath_parity import _ip_check_factory
 
 from slidr.contract import MAX_ID_LEN, MAX_UA_LEN, validate_click
 from slidr.protocol import MAX_DEPTH
@@ -32,22 +32,8 @@ UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chr
 MISSING = object()
 
 
-def _ip_check():
-    cache: dict[str, bool] = {}
-
-    def check(s: str) -> bool:
-        try:
-            ipaddress.ip_address(s)
-            ok = True
-        except ValueError:
-            ok = False
-        cache[s] = ok
-        return ok
-    return cache, check
-
-
 def _scan(mod, data: bytes):
-    cache, check = _ip_check()
+    cache, check = _ip_check_factory()
     items: list = []
     res = mod.scan(data, 0, 1 << 20, MAX_DEPTH, cache, check, "conn", 1.0, 2.0, items, 1 << 20)
     return res, items
