@@ -40,7 +40,9 @@ def recall_at(s, purchased, robot, fpr=0.01):
     return float(((s > thr) & robot).sum() / robot.sum())
 
 
-def run(work, variants, drop_days=0, wd=1e-4, seed=7):
+def load_days(work, drop_days=0):
+    """(features, training rows, validation rows, test rows, their weights) of a work
+    directory, split as `slidr daily` splits it."""
     fs = featurestore.FeatureStore(f"{work}/features")
     d_tr, d_va, d_te = split(fs)
     d_tr = d_tr[drop_days:]
@@ -53,6 +55,11 @@ def run(work, variants, drop_days=0, wd=1e-4, seed=7):
     te = fs.load([F, "purchased", "is_robot"], days=d_te)
     w_tr = train.sample_weights(tr["cell"].astype(np.int64), cell_counts(d_tr))
     w_va = train.sample_weights(va["cell"].astype(np.int64), cell_counts(d_va))
+    return tr, va, te, w_tr, w_va
+
+
+def run(work, variants, drop_days=0, wd=1e-4, seed=7):
+    tr, va, te, w_tr, w_va = load_days(work, drop_days)
     out = {}
     for v in variants:
         cols = [FEATURE_NAMES.index(n) for n in GROUPS[v]]

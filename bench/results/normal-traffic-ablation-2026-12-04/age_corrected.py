@@ -61,27 +61,37 @@ def patch(x, ts, first_ad, first_ua):
     return y
 
 
-def run(sim, work, seed=7):
+def load(sim, work):
+    """(features, their 44 columns, the same with the ratios age-corrected, day, labels)."""
     fs = featurestore.FeatureStore(f"{work}/features")
     c = pq.read_table(f"{sim}/clicks.parquet", columns=["ts", "ad_id", "user_agent"])
     ts = c["ts"].to_numpy().astype(np.float64) / 1000.0
     fa = first_seen(np.asarray(c["ad_id"].to_pandas().astype(str)), ts)
     fg = first_seen(np.asarray(c["user_agent"].to_pandas().astype(str)), ts)
-    d_tr, d_va, d_te = split(fs)
     allf = fs.load([F, "ts", "day"], days=None)
     fts = allf["ts"].astype(np.float64)
     fts = fts / 1000.0 if fts.max() > 1e11 else fts
     if allf["ts"].size != ts.size or np.abs(fts - ts).max() > 1e-3:
         raise SystemExit("the features' rows are not the log's, in its order")
-    X = patch(allf[F], ts, fa, fg)
-    day = allf["day"]
     lab = fs.load(["weak_label", "cell", "purchased", "is_robot"], days=None)
+    return fs, allf[F], patch(allf[F], ts, fa, fg), allf["day"], lab
+
+
+def fit_score(fs, M, day, lab, d_tr, d_va, d_te, seed=7):
+    """Train on days d_tr (early stopping on d_va); the scores of d_te's rows and their mask."""
     y = (1 - lab["weak_label"]).astype(np.int8)
     m_tr, m_va, m_te = (np.isin(day, d) for d in (d_tr, d_va, d_te))
     w_tr = train.sample_weights(lab["cell"][m_tr].astype(np.int64),
                                 fs.day_cells[np.isin(fs.days, d_tr)].sum(axis=0))
     w_va = train.sample_weights(lab["cell"][m_va].astype(np.int64),
                                 fs.day_cells[np.isin(fs.days, d_va)].sum(axis=0))
+    f = train.fit(M[m_tr], y[m_tr], w_tr, M[m_va], y[m_va], w_va, seed=seed, progress=False)
+    return train.predict(f.model, M[m_te]), m_te
+
+
+def run(sim, work, seed=7):
+    fs, raw, X, day, lab = load(sim, work)
+    d_tr, d_va, d_te = split(fs)
     variants = {"age": X}
     for name, cols in (("age_no1h", ["ad_rate_ratio", "ua_rate_ratio"]),
                        ("age_no7d", ["ad_rate_ratio_7d", "ua_rate_ratio_7d"])):
@@ -89,13 +99,12 @@ def run(sim, work, seed=7):
         variants[name][:, [IX[n] for n in cols]] = 0.0
     out = {}
     for name, M in variants.items():
-        f = train.fit(M[m_tr], y[m_tr], w_tr, M[m_va], y[m_va], w_va, seed=seed, progress=False)
-        s = train.predict(f.model, M[m_te])
+        s, m_te = fit_score(fs, M, day, lab, d_tr, d_va, d_te, seed)
         out[name] = recall_at(s, lab["purchased"][m_te].astype(bool),
                               lab["is_robot"][m_te].astype(bool))
     for n in ("ad_rate_ratio", "ad_rate_ratio_7d", "ua_rate_ratio_7d"):
         j = IX[n]
-        out[n + "_daymeans_old"] = [round(float(allf[F][day == d, j].mean()), 3) for d in fs.days]
+        out[n + "_daymeans_old"] = [round(float(raw[day == d, j].mean()), 3) for d in fs.days]
         out[n + "_daymeans_new"] = [round(float(X[day == d, j].mean()), 3) for d in fs.days]
     return out
 

@@ -3,22 +3,12 @@ import json
 import sys
 
 import numpy as np
-from ablate_features import F, recall_at, split
-from slidr.offline import featurestore, train
+from ablate_features import F, load_days, recall_at
+from slidr.offline import train
 
 
-def run(work, k, ratios_zero=False):
-    fs = featurestore.FeatureStore(f"{work}/features")
-    d_tr, d_va, d_te = split(fs)
-
-    def cc(ds):
-        return fs.day_cells[np.isin(fs.days, ds)].sum(axis=0)
-
-    tr = fs.load([F, "weak_label", "cell"], days=d_tr)
-    va = fs.load([F, "weak_label", "cell"], days=d_va)
-    te = fs.load([F, "purchased", "is_robot"], days=d_te)
-    w_tr = train.sample_weights(tr["cell"].astype(np.int64), cc(d_tr))
-    w_va = train.sample_weights(va["cell"].astype(np.int64), cc(d_va))
+def run(work, k):
+    tr, va, te, w_tr, w_va = load_days(work)
     p, r = te["purchased"].astype(bool), te["is_robot"].astype(bool)
     acc = np.zeros(te[F].shape[0])
     out = {}
