@@ -77,7 +77,7 @@ def load(sim, work):
     return fs, allf[F], patch(allf[F], ts, fa, fg), allf["day"], lab
 
 
-def fit_score(fs, M, day, lab, d_tr, d_va, d_te, seed=7):
+def fit_score(fs, M, day, lab, d_tr, d_va, d_te, seed=7, wd=1e-4):
     """Train on days d_tr (early stopping on d_va); the scores of d_te's rows and their mask."""
     y = (1 - lab["weak_label"]).astype(np.int8)
     m_tr, m_va, m_te = (np.isin(day, d) for d in (d_tr, d_va, d_te))
@@ -85,7 +85,8 @@ def fit_score(fs, M, day, lab, d_tr, d_va, d_te, seed=7):
                                 fs.day_cells[np.isin(fs.days, d_tr)].sum(axis=0))
     w_va = train.sample_weights(lab["cell"][m_va].astype(np.int64),
                                 fs.day_cells[np.isin(fs.days, d_va)].sum(axis=0))
-    f = train.fit(M[m_tr], y[m_tr], w_tr, M[m_va], y[m_va], w_va, seed=seed, progress=False)
+    f = train.fit(M[m_tr], y[m_tr], w_tr, M[m_va], y[m_va], w_va, seed=seed, weight_decay=wd,
+                  progress=False)
     return train.predict(f.model, M[m_te]), m_te
 
 

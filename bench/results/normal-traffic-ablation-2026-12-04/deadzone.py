@@ -17,9 +17,13 @@ def dz(x, d1, d7):
     return y
 
 
+# name: (ratios, dead zone of the hour/day ratios, of the day/week ratios, weight decay)
 VARIANTS = {
-    "raw_dz": ("raw", 1.0, 0.5),
-    "age_dz": ("age", 1.0, 0.3),
+    "raw_dz": ("raw", 1.0, 0.5, 1e-4),
+    "age_dz": ("age", 1.0, 0.3, 1e-4),
+    "age_dz_wide": ("age", 1.5, 0.5, 1e-4),
+    "age_dz_wd": ("age", 1.0, 0.3, 1e-3),
+    "age_dz_wide_wd": ("age", 1.5, 0.5, 1e-3),
 }
 
 if __name__ == "__main__":
@@ -29,9 +33,9 @@ if __name__ == "__main__":
     d_tr, d_va, d_te = split(fs)
     out = {"seed": s}
     for n in names:
-        base, d1, d7 = VARIANTS[n]
+        base, d1, d7, wd = VARIANTS[n]
         M = dz(raw if base == "raw" else age, d1, d7)
-        sc, m_te = fit_score(fs, M, day, lab, d_tr, d_va, d_te)
+        sc, m_te = fit_score(fs, M, day, lab, d_tr, d_va, d_te, wd=wd)
         out[n] = recall_at(sc, lab["purchased"][m_te].astype(bool), lab["is_robot"][m_te].astype(bool))
         print(json.dumps(out), file=sys.stderr, flush=True)
     print(json.dumps(out), flush=True)

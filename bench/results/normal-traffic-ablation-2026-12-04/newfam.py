@@ -19,6 +19,7 @@ if __name__ == "__main__":
               "after": (np.concatenate([days[:7], days[8:9]]), days[7:8], days[9:10])}
     out = {"log": log}
     for n in names:
+        wd = 1e-4
         if n == "raw":
             M = raw
         elif n == "noratios":
@@ -26,10 +27,10 @@ if __name__ == "__main__":
         elif n == "age":
             M = age
         else:
-            base, d1, d7 = VARIANTS[n]
+            base, d1, d7, wd = VARIANTS[n]
             M = dz(raw if base == "raw" else age, d1, d7)
         for when, (tr, va, te) in splits.items():
-            sc, m_te = fit_score(fs, M, day, lab, tr, va, te)
+            sc, m_te = fit_score(fs, M, day, lab, tr, va, te, wd=wd)
             p = lab["purchased"][m_te].astype(bool)
             from slidr.offline import metrics
             thr = metrics.threshold_for_fpr(sc, p, 0.01)
