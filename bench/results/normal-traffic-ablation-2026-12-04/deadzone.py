@@ -17,13 +17,17 @@ def dz(x, d1, d7):
     return y
 
 
-# name: (ratios, dead zone of the hour/day ratios, of the day/week ratios, weight decay)
+# name: (ratios, dead zone of the hour/day ratios, of the day/week ratios, weight decay[,
+# training seed (7)])
 VARIANTS = {
     "raw_dz": ("raw", 1.0, 0.5, 1e-4),
     "age_dz": ("age", 1.0, 0.3, 1e-4),
     "age_dz_wide": ("age", 1.5, 0.5, 1e-4),
     "age_dz_wd": ("age", 1.0, 0.3, 1e-3),
     "age_dz_wide_wd": ("age", 1.5, 0.5, 1e-3),
+    "age_dz_wide_wd_seed8": ("age", 1.5, 0.5, 1e-3, 8),
+    "age_dz_wider_wd": ("age", 2.0, 0.7, 1e-3),
+    "age_dz_wide_wd2": ("age", 1.5, 0.5, 2e-3),
 }
 
 if __name__ == "__main__":
@@ -33,9 +37,9 @@ if __name__ == "__main__":
     d_tr, d_va, d_te = split(fs)
     out = {"seed": s}
     for n in names:
-        base, d1, d7, wd = VARIANTS[n]
+        base, d1, d7, wd, *seed = VARIANTS[n]
         M = dz(raw if base == "raw" else age, d1, d7)
-        sc, m_te = fit_score(fs, M, day, lab, d_tr, d_va, d_te, wd=wd)
+        sc, m_te = fit_score(fs, M, day, lab, d_tr, d_va, d_te, seed=(seed or [7])[0], wd=wd)
         out[n] = recall_at(sc, lab["purchased"][m_te].astype(bool), lab["is_robot"][m_te].astype(bool))
         print(json.dumps(out), file=sys.stderr, flush=True)
     print(json.dumps(out), flush=True)

@@ -27,7 +27,7 @@ if __name__ == "__main__":
         elif n == "age":
             M = age
         else:
-            base, d1, d7, wd = VARIANTS[n]
+            base, d1, d7, wd, *_ = VARIANTS[n]
             M = dz(raw if base == "raw" else age, d1, d7)
         for when, (tr, va, te) in splits.items():
             sc, m_te = fit_score(fs, M, day, lab, tr, va, te, wd=wd)
