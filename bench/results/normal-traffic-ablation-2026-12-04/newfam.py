@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 from deadzone import VARIANTS, dz, fit_score, load
+from slidr.offline import metrics
 
 NEW = ("ad_stacker", "injector", "mimic", "proxy_rotator")
 
@@ -19,20 +20,19 @@ if __name__ == "__main__":
               "after": (np.concatenate([days[:7], days[8:9]]), days[7:8], days[9:10])}
     out = {"log": log}
     for n in names:
-        wd = 1e-4
+        wd, seed = 1e-4, [7]
         if n == "raw":
             M = raw
         elif n == "noratios":
-            M = dz(raw, 1e9, 1e9)
+            M = dz(raw, 1e9, 1e9)  # a dead zone no ratio reaches: all four ratios 0
         elif n == "age":
             M = age
         else:
-            base, d1, d7, wd, *_ = VARIANTS[n]
+            base, d1, d7, wd, *seed = VARIANTS[n]
             M = dz(raw if base == "raw" else age, d1, d7)
         for when, (tr, va, te) in splits.items():
-            sc, m_te = fit_score(fs, M, day, lab, tr, va, te, wd=wd)
+            sc, m_te = fit_score(fs, M, day, lab, tr, va, te, seed=(seed or [7])[0], wd=wd)
             p = lab["purchased"][m_te].astype(bool)
-            from slidr.offline import metrics
             thr = metrics.threshold_for_fpr(sc, p, 0.01)
             f = fam[m_te]
             hit = sc > thr
