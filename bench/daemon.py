@@ -1,8 +1,9 @@
 """Start what a scenario needs: a registry with a published model, a throwaway redis-server,
 and `slidrd serve` on free loopback ports, each torn down after the run.
 
-The model is the production shape (N_FEATURES features -> 64 -> 32 -> 1, ReLU, sigmoid) built with
-onnx.helper and random weights: the daemon's cost does not depend on what the weights say.
+The model is the production shape (N_FEATURES features -> the widths `slidr daily` publishes
+(offline/train.published_widths: 128 -> 64 with staged training) -> 1, ReLU, sigmoid) built
+with onnx.helper and random weights: the daemon's cost does not depend on what the weights say.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def make_mlp(path: Path, hidden: tuple[int, ...] = (64, 32), seed: int = 0) -> Path:
-    """N_FEATURES float32 inputs 'features' (n, N_FEATURES) -> 'robot_prob' (n,): FC+ReLU layers, sigmoid."""
+def make_mlp(path: Path, hidden: tuple[int, ...] | None = None, seed: int = 0) -> Path:
+    """N_FEATURES float32 inputs 'features' (n, N_FEATURES) -> 'robot_prob' (n,): FC+ReLU layers, sigmoid.
+    hidden: None = the published shape (train.published_widths())."""
     import onnx
     from onnx import TensorProto, helper
-
+    from slidr.offline.train import published_widths
+    hidden = published_widths() if hidden is None else hidden
     rng = np.random.default_rng(seed)
     sizes = (N_FEATURES, *hidden, 1)
     inits, nodes = [], []

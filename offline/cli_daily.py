@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "none)")
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
+    add(p, TRAINING["training"])
     add(p, TRAINING["train_sample"])
     add(p, TRAINING["engine"])
     add(p, TRAINING["spark_master"])
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                             min_purchasing=args.min_purchasing, k=args.k, epochs=args.epochs,
                             seed=args.seed, val_days=args.val_days, guard=g, method=args.method,
                             refit=args.refit, weighting=args.weighting,
-                            train_sample=args.train_sample, engine=args.engine,
+                            training=args.training, train_sample=args.train_sample, engine=args.engine,
                             spark_master=args.spark_master,
                             memory_budget=args.memory_budget)
     if args.sign_key is not None:

@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, COMMON["redis_mode"])
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
+    add(p, TRAINING["training"])
     add(p, TRAINING["train_sample"])
     add(p, TRAINING["memory_budget"])
     p.set_defaults(func=main)
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
                                fpr_target=args.fpr_budget, val_days=args.val_days,
                                refit=args.refit, weighting=args.weighting,
-                               train_sample=args.train_sample,
+                               training=args.training, train_sample=args.train_sample,
                                memory_budget=args.memory_budget)
     store = None
     if args.redis:

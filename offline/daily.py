@@ -60,6 +60,7 @@ class DailyConfig:
     progress: bool = True  # progress bars (slidr/progress.py decides where they show)
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
+    training: str = field_from(TRAINING["training"])
     train_sample: int = field_from(TRAINING["train_sample"])
     engine: str = field_from(TRAINING["engine"])  # "spark": offline/spark_engine.py
     spark_master: str = field_from(TRAINING["spark_master"])
@@ -294,7 +295,8 @@ def _train_config(cfg: DailyConfig) -> Any:
     return pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
                                 fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
                                 progress=cfg.progress, refit=cfg.refit, weighting=cfg.weighting,
-                                train_sample=cfg.train_sample, memory_budget=cfg.memory_budget)
+                                training=cfg.training, train_sample=cfg.train_sample,
+                                memory_budget=cfg.memory_budget)
 
 
 def _train(clicks: Path, customers: str | Path | None, out: Path, cfg: DailyConfig,

@@ -44,6 +44,7 @@ class EvalConfig:
     # --refit` does ("fpr_corrected"), uncorrected ("fpr"), or keep its IVR ("ivr")
     transfer: str = "fpr_corrected"
     weighting: str = field_from(TRAINING["weighting"])
+    training: str = field_from(TRAINING["training"])
     k: int = field_from(TRAINING["k"])
     seed: int = 0
     hidden: tuple[int, ...] = (64, 32)
@@ -188,8 +189,9 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         tr, va, te = (np.flatnonzero(win)[split[k]] for k in ("train", "val", "test"))
         w_tr = weights(tr)
         w_va = weights(va)
-        ho = train.fit(x[tr], y[tr], w_tr, x[va], y[va], w_va, hidden=cfg.hidden,
-                       epochs=cfg.epochs, seed=cfg.seed, progress=False, label="mlp")
+        ho = train.fit_mlp(x[tr], y[tr], w_tr, x[va], y[va], w_va, training=cfg.training,
+                           hidden=cfg.hidden, epochs=cfg.epochs, seed=cfg.seed, progress=False,
+                           label="mlp")
         fit_rows = np.concatenate([va, te])
         s_fit = train.predict(ho.model, x[fit_rows]).astype(np.float64)
         cols = {"score": s_fit, "slice": slices[fit_rows], "day": day[fit_rows],
@@ -212,10 +214,11 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
             w_all = weights(allr)
             if cfg.last_day_weight != 1.0:
                 w_all = train.recency_weights(w_all, day[allr], cfg.last_day_weight)
-            n_ep = max(ho.best_epoch + 1, 1)
-            rf = train.fit(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
-                           hidden=cfg.hidden, epochs=n_ep, patience=n_ep + 1, seed=cfg.seed,
-                           progress=False, label="mlp refit")
+            n_ep = train.refit_epochs(ho)
+            rf = train.fit_mlp(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
+                               training=cfg.training, hidden=cfg.hidden, epochs=n_ep,
+                               patience=train.refit_patience(n_ep), seed=cfg.seed,
+                               progress=False, label="mlp refit")
             model = rf.model
             if cfg.transfer == "fpr_corrected":
                 ratio = cal.in_sample_ratio(train.predict(ho.model, x[tr]), rp.purchased[tr],

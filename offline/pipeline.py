@@ -49,9 +49,24 @@ class TrainConfig:
     use_native: bool | None = None
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
+    training: str = field_from(TRAINING["training"])
     train_sample: int = field_from(TRAINING["train_sample"])
     memory_budget: float = field_from(TRAINING["memory_budget"])
 
+
+
+def model_arch(training: str, hidden: tuple[int, ...]) -> str:
+    """The published net's shape in words (metrics.json, the report)."""
+    widths = train.published_widths(training, hidden)
+    text = (f"{N_FEATURES} -> {' -> '.join(map(str, widths))} -> 1, ReLU, sigmoid; "
+            "standardisation inside the graph")
+    if training == "joint":
+        return text
+    return (text + f"; staged: {'-'.join(map(str, hidden))} units on the "
+            f"{len(train.STAGE1_COLS)} user, session and IP features, then "
+            f"{'-'.join(map(str, train.STAGE2_HIDDEN))} on the "
+            f"{N_FEATURES - len(train.STAGE1_COLS)} entity features with the first stage's "
+            "logit as offset (block-diagonal)")
 
 def load_customers(path: str | Path | None):
     """Customers table (user_id, recency_days, frequency, monetary) as a pyarrow Table."""
@@ -362,9 +377,10 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         x_va = y_va = w_va = None
         vb = _val_batches(fs, d_va, cc_va)
     t = progress.stage("model")
-    mlp = train.fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=cfg.hidden,
-                    weight_decay=cfg.weight_decay, epochs=cfg.epochs, seed=cfg.seed,
-                    progress=cfg.progress, label="mlp", standardise=stdz, val_batches=vb)
+    mlp = train.fit_mlp(x_tr, y_tr, w_tr, x_va, y_va, w_va, training=cfg.training,
+                        hidden=cfg.hidden, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                        seed=cfg.seed, progress=cfg.progress, label="mlp", standardise=stdz,
+                        val_batches=vb)
     timings["train_mlp_s"] = time.perf_counter() - t
     t = progress.stage("baselines")
     # baselines.fit_logistic: the same net without hidden layers.
@@ -386,11 +402,11 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         y_te = (1 - te["weak_label"]).astype(np.int8)
         x_all, y_all, w_all, stdz_all, _ = _training_set(fs, days, cap, cfg, plan,
                                                          explicit=bool(cfg.train_sample))
-        n_ep = max(mlp.best_epoch + 1, 1)
-        ref = train.fit(x_all, y_all, w_all, x_te, y_te, w_te_all, hidden=cfg.hidden,
-                        weight_decay=cfg.weight_decay, epochs=n_ep, patience=n_ep + 1,
-                        seed=cfg.seed, progress=cfg.progress, label="mlp refit",
-                        standardise=stdz_all)
+        n_ep = train.refit_epochs(mlp)
+        ref = train.fit_mlp(x_all, y_all, w_all, x_te, y_te, w_te_all, training=cfg.training,
+                            hidden=cfg.hidden, weight_decay=cfg.weight_decay, epochs=n_ep,
+                            patience=train.refit_patience(n_ep), seed=cfg.seed,
+                            progress=cfg.progress, label="mlp refit", standardise=stdz_all)
         del x_all, y_all, w_all
         final = ref.model
         # How much more FPR this training spends on days it has not seen than on days it
@@ -488,10 +504,10 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         "weak_label_human_share": float(fs.day_humans.sum() / len(fs)),
         "config": {"k": cfg.k, "seed": cfg.seed, "val_days": val_days, "epochs_max": cfg.epochs,
                    "fpr_target": cfg.fpr_target, "hidden": list(cfg.hidden),
-                   "weight_decay_hidden": cfg.weight_decay, "replay_batch": cfg.batch_size,
+                   "weight_decay_hidden": cfg.weight_decay, "training": cfg.training,
+                   "replay_batch": cfg.batch_size,
                    "memory_budget_gib": cfg.memory_budget},
-        "model": {"arch": f"{N_FEATURES} -> {' -> '.join(map(str, cfg.hidden))} -> 1, ReLU, sigmoid; "
-                          "standardisation inside the graph",
+        "model": {"arch": model_arch(cfg.training, cfg.hidden),
                   "best_epoch": mlp.best_epoch, "epochs_run": mlp.epochs_run,
                   "history": mlp.history},
         "logistic": {"best_epoch": logi.best_epoch, "epochs_run": logi.epochs_run,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slidr.featurespec import N_FEATURES, local_hour_dow
+from slidr.featurespec import FEATURE_NAMES, N_FEATURES, local_hour_dow
 from slidr.util import Progress, atomic_open
 
 DAY_MS = 86_400_000
@@ -234,7 +235,8 @@ def _torch():
     return torch
 
 
-def build_model(mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...]):
+def build_model(mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...],
+                n_in: int = N_FEATURES):
     torch = _torch()
     nn = torch.nn
 
@@ -245,7 +247,7 @@ def build_model(mean: np.ndarray, std: np.ndarray, hidden: tuple[int, ...]):
             super().__init__()
             self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
             self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-            dims = (N_FEATURES, *hidden)
+            dims = (n_in, *hidden)
             self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:],
                                                                           strict=True))
             self.out = nn.Linear(dims[-1], 1)
@@ -270,6 +272,7 @@ class FitResult:
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    stages: list[FitResult] = field(default_factory=list)  # fit_staged: each stage's own
 
 
 def standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -287,7 +290,8 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
         weight_decay: float = 1e-4, lr: float = 3e-3, epochs: int = 20, batch_size: int = 4096,
         patience: int = 3, seed: int = 0, progress: bool = True, label: str = "train",
         ema: float = 0.995, standardise: tuple[np.ndarray, np.ndarray] | None = None,
-        val_batches: Any = None) -> FitResult:
+        val_batches: Any = None, cols: Sequence[int] | None = None,
+        base: Any = None, early_stopping: bool = True) -> FitResult:
     """Weighted BCE on y = 1 for robot; L2 (weight decay) on the hidden layers' weights only;
     an exponential moving average of the weights (`ema` per step; 0 = off) is validated each
     epoch; early stopping on its weighted validation loss; returns the best epoch's averaged
@@ -298,12 +302,25 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     standardise: (mean, std) to use instead of x_tr's own (a sample trains with the statistics
     of every training click, streamed). val_batches: a callable returning an iterable of
     (x, y, w) batches of the validation rows, read batch-wise each epoch instead of x_va,
-    y_va, w_va held in memory (None: those)."""
+    y_va, w_va held in memory (None: those).
+
+    cols: the input columns this net sees (None: every column); x arrays stay full width and
+    the returned net takes x[:, cols] (`merge` puts nets back into one full-width net).
+    base: a trained full-width net whose logit is a fixed offset added to this net's logit:
+    this net learns only what the base leaves unexplained (the second stage of `fit_staged`).
+    early_stopping: False trains every epoch at the full step and returns the last epoch's
+    averaged weights (the validation loss is still recorded)."""
     torch = _torch()
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     mean, std = standardisation(x_tr) if standardise is None else standardise
-    model = build_model(mean, std, hidden)
+    c = np.arange(x_tr.shape[1]) if cols is None else np.asarray(cols, dtype=np.int64)
+    # (With a base, the output layer keeps its random start: zeroed, the hidden layers would
+    # get no gradient but their weight decay, which Adam turns into full-size steps to 0.)
+    model = build_model(mean[c], std[c], hidden, n_in=int(c.size))
+
+    def sub(x: np.ndarray) -> np.ndarray:
+        return x if cols is None else x[:, c]
     decay = [lin.weight for lin in model.hidden]
     no_decay = [p for n, p in model.named_parameters() if not (n.startswith("hidden.")
                                                              and n.endswith(".weight"))]
@@ -317,10 +334,15 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     acc = [torch.zeros_like(p) for p in model.parameters()] if ema > 0 else []
     t_ema = 0
     xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)) for a in
-                  (x_tr, y_tr.astype(np.float32), w_tr.astype(np.float32)))
+                  (sub(x_tr), y_tr.astype(np.float32), w_tr.astype(np.float32)))
+    ot = ov = None  # the base's logits: fixed offsets
+    if base is not None:
+        ot = torch.from_numpy(logits(base, x_tr))
     if val_batches is None:
         xv, yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
-                      (x_va, y_va.astype(np.float32), w_va.astype(np.float32)))
+                      (sub(x_va), y_va.astype(np.float32), w_va.astype(np.float32)))
+        if base is not None:
+            ov = torch.from_numpy(logits(base, x_va))
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     n = xt.shape[0]
     steps = (n + batch_size - 1) // batch_size
@@ -330,20 +352,23 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     t0 = time.perf_counter()
     bad = 0
     ep = -1
-    xp = yp = wp = xb = yb = wb = None
+    xp = yp = wp = xb = yb = wb = op = None
     for ep in range(epochs):
         model.train()
         # One gather per epoch, then contiguous slices: per-step fancy indexing costs more
         # than the tiny network's forward and backward passes. The last epoch's copy (and
         # the batch views into it) go first: two shuffled copies never coexist.
-        xp = yp = wp = xb = yb = wb = None
+        xp = yp = wp = xb = yb = wb = op = None
         perm = torch.randperm(n, generator=g)
         xp, yp, wp = xt[perm], yt[perm], wt[perm]
+        if ot is not None:
+            op = ot[perm]
         tot = 0.0
         for i in range(steps):
             sl = slice(i * batch_size, (i + 1) * batch_size)
             xb, yb, wb = xp[sl], yp[sl], wp[sl]
-            loss = (bce(model(xb), yb, reduction="none") * wb).sum() / wb.sum()
+            z = model(xb) if op is None else model(xb) + op[sl]
+            loss = (bce(z, yb, reduction="none") * wb).sum() / wb.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -366,22 +391,29 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
                 # millions of rows at once would take ~900 bytes a row), then the same sum.
                 lv = torch.empty(xv.shape[0], dtype=torch.float32)
                 for a in range(0, xv.shape[0], VAL_BLOCK):
-                    lv[a:a + VAL_BLOCK] = bce(avg(xv[a:a + VAL_BLOCK]), yv[a:a + VAL_BLOCK],
-                                              reduction="none")
+                    zv = avg(xv[a:a + VAL_BLOCK])
+                    if ov is not None:
+                        zv = zv + ov[a:a + VAL_BLOCK]
+                    lv[a:a + VAL_BLOCK] = bce(zv, yv[a:a + VAL_BLOCK], reduction="none")
                 vl = float((lv * wv).sum() / wv.sum())
                 del lv
             else:
                 num = den = 0.0
-                for xb_, yb_, wb_ in val_batches():
+                for xf_, yb_, wb_ in val_batches():
                     xb_, yb_, wb_ = (torch.from_numpy(np.ascontiguousarray(a)) for a in
-                                     (xb_, yb_.astype(np.float32), wb_.astype(np.float32)))
-                    num += float((bce(avg(xb_), yb_, reduction="none") * wb_).sum(
+                                     (sub(xf_), yb_.astype(np.float32), wb_.astype(np.float32)))
+                    zv = avg(xb_)
+                    if base is not None:
+                        zv = zv + torch.from_numpy(logits(base, xf_))
+                    num += float((bce(zv, yb_, reduction="none") * wb_).sum(
                         dtype=torch.float64))
                     den += float(wb_.sum(dtype=torch.float64))
                 vl = num / den if den > 0 else float("nan")
         hist.append({"epoch": ep, "train_loss": tot / n, "val_loss": vl,
                      "lr": opt.param_groups[0]["lr"]})
-        if vl < best[0] - 1e-5:
+        if not early_stopping:
+            best = (vl, ep, None)  # the last epoch's averaged weights (avg holds them)
+        elif vl < best[0] - 1e-5:
             best = (vl, ep, {k: v.clone() for k, v in avg.state_dict().items()})
             bad = 0
         else:
@@ -393,8 +425,154 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     bar.close()
     if best[2] is not None:
         model.load_state_dict(best[2])
+    elif not early_stopping and avg is not model:
+        model.load_state_dict(avg.state_dict())
     model.eval()
     return FitResult(model, hidden, best[1], ep + 1, hist, time.perf_counter() - t0)
+
+
+def logits(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:
+    """The net's logits (N,) float32, a block of rows at a time."""
+    torch = _torch()
+    out = np.empty(x.shape[0], dtype=np.float32)
+    with torch.no_grad():
+        for a in range(0, x.shape[0], batch_size):
+            out[a:a + batch_size] = model(
+                torch.from_numpy(np.ascontiguousarray(x[a:a + batch_size]))).numpy()
+    return out
+
+
+def merge(parts: Sequence[tuple[Any, Sequence[int]]], n_in: int = N_FEATURES):
+    """One full-width net whose logit is the sum of the parts' logits, each part a net over
+    its own input columns: the hidden layers side by side (block-diagonal weights, zeros
+    between parts), so the merged net has the documented architecture (a plain MLP, one
+    ONNX graph, one model call in the daemon) and computes exactly the parts' sum."""
+    torch = _torch()
+    depth = {len(m.hidden) for m, _ in parts}
+    if len(depth) != 1:
+        raise ValueError(f"merge: parts have different depths {sorted(depth)}")
+    mean = np.zeros(n_in, np.float32)
+    std = np.ones(n_in, np.float32)
+    for m, c in parts:
+        mean[list(c)] = m.mean.numpy()
+        std[list(c)] = m.std.numpy()
+    widths = [tuple(lin.out_features for lin in m.hidden) for m, _ in parts]
+    hidden = tuple(int(sum(w[i] for w in widths)) for i in range(depth.pop()))
+    net = build_model(mean, std, hidden, n_in=n_in)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for i, lin in enumerate(net.hidden):
+            r = k = 0
+            for (m, c), w in zip(parts, widths, strict=True):
+                src = m.hidden[i]
+                if i == 0:
+                    lin.weight[r:r + w[0], list(c)] = src.weight
+                else:
+                    lin.weight[r:r + w[i], k:k + w[i - 1]] = src.weight
+                    k += w[i - 1]
+                lin.bias[r:r + w[i]] = src.bias
+                r += w[i]
+        k = 0
+        for (m, _), w in zip(parts, widths, strict=True):
+            net.out.weight[:, k:k + w[-1]] = m.out.weight
+            net.out.bias += m.out.bias
+            k += w[-1]
+    net.eval()
+    return net
+
+
+def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, y_va: Any,
+               w_va: Any, base_cols: Sequence[int], hidden: tuple[int, ...] = (64, 32),
+               hidden2: tuple[int, ...] = (64, 32), weight_decay: float = 1e-4,
+               weight_decay2: float = 1e-4, epochs: int | tuple[int, int] = 20,
+               patience: int | tuple[int, int] = 3, label: str = "train",
+               cols2: Sequence[int] | None = None, early_stopping2: bool = False,
+               **kw: Any) -> FitResult:
+    """Two stages, one net. Stage 1 fits `hidden` on the base columns alone, with early
+    stopping; stage 2 fits `hidden2` (weight decay `weight_decay2`) on `cols2` with stage 1's
+    logit as a fixed offset: it learns only what stage 1 leaves unexplained. By default
+    stage 2 trains for exactly its epochs (`early_stopping2` False): the validation days come
+    before the newest training day, so a robot family that appeared since cannot lower their
+    loss, and early stopping would end stage 2 before it has learnt the family. The result is
+    the two nets merged (`merge`): hidden widths add up, the architecture and export are
+    unchanged.
+    cols2: the columns stage 2 sees (None: every column not in base_cols).
+    epochs / patience: one value for both stages or one per stage. Other keywords as `fit`."""
+    n_in = x_tr.shape[1]
+    b = np.asarray(sorted(set(int(i) for i in base_cols)), dtype=np.int64)
+    rest = (np.setdiff1d(np.arange(n_in), b) if cols2 is None else
+            np.asarray(sorted(set(int(i) for i in cols2)), dtype=np.int64))
+    e1, e2 = (epochs, epochs) if isinstance(epochs, int) else epochs
+    p1, p2 = (patience, patience) if isinstance(patience, int) else patience
+    s1 = fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden, weight_decay=weight_decay,
+             epochs=e1, patience=p1, label=f"{label} (stage 1)", cols=b, **kw)
+    if rest.size == 0 or not hidden2:
+        net = merge([(s1.model, b)], n_in)
+        return FitResult(net, hidden, s1.best_epoch, s1.epochs_run, s1.history, s1.seconds,
+                         stages=[s1])
+    base = merge([(s1.model, b)], n_in)
+    s2 = fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden2, weight_decay=weight_decay2,
+             epochs=e2, patience=p2, label=f"{label} (stage 2)", cols=rest, base=base,
+             early_stopping=early_stopping2, **kw)
+    net = merge([(s1.model, b), (s2.model, rest)], n_in)
+    hist = ([{**h, "stage": 1} for h in s1.history] +
+            [{**h, "stage": 2} for h in s2.history])
+    return FitResult(net, tuple(a + c for a, c in zip(hidden, hidden2, strict=True)),
+                     s1.best_epoch, s1.epochs_run + s2.epochs_run, hist,
+                     s1.seconds + s2.seconds, stages=[s1, s2])
+
+
+# The user, session and IP features (every column before the user's gap regularity): stage 1
+# of the staged training. Stage 2 sees every column, the entity features included, so it can
+# learn how an ad's or a user agent's departure from its usual rate combines with the
+# session's own signs (a campaign robot on an ad is caught, the humans on that ad are not).
+STAGE1_COLS = tuple(range(FEATURE_NAMES.index("u_gap_logsd")))
+STAGE2_HIDDEN = (64, 32)
+STAGE2_WEIGHT_DECAY = 1e-4
+TRAININGS = ("staged", "joint")
+
+
+def published_widths(training: str = "staged",
+                     hidden: tuple[int, ...] = (64, 32)) -> tuple[int, ...]:
+    """Hidden widths of the net a training publishes (a staged net is its two stages side by
+    side): the shape the daemon runs and the bench builds."""
+    if training == "joint":
+        return hidden
+    return tuple(a + b for a, b in zip(hidden, STAGE2_HIDDEN, strict=True))
+
+
+def fit_mlp(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, y_va: Any,
+            w_va: Any, training: str = "staged", hidden: tuple[int, ...] = (64, 32),
+            weight_decay: float = 1e-4, epochs: int | tuple[int, int] = 20,
+            patience: int | tuple[int, int] = 3, **kw: Any) -> FitResult:
+    """The robot MLP as `--training` asks: 'staged' (fit_staged: STAGE1_COLS with early
+    stopping, then every column with stage 1's logit as offset for exactly `epochs` epochs)
+    or 'joint' (fit on every column). Other keywords as `fit`."""
+    if training == "joint":
+        if not isinstance(epochs, int) or not isinstance(patience, int):
+            raise ValueError("joint training takes one epochs and one patience value")
+        return fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden,
+                   weight_decay=weight_decay, epochs=epochs, patience=patience, **kw)
+    if training != "staged":
+        raise ValueError(f"training must be one of {', '.join(TRAININGS)}, got {training!r}")
+    return fit_staged(x_tr, y_tr, w_tr, x_va, y_va, w_va, STAGE1_COLS, hidden=hidden,
+                      hidden2=STAGE2_HIDDEN, weight_decay=weight_decay,
+                      weight_decay2=STAGE2_WEIGHT_DECAY, epochs=epochs, patience=patience,
+                      cols2=range(x_tr.shape[1]), **kw)
+
+
+def refit_epochs(fr: FitResult) -> int | tuple[int, int]:
+    """The epochs a refit on every day trains for: as many as early stopping chose on the
+    held-out split (per stage for a staged fit; a stage without early stopping ran them all)."""
+    if len(fr.stages) == 2:
+        return (max(fr.stages[0].best_epoch + 1, 1), max(fr.stages[1].best_epoch + 1, 1))
+    return max(fr.best_epoch + 1, 1)
+
+
+def refit_patience(n_ep: int | tuple[int, int]) -> int | tuple[int, int]:
+    """Patience that never stops a refit early."""
+    return n_ep + 1 if isinstance(n_ep, int) else (n_ep[0] + 1, n_ep[1] + 1)
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:

@@ -49,7 +49,8 @@ COMMON = _group(
 TRAINING = _group(
     Opt("k", int, 20, "robotic-coverage heuristic: a session with more than K clicks in one UTC "
         "hour counts as robotic", lo=1, metavar="K"),
-    Opt("epochs", int, 20, "maximum training epochs (early stopping on the validation days)",
+    Opt("epochs", int, 20, "maximum training epochs (early stopping on the validation days; "
+        "the second stage of --training staged runs exactly this many)",
         lo=1, hi=10_000, per_command={"demo": (12, "keeps the demo near a minute")}),
     Opt("val_days", int, None, "days before the test day held out for validation (early "
         "stopping and calibration)", lo=1, hi=60,
@@ -62,6 +63,13 @@ TRAINING = _group(
         "logged-in x weak-label cell) or 'cells' (the article: per local hour x day of week x "
         "logged-in x weak-label cell, which divides a robot's extra volume in its hours away)",
         choices=("label", "cells")),
+    Opt("training", str, "staged", "how the MLP learns: 'staged' (a net on the user, session "
+        "and IP features first, with early stopping; then a second net on every feature, the "
+        "entity features (ads, (IP, ad) pairs, user agents, the user's gap regularity) "
+        "included, that starts from the first one's score and learns only what it leaves "
+        "unexplained, for exactly --epochs epochs; one merged net is published) or 'joint' "
+        "(one net on every feature, which loses recall on ordinary traffic: "
+        "docs/features.md)", choices=("staged", "joint")),
     Opt("train_sample", int, 0, "train on a stratified sample of at most N of the training "
         "days' clicks (strata: slice x local hour x weak label, each kept in proportion with "
         "at least a few hundred clicks; weights undo the sampling); bounds training time and "

@@ -412,3 +412,61 @@ def test_training_on_a_sample_is_recorded_and_close(log, trained, tmp_path):
     auc = json.loads((out / "metrics.json").read_text())["model"]["overall"]["auc"]
     auc_full = json.loads((trained[0] / "metrics.json").read_text())["model"]["overall"]["auc"]
     assert auc > 0.5 and abs(auc - auc_full) < 0.1, (auc, auc_full)
+
+
+def test_merge_is_the_sum_of_its_parts_and_exports_as_one_mlp(tmp_path):
+    x, y, w = _toy(1500)
+    a_cols, b_cols = list(range(0, 20)), list(range(20, N_FEATURES))
+    a = train.fit(x[:1000], y[:1000], w[:1000], x[1000:], y[1000:], w[1000:], epochs=1,
+                  progress=False, cols=a_cols)
+    b = train.fit(x[:1000], y[:1000], w[:1000], x[1000:], y[1000:], w[1000:], epochs=1,
+                  progress=False, cols=b_cols, hidden=(8, 4))
+    net = train.merge([(a.model, a_cols), (b.model, b_cols)])
+    want = train.logits(a.model, x[:, a_cols]) + train.logits(b.model, x[:, b_cols])
+    assert np.allclose(train.logits(net, x), want, atol=1e-5)
+    assert [tuple(lin.weight.shape) for lin in net.hidden] == [(72, N_FEATURES), (36, 72)]
+    par = train.export_onnx(net, tmp_path / "m.onnx", x)
+    assert par["max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="depths"):
+        train.merge([(a.model, a_cols), (train.fit(x[:500], y[:500], w[:500], x[500:600],
+                                                   y[500:600], w[500:600], epochs=1,
+                                                   hidden=(4,), progress=False).model,
+                                         b_cols)])
+
+
+def test_fit_staged_second_stage_learns_only_what_the_first_cannot():
+    """y depends on column 0 (a base column) and, for a tenth of the rows, on column 30 (a
+    second-stage column): stage 2 must move those rows; where the second-stage columns are
+    pure noise, it must not cost the ranking stage 1 found."""
+    rng = np.random.default_rng(1)
+    n = 12_000
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    y = (x[:, 0] > 0.5).astype(np.int8)
+    burst = x[:, 30] > 1.3
+    y[burst] = 1
+    w = np.ones(n, np.float32)
+    base = list(range(29))
+    fr = train.fit_staged(x[:8000], y[:8000], w[:8000], x[8000:], y[8000:], w[8000:], base,
+                          epochs=6, progress=False, seed=2, batch_size=256)
+    s1 = train.merge([(fr.stages[0].model, base)])
+    extra = train.logits(fr.model, x[8000:]) - train.logits(s1, x[8000:])
+    low = x[8000:, 0] <= 0.5
+    hit = burst[8000:] & low
+    # Stage 1 sees a 10 % robot share among low x0 rows it cannot tell apart: stage 2 raises
+    # the bursts and lowers the rest of them.
+    assert extra[hit].mean() > 2.0 and extra[~burst[8000:] & low].mean() < -0.2
+    assert {h["stage"] for h in fr.history} == {1, 2} and len(fr.stages) == 2
+    # No signal in the second-stage columns: it barely moves a score.
+    y2 = (x[:, 0] > 0.5).astype(np.int8)
+    fr2 = train.fit_staged(x[:8000], y2[:8000], w[:8000], x[8000:], y2[8000:], w[8000:], base,
+                           epochs=6, progress=False, seed=2, batch_size=256)
+    s1b = train.merge([(fr2.stages[0].model, base)])
+
+    def auc(s, yy):
+        r = np.argsort(np.argsort(s)) + 1.0
+        pos = yy == 1
+        return (r[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
+
+    a1 = auc(train.logits(s1b, x[8000:]), y2[8000:])
+    a2 = auc(train.logits(fr2.model, x[8000:]), y2[8000:])
+    assert a1 > 0.95 and a2 > a1 - 0.01
