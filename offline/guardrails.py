@@ -631,9 +631,10 @@ def check_model(cand_score: np.ndarray, cand_th: Mapping[str, Any], cols: Mappin
                         f"{lim:.4f} = budget {cfg.fpr_budget} + {cfg.fpr_tolerance:.0%} + 3 "
                         f"s.e.)" + (few if r["fpr"] > lim else ""), "model"))
     checks.append(Check("ivr_ceiling", bool(r["ivr"] <= cfg.max_ivr), r["ivr"], cfg.max_ivr,
-                        f"held-out IVR {r['ivr']:.4f}" + (" would invalidate an implausible "
-                                                          "share of traffic"
-                                                          if r["ivr"] > cfg.max_ivr else ""),
+                        f"held-out IVR {r['ivr']:.4f}" + (
+                            " would invalidate an implausible share of traffic (over --max-ivr "
+                            f"{cfg.max_ivr:g}; raise it only for traffic known to be mostly "
+                            "robotic)" if r["ivr"] > cfg.max_ivr else ""),
                         "model"))
     from .calibrate import coverage_target
     low_cov, floors, short = {}, {}, {}

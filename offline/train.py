@@ -315,6 +315,8 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     g = torch.Generator().manual_seed(seed)
     mean, std = standardisation(x_tr) if standardise is None else standardise
     c = np.arange(x_tr.shape[1]) if cols is None else np.asarray(cols, dtype=np.int64)
+    if cols is not None and np.array_equal(c, np.arange(x_tr.shape[1])):
+        cols = None  # every column: no copies
     # (With a base, the output layer keeps its random start: zeroed, the hidden layers would
     # get no gradient but their weight decay, which Adam turns into full-size steps to 0.)
     model = build_model(mean[c], std[c], hidden, n_in=int(c.size))
@@ -333,14 +335,16 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     # correction, a small log (few steps) would validate and export a mostly untrained net.
     acc = [torch.zeros_like(p) for p in model.parameters()] if ema > 0 else []
     t_ema = 0
+    # A column subset is gathered with each epoch's shuffle (rows and columns in one copy),
+    # so no subset copy of the training matrix is held besides the shuffled one.
     xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)) for a in
-                  (sub(x_tr), y_tr.astype(np.float32), w_tr.astype(np.float32)))
+                  (x_tr, y_tr.astype(np.float32), w_tr.astype(np.float32)))
     ot = ov = None  # the base's logits: fixed offsets
     if base is not None:
         ot = torch.from_numpy(logits(base, x_tr))
     if val_batches is None:
         xv, yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
-                      (sub(x_va), y_va.astype(np.float32), w_va.astype(np.float32)))
+                      (x_va, y_va.astype(np.float32), w_va.astype(np.float32)))
         if base is not None:
             ov = torch.from_numpy(logits(base, x_va))
     bce = torch.nn.functional.binary_cross_entropy_with_logits
@@ -360,7 +364,9 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
         # the batch views into it) go first: two shuffled copies never coexist.
         xp = yp = wp = xb = yb = wb = op = None
         perm = torch.randperm(n, generator=g)
-        xp, yp, wp = xt[perm], yt[perm], wt[perm]
+        xp = (xt[perm] if cols is None else
+              torch.from_numpy(np.ascontiguousarray(x_tr[np.ix_(perm.numpy(), c)])))
+        yp, wp = yt[perm], wt[perm]
         if ot is not None:
             op = ot[perm]
         tot = 0.0
@@ -391,7 +397,8 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
                 # millions of rows at once would take ~900 bytes a row), then the same sum.
                 lv = torch.empty(xv.shape[0], dtype=torch.float32)
                 for a in range(0, xv.shape[0], VAL_BLOCK):
-                    zv = avg(xv[a:a + VAL_BLOCK])
+                    zv = avg(xv[a:a + VAL_BLOCK] if cols is None else
+                             torch.from_numpy(np.ascontiguousarray(x_va[a:a + VAL_BLOCK][:, c])))
                     if ov is not None:
                         zv = zv + ov[a:a + VAL_BLOCK]
                     lv[a:a + VAL_BLOCK] = bce(zv, yv[a:a + VAL_BLOCK], reduction="none")
