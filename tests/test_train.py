@@ -470,3 +470,26 @@ def test_fit_staged_second_stage_learns_only_what_the_first_cannot():
     a1 = auc(train.logits(s1b, x[8000:]), y2[8000:])
     a2 = auc(train.logits(fr2.model, x[8000:]), y2[8000:])
     assert a1 > 0.95 and a2 > a1 - 0.01
+
+
+def test_published_net_follows_the_training(log, trained, tmp_path):
+    """The default (staged) publishes the two stages side by side, 44-128-64-1, and says so;
+    --training joint publishes one 44-64-32-1 net. Both pass the ONNX parity check."""
+    import onnx
+    out, _ = trained
+    meta = json.loads((out / "training_meta.json").read_text())
+    assert meta["config"]["training"] == "staged" and "staged" in meta["model"]["arch"]
+    shapes = [list(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer
+              if i.name.startswith("W")]
+    assert shapes[:2] == [[128, N_FEATURES], [64, 128]]
+    assert {h["stage"] for h in meta["model"]["history"]} == {1, 2}
+    cfg = pipeline.TrainConfig(k=10, epochs=2, progress=False, training="joint")
+    pipeline.run(log / "clicks.parquet", log / "customers.parquet", tmp_path / "j", cfg)
+    meta = json.loads((tmp_path / "j" / "training_meta.json").read_text())
+    assert meta["config"]["training"] == "joint" and "staged" not in meta["model"]["arch"]
+    shapes = [list(i.dims) for i in onnx.load(tmp_path / "j" / "model.onnx").graph.initializer
+              if i.name.startswith("W")]
+    assert shapes[:2] == [[64, N_FEATURES], [32, 64]]
+    with pytest.raises(ValueError, match="training must be one of"):
+        train.fit_mlp(np.zeros((4, N_FEATURES), np.float32), np.zeros(4, np.int8),
+                      np.ones(4, np.float32), None, None, None, training="both")
