@@ -42,7 +42,7 @@ if __name__ == "__main__":
             for k, ds in (("tr", d_tr), ("va", d_va), ("te", d_te)):
                 m = np.isin(allf["day"], ds)
                 part[k] = ({c: allf[c][m] for c in (F, "weak_label", "cell", "purchased",
-                                                     "is_robot")}, m)
+                                                     "is_robot", "day")}, m)
             w = {k: train.sample_weights(part[k][0]["cell"].astype(np.int64),
                                          fs.day_cells[np.isin(days, ds)].sum(axis=0))
                  for k, ds in (("tr", d_tr), ("va", d_va))}

@@ -48,6 +48,9 @@ VARIANTS = {
     "staged_all_big_fixed_wd0": ((64, 32), 0.0, ALL, 10),
     "staged_all_big_fixed20_wd0": ((64, 32), 0.0, ALL, 20),
     "staged_all_big_fixed30": ((64, 32), 1e-4, ALL, 30),
+    # the shipped stage 2 with the newest training day weighted 3x in stage 2 (needs the
+    # training rows' days: newfam.py only)
+    "staged_all_big_fixed20_ldw3": ((64, 32), 1e-4, ALL, 20, 3.0),
 }
 
 
@@ -68,8 +71,11 @@ def fit_score(tr, va, te, w_tr, w_va, variant, seed, cache=None):
     h2, wd2, *more = VARIANTS[variant]
     c2 = list(range(29, 44)) if not more or more[0] is None else more[0]
     e2 = more[1] if len(more) > 1 else None
+    w2 = w_tr
+    if len(more) > 2:  # the newest training day weighted more[2] times in stage 2
+        w2 = train.recency_weights(w_tr, tr["day"], more[2])
     base = train.merge([(cache["s1"], BASE)])
-    s2 = train.fit(tr[F], y_tr, w_tr, va[F], y_va, w_va, hidden=h2, weight_decay=wd2,
+    s2 = train.fit(tr[F], y_tr, w2, va[F], y_va, w_va, hidden=h2, weight_decay=wd2,
                    seed=seed, progress=False, cols=c2, base=base, epochs=e2 or 20,
                    early_stopping=e2 is None).model
     return train.predict(train.merge([(cache["s1"], BASE), (s2, c2)]), te[F])
