@@ -94,8 +94,8 @@ def run(args: argparse.Namespace) -> int:
                             min_purchasing=args.min_purchasing, k=args.k, epochs=args.epochs,
                             seed=args.seed, val_days=args.val_days, guard=g, method=args.method,
                             refit=args.refit, weighting=args.weighting,
-                            training=args.training, train_sample=args.train_sample, engine=args.engine,
-                            spark_master=args.spark_master,
+                            training=args.training, train_sample=args.train_sample,
+                            engine=args.engine, spark_master=args.spark_master,
                             memory_budget=args.memory_budget)
     if args.sign_key is not None:
         from slidr.registry import load_key

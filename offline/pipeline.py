@@ -54,7 +54,6 @@ class TrainConfig:
     memory_budget: float = field_from(TRAINING["memory_budget"])
 
 
-
 def model_arch(training: str, hidden: tuple[int, ...]) -> str:
     """The published net's shape in words (metrics.json, the report)."""
     widths = train.published_widths(training, hidden)
@@ -64,9 +63,9 @@ def model_arch(training: str, hidden: tuple[int, ...]) -> str:
         return text
     return (text + f"; staged: {'-'.join(map(str, hidden))} units on the "
             f"{len(train.STAGE1_COLS)} user, session and IP features, then "
-            f"{'-'.join(map(str, train.STAGE2_HIDDEN))} on the "
-            f"{N_FEATURES - len(train.STAGE1_COLS)} entity features with the first stage's "
-            "logit as offset (block-diagonal)")
+            f"{'-'.join(map(str, train.STAGE2_HIDDEN))} on all {N_FEATURES} features with the "
+            "first stage's logit as offset (side by side, block-diagonal)")
+
 
 def load_customers(path: str | Path | None):
     """Customers table (user_id, recency_days, frequency, monetary) as a pyarrow Table."""

@@ -343,8 +343,8 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     if base is not None:
         ot = torch.from_numpy(logits(base, x_tr))
     if val_batches is None:
-        xv, yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
-                      (x_va, y_va.astype(np.float32), w_va.astype(np.float32)))
+        yv, wv = (torch.from_numpy(np.ascontiguousarray(a)) for a in
+                  (y_va.astype(np.float32), w_va.astype(np.float32)))
         if base is not None:
             ov = torch.from_numpy(logits(base, x_va))
     bce = torch.nn.functional.binary_cross_entropy_with_logits
@@ -395,10 +395,9 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
             if val_batches is None:
                 # Per-row losses a block of rows at a time (the network's activations for
                 # millions of rows at once would take ~900 bytes a row), then the same sum.
-                lv = torch.empty(xv.shape[0], dtype=torch.float32)
-                for a in range(0, xv.shape[0], VAL_BLOCK):
-                    zv = avg(xv[a:a + VAL_BLOCK] if cols is None else
-                             torch.from_numpy(np.ascontiguousarray(x_va[a:a + VAL_BLOCK][:, c])))
+                lv = torch.empty(x_va.shape[0], dtype=torch.float32)
+                for a in range(0, x_va.shape[0], VAL_BLOCK):
+                    zv = avg(torch.from_numpy(np.ascontiguousarray(sub(x_va[a:a + VAL_BLOCK]))))
                     if ov is not None:
                         zv = zv + ov[a:a + VAL_BLOCK]
                     lv[a:a + VAL_BLOCK] = bce(zv, yv[a:a + VAL_BLOCK], reduction="none")
@@ -438,15 +437,20 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     return FitResult(model, hidden, best[1], ep + 1, hist, time.perf_counter() - t0)
 
 
-def logits(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:
-    """The net's logits (N,) float32, a block of rows at a time."""
+def _by_blocks(fn: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """fn (a net or one of its methods) over x's rows a block at a time, float32 (N,)."""
     torch = _torch()
     out = np.empty(x.shape[0], dtype=np.float32)
     with torch.no_grad():
         for a in range(0, x.shape[0], batch_size):
-            out[a:a + batch_size] = model(
+            out[a:a + batch_size] = fn(
                 torch.from_numpy(np.ascontiguousarray(x[a:a + batch_size]))).numpy()
     return out
+
+
+def logits(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:
+    """The net's logits (N,) float32, a block of rows at a time."""
+    return _by_blocks(model, x, batch_size)
 
 
 def merge(parts: Sequence[tuple[Any, Sequence[int]]], n_in: int = N_FEATURES):
@@ -514,11 +518,10 @@ def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, 
     p1, p2 = (patience, patience) if isinstance(patience, int) else patience
     s1 = fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden, weight_decay=weight_decay,
              epochs=e1, patience=p1, label=f"{label} (stage 1)", cols=b, **kw)
-    if rest.size == 0 or not hidden2:
-        net = merge([(s1.model, b)], n_in)
-        return FitResult(net, hidden, s1.best_epoch, s1.epochs_run, s1.history, s1.seconds,
-                         stages=[s1])
     base = merge([(s1.model, b)], n_in)
+    if rest.size == 0 or not hidden2:
+        return FitResult(base, hidden, s1.best_epoch, s1.epochs_run, s1.history, s1.seconds,
+                         stages=[s1])
     s2 = fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden2, weight_decay=weight_decay2,
              epochs=e2, patience=p2, label=f"{label} (stage 2)", cols=rest, base=base,
              early_stopping=early_stopping2, **kw)
@@ -583,13 +586,7 @@ def refit_patience(n_ep: int | tuple[int, int]) -> int | tuple[int, int]:
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:
-    torch = _torch()
-    out = np.empty(x.shape[0], dtype=np.float32)
-    with torch.no_grad():
-        for a in range(0, x.shape[0], batch_size):
-            out[a:a + batch_size] = model.robot_prob(
-                torch.from_numpy(np.ascontiguousarray(x[a:a + batch_size]))).numpy()
-    return out
+    return _by_blocks(model.robot_prob, x, batch_size)
 
 
 # ------------------------------------------------------------------ ONNX
