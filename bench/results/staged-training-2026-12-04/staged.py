@@ -51,6 +51,9 @@ VARIANTS = {
     # the shipped stage 2 with the newest training day weighted 3x in stage 2 (needs the
     # training rows' days: newfam.py only)
     "staged_all_big_fixed20_ldw3": ((64, 32), 1e-4, ALL, 20, 3.0),
+    # stage 2 on the 15 spec-4 columns only (user gap regularity, ads, (IP, ad), user agents),
+    # 20 epochs without early stopping
+    "staged_ent_big_fixed20": ((64, 32), 1e-4, None, 20),
 }
 
 
