@@ -214,11 +214,9 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
             w_all = weights(allr)
             if cfg.last_day_weight != 1.0:
                 w_all = train.recency_weights(w_all, day[allr], cfg.last_day_weight)
-            n_ep = train.refit_epochs(ho)
             rf = train.fit_mlp(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
-                               training=cfg.training, hidden=cfg.hidden, epochs=n_ep,
-                               patience=train.refit_patience(n_ep), seed=cfg.seed,
-                               progress=False, label="mlp refit")
+                               training=cfg.training, hidden=cfg.hidden, seed=cfg.seed,
+                               progress=False, label="mlp refit", **train.refit_schedule(ho))
             model = rf.model
             if cfg.transfer == "fpr_corrected":
                 ratio = cal.in_sample_ratio(train.predict(ho.model, x[tr]), rp.purchased[tr],

@@ -401,11 +401,11 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         y_te = (1 - te["weak_label"]).astype(np.int8)
         x_all, y_all, w_all, stdz_all, _ = _training_set(fs, days, cap, cfg, plan,
                                                          explicit=bool(cfg.train_sample))
-        n_ep = train.refit_epochs(mlp)
+        sched = train.refit_schedule(mlp)
         ref = train.fit_mlp(x_all, y_all, w_all, x_te, y_te, w_te_all, training=cfg.training,
-                            hidden=cfg.hidden, weight_decay=cfg.weight_decay, epochs=n_ep,
-                            patience=train.refit_patience(n_ep), seed=cfg.seed,
-                            progress=cfg.progress, label="mlp refit", standardise=stdz_all)
+                            hidden=cfg.hidden, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                            progress=cfg.progress, label="mlp refit", standardise=stdz_all,
+                            **sched)
         del x_all, y_all, w_all
         final = ref.model
         # How much more FPR this training spends on days it has not seen than on days it
@@ -416,7 +416,7 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         s_out = _purchasing_scores(fs, d_va, mlp.model)
         ratio = cal.in_sample_ratio(s_in, np.ones(s_in.size, bool), s_out,
                                     np.ones(s_out.size, bool), cfg.fpr_target)
-        refit_info = {"days": "all", "epochs": n_ep, "seconds": ref.seconds,
+        refit_info = {"days": "all", "epochs": sched["epochs"], "seconds": ref.seconds,
                       "history": ref.history, "in_sample_ratio": ratio}
         timings["refit_s"] = time.perf_counter() - t
     del te

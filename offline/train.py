@@ -340,6 +340,7 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
     xt, yt, wt = (torch.from_numpy(np.ascontiguousarray(a)) for a in
                   (x_tr, y_tr.astype(np.float32), w_tr.astype(np.float32)))
     ot = ov = None  # the base's logits: fixed offsets
+    ov_batches: list[Any] = []  # ... of the streamed validation batches, from the first epoch
     if base is not None:
         ot = torch.from_numpy(logits(base, x_tr))
     if val_batches is None:
@@ -405,12 +406,17 @@ def fit(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: np.ndarray,
                 del lv
             else:
                 num = den = 0.0
-                for xf_, yb_, wb_ in val_batches():
+                for j, (xf_, yb_, wb_) in enumerate(val_batches()):
                     xb_, yb_, wb_ = (torch.from_numpy(np.ascontiguousarray(a)) for a in
                                      (sub(xf_), yb_.astype(np.float32), wb_.astype(np.float32)))
                     zv = avg(xb_)
                     if base is not None:
-                        zv = zv + torch.from_numpy(logits(base, xf_))
+                        # The base is fixed: its logits of a batch are computed once.
+                        if j == len(ov_batches):
+                            ov_batches.append(torch.from_numpy(logits(base, xf_)))
+                        if ov_batches[j].shape[0] != xb_.shape[0]:
+                            raise ValueError("val_batches must yield the same batches each call")
+                        zv = zv + ov_batches[j]
                     num += float((bce(zv, yb_, reduction="none") * wb_).sum(
                         dtype=torch.float64))
                     den += float(wb_.sum(dtype=torch.float64))
@@ -572,17 +578,15 @@ def fit_mlp(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, y_v
                       cols2=range(x_tr.shape[1]), **kw)
 
 
-def refit_epochs(fr: FitResult) -> int | tuple[int, int]:
-    """The epochs a refit on every day trains for: as many as early stopping chose on the
-    held-out split (per stage for a staged fit; a stage without early stopping ran them all)."""
+def refit_schedule(fr: FitResult) -> dict[str, Any]:
+    """`fit_mlp` keywords (epochs, patience) of a refit on every day: as many epochs as early
+    stopping chose on the held-out split (per stage for a staged fit; a stage without early
+    stopping ran them all), and a patience that never stops the refit early."""
     if len(fr.stages) == 2:
-        return (max(fr.stages[0].best_epoch + 1, 1), max(fr.stages[1].best_epoch + 1, 1))
-    return max(fr.best_epoch + 1, 1)
-
-
-def refit_patience(n_ep: int | tuple[int, int]) -> int | tuple[int, int]:
-    """Patience that never stops a refit early."""
-    return n_ep + 1 if isinstance(n_ep, int) else (n_ep[0] + 1, n_ep[1] + 1)
+        ep = (max(fr.stages[0].best_epoch + 1, 1), max(fr.stages[1].best_epoch + 1, 1))
+        return {"epochs": ep, "patience": (ep[0] + 1, ep[1] + 1)}
+    n = max(fr.best_epoch + 1, 1)
+    return {"epochs": n, "patience": n + 1}
 
 
 def predict(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:

@@ -493,3 +493,32 @@ def test_published_net_follows_the_training(log, trained, tmp_path):
     with pytest.raises(ValueError, match="training must be one of"):
         train.fit_mlp(np.zeros((4, N_FEATURES), np.float32), np.zeros(4, np.int8),
                       np.ones(4, np.float32), None, None, None, training="both")
+
+
+def test_streamed_validation_with_a_base_equals_the_in_memory_one():
+    """A second stage validated batch by batch (the base's offsets computed on the first epoch
+    and kept) records the same losses and returns the same net as one validated in memory; a
+    val_batches that changes its batches between epochs is refused."""
+    x, y, w = _toy(2400)
+    cols = list(range(29, N_FEATURES))
+    s1 = train.fit(x[:1600], y[:1600], w[:1600], x[1600:], y[1600:], w[1600:], epochs=1,
+                   progress=False, cols=list(range(29)))
+    base = train.merge([(s1.model, list(range(29)))])
+    kw = dict(epochs=3, progress=False, cols=cols, base=base, early_stopping=False, seed=3)
+    mem = train.fit(x[:1600], y[:1600], w[:1600], x[1600:], y[1600:], w[1600:], **kw)
+
+    def batches():
+        for a in range(1600, 2400, 300):
+            yield x[a:a + 300], y[a:a + 300], w[a:a + 300]
+    st = train.fit(x[:1600], y[:1600], w[:1600], None, None, None, val_batches=batches, **kw)
+    assert np.allclose([h["val_loss"] for h in st.history],
+                       [h["val_loss"] for h in mem.history], rtol=1e-5)
+    assert np.array_equal(train.logits(st.model, x[:, cols]), train.logits(mem.model, x[:, cols]))
+    calls = iter(range(100))
+
+    def shifting():
+        k = 100 * next(calls)  # each call starts at another row: batches of other sizes
+        for a in range(1600 + k, 2400, 300):
+            yield x[a:a + 300], y[a:a + 300], w[a:a + 300]
+    with pytest.raises(ValueError, match="same batches"):
+        train.fit(x[:1600], y[:1600], w[:1600], None, None, None, val_batches=shifting, **kw)
