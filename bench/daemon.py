@@ -2,7 +2,7 @@
 and `slidrd serve` on free loopback ports, each torn down after the run.
 
 The model is the production shape (N_FEATURES features -> the widths `slidr daily` publishes
-(offline/train.published_widths: 128 -> 64 with staged training) -> 1, ReLU, sigmoid) built
+(offline/train.published_widths: 192 -> 96 with staged training) -> 1, ReLU, sigmoid) built
 with onnx.helper and random weights: the daemon's cost does not depend on what the weights say.
 """
 

@@ -5,7 +5,7 @@
 - store: one counter-store round trip per micro-batch (hash keys + update), embedded and Redis
   (a throwaway redis-server unless a URL is given), batch 1, 64, 512;
 - model: one ONNX Runtime call per batch size 1..1024 on the production-shaped MLP
-  (N_FEATURES -> 128 -> 64 -> 1, offline/train.published_widths), through slidr.engines when
+  (N_FEATURES -> 192 -> 96 -> 1, offline/train.published_widths), through slidr.engines when
   present (as the daemon calls it).
 
 Each figure is the median (and p99) over repeated calls for a fixed time; times in

@@ -61,9 +61,12 @@ def model_arch(training: str, hidden: tuple[int, ...]) -> str:
             "standardisation inside the graph")
     if training == "joint":
         return text
-    return (text + f"; staged: {'-'.join(map(str, hidden))} units on the "
-            f"{len(train.STAGE1_COLS)} user, session and IP features, then "
-            f"{'-'.join(map(str, train.STAGE2_HIDDEN))} on all {N_FEATURES} features with the "
+    second = (f"{'-'.join(map(str, train.STAGE2_HIDDEN))} on all {N_FEATURES} features")
+    if training == "staged":
+        second += (f" and {'-'.join(map(str, train.STAGE2_HIDDEN))} on the "
+                   f"{len(train.ENTITY_COLS)} entity features, each")
+    return (text + f"; {training}: {'-'.join(map(str, hidden))} units on the "
+            f"{len(train.STAGE1_COLS)} user, session and IP features, then {second} with the "
             "first stage's logit as offset (side by side, block-diagonal)")
 
 

@@ -505,17 +505,25 @@ def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, 
                weight_decay2: float = 1e-4, epochs: int | tuple[int, int] = 20,
                patience: int | tuple[int, int] = 3, label: str = "train",
                cols2: Sequence[int] | None = None, early_stopping2: bool = False,
-               **kw: Any) -> FitResult:
-    """Two stages, one net. Stage 1 fits `hidden` on the base columns alone, with early
-    stopping; stage 2 fits `hidden2` (weight decay `weight_decay2`) on `cols2` with stage 1's
-    logit as a fixed offset: it learns only what stage 1 leaves unexplained. By default
+               extra2: Sequence[Sequence[int]] = (), **kw: Any) -> FitResult:
+    """Two stages (the second possibly several nets side by side), one net. Stage 1 fits
+    `hidden` on the base columns alone, with early stopping; stage 2 fits `hidden2` (weight
+    decay `weight_decay2`) on `cols2` with stage 1's logit as a fixed offset: it learns only
+    what stage 1 leaves unexplained. By default
     stage 2 trains for exactly its epochs (`early_stopping2` False): the validation days come
     before the newest training day, so a robot family that appeared since cannot lower their
     loss, and early stopping would end stage 2 before it has learnt the family. The result is
-    the two nets merged (`merge`): hidden widths add up, the architecture and export are
+    the nets merged (`merge`): hidden widths add up, the architecture and export are
     unchanged.
     cols2: the columns stage 2 sees (None: every column not in base_cols).
-    epochs / patience: one value for both stages or one per stage. Other keywords as `fit`."""
+    extra2: further second stages side by side with stage 2, one per column set, each fit
+    like stage 2 on stage 1's logit alone (not on each other's): their logits add up in the
+    published net. A second stage on every column can explain a new family by a conjunction
+    (its sessions' regular gaps and its ad's burst on the day it appeared) that holds for
+    neither a session's first click nor the next day; one on the entity columns alone must
+    let the ad's and user agent's own evidence count by itself.
+    epochs / patience: one value for both stages or one per stage (every second stage takes
+    stage 2's). Other keywords as `fit`."""
     n_in = x_tr.shape[1]
     b = np.asarray(sorted(set(int(i) for i in base_cols)), dtype=np.int64)
     rest = (np.setdiff1d(np.arange(n_in), b) if cols2 is None else
@@ -531,31 +539,46 @@ def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, 
     s2 = fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden2, weight_decay=weight_decay2,
              epochs=e2, patience=p2, label=f"{label} (stage 2)", cols=rest, base=base,
              early_stopping=early_stopping2, **kw)
-    net = merge([(s1.model, b), (s2.model, rest)], n_in)
-    hist = ([{**h, "stage": 1} for h in s1.history] +
-            [{**h, "stage": 2} for h in s2.history])
-    return FitResult(net, tuple(a + c for a, c in zip(hidden, hidden2, strict=True)),
-                     s1.best_epoch, s1.epochs_run + s2.epochs_run, hist,
-                     s1.seconds + s2.seconds, stages=[s1, s2])
+    parts = [(s2, rest)]
+    for k, c in enumerate(extra2, start=2):
+        cx = np.asarray(sorted(set(int(i) for i in c)), dtype=np.int64)
+        parts.append((fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden2,
+                          weight_decay=weight_decay2, epochs=e2, patience=p2,
+                          label=f"{label} (stage 2, part {k})", cols=cx, base=base,
+                          early_stopping=early_stopping2, **kw), cx))
+    net = merge([(s1.model, b), *((f.model, c) for f, c in parts)], n_in)
+    hist = [{**h, "stage": 1} for h in s1.history]
+    for k, (f, _) in enumerate(parts, start=1):
+        hist += [{**h, "stage": 2, "part": k} for h in f.history]
+    return FitResult(net, tuple(a + c * len(parts) for a, c in zip(hidden, hidden2,
+                                                                    strict=True)),
+                     s1.best_epoch, s1.epochs_run + sum(f.epochs_run for f, _ in parts), hist,
+                     s1.seconds + sum(f.seconds for f, _ in parts),
+                     stages=[s1, *(f for f, _ in parts)])
 
 
 # The user, session and IP features (every column before the user's gap regularity): stage 1
 # of the staged training. Stage 2 sees every column, the entity features included, so it can
 # learn how an ad's or a user agent's departure from its usual rate combines with the
 # session's own signs (a campaign robot on an ad is caught, the humans on that ad are not).
+# Beside it ('staged'), a second stage on the entity features alone (ENTITY_COLS) carries
+# what an ad, an (IP, ad) pair or a user agent says by itself: it is all there is on a
+# session's first click (bench/results/parallel-stage-2026-12-04).
 STAGE1_COLS = tuple(range(FEATURE_NAMES.index("u_gap_logsd")))
+ENTITY_COLS = tuple(range(len(STAGE1_COLS), N_FEATURES))
 STAGE2_HIDDEN = (64, 32)
 STAGE2_WEIGHT_DECAY = 1e-4
-TRAININGS = ("staged", "joint")
+TRAININGS = ("staged", "staged-all", "joint")
 
 
 def published_widths(training: str = "staged",
                      hidden: tuple[int, ...] = (64, 32)) -> tuple[int, ...]:
-    """Hidden widths of the net a training publishes (a staged net is its two stages side by
+    """Hidden widths of the net a training publishes (a staged net is its stages side by
     side): the shape the daemon runs and the bench builds."""
     if training == "joint":
         return hidden
-    return tuple(a + b for a, b in zip(hidden, STAGE2_HIDDEN, strict=True))
+    k = 2 if training == "staged" else 1
+    return tuple(a + b * k for a, b in zip(hidden, STAGE2_HIDDEN, strict=True))
 
 
 def fit_mlp(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, y_va: Any,
@@ -563,26 +586,28 @@ def fit_mlp(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, y_v
             weight_decay: float = 1e-4, epochs: int | tuple[int, int] = 20,
             patience: int | tuple[int, int] = 3, **kw: Any) -> FitResult:
     """The robot MLP as `--training` asks: 'staged' (fit_staged: STAGE1_COLS with early
-    stopping, then every column with stage 1's logit as offset for exactly `epochs` epochs)
-    or 'joint' (fit on every column). Other keywords as `fit`."""
+    stopping, then, each with stage 1's logit as offset for exactly `epochs` epochs, one
+    second stage on every column and one on ENTITY_COLS), 'staged-all' (the second stage on
+    every column only) or 'joint' (fit on every column). Other keywords as `fit`."""
     if training == "joint":
         if not isinstance(epochs, int) or not isinstance(patience, int):
             raise ValueError("joint training takes one epochs and one patience value")
         return fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden,
                    weight_decay=weight_decay, epochs=epochs, patience=patience, **kw)
-    if training != "staged":
+    if training not in TRAININGS:
         raise ValueError(f"training must be one of {', '.join(TRAININGS)}, got {training!r}")
     return fit_staged(x_tr, y_tr, w_tr, x_va, y_va, w_va, STAGE1_COLS, hidden=hidden,
                       hidden2=STAGE2_HIDDEN, weight_decay=weight_decay,
                       weight_decay2=STAGE2_WEIGHT_DECAY, epochs=epochs, patience=patience,
-                      cols2=range(x_tr.shape[1]), **kw)
+                      cols2=range(x_tr.shape[1]),
+                      extra2=(ENTITY_COLS,) if training == "staged" else (), **kw)
 
 
 def refit_schedule(fr: FitResult) -> dict[str, Any]:
     """`fit_mlp` keywords (epochs, patience) of a refit on every day: as many epochs as early
     stopping chose on the held-out split (per stage for a staged fit; a stage without early
     stopping ran them all), and a patience that never stops the refit early."""
-    if len(fr.stages) == 2:
+    if len(fr.stages) >= 2:  # every second stage runs stage 2's epochs
         ep = (max(fr.stages[0].best_epoch + 1, 1), max(fr.stages[1].best_epoch + 1, 1))
         return {"epochs": ep, "patience": (ep[0] + 1, ep[1] + 1)}
     n = max(fr.best_epoch + 1, 1)

@@ -64,12 +64,14 @@ TRAINING = _group(
         "logged-in x weak-label cell, which divides a robot's extra volume in its hours away)",
         choices=("label", "cells")),
     Opt("training", str, "staged", "how the MLP learns: 'staged' (a net on the user, session "
-        "and IP features first, with early stopping; then a second net on every feature, the "
-        "entity features (ads, (IP, ad) pairs, user agents, the user's gap regularity) "
-        "included, that starts from the first one's score and learns only what it leaves "
-        "unexplained, for exactly --epochs epochs; one merged net is published) or 'joint' "
-        "(one net on every feature, which loses recall on ordinary traffic: "
-        "docs/features.md)", choices=("staged", "joint")),
+        "and IP features first, with early stopping; then, side by side, a net on every "
+        "feature and a net on the entity features alone (ads, (IP, ad) pairs, user agents, "
+        "the user's gap regularity), each starting from the first one's score and learning "
+        "only what it leaves unexplained, for exactly --epochs epochs; one merged net is "
+        "published), 'staged-all' (the second net on every feature only: a narrower net "
+        "that catches less of a new campaign's first clicks) or 'joint' (one net on every "
+        "feature, which loses recall on ordinary traffic: docs/features.md)",
+        choices=("staged", "staged-all", "joint")),
     Opt("train_sample", int, 0, "train on a stratified sample of at most N of the training "
         "days' clicks (strata: slice x local hour x weak label, each kept in proportion with "
         "at least a few hundred clicks; weights undo the sampling); bounds training time and "

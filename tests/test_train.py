@@ -472,17 +472,57 @@ def test_fit_staged_second_stage_learns_only_what_the_first_cannot():
     assert a1 > 0.95 and a2 > a1 - 0.01
 
 
+def test_parallel_second_stages_each_learn_on_stage_one_alone():
+    """extra2: a second stage on its own columns beside stage 2, fit on stage 1's logit alone
+    (the same net as a fit with only stage 1 as base), reading nothing outside its columns;
+    the published net's logit is the three parts' sum."""
+    rng = np.random.default_rng(3)
+    n = 6_000
+    x = rng.normal(size=(n, N_FEATURES)).astype(np.float32)
+    y = ((x[:, 0] > 0.5) | (x[:, 35] > 1.5)).astype(np.int8)
+    w = np.ones(n, np.float32)
+    base = list(train.STAGE1_COLS)
+    ent = list(train.ENTITY_COLS)
+    kw = {"epochs": 8, "progress": False, "seed": 4, "batch_size": 128}
+    fr = train.fit_staged(x[:4000], y[:4000], w[:4000], x[4000:], y[4000:], w[4000:], base,
+                          hidden=(8, 4), hidden2=(6, 3), cols2=range(N_FEATURES),
+                          extra2=(ent,), **kw)
+    assert len(fr.stages) == 3 and fr.hidden == (8 + 2 * 6, 4 + 2 * 3)
+    s1 = train.merge([(fr.stages[0].model, base)])
+    alone = train.fit(x[:4000], y[:4000], w[:4000], x[4000:], y[4000:], w[4000:],
+                      hidden=(6, 3), cols=ent, base=s1, early_stopping=False, **kw)
+    for a, b in zip(alone.model.parameters(), fr.stages[2].model.parameters(), strict=True):
+        assert torch_equal(a, b)
+    parts = train.merge([(fr.stages[0].model, base),
+                         (fr.stages[1].model, list(range(N_FEATURES))),
+                         (fr.stages[2].model, ent)])
+    xt = x[4000:]
+    assert np.allclose(train.logits(fr.model, xt), train.logits(parts, xt), atol=1e-5)
+    ent_rows = fr.model.hidden[0].weight.detach().numpy()[8 + 6:]
+    assert not ent_rows[:, base].any() and ent_rows[:, ent].any()
+    # The entity part raises the rows its column explains, whatever their base columns.
+    e = train.logits(train.merge([(fr.stages[2].model, ent)]), xt)
+    assert e[xt[:, 35] > 1.5].mean() > e[xt[:, 35] < 0].mean() + 1.0
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.detach() == b.detach()).all())
+
+
 def test_published_net_follows_the_training(log, trained, tmp_path):
-    """The default (staged) publishes the two stages side by side, 44-128-64-1, and says so;
-    --training joint publishes one 44-64-32-1 net. Both pass the ONNX parity check."""
+    """The default (staged) publishes stage 1 and its two second stages side by side,
+    44-192-96-1, and says so; --training joint publishes one 44-64-32-1 net. Both pass the
+    ONNX parity check."""
     import onnx
     out, _ = trained
     meta = json.loads((out / "training_meta.json").read_text())
     assert meta["config"]["training"] == "staged" and "staged" in meta["model"]["arch"]
     shapes = [list(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer
               if i.name.startswith("W")]
-    assert shapes[:2] == [[128, N_FEATURES], [64, 128]]
+    assert shapes[:2] == [[192, N_FEATURES], [96, 192]]
     assert {h["stage"] for h in meta["model"]["history"]} == {1, 2}
+    assert {h.get("part") for h in meta["model"]["history"]} == {None, 1, 2}
+    assert "entity features" in meta["model"]["arch"]
     cfg = pipeline.TrainConfig(k=10, epochs=2, progress=False, training="joint")
     pipeline.run(log / "clicks.parquet", log / "customers.parquet", tmp_path / "j", cfg)
     meta = json.loads((tmp_path / "j" / "training_meta.json").read_text())
