@@ -1,8 +1,8 @@
-"""ONNX Runtime call time of the published net's shape: one 64-32 net (joint training) against
-the staged net's 128-64 (two 64-32 nets side by side), interleaved, through slidr.engines as
-the daemon calls it; median over rounds of the per-call median (microseconds).
+"""ONNX Runtime call time of two published net shapes, interleaved, through slidr.engines as
+the daemon calls it; median over rounds of the per-call median (microseconds). By default one
+64-32 net (joint training) against the staged net's 128-64 (two 64-32 nets side by side).
 
-    python model_cost.py [ROUNDS]
+    python model_cost.py [ROUNDS [A-B C-D]]     e.g. python model_cost.py 5 128-64 192-96
 """
 import json
 import sys
@@ -18,6 +18,8 @@ from slidr.featurespec import N_FEATURES
 
 BATCHES = (1, 16, 64, 256)
 SHAPES = {"joint 64-32": (64, 32), "staged 128-64": (128, 64)}
+if len(sys.argv) > 3:  # two shapes named on the command line
+    SHAPES = {a: tuple(int(w) for w in a.split("-")) for a in sys.argv[2:4]}
 
 if __name__ == "__main__":
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
@@ -35,6 +37,6 @@ if __name__ == "__main__":
     out = {k: {str(b): round(float(np.median(v)), 2) for b, v in r.items()} for k, r in res.items()}
     print(json.dumps(out))
     for b in BATCHES:
-        j, s = out["joint 64-32"][str(b)], out["staged 128-64"][str(b)]
-        print(f"batch {b}: joint {j:.1f} us, staged {s:.1f} us ({s / j:.2f}x), "
+        (na, j), (nb, s) = ((k, out[k][str(b)]) for k in SHAPES)
+        print(f"batch {b}: {na} {j:.1f} us, {nb} {s:.1f} us ({s / j:.2f}x), "
               f"+{(s - j) / b:.2f} us per click")
