@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["k"])
     add(p, TRAINING["epochs"])
     add(p, TRAINING["val_days"])
+    add(p, TRAINING["newest_day"])
     add(p, COMMON["seed"])
     for name in GUARDRAIL_FLAGS:
         add(p, GUARDRAILS[name], config_default=True)
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = daily.DailyConfig(fpr_budget=args.fpr_budget, min_coverage=args.min_coverage,
                             slice_min_coverage=args.slice_min_coverage,
                             min_purchasing=args.min_purchasing, k=args.k, epochs=args.epochs,
-                            seed=args.seed, val_days=args.val_days, guard=g, method=args.method,
+                            seed=args.seed, val_days=args.val_days,
+                            newest_day=args.newest_day, guard=g, method=args.method,
                             refit=args.refit, weighting=args.weighting,
                             training=args.training, train_sample=args.train_sample,
                             engine=args.engine, spark_master=args.spark_master,

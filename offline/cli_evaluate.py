@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
     add(p, TRAINING["training"])
+    add(p, TRAINING["newest_day"])
     add(p, COMMON["seed"])
     p.add_argument("--label-scope", choices=("click", "session", "ip_day"), default="click",
                    help="what a weak label 1 (human) covers: the purchasing click (click, the "
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--window must be >= 4 days (training, validation and guardrail days)")
     cfg = ev.EvalConfig(window=args.window, from_day=args.from_day, epochs=args.epochs,
                         fpr_budget=args.fpr_budget, refit=args.refit, weighting=args.weighting,
-                        training=args.training, seed=args.seed, label_scope=args.label_scope,
+                        training=args.training, newest_day=args.newest_day, seed=args.seed,
+                        label_scope=args.label_scope,
                         crowded_ip_sessions=args.crowded_ip_sessions,
                         last_day_weight=args.last_day_weight, starved_ads=args.starved_ads,
                         starved_weight=args.starved_weight)

@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, CALIBRATION["fpr_budget"], help="overall FPR at which the model and the baselines "
                                            "are compared")
     add(p, TRAINING["val_days"])
+    add(p, TRAINING["newest_day"])
     add(p, COMMON["redis"], help="replay through a Redis store at this URL instead of the "
                                  "embedded one")
     add(p, COMMON["redis_mode"])
@@ -42,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
                                fpr_target=args.fpr_budget, val_days=args.val_days,
-                               refit=args.refit, weighting=args.weighting,
+                               newest_day=args.newest_day, refit=args.refit, weighting=args.weighting,
                                training=args.training, train_sample=args.train_sample,
                                memory_budget=args.memory_budget)
     store = None

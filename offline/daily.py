@@ -52,6 +52,7 @@ class DailyConfig:
     k: int = field_from(TRAINING["k"])
     epochs: int = field_from(TRAINING["epochs"])
     val_days: int | None = field_from(TRAINING["val_days"])  # None: train.auto_val_days
+    newest_day: str = field_from(TRAINING["newest_day"])  # pipeline.TrainConfig.newest_day
     # Published thresholds: "slice" (default), "global" (global@budget) or "auto" (slice-level
     # unless its leave-one-day-out evidence on the validation days says global@budget is
     # better); see calibrate.CalibConfig.method.
@@ -294,7 +295,7 @@ def _train_config(cfg: DailyConfig) -> Any:
     from . import pipeline
     return pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
                                 fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
-                                progress=cfg.progress, refit=cfg.refit, weighting=cfg.weighting,
+                                newest_day=cfg.newest_day, progress=cfg.progress, refit=cfg.refit, weighting=cfg.weighting,
                                 training=cfg.training, train_sample=cfg.train_sample,
                                 memory_budget=cfg.memory_budget)
 

@@ -45,6 +45,7 @@ class EvalConfig:
     transfer: str = "fpr_corrected"
     weighting: str = field_from(TRAINING["weighting"])
     training: str = field_from(TRAINING["training"])
+    newest_day: str = field_from(TRAINING["newest_day"])
     k: int = field_from(TRAINING["k"])
     seed: int = 0
     hidden: tuple[int, ...] = (64, 32)
@@ -185,7 +186,7 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         lo = max(0, t - cfg.window + 1)
         win = (day >= lo) & (day <= t)
         d_w = day[win] - lo
-        split = train.time_split(d_w, val_days=None)
+        split = train.time_split(d_w, val_days=None, newest=cfg.newest_day)
         tr, va, te = (np.flatnonzero(win)[split[k]] for k in ("train", "val", "test"))
         w_tr = weights(tr)
         w_va = weights(va)

@@ -38,6 +38,9 @@ class TrainConfig:
     # training days.
     # None: train.auto_val_days (3 days on logs of 9+ days, 1 on 6-7 days).
     val_days: int | None = field_from(TRAINING["val_days"])
+    # "test": the newest day is the held-out test day; "train": it is trained on and the day
+    # before it is the test day; "auto": "train" on logs of 8+ days (train.resolve_newest).
+    newest_day: str = field_from(TRAINING["newest_day"])
     hidden: tuple[int, ...] = (64, 32)
     weight_decay: float = 1e-4
     batch_size: int = 16_384  # replay batch (store round trip)
@@ -327,8 +330,11 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
                          f"{fs.manifest.get('weighting')!r}, training asks {cfg.weighting!r}")
     label_source = label_text(cust)
     days = fs.days
-    val_days = cfg.val_days if cfg.val_days is not None else train.auto_val_days(int(days.size))
-    sd = train.time_split(days.astype(np.int32), val_days=val_days)
+    newest = train.resolve_newest(cfg.newest_day, int(days.size))
+    spare = 1 if newest == "train" else 0  # the newest day, trained on
+    val_days = (cfg.val_days if cfg.val_days is not None
+                else train.auto_val_days(int(days.size) - spare))
+    sd = train.time_split(days.astype(np.int32), val_days=val_days, newest=newest)
     split_days = {k: days[m] for k, m in sd.items()}
     _check_inputs(fs, split_days)
     d_tr, d_va, d_te = split_days["train"], split_days["val"], split_days["test"]
@@ -496,15 +502,19 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         "clicks": str(clicks.resolve()), "customers": str(Path(customers).resolve())
         if customers else None,
         "n_clicks": len(fs), "days": days_list,
-        "split": {"rule": f"by UTC day: last day = test, the {val_days} day(s) before = "
-                          "validation, all earlier days = train (never random)",
-                  "train_days": [d for d in days_list if d < days_list[-1 - val_days]],
-                  "val_day": days_list[-2], "val_days": days_list[-1 - val_days:-1],
-                  "test_day": days_list[-1],
+        "split": {"rule": ("by UTC day: last day = test, the " if not spare else
+                           "by UTC day: last day = train, the day before = test, the ")
+                          + f"{val_days} day(s) before = validation, all earlier days = train "
+                          "(never random)",
+                  "newest_day": newest,
+                  "train_days": [int(d) for d in d_tr],
+                  "val_day": int(d_va[-1]), "val_days": [int(d) for d in d_va],
+                  "test_day": int(d_te[0]),
                   "n_train": n_tr, "n_val": n_va, "n_test": n_te},
         "label_source": label_source,
         "weak_label_human_share": float(fs.day_humans.sum() / len(fs)),
-        "config": {"k": cfg.k, "seed": cfg.seed, "val_days": val_days, "epochs_max": cfg.epochs,
+        "config": {"k": cfg.k, "seed": cfg.seed, "val_days": val_days,
+                   "newest_day": cfg.newest_day, "epochs_max": cfg.epochs,
                    "fpr_target": cfg.fpr_target, "hidden": list(cfg.hidden),
                    "weight_decay_hidden": cfg.weight_decay, "training": cfg.training,
                    "replay_batch": cfg.batch_size,
@@ -547,7 +557,7 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
                "coverage_k": cfg.k,
                "coverage_definition": f"clicks whose session has > {cfg.k} clicks in the same "
                                       "UTC clock hour (ts // 3600000), counted over the whole log",
-               "test_day": days_list[-1], "source": note,
+               "test_day": int(d_te[0]), "source": note,
                "comparison": comparison, "label_quality": label_quality,
                **results}
         report.write(tmp, doc, curves, scores, is_te, cols_all, meta)

@@ -46,23 +46,47 @@ def auto_val_days(n_days: int) -> int:
     return int(max(1, min(MAX_VAL_DAYS_AUTO, n_days - 1 - MIN_TRAIN_DAYS_AUTO)))
 
 
-def time_split(day: np.ndarray, min_days: int = 3,
-               val_days: int | None = 1) -> dict[str, np.ndarray]:
-    """Boolean masks by day, never random: the last day is test, the `val_days` days before it
-    are validation (early stopping and calibration), everything earlier is training.
-    val_days=None: auto_val_days(number of days)."""
+NEWEST_DAY = ("auto", "train", "test")
+NEWEST_TRAIN_MIN_DAYS = 8  # 'auto' trains on the newest day from this many days on
+
+
+def resolve_newest(newest: str, n_days: int) -> str:
+    """'train' or 'test' for a log of `n_days` days: 'auto' trains on the newest day when the
+    log keeps 5 training days besides it, a validation day and the test day (8+ days), and
+    holds it out as the test day on shorter logs."""
+    if newest not in NEWEST_DAY:
+        raise ValueError(f"newest must be one of {', '.join(NEWEST_DAY)}, got {newest!r}")
+    if newest == "auto":
+        return "train" if n_days >= NEWEST_TRAIN_MIN_DAYS else "test"
+    return newest
+
+
+def time_split(day: np.ndarray, min_days: int = 3, val_days: int | None = 1,
+               newest: str = "test") -> dict[str, np.ndarray]:
+    """Boolean masks by day, never random. newest='test': the last day is test, the
+    `val_days` days before it are validation (early stopping and calibration), everything
+    earlier is training. newest='train': the last day is trained on, so a robot family that
+    appeared on it is learnt the same day; the day before it is test and the `val_days` days
+    before that validation (both still held out), everything earlier is training too.
+    newest='auto': resolve_newest. val_days=None: auto_val_days(number of days, less one for
+    newest='train')."""
+    days = np.unique(day)
+    newest = resolve_newest(newest, int(days.size))
+    spare = 1 if newest == "train" else 0
     if val_days is None:
-        val_days = auto_val_days(int(np.unique(day).size))
+        val_days = auto_val_days(int(days.size) - spare)
     if val_days < 1:
         raise ValueError(f"val_days must be >= 1, got {val_days}")
-    days = np.unique(day)
-    need = max(min_days, val_days + 2)
+    need = max(min_days, val_days + 2 + spare)
     if days.size < need:
+        what = "train days, " + ("the newest day trained on, " if spare else "")
         raise ValueError(f"the log covers {days.size} day(s); training needs at least {need} "
-                         f"(train days, {val_days} validation day(s), one test day)")
-    first_val = days[-1 - val_days]
-    return {"train": day < first_val, "val": (day >= first_val) & (day < days[-1]),
-            "test": day == days[-1]}
+                         f"({what}{val_days} validation day(s), one test day)")
+    test_day = days[-1 - spare]
+    first_val = days[-1 - spare - val_days]
+    newest_tr = (day == days[-1]) if spare else np.zeros(np.shape(day), bool)
+    return {"train": (day < first_val) | newest_tr,
+            "val": (day >= first_val) & (day < test_day), "test": day == test_day}
 
 
 WEIGHTING_TEXT = {

@@ -55,6 +55,15 @@ TRAINING = _group(
     Opt("val_days", int, None, "days before the test day held out for validation (early "
         "stopping and calibration)", lo=1, hi=60,
         default_text="3 on logs of 9+ days, 2 on 8 days, 1 on shorter logs"),
+    Opt("newest_day", str, "auto", "what the log's newest day is for: 'train' (trained on, "
+        "so a robot family that appeared yesterday is learnt tonight; the day before it is the "
+        "held-out test day and the --val-days days before that validation, so thresholds are "
+        "still calibrated and judged on days the model did not train on), 'test' (held out "
+        "as the test day: a family that appeared on it is first learnt --val-days + 1 days "
+        "later) or 'auto' ('train' on logs of 8 or more days, which keep 5 training days "
+        "besides the newest, 'test' on shorter ones)", choices=("auto", "train", "test"),
+        per_command={"demo": ("test", "the demo replays the newest day through slidrd as the "
+                                      "held-out day")}),
     Opt("refit", bool, False, "after the held-out evaluation, train the published model again "
         "on every day of the log, the newest included, for the epochs early stopping chose; "
         "its thresholds keep each slice's calibrated FPR (a robot that appeared in the last "

@@ -114,7 +114,9 @@ def _run(args: argparse.Namespace) -> Any:
     _slidr("daily", "--clicks", str(data / "clicks.parquet"), "--customers",
            str(data / "customers.parquet"), "--registry", str(reg), "--work", str(work),
            "--epochs", str(args.epochs), "--seed", str(args.seed),
-           "--fpr-budget", str(args.fpr_budget), "--min-coverage", str(args.min_coverage))
+           "--fpr-budget", str(args.fpr_budget), "--min-coverage", str(args.min_coverage),
+           # the last day is replayed through slidrd below as the held-out day
+           "--newest-day", "test")
     for report in (work / "candidate" / "report.html", work / "train" / "report.html"):
         if report.exists():
             print(f"training + calibration report: {report}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from slidr.offline import baselines, pipeline, train
@@ -224,7 +225,9 @@ def test_end_to_end_outputs(trained):
     assert set(sc.column("split").to_pylist()) == {"val", "test"}
     meta = json.loads((out / "training_meta.json").read_text())
     assert meta["onnx_parity"]["max_abs_diff"] <= 1e-4
+    # A 4-day log: 'auto' holds the newest day out as the test day.
     assert meta["split"]["test_day"] == 3 and meta["split"]["val_day"] == 2
+    assert meta["split"]["newest_day"] == "test"
     spec = json.loads((out / "feature_spec.json").read_text())
     from slidr.featurespec import SPEC_HASH
     assert spec["spec_hash"] == SPEC_HASH
@@ -364,6 +367,29 @@ def test_time_split_val_days():
         train.time_split(day, val_days=0)
 
 
+def test_time_split_newest_day_trained_on():
+    """newest='train': the newest day joins the training days; the day before it is test and
+    the val_days before that validation, so calibration and guardrails still see only days
+    the model did not train on."""
+    rng = np.random.default_rng(0)
+    ts = np.sort(T0 + rng.integers(0, 7 * DAY, 7000))
+    day = train.day_index(ts)
+    s = train.time_split(day, val_days=2, newest="train")
+    assert set(day[s["train"]]) == {0, 1, 2, 6} and set(day[s["val"]]) == {3, 4}
+    assert set(day[s["test"]]) == {5} and (s["train"] ^ s["val"] ^ s["test"]).all()
+    # Auto: the validation window counts the days left once the newest is set aside.
+    s = train.time_split(day, val_days=None, newest="train")
+    assert set(day[s["val"]]) == {4} and set(day[s["test"]]) == {5}
+    with pytest.raises(ValueError, match="at least 6 .*newest day trained on"):
+        train.time_split(day[day < 5], val_days=3, newest="train")
+    with pytest.raises(ValueError, match="newest must be one of"):
+        train.time_split(day, newest="val")
+    # 'auto': trained on from 8 days, held out below.
+    assert [train.resolve_newest("auto", n) for n in (4, 7, 8, 30)] == ["test", "test",
+                                                                        "train", "train"]
+    assert set(day[train.time_split(day, newest="auto")["test"]]) == {6}
+
+
 def test_auto_val_days_keeps_five_training_days():
     assert [train.auto_val_days(n) for n in (3, 4, 6, 7, 8, 9, 16)] == [1, 1, 1, 1, 2, 3, 3]
     rng = np.random.default_rng(0)
@@ -470,6 +496,23 @@ def test_fit_staged_second_stage_learns_only_what_the_first_cannot():
     a1 = auc(train.logits(s1b, x[8000:]), y2[8000:])
     a2 = auc(train.logits(fr2.model, x[8000:]), y2[8000:])
     assert a1 > 0.95 and a2 > a1 - 0.01
+
+
+def test_newest_day_trained_on_moves_the_test_day_back(log, tmp_path):
+    """--newest-day train: the log's newest day is a training day, the day before it is the
+    held-out test day the metrics and guardrails use, and the meta says so ('auto' on this
+    4-day log holds the newest day out: test_end_to_end_outputs)."""
+    cfg = pipeline.TrainConfig(k=10, epochs=1, progress=False, newest_day="train")
+    pipeline.run(log / "clicks.parquet", log / "customers.parquet", tmp_path / "n", cfg)
+    meta = json.loads((tmp_path / "n" / "training_meta.json").read_text())
+    sp, days = meta["split"], meta["days"]
+    assert sp["newest_day"] == "train" and days[-1] in sp["train_days"]
+    assert sp["test_day"] == days[-2] and sp["val_days"][-1] == days[-3]
+    assert not set(sp["val_days"]) & set(sp["train_days"])
+    assert sp["rule"].startswith("by UTC day: last day = train, the day before = test")
+    t = pq.read_table(tmp_path / "n" / "scores.parquet", columns=["split", "day"])
+    test_days = set(t.filter(pc.equal(t.column("split"), "test")).column("day").to_pylist())
+    assert test_days == {days[-2]}
 
 
 def test_parallel_second_stages_each_learn_on_stage_one_alone():
