@@ -333,7 +333,7 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
     newest = train.resolve_newest(cfg.newest_day, int(days.size))
     spare = 1 if newest == "train" else 0  # the newest day, trained on
     val_days = (cfg.val_days if cfg.val_days is not None
-                else train.auto_val_days(int(days.size) - spare))
+                else train.auto_val_days(int(days.size)))
     sd = train.time_split(days.astype(np.int32), val_days=val_days, newest=newest)
     split_days = {k: days[m] for k, m in sd.items()}
     _check_inputs(fs, split_days)

@@ -68,13 +68,13 @@ def time_split(day: np.ndarray, min_days: int = 3, val_days: int | None = 1,
     earlier is training. newest='train': the last day is trained on, so a robot family that
     appeared on it is learnt the same day; the day before it is test and the `val_days` days
     before that validation (both still held out), everything earlier is training too.
-    newest='auto': resolve_newest. val_days=None: auto_val_days(number of days, less one for
-    newest='train')."""
+    newest='auto': resolve_newest. val_days=None: auto_val_days(number of days), which keeps
+    5 training days, the newest one among them when it is trained on."""
     days = np.unique(day)
     newest = resolve_newest(newest, int(days.size))
     spare = 1 if newest == "train" else 0
     if val_days is None:
-        val_days = auto_val_days(int(days.size) - spare)
+        val_days = auto_val_days(int(days.size))
     if val_days < 1:
         raise ValueError(f"val_days must be >= 1, got {val_days}")
     need = max(min_days, val_days + 2 + spare)

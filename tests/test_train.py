@@ -377,9 +377,10 @@ def test_time_split_newest_day_trained_on():
     s = train.time_split(day, val_days=2, newest="train")
     assert set(day[s["train"]]) == {0, 1, 2, 6} and set(day[s["val"]]) == {3, 4}
     assert set(day[s["test"]]) == {5} and (s["train"] ^ s["val"] ^ s["test"]).all()
-    # Auto: the validation window counts the days left once the newest is set aside.
+    # Auto: 5 training days, the newest among them (7 days: 1 validation day).
     s = train.time_split(day, val_days=None, newest="train")
     assert set(day[s["val"]]) == {4} and set(day[s["test"]]) == {5}
+    assert set(day[s["train"]]) == {0, 1, 2, 3, 6}
     with pytest.raises(ValueError, match="at least 6 .*newest day trained on"):
         train.time_split(day[day < 5], val_days=3, newest="train")
     with pytest.raises(ValueError, match="newest must be one of"):
