@@ -43,7 +43,8 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = pipeline.TrainConfig(k=args.k, seed=args.seed, epochs=args.epochs,
                                fpr_target=args.fpr_budget, val_days=args.val_days,
-                               newest_day=args.newest_day, refit=args.refit, weighting=args.weighting,
+                               newest_day=args.newest_day, refit=args.refit,
+                               weighting=args.weighting,
                                training=args.training, train_sample=args.train_sample,
                                memory_budget=args.memory_budget)
     store = None

@@ -295,7 +295,8 @@ def _train_config(cfg: DailyConfig) -> Any:
     from . import pipeline
     return pipeline.TrainConfig(k=cfg.k, seed=cfg.seed, epochs=cfg.epochs,
                                 fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
-                                newest_day=cfg.newest_day, progress=cfg.progress, refit=cfg.refit, weighting=cfg.weighting,
+                                newest_day=cfg.newest_day, progress=cfg.progress,
+                                refit=cfg.refit, weighting=cfg.weighting,
                                 training=cfg.training, train_sample=cfg.train_sample,
                                 memory_budget=cfg.memory_budget)
 

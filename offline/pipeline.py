@@ -331,7 +331,6 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
     label_source = label_text(cust)
     days = fs.days
     newest = train.resolve_newest(cfg.newest_day, int(days.size))
-    spare = 1 if newest == "train" else 0  # the newest day, trained on
     val_days = (cfg.val_days if cfg.val_days is not None
                 else train.auto_val_days(int(days.size)))
     sd = train.time_split(days.astype(np.int32), val_days=val_days, newest=newest)
@@ -502,8 +501,8 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         "clicks": str(clicks.resolve()), "customers": str(Path(customers).resolve())
         if customers else None,
         "n_clicks": len(fs), "days": days_list,
-        "split": {"rule": ("by UTC day: last day = test, the " if not spare else
-                           "by UTC day: last day = train, the day before = test, the ")
+        "split": {"rule": ("by UTC day: last day = train, the day before = test, the "
+                           if newest == "train" else "by UTC day: last day = test, the ")
                           + f"{val_days} day(s) before = validation, all earlier days = train "
                           "(never random)",
                   "newest_day": newest,

@@ -51,9 +51,9 @@ NEWEST_TRAIN_MIN_DAYS = 8  # 'auto' trains on the newest day from this many days
 
 
 def resolve_newest(newest: str, n_days: int) -> str:
-    """'train' or 'test' for a log of `n_days` days: 'auto' trains on the newest day when the
-    log keeps 5 training days besides it, a validation day and the test day (8+ days), and
-    holds it out as the test day on shorter logs."""
+    """'train' or 'test' for a log of `n_days` days: 'auto' trains on the newest day on logs of
+    8+ days (2 validation days, the test day and 5 training days, the newest among them) and
+    holds it out as the test day on shorter ones."""
     if newest not in NEWEST_DAY:
         raise ValueError(f"newest must be one of {', '.join(NEWEST_DAY)}, got {newest!r}")
     if newest == "auto":
@@ -533,11 +533,10 @@ def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, 
     """Two stages (the second possibly several nets side by side), one net. Stage 1 fits
     `hidden` on the base columns alone, with early stopping; stage 2 fits `hidden2` (weight
     decay `weight_decay2`) on `cols2` with stage 1's logit as a fixed offset: it learns only
-    what stage 1 leaves unexplained. By default
-    stage 2 trains for exactly its epochs (`early_stopping2` False): the validation days come
-    before the newest training day, so a robot family that appeared since cannot lower their
-    loss, and early stopping would end stage 2 before it has learnt the family. The result is
-    the nets merged (`merge`): hidden widths add up, the architecture and export are
+    what stage 1 leaves unexplained. By default stage 2 trains for exactly its epochs
+    (`early_stopping2` False): the validation days come before the newest training day, so a
+    robot family that appeared since cannot lower their loss, and early stopping would end
+    stage 2 before it has learnt the family. The result is the nets merged (`merge`): hidden widths add up, the architecture and export are
     unchanged.
     cols2: the columns stage 2 sees (None: every column not in base_cols).
     extra2: further second stages side by side with stage 2, one per column set, each fit
@@ -549,9 +548,11 @@ def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, 
     epochs / patience: one value for both stages or one per stage (every second stage takes
     stage 2's). Other keywords as `fit`."""
     n_in = x_tr.shape[1]
-    b = np.asarray(sorted(set(int(i) for i in base_cols)), dtype=np.int64)
-    rest = (np.setdiff1d(np.arange(n_in), b) if cols2 is None else
-            np.asarray(sorted(set(int(i) for i in cols2)), dtype=np.int64))
+
+    def colset(c: Sequence[int]) -> np.ndarray:
+        return np.asarray(sorted(set(int(i) for i in c)), dtype=np.int64)
+    b = colset(base_cols)
+    rest = np.setdiff1d(np.arange(n_in), b) if cols2 is None else colset(cols2)
     e1, e2 = (epochs, epochs) if isinstance(epochs, int) else epochs
     p1, p2 = (patience, patience) if isinstance(patience, int) else patience
     s1 = fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden, weight_decay=weight_decay,
@@ -560,16 +561,12 @@ def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, 
     if rest.size == 0 or not hidden2:
         return FitResult(base, hidden, s1.best_epoch, s1.epochs_run, s1.history, s1.seconds,
                          stages=[s1])
-    s2 = fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden2, weight_decay=weight_decay2,
-             epochs=e2, patience=p2, label=f"{label} (stage 2)", cols=rest, base=base,
-             early_stopping=early_stopping2, **kw)
-    parts = [(s2, rest)]
-    for k, c in enumerate(extra2, start=2):
-        cx = np.asarray(sorted(set(int(i) for i in c)), dtype=np.int64)
-        parts.append((fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden2,
-                          weight_decay=weight_decay2, epochs=e2, patience=p2,
-                          label=f"{label} (stage 2, part {k})", cols=cx, base=base,
-                          early_stopping=early_stopping2, **kw), cx))
+    # Every second stage: the same fit on its own columns over stage 1's fixed logit.
+    parts = [(fit(x_tr, y_tr, w_tr, x_va, y_va, w_va, hidden=hidden2,
+                  weight_decay=weight_decay2, epochs=e2, patience=p2,
+                  label=f"{label} (stage 2{'' if k == 1 else f', part {k}'})", cols=c,
+                  base=base, early_stopping=early_stopping2, **kw), c)
+             for k, c in enumerate([rest, *(colset(c) for c in extra2)], start=1)]
     net = merge([(s1.model, b), *((f.model, c) for f, c in parts)], n_in)
     hist = [{**h, "stage": 1} for h in s1.history]
     for k, (f, _) in enumerate(parts, start=1):

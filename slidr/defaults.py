@@ -60,7 +60,8 @@ TRAINING = _group(
         "held-out test day and the --val-days days before that validation, so thresholds are "
         "still calibrated and judged on days the model did not train on), 'test' (held out "
         "as the test day: a family that appeared on it is first learnt --val-days + 1 days "
-        "later) or 'auto' ('train' on logs of 8 or more days, 'test' on shorter ones)", choices=("auto", "train", "test"),
+        "later) or 'auto' ('train' on logs of 8 or more days, 'test' on shorter ones)",
+        choices=("auto", "train", "test"),
         per_command={"demo": ("test", "the demo replays the newest day through slidrd as the "
                                       "held-out day")}),
     Opt("refit", bool, False, "after the held-out evaluation, train the published model again "

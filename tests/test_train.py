@@ -535,8 +535,9 @@ def test_parallel_second_stages_each_learn_on_stage_one_alone():
     s1 = train.merge([(fr.stages[0].model, base)])
     alone = train.fit(x[:4000], y[:4000], w[:4000], x[4000:], y[4000:], w[4000:],
                       hidden=(6, 3), cols=ent, base=s1, early_stopping=False, **kw)
+    import torch
     for a, b in zip(alone.model.parameters(), fr.stages[2].model.parameters(), strict=True):
-        assert torch_equal(a, b)
+        assert torch.equal(a, b)
     parts = train.merge([(fr.stages[0].model, base),
                          (fr.stages[1].model, list(range(N_FEATURES))),
                          (fr.stages[2].model, ent)])
@@ -547,10 +548,6 @@ def test_parallel_second_stages_each_learn_on_stage_one_alone():
     # The entity part raises the rows its column explains, whatever their base columns.
     e = train.logits(train.merge([(fr.stages[2].model, ent)]), xt)
     assert e[xt[:, 35] > 1.5].mean() > e[xt[:, 35] < 0].mean() + 1.0
-
-
-def torch_equal(a, b) -> bool:
-    return bool((a.detach() == b.detach()).all())
 
 
 def test_published_net_follows_the_training(log, trained, tmp_path):
