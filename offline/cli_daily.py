@@ -54,6 +54,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
     add(p, TRAINING["training"])
+    add(p, TRAINING["ensemble"])
+    add(p, TRAINING["newest_weight"])
     add(p, TRAINING["train_sample"])
     add(p, TRAINING["engine"])
     add(p, TRAINING["spark_master"])
@@ -96,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
                             seed=args.seed, val_days=args.val_days,
                             newest_day=args.newest_day, guard=g, method=args.method,
                             refit=args.refit, weighting=args.weighting,
-                            training=args.training, train_sample=args.train_sample,
+                            training=args.training, ensemble=args.ensemble,
+                            newest_weight=args.newest_weight, train_sample=args.train_sample,
                             engine=args.engine, spark_master=args.spark_master,
                             memory_budget=args.memory_budget)
     if args.sign_key is not None:

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
     add(p, TRAINING["training"])
+    add(p, TRAINING["ensemble"])
+    add(p, TRAINING["newest_weight"])
     add(p, TRAINING["newest_day"])
     add(p, COMMON["seed"])
     p.add_argument("--label-scope", choices=("click", "session", "ip_day"), default="click",
@@ -44,9 +46,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crowded-ip-sessions", type=int, default=0, metavar="N",
                    help="give the logged-out clicks of an IP-day with at least N sessions and "
                         "no purchase weight cells of their own (0: off; default: 0)")
-    p.add_argument("--last-day-weight", type=float, default=1.0, metavar="X",
-                   help="the refit weighs the window's last day X times as much as each other "
-                        "day (1: every day alike; default: 1)")
     p.add_argument("--starved-ads", type=float, default=0.0, metavar="P",
                    help="weigh more the logged-out label-0 clicks of an ad-day whose clicks "
                         "jumped (>= 3x its 7-day median) while its purchases did not follow "
@@ -76,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                         training=args.training, newest_day=args.newest_day, seed=args.seed,
                         label_scope=args.label_scope,
                         crowded_ip_sessions=args.crowded_ip_sessions,
-                        last_day_weight=args.last_day_weight, starved_ads=args.starved_ads,
+                        ensemble=args.ensemble, newest_weight=args.newest_weight,
+                        starved_ads=args.starved_ads,
                         starved_weight=args.starved_weight)
 
     def note(m: str) -> None:

@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add(p, TRAINING["refit"])
     add(p, TRAINING["weighting"])
     add(p, TRAINING["training"])
+    add(p, TRAINING["ensemble"])
+    add(p, TRAINING["newest_weight"])
     add(p, TRAINING["train_sample"])
     add(p, TRAINING["memory_budget"])
     p.set_defaults(func=main)
@@ -45,7 +47,9 @@ def main(args: argparse.Namespace) -> int:
                                fpr_target=args.fpr_budget, val_days=args.val_days,
                                newest_day=args.newest_day, refit=args.refit,
                                weighting=args.weighting,
-                               training=args.training, train_sample=args.train_sample,
+                               training=args.training, ensemble=args.ensemble,
+                               newest_weight=args.newest_weight,
+                               train_sample=args.train_sample,
                                memory_budget=args.memory_budget)
     store = None
     if args.redis:

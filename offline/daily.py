@@ -62,6 +62,8 @@ class DailyConfig:
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
     training: str = field_from(TRAINING["training"])
+    ensemble: int = field_from(TRAINING["ensemble"])
+    newest_weight: float = field_from(TRAINING["newest_weight"])
     train_sample: int = field_from(TRAINING["train_sample"])
     engine: str = field_from(TRAINING["engine"])  # "spark": offline/spark_engine.py
     spark_master: str = field_from(TRAINING["spark_master"])
@@ -297,7 +299,9 @@ def _train_config(cfg: DailyConfig) -> Any:
                                 fpr_target=cfg.fpr_budget, val_days=cfg.val_days,
                                 newest_day=cfg.newest_day, progress=cfg.progress,
                                 refit=cfg.refit, weighting=cfg.weighting,
-                                training=cfg.training, train_sample=cfg.train_sample,
+                                training=cfg.training, ensemble=cfg.ensemble,
+                                newest_weight=cfg.newest_weight,
+                                train_sample=cfg.train_sample,
                                 memory_budget=cfg.memory_budget)
 
 

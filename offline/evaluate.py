@@ -45,6 +45,8 @@ class EvalConfig:
     transfer: str = "fpr_corrected"
     weighting: str = field_from(TRAINING["weighting"])
     training: str = field_from(TRAINING["training"])
+    ensemble: int = field_from(TRAINING["ensemble"])
+    newest_weight: float = field_from(TRAINING["newest_weight"])
     newest_day: str = field_from(TRAINING["newest_day"])
     k: int = field_from(TRAINING["k"])
     seed: int = 0
@@ -56,9 +58,6 @@ class EvalConfig:
     # > 0: the logged-out label-0 clicks of an IP-day with at least this many sessions and no
     # purchase get weight cells of their own (labels.crowded_ip_days); 0: off
     crowded_ip_sessions: int = 0
-    # > 1: the refit weighs the window's last day this many times as much as each other day
-    # (train.recency_weights); 1: every day alike
-    last_day_weight: float = 1.0
     # > 0: the logged-out label-0 clicks of an ad-day whose clicks jumped while its purchases
     # did not (Poisson lower tail below this, labels.starved_ad_days) weigh more (below); 0: off
     starved_ads: float = 0.0
@@ -175,6 +174,13 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         b = np.where(starved[rows], w * boost, w)
         return (b * (w.sum() / b.sum())).astype(np.float32)
 
+    def newest_weights(w: np.ndarray, rows: np.ndarray, t: int) -> np.ndarray:
+        """As `slidr daily` trains: the window's newest day (t), when trained on, weighs
+        cfg.newest_weight times as much as each other day."""
+        if cfg.newest_weight == 1.0 or not rows.size or int(day[rows].max()) != t:
+            return w
+        return train.recency_weights(w, day[rows], cfg.newest_weight)
+
     robot = fam != "human"
     families = sorted(set(fam[robot].tolist()))
     x = rp.features
@@ -188,10 +194,10 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         d_w = day[win] - lo
         split = train.time_split(d_w, val_days=None, newest=cfg.newest_day)
         tr, va, te = (np.flatnonzero(win)[split[k]] for k in ("train", "val", "test"))
-        w_tr = weights(tr)
+        w_tr = newest_weights(weights(tr), tr, t)
         w_va = weights(va)
         ho = train.fit_mlp(x[tr], y[tr], w_tr, x[va], y[va], w_va, training=cfg.training,
-                           hidden=cfg.hidden, epochs=cfg.epochs, seed=cfg.seed, progress=False,
+                           ensemble=cfg.ensemble, hidden=cfg.hidden, epochs=cfg.epochs, seed=cfg.seed, progress=False,
                            label="mlp")
         fit_rows = np.concatenate([va, te])
         s_fit = train.predict(ho.model, x[fit_rows]).astype(np.float64)
@@ -212,11 +218,9 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         ratio = 1.0
         if cfg.refit:
             allr = np.flatnonzero(win)
-            w_all = weights(allr)
-            if cfg.last_day_weight != 1.0:
-                w_all = train.recency_weights(w_all, day[allr], cfg.last_day_weight)
+            w_all = newest_weights(weights(allr), allr, t)
             rf = train.fit_mlp(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
-                               training=cfg.training, hidden=cfg.hidden, seed=cfg.seed,
+                               training=cfg.training, ensemble=cfg.ensemble, hidden=cfg.hidden, seed=cfg.seed,
                                progress=False, label="mlp refit", **train.refit_schedule(ho))
             model = rf.model
             if cfg.transfer == "fpr_corrected":

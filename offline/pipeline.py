@@ -53,24 +53,28 @@ class TrainConfig:
     refit: bool = field_from(TRAINING["refit"])
     weighting: str = field_from(TRAINING["weighting"])
     training: str = field_from(TRAINING["training"])
+    ensemble: int = field_from(TRAINING["ensemble"])
+    newest_weight: float = field_from(TRAINING["newest_weight"])
     train_sample: int = field_from(TRAINING["train_sample"])
     memory_budget: float = field_from(TRAINING["memory_budget"])
 
 
-def model_arch(training: str, hidden: tuple[int, ...]) -> str:
+def model_arch(training: str, hidden: tuple[int, ...], ensemble: int = 1) -> str:
     """The published net's shape in words (metrics.json, the report)."""
-    widths = train.published_widths(training, hidden)
+    widths = train.published_widths(training, hidden, ensemble)
     text = (f"{N_FEATURES} -> {' -> '.join(map(str, widths))} -> 1, ReLU, sigmoid; "
             "standardisation inside the graph")
+    many = (f"; {ensemble} such nets from different random starts side by side, their "
+            "logits averaged") if ensemble > 1 else ""
     if training == "joint":
-        return text
+        return text + many
     second = (f"{'-'.join(map(str, train.STAGE2_HIDDEN))} on all {N_FEATURES} features")
     if training == "staged":
         second += (f" and {'-'.join(map(str, train.STAGE2_HIDDEN))} on the "
                    f"{len(train.ENTITY_COLS)} entity features, each")
     return (text + f"; {training}: {'-'.join(map(str, hidden))} units on the "
             f"{len(train.STAGE1_COLS)} user, session and IP features, then {second} with the "
-            "first stage's logit as offset (side by side, block-diagonal)")
+            "first stage's logit as offset (side by side, block-diagonal)" + many)
 
 
 def load_customers(path: str | Path | None):
@@ -385,7 +389,7 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         vb = _val_batches(fs, d_va, cc_va)
     t = progress.stage("model")
     mlp = train.fit_mlp(x_tr, y_tr, w_tr, x_va, y_va, w_va, training=cfg.training,
-                        hidden=cfg.hidden, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                        ensemble=cfg.ensemble, hidden=cfg.hidden, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
                         seed=cfg.seed, progress=cfg.progress, label="mlp", standardise=stdz,
                         val_batches=vb)
     timings["train_mlp_s"] = time.perf_counter() - t
@@ -411,7 +415,7 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
                                                          explicit=bool(cfg.train_sample))
         sched = train.refit_schedule(mlp)
         ref = train.fit_mlp(x_all, y_all, w_all, x_te, y_te, w_te_all, training=cfg.training,
-                            hidden=cfg.hidden, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                            ensemble=cfg.ensemble, hidden=cfg.hidden, weight_decay=cfg.weight_decay, seed=cfg.seed,
                             progress=cfg.progress, label="mlp refit", standardise=stdz_all,
                             **sched)
         del x_all, y_all, w_all
@@ -516,9 +520,10 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
                    "newest_day": cfg.newest_day, "epochs_max": cfg.epochs,
                    "fpr_target": cfg.fpr_target, "hidden": list(cfg.hidden),
                    "weight_decay_hidden": cfg.weight_decay, "training": cfg.training,
+                   "ensemble": cfg.ensemble, "newest_weight": cfg.newest_weight,
                    "replay_batch": cfg.batch_size,
                    "memory_budget_gib": cfg.memory_budget},
-        "model": {"arch": model_arch(cfg.training, cfg.hidden),
+        "model": {"arch": model_arch(cfg.training, cfg.hidden, cfg.ensemble),
                   "best_epoch": mlp.best_epoch, "epochs_run": mlp.epochs_run,
                   "history": mlp.history},
         "logistic": {"best_epoch": logi.best_epoch, "epochs_run": logi.epochs_run,
@@ -584,9 +589,15 @@ def _training_set(fs: featurestore.FeatureStore, ds: np.ndarray, cap: int, cfg: 
     m = np.isin(fs.days, ds)
     cc = fs.day_cells[m].sum(axis=0)
     n = int(fs.day_clicks[m].sum())
+    # The log's newest day, when these days include it, weighs cfg.newest_weight times as
+    # much as each other day (train.recency_weights; the mean weight unchanged).
+    newest = (float(cfg.newest_weight) if fs.days.size and int(fs.days.max()) in
+              set(np.asarray(ds).tolist()) and cfg.newest_weight != 1.0 else None)
     if n <= cap:
-        d = fs.load([F, "weak_label", "cell"], days=ds)
+        d = fs.load([F, "weak_label", "cell", "day"], days=ds)
         w = train.sample_weights(d["cell"].astype(np.int64), cc)
+        if newest is not None:
+            w = train.recency_weights(w, d["day"], newest)
         return d[F], (1 - d["weak_label"]).astype(np.int8), w, None, None
     sc = fs.day_strata[m].sum(axis=0)
     quota = train.stratum_quotas(sc, cap)
@@ -601,10 +612,12 @@ def _training_set(fs: featurestore.FeatureStore, ds: np.ndarray, cap: int, cfg: 
         hit = (i < keep.size) & (keep[np.minimum(i, keep.size - 1)] == k)
         rows.append(b["_row"][hit])
     idx = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    d = fs.load([F, "weak_label", "cell", "stratum"], rows=idx)
+    d = fs.load([F, "weak_label", "cell", "stratum", "day"], rows=idx)
     st = d["stratum"].astype(np.int64)
     inv_p = (sc[st] / quota[st]).astype(np.float64)
     ws = train.sample_weights(d["cell"].astype(np.int64), cc).astype(np.float64) * inv_p
+    if newest is not None:
+        ws = train.recency_weights(ws, d["day"], newest).astype(np.float64)
     ws *= ws.size / ws.sum()
     info = {"rows": int(idx.size), "of": n, "strata": int((sc > 0).sum()),
             "by": "--train-sample" if explicit and cap == cfg.train_sample else

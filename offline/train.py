@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from slidr.defaults import TRAINING
 from slidr.featurespec import FEATURE_NAMES, N_FEATURES, local_hour_dow
 from slidr.util import Progress, atomic_open
 
@@ -483,11 +484,13 @@ def logits(model: Any, x: np.ndarray, batch_size: int = 262_144) -> np.ndarray:
     return _by_blocks(model, x, batch_size)
 
 
-def merge(parts: Sequence[tuple[Any, Sequence[int]]], n_in: int = N_FEATURES):
-    """One full-width net whose logit is the sum of the parts' logits, each part a net over
-    its own input columns: the hidden layers side by side (block-diagonal weights, zeros
-    between parts), so the merged net has the documented architecture (a plain MLP, one
-    ONNX graph, one model call in the daemon) and computes exactly the parts' sum."""
+def merge(parts: Sequence[tuple[Any, Sequence[int]]], n_in: int = N_FEATURES,
+          scale: float = 1.0):
+    """One full-width net whose logit is `scale` times the sum of the parts' logits, each part
+    a net over its own input columns: the hidden layers side by side (block-diagonal weights,
+    zeros between parts), so the merged net has the documented architecture (a plain MLP,
+    one ONNX graph, one model call in the daemon) and computes exactly the parts' sum (scale
+    1) or mean (scale 1 / number of parts)."""
     torch = _torch()
     depth = {len(m.hidden) for m, _ in parts}
     if len(depth) != 1:
@@ -516,8 +519,8 @@ def merge(parts: Sequence[tuple[Any, Sequence[int]]], n_in: int = N_FEATURES):
                 r += w[i]
         k = 0
         for (m, _), w in zip(parts, widths, strict=True):
-            net.out.weight[:, k:k + w[-1]] = m.out.weight
-            net.out.bias += m.out.bias
+            net.out.weight[:, k:k + w[-1]] = m.out.weight * scale
+            net.out.bias += m.out.bias * scale
             k += w[-1]
     net.eval()
     return net
@@ -592,24 +595,50 @@ STAGE2_WEIGHT_DECAY = 1e-4
 TRAININGS = ("staged", "staged-all", "joint")
 
 
-def published_widths(training: str = "staged",
-                     hidden: tuple[int, ...] = (64, 32)) -> tuple[int, ...]:
+def published_widths(training: str = "staged", hidden: tuple[int, ...] = (64, 32),
+                     ensemble: int = int(TRAINING["ensemble"].default)) -> tuple[int, ...]:
     """Hidden widths of the net a training publishes (a staged net is its stages side by
-    side): the shape the daemon runs and the bench builds."""
+    side, an ensemble its members side by side): the shape the daemon runs and the bench
+    builds."""
     if training == "joint":
-        return hidden
-    k = 2 if training == "staged" else 1
-    return tuple(a + b * k for a, b in zip(hidden, STAGE2_HIDDEN, strict=True))
+        one = hidden
+    else:
+        k = 2 if training == "staged" else 1
+        one = tuple(a + b * k for a, b in zip(hidden, STAGE2_HIDDEN, strict=True))
+    return tuple(w * ensemble for w in one)
+
+
+# Seed step between ensemble members: member j trains with seed + ENSEMBLE_SEED_STEP * j.
+ENSEMBLE_SEED_STEP = 7919
 
 
 def fit_mlp(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, y_va: Any,
             w_va: Any, training: str = "staged", hidden: tuple[int, ...] = (64, 32),
             weight_decay: float = 1e-4, epochs: int | tuple[int, int] = 20,
-            patience: int | tuple[int, int] = 3, **kw: Any) -> FitResult:
+            patience: int | tuple[int, int] = 3, ensemble: int = 1, **kw: Any) -> FitResult:
     """The robot MLP as `--training` asks: 'staged' (fit_staged: STAGE1_COLS with early
     stopping, then, each with stage 1's logit as offset for exactly `epochs` epochs, one
     second stage on every column and one on ENTITY_COLS), 'staged-all' (the second stage on
-    every column only) or 'joint' (fit on every column). Other keywords as `fit`."""
+    every column only) or 'joint' (fit on every column). ensemble > 1: that many such nets,
+    member j seeded seed + ENSEMBLE_SEED_STEP * j, merged into one net whose logit is the
+    members' mean; the result's epochs and history are the first member's, its stages every
+    member's in order. Other keywords as `fit`."""
+    if ensemble < 1:
+        raise ValueError(f"ensemble must be >= 1, got {ensemble}")
+    if ensemble > 1:
+        seed = int(kw.pop("seed", 0))
+        label = str(kw.pop("label", "train"))
+        members = [fit_mlp(x_tr, y_tr, w_tr, x_va, y_va, w_va, training=training,
+                           hidden=hidden, weight_decay=weight_decay, epochs=epochs,
+                           patience=patience, seed=seed + ENSEMBLE_SEED_STEP * j,
+                           label=f"{label} [{j + 1}/{ensemble}]", **kw)
+                   for j in range(ensemble)]
+        n_in = x_tr.shape[1]
+        net = merge([(m.model, range(n_in)) for m in members], n_in, scale=1.0 / ensemble)
+        f0 = members[0]
+        return FitResult(net, tuple(w * ensemble for w in f0.hidden), f0.best_epoch,
+                         f0.epochs_run, f0.history, sum(m.seconds for m in members),
+                         stages=[st for m in members for st in m.stages])
     if training == "joint":
         if not isinstance(epochs, int) or not isinstance(patience, int):
             raise ValueError("joint training takes one epochs and one patience value")

@@ -81,6 +81,19 @@ TRAINING = _group(
         "that catches less of a new campaign's first clicks) or 'joint' (one net on every "
         "feature, which loses recall on ordinary traffic: docs/features.md)",
         choices=("staged", "staged-all", "joint")),
+    Opt("ensemble", int, 1, "nets trained side by side from different random starts, their "
+        "logits averaged in the one published net (each as --training says): which of a new "
+        "family's few hundred clicks one net learns depends on its random start, and the "
+        "average ranks more surely (3: recall at 1% FPR about +1 point on stock logs). "
+        "Training takes K times as long and the daemon's model call grows with the width "
+        "(3: about +3-5 us of CPU per click on CPU; docs/offline.md)", lo=1, hi=16,
+        metavar="K"),
+    Opt("newest_weight", float, 1.0, "when the newest day is trained on (--newest-day), it "
+        "weighs this many times as much as each other training day: the model scores the "
+        "non-purchase odds of the training days' mix, and a family that appeared yesterday "
+        "is in one day of that mix but in all of tomorrow. 2 catches more of such a family "
+        "the next day, but moved the held-out FPR of one stock log of ten past its guardrail "
+        "(docs/offline.md) (1: every day alike)", lo=0.0, lo_open=True, hi=100.0, metavar="X"),
     Opt("train_sample", int, 0, "train on a stratified sample of at most N of the training "
         "days' clicks (strata: slice x local hour x weak label, each kept in proportion with "
         "at least a few hundred clicks; weights undo the sampling); bounds training time and "

@@ -186,7 +186,7 @@ def test_evaluate_walk_takes_the_label_and_weight_options(tmp_path):
     assert main(["simulate", "--out", str(out), "--days", "5", "--clicks-per-day", "6000",
                  "--seed", "3", "--new-families", "all", "--appear-day", "3", "--quiet"]) == 0
     cfg = ev.EvalConfig(window=4, from_day=3, epochs=2, label_scope="ip_day",
-                        crowded_ip_sessions=5, last_day_weight=3.0)
+                        crowded_ip_sessions=5, newest_weight=3.0)
     res = ev.walk(out / "clicks.parquet", out / "customers.parquet", cfg, log=lambda m: None)
     assert res["config"]["label_scope"] == "ip_day"
     assert res["config"]["crowded_ip_sessions"] == 5

@@ -516,6 +516,64 @@ def test_newest_day_trained_on_moves_the_test_day_back(log, tmp_path):
     assert test_days == {days[-2]}
 
 
+def test_newest_day_weighs_newest_weight_times_each_other_day(log, tmp_path):
+    """--newest-weight X: when the training days include the log's newest day, its clicks
+    carry X times the weight they would carry with X = 1 (the mean weight kept); the same
+    days without the newest one are weighted as before, whole or sampled."""
+    fs = pipeline.build_features(log / "clicks.parquet", None, tmp_path / "f",
+                                 pipeline.TrainConfig(progress=False))
+    plan = pipeline.MemoryPlan.for_budget(4.0)
+    days = fs.days
+    per_day = [fs.rows_in(days[i:i + 1]) for i in range(days.size)]
+
+    def weights(ds, x, cap=10**9):
+        cfg = pipeline.TrainConfig(progress=False, newest_weight=x)
+        return pipeline._training_set(fs, ds, cap, cfg, plan, explicit=False)[2]
+
+    w1, w3 = weights(days, 1.0), weights(days, 3.0)
+    last = np.arange(w1.size) >= w1.size - per_day[-1]
+    assert np.isclose(w3.mean(), w1.mean(), rtol=1e-5)
+    r = (w3 / w1).astype(np.float64)
+    assert np.allclose(r[last] / r[~last].mean(), 3.0, rtol=1e-4)
+    assert np.allclose(r[~last], r[~last][0], rtol=1e-5)
+    older = days[:-1]
+    assert np.array_equal(weights(older, 3.0), weights(older, 1.0))
+    # A stratified sample (cap below the clicks) weighs the newest day the same way: the
+    # same rows are drawn, and theirs (a suffix, the log being in time order) weigh 3x.
+    cap = int(sum(per_day) * 0.6)
+    ws1, ws3 = weights(days, 1.0, cap), weights(days, 3.0, cap)
+    assert ws1.size == ws3.size < w1.size
+    rs = (ws3 / ws1).astype(np.float64)
+    hi = rs > rs.min() * 1.5
+    assert hi.any() and hi[np.argmax(hi):].all()
+    assert np.allclose(rs[hi] / rs[~hi].mean(), 3.0, rtol=1e-4)
+
+
+def test_ensemble_publishes_the_members_mean_logit():
+    """ensemble=K trains K nets as --training says, member j from seed + step * j, and the
+    published net (one plain MLP, members side by side) gives their mean logit; the members
+    differ, so the mean is not one net repeated."""
+    x, y, w = _toy(3000)
+    kw = {"epochs": 3, "progress": False, "batch_size": 256, "hidden": (8, 4)}
+    fr = train.fit_mlp(x[:2000], y[:2000], w[:2000], x[2000:], y[2000:], w[2000:],
+                       training="joint", ensemble=3, seed=5, **kw)
+    members = [train.fit_mlp(x[:2000], y[:2000], w[:2000], x[2000:], y[2000:], w[2000:],
+                             training="joint", seed=5 + train.ENSEMBLE_SEED_STEP * j, **kw)
+               for j in range(3)]
+    xt = x[2000:]
+    each = np.stack([train.logits(m.model, xt) for m in members])
+    assert fr.hidden == (24, 12) and fr.model.hidden[0].out_features == 24
+    assert np.allclose(train.logits(fr.model, xt), each.mean(axis=0), atol=1e-5)
+    assert np.abs(each[0] - each[1]).max() > 1e-3
+    staged = train.fit_mlp(x[:2000], y[:2000], w[:2000], x[2000:], y[2000:], w[2000:],
+                           training="staged", ensemble=2, seed=5, epochs=2,
+                           progress=False, batch_size=256)
+    assert len(staged.stages) == 6
+    assert staged.hidden == train.published_widths("staged", (64, 32), 2) == (384, 192)
+    with pytest.raises(ValueError, match="ensemble must be >= 1"):
+        train.fit_mlp(x, y, w, None, None, None, ensemble=0)
+
+
 def test_parallel_second_stages_each_learn_on_stage_one_alone():
     """extra2: a second stage on its own columns beside stage 2, fit on stage 1's logit alone
     (the same net as a fit with only stage 1 as base), reading nothing outside its columns;
@@ -552,15 +610,24 @@ def test_parallel_second_stages_each_learn_on_stage_one_alone():
 
 def test_published_net_follows_the_training(log, trained, tmp_path):
     """The default (staged) publishes stage 1 and its two second stages side by side,
-    44-192-96-1, and says so; --training joint publishes one 44-64-32-1 net. Both pass the
-    ONNX parity check."""
+    44-192-96-1, and says so; --ensemble 2 publishes two of those side by side, 44-384-192-1;
+    --training joint publishes one 44-64-32-1 net. All pass the ONNX parity check."""
     import onnx
     out, _ = trained
     meta = json.loads((out / "training_meta.json").read_text())
     assert meta["config"]["training"] == "staged" and "staged" in meta["model"]["arch"]
+    assert meta["config"]["ensemble"] == 1 and "such nets" not in meta["model"]["arch"]
     shapes = [list(i.dims) for i in onnx.load(out / "model.onnx").graph.initializer
               if i.name.startswith("W")]
     assert shapes[:2] == [[192, N_FEATURES], [96, 192]]
+    assert tuple(s[0] for s in shapes[:2]) == train.published_widths()
+    cfg = pipeline.TrainConfig(k=10, epochs=1, progress=False, ensemble=2)
+    pipeline.run(log / "clicks.parquet", log / "customers.parquet", tmp_path / "e", cfg)
+    meta = json.loads((tmp_path / "e" / "training_meta.json").read_text())
+    assert meta["config"]["ensemble"] == 2 and "2 such nets" in meta["model"]["arch"]
+    shapes = [list(i.dims) for i in onnx.load(tmp_path / "e" / "model.onnx").graph.initializer
+              if i.name.startswith("W")]
+    assert shapes[:2] == [[384, N_FEATURES], [192, 384]]
     assert {h["stage"] for h in meta["model"]["history"]} == {1, 2}
     assert {h.get("part") for h in meta["model"]["history"]} == {None, 1, 2}
     assert "entity features" in meta["model"]["arch"]
@@ -568,6 +635,7 @@ def test_published_net_follows_the_training(log, trained, tmp_path):
     pipeline.run(log / "clicks.parquet", log / "customers.parquet", tmp_path / "j", cfg)
     meta = json.loads((tmp_path / "j" / "training_meta.json").read_text())
     assert meta["config"]["training"] == "joint" and "staged" not in meta["model"]["arch"]
+    assert "such nets" not in meta["model"]["arch"]
     shapes = [list(i.dims) for i in onnx.load(tmp_path / "j" / "model.onnx").graph.initializer
               if i.name.startswith("W")]
     assert shapes[:2] == [[64, N_FEATURES], [32, 64]]
