@@ -174,13 +174,6 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         b = np.where(starved[rows], w * boost, w)
         return (b * (w.sum() / b.sum())).astype(np.float32)
 
-    def newest_weights(w: np.ndarray, rows: np.ndarray, t: int) -> np.ndarray:
-        """As `slidr daily` trains: the window's newest day (t), when trained on, weighs
-        cfg.newest_weight times as much as each other day."""
-        if cfg.newest_weight == 1.0 or not rows.size or int(day[rows].max()) != t:
-            return w
-        return train.recency_weights(w, day[rows], cfg.newest_weight)
-
     robot = fam != "human"
     families = sorted(set(fam[robot].tolist()))
     x = rp.features
@@ -194,11 +187,13 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         d_w = day[win] - lo
         split = train.time_split(d_w, val_days=None, newest=cfg.newest_day)
         tr, va, te = (np.flatnonzero(win)[split[k]] for k in ("train", "val", "test"))
-        w_tr = newest_weights(weights(tr), tr, t)
+        # As `slidr daily` trains: the window's newest day (t), when trained on, weighs
+        # cfg.newest_weight times as much as each other day.
+        w_tr = train.recency_weights(weights(tr), day[tr], cfg.newest_weight, newest=t)
         w_va = weights(va)
         ho = train.fit_mlp(x[tr], y[tr], w_tr, x[va], y[va], w_va, training=cfg.training,
-                           ensemble=cfg.ensemble, hidden=cfg.hidden, epochs=cfg.epochs, seed=cfg.seed, progress=False,
-                           label="mlp")
+                           ensemble=cfg.ensemble, hidden=cfg.hidden, epochs=cfg.epochs,
+                           seed=cfg.seed, progress=False, label="mlp")
         fit_rows = np.concatenate([va, te])
         s_fit = train.predict(ho.model, x[fit_rows]).astype(np.float64)
         cols = {"score": s_fit, "slice": slices[fit_rows], "day": day[fit_rows],
@@ -218,9 +213,10 @@ def walk(clicks: str | Path, customers: str | Path | None, cfg: EvalConfig | Non
         ratio = 1.0
         if cfg.refit:
             allr = np.flatnonzero(win)
-            w_all = newest_weights(weights(allr), allr, t)
+            w_all = train.recency_weights(weights(allr), day[allr], cfg.newest_weight, newest=t)
             rf = train.fit_mlp(x[allr], y[allr], w_all, x[te], y[te], w_all[np.isin(allr, te)],
-                               training=cfg.training, ensemble=cfg.ensemble, hidden=cfg.hidden, seed=cfg.seed,
+                               training=cfg.training, ensemble=cfg.ensemble,
+                               hidden=cfg.hidden, seed=cfg.seed,
                                progress=False, label="mlp refit", **train.refit_schedule(ho))
             model = rf.model
             if cfg.transfer == "fpr_corrected":

@@ -389,7 +389,8 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
         vb = _val_batches(fs, d_va, cc_va)
     t = progress.stage("model")
     mlp = train.fit_mlp(x_tr, y_tr, w_tr, x_va, y_va, w_va, training=cfg.training,
-                        ensemble=cfg.ensemble, hidden=cfg.hidden, weight_decay=cfg.weight_decay, epochs=cfg.epochs,
+                        ensemble=cfg.ensemble, hidden=cfg.hidden, weight_decay=cfg.weight_decay,
+                        epochs=cfg.epochs,
                         seed=cfg.seed, progress=cfg.progress, label="mlp", standardise=stdz,
                         val_batches=vb)
     timings["train_mlp_s"] = time.perf_counter() - t
@@ -415,7 +416,8 @@ def _run(clicks: Path, customers: str | Path | None, cust: Any, out: Path, cfg: 
                                                          explicit=bool(cfg.train_sample))
         sched = train.refit_schedule(mlp)
         ref = train.fit_mlp(x_all, y_all, w_all, x_te, y_te, w_te_all, training=cfg.training,
-                            ensemble=cfg.ensemble, hidden=cfg.hidden, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                            ensemble=cfg.ensemble, hidden=cfg.hidden,
+                            weight_decay=cfg.weight_decay, seed=cfg.seed,
                             progress=cfg.progress, label="mlp refit", standardise=stdz_all,
                             **sched)
         del x_all, y_all, w_all
@@ -591,13 +593,11 @@ def _training_set(fs: featurestore.FeatureStore, ds: np.ndarray, cap: int, cfg: 
     n = int(fs.day_clicks[m].sum())
     # The log's newest day, when these days include it, weighs cfg.newest_weight times as
     # much as each other day (train.recency_weights; the mean weight unchanged).
-    newest = (float(cfg.newest_weight) if fs.days.size and int(fs.days.max()) in
-              set(np.asarray(ds).tolist()) and cfg.newest_weight != 1.0 else None)
+    newest = int(fs.days.max()) if fs.days.size else None
     if n <= cap:
         d = fs.load([F, "weak_label", "cell", "day"], days=ds)
-        w = train.sample_weights(d["cell"].astype(np.int64), cc)
-        if newest is not None:
-            w = train.recency_weights(w, d["day"], newest)
+        w = train.recency_weights(train.sample_weights(d["cell"].astype(np.int64), cc),
+                                  d["day"], cfg.newest_weight, newest=newest)
         return d[F], (1 - d["weak_label"]).astype(np.int8), w, None, None
     sc = fs.day_strata[m].sum(axis=0)
     quota = train.stratum_quotas(sc, cap)
@@ -616,8 +616,8 @@ def _training_set(fs: featurestore.FeatureStore, ds: np.ndarray, cap: int, cfg: 
     st = d["stratum"].astype(np.int64)
     inv_p = (sc[st] / quota[st]).astype(np.float64)
     ws = train.sample_weights(d["cell"].astype(np.int64), cc).astype(np.float64) * inv_p
-    if newest is not None:
-        ws = train.recency_weights(ws, d["day"], newest).astype(np.float64)
+    ws = train.recency_weights(ws, d["day"], cfg.newest_weight,
+                               newest=newest).astype(np.float64)
     ws *= ws.size / ws.sum()
     info = {"rows": int(idx.size), "of": n, "strata": int((sc > 0).sum()),
             "by": "--train-sample" if explicit and cap == cfg.train_sample else

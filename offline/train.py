@@ -121,14 +121,20 @@ def split_cells(cells: np.ndarray, own: np.ndarray | None) -> np.ndarray:
     return np.where(np.asarray(own, dtype=bool), cells + 672, cells)
 
 
-def recency_weights(w: np.ndarray, day: np.ndarray, last_day_weight: float) -> np.ndarray:
-    """Sample weights `w` with the rows of the latest day scaled so that day weighs
-    `last_day_weight` times what it weighed, the mean weight kept at w's."""
-    w = np.asarray(w, dtype=np.float64)
-    if w.size == 0:
-        return w.astype(np.float32)
+def recency_weights(w: np.ndarray, day: np.ndarray, last_day_weight: float,
+                    newest: int | None = None) -> np.ndarray:
+    """Sample weights `w` with the rows of day `newest` (None: the latest of `day`) scaled so
+    that day weighs `last_day_weight` times what it weighed, the mean weight kept at w's.
+    `w` itself when the factor is 1 or no row is of that day (the log's newest day is not
+    among the rows being weighted)."""
+    if float(last_day_weight) == 1.0 or np.size(w) == 0:
+        return w
     d = np.asarray(day)
-    out = np.where(d == d.max(), w * float(last_day_weight), w)
+    hit = d == (d.max() if newest is None else newest)
+    if not hit.any():
+        return w
+    w = np.asarray(w, dtype=np.float64)
+    out = np.where(hit, w * float(last_day_weight), w)
     return (out * (w.sum() / out.sum())).astype(np.float32)
 
 
@@ -539,8 +545,8 @@ def fit_staged(x_tr: np.ndarray, y_tr: np.ndarray, w_tr: np.ndarray, x_va: Any, 
     what stage 1 leaves unexplained. By default stage 2 trains for exactly its epochs
     (`early_stopping2` False): the validation days come before the newest training day, so a
     robot family that appeared since cannot lower their loss, and early stopping would end
-    stage 2 before it has learnt the family. The result is the nets merged (`merge`): hidden widths add up, the architecture and export are
-    unchanged.
+    stage 2 before it has learnt the family. The result is the nets merged (`merge`): hidden
+    widths add up, the architecture and export are unchanged.
     cols2: the columns stage 2 sees (None: every column not in base_cols).
     extra2: further second stages side by side with stage 2, one per column set, each fit
     like stage 2 on stage 1's logit alone (not on each other's): their logits add up in the
