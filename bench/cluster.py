@@ -55,7 +55,9 @@ def _stream(n: int, seed: int = 1) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     # zone-switch count does real work)
     tzs = np.array([-480, -300, 0, 60, 330, 540], dtype=np.int16)
     tz = tzs[(u + (rng.random(n) < 0.1)) % len(tzs)]
-    return ts, (*h[:4], tz, h[4])  # update()'s order: ..., hll, tz, eh
+    # logged in: about half the users (spec 5's IP logged-in count does real work)
+    li = (u % 2).astype(np.uint8)
+    return ts, (*h[:4], tz, h[4], li)  # update()'s order: ..., hll, tz, eh, li
 
 
 def _counters(ports: list[int]) -> dict[str, float]:

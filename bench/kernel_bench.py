@@ -102,7 +102,7 @@ def throughput(store: Any, clicks: ClickBatch, batch: int, seconds: float,
         if pos == len(chunks):
             pos = 0
         uh, sh, ih, hll, eh = hash_keys(b, use_native)
-        raw = store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min, eh)
+        raw = store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min, eh, b.logged_in)
         fin(raw, b.ts, b.tz_offset_min, b.logged_in, b.device)
         done += len(b)
         if (done // batch) % 16 == 0 and time.perf_counter() >= t_end:
@@ -124,7 +124,7 @@ def bytes_per_key_over_day(n: int = 400_000, samples: int = 24, seed: int = 1) -
     for i in range(0, n, step):
         b = clicks.slice(i, i + step)
         uh, sh, ih, hll, eh = hash_keys(b)
-        store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min, eh)
+        store.update(b.ts, uh, sh, ih, hll, b.tz_offset_min, eh, b.logged_in)
         vals.append(store.stats()["bytes_per_key"])
     st = store.stats()
     store.close()

@@ -80,7 +80,8 @@ def _speak_spec3(store: Any) -> None:
     shared = sr._D_SRC < _SPEC3_ROW  # the current row starts with the spec-3 row
 
     def request(ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
-                hll: np.ndarray, tz: np.ndarray | None = None, eh: Any = None) -> bytes:
+                hll: np.ndarray, tz: np.ndarray | None = None, eh: Any = None,
+                li: Any = None) -> bytes:
         n = len(ts)
         clicks = np.zeros(n, dtype=_SPEC3_CLICK)
         clicks["ts"] = ts
@@ -133,7 +134,7 @@ def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
              spacing_ms: int, ads: int = 0) -> tuple[list[tuple[Any, ...]], int]:
     """`calls` batches of b clicks from the pool, clicks start, start + 1, ... spacing_ms apart
     (ads > 0: the pool's ad ids folded onto that many ads, uniformly).
-    -> ([(ts, uh, sh, ih, hll, tz, eh)], the next click number)."""
+    -> ([(ts, uh, sh, ih, hll, tz, eh, li)], the next click number)."""
     from slidr.contract import ClickBatch
     from slidr.kernel import hash_keys
     ts0 = 1_767_225_600_000
@@ -149,7 +150,7 @@ def _batches(pool: list[dict[str, Any]], start: int, b: int, calls: int,
             k += 1
         batch = ClickBatch.from_clicks(cl)
         uh, sh, ih, hll, eh = hash_keys(batch, True)
-        out.append((batch.ts, uh, sh, ih, hll, batch.tz_offset_min, eh))
+        out.append((batch.ts, uh, sh, ih, hll, batch.tz_offset_min, eh, batch.logged_in))
     return out, k
 
 

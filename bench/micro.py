@@ -97,7 +97,7 @@ def store(seconds: float, redis_url: str | None, batches: Sequence[int] = STORE_
 
             def call(st: Any = st, cb: Any = cb, hk: Any = hk, ts: Any = ts) -> None:
                 ts += 1  # time moves on, as in production
-                st.update(ts, *hk[:4], cb.tz_offset_min, hk[4])
+                st.update(ts, *hk[:4], cb.tz_offset_min, hk[4], cb.logged_in)
             r = _time(call, seconds)
             # Also the hashing the daemon does per batch, for the whole store step.
             h = _time(lambda cb=cb: hash_keys(cb), seconds / 4)

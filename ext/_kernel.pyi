@@ -39,15 +39,18 @@ class EmbeddedStore:
     def update(self, ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike,
                ih: npt.ArrayLike, hll: npt.ArrayLike,
                tz: npt.ArrayLike | None = None,
-               eh: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+               eh: npt.ArrayLike | None = None,
+               li: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH); eh:
-        uint64 (n, 3) entity keys (0 = absent), None: no click has any."""
+        uint64 (n, 3) entity keys (0 = absent), None: no click has any; li: the clicks'
+        logged_in flags (nonzero = logged in), None: none is."""
     def update_tables(self, ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike,
                       ih: npt.ArrayLike, hll: npt.ArrayLike,
                       out: npt.NDArray[np.float64] | None = None,
                       tables: int = 15,
                       tz: npt.ArrayLike | None = None,
-                      eh: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
+                      eh: npt.ArrayLike | None = None,
+                      li: npt.ArrayLike | None = None) -> npt.NDArray[np.float64]:
         """update() for some tables (bit mask: 1 users, 2 sessions, 4 IPs, 8 entities), into
         `out`."""
 
@@ -74,6 +77,8 @@ def _arrow_utf8(col: Any, name: str, nullable: bool
                 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], npt.NDArray[Any] | None] | None: ...
 
 def redis_request(ts: npt.ArrayLike, uh: npt.ArrayLike, sh: npt.ArrayLike, ih: npt.ArrayLike,
-                  hll: npt.ArrayLike, rec_head: bytes, cmd_head: bytes, argv_px: bytes) -> bytes:
+                  hll: npt.ArrayLike, rec_head: bytes, cmd_head: bytes, argv_px: bytes,
+                  tz: npt.ArrayLike | None = None, eh: npt.ArrayLike | None = None,
+                  li: npt.ArrayLike | None = None) -> bytes:
     """The Redis store's EVALSHA command for one batch, byte for byte RedisStore.request's
     numpy build. Raises ValueError on unequal lengths or an empty batch."""

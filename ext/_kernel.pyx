@@ -36,14 +36,14 @@ cdef enum:
     HLL_M = 32
     HLL_P = 5
     HLL_RANK_CAP = 60
-    RAW_WIDTH = 83
-    N_FEATURES = 44
+    RAW_WIDTH = 84
+    N_FEATURES = 45
     IP_HOURS = 24
     SUBSEC_MS = 1000
     # first raw column of each key kind (featurespec.RAW_SPANS) and an entity kind's width
     R_S = 8
     R_I = 16
-    R_E = 41
+    R_E = 42
     E_W = 14
     # an entity kind's decayed counts (its first columns; the two HLLs' follow)
     E_NC = 4
@@ -93,6 +93,7 @@ def _check_spec():
     assert fs.ENTITY_RAW_WIDTH == E_W and fs.ENTITY_PREFIXES == ("a", "x", "g")
     assert fs.RAW_INDEX["u_lg_n"] == 5 and fs.RAW_INDEX["s_subsec"] == R_S + 4
     assert fs.RAW_INDEX["i_hours"] == R_I + 3 and fs.RAW_INDEX["h0_z"] == R_I + 4
+    assert fs.RAW_INDEX["i_li"] == R_I + 25
     assert fs.RAW_INDEX["i_tzsw"] == R_I + 24 and fs.RAW_INDEX["gi_z"] == R_E + 2 * E_W + E_NC + 5
     assert fs.RAW_INDEX["as_z"] == R_E + E_NC and len(fs.ENTITY_TAUS) == E_NC
 

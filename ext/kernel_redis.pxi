@@ -82,11 +82,11 @@ DEF _STACK_CLICKS = 64
 
 
 def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes argv_px,
-                  tz=None, eh=None):
+                  tz=None, eh=None, li=None):
     """The Redis store's whole EVALSHA command for one batch as one RESP buffer, byte for byte
     what slidr.store_redis.RedisStore.request builds with numpy (see store_redis.lua):
 
-      *<k+11> cmd_head $<len k> k  <k key records>  $<40n> <n click records>  argv_px
+      *<k+11> cmd_head $<len k> k  <k key records>  $<41n> <n click records>  argv_px
       $<len nu> nu  $<len ns> ns  $<len ni> ni
 
     key record = "$<klen>\\r\\n" + prefix (rec_head) + tag (u|s|i|e) + 8-byte big-endian hash +
@@ -94,10 +94,12 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
     user-agent keys together, 0 left out); click record = ts (<f8), the 4 HLL bytes, the IP
     hash's HLL register and rank, the 1-based positions of the click's user, session and IP
     keys and of its ad, (IP, ad) and user-agent keys among the entities (<u4 each; 0: absent),
-    its tz_offset_min (<i2; 0 when tz is None).
+    its tz_offset_min (<i2; 0 when tz is None), its logged_in flag (one byte, 0 or 1; 0 when li
+    is None).
 
     Arrays of the usual types (ts int64 or float64, hashes uint64, hll uint8 with 4 bytes per
-    click, tz int16, eh uint64 (n, 3)), C-contiguous, are read in place; anything else is
+    click, tz int16, eh uint64 (n, 3), li uint8 or bool), C-contiguous, are read in place
+    (a nonzero li byte is 1 in the record); anything else is
     converted first. The buffer is sized exactly, and batches of up to 64 clicks dedup in stack
     buffers: a one-click request costs about a microsecond."""
     # one-dimensional views of the inputs, converted only when they are not already usable
@@ -115,6 +117,9 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
         tz = np.ascontiguousarray(tz, dtype=np.int16)
     if eh is not None and not _is_c_array(eh, cnp.NPY_UINT64):
         eh = np.ascontiguousarray(eh, dtype=np.uint64)
+    if li is not None and not _is_c_array(li, cnp.NPY_UINT8) \
+            and not _is_c_array(li, cnp.NPY_BOOL):
+        li = np.ascontiguousarray(np.asarray(li) != 0)
     cdef cnp.ndarray ta = <cnp.ndarray>ts
     cdef cnp.ndarray ua = <cnp.ndarray>uh
     cdef cnp.ndarray sa = <cnp.ndarray>sh
@@ -130,13 +135,18 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
                                     or cnp.PyArray_SIZE(<cnp.ndarray>tz) != n))
             or (eh is not None and (cnp.PyArray_NDIM(<cnp.ndarray>eh) != 2
                                     or cnp.PyArray_DIM(<cnp.ndarray>eh, 0) != n
-                                    or cnp.PyArray_DIM(<cnp.ndarray>eh, 1) != 3))):
-        raise ValueError("redis_request: ts, uh, sh, ih, hll, tz and eh must have the same "
-                         "length (eh: n x 3)")
+                                    or cnp.PyArray_DIM(<cnp.ndarray>eh, 1) != 3))
+            or (li is not None and (cnp.PyArray_NDIM(<cnp.ndarray>li) != 1
+                                    or cnp.PyArray_SIZE(<cnp.ndarray>li) != n))):
+        raise ValueError("redis_request: ts, uh, sh, ih, hll, tz, eh and li must have the "
+                         "same length (eh: n x 3)")
     # the clicks' time zones (NULL: zone 0 for every click)
     cdef const int16_t* zt = (<const int16_t*>cnp.PyArray_DATA(<cnp.ndarray>tz)
                               if tz is not None else NULL)
     cdef int16_t z0 = 0
+    # the clicks' logged_in flags (NULL: none logged in)
+    cdef const uint8_t* lt = (<const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>li)
+                              if li is not None else NULL)
     # the clicks' entity keys (NULL: none)
     cdef const uint64_t* et = (<const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>eh)
                                if eh is not None else NULL)
@@ -198,7 +208,7 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
                 idx[6 * i + 4] = 0
                 idx[6 * i + 5] = 0
         size = (1 + _ndigits(k + 11) + len(cmd_head) + _bulk_int_len(k) + k * reclen
-                + 1 + _ndigits(40 * n) + 2 + 40 * n + 2 + len(argv_px)
+                + 1 + _ndigits(41 * n) + 2 + 41 * n + 2 + len(argv_px)
                 + _bulk_int_len(nu) + _bulk_int_len(ns) + _bulk_int_len(ni))
         out = PyBytes_FromStringAndSize(NULL, size)
         base = PyBytes_AS_STRING(out)
@@ -221,7 +231,7 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
             p[10] = b'\n'
             p += 11
         p[0] = b'$'
-        p = _put_int(p + 1, 40 * n)
+        p = _put_int(p + 1, 41 * n)
         p[0] = b'\r'
         p[1] = b'\n'
         p += 2
@@ -234,7 +244,8 @@ def redis_request(ts, uh, sh, ih, hll, bytes rec_head, bytes cmd_head, bytes arg
             p[13] = <char>irank[1]
             memcpy(p + 14, &idx[6 * i], 24)
             memcpy(p + 38, (zt + i) if zt != NULL else &z0, 2)
-            p += 40
+            p[40] = 1 if lt != NULL and lt[i] != 0 else 0
+            p += 41
         p[0] = b'\r'
         p[1] = b'\n'
         p += 2

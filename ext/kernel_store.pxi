@@ -38,6 +38,8 @@ ctypedef struct IpSt:
     # count (tau I_TAU[2]) of its clicks whose zone differed from the newest click's before them
     int32_t tz
     double tzsw
+    # spec 5: the decayed count (tau I_TAU[2], as c[2]) of its logged-in clicks
+    double li
     uint8_t regs[4][HLL_M]
 
 # spec 4: one struct for the three entity kinds (ad, (IP, ad), user agent; the key's hash
@@ -299,13 +301,26 @@ cdef inline int64_t _floordiv(int64_t a, int64_t b) noexcept nogil:
     return q
 
 
-cdef inline void _ip_reset(IpSt* e, int64_t t, int32_t tz) noexcept nogil:
+cdef object _li_bytes(object li, Py_ssize_t n):
+    """The clicks' logged_in flags as C-contiguous one-byte values, nonzero = logged in: a
+    uint8 or bool array as it is (viewed, not copied, when C-contiguous), anything else as
+    `li != 0`; None: 0 for each of the n clicks."""
+    if li is None:
+        return np.zeros(n, dtype=np.uint8)
+    a = np.asarray(li)
+    if a.dtype != np.uint8 and a.dtype != np.bool_:
+        a = a != 0
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+cdef inline void _ip_reset(IpSt* e, int64_t t, int32_t tz, uint8_t li) noexcept nogil:
     cdef int j
     for j in range(3):
         e.c[j] = 1.0
     e.last = t
     e.tz = tz
     e.tzsw = 0.0
+    e.li = 1.0 if li else 0.0
     e.bucket[0] = _floordiv(t, HOUR_MS)
     e.bucket[1] = _floordiv(t, DAY_MS)
     e.hmask = 0
@@ -429,13 +444,15 @@ cdef class EmbeddedStore:
         _sweep_table(&self.ips, self.now[2] - I_TTL - self.sweep_grace_ms, budget)
         _sweep_table(&self.ents, self.now[3] - E_TTL - self.sweep_grace_ms, budget)
 
-    def update(self, ts, uh, sh, ih, hll, tz=None, eh=None):
+    def update(self, ts, uh, sh, ih, hll, tz=None, eh=None, li=None):
         """Count one batch of clicks in order -> raw counters float64 (n, RAW_WIDTH).
         tz: the clicks' tz_offset_min (None: 0 for every click); eh: uint64 (n, 3) entity keys
-        (ad, (IP, ad), user agent; 0 = absent), None: no click has any."""
-        return self.update_tables(ts, uh, sh, ih, hll, None, 15, tz, eh)
+        (ad, (IP, ad), user agent; 0 = absent), None: no click has any; li: the clicks'
+        logged_in flags (uint8 0/1; None: 0 for every click)."""
+        return self.update_tables(ts, uh, sh, ih, hll, None, 15, tz, eh, li)
 
-    def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=15, tz=None, eh=None):
+    def update_tables(self, ts, uh, sh, ih, hll, out=None, int tables=15, tz=None, eh=None,
+                      li=None):
         """update() for some of the tables, into `out` (float64 (n, RAW_WIDTH), made when None),
         without the GIL. tables: bit mask, 1 users, 2 sessions, 4 ips, 8 entities (their raw
         columns: featurespec.RAW_SPANS). The tables are independent: counting a batch with
@@ -456,9 +473,11 @@ cdef class EmbeddedStore:
                                       else np.ascontiguousarray(tz, dtype=np.int32))
         cdef const uint64_t[:, ::1] ev = (np.zeros((n, 3), dtype=np.uint64) if eh is None
                                           else np.ascontiguousarray(eh, dtype=np.uint64))
+        cdef const uint8_t[::1] lv = _li_bytes(li, n)
         if (u.shape[0] != n or s.shape[0] != n or ip.shape[0] != n or hl.shape[0] != n
-                or zv.shape[0] != n or ev.shape[0] != n):
-            raise ValueError("update: ts, uh, sh, ih, hll, tz and eh must have the same length")
+                or zv.shape[0] != n or ev.shape[0] != n or lv.shape[0] != n):
+            raise ValueError("update: ts, uh, sh, ih, hll, tz, eh and li must have the same "
+                             "length")
         if n and hl.shape[1] != 4:
             raise ValueError("update: hll must have shape (n, 4)")
         if n and ev.shape[1] != 3:
@@ -478,7 +497,8 @@ cdef class EmbeddedStore:
             if rc == 0 and tables & 2:
                 rc = self._count_sessions(&tsv[0], &s[0], n, &o[0, 0])
             if rc == 0 and tables & 4:
-                rc = self._count_ips(&tsv[0], &ip[0], &hl[0, 0], &zv[0], n, &o[0, 0])
+                rc = self._count_ips(&tsv[0], &ip[0], &hl[0, 0], &zv[0], &lv[0], n,
+                                     &o[0, 0])
             if rc == 0 and tables & 8:
                 rc = self._count_entities(&tsv[0], &ev[0, 0], &ip[0], &hl[0, 0], n, &o[0, 0])
         if rc != 0:
@@ -604,7 +624,8 @@ cdef class EmbeddedStore:
         return 0
 
     cdef int _count_ips(self, const int64_t* ts, const uint64_t* keys, const uint8_t* hll,
-                        const int32_t* tzs, Py_ssize_t n, double* out) noexcept nogil:
+                        const int32_t* tzs, const uint8_t* lis, Py_ssize_t n,
+                        double* out) noexcept nogil:
         cdef Py_ssize_t i
         cdef IpSt* ie
         cdef double gap
@@ -629,12 +650,13 @@ cdef class EmbeddedStore:
                     ie = <IpSt*>_insert(&self.ips, keys[i])
                     if ie == NULL:
                         return -1
-                _ip_reset(ie, t, tzs[i])
+                _ip_reset(ie, t, tzs[i], lis[i])
             else:
                 gap = (t - ie.last if t > ie.last else 0) / 1000.0
                 for j in range(3):
                     ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
                 ie.tzsw = ie.tzsw * exp(-gap / I_TAU[2]) + (1.0 if tzs[i] != ie.tz else 0.0)
+                ie.li = ie.li * exp(-gap / I_TAU[2]) + (1.0 if lis[i] else 0.0)
                 if t >= ie.last:
                     ie.tz = tzs[i]
                 if t > ie.last:
@@ -650,6 +672,7 @@ cdef class EmbeddedStore:
                 ie.hmask |= (<uint32_t>1) << (-hk)
             row[R_I + 3] = __builtin_popcount(ie.hmask)
             row[R_I + 24] = ie.tzsw
+            row[R_I + 25] = ie.li
             for w in range(2):
                 win = HOUR_MS if w == 0 else DAY_MS
                 b = _floordiv(t, win)

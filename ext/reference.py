@@ -246,9 +246,10 @@ class ReferenceStore:
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                hll: np.ndarray, tz: np.ndarray | None = None,
-               eh: np.ndarray | None = None) -> np.ndarray:
+               eh: np.ndarray | None = None, li: np.ndarray | None = None) -> np.ndarray:
         """tz: the clicks' tz_offset_min (None: 0 for every click); eh: uint64 (n, 3) entity
-        keys (ad, (IP, ad), user agent; 0 = absent), None: no click has any."""
+        keys (ad, (IP, ad), user agent; 0 = absent), None: no click has any; li: the clicks'
+        logged_in flags (nonzero = logged in; None: 0 for every click)."""
         n = len(ts)
         out = np.empty((n, RAW_WIDTH), dtype=np.float64)
         for i in range(n):
@@ -293,11 +294,13 @@ class ReferenceStore:
             ni = len(IP_TAUS)
             ent = self._get(self.ips, int(ih[i]))
             z = 0 if tz is None else int(tz[i])
+            logged = 1.0 if li is not None and li[i] else 0.0
             if ent is None or t - ent[0][ni] > IP_TTL_MS:
                 if ent is None:
                     self._room(self.ips)
-                # counts..., last, active-hours mask, newest click's zone, zone switches
-                ent = ([1.0] * ni + [float(t), 0.0, float(z), 0.0],
+                # counts..., last, active-hours mask, newest click's zone, zone switches,
+                # logged-in clicks (spec 5; the first click counts, as in the counts)
+                ent = ([1.0] * ni + [float(t), 0.0, float(z), 0.0, logged],
                        [_Hll(t // w) for w in HLL_WINDOWS_MS])
                 self.ips[int(ih[i])] = ent
             else:
@@ -306,6 +309,7 @@ class ReferenceStore:
                 _decay(c, IP_TAUS, gap)
                 c[ni + 3] = c[ni + 3] * math.exp(-gap / IP_TAUS[-1]) + (
                     1.0 if z != int(c[ni + 2]) else 0.0)
+                c[ni + 4] = c[ni + 4] * math.exp(-gap / IP_TAUS[-1]) + logged
                 if t >= int(c[ni]):
                     c[ni + 2] = float(z)
                 c[ni] = float(max(int(c[ni]), t))
@@ -316,7 +320,7 @@ class ReferenceStore:
             for j, w in enumerate(HLL_WINDOWS_MS):
                 idx, rank = int(hll[i, 2 * (j % 2)]), int(hll[i, 2 * (j % 2) + 1])
                 row += ent[1][j].add(t, w, idx, rank)
-            row.append(ent[0][ni + 3])
+            row += [ent[0][ni + 3], ent[0][ni + 4]]
             # entities (spec 4): ad, (IP, ad), user agent; key 0 = absent
             if eh is None:
                 row += _ENTITY_ABSENT3

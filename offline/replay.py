@@ -249,7 +249,7 @@ class ReplayStream:
             for c in (_read_ahead(chunks()) if self.threads else chunks()):
                 n = c["n"]
                 ts, uh, sh, ih, hll, tz = c["ts"], c["uh"], c["sh"], c["ih"], c["hll"], c["tz"]
-                eh = c["eh"]
+                eh, li = c["eh"], c["li"]
                 out = np.empty((n, N_FEATURES), dtype=np.float32)
                 spans = [(a, min(a + batch_size, n)) for a in range(0, n, batch_size)]
                 if pool is not None:
@@ -263,10 +263,10 @@ class ReplayStream:
                     def count(tables: int, raw: np.ndarray = raw, ts: np.ndarray = ts,
                               uh: np.ndarray = uh, sh: np.ndarray = sh, ih: np.ndarray = ih,
                               hll: np.ndarray = hll, tz: np.ndarray = tz, eh: np.ndarray = eh,
-                              spans: list = spans) -> None:
+                              li: np.ndarray = li, spans: list = spans) -> None:
                         for a, b in spans:
                             st.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b],
-                                             raw[a:b], tables, tz[a:b], eh[a:b])
+                                             raw[a:b], tables, tz[a:b], eh[a:b], li[a:b])
 
                     # the entity table (three lookups per click) in the worker, users,
                     # sessions and IPs here: about the same work
@@ -290,7 +290,7 @@ class ReplayStream:
                 else:
                     for a, b in spans:
                         raw = st.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], tz[a:b],
-                                        eh[a:b])
+                                        eh[a:b], li[a:b])
                         fin(raw, ts[a:b], c["tz"][a:b], c["li"][a:b], c["dev"][a:b],
                             out[a:b])
                         bar.update(b - a)

@@ -147,7 +147,9 @@ def _count_partition(bit: int, lo: int, hi: int) -> Any:
             ih = key if bit == 4 else zero
             tz = (b.column("tz").to_numpy().astype(np.int32) if bit == 4
                   else np.zeros(n, np.int32))
-            raw = store.update_tables(ts, uh, sh, ih, hll, None, bit, tz)
+            li = (b.column("li").to_numpy(zero_copy_only=False).astype(np.uint8) if bit == 4
+                  else np.zeros(n, np.uint8))
+            raw = store.update_tables(ts, uh, sh, ih, hll, None, bit, tz, None, li)
             cols = [b.column("rid")] + [pa.array(np.ascontiguousarray(raw[:, j]))
                                         for j in range(lo, hi)]
             yield pa.RecordBatch.from_arrays(cols, ["rid"] + [f"r{j}" for j in range(lo, hi)])
@@ -262,7 +264,7 @@ def _counted(spark: Any, staged: str | Path, partitions: int, columns: tuple[str
     joined = df.select(*columns)
     for bit, key, lo, hi in KINDS:
         schema = "rid long, " + ", ".join(f"r{j} double" for j in range(lo, hi))
-        part = (df.select("rid", "ts", key, "hll", "tz").repartition(partitions, key)
+        part = (df.select("rid", "ts", key, "hll", "tz", "li").repartition(partitions, key)
                 .sortWithinPartitions("rid")
                 .mapInArrow(_count_partition(bit, lo, hi), schema))
         joined = joined.join(part, "rid")

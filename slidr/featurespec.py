@@ -39,6 +39,13 @@ Counter algorithms (all per key, O(1) memory, logically expiring):
   decayed counts (ENTITY_TAUS, the IP's decay, out-of-order and logical-expiry rules, TTL
   ENTITY_TTL_MS) and two day-window HLLs as the IP's 1-day ones: distinct sessions (the
   session's register and rank) and distinct IPs (register and rank of the IP's hash).
+- Logged-in clicks behind an IP (spec 5): the IP keeps a decayed count of its clicks whose
+  logged_in flag is set, with the decay, dt, out-of-order rule and logical expiry of its day
+  count i_c86400: li <- li * exp(-dt / IP_TAUS[2]) + [logged_in]. A new (or expired) IP starts
+  as its counts do, the first click counted: li = [logged_in]. The feature is li / the IP's
+  day-decayed click count: the share of its recent clicks that were logged in (people behind a
+  shared address log in at a steady share; a bot pool without accounts never does). Stores
+  take the clicks' flags as update()'s last argument `li` (uint8 0/1; None: 0 for every click).
 The embedded store (ext/_kernel.pyx), its reference twin (ext/reference.py) and the Redis
 Lua script (slidr/store_redis.lua) implement exactly this; parity tests hold them together.
 """
@@ -53,7 +60,7 @@ import numpy as np
 
 from slidr.contract import DEVICES
 
-SPEC_VERSION = 4
+SPEC_VERSION = 5
 
 # Decay time constants in seconds.
 USER_TAUS = (60.0, 600.0, 3600.0, 86400.0)
@@ -95,17 +102,18 @@ _RAW_SESSION = ("s_c60", "s_c3600", "s_gap", "s_age",
                 "s_subsec", "s_lg_n", "s_lg_mean", "s_lg_m2")
 _RAW_IP = (("i_c60", "i_c3600", "i_c86400", "i_hours")
            + tuple(f"h{j}_{f}" for j in range(4) for f in ("z", "v", "pz", "pv", "frac"))
-           + ("i_tzsw",))  # spec 3
+           + ("i_tzsw",)  # spec 3
+           + ("i_li",))  # spec 5
 # spec 4: per entity kind, 4 decayed counts, then the day HLLs of sessions and of IPs.
 _RAW_ENTITY = tuple(
     c for k in ENTITY_PREFIXES
     for c in ((f"{k}_c60", f"{k}_c3600", f"{k}_c86400", f"{k}_c604800")
               + tuple(f"{k}{h}_{f}" for h in ("s", "i") for f in ("z", "v", "pz", "pv", "frac"))))
 RAW_COLUMNS: tuple[str, ...] = _RAW_USER + _RAW_SESSION + _RAW_IP + _RAW_ENTITY
-RAW_WIDTH = len(RAW_COLUMNS)  # 83
+RAW_WIDTH = len(RAW_COLUMNS)  # 84
 ENTITY_RAW_WIDTH = len(_RAW_ENTITY) // len(ENTITY_PREFIXES)  # 14 columns per entity kind
-# [start, end) of the raw columns of each key kind: users 0-7, sessions 8-15, IPs 16-40,
-# entities 41-82.
+# [start, end) of the raw columns of each key kind: users 0-7, sessions 8-15, IPs 16-41,
+# entities 42-83.
 _E0 = len(_RAW_USER) + len(_RAW_SESSION) + len(_RAW_IP)
 RAW_SPANS: dict[str, tuple[int, int]] = {
     "user": (0, len(_RAW_USER)),
@@ -139,6 +147,8 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("ip_hours_1d", "log1p"),
     # spec 3: clients behind one IP that keep changing time zone (docs/features.md)
     ("ip_tz_switch_1d", "ratio"),  # i_tzsw / i_c86400
+    # spec 5: the share of an IP's recent clicks that were logged in (docs/features.md)
+    ("ip_logged_in_1d", "ratio"),  # i_li / i_c86400
     # spec 4: the user's gap regularity; ads, (IP, ad) pairs and user agents (docs/features.md)
     ("u_gap_logsd", "lg_sd"),
     ("ad_clicks_1m", "log1p"), ("ad_clicks_1h", "log1p"), ("ad_clicks_1d", "log1p"),
@@ -150,7 +160,7 @@ FEATURES: tuple[tuple[str, str], ...] = (
     ("ad_rate_ratio_7d", "rate_ratio_7d"), ("ua_rate_ratio_7d", "rate_ratio_7d"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(n for n, _ in FEATURES)
-N_FEATURES = len(FEATURES)  # 44
+N_FEATURES = len(FEATURES)  # 45
 
 
 def spec_dict() -> dict:
@@ -172,6 +182,7 @@ def spec_dict() -> dict:
         "gap_cap_s": GAP_CAP_S,
         "subsec_ms": SUBSEC_MS, "log_gap_floor_s": LOG_GAP_FLOOR_S, "ip_hours": IP_HOURS,
         "ip_tz_switch": "decayed tau ip_taus_s[2], per ip_c86400",
+        "ip_logged_in": "decayed tau ip_taus_s[2] of logged_in clicks, per ip_c86400",
         "hash": "fnv1a64+splitmix64 of utf-8, namespaces u/s/i/a/x/g; absent entity 0, 0 -> 1",
         "devices": list(DEVICES),
     }
@@ -266,25 +277,26 @@ def finish(raw: np.ndarray, ts: np.ndarray, tz_offset_min: np.ndarray, logged_in
     c1d = raw[:, r["i_c86400"]]
     with np.errstate(invalid="ignore", divide="ignore"):
         out[:, 28] = np.where(c1d > 0, raw[:, r["i_tzsw"]] / c1d, 0.0)
+        out[:, 29] = np.where(c1d > 0, raw[:, r["i_li"]] / c1d, 0.0)  # spec 5
     # spec 4
     lg_n = raw[:, r["u_lg_n"]]
     with np.errstate(invalid="ignore", divide="ignore"):
         sd = np.sqrt(raw[:, r["u_lg_m2"]] / lg_n)
-    out[:, 29] = np.where(lg_n >= 2, sd, -1.0)
-    out[:, 30] = np.log1p(raw[:, r["a_c60"]])
-    out[:, 31] = np.log1p(raw[:, r["a_c3600"]])
-    out[:, 32] = np.log1p(raw[:, r["a_c86400"]])
-    out[:, 33] = _rate_ratio(raw[:, r["a_c3600"]], raw[:, r["a_c86400"]])
-    out[:, 34] = np.log1p(_blend(raw, r["ai_z"]))
-    out[:, 35] = np.log1p(_blend(raw, r["as_z"]))
-    out[:, 36] = np.log1p(raw[:, r["x_c3600"]])
-    out[:, 37] = np.log1p(raw[:, r["x_c86400"]])
-    out[:, 38] = np.log1p(_blend(raw, r["xs_z"]))
-    out[:, 39] = np.log1p(raw[:, r["g_c3600"]])
-    out[:, 40] = _rate_ratio(raw[:, r["g_c3600"]], raw[:, r["g_c86400"]])
-    out[:, 41] = np.log1p(_blend(raw, r["gi_z"]))
-    out[:, 42] = _rate_ratio(raw[:, r["a_c86400"]], raw[:, r["a_c604800"]], 7.0)
-    out[:, 43] = _rate_ratio(raw[:, r["g_c86400"]], raw[:, r["g_c604800"]], 7.0)
+    out[:, 30] = np.where(lg_n >= 2, sd, -1.0)
+    out[:, 31] = np.log1p(raw[:, r["a_c60"]])
+    out[:, 32] = np.log1p(raw[:, r["a_c3600"]])
+    out[:, 33] = np.log1p(raw[:, r["a_c86400"]])
+    out[:, 34] = _rate_ratio(raw[:, r["a_c3600"]], raw[:, r["a_c86400"]])
+    out[:, 35] = np.log1p(_blend(raw, r["ai_z"]))
+    out[:, 36] = np.log1p(_blend(raw, r["as_z"]))
+    out[:, 37] = np.log1p(raw[:, r["x_c3600"]])
+    out[:, 38] = np.log1p(raw[:, r["x_c86400"]])
+    out[:, 39] = np.log1p(_blend(raw, r["xs_z"]))
+    out[:, 40] = np.log1p(raw[:, r["g_c3600"]])
+    out[:, 41] = _rate_ratio(raw[:, r["g_c3600"]], raw[:, r["g_c86400"]])
+    out[:, 42] = np.log1p(_blend(raw, r["gi_z"]))
+    out[:, 43] = _rate_ratio(raw[:, r["a_c86400"]], raw[:, r["a_c604800"]], 7.0)
+    out[:, 44] = _rate_ratio(raw[:, r["g_c86400"]], raw[:, r["g_c604800"]], 7.0)
     return out
 
 

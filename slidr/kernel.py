@@ -22,10 +22,12 @@ class Store(Protocol):
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                hll: np.ndarray, tz: np.ndarray | None = None,
-               eh: np.ndarray | None = None) -> np.ndarray: ...
+               eh: np.ndarray | None = None, li: np.ndarray | None = None) -> np.ndarray: ...
     # tz: the clicks' tz_offset_min (spec 3's IP time-zone switches); None counts every click
     # in zone 0 (tests and benches that do not look at that counter). eh: uint64 (n, 3), the
     # clicks' ad, (IP, ad) and user-agent keys (spec 4; 0 = absent); None: none has any.
+    # li: the clicks' logged_in flags (spec 5's IP logged-in count; nonzero = logged in);
+    # None: no click is.
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -33,7 +35,8 @@ class Store(Protocol):
 
 
 def hash_keys(batch: ClickBatch, use_native: bool | None = None):
-    """-> (uh, sh, ih, hll, eh): what a store's update() takes (eh after tz)."""
+    """-> (uh, sh, ih, hll, eh): what a store's update() takes (eh after tz, then the batch's
+    logged_in flags as li)."""
     mod = native if (NATIVE if use_native is None else use_native) else reference
     return mod.hash_keys(batch.user_key, batch.session_id, batch.ip, batch.ad_id,
                          batch.user_agent)
@@ -56,12 +59,14 @@ class FeatureKernel:
 
     def raw(self, batch: ClickBatch) -> np.ndarray:
         uh, sh, ih, hll, eh = hash_keys(batch, self.use_native)
-        return self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, eh)
+        return self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, eh,
+                                 batch.logged_in)
 
     def keys(self, batch: ClickBatch
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(user, session, IP key hashes, HLL bytes, entity keys (n, 3)): what a store's
-        update() takes (the entity keys after the time zones)."""
+        update() takes (the entity keys after the time zones, then the batch's logged_in
+        flags)."""
         return hash_keys(batch, self.use_native)
 
     def finish(self, raw: np.ndarray, batch: ClickBatch, out: np.ndarray | None = None

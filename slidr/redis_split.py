@@ -44,6 +44,7 @@ from slidr.store_redis import (
     KIND_TAGS,
     _ip_index_rank1,
     ip_index_rank,
+    li_flags,
     resp_bulk,
     script_source,
 )
@@ -194,6 +195,7 @@ class Plan:
     ts: np.ndarray
     hll: np.ndarray                # (n, 6) uint8: the 4 HLL bytes, the IP hash's register, rank
     tz: np.ndarray                 # the clicks' tz_offset_min (int16)
+    li: np.ndarray                 # the clicks' logged_in flags (uint8 0/1)
     keys: tuple[np.ndarray, ...]   # per kind: distinct key hashes (uint64; entities without 0)
     pos: tuple[np.ndarray, ...]    # per key slot: each click's 0-based index into
     #                                keys[SLOT_KIND[slot]], -1 for an absent entity key
@@ -265,9 +267,11 @@ class Builder:
 
 def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray | None],
                hll: np.ndarray, slot_node: Callable[[int, np.ndarray], np.ndarray],
-               addrs: list[str], epoch: int = 0, tz: np.ndarray | None = None) -> Plan:
+               addrs: list[str], epoch: int = 0, tz: np.ndarray | None = None,
+               li: np.ndarray | None = None) -> Plan:
     """Split one batch: hashes = (uh, sh, ih, eh: (n, 3) entity keys, 0 = absent, or None);
-    slot_node(kind, distinct key hashes) -> addr index of each key."""
+    slot_node(kind, distinct key hashes) -> addr index of each key; tz, li: the clicks' time
+    zones and logged_in flags (None: 0 for every click)."""
     n = int(np.shape(ts)[0])
     keys: list[np.ndarray] = []
     pos: list[np.ndarray] = []
@@ -303,6 +307,7 @@ def plan_batch(builder: Builder, ts: np.ndarray, hashes: Sequence[np.ndarray | N
         _ip_index_rank1(x) for x in np.asarray(hashes[2], dtype=np.uint64).tolist()]
     plan = Plan(n, np.asarray(ts, dtype=np.float64), hll6,
                 np.zeros(n, np.int16) if tz is None else np.asarray(tz, dtype=np.int16),
+                li_flags(li, n),
                 tuple(keys), tuple(pos), tuple(node), list(addrs), epoch=epoch)
     if n <= SMALL:
         plan.parts = build_parts_small(builder, plan)
@@ -325,6 +330,7 @@ def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
     ts = plan.ts.tolist()
     hll = [bytes(r) for r in plan.hll]
     tz = plan.tz.tolist()
+    lf = plan.li.tolist()
     slots = list(enumerate(SLOT_KIND))
     parts: list[Part] = []
     for a in sorted(set().union(*node)):
@@ -343,7 +349,7 @@ def build_parts_small(builder: Builder, plan: Plan) -> list[Part]:
                 clicks.append(c)
                 for j in range(len(li)):
                     on[j].append(li[j] > 0)
-                recs.append(CLICK_STRUCT.pack(ts[c], *hll[c], *li, tz[c]))
+                recs.append(CLICK_STRUCT.pack(ts[c], *hll[c], *li, tz[c], lf[c]))
         addr = plan.addrs[a]
         parts.append(Part(addr, np.array(clicks, dtype=np.intp),
                           tuple(np.array(x, dtype=bool) for x in on),
@@ -376,6 +382,7 @@ def build_parts(builder: Builder, plan: Plan, active: Sequence[np.ndarray],
         rec["hll"] = plan.hll[clicks, :4]
         rec["ihll"] = plan.hll[clicks, 4:]
         rec["tz"] = plan.tz[clicks]
+        rec["li"] = plan.li[clicks]
         for c, k in enumerate(SLOT_KIND):
             if sel[k].shape[0] == 0:
                 rec["idx"][:, c] = 0

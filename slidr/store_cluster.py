@@ -89,13 +89,13 @@ class Router:
 
     def plan(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
              hll: np.ndarray, tz: np.ndarray | None = None,
-             eh: np.ndarray | None = None) -> Plan:
+             eh: np.ndarray | None = None, li: np.ndarray | None = None) -> Plan:
         topo = self.topo
 
         def slot_node(k: int, keys: np.ndarray) -> np.ndarray:
             return topo.owner[rt.key_slots(self.heads[k], keys)]
         return plan_batch(self.builder, ts, (uh, sh, ih, eh), hll, slot_node, topo.addrs(),
-                          self.epoch, tz)
+                          self.epoch, tz, li)
 
     def key_name(self, kind: int, h: int) -> bytes:
         return self.heads[kind] + int(h).to_bytes(8, "big")
@@ -266,9 +266,9 @@ class RedisClusterStore(RedisStore):
     # ------------------------------------------------------------------ daemon interface
     def request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                 hll: np.ndarray, tz: np.ndarray | None = None,
-                eh: np.ndarray | None = None) -> Any:
+                eh: np.ndarray | None = None, li: np.ndarray | None = None) -> Any:
         """The batch's Plan (per-node requests); slidrd/cluster_link.py sends it."""
-        return self.router.plan(ts, uh, sh, ih, hll, tz, eh)
+        return self.router.plan(ts, uh, sh, ih, hll, tz, eh, li)
 
     def parse_reply(self, resp: Any, n: int) -> np.ndarray:
         """A ClusterReply (plan, per-part replies) or a plain script reply -> raw (n, RAW_WIDTH)."""
@@ -381,22 +381,23 @@ class RedisClusterStore(RedisStore):
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                hll: np.ndarray, tz: np.ndarray | None = None,
-               eh: np.ndarray | None = None) -> np.ndarray:
+               eh: np.ndarray | None = None, li: np.ndarray | None = None) -> np.ndarray:
         with self._lock:
-            return self._update(ts, uh, sh, ih, hll, tz, eh)
+            return self._update(ts, uh, sh, ih, hll, tz, eh, li)
 
     def _update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                 hll: np.ndarray, tz: np.ndarray | None = None,
-                eh: np.ndarray | None = None) -> np.ndarray:
+                eh: np.ndarray | None = None, li: np.ndarray | None = None) -> np.ndarray:
         n = int(np.shape(ts)[0])
         if not (len(uh) == len(sh) == len(ih) == len(hll) == n) or (
-                tz is not None and len(tz) != n) or (eh is not None and np.shape(eh) != (n, 3)):
-            raise ValueError("update: ts, uh, sh, ih, hll, tz and eh must have the same length "
-                             "(eh: n x 3)")
+                tz is not None and len(tz) != n) or (eh is not None and np.shape(eh) != (n, 3)) \
+                or (li is not None and len(li) != n):
+            raise ValueError("update: ts, uh, sh, ih, hll, tz, eh and li must have the same "
+                             "length (eh: n x 3)")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
         t0 = time.monotonic()
-        plan = self.router.plan(ts, uh, sh, ih, hll, tz, eh)
+        plan = self.router.plan(ts, uh, sh, ih, hll, tz, eh, li)
         parts = plan.parts
         replies, errs = self._run(parts)
         done, failed = _sort_out(plan, parts, replies, errs)

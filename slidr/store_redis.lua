@@ -6,27 +6,28 @@
 --       (ads, (IP, ad) pairs and user agents: one table, the key hash's namespace keeps the
 --       kinds apart). The client deduplicates, so each key is named, read and written once
 --       per batch, however many clicks (or kinds of one click) use it.
--- ARGV[1]: n * 40 bytes, per click "<dBBBBBBI4I4I4I4I4I4h": ts (epoch ms), session HLL
+-- ARGV[1]: n * 41 bytes, per click "<dBBBBBBI4I4I4I4I4I4hB": ts (epoch ms), session HLL
 --          register, session rank, user HLL register, user rank, IP register, IP rank (of the
 --          IP key's hash: the entities' distinct-IP sketches), the 1-based positions of the
 --          click's user key among the users, its session among the sessions, its IP among
 --          the IPs, and of its ad, (IP, ad) and user-agent keys among the entities (0: the
---          click has no such key: the absent values, nothing read or written), and the
---          click's client time zone (tz_offset_min).
+--          click has no such key: the absent values, nothing read or written), the click's
+--          client time zone (tz_offset_min) and its logged_in flag (0 or 1).
 -- ARGV[2..5]: physical TTL in ms of user, session, IP and entity keys (the logical TTL plus
 --          the client's slack plus the kind's refresh period, see "Physical TTLs" below).
 -- ARGV[6], ARGV[7], ARGV[8]: the number of user, session and IP keys in KEYS (the rest are
 --          entities).
--- Returns n bulk strings, one per click: the click's raw counters in 560 bytes (see ROW
+-- Returns n bulk strings, one per click: the click's raw counters in 568 bytes (see ROW
 -- below; slidr/store_redis.py expands them to the RAW layout of slidr/featurespec.py).
 --
 -- State blobs: user "<dddddddd" c60 c600 c3600 c86400 last lg_n lg_mean lg_m2 (a user blob of
 -- another size, spec 3's 40 bytes, starts afresh); session "<dddddddd" c60 c3600 last
--- first subsec lg_n lg_mean lg_m2; ip "<dddddd" c60 c3600 c86400 last tz tz_switches (what
--- changes on every click, contiguous), "<dd" hours_mask hours (rarely), "<dd" bucket_1h
--- bucket_1d, then 4 x "<dddd" z v pz pv, then 4 x 32 one-byte HLL registers, then one layout
--- byte (LAYOUT). An IP blob of another size or layout byte (an older spec, or spec 3's
--- earlier field order, 336 bytes) starts afresh. Entity "<ddddd" c60 c3600 c86400 c604800 last
+-- first subsec lg_n lg_mean lg_m2; ip "<ddddddd" c60 c3600 c86400 last tz tz_switches
+-- logged_in (what changes on every click, contiguous), "<dd" hours_mask hours (rarely), "<dd"
+-- bucket_1h bucket_1d, then 4 x "<dddd" z v pz pv, then 4 x 32 one-byte HLL registers, then
+-- one layout byte (LAYOUT): 345 bytes. An IP blob of another size or layout byte (an older
+-- spec: spec 4's 337 bytes with layout byte 1, or spec 3's earlier field order, 336 bytes)
+-- starts afresh. Entity "<ddddd" c60 c3600 c86400 c604800 last
 -- (what changes on every click), "<d" day bucket, 2 x "<dddd" z v pz pv (distinct sessions,
 -- distinct IPs), then 2 x 32 one-byte registers, then one layout byte (E_LAYOUT): 177 bytes.
 -- An entity blob of another size or layout byte (the 169-byte one without c604800) starts
@@ -74,17 +75,17 @@ local blob = ARGV[1]
 local upx, spx, ipx, epx = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local nu, ns, ni = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local nk = #KEYS
-local n = #blob / 40
+local n = #blob / 41
 
--- IP blob: 26 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
+-- IP blob: 27 doubles (IFMT), then the 4 * M one-byte registers (string.byte / string.char:
 -- far cheaper per byte than struct items).
-local IFMT = '<dddddddddddddddddddddddddd'
+local IFMT = '<' .. string.rep('d', 27)
 local SFMT = '<dddddddd'
-local RO = 26 * 8  -- the registers' offset in the blob
+local RO = 27 * 8  -- the registers' offset in the blob
 local NR = 4 * M
 -- The layout byte after the registers: kept as register table entry NR + 1, so it is read and
 -- written with the registers at no extra cost.
-local LAYOUT = 1
+local LAYOUT = 2
 local IBYTES = RO + NR + 1
 local function new_regs() return {__ZERO_REGS__, LAYOUT} end
 
@@ -297,25 +298,27 @@ local function scratch()
   local LATER = math.huge
   U[0], S[0], R[0] = {0, 0, 0, 0, LATER, 0, 0, 0}, {0, 0, LATER, 0, 0, 0, 0, 0},
                      {__FULL_REGS__}
-  P[0] = {0, 0, 0, LATER, 0, 0, 0, 0, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M, M,
-          M, M}
+  P[0] = {0, 0, 0, LATER, 0, 0, 0, 0, 0, LATER, LATER, M, M, M, M, M, M, M, M, M, M, M, M, M,
+          M, M, M}
 end
 
 local out = {}
 local pos = 1
--- Row of one click (70 doubles, 560 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
+-- Row of one click (71 doubles, 568 bytes): u c60 c600 c3600 c86400 gap, s c60 c3600 gap age,
 -- ip c60 c3600 c86400, z and pz of HLL 0..3, frac 1 h, frac 1 d, the register counts v, pv
 -- of HLL 0..3 (each 0..32) as 6-bit fields of one exact integer (v0 in the low bits) with the
 -- IP's active hours (0..24) in bits 48..52, then s subsec lg_n lg_mean lg_m2, then the IP's
--- time-zone switches (spec 3), then u lg_n lg_mean lg_m2, then per entity kind (ad, (IP, ad),
+-- time-zone switches (spec 3) and logged-in clicks (spec 5), then u lg_n lg_mean lg_m2, then
+-- per entity kind (ad, (IP, ad),
 -- user agent) c60 c3600 c86400 c604800, sessions z v pz pv, day fraction, IPs z v pz pv
 -- (spec 4; the absent values for a click without that key). Fewer struct items: struct.pack costs about
 -- 25 ns per item. The client expands the row to RAW.
-local ROW = '<' .. string.rep('d', 70)
+local ROW = '<' .. string.rep('d', 71)
 for i = 1, n do
-  local t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z
-  t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z, pos =
-    sunpack('<dBBBBBBI4I4I4I4I4I4h', blob, pos)
+  local t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z, lf
+  t, sreg, srank, ureg, urank, ireg, irank, ui, si, ii, ea, ex, eg, z, lf, pos =
+    sunpack('<dBBBBBBI4I4I4I4I4I4hB', blob, pos)
+  if lf ~= 0 then lf = 1.0 else lf = 0.0 end
   if (ui == 0 or si == 0 or ii == 0) and not U[0] then scratch() end
 
   -- user: c[1..4], last = [5], ln-gap n mean M2 [6..8]
@@ -379,13 +382,14 @@ for i = 1, n do
   if age < 0 then age = 0 end
 
   -- ip: c[1..3], last = [4], the newest click's time zone [5] and the decayed count of
-  -- clicks whose zone differed from it [6] (tau I_TAU3), active hours [7..8], buckets [9]
-  -- (1 h) [10] (1 d), HLL j (z, v, pz, pv) at [11+4j .. 14+4j], j = 0 sessions 1 h, 1 users
-  -- 1 h, 2 sessions 1 d, 3 users 1 d; registers of HLL j at regs[32j + 1 .. 32j + 32]
+  -- clicks whose zone differed from it [6] (tau I_TAU3), the decayed count of logged-in
+  -- clicks [7] (tau I_TAU3, as c[3]), active hours [8..9], buckets [10] (1 h) [11] (1 d),
+  -- HLL j (z, v, pz, pv) at [12+4j .. 15+4j], j = 0 sessions 1 h, 1 users 1 h, 2 sessions
+  -- 1 d, 3 users 1 d; registers of HLL j at regs[32j + 1 .. 32j + 32]
   local p = P[ii]
   d = t - p[4]
   if d > I_TTL then
-    p = {1.0, 1.0, 1.0, t, z, 0.0, 0, 0, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
+    p = {1.0, 1.0, 1.0, t, z, 0.0, lf, 0, 0, bucket_of(t, W_HOUR), bucket_of(t, W_DAY),
          M, M, M, M, M, M, M, M, M, M, M, M, M, M, M, M}
     P[ii] = p
     R[ii] = new_regs()
@@ -399,36 +403,38 @@ for i = 1, n do
       local f3 = exp(-g / I_TAU3)
       p[3] = p[3] * f3 + 1.0
       p[6] = p[6] * f3 + sw
+      p[7] = p[7] * f3 + lf
       p[4] = t
       p[5] = z
     else
       p[1], p[2], p[3] = p[1] + 1.0, p[2] + 1.0, p[3] + 1.0
       p[6] = p[6] + sw
+      p[7] = p[7] + lf
       if d == 0 then p[5] = z end
     end
   end
 
-  -- active hours: mask [7] (bit k = a click in hour [9] - k, before the roll below), count [8]
-  local a0 = p[9] * W_HOUR
+  -- active hours: mask [8] (bit k = a click in hour [10] - k, before the roll below), count [9]
+  local a0 = p[10] * W_HOUR
   if t >= a0 + W_HOUR then
-    local k = bucket_of(t, W_HOUR) - p[9]
+    local k = bucket_of(t, W_HOUR) - p[10]
     local hm = 1
-    if k < NH then hm = (p[7] * 2 ^ k) % HFULL + 1 end
-    p[7], p[8] = hm, popcount(hm)
+    if k < NH then hm = (p[8] * 2 ^ k) % HFULL + 1 end
+    p[8], p[9] = hm, popcount(hm)
     IH[ii] = true
   elseif t < a0 then
-    local k = p[9] - bucket_of(t, W_HOUR)
+    local k = p[10] - bucket_of(t, W_HOUR)
     if k < NH then
       local b = 2 ^ k
-      if floor(p[7] / b) % 2 == 0 then p[7], p[8], IH[ii] = p[7] + b, p[8] + 1, true end
+      if floor(p[8] / b) % 2 == 0 then p[8], p[9], IH[ii] = p[8] + b, p[9] + 1, true end
     end
-  elseif p[7] % 2 == 0 then
-    p[7], p[8], IH[ii] = p[7] + 1, p[8] + 1, true
+  elseif p[8] % 2 == 0 then
+    p[8], p[9], IH[ii] = p[8] + 1, p[9] + 1, true
   end
 
   -- hour window: HLLs 0 and 1, registers 1 .. 2M; day window: HLLs 2 and 3, the rest
-  local hfrac = window(p, 9, 11, 0, ii, t, W_HOUR, sreg, srank, ureg, urank)
-  local dfrac = window(p, 10, 19, 2 * M, ii, t, W_DAY, sreg, srank, ureg, urank)
+  local hfrac = window(p, 10, 12, 0, ii, t, W_HOUR, sreg, srank, ureg, urank)
+  local dfrac = window(p, 11, 20, 2 * M, ii, t, W_DAY, sreg, srank, ureg, urank)
 
   local a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13 =
     0, 0, 0, 0, M, M, M, M, 0, M, M, M, M
@@ -444,11 +450,11 @@ for i = 1, n do
     entity(eg, t, sreg, srank, ireg, irank) end
 
   out[i] = spack(ROW, u[1], u[2], u[3], u[4], ugap, s[1], s[2], sgap, age / 1000.0,
-                 p[1], p[2], p[3], p[11], p[13], p[15], p[17], p[19], p[21], p[23], p[25],
+                 p[1], p[2], p[3], p[12], p[14], p[16], p[18], p[20], p[22], p[24], p[26],
                  hfrac, dfrac,
-                 (((((((p[8] * 64 + p[26]) * 64 + p[24]) * 64 + p[22]) * 64 + p[20]) * 64
-                   + p[18]) * 64 + p[16]) * 64 + p[14]) * 64 + p[12],
-                 s[5], s[6], s[7], s[8], p[6], u[6], u[7], u[8],
+                 (((((((p[9] * 64 + p[27]) * 64 + p[25]) * 64 + p[23]) * 64 + p[21]) * 64
+                   + p[19]) * 64 + p[17]) * 64 + p[15]) * 64 + p[13],
+                 s[5], s[6], s[7], s[8], p[6], p[7], u[6], u[7], u[8],
                  a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13,
                  x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13,
                  g1, g2, g3, g4, g5, g6, g7, g8, g9, g10, g11, g12, g13)
@@ -470,29 +476,30 @@ do
   end
   -- An IP whose registers did not change (R false) and whose TTL is kept is rewritten in
   -- place (SETRANGE keeps the TTL and the bytes not written), and only in the fields that can
-  -- have changed: IP fields 9..26 (window buckets, HLL z v pz pv) change only together with
+  -- have changed: IP fields 10..27 (window buckets, HLL z v pz pv) change only together with
   -- the registers (a window roll, a register update or a reset all make R a table), so what
-  -- is left is fields 1..6 (counts, last, time-zone fields) and, when IH says so, 7..8
-  -- (active hours), right after them: one SETRANGE either way (each redis.call costs ~8 k
-  -- instructions, each struct item ~0.5 k). A new IP field updated on every click must go
-  -- in fields 1..6's run (shifting the rest, with a new LAYOUT byte).
+  -- is left is fields 1..7 (counts, last, time-zone fields, logged-in count) and, when IH
+  -- says so, 8..9 (active hours), right after them: one SETRANGE either way (each redis.call
+  -- costs ~8 k instructions, each struct item ~0.5 k). A new IP field updated on every click
+  -- must go in fields 1..7's run (shifting the rest, with a new LAYOUT byte).
   local o = nu + ns
   for k = o + 1, o + ni do
     local regs, p = R[k - o], P[k - o]
     if p[4] < RE[k] then
       if regs then
-        call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26)) .. schar(unpack(regs, 1, NR + 1)),
+        call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 27)) .. schar(unpack(regs, 1, NR + 1)),
              'KEEPTTL')
       else
         if IH[k - o] then
-          call('SETRANGE', KEYS[k], 0, spack('<dddddddd', p[1], p[2], p[3], p[4], p[5], p[6],
-                                             p[7], p[8]))
+          call('SETRANGE', KEYS[k], 0, spack('<ddddddddd', p[1], p[2], p[3], p[4], p[5], p[6],
+                                             p[7], p[8], p[9]))
         else
-          call('SETRANGE', KEYS[k], 0, spack('<dddddd', p[1], p[2], p[3], p[4], p[5], p[6]))
+          call('SETRANGE', KEYS[k], 0, spack('<ddddddd', p[1], p[2], p[3], p[4], p[5], p[6],
+                                             p[7]))
         end
       end
     else
-      call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 26))
+      call('SET', KEYS[k], spack(IFMT, unpack(p, 1, 27))
            .. (regs and schar(unpack(regs, 1, NR + 1)) or RS[k - o]:sub(RO + 1, IBYTES)), 'PX', ipx)
     end
   end

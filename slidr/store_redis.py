@@ -76,7 +76,7 @@ def script_source(mget_chunk: int = 1000) -> str:
     assert fs.HLL_WINDOWS_MS == (fs.HLL_WINDOWS_MS[0],) * 2 + (fs.HLL_WINDOWS_MS[2],) * 2
     assert len(fs.USER_TAUS) == 4 and len(fs.SESSION_TAUS) == 2 and len(fs.IP_TAUS) == 3
     assert len(fs.ENTITY_TAUS) == 4 and fs.ENTITY_PREFIXES == ("a", "x", "g")
-    assert fs.RAW_WIDTH == 83
+    assert fs.RAW_WIDTH == 84
     for k, v in subs.items():
         src = src.replace(k, v)
     return src
@@ -85,14 +85,22 @@ def script_source(mget_chunk: int = 1000) -> str:
 # One record per click in ARGV[1]: ts, the 4 HLL bytes, the IP key's HLL register and rank
 # (the entities' distinct-IP sketches), the 1-based positions of the click's user, session and
 # IP among the batch's distinct keys of that kind and of its ad, (IP, ad) and user-agent keys
-# among the distinct entity keys (0: no such key), and its tz_offset_min (see
-# store_redis.lua). The one definition of the record: slidr/redis_split.py builds the Redis
-# Cluster nodes' records with these too.
+# among the distinct entity keys (0: no such key), its tz_offset_min and its logged_in flag
+# (0 or 1; see store_redis.lua). The one definition of the record: slidr/redis_split.py builds
+# the Redis Cluster nodes' records with these too.
 CLICK_DTYPE = np.dtype([("ts", "<f8"), ("hll", "u1", (4,)), ("ihll", "u1", (2,)),
-                        ("idx", "<u4", (6,)), ("tz", "<i2")])
-assert CLICK_DTYPE.itemsize == 40
-CLICK_STRUCT = struct.Struct("<d6B6Ih")
-assert CLICK_STRUCT.size == 40
+                        ("idx", "<u4", (6,)), ("tz", "<i2"), ("li", "u1")])
+assert CLICK_DTYPE.itemsize == 41
+CLICK_STRUCT = struct.Struct("<d6B6IhB")
+assert CLICK_STRUCT.size == 41
+
+
+def li_flags(li: Any, n: int) -> np.ndarray:
+    """The clicks' logged_in flags as the click records carry them: uint8 0/1 (nonzero = logged
+    in; None: 0 for each of the n clicks)."""
+    if li is None:
+        return np.zeros(n, dtype=np.uint8)
+    return (np.asarray(li) != 0).view(np.uint8)
 
 
 def ip_index_rank(ih: np.ndarray) -> np.ndarray:
@@ -115,12 +123,13 @@ def _ip_index_rank1(h: int) -> tuple[int, int]:
     return h >> (64 - fs.HLL_P), (65 - w.bit_length()) if w else fs.HLL_RANK_CAP
 
 
-# One reply row per click (store_redis.lua ROW): 70 doubles; the two bucket fractions come once
+# One reply row per click (store_redis.lua ROW): 71 doubles; the two bucket fractions come once
 # each, the 8 HLL register counts v, pv (0..32) and the IP's active hours (0..24) as 6-bit
 # fields of double 22 (exact), the session's gap shape in the next four, the IP's time-zone
-# switches, the user's ln-gap n, mean, M2, then per entity kind 13 doubles (its day fraction
-# once for both sketches). _D_SRC/_D_DST and _B_DST map them onto the 83 RAW columns.
-_ROW_DOUBLES = 70
+# switches and logged-in clicks, the user's ln-gap n, mean, M2, then per entity kind 13
+# doubles (its day fraction once for both sketches). _D_SRC/_D_DST and _B_DST map them onto
+# the 84 RAW columns.
+_ROW_DOUBLES = 71
 _ROW_BYTES = _ROW_DOUBLES * 8
 _PACKED = 22
 _SHIFTS = np.arange(0, 54, 6, dtype=np.int64)
@@ -131,13 +140,13 @@ def _raw_maps() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     names = ["u_c60", "u_c600", "u_c3600", "u_c86400", "u_gap", "s_c60", "s_c3600", "s_gap",
              "s_age", "i_c60", "i_c3600", "i_c86400"]
     names += [f"h{j}_{f}" for j in range(4) for f in ("z", "pz")]
-    src = list(range(len(names))) + [20, 20, 21, 21] + [23, 24, 25, 26, 27]
+    src = list(range(len(names))) + [20, 20, 21, 21] + [23, 24, 25, 26, 27, 28]
     dst = [r[x] for x in names] + [r["h0_frac"], r["h1_frac"], r["h2_frac"], r["h3_frac"]]
-    dst += [r["s_subsec"], r["s_lg_n"], r["s_lg_mean"], r["s_lg_m2"], r["i_tzsw"]]
-    src += [28, 29, 30]
+    dst += [r["s_subsec"], r["s_lg_n"], r["s_lg_mean"], r["s_lg_m2"], r["i_tzsw"], r["i_li"]]
+    src += [29, 30, 31]
     dst += [r["u_lg_n"], r["u_lg_mean"], r["u_lg_m2"]]
     for j, k in enumerate(fs.ENTITY_PREFIXES):
-        o = 31 + 13 * j
+        o = 32 + 13 * j
         cols = [f"{k}_c60", f"{k}_c3600", f"{k}_c86400", f"{k}_c604800", f"{k}s_z", f"{k}s_v",
                 f"{k}s_pz", f"{k}s_pv", f"{k}s_frac", f"{k}i_z", f"{k}i_v", f"{k}i_pz",
                 f"{k}i_pv"]
@@ -256,7 +265,7 @@ class RedisStore:
 
     def request(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                 hll: np.ndarray, tz: np.ndarray | None = None,
-                eh: np.ndarray | None = None) -> bytes:
+                eh: np.ndarray | None = None, li: np.ndarray | None = None) -> bytes:
         """The whole EVALSHA command as one RESP buffer (see store_redis.lua for the layout).
 
         With `parse_reply` this lets another client (slidrd's pipelined asyncio link) do the
@@ -264,15 +273,16 @@ class RedisStore:
         Built in C by the native kernel when it is there (well under a microsecond for a small
         batch, instead of ~25 of numpy calls on small arrays); request_numpy is the reference,
         byte for byte. tz: the clicks' tz_offset_min (None: 0 for every click); eh: uint64
-        (n, 3), the clicks' ad, (IP, ad) and user-agent keys, 0 = absent (None: all absent)."""
+        (n, 3), the clicks' ad, (IP, ad) and user-agent keys, 0 = absent (None: all absent);
+        li: the clicks' logged_in flags (nonzero = logged in; None: none is)."""
         if _native_request is not None and len(ts) > 0:
             return _native_request(ts, uh, sh, ih, hll, self._rec_head, self._cmd_head,
-                                   self._argv_px, tz, eh)
-        return self.request_numpy(ts, uh, sh, ih, hll, tz, eh)
+                                   self._argv_px, tz, eh, li)
+        return self.request_numpy(ts, uh, sh, ih, hll, tz, eh, li)
 
     def request_numpy(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                       hll: np.ndarray, tz: np.ndarray | None = None,
-                      eh: np.ndarray | None = None) -> bytes:
+                      eh: np.ndarray | None = None, li: np.ndarray | None = None) -> bytes:
         """request() with numpy: the reference for the native builder."""
         n = ts.shape[0]
         if n == 1:
@@ -292,7 +302,8 @@ class RedisStore:
                              head, b"i", i0.to_bytes(8, "big"), b"\r\n",
                              *(b"%se%s\r\n" % (head, x.to_bytes(8, "big")) for x in ek1)))
             click = CLICK_STRUCT.pack(float(ts[0]), *h, *_ip_index_rank1(i0), 1, 1, 1, *e1,
-                                      0 if tz is None else int(tz[0]))
+                                      0 if tz is None else int(tz[0]),
+                                      0 if li is None else int(li[0] != 0))
             k = 3 + len(ek1)
             return b"".join((b"*%d" % (k + 11), self._cmd_head, resp_bulk(b"%d" % k), recs,
                              resp_bulk(click), self._argv_px, _ONE_ONE))
@@ -301,6 +312,7 @@ class RedisStore:
         clicks["hll"] = hll
         clicks["ihll"] = ip_index_rank(ih)
         clicks["tz"] = 0 if tz is None else tz
+        clicks["li"] = li_flags(li, n)
         idx = clicks["idx"]
         uk = _dedup(uh, idx[:, 0])
         sk = _dedup(sh, idx[:, 1])
@@ -332,15 +344,16 @@ class RedisStore:
 
     def update(self, ts: np.ndarray, uh: np.ndarray, sh: np.ndarray, ih: np.ndarray,
                hll: np.ndarray, tz: np.ndarray | None = None,
-               eh: np.ndarray | None = None) -> np.ndarray:
+               eh: np.ndarray | None = None, li: np.ndarray | None = None) -> np.ndarray:
         n = int(np.shape(ts)[0])
         if not (len(uh) == len(sh) == len(ih) == len(hll) == n) or (
-                tz is not None and len(tz) != n) or (eh is not None and np.shape(eh) != (n, 3)):
-            raise ValueError("update: ts, uh, sh, ih, hll, tz and eh must have the same length "
-                             "(eh: n x 3)")
+                tz is not None and len(tz) != n) or (eh is not None and np.shape(eh) != (n, 3)) \
+                or (li is not None and len(li) != n):
+            raise ValueError("update: ts, uh, sh, ih, hll, tz, eh and li must have the same "
+                             "length (eh: n x 3)")
         if n == 0:
             return np.empty((0, fs.RAW_WIDTH), dtype=np.float64)
-        req = self.request(ts, uh, sh, ih, hll, tz, eh)
+        req = self.request(ts, uh, sh, ih, hll, tz, eh, li)
         try:
             # A connection of our own (redis-py's pool get/release costs more per call than
             # building the whole request); list pop/append are atomic, so threads can share

@@ -298,7 +298,8 @@ class Batcher:
         """The embedded store's raw counters of a batch (FeatureKernel.raw, with the entity
         keys the fast path hashed)."""
         uh, sh, ih, hll, e = self._keys(batch, eh)
-        raw: np.ndarray = self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e)
+        raw: np.ndarray = self.store.update(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e,
+                                            batch.logged_in)
         return raw
 
     def _clock_refused(self, ts: np.ndarray) -> np.ndarray | None:
@@ -376,7 +377,8 @@ class Batcher:
                     self._fail_open(valid, "store_down", model.version, clicks)
                 else:
                     uh, sh, ih, hll, e = self._keys(batch, eh)
-                    req = self.store.request(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e)
+                    req = self.store.request(batch.ts, uh, sh, ih, hll, batch.tz_offset_min, e,
+                                             batch.logged_in)
                     st = _InFlight(valid, clicks, batch, model, t0, n_late)
                     try:
                         self.link.send(req, lambda r, e: self._on_reply(st, r, e))

@@ -222,10 +222,10 @@ def embedded_max_keys(max_mb: int) -> int:
     from slidr.ext import kernel_native
     if kernel_native is not None:
         return int(kernel_native.max_keys_for_bytes(max_mb << 20))
-    # The pure-Python twin: the compiled store's entry sizes (users 72, sessions 72, IPs 272,
+    # The pure-Python twin: the compiled store's entry sizes (users 72, sessions 72, IPs 280,
     # entities 160 bytes, and an index slot of 16 at 70 % load for each of the four tables),
     # so both paths keep about the same number of keys.
-    return max(1, (max_mb << 20) // (576 + 4 * 16 * 2))
+    return max(1, (max_mb << 20) // (584 + 4 * 16 * 2))
 
 
 class Daemon:

@@ -21,7 +21,7 @@ T0 = 1_767_225_600_000
 
 
 def _stream(n: int, seed: int, users: int = 40, ips: int = 15):
-    """-> ts, (uh, sh, ih, hll, tz, eh): update()'s arguments after ts, in its order."""
+    """-> ts, (uh, sh, ih, hll, tz, eh, li): update()'s arguments after ts, in its order."""
     rng = np.random.default_rng(seed)
     ts = T0 + np.cumsum(rng.choice([0, 1, 700, 30_000, 3_600_000], size=n)).astype(np.float64)
     # a late click now and then (counts, sketches and windows take it as the store does)
@@ -35,7 +35,9 @@ def _stream(n: int, seed: int, users: int = 40, ips: int = 15):
     uh, sh, ih, hll, eh = native.hash_keys([f"user{x}" for x in u], [f"sess{x}" for x in s],
                                            [f"10.0.0.{x}" for x in i], ads, uas)
     tz = rng.choice(np.array([0, 60, -300, 330], np.int16), n)
-    return ts, (uh, sh, ih, hll, tz, eh)
+    # logged-in flags, mixed, mostly per user (spec 5's IP logged-in count)
+    li = ((u % 3 != 0) ^ (rng.random(n) < 0.1)).astype(np.uint8)
+    return ts, (uh, sh, ih, hll, tz, eh, li)
 
 
 def _feed(store, ts, h, batch: int):

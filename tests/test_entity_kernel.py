@@ -53,7 +53,7 @@ def _raw(impl: str, b: ClickBatch, cuts=(), **kw) -> np.ndarray:
         s = b.slice(a, z)
         uh, sh, ih, hll, eh = mod.hash_keys(s.user_key, s.session_id, s.ip, s.ad_id,
                                             s.user_agent)
-        parts.append(store.update(s.ts, uh, sh, ih, hll, s.tz_offset_min, eh))
+        parts.append(store.update(s.ts, uh, sh, ih, hll, s.tz_offset_min, eh, s.logged_in))
     return np.concatenate(parts)
 
 
@@ -328,15 +328,17 @@ def test_entity_table_evicts_at_the_cap_like_the_other_tables():
 
 
 def test_spec_version_four_names_the_new_features():
-    assert fs.SPEC_VERSION == 4
-    assert fs.N_FEATURES == 44 and fs.RAW_WIDTH == 83 and fs.ENTITY_RAW_WIDTH == 14
-    assert fs.FEATURE_NAMES[29:] == (
+    # spec 4's features and raw columns, at their places since spec 5 (one IP feature and
+    # one IP raw column before them)
+    assert fs.SPEC_VERSION == 5
+    assert fs.N_FEATURES == 45 and fs.RAW_WIDTH == 84 and fs.ENTITY_RAW_WIDTH == 14
+    assert fs.FEATURE_NAMES[30:] == (
         "u_gap_logsd", "ad_clicks_1m", "ad_clicks_1h", "ad_clicks_1d", "ad_rate_ratio",
         "ad_ips_1d", "ad_sessions_1d", "ipad_clicks_1h", "ipad_clicks_1d", "ipad_sessions_1d",
         "ua_clicks_1h", "ua_rate_ratio", "ua_ips_1d", "ad_rate_ratio_7d", "ua_rate_ratio_7d")
-    assert fs.RAW_SPANS == {"user": (0, 8), "session": (8, 16), "ip": (16, 41),
-                            "entity": (41, 83)}
-    assert fs.RAW_COLUMNS[41:55] == (
+    assert fs.RAW_SPANS == {"user": (0, 8), "session": (8, 16), "ip": (16, 42),
+                            "entity": (42, 84)}
+    assert fs.RAW_COLUMNS[42:56] == (
         "a_c60", "a_c3600", "a_c86400", "a_c604800", "as_z", "as_v", "as_pz", "as_pv",
         "as_frac", "ai_z", "ai_v", "ai_pz", "ai_pv", "ai_frac")
     assert fs.ENTITY_TAUS == (60.0, 3600.0, 86400.0, 604800.0)
@@ -389,7 +391,7 @@ def test_stats_and_sizes_cover_the_entity_table():
     s = st.stats()
     assert s["entities"] == len({int(x) for x in eh.ravel() if x})
     assert s["keys"] == s["users"] + s["sessions"] + s["ips"] + s["entities"] == len(st)
-    assert s["entry_bytes"]["entity"] == 160
+    assert s["entry_bytes"]["entity"] == 160 and s["entry_bytes"]["ip"] == 280
     assert s["bytes"] == sum(s["table_bytes"].values())
     # the memory cap counts four tables: entries and an index sized for the cap each
     per = sum(s["entry_bytes"][k] for k in ("user", "session", "ip", "entity"))

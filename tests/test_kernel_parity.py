@@ -74,9 +74,9 @@ def _keys(mod, b: ClickBatch):
     return (uh, sh, ih, hll), eh
 
 
-def _update(store, mod, b: ClickBatch, tz=None) -> np.ndarray:
+def _update(store, mod, b: ClickBatch, tz=None, li=None) -> np.ndarray:
     h, eh = _keys(mod, b)
-    return store.update(b.ts, *h, tz, eh)
+    return store.update(b.ts, *h, tz, eh, li)
 
 
 def _raw_in_batches(store, mod, b: ClickBatch, cuts) -> np.ndarray:
@@ -86,7 +86,7 @@ def _raw_in_batches(store, mod, b: ClickBatch, cuts) -> np.ndarray:
         if z <= a:
             continue
         s = b.slice(a, z)
-        parts.append(_update(store, mod, s, s.tz_offset_min))
+        parts.append(_update(store, mod, s, s.tz_offset_min, s.logged_in))
     return np.concatenate(parts)
 
 
@@ -242,7 +242,7 @@ def test_hll_distinct_estimates_within_tolerance(n_sess):
 def test_memory_plateaus_with_one_shot_users():
     """A week of one-shot visitors at a steady rate: keys and bytes stop growing once keys
     start expiring (after the longest TTL plus the sweep grace), and stay under 264 B/key
-    (entries of 72-272 bytes, index slots of 16, tables at most 70 % full)."""
+    (entries of 72-280 bytes, index slots of 16, tables at most 70 % full)."""
     store = native.EmbeddedStore(sweep_every=256)
     per_day = 40_000
     rng = np.random.default_rng(0)
@@ -396,7 +396,17 @@ def test_ip_hours_across_twenty_hours_and_a_day_boundary():
 def test_spec_version_three_features_keep_their_places():
     assert fs.FEATURE_NAMES[24:29] == ("s_subsec_gaps", "s_gap_logmean", "s_gap_logsd",
                                        "ip_hours_1d", "ip_tz_switch_1d")
-    assert fs.RAW_SPANS["ip"] == (16, 41)
+    assert fs.RAW_SPANS["ip"] == (16, 42)
+
+
+def test_spec_version_five_adds_the_ip_logged_in_share_after_the_tz_switches():
+    assert fs.SPEC_VERSION == 5
+    assert fs.N_FEATURES == 45 and fs.RAW_WIDTH == 84
+    assert fs.FEATURE_NAMES[28:31] == ("ip_tz_switch_1d", "ip_logged_in_1d", "u_gap_logsd")
+    assert dict(fs.FEATURES)["ip_logged_in_1d"] == "ratio"
+    assert fs.RAW_COLUMNS[40:43] == ("i_tzsw", "i_li", "a_c60")
+    assert fs.RAW_SPANS == {"user": (0, 8), "session": (8, 16), "ip": (16, 42),
+                            "entity": (42, 84)}
 
 
 # ---------------------------------------------------------------- spec 3: IP time-zone switches
@@ -437,3 +447,74 @@ def test_ip_tz_switches_decay_and_follow_the_newest_click():
     assert feat[0, _feat("ip_tz_switch_1d")] == 0.0 and feat[-1, _feat("ip_tz_switch_1d")] == 0.0
     np.testing.assert_array_equal(native.finish_into(ref, b.ts, b.tz_offset_min, b.logged_in,
                                                      b.device), feat)
+
+
+# ---------------------------------------------------------------- spec 5: IP logged-in clicks
+
+def test_ip_logged_in_count_decays_expires_and_counts_late_clicks():
+    """i_li by hand: the IP's day decay between clicks, a late click counted undecayed (dt 0),
+    a click at the newest ts likewise, a day's gap (factor e^-1), then the IP's logical expiry
+    (a new IP: only its first click's flag). The feature is i_li / i_c86400, 0 without a day
+    count; native, reference and both finishes agree exactly."""
+    r = fs.RAW_INDEX
+    tau = fs.IP_TAUS[2]
+    t_new = T0 + 3 * HOUR + DAY
+    ts = [T0, T0 + 60_000, T0 + 3 * HOUR, T0 + HOUR, T0 + 3 * HOUR, t_new,
+          t_new + fs.IP_TTL_MS + 1, t_new + fs.IP_TTL_MS + 60_001]
+    logged = [True, False, True, True, False, False, False, True]
+    n = len(ts)
+    b = _batch(np.asarray(ts, dtype=np.int64), list(range(n)), list(range(n)), [4] * n, logged)
+    ref = _update(reference.ReferenceStore(), reference, b, b.tz_offset_min, b.logged_in)
+    nat = _update(native.EmbeddedStore(), native, b, b.tz_offset_min, b.logged_in)
+    assert np.array_equal(ref, nat)
+    e = np.exp
+    want = [1.0]                                                       # a new IP, logged in
+    want.append(want[-1] * e(-60.0 / tau))                             # decayed, +0
+    want.append(want[-1] * e(-(3 * 3600.0 - 60.0) / tau) + 1.0)        # decayed, +1
+    want.append(want[-1] + 1.0)                                        # late: dt 0, +1
+    want.append(want[-1])                                              # at the newest ts, +0
+    want.append(want[-1] * e(-1.0))                                    # a day later, +0
+    want.append(0.0)                                                   # expired: new, not in
+    want.append(0.0 * e(-60.0 / tau) + 1.0)                            # +1
+    np.testing.assert_allclose(ref[:, r["i_li"]], want, rtol=1e-12, atol=0)
+    assert ref[3, r["i_li"]] == ref[2, r["i_li"]] + 1.0
+    assert ref[4, r["i_li"]] == ref[3, r["i_li"]]
+    assert ref[6, r["i_li"]] == 0.0 and ref[6, r["i_c86400"]] == 1.0
+    assert ref[0, r["i_li"]] == 1.0 and ref[7, r["i_li"]] == 1.0
+    # the same decay and rules as the day count: the share stays in [0, 1]
+    c1d = ref[:, r["i_c86400"]]
+    assert (ref[:, r["i_li"]] <= c1d).all()
+    feat = fs.finish(ref, b.ts, b.tz_offset_min, b.logged_in, b.device)
+    np.testing.assert_allclose(feat[:, _feat("ip_logged_in_1d")], np.array(want) / c1d,
+                               rtol=1e-6)
+    assert feat[0, _feat("ip_logged_in_1d")] == 1.0 and feat[6, _feat("ip_logged_in_1d")] == 0.0
+    np.testing.assert_array_equal(native.finish_into(ref, b.ts, b.tz_offset_min, b.logged_in,
+                                                     b.device), feat)
+    # no day count: the feature is 0, not NaN
+    z = ref[:1].copy()
+    z[0, r["i_c86400"]] = z[0, r["i_li"]] = 0.0
+    one = (b.ts[:1], b.tz_offset_min[:1], b.logged_in[:1], b.device[:1])
+    assert fs.finish(z, *one)[0, _feat("ip_logged_in_1d")] == 0.0
+    assert native.finish_into(z, *one)[0, _feat("ip_logged_in_1d")] == 0.0
+
+
+def test_logged_in_flags_nonzero_is_logged_in_and_none_is_never():
+    """li as uint8, bool or int (any nonzero value: logged in) counts alike in both stores; None
+    counts no click; the other columns do not depend on li."""
+    b = _day_of_clicks(600, seed=11)
+    flags = b.logged_in.astype(bool)
+    outs = []
+    for li in (b.logged_in, flags, flags.astype(np.int64) * 7):
+        for mod, store in ((native, native.EmbeddedStore()), (reference,
+                                                              reference.ReferenceStore())):
+            outs.append(_update(store, mod, b, b.tz_offset_min, li))
+    for o in outs[1:]:
+        assert np.array_equal(o, outs[0])
+    assert outs[0][:, fs.RAW_INDEX["i_li"]].max() > 1.0 and flags.any() and not flags.all()
+    none_ = _update(native.EmbeddedStore(), native, b, b.tz_offset_min)
+    assert not none_[:, fs.RAW_INDEX["i_li"]].any()
+    other = np.ones(fs.RAW_WIDTH, bool)
+    other[fs.RAW_INDEX["i_li"]] = False
+    assert np.array_equal(none_[:, other], outs[0][:, other])
+    with pytest.raises(ValueError, match="same length"):
+        _update(native.EmbeddedStore(), native, b, b.tz_offset_min, b.logged_in[:-1])

@@ -41,7 +41,8 @@ def _batches(n_batches: int, size: int, seed: int = 0):
         ads = [(None, "ad-1", "ad-2")[x] for x in rng.integers(0, 3, size)]
         uas = [("", "Mozilla/5.0")[x] for x in rng.integers(0, 2, size)]
         uh, sh, ih, hll, eh = native.hash_keys(users, sess, ips, ads, uas)
-        out.append((ts, uh, sh, ih, hll, None, eh))
+        li = rng.integers(0, 2, size).astype(np.uint8)  # logged-in flags, mixed
+        out.append((ts, uh, sh, ih, hll, None, eh, li))
     return out
 
 
@@ -234,10 +235,23 @@ def test_native_request_is_byte_identical_to_numpy(size):
         # no entity key at all is the same request as eh None
         assert store.request(ts, uh, sh, ih, hll, tz, np.zeros_like(eh)) == \
             store.request(ts, uh, sh, ih, hll, tz)
+        # logged-in flags: uint8, bool, other integers (nonzero = 1 in the record); all 0 is
+        # the same request as li None
+        li = (rng.random(size) < 0.5).astype(np.uint8)
+        for f in (li, li.astype(bool), li.astype(np.int64) * 3):
+            assert (store.request(ts, uh, sh, ih, hll, tz, eh, f)
+                    == store.request_numpy(ts, uh, sh, ih, hll, tz, eh, li))
+        assert store.request(ts, uh, sh, ih, hll, tz, eh, np.zeros(size, np.uint8)) == \
+            store.request(ts, uh, sh, ih, hll, tz, eh)
+        if li.any():
+            assert store.request(ts, uh, sh, ih, hll, tz, eh, li) != \
+                store.request(ts, uh, sh, ih, hll, tz, eh)
     with pytest.raises(ValueError, match="same length"):
         native.redis_request(ts[:-1] if size > 1 else ts[:0], uh, sh, ih, hll, b"", b"", b"")
     with pytest.raises(ValueError, match="same length"):
         native.redis_request(ts, uh, sh, ih, hll, b"", b"", b"", None, eh[:, :2])
+    with pytest.raises(ValueError, match="same length"):
+        native.redis_request(ts, uh, sh, ih, hll, b"", b"", b"", None, None, li[:-1])
     # inputs the builder converts first (float or strided ts, lists, flat or strided HLL bytes)
     # give the same bytes as the usual arrays
     want = store.request(ts, uh, sh, ih, hll)

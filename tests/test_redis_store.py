@@ -55,7 +55,9 @@ def streams(draw, max_clicks: int = 80):
                         max_size=n))
     uas = draw(st.lists(st.sampled_from([None, "", "Mozilla/5.0", "curl/8"]), min_size=n,
                         max_size=n))
-    return ts, (*ids, ads, uas), cuts, tz
+    # logged-in flags, mixed (spec 5's IP logged-in count)
+    li = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=np.uint8)
+    return ts, (*ids, ads, uas), cuts, tz, li
 
 
 def _hashes(ids):
@@ -65,18 +67,18 @@ def _hashes(ids):
                             [f"2001:db8::{x}" for x in i], *ids[3:])
 
 
-def _up(store, ts, h, tz=None):
+def _up(store, ts, h, tz=None, li=None):
     """store.update for h = (uh, sh, ih, hll, eh)."""
-    return store.update(ts, *h[:4], tz, h[4])
+    return store.update(ts, *h[:4], tz, h[4], li)
 
 
-def _feed(store, ts, h, cuts, tz=None):
+def _feed(store, ts, h, cuts, tz=None, li=None):
     edges = [0, *cuts, len(ts)]
     out = []
     for a, z in zip(edges[:-1], edges[1:], strict=True):
         if z > a:
             out.append(_up(store, ts[a:z], tuple(x[a:z] for x in h),
-                           None if tz is None else tz[a:z]))
+                           None if tz is None else tz[a:z], None if li is None else li[a:z]))
     return np.concatenate(out)
 
 
@@ -84,15 +86,15 @@ def _feed(store, ts, h, cuts, tz=None):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(streams())
 def test_redis_equals_embedded_and_reference(shared_redis, stream):
-    ts, ids, cuts, tz = stream
+    ts, ids, cuts, tz, li = stream
     h = _hashes(ids)
     rs = RedisStore(shared_redis.url, prefix=_prefix(), timeout_s=2.0)
     try:
-        got = _feed(rs, ts, h, cuts, tz)
+        got = _feed(rs, ts, h, cuts, tz, li)
     finally:
         rs.close()
-    want = _feed(native.EmbeddedStore(), ts, h, cuts, tz)
-    ref = _feed(reference.ReferenceStore(), ts, h, [], tz)
+    want = _feed(native.EmbeddedStore(), ts, h, cuts, tz, li)
+    ref = _feed(reference.ReferenceStore(), ts, h, [], tz, li)
     assert got.dtype == np.float64 and got.shape == (len(ts), fs.RAW_WIDTH)
     bad = np.argwhere(got != want)
     assert bad.size == 0, (fs.RAW_COLUMNS[bad[0][1]], got[tuple(bad[0])], want[tuple(bad[0])])
@@ -386,47 +388,54 @@ def test_gap_shape_and_ip_hours_equal_embedded_across_batches(redis_server):
            ["ad-1"] * n, [("UA/1", None)[k % 2] for k in range(n)])
     h = _hashes(ids)
     tz = np.array([(0, 60, -300, 330)[k % 4 // 2 + k % 3] for k in range(n)], dtype=np.int16)
+    li = np.array([k % 3 != 1 for k in range(n)])
     for cuts in ([], list(range(1, n)), [3, 7, 20]):
         rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
-        got = _feed(rs, ts, h, cuts, tz)
+        got = _feed(rs, ts, h, cuts, tz, li)
         rs.close()
-        want = _feed(native.EmbeddedStore(), ts, h, cuts, tz)
+        want = _feed(native.EmbeddedStore(), ts, h, cuts, tz, li)
         assert np.array_equal(got, want), cuts
     r = fs.RAW_INDEX
     assert got[:7, r["s_subsec"]].tolist() == [0, 1, 2, 2, 2, 3, 4]
     assert got[:, r["i_hours"]].max() >= 10
     assert got[:, r["i_tzsw"]].max() >= 2
+    assert 0 < got[-1, r["i_li"]] < got[-1, r["i_c86400"]]
     last = np.maximum.accumulate(ts)
     short = int((np.maximum(ts[1:] - last[:-1], 0) <= fs.USER_LG_MAX_S * 1000).sum())
     assert 0 < short < n - 1  # the user's Welford takes only the gaps up to USER_LG_MAX_S
     assert got[-1, r["u_lg_n"]] == short and got[:, r["a_c86400"]].max() > 5
     admin = redis.Redis.from_url(redis_server.url)
     sizes = {k[len(rs.prefix)]: admin.strlen(k) for k in admin.scan_iter(match=rs.prefix + b"*")}
-    # user: 8 doubles; entity: 5 + 9 doubles (counts, last; bucket, z v pz pv twice),
-    # 2 x 32 registers, a layout byte
-    assert sizes == {ord("u"): 64, ord("s"): 64, ord("i"): 26 * 8 + 4 * fs.HLL_M + 1,
+    # user: 8 doubles; IP: 27 doubles, 4 x 32 registers, a layout byte; entity: 5 + 9
+    # doubles (counts, last; bucket, z v pz pv twice), 2 x 32 registers, a layout byte
+    assert sizes == {ord("u"): 64, ord("s"): 64, ord("i"): 27 * 8 + 4 * fs.HLL_M + 1,
                      ord("e"): (len(fs.ENTITY_TAUS) + 10) * 8 + 2 * fs.HLL_M + 1}
 
 
 def test_an_ip_state_of_an_older_spec_starts_afresh(redis_server):
-    """A spec-2 IP blob (24 doubles + registers) left in Redis is not misread by the current
-    script: the IP starts as new, as in a fresh embedded store."""
+    """IP blobs of older specs (spec 2: 24 doubles + registers; spec 4: 26 doubles, registers
+    and layout byte 1) left in Redis are not misread by the current script: the IP starts as
+    new, as in a fresh embedded store."""
     rs = RedisStore(redis_server.url, prefix="old:", timeout_s=2.0)
     h = native.hash_keys(["u\x00alice"], ["s1"], ["198.51.100.7"], ["ad-1"], ["UA"])
     admin = redis.Redis.from_url(redis_server.url)
     ikey = b"old:i" + int(h[2][0]).to_bytes(8, "big")
     tz = np.array([330], np.int16)
-    # spec 2 (24 doubles), spec 3's earlier field order (26 doubles, no layout byte), and the
-    # current size with another layout byte
+    li = np.array([1], np.uint8)
+    # spec 2 (24 doubles), spec 3's earlier field order (26 doubles, no layout byte), spec 4
+    # (26 doubles, layout byte 1), and the current size with a layout byte of another spec
     for size, fill in ((24 * 8 + 4 * fs.HLL_M, b"\x01"), (26 * 8 + 4 * fs.HLL_M, b"\x01"),
-                       (26 * 8 + 4 * fs.HLL_M + 1, b"\x07")):
+                       (26 * 8 + 4 * fs.HLL_M + 1, b"\x01"),
+                       (27 * 8 + 4 * fs.HLL_M + 1, b"\x01"),
+                       (27 * 8 + 4 * fs.HLL_M + 1, b"\x07")):
         for k in admin.scan_iter(match=b"old:*"):
             admin.delete(k)
         admin.set(ikey, fill * size)
-        got = _up(rs, np.array([T0], np.int64), h, tz)
-        want = _up(native.EmbeddedStore(), np.array([T0], np.int64), h, tz)
+        got = _up(rs, np.array([T0], np.int64), h, tz, li)
+        want = _up(native.EmbeddedStore(), np.array([T0], np.int64), h, tz, li)
         assert np.array_equal(got, want), size
-        assert admin.strlen(ikey) == 26 * 8 + 4 * fs.HLL_M + 1
+        assert got[0, fs.RAW_INDEX["i_li"]] == 1.0
+        assert admin.strlen(ikey) == 27 * 8 + 4 * fs.HLL_M + 1
 
 
 def test_user_and_entity_states_of_another_layout_start_afresh(redis_server):
@@ -460,21 +469,25 @@ def test_late_click_into_an_earlier_hour_is_written_back(redis_server):
     """A late click that sets an IP's active-hours bit without touching its HLL registers is
     the case where the script rewrites only part of the IP blob in place: the next batch must
     read the new hours fields (and every counter equals the embedded store's). The clicks'
-    time zones change, so the time-zone fields after them are rewritten in place too."""
+    time zones and logged-in flags change, so the time-zone fields and the logged-in count
+    before them are rewritten in place too."""
     rs = RedisStore(redis_server.url, prefix=_prefix(), timeout_s=2.0)
     es = native.EmbeddedStore()
     h = native.hash_keys(["u\x00carol"], ["s-late"], ["203.0.113.7"], ["ad-c"], ["UA/c"])
     t0 = (T0 // HOUR + 1) * HOUR + 600_000  # hour H + 10 min
     # H, then H + 2 (the hour window rolls: bit 1 clear), then late into H + 1 (bit 1 set, same
     # user and session: no register changes), then H + 2 again to read what was stored
-    for t, z in zip((t0, t0 + 2 * HOUR, t0 + HOUR + 60_000, t0 + 2 * HOUR + 1000,
-                     t0 + 2 * HOUR + 2000), (60, 60, -300, 330, 330), strict=True):
+    for t, z, f in zip((t0, t0 + 2 * HOUR, t0 + HOUR + 60_000, t0 + 2 * HOUR + 1000,
+                        t0 + 2 * HOUR + 2000), (60, 60, -300, 330, 330), (1, 0, 1, 1, 0),
+                       strict=True):
         ts = np.array([t], np.int64)
         tz = np.array([z], np.int16)
-        got, want = _up(rs, ts, h, tz), _up(es, ts, h, tz)
+        li = np.array([f], np.uint8)
+        got, want = _up(rs, ts, h, tz, li), _up(es, ts, h, tz, li)
         assert np.array_equal(got, want), t
     assert got[0, fs.RAW_INDEX["i_hours"]] == 3  # hours H, H + 1 and H + 2
     assert got[0, fs.RAW_INDEX["i_tzsw"]] > 1.9  # two switches, barely decayed
+    assert 2.9 < got[0, fs.RAW_INDEX["i_li"]] < 3.0  # three logged-in clicks, barely decayed
     rs.close()
 
 

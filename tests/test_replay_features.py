@@ -157,14 +157,17 @@ def test_update_tables_split_equals_update():
     # entity keys, 0: absent; the kinds' keys apart, as their hash namespaces keep them
     eh = rng.integers(0, 400, (n, 3)).astype(np.uint64)
     eh += np.where(eh > 0, np.array([0, 1000, 2000], np.uint64), np.uint64(0))
+    li = rng.integers(0, 2, n).astype(np.uint8)  # logged-in flags (the IP table's)
     one = _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
     two = _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
     three = [_kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0) for _ in range(3)]
     for a in range(0, n, 3001):
         b = min(a + 3001, n)
-        want = one.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], None, eh[a:b])
+        want = one.update(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], None, eh[a:b],
+                          li[a:b])
         got = np.full((b - a, fs.RAW_WIDTH), np.nan)
-        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 4, None, eh[a:b])
+        two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 4, None, eh[a:b],
+                          li[a:b])
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 8, None, eh[a:b])
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 1)
         two.update_tables(ts[a:b], uh[a:b], sh[a:b], ih[a:b], hll[a:b], got, 2)
@@ -188,9 +191,9 @@ def test_update_tables_split_equals_update():
     for kw in ({"sweep_scan": 1}, {"sweep_every": 1 << 40}):
         other = _kernel.EmbeddedStore(sweep_every=kw.get("sweep_every", 8), sweep_grace_ms=0,
                                       sweep_scan=kw.get("sweep_scan", 8))
-        np.testing.assert_array_equal(other.update(ts, uh, sh, ih, hll, None, eh),
+        np.testing.assert_array_equal(other.update(ts, uh, sh, ih, hll, None, eh, li),
                                       _kernel.EmbeddedStore(sweep_every=8, sweep_grace_ms=0)
-                                      .update(ts, uh, sh, ih, hll, None, eh))
+                                      .update(ts, uh, sh, ih, hll, None, eh, li))
     with pytest.raises(ValueError):
         _kernel.EmbeddedStore(sweep_scan=0)
 

@@ -27,20 +27,29 @@ V4_ONLY = ("entity_taus_s", "entity_window_ms", "entity_kinds", "user_gap_welfor
            "user_lg_max_s")
 V4_RAW = ("u_lg_n", "u_lg_mean", "u_lg_m2") + tuple(
     fs.RAW_COLUMNS[fs.RAW_SPANS["entity"][0]:fs.RAW_SPANS["entity"][1]])
-OLD_HASH = {1: V1_SPEC_HASH, 2: V2_SPEC_HASH, 3: V3_SPEC_HASH}
-N_OLD_FEATURES = {1: 24, 2: 28, 3: 29}
+# Version 4: 44 features, 83 raw columns (before the IP's logged-in clicks).
+V4_SPEC_HASH = "fff0b4b7372f55c6"
+V5_ONLY = ("ip_logged_in",)
+V5_RAW = ("i_li",)
+V5_FEATURES = ("ip_logged_in_1d",)
+OLD_HASH = {1: V1_SPEC_HASH, 2: V2_SPEC_HASH, 3: V3_SPEC_HASH, 4: V4_SPEC_HASH}
+N_OLD_FEATURES = {1: 24, 2: 28, 3: 29, 4: 44}
 
 
 def old_spec(version: int = 1) -> dict:
     """An older feature spec as a bundle built then carries it (feature_spec.json)."""
-    drop = V4_ONLY + (V3_ONLY if version <= 2 else ()) + (V2_ONLY if version == 1 else ())
-    drop_raw = V4_RAW + (V3_RAW if version <= 2 else ()) + (V2_RAW if version == 1 else ())
+    drop = (V5_ONLY + (V4_ONLY if version <= 3 else ()) + (V3_ONLY if version <= 2 else ())
+            + (V2_ONLY if version == 1 else ()))
+    drop_raw = (V5_RAW + (V4_RAW if version <= 3 else ()) + (V3_RAW if version <= 2 else ())
+                + (V2_RAW if version == 1 else ()))
     d = {k: v for k, v in fs.spec_dict().items() if k not in drop}
     d["version"] = version
-    d["features"] = d["features"][:N_OLD_FEATURES[version]]
+    d["features"] = [f for f in d["features"]
+                     if f["name"] not in V5_FEATURES][:N_OLD_FEATURES[version]]
     d["raw_columns"] = [c for c in d["raw_columns"] if c not in drop_raw]
-    d["ttl_ms"] = {k: v for k, v in d["ttl_ms"].items() if k != "entity"}
-    d["hash"] = "fnv1a64+splitmix64 of utf-8, namespaces u/s/i"
+    if version <= 3:
+        d["ttl_ms"] = {k: v for k, v in d["ttl_ms"].items() if k != "entity"}
+        d["hash"] = "fnv1a64+splitmix64 of utf-8, namespaces u/s/i"
     d = json.loads(json.dumps(d))
     assert spec_hash_of(d) == OLD_HASH[version]
     return {**d, "spec_hash": OLD_HASH[version]}
@@ -57,11 +66,22 @@ def v1_bundle_src(d: Path, version: int = 1) -> Path:
 
 
 def test_spec_version_and_hash_moved_on():
-    assert fs.SPEC_VERSION == 4
-    assert fs.SPEC_HASH not in (V1_SPEC_HASH, V2_SPEC_HASH, V3_SPEC_HASH)
+    assert fs.SPEC_VERSION == 5
+    assert fs.SPEC_HASH not in (V1_SPEC_HASH, V2_SPEC_HASH, V3_SPEC_HASH, V4_SPEC_HASH)
 
 
-@pytest.mark.parametrize("old", [1, 2, 3])
+def test_a_version_4_spec_is_this_one_without_the_ip_logged_in_share():
+    """The spec-4 spec the refusal tests rebuild is the current one less exactly what spec 5
+    added: one feature (ip_logged_in_1d, after ip_tz_switch_1d) and one raw column (i_li)."""
+    d = old_spec(4)
+    names = [f["name"] for f in fs.spec_dict()["features"]]
+    assert [f["name"] for f in d["features"]] == [x for x in names if x != "ip_logged_in_1d"]
+    assert len(d["features"]) == 44 and len(d["raw_columns"]) == 83
+    assert names.index("ip_logged_in_1d") == names.index("ip_tz_switch_1d") + 1
+    assert set(fs.RAW_COLUMNS) - set(d["raw_columns"]) == {"i_li"}
+
+
+@pytest.mark.parametrize("old", [1, 2, 3, 4])
 def test_registry_refuses_an_older_bundle_naming_both_versions(tmp_path, old):
     reg = Registry(tmp_path / "reg")
     reg.publish(v1_bundle_src(tmp_path / "s1", old), version="old", promote=True,
@@ -73,7 +93,7 @@ def test_registry_refuses_an_older_bundle_naming_both_versions(tmp_path, old):
     assert OLD_HASH[old] in msg and fs.SPEC_HASH in msg
 
 
-@pytest.mark.parametrize("old", [2, 3])
+@pytest.mark.parametrize("old", [2, 3, 4])
 def test_daemon_refuses_a_newer_old_bundle_and_keeps_serving(tmp_path, old):
     reg = make_registry(tmp_path, ("cur",))
     adm = tmp_path / "admin.sock"

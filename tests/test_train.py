@@ -472,7 +472,8 @@ def test_fit_staged_second_stage_learns_only_what_the_first_cannot():
     burst = x[:, 30] > 1.3
     y[burst] = 1
     w = np.ones(n, np.float32)
-    base = list(range(29))
+    base = list(train.STAGE1_COLS)
+    assert 30 not in base
     fr = train.fit_staged(x[:8000], y[:8000], w[:8000], x[8000:], y[8000:], w[8000:], base,
                           epochs=6, progress=False, seed=2, batch_size=256)
     s1 = train.merge([(fr.stages[0].model, base)])
@@ -585,7 +586,9 @@ def test_parallel_second_stages_each_learn_on_stage_one_alone():
     w = np.ones(n, np.float32)
     base = list(train.STAGE1_COLS)
     ent = list(train.ENTITY_COLS)
-    kw = {"epochs": 8, "progress": False, "seed": 4, "batch_size": 128}
+    # 20 epochs: the entity net has learnt its column on every seed tried (raise 2.0-4.4 for
+    # seeds 4-7); at 8 it had on some seeds only (0.2-1.2)
+    kw = {"epochs": 20, "progress": False, "seed": 4, "batch_size": 128}
     fr = train.fit_staged(x[:4000], y[:4000], w[:4000], x[4000:], y[4000:], w[4000:], base,
                           hidden=(8, 4), hidden2=(6, 3), cols2=range(N_FEATURES),
                           extra2=(ent,), **kw)
@@ -610,8 +613,8 @@ def test_parallel_second_stages_each_learn_on_stage_one_alone():
 
 def test_published_net_follows_the_training(log, trained, tmp_path):
     """The default (staged) publishes stage 1 and its two second stages side by side,
-    44-192-96-1, and says so; --ensemble 2 publishes two of those side by side, 44-384-192-1;
-    --training joint publishes one 44-64-32-1 net. All pass the ONNX parity check."""
+    45-192-96-1, and says so; --ensemble 2 publishes two of those side by side, 45-384-192-1;
+    --training joint publishes one 45-64-32-1 net. All pass the ONNX parity check."""
     import onnx
     out, _ = trained
     meta = json.loads((out / "training_meta.json").read_text())
@@ -649,10 +652,11 @@ def test_streamed_validation_with_a_base_equals_the_in_memory_one():
     and kept) records the same losses and returns the same net as one validated in memory; a
     val_batches that changes its batches between epochs is refused."""
     x, y, w = _toy(2400)
-    cols = list(range(29, N_FEATURES))
+    k1 = len(train.STAGE1_COLS)
+    cols = list(range(k1, N_FEATURES))
     s1 = train.fit(x[:1600], y[:1600], w[:1600], x[1600:], y[1600:], w[1600:], epochs=1,
-                   progress=False, cols=list(range(29)))
-    base = train.merge([(s1.model, list(range(29)))])
+                   progress=False, cols=list(range(k1)))
+    base = train.merge([(s1.model, list(range(k1)))])
     kw = dict(epochs=3, progress=False, cols=cols, base=base, early_stopping=False, seed=3)
     mem = train.fit(x[:1600], y[:1600], w[:1600], x[1600:], y[1600:], w[1600:], **kw)
 
