@@ -4,7 +4,7 @@ Every backend is one small runner class with the same interface (see `Scorer`):
 
     scorer = select_scorer(bundle.model_path, backend="auto", max_batch=1024)
     scorer.warmup(1024)
-    p = scorer.infer(x)       # x: float32 (n, 28) features -> float32 (n,) robot probability
+    p = scorer.infer(x)       # x: float32 (n, N_FEATURES) features -> float32 (n,) robot probability
 
 "auto" picks TensorRT when `tensorrt` and `pycuda` import, a GPU is present and a plan for
 this GPU builds or loads; otherwise ONNX Runtime on CPU, and it logs (and records on the
@@ -40,7 +40,7 @@ class Scorer(Protocol):
     max_batch: int
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """float32 (n, 28) features -> float32 (n,) robot probability (a new array)."""
+        """float32 (n, N_FEATURES) features -> float32 (n,) robot probability (a new array)."""
         ...
 
     def warmup(self, max_batch: int | None = None) -> None:

@@ -57,7 +57,7 @@ def ort_session(model_path: str | Path, intra_op_threads: int = 1) -> Any:
 
 
 class OrtRunner:
-    """CPU scorer. `infer(x)` takes float32 (n, 28) and returns a new float32 (n,) array."""
+    """CPU scorer. `infer(x)` takes float32 (n, N_FEATURES) and returns a new float32 (n,) array."""
 
     name = "onnxruntime"
 
@@ -147,7 +147,7 @@ class OrtRunner:
         return self.session.run(self._outs, {self.input_name: x})[0]  # type: ignore[no-any-return]
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """float32 (n, 28) -> float32 (n,) robot probability. n may exceed max_batch: the
+        """float32 (n, N_FEATURES) -> float32 (n,) robot probability. n may exceed max_batch: the
         batch is then scored in max_batch chunks."""
         if not (type(x) is np.ndarray and x.dtype is _F32 and x.ndim == 2
                 and x.shape[1] == N_FEATURES and x.flags.c_contiguous):

@@ -29,7 +29,7 @@ DEFAULT_SIZES = (1, 7, 64, 256, 1000, 1024)
 
 
 def random_features(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n rows of plausible feature vectors, float32 (n, 28)."""
+    """n rows of plausible feature vectors, float32 (n, N_FEATURES)."""
     x = np.empty((n, N_FEATURES), dtype=np.float32)
     dev = rng.integers(0, 3, size=n)
     for j, (name, transform) in enumerate(FEATURES):

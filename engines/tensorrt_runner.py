@@ -43,7 +43,7 @@ def _cuda_context(device: int = 0) -> Iterator[Any]:
 
 
 class TensorRTRunner:
-    """GPU scorer. `infer(x)` takes float32 (n, 28) and returns a new float32 (n,) array."""
+    """GPU scorer. `infer(x)` takes float32 (n, N_FEATURES) and returns a new float32 (n,) array."""
 
     name = "tensorrt"
 
@@ -140,7 +140,8 @@ class TensorRTRunner:
         out[:n] = self._h_out[:n]
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """float32 (n, 28) -> float32 (n,) robot probability; n > max_batch runs in chunks."""
+        """float32 (n, N_FEATURES) -> float32 (n,) robot probability; n > max_batch runs in
+        chunks."""
         x = check_batch(x)
         n = x.shape[0]
         result = np.empty(n, dtype=np.float32)
