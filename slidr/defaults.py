@@ -139,8 +139,10 @@ CALIBRATION = _group(
     Opt("budget_correction", str, "lodo", "lodo: measure the slice-level overspend on each "
         "fitted day left out and solve with budget / that ratio; none: the budget as given",
         choices=("lodo", "none")),
-    Opt("fpr_estimate", str, "order_stat", "slice FPR at a threshold with k of n purchasing "
-        "clicks above: order_stat (k+1)/(n+1) or empirical k/n",
+    Opt("fpr_estimate", str, "empirical", "slice FPR at a threshold with k of n purchasing "
+        "clicks above: empirical k/n or order_stat (k+1)/(n+1) (a margin that left the "
+        "published thresholds spending 0.73-0.84 of the budget on held-out days: "
+        "docs/calibration.md)",
         choices=("order_stat", "empirical")),
     Opt("select_fpr_tolerance", float, 0.05, "auto: slice-level's mean left-out FPR may exceed "
         "global@budget's by this fraction", lo=0.0, hi=10.0),
