@@ -628,7 +628,7 @@ cdef class EmbeddedStore:
                         double* out) noexcept nogil:
         cdef Py_ssize_t i
         cdef IpSt* ie
-        cdef double gap
+        cdef double gap, day
         cdef double* row
         cdef const uint8_t* hl
         cdef int64_t t
@@ -653,10 +653,14 @@ cdef class EmbeddedStore:
                 _ip_reset(ie, t, tzs[i], lis[i])
             else:
                 gap = (t - ie.last if t > ie.last else 0) / 1000.0
-                for j in range(3):
+                for j in range(2):
                     ie.c[j] = ie.c[j] * exp(-gap / I_TAU[j]) + 1.0
-                ie.tzsw = ie.tzsw * exp(-gap / I_TAU[2]) + (1.0 if tzs[i] != ie.tz else 0.0)
-                ie.li = ie.li * exp(-gap / I_TAU[2]) + (1.0 if lis[i] else 0.0)
+                # the day decay, once for the day count, the zone switches and the logged-in
+                # count (the same factor each would compute)
+                day = exp(-gap / I_TAU[2])
+                ie.c[2] = ie.c[2] * day + 1.0
+                ie.tzsw = ie.tzsw * day + (1.0 if tzs[i] != ie.tz else 0.0)
+                ie.li = ie.li * day + (1.0 if lis[i] else 0.0)
                 if t >= ie.last:
                     ie.tz = tzs[i]
                 if t > ie.last:
